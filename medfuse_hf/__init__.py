@@ -1,0 +1,43 @@
+"""MedFuse-HF: multiplicative embedding fusion for irregular clinical time series, as a transformers model.
+
+Importing this package registers MedFuse with the transformers Auto classes, so that
+`AutoModelForSequenceClassification.from_pretrained(path)` and `AutoFeatureExtractor.from_pretrained(path)`
+load MedFuse checkpoints.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_medfuse import MedFuseConfig
+from .feature_vocabulary import AlignmentReport, FeatureSpec, FeatureVocabulary, ValueStatistics
+from .modeling_medfuse import (
+    MedFuseForPreTraining,
+    MedFuseForSequenceClassification,
+    MedFuseModel,
+    MedFusePreTrainedModel,
+)
+from .tokenization_medfuse import MedFuseTokenizer
+
+AutoConfig.register(MedFuseConfig.model_type, MedFuseConfig, exist_ok=True)
+AutoModel.register(MedFuseConfig, MedFuseModel, exist_ok=True)
+AutoModelForSequenceClassification.register(MedFuseConfig, MedFuseForSequenceClassification, exist_ok=True)
+AutoModelForPreTraining.register(MedFuseConfig, MedFuseForPreTraining, exist_ok=True)
+AutoFeatureExtractor.register(MedFuseConfig, MedFuseTokenizer, exist_ok=True)
+
+__all__ = [
+    "AlignmentReport",
+    "FeatureSpec",
+    "FeatureVocabulary",
+    "MedFuseConfig",
+    "MedFuseForPreTraining",
+    "MedFuseForSequenceClassification",
+    "MedFuseModel",
+    "MedFusePreTrainedModel",
+    "MedFuseTokenizer",
+    "ValueStatistics",
+]

@@ -1,0 +1,419 @@
+"""PyTorch MedFuse: a transformer over (feature, value, time) tokens with multiplicative embedding fusion.
+
+Paper: "MedFuse: Multiplicative Embedding Fusion for Irregular Clinical Time Series" (arXiv 2511.09247).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_medfuse import MedFuseConfig
+
+
+class ValueProjector(nn.Module):
+    """φ: a scalar → a vector, Linear(1→h) → tanh → Linear(h→out). Shared by all features.
+
+    The same shape is STraTS' continuous value embedding, so it also serves the learned time embedding.
+    """
+
+    def __init__(self, hidden_size: int, output_size: int):
+        super().__init__()
+        self.up = nn.Linear(1, hidden_size)
+        self.down = nn.Linear(hidden_size, output_size)
+
+    def forward(self, scalars: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.tanh(self.up(scalars.unsqueeze(-1))))  # (..., output_size)
+
+
+class MultiplicativeFusion(nn.Module):
+    """MuFuse: e_fv = e_f ⊙ e_v with e_v = γ_f ⊙ φ(v) + β_f, broadcast over d = k·d′.
+
+    SCANE is the special case d′ = 1, φ(v) = v, γ = 1, β = 0: the raw value scales the feature embedding.
+    """
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.value_embedding_size = config.value_embedding_size
+        self.is_scane = config.fusion == "scane"
+        if not self.is_scane:
+            self.value_projector = ValueProjector(config.value_projector_hidden_size, config.value_embedding_size)
+            # Feature-conditioned affine map: each feature decides how its value modulates its identity.
+            self.gamma = nn.Parameter(torch.ones(config.vocab_size, config.value_embedding_size))
+            self.beta = nn.Parameter(torch.zeros(config.vocab_size, config.value_embedding_size))
+
+    def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        if self.is_scane:
+            value_embeds = values.unsqueeze(-1)  # (B, T, 1)
+        else:
+            value_embeds = self.gamma[feature_ids] * self.value_projector(values) + self.beta[feature_ids]  # (B, T, d′)
+        # Generalized Hadamard product: view d as k blocks of d′ and modulate each block by e_v.
+        blocks = feature_embeds.unflatten(-1, (-1, self.value_embedding_size))  # (B, T, k, d′)
+        return (blocks * value_embeds.unsqueeze(-2)).flatten(-2)  # (B, T, d)
+
+
+class AdditiveFusion(nn.Module):
+    """Ablation: e_f + φ(v), the value embedding added to the identity (as in STraTS-style models)."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.value_projector = ValueProjector(config.value_projector_hidden_size, config.hidden_size)
+
+    def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return feature_embeds + self.value_projector(values)
+
+
+class ConcatFusion(nn.Module):
+    """Ablation: Linear([e_f ; φ(v)]), concatenation followed by a linear map back to d."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.value_projector = ValueProjector(config.value_projector_hidden_size, config.value_embedding_size)
+        self.proj = nn.Linear(config.hidden_size + config.value_embedding_size, config.hidden_size)
+
+    def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.cat([feature_embeds, self.value_projector(values)], dim=-1))
+
+
+VALUE_FUSIONS = {
+    "multiplicative": MultiplicativeFusion,
+    "scane": MultiplicativeFusion,
+    "additive": AdditiveFusion,
+    "concat": ConcatFusion,
+}
+
+
+class CategoricalFusion(nn.Module):
+    """Categorical events: tanh(Linear([e_f ; e_category])), as in the paper."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.category_embeddings = nn.Embedding(config.num_categories, config.hidden_size, padding_idx=0)
+        self.proj = nn.Linear(2 * config.hidden_size, config.hidden_size)
+
+    def forward(self, feature_embeds: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        category_embeds = self.category_embeddings(category_ids)
+        return torch.tanh(self.proj(torch.cat([feature_embeds, category_embeds], dim=-1)))
+
+
+class SinusoidalTimeEncoding(nn.Module):
+    """Fixed sinusoidal encoding of continuous time in hours (no bin index, so minutes are not rounded away)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        frequencies = torch.exp(torch.arange(0, hidden_size, 2).float() * (-math.log(10000.0) / hidden_size))
+        self.register_buffer("frequencies", frequencies, persistent=False)
+
+    def forward(self, times: torch.Tensor) -> torch.Tensor:
+        angles = times.unsqueeze(-1).float() * self.frequencies  # (B, T, d/2)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, T, d)
+
+
+class MedFuseEmbeddings(nn.Module):
+    """Turns (feature, value, time) triplets into tokens: fused feature-value embedding + time embedding."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.feature_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.value_fusion = VALUE_FUSIONS[config.fusion](config)
+        self.categorical_fusion = CategoricalFusion(config) if config.categorical_feature_ids else None
+        is_categorical = torch.zeros(config.vocab_size, dtype=torch.bool)
+        is_categorical[config.categorical_feature_ids] = True
+        self.register_buffer("is_categorical", is_categorical, persistent=False)
+        if config.time_embedding == "sinusoidal":
+            self.time_embeddings = SinusoidalTimeEncoding(config.hidden_size)
+        else:
+            self.time_embeddings = ValueProjector(round(math.sqrt(config.hidden_size)), config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, feature_ids: torch.Tensor, values: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        feature_embeds = self.feature_embeddings(feature_ids)  # (B, T, d)
+        tokens = self.value_fusion(feature_embeds, feature_ids, values)
+        if self.categorical_fusion is not None:
+            # `torch.where` keeps shapes static (no sync, compile-friendly); numeric tokens get category id 0.
+            categorical = self.is_categorical[feature_ids]  # (B, T)
+            category_ids = torch.where(categorical, values, 0).long()
+            categorical_tokens = self.categorical_fusion(feature_embeds, category_ids)
+            tokens = torch.where(categorical.unsqueeze(-1), categorical_tokens, tokens)
+        return self.dropout(tokens + self.time_embeddings(times))
+
+
+class MedFuseSelfAttention(nn.Module):
+    """Multi-head self-attention through PyTorch's fused scaled-dot-product attention."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        batch_size, length, hidden_size = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch_size, length, 3, self.num_heads, -1)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, d/H)
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(attended.transpose(1, 2).reshape(batch_size, length, hidden_size))
+
+
+class MedFuseLayer(GradientCheckpointingLayer):
+    """One transformer encoder layer; post-LayerNorm as in the paper unless `norm_first`."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.norm_first = config.norm_first
+        self.attention = MedFuseSelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(config.hidden_size, config.intermediate_size),
+            ACT2FN[config.hidden_act],
+            nn.Dropout(config.hidden_dropout_prob),
+            nn.Linear(config.intermediate_size, config.hidden_size),
+        )
+        self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            hidden_states = hidden_states + self.dropout(self.attention(self.attention_norm(hidden_states), key_mask))
+            return hidden_states + self.dropout(self.feed_forward(self.feed_forward_norm(hidden_states)))
+        hidden_states = self.attention_norm(hidden_states + self.dropout(self.attention(hidden_states, key_mask)))
+        return self.feed_forward_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
+
+
+def masked_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
+    """One vector per patient from its real events only; a patient without events pools to zeros."""
+    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
+    if method == "mean":
+        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    pooled = hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).amax(dim=1)
+    return torch.where(mask.sum(dim=1) > 0, pooled, torch.zeros_like(pooled))
+
+
+class MedFusePreTrainedModel(PreTrainedModel):
+    config: MedFuseConfig
+    config_class = MedFuseConfig
+    base_model_prefix = "medfuse"
+    main_input_name = "feature_ids"
+    input_modalities = ("time",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["MedFuseLayer"]
+
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        if isinstance(module, MedFuseEmbeddings):
+            # Unit-scale identities (torch's own embedding default, kept by the authors) so that the fused token is
+            # not drowned by the unit-scale time encoding added to it.
+            init.normal_(module.feature_embeddings.weight, mean=0.0, std=1.0)
+            init.zeros_(module.feature_embeddings.weight[self.config.pad_token_id])
+        elif isinstance(module, MultiplicativeFusion) and not module.is_scane:
+            # γ = 1, β = 0: every feature starts from the shared value projector, as in the authors' code.
+            init.ones_(module.gamma)
+            init.zeros_(module.beta)
+
+
+class MedFuseModel(MedFusePreTrainedModel):
+    """The MedFuse encoder: token states and a pooled patient vector."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__(config)
+        self.embeddings = MedFuseEmbeddings(config)
+        self.layers = nn.ModuleList(MedFuseLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_first else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.feature_embeddings
+
+    def set_input_embeddings(self, embeddings: nn.Embedding):
+        self.embeddings.feature_embeddings = embeddings
+
+    def forward(
+        self,
+        feature_ids: torch.Tensor,
+        values: torch.Tensor,
+        times: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        feature_ids (`torch.LongTensor` of shape `(batch_size, num_events)`):
+            Feature-identity ids from the feature vocabulary; 0 is padding.
+        values (`torch.FloatTensor` of shape `(batch_size, num_events)`):
+            Normalised values; global category ids for categorical features.
+        times (`torch.FloatTensor` of shape `(batch_size, num_events)`):
+            Hours since the record's start.
+        attention_mask (`torch.Tensor` of shape `(batch_size, num_events)`, *optional*):
+            1 for real events, 0 for padding. Defaults to `feature_ids != 0`.
+        """
+        if attention_mask is None:
+            attention_mask = feature_ids != self.config.pad_token_id
+        self._check_inputs(feature_ids, values, times, attention_mask)
+        attention_mask = attention_mask.bool()
+        key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
+        hidden_states = self.embeddings(feature_ids, values, times)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, key_mask)
+        if self.final_norm is not None:
+            hidden_states = self.final_norm(hidden_states)
+        pooled = masked_pool(hidden_states, attention_mask, self.config.pooling)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
+
+    def _check_inputs(self, feature_ids, values, times, attention_mask) -> None:
+        """Fail here, with names, rather than with an index or shape error deep inside torch."""
+        shapes = {name: tuple(t.shape) for name, t in zip(
+            ("feature_ids", "values", "times", "attention_mask"), (feature_ids, values, times, attention_mask)
+        )}
+        if len(set(shapes.values())) != 1 or feature_ids.dim() != 2:
+            raise ValueError(f"inputs must all be (batch_size, num_events) tensors of one shape, got {shapes}")
+        if feature_ids.dtype.is_floating_point or feature_ids.dtype == torch.bool:
+            raise TypeError(f"feature_ids must be an integer tensor, got {feature_ids.dtype}")
+        if feature_ids.numel() and not 0 <= int(feature_ids.min()) <= int(feature_ids.max()) < self.config.vocab_size:
+            raise ValueError(
+                f"feature_ids range {int(feature_ids.min())}..{int(feature_ids.max())} lies outside the vocabulary "
+                f"(vocab_size {self.config.vocab_size}): was the tokenizer built on another vocabulary?"
+            )
+
+
+class MedFuseClassificationHead(nn.Module):
+    """Linear(d→d/2) → GELU → Dropout → Linear(d/2→labels), the authors' decoder."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size // 2)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.out_proj = nn.Linear(config.hidden_size // 2, config.num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(F.gelu(self.dense(pooled))))
+
+
+def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alpha: float | None) -> torch.Tensor:
+    """Softmax focal loss (Lin et al. 2017): down-weights easy examples, which dominate imbalanced cohorts."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    loss = -((1.0 - log_probs.exp()) ** gamma) * log_probs
+    if alpha is not None:
+        loss = loss * torch.where(labels == 1, alpha, 1.0 - alpha)
+    return loss.mean()
+
+
+def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: MedFuseConfig) -> torch.Tensor:
+    """Loss chosen by `config.problem_type`, inferred as transformers does when unset."""
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.float().squeeze(-1), labels.float().view(-1))
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    labels = labels.view(-1).long()
+    if config.classification_loss == "focal":
+        return focal_loss(logits, labels, config.focal_gamma, config.focal_alpha)
+    return F.cross_entropy(logits.float(), labels)
+
+
+class MedFuseForSequenceClassification(MedFusePreTrainedModel):
+    """MedFuse with a patient-level head: mortality, sepsis, any binary, multi-class, multi-label or regression target."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__(config)
+        self.medfuse = MedFuseModel(config)
+        self.classifier = MedFuseClassificationHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        feature_ids: torch.Tensor,
+        values: torch.Tensor,
+        times: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
+            Class ids for single-label classification, floats for regression or multi-label targets.
+        """
+        outputs = self.medfuse(feature_ids, values, times, attention_mask)
+        logits = self.classifier(outputs.pooler_output)
+        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+@dataclass
+class MedFuseForPreTrainingOutput(ModelOutput):
+    """
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        Masked MSE between forecast and observed normalised values.
+    forecast (`torch.FloatTensor` of shape `(batch_size, vocab_size)`):
+        Predicted normalised value of every feature in the forecast window.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The patient vector the forecast was made from.
+    """
+
+    loss: torch.Tensor | None = None
+    forecast: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+
+
+class MedFuseForPreTraining(MedFusePreTrainedModel):
+    """Self-supervised forecasting (STraTS-style): from the events before a cut-off, predict each feature's value in
+    the window after it. Only features observed in the window count in the loss, so unlabeled cohorts can pretrain.
+    """
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__(config)
+        self.medfuse = MedFuseModel(config)
+        self.forecast_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(
+        self,
+        feature_ids: torch.Tensor,
+        values: torch.Tensor,
+        times: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        forecast_values: torch.Tensor | None = None,
+        forecast_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MedFuseForPreTrainingOutput:
+        r"""
+        forecast_values (`torch.FloatTensor` of shape `(batch_size, vocab_size)`, *optional*):
+            Normalised value of each feature in the forecast window (any number where unobserved).
+        forecast_mask (`torch.Tensor` of shape `(batch_size, vocab_size)`, *optional*):
+            1 where the feature was observed in the window; required with `forecast_values`.
+        """
+        pooled = self.medfuse(feature_ids, values, times, attention_mask).pooler_output
+        forecast = self.forecast_head(pooled)  # (B, V)
+        loss = None
+        if forecast_values is not None:
+            if forecast_mask is None:
+                raise ValueError("forecast_values needs forecast_mask: which features were observed in the window")
+            mask = forecast_mask.float()
+            squared_error = (forecast.float() - forecast_values.float()) ** 2
+            loss = (squared_error * mask).sum() / mask.sum().clamp(min=1.0)
+        return MedFuseForPreTrainingOutput(loss=loss, forecast=forecast, pooler_output=pooled)
+
+
+__all__ = [
+    "MedFusePreTrainedModel",
+    "MedFuseModel",
+    "MedFuseForSequenceClassification",
+    "MedFuseForPreTraining",
+]

@@ -1,0 +1,423 @@
+"""The triplet tokenizer: a patient's (feature, value, time) events in, MedFuse model inputs out.
+
+It is a `FeatureExtractionMixin` (the transformers base for non-text preprocessors) so that it saves, loads,
+pushes to the Hub and resolves through `AutoFeatureExtractor` like any Hugging Face preprocessor. The feature
+vocabulary is saved beside its settings as `feature_vocabulary.json`, a file people can read and diff.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
+from transformers.utils import cached_file
+
+from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, parse_number
+
+logger = logging.getLogger(__name__)
+
+VOCABULARY_FILE_NAME = "feature_vocabulary.json"
+HOURS_PER_YEAR = 24 * 365.25
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+IDENTIFYING_KEYS = ("record_id", "patient_id", "subject_id", "stay_id")
+
+UnknownFeatures = Literal["error", "unk", "drop"]
+
+
+@dataclass
+class EncodedPatient:
+    """One patient's events as arrays, sorted by time."""
+
+    feature_ids: np.ndarray  # int64
+    values: np.ndarray  # float32
+    times: np.ndarray  # float32, hours
+
+    def __len__(self) -> int:
+        return len(self.feature_ids)
+
+    def select(self, index: np.ndarray | slice) -> "EncodedPatient":
+        return EncodedPatient(self.feature_ids[index], self.values[index], self.times[index])
+
+
+class MedFuseTokenizer(FeatureExtractionMixin):
+    """Encodes patients for MedFuse over a shared `FeatureVocabulary`.
+
+    Args:
+        feature_vocabulary: the vocabulary; numeric features need fitted value statistics.
+        max_events: events kept per patient; when a record is longer, the most recent are kept (what a model
+            scoring a patient *now* needs most).
+        unknown_features: a feature name missing from the vocabulary is an `"error"` (all such names listed),
+            mapped to `[UNK]` (`"unk"`, value 0 since it has no statistics) or dropped with a logged count (`"drop"`).
+        max_hours: a time further than this from the anchor is treated as a data error (a unit or year mistake).
+    """
+
+    model_input_names = ["feature_ids", "values", "times", "attention_mask"]
+
+    def __init__(
+        self,
+        feature_vocabulary: FeatureVocabulary,
+        max_events: int = 1024,
+        unknown_features: UnknownFeatures = "error",
+        max_hours: float = 10 * HOURS_PER_YEAR,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if unknown_features not in ("error", "unk", "drop"):
+            raise ValueError(f"unknown_features must be 'error', 'unk' or 'drop', got {unknown_features!r}")
+        if max_events < 1:
+            raise ValueError(f"max_events must be positive, got {max_events}")
+        self.feature_vocabulary = feature_vocabulary
+        self.max_events = max_events
+        self.unknown_features = unknown_features
+        self.max_hours = max_hours
+        self._build_tables()
+
+    def _build_tables(self) -> None:
+        """Per-id arrays so that normalisation is vectorised over a patient's events."""
+        size = len(self.feature_vocabulary)
+        self._lower = np.full(size, -np.inf)
+        self._upper = np.full(size, np.inf)
+        self._mean = np.zeros(size)
+        self._std = np.ones(size)
+        self._has_statistics = np.zeros(size, dtype=bool)
+        self._is_categorical = np.zeros(size, dtype=bool)
+        self._has_statistics[[PAD_ID, UNK_ID]] = True
+        self._category_ids: dict[int, dict[str, int]] = {}
+        offsets = self.feature_vocabulary.category_offsets()
+        for feature_id, spec in enumerate(self.feature_vocabulary, start=UNK_ID + 1):
+            if spec.kind == "categorical":
+                self._is_categorical[feature_id] = self._has_statistics[feature_id] = True
+                self._category_ids[feature_id] = {
+                    level: offsets[feature_id] + index for index, level in enumerate(spec.categories)
+                }
+            elif spec.statistics is not None:
+                stats = spec.statistics
+                self._lower[feature_id], self._upper[feature_id] = stats.lower, stats.upper
+                self._mean[feature_id], self._std[feature_id] = stats.mean, stats.std
+                self._has_statistics[feature_id] = True
+
+    # ----- public API ---------------------------------------------------------------------------------
+    def __call__(
+        self,
+        patients: Any,
+        padding: bool | Literal["longest", "max_length"] = "longest",
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        anchor_times: Any = None,
+        patient_column: str | None = None,
+    ) -> BatchFeature:
+        """Encode one patient or a batch.
+
+        A patient is a list of `(feature, value, time)` tuples, a mapping of `feature`/`value`/`time` columns, or a
+        long-format DataFrame with those columns (several patients when `patient_column` names their id column).
+        A mapping whose columns hold lists (a `datasets` batch) is a batch. Times are numbers of hours, or
+        timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since the
+        patient's first event.
+        """
+        batch, is_single = _as_patient_list(patients, patient_column)
+        anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
+        if len(anchors) != len(batch):
+            raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
+        encoded = [self.encode_patient(patient, index, anchor) for index, (patient, anchor) in enumerate(zip(batch, anchors))]
+        features = self._pad(encoded, padding, max_length, pad_to_multiple_of)
+        if is_single and return_tensors is None:
+            features = {key: value[0] for key, value in features.items()}
+        return BatchFeature(features, tensor_type=return_tensors)
+
+    def encode_forecasting(
+        self,
+        patients: Any,
+        observation_hours: float | Sequence[float],
+        horizon_hours: float,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Inputs from the events before `observation_hours`, targets from the window after it.
+
+        Adds `forecast_values` / `forecast_mask` of shape `(batch_size, vocab_size)`: the mean normalised value of
+        every numeric feature observed in `[observation_hours, observation_hours + horizon_hours)`, the targets of
+        `MedFuseForPreTraining`. Truncation still keeps the most recent events before the cut-off.
+        """
+        batch, _ = _as_patient_list(patients, kwargs.pop("patient_column", None))
+        cutoffs = observation_hours if isinstance(observation_hours, Sequence) else [observation_hours] * len(batch)
+        anchors = kwargs.pop("anchor_times", None)
+        anchors = anchors if isinstance(anchors, (list, tuple)) else [anchors] * len(batch)
+        size = len(self.feature_vocabulary)
+        forecast_values = np.zeros((len(batch), size), dtype=np.float32)
+        forecast_counts = np.zeros((len(batch), size), dtype=np.float32)
+        observed = []
+        for index, (patient, cutoff, anchor) in enumerate(zip(batch, cutoffs, anchors)):
+            events = self.encode_patient(patient, index, anchor, truncate=False)
+            window = (events.times >= cutoff) & (events.times < cutoff + horizon_hours)
+            targets = window & ~self._is_categorical[events.feature_ids] & (events.feature_ids != UNK_ID)
+            np.add.at(forecast_values[index], events.feature_ids[targets], events.values[targets])
+            np.add.at(forecast_counts[index], events.feature_ids[targets], 1.0)
+            observed.append(self._truncate(events.select(events.times < cutoff)))
+        features = self._pad(observed, kwargs.pop("padding", "longest"), kwargs.pop("max_length", None), kwargs.pop("pad_to_multiple_of", None))
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        features["forecast_values"] = forecast_values / np.maximum(forecast_counts, 1.0)
+        features["forecast_mask"] = (forecast_counts > 0).astype(np.float32)
+        return BatchFeature(features, tensor_type=return_tensors)
+
+    def encode_patient(self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True) -> EncodedPatient:
+        """One patient's events as id, normalised value and hour arrays, sorted by time, unpadded."""
+        features, values, times, row_labels = _columns_of(patient)
+        where = _describe(patient, index)
+        if len(features) == 0:
+            raise ValueError(f"{where} has no events: a patient needs at least one observation to be scored")
+        feature_ids = self._feature_ids(features, row_labels, where)
+        keep = feature_ids >= 0  # -1 marks events dropped under unknown_features="drop"
+        if not keep.all():
+            feature_ids, row_labels = feature_ids[keep], [label for label, kept in zip(row_labels, keep) if kept]
+            values = [value for value, kept in zip(values, keep) if kept]
+            times = [time for time, kept in zip(times, keep) if kept]
+            if len(feature_ids) == 0:
+                raise ValueError(f"{where} has no events left after dropping unknown features")
+        hours = self._hours(times, anchor, row_labels, where)
+        normalised = self._values(feature_ids, values, row_labels, where)
+        order = np.argsort(hours, kind="stable")
+        events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32), hours[order].astype(np.float32))
+        return self._truncate(events) if truncate else events
+
+    # ----- saving and loading -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature_extractor_type": type(self).__name__,
+            "max_events": self.max_events,
+            "unknown_features": self.unknown_features,
+            "max_hours": self.max_hours,
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Write `preprocessor_config.json` and `feature_vocabulary.json` into `save_directory`."""
+        os.makedirs(save_directory, exist_ok=True)
+        vocabulary_file = os.path.join(save_directory, VOCABULARY_FILE_NAME)
+        self.feature_vocabulary.save(vocabulary_file)
+        return [vocabulary_file, *super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MedFuseTokenizer:
+        """Load from a directory written by `save_pretrained` or a Hub repo id."""
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        settings, unused = cls.get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
+        vocabulary_file = cached_file(pretrained_model_name_or_path, VOCABULARY_FILE_NAME, **hub_kwargs)
+        settings.pop("feature_extractor_type", None)
+        overrides = {key: value for key, value in unused.items() if key in settings}
+        return cls(FeatureVocabulary.load(vocabulary_file), **{**settings, **overrides})
+
+    # ----- steps of encode_patient --------------------------------------------------------------------
+    def _feature_ids(self, features: Sequence, row_labels: list, where: str) -> np.ndarray:
+        lookup = self.feature_vocabulary.id_of
+        ids = [lookup(str(name)) for name in features]
+        unknown = [position for position, feature_id in enumerate(ids) if feature_id is None]
+        if unknown:
+            names: dict[str, Any] = {}
+            for position in unknown:
+                names.setdefault(str(features[position]), row_labels[position])
+            if self.unknown_features == "error":
+                listed = ", ".join(f"{name!r} (first at row {row})" for name, row in list(names.items())[:20])
+                raise ValueError(
+                    f"{where}: {len(names)} unknown feature(s) not in the vocabulary: {listed}. "
+                    "Map them to canonical names, or pass unknown_features='unk' or 'drop'."
+                )
+            replacement = UNK_ID if self.unknown_features == "unk" else -1
+            for position in unknown:
+                ids[position] = replacement
+            if self.unknown_features == "drop":
+                logger.warning("%s: dropped %d events of unknown features %s", where, len(unknown), sorted(names))
+        return np.asarray(ids, dtype=np.int64)
+
+    def _hours(self, times: Sequence, anchor: Any, row_labels: list, where: str) -> np.ndarray:
+        try:
+            hours = np.asarray(times, dtype=np.float64)
+            if anchor is not None:
+                hours = hours - float(anchor)
+        except (TypeError, ValueError):
+            stamps = pd.to_datetime(pd.Series(list(times), dtype=object), errors="coerce", format="mixed")
+            bad = np.flatnonzero(stamps.isna().to_numpy())
+            if bad.size:
+                row = bad[0]
+                raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp")
+            origin = pd.Timestamp(anchor) if anchor is not None else stamps.min()
+            hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
+        problems = (
+            (~np.isfinite(hours), "is not a finite number"),
+            (hours < 0, "lies before the record's start/anchor"),
+            (hours > self.max_hours, f"lies more than {self.max_hours:.0f} hours after the record's start/anchor"),
+        )
+        for bad, reason in problems:
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} ({hours[row]:.4g} h) {reason}")
+        return hours
+
+    def _values(self, feature_ids: np.ndarray, values: Sequence, row_labels: list, where: str) -> np.ndarray:
+        missing = feature_ids[~self._has_statistics[feature_ids]]
+        if missing.size:
+            name = self.feature_vocabulary.spec_of(int(missing[0])).name
+            raise ValueError(
+                f"feature {name!r} has no value statistics to normalise with; fit them with "
+                "FeatureVocabulary.fit_statistics on the training split"
+            )
+        categorical = self._is_categorical[feature_ids]
+        numbers = np.zeros(len(feature_ids), dtype=np.float64)
+        numeric_positions = np.flatnonzero(~categorical & (feature_ids != UNK_ID))
+        numbers[numeric_positions] = self._parse_numbers(values, numeric_positions, feature_ids, row_labels, where)
+        for position in np.flatnonzero(categorical):
+            feature_id = int(feature_ids[position])
+            level = _category_key(values[position])
+            category_id = self._category_ids[feature_id].get(level)
+            if category_id is None:
+                spec = self.feature_vocabulary.spec_of(feature_id)
+                raise ValueError(
+                    f"{where}, row {row_labels[position]}: {level!r} is not a level of categorical feature "
+                    f"{spec.name!r} (levels: {spec.categories})"
+                )
+            numbers[position] = category_id
+        numeric = ~categorical
+        numbers[numeric] = (
+            np.clip(numbers[numeric], self._lower[feature_ids[numeric]], self._upper[feature_ids[numeric]])
+            - self._mean[feature_ids[numeric]]
+        ) / self._std[feature_ids[numeric]]
+        # [UNK] has no statistics: its events say "something was measured then", with value 0.
+        numbers[feature_ids == UNK_ID] = 0.0
+        return numbers
+
+    def _parse_numbers(self, values, positions, feature_ids, row_labels, where) -> np.ndarray:
+        selected = [values[position] for position in positions]
+        try:
+            numbers = np.asarray(selected, dtype=np.float64)
+        except (TypeError, ValueError):
+            numbers = np.array([_number_or_nan(value) for value in selected])
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if bad.size:
+            position = positions[bad[0]]
+            name = self.feature_vocabulary.spec_of(int(feature_ids[position])).name
+            raise ValueError(
+                f"{where}, row {row_labels[position]}: value {values[position]!r} of feature {name!r} is not a finite "
+                "number (a missing measurement is no event: leave the row out)"
+            )
+        return numbers
+
+    def _truncate(self, events: EncodedPatient) -> EncodedPatient:
+        return events if len(events) <= self.max_events else events.select(slice(-self.max_events, None))
+
+    def _pad(self, encoded: list[EncodedPatient], padding, max_length, pad_to_multiple_of) -> dict[str, np.ndarray]:
+        lengths = [len(events) for events in encoded]
+        if padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            width = max_length
+        elif padding in (True, "longest"):
+            width = max(lengths)
+        elif padding is False:
+            if len(set(lengths)) > 1:
+                raise ValueError(f"patients have {min(lengths)}..{max(lengths)} events: a batch needs padding=True")
+            width = lengths[0]
+        else:
+            raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+        if max_length is not None and max(lengths) > max_length:
+            encoded = [events.select(slice(-max_length, None)) for events in encoded]
+            lengths = [min(length, max_length) for length in lengths]
+        if pad_to_multiple_of:
+            width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
+        batch = {
+            "feature_ids": np.full((len(encoded), width), PAD_ID, dtype=np.int64),
+            "values": np.zeros((len(encoded), width), dtype=np.float32),
+            "times": np.zeros((len(encoded), width), dtype=np.float32),
+            "attention_mask": np.zeros((len(encoded), width), dtype=np.int64),
+        }
+        for row, (events, length) in enumerate(zip(encoded, lengths)):
+            batch["feature_ids"][row, :length] = events.feature_ids
+            batch["values"][row, :length] = events.values
+            batch["times"][row, :length] = events.times
+            batch["attention_mask"][row, :length] = 1
+        return batch
+
+
+# ----- input forms ------------------------------------------------------------------------------------
+def _is_triplet(item: Any) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 3
+        and not isinstance(item[0], (list, tuple, Mapping, pd.DataFrame, np.ndarray))
+    )
+
+
+def _as_patient_list(patients: Any, patient_column: str | None) -> tuple[list, bool]:
+    """Normalise every accepted input form to a list of patients, and say whether it was a single patient."""
+    if isinstance(patients, pd.DataFrame):
+        if patient_column is None:
+            return [patients], True
+        return [group for _, group in patients.groupby(patient_column, sort=False)], False
+    if isinstance(patients, Mapping):
+        if "feature" not in patients:
+            raise ValueError(f"a patient mapping needs 'feature', 'value' and 'time' columns, got {sorted(patients)}")
+        column = patients["feature"]
+        if len(column) and isinstance(column[0], (list, tuple, np.ndarray)):
+            keys = list(patients)
+            return [dict(zip(keys, row)) for row in zip(*(patients[key] for key in keys))], False
+        return [patients], True
+    if isinstance(patients, (list, tuple)):
+        if not patients:
+            raise ValueError("no patients given")
+        if _is_triplet(patients[0]):
+            return [patients], True
+        return list(patients), False
+    raise TypeError(f"cannot read patients from a {type(patients).__name__}")
+
+
+def _columns_of(patient: Any) -> tuple[Sequence, Sequence, Sequence, list]:
+    """(features, values, times, row labels) of one patient in any accepted form."""
+    if isinstance(patient, pd.DataFrame):
+        missing = {"feature", "value", "time"} - set(patient.columns)
+        if missing:
+            raise ValueError(f"DataFrame lacks columns {sorted(missing)}; it has {list(patient.columns)}")
+        return (patient["feature"].tolist(), patient["value"].tolist(), patient["time"].tolist(), patient.index.tolist())
+    if isinstance(patient, Mapping):
+        features, values, times = (list(patient[key]) for key in ("feature", "value", "time"))
+        if not len(features) == len(values) == len(times):
+            raise ValueError(
+                f"feature, value and time columns differ in length: {len(features)}, {len(values)}, {len(times)}"
+            )
+        return features, values, times, list(range(len(features)))
+    if isinstance(patient, (list, tuple)):
+        for row, item in enumerate(patient):
+            if not _is_triplet(item):
+                raise ValueError(f"row {row}: expected a (feature, value, time) triplet, got {item!r}")
+        features, values, times = zip(*patient) if patient else ((), (), ())
+        return list(features), list(values), list(times), list(range(len(patient)))
+    raise TypeError(f"cannot read a patient from a {type(patient).__name__}")
+
+
+def _describe(patient: Any, index: int) -> str:
+    """'patient 3 (record_id=132539)': how errors name the patient at fault."""
+    if isinstance(patient, Mapping):
+        for key in IDENTIFYING_KEYS:
+            if key in patient and not isinstance(patient[key], (list, tuple, np.ndarray)):
+                return f"patient {index} ({key}={patient[key]})"
+    return f"patient {index}"
+
+
+def _number_or_nan(value: Any) -> float:
+    number = parse_number(value)
+    return math.nan if number is None else number
+
+
+def _category_key(value: Any) -> str:
+    """Category levels are strings; 1, 1.0 and '1' name the same level."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+__all__ = ["MedFuseTokenizer", "EncodedPatient"]
