@@ -22,16 +22,19 @@ from .configuration_medfuse import MedFuseConfig
 class ValueProjector(nn.Module):
     """φ: a scalar → a vector, Linear(1→h) → tanh → Linear(h→out). Shared by all features.
 
-    The same shape is STraTS' continuous value embedding, so it also serves the learned time embedding.
+    The first layer acts on a scalar, so it is written as its weight and bias vectors. The same shape is STraTS'
+    continuous value embedding, so it also serves the learned time embedding.
     """
 
     def __init__(self, hidden_size: int, output_size: int):
         super().__init__()
-        self.up = nn.Linear(1, hidden_size)
+        self.up_weight = nn.Parameter(torch.empty(hidden_size))
+        self.up_bias = nn.Parameter(torch.empty(hidden_size))
         self.down = nn.Linear(hidden_size, output_size)
 
     def forward(self, scalars: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.tanh(self.up(scalars.unsqueeze(-1))))  # (..., output_size)
+        hidden = torch.tanh(scalars.unsqueeze(-1) * self.up_weight + self.up_bias)  # (..., h)
+        return self.down(hidden)  # (..., output_size)
 
 
 class MultiplicativeFusion(nn.Module):
@@ -109,8 +112,11 @@ class SinusoidalTimeEncoding(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        frequencies = torch.exp(torch.arange(0, hidden_size, 2).float() * (-math.log(10000.0) / hidden_size))
-        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.hidden_size = hidden_size
+        self.register_buffer("frequencies", self.compute_frequencies(), persistent=False)
+
+    def compute_frequencies(self) -> torch.Tensor:
+        return torch.exp(torch.arange(0, self.hidden_size, 2).float() * (-math.log(10000.0) / self.hidden_size))
 
     def forward(self, times: torch.Tensor) -> torch.Tensor:
         angles = times.unsqueeze(-1).float() * self.frequencies  # (B, T, d/2)
@@ -125,14 +131,19 @@ class MedFuseEmbeddings(nn.Module):
         self.feature_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.value_fusion = VALUE_FUSIONS[config.fusion](config)
         self.categorical_fusion = CategoricalFusion(config) if config.categorical_feature_ids else None
-        is_categorical = torch.zeros(config.vocab_size, dtype=torch.bool)
-        is_categorical[config.categorical_feature_ids] = True
-        self.register_buffer("is_categorical", is_categorical, persistent=False)
+        self.categorical_feature_ids = list(config.categorical_feature_ids)
+        self.register_buffer("is_categorical", self.compute_categorical_mask(), persistent=False)
         if config.time_embedding == "sinusoidal":
             self.time_embeddings = SinusoidalTimeEncoding(config.hidden_size)
         else:
             self.time_embeddings = ValueProjector(round(math.sqrt(config.hidden_size)), config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def compute_categorical_mask(self) -> torch.Tensor:
+        """Feature id -> whether its `values` carry category ids."""
+        mask = torch.zeros(self.feature_embeddings.num_embeddings, dtype=torch.bool)
+        mask[self.categorical_feature_ids] = True
+        return mask
 
     def forward(self, feature_ids: torch.Tensor, values: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         feature_embeds = self.feature_embeddings(feature_ids)  # (B, T, d)
@@ -211,12 +222,23 @@ class MedFusePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MedFuseLayer"]
 
     def _init_weights(self, module: nn.Module):
+        """transformers 5 builds models on the meta device: every parameter *and non-persistent buffer* is set here."""
         super()._init_weights(module)
         if isinstance(module, MedFuseEmbeddings):
-            # Unit-scale identities (torch's own embedding default, kept by the authors) so that the fused token is
-            # not drowned by the unit-scale time encoding added to it.
+            # Unit-scale identities (torch's embedding default, kept by the authors) so that the fused token is not
+            # drowned by the unit-scale time encoding added to it.
             init.normal_(module.feature_embeddings.weight, mean=0.0, std=1.0)
-            init.zeros_(module.feature_embeddings.weight[self.config.pad_token_id])
+            if not getattr(module.feature_embeddings.weight, "_is_hf_initialized", False):
+                init.zeros_(module.feature_embeddings.weight[self.config.pad_token_id])
+            init.copy_(module.is_categorical, module.compute_categorical_mask())
+        elif isinstance(module, SinusoidalTimeEncoding):
+            init.copy_(module.frequencies, module.compute_frequencies())
+        elif isinstance(module, ValueProjector):
+            # PyTorch's default Linear init, as the authors kept: under N(0, 0.02), φ(v) ≈ 0 and a fresh MuFuse
+            # token e_f ⊙ φ(v) would carry neither identity nor value.
+            hidden_bound = 1.0 / math.sqrt(module.down.in_features)
+            for parameter, bound in ((module.up_weight, 1.0), (module.up_bias, 1.0), (module.down.weight, hidden_bound), (module.down.bias, hidden_bound)):
+                init.uniform_(parameter, -bound, bound)
         elif isinstance(module, MultiplicativeFusion) and not module.is_scane:
             # γ = 1, β = 0: every feature starts from the shared value projector, as in the authors' code.
             init.ones_(module.gamma)

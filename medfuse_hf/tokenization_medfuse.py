@@ -128,8 +128,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
         encoded = [self.encode_patient(patient, index, anchor) for index, (patient, anchor) in enumerate(zip(batch, anchors))]
         features = self._pad(encoded, padding, max_length, pad_to_multiple_of)
-        if is_single and return_tensors is None:
-            features = {key: value[0] for key, value in features.items()}
+        if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
+            features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
         return BatchFeature(features, tensor_type=return_tensors)
 
     def encode_forecasting(
@@ -312,6 +312,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         return events if len(events) <= self.max_events else events.select(slice(-self.max_events, None))
 
     def _pad(self, encoded: list[EncodedPatient], padding, max_length, pad_to_multiple_of) -> dict[str, np.ndarray]:
+        if max_length is not None:
+            encoded = [events.select(slice(-max_length, None)) for events in encoded]
         lengths = [len(events) for events in encoded]
         if padding == "max_length":
             if max_length is None:
@@ -325,9 +327,6 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             width = lengths[0]
         else:
             raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
-        if max_length is not None and max(lengths) > max_length:
-            encoded = [events.select(slice(-max_length, None)) for events in encoded]
-            lengths = [min(length, max_length) for length in lengths]
         if pad_to_multiple_of:
             width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
         batch = {

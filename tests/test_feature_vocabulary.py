@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+
+from medfuse_hf import FeatureSpec, FeatureVocabulary, ValueStatistics
+
+
+def test_statistics_ignore_outliers_beyond_three_iqr():
+    values = np.concatenate([np.random.default_rng(0).normal(140, 3, size=1000), [10_000.0]])
+    statistics = ValueStatistics.fit(values, num_patients=50)
+    assert statistics.count == 1001
+    assert statistics.upper < 10_000.0
+    assert abs(statistics.mean - 140) < 0.5 and abs(statistics.std - 3) < 0.3
+
+
+def test_normalisation_clips_to_fences_then_z_scores():
+    statistics = ValueStatistics.fit(np.arange(100.0), num_patients=10)
+    normalised = statistics.normalize(np.array([statistics.mean, 1e9]))
+    assert normalised[0] == pytest.approx(0.0)
+    assert normalised[1] == pytest.approx((statistics.upper - statistics.mean) / statistics.std)
+
+
+def test_constant_feature_gets_unit_scale():
+    assert ValueStatistics.fit(np.ones(20), num_patients=3).std == 1.0
+
+
+def test_from_events_orders_features_by_name_and_reserves_special_ids(cohort):
+    vocabulary = FeatureVocabulary.from_events(cohort)
+    assert [spec.name for spec in vocabulary] == ["creatinine", "heart_rate", "sodium"]
+    assert vocabulary.id_of("creatinine") == 2
+    assert len(vocabulary) == 5
+    assert vocabulary.spec_of("sodium").statistics.num_patients == len(cohort)
+
+
+def test_from_events_names_the_patient_with_a_text_value():
+    patients = [{"feature": ["sodium"], "value": [140]}, {"feature": ["sodium", "sodium"], "value": [141, "high"]}]
+    with pytest.raises(ValueError, match=r"patient 1, event 1: feature 'sodium' has value 'high'"):
+        FeatureVocabulary.from_events(patients)
+
+
+def test_fit_statistics_rejects_names_outside_the_vocabulary():
+    vocabulary = FeatureVocabulary([FeatureSpec(name="sodium")])
+    with pytest.raises(ValueError, match="'Na_x' \\(2 events\\)"):
+        vocabulary.fit_statistics([{"feature": ["Na_x", "Na_x", "sodium"], "value": [1, 2, 140]}])
+
+
+def test_json_round_trip_is_exact_and_readable(tmp_path, vocabulary):
+    path = tmp_path / "vocab.json"
+    vocabulary.save(path)
+    assert FeatureVocabulary.load(path) == vocabulary
+    on_disk = json.loads(path.read_text())
+    assert on_disk["special_tokens"] == ["[PAD]", "[UNK]"]
+    assert on_disk["features"][-1] == {
+        "name": "icu_type",
+        "kind": "categorical",
+        "categories": ["coronary", "cardiac_surgery", "medical", "surgical"],
+    }
+
+
+def test_load_names_the_file_at_fault(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"format_version": 1, "features": [{"name": "x", "kind": "ordinal"}]}')
+    with pytest.raises(ValueError, match="broken.json: not a valid feature vocabulary"):
+        FeatureVocabulary.load(path)
+
+
+def test_names_aliases_and_codes_must_be_unique():
+    vocabulary = FeatureVocabulary([FeatureSpec(name="heart_rate", aliases=["HR"])])
+    with pytest.raises(ValueError, match="'HR' is already used by feature 'heart_rate'"):
+        vocabulary.add(FeatureSpec(name="hr_monitor", aliases=["HR"]))
+
+
+def test_align_matches_by_name_code_then_alias_and_reports_the_rest():
+    here = FeatureVocabulary(
+        [
+            FeatureSpec(name="heart_rate", aliases=["HR"]),
+            FeatureSpec(name="sodium", code="2951-2"),
+            FeatureSpec(name="lactate"),
+            FeatureSpec(name="gcs"),
+        ]
+    )
+    there = FeatureVocabulary(
+        [
+            FeatureSpec(name="HR"),
+            FeatureSpec(name="Na", code="2951-2"),
+            FeatureSpec(name="lactate"),
+            FeatureSpec(name="EtCO2"),
+        ]
+    )
+    report = here.align(there)
+    assert report.matched == {"heart_rate": "HR", "sodium": "Na", "lactate": "lactate"}
+    assert report.how == {"heart_rate": "alias", "sodium": "code", "lactate": "name"}
+    assert report.only_here == ["gcs"]
+    assert report.only_there == ["EtCO2"]
+
+
+def test_merge_keeps_existing_ids_and_appends_new_features():
+    here = FeatureVocabulary([FeatureSpec(name="heart_rate"), FeatureSpec(name="sodium")])
+    there = FeatureVocabulary([FeatureSpec(name="lactate"), FeatureSpec(name="Na", aliases=["sodium"])])
+    merged = here.merge(there)
+    assert merged.id_of("heart_rate") == here.id_of("heart_rate")
+    assert merged.id_of("sodium") == here.id_of("sodium")
+    assert merged.id_of("Na") == here.id_of("sodium")
+    assert merged.id_of("lactate") == len(here)
+    assert len(merged) == len(here) + 1
+
+
+def test_categorical_levels_get_global_ids(vocabulary):
+    icu_type = vocabulary.id_of("icu_type")
+    assert vocabulary.category_offsets() == {icu_type: 1}
+    assert vocabulary.config_kwargs() == {"vocab_size": 6, "num_categories": 5, "categorical_feature_ids": [icu_type]}

@@ -1,0 +1,232 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from sklearn.metrics import roc_auc_score
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseModel
+
+FUSIONS = ["multiplicative", "additive", "concat", "scane"]
+
+
+def encode(tokenizer, patients, **kwargs):
+    return tokenizer(patients, return_tensors="pt", **kwargs)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_padding_never_changes_logits(tokenizer, cohort, tiny_config, pooling, norm_first):
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling, norm_first=norm_first)).eval()
+    patient = cohort[3]
+    with torch.no_grad():
+        short = model(**encode(tokenizer, [patient], padding="max_length", max_length=64)).logits
+        long = model(**encode(tokenizer, [patient], padding="max_length", max_length=500)).logits
+        alone = model(**encode(tokenizer, [patient])).logits
+    torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, long, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_shuffled_events_give_the_same_output(tokenizer, cohort, tiny_config, fusion):
+    model = MedFuseForSequenceClassification(tiny_config(fusion=fusion)).eval()
+    batch = encode(tokenizer, cohort[:4])
+    permutation = torch.randperm(batch["feature_ids"].shape[1])
+    shuffled = {key: value[:, permutation] for key, value in batch.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**shuffled).logits, model(**batch).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("time_embedding", ["sinusoidal", "cve"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_fusion_runs_forward_and_backward(tokenizer, cohort, tiny_config, fusion, time_embedding):
+    model = MedFuseForSequenceClassification(tiny_config(fusion=fusion, time_embedding=time_embedding))
+    events = [("icu_type", "surgical", 0.0), *zip(cohort[0]["feature"], cohort[0]["value"], cohort[0]["time"])]
+    output = model(**encode(tokenizer, [events, cohort[1]]), labels=torch.tensor([0, 1]))
+    output.loss.backward()
+    assert output.logits.shape == (2, 2) and torch.isfinite(output.loss)
+    feature_grad = model.medfuse.embeddings.feature_embeddings.weight.grad
+    assert feature_grad.abs().sum() > 0 and feature_grad[0].abs().sum() == 0  # padding row never learns
+    category_grad = model.medfuse.embeddings.categorical_fusion.category_embeddings.weight.grad
+    assert category_grad.abs().sum(dim=1).nonzero().flatten().tolist() == [4]  # only "surgical" was seen
+
+
+def fused_tokens(model, feature_ids, values):
+    """Fused feature-value embeddings before the time embedding is added."""
+    embeddings = model.medfuse.embeddings
+    feature_ids, values = torch.tensor(feature_ids), torch.tensor(values)
+    return embeddings.value_fusion(embeddings.feature_embeddings(feature_ids), feature_ids, values)
+
+
+def test_mufuse_is_the_papers_generalized_hadamard_product(tiny_config, vocabulary):
+    model = MedFuseForSequenceClassification(tiny_config(fusion="multiplicative", hidden_size=32, value_embedding_size=8))
+    fusion = model.medfuse.embeddings.value_fusion
+    with torch.no_grad():
+        fusion.gamma.normal_()
+        fusion.beta.normal_()
+    sodium = vocabulary.id_of("sodium")
+    values = torch.tensor([-1.5, 0.0, 2.0])
+    expected = model.medfuse.embeddings.feature_embeddings.weight[sodium] * (
+        fusion.gamma[sodium] * fusion.value_projector(values) + fusion.beta[sodium]
+    ).repeat(1, 4)  # e_v (d′ = 8) broadcast over d = 4·d′
+    torch.testing.assert_close(fused_tokens(model, [sodium] * 3, values.tolist()), expected)
+
+
+def test_mufuse_value_modulates_each_feature_differently_and_nonlinearly(tiny_config, vocabulary):
+    """Would fail for additive fusion, whose value effect e(f, v) - e(f, v') is the same for every feature."""
+    model = MedFuseForSequenceClassification(tiny_config(fusion="multiplicative"))
+    sodium, heart_rate = vocabulary.id_of("sodium"), vocabulary.id_of("heart_rate")
+    with torch.no_grad():
+        tokens = fused_tokens(model, [sodium, sodium, sodium, heart_rate, heart_rate], [-2.0, 0.0, 2.0, -2.0, 2.0])
+        additive = MedFuseForSequenceClassification(tiny_config(fusion="additive"))
+        additive_tokens = fused_tokens(additive, [sodium, sodium, heart_rate, heart_rate], [-2.0, 2.0, -2.0, 2.0])
+    sodium_effect, heart_rate_effect = tokens[2] - tokens[0], tokens[4] - tokens[3]
+    assert not torch.allclose(sodium_effect, heart_rate_effect, atol=1e-3)
+    assert not torch.allclose(tokens[1], (tokens[0] + tokens[2]) / 2, atol=1e-3)  # not affine in the value
+    torch.testing.assert_close(additive_tokens[1] - additive_tokens[0], additive_tokens[3] - additive_tokens[2])
+
+
+def test_scane_is_value_times_feature_embedding(tiny_config, vocabulary):
+    model = MedFuseForSequenceClassification(tiny_config(fusion="scane"))
+    assert model.config.value_embedding_size == 1
+    assert not any("value_fusion" in name for name, _ in model.named_parameters())
+    sodium = vocabulary.id_of("sodium")
+    tokens = fused_tokens(model, [sodium, sodium], [0.5, -3.0])
+    identity = model.medfuse.embeddings.feature_embeddings.weight[sodium]
+    torch.testing.assert_close(tokens, torch.stack([0.5 * identity, -3.0 * identity]))
+
+
+def test_fresh_model_starts_from_the_papers_initialisation(tiny_config):
+    model = MedFuseModel(tiny_config())
+    fusion = model.embeddings.value_fusion
+    assert torch.equal(fusion.gamma, torch.ones_like(fusion.gamma))
+    assert torch.equal(fusion.beta, torch.zeros_like(fusion.beta))
+    identities = model.embeddings.feature_embeddings.weight
+    assert identities[0].abs().sum() == 0 and 0.7 < identities[2:].std() < 1.3
+
+
+def test_save_then_auto_load_in_a_fresh_process_gives_identical_logits(tmp_path, tokenizer, cohort, tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config(id2label={0: "survived", 1: "died"})).eval()
+    batch = encode(tokenizer, cohort[:5])
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    torch.save(dict(batch), tmp_path / "batch.pt")
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "feature_vocabulary.json"} <= {
+        path.name for path in tmp_path.iterdir()
+    }
+    assert not list(tmp_path.glob("*.bin"))
+    script = f"""
+import torch, medfuse_hf
+from transformers import AutoModelForSequenceClassification, AutoFeatureExtractor
+model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r}).eval()
+assert type(model).__name__ == "MedFuseForSequenceClassification", type(model)
+assert model.config.id2label == {{0: "survived", 1: "died"}}
+assert type(AutoFeatureExtractor.from_pretrained({str(tmp_path)!r})).__name__ == "MedFuseTokenizer"
+with torch.no_grad():
+    logits = model(**torch.load({str(tmp_path / "batch.pt")!r})).logits
+torch.save(logits, {str(tmp_path / "logits.pt")!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=0, rtol=0)
+
+
+def test_every_head_resolves_through_the_auto_classes(tmp_path, tiny_config):
+    config = tiny_config()
+    MedFuseForPreTraining(config).save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), MedFuseConfig)
+    assert isinstance(AutoModelForPreTraining.from_pretrained(tmp_path), MedFuseForPreTraining)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MedFuseModel)
+
+
+def test_a_classifier_loads_a_pretrained_encoder(tmp_path, tiny_config):
+    pretrained = MedFuseForPreTraining(tiny_config())
+    pretrained.save_pretrained(tmp_path)
+    classifier = MedFuseForSequenceClassification.from_pretrained(tmp_path)
+    torch.testing.assert_close(
+        classifier.medfuse.embeddings.feature_embeddings.weight, pretrained.medfuse.embeddings.feature_embeddings.weight
+    )
+
+
+@pytest.mark.parametrize(
+    "num_labels, problem_type, labels",
+    [
+        (2, None, torch.tensor([0, 1, 1])),
+        (4, None, torch.tensor([3, 0, 2])),
+        (3, "multi_label_classification", torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])),
+        (1, None, torch.tensor([0.5, -1.0, 2.0])),
+    ],
+)
+def test_problem_types_compute_their_loss(tokenizer, cohort, tiny_config, num_labels, problem_type, labels):
+    model = MedFuseForSequenceClassification(tiny_config(num_labels=num_labels, problem_type=problem_type))
+    output = model(**encode(tokenizer, cohort[:3]), labels=labels)
+    assert output.logits.shape == (3, num_labels)
+    assert output.loss.ndim == 0 and output.loss > 0
+
+
+def test_focal_loss_down_weights_confident_predictions(tokenizer, cohort, tiny_config):
+    focal = MedFuseForSequenceClassification(tiny_config(classification_loss="focal", focal_alpha=0.5))
+    plain = MedFuseForSequenceClassification(tiny_config())
+    plain.load_state_dict(focal.state_dict())
+    batch, labels = encode(tokenizer, cohort[:8]), torch.tensor([0, 1] * 4)
+    probability = plain(**batch).logits.softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    expected = (0.5 * (1 - probability) ** 2 * -probability.log()).mean()
+    torch.testing.assert_close(focal(**batch, labels=labels).loss, expected)
+    assert focal(**batch, labels=labels).loss < plain(**batch, labels=labels).loss
+
+
+def test_pretraining_loss_counts_only_observed_features(tokenizer, cohort, tiny_config):
+    model = MedFuseForPreTraining(tiny_config())
+    batch = tokenizer.encode_forecasting(cohort[:4], observation_hours=24.0, horizon_hours=6.0)
+    output = model(**batch)
+    mask = batch["forecast_mask"]
+    expected = ((output.forecast - batch["forecast_values"]) ** 2 * mask).sum() / mask.sum()
+    torch.testing.assert_close(output.loss, expected)
+    garbage = batch["forecast_values"] + 100.0 * (1 - mask)  # unobserved targets must not matter
+    torch.testing.assert_close(model(**{**batch, "forecast_values": garbage}).loss, output.loss)
+    output.loss.backward()
+
+
+def test_inputs_from_another_vocabulary_fail_with_a_clear_message(tiny_config):
+    model = MedFuseModel(tiny_config(vocab_size=6))
+    with pytest.raises(ValueError, match=r"feature_ids range 0..9 lies outside the vocabulary \(vocab_size 6\)"):
+        model(torch.tensor([[9, 0]]), torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([[1, 0]]))
+    with pytest.raises(ValueError, match="inputs must all be"):
+        model(torch.tensor([[2, 3]]), torch.zeros(1, 3), torch.zeros(1, 2), torch.ones(1, 2))
+
+
+def test_invalid_configs_are_rejected_when_built():
+    with pytest.raises(StrictDataclassError, match="multiple of value_embedding_size"):
+        MedFuseConfig(hidden_size=144, value_embedding_size=100)
+    with pytest.raises(StrictDataclassError, match="fusion"):
+        MedFuseConfig(fusion="gated")
+
+
+def test_paper_preset_matches_the_authors_p12_setting():
+    config = MedFuseConfig.paper_p12(vocab_size=44)
+    assert (config.hidden_size, config.value_embedding_size, config.num_hidden_layers, config.num_attention_heads) == (
+        144, 144, 1, 1,
+    )
+    assert (config.classification_loss, config.focal_alpha, config.focal_gamma, config.norm_first) == ("focal", 0.5, 2.0, False)
+
+
+def test_u_shaped_sodium_risk_is_learnable(tokenizer, cohort, tiny_config):
+    """The paper's equifinality case: low *or* high sodium means risk; MuFuse must fit it."""
+    torch.manual_seed(0)
+    model = MedFuseForSequenceClassification(tiny_config(hidden_size=32, value_embedding_size=32, num_hidden_layers=1))
+    batch, labels = encode(tokenizer, cohort), torch.tensor([patient["label"] for patient in cohort])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        rows = torch.randint(0, len(cohort), (64,), generator=generator)
+        loss = model(**{key: value[rows] for key, value in batch.items()}, labels=labels[rows]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scores = model.eval()(**batch).logits.softmax(-1)[:, 1]
+    assert roc_auc_score(labels.numpy(), scores.numpy()) > 0.95

@@ -1,0 +1,145 @@
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoFeatureExtractor
+
+from medfuse_hf import MedFuseTokenizer
+
+PATIENT = [("sodium", 150.0, 2.0), ("heart_rate", 90, 0.5), ("icu_type", "medical", 0.0), ("sodium", "141", 30.25)]
+
+
+def test_save_and_load_give_identical_encodings(tmp_path, tokenizer, cohort):
+    tokenizer.save_pretrained(tmp_path)
+    assert {path.name for path in tmp_path.iterdir()} == {"preprocessor_config.json", "feature_vocabulary.json"}
+    for reloaded in (MedFuseTokenizer.from_pretrained(tmp_path), AutoFeatureExtractor.from_pretrained(tmp_path)):
+        assert isinstance(reloaded, MedFuseTokenizer)
+        assert reloaded.feature_vocabulary == tokenizer.feature_vocabulary
+        assert reloaded.max_events == tokenizer.max_events
+        expected, actual = tokenizer(cohort[:8], return_tensors="np"), reloaded(cohort[:8], return_tensors="np")
+        for key in tokenizer.model_input_names:
+            np.testing.assert_array_equal(actual[key], expected[key])
+
+
+def test_from_pretrained_accepts_setting_overrides(tmp_path, tokenizer):
+    tokenizer.save_pretrained(tmp_path)
+    assert MedFuseTokenizer.from_pretrained(tmp_path, max_events=7).max_events == 7
+
+
+def test_encodes_values_times_and_categories(tokenizer, vocabulary):
+    encoded = tokenizer(PATIENT)
+    sodium = vocabulary.spec_of("sodium").statistics
+    assert encoded["times"] == [0.0, 0.5, 2.0, 30.25]  # sorted by time
+    assert encoded["feature_ids"] == [vocabulary.id_of(n) for n in ("icu_type", "heart_rate", "sodium", "sodium")]
+    assert encoded["values"][0] == 1 + 2  # global category id of the third level ("medical")
+    assert encoded["values"][2] == pytest.approx((150.0 - sodium.mean) / sodium.std, rel=1e-5)
+    assert encoded["attention_mask"] == [1, 1, 1, 1]
+
+
+def test_all_input_forms_encode_alike(tokenizer):
+    as_tuples = tokenizer(PATIENT, return_tensors="np")
+    columns = {"feature": [e[0] for e in PATIENT], "value": [e[1] for e in PATIENT], "time": [e[2] for e in PATIENT]}
+    frame = pd.DataFrame(columns)
+    for other in (tokenizer(columns, return_tensors="np"), tokenizer(frame, return_tensors="np")):
+        for key in tokenizer.model_input_names:
+            np.testing.assert_array_equal(other[key], as_tuples[key])
+
+
+def test_batches_from_lists_columns_and_grouped_frames_agree(tokenizer, cohort):
+    patients = cohort[:3]
+    from_list = tokenizer(patients, return_tensors="np")
+    columnar = {key: [patient[key] for patient in patients] for key in ("record_id", "feature", "value", "time")}
+    frame = pd.DataFrame(
+        [(p["record_id"], f, v, t) for p in patients for f, v, t in zip(p["feature"], p["value"], p["time"])],
+        columns=["record_id", "feature", "value", "time"],
+    )
+    for other in (tokenizer(columnar, return_tensors="np"), tokenizer(frame, patient_column="record_id", return_tensors="np")):
+        for key in tokenizer.model_input_names:
+            np.testing.assert_array_equal(other[key], from_list[key])
+
+
+def test_timestamps_become_hours_since_first_event_or_anchor(tokenizer):
+    events = [("sodium", 140, "2130-01-01 08:00"), ("sodium", 141, "2130-01-01 09:30"), ("sodium", 139, "2130-01-02 08:00")]
+    assert tokenizer(events)["times"] == [0.0, 1.5, 24.0]
+    assert tokenizer(events, anchor_times="2130-01-01 06:00")["times"] == [2.0, 3.5, 26.0]
+
+
+def test_padding_masks_and_pads_with_zeros(tokenizer):
+    batch = tokenizer([PATIENT, PATIENT[:1]], padding="max_length", max_length=6, return_tensors="pt")
+    assert batch["feature_ids"].shape == (2, 6)
+    assert batch["feature_ids"].dtype == torch.long and batch["values"].dtype == torch.float32
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0]]
+    assert batch["feature_ids"][1, 1:].eq(0).all()
+    assert tokenizer([PATIENT, PATIENT[:1]], pad_to_multiple_of=8, return_tensors="pt")["feature_ids"].shape == (2, 8)
+
+
+def test_truncation_keeps_the_most_recent_events(vocabulary):
+    tokenizer = MedFuseTokenizer(vocabulary, max_events=3)
+    events = [("heart_rate", 80 + hour, float(hour)) for hour in range(10)]
+    encoded = tokenizer(list(reversed(events)))
+    assert encoded["times"] == [7.0, 8.0, 9.0]
+    assert tokenizer(events, max_length=2)["times"] == [8.0, 9.0]
+
+
+def test_unknown_feature_error_lists_every_unknown_name(vocabulary):
+    events = [("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0), ("EtCO2", 30, 2.0), ("Lactate_x", 2.5, 3.0)]
+    with pytest.raises(ValueError, match=r"2 unknown feature\(s\).*'Lactate_x' \(first at row 1\), 'EtCO2' \(first at row 2\)"):
+        MedFuseTokenizer(vocabulary)(events)
+
+
+def test_unknown_feature_as_unk_keeps_the_event_with_value_zero(vocabulary):
+    encoded = MedFuseTokenizer(vocabulary, unknown_features="unk")([("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)])
+    assert encoded["feature_ids"][1] == 1
+    assert encoded["values"][1] == 0.0
+
+
+def test_unknown_feature_drop_is_logged_with_counts(vocabulary, caplog):
+    with caplog.at_level(logging.WARNING):
+        encoded = MedFuseTokenizer(vocabulary, unknown_features="drop")([("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)])
+    assert encoded["feature_ids"] == [vocabulary.id_of("sodium")]
+    assert "dropped 1 events of unknown features ['Lactate_x']" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad_event, message",
+    [
+        (("sodium", float("nan"), 1.0), r"patient 0, row 1: value nan of feature 'sodium' is not a finite number"),
+        (("sodium", "n/a", 1.0), r"row 1: value 'n/a' of feature 'sodium'"),
+        (("sodium", float("inf"), 1.0), r"row 1: value inf"),
+        (("sodium", 140, "yesterday"), r"row 1: time 'yesterday' is neither hours nor a timestamp"),
+        (("sodium", 140, -2.0), r"row 1: time -2.0 \(-2 h\) lies before the record's start"),
+        (("sodium", 140, 1e7), r"row 1: time 10000000.0 .* lies more than \d+ hours after"),
+        (("sodium", 140, None), r"row 1: time None .* is not a finite number"),
+        (("icu_type", "psychiatric", 1.0), r"row 1: 'psychiatric' is not a level of categorical feature 'icu_type'"),
+    ],
+)
+def test_bad_rows_raise_with_the_row_named(tokenizer, bad_event, message):
+    with pytest.raises(ValueError, match=message):
+        tokenizer([("heart_rate", 80, 0.0), bad_event])
+
+
+def test_errors_name_the_record_and_dataframe_row(tokenizer):
+    patient = {"record_id": 132539, "feature": ["sodium", "sodium"], "value": [140, "abc"], "time": [0.0, 1.0]}
+    with pytest.raises(ValueError, match=r"patient 0 \(record_id=132539\), row 1"):
+        tokenizer(patient)
+    frame = pd.DataFrame({"feature": ["sodium", "sodium"], "value": [140, "abc"], "time": [0, 1]}, index=[57, 58])
+    with pytest.raises(ValueError, match="row 58"):
+        tokenizer(frame)
+
+
+def test_patient_without_events_is_an_error(tokenizer):
+    with pytest.raises(ValueError, match="patient 1 has no events"):
+        tokenizer([PATIENT, {"feature": [], "value": [], "time": []}])
+
+
+def test_forecasting_targets_average_the_window_and_inputs_stop_at_the_cutoff(tokenizer, vocabulary):
+    events = [("sodium", 140, 1.0), ("heart_rate", 80, 5.0), ("sodium", 150, 24.5), ("sodium", 130, 25.0), ("heart_rate", 99, 30.0)]
+    batch = tokenizer.encode_forecasting([events], observation_hours=24.0, horizon_hours=2.0)
+    sodium, heart_rate = vocabulary.id_of("sodium"), vocabulary.id_of("heart_rate")
+    statistics = vocabulary.spec_of("sodium").statistics
+    assert batch["times"].tolist() == [[1.0, 5.0]]
+    assert batch["forecast_mask"][0].nonzero().flatten().tolist() == [sodium]
+    assert batch["forecast_values"][0, sodium].item() == pytest.approx((140 - statistics.mean) / statistics.std, rel=1e-5)
+    assert batch["forecast_mask"][0, heart_rate] == 0
