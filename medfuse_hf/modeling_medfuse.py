@@ -57,7 +57,8 @@ class MultiplicativeFusion(nn.Module):
         if self.is_scane:
             value_embeds = values.unsqueeze(-1)  # (B, T, 1)
         else:
-            value_embeds = self.gamma[feature_ids] * self.value_projector(values) + self.beta[feature_ids]  # (B, T, d′)
+            gamma, beta = F.embedding(feature_ids, self.gamma), F.embedding(feature_ids, self.beta)  # (B, T, d′) each
+            value_embeds = gamma * self.value_projector(values) + beta
         # Generalized Hadamard product: view d as k blocks of d′ and modulate each block by e_v.
         blocks = feature_embeds.unflatten(-1, (-1, self.value_embedding_size))  # (B, T, k, d′)
         return (blocks * value_embeds.unsqueeze(-2)).flatten(-2)  # (B, T, d)
