@@ -1,0 +1,7 @@
+"""Real cohorts in, patients out: loaders that turn clinical sources into `datasets.Dataset`s of triplets."""
+
+from .clinical_features import clinical_vocabulary
+from .patient_table import LoadSummary
+from .physionet2012 import load_physionet2012
+
+__all__ = ["LoadSummary", "clinical_vocabulary", "load_physionet2012"]

@@ -1,0 +1,200 @@
+"""PhysioNet/CinC Challenge 2012 (ICU in-hospital mortality, "P12") from its official release files.
+
+Reads `set-{a,b,c}.tar.gz` (or the extracted `set-X/` folders) and `Outcomes-X.txt` as downloaded from
+https://physionet.org/content/challenge-2012/1.0.0/. Each record file has lines `HH:MM,Parameter,Value` covering
+the first 48 h in the ICU; its first lines at 00:00 are static descriptors (RecordID, Age, Gender, Height,
+ICUType, Weight).
+
+Choices, documented once here:
+- Descriptors become time-0 events (canonical `age`, `gender`, `height`, `icu_type`, `weight`), so the model sees
+  them like any observation, and are also kept as scalar columns for analysis. `gender` and `icu_type` are
+  categorical.
+- `-1` means "missing" in this release and is never fed as a value: such rows are skipped and counted.
+- Records with no time series after the descriptors (12 in the release) are skipped and counted, which gives the
+  11,988 stays that papers report.
+- Every other skip (malformed line, empty parameter as in 2,403 rows of set-c, unknown parameter, non-numeric
+  value, time outside 0-48 h, exact duplicate row, record without outcome) is counted in a `LoadSummary` with the
+  file and line of its first occurrences. Rows out of time order are kept and sorted, and counted too.
+"""
+
+import io
+import logging
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from .clinical_features import PHYSIONET2012_NAMES
+from .patient_table import LoadSummary, PatientTableBuilder
+
+logger = logging.getLogger(__name__)
+
+SETS = ("a", "b", "c")
+OBSERVATION_MINUTES = 48 * 60
+DESCRIPTORS = ("RecordID", "Age", "Gender", "Height", "ICUType", "Weight")
+STATIC_FIELDS = {"Age": "age", "Gender": "gender", "Height": "height", "ICUType": "icu_type", "Weight": "weight"}
+OUTCOME_FIELDS = {
+    "SAPS-I": "saps_i",
+    "SOFA": "sofa",
+    "Length_of_stay": "length_of_stay",
+    "Survival": "survival",
+    "In-hospital_death": "in_hospital_death",
+}
+CANONICAL_NAMES = list(dict.fromkeys(PHYSIONET2012_NAMES.values()))
+CODE_OF_PARAMETER = {parameter: CANONICAL_NAMES.index(name) for parameter, name in PHYSIONET2012_NAMES.items()}
+
+
+def load_physionet2012(
+    path: str | Path, sets: Iterable[str] | None = None, return_summary: bool = False
+) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
+    """One row per ICU stay: `record_id`, `set`, the `feature`/`value`/`time` event lists (canonical names,
+    hours since ICU admission), static descriptors, the label `in_hospital_death` and the extra targets
+    `saps_i`, `sofa`, `length_of_stay`, `survival` (`None` where the release has -1).
+
+    `path` holds the archives (or extracted folders) and outcome files; `sets=None` loads every set present.
+    """
+    root = Path(path)
+    present = [name for name in SETS if _archive_of(root, name) is not None]
+    if sets is None:
+        sets = present
+    sets = [name.removeprefix("set-") for name in ([sets] if isinstance(sets, str) else sets)]
+    missing = [name for name in sets if name not in present]
+    if not sets or missing:
+        raise FileNotFoundError(
+            f"{root}: no PhysioNet 2012 set-{'/'.join(missing or SETS)} archive (set-X.tar.gz) or folder (set-X/)"
+        )
+    summary = LoadSummary(source=f"PhysioNet 2012 sets {', '.join(sets)} in {root}")
+    builder = PatientTableBuilder(CANONICAL_NAMES)
+    for name in sets:
+        outcomes = _read_outcomes(root / f"Outcomes-{name}.txt")
+        for where, text in _records(_archive_of(root, name)):
+            _add_record(builder, summary, name, where, text, outcomes)
+    summary.log()
+    dataset = builder.build()
+    return (dataset, summary) if return_summary else dataset
+
+
+def _archive_of(root: Path, name: str) -> Path | None:
+    for candidate in (root / f"set-{name}.tar.gz", root / f"set-{name}"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _records(source: Path) -> Iterator[tuple[str, str]]:
+    """(file name for messages, text) of each record, streamed from an archive or a folder."""
+    if source.is_dir():
+        for file in sorted(source.glob("*.txt")):
+            yield f"{source.name}/{file.name}", file.read_text(encoding="utf-8")
+        return
+    try:
+        with tarfile.open(source, "r:gz") as archive:
+            for member in archive:
+                if member.isfile() and member.name.endswith(".txt"):
+                    yield f"{source.name}:{member.name}", archive.extractfile(member).read().decode("utf-8")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise ValueError(f"{source}: truncated or corrupt archive ({error}); download it again") from error
+
+
+def _read_outcomes(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: outcome file missing; the label comes from it")
+    outcomes = pd.read_csv(path)
+    absent = {"RecordID", *OUTCOME_FIELDS} - set(outcomes.columns)
+    if absent:
+        raise ValueError(f"{path}: columns {sorted(absent)} missing; found {list(outcomes.columns)}")
+    if outcomes["RecordID"].duplicated().any():
+        raise ValueError(f"{path}: RecordID {outcomes['RecordID'][outcomes['RecordID'].duplicated()].iloc[0]} appears twice")
+    return outcomes.set_index("RecordID")
+
+
+def _add_record(
+    builder: PatientTableBuilder, summary: LoadSummary, set_name: str, where: str, text: str, outcomes: pd.DataFrame
+) -> None:
+    summary.patients_read += 1
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "Time,Parameter,Value":
+        summary.skip_patient("missing 'Time,Parameter,Value' header", f"{where}:1")
+        return
+    record_id = int(Path(where.split(":")[-1]).stem) if Path(where.split(":")[-1]).stem.isdigit() else None
+    codes, values, minutes = [], [], []
+    statics: dict[str, float] = {}
+    seen: set[tuple[int, int, float]] = set()
+    num_series_events, previous_minute = 0, 0
+    for line_number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        summary.events_read += 1
+        place = f"{where}:{line_number}"
+        parts = line.split(",")
+        if len(parts) != 3:
+            summary.skip_event("malformed line", place)
+            continue
+        time_text, parameter, value_text = parts
+        hours, _, mins = time_text.partition(":")
+        try:
+            minute = int(hours) * 60 + int(mins)
+        except ValueError:
+            summary.skip_event("unparseable time", place)
+            continue
+        if parameter == "RecordID":
+            record_id = int(float(value_text))
+            summary.events_read -= 1  # an identifier, not an observation
+            continue
+        if not parameter:
+            summary.skip_event("empty parameter", place)
+            continue
+        code = CODE_OF_PARAMETER.get(parameter)
+        if code is None:
+            summary.skip_event(f"unknown parameter {parameter!r}", place)
+            continue
+        try:
+            value = float(value_text)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value):
+            summary.skip_event("non-numeric value", place)
+            continue
+        if value == -1:
+            summary.skip_event("missing value (-1)", place)
+            continue
+        if not 0 <= minute <= OBSERVATION_MINUTES:
+            summary.skip_event("time outside the 48 h window", place)
+            continue
+        if (minute, code, value) in seen:
+            summary.skip_event("duplicate row", place)
+            continue
+        seen.add((minute, code, value))
+        if minute < previous_minute:
+            summary.note("out of time order (kept, sorted)", place)
+        previous_minute = max(previous_minute, minute)
+        if parameter in STATIC_FIELDS and minute == 0 and STATIC_FIELDS[parameter] not in statics:
+            statics[STATIC_FIELDS[parameter]] = value
+        else:
+            num_series_events += 1
+        codes.append(code)
+        values.append(value)
+        minutes.append(minute)
+    if num_series_events == 0:
+        summary.skip_patient("no time series after the descriptors", where)
+        return
+    if record_id not in outcomes.index:
+        summary.skip_patient("no outcome in Outcomes file", where)
+        return
+    outcome = outcomes.loc[record_id]
+    targets = {field: (None if outcome[column] == -1 else int(outcome[column])) for column, field in OUTCOME_FIELDS.items()}
+    builder.add(
+        np.asarray(codes),
+        np.asarray(values),
+        np.asarray(minutes) / 60.0,
+        record_id=record_id,
+        set=set_name,
+        **{field: statics.get(field) for field in STATIC_FIELDS.values()},
+        **targets,
+    )
+    summary.patients_kept += 1
+    summary.events_kept += len(codes)
