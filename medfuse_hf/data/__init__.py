@@ -3,5 +3,6 @@
 from .clinical_features import clinical_vocabulary
 from .patient_table import LoadSummary
 from .physionet2012 import load_physionet2012
+from .physionet2019 import load_physionet2019
 
-__all__ = ["LoadSummary", "clinical_vocabulary", "load_physionet2012"]
+__all__ = ["LoadSummary", "clinical_vocabulary", "load_physionet2012", "load_physionet2019"]

@@ -31,8 +31,8 @@ class LoadSummary:
     notes: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def skip_event(self, reason: str, where: str) -> None:
-        self.skipped_events[reason] += 1
+    def skip_event(self, reason: str, where: str, count: int = 1) -> None:
+        self.skipped_events[reason] += count
         self._remember(reason, where)
 
     def skip_patient(self, reason: str, where: str) -> None:

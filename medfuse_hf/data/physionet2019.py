@@ -1,0 +1,205 @@
+"""PhysioNet/CinC Challenge 2019 (early sepsis prediction, "P19") from its official release files.
+
+Reads `training_setA.zip` / `training_setB.zip` (or folders of `.psv` files) as downloaded from
+https://physionet.org/content/challenge-2019/1.0.0/. Each patient file is an hourly grid, `|`-separated, with
+`NaN` where nothing was measured; set A and set B come from two different hospital systems.
+
+Choices, documented once here:
+- Only observed cells become events, at `time` = `ICULOS` (hours since ICU admission), with canonical names
+  shared with PhysioNet 2012 (`clinical_features.PHYSIONET2019_NAMES`).
+- `Age` and `Gender` become one event each at the first hour, and `Unit1`/`Unit2` (medical/surgical ICU flags)
+  become the `icu_type` event with P12's codes (3 medical, 4 surgical), so P12 checkpoints read them. They are
+  also scalar columns, with `HospAdmTime` as `hospital_admission_hours`.
+- `sepsis` (the patient-level label) is 1 when any hour has `SepsisLabel` 1; the per-hour labels are kept in
+  `sepsis_label` beside `hours`. In this release the hourly label turns 1 six hours *before* clinical onset;
+  `sepsis_onset_hour` is the first hour labelled 1. `observation_hours` keeps only the events of the first hours
+  (the early-prediction setting); the labels are left whole, so filter on `sepsis_onset_hour` as your protocol
+  requires.
+- Malformed lines, non-numeric cells, unknown columns, duplicated hours and hours out of order are counted in
+  a `LoadSummary` with file and line; a truncated archive is an error.
+"""
+
+import logging
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from .clinical_features import PHYSIONET2019_NAMES
+from .patient_table import LoadSummary, PatientTableBuilder
+
+logger = logging.getLogger(__name__)
+
+SETS = {"A": "training_setA", "B": "training_setB"}
+ICU_TYPE_OF_UNIT = {"Unit1": 3.0, "Unit2": 4.0}  # medical, surgical ICU in PhysioNet 2012's icu_type codes
+BOOKKEEPING_COLUMNS = ("Unit1", "Unit2", "HospAdmTime", "ICULOS", "SepsisLabel")
+ONCE_PER_PATIENT = ("Age", "Gender")
+CANONICAL_NAMES = [*dict.fromkeys(PHYSIONET2019_NAMES.values()), "icu_type"]
+ICU_TYPE_CODE = CANONICAL_NAMES.index("icu_type")
+
+
+def load_physionet2019(
+    path: str | Path,
+    sets: Iterable[str] | None = None,
+    observation_hours: float | None = None,
+    return_summary: bool = False,
+) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
+    """One row per patient: `patient_id`, `hospital` ("A"/"B"), `feature`/`value`/`time` events, `age`,
+    `gender`, `icu_type`, `hospital_admission_hours`, `sepsis`, `sepsis_onset_hour`, and the hourly `hours` /
+    `sepsis_label` lists. `sets=None` loads every set present in `path`.
+    """
+    root = Path(path)
+    present = [name for name in SETS if _source_of(root, name) is not None]
+    sets = present if sets is None else [name.upper().removeprefix("TRAINING_SET") for name in ([sets] if isinstance(sets, str) else sets)]
+    missing = [name for name in sets if name not in present]
+    if not sets or missing:
+        raise FileNotFoundError(f"{root}: no PhysioNet 2019 training_set{'/'.join(missing or SETS)}.zip or folder")
+    summary = LoadSummary(source=f"PhysioNet 2019 sets {', '.join(sets)} in {root}")
+    builder = PatientTableBuilder(CANONICAL_NAMES)
+    for hospital in sets:
+        for where, text in _patient_files(_source_of(root, hospital)):
+            _add_patient(builder, summary, hospital, where, text, observation_hours)
+    summary.log()
+    dataset = builder.build()
+    return (dataset, summary) if return_summary else dataset
+
+
+def _source_of(root: Path, hospital: str) -> Path | None:
+    for candidate in (root / f"{SETS[hospital]}.zip", root / SETS[hospital]):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _patient_files(source: Path) -> Iterator[tuple[str, str]]:
+    if source.is_dir():
+        for file in sorted(source.glob("*.psv")):
+            yield f"{source.name}/{file.name}", file.read_text(encoding="utf-8")
+        return
+    try:
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".psv"):
+                    yield f"{source.name}:{info.filename}", archive.read(info).decode("utf-8")
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(f"{source}: truncated or corrupt archive ({error}); download it again") from error
+
+
+def _parse_grid(text: str, where: str, summary: LoadSummary) -> tuple[list[str], np.ndarray, list[int]] | None:
+    """(columns, hourly grid, file line of each grid row); malformed lines are skipped and counted."""
+    lines = text.splitlines()
+    if not lines:
+        summary.skip_patient("empty file", where)
+        return None
+    columns = lines[0].split("|")
+    try:
+        grid = np.loadtxt(lines[1:], delimiter="|", dtype=np.float64, ndmin=2)
+        if grid.shape[1] == len(columns):
+            return columns, grid, list(range(2, len(lines) + 1))
+    except ValueError:
+        pass
+    rows, line_numbers = [], []  # slow path, line by line, only for files the fast path rejected
+    for line_number, line in enumerate(lines[1:], start=2):
+        cells = line.split("|")
+        if len(cells) != len(columns):
+            summary.skip_event("malformed line", f"{where}:{line_number}")
+            continue
+        try:
+            rows.append([float(cell) for cell in cells])
+            line_numbers.append(line_number)
+        except ValueError:
+            summary.skip_event("non-numeric value", f"{where}:{line_number}")
+    return columns, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)), line_numbers
+
+
+def _add_patient(
+    builder: PatientTableBuilder,
+    summary: LoadSummary,
+    hospital: str,
+    where: str,
+    text: str,
+    observation_hours: float | None,
+) -> None:
+    summary.patients_read += 1
+    parsed = _parse_grid(text, where, summary)
+    if parsed is None:
+        return
+    columns, grid, line_numbers = parsed
+    absent = [name for name in ("ICULOS", "SepsisLabel") if name not in columns]
+    if absent:
+        summary.skip_patient(f"columns {absent} missing", f"{where}:1")
+        return
+    column = {name: index for index, name in enumerate(columns)}
+    hours = grid[:, column["ICULOS"]]
+    _, first = np.unique(hours, return_index=True)
+    duplicated = np.setdiff1d(np.arange(len(grid)), first)
+    for row in np.flatnonzero(np.diff(hours) < 0) + 1:
+        summary.note("hours out of order (kept, sorted)", f"{where}:{line_numbers[row]}")
+    after_cutoff = hours >= observation_hours if observation_hours is not None else np.zeros(len(grid), dtype=bool)
+    sepsis_label = np.nan_to_num(grid[:, column["SepsisLabel"]]).astype(int)
+    codes, values, times = [], [], []
+    for name, index in column.items():
+        if name in BOOKKEEPING_COLUMNS:
+            continue
+        observed = np.flatnonzero(np.isfinite(grid[:, index]))
+        if name in ONCE_PER_PATIENT:
+            observed = observed[:1]
+        summary.events_read += observed.size
+        if name not in PHYSIONET2019_NAMES:
+            if observed.size:
+                summary.skip_event(f"unknown column {name!r}", f"{where}:{line_numbers[observed[0]]}", observed.size)
+            continue
+        for reason, rows in (
+            ("duplicate hour", np.intersect1d(observed, duplicated)),
+            ("after the observation_hours cut-off", observed[after_cutoff[observed]]),
+        ):
+            if rows.size:
+                summary.skip_event(reason, f"{where}:{line_numbers[rows[0]]}", rows.size)
+        observed = np.setdiff1d(observed[~after_cutoff[observed]], duplicated)
+        codes.append(np.full(observed.size, CANONICAL_NAMES.index(PHYSIONET2019_NAMES[name])))
+        values.append(grid[observed, index])
+        times.append(hours[observed])
+    icu_type = _icu_type(grid, column, ~after_cutoff)
+    if icu_type is not None:
+        summary.events_read += 1
+        codes.append(np.array([ICU_TYPE_CODE]))
+        values.append(np.array([icu_type]))
+        times.append(hours[~after_cutoff][:1])
+    if not sum(len(chunk) for chunk in codes):
+        summary.skip_patient("no observations" + (" before the cut-off" if observation_hours else ""), where)
+        return
+    codes, values, times = np.concatenate(codes), np.concatenate(values), np.concatenate(times)
+    onset = np.flatnonzero(sepsis_label == 1)
+    builder.add(
+        codes,
+        values,
+        times,
+        patient_id=Path(where.split(":")[-1]).stem,
+        hospital=hospital,
+        age=_first_observed(grid, column, "Age"),
+        gender=_first_observed(grid, column, "Gender"),
+        icu_type=icu_type,
+        hospital_admission_hours=_first_observed(grid, column, "HospAdmTime"),
+        sepsis=int(onset.size > 0),
+        sepsis_onset_hour=float(hours[onset[0]]) if onset.size else None,
+        hours=hours.astype(np.float32).tolist(),
+        sepsis_label=sepsis_label.tolist(),
+    )
+    summary.patients_kept += 1
+    summary.events_kept += len(codes)
+
+
+def _first_observed(grid: np.ndarray, column: dict[str, int], name: str) -> float | None:
+    if name not in column:
+        return None
+    observed = grid[np.isfinite(grid[:, column[name]]), column[name]]
+    return float(observed[0]) if observed.size else None
+
+
+def _icu_type(grid: np.ndarray, column: dict[str, int], rows: np.ndarray) -> float | None:
+    for name, code in ICU_TYPE_OF_UNIT.items():
+        if name in column and (grid[rows, column[name]] == 1).any():
+            return code
+    return None
