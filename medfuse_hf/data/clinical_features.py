@@ -103,6 +103,55 @@ PHYSIONET2019_NAMES: dict[str, str] = {
     "Fibrinogen": "fibrinogen", "Platelets": "platelets", "Age": "age", "Gender": "gender",
 }
 
+# MIMIC-III ITEMID -> canonical name, for CHARTEVENTS (CareVue and MetaVision ids) and LABEVENTS. Every id was
+# checked against the labels and units of the MIMIC-III demo's D_ITEMS / D_LABITEMS. The blood-gas pCO2/pO2 ids
+# (50818, 50821) do not say whether the specimen was arterial; they map to paco2/pao2 as is common practice.
+MIMIC3_ITEMS: dict[int, str] = {
+    211: "heart_rate", 220045: "heart_rate",
+    618: "respiratory_rate", 615: "respiratory_rate", 220210: "respiratory_rate", 224690: "respiratory_rate",
+    646: "spo2", 220277: "spo2",
+    676: "temperature", 223762: "temperature", 678: "temperature", 223761: "temperature",  # the last two in °F
+    51: "arterial_systolic_bp", 220050: "arterial_systolic_bp",
+    8368: "arterial_diastolic_bp", 220051: "arterial_diastolic_bp",
+    52: "arterial_mean_bp", 220052: "arterial_mean_bp",
+    455: "noninvasive_systolic_bp", 220179: "noninvasive_systolic_bp",
+    8441: "noninvasive_diastolic_bp", 220180: "noninvasive_diastolic_bp",
+    456: "noninvasive_mean_bp", 220181: "noninvasive_mean_bp",
+    198: "gcs",
+    762: "weight", 763: "weight", 224639: "weight", 226512: "weight",
+    226730: "height",
+    50983: "sodium", 50824: "sodium",
+    50971: "potassium", 50822: "potassium",
+    50902: "chloride", 50806: "chloride",
+    50882: "bicarbonate",
+    51006: "bun",
+    50912: "creatinine",
+    50931: "glucose", 50809: "glucose",
+    50813: "lactate",
+    50960: "magnesium",
+    50893: "calcium",
+    50970: "phosphate",
+    50862: "albumin",
+    50861: "alt",
+    50878: "ast",
+    50863: "alkaline_phosphatase",
+    50885: "bilirubin_total",
+    51221: "hematocrit", 50810: "hematocrit",
+    51222: "hemoglobin", 50811: "hemoglobin",
+    51265: "platelets",
+    51301: "wbc", 51300: "wbc",
+    50820: "ph",
+    50818: "paco2",
+    50821: "pao2",
+    50802: "base_excess",
+    51275: "ptt",
+    51214: "fibrinogen",
+    51003: "troponin_t",
+    51002: "troponin_i",
+    50907: "cholesterol",
+}
+MIMIC3_FAHRENHEIT_ITEMS = (678, 223761)
+
 
 def clinical_vocabulary(names: list[str] | None = None) -> FeatureVocabulary:
     """The canonical vocabulary (without statistics), in catalogue order; `names` keeps only those features.

@@ -1,0 +1,179 @@
+"""A hospital's own event table in long format: one row per observation (patient, time, feature, value).
+
+This is how a hospital brings its data: a CSV or Parquet export of its charted vitals and labs, a mapping of
+its local feature names (or item ids) onto the canonical vocabulary, and a labels table. Timestamps become
+hours since an anchor column of the labels table (e.g. ICU admission) or else since each patient's first event.
+
+Only numeric observations are loaded (categorical features given as numeric codes, e.g. gender 0/1, work too);
+text in the value column of a mapped feature is counted and skipped, never guessed at.
+"""
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from .patient_table import LoadSummary, PatientTableBuilder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
+TableSource = str | Path | pd.DataFrame
+
+
+def load_long_format(
+    events: TableSource | Sequence[TableSource],
+    labels: TableSource | None = None,
+    columns: Mapping[str, str] | None = None,
+    feature_map: Mapping[str, str] | None = None,
+    value_transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    anchor_column: str | None = None,
+    max_hours: float | None = None,
+    return_summary: bool = False,
+) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
+    """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
+
+    Args:
+        events: CSV/Parquet path(s) or DataFrame(s) of events; a list is read one table at a time.
+        labels: table with one row per patient (the `patient_id` column) and its labels; patients without a row
+            are skipped and counted. Without it, every patient with events is kept.
+        columns: where each field lives: keys `patient_id`, `time`, `feature`, `value` -> source column names.
+        feature_map: source feature name or item id (as text) -> canonical name. Unmapped features are skipped
+            and counted; without a map, source names are used as they are.
+        value_transforms: source feature -> function on its values, e.g. Fahrenheit to Celsius.
+        anchor_column: labels column holding each patient's time zero (timestamps).
+        max_hours: events later than this after the anchor are skipped and counted.
+    """
+    columns = {**DEFAULT_COLUMNS, **(columns or {})}
+    sources = list(events) if isinstance(events, (list, tuple)) else [events]
+    label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
+    anchors = _anchors(label_table, anchor_column) if anchor_column else None
+    summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
+    per_patient: dict[str, list[pd.DataFrame]] = {}
+    for source in sources:
+        table, name = _read_table(source, columns)
+        table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, summary)
+        for patient_id, group in table.groupby("patient_id", sort=False):
+            per_patient.setdefault(patient_id, []).append(group)
+    names = sorted({feature for groups in per_patient.values() for group in groups for feature in group["feature"].unique()})
+    code_of = {feature: code for code, feature in enumerate(names)}
+    builder = PatientTableBuilder(names)
+    patient_ids = list(label_table.index) if label_table is not None else list(per_patient)
+    summary.patients_read = len(set(patient_ids) | set(per_patient))
+    for patient_id in patient_ids:
+        if patient_id not in per_patient:
+            summary.skip_patient("labels row but no events", f"patient {patient_id}")
+            continue
+        group = pd.concat(per_patient.pop(patient_id))
+        fields = label_table.loc[patient_id].to_dict() if label_table is not None else {}
+        builder.add(group["feature"].map(code_of).to_numpy(), group["value"].to_numpy(), group["hours"].to_numpy(),
+                    patient_id=patient_id, **{key: _plain(value) for key, value in fields.items()})
+        summary.patients_kept += 1
+        summary.events_kept += len(group)
+    for patient_id in per_patient:  # events but no labels row
+        summary.skip_patient("events but no labels row", f"patient {patient_id}")
+    summary.log()
+    dataset = builder.build()
+    return (dataset, summary) if return_summary else dataset
+
+
+def _read_table(source: TableSource, columns: Mapping[str, str]) -> tuple[pd.DataFrame, str]:
+    """The four needed columns, renamed, with `line` (the CSV line, or the row number) for messages."""
+    if isinstance(source, pd.DataFrame):
+        table, name, first_line = source, "events", 0
+    else:
+        path = Path(source)
+        name = str(path)
+        wanted = [columns[key] for key in DEFAULT_COLUMNS]
+        try:
+            if path.suffix == ".parquet":
+                table, first_line = pd.read_parquet(path, columns=wanted), 0
+            else:
+                table, first_line = pd.read_csv(path, usecols=wanted, dtype=str, keep_default_na=False), 2
+        except ValueError as error:
+            raise ValueError(f"{path}: cannot read columns {wanted} ({error})") from error
+    absent = [columns[key] for key in DEFAULT_COLUMNS if columns[key] not in table.columns]
+    if absent:
+        raise ValueError(f"{name}: columns {absent} missing; it has {list(table.columns)}")
+    table = table[[columns[key] for key in DEFAULT_COLUMNS]].set_axis(list(DEFAULT_COLUMNS), axis=1)
+    return table.assign(line=np.arange(len(table)) + first_line), name
+
+
+def _clean(
+    table: pd.DataFrame,
+    name: str,
+    feature_map: Mapping[str, str] | None,
+    value_transforms: Mapping[str, Callable],
+    anchors: pd.Series | None,
+    max_hours: float | None,
+    summary: LoadSummary,
+) -> pd.DataFrame:
+    """Map features, parse values and times, and drop (counting each reason) what cannot be an event."""
+    summary.events_read += len(table)
+    table = table.assign(patient_id=table["patient_id"].astype(str), source_feature=table["feature"].astype(str))
+
+    def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
+        if mask.any():
+            summary.skip_event(reason, f"{name}:{table.loc[mask, 'line'].iloc[0]}", int(mask.sum()))
+        return table[~mask]
+
+    if feature_map is not None:
+        table = table.assign(feature=table["source_feature"].map(feature_map))
+        table = drop(table["feature"].isna(), "feature not in feature_map")
+    table = drop(table["value"].isna() | table["value"].astype(str).str.strip().eq(""), "empty value")
+    table = table.assign(value=pd.to_numeric(table["value"], errors="coerce"))
+    table = drop(~np.isfinite(table["value"]), "non-numeric value")
+    for source_feature, transform in value_transforms.items():
+        rows = table["source_feature"] == source_feature
+        table.loc[rows, "value"] = transform(table.loc[rows, "value"].to_numpy())
+    if anchors is not None:
+        table = drop(table["patient_id"].map(anchors).isna(), "patient has no anchor time")
+    table = table.assign(hours=_hours(table, anchors))
+    table = drop(table["hours"].isna(), "unparseable time")
+    table = drop(table["hours"] < 0, "time before the anchor")
+    if max_hours is not None:
+        table = drop(table["hours"] > max_hours, f"time more than {max_hours:g} h after the anchor")
+    table = drop(table.duplicated(["patient_id", "hours", "feature", "value"]), "duplicate row")
+    return table
+
+
+def _hours(table: pd.DataFrame, anchors: pd.Series | None) -> pd.Series:
+    numeric = pd.to_numeric(table["time"], errors="coerce")
+    anchors_are_stamps = anchors is not None and pd.api.types.is_datetime64_any_dtype(anchors)
+    if numeric.notna().all() and not anchors_are_stamps:  # already hours
+        return numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)
+    stamps = pd.to_datetime(table["time"], errors="coerce", format="mixed")
+    origin = table["patient_id"].map(anchors) if anchors is not None else stamps.groupby(table["patient_id"]).transform("min")
+    return (stamps - pd.to_datetime(origin)) / pd.Timedelta(hours=1)
+
+
+def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
+    name = "labels" if isinstance(labels, pd.DataFrame) else str(labels)
+    table = labels if isinstance(labels, pd.DataFrame) else (
+        pd.read_parquet(labels) if str(labels).endswith(".parquet") else pd.read_csv(labels)
+    )
+    if id_column not in table.columns:
+        raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
+    duplicated = table[id_column].duplicated()
+    if duplicated.any():
+        raise ValueError(f"{name}: patient {table[id_column][duplicated].iloc[0]!r} has more than one labels row")
+    return table.assign(**{id_column: table[id_column].astype(str)}).set_index(id_column)
+
+
+def _anchors(labels: pd.DataFrame | None, anchor_column: str) -> pd.Series:
+    if labels is None or anchor_column not in labels.columns:
+        raise ValueError(f"anchor_column {anchor_column!r} must be a column of the labels table")
+    numeric = pd.to_numeric(labels[anchor_column], errors="coerce")
+    return numeric if numeric.notna().all() else pd.to_datetime(labels[anchor_column], format="mixed")
+
+
+def _plain(value):
+    """Arrow-friendly scalars: numpy numbers to Python, NaN and NaT to None, timestamps to ISO text."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if isinstance(value, np.generic) else value
