@@ -1,0 +1,89 @@
+"""Deterministic patient splits, saved as JSON lists of patient ids.
+
+Protocols for PhysioNet 2012 used in papers: the fixed SeFT split (Horn et al. 2020; the MedFuse authors' code
+trains on it), STraTS' "set-a is test", and seeded stratified random splits. Normalisation statistics are then
+fitted on `train` only (`FeatureVocabulary.fit_statistics`).
+"""
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+logger = logging.getLogger(__name__)
+
+Split = dict[str, list]
+SPLIT_NAMES = ("train", "validation", "test")
+SEFT_FILES = {"train": "train_listfile.csv", "validation": "val_listfile.csv", "test": "test_listfile.csv"}
+
+
+def seft_split(folder: str | Path) -> Split:
+    """The SeFT split from its `{train,val,test}_listfile.csv` (rows are Outcomes lines, first column RecordID)."""
+    folder = Path(folder)
+    split = {}
+    for name, file in SEFT_FILES.items():
+        path = folder / file
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: SeFT split file missing")
+        split[name] = pd.read_csv(path)["RecordID"].astype(int).tolist()
+    _check_disjoint(split, str(folder))
+    return split
+
+
+def stratified_split(
+    ids: Sequence, labels: Sequence, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Split:
+    """Seeded train/validation/test split keeping the label rate in each part (scikit-learn's stratification)."""
+    if abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"fractions must add up to 1, got {fractions}")
+    ids, labels = list(ids), list(labels)
+    train, rest, _, rest_labels = train_test_split(ids, labels, train_size=fractions[0], stratify=labels, random_state=seed)
+    validation_share = fractions[1] / (fractions[1] + fractions[2])
+    validation, test = train_test_split(rest, train_size=validation_share, stratify=rest_labels, random_state=seed)
+    return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
+
+
+def set_a_test_split(dataset: datasets.Dataset, validation_fraction: float = 0.2, seed: int = 0) -> Split:
+    """STraTS' P12 protocol: test = set-a; train/validation = sets b and c, stratified."""
+    rest = dataset.filter(lambda set_name: set_name != "a", input_columns="set")
+    train, validation = train_test_split(
+        rest["record_id"], test_size=validation_fraction, stratify=rest["in_hospital_death"], random_state=seed
+    )
+    test = [record_id for record_id, set_name in zip(dataset["record_id"], dataset["set"]) if set_name == "a"]
+    return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
+
+
+def apply_split(dataset: datasets.Dataset, split: Split, id_column: str = "record_id") -> datasets.DatasetDict:
+    """A `DatasetDict` of the split's parts; ids absent from the dataset are logged with their count."""
+    row_of = {patient_id: row for row, patient_id in enumerate(dataset[id_column])}
+    parts = {}
+    for name, ids in split.items():
+        absent = [patient_id for patient_id in ids if patient_id not in row_of]
+        if absent:
+            logger.warning("split %r: %d ids not in the dataset (e.g. %s)", name, len(absent), absent[:5])
+        parts[name] = dataset.select([row_of[patient_id] for patient_id in ids if patient_id in row_of])
+    return datasets.DatasetDict(parts)
+
+
+def save_split(split: Split, path: str | Path) -> None:
+    _check_disjoint(split, str(path))
+    Path(path).write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
+
+
+def load_split(path: str | Path) -> Split:
+    split = json.loads(Path(path).read_text(encoding="utf-8"))
+    _check_disjoint(split, str(path))
+    return split
+
+
+def _check_disjoint(split: Split, where: str) -> None:
+    seen: dict = {}
+    for name, ids in split.items():
+        for patient_id in ids:
+            if patient_id in seen:
+                raise ValueError(f"{where}: patient {patient_id!r} is in both {seen[patient_id]!r} and {name!r}")
+            seen[patient_id] = name
