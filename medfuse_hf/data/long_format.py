@@ -157,10 +157,11 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
     )
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
+    table = table.assign(**{id_column: table[id_column].astype(str)})
     duplicated = table[id_column].duplicated()
     if duplicated.any():
         raise ValueError(f"{name}: patient {table[id_column][duplicated].iloc[0]!r} has more than one labels row")
-    return table.assign(**{id_column: table[id_column].astype(str)}).set_index(id_column)
+    return table.set_index(id_column)
 
 
 def _anchors(labels: pd.DataFrame | None, anchor_column: str) -> pd.Series:

@@ -46,7 +46,7 @@ class LoadSummary:
 
     def _remember(self, reason: str, where: str) -> None:
         places = self.examples.setdefault(reason, [])
-        if len(places) < EXAMPLES_PER_REASON:
+        if len(places) < EXAMPLES_PER_REASON and where not in places:
             places.append(where)
 
     def __str__(self) -> str:

@@ -103,14 +103,16 @@ def _parse_grid(text: str, where: str, summary: LoadSummary) -> tuple[list[str],
     rows, line_numbers = [], []  # slow path, line by line, only for files the fast path rejected
     for line_number, line in enumerate(lines[1:], start=2):
         cells = line.split("|")
-        if len(cells) != len(columns):
-            summary.skip_event("malformed line", f"{where}:{line_number}")
-            continue
         try:
+            if len(cells) != len(columns):
+                raise ValueError("malformed line")
             rows.append([float(cell) for cell in cells])
             line_numbers.append(line_number)
-        except ValueError:
-            summary.skip_event("non-numeric value", f"{where}:{line_number}")
+        except ValueError as error:
+            # An unreadable line counts as one event read and skipped, so the summary's totals add up.
+            summary.events_read += 1
+            reason = "malformed line" if str(error) == "malformed line" else "non-numeric value"
+            summary.skip_event(reason, f"{where}:{line_number}")
     return columns, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)), line_numbers
 
 

@@ -1,0 +1,83 @@
+import pandas as pd
+import pytest
+
+from medfuse_hf.data import load_long_format
+
+COLUMNS = {"patient_id": "SUBJECT_ID", "time": "CHARTTIME", "feature": "ITEMID", "value": "VALUE"}
+FEATURE_MAP = {"220045": "heart_rate", "50983": "sodium", "223761": "temperature"}
+EVENTS = """SUBJECT_ID,CHARTTIME,ITEMID,VALUE,VALUEUOM
+1,2130-01-01 09:00:00,220045,80,bpm
+1,2130-01-01 10:30:00,50983,141,mEq/L
+1,2130-01-01 10:30:00,50983,141,mEq/L
+1,2130-01-01 11:00:00,223761,98.6,?F
+1,2130-01-01 07:00:00,220045,77,bpm
+1,2130-01-03 12:00:00,220045,90,bpm
+1,2130-01-01 12:00:00,220045,,bpm
+1,2130-01-01 12:00:00,50983,see comment,
+1,not a time,220045,88,bpm
+1,2130-01-01 12:00:00,917,FEVER,
+2,2130-02-01 00:00:00,220045,60,bpm
+3,2130-03-01 00:00:00,220045,61,bpm
+"""
+LABELS = pd.DataFrame({"SUBJECT_ID": [1, 2, 4], "INTIME": ["2130-01-01 08:00", "2130-01-31 23:00", "2130-04-01"], "died": [1, 0, 0]})
+
+
+def load(tmp_path, **kwargs):
+    path = tmp_path / "events.csv"
+    path.write_text(EVENTS)
+    return load_long_format(
+        path, labels=LABELS, columns=COLUMNS, feature_map=FEATURE_MAP, anchor_column="INTIME", max_hours=48,
+        value_transforms={"223761": lambda f: (f - 32) * 5 / 9}, return_summary=True, **kwargs,
+    )
+
+
+def test_events_are_mapped_converted_and_anchored(tmp_path):
+    dataset, _ = load(tmp_path)
+    assert dataset["patient_id"] == ["1", "2"]
+    first = dataset[0]
+    assert first["feature"] == ["heart_rate", "sodium", "temperature"]
+    assert first["time"] == [1.0, 2.5, 3.0]
+    assert first["value"] == pytest.approx([80.0, 141.0, 37.0])
+    assert first["died"] == 1 and first["INTIME"] == "2130-01-01 08:00"
+    assert dataset[1]["time"] == [1.0]
+
+
+def test_every_skip_is_counted_with_its_line(tmp_path):
+    _, summary = load(tmp_path)
+    path = tmp_path / "events.csv"
+    expected = {
+        "duplicate row": 4,
+        "time before the anchor": 6,
+        "time more than 48 h after the anchor": 7,
+        "empty value": 8,
+        "non-numeric value": 9,
+        "unparseable time": 10,
+        "feature not in feature_map": 11,
+        "patient has no anchor time": 13,
+    }
+    for reason, line in expected.items():
+        assert summary.skipped_events[reason] == 1, reason
+        assert summary.examples[reason] == [f"{path}:{line}"]
+    assert summary.skipped_patients == {"labels row but no events": 1}
+    assert summary.events_kept + sum(summary.skipped_events.values()) == summary.events_read == 12
+
+
+def test_numeric_hours_and_dataframes_work_without_labels():
+    events = pd.DataFrame({"patient_id": ["a", "a", "b"], "time": [0.5, 2.0, 1.0], "feature": ["hr", "na", "hr"], "value": [80, 140, 70]})
+    dataset = load_long_format(events)
+    assert dataset["patient_id"] == ["a", "b"]
+    assert dataset[0]["time"] == [0.5, 2.0] and dataset[0]["feature"] == ["hr", "na"]
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("id,when,what\n1,2,3\n")
+    with pytest.raises(ValueError, match=r"events.csv: cannot read columns"):
+        load_long_format(path)
+
+
+def test_duplicate_label_rows_are_an_error(tmp_path):
+    labels = pd.DataFrame({"patient_id": [1, 1], "died": [0, 1]})
+    events = pd.DataFrame({"patient_id": [1], "time": [0.0], "feature": ["hr"], "value": [80]})
+    with pytest.raises(ValueError, match="patient '1' has more than one labels row"):
+        load_long_format(events, labels=labels)

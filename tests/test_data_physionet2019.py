@@ -1,0 +1,78 @@
+import zipfile
+
+import pytest
+
+from medfuse_hf.data import load_physionet2019
+
+COLUMNS = ["HR", "O2Sat", "Temp", "Magnesium", "Age", "Gender", "Unit1", "Unit2", "HospAdmTime", "ICULOS", "SepsisLabel"]
+
+
+def psv(rows):
+    return "|".join(COLUMNS) + "\n" + "".join("|".join(row) + "\n" for row in rows)
+
+
+PATIENT_A = psv([
+    ["NaN", "NaN", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "1", "0"],
+    ["80", "97", "NaN", "2.1", "65", "1", "1", "0", "-3.5", "2", "0"],
+    ["85", "NaN", "37.9", "NaN", "65", "1", "1", "0", "-3.5", "3", "1"],
+    ["85", "NaN", "37.9", "NaN", "65", "1", "1", "0", "-3.5", "3", "1"],  # line 5: duplicated hour
+    ["90", "NaN", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "4", "1"],
+])
+PATIENT_B = psv([
+    ["70", "99", "NaN", "NaN", "40", "0", "NaN", "NaN", "0", "1", "0"],
+    ["72", "NaN", "NaN"],  # line 3: malformed
+    ["74", "98", "NaN", "NaN", "40", "0", "NaN", "NaN", "0", "3", "0"],
+])
+
+
+@pytest.fixture
+def release(tmp_path):
+    with zipfile.ZipFile(tmp_path / "training_setA.zip", "w") as archive:
+        archive.writestr("training_setA/p000001.psv", PATIENT_A)
+    (tmp_path / "training_setB").mkdir()
+    (tmp_path / "training_setB" / "p100001.psv").write_text(PATIENT_B)
+    return tmp_path
+
+
+def test_observed_cells_become_events_with_shared_names(release):
+    dataset = load_physionet2019(release)
+    a = dataset[0]
+    assert (a["patient_id"], a["hospital"], a["sepsis"], a["sepsis_onset_hour"]) == ("p000001", "A", 1, 3.0)
+    events = sorted(zip(a["time"], a["feature"], a["value"]))
+    assert events == sorted([
+        (1.0, "age", 65.0), (1.0, "gender", 1.0), (1.0, "icu_type", 3.0),
+        (2.0, "heart_rate", 80.0), (2.0, "spo2", 97.0), (2.0, "magnesium", 2.1),
+        (3.0, "heart_rate", 85.0), (3.0, "temperature", 37.9), (4.0, "heart_rate", 90.0),
+    ])
+    assert a["hours"] == [1.0, 2.0, 3.0, 3.0, 4.0] and a["sepsis_label"] == [0, 0, 1, 1, 1]
+    assert (a["age"], a["icu_type"], a["hospital_admission_hours"]) == (65.0, 3.0, -3.5)
+    assert dataset[1]["hospital"] == "B" and dataset[1]["icu_type"] is None and dataset[1]["sepsis"] == 0
+
+
+def test_skips_name_file_and_line(release):
+    _, summary = load_physionet2019(release, return_summary=True)
+    assert summary.skipped_events["duplicate hour"] == 2
+    assert summary.examples["duplicate hour"] == ["training_setA.zip:training_setA/p000001.psv:5"]
+    assert summary.skipped_events["malformed line"] == 1
+    assert summary.examples["malformed line"] == ["training_setB/p100001.psv:3"]
+    assert summary.events_kept + sum(summary.skipped_events.values()) == summary.events_read
+
+
+def test_early_prediction_keeps_only_hours_before_the_cutoff(release):
+    dataset = load_physionet2019(release, sets=["A"], observation_hours=3)
+    assert max(dataset[0]["time"]) < 3 and dataset[0]["sepsis"] == 1
+    assert len(dataset) == 1
+
+
+def test_unknown_columns_are_counted(tmp_path):
+    (tmp_path / "training_setA").mkdir()
+    (tmp_path / "training_setA" / "p1.psv").write_text("HR|Sodium_x|ICULOS|SepsisLabel\n80|140|1|0\n")
+    dataset, summary = load_physionet2019(tmp_path, return_summary=True)
+    assert dataset[0]["feature"] == ["heart_rate"]
+    assert summary.skipped_events["unknown column 'Sodium_x'"] == 1
+
+
+def test_corrupt_archive_is_an_error(tmp_path):
+    (tmp_path / "training_setA.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="training_setA.zip: truncated or corrupt archive"):
+        load_physionet2019(tmp_path)

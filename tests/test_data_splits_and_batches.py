@@ -1,0 +1,93 @@
+import random
+
+import datasets
+import pytest
+import torch
+
+from medfuse_hf import MedFuseTokenizer
+from medfuse_hf.data import (
+    LengthGroupedBatchSampler,
+    MedFuseDataCollator,
+    apply_split,
+    clinical_vocabulary,
+    load_physionet2012_sample,
+    load_split,
+    padding_fraction,
+    save_split,
+    seft_split,
+    set_a_test_split,
+    stratified_split,
+)
+
+
+def test_stratified_split_is_seeded_disjoint_and_keeps_the_label_rate():
+    ids, labels = list(range(1000)), [int(i % 7 == 0) for i in range(1000)]
+    split = stratified_split(ids, labels, (0.8, 0.1, 0.1), seed=3)
+    assert split == stratified_split(ids, labels, (0.8, 0.1, 0.1), seed=3)
+    assert split != stratified_split(ids, labels, (0.8, 0.1, 0.1), seed=4)
+    assert sorted(sum(split.values(), [])) == ids
+    assert [len(part) for part in split.values()] == [800, 100, 100]
+    for part in split.values():
+        assert sum(labels[i] for i in part) / len(part) == pytest.approx(143 / 1000, abs=0.011)
+
+
+def test_seft_split_reads_the_listfiles(tmp_path):
+    header = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n"
+    for file, ids in (("train_listfile.csv", [1, 2]), ("val_listfile.csv", [3]), ("test_listfile.csv", [4])):
+        (tmp_path / file).write_text(header + "".join(f"{i},1,1,1,-1,0\n" for i in ids))
+    assert seft_split(tmp_path) == {"train": [1, 2], "validation": [3], "test": [4]}
+    (tmp_path / "test_listfile.csv").write_text(header + "2,1,1,1,-1,0\n")
+    with pytest.raises(ValueError, match="patient 2 is in both 'train' and 'test'"):
+        seft_split(tmp_path)
+
+
+def test_set_a_test_protocol_and_apply_split(tmp_path):
+    dataset = datasets.Dataset.from_dict(
+        {"record_id": list(range(40)), "set": ["a"] * 10 + ["b"] * 15 + ["c"] * 15, "in_hospital_death": [0, 1] * 20}
+    )
+    split = set_a_test_split(dataset, validation_fraction=0.2, seed=0)
+    assert split["test"] == list(range(10))
+    assert len(split["train"]) == 24 and len(split["validation"]) == 6
+    save_split(split, tmp_path / "split.json")
+    assert load_split(tmp_path / "split.json") == split
+    parts = apply_split(dataset, {**split, "test": split["test"] + [999]})
+    assert parts["test"]["record_id"] == list(range(10)) and len(parts["train"]) == 24
+
+
+def test_bundled_sample_trains_a_tokenizer_on_its_train_split():
+    sample = load_physionet2012_sample()
+    assert len(sample) == 600 and sorted(set(sample["split"])) == ["test", "train", "validation"]
+    train = sample.filter(lambda part: part == "train", input_columns="split")
+    names = sorted({name for features in train["feature"] for name in features})
+    vocabulary = clinical_vocabulary(names).fit_statistics(train)
+    assert vocabulary.spec_of("heart_rate").statistics.num_patients > 400
+    batch = MedFuseDataCollator(MedFuseTokenizer(vocabulary), label_column="in_hospital_death")(list(train.select(range(4))))
+    assert batch["feature_ids"].shape[0] == 4 and batch["feature_ids"].shape[1] % 8 == 0
+    assert batch["labels"].tolist() == train["in_hospital_death"][:4]
+
+
+def test_collator_refuses_unlabeled_patients(tokenizer, cohort):
+    rows = [dict(cohort[0], label=None)]
+    with pytest.raises(ValueError, match="has no 'label'"):
+        MedFuseDataCollator(tokenizer, label_column="label")(rows)
+
+
+def test_length_grouping_cuts_padding(tokenizer):
+    random.seed(0)
+    lengths = [random.randint(5, 400) for _ in range(512)]
+    patients = [{"feature": ["heart_rate"] * n, "value": [80.0] * n, "time": list(map(float, range(n)))} for n in lengths]
+    big_tokenizer = MedFuseTokenizer(tokenizer.feature_vocabulary, max_events=512)
+    collate = MedFuseDataCollator(big_tokenizer)
+
+    def mean_padding(batches):
+        return sum(padding_fraction(collate([patients[i] for i in batch])) for batch in batches) / len(batches)
+
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=32, seed=0)
+    grouped = list(sampler)
+    assert len(grouped) == len(sampler) == 16
+    assert sorted(i for batch in grouped for i in batch) == list(range(512))  # every patient exactly once
+    sampler.set_epoch(1)
+    assert list(sampler) != grouped  # a new order each epoch
+    shuffled = torch.randperm(512, generator=torch.Generator().manual_seed(0)).split(32)
+    grouped_padding, shuffled_padding = mean_padding(grouped), mean_padding([batch.tolist() for batch in shuffled])
+    assert grouped_padding < 0.15 and shuffled_padding > 0.4, (grouped_padding, shuffled_padding)
