@@ -4,6 +4,7 @@ Loaders stream their sources one patient at a time and append flat arrays here, 
 as Arrow columns (`feature`, `value`, `time` lists plus scalar fields), never as Python lists of every event.
 """
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 import pyarrow as pa
+from datasets.table import InMemoryTable
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class PatientTableBuilder:
     """Accumulates patients as flat arrays and offsets, then builds one `datasets.Dataset`."""
 
     def __init__(self, feature_names: list[str]):
-        self.feature_names = np.asarray(feature_names, dtype=object)
+        self.feature_names = list(feature_names)
         self._feature_codes: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
         self._times: list[np.ndarray] = []
@@ -99,7 +101,18 @@ class PatientTableBuilder:
 
         codes = np.concatenate(self._feature_codes) if self._feature_codes else np.array([], dtype=np.int32)
         columns = {key: pa.array(values) for key, values in self._fields.items()}
-        columns["feature"] = pa.ListArray.from_arrays(offsets, pa.array(self.feature_names[codes], type=pa.string()))
+        # Arrow's own `take` expands codes to names without a Python object per event.
+        names = pa.array(self.feature_names, type=pa.string()).take(pa.array(codes))
+        columns["feature"] = pa.ListArray.from_arrays(offsets, names)
         columns["value"] = as_lists(self._values, np.float64)
         columns["time"] = as_lists(self._times, np.float32)
-        return datasets.Dataset.from_dict(columns)
+        table = pa.table(columns)
+        # datasets would fingerprint the table by pickling it, a transient copy of the whole cohort; hashing the
+        # Arrow buffers in place gives the same guarantee (same data, same fingerprint) without the copy.
+        digest = hashlib.blake2b(digest_size=16)
+        for column in table.columns:
+            for chunk in column.chunks:
+                for buffer in chunk.buffers():
+                    if buffer is not None:
+                        digest.update(buffer)
+        return datasets.Dataset(InMemoryTable(table), fingerprint=digest.hexdigest())

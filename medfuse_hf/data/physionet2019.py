@@ -38,6 +38,7 @@ BOOKKEEPING_COLUMNS = ("Unit1", "Unit2", "HospAdmTime", "ICULOS", "SepsisLabel")
 ONCE_PER_PATIENT = ("Age", "Gender")
 CANONICAL_NAMES = [*dict.fromkeys(PHYSIONET2019_NAMES.values()), "icu_type"]
 ICU_TYPE_CODE = CANONICAL_NAMES.index("icu_type")
+CODE_OF_COLUMN = {name: CANONICAL_NAMES.index(canonical) for name, canonical in PHYSIONET2019_NAMES.items()}
 
 
 def load_physionet2019(
@@ -135,34 +136,35 @@ def _add_patient(
         return
     column = {name: index for index, name in enumerate(columns)}
     hours = grid[:, column["ICULOS"]]
-    _, first = np.unique(hours, return_index=True)
-    duplicated = np.setdiff1d(np.arange(len(grid)), first)
     for row in np.flatnonzero(np.diff(hours) < 0) + 1:
         summary.note("hours out of order (kept, sorted)", f"{where}:{line_numbers[row]}")
-    after_cutoff = hours >= observation_hours if observation_hours is not None else np.zeros(len(grid), dtype=bool)
     sepsis_label = np.nan_to_num(grid[:, column["SepsisLabel"]]).astype(int)
-    codes, values, times = [], [], []
-    for name, index in column.items():
-        if name in BOOKKEEPING_COLUMNS:
-            continue
-        observed = np.flatnonzero(np.isfinite(grid[:, index]))
-        if name in ONCE_PER_PATIENT:
-            observed = observed[:1]
-        summary.events_read += observed.size
-        if name not in PHYSIONET2019_NAMES:
-            if observed.size:
-                summary.skip_event(f"unknown column {name!r}", f"{where}:{line_numbers[observed[0]]}", observed.size)
-            continue
-        for reason, rows in (
-            ("duplicate hour", np.intersect1d(observed, duplicated)),
-            ("after the observation_hours cut-off", observed[after_cutoff[observed]]),
-        ):
-            if rows.size:
-                summary.skip_event(reason, f"{where}:{line_numbers[rows[0]]}", rows.size)
-        observed = np.setdiff1d(observed[~after_cutoff[observed]], duplicated)
-        codes.append(np.full(observed.size, CANONICAL_NAMES.index(PHYSIONET2019_NAMES[name])))
-        values.append(grid[observed, index])
-        times.append(hours[observed])
+    # All measurement cells at once: (row, column) of every observed cell, Age/Gender only at their first row.
+    measured = [index for name, index in column.items() if name not in BOOKKEEPING_COLUMNS]
+    observed = np.isfinite(grid[:, measured])
+    for position, index in enumerate(measured):
+        if columns[index] in ONCE_PER_PATIENT:
+            observed[:, position] &= np.cumsum(observed[:, position]) == 1
+    rows, positions = np.nonzero(observed)
+    summary.events_read += rows.size
+    code_of = np.array([CODE_OF_COLUMN.get(columns[index], -1) for index in measured])
+    codes = code_of[positions]
+    _, first_of_hour = np.unique(hours, return_index=True)
+    duplicated = np.ones(len(grid), dtype=bool)
+    duplicated[first_of_hour] = False
+    after_cutoff = hours >= observation_hours if observation_hours is not None else np.zeros(len(grid), dtype=bool)
+    keep = np.ones(rows.size, dtype=bool)
+    unknown = [(f"unknown column {columns[measured[p]]!r}", positions == p) for p in np.unique(positions[codes < 0])]
+    for reason, bad in (
+        *unknown,
+        ("duplicate hour", duplicated[rows]),
+        ("after the observation_hours cut-off", after_cutoff[rows]),
+    ):
+        bad &= keep
+        if bad.any():
+            summary.skip_event(reason, f"{where}:{line_numbers[rows[np.flatnonzero(bad)[0]]]}", int(bad.sum()))
+            keep &= ~bad
+    codes, values, times = [codes[keep]], [grid[rows[keep], np.asarray(measured)[positions[keep]]]], [hours[rows[keep]]]
     icu_type = _icu_type(grid, column, ~after_cutoff)
     if icu_type is not None:
         summary.events_read += 1
