@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import datasets
 import numpy as np
 import pandas as pd
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
@@ -118,7 +119,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
 
         A patient is a list of `(feature, value, time)` tuples, a mapping of `feature`/`value`/`time` columns, or a
         long-format DataFrame with those columns (several patients when `patient_column` names their id column).
-        A mapping whose columns hold lists (a `datasets` batch) is a batch. Times are numbers of hours, or
+        A mapping whose columns hold lists (a `datasets` batch) or a `datasets.Dataset` is a batch. Times are numbers of hours, or
         timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since the
         patient's first event.
         """
@@ -354,6 +355,8 @@ def _is_triplet(item: Any) -> bool:
 
 def _as_patient_list(patients: Any, patient_column: str | None) -> tuple[list, bool]:
     """Normalise every accepted input form to a list of patients, and say whether it was a single patient."""
+    if isinstance(patients, datasets.Dataset):
+        return list(patients), False
     if isinstance(patients, pd.DataFrame):
         if patient_column is None:
             return [patients], True

@@ -91,3 +91,22 @@ def test_length_grouping_cuts_padding(tokenizer):
     shuffled = torch.randperm(512, generator=torch.Generator().manual_seed(0)).split(32)
     grouped_padding, shuffled_padding = mean_padding(grouped), mean_padding([batch.tolist() for batch in shuffled])
     assert grouped_padding < 0.15 and shuffled_padding > 0.4, (grouped_padding, shuffled_padding)
+
+
+def test_dataset_card_counts_patients_missingness_and_labels():
+    from medfuse_hf.data.dataset_card import describe_cohort, render_dataset_card
+
+    cohort = datasets.Dataset.from_dict({
+        "feature": [["heart_rate", "heart_rate", "sodium"], ["heart_rate"], ["heart_rate", "lactate"], ["sodium"]],
+        "value": [[80.0, 90.0, 140.0], [70.0], [60.0, 2.0], [130.0]],
+        "died": [1, 0, 0, None],
+    }).select([0, 1, 2, 3])
+    summary = describe_cohort(cohort, "died")
+    assert (summary["patients"], summary["events"]) == (4, 7)
+    assert summary["features"]["heart_rate"]["patients"] == 3
+    assert summary["features"]["heart_rate"]["missing_patients_percent"] == 25.0
+    assert summary["features"]["heart_rate"]["observations_per_patient"] == pytest.approx(4 / 3, abs=1e-3)
+    assert summary["features"]["sodium"]["median"] == 135.0
+    assert summary["label"] == {"column": "died", "positives": 1, "labelled": 3, "rate_percent": 33.33}
+    card = render_dataset_card("Toy", "A toy cohort.", {"All": summary})
+    assert "| heart_rate | bpm | 3 | 25.0% | 1.3 | 75 |" in card

@@ -1,5 +1,6 @@
 import logging
 
+import datasets
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,7 +56,12 @@ def test_batches_from_lists_columns_and_grouped_frames_agree(tokenizer, cohort):
         [(p["record_id"], f, v, t) for p in patients for f, v, t in zip(p["feature"], p["value"], p["time"])],
         columns=["record_id", "feature", "value", "time"],
     )
-    for other in (tokenizer(columnar, return_tensors="np"), tokenizer(frame, patient_column="record_id", return_tensors="np")):
+    dataset = datasets.Dataset.from_list(patients)
+    for other in (
+        tokenizer(columnar, return_tensors="np"),
+        tokenizer(frame, patient_column="record_id", return_tensors="np"),
+        tokenizer(dataset, return_tensors="np"),
+    ):
         for key in tokenizer.model_input_names:
             np.testing.assert_array_equal(other[key], from_list[key])
 
