@@ -6,15 +6,12 @@ Standard library only (urllib), with tqdm progress bars.
 """
 
 import hashlib
-import logging
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
-
-logger = logging.getLogger(__name__)
 
 PHYSIONET2012_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
 PHYSIONET2012_FILES = (

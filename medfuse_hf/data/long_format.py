@@ -8,7 +8,6 @@ Only numeric observations are loaded (categorical features given as numeric code
 text in the value column of a mapped feature is counted and skipped, never guessed at.
 """
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import numpy as np
 import pandas as pd
 
 from .patient_table import LoadSummary, PatientTableBuilder
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
 TableSource = str | Path | pd.DataFrame

@@ -17,11 +17,7 @@ Choices, documented once here:
   file and line of its first occurrences. Rows out of time order are kept and sorted, and counted too.
 """
 
-import io
-import logging
-import tarfile
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
@@ -30,8 +26,7 @@ import pandas as pd
 
 from .clinical_features import PHYSIONET2012_NAMES
 from .patient_table import LoadSummary, PatientTableBuilder
-
-logger = logging.getLogger(__name__)
+from .release_files import find_release, iter_release_files
 
 SETS = ("a", "b", "c")
 OBSERVATION_MINUTES = 48 * 60
@@ -58,7 +53,7 @@ def load_physionet2012(
     `path` holds the archives (or extracted folders) and outcome files; `sets=None` loads every set present.
     """
     root = Path(path)
-    present = [name for name in SETS if _archive_of(root, name) is not None]
+    present = [name for name in SETS if _release_of(root, name) is not None]
     if sets is None:
         sets = present
     sets = [name.removeprefix("set-") for name in ([sets] if isinstance(sets, str) else sets)]
@@ -71,33 +66,15 @@ def load_physionet2012(
     builder = PatientTableBuilder(CANONICAL_NAMES)
     for name in sets:
         outcomes = _read_outcomes(root / f"Outcomes-{name}.txt")
-        for where, text in _records(_archive_of(root, name)):
+        for where, text in iter_release_files(_release_of(root, name), ".txt"):
             _add_record(builder, summary, name, where, text, outcomes)
     summary.log()
     dataset = builder.build()
     return (dataset, summary) if return_summary else dataset
 
 
-def _archive_of(root: Path, name: str) -> Path | None:
-    for candidate in (root / f"set-{name}.tar.gz", root / f"set-{name}"):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _records(source: Path) -> Iterator[tuple[str, str]]:
-    """(file name for messages, text) of each record, streamed from an archive or a folder."""
-    if source.is_dir():
-        for file in sorted(source.glob("*.txt")):
-            yield f"{source.name}/{file.name}", file.read_text(encoding="utf-8")
-        return
-    try:
-        with tarfile.open(source, "r:gz") as archive:
-            for member in archive:
-                if member.isfile() and member.name.endswith(".txt"):
-                    yield f"{source.name}:{member.name}", archive.extractfile(member).read().decode("utf-8")
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise ValueError(f"{source}: truncated or corrupt archive ({error}); download it again") from error
+def _release_of(root: Path, name: str) -> Path | None:
+    return find_release(root, f"set-{name}.tar.gz", f"set-{name}")
 
 
 def _read_outcomes(path: Path) -> pd.DataFrame:

@@ -19,9 +19,7 @@ Choices, documented once here:
   a `LoadSummary` with file and line; a truncated archive is an error.
 """
 
-import logging
-import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
@@ -29,8 +27,7 @@ import numpy as np
 
 from .clinical_features import PHYSIONET2019_NAMES
 from .patient_table import LoadSummary, PatientTableBuilder
-
-logger = logging.getLogger(__name__)
+from .release_files import find_release, iter_release_files
 
 SETS = {"A": "training_setA", "B": "training_setB"}
 ICU_TYPE_OF_UNIT = {"Unit1": 3.0, "Unit2": 4.0}  # medical, surgical ICU in PhysioNet 2012's icu_type codes
@@ -52,7 +49,7 @@ def load_physionet2019(
     `sepsis_label` lists. `sets=None` loads every set present in `path`.
     """
     root = Path(path)
-    present = [name for name in SETS if _source_of(root, name) is not None]
+    present = [name for name in SETS if _release_of(root, name) is not None]
     sets = present if sets is None else [name.upper().removeprefix("TRAINING_SET") for name in ([sets] if isinstance(sets, str) else sets)]
     missing = [name for name in sets if name not in present]
     if not sets or missing:
@@ -60,32 +57,15 @@ def load_physionet2019(
     summary = LoadSummary(source=f"PhysioNet 2019 sets {', '.join(sets)} in {root}")
     builder = PatientTableBuilder(CANONICAL_NAMES)
     for hospital in sets:
-        for where, text in _patient_files(_source_of(root, hospital)):
+        for where, text in iter_release_files(_release_of(root, hospital), ".psv"):
             _add_patient(builder, summary, hospital, where, text, observation_hours)
     summary.log()
     dataset = builder.build()
     return (dataset, summary) if return_summary else dataset
 
 
-def _source_of(root: Path, hospital: str) -> Path | None:
-    for candidate in (root / f"{SETS[hospital]}.zip", root / SETS[hospital]):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _patient_files(source: Path) -> Iterator[tuple[str, str]]:
-    if source.is_dir():
-        for file in sorted(source.glob("*.psv")):
-            yield f"{source.name}/{file.name}", file.read_text(encoding="utf-8")
-        return
-    try:
-        with zipfile.ZipFile(source) as archive:
-            for info in archive.infolist():
-                if info.filename.endswith(".psv"):
-                    yield f"{source.name}:{info.filename}", archive.read(info).decode("utf-8")
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise ValueError(f"{source}: truncated or corrupt archive ({error}); download it again") from error
+def _release_of(root: Path, hospital: str) -> Path | None:
+    return find_release(root, f"{SETS[hospital]}.zip", SETS[hospital])
 
 
 def _parse_grid(text: str, where: str, summary: LoadSummary) -> tuple[list[str], np.ndarray, list[int]] | None:
