@@ -62,6 +62,8 @@ class MedFuseConfig(PreTrainedConfig):
             Focusing parameter γ of the focal loss.
         focal_alpha (`float`, *optional*):
             Weight of class 1 in binary focal loss (class 0 gets 1 - α); `None` weights classes equally.
+        class_weights (`list[float]`, *optional*):
+            Per-class weights of the cross-entropy loss (e.g. inverse class frequency for rare outcomes).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialiser of linear layers.
     """
@@ -89,6 +91,7 @@ class MedFuseConfig(PreTrainedConfig):
     classification_loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     focal_gamma: float | int = 2.0
     focal_alpha: float | None = None
+    class_weights: list[float] | None = None
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
 
@@ -120,6 +123,8 @@ class MedFuseConfig(PreTrainedConfig):
             raise ValueError(f"categorical_feature_ids {bad_ids} are outside the feature ids 2..{self.vocab_size - 1}")
         if self.categorical_feature_ids and self.num_categories < 2:
             raise ValueError("categorical features need num_categories >= 2 (id 0 is reserved)")
+        if self.class_weights is not None and len(self.class_weights) != self.num_labels:
+            raise ValueError(f"class_weights has {len(self.class_weights)} entries for {self.num_labels} labels")
         if self.focal_alpha is not None and not 0.0 < self.focal_alpha < 1.0:
             raise ValueError(f"focal_alpha must lie in (0, 1), got {self.focal_alpha}")
 

@@ -348,7 +348,8 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
     labels = labels.view(-1).long()
     if config.classification_loss == "focal":
         return focal_loss(logits, labels, config.focal_gamma, config.focal_alpha)
-    return F.cross_entropy(logits.float(), labels)
+    weight = torch.tensor(config.class_weights, device=logits.device) if config.class_weights is not None else None
+    return F.cross_entropy(logits.float(), labels, weight=weight)
 
 
 class MedFuseForSequenceClassification(MedFusePreTrainedModel):

@@ -179,6 +179,16 @@ def test_focal_loss_down_weights_confident_predictions(tokenizer, cohort, tiny_c
     assert focal(**batch, labels=labels).loss < plain(**batch, labels=labels).loss
 
 
+def test_class_weights_weight_the_cross_entropy(tokenizer, cohort, tiny_config):
+    weighted = MedFuseForSequenceClassification(tiny_config(class_weights=[1.0, 4.0]))
+    batch, labels = encode(tokenizer, cohort[:6]), torch.tensor([0, 0, 0, 0, 1, 1])
+    logits = weighted(**batch).logits
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 4.0]))
+    torch.testing.assert_close(weighted(**batch, labels=labels).loss, expected)
+    with pytest.raises(StrictDataclassError, match="class_weights has 3 entries for 2 labels"):
+        tiny_config(class_weights=[1.0, 1.0, 1.0])
+
+
 def test_pretraining_loss_counts_only_observed_features(tokenizer, cohort, tiny_config):
     model = MedFuseForPreTraining(tiny_config())
     batch = tokenizer.encode_forecasting(cohort[:4], observation_hours=24.0, horizon_hours=6.0)

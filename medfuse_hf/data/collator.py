@@ -23,9 +23,12 @@ class MedFuseDataCollator:
     tokenizer: MedFuseTokenizer
     label_column: str | None = None
     pad_to_multiple_of: int | None = 8
+    extra_columns: tuple[str, ...] = ()  # numeric per-patient columns passed through, e.g. a row index
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = dict(self.tokenizer(list(rows), return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of))
+        for column in self.extra_columns:
+            batch[column] = torch.tensor([row[column] for row in rows])
         if self.label_column is not None:
             labels = [row[self.label_column] for row in rows]
             if any(label is None for label in labels):
@@ -35,21 +38,29 @@ class MedFuseDataCollator:
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of patients of similar length, in a seeded random order that changes with `set_epoch`."""
+    """Batches of patients of similar length, in a seeded random order that changes with `set_epoch`.
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, batches_per_megabatch: int = 50):
+    With `drop_last`, the one short batch an epoch can have is left out (different patients each epoch): every
+    batch is then full, which Accelerate needs to split batches evenly across processes without padding them
+    with repeated patients. Without it, the short batch comes last, where Accelerate expects it.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = False, batches_per_megabatch: int = 50
+    ):
         self.lengths = torch.as_tensor(list(lengths))
         self.batch_size = batch_size
+        self.drop_last = drop_last
         self.seed = seed
-        self.megabatch_size = batch_size * batches_per_megabatch
+        self.megabatch_size = batch_size * batches_per_megabatch  # a multiple of batch_size: one short batch at most
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.megabatch_size)
-        return full * -(-self.megabatch_size // self.batch_size) + -(-rest // self.batch_size)
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -58,8 +69,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         for megabatch in order.split(self.megabatch_size):
             by_length = megabatch[self.lengths[megabatch].argsort(descending=True, stable=True)]
             batches.extend(batch.tolist() for batch in by_length.split(self.batch_size))
+        short = batches.pop() if len(batches[-1]) < self.batch_size else None
         for position in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[position]
+        if short is not None and not self.drop_last:
+            yield short
 
 
 def padding_fraction(batch: dict[str, torch.Tensor]) -> float:

@@ -1,0 +1,21 @@
+"""Building blocks the recipes share: cohorts, metrics, checkpoints, tracking, run records and plots."""
+
+from .checkpointing import CorruptCheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .cohorts import Cohort, load_cohort
+from .evaluation import predict
+from .metrics import binary_metrics, bootstrap_intervals
+from .tracking import JSONLinesTracker, read_metrics
+
+__all__ = [
+    "Cohort",
+    "CorruptCheckpointError",
+    "JSONLinesTracker",
+    "binary_metrics",
+    "bootstrap_intervals",
+    "load_checkpoint",
+    "load_cohort",
+    "predict",
+    "read_metrics",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,91 @@
+"""Training checkpoints that are either complete or ignored, never loaded half-way.
+
+`accelerator.save_state` writes model, optimizer, scheduler and every process's RNG states into a staging folder;
+the main process then records each file's SHA-256 and the loop position in a manifest and renames the folder into
+place. A kill at any moment leaves either the previous checkpoints or a `.partial` folder that is never loaded.
+Loading re-hashes every file against the manifest first.
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "medfuse_checkpoint.json"
+PREFIX = "step_"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint folder is incomplete or its files changed since it was written."""
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, step: int, loop_state: dict, keep: int = 2) -> Path:
+    """Save the full training state at `step`; `loop_state` (epoch, batch, early-stopping state) goes in the manifest."""
+    final = Path(checkpoints_dir) / f"{PREFIX}{step:08d}"
+    staging = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        files = {str(path.relative_to(staging)): _sha256(path) for path in sorted(staging.rglob("*")) if path.is_file()}
+        manifest = {"step": step, "loop_state": loop_state, "files": files}
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        for old in complete_checkpoints(checkpoints_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Checkpoints with a manifest, oldest first; `.partial` folders (a run killed while saving) are skipped."""
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return []
+    partial = sorted(folder.glob(f"{PREFIX}*.partial"))
+    if partial:
+        logger.warning("ignoring incomplete checkpoints (a run stopped while saving): %s", [p.name for p in partial])
+    return sorted(path for path in folder.glob(f"{PREFIX}*") if (path / MANIFEST_NAME).exists())
+
+
+def resolve_checkpoint(resume_from: str, checkpoints_dir: Path) -> Path | None:
+    """`"latest"` -> newest complete checkpoint (None if there is none yet), else the given folder."""
+    if resume_from == "latest":
+        found = complete_checkpoints(checkpoints_dir)
+        return found[-1] if found else None
+    return Path(resume_from)
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
+    """Verify every file against the manifest, then restore the state; returns the saved loop state."""
+    manifest_path = Path(path) / MANIFEST_NAME
+    if not manifest_path.exists():
+        raise CorruptCheckpointError(
+            f"{path}: no {MANIFEST_NAME}; the checkpoint is incomplete (the run stopped while saving it) or is not "
+            "a MedFuse training checkpoint. Resume from an earlier one or with --resume_from_checkpoint latest."
+        )
+    manifest = json.loads(manifest_path.read_text())
+    for name, expected in manifest["files"].items():
+        file = Path(path) / name
+        if not file.exists():
+            raise CorruptCheckpointError(f"{path}: {name} is missing; refusing to load a partial checkpoint")
+        if _sha256(file) != expected:
+            raise CorruptCheckpointError(f"{path}: {name} does not match its recorded SHA-256; the file is corrupted")
+    accelerator.load_state(str(path))
+    return manifest["loop_state"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

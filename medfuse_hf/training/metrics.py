@@ -1,0 +1,61 @@
+"""Binary classification metrics with bootstrap 95% intervals, all from scikit-learn.
+
+scikit-learn rather than `evaluate`: `evaluate` 0.4.6 fetches each metric script from the Hub (fails offline, as
+hospital machines often are) and has no AUPRC. min(Re, Pr) is the PhysioNet 2012 challenge's own score.
+"""
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+METRICS = ("auroc", "auprc", "accuracy", "f1", "min_recall_precision", "brier")
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUROC, AUPRC, and at `threshold`: accuracy, F1, min(recall, precision); Brier score of the probabilities."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be matching 1-D arrays")
+    if len(np.unique(labels)) < 2:
+        raise ValueError("AUROC and AUPRC need both classes among the labels")
+    predicted = (scores >= threshold).astype(int)
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "auprc": float(average_precision_score(labels, scores)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "f1": float(f1_score(labels, predicted, zero_division=0)),
+        "min_recall_precision": float(
+            min(recall_score(labels, predicted, zero_division=0), precision_score(labels, predicted, zero_division=0))
+        ),
+        "brier": float(brier_score_loss(labels, scores)),
+    }
+
+
+def bootstrap_intervals(
+    labels: np.ndarray, scores: np.ndarray, num_resamples: int = 1000, seed: int = 0, threshold: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """Point estimate and percentile 95% interval of every metric over patient-level bootstrap resamples.
+
+    Resamples are stratified by label so each keeps both classes (AUROC is undefined otherwise) and the
+    positive rate of the test set.
+    """
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    samples = {name: [] for name in METRICS}
+    for _ in range(num_resamples):
+        rows = np.concatenate([rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)])
+        for name, value in binary_metrics(labels[rows], scores[rows], threshold).items():
+            samples[name].append(value)
+    point = binary_metrics(labels, scores, threshold)
+    return {
+        name: {"value": point[name], "low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
+        for name, values in samples.items()
+    }

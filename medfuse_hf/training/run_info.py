@@ -1,0 +1,53 @@
+"""What a result needs to be reproduced: resolved configuration, git commit, seed, library versions, hardware."""
+
+import json
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from accelerate import Accelerator
+
+LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "numpy", "scikit-learn", "medfuse-hf")
+
+
+def git_commit() -> dict:
+    """Commit of the code that ran, and whether the working tree had uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip())
+        return {"commit": commit, "uncommitted_changes": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "uncommitted_changes": None}
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> dict:
+    info = {
+        "config": config,
+        "git": git_commit(),
+        "versions": library_versions(),
+        "command": sys.argv,
+        "distributed": {
+            "num_processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+            "distributed_type": str(accelerator.distributed_type),
+        },
+        "platform": platform.platform(),
+    }
+    if accelerator.is_main_process:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "run_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return info

@@ -1,0 +1,281 @@
+"""Fine-tune MedFuse for a patient-level binary outcome (in-hospital mortality, sepsis, ...).
+
+Runs unchanged on one CPU, several processes or many GPUs:
+
+    python recipes/finetune.py --dataset p12-sample                                   # one process
+    accelerate launch recipes/finetune.py --config recipes/configs/p12.yaml            # as `accelerate config` says
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/finetune.py --dataset p12-sample
+
+`--batch_size` is the global batch: each of N processes takes 1/N of it, so results do not depend on N.
+Writes to `--output_dir`: `model/` (best validation checkpoint, loadable with `from_pretrained`), `checkpoints/`
+(full training state for `--resume_from_checkpoint`), `test_metrics.json` (with bootstrap 95% intervals),
+`test_predictions.csv`, `plots/`, `logs/` and `run_info.json`.
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, clinical_vocabulary
+from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from medfuse_hf.feature_vocabulary import FeatureVocabulary
+from medfuse_hf.training import (
+    JSONLinesTracker,
+    binary_metrics,
+    bootstrap_intervals,
+    load_checkpoint,
+    load_cohort,
+    predict,
+    read_metrics,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from medfuse_hf.training.cohorts import DATASETS
+from medfuse_hf.training.evaluation import ROW_COLUMN
+from medfuse_hf.training.plots import save_evaluation_plots, save_training_curves
+from medfuse_hf.training.recipe_config import parse_with_config
+from medfuse_hf.training.run_info import write_run_info
+
+MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset ones keep the preset's value
+    "hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+    "intermediate_size": int, "fusion": str, "time_embedding": str, "pooling": str, "hidden_dropout_prob": float,
+    "attention_probs_dropout_prob": float, "classifier_dropout": float, "classification_loss": str,
+    "focal_alpha": float, "focal_gamma": float,
+}
+
+
+def build_tokenizer(args, train) -> MedFuseTokenizer:
+    """The pretrained tokenizer when starting from a checkpoint, else the canonical vocabulary fitted on `train`."""
+    if args.init_from:
+        return MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events)
+    names = sorted({name for features in train["feature"] for name in features})
+    catalogued = [name for name in names if name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES]
+    if len(catalogued) == len(names):
+        vocabulary = clinical_vocabulary(names).fit_statistics(train)
+    else:  # a cohort in its own names (e.g. synthetic or a hospital's unmapped table)
+        vocabulary = FeatureVocabulary.from_events(train)
+    return MedFuseTokenizer(vocabulary, max_events=args.max_events)
+
+
+def build_model(args, tokenizer, class_weights) -> MedFuseForSequenceClassification:
+    overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
+    overrides["class_weights"] = class_weights
+    if args.init_from:
+        return MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
+    preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
+    config = preset(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2, **overrides)
+    return MedFuseForSequenceClassification(config)
+
+
+def training_function(args: argparse.Namespace) -> dict:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        cpu=args.cpu,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # Each global batch is split across processes, so the optimisation is the same for any process count.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        log_with=[JSONLinesTracker("logs", output_dir)],
+        project_dir=str(output_dir),
+    )
+    set_seed(args.seed)
+    run_info = write_run_info(output_dir, vars(args), accelerator)
+    accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
+
+    # ----- data ---------------------------------------------------------------------------------------
+    cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, args.label_column,
+                         args.num_patients, args.seed)
+    label = cohort.label_column
+    splits = {name: part.filter(lambda value: value is not None, input_columns=label) for name, part in cohort.splits.items()}
+    for name, part in splits.items():
+        if len(part) < len(cohort.splits[name]):
+            accelerator.print(f"{name}: {len(cohort.splits[name]) - len(part)} patients without {label!r} left out")
+    train = splits["train"]
+    tokenizer = build_tokenizer(args, train)
+    rate = float(np.mean(train[label]))
+    class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
+
+    collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))
+    lengths = [min(len(features), args.max_events) for features in train["feature"]]
+    if args.sampling == "balanced":  # each batch drawn with replacement, deaths as likely as survivals
+        weights = torch.tensor([0.5 / rate if y else 0.5 / (1 - rate) for y in train[label]])
+        sampler = WeightedRandomSampler(weights, len(train), generator=torch.Generator().manual_seed(args.seed))
+        batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
+    else:
+        batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
+    train_loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler, collate_fn=collate)
+    eval_loaders = {}
+    for name in ("validation", "test"):
+        part = splits[name].add_column(ROW_COLUMN, list(range(len(splits[name]))))
+        by_length = np.argsort([len(features) for features in part["feature"]], kind="stable")  # little padding
+        eval_loaders[name] = DataLoader(part.select(by_length), batch_size=args.eval_batch_size, collate_fn=collate)
+
+    # ----- model and optimisation ---------------------------------------------------------------------
+    model = build_model(args, tokenizer, class_weights)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(batch_sampler) / args.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * args.num_epochs
+    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, train_loader, scheduler, eval_loaders["validation"], eval_loaders["test"] = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, eval_loaders["validation"], eval_loaders["test"]
+    )
+
+    # ----- resume -------------------------------------------------------------------------------------
+    loop = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "stale_epochs": 0}
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints") if args.resume_from_checkpoint else None
+    if checkpoint is not None:
+        loop = load_checkpoint(accelerator, checkpoint)
+        accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, step {loop['step']}")
+
+    # ----- training -----------------------------------------------------------------------------------
+    model.train()
+    batches_this_process = 0
+    for epoch in range(loop["epoch"], args.num_epochs):
+        if loop["stale_epochs"] >= args.patience or (args.max_steps and loop["step"] >= args.max_steps):
+            break
+        # The data order is a function of (seed, epoch) alone, so a resumed run sees the batches it would have seen.
+        # Accelerate re-applies its loader's epoch counter when iteration starts but does not reach a custom batch
+        # sampler inside a multi-process shard: set both.
+        batches = accelerator.skip_first_batches(train_loader, loop["batch"]) if loop["batch"] else train_loader
+        batches.set_epoch(epoch)
+        if isinstance(batch_sampler, LengthGroupedBatchSampler):
+            batch_sampler.set_epoch(epoch)
+        else:
+            sampler.generator.manual_seed(args.seed + epoch)
+        progress = tqdm(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
+                        initial=loop["batch"], total=len(train_loader))
+        for batch in progress:
+            batch.pop(ROW_COLUMN)
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loop["batch"] += 1
+            loop["step"] += 1
+            batches_this_process += 1
+            if loop["step"] % args.logging_steps == 0:
+                accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),
+                                 "learning_rate": scheduler.get_last_lr()[0]}, step=loop["step"])
+            if args.checkpoint_every_steps and loop["step"] % args.checkpoint_every_steps == 0:
+                save_checkpoint(accelerator, output_dir / "checkpoints", loop["step"], loop)
+            if args.max_steps and loop["step"] >= args.max_steps:
+                break
+        if loop["batch"] < len(train_loader):  # stopped by --max_steps inside the epoch
+            break
+
+        predictions = predict(model, eval_loaders["validation"], accelerator)
+        validation = binary_metrics(predictions["labels"], predictions["scores"])
+        accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=loop["step"])
+        accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, AUPRC {validation['auprc']:.4f}")
+        loop.update(epoch=epoch + 1, batch=0)
+        if validation[args.early_stopping_metric] > loop["best"]:
+            loop.update(best=validation[args.early_stopping_metric], stale_epochs=0)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
+                tokenizer.save_pretrained(output_dir / "model")
+        else:
+            loop["stale_epochs"] += 1
+        if args.checkpoint_every_epoch:
+            save_checkpoint(accelerator, output_dir / "checkpoints", loop["step"], loop)
+
+    # ----- test ---------------------------------------------------------------------------------------
+    # One number per process that must agree after training: a divergent replica would otherwise go unnoticed.
+    checksum = torch.tensor([sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())],
+                            dtype=torch.float64, device=accelerator.device)
+    accelerator.wait_for_everyone()
+    if (output_dir / "model").exists():  # the best validation epoch, not the last
+        best = MedFuseForSequenceClassification.from_pretrained(output_dir / "model")
+        accelerator.unwrap_model(model).load_state_dict(best.state_dict())
+    predictions = predict(model, eval_loaders["test"], accelerator)
+    batches_seen = torch.tensor([batches_this_process], device=accelerator.device)
+    result = {"dataset": cohort.description, "num_processes": accelerator.num_processes, "steps": loop["step"],
+              "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
+              "batches_by_process": accelerator.gather(batches_seen).tolist(),
+              "epochs": loop["epoch"], "best_validation": {args.early_stopping_metric: loop["best"]},
+              "test_patients": int(len(predictions["rows"])), "git": run_info["git"]}
+    if accelerator.is_main_process:
+        result["test"] = bootstrap_intervals(predictions["labels"], predictions["scores"], args.bootstrap_resamples, args.seed)
+        (output_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        ids = np.asarray(splits["test"][cohort.id_column])[predictions["rows"]]
+        np.savetxt(output_dir / "test_predictions.csv", np.column_stack([ids, predictions["labels"], predictions["scores"]]),
+                   delimiter=",", fmt="%s", header=f"{cohort.id_column},{label},score", comments="")
+        save_evaluation_plots(predictions["labels"], predictions["scores"], output_dir / "plots", cohort.description)
+        save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"), output_dir / "plots" / "training_curves.png")
+        test = result["test"]
+        accelerator.print(
+            f"{cohort.description}: test AUROC {test['auroc']['value']:.4f} [{test['auroc']['low']:.4f}, "
+            f"{test['auroc']['high']:.4f}], AUPRC {test['auprc']['value']:.4f} [{test['auprc']['low']:.4f}, "
+            f"{test['auprc']['high']:.4f}] on {result['test_patients']} patients after {loop['epoch']} epochs; "
+            f"model in {output_dir / 'model'}"
+        )
+    accelerator.wait_for_everyone()  # ranks leave together: a rank left alone at teardown can hang in gloo
+    accelerator.end_training()
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="p12-sample")
+    data.add_argument("--data_dir", help="folder of the release files (p12, p19) or Parquet splits")
+    data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random")
+    data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
+    data.add_argument("--label_column", help="label column of a Parquet cohort")
+    data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
+    data.add_argument("--max_events", type=int, default=1024, help="most recent events kept per patient")
+    model = parser.add_argument_group("model")
+    model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")
+    model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
+    for name, kind in MODEL_FLAGS.items():
+        model.add_argument(f"--{name}", type=kind)
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default="outputs/finetune")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch_size", type=int, default=32, help="global batch size, split across processes")
+    train.add_argument("--eval_batch_size", type=int, default=64)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--num_epochs", type=int, default=30)
+    train.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
+    train.add_argument("--lr_scheduler", default="linear", help="any transformers scheduler name")
+    train.add_argument("--warmup_ratio", type=float, default=0.05)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    train.add_argument("--cpu", action="store_true", help="train on CPU even where a GPU is present")
+    train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
+    train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
+    train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
+    train.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before stopping")
+    train.add_argument("--logging_steps", type=int, default=10)
+    train.add_argument("--checkpoint_every_steps", type=int, default=0)
+    train.add_argument("--checkpoint_every_epoch", action="store_true")
+    train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
+    train.add_argument("--bootstrap_resamples", type=int, default=1000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    datasets.disable_progress_bars()  # the recipe's own progress bars are the ones to watch
+    training_function(parse_with_config(build_parser(), argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The fine-tuning recipe as users run it: one process, two CPU processes, killed and resumed."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "finetune.py"
+TINY = [
+    "--dataset", "synthetic", "--num_patients", "256", "--hidden_size", "32", "--value_embedding_size", "8",
+    "--intermediate_size", "32", "--num_attention_heads", "2", "--hidden_dropout_prob", "0",
+    "--attention_probs_dropout_prob", "0", "--classifier_dropout", "0", "--batch_size", "32",
+    "--bootstrap_resamples", "50", "--learning_rate", "3e-3",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(args: list[str], processes: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    if processes == 1:
+        command = [sys.executable, str(RECIPE)]
+    else:  # `accelerate launch --cpu` starts one process only (accelerate#2741); this starts two gloo ranks
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(free_port()), str(RECIPE)]
+    # A session of its own, so that a hung launcher and its ranks can be ended together.
+    process = subprocess.Popen(command + args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"recipe timed out after {timeout} s: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("single")
+    run(TINY + ["--num_epochs", "2", "--output_dir", str(output_dir)])
+    return output_dir
+
+
+def test_single_process_run_writes_model_metrics_plots_and_run_record(single_process_run):
+    output_dir = single_process_run
+    result = json.loads((output_dir / "test_metrics.json").read_text())
+    assert set(result["test"]) == {"auroc", "auprc", "accuracy", "f1", "min_recall_precision", "brier"}
+    auroc = result["test"]["auroc"]
+    assert auroc["low"] <= auroc["value"] <= auroc["high"]
+    assert {p.name for p in (output_dir / "plots").iterdir()} == {
+        "roc_curve.png", "pr_curve.png", "calibration_curve.png", "training_curves.png"
+    }
+    run_info = json.loads((output_dir / "run_info.json").read_text())
+    assert run_info["config"]["seed"] == 0 and run_info["versions"]["torch"] and "commit" in run_info["git"]
+    from transformers import AutoModelForSequenceClassification
+
+    import medfuse_hf  # noqa: F401  (registers the Auto classes)
+
+    assert type(AutoModelForSequenceClassification.from_pretrained(output_dir / "model")).__name__ == (
+        "MedFuseForSequenceClassification"
+    )
+
+
+def test_two_cpu_processes_train_like_one(tmp_path, single_process_run):
+    output_dir = tmp_path / "two"
+    run(TINY + ["--num_epochs", "2", "--output_dir", str(output_dir)], processes=2)
+    result = json.loads((output_dir / "test_metrics.json").read_text())
+    assert result["num_processes"] == 2
+    assert len(result["batches_by_process"]) == 2 and min(result["batches_by_process"]) > 0  # both ranks trained
+    first, second = result["weights_checksum_by_process"]
+    assert first == second  # replicas ended identical
+    predictions = np.genfromtxt(output_dir / "test_predictions.csv", delimiter=",", names=True)
+    assert len(predictions) == result["test_patients"] == 26
+    assert len(np.unique(predictions["record_id"])) == 26  # every test patient scored exactly once
+    single = weights(single_process_run)
+    for name, tensor in weights(output_dir).items():  # same global batches: same optimisation, up to float noise
+        torch.testing.assert_close(tensor, single[name], atol=2e-4, rtol=1e-3)
+    single_result = json.loads((single_process_run / "test_metrics.json").read_text())
+    assert abs(result["test"]["auroc"]["value"] - single_result["test"]["auroc"]["value"]) < 0.02
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    args = TINY + ["--num_patients", "512", "--batch_size", "16", "--num_epochs", "3", "--checkpoint_every_steps", "5"]
+    uninterrupted = tmp_path / "uninterrupted"
+    run(args + ["--output_dir", str(uninterrupted)])
+
+    interrupted = tmp_path / "interrupted"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)], env=env,
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (interrupted / "checkpoints" / "step_00000010").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # mid-epoch: 25 batches per epoch
+    process.wait()
+    assert not (interrupted / "test_metrics.json").exists()
+
+    resumed = run(args + ["--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+    resumed_line = next(line for line in resumed.stdout.splitlines() if line.startswith("resumed from"))
+    assert int(resumed_line.rsplit("step ", 1)[1]) >= 10  # it continued from where the killed run had got to
+    expected = weights(uninterrupted)
+    for name, tensor in weights(interrupted).items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
