@@ -13,7 +13,6 @@ Writes to `--output_dir`: `model/` (best validation checkpoint, loadable with `f
 """
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -23,17 +22,13 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, clinical_vocabulary
-from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from medfuse_hf.feature_vocabulary import FeatureVocabulary
+from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.training import (
     JSONLinesTracker,
     binary_metrics,
-    bootstrap_intervals,
     load_checkpoint,
     load_cohort,
     predict,
@@ -41,9 +36,10 @@ from medfuse_hf.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from medfuse_hf.training.cohorts import DATASETS
-from medfuse_hf.training.evaluation import ROW_COLUMN
-from medfuse_hf.training.plots import save_evaluation_plots, save_training_curves
+from medfuse_hf.training.cohorts import DATASETS, fit_tokenizer
+from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
+from medfuse_hf.training.loop import train_epoch
+from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.recipe_config import parse_with_config
 from medfuse_hf.training.run_info import write_run_info
 
@@ -56,16 +52,10 @@ MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset on
 
 
 def build_tokenizer(args, train) -> MedFuseTokenizer:
-    """The pretrained tokenizer when starting from a checkpoint, else the canonical vocabulary fitted on `train`."""
+    """The pretrained tokenizer when starting from a checkpoint, else one fitted on the training split."""
     if args.init_from:
         return MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events)
-    names = sorted({name for features in train["feature"] for name in features})
-    catalogued = [name for name in names if name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES]
-    if len(catalogued) == len(names):
-        vocabulary = clinical_vocabulary(names).fit_statistics(train)
-    else:  # a cohort in its own names (e.g. synthetic or a hospital's unmapped table)
-        vocabulary = FeatureVocabulary.from_events(train)
-    return MedFuseTokenizer(vocabulary, max_events=args.max_events)
+    return fit_tokenizer(train, args.max_events)
 
 
 def build_model(args, tokenizer, class_weights) -> MedFuseForSequenceClassification:
@@ -115,11 +105,7 @@ def training_function(args: argparse.Namespace) -> dict:
     else:
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
     train_loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler, collate_fn=collate)
-    eval_loaders = {}
-    for name in ("validation", "test"):
-        part = splits[name].add_column(ROW_COLUMN, list(range(len(splits[name]))))
-        by_length = np.argsort([len(features) for features in part["feature"]], kind="stable")  # little padding
-        eval_loaders[name] = DataLoader(part.select(by_length), batch_size=args.eval_batch_size, collate_fn=collate)
+    eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size) for name in ("validation", "test")}
 
     # ----- model and optimisation ---------------------------------------------------------------------
     model = build_model(args, tokenizer, class_weights)
@@ -140,43 +126,21 @@ def training_function(args: argparse.Namespace) -> dict:
         accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, step {loop['step']}")
 
     # ----- training -----------------------------------------------------------------------------------
+    def reseed(epoch: int) -> None:
+        if isinstance(batch_sampler, LengthGroupedBatchSampler):
+            batch_sampler.set_epoch(epoch)
+        else:
+            sampler.generator.manual_seed(args.seed + epoch)
+
     model.train()
     batches_this_process = 0
     for epoch in range(loop["epoch"], args.num_epochs):
         if loop["stale_epochs"] >= args.patience or (args.max_steps and loop["step"] >= args.max_steps):
             break
-        # The data order is a function of (seed, epoch) alone, so a resumed run sees the batches it would have seen.
-        # Accelerate re-applies its loader's epoch counter when iteration starts but does not reach a custom batch
-        # sampler inside a multi-process shard: set both.
-        batches = accelerator.skip_first_batches(train_loader, loop["batch"]) if loop["batch"] else train_loader
-        batches.set_epoch(epoch)
-        if isinstance(batch_sampler, LengthGroupedBatchSampler):
-            batch_sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(args.seed + epoch)
-        progress = tqdm(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
-                        initial=loop["batch"], total=len(train_loader))
-        for batch in progress:
-            batch.pop(ROW_COLUMN)
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            loop["batch"] += 1
-            loop["step"] += 1
-            batches_this_process += 1
-            if loop["step"] % args.logging_steps == 0:
-                accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),
-                                 "learning_rate": scheduler.get_last_lr()[0]}, step=loop["step"])
-            if args.checkpoint_every_steps and loop["step"] % args.checkpoint_every_steps == 0:
-                save_checkpoint(accelerator, output_dir / "checkpoints", loop["step"], loop)
-            if args.max_steps and loop["step"] >= args.max_steps:
-                break
-        if loop["batch"] < len(train_loader):  # stopped by --max_steps inside the epoch
+        completed, trained = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, loop, args,
+                                         output_dir / "checkpoints", reseed)
+        batches_this_process += trained
+        if not completed:
             break
 
         predictions = predict(model, eval_loaders["validation"], accelerator)
@@ -205,26 +169,15 @@ def training_function(args: argparse.Namespace) -> dict:
         accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     predictions = predict(model, eval_loaders["test"], accelerator)
     batches_seen = torch.tensor([batches_this_process], device=accelerator.device)
-    result = {"dataset": cohort.description, "num_processes": accelerator.num_processes, "steps": loop["step"],
+    result = {"num_processes": accelerator.num_processes, "steps": loop["step"], "epochs": loop["epoch"],
               "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
               "batches_by_process": accelerator.gather(batches_seen).tolist(),
-              "epochs": loop["epoch"], "best_validation": {args.early_stopping_metric: loop["best"]},
-              "test_patients": int(len(predictions["rows"])), "git": run_info["git"]}
+              "best_validation": {args.early_stopping_metric: loop["best"]}, "git": run_info["git"]}
     if accelerator.is_main_process:
-        result["test"] = bootstrap_intervals(predictions["labels"], predictions["scores"], args.bootstrap_resamples, args.seed)
-        (output_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        ids = np.asarray(splits["test"][cohort.id_column])[predictions["rows"]]
-        np.savetxt(output_dir / "test_predictions.csv", np.column_stack([ids, predictions["labels"], predictions["scores"]]),
-                   delimiter=",", fmt="%s", header=f"{cohort.id_column},{label},score", comments="")
-        save_evaluation_plots(predictions["labels"], predictions["scores"], output_dir / "plots", cohort.description)
+        result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,
+                              args.bootstrap_resamples, args.seed, extra=result)
         save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"), output_dir / "plots" / "training_curves.png")
-        test = result["test"]
-        accelerator.print(
-            f"{cohort.description}: test AUROC {test['auroc']['value']:.4f} [{test['auroc']['low']:.4f}, "
-            f"{test['auroc']['high']:.4f}], AUPRC {test['auprc']['value']:.4f} [{test['auprc']['low']:.4f}, "
-            f"{test['auprc']['high']:.4f}] on {result['test_patients']} patients after {loop['epoch']} epochs; "
-            f"model in {output_dir / 'model'}"
-        )
+        accelerator.print(f"{summary_line(result)} after {loop['epoch']} epochs; model in {output_dir / 'model'}")
     accelerator.wait_for_everyone()  # ranks leave together: a rank left alone at teardown can hang in gloo
     accelerator.end_training()
     return result

@@ -2,7 +2,7 @@
 
 from .bundled_sample import load_physionet2012_sample
 from .clinical_features import clinical_vocabulary
-from .collator import LengthGroupedBatchSampler, MedFuseDataCollator, padding_fraction
+from .collator import ForecastingCollator, LengthGroupedBatchSampler, MedFuseDataCollator, padding_fraction
 from .download import download_physionet2012, download_physionet2019
 from .long_format import load_long_format
 from .mimic3 import load_mimic3_benchmark_root
@@ -12,6 +12,7 @@ from .physionet2019 import load_physionet2019
 from .splits import apply_split, load_split, save_split, seft_split, set_a_test_split, stratified_split
 
 __all__ = [
+    "ForecastingCollator",
     "LengthGroupedBatchSampler",
     "LoadSummary",
     "MedFuseDataCollator",

@@ -7,6 +7,7 @@ transformers' `LengthGroupedSampler` does the same but caps megabatches at 4 bat
 leaves about a quarter of each batch as padding on the bundled sample.
 """
 
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,36 @@ class MedFuseDataCollator:
                 raise ValueError(f"a patient in this batch has no {self.label_column!r}: filter unlabeled patients first")
             batch["labels"] = torch.tensor(labels)
         return batch
+
+
+@dataclass
+class ForecastingCollator:
+    """Self-supervised batches (STraTS' forecasting task) for `MedFuseForPreTraining`, no labels needed.
+
+    Each patient gets a random cut-off between `min_observation_hours` (or its first event) and `horizon_hours`
+    before its last event: the events before the cut-off are the input, each feature's mean value in the
+    `horizon_hours` after it the target. Draws come from `rng`, or from Python's global `random`, whose state
+    Accelerate saves with checkpoints so that a resumed run draws the same cut-offs.
+    """
+
+    tokenizer: MedFuseTokenizer
+    horizon_hours: float = 2.0
+    min_observation_hours: float = 12.0
+    pad_to_multiple_of: int | None = 8
+    rng: random.Random | None = None
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        draw = self.rng or random
+        cutoffs = []
+        for row in rows:
+            times = [float(time) for time in row["time"]]
+            low, high = max(self.min_observation_hours, min(times) + 1e-3), max(times) - self.horizon_hours
+            # Too short a record for a window: every event is input, the targets are empty (masked out).
+            cutoffs.append(draw.uniform(low, high) if high > low else max(times) + 1e-3)
+        batch = self.tokenizer.encode_forecasting(
+            list(rows), observation_hours=cutoffs, horizon_hours=self.horizon_hours, pad_to_multiple_of=self.pad_to_multiple_of
+        )
+        return dict(batch)
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):

@@ -9,6 +9,7 @@ from pathlib import Path
 import datasets
 
 from ..data import (
+    clinical_vocabulary,
     apply_split,
     load_physionet2012,
     load_physionet2012_sample,
@@ -17,7 +18,10 @@ from ..data import (
     set_a_test_split,
     stratified_split,
 )
+from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from ..feature_vocabulary import FeatureVocabulary
 from ..synthetic import make_sodium_cohort
+from ..tokenization_medfuse import MedFuseTokenizer
 
 DATASETS = ("p12-sample", "p12", "p19", "synthetic", "parquet")
 P12_PROTOCOLS = ("seft-split", "set-a-test", "random")
@@ -82,3 +86,23 @@ def _required(data_dir: str | Path | None, dataset: str) -> Path:
     if data_dir is None:
         raise ValueError(f"--data_dir is required for the {dataset} dataset")
     return Path(data_dir)
+
+
+def fit_tokenizer(train, max_events: int) -> MedFuseTokenizer:
+    """A tokenizer whose value statistics come from `train` only: the canonical clinical vocabulary when every
+    feature is catalogued, else a vocabulary of the cohort's own names (synthetic data, an unmapped table)."""
+    names = sorted({name for features in train["feature"] for name in features})
+    if all(name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES for name in names):
+        vocabulary = clinical_vocabulary(names).fit_statistics(train)
+    else:
+        vocabulary = FeatureVocabulary.from_events(train)
+    return MedFuseTokenizer(vocabulary, max_events=max_events)
+
+
+def streaming_patients(shards: list[str], seed: int, buffer_size: int = 2048) -> datasets.IterableDataset:
+    """Patients of Parquet shards, read shard by shard and shuffled within a bounded buffer: memory does not grow
+    with the cohort, so a cohort larger than memory can pretrain."""
+    if not shards:
+        raise FileNotFoundError("no Parquet shards given (did the glob match nothing?)")
+    stream = datasets.load_dataset("parquet", data_files=list(shards), split="train", streaming=True)
+    return stream.shuffle(seed=seed, buffer_size=buffer_size)

@@ -1,11 +1,27 @@
-"""Scoring patients across processes: every patient counted exactly once, whatever the number of processes."""
+"""Scoring patients across processes (every patient counted exactly once, whatever the number of processes),
+and the report a scored split gets: metrics with bootstrap intervals, predictions and plots."""
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from .metrics import bootstrap_intervals
+from .plots import save_evaluation_plots
+
 ROW_COLUMN = "row"
+
+
+def evaluation_loader(dataset: datasets.Dataset, collate: Callable, batch_size: int) -> DataLoader:
+    """Patients sorted by length (batches carry little padding), each tagged with its row for `predict`."""
+    tagged = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+    by_length = np.argsort([len(features) for features in tagged["feature"]], kind="stable")
+    return DataLoader(tagged.select(by_length), batch_size=batch_size, collate_fn=collate)
 
 
 @torch.no_grad()
@@ -30,3 +46,34 @@ def predict(model: torch.nn.Module, dataloader: DataLoader, accelerator: Acceler
         "labels": torch.cat(labels).numpy(),
         "scores": torch.cat(scores).numpy(),
     }
+
+
+def write_report(
+    predictions: dict[str, np.ndarray],
+    dataset: datasets.Dataset,
+    id_column: str,
+    output_dir: Path,
+    title: str,
+    bootstrap_resamples: int = 1000,
+    seed: int = 0,
+    extra: dict | None = None,
+) -> dict:
+    """`test_metrics.json` (bootstrap 95% intervals), `test_predictions.csv` and `plots/`; returns the metrics."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    labels, scores = predictions["labels"], predictions["scores"]
+    report = {**(extra or {}), "dataset": title, "test_patients": int(len(labels)),
+              "test": bootstrap_intervals(labels, scores, bootstrap_resamples, seed)}
+    (output_dir / "test_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    ids = np.asarray(dataset[id_column])[predictions["rows"]]
+    np.savetxt(output_dir / "test_predictions.csv", np.column_stack([ids, labels, scores]), delimiter=",", fmt="%s",
+               header=f"{id_column},label,score", comments="")
+    save_evaluation_plots(labels, scores, output_dir / "plots", title)
+    return report
+
+
+def summary_line(report: dict) -> str:
+    """The one line a run ends with."""
+    auroc, auprc = report["test"]["auroc"], report["test"]["auprc"]
+    return (f"{report['dataset']}: test AUROC {auroc['value']:.4f} [{auroc['low']:.4f}, {auroc['high']:.4f}], "
+            f"AUPRC {auprc['value']:.4f} [{auprc['low']:.4f}, {auprc['high']:.4f}] on {report['test_patients']} patients")

@@ -1,0 +1,64 @@
+"""The optimisation loop the recipes share: one epoch, resumable at any batch."""
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpointing import save_checkpoint
+from .evaluation import ROW_COLUMN
+
+
+def train_epoch(
+    accelerator: Accelerator,
+    model,
+    optimizer,
+    scheduler,
+    train_loader: DataLoader,
+    epoch: int,
+    loop: dict,
+    args: argparse.Namespace,
+    checkpoints_dir: Path,
+    reseed: Callable[[int], None],
+) -> tuple[bool, int]:
+    """Train on `epoch` from batch `loop["batch"]` on; `loop` (epoch, batch, step, ...) is updated in place and
+    saved with every checkpoint. Returns whether the epoch was completed (not cut by `--max_steps`) and the number
+    of batches this process trained on.
+
+    The data order must be a function of (seed, epoch) alone, so that a resumed run sees the batches it would have
+    seen: Accelerate re-applies its loader's epoch counter when iteration starts, and `reseed(epoch)` sets the
+    samplers Accelerate cannot reach (a custom batch sampler inside a multi-process shard).
+    """
+    batches = accelerator.skip_first_batches(train_loader, loop["batch"]) if loop["batch"] else train_loader
+    batches.set_epoch(epoch)
+    reseed(epoch)
+    try:
+        total = len(train_loader)
+    except TypeError:  # a streamed dataset has no length
+        total = None
+    trained = 0
+    for batch in tqdm(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
+                      initial=loop["batch"], total=total):
+        batch.pop(ROW_COLUMN, None)
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        loop["batch"] += 1
+        loop["step"] += 1
+        trained += 1
+        if loop["step"] % args.logging_steps == 0:
+            accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),
+                             "learning_rate": scheduler.get_last_lr()[0]}, step=loop["step"])
+        if args.checkpoint_every_steps and loop["step"] % args.checkpoint_every_steps == 0:
+            save_checkpoint(accelerator, checkpoints_dir, loop["step"], loop)
+        if args.max_steps and loop["step"] >= args.max_steps:
+            return False, trained
+    return True, trained

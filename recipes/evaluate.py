@@ -1,0 +1,67 @@
+"""Score a saved MedFuse model on a split of a cohort: metrics with bootstrap 95% intervals, predictions, plots.
+
+    python recipes/evaluate.py --model_dir outputs/p12-seft/model --dataset p12 --data_dir ../shared/data/physionet2012
+    accelerate launch recipes/evaluate.py --model_dir ... --dataset p19 --data_dir ../shared/data/physionet2019 --hospital B
+
+The model's own tokenizer (saved beside it) encodes the patients, so the vocabulary and normalisation are the ones
+it was trained with.
+"""
+
+import argparse
+from pathlib import Path
+
+import datasets
+from accelerate import Accelerator
+
+from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf.data import MedFuseDataCollator
+from medfuse_hf.training import load_cohort, predict
+from medfuse_hf.training.cohorts import DATASETS
+from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
+from medfuse_hf.training.recipe_config import parse_with_config
+from medfuse_hf.training.run_info import write_run_info
+
+
+def evaluation_function(args: argparse.Namespace) -> dict | None:
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    output_dir = Path(args.output_dir)
+    write_run_info(output_dir, vars(args), accelerator)
+    cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, args.label_column, args.num_patients, args.seed)
+    split = cohort.splits[args.split].filter(lambda value: value is not None, input_columns=cohort.label_column)
+    tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
+    collate = MedFuseDataCollator(tokenizer, label_column=cohort.label_column, extra_columns=(ROW_COLUMN,))
+    model = MedFuseForSequenceClassification.from_pretrained(args.model_dir)
+    model, loader = accelerator.prepare(model, evaluation_loader(split, collate, args.batch_size))
+    predictions = predict(model, loader, accelerator)
+    if not accelerator.is_main_process:
+        return None
+    report = write_report(predictions, split, cohort.id_column, output_dir, f"{cohort.description}, {args.split}",
+                          args.bootstrap_resamples, args.seed, extra={"model_dir": str(args.model_dir)})
+    accelerator.print(f"{summary_line(report)}; report in {output_dir}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--dataset", choices=DATASETS, default="p12-sample")
+    parser.add_argument("--data_dir")
+    parser.add_argument("--protocol")
+    parser.add_argument("--hospital", choices=("A", "B"))
+    parser.add_argument("--label_column")
+    parser.add_argument("--num_patients", type=int, default=512)
+    parser.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    parser.add_argument("--unknown_features", choices=("error", "unk", "drop"), default="error",
+                        help="features the model's vocabulary lacks (e.g. another hospital's)")
+    parser.add_argument("--output_dir", default="outputs/evaluate")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--bootstrap_resamples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument("--cpu", action="store_true")
+    datasets.disable_progress_bars()
+    evaluation_function(parse_with_config(parser, argv))
+
+
+if __name__ == "__main__":
+    main()

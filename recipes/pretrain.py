@@ -1,0 +1,169 @@
+"""Self-supervised pretraining of MedFuse on a cohort without labels: forecast each feature's value after a random
+cut-off from the events before it (STraTS' task), so large unlabeled cohorts teach the feature embeddings.
+
+    python recipes/pretrain.py --dataset p19 --data_dir ../shared/data/physionet2019 --hospital A
+    accelerate launch recipes/pretrain.py --parquet_shards "cohort/*.parquet" --max_steps 20000   # larger than memory
+
+Writes `model/` (a `MedFuseForPreTraining` with its tokenizer: pass it to `recipes/finetune.py --init_from`),
+`checkpoints/`, `logs/` and `run_info.json`. For supervised pretraining on a source task, run
+`recipes/finetune.py` on the source cohort and fine-tune from its `model/`.
+"""
+
+import argparse
+import glob
+import math
+import random
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
+from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler
+from medfuse_hf.training import JSONLinesTracker, load_checkpoint, load_cohort, resolve_checkpoint, save_checkpoint
+from medfuse_hf.training.cohorts import DATASETS, fit_tokenizer, streaming_patients
+from medfuse_hf.training.loop import train_epoch
+from medfuse_hf.training.recipe_config import parse_with_config
+from medfuse_hf.training.run_info import write_run_info
+
+MODEL_FLAGS = {"hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+               "intermediate_size": int, "fusion": str, "time_embedding": str, "hidden_dropout_prob": float}
+
+
+@torch.no_grad()
+def validation_loss(model, loader, collate: ForecastingCollator, seed: int, accelerator) -> float:
+    """Forecasting MSE over the validation patients, with the same cut-offs at every call."""
+    collate.rng.seed(seed)
+    model.eval()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    for batch in loader:
+        mask = batch["forecast_mask"]
+        total += model(**batch).loss * mask.sum()
+        count += mask.sum()
+    model.train()
+    return (accelerator.reduce(total, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
+
+
+def training_function(args: argparse.Namespace) -> dict:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with=[JSONLinesTracker("logs", output_dir)], project_dir=str(output_dir))
+    set_seed(args.seed)
+    write_run_info(output_dir, vars(args), accelerator)
+    accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
+
+    # ----- data: a cohort in memory, or Parquet shards streamed ---------------------------------------
+    validation = None
+    if args.parquet_shards:
+        if not args.max_steps:
+            raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
+        train = streaming_patients(sorted(glob.glob(args.parquet_shards)), args.seed)
+        if args.tokenizer_from:
+            tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events)
+        else:  # statistics from the first patients of the stream, a bounded sample
+            tokenizer = fit_tokenizer(datasets.Dataset.from_list(list(train.take(args.statistics_patients))), args.max_events)
+        train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
+        reseed = train.set_epoch
+    else:
+        cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, None, args.num_patients, args.seed)
+        train, validation = cohort.splits["train"], cohort.splits["validation"]
+        tokenizer = fit_tokenizer(train, args.max_events)
+        lengths = [min(len(features), args.max_events) for features in train["feature"]]
+        batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
+        train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
+        reseed = batch_sampler.set_epoch
+        # Fixed cut-offs for validation, so its loss is comparable from epoch to epoch.
+        validation_collate = ForecastingCollator(tokenizer, args.horizon_hours, rng=random.Random(args.seed))
+        validation = DataLoader(validation, batch_size=args.batch_size, collate_fn=validation_collate)
+
+    overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
+    model = MedFuseForPreTraining(MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **overrides))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    total_steps = args.max_steps or math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.num_epochs
+    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if validation is not None:
+        validation = accelerator.prepare(validation)
+
+    loop = {"epoch": 0, "batch": 0, "step": 0}
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints") if args.resume_from_checkpoint else None
+    if checkpoint is not None:
+        loop = load_checkpoint(accelerator, checkpoint)
+        accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, step {loop['step']}")
+
+    # ----- training -----------------------------------------------------------------------------------
+    model.train()
+    for epoch in range(loop["epoch"], args.num_epochs):
+        completed, _ = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, loop, args,
+                                   output_dir / "checkpoints", reseed)
+        if not completed:
+            break
+        loop.update(epoch=epoch + 1, batch=0)
+        if validation is not None:
+            loss = validation_loss(model, validation, validation_collate, args.seed, accelerator)
+            accelerator.log({"epoch": epoch, "validation_loss": loss}, step=loop["step"])
+            accelerator.print(f"epoch {epoch}: validation forecasting MSE {loss:.4f}")
+        if args.checkpoint_every_epoch:
+            save_checkpoint(accelerator, output_dir / "checkpoints", loop["step"], loop)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
+        tokenizer.save_pretrained(output_dir / "model")
+    result = {"steps": loop["step"], "epochs": loop["epoch"]}
+    if validation is not None:
+        result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
+    accelerator.print(f"pretrained for {loop['step']} steps ({loop['epoch']} full epochs)"
+                      + (f", validation forecasting MSE {result['validation_loss']:.4f}" if validation is not None else "")
+                      + f"; model in {output_dir / 'model'}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="p12-sample")
+    data.add_argument("--data_dir")
+    data.add_argument("--protocol")
+    data.add_argument("--hospital", choices=("A", "B"))
+    data.add_argument("--num_patients", type=int, default=512)
+    data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
+    data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
+    data.add_argument("--statistics_patients", type=int, default=5000, help="patients a streamed cohort's statistics come from")
+    data.add_argument("--max_events", type=int, default=1024)
+    data.add_argument("--horizon_hours", type=float, default=2.0)
+    model = parser.add_argument_group("model")
+    for name, kind in MODEL_FLAGS.items():
+        model.add_argument(f"--{name}", type=kind)
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default="outputs/pretrain")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch_size", type=int, default=32)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--num_epochs", type=int, default=10)
+    train.add_argument("--max_steps", type=int, default=0)
+    train.add_argument("--lr_scheduler", default="linear")
+    train.add_argument("--warmup_ratio", type=float, default=0.05)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    train.add_argument("--cpu", action="store_true")
+    train.add_argument("--logging_steps", type=int, default=10)
+    train.add_argument("--checkpoint_every_steps", type=int, default=0)
+    train.add_argument("--checkpoint_every_epoch", action="store_true")
+    train.add_argument("--resume_from_checkpoint")
+    datasets.disable_progress_bars()
+    training_function(parse_with_config(parser, argv))
+
+
+if __name__ == "__main__":
+    main()

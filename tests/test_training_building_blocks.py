@@ -1,0 +1,93 @@
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from sklearn.metrics import roc_auc_score
+
+from medfuse_hf.training import (
+    CorruptCheckpointError,
+    binary_metrics,
+    bootstrap_intervals,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from medfuse_hf.training.recipe_config import parse_with_config
+
+
+def test_binary_metrics_on_a_known_case():
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.4, 0.6, 0.7, 0.3])
+    metrics = binary_metrics(labels, scores)
+    assert metrics["auroc"] == pytest.approx(4 / 6)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)  # predicted [0, 0, 1, 1, 0]
+    assert metrics["min_recall_precision"] == pytest.approx(0.5)  # recall 1/2, precision 1/2
+    assert metrics["brier"] == pytest.approx(np.mean((scores - labels) ** 2))
+    with pytest.raises(ValueError, match="both classes"):
+        binary_metrics(np.zeros(3), np.ones(3) * 0.5)
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 300), 0, 1)
+    intervals = bootstrap_intervals(labels, scores, num_resamples=200, seed=1)
+    assert intervals == bootstrap_intervals(labels, scores, num_resamples=200, seed=1)
+    auroc = intervals["auroc"]
+    assert auroc["value"] == pytest.approx(roc_auc_score(labels, scores))
+    assert auroc["low"] < auroc["value"] < auroc["high"] and auroc["high"] - auroc["low"] < 0.2
+
+
+@pytest.fixture
+def prepared():
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return accelerator, model, optimizer
+
+
+def test_checkpoint_round_trip_restores_weights_and_loop_state(tmp_path, prepared):
+    accelerator, model, optimizer = prepared
+    path = save_checkpoint(accelerator, tmp_path, step=7, loop_state={"epoch": 1, "batch": 3})
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert load_checkpoint(accelerator, path) == {"epoch": 1, "batch": 3}
+    torch.testing.assert_close(model.weight.detach(), saved)
+
+
+def test_corrupted_or_partial_checkpoints_are_never_loaded(tmp_path, prepared):
+    accelerator, model, _ = prepared
+    first = save_checkpoint(accelerator, tmp_path, step=5, loop_state={})
+    second = save_checkpoint(accelerator, tmp_path, step=10, loop_state={})
+    (tmp_path / "step_00000015.partial").mkdir()  # a run killed while saving
+    assert resolve_checkpoint("latest", tmp_path) == second
+    with pytest.raises(CorruptCheckpointError, match="no medfuse_checkpoint.json; the checkpoint is incomplete"):
+        load_checkpoint(accelerator, tmp_path / "step_00000015.partial")
+    weights = second / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    before = model.weight.detach().clone()
+    with pytest.raises(CorruptCheckpointError, match="model.safetensors does not match its recorded SHA-256"):
+        load_checkpoint(accelerator, second)
+    torch.testing.assert_close(model.weight.detach(), before)  # nothing was loaded half-way
+    (first / "optimizer.bin").unlink()
+    with pytest.raises(CorruptCheckpointError, match="optimizer.bin is missing"):
+        load_checkpoint(accelerator, first)
+
+
+def test_yaml_sets_defaults_and_flags_win(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--learning_rate", type=float, default=1.0)
+    parser.add_argument("--dataset", default="p12-sample")
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 0.5\ndataset: p12\n")
+    args = parse_with_config(parser, ["--config", str(config), "--dataset", "p19"])
+    assert (args.learning_rate, args.dataset) == (0.5, "p19")
+    config.write_text("learning_rte: 0.5\n")
+    with pytest.raises(SystemExit, match=r"run.yaml: unknown settings \['learning_rte'\]"):
+        parse_with_config(argparse.ArgumentParser(), ["--config", str(config)])
