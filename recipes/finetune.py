@@ -41,7 +41,7 @@ from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summar
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.recipe_config import parse_with_config
-from medfuse_hf.training.run_info import write_run_info
+from medfuse_hf.training.run_info import throughput, write_run_info
 
 MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset ones keep the preset's value
     "hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
@@ -172,12 +172,14 @@ def training_function(args: argparse.Namespace) -> dict:
     result = {"num_processes": accelerator.num_processes, "steps": loop["step"], "epochs": loop["epoch"],
               "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
               "batches_by_process": accelerator.gather(batches_seen).tolist(),
-              "best_validation": {args.early_stopping_metric: loop["best"]}, "git": run_info["git"]}
+              "best_validation": {args.early_stopping_metric: loop["best"]}, "git": run_info["git"],
+              **throughput(loop, accelerator)}
     if accelerator.is_main_process:
         result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,
                               args.bootstrap_resamples, args.seed, extra=result)
         save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"), output_dir / "plots" / "training_curves.png")
-        accelerator.print(f"{summary_line(result)} after {loop['epoch']} epochs; model in {output_dir / 'model'}")
+        accelerator.print(f"{summary_line(result)} after {loop['epoch']} epochs, {result['train_seconds']:.0f} s of "
+                          f"training ({result['events_per_second']:,} events/s); model in {output_dir / 'model'}")
     accelerator.wait_for_everyone()  # ranks leave together: a rank left alone at teardown can hang in gloo
     accelerator.end_training()
     return result

@@ -1,6 +1,7 @@
 """The optimisation loop the recipes share: one epoch, resumable at any batch."""
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,10 +40,13 @@ def train_epoch(
         total = len(train_loader)
     except TypeError:  # a streamed dataset has no length
         total = None
-    trained = 0
+    trained, start = 0, time.perf_counter()
     for batch in tqdm(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
                       initial=loop["batch"], total=total):
         batch.pop(ROW_COLUMN, None)
+        # Throughput counters of this process; recipes add them up across processes at the end.
+        loop["patients"] = loop.get("patients", 0) + len(batch["attention_mask"])
+        loop["events"] = loop.get("events", 0) + int(batch["attention_mask"].sum())
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -53,6 +57,8 @@ def train_epoch(
             optimizer.zero_grad()
         loop["batch"] += 1
         loop["step"] += 1
+        loop["train_seconds"] = loop.get("train_seconds", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
         trained += 1
         if loop["step"] % args.logging_steps == 0:
             accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),

@@ -2,11 +2,13 @@
 
 import json
 import platform
+import resource
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "numpy", "scikit-learn", "medfuse-hf")
@@ -51,3 +53,20 @@ def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> 
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "run_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+def throughput(loop: dict, accelerator: Accelerator) -> dict:
+    """Training wall time (resumed runs included), patients and events per second over all processes, peak memory."""
+    totals = accelerator.reduce(torch.tensor([loop.get("patients", 0), loop.get("events", 0)], device=accelerator.device), "sum")
+    seconds = loop.get("train_seconds", 0.0)
+    figures = {
+        "train_seconds": round(seconds, 1),
+        "patients_trained": int(totals[0]),
+        "events_trained": int(totals[1]),
+        "patients_per_second": round(int(totals[0]) / seconds, 1) if seconds else None,
+        "events_per_second": round(int(totals[1]) / seconds) if seconds else None,
+        "peak_rss_mib_main_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    if torch.cuda.is_available():
+        figures["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return figures
