@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from .configuration_medfuse import MedFuseConfig
+from .feature_embeddings import FeatureEmbeddingCheckpoint, TransferReport, export_feature_embeddings
 from .feature_vocabulary import AlignmentReport, FeatureSpec, FeatureVocabulary, ValueStatistics
 from .modeling_medfuse import (
     MedFuseForPreTraining,
@@ -31,6 +32,7 @@ AutoFeatureExtractor.register(MedFuseConfig, MedFuseTokenizer, exist_ok=True)
 
 __all__ = [
     "AlignmentReport",
+    "FeatureEmbeddingCheckpoint",
     "FeatureSpec",
     "FeatureVocabulary",
     "MedFuseConfig",
@@ -39,5 +41,7 @@ __all__ = [
     "MedFuseModel",
     "MedFusePreTrainedModel",
     "MedFuseTokenizer",
+    "TransferReport",
     "ValueStatistics",
+    "export_feature_embeddings",
 ]

@@ -17,6 +17,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from .configuration_medfuse import MedFuseConfig
+from .feature_embeddings import TransferReport, load_feature_embeddings
+from .feature_vocabulary import FeatureVocabulary
 
 
 class ValueProjector(nn.Module):
@@ -244,6 +246,19 @@ class MedFusePreTrainedModel(PreTrainedModel):
             # γ = 1, β = 0: every feature starts from the shared value projector, as in the authors' code.
             init.ones_(module.gamma)
             init.zeros_(module.beta)
+
+
+    def load_feature_embeddings(
+        self,
+        path: str,
+        vocabulary: FeatureVocabulary,
+        match_by: str = "name",
+        freeze: bool = False,
+        unit_conversions: dict[str, float] | None = None,
+    ) -> TransferReport:
+        """Start from another site's published feature embeddings; see `feature_embeddings.load_feature_embeddings`.
+        `vocabulary` is this model's (its tokenizer's `feature_vocabulary`)."""
+        return load_feature_embeddings(self, path, vocabulary, match_by, freeze, unit_conversions)
 
 
 class MedFuseModel(MedFusePreTrainedModel):

@@ -9,7 +9,8 @@ Runs unchanged on one CPU, several processes or many GPUs:
 `--batch_size` is the global batch: each of N processes takes 1/N of it, so results do not depend on N.
 Writes to `--output_dir`: `model/` (best validation checkpoint, loadable with `from_pretrained`), `checkpoints/`
 (full training state for `--resume_from_checkpoint`), `test_metrics.json` (with bootstrap 95% intervals),
-`test_predictions.csv`, `plots/`, `logs/` and `run_info.json`.
+`test_predictions.csv`, `plots/`, `logs/`, `run_info.json`, a model card (`model/README.md`) and a
+privacy-guarded feature-embedding checkpoint (`feature_embeddings/`) for other hospitals.
 """
 
 import argparse
@@ -40,6 +41,7 @@ from medfuse_hf.training.cohorts import DATASETS, fit_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.plots import save_training_curves
+from medfuse_hf.training.publishing import publish_run
 from medfuse_hf.training.recipe_config import parse_with_config
 from medfuse_hf.training.run_info import throughput, write_run_info
 
@@ -178,6 +180,10 @@ def training_function(args: argparse.Namespace) -> dict:
         result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,
                               args.bootstrap_resamples, args.seed, extra=result)
         save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"), output_dir / "plots" / "training_curves.png")
+        if (output_dir / "model").exists():
+            publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort, f"MedFuse, {cohort.description}",
+                        metrics=result["test"], evaluation_context=f"Test split, {result['test_patients']} patients, "
+                        f"best validation epoch of {loop['epoch']}.", min_patients=args.min_patients_for_statistics)
         accelerator.print(f"{summary_line(result)} after {loop['epoch']} epochs, {result['train_seconds']:.0f} s of "
                           f"training ({result['events_per_second']:,} events/s); model in {output_dir / 'model'}")
     accelerator.wait_for_everyone()  # ranks leave together: a rank left alone at teardown can hang in gloo
@@ -224,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint_every_epoch", action="store_true")
     train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
     train.add_argument("--bootstrap_resamples", type=int, default=1000)
+    train.add_argument("--min_patients_for_statistics", type=int, default=20,
+                       help="published feature embeddings withhold statistics of features seen in fewer patients")
     return parser
 
 

@@ -4,8 +4,9 @@ cut-off from the events before it (STraTS' task), so large unlabeled cohorts tea
     python recipes/pretrain.py --dataset p19 --data_dir ../shared/data/physionet2019 --hospital A
     accelerate launch recipes/pretrain.py --parquet_shards "cohort/*.parquet" --max_steps 20000   # larger than memory
 
-Writes `model/` (a `MedFuseForPreTraining` with its tokenizer: pass it to `recipes/finetune.py --init_from`),
-`checkpoints/`, `logs/` and `run_info.json`. For supervised pretraining on a source task, run
+Writes `model/` (a `MedFuseForPreTraining` with its tokenizer and model card: pass it to
+`recipes/finetune.py --init_from`), `feature_embeddings/` (privacy-guarded, for other hospitals), `checkpoints/`,
+`logs/` and `run_info.json`. For supervised pretraining on a source task, run
 `recipes/finetune.py` on the source cohort and fine-tune from its `model/`.
 """
 
@@ -22,11 +23,12 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
+from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer, export_feature_embeddings
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, load_cohort, resolve_checkpoint, save_checkpoint
 from medfuse_hf.training.cohorts import DATASETS, fit_tokenizer, streaming_patients
 from medfuse_hf.training.loop import train_epoch
+from medfuse_hf.training.publishing import publish_run
 from medfuse_hf.training.recipe_config import parse_with_config
 from medfuse_hf.training.run_info import write_run_info
 
@@ -58,7 +60,7 @@ def training_function(args: argparse.Namespace) -> dict:
     accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
 
     # ----- data: a cohort in memory, or Parquet shards streamed ---------------------------------------
-    validation = None
+    validation, cohort = None, None
     if args.parquet_shards:
         if not args.max_steps:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
@@ -116,6 +118,12 @@ def training_function(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         tokenizer.save_pretrained(output_dir / "model")
+        if cohort is not None:
+            publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
+                        f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics)
+        else:  # streamed shards: no cohort description to card, the embeddings are exported all the same
+            export_feature_embeddings(accelerator.unwrap_model(model), tokenizer, output_dir / "feature_embeddings",
+                                      source=args.parquet_shards, min_patients=args.min_patients_for_statistics)
     result = {"steps": loop["step"], "epochs": loop["epoch"]}
     if validation is not None:
         result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--checkpoint_every_steps", type=int, default=0)
     train.add_argument("--checkpoint_every_epoch", action="store_true")
     train.add_argument("--resume_from_checkpoint")
+    train.add_argument("--min_patients_for_statistics", type=int, default=20,
+                       help="published feature embeddings withhold statistics of features seen in fewer patients")
     datasets.disable_progress_bars()
     training_function(parse_with_config(parser, argv))
 

@@ -71,6 +71,11 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     assert {p.name for p in (output_dir / "plots").iterdir()} == {
         "roc_curve.png", "pr_curve.png", "calibration_curve.png", "training_curves.png"
     }
+    card = (output_dir / "model" / "README.md").read_text()
+    assert "Not a medical device" in card and "**not** the 2022 multimodal" in card
+    assert f"{result['test']['auroc']['value']:.4f}" in card  # the card reports this run's test metrics
+    assert (output_dir / "feature_embeddings" / "embedding_config.json").exists()
+    assert result["train_seconds"] > 0 and result["events_per_second"] > 0 and result["patients_trained"] > 0
     run_info = json.loads((output_dir / "run_info.json").read_text())
     assert run_info["config"]["seed"] == 0 and run_info["versions"]["torch"] and "commit" in run_info["git"]
     from transformers import AutoModelForSequenceClassification

@@ -1,0 +1,234 @@
+"""Feature-embedding checkpoints: what one hospital publishes so that another can start from it.
+
+A small, self-describing folder:
+- `feature_embeddings.safetensors`: per feature, keyed by canonical name, its identity embedding
+  (`identity/<name>`) and MuFuse value parameters γ_f, β_f (`gamma/<name>`, `beta/<name>`); the shared value
+  projector φ they modulate (`value_projector/...`); category embeddings (`category/<name>=<level>`).
+- `feature_vocabulary.json`: the features with units, codes, aliases and value statistics, privacy-guarded.
+- `embedding_config.json`: what a model needs to use them (hidden size, d′, fusion), a format version, the
+  source's description, the privacy threshold applied, and the SHA-256 of each file.
+
+Privacy: nothing patient-level is shared. Statistics of a feature seen in fewer than `min_patients` patients are
+withheld, patient and observation counts are coarsened to multiples of 10, and the export writes only the fields
+listed here: it has no way to add anything else from the source data.
+"""
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .feature_vocabulary import UNK_ID, FeatureVocabulary
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "feature_embeddings.safetensors"
+VOCABULARY_FILE = "feature_vocabulary.json"
+CONFIG_FILE = "embedding_config.json"
+COUNT_GRANULARITY = 10
+MATCH_METHODS = ("name", "code", "alias")
+
+
+@dataclass
+class TransferReport:
+    """What `load_feature_embeddings` did, for a person to check before trusting the transfer."""
+
+    matched: dict[str, str]  # target feature -> source feature whose embedding it received
+    matched_by: dict[str, str]  # target feature -> "name" | "code" | "alias"
+    new_at_target: list[str]  # target features left at their fresh initialisation
+    only_at_source: list[str]  # source features with no counterpart, ignored
+    unit_mismatches: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    converted_units: dict[str, float] = field(default_factory=dict)
+    frozen: bool = False
+
+    def __str__(self) -> str:
+        text = (f"{len(self.matched)} features transferred, {len(self.new_at_target)} new at the target, "
+                f"{len(self.only_at_source)} only at the source")
+        if self.unit_mismatches:
+            text += f"; unit mismatches: {self.unit_mismatches}"
+        return text
+
+
+@dataclass
+class FeatureEmbeddingCheckpoint:
+    tensors: dict[str, torch.Tensor]
+    vocabulary: FeatureVocabulary
+    config: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureEmbeddingCheckpoint":
+        """Read and verify a checkpoint folder (a Hub repo id works too once downloaded with `snapshot_download`)."""
+        path = Path(path)
+        config_path = path / CONFIG_FILE
+        if not config_path.exists():
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a MedFuse feature-embedding checkpoint")
+        config = json.loads(config_path.read_text())
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
+        for name, expected in config["sha256"].items():
+            if not (path / name).exists() or _sha256(path / name) != expected:
+                raise ValueError(f"{path / name}: missing or does not match its recorded SHA-256; download it again")
+        return cls(load_file(path / TENSORS_FILE), FeatureVocabulary.load(path / VOCABULARY_FILE), config)
+
+    def in_target_units(self, conversions: dict[str, float]) -> FeatureVocabulary:
+        """The source vocabulary with statistics of the named features multiplied by a declared unit factor
+        (e.g. creatinine mg/dL -> µmol/L: 88.42), for a target that normalises with the source's statistics."""
+        converted = FeatureVocabulary()
+        for spec in self.vocabulary:
+            if spec.name in conversions and spec.statistics is not None:
+                factor = conversions[spec.name]
+                stats = spec.statistics
+                spec = replace(spec, statistics=replace(
+                    stats, mean=stats.mean * factor, std=stats.std * abs(factor), q25=stats.q25 * factor,
+                    median=stats.median * factor, q75=stats.q75 * factor, lower=stats.lower * factor,
+                    upper=stats.upper * factor,
+                ))
+            converted.add(replace(spec, aliases=list(spec.aliases)))
+        return converted
+
+
+def export_feature_embeddings(
+    model, tokenizer, path: str | Path, source: str, min_patients: int = 20
+) -> dict[str, list[str]]:
+    """Write the feature-embedding checkpoint of a trained MedFuse model; returns which features had their
+    statistics withheld (seen in fewer than `min_patients` patients)."""
+    base = model.medfuse if hasattr(model, "medfuse") else model
+    embeddings = base.embeddings
+    config = base.config
+    vocabulary = tokenizer.feature_vocabulary
+    if len(vocabulary) != config.vocab_size:
+        raise ValueError(f"tokenizer vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
+    tensors: dict[str, torch.Tensor] = {}
+    fusion = embeddings.value_fusion
+    offsets = vocabulary.category_offsets()
+    for feature_id, spec in enumerate(vocabulary, start=UNK_ID + 1):
+        tensors[f"identity/{spec.name}"] = embeddings.feature_embeddings.weight[feature_id]
+        if hasattr(fusion, "gamma"):
+            tensors[f"gamma/{spec.name}"] = fusion.gamma[feature_id]
+            tensors[f"beta/{spec.name}"] = fusion.beta[feature_id]
+        if spec.kind == "categorical" and embeddings.categorical_fusion is not None:
+            for index, level in enumerate(spec.categories):
+                tensors[f"category/{spec.name}={level}"] = embeddings.categorical_fusion.category_embeddings.weight[offsets[feature_id] + index]
+    if hasattr(fusion, "value_projector"):
+        for name, parameter in fusion.value_projector.named_parameters():
+            tensors[f"value_projector/{name}"] = parameter
+    tensors = {key: value.detach().float().cpu().contiguous().clone() for key, value in tensors.items()}
+
+    guarded, withheld = _privacy_guard(vocabulary, min_patients)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path / TENSORS_FILE, metadata={"format": "medfuse-feature-embeddings"})
+    guarded.save(path / VOCABULARY_FILE)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "hidden_size": config.hidden_size,
+        "value_embedding_size": config.value_embedding_size,
+        "value_projector_hidden_size": config.value_projector_hidden_size,
+        "fusion": config.fusion,
+        "privacy": {"min_patients_for_statistics": min_patients, "counts_rounded_to": COUNT_GRANULARITY,
+                    "statistics_withheld": withheld},
+        "sha256": {name: _sha256(path / name) for name in (TENSORS_FILE, VOCABULARY_FILE)},
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return {"statistics_withheld": withheld}
+
+
+def load_feature_embeddings(
+    model,
+    path: str | Path,
+    vocabulary: FeatureVocabulary,
+    match_by: str = "name",
+    freeze: bool = False,
+    unit_conversions: dict[str, float] | None = None,
+) -> TransferReport:
+    """Copy a checkpoint's embeddings into `model` for the features of its `vocabulary` that match one at the source.
+
+    `match_by="name"` matches canonical names only; `"code"` also codes; `"alias"` also aliases. Target features
+    without a match keep their fresh initialisation. `freeze=True` keeps the transferred rows from training.
+    A unit mismatch on a matched feature is reported; with a factor in `unit_conversions` it is recorded as
+    converted (use `FeatureEmbeddingCheckpoint.in_target_units` for the statistics).
+    """
+    if match_by not in MATCH_METHODS:
+        raise ValueError(f"match_by must be one of {MATCH_METHODS}, got {match_by!r}")
+    checkpoint = FeatureEmbeddingCheckpoint.load(path)
+    base = model.medfuse if hasattr(model, "medfuse") else model
+    config, embeddings = base.config, base.embeddings
+    for key in ("hidden_size", "value_embedding_size", "fusion"):
+        if checkpoint.config[key] != getattr(config, key):
+            raise ValueError(
+                f"{path}: {key} is {checkpoint.config[key]!r} in the checkpoint but {getattr(config, key)!r} in the "
+                "model; build the model with the checkpoint's settings to reuse its embeddings"
+            )
+    if len(vocabulary) != config.vocab_size:
+        raise ValueError(f"vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
+    alignment = vocabulary.align(checkpoint.vocabulary)
+    allowed = MATCH_METHODS[: MATCH_METHODS.index(match_by) + 1]
+    matched = {here: there for here, there in alignment.matched.items() if alignment.how[here] in allowed}
+    unit_conversions = unit_conversions or {}
+    mismatches, converted = {}, {}
+    fusion = embeddings.value_fusion
+    with torch.no_grad():
+        for here, there in matched.items():
+            feature_id = vocabulary.id_of(here)
+            embeddings.feature_embeddings.weight[feature_id] = checkpoint.tensors[f"identity/{there}"]
+            if hasattr(fusion, "gamma") and f"gamma/{there}" in checkpoint.tensors:
+                fusion.gamma[feature_id] = checkpoint.tensors[f"gamma/{there}"]
+                fusion.beta[feature_id] = checkpoint.tensors[f"beta/{there}"]
+            source_unit, target_unit = checkpoint.vocabulary.spec_of(there).unit, vocabulary.spec_of(here).unit
+            if source_unit and target_unit and source_unit != target_unit:
+                mismatches[here] = (source_unit, target_unit)
+                if here in unit_conversions:
+                    converted[here] = unit_conversions[here]
+        if hasattr(fusion, "value_projector"):
+            for name, parameter in fusion.value_projector.named_parameters():
+                parameter.copy_(checkpoint.tensors[f"value_projector/{name}"])
+    if freeze:
+        _freeze_rows(embeddings, fusion, [vocabulary.id_of(here) for here in matched])
+    return TransferReport(
+        matched=matched,
+        matched_by={here: alignment.how[here] for here in matched},
+        new_at_target=[spec.name for spec in vocabulary if spec.name not in matched],
+        only_at_source=[spec.name for spec in checkpoint.vocabulary if spec.name not in set(matched.values())],
+        unit_mismatches=mismatches,
+        converted_units=converted,
+        frozen=freeze,
+    )
+
+
+def _freeze_rows(embeddings, fusion, feature_ids: list[int]) -> None:
+    """Zero the gradients of the transferred rows (identity, γ, β), so only the target's new features learn.
+    AdamW's decoupled weight decay still shrinks them: train with weight_decay=0 to keep them exactly."""
+    keep = torch.ones(embeddings.feature_embeddings.num_embeddings, 1)
+    keep[feature_ids] = 0.0
+    parameters = [embeddings.feature_embeddings.weight] + ([fusion.gamma, fusion.beta] if hasattr(fusion, "gamma") else [])
+    for parameter in parameters:
+        parameter.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
+
+
+def _privacy_guard(vocabulary: FeatureVocabulary, min_patients: int) -> tuple[FeatureVocabulary, list[str]]:
+    """Only whitelisted fields; statistics of rare features withheld; counts coarsened."""
+    guarded, withheld = FeatureVocabulary(), []
+    for spec in vocabulary:
+        statistics = spec.statistics
+        if statistics is not None and statistics.num_patients < min_patients:
+            withheld.append(spec.name)
+            statistics = None
+        elif statistics is not None:
+            statistics = replace(statistics, count=_coarsen(statistics.count), num_patients=_coarsen(statistics.num_patients))
+        guarded.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
+    return guarded, withheld
+
+
+def _coarsen(count: int) -> int:
+    return int(math.floor(count / COUNT_GRANULARITY) * COUNT_GRANULARITY)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+__all__ = ["FeatureEmbeddingCheckpoint", "TransferReport", "export_feature_embeddings", "load_feature_embeddings"]

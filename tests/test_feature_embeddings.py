@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medfuse_hf import (
+    FeatureEmbeddingCheckpoint,
+    FeatureSpec,
+    FeatureVocabulary,
+    MedFuseConfig,
+    MedFuseForSequenceClassification,
+    MedFuseTokenizer,
+    export_feature_embeddings,
+)
+
+
+def vocabulary_of(specs):
+    return FeatureVocabulary(specs)
+
+
+@pytest.fixture
+def source(tmp_path, cohort):
+    vocabulary = FeatureVocabulary.from_events(cohort, units={"creatinine": "mg/dL", "sodium": "mmol/L"})
+    model = MedFuseForSequenceClassification(
+        MedFuseConfig(**vocabulary.config_kwargs(), num_labels=2, hidden_size=32, value_embedding_size=8)
+    )
+    with torch.no_grad():  # as if trained: γ, β away from their initial 1 and 0
+        model.medfuse.embeddings.value_fusion.gamma.normal_()
+        model.medfuse.embeddings.value_fusion.beta.normal_()
+    path = tmp_path / "source-embeddings"
+    export_feature_embeddings(model, MedFuseTokenizer(vocabulary), path, source="synthetic test cohort", min_patients=20)
+    return model, vocabulary, path
+
+
+def target_model(vocabulary, **overrides):
+    settings = dict(num_labels=2, hidden_size=32, value_embedding_size=8)
+    return MedFuseForSequenceClassification(MedFuseConfig(**vocabulary.config_kwargs(), **{**settings, **overrides}))
+
+
+def test_a_partly_overlapping_target_receives_the_shared_features(source):
+    source_model, source_vocabulary, path = source
+    target_vocabulary = vocabulary_of([FeatureSpec(name="lactate"), FeatureSpec(name="sodium"), FeatureSpec(name="hr", aliases=["heart_rate"])])
+    model = target_model(target_vocabulary)
+    fresh_lactate = model.medfuse.embeddings.feature_embeddings.weight[target_vocabulary.id_of("lactate")].clone()
+    report = model.medfuse.load_feature_embeddings(path, target_vocabulary, match_by="name")
+    assert report.matched == {"sodium": "sodium"}
+    assert report.new_at_target == ["lactate", "hr"]
+    assert report.only_at_source == ["creatinine", "heart_rate"]
+    here, there = target_vocabulary.id_of("sodium"), source_vocabulary.id_of("sodium")
+    target, origin = model.medfuse.embeddings, source_model.medfuse.embeddings
+    torch.testing.assert_close(target.feature_embeddings.weight[here], origin.feature_embeddings.weight[there])
+    torch.testing.assert_close(target.value_fusion.gamma[here], origin.value_fusion.gamma[there])
+    torch.testing.assert_close(target.value_fusion.beta[here], origin.value_fusion.beta[there])
+    torch.testing.assert_close(target.feature_embeddings.weight[target_vocabulary.id_of("lactate")], fresh_lactate)
+    alias_report = target_model(target_vocabulary).medfuse.load_feature_embeddings(path, target_vocabulary, match_by="alias")
+    assert alias_report.matched == {"sodium": "sodium", "hr": "heart_rate"}
+    assert alias_report.matched_by["hr"] == "alias"
+
+
+def test_mismatched_dimensions_or_fusion_are_refused(source):
+    _, vocabulary, path = source
+    with pytest.raises(ValueError, match="hidden_size is 32 in the checkpoint but 64 in the model"):
+        target_model(vocabulary, hidden_size=64).medfuse.load_feature_embeddings(path, vocabulary)
+    with pytest.raises(ValueError, match="fusion is 'multiplicative' in the checkpoint but 'additive'"):
+        target_model(vocabulary, fusion="additive").medfuse.load_feature_embeddings(path, vocabulary)
+
+
+def test_unit_mismatch_is_flagged_and_declared_conversions_scale_statistics(source):
+    _, _, path = source
+    target_vocabulary = vocabulary_of([FeatureSpec(name="creatinine", unit="µmol/L")])
+    report = target_model(target_vocabulary).medfuse.load_feature_embeddings(
+        path, target_vocabulary, unit_conversions={"creatinine": 88.42}
+    )
+    assert report.unit_mismatches == {"creatinine": ("mg/dL", "µmol/L")}
+    assert report.converted_units == {"creatinine": 88.42}
+    checkpoint = FeatureEmbeddingCheckpoint.load(path)
+    original = checkpoint.vocabulary.spec_of("creatinine").statistics
+    converted = checkpoint.in_target_units({"creatinine": 88.42}).spec_of("creatinine").statistics
+    assert converted.mean == pytest.approx(original.mean * 88.42) and converted.std == pytest.approx(original.std * 88.42)
+
+
+def test_frozen_transferred_rows_do_not_train_while_new_ones_do(source, tokenizer):
+    _, vocabulary, path = source
+    target_vocabulary = vocabulary_of([*vocabulary, FeatureSpec(name="lactate")])
+    model = target_model(target_vocabulary)
+    model.medfuse.load_feature_embeddings(path, target_vocabulary, freeze=True)
+    weight = model.medfuse.embeddings.feature_embeddings.weight
+    before = weight.detach().clone()
+    ids = torch.tensor([[target_vocabulary.id_of("sodium"), target_vocabulary.id_of("lactate")]])
+    output = model(ids, torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 2.0]]), labels=torch.tensor([1]))
+    output.loss.backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    assert torch.equal(weight[target_vocabulary.id_of("sodium")], before[target_vocabulary.id_of("sodium")])
+    assert not torch.equal(weight[target_vocabulary.id_of("lactate")], before[target_vocabulary.id_of("lactate")])
+
+
+def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort):
+    rare_values = [123.456, 98.765, 77.777]
+    patients = [dict(patient) for patient in cohort[:60]]
+    for patient, value in zip(patients, rare_values):  # seen in 3 patients only
+        patient.update(feature=patient["feature"] + ["rare_lab"], value=patient["value"] + [value], time=patient["time"] + [47.0])
+    vocabulary = FeatureVocabulary.from_events(patients)
+    model = target_model(vocabulary)
+    report = export_feature_embeddings(model, MedFuseTokenizer(vocabulary), tmp_path, source="small cohort", min_patients=20)
+    assert report == {"statistics_withheld": ["rare_lab"]}
+    published = json.loads((tmp_path / "feature_vocabulary.json").read_text())
+    rare = next(entry for entry in published["features"] if entry["name"] == "rare_lab")
+    assert "statistics" not in rare
+    text = "".join(path.read_text(errors="ignore") for path in tmp_path.iterdir())
+    for secret in [*rare_values, np.mean(rare_values), np.median(rare_values)]:
+        assert f"{secret:.3f}".rstrip("0") not in text
+    sodium = next(entry for entry in published["features"] if entry["name"] == "sodium")["statistics"]
+    assert sodium["num_patients"] % 10 == 0 and sodium["count"] % 10 == 0  # counts coarsened
+
+
+def test_a_tampered_checkpoint_is_refused(source):
+    _, vocabulary, path = source
+    (path / "feature_vocabulary.json").write_text((path / "feature_vocabulary.json").read_text().replace("sodium", "natrium"))
+    with pytest.raises(ValueError, match="feature_vocabulary.json: missing or does not match its recorded SHA-256"):
+        target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
