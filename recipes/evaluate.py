@@ -16,9 +16,8 @@ from accelerate import Accelerator
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.training import load_cohort, predict
-from medfuse_hf.training.cohorts import DATASETS
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
-from medfuse_hf.training.recipe_config import parse_with_config
+from medfuse_hf.training.recipe_config import add_cohort_arguments, parse_with_config
 from medfuse_hf.training.run_info import write_run_info
 
 
@@ -44,19 +43,13 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--dataset", choices=DATASETS, default="p12-sample")
-    parser.add_argument("--data_dir")
-    parser.add_argument("--protocol")
-    parser.add_argument("--hospital", choices=("A", "B"))
-    parser.add_argument("--label_column")
-    parser.add_argument("--num_patients", type=int, default=512)
+    add_cohort_arguments(parser)
     parser.add_argument("--split", choices=("train", "validation", "test"), default="test")
     parser.add_argument("--unknown_features", choices=("error", "unk", "drop"), default="error",
                         help="features the model's vocabulary lacks (e.g. another hospital's)")
     parser.add_argument("--output_dir", default="outputs/evaluate")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--bootstrap_resamples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--cpu", action="store_true")
     datasets.disable_progress_bars()

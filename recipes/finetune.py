@@ -37,12 +37,12 @@ from medfuse_hf.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from medfuse_hf.training.cohorts import DATASETS, fit_tokenizer
+from medfuse_hf.training.cohorts import fit_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run
-from medfuse_hf.training.recipe_config import parse_with_config
+from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, parse_with_config
 from medfuse_hf.training.run_info import throughput, write_run_info
 
 MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset ones keep the preset's value
@@ -193,45 +193,19 @@ def training_function(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="p12-sample")
-    data.add_argument("--data_dir", help="folder of the release files (p12, p19) or Parquet splits")
-    data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random")
-    data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
-    data.add_argument("--label_column", help="label column of a Parquet cohort")
-    data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
-    data.add_argument("--max_events", type=int, default=1024, help="most recent events kept per patient")
+    add_cohort_arguments(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")
     model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
     for name, kind in MODEL_FLAGS.items():
         model.add_argument(f"--{name}", type=kind)
-    train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default="outputs/finetune")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch_size", type=int, default=32, help="global batch size, split across processes")
+    train = add_training_arguments(parser, output_dir="outputs/finetune")
     train.add_argument("--eval_batch_size", type=int, default=64)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
-    train.add_argument("--weight_decay", type=float, default=0.01)
-    train.add_argument("--num_epochs", type=int, default=30)
-    train.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
-    train.add_argument("--lr_scheduler", default="linear", help="any transformers scheduler name")
-    train.add_argument("--warmup_ratio", type=float, default=0.05)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
-    train.add_argument("--cpu", action="store_true", help="train on CPU even where a GPU is present")
     train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
     train.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before stopping")
-    train.add_argument("--logging_steps", type=int, default=10)
-    train.add_argument("--checkpoint_every_steps", type=int, default=0)
-    train.add_argument("--checkpoint_every_epoch", action="store_true")
-    train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
     train.add_argument("--bootstrap_resamples", type=int, default=1000)
-    train.add_argument("--min_patients_for_statistics", type=int, default=20,
-                       help="published feature embeddings withhold statistics of features seen in fewer patients")
     return parser
 
 

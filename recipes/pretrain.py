@@ -26,10 +26,10 @@ from transformers import get_scheduler
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer, export_feature_embeddings
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, load_cohort, resolve_checkpoint, save_checkpoint
-from medfuse_hf.training.cohorts import DATASETS, fit_tokenizer, streaming_patients
+from medfuse_hf.training.cohorts import fit_tokenizer, streaming_patients
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.publishing import publish_run
-from medfuse_hf.training.recipe_config import parse_with_config
+from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, parse_with_config
 from medfuse_hf.training.run_info import write_run_info
 
 MODEL_FLAGS = {"hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
@@ -137,40 +137,16 @@ def training_function(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="p12-sample")
-    data.add_argument("--data_dir")
-    data.add_argument("--protocol")
-    data.add_argument("--hospital", choices=("A", "B"))
-    data.add_argument("--num_patients", type=int, default=512)
+    data = add_cohort_arguments(parser)
     data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000, help="patients a streamed cohort's statistics come from")
-    data.add_argument("--max_events", type=int, default=1024)
     data.add_argument("--horizon_hours", type=float, default=2.0)
     model = parser.add_argument_group("model")
     for name, kind in MODEL_FLAGS.items():
         model.add_argument(f"--{name}", type=kind)
-    train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default="outputs/pretrain")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch_size", type=int, default=32)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
-    train.add_argument("--weight_decay", type=float, default=0.01)
-    train.add_argument("--num_epochs", type=int, default=10)
-    train.add_argument("--max_steps", type=int, default=0)
-    train.add_argument("--lr_scheduler", default="linear")
-    train.add_argument("--warmup_ratio", type=float, default=0.05)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
-    train.add_argument("--cpu", action="store_true")
-    train.add_argument("--logging_steps", type=int, default=10)
-    train.add_argument("--checkpoint_every_steps", type=int, default=0)
-    train.add_argument("--checkpoint_every_epoch", action="store_true")
-    train.add_argument("--resume_from_checkpoint")
-    train.add_argument("--min_patients_for_statistics", type=int, default=20,
-                       help="published feature embeddings withhold statistics of features seen in fewer patients")
+    add_training_arguments(parser, output_dir="outputs/pretrain")
+    parser.set_defaults(num_epochs=10)
     datasets.disable_progress_bars()
     training_function(parse_with_config(parser, argv))
 

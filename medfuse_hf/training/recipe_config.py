@@ -1,4 +1,5 @@
-"""Recipe settings from flags and an optional YAML file: the file sets defaults, flags on the command line win."""
+"""Recipe settings from flags and an optional YAML file: the file sets defaults, flags on the command line win.
+The flags every recipe shares are declared here once."""
 
 import argparse
 from pathlib import Path
@@ -18,3 +19,41 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
             raise SystemExit(f"{first.config}: unknown settings {unknown}; the recipe accepts {sorted(known - {'help', 'config'})}")
         parser.set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    from .cohorts import DATASETS
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="p12-sample")
+    data.add_argument("--data_dir", help="folder of the release files (p12, p19) or Parquet splits")
+    data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random")
+    data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
+    data.add_argument("--label_column", help="label column of a Parquet cohort")
+    data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
+    data.add_argument("--seed", type=int, default=0)
+    return data
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> argparse._ArgumentGroup:
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default=output_dir)
+    train.add_argument("--max_events", type=int, default=1024, help="most recent events kept per patient")
+    train.add_argument("--batch_size", type=int, default=32, help="global batch size, split across processes")
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--num_epochs", type=int, default=30)
+    train.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
+    train.add_argument("--lr_scheduler", default="linear", help="any transformers scheduler name")
+    train.add_argument("--warmup_ratio", type=float, default=0.05)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    train.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
+    train.add_argument("--logging_steps", type=int, default=10)
+    train.add_argument("--checkpoint_every_steps", type=int, default=0)
+    train.add_argument("--checkpoint_every_epoch", action="store_true")
+    train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
+    train.add_argument("--min_patients_for_statistics", type=int, default=20,
+                       help="published feature embeddings withhold statistics of features seen in fewer patients")
+    return train
