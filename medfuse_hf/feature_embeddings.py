@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi, snapshot_download
 from safetensors.torch import load_file, save_file
 
 from .feature_vocabulary import UNK_ID, FeatureVocabulary
@@ -59,9 +60,10 @@ class FeatureEmbeddingCheckpoint:
     config: dict
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureEmbeddingCheckpoint":
-        """Read and verify a checkpoint folder (a Hub repo id works too once downloaded with `snapshot_download`)."""
-        path = Path(path)
+    def load(cls, path: str | Path, revision: str | None = None) -> "FeatureEmbeddingCheckpoint":
+        """Read and verify a checkpoint from a local folder or a Hub repo id (downloaded, or taken from the local
+        cache when `HF_HUB_OFFLINE=1`)."""
+        path = Path(path) if Path(path).is_dir() else Path(snapshot_download(str(path), revision=revision))
         config_path = path / CONFIG_FILE
         if not config_path.exists():
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a MedFuse feature-embedding checkpoint")
@@ -199,6 +201,16 @@ def load_feature_embeddings(
     )
 
 
+def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:
+    """Upload an exported checkpoint folder to a Hub model repo (created private unless told otherwise); returns
+    the commit URL. A thin wrapper over `HfApi.upload_folder`, left untested here: the tests have no Hub."""
+    if not (Path(folder) / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; export the checkpoint with export_feature_embeddings first")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload MedFuse feature embeddings").commit_url
+
+
 def _freeze_rows(embeddings, fusion, feature_ids: list[int]) -> None:
     """Zero the gradients of the transferred rows (identity, γ, β), so only the target's new features learn.
     AdamW's decoupled weight decay still shrinks them: train with weight_decay=0 to keep them exactly."""
@@ -231,4 +243,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-__all__ = ["FeatureEmbeddingCheckpoint", "TransferReport", "export_feature_embeddings", "load_feature_embeddings"]
+__all__ = [
+    "FeatureEmbeddingCheckpoint",
+    "TransferReport",
+    "export_feature_embeddings",
+    "load_feature_embeddings",
+    "push_feature_embeddings",
+]

@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
@@ -94,6 +95,11 @@ def training_function(args: argparse.Namespace) -> dict:
         if len(part) < len(cohort.splits[name]):
             accelerator.print(f"{name}: {len(cohort.splits[name]) - len(part)} patients without {label!r} left out")
     train = splits["train"]
+    if args.train_fraction < 1.0:  # the small-target setting of transfer experiments: a stratified, seeded subset
+        keep, _ = train_test_split(range(len(train)), train_size=args.train_fraction, stratify=train[label],
+                                   random_state=args.seed)
+        train = train.select(sorted(keep))
+        accelerator.print(f"training on {len(train)} patients ({args.train_fraction:.0%} of the training split)")
     tokenizer = build_tokenizer(args, train)
     rate = float(np.mean(train[label]))
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
@@ -111,6 +117,10 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # ----- model and optimisation ---------------------------------------------------------------------
     model = build_model(args, tokenizer, class_weights)
+    if args.init_embeddings_from:  # another site's published feature embeddings
+        report = model.medfuse.load_feature_embeddings(args.init_embeddings_from, tokenizer.feature_vocabulary,
+                                                       match_by=args.match_by, freeze=args.freeze_transferred)
+        accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(batch_sampler) / args.gradient_accumulation_steps)
     total_steps = steps_per_epoch * args.num_epochs
@@ -201,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         model.add_argument(f"--{name}", type=kind)
     train = add_training_arguments(parser, output_dir="outputs/finetune")
     train.add_argument("--eval_batch_size", type=int, default=64)
+    train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")
+    model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")
+    model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias")
+    model.add_argument("--freeze_transferred", action="store_true", help="keep transferred embedding rows fixed")
     train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")

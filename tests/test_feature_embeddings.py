@@ -119,3 +119,37 @@ def test_a_tampered_checkpoint_is_refused(source):
     (path / "feature_vocabulary.json").write_text((path / "feature_vocabulary.json").read_text().replace("sodium", "natrium"))
     with pytest.raises(ValueError, match="feature_vocabulary.json: missing or does not match its recorded SHA-256"):
         target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
+
+
+def fake_hub_cache(cache, repo_id, folder):
+    """The layout huggingface_hub keeps downloaded repos in, so that offline loads by repo id can be tested."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+
+
+def test_models_and_embeddings_load_by_hub_repo_id_offline(tmp_path, source, monkeypatch):
+    import huggingface_hub.constants
+    from transformers import AutoFeatureExtractor, AutoModelForSequenceClassification
+
+    model, vocabulary, embeddings_path = source
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    MedFuseTokenizer(vocabulary).save_pretrained(model_dir)
+    cache = tmp_path / "hub-cache"
+    fake_hub_cache(cache, "hospital-a/medfuse-sodium", model_dir)
+    fake_hub_cache(cache, "hospital-a/medfuse-sodium-embeddings", embeddings_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    loaded = AutoModelForSequenceClassification.from_pretrained("hospital-a/medfuse-sodium", cache_dir=cache)
+    torch.testing.assert_close(loaded.medfuse.embeddings.feature_embeddings.weight, model.medfuse.embeddings.feature_embeddings.weight)
+    assert isinstance(AutoFeatureExtractor.from_pretrained("hospital-a/medfuse-sodium", cache_dir=cache), MedFuseTokenizer)
+    report = target_model(vocabulary).medfuse.load_feature_embeddings("hospital-a/medfuse-sodium-embeddings", vocabulary)
+    assert sorted(report.matched) == ["creatinine", "heart_rate", "sodium"]

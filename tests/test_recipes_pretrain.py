@@ -89,3 +89,18 @@ def test_streaming_memory_stays_flat_as_shards_grow(tmp_path):
         growth[count] = float(megabytes)
     # 6 more shards hold 2.4 M more events (~60 MB as Arrow columns); streamed, the peak barely moves.
     assert growth[8] - growth[2] < 25, growth
+
+
+def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
+    output_dir = tmp_path / "transfer"
+    command = [sys.executable, str(ROOT / "recipes" / "transfer.py"), "--source_dataset", "synthetic",
+               "--target_dataset", "synthetic", "--fractions", "0.5", "1.0", "--seeds", "0",
+               "--finetune_args", "--num_patients 128 --num_epochs 1 --bootstrap_resamples 20 " + " ".join(TINY_MODEL),
+               "--output_dir", str(output_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((output_dir / "results.json").read_text())
+    assert sorted((row["fraction"], row["transfer"]) for row in rows) == [(0.5, False), (0.5, True), (1.0, False), (1.0, True)]
+    assert (output_dir / "transfer.png").exists() and "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0 and "seed 0" not in again.stdout  # every cell was already done: nothing re-run

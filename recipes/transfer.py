@@ -1,0 +1,125 @@
+"""Transfer experiment: train at a source hospital, publish its feature embeddings, then fine-tune at a target
+hospital on 1%…100% of its training patients, with and without the transferred embeddings, over several seeds.
+
+    python recipes/transfer.py --source_dataset p19 --source_hospital A --source_data_dir ../shared/data/physionet2019 \
+        --target_dataset p19 --target_hospital B --target_data_dir ../shared/data/physionet2019 \
+        --fractions 0.01 0.05 0.1 0.25 1.0 --seeds 0 1 2 --output_dir outputs/transfer-p19-A-to-B
+
+Each fine-tuning is a `recipes/finetune.py` run (add `--launcher "accelerate launch"` for several processes).
+Results are appended to `<output_dir>/results.json` as runs finish, and runs already there are skipped, so an
+interrupted experiment continues where it stopped. Prints the table and writes `table.md` and `transfer.png`.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+FINETUNE = Path(__file__).with_name("finetune.py")
+
+
+def finetune(launcher: str, dataset_args: list[str], extra: list[str], output_dir: Path) -> dict:
+    command = [*shlex.split(launcher), str(FINETUNE), *dataset_args, *extra, "--output_dir", str(output_dir)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return json.loads((output_dir / "test_metrics.json").read_text())
+
+
+def dataset_arguments(args: argparse.Namespace, side: str) -> list[str]:
+    flags = []
+    for name in ("dataset", "data_dir", "hospital", "protocol"):
+        value = getattr(args, f"{side}_{name}")
+        if value is not None:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    table = []
+    for fraction in sorted({row["fraction"] for row in rows}):
+        for transfer in (False, True):
+            cell = [row for row in rows if row["fraction"] == fraction and row["transfer"] == transfer]
+            if cell:
+                table.append({"fraction": fraction, "transfer": transfer, "seeds": len(cell),
+                              **{f"{metric}_{stat}": float(getattr(np, stat)([row[metric] for row in cell]))
+                                 for metric in ("auroc", "auprc") for stat in ("mean", "std")}})
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for side in ("source", "target"):
+        parser.add_argument(f"--{side}_dataset", required=True)
+        parser.add_argument(f"--{side}_data_dir")
+        parser.add_argument(f"--{side}_hospital")
+        parser.add_argument(f"--{side}_protocol")
+    parser.add_argument("--source_embeddings", help="skip source training: use this published checkpoint")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--finetune_args", default="", help="flags for every fine-tuning run, e.g. model sizes")
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable))
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/transfer"))
+    args = parser.parse_args()
+    extra = shlex.split(args.finetune_args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    embeddings = args.source_embeddings
+    if embeddings is None:
+        source_dir = args.output_dir / "source"
+        if not (source_dir / "feature_embeddings").exists():
+            finetune(args.launcher, dataset_arguments(args, "source"), extra, source_dir)
+        embeddings = str(source_dir / "feature_embeddings")
+        print(f"source trained; feature embeddings in {embeddings}")
+
+    results_path = args.output_dir / "results.json"
+    rows = json.loads(results_path.read_text()) if results_path.exists() else []
+    done = {(row["fraction"], row["seed"], row["transfer"]) for row in rows}
+    for fraction in args.fractions:
+        for seed in args.seeds:
+            for transfer in (False, True):
+                if (fraction, seed, transfer) in done:
+                    continue
+                run_dir = args.output_dir / f"target-f{fraction}-s{seed}-{'transfer' if transfer else 'scratch'}"
+                flags = [*extra, "--train_fraction", str(fraction), "--seed", str(seed)]
+                if transfer:
+                    flags += ["--init_embeddings_from", embeddings]
+                metrics = finetune(args.launcher, dataset_arguments(args, "target"), flags, run_dir)
+                rows.append({"fraction": fraction, "seed": seed, "transfer": transfer,
+                             "auroc": metrics["test"]["auroc"]["value"], "auprc": metrics["test"]["auprc"]["value"],
+                             "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"]})
+                results_path.write_text(json.dumps(rows, indent=1) + "\n")
+                print(f"fraction {fraction:g}, seed {seed}, {'with' if transfer else 'without'} transfer: "
+                      f"AUROC {rows[-1]['auroc']:.4f}, AUPRC {rows[-1]['auprc']:.4f}")
+
+    table = summarise(rows)
+    lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC |", "|---:|---|---:|---|---|"]
+    for cell in table:
+        lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "
+                     f"{cell['auroc_mean']:.4f} ± {cell['auroc_std']:.4f} | {cell['auprc_mean']:.4f} ± {cell['auprc_std']:.4f} |")
+    (args.output_dir / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("auroc", "auprc")):
+        for transfer, label in ((False, "from scratch"), (True, "with transferred embeddings")):
+            cells = [cell for cell in table if cell["transfer"] == transfer]
+            axis.errorbar([cell["fraction"] for cell in cells], [cell[f"{metric}_mean"] for cell in cells],
+                          yerr=[cell[f"{metric}_std"] for cell in cells], marker="o", capsize=3, label=label)
+        axis.set(xscale="log", xlabel="share of target training patients", ylabel=metric.upper())
+        axis.legend()
+    figure.suptitle(f"{args.source_dataset} {args.source_hospital or ''} → {args.target_dataset} {args.target_hospital or ''}")
+    figure.tight_layout()
+    figure.savefig(args.output_dir / "transfer.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
