@@ -1,0 +1,48 @@
+"""(Re)write the model card and the privacy-guarded feature-embedding checkpoint of a finished fine-tuning run,
+from what the run recorded (`run_info.json`, `test_metrics.json`, `model/`); optionally push both to the Hub.
+
+    python recipes/publish.py --run_dir outputs/p12-seft --card_copy model_cards/medfuse-p12-seft.md
+    python recipes/publish.py --run_dir outputs/p12-seft --push_to_hub my-hospital/medfuse-p12   # needs a token
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+
+from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf.feature_embeddings import push_feature_embeddings
+from medfuse_hf.training import load_cohort
+from medfuse_hf.training.publishing import publish_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run_dir", type=Path, required=True)
+    parser.add_argument("--card_copy", type=Path, help="also copy the model card here, e.g. into model_cards/")
+    parser.add_argument("--push_to_hub", help="Hub repo id for the model; embeddings go to <repo id>-embeddings")
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+
+    settings = json.loads((args.run_dir / "run_info.json").read_text())["config"]
+    report = json.loads((args.run_dir / "test_metrics.json").read_text())
+    cohort = load_cohort(settings["dataset"], settings.get("data_dir"), settings.get("protocol"), settings.get("hospital"),
+                         settings.get("label_column"), settings.get("num_patients", 512), settings.get("seed", 0))
+    model = MedFuseForSequenceClassification.from_pretrained(args.run_dir / "model")
+    tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
+    publish_run(args.run_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
+                evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
+                f"{report['epochs']}.", min_patients=settings.get("min_patients_for_statistics", 20))
+    print(f"wrote {args.run_dir / 'model' / 'README.md'} and {args.run_dir / 'feature_embeddings'}")
+    if args.card_copy:
+        shutil.copyfile(args.run_dir / "model" / "README.md", args.card_copy)
+    if args.push_to_hub:  # transformers' own push_to_hub for model and tokenizer, the Hub API for the embeddings
+        model.push_to_hub(args.push_to_hub, private=True)
+        tokenizer.push_to_hub(args.push_to_hub, private=True)
+        print(push_feature_embeddings(args.run_dir / "feature_embeddings", f"{args.push_to_hub}-embeddings"))
+
+
+if __name__ == "__main__":
+    main()
