@@ -72,9 +72,7 @@ def load_long_format(
         summary.events_kept += len(group)
     for patient_id in per_patient:  # events but no labels row
         summary.skip_patient("events but no labels row", f"patient {patient_id}")
-    summary.log()
-    dataset = builder.build()
-    return (dataset, summary) if return_summary else dataset
+    return builder.finish(summary, return_summary)
 
 
 def _read_table(source: TableSource, columns: Mapping[str, str]) -> tuple[pd.DataFrame, str]:

@@ -92,6 +92,12 @@ class PatientTableBuilder:
     def __len__(self) -> int:
         return len(self._lengths)
 
+    def finish(self, summary: LoadSummary, return_summary: bool):
+        """What every loader returns: the dataset, with its logged summary when asked for."""
+        summary.log()
+        dataset = self.build()
+        return (dataset, summary) if return_summary else dataset
+
     def build(self) -> datasets.Dataset:
         offsets = pa.array(np.concatenate([[0], np.cumsum(self._lengths)]).astype(np.int32))
 

@@ -68,9 +68,7 @@ def load_physionet2012(
         outcomes = _read_outcomes(root / f"Outcomes-{name}.txt")
         for where, text in iter_release_files(_release_of(root, name), ".txt"):
             _add_record(builder, summary, name, where, text, outcomes)
-    summary.log()
-    dataset = builder.build()
-    return (dataset, summary) if return_summary else dataset
+    return builder.finish(summary, return_summary)
 
 
 def _release_of(root: Path, name: str) -> Path | None:

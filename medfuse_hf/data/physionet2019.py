@@ -59,9 +59,7 @@ def load_physionet2019(
     for hospital in sets:
         for where, text in iter_release_files(_release_of(root, hospital), ".psv"):
             _add_patient(builder, summary, hospital, where, text, observation_hours)
-    summary.log()
-    dataset = builder.build()
-    return (dataset, summary) if return_summary else dataset
+    return builder.finish(summary, return_summary)
 
 
 def _release_of(root: Path, hospital: str) -> Path | None:
