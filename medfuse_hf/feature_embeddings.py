@@ -13,7 +13,6 @@ withheld, patient and observation counts are coarsened to multiples of 10, and t
 listed here: it has no way to add anything else from the source data.
 """
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ from huggingface_hub import HfApi, snapshot_download
 from safetensors.torch import load_file, save_file
 
 from .feature_vocabulary import UNK_ID, FeatureVocabulary
+from .integrity import sha256_of
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "feature_embeddings.safetensors"
@@ -71,7 +71,7 @@ class FeatureEmbeddingCheckpoint:
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
         for name, expected in config["sha256"].items():
-            if not (path / name).exists() or _sha256(path / name) != expected:
+            if not (path / name).exists() or sha256_of(path / name) != expected:
                 raise ValueError(f"{path / name}: missing or does not match its recorded SHA-256; download it again")
         return cls(load_file(path / TENSORS_FILE), FeatureVocabulary.load(path / VOCABULARY_FILE), config)
 
@@ -133,7 +133,7 @@ def export_feature_embeddings(
         "fusion": config.fusion,
         "privacy": {"min_patients_for_statistics": min_patients, "counts_rounded_to": COUNT_GRANULARITY,
                     "statistics_withheld": withheld},
-        "sha256": {name: _sha256(path / name) for name in (TENSORS_FILE, VOCABULARY_FILE)},
+        "sha256": {name: sha256_of(path / name) for name in (TENSORS_FILE, VOCABULARY_FILE)},
     }
     (path / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return {"statistics_withheld": withheld}
@@ -238,9 +238,6 @@ def _privacy_guard(vocabulary: FeatureVocabulary, min_patients: int) -> tuple[Fe
 def _coarsen(count: int) -> int:
     return int(math.floor(count / COUNT_GRANULARITY) * COUNT_GRANULARITY)
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 __all__ = [

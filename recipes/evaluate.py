@@ -26,7 +26,7 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     output_dir = Path(args.output_dir)
     write_run_info(output_dir, vars(args), accelerator)
     cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, args.label_column, args.num_patients, args.seed)
-    split = cohort.splits[args.split].filter(lambda value: value is not None, input_columns=cohort.label_column)
+    split = cohort.labelled(args.split)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
     collate = MedFuseDataCollator(tokenizer, label_column=cohort.label_column, extra_columns=(ROW_COLUMN,))
     model = MedFuseForSequenceClassification.from_pretrained(args.model_dir)

@@ -90,7 +90,7 @@ def training_function(args: argparse.Namespace) -> dict:
     cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, args.label_column,
                          args.num_patients, args.seed)
     label = cohort.label_column
-    splits = {name: part.filter(lambda value: value is not None, input_columns=label) for name, part in cohort.splits.items()}
+    splits = {name: cohort.labelled(name) for name in cohort.splits}
     for name, part in splits.items():
         if len(part) < len(cohort.splits[name]):
             accelerator.print(f"{name}: {len(cohort.splits[name]) - len(part)} patients without {label!r} left out")

@@ -5,13 +5,14 @@ mismatch deletes the download and raises. Interrupted downloads continue from a 
 Standard library only (urllib), with tqdm progress bars.
 """
 
-import hashlib
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from ..integrity import sha256_of
 
 PHYSIONET2012_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
 PHYSIONET2012_FILES = (
@@ -42,7 +43,7 @@ def download_files(base_url: str, names: Sequence[str], dest: str | Path) -> lis
         if name not in checksums:
             raise ValueError(f"{base_url}{CHECKSUMS_FILE} lists no checksum for {name}; refusing an unverifiable file")
         target = dest / Path(name).name
-        if not (target.exists() and _sha256(target) == checksums[name]):
+        if not (target.exists() and sha256_of(target) == checksums[name]):
             _download(base_url + name, target, checksums[name])
         paths.append(target)
     return paths
@@ -68,7 +69,7 @@ def _download(url: str, target: Path, expected_sha256: str) -> None:
                 while chunk := response.read(CHUNK_BYTES):
                     file.write(chunk)
                     progress.update(len(chunk))
-    actual = _sha256(partial)
+    actual = sha256_of(partial)
     if actual != expected_sha256:
         partial.unlink()
         raise ValueError(f"{url}: SHA-256 {actual} does not match the published {expected_sha256}; file deleted")
@@ -91,11 +92,3 @@ def _read_checksums(text: str) -> dict[str, str]:
             digest, name = line.split(maxsplit=1)
             checksums[name.strip().lstrip("*")] = digest.lower()
     return checksums
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -6,13 +6,14 @@ place. A kill at any moment leaves either the previous checkpoints or a `.partia
 Loading re-hashes every file against the manifest first.
 """
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+
+from ..integrity import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, step: int, 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
-        files = {str(path.relative_to(staging)): _sha256(path) for path in sorted(staging.rglob("*")) if path.is_file()}
+        files = {str(path.relative_to(staging)): sha256_of(path) for path in sorted(staging.rglob("*")) if path.is_file()}
         manifest = {"step": step, "loop_state": loop_state, "files": files}
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         if final.exists():
@@ -77,15 +78,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
         file = Path(path) / name
         if not file.exists():
             raise CorruptCheckpointError(f"{path}: {name} is missing; refusing to load a partial checkpoint")
-        if _sha256(file) != expected:
+        if sha256_of(file) != expected:
             raise CorruptCheckpointError(f"{path}: {name} does not match its recorded SHA-256; the file is corrupted")
     accelerator.load_state(str(path))
     return manifest["loop_state"]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -37,6 +37,10 @@ class Cohort:
     hub_license: str = "other"  # the Hub's licence id for models trained on it
     citation: str | None = None
 
+    def labelled(self, split: str) -> datasets.Dataset:
+        """The split's patients that have a label (a missing outcome cannot be trained on or scored)."""
+        return self.splits[split].filter(lambda value: value is not None, input_columns=self.label_column)
+
 
 P12_TERMS = dict(
     license="Open Data Commons Attribution License v1.0 (PhysioNet/CinC Challenge 2012)", hub_license="odc-by",
