@@ -5,7 +5,8 @@ hospital on 1%…100% of its training patients, with and without the transferred
         --target_dataset p19 --target_hospital B --target_data_dir ../shared/data/physionet2019 \
         --fractions 0.01 0.05 0.1 0.25 1.0 --seeds 0 1 2 --output_dir outputs/transfer-p19-A-to-B
 
-Each fine-tuning is a `recipes/finetune.py` run (add `--launcher "accelerate launch"` for several processes).
+Each fine-tuning is a `recipes/finetune.py` run in its own process, resumed if it was killed (add
+`--launcher "accelerate launch"` for several processes).
 Results are appended to `<output_dir>/results.json` as runs finish, and runs already there are skipped, so an
 interrupted experiment continues where it stopped. Prints the table and writes `table.md` and `transfer.png`.
 """
@@ -13,7 +14,6 @@ interrupted experiment continues where it stopped. Prints the table and writes `
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,15 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-FINETUNE = Path(__file__).with_name("finetune.py")
-
-
-def finetune(launcher: str, dataset_args: list[str], extra: list[str], output_dir: Path) -> dict:
-    command = [*shlex.split(launcher), str(FINETUNE), *dataset_args, *extra, "--output_dir", str(output_dir)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return json.loads((output_dir / "test_metrics.json").read_text())
+from medfuse_hf.training.runs import run_finetune
 
 
 def dataset_arguments(args: argparse.Namespace, side: str) -> list[str]:
@@ -76,7 +68,7 @@ def main() -> None:
     if embeddings is None:
         source_dir = args.output_dir / "source"
         if not (source_dir / "feature_embeddings").exists():
-            finetune(args.launcher, dataset_arguments(args, "source"), extra, source_dir)
+            run_finetune([*dataset_arguments(args, "source"), *extra], source_dir, args.launcher)
         embeddings = str(source_dir / "feature_embeddings")
         print(f"source trained; feature embeddings in {embeddings}")
 
@@ -92,7 +84,7 @@ def main() -> None:
                 flags = [*extra, "--train_fraction", str(fraction), "--seed", str(seed)]
                 if transfer:
                     flags += ["--init_embeddings_from", embeddings]
-                metrics = finetune(args.launcher, dataset_arguments(args, "target"), flags, run_dir)
+                metrics = run_finetune([*dataset_arguments(args, "target"), *flags], run_dir, args.launcher)
                 rows.append({"fraction": fraction, "seed": seed, "transfer": transfer,
                              "auroc": metrics["test"]["auroc"]["value"], "auprc": metrics["test"]["auprc"]["value"],
                              "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"]})

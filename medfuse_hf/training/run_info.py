@@ -35,6 +35,13 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def device_name(device: torch.device) -> str:
+    """The hardware in words, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu: 2 cores (x86_64)': what a timing depends on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}: {torch.get_num_threads()} threads ({platform.machine()})"
+
+
 def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> dict:
     info = {
         "config": config,
@@ -44,6 +51,7 @@ def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> 
         "distributed": {
             "num_processes": accelerator.num_processes,
             "device": str(accelerator.device),
+            "device_name": device_name(accelerator.device),
             "mixed_precision": accelerator.mixed_precision,
             "distributed_type": str(accelerator.distributed_type),
         },

@@ -1,0 +1,103 @@
+"""PhysioNet 2012 mortality: MedFuse (MuFuse) against its fusion ablations and a STraTS-style baseline, several seeds.
+
+    nohup python benchmarks/p12_table.py --data_dir ../shared/data/physionet2012 > outputs/p12-table.log 2>&1 &
+    python benchmarks/p12_table.py --summary_only        # print the table from the JSON so far
+
+Every cell (model, protocol, seed) is one `recipes/finetune.py` run with the same training budget; its test figures
+are appended to `benchmarks/results/p12_table.json` as soon as it finishes, and cells already there are skipped,
+so the table fills in across sessions. A killed run resumes from its last epoch checkpoint. Cells run seed by seed,
+so a partial table compares every model on the same seeds.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from medfuse_hf.training.runs import run_finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "p12_table.json"
+
+MODELS = {  # the only flags that differ between variants: everything else is the shared budget below
+    "medfuse": ["--fusion", "multiplicative"],
+    "additive": ["--fusion", "additive"],
+    "concat": ["--fusion", "concat"],
+    "scane": ["--fusion", "scane"],
+    "strats_cve": ["--fusion", "additive", "--time_embedding", "cve"],  # STraTS: CVE of value and of time, added
+}
+PROTOCOL_MODELS = {"seft-split": tuple(MODELS), "set-a-test": ("medfuse", "strats_cve")}
+BUDGET = [  # paper-sized model (the config defaults); optimisation chosen once, before any table run, for a CPU budget
+    "--max_events", "1024", "--batch_size", "64", "--learning_rate", "1e-3", "--weight_decay", "0.01",
+    "--num_epochs", "15", "--warmup_ratio", "0.05", "--patience", "5", "--early_stopping_metric", "auprc",
+    "--class_weighting", "balanced", "--bootstrap_resamples", "1000",
+]
+METRICS = ("auroc", "auprc", "accuracy")
+
+
+def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:
+    output_dir = args.output_dir / f"{protocol}-{model}-seed{seed}"
+    flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", protocol, "--seed", str(seed),
+             *BUDGET, *MODELS[model], *shlex.split(args.extra_args)]
+    report = run_finetune(flags, output_dir, args.launcher)
+    distributed = json.loads((output_dir / "run_info.json").read_text())["distributed"]
+    device = f"{distributed['device_name']} x{distributed['num_processes']}, precision {distributed['mixed_precision']}"
+    return {"model": model, "protocol": protocol, "seed": seed,
+            **{metric: report["test"][metric]["value"] for metric in METRICS},
+            "epochs": report["epochs"], "train_seconds": report["train_seconds"], "device": device,
+            "test_patients": report["test_patients"], "git": report["git"]["commit"]}
+
+
+def summarise(rows: list[dict]) -> str:
+    """Mean ± std (sample std, ddof=1) of each metric per (protocol, model), as a Markdown table."""
+    lines = ["| protocol | model | seeds | AUROC | AUPRC | accuracy | epochs | train s/run |",
+             "|---|---|---:|---|---|---|---:|---:|"]
+    for protocol, models in PROTOCOL_MODELS.items():
+        for model in models:
+            cell = [row for row in rows if row["protocol"] == protocol and row["model"] == model]
+            if not cell:
+                continue
+            figures = []
+            for metric in METRICS:
+                values = np.array([row[metric] for row in cell])
+                std = values.std(ddof=1) if len(values) > 1 else float("nan")
+                figures.append(f"{values.mean():.4f} ± {std:.4f}")
+            lines.append(f"| {protocol} | {model} | {len(cell)} | {' | '.join(figures)} | "
+                         f"{np.mean([row['epochs'] for row in cell]):.1f} | {np.mean([row['train_seconds'] for row in cell]):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--protocols", nargs="+", choices=tuple(PROTOCOL_MODELS), default=list(PROTOCOL_MODELS))
+    parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
+    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "p12-table")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
+    parser.add_argument("--extra_args", default="", help="flags added to every run (e.g. --mixed_precision bf16 on a GPU)")
+    parser.add_argument("--summary_only", action="store_true")
+    args = parser.parse_args()
+
+    rows = json.loads(args.results.read_text()) if args.results.exists() else []
+    if not args.summary_only:
+        done = {(row["model"], row["protocol"], row["seed"]) for row in rows}
+        for seed in args.seeds:
+            for protocol in args.protocols:
+                for model in PROTOCOL_MODELS[protocol]:
+                    if model not in args.models or (model, protocol, seed) in done:
+                        continue
+                    rows.append(run_cell(model, protocol, seed, args))
+                    args.results.parent.mkdir(parents=True, exist_ok=True)
+                    args.results.write_text(json.dumps(rows, indent=1) + "\n")
+                    print(f"{protocol} {model} seed {seed}: " + ", ".join(f"{m} {rows[-1][m]:.4f}" for m in METRICS)
+                          + f" ({rows[-1]['epochs']} epochs, {rows[-1]['train_seconds']:.0f} s)", flush=True)
+    print(summarise(rows))
+
+
+if __name__ == "__main__":
+    main()
