@@ -98,16 +98,32 @@ VALUE_FUSIONS = {
 
 
 class CategoricalFusion(nn.Module):
-    """Categorical events: tanh(Linear([e_f ; e_category])), as in the paper."""
+    """Categorical events: tanh(Linear([e_f ; e_category])), as in the paper.
+
+    The token depends only on the (feature, category) pair, so the map is applied once to every pair the config
+    allows and tokens look their pair up: same values and gradients as applying it per token, without a
+    (2d → d) matmul over every token of the batch, nearly all of which are numeric.
+    """
 
     def __init__(self, config: MedFuseConfig):
         super().__init__()
         self.category_embeddings = nn.Embedding(config.num_categories, config.hidden_size, padding_idx=0)
         self.proj = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.categorical_feature_ids = list(config.categorical_feature_ids)
+        self.register_buffer("pair_offsets", self.compute_pair_offsets(config.vocab_size), persistent=False)
 
-    def forward(self, feature_embeds: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
-        category_embeds = self.category_embeddings(category_ids)
-        return torch.tanh(self.proj(torch.cat([feature_embeds, category_embeds], dim=-1)))
+    def compute_pair_offsets(self, vocab_size: int) -> torch.Tensor:
+        """Feature id -> first row of its pairs in the table (numeric features: 0, never read)."""
+        offsets = torch.zeros(vocab_size, dtype=torch.long)
+        offsets[self.categorical_feature_ids] = torch.arange(len(self.categorical_feature_ids)) * self.category_embeddings.num_embeddings
+        return offsets
+
+    def forward(self, feature_table: torch.Tensor, feature_ids: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        features = feature_table[self.categorical_feature_ids]  # (F_c, d)
+        categories = self.category_embeddings.weight  # (C, d)
+        pairs = torch.cat([features[:, None].expand(-1, len(categories), -1), categories[None].expand(len(features), -1, -1)], dim=-1)
+        table = torch.tanh(self.proj(pairs)).flatten(0, 1)  # (F_c · C, d)
+        return F.embedding(self.pair_offsets[feature_ids] + category_ids, table)
 
 
 class SinusoidalTimeEncoding(nn.Module):
@@ -155,7 +171,7 @@ class MedFuseEmbeddings(nn.Module):
             # `torch.where` keeps shapes static (no sync, compile-friendly); numeric tokens get category id 0.
             categorical = self.is_categorical[feature_ids]  # (B, T)
             category_ids = torch.where(categorical, values, 0).long()
-            categorical_tokens = self.categorical_fusion(feature_embeds, category_ids)
+            categorical_tokens = self.categorical_fusion(self.feature_embeddings.weight, feature_ids, category_ids)
             tokens = torch.where(categorical.unsqueeze(-1), categorical_tokens, tokens)
         return self.dropout(tokens + self.time_embeddings(times))
 
@@ -234,6 +250,8 @@ class MedFusePreTrainedModel(PreTrainedModel):
             if not getattr(module.feature_embeddings.weight, "_is_hf_initialized", False):
                 init.zeros_(module.feature_embeddings.weight[self.config.pad_token_id])
             init.copy_(module.is_categorical, module.compute_categorical_mask())
+        elif isinstance(module, CategoricalFusion):
+            init.copy_(module.pair_offsets, module.compute_pair_offsets(module.pair_offsets.numel()))
         elif isinstance(module, SinusoidalTimeEncoding):
             init.copy_(module.frequencies, module.compute_frequencies())
         elif isinstance(module, ValueProjector):

@@ -7,7 +7,15 @@ from huggingface_hub.errors import StrictDataclassError
 from sklearn.metrics import roc_auc_score
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
-from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseModel
+from medfuse_hf import (
+    FeatureSpec,
+    FeatureVocabulary,
+    MedFuseConfig,
+    MedFuseForPreTraining,
+    MedFuseForSequenceClassification,
+    MedFuseModel,
+    MedFuseTokenizer,
+)
 
 FUSIONS = ["multiplicative", "additive", "concat", "scane"]
 
@@ -72,6 +80,25 @@ def test_mufuse_is_the_papers_generalized_hadamard_product(tiny_config, vocabula
         fusion.gamma[sodium] * fusion.value_projector(values) + fusion.beta[sodium]
     ).repeat(1, 4)  # e_v (d′ = 8) broadcast over d = 4·d′
     torch.testing.assert_close(fused_tokens(model, [sodium] * 3, values.tolist()), expected)
+
+
+def test_categorical_tokens_are_the_papers_concatenation_map(vocabulary, tiny_config):
+    """The pair table must give exactly tanh(W[e_f ; e_category] + b) for each categorical token, for every
+    categorical feature (two here, so that a wrong offset between their blocks of pairs would show)."""
+    gender = FeatureSpec(name="gender", kind="categorical", categories=["female", "male"])
+    two_categorical = FeatureVocabulary([*vocabulary, gender])
+    tokenizer = MedFuseTokenizer(two_categorical)
+    model = MedFuseForSequenceClassification(tiny_config(**two_categorical.config_kwargs())).eval()
+    embeddings = model.medfuse.embeddings
+    events = [("icu_type", "surgical", 0.0), ("gender", "male", 0.0), ("icu_type", "coronary", 0.0),
+              ("gender", "female", 0.0), ("sodium", 140.0, 1.0)]
+    batch = encode(tokenizer, [events])
+    feature_ids, category_ids = batch["feature_ids"][0, :4], batch["values"][0, :4].long()
+    fusion = embeddings.categorical_fusion
+    expected = torch.tanh(fusion.proj(torch.cat([embeddings.feature_embeddings(feature_ids),
+                                                 fusion.category_embeddings(category_ids)], dim=-1)))
+    tokens = embeddings(batch["feature_ids"], batch["values"], batch["times"])[0]
+    torch.testing.assert_close(tokens[:4] - embeddings.time_embeddings(batch["times"][0, :4]), expected)
 
 
 def test_mufuse_value_modulates_each_feature_differently_and_nonlinearly(tiny_config, vocabulary):

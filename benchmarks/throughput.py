@@ -1,0 +1,274 @@
+"""Training and inference speed of the default (paper-sized) MedFuse on PhysioNet 2012 batches, on this machine.
+
+    python benchmarks/throughput.py --data_dir ../shared/data/physionet2012     # the real cohort
+    python benchmarks/throughput.py                                              # the bundled 600-stay sample
+
+Measures, in one run: the machine's dense fp32 matmul FLOP/s; one full training epoch over the SeFT training split
+(events/s, patients/s, padding fraction, achieved FLOP/s and its fraction of the matmul figure); scoring every set-a
+patient end to end (tokenization included); one-patient latency from a warm model; how training/inference speed and
+peak memory scale with events per patient (128 ... 16,384, each length in a fresh process, 16,384 events per batch);
+and what each optimisation buys (length-grouped vs random batches, fused vs math attention, bf16 autocast).
+Writes every figure to `benchmarks/results/throughput.json`.
+"""
+
+import argparse
+import json
+import multiprocessing
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification
+from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
+from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort
+
+RESULTS = Path(__file__).parent / "results" / "throughput.json"
+SECTIONS = ("matmul", "epoch", "scoring", "latency", "scaling", "ledger")
+SCALING_LENGTHS = (128, 512, 2048, 8192, 16384)
+EVENTS_PER_SCALING_BATCH = 16384
+LABEL = "in_hospital_death"
+
+# torch's FLOP counter knows the CUDA attention kernels; CPU's fused kernel has the same arithmetic.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
+        lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        lambda grad, query, key, value, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, query, key, value)),
+}
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def training_step(model, optimizer, batch) -> None:
+    model(**batch).loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def step_flops(model, optimizer, batch) -> int:
+    """FLOPs of one training step (forward + backward), counted by torch on the padded batch actually computed."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        training_step(model, optimizer, batch)
+    return counter.get_total_flops()
+
+
+def new_model(tokenizer) -> tuple[MedFuseForSequenceClassification, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = MedFuseForSequenceClassification(MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2))
+    return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def train_loader(train: datasets.Dataset, collate, batch_size: int, max_events: int, grouped: bool = True) -> DataLoader:
+    lengths = [min(len(features), max_events) for features in train["feature"]]
+    if grouped:
+        return DataLoader(train, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed=0, drop_last=True), collate_fn=collate)
+    return DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def timed_steps(model, optimizer, batches: list[dict]) -> dict:
+    """Events/s and padding of training steps over pre-collated batches (first one is warm-up, not timed)."""
+    training_step(model, optimizer, batches[0])
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        training_step(model, optimizer, batch)
+    seconds = time.perf_counter() - start
+    real = sum(int(batch["attention_mask"].sum()) for batch in batches[1:])
+    computed = sum(batch["attention_mask"].numel() for batch in batches[1:])
+    return {"events_per_second": real / seconds, "padding_fraction": 1 - real / computed, "seconds": seconds}
+
+
+def full_epoch(train, collate, tokenizer, batch_size: int) -> dict:
+    model, optimizer = new_model(tokenizer)
+    loader = train_loader(train, collate, batch_size, tokenizer.max_events)
+    first = next(iter(loader))
+    flops = step_flops(model, optimizer, first)
+    flops_per_computed_event = flops / first["attention_mask"].numel()
+    patients = events = computed = 0
+    start = time.perf_counter()
+    for batch in loader:  # collation included: it is part of what an epoch costs
+        training_step(model, optimizer, batch)
+        patients += len(batch["labels"])
+        events += int(batch["attention_mask"].sum())
+        computed += batch["attention_mask"].numel()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "patients": patients, "events": events, "patients_per_second": patients / seconds,
+            "events_per_second": events / seconds, "padding_fraction": 1 - events / computed,
+            # FLOPs per computed position vary a little with length (attention); the first batch's rate is used
+            "achieved_flops_per_second": flops_per_computed_event * computed / seconds}
+
+
+@torch.inference_mode()
+def score_all(model, patients: datasets.Dataset, tokenizer, batch_size: int = 256) -> dict:
+    """Score every patient end to end: rows -> tokens -> probabilities, batches sorted by length."""
+    model.eval()
+    collate = MedFuseDataCollator(tokenizer)
+    order = np.argsort([len(features) for features in patients["feature"]], kind="stable")
+    start = time.perf_counter()
+    scored = 0
+    for begin in range(0, len(order), batch_size):
+        rows = patients.select(order[begin:begin + batch_size])
+        scored += len(model(**collate(list(rows))).logits.softmax(-1))
+    seconds = time.perf_counter() - start
+    return {"patients": scored, "seconds": seconds, "patients_per_second": scored / seconds}
+
+
+@torch.inference_mode()
+def single_patient_latency(model, patients: datasets.Dataset, tokenizer, count: int = 200) -> dict:
+    model.eval()
+    collate = MedFuseDataCollator(tokenizer, pad_to_multiple_of=None)
+    picks = random.Random(0).sample(range(len(patients)), min(count, len(patients)))
+    timings = []
+    for position, index in enumerate([picks[0], *picks]):  # the first call warms up
+        start = time.perf_counter()
+        model(**collate([patients[index]])).logits.softmax(-1)
+        if position:
+            timings.append(time.perf_counter() - start)
+    quantiles = statistics.quantiles(timings, n=100)
+    return {"patients": len(timings), "p50_ms": 1000 * statistics.median(timings), "p90_ms": 1000 * quantiles[89],
+            "p99_ms": 1000 * quantiles[98]}
+
+
+def memory_status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux): VmRSS now, VmHWM its peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}: this measurement needs Linux")
+
+
+def scaling_child(length: int, queue) -> None:
+    """One length in a fresh process, so that its peak RSS is its own."""
+    torch.manual_seed(0)
+    batch_size = max(1, EVENTS_PER_SCALING_BATCH // length)
+    config = MedFuseConfig(num_labels=2)
+    model = MedFuseForSequenceClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = {"feature_ids": torch.randint(2, config.vocab_size, (batch_size, length)),
+             "values": torch.randn(batch_size, length),
+             "times": torch.rand(batch_size, length).mul(48).sort(dim=1).values,
+             "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+             "labels": torch.randint(0, 2, (batch_size,))}
+    baseline_kib = memory_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
+    train = timed_steps(model, optimizer, [batch] * 3)
+    peak_kib = memory_status_kib("VmHWM")
+    model.eval()
+    with torch.inference_mode():
+        model(**batch)
+        start = time.perf_counter()
+        model(**batch)
+        inference_seconds = time.perf_counter() - start
+    queue.put({"events_per_patient": length, "patients_per_batch": batch_size,
+               "train_events_per_second": train["events_per_second"],
+               "inference_events_per_second": batch_size * length / inference_seconds,
+               "train_peak_memory_increase_mib": (peak_kib - baseline_kib) / 1024})
+
+
+def scaling(length: int) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=scaling_child, args=(length, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def optimisation_ledger(train, collate, tokenizer, batch_size: int, num_batches: int = 12) -> dict:
+    """Each optimisation against its absence on the same patients and model: events/s of training steps."""
+    grouped = [batch for batch, _ in zip(train_loader(train, collate, batch_size, tokenizer.max_events), range(num_batches))]
+    shuffled = [batch for batch, _ in zip(train_loader(train, collate, batch_size, tokenizer.max_events, grouped=False), range(num_batches))]
+    ledger = {}
+    model, optimizer = new_model(tokenizer)
+    ledger["random_batches"] = timed_steps(model, optimizer, shuffled)
+    ledger["length_grouped_batches"] = timed_steps(model, optimizer, grouped)
+    with sdpa_kernel(SDPBackend.MATH):
+        ledger["length_grouped_math_attention"] = timed_steps(model, optimizer, grouped)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ledger["length_grouped_bf16_autocast"] = timed_steps(model, optimizer, grouped)
+    return ledger
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", help="PhysioNet 2012 release folder; without it, the bundled sample")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--max_events", type=int, default=1024)
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="measure only these")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+
+    if args.data_dir:
+        seft, set_a = (load_cohort("p12", args.data_dir, protocol) for protocol in ("seft-split", "set-a-test"))
+        train, scored, source = seft.labelled("train"), set_a.splits["test"], "PhysioNet 2012 (SeFT train split; set-a)"
+    else:
+        sample = load_cohort("p12-sample")
+        train, scored, source = sample.labelled("train"), datasets.concatenate_datasets(list(sample.splits.values())), "bundled sample"
+    tokenizer = fit_tokenizer(train, args.max_events)
+    collate = MedFuseDataCollator(tokenizer, label_column=LABEL)
+    results = {"data": source, "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "machine": platform.processor() or platform.machine(), "batch_size": args.batch_size,
+               "max_events": args.max_events}
+
+    sections = set(args.sections)
+    if "matmul" in sections or "epoch" in sections:
+        results["matmul_flops_per_second"] = matmul_flops_per_second()
+        print(f"dense fp32 matmul (2048^3): {results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s")
+
+    if "epoch" in sections:
+        epoch = results["training_epoch"] = full_epoch(train, collate, tokenizer, args.batch_size)
+        epoch["fraction_of_matmul_peak"] = epoch["achieved_flops_per_second"] / results["matmul_flops_per_second"]
+        print(f"training epoch: {epoch['patients']:,} patients, {epoch['events']:,} events in {epoch['seconds']:.1f} s "
+              f"({epoch['patients_per_second']:.1f} patients/s, {epoch['events_per_second']:,.0f} events/s, padding "
+              f"{epoch['padding_fraction']:.1%}); {epoch['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s achieved = "
+              f"{epoch['fraction_of_matmul_peak']:.0%} of matmul")
+
+    model, _ = new_model(tokenizer)
+    if "scoring" in sections:
+        scoring = results["scoring"] = score_all(model, scored, tokenizer)
+        print(f"scoring: {scoring['patients']:,} patients in {scoring['seconds']:.2f} s ({scoring['patients_per_second']:,.0f} "
+              "patients/s, tokenization included)")
+    if "latency" in sections:
+        latency = results["single_patient_latency"] = single_patient_latency(model, scored, tokenizer)
+        print(f"one patient, warm model: p50 {latency['p50_ms']:.2f} ms, p90 {latency['p90_ms']:.2f} ms, "
+              f"p99 {latency['p99_ms']:.2f} ms over {latency['patients']} patients")
+
+    if "scaling" in sections:
+        results["scaling"] = []
+        for length in SCALING_LENGTHS:
+            row = scaling(length)
+            results["scaling"].append(row)
+            print(f"{length:>6} events/patient x {row['patients_per_batch']:>3} patients: train {row['train_events_per_second']:>8,.0f} "
+                  f"events/s, inference {row['inference_events_per_second']:>9,.0f} events/s, training peak memory "
+                  f"+{row['train_peak_memory_increase_mib']:,.0f} MiB")
+
+    if "ledger" in sections:
+        ledger = results["optimisations"] = optimisation_ledger(train, collate, tokenizer, args.batch_size)
+        for name, row in ledger.items():
+            print(f"{name:>30}: {row['events_per_second']:>8,.0f} events/s (padding {row['padding_fraction']:.1%})")
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
