@@ -105,6 +105,21 @@ def test_two_cpu_processes_train_like_one(tmp_path, single_process_run):
     assert abs(result["test"]["auroc"]["value"] - single_result["test"]["auroc"]["value"]) < 0.02
 
 
+def test_bf16_mixed_precision_trains_like_full_precision(tmp_path, single_process_run):
+    """The autocast path GPUs run, exercised on CPU: master weights stay fp32 and training ends where fp32 does."""
+    output_dir = tmp_path / "bf16"
+    run(TINY + ["--num_epochs", "2", "--mixed_precision", "bf16", "--output_dir", str(output_dir)])
+    assert json.loads((output_dir / "run_info.json").read_text())["distributed"]["mixed_precision"] == "bf16"
+    bf16, full = weights(output_dir), weights(single_process_run)
+    assert all(tensor.dtype == torch.float32 for tensor in bf16.values())
+    gamma = "medfuse.embeddings.value_fusion.gamma"  # initialised to ones: how far it moved is what training did
+    drift, learned = (bf16[gamma] - full[gamma]).abs().mean().item(), (full[gamma] - 1).abs().mean().item()
+    assert drift < 0.25 * learned  # bf16 rounding moves weights far less than training itself did
+    result = json.loads((output_dir / "test_metrics.json").read_text())
+    single_result = json.loads((single_process_run / "test_metrics.json").read_text())
+    assert abs(result["test"]["auroc"]["value"] - single_result["test"]["auroc"]["value"]) < 0.05
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     args = TINY + ["--num_patients", "512", "--batch_size", "16", "--num_epochs", "3", "--checkpoint_every_steps", "5"]
     uninterrupted = tmp_path / "uninterrupted"

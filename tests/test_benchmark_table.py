@@ -1,0 +1,48 @@
+"""The P12 table driver: it must resume (skip cells already measured) and summarise seeds honestly."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def p12_table():
+    spec = importlib.util.spec_from_file_location("p12_table", ROOT / "benchmarks" / "p12_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(model: str, protocol: str, seed: int, auprc: float) -> dict:
+    return {"model": model, "protocol": protocol, "seed": seed, "auroc": 0.8, "auprc": auprc, "accuracy": 0.8,
+            "epochs": 3, "train_seconds": 10.0, "device": "cpu", "test_patients": 10, "git": "abc"}
+
+
+def test_only_missing_cells_run_and_every_finished_cell_is_saved(p12_table, tmp_path, monkeypatch):
+    results = tmp_path / "p12_table.json"
+    results.write_text(json.dumps([row("medfuse", "seft-split", 0, 0.5)]))
+    ran = []
+
+    def fake_cell(model, protocol, seed, args):
+        ran.append((model, protocol, seed))
+        return row(model, protocol, seed, 0.4)
+
+    monkeypatch.setattr(p12_table, "run_cell", fake_cell)
+    monkeypatch.setattr(sys, "argv", ["p12_table.py", "--seeds", "0", "1", "--protocols", "seft-split",
+                                      "--models", "medfuse", "additive", "--results", str(results)])
+    p12_table.main()
+    assert ran == [("additive", "seft-split", 0), ("medfuse", "seft-split", 1), ("additive", "seft-split", 1)]
+    saved = json.loads(results.read_text())
+    assert len(saved) == 4 and saved[0]["auprc"] == 0.5  # the earlier row is kept, not rerun
+
+
+def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
+    rows = [row("medfuse", "seft-split", seed, auprc) for seed, auprc in enumerate((0.50, 0.52, 0.54))]
+    table = p12_table.summarise(rows + [row("scane", "seft-split", 0, 0.3)])
+    assert "| seft-split | medfuse | 3 | 0.8000 ± 0.0000 | 0.5200 ± 0.0200 |" in table
+    assert "| seft-split | scane | 1 | 0.8000 ± nan | 0.3000 ± nan |" in table  # one seed: no spread claimed
