@@ -7,11 +7,13 @@ Measures, in one run: the machine's dense fp32 matmul FLOP/s; one full training 
 (events/s, patients/s, padding fraction, achieved FLOP/s and its fraction of the matmul figure); scoring every set-a
 patient end to end (tokenization included); one-patient latency from a warm model; how training/inference speed and
 peak memory scale with events per patient (128 ... 16,384, each length in a fresh process, 16,384 events per batch);
-and what each optimisation buys (length-grouped vs random batches, fused vs math attention, bf16 autocast).
+the same with PyTorch's unfused (math) attention; and what each optimisation buys (length-grouped vs random batches,
+fused vs math attention, bf16 autocast).
 Writes every figure to `benchmarks/results/throughput.json`.
 """
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import platform
@@ -156,8 +158,14 @@ def memory_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}: this measurement needs Linux")
 
 
-def scaling_child(length: int, queue) -> None:
-    """One length in a fresh process, so that its peak RSS is its own."""
+def scaling_child(length: int, attention: str, queue) -> None:
+    """One length in a fresh process, so that its peak RSS is its own. `attention="math"` forces PyTorch's unfused
+    attention, which materialises the L x L score matrix: what the fused kernel saves."""
+    with sdpa_kernel(SDPBackend.MATH) if attention == "math" else contextlib.nullcontext():
+        queue.put({"attention": attention, **measure_length(length)})
+
+
+def measure_length(length: int) -> dict:
     torch.manual_seed(0)
     batch_size = max(1, EVENTS_PER_SCALING_BATCH // length)
     config = MedFuseConfig(num_labels=2)
@@ -178,16 +186,16 @@ def scaling_child(length: int, queue) -> None:
         start = time.perf_counter()
         model(**batch)
         inference_seconds = time.perf_counter() - start
-    queue.put({"events_per_patient": length, "patients_per_batch": batch_size,
-               "train_events_per_second": train["events_per_second"],
-               "inference_events_per_second": batch_size * length / inference_seconds,
-               "train_peak_memory_increase_mib": (peak_kib - baseline_kib) / 1024})
+    return {"events_per_patient": length, "patients_per_batch": batch_size,
+            "train_events_per_second": train["events_per_second"],
+            "inference_events_per_second": batch_size * length / inference_seconds,
+            "train_peak_memory_increase_mib": (peak_kib - baseline_kib) / 1024}
 
 
-def scaling(length: int) -> dict:
+def scaling(length: int, attention: str) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=scaling_child, args=(length, queue))
+    child = context.Process(target=scaling_child, args=(length, attention, queue))
     child.start()
     result = queue.get()
     child.join()
@@ -257,10 +265,10 @@ def main() -> None:
 
     if "scaling" in sections:
         results["scaling"] = []
-        for length in SCALING_LENGTHS:
-            row = scaling(length)
+        for attention, length in [("fused", length) for length in SCALING_LENGTHS] + [("math", length) for length in SCALING_LENGTHS]:
+            row = scaling(length, attention)
             results["scaling"].append(row)
-            print(f"{length:>6} events/patient x {row['patients_per_batch']:>3} patients: train {row['train_events_per_second']:>8,.0f} "
+            print(f"{attention:>5} attention, {length:>6} events/patient x {row['patients_per_batch']:>3} patients: train {row['train_events_per_second']:>8,.0f} "
                   f"events/s, inference {row['inference_events_per_second']:>9,.0f} events/s, training peak memory "
                   f"+{row['train_peak_memory_increase_mib']:,.0f} MiB")
 
