@@ -4,6 +4,7 @@ import tarfile
 import pytest
 
 from medfuse_hf.data import load_physionet2012
+from medfuse_hf.data.cache import cached_load
 
 HEADER = "Time,Parameter,Value\n"
 DESCRIPTORS = "00:00,RecordID,{id}\n00:00,Age,54\n00:00,Gender,0\n00:00,Height,-1\n00:00,ICUType,4\n00:00,Weight,-1\n"
@@ -104,3 +105,21 @@ def test_missing_sets_and_outcomes_are_named(release):
     (release / "Outcomes-a.txt").unlink()
     with pytest.raises(FileNotFoundError, match="Outcomes-a.txt: outcome file missing"):
         load_physionet2012(release)
+
+
+def test_cached_load_parses_once_and_rebuilds_when_the_release_changes(release, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    builds = []
+
+    def build():
+        builds.append(True)
+        return load_physionet2012(release, sets=["a"])
+
+    first = cached_load("physionet2012", release, "set a", build)
+    assert cached_load("physionet2012", release, "set a", build).to_list() == first.to_list()
+    assert len(builds) == 1  # the second load came from the cache
+    cached_load("physionet2012", release, "sets a and b", build)
+    assert len(builds) == 2  # other loader options are another cache entry
+    (release / "Outcomes-a.txt").write_text(OUTCOMES.replace("132540,16,8,8,12,1", "132540,16,8,8,12,0"))
+    assert cached_load("physionet2012", release, "set a", build)["in_hospital_death"] == [0, 0]
+    assert len(builds) == 3  # an edited release file is never served from a stale cache

@@ -18,6 +18,7 @@ from ..data import (
     set_a_test_split,
     stratified_split,
 )
+from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from ..feature_vocabulary import FeatureVocabulary
 from ..synthetic import make_sodium_cohort
@@ -65,7 +66,8 @@ def load_cohort(
 ) -> Cohort:
     """`p12-sample` (bundled), `p12` (protocol `seft-split`, `set-a-test` or `random`), `p19` (optionally one
     `hospital`, seeded random split), `synthetic` (U-shaped sodium task), `parquet` (`data_dir` holding
-    `train`/`validation`/`test.parquet`, e.g. written from `load_long_format`)."""
+    `train`/`validation`/`test.parquet`, e.g. written from `load_long_format`). P12 and P19 are parsed once and then
+    read from an Arrow copy in the `datasets` cache (see `medfuse_hf.data.cache`)."""
     if dataset == "p12-sample":
         sample = load_physionet2012_sample()
         parts = {name: sample.filter(lambda part, name=name: part == name, input_columns="split") for name in ("train", "validation", "test")}
@@ -75,7 +77,7 @@ def load_cohort(
         if protocol not in P12_PROTOCOLS:
             raise ValueError(f"P12 protocol must be one of {P12_PROTOCOLS}, got {protocol!r}")
         root = _required(data_dir, dataset)
-        p12 = load_physionet2012(root)
+        p12 = cached_load("physionet2012", root, "all sets", lambda: load_physionet2012(root))
         if protocol == "seft-split":
             split = seft_split(root / "splits_seft")
         elif protocol == "set-a-test":
@@ -84,7 +86,9 @@ def load_cohort(
             split = stratified_split(p12["record_id"], p12["in_hospital_death"], seed=seed)
         return Cohort(apply_split(p12, split), "in_hospital_death", "record_id", f"PhysioNet 2012, {protocol}", **P12_TERMS)
     if dataset == "p19":
-        p19 = load_physionet2019(_required(data_dir, dataset), sets=[hospital] if hospital else None)
+        root = _required(data_dir, dataset)
+        sets = [hospital] if hospital else None
+        p19 = cached_load("physionet2019", root, f"sets {sets}", lambda: load_physionet2019(root, sets=sets))
         split = stratified_split(p19["patient_id"], p19["sepsis"], seed=seed)
         where = f"hospital {hospital}" if hospital else "hospitals A and B"
         return Cohort(apply_split(p19, split, "patient_id"), "sepsis", "patient_id", f"PhysioNet 2019, {where}", **P19_TERMS)

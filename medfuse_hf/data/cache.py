@@ -1,0 +1,53 @@
+"""Loaded cohorts kept as Arrow files, so that repeated runs skip parsing the release archives.
+
+Parsing PhysioNet 2019's 40,336 text files takes ~30 s and PhysioNet 2012's ~20 s; an experiment that fine-tunes
+dozens of times (the transfer fractions, the benchmark table) would spend most of its small runs there. The cached
+copy is memory-mapped by `datasets`, so loading it takes about a second and little memory.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+
+logger = logging.getLogger(__name__)
+LOADER_SOURCES = Path(__file__).parent
+
+
+def cache_root() -> Path:
+    """`$HF_DATASETS_CACHE/medfuse_hf` (the `datasets` cache, read when called so that it can be redirected)."""
+    return Path(os.environ.get("HF_DATASETS_CACHE", datasets.config.HF_DATASETS_CACHE)) / "medfuse_hf"
+
+
+def cache_key(release_dir: Path, options: str) -> str:
+    """Changes whenever a release file (name, size, modification time), the loader code or `options` change."""
+    digest = hashlib.sha256(options.encode())
+    for path in sorted(release_dir.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(release_dir)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    for source in sorted(LOADER_SOURCES.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def cached_load(name: str, release_dir: str | Path, options: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+    """`build()`'s dataset, from the cache when this release and loader were loaded before, else built and saved.
+    The copy is written to a temporary folder and renamed, so an interrupted save never leaves a half cache."""
+    folder = cache_root() / f"{name}-{cache_key(Path(release_dir), options)}"
+    if folder.exists():
+        logger.info("%s: loaded from the cache %s", name, folder)
+        return datasets.load_from_disk(str(folder))
+    dataset = build()
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    dataset.save_to_disk(str(partial))
+    try:
+        partial.rename(folder)
+    except OSError:  # another process saved the same cache first: theirs is as good as ours
+        shutil.rmtree(partial, ignore_errors=True)
+    return datasets.load_from_disk(str(folder))
