@@ -123,6 +123,9 @@ def training_function(args: argparse.Namespace) -> dict:
         accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(batch_sampler) / args.gradient_accumulation_steps)
+    if args.min_steps > steps_per_epoch * args.num_epochs:  # a small cohort still gets a real optimisation budget
+        args.num_epochs = math.ceil(args.min_steps / steps_per_epoch)
+        accelerator.print(f"{steps_per_epoch} steps per epoch: training for up to {args.num_epochs} epochs (--min_steps {args.min_steps})")
     total_steps = steps_per_epoch * args.num_epochs
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -212,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = add_training_arguments(parser, output_dir="outputs/finetune")
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")
+    train.add_argument("--min_steps", type=int, default=0,
+                       help="raise --num_epochs until training has at least this many optimizer steps (small cohorts)")
     model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")
     model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias")
     model.add_argument("--freeze_transferred", action="store_true", help="keep transferred embedding rows fixed")

@@ -120,6 +120,13 @@ def test_bf16_mixed_precision_trains_like_full_precision(tmp_path, single_proces
     assert abs(result["test"]["auroc"]["value"] - single_result["test"]["auroc"]["value"]) < 0.05
 
 
+def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
+    output_dir = tmp_path / "small"
+    run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--min_steps", "4", "--output_dir", str(output_dir)])
+    result = json.loads((output_dir / "test_metrics.json").read_text())
+    assert result["steps"] == 4 and result["epochs"] == 4  # one 32-patient batch per epoch from ~45 patients
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     args = TINY + ["--num_patients", "512", "--batch_size", "16", "--num_epochs", "3", "--checkpoint_every_steps", "5"]
     uninterrupted = tmp_path / "uninterrupted"
