@@ -57,6 +57,14 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
+def memory_status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux): VmRSS now, VmHWM its peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}: this measurement needs Linux")
+
+
 def training_step(model, optimizer, batch) -> None:
     model(**batch).loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -104,6 +112,8 @@ def full_epoch(train, collate, tokenizer, batch_size: int) -> dict:
     flops = step_flops(model, optimizer, first)
     flops_per_computed_event = flops / first["attention_mask"].numel()
     patients = events = computed = 0
+    baseline_kib = memory_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
     start = time.perf_counter()
     for batch in loader:  # collation included: it is part of what an epoch costs
         training_step(model, optimizer, batch)
@@ -112,6 +122,7 @@ def full_epoch(train, collate, tokenizer, batch_size: int) -> dict:
         computed += batch["attention_mask"].numel()
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "patients": patients, "events": events, "patients_per_second": patients / seconds,
+            "peak_rss_mib": memory_status_kib("VmHWM") / 1024, "rss_before_epoch_mib": baseline_kib / 1024,
             "events_per_second": events / seconds, "padding_fraction": 1 - events / computed,
             # FLOPs per computed position vary a little with length (attention); the first batch's rate is used
             "achieved_flops_per_second": flops_per_computed_event * computed / seconds}
@@ -148,14 +159,6 @@ def single_patient_latency(model, patients: datasets.Dataset, tokenizer, count: 
     quantiles = statistics.quantiles(timings, n=100)
     return {"patients": len(timings), "p50_ms": 1000 * statistics.median(timings), "p90_ms": 1000 * quantiles[89],
             "p99_ms": 1000 * quantiles[98]}
-
-
-def memory_status_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (Linux): VmRSS now, VmHWM its peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}: this measurement needs Linux")
 
 
 def scaling_child(length: int, attention: str, queue) -> None:
@@ -250,7 +253,8 @@ def main() -> None:
         print(f"training epoch: {epoch['patients']:,} patients, {epoch['events']:,} events in {epoch['seconds']:.1f} s "
               f"({epoch['patients_per_second']:.1f} patients/s, {epoch['events_per_second']:,.0f} events/s, padding "
               f"{epoch['padding_fraction']:.1%}); {epoch['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s achieved = "
-              f"{epoch['fraction_of_matmul_peak']:.0%} of matmul")
+              f"{epoch['fraction_of_matmul_peak']:.0%} of matmul; peak RSS {epoch['peak_rss_mib']:,.0f} MiB "
+              f"({epoch['rss_before_epoch_mib']:,.0f} before the epoch)")
 
     model, _ = new_model(tokenizer)
     if "scoring" in sections:
