@@ -48,13 +48,18 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
+    """Best of `trials`: this is a shared virtual machine whose speed varies from minute to minute, and the best
+    trial is the closest to what the cores can do."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
+    return best
 
 
 def memory_status_kib(field: str) -> int:
