@@ -1,0 +1,57 @@
+"""The transfer experiment of issue 6: PhysioNet 2019 hospital A -> B, B -> A, and P19 -> PhysioNet 2012.
+
+    nohup python benchmarks/transfer_experiment.py > outputs/transfer.log 2>&1 &
+
+Each direction is one `recipes/transfer.py` run (source fine-tuning -> published feature embeddings -> target
+fine-tuning on 1 %, 5 %, 10 %, 25 %, 100 % of the target's training patients, with and without the embeddings,
+seeds 0-2), resumable cell by cell. P19 -> P12 reuses hospital A's source model from A -> B: the same published
+embeddings a P19 hospital would share. Results, tables and plots are copied to `benchmarks/results/transfer/`.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+# The P12 table's budget, plus a floor of optimizer steps so that 1 % of a cohort (~160 patients) is trained too.
+BUDGET = ("--batch_size 64 --learning_rate 1e-3 --weight_decay 0.01 --num_epochs 15 --patience 5 --min_steps 300 "
+          "--max_events 1024 --class_weighting balanced --bootstrap_resamples 1000")
+
+
+def directions(data: Path, output: Path) -> dict[str, list[str]]:
+    p19, p12 = ["--source_dataset", "p19", "--source_data_dir", str(data / "physionet2019")], str(data / "physionet2012")
+    return {
+        "p19-A-to-B": [*p19, "--source_hospital", "A", "--target_dataset", "p19", "--target_hospital", "B",
+                       "--target_data_dir", str(data / "physionet2019")],
+        "p19-B-to-A": [*p19, "--source_hospital", "B", "--target_dataset", "p19", "--target_hospital", "A",
+                       "--target_data_dir", str(data / "physionet2019")],
+        "p19-A-to-p12": [*p19, "--source_hospital", "A", "--target_dataset", "p12", "--target_data_dir", p12,
+                         "--target_protocol", "seft-split",
+                         "--source_embeddings", str(output / "p19-A-to-B" / "source" / "feature_embeddings")],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", type=Path, default=DATA)
+    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "transfer")
+    parser.add_argument("--only", nargs="+", help="run only these directions")
+    args = parser.parse_args()
+    results = ROOT / "benchmarks" / "results" / "transfer"
+    for name, flags in directions(args.data_dir, args.output_dir).items():
+        if args.only and name not in args.only:
+            continue
+        out = args.output_dir / name
+        subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), *flags, "--finetune_args", BUDGET,
+                        "--output_dir", str(out)], check=True)
+        (results / name).mkdir(parents=True, exist_ok=True)
+        for produced in ("results.json", "table.md", "transfer.png"):
+            shutil.copy(out / produced, results / name / produced)
+        print(f"{name}:\n{(out / 'table.md').read_text()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
