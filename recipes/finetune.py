@@ -123,9 +123,14 @@ def training_function(args: argparse.Namespace) -> dict:
         accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(batch_sampler) / args.gradient_accumulation_steps)
-    if args.min_steps > steps_per_epoch * args.num_epochs:  # a small cohort still gets a real optimisation budget
-        args.num_epochs = math.ceil(args.min_steps / steps_per_epoch)
-        accelerator.print(f"{steps_per_epoch} steps per epoch: training for up to {args.num_epochs} epochs (--min_steps {args.min_steps})")
+    # A small cohort still gets a real optimisation budget: its epochs are repeated, and validation (with early
+    # stopping) runs every `validate_every` epochs, so the steps between validations stay those of a full epoch.
+    validate_every = 1
+    if args.min_steps > steps_per_epoch * args.num_epochs:
+        validate_every = math.ceil(args.min_steps / (steps_per_epoch * args.num_epochs))
+        args.num_epochs *= validate_every
+        accelerator.print(f"{steps_per_epoch} steps per epoch: up to {args.num_epochs} epochs, validated every "
+                          f"{validate_every} (--min_steps {args.min_steps})")
     total_steps = steps_per_epoch * args.num_epochs
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -157,6 +162,9 @@ def training_function(args: argparse.Namespace) -> dict:
         batches_this_process += trained
         if not completed:
             break
+        if (epoch + 1) % validate_every:
+            loop.update(epoch=epoch + 1, batch=0)
+            continue
 
         predictions = predict(model, eval_loaders["validation"], accelerator)
         validation = binary_metrics(predictions["labels"], predictions["scores"])
@@ -223,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
-    train.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before stopping")
+    train.add_argument("--patience", type=int, default=5, help="validations (one per epoch, see --min_steps) without improvement before stopping")
     train.add_argument("--bootstrap_resamples", type=int, default=1000)
     return parser
 

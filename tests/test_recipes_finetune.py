@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medfuse_hf.training import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
 TINY = [
@@ -125,6 +127,8 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
     run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--min_steps", "4", "--output_dir", str(output_dir)])
     result = json.loads((output_dir / "test_metrics.json").read_text())
     assert result["steps"] == 4 and result["epochs"] == 4  # one 32-patient batch per epoch from ~45 patients
+    validations = [row for row in read_metrics(output_dir / "logs" / "metrics.jsonl") if "validation_auprc" in row]
+    assert len(validations) == 1  # validated once per num_epochs' worth of steps, not after every tiny epoch
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
