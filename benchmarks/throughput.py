@@ -84,7 +84,7 @@ def flops_per_patient(model, optimizer, lengths=(128, 512, 1024)) -> np.ndarray:
     vocab_size = model.config.vocab_size
     counts = []
     for length in lengths:
-        batch = {"feature_ids": torch.randint(2, vocab_size, (1, length)), "values": torch.randn(1, length),
+        batch = {"feature_ids": torch.randint(2, vocab_size, (1, length)), "values": torch.zeros(1, length),  # valid for categorical ids too
                  "times": torch.rand(1, length).mul(48).sort(dim=1).values,
                  "attention_mask": torch.ones(1, length, dtype=torch.long), "labels": torch.tensor([1])}
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
