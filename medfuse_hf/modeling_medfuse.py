@@ -341,6 +341,17 @@ class MedFuseModel(MedFusePreTrainedModel):
                 f"feature_ids range {int(feature_ids.min())}..{int(feature_ids.max())} lies outside the vocabulary "
                 f"(vocab_size {self.config.vocab_size}): was the tokenizer built on another vocabulary?"
             )
+        categorical = self.embeddings.is_categorical[feature_ids]
+        if categorical.any():
+            codes = values[categorical]
+            bad = (codes < 0) | (codes >= self.config.num_categories) | (codes != codes.round())
+            if bad.any():
+                position = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"feature id {int(feature_ids[categorical][position])} is categorical, but its value "
+                    f"{float(codes[position]):g} is not a category id in 0..{self.config.num_categories - 1}: pass "
+                    "categorical events through the tokenizer, which maps levels to these ids"
+                )
 
 
 class MedFuseClassificationHead(nn.Module):

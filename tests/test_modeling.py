@@ -101,6 +101,14 @@ def test_categorical_tokens_are_the_papers_concatenation_map(vocabulary, tiny_co
     torch.testing.assert_close(tokens[:4] - embeddings.time_embeddings(batch["times"][0, :4]), expected)
 
 
+def test_a_categorical_value_that_is_no_category_id_is_a_clear_error(tokenizer, tiny_config, vocabulary):
+    model = MedFuseForSequenceClassification(tiny_config())
+    batch = encode(tokenizer, [[("icu_type", "surgical", 0.0), ("sodium", 140.0, 1.0)]])
+    batch["values"][0, 0] = -0.7  # a normalised number where a category id belongs
+    with pytest.raises(ValueError, match=f"feature id {vocabulary.id_of('icu_type')} is categorical.*-0.7"):
+        model(**batch)
+
+
 def test_mufuse_value_modulates_each_feature_differently_and_nonlinearly(tiny_config, vocabulary):
     """Would fail for additive fusion, whose value effect e(f, v) - e(f, v') is the same for every feature."""
     model = MedFuseForSequenceClassification(tiny_config(fusion="multiplicative"))
