@@ -168,12 +168,25 @@ class MedFuseEmbeddings(nn.Module):
         feature_embeds = self.feature_embeddings(feature_ids)  # (B, T, d)
         tokens = self.value_fusion(feature_embeds, feature_ids, values)
         if self.categorical_fusion is not None:
-            # `torch.where` keeps shapes static (no sync, compile-friendly); numeric tokens get category id 0.
+            # `torch.where` keeps shapes static (compile-friendly); numeric tokens get category id 0.
             categorical = self.is_categorical[feature_ids]  # (B, T)
+            self._check_category_ids(feature_ids, values, categorical)
             category_ids = torch.where(categorical, values, 0).long()
             categorical_tokens = self.categorical_fusion(self.feature_embeddings.weight, feature_ids, category_ids)
             tokens = torch.where(categorical.unsqueeze(-1), categorical_tokens, tokens)
         return self.dropout(tokens + self.time_embeddings(times))
+
+    def _check_category_ids(self, feature_ids: torch.Tensor, values: torch.Tensor, categorical: torch.Tensor) -> None:
+        """A categorical event's value must be a category id: fail naming the feature, not with an IndexError."""
+        num_categories = self.categorical_fusion.category_embeddings.num_embeddings
+        bad = categorical & ((values < 0) | (values >= num_categories) | (values != values.round()))
+        if bad.any():  # the one host sync of the check
+            row, column = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"feature id {int(feature_ids[row, column])} is categorical, but its value {float(values[row, column]):g} "
+                f"is not a category id in 0..{num_categories - 1}: pass categorical events through the tokenizer, "
+                "which maps levels to these ids"
+            )
 
 
 class MedFuseSelfAttention(nn.Module):
@@ -341,17 +354,6 @@ class MedFuseModel(MedFusePreTrainedModel):
                 f"feature_ids range {int(feature_ids.min())}..{int(feature_ids.max())} lies outside the vocabulary "
                 f"(vocab_size {self.config.vocab_size}): was the tokenizer built on another vocabulary?"
             )
-        categorical = self.embeddings.is_categorical[feature_ids]
-        if categorical.any():
-            codes = values[categorical]
-            bad = (codes < 0) | (codes >= self.config.num_categories) | (codes != codes.round())
-            if bad.any():
-                position = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"feature id {int(feature_ids[categorical][position])} is categorical, but its value "
-                    f"{float(codes[position]):g} is not a category id in 0..{self.config.num_categories - 1}: pass "
-                    "categorical events through the tokenizer, which maps levels to these ids"
-                )
 
 
 class MedFuseClassificationHead(nn.Module):
