@@ -75,7 +75,8 @@ def main() -> None:
     figure, axes = plt.subplots(2, len(FEATURES), figsize=(4 * len(FEATURES), 7), sharey="row")
     for column, (feature, label) in enumerate(FEATURES.items()):
         having = [index for index, names in enumerate(test["feature"]) if feature in names]
-        observed = np.concatenate([np.asarray(test[index]["value"])[np.asarray(test[index]["feature"]) == feature] for index in having])
+        observed = np.concatenate([np.asarray(row["value"])[np.asarray(row["feature"]) == feature]
+                                   for row in test.select(having)])
         grid = np.linspace(*np.quantile(observed, [0.01, 0.99]), args.grid_points)
         patients = [test[int(index)] for index in rng.choice(having, min(args.patients, len(having)), replace=False)]
         results[feature] = {"grid": grid.tolist(), "median": float(np.median(observed)), "patients": len(patients)}

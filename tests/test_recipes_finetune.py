@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 def kill_ranks_of(output_dir: str) -> None:
-    """SIGKILL every process whose command line names this run's output folder: a rank stuck at teardown (seen once
+    """SIGKILL every process whose command line names this run's output folder: a rank stuck at teardown (seen
     in gloo's destructor on a loaded machine) would otherwise hold the pipes open and hang the suite."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
