@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfuse_hf.training.metrics import mean_and_std
 from medfuse_hf.training.runs import run_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> 
 
 
 def summarise(rows: list[dict]) -> str:
-    """Mean ± std (sample std, ddof=1) of each metric per (protocol, model), as a Markdown table."""
+    """Mean ± sample std of each metric per (protocol, model), as a Markdown table."""
     lines = ["| protocol | model | seeds | AUROC | AUPRC | accuracy | epochs | train s/run |",
              "|---|---|---:|---|---|---|---:|---:|"]
     for protocol, models in PROTOCOL_MODELS.items():
@@ -62,9 +63,8 @@ def summarise(rows: list[dict]) -> str:
                 continue
             figures = []
             for metric in METRICS:
-                values = np.array([row[metric] for row in cell])
-                std = values.std(ddof=1) if len(values) > 1 else float("nan")
-                figures.append(f"{values.mean():.4f} ± {std:.4f}")
+                mean, std = mean_and_std([row[metric] for row in cell])
+                figures.append(f"{mean:.4f} ± {std:.4f}")
             lines.append(f"| {protocol} | {model} | {len(cell)} | {' | '.join(figures)} | "
                          f"{np.mean([row['epochs'] for row in cell]):.1f} | {np.mean([row['train_seconds'] for row in cell]):.0f} |")
     return "\n".join(lines)

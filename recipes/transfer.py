@@ -21,8 +21,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 
+from medfuse_hf.training.metrics import mean_and_std
 from medfuse_hf.training.runs import run_finetune
 
 
@@ -41,9 +41,10 @@ def summarise(rows: list[dict]) -> list[dict]:
         for transfer in (False, True):
             cell = [row for row in rows if row["fraction"] == fraction and row["transfer"] == transfer]
             if cell:
-                table.append({"fraction": fraction, "transfer": transfer, "seeds": len(cell),
-                              **{f"{metric}_{stat}": float(getattr(np, stat)([row[metric] for row in cell]))
-                                 for metric in ("auroc", "auprc") for stat in ("mean", "std")}})
+                summary = {"fraction": fraction, "transfer": transfer, "seeds": len(cell)}
+                for metric in ("auroc", "auprc"):
+                    summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_and_std([row[metric] for row in cell])
+                table.append(summary)
     return table
 
 

@@ -1,5 +1,6 @@
 """Pretraining: the recipe end to end, fine-tuning from its output, and streaming with bounded memory."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -104,3 +105,13 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     assert (output_dir / "transfer.png").exists() and "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and "seed 0" not in again.stdout  # every cell was already done: nothing re-run
+
+
+def test_transfer_table_reports_sample_std_like_the_p12_table():
+    spec = importlib.util.spec_from_file_location("transfer", ROOT / "recipes" / "transfer.py")
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    rows = [{"fraction": 0.1, "transfer": True, "seed": seed, "auroc": 0.8, "auprc": auprc}
+            for seed, auprc in enumerate((0.30, 0.32, 0.34))]
+    (cell,) = transfer.summarise(rows)
+    assert cell["seeds"] == 3 and abs(cell["auprc_mean"] - 0.32) < 1e-12 and abs(cell["auprc_std"] - 0.02) < 1e-12

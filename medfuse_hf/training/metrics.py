@@ -59,3 +59,13 @@ def bootstrap_intervals(
         name: {"value": point[name], "low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
         for name, values in samples.items()
     }
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) of one metric over seeds; the std is NaN for a single seed.
+
+    Sample, not population, std: three to five seeds are a sample of what another seed would give, and the
+    population formula would understate the spread by up to 18 % at three seeds.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan")
