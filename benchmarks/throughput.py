@@ -7,9 +7,10 @@ Measures, in one run: the machine's dense fp32 matmul FLOP/s; one full training 
 (events/s, patients/s, padding fraction, achieved FLOP/s and its fraction of the matmul figure); scoring every set-a
 patient end to end (tokenization included); one-patient latency from a warm model; how training/inference speed and
 peak memory scale with events per patient (128 ... 16,384, each length in a fresh process, 16,384 events per batch);
-the same with PyTorch's unfused (math) attention; and what each optimisation buys (length-grouped vs random batches,
-fused vs math attention, bf16 autocast).
-Writes every figure to `benchmarks/results/throughput.json`.
+the same with PyTorch's unfused (math) attention; what each optimisation buys (length-grouped vs random batches,
+fused vs math attention, bf16 autocast, scoring batches of 64 vs 256); where a training step's time goes
+(torch.profiler); and torch.compile against eager. `--sections` picks some of these.
+Writes every figure to `benchmarks/results/throughput.json` (or `--output`).
 """
 
 import argparse
@@ -34,10 +35,18 @@ from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
-SECTIONS = ("matmul", "epoch", "scoring", "latency", "scaling", "ledger")
+SECTIONS = ("matmul", "epoch", "scoring", "latency", "scaling", "ledger", "profile", "compile")
 SCALING_LENGTHS = (128, 512, 2048, 8192, 16384)
 EVENTS_PER_SCALING_BATCH = 16384
 LABEL = "in_hospital_death"
+
+# Self CPU time of these ops (substring of the profiler's op name) is what each kind of work costs.
+OP_KINDS = {
+    "attention (fused SDPA, forward + backward)": ("scaled_dot_product", "flash_attention"),
+    "matmuls of the linear layers": ("aten::addmm", "aten::mm", "aten::bmm"),
+    "dropout masks": ("aten::bernoulli_",),
+    "optimizer update": ("Optimizer.step", "aten::_foreach"),
+}
 
 # torch's FLOP counter knows the CUDA attention kernels; CPU's fused kernel has the same arithmetic.
 CPU_ATTENTION_FLOPS = {
@@ -223,8 +232,8 @@ def scaling(length: int, attention: str) -> dict:
 
 def optimisation_ledger(train, collate, tokenizer, batch_size: int, num_batches: int = 12) -> dict:
     """Each optimisation against its absence on the same patients and model: events/s of training steps."""
-    grouped = [batch for batch, _ in zip(train_loader(train, collate, batch_size, tokenizer.max_events), range(num_batches))]
-    shuffled = [batch for batch, _ in zip(train_loader(train, collate, batch_size, tokenizer.max_events, grouped=False), range(num_batches))]
+    grouped = first_batches(train, collate, tokenizer, batch_size, num_batches)
+    shuffled = first_batches(train, collate, tokenizer, batch_size, num_batches, grouped=False)
     ledger = {}
     model, optimizer = new_model(tokenizer)
     ledger["random_batches"] = timed_steps(model, optimizer, shuffled)
@@ -234,6 +243,42 @@ def optimisation_ledger(train, collate, tokenizer, batch_size: int, num_batches:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ledger["length_grouped_bf16_autocast"] = timed_steps(model, optimizer, grouped)
     return ledger
+
+
+def first_batches(train, collate, tokenizer, batch_size: int, count: int, grouped: bool = True) -> list[dict]:
+    loader = train_loader(train, collate, batch_size, tokenizer.max_events, grouped=grouped)
+    return [batch for batch, _ in zip(loader, range(count))]
+
+
+def profile_training(train, collate, tokenizer, batch_size: int, num_steps: int = 10) -> dict:
+    """Where a training step's CPU time goes (torch.profiler self time, grouped by `OP_KINDS`): profile first,
+    then optimise what is big."""
+    batches = first_batches(train, collate, tokenizer, batch_size, num_steps + 1)
+    model, optimizer = new_model(tokenizer)
+    training_step(model, optimizer, batches[0])  # warm-up, not profiled
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for batch in batches[1:]:
+            training_step(model, optimizer, batch)
+    self_times = {event.key: event.self_cpu_time_total for event in profiler.key_averages()}
+    total = sum(self_times.values())
+    shares = {kind: sum(time for name, time in self_times.items() if any(part in name for part in parts)) / total
+              for kind, parts in OP_KINDS.items()}
+    shares["everything else (element-wise, LayerNorm, GELU, copies)"] = 1 - sum(shares.values())
+    top = sorted(self_times.items(), key=lambda item: -item[1])[:10]
+    return {"steps": num_steps, "shares": shares, "top_ops": {name: time / total for name, time in top}}
+
+
+def compiled_vs_eager(train, collate, tokenizer, batch_size: int, num_batches: int = 20) -> dict:
+    """torch.compile(dynamic=True) against eager on the same batches: first pass (compiling each new padded
+    length as a real run would meet it) and second pass (every shape already compiled)."""
+    batches = first_batches(train, collate, tokenizer, batch_size, num_batches)
+    model, optimizer = new_model(tokenizer)
+    result = {"eager": timed_steps(model, optimizer, batches)}
+    model, optimizer = new_model(tokenizer)
+    compiled = torch.compile(model, dynamic=True)
+    result["compiled_first_pass"] = timed_steps(compiled, optimizer, batches)
+    result["compiled_second_pass"] = timed_steps(compiled, optimizer, batches)
+    return result
 
 
 def main() -> None:
@@ -274,10 +319,11 @@ def main() -> None:
 
     model, _ = new_model(tokenizer)
     if "scoring" in sections:
-        for precision in ("fp32", "bf16"):
-            scoring = results[f"scoring_{precision}"] = score_all(model, scored, tokenizer, bf16=precision == "bf16")
-            print(f"scoring ({precision}{' autocast' if precision == 'bf16' else ''}): {scoring['patients']:,} patients in "
-                  f"{scoring['seconds']:.2f} s ({scoring['patients_per_second']:,.0f} patients/s, tokenization included)")
+        for name, precision, scoring_batch in (("fp32", "fp32", 64), ("bf16", "bf16", 64), ("fp32_batch256", "fp32", 256)):
+            scoring = results[f"scoring_{name}"] = score_all(model, scored, tokenizer, scoring_batch, bf16=precision == "bf16")
+            print(f"scoring ({precision}{' autocast' if precision == 'bf16' else ''}, batches of {scoring_batch}): "
+                  f"{scoring['patients']:,} patients in {scoring['seconds']:.2f} s ({scoring['patients_per_second']:,.0f} "
+                  f"patients/s, tokenization included)")
     if "latency" in sections:
         latency = results["single_patient_latency"] = single_patient_latency(model, scored, tokenizer)
         print(f"one patient, warm model: p50 {latency['p50_ms']:.2f} ms, p90 {latency['p90_ms']:.2f} ms, "
@@ -296,6 +342,18 @@ def main() -> None:
         ledger = results["optimisations"] = optimisation_ledger(train, collate, tokenizer, args.batch_size)
         for name, row in ledger.items():
             print(f"{name:>30}: {row['events_per_second']:>8,.0f} events/s (padding {row['padding_fraction']:.1%})")
+
+    if "profile" in sections:
+        profile = results["profile"] = profile_training(train, collate, tokenizer, args.batch_size)
+        print(f"profile of {profile['steps']} training steps (share of self CPU time):")
+        for kind, share in profile["shares"].items():
+            print(f"  {share:6.1%}  {kind}")
+        print("  top ops: " + ", ".join(f"{name} {share:.1%}" for name, share in profile["top_ops"].items()))
+
+    if "compile" in sections:
+        compile_result = results["torch_compile"] = compiled_vs_eager(train, collate, tokenizer, args.batch_size)
+        for name, row in compile_result.items():
+            print(f"{name:>30}: {row['events_per_second']:>8,.0f} events/s over {row['seconds']:.1f} s")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

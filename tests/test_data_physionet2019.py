@@ -76,3 +76,29 @@ def test_corrupt_archive_is_an_error(tmp_path):
     (tmp_path / "training_setA.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match="training_setA.zip: truncated or corrupt archive"):
         load_physionet2019(tmp_path)
+
+
+def hourly(hours: int, first_septic_hour: int | None = None) -> str:
+    """A stay with a heart rate every hour, labelled septic from `first_septic_hour` on."""
+    return psv([["80", "NaN", "NaN", "NaN", "60", "0", "1", "0", "0", str(hour),
+                 "1" if first_septic_hour is not None and hour >= first_septic_hour else "0"]
+                for hour in range(1, hours + 1)])
+
+
+def test_early_prediction_cohort_keeps_stays_past_the_window_not_yet_septic(tmp_path, monkeypatch):
+    from medfuse_hf.training.cohorts import _load_p19
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "release" / "training_setA"
+    folder.mkdir(parents=True)
+    stays = {"septic_later": hourly(6, first_septic_hour=4), "septic_in_window": hourly(6, first_septic_hour=2),
+             "left_in_window": hourly(2), "never_septic": hourly(6)}
+    for name, text in stays.items():
+        (folder / f"{name}.psv").write_text(text)
+    early = _load_p19(tmp_path / "release", "first-3h", "A")
+    assert dict(zip(early["patient_id"], early["sepsis"])) == {"septic_later": 1, "never_septic": 0}
+    assert max(max(times) for times in early["time"]) < 3  # nothing from the hour the prediction is made on
+    whole = _load_p19(tmp_path / "release", "whole-stay", "A")
+    assert len(whole) == 4 and max(max(times) for times in whole["time"]) == 6
+    with pytest.raises(ValueError, match="first-<hours>h"):
+        _load_p19(tmp_path / "release", "first-day", "A")

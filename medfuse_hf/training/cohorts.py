@@ -3,6 +3,7 @@
 One place maps `--dataset` to a loader and a split protocol, so every recipe reads data the same way.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ..tokenization_medfuse import MedFuseTokenizer
 
 DATASETS = ("p12-sample", "p12", "p19", "synthetic", "parquet")
 P12_PROTOCOLS = ("seft-split", "set-a-test", "random")
+# P19: `whole-stay` (every event; label: sepsis at any hour) or `first-<H>h` (early prediction, below).
+P19_EARLY_PROTOCOL = re.compile(r"first-(\d+)h")
 
 
 @dataclass
@@ -64,8 +67,8 @@ def load_cohort(
     num_patients: int = 512,
     seed: int = 0,
 ) -> Cohort:
-    """`p12-sample` (bundled), `p12` (protocol `seft-split`, `set-a-test` or `random`), `p19` (optionally one
-    `hospital`, seeded random split), `synthetic` (U-shaped sodium task), `parquet` (`data_dir` holding
+    """`p12-sample` (bundled), `p12` (protocol `seft-split`, `set-a-test` or `random`), `p19` (protocol
+    `whole-stay` or `first-<H>h`, optionally one `hospital`, seeded random split), `synthetic` (U-shaped sodium task), `parquet` (`data_dir` holding
     `train`/`validation`/`test.parquet`, e.g. written from `load_long_format`). P12 and P19 are parsed once and then
     read from an Arrow copy in the `datasets` cache (see `medfuse_hf.data.cache`)."""
     if dataset == "p12-sample":
@@ -86,12 +89,11 @@ def load_cohort(
             split = stratified_split(p12["record_id"], p12["in_hospital_death"], seed=seed)
         return Cohort(apply_split(p12, split), "in_hospital_death", "record_id", f"PhysioNet 2012, {protocol}", **P12_TERMS)
     if dataset == "p19":
-        root = _required(data_dir, dataset)
-        sets = [hospital] if hospital else None
-        p19 = cached_load("physionet2019", root, f"sets {sets}", lambda: load_physionet2019(root, sets=sets))
+        p19 = _load_p19(_required(data_dir, dataset), protocol or "whole-stay", hospital)
         split = stratified_split(p19["patient_id"], p19["sepsis"], seed=seed)
         where = f"hospital {hospital}" if hospital else "hospitals A and B"
-        return Cohort(apply_split(p19, split, "patient_id"), "sepsis", "patient_id", f"PhysioNet 2019, {where}", **P19_TERMS)
+        return Cohort(apply_split(p19, split, "patient_id"), "sepsis", "patient_id",
+                      f"PhysioNet 2019, {where}, {protocol or 'whole-stay'}", **P19_TERMS)
     if dataset == "synthetic":
         cohort = datasets.Dataset.from_list(make_sodium_cohort(num_patients, seed=seed))
         split = stratified_split(cohort["record_id"], cohort["label"], seed=seed)
@@ -104,6 +106,25 @@ def load_cohort(
             raise ValueError("--label_column is required for parquet cohorts")
         return Cohort(datasets.DatasetDict(parts), label_column, "patient_id", f"Parquet cohort in {root}")
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+
+
+def _load_p19(root: Path, protocol: str, hospital: str | None) -> datasets.Dataset:
+    """`whole-stay`: every event of the stay, label = sepsis at any hour. It is easy for the wrong reasons: events
+    after onset are inputs, and septic patients stay longer (more events), so a barely trained model scores AUROC
+    ~0.8. `first-<H>h` is the early-prediction task: the events of ICU hours before H, for patients still in the
+    ICU at hour H and not yet labelled septic (the hourly label turns 1 six hours before clinical onset); label =
+    labelled septic later in the stay."""
+    sets = [hospital] if hospital else None
+    if protocol == "whole-stay":
+        return cached_load("physionet2019", root, f"sets {sets}", lambda: load_physionet2019(root, sets=sets))
+    early = P19_EARLY_PROTOCOL.fullmatch(protocol)
+    if early is None:
+        raise ValueError(f"P19 protocol must be 'whole-stay' or 'first-<hours>h' (e.g. first-24h), got {protocol!r}")
+    hours = int(early.group(1))
+    p19 = cached_load("physionet2019", root, f"sets {sets}, observation_hours {hours}",
+                      lambda: load_physionet2019(root, sets=sets, observation_hours=hours))
+    return p19.filter(lambda stay, onset: max(stay) >= hours and (onset is None or onset >= hours),
+                      input_columns=["hours", "sepsis_onset_hour"])
 
 
 def _required(data_dir: str | Path | None, dataset: str) -> Path:

@@ -27,7 +27,7 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="p12-sample")
     data.add_argument("--data_dir", help="folder of the release files (p12, p19) or Parquet splits")
-    data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random")
+    data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random; P19 task: whole-stay (default) or first-<H>h")
     data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
     data.add_argument("--label_column", help="label column of a Parquet cohort")
     data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
