@@ -10,19 +10,21 @@ embeddings a P19 hospital would share. Results, tables and plots are copied to `
 """
 
 import argparse
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from p12_table import BUDGET as TABLE_BUDGET
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 # Sepsis predicted from the first 24 ICU hours, before it is labelled: P19's whole-stay label is learnt from
 # events after onset and from stay length (AUROC ~0.8 after five steps), which would hide what transfer does.
 P19_TASK = "first-24h"
-# The P12 table's budget, plus a floor of optimizer steps so that 1 % of a cohort (~160 patients) is trained too.
-BUDGET = ("--batch_size 64 --learning_rate 1e-3 --weight_decay 0.01 --num_epochs 15 --patience 5 --min_steps 300 "
-          "--max_events 1024 --class_weighting balanced --bootstrap_resamples 1000")
+# The P12 table's budget, plus a floor of optimizer steps so that 1 % of a cohort (~150 patients) is trained too.
+BUDGET = shlex.join([*TABLE_BUDGET, "--min_steps", "300"])
 
 
 def directions(data: Path, output: Path) -> dict[str, list[str]]:
@@ -49,6 +51,9 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         out = args.output_dir / name
+        if "--source_embeddings" in flags and not Path(flags[flags.index("--source_embeddings") + 1]).exists():
+            raise SystemExit(f"{name} reuses the source model of another direction, not run yet: "
+                             f"{flags[flags.index('--source_embeddings') + 1]} is missing")
         subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), *flags, "--finetune_args", BUDGET,
                         "--output_dir", str(out)], check=True)
         (results / name).mkdir(parents=True, exist_ok=True)

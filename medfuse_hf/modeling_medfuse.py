@@ -177,13 +177,18 @@ class MedFuseEmbeddings(nn.Module):
         return self.dropout(tokens + self.time_embeddings(times))
 
     def _check_category_ids(self, feature_ids: torch.Tensor, values: torch.Tensor, categorical: torch.Tensor) -> None:
-        """A categorical event's value must be a category id: fail naming the feature, not with an IndexError."""
+        """A categorical event's value must be a category id: fail naming the patient and feature, not with an
+        IndexError (or a device-side assert on CUDA). Skipped under torch.compile, where the host sync would break
+        the graph."""
+        if torch.compiler.is_compiling():
+            return
         num_categories = self.categorical_fusion.category_embeddings.num_embeddings
         bad = categorical & ((values < 0) | (values >= num_categories) | (values != values.round()))
         if bad.any():  # the one host sync of the check
             row, column = bad.nonzero()[0].tolist()
             raise ValueError(
-                f"feature id {int(feature_ids[row, column])} is categorical, but its value {float(values[row, column]):g} "
+                f"batch row {row}, event {column}: feature id {int(feature_ids[row, column])} is categorical, but its "
+                f"value {float(values[row, column]):g} "
                 f"is not a category id in 0..{num_categories - 1}: pass categorical events through the tokenizer, "
                 "which maps levels to these ids"
             )

@@ -100,6 +100,10 @@ def training_function(args: argparse.Namespace) -> dict:
                                    random_state=args.seed)
         train = train.select(sorted(keep))
         accelerator.print(f"training on {len(train)} patients ({args.train_fraction:.0%} of the training split)")
+    positives = int(np.sum(train[label]))
+    if len(train) < args.batch_size or positives in (0, len(train)):
+        raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, --train_fraction "
+                         f"{args.train_fraction}); training needs at least --batch_size ({args.batch_size}) and both classes")
     tokenizer = build_tokenizer(args, train)
     rate = float(np.mean(train[label]))
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
@@ -124,7 +128,7 @@ def training_function(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(batch_sampler) / args.gradient_accumulation_steps)
     # A small cohort still gets a real optimisation budget: its epochs are repeated, and validation (with early
-    # stopping) runs every `validate_every` epochs, so the steps between validations stay those of a full epoch.
+    # stopping) runs every `validate_every` epochs, so it sees at most `num_epochs` validations, as a large one does.
     validate_every = 1
     if args.min_steps > steps_per_epoch * args.num_epochs:
         validate_every = math.ceil(args.min_steps / (steps_per_epoch * args.num_epochs))

@@ -35,6 +35,18 @@ def dataset_arguments(args: argparse.Namespace, side: str) -> list[str]:
     return flags
 
 
+def check_same_experiment(path: Path, settings: dict) -> None:
+    """Cells already in a folder are reused, so the folder must hold this experiment: same data, task, source and
+    budget (fractions and seeds may grow). Refuses, naming what differs, rather than mixing two experiments."""
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(key for key in settings.keys() | before.keys() if settings.get(key) != before.get(key))
+        if changed:
+            raise SystemExit(f"{path.parent} holds an experiment with other {', '.join(changed)} "
+                             f"({path} has {[before.get(key) for key in changed]}); use another --output_dir")
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     table = []
     for fraction in sorted({row["fraction"] for row in rows}):
@@ -64,6 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     extra = shlex.split(args.finetune_args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    check_same_experiment(args.output_dir / "experiment.json", {
+        "source": dataset_arguments(args, "source"), "target": dataset_arguments(args, "target"),
+        "source_embeddings": args.source_embeddings, "finetune_args": extra})
 
     embeddings = args.source_embeddings
     if embeddings is None:

@@ -60,7 +60,7 @@ def test_skips_name_file_and_line(release):
 
 def test_early_prediction_keeps_only_hours_before_the_cutoff(release):
     dataset = load_physionet2019(release, sets=["A"], observation_hours=3)
-    assert max(dataset[0]["time"]) < 3 and dataset[0]["sepsis"] == 1
+    assert max(dataset[0]["time"]) == 3 and dataset[0]["sepsis"] == 1  # ICULOS 1, 2, 3: the first 3 hours
     assert len(dataset) == 1
 
 
@@ -91,14 +91,24 @@ def test_early_prediction_cohort_keeps_stays_past_the_window_not_yet_septic(tmp_
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "release" / "training_setA"
     folder.mkdir(parents=True)
-    stays = {"septic_later": hourly(6, first_septic_hour=4), "septic_in_window": hourly(6, first_septic_hour=2),
+    stays = {"septic_after_window": hourly(6, first_septic_hour=4), "septic_at_last_hour": hourly(6, first_septic_hour=3),
+             "septic_in_window": hourly(6, first_septic_hour=2), "left_at_last_hour": hourly(3),
              "left_in_window": hourly(2), "never_septic": hourly(6)}
     for name, text in stays.items():
         (folder / f"{name}.psv").write_text(text)
     early = _load_p19(tmp_path / "release", "first-3h", "A")
-    assert dict(zip(early["patient_id"], early["sepsis"])) == {"septic_later": 1, "never_septic": 0}
-    assert max(max(times) for times in early["time"]) < 3  # nothing from the hour the prediction is made on
+    assert dict(zip(early["patient_id"], early["sepsis"])) == {"septic_after_window": 1, "never_septic": 0}
+    assert max(max(times) for times in early["time"]) == 3  # ICU hours 1-3, nothing after
     whole = _load_p19(tmp_path / "release", "whole-stay", "A")
-    assert len(whole) == 4 and max(max(times) for times in whole["time"]) == 6
+    assert len(whole) == 6 and max(max(times) for times in whole["time"]) == 6
     with pytest.raises(ValueError, match="first-<hours>h"):
         _load_p19(tmp_path / "release", "first-day", "A")
+    with pytest.raises(ValueError, match="at least one hour"):
+        _load_p19(tmp_path / "release", "first-0h", "A")
+
+
+def test_onset_is_the_earliest_labelled_hour_even_when_rows_are_out_of_order(tmp_path):
+    rows = hourly(4, first_septic_hour=2).splitlines()
+    (tmp_path / "training_setA").mkdir()
+    (tmp_path / "training_setA" / "p1.psv").write_text("\n".join([rows[0], rows[3], rows[2], rows[1], rows[4]]) + "\n")
+    assert load_physionet2019(tmp_path)[0]["sepsis_onset_hour"] == 2.0  # file order puts hour 3 first

@@ -93,6 +93,18 @@ def test_length_grouping_cuts_padding(tokenizer):
     assert grouped_padding < 0.15 and shuffled_padding > 0.4, (grouped_padding, shuffled_padding)
 
 
+def test_small_cohort_left_over_patients_change_each_epoch_and_are_not_the_shortest():
+    lengths = list(range(1, 121))  # 120 patients, batch 64: 56 left over each epoch with drop_last
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=64, seed=0, drop_last=True)
+    seen = set()
+    for epoch in range(10):
+        sampler.set_epoch(epoch)
+        (batch,) = list(sampler)
+        assert len(batch) == 64
+        seen.update(batch)
+    assert seen == set(range(120))  # nobody is left out every epoch (the shortest were, when taken from the order)
+
+
 def test_dataset_card_counts_patients_missingness_and_labels():
     from medfuse_hf.data.dataset_card import describe_cohort, render_dataset_card
 

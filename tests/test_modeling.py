@@ -105,7 +105,7 @@ def test_a_categorical_value_that_is_no_category_id_is_a_clear_error(tokenizer, 
     model = MedFuseForSequenceClassification(tiny_config())
     batch = encode(tokenizer, [[("icu_type", "surgical", 0.0), ("sodium", 140.0, 1.0)]])
     batch["values"][0, 0] = -0.7  # a normalised number where a category id belongs
-    with pytest.raises(ValueError, match=f"feature id {vocabulary.id_of('icu_type')} is categorical.*-0.7"):
+    with pytest.raises(ValueError, match=f"batch row 0, event 0: feature id {vocabulary.id_of('icu_type')} is categorical.*-0.7"):
         model(**batch)
 
 

@@ -143,6 +143,12 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
     assert len(validations) == 1  # validated once per num_epochs' worth of steps, not after every tiny epoch
 
 
+def test_training_subset_smaller_than_a_batch_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, str(RECIPE), *TINY, "--train_fraction", "0.1", "--output_dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode != 0 and "training needs at least --batch_size (32)" in result.stderr, result.stderr[-2000:]
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     args = TINY + ["--num_patients", "512", "--batch_size", "16", "--num_epochs", "3", "--checkpoint_every_steps", "5"]
     uninterrupted = tmp_path / "uninterrupted"

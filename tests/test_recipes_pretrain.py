@@ -105,6 +105,10 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     assert (output_dir / "transfer.png").exists() and "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and "seed 0" not in again.stdout  # every cell was already done: nothing re-run
+    other_budget = [*command[:command.index("--finetune_args") + 1], "--num_patients 128 --num_epochs 2",
+                    *command[command.index("--finetune_args") + 2:]]
+    refused = subprocess.run(other_budget, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert refused.returncode != 0 and "other finetune_args" in refused.stderr  # not mixed into this table
 
 
 def test_transfer_table_reports_sample_std_like_the_p12_table():

@@ -71,9 +71,11 @@ class ForecastingCollator:
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Batches of patients of similar length, in a seeded random order that changes with `set_epoch`.
 
-    With `drop_last`, the one short batch an epoch can have is left out (different patients each epoch): every
-    batch is then full, which Accelerate needs to split batches evenly across processes without padding them
-    with repeated patients. Without it, the short batch comes last, where Accelerate expects it.
+    The patients that do not fill a last batch are drawn at random each epoch, not taken from the length order
+    (which would leave out the shortest patients every epoch: half of a 1 % cohort, never trained on). With
+    `drop_last` they are left out: every batch is then full, which Accelerate needs to split batches evenly across
+    processes without padding them with repeated patients. Without it, they come last as one short batch, where
+    Accelerate expects it.
     """
 
     def __init__(
@@ -96,15 +98,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator)
+        full = len(order) - len(order) % self.batch_size
         batches = []
-        for megabatch in order.split(self.megabatch_size):
+        for megabatch in order[:full].split(self.megabatch_size):  # megabatches are whole batches: all full
             by_length = megabatch[self.lengths[megabatch].argsort(descending=True, stable=True)]
             batches.extend(batch.tolist() for batch in by_length.split(self.batch_size))
-        short = batches.pop() if len(batches[-1]) < self.batch_size else None
         for position in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[position]
-        if short is not None and not self.drop_last:
-            yield short
+        if full < len(order) and not self.drop_last:
+            yield order[full:].tolist()
 
 
 def padding_fraction(batch: dict[str, torch.Tensor]) -> float:

@@ -12,9 +12,9 @@ Choices, documented once here:
   also scalar columns, with `HospAdmTime` as `hospital_admission_hours`.
 - `sepsis` (the patient-level label) is 1 when any hour has `SepsisLabel` 1; the per-hour labels are kept in
   `sepsis_label` beside `hours`. In this release the hourly label turns 1 six hours *before* clinical onset;
-  `sepsis_onset_hour` is the first hour labelled 1. `observation_hours` keeps only the events of the first hours
-  (the early-prediction setting); the labels are left whole, so filter on `sepsis_onset_hour` as your protocol
-  requires.
+  `sepsis_onset_hour` is the earliest hour labelled 1. `observation_hours=H` keeps only the events of the first H
+  ICU hours (`ICULOS` ≤ H; `ICULOS` counts from 1), the early-prediction setting; the labels are left whole, so
+  filter on `sepsis_onset_hour` as your protocol requires.
 - Malformed lines, non-numeric cells, unknown columns, duplicated hours and hours out of order are counted in
   a `LoadSummary` with file and line; a truncated archive is an error.
 """
@@ -130,7 +130,7 @@ def _add_patient(
     _, first_of_hour = np.unique(hours, return_index=True)
     duplicated = np.ones(len(grid), dtype=bool)
     duplicated[first_of_hour] = False
-    after_cutoff = hours >= observation_hours if observation_hours is not None else np.zeros(len(grid), dtype=bool)
+    after_cutoff = hours > observation_hours if observation_hours is not None else np.zeros(len(grid), dtype=bool)
     keep = np.ones(rows.size, dtype=bool)
     unknown = [(f"unknown column {columns[measured[p]]!r}", positions == p) for p in np.unique(positions[codes < 0])]
     for reason, bad in (
@@ -165,7 +165,7 @@ def _add_patient(
         icu_type=icu_type,
         hospital_admission_hours=_first_observed(grid, column, "HospAdmTime"),
         sepsis=int(onset.size > 0),
-        sepsis_onset_hour=float(hours[onset[0]]) if onset.size else None,
+        sepsis_onset_hour=float(hours[onset].min()) if onset.size else None,  # rows may be out of order
         hours=hours.astype(np.float32).tolist(),
         sepsis_label=sepsis_label.tolist(),
     )

@@ -111,9 +111,9 @@ def load_cohort(
 def _load_p19(root: Path, protocol: str, hospital: str | None) -> datasets.Dataset:
     """`whole-stay`: every event of the stay, label = sepsis at any hour. It is easy for the wrong reasons: events
     after onset are inputs, and septic patients stay longer (more events), so a barely trained model scores AUROC
-    ~0.8. `first-<H>h` is the early-prediction task: the events of ICU hours before H, for patients still in the
-    ICU at hour H and not yet labelled septic (the hourly label turns 1 six hours before clinical onset); label =
-    labelled septic later in the stay."""
+    ~0.8. `first-<H>h` is the early-prediction task: the events of the first H ICU hours, for patients still in the
+    ICU after hour H and not labelled septic by then (the hourly label turns 1 six hours before clinical onset);
+    label = labelled septic later in the stay."""
     sets = [hospital] if hospital else None
     if protocol == "whole-stay":
         return cached_load("physionet2019", root, f"sets {sets}", lambda: load_physionet2019(root, sets=sets))
@@ -121,9 +121,11 @@ def _load_p19(root: Path, protocol: str, hospital: str | None) -> datasets.Datas
     if early is None:
         raise ValueError(f"P19 protocol must be 'whole-stay' or 'first-<hours>h' (e.g. first-24h), got {protocol!r}")
     hours = int(early.group(1))
+    if hours < 1:
+        raise ValueError(f"P19 protocol {protocol!r}: the observation window needs at least one hour")
     p19 = cached_load("physionet2019", root, f"sets {sets}, observation_hours {hours}",
                       lambda: load_physionet2019(root, sets=sets, observation_hours=hours))
-    return p19.filter(lambda stay, onset: max(stay) >= hours and (onset is None or onset >= hours),
+    return p19.filter(lambda stay, onset: max(stay) > hours and (onset is None or onset > hours),
                       input_columns=["hours", "sepsis_onset_hour"])
 
 
