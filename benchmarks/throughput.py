@@ -87,16 +87,22 @@ def training_step(model, optimizer, batch) -> None:
     optimizer.zero_grad()
 
 
+def synthetic_batch(vocab_size: int, patients: int, length: int) -> dict[str, torch.Tensor]:
+    """Random feature ids at sorted random times within 48 h; values 0, a valid input for numeric and categorical
+    features alike. Speed and memory depend on the shape only."""
+    return {"feature_ids": torch.randint(2, vocab_size, (patients, length)), "values": torch.zeros(patients, length),
+            "times": torch.rand(patients, length).mul(48).sort(dim=1).values,
+            "attention_mask": torch.ones(patients, length, dtype=torch.long),
+            "labels": torch.randint(0, 2, (patients,))}
+
+
 def flops_per_patient(model, optimizer, lengths=(128, 512, 1024)) -> np.ndarray:
     """(c, a, b) with FLOPs of one training step on one patient of L (padded) events = c + a·L + b·L², counted by
     torch at three lengths: linear layers grow with L, attention with L², the head is constant. The optimiser's
     element-wise update is not counted (torch counts matmuls and attention only)."""
-    vocab_size = model.config.vocab_size
     counts = []
     for length in lengths:
-        batch = {"feature_ids": torch.randint(2, vocab_size, (1, length)), "values": torch.zeros(1, length),  # valid for categorical ids too
-                 "times": torch.rand(1, length).mul(48).sort(dim=1).values,
-                 "attention_mask": torch.ones(1, length, dtype=torch.long), "labels": torch.tensor([1])}
+        batch = synthetic_batch(model.config.vocab_size, 1, length)
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
             model(**batch).loss.backward()
         optimizer.zero_grad()
@@ -202,11 +208,7 @@ def measure_length(length: int) -> dict:
     config = MedFuseConfig(num_labels=2)
     model = MedFuseForSequenceClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = {"feature_ids": torch.randint(2, config.vocab_size, (batch_size, length)),
-             "values": torch.randn(batch_size, length),
-             "times": torch.rand(batch_size, length).mul(48).sort(dim=1).values,
-             "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
-             "labels": torch.randint(0, 2, (batch_size,))}
+    batch = synthetic_batch(config.vocab_size, batch_size, length)
     baseline_kib = memory_status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
     train = timed_steps(model, optimizer, [batch] * 3)
