@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medfuse_hf.data import load_physionet2012, load_physionet2019
 from medfuse_hf.data.dataset_card import describe_cohort, render_dataset_card
+from medfuse_hf.training.cohorts import load_p19_task
 
 P12_DESCRIPTION = """
 PhysioNet/Computing in Cardiology Challenge 2012: 12,000 adult ICU stays (sets a, b, c) with up to 48 hours of
@@ -21,10 +22,12 @@ Attribution v1.0. Cite Silva et al., Computing in Cardiology 2012;39:245-248, an
 P19_DESCRIPTION = """
 PhysioNet/Computing in Cardiology Challenge 2019: 40,336 ICU patients from two hospital systems (A: 20,336,
 B: 20,000), hourly grids loaded with `medfuse_hf.data.load_physionet2019` (observed cells only, canonical names
-shared with PhysioNet 2012). Task: the patient develops sepsis (`sepsis`; hourly `SepsisLabel` turns 1 six hours
-before clinical onset). Licence: Creative Commons Attribution 4.0. Cite Reyna et al., Crit Care Med
-2020;48(2):210-217, and Goldberger et al., Circulation 2000. "Missing (patients)" is the share of patients in
-whom the feature was never measured.
+shared with PhysioNet 2012). Tasks: `whole-stay`, the patient is labelled septic at any hour (hourly `SepsisLabel`
+turns 1 six hours before clinical onset), from every event; `first-24h` (early prediction, used by the transfer
+benchmark), from the events of the first 24 ICU hours of patients still in the ICU after hour 24 and not labelled
+septic by then, the patient is labelled septic later. Licence: Creative Commons Attribution 4.0. Cite Reyna et
+al., Crit Care Med 2020;48(2):210-217, and Goldberger et al., Circulation 2000. "Missing (patients)" is the share
+of patients in whom the feature was never measured.
 """
 
 
@@ -45,6 +48,9 @@ def main() -> None:
         f"Hospital system {hospital}": describe_cohort(p19.filter(lambda h: h == hospital, input_columns="hospital"), "sepsis")
         for hospital in "AB"
     }
+    for hospital in "AB":
+        early = load_p19_task(args.data_dir / "physionet2019", "first-24h", hospital)
+        p19_cohorts[f"Hospital system {hospital}, first-24h"] = describe_cohort(early, "sepsis")
     for name, title, description, cohorts in (
         ("physionet2012", "PhysioNet 2012 (P12): ICU mortality", P12_DESCRIPTION, p12_cohorts),
         ("physionet2019", "PhysioNet 2019 (P19): sepsis, two hospital systems", P19_DESCRIPTION, p19_cohorts),

@@ -86,7 +86,7 @@ def hourly(hours: int, first_septic_hour: int | None = None) -> str:
 
 
 def test_early_prediction_cohort_keeps_stays_past_the_window_not_yet_septic(tmp_path, monkeypatch):
-    from medfuse_hf.training.cohorts import _load_p19
+    from medfuse_hf.training.cohorts import load_p19_task
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "release" / "training_setA"
@@ -96,15 +96,15 @@ def test_early_prediction_cohort_keeps_stays_past_the_window_not_yet_septic(tmp_
              "left_in_window": hourly(2), "never_septic": hourly(6)}
     for name, text in stays.items():
         (folder / f"{name}.psv").write_text(text)
-    early = _load_p19(tmp_path / "release", "first-3h", "A")
+    early = load_p19_task(tmp_path / "release", "first-3h", "A")
     assert dict(zip(early["patient_id"], early["sepsis"])) == {"septic_after_window": 1, "never_septic": 0}
     assert max(max(times) for times in early["time"]) == 3  # ICU hours 1-3, nothing after
-    whole = _load_p19(tmp_path / "release", "whole-stay", "A")
+    whole = load_p19_task(tmp_path / "release", "whole-stay", "A")
     assert len(whole) == 6 and max(max(times) for times in whole["time"]) == 6
     with pytest.raises(ValueError, match="first-<hours>h"):
-        _load_p19(tmp_path / "release", "first-day", "A")
+        load_p19_task(tmp_path / "release", "first-day", "A")
     with pytest.raises(ValueError, match="at least one hour"):
-        _load_p19(tmp_path / "release", "first-0h", "A")
+        load_p19_task(tmp_path / "release", "first-0h", "A")
 
 
 def test_onset_is_the_earliest_labelled_hour_even_when_rows_are_out_of_order(tmp_path):

@@ -89,7 +89,7 @@ def load_cohort(
             split = stratified_split(p12["record_id"], p12["in_hospital_death"], seed=seed)
         return Cohort(apply_split(p12, split), "in_hospital_death", "record_id", f"PhysioNet 2012, {protocol}", **P12_TERMS)
     if dataset == "p19":
-        p19 = _load_p19(_required(data_dir, dataset), protocol or "whole-stay", hospital)
+        p19 = load_p19_task(_required(data_dir, dataset), protocol or "whole-stay", hospital)
         split = stratified_split(p19["patient_id"], p19["sepsis"], seed=seed)
         where = f"hospital {hospital}" if hospital else "hospitals A and B"
         return Cohort(apply_split(p19, split, "patient_id"), "sepsis", "patient_id",
@@ -108,7 +108,7 @@ def load_cohort(
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
 
 
-def _load_p19(root: Path, protocol: str, hospital: str | None) -> datasets.Dataset:
+def load_p19_task(root: Path, protocol: str, hospital: str | None) -> datasets.Dataset:
     """`whole-stay`: every event of the stay, label = sepsis at any hour. It is easy for the wrong reasons: events
     after onset are inputs, and septic patients stay longer (more events), so a barely trained model scores AUROC
     ~0.8. `first-<H>h` is the early-prediction task: the events of the first H ICU hours, for patients still in the
