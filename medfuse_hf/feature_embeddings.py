@@ -203,7 +203,9 @@ def load_feature_embeddings(
 
 def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:
     """Upload an exported checkpoint folder to a Hub model repo (created private unless told otherwise); returns
-    the commit URL. A thin wrapper over `HfApi.upload_folder`, left untested here: the tests have no Hub."""
+    the commit URL. A thin wrapper over `HfApi.create_repo` + `upload_folder`, tested against a local stand-in Hub
+    that takes every file inline in the commit: LFS/Xet large-file uploads and the Hub's permission checks are not
+    covered."""
     if not (Path(folder) / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; export the checkpoint with export_feature_embeddings first")
     api = HfApi(token=token)

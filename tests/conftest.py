@@ -1,9 +1,17 @@
-"""Small fixtures built in code: a synthetic cohort, its vocabulary and tokenizer, and tiny model configs."""
+"""Small fixtures built in code: a synthetic cohort, its vocabulary and tokenizer, tiny model configs, and an
+exported feature-embedding checkpoint."""
 
 import pytest
 import torch
 
-from medfuse_hf import FeatureSpec, FeatureVocabulary, MedFuseConfig, MedFuseTokenizer
+from medfuse_hf import (
+    FeatureSpec,
+    FeatureVocabulary,
+    MedFuseConfig,
+    MedFuseForSequenceClassification,
+    MedFuseTokenizer,
+    export_feature_embeddings,
+)
 from medfuse_hf.synthetic import make_sodium_cohort
 
 
@@ -45,3 +53,18 @@ def tiny_config(vocabulary):
 
     torch.manual_seed(0)
     return make
+
+
+@pytest.fixture
+def source(tmp_path, cohort):
+    """A model as if trained, its vocabulary, and the feature-embedding checkpoint exported from it."""
+    vocabulary = FeatureVocabulary.from_events(cohort, units={"creatinine": "mg/dL", "sodium": "mmol/L"})
+    model = MedFuseForSequenceClassification(
+        MedFuseConfig(**vocabulary.config_kwargs(), num_labels=2, hidden_size=32, value_embedding_size=8)
+    )
+    with torch.no_grad():  # as if trained: γ, β away from their initial 1 and 0
+        model.medfuse.embeddings.value_fusion.gamma.normal_()
+        model.medfuse.embeddings.value_fusion.beta.normal_()
+    path = tmp_path / "source-embeddings"
+    export_feature_embeddings(model, MedFuseTokenizer(vocabulary), path, source="synthetic test cohort", min_patients=20)
+    return model, vocabulary, path

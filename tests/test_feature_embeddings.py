@@ -19,20 +19,6 @@ def vocabulary_of(specs):
     return FeatureVocabulary(specs)
 
 
-@pytest.fixture
-def source(tmp_path, cohort):
-    vocabulary = FeatureVocabulary.from_events(cohort, units={"creatinine": "mg/dL", "sodium": "mmol/L"})
-    model = MedFuseForSequenceClassification(
-        MedFuseConfig(**vocabulary.config_kwargs(), num_labels=2, hidden_size=32, value_embedding_size=8)
-    )
-    with torch.no_grad():  # as if trained: γ, β away from their initial 1 and 0
-        model.medfuse.embeddings.value_fusion.gamma.normal_()
-        model.medfuse.embeddings.value_fusion.beta.normal_()
-    path = tmp_path / "source-embeddings"
-    export_feature_embeddings(model, MedFuseTokenizer(vocabulary), path, source="synthetic test cohort", min_patients=20)
-    return model, vocabulary, path
-
-
 def target_model(vocabulary, **overrides):
     settings = dict(num_labels=2, hidden_size=32, value_embedding_size=8)
     return MedFuseForSequenceClassification(MedFuseConfig(**vocabulary.config_kwargs(), **{**settings, **overrides}))

@@ -1,0 +1,155 @@
+"""Uploads to the Hub against a local stand-in on 127.0.0.1: the tests never reach the internet.
+
+huggingface_hub asks the Hub's "preupload" route how to send each file; the stand-in answers "regular" for every
+file, so contents travel base64-encoded inside the NDJSON commit and no LFS or Xet storage is involved.
+"""
+
+import base64
+import hashlib
+import http.server
+import json
+import re
+import threading
+from urllib.parse import urlsplit
+
+import huggingface_hub.constants
+import pytest
+import transformers.utils.hub
+
+from medfuse_hf import MedFuseTokenizer
+from medfuse_hf.feature_embeddings import push_feature_embeddings
+
+TOKEN = "hf_stand_in_token"
+REPO_ROUTE = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit)/main")
+RESOLVE_ROUTE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/main/(?P<file>.+)")
+
+
+class StandInHub(http.server.BaseHTTPRequestHandler):
+    """The routes an upload uses: repo creation, README metadata check, preupload, commit, and reading a file back
+    (transformers' `push_to_hub` loads the repo's model card first). Anything else is a 404, so a change in the
+    client's protocol fails the tests instead of passing unnoticed."""
+
+    def handle_request(self) -> None:
+        path = urlsplit(self.path).path
+        self.server.requests.append((self.command, path, self.headers.get("Authorization")))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        repos = self.server.repos
+        repo_route, resolve_route = REPO_ROUTE.fullmatch(path), RESOLVE_ROUTE.fullmatch(path)
+        if self.command == "POST" and path == "/api/repos/create":
+            request = json.loads(body)
+            repo_id = f"{request['organization']}/{request['name']}"
+            status = 409 if repo_id in repos else 200  # the Hub's "already exists", which exist_ok accepts
+            repos.setdefault(repo_id, {"visibility": request.get("visibility"), "files": {}, "commits": []})
+            self.send_json(status, {"url": f"{self.server.url}/{repo_id}"})
+        elif self.command == "POST" and path == "/api/validate-yaml":
+            self.send_json(200, {"errors": [], "warnings": []})
+        elif self.command == "POST" and repo_route and repo_route["repo"] in repos:
+            repo = repos[repo_route["repo"]]
+            if repo_route["action"] == "preupload":
+                files = json.loads(body)["files"]
+                modes = [{"path": file["path"], "uploadMode": "regular", "shouldIgnore": False} for file in files]
+                self.send_json(200, {"files": modes})
+            else:
+                self.commit(repo_route["repo"], repo, [json.loads(line) for line in body.splitlines()])
+        elif self.command in ("GET", "HEAD") and resolve_route and resolve_route["repo"] in repos:
+            self.send_file(repos[resolve_route["repo"]], resolve_route["file"])
+        else:
+            self.send_error(404)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = handle_request
+
+    def commit(self, repo_id: str, repo: dict, lines: list[dict]) -> None:
+        header, operations = lines[0], lines[1:]
+        if header["key"] != "header" or any(op["key"] != "file" or op["value"]["encoding"] != "base64" for op in operations):
+            self.send_json(400, {"error": "the stand-in Hub takes only inline base64 files"})
+            return
+        for op in operations:
+            repo["files"][op["value"]["path"]] = base64.b64decode(op["value"]["content"])
+        oid = hashlib.sha1(json.dumps(lines).encode()).hexdigest()
+        repo["commits"].append(oid)
+        self.send_json(200, {"commitUrl": f"{self.server.url}/{repo_id}/commit/{oid}", "commitOid": oid})
+
+    def send_file(self, repo: dict, name: str) -> None:
+        if name not in repo["files"]:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")  # "no such file", as opposed to "no such route"
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        content = repo["files"][name]
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", repo["commits"][-1])
+        self.send_header("ETag", f'"{hashlib.sha1(content).hexdigest()}"')
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(content)
+
+    def send_json(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The stand-in Hub, with huggingface_hub and transformers pointed at it for the duration of one test."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandInHub)
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.repos, httpd.requests = {}, []
+    # HfApi reads ENDPOINT when it is built; file downloads use the URL template computed from it at import.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", httpd.url)
+    template = httpd.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    # Telemetry would fetch an agent registry from the endpoint once per process, unauthenticated.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    # transformers keeps one HfApi for the process, bound to the endpoint it first saw.
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_an_exported_checkpoint_is_uploaded_byte_for_byte_to_a_new_private_repo(hub, source):
+    _, _, folder = source
+    (folder / "README.md").write_text("---\nlicense: other\n---\n# Feature embeddings\n")  # publish_run adds a card
+    commit_url = push_feature_embeddings(folder, "hospital-a/medfuse-embeddings", token=TOKEN)
+    repo = hub.repos["hospital-a/medfuse-embeddings"]
+    assert repo["visibility"] == "private"
+    assert repo["files"] == {file.name: file.read_bytes() for file in folder.iterdir()}
+    assert len(repo["commits"]) == 1
+    assert commit_url == f"{hub.url}/hospital-a/medfuse-embeddings/commit/{repo['commits'][0]}"
+    assert {authorization for *_, authorization in hub.requests} == {f"Bearer {TOKEN}"}
+
+
+def test_a_full_model_and_its_tokenizer_push_through_transformers(hub, source, tmp_path):
+    model, vocabulary, _ = source
+    tokenizer = MedFuseTokenizer(vocabulary)
+    model.push_to_hub("hospital-a/medfuse", private=True, token=TOKEN)  # as recipes/publish.py --push_to_hub does
+    tokenizer.push_to_hub("hospital-a/medfuse", private=True, token=TOKEN)
+    local = tmp_path / "local"
+    model.save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    repo = hub.repos["hospital-a/medfuse"]
+    assert repo["visibility"] == "private"
+    uploaded = {name: content for name, content in repo["files"].items() if name != "README.md"}
+    assert uploaded == {file.name: file.read_bytes() for file in local.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= uploaded.keys()
+    assert len(repo["commits"]) == 2
+
+
+def test_a_folder_that_is_not_an_exported_checkpoint_is_refused_before_any_request(hub, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights, but no embedding_config.json")
+    with pytest.raises(FileNotFoundError, match="no embedding_config.json; export the checkpoint with export_feature_embeddings"):
+        push_feature_embeddings(folder, "hospital-a/medfuse-embeddings", token=TOKEN)
+    assert hub.requests == []
