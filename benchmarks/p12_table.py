@@ -48,7 +48,8 @@ def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> 
     device = f"{distributed['device_name']} x{distributed['num_processes']}, precision {distributed['mixed_precision']}"
     return {"model": model, "protocol": protocol, "seed": seed,
             **{metric: report["test"][metric]["value"] for metric in METRICS},
-            "epochs": report["epochs"], "train_seconds": report["train_seconds"], "device": device,
+            "epochs": report["epochs"], "best_epoch": report["best_validation"]["epoch"],
+            "train_seconds": report["train_seconds"], "device": device,
             "test_patients": report["test_patients"], "git": report["git"]["commit"]}
 
 

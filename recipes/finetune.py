@@ -176,7 +176,7 @@ def training_function(args: argparse.Namespace) -> dict:
         accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, AUPRC {validation['auprc']:.4f}")
         loop.update(epoch=epoch + 1, batch=0)
         if validation[args.early_stopping_metric] > loop["best"]:
-            loop.update(best=validation[args.early_stopping_metric], stale_epochs=0)
+            loop.update(best=validation[args.early_stopping_metric], best_epoch=epoch + 1, stale_epochs=0)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
@@ -199,7 +199,8 @@ def training_function(args: argparse.Namespace) -> dict:
     result = {"num_processes": accelerator.num_processes, "steps": loop["step"], "epochs": loop["epoch"],
               "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
               "batches_by_process": accelerator.gather(batches_seen).tolist(),
-              "best_validation": {args.early_stopping_metric: loop["best"]}, "git": run_info["git"],
+              "best_validation": {args.early_stopping_metric: loop["best"], "epoch": loop.get("best_epoch")},
+              "git": run_info["git"],
               **throughput(loop, accelerator)}
     if accelerator.is_main_process:
         result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,
