@@ -6,7 +6,8 @@ P19 is the early-prediction task `first-24h` (events of the first 24 ICU hours; 
 the stay; see `medfuse_hf.training.cohorts`), P12 the SeFT split. Each direction is one `recipes/transfer.py` run
 (source fine-tuning -> published feature embeddings -> target fine-tuning on 1 %, 5 %, 10 %, 25 %, 100 % of the
 target's training patients, with and without the embeddings, seeds 0-2), resumable cell by cell. P19 -> P12 reuses hospital A's source model from A -> B: the same published
-embeddings a P19 hospital would share. Results, tables and plots are copied to `benchmarks/results/transfer/`.
+embeddings a P19 hospital would share. Results, tables and plots are copied to `benchmarks/results/transfer/`,
+and the source models' and feature embeddings' model cards to `model_cards/`.
 """
 
 import argparse
@@ -20,6 +21,7 @@ from p12_table import BUDGET as TABLE_BUDGET
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+CARDS = ROOT / "model_cards"
 # Sepsis predicted from the first 24 ICU hours, before it is labelled: P19's whole-stay label is learnt from
 # events after onset and from stay length (AUROC ~0.8 after five steps), which would hide what transfer does.
 P19_TASK = "first-24h"
@@ -40,6 +42,10 @@ def directions(data: Path, output: Path) -> dict[str, list[str]]:
     }
 
 
+def flag_value(flags: list[str], name: str) -> str | None:
+    return flags[flags.index(name) + 1] if name in flags else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", type=Path, default=DATA)
@@ -51,14 +57,19 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         out = args.output_dir / name
-        if "--source_embeddings" in flags and not Path(flags[flags.index("--source_embeddings") + 1]).exists():
-            raise SystemExit(f"{name} reuses the source model of another direction, not run yet: "
-                             f"{flags[flags.index('--source_embeddings') + 1]} is missing")
+        reused = flag_value(flags, "--source_embeddings")
+        if reused is not None and not Path(reused).exists():
+            raise SystemExit(f"{name} reuses the source model of another direction, not run yet: {reused} is missing")
         subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), *flags, "--finetune_args", BUDGET,
                         "--output_dir", str(out)], check=True)
         (results / name).mkdir(parents=True, exist_ok=True)
         for produced in ("results.json", "table.md", "transfer.png"):
             shutil.copy(out / produced, results / name / produced)
+        source = out / "source"
+        if source.exists():  # the published checkpoints' cards, as a hospital would post them
+            stem = f"medfuse-{flag_value(flags, '--source_dataset')}-{flag_value(flags, '--source_hospital')}-{P19_TASK}"
+            shutil.copy(source / "model" / "README.md", CARDS / f"{stem}.md")
+            shutil.copy(source / "feature_embeddings" / "README.md", CARDS / f"{stem}-feature-embeddings.md")
         print(f"{name}:\n{(out / 'table.md').read_text()}", flush=True)
 
 
