@@ -90,6 +90,9 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     assert f"{result['test']['auroc']['value']:.4f}" in card  # the card reports this run's test metrics
     assert (output_dir / "feature_embeddings" / "embedding_config.json").exists()
     assert result["train_seconds"] > 0 and result["events_per_second"] > 0 and result["patients_trained"] > 0
+    header, *lines = (output_dir / "test_predictions.csv").read_text().splitlines()
+    assert header == "record_id,label,score" and len(lines) == result["test_patients"]
+    assert all(line.split(",")[0].isdigit() and line.split(",")[1] in ("0", "1") for line in lines)  # ids as ids
     validations = [row for row in read_metrics(output_dir / "logs" / "metrics.jsonl") if "validation_auprc" in row]
     best = max(validations, key=lambda row: row["validation_auprc"])  # the first of equals, as early stopping keeps
     assert result["best_validation"] == {"auprc": best["validation_auprc"], "epoch": best["epoch"] + 1}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
@@ -66,8 +67,9 @@ def write_report(
               "test": bootstrap_intervals(labels, scores, bootstrap_resamples, seed)}
     (output_dir / "test_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     ids = np.asarray(dataset[id_column])[predictions["rows"]]
-    np.savetxt(output_dir / "test_predictions.csv", np.column_stack([ids, labels, scores]), delimiter=",", fmt="%s",
-               header=f"{id_column},label,score", comments="")
+    # pandas keeps each column's type: ids stay ids ("132539", "p000001"), not "132539.0" as a float array makes them
+    pd.DataFrame({id_column: ids, "label": labels.astype(int), "score": scores}).to_csv(
+        output_dir / "test_predictions.csv", index=False)
     save_evaluation_plots(labels, scores, output_dir / "plots", title)
     return report
 
