@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from medfuse_hf.training.metrics import mean_and_std
+from medfuse_hf.training.metrics import mean_and_std, paired_bootstrap_difference
 from medfuse_hf.training.runs import run_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,39 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def test_predictions(run_dir: Path) -> pd.Series:
+    """A run's test scores indexed by record id (files written before ids were kept as ids have them as floats)."""
+    frame = pd.read_csv(run_dir / "test_predictions.csv", dtype={"record_id": str})
+    frame["record_id"] = frame["record_id"].str.removesuffix(".0")
+    return frame.set_index("record_id")
+
+
+def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
+    """MuFuse minus every other model of the same protocol and seed, scored on the same test patients, with a
+    paired bootstrap 95% interval: whether a gap within one seed is larger than the test set's sampling noise."""
+    gaps = []
+    for row in rows:
+        if row["model"] == "medfuse":
+            continue
+        runs = [output_dir / f"{row['protocol']}-{model}-seed{row['seed']}" for model in ("medfuse", row["model"])]
+        if not all((run / "test_predictions.csv").exists() for run in runs):
+            continue
+        mufuse, other = (test_predictions(run) for run in runs)
+        other = other.loc[mufuse.index]
+        gaps.append({"protocol": row["protocol"], "seed": row["seed"], "versus": row["model"],
+                     **{metric: paired_bootstrap_difference(mufuse["label"], mufuse["score"], other["score"], metric)
+                        for metric in ("auprc", "auroc")}})
+    return gaps
+
+
+def format_gaps(gaps: list[dict]) -> str:
+    lines = ["| protocol | seed | MuFuse minus | AUPRC gap [95% CI] | AUROC gap [95% CI] |", "|---|---:|---|---|---|"]
+    for gap in sorted(gaps, key=lambda gap: (gap["protocol"], gap["versus"], gap["seed"])):
+        figures = [f"{gap[m]['value']:+.4f} [{gap[m]['low']:+.4f}, {gap[m]['high']:+.4f}]" for m in ("auprc", "auroc")]
+        lines.append(f"| {gap['protocol']} | {gap['seed']} | {gap['versus']} | {' | '.join(figures)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
@@ -98,6 +132,9 @@ def main() -> None:
                     print(f"{protocol} {model} seed {seed}: " + ", ".join(f"{m} {rows[-1][m]:.4f}" for m in METRICS)
                           + f" ({rows[-1]['epochs']} epochs, {rows[-1]['train_seconds']:.0f} s)", flush=True)
     print(summarise(rows))
+    gaps = paired_gaps(rows, args.output_dir)
+    args.results.with_name("p12_paired_gaps.json").write_text(json.dumps(gaps, indent=1) + "\n")
+    print(format_gaps(gaps))
 
 
 if __name__ == "__main__":

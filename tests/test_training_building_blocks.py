@@ -29,6 +29,19 @@ def test_binary_metrics_on_a_known_case():
         binary_metrics(np.zeros(3), np.ones(3) * 0.5)
 
 
+def test_paired_bootstrap_gap_is_zero_for_one_model_and_clear_for_a_better_one():
+    from medfuse_hf.training.metrics import paired_bootstrap_difference
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(400) < 0.2).astype(int)
+    noisy = labels + rng.normal(0, 1.0, 400)
+    sharp = labels + rng.normal(0, 0.3, 400)
+    assert paired_bootstrap_difference(labels, noisy, noisy, num_resamples=100) == {"value": 0.0, "low": 0.0, "high": 0.0}
+    gap = paired_bootstrap_difference(labels, sharp, noisy, "auroc", num_resamples=200)
+    assert 0 < gap["low"] < gap["value"] < gap["high"]
+    assert gap["value"] == pytest.approx(roc_auc_score(labels, sharp) - roc_auc_score(labels, noisy))
+
+
 def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 300)

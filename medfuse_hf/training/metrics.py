@@ -4,6 +4,8 @@ scikit-learn rather than `evaluate`: `evaluate` 0.4.6 fetches each metric script
 hospital machines often are) and has no AUPRC. min(Re, Pr) is the PhysioNet 2012 challenge's own score.
 """
 
+from collections.abc import Iterator
+
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -41,17 +43,11 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
 def bootstrap_intervals(
     labels: np.ndarray, scores: np.ndarray, num_resamples: int = 1000, seed: int = 0, threshold: float = 0.5
 ) -> dict[str, dict[str, float]]:
-    """Point estimate and percentile 95% interval of every metric over patient-level bootstrap resamples.
-
-    Resamples are stratified by label so each keeps both classes (AUROC is undefined otherwise) and the
-    positive rate of the test set.
-    """
+    """Point estimate and percentile 95% interval of every metric over patient-level bootstrap resamples
+    (stratified by label)."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     samples = {name: [] for name in METRICS}
-    for _ in range(num_resamples):
-        rows = np.concatenate([rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)])
+    for rows in stratified_resamples(labels, num_resamples, seed):
         for name, value in binary_metrics(labels[rows], scores[rows], threshold).items():
             samples[name].append(value)
     point = binary_metrics(labels, scores, threshold)
@@ -59,6 +55,30 @@ def bootstrap_intervals(
         name: {"value": point[name], "low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
         for name, values in samples.items()
     }
+
+
+def stratified_resamples(labels: np.ndarray, num_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of bootstrap resamples drawn within each class, so every resample keeps both classes (AUROC is
+    undefined otherwise) and the positive rate of the test set."""
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    for _ in range(num_resamples):
+        yield np.concatenate([rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)])
+
+
+def paired_bootstrap_difference(
+    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, metric: str = "auprc",
+    num_resamples: int = 1000, seed: int = 0,
+) -> dict[str, float]:
+    """metric(a) - metric(b) on the same patients, with a percentile 95% interval over resamples that score both
+    models on the same patients: how large a gap the test set's own sampling noise makes."""
+    labels = np.asarray(labels).astype(int)
+    scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    score = {"auroc": roc_auc_score, "auprc": average_precision_score}[metric]
+    gaps = [score(labels[rows], scores_a[rows]) - score(labels[rows], scores_b[rows])
+            for rows in stratified_resamples(labels, num_resamples, seed)]
+    return {"value": float(score(labels, scores_a) - score(labels, scores_b)),
+            "low": float(np.percentile(gaps, 2.5)), "high": float(np.percentile(gaps, 97.5))}
 
 
 def mean_and_std(values: list[float]) -> tuple[float, float]:
