@@ -34,7 +34,8 @@ def test_only_missing_cells_run_and_every_finished_cell_is_saved(p12_table, tmp_
 
     monkeypatch.setattr(p12_table, "run_cell", fake_cell)
     monkeypatch.setattr(sys, "argv", ["p12_table.py", "--seeds", "0", "1", "--protocols", "seft-split",
-                                      "--models", "medfuse", "additive", "--results", str(results)])
+                                      "--models", "medfuse", "additive", "--results", str(results),
+                                      "--output_dir", str(tmp_path / "runs")])
     p12_table.main()
     assert ran == [("additive", "seft-split", 0), ("medfuse", "seft-split", 1), ("additive", "seft-split", 1)]
     saved = json.loads(results.read_text())
@@ -46,3 +47,15 @@ def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
     table = p12_table.summarise(rows + [row("scane", "seft-split", 0, 0.3)])
     assert "| seft-split | medfuse | 3 | 0.8000 ± 0.0000 | 0.5200 ± 0.0200 |" in table
     assert "| seft-split | scane | 1 | 0.8000 ± nan | 0.3000 ± nan |" in table  # one seed: no spread claimed
+
+
+def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p12_table, tmp_path):
+    ids, labels = range(100, 140), [1, 0, 0, 0] * 10
+    for model, scores, id_format in (("medfuse", labels, "{}"), ("additive", [0.5] * 40, "{}.0")):  # .0: older files
+        run = tmp_path / f"seft-split-{model}-seed0"
+        run.mkdir()
+        lines = [id_format.format(i) + f",{label},{score}" for i, label, score in zip(ids, labels, scores)]
+        (run / "test_predictions.csv").write_text("record_id,label,score\n" + "\n".join(reversed(lines)) + "\n")
+    rows = [row("medfuse", "seft-split", 0, 1.0), row("additive", "seft-split", 0, 0.25)]
+    (gap,) = p12_table.paired_gaps(rows, tmp_path)
+    assert (gap["versus"], gap["auroc"]["value"], gap["auprc"]["value"]) == ("additive", 0.5, 0.75)  # perfect vs constant
