@@ -51,11 +51,11 @@ def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
 
 def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p12_table, tmp_path):
     ids, labels = range(100, 140), [1, 0, 0, 0] * 10
-    for model, scores, id_format in (("medfuse", labels, "{}"), ("additive", [0.5] * 40, "{}.0")):  # .0: older files
+    for model, id_format, order in (("medfuse", "{}", 1), ("additive", "{}.0", -1)):  # ".0": files before ids were kept
         run = tmp_path / f"seft-split-{model}-seed0"
         run.mkdir()
-        lines = [id_format.format(i) + f",{label},{score}" for i, label, score in zip(ids, labels, scores)]
-        (run / "test_predictions.csv").write_text("record_id,label,score\n" + "\n".join(reversed(lines)) + "\n")
-    rows = [row("medfuse", "seft-split", 0, 1.0), row("additive", "seft-split", 0, 0.25)]
+        lines = [id_format.format(i) + f",{label},{label}" for i, label in zip(ids, labels)][::order]  # both perfect
+        (run / "test_predictions.csv").write_text("record_id,label,score\n" + "\n".join(lines) + "\n")
+    rows = [row("medfuse", "seft-split", 0, 1.0), row("additive", "seft-split", 0, 1.0)]
     (gap,) = p12_table.paired_gaps(rows, tmp_path)
-    assert (gap["versus"], gap["auroc"]["value"], gap["auprc"]["value"]) == ("additive", 0.5, 0.75)  # perfect vs constant
+    assert gap["versus"] == "additive" and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0  # rows in another order
