@@ -4,7 +4,7 @@ import tarfile
 import pytest
 
 from medfuse_hf.data import load_physionet2012
-from medfuse_hf.data.cache import cached_load
+from medfuse_hf.data.cache import cache_root, cached_load
 
 HEADER = "Time,Parameter,Value\n"
 DESCRIPTORS = "00:00,RecordID,{id}\n00:00,Age,54\n00:00,Gender,0\n00:00,Height,-1\n00:00,ICUType,4\n00:00,Weight,-1\n"
@@ -123,3 +123,4 @@ def test_cached_load_parses_once_and_rebuilds_when_the_release_changes(release, 
     (release / "Outcomes-a.txt").write_text(OUTCOMES.replace("132540,16,8,8,12,1", "132540,16,8,8,12,0"))
     assert cached_load("physionet2012", release, "set a", build)["in_hospital_death"] == [0, 0]
     assert len(builds) == 3  # an edited release file is never served from a stale cache
+    assert len(list(cache_root().glob("physionet2012-*"))) == 2  # the stale "set a" copy is gone, "sets a and b" kept

@@ -6,6 +6,7 @@ copy is memory-mapped by `datasets`, so loading it takes about a second and litt
 """
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import datasets
 
 logger = logging.getLogger(__name__)
 LOADER_SOURCES = Path(__file__).parent
+SOURCE_FILE = "medfuse_cache_source.json"  # which release folder and options a cached copy was built from
 
 
 def cache_root() -> Path:
@@ -46,8 +48,21 @@ def cached_load(name: str, release_dir: str | Path, options: str, build: Callabl
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     dataset.save_to_disk(str(partial))
+    source = {"release_dir": str(Path(release_dir).resolve()), "options": options}
+    (partial / SOURCE_FILE).write_text(json.dumps(source))
     try:
         partial.rename(folder)
     except OSError:  # another process saved the same cache first: theirs is as good as ours
         shutil.rmtree(partial, ignore_errors=True)
+    _remove_superseded(folder, source)
     return datasets.load_from_disk(str(folder))
+
+
+def _remove_superseded(folder: Path, source: dict) -> None:
+    """Delete older copies of the same release and options (made before the release files or the loader changed):
+    each is hundreds of MB. A process still reading one keeps its memory map; Linux frees the files after it."""
+    for sibling in folder.parent.glob(f"{folder.name.rsplit('-', 1)[0]}-*"):
+        marker = sibling / SOURCE_FILE
+        if sibling != folder and marker.exists() and json.loads(marker.read_text()) == source:
+            logger.info("removing the superseded cache %s", sibling)
+            shutil.rmtree(sibling, ignore_errors=True)
