@@ -149,6 +149,13 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
     assert len(validations) == 1  # validated once per num_epochs' worth of steps, not after every tiny epoch
 
 
+def test_gradient_accumulation_counts_optimizer_steps_not_batches(tmp_path, single_process_run):
+    run(TINY + ["--batch_size", "16", "--gradient_accumulation_steps", "2", "--num_epochs", "2", "--output_dir", str(tmp_path)])
+    accumulated = json.loads((tmp_path / "test_metrics.json").read_text())
+    plain = json.loads((single_process_run / "test_metrics.json").read_text())  # batches of 32, 2 epochs
+    assert accumulated["steps"] == plain["steps"] and accumulated["batches_by_process"] == [2 * plain["steps"]]
+
+
 def test_training_subset_smaller_than_a_batch_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, str(RECIPE), *TINY, "--train_fraction", "0.1", "--output_dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)

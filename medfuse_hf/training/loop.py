@@ -56,10 +56,12 @@ def train_epoch(
             scheduler.step()
             optimizer.zero_grad()
         loop["batch"] += 1
-        loop["step"] += 1
         loop["train_seconds"] = loop.get("train_seconds", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         trained += 1
+        if not accelerator.sync_gradients:  # mid-accumulation: no optimizer step yet, so nothing to count or save
+            continue
+        loop["step"] += 1  # optimizer steps, as --max_steps, --min_steps and the scheduler count them
         if loop["step"] % args.logging_steps == 0:
             accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),
                              "learning_rate": scheduler.get_last_lr()[0]}, step=loop["step"])
