@@ -399,8 +399,12 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
     labels = labels.view(-1).long()
     if config.classification_loss == "focal":
         return focal_loss(logits, labels, config.focal_gamma, config.focal_alpha)
-    weight = torch.tensor(config.class_weights, device=logits.device) if config.class_weights is not None else None
-    return F.cross_entropy(logits.float(), labels, weight=weight)
+    if config.class_weights is None:
+        return F.cross_entropy(logits.float(), labels)
+    # Weighted losses averaged over patients, not divided by the batch's weight sum (torch's default): the mean of
+    # the losses of a batch's shards is then the loss of the whole batch, so N processes train like one.
+    weight = torch.tensor(config.class_weights, device=logits.device)
+    return F.cross_entropy(logits.float(), labels, weight=weight, reduction="none").mean()
 
 
 class MedFuseForSequenceClassification(MedFusePreTrainedModel):

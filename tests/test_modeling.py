@@ -214,12 +214,16 @@ def test_focal_loss_down_weights_confident_predictions(tokenizer, cohort, tiny_c
     assert focal(**batch, labels=labels).loss < plain(**batch, labels=labels).loss
 
 
-def test_class_weights_weight_the_cross_entropy(tokenizer, cohort, tiny_config):
-    weighted = MedFuseForSequenceClassification(tiny_config(class_weights=[1.0, 4.0]))
+def test_class_weights_weight_the_cross_entropy_and_shards_average_to_the_batch(tokenizer, cohort, tiny_config):
+    weighted = MedFuseForSequenceClassification(tiny_config(class_weights=[1.0, 4.0])).eval()
     batch, labels = encode(tokenizer, cohort[:6]), torch.tensor([0, 0, 0, 0, 1, 1])
     logits = weighted(**batch).logits
-    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 4.0]))
-    torch.testing.assert_close(weighted(**batch, labels=labels).loss, expected)
+    per_patient = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * torch.tensor([1.0, 4.0])[labels]
+    loss = weighted(**batch, labels=labels).loss
+    torch.testing.assert_close(loss, per_patient.mean())
+    # Two processes each take half of the batch and average their losses (gradients): the same loss as one process.
+    halves = [weighted(**{k: v[part] for k, v in batch.items()}, labels=labels[part]).loss for part in (slice(0, 3), slice(3, 6))]
+    torch.testing.assert_close(loss, torch.stack(halves).mean())
     with pytest.raises(StrictDataclassError, match="class_weights has 3 entries for 2 labels"):
         tiny_config(class_weights=[1.0, 1.0, 1.0])
 
