@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from medfuse_hf.training.metrics import mean_and_std, paired_bootstrap_difference
-from medfuse_hf.training.runs import run_finetune
+from medfuse_hf.training.runs import ResultRows, run_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "p12_table.json"
@@ -121,21 +121,19 @@ def main() -> None:
     parser.add_argument("--summary_only", action="store_true")
     args = parser.parse_args()
 
-    rows = json.loads(args.results.read_text()) if args.results.exists() else []
+    results = ResultRows(args.results, key=("model", "protocol", "seed"))
     if not args.summary_only:
-        done = {(row["model"], row["protocol"], row["seed"]) for row in rows}
         for seed in args.seeds:
             for protocol in args.protocols:
                 for model in PROTOCOL_MODELS[protocol]:
-                    if model not in args.models or (model, protocol, seed) in done:
+                    if model not in args.models or results.done(model=model, protocol=protocol, seed=seed):
                         continue
-                    rows.append(run_cell(model, protocol, seed, args))
-                    args.results.parent.mkdir(parents=True, exist_ok=True)
-                    args.results.write_text(json.dumps(rows, indent=1) + "\n")
-                    print(f"{protocol} {model} seed {seed}: " + ", ".join(f"{m} {rows[-1][m]:.4f}" for m in METRICS)
-                          + f" ({rows[-1]['epochs']} epochs, {rows[-1]['train_seconds']:.0f} s)", flush=True)
-    print(summarise(rows))
-    gaps = paired_gaps(rows, args.output_dir)
+                    row = run_cell(model, protocol, seed, args)
+                    results.add(row)
+                    print(f"{protocol} {model} seed {seed}: " + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS)
+                          + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)", flush=True)
+    print(summarise(results.rows))
+    gaps = paired_gaps(results.rows, args.output_dir)
     args.results.with_name("p12_paired_gaps.json").write_text(json.dumps(gaps, indent=1) + "\n")
     print(format_gaps(gaps))
 

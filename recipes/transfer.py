@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from medfuse_hf.training.metrics import mean_and_std
-from medfuse_hf.training.runs import run_finetune
+from medfuse_hf.training.runs import ResultRows, run_finetune
 
 
 def dataset_arguments(args: argparse.Namespace, side: str) -> list[str]:
@@ -88,27 +88,26 @@ def main() -> None:
         embeddings = str(source_dir / "feature_embeddings")
         print(f"source trained; feature embeddings in {embeddings}")
 
-    results_path = args.output_dir / "results.json"
-    rows = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {(row["fraction"], row["seed"], row["transfer"]) for row in rows}
+    results = ResultRows(args.output_dir / "results.json", key=("fraction", "seed", "transfer"))
     for fraction in args.fractions:
         for seed in args.seeds:
             for transfer in (False, True):
-                if (fraction, seed, transfer) in done:
+                if results.done(fraction=fraction, seed=seed, transfer=transfer):
                     continue
                 run_dir = args.output_dir / f"target-f{fraction}-s{seed}-{'transfer' if transfer else 'scratch'}"
                 flags = [*extra, "--train_fraction", str(fraction), "--seed", str(seed)]
                 if transfer:
                     flags += ["--init_embeddings_from", embeddings]
                 metrics = run_finetune([*dataset_arguments(args, "target"), *flags], run_dir, args.launcher)
-                rows.append({"fraction": fraction, "seed": seed, "transfer": transfer,
-                             "auroc": metrics["test"]["auroc"]["value"], "auprc": metrics["test"]["auprc"]["value"],
-                             "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"]})
-                results_path.write_text(json.dumps(rows, indent=1) + "\n")
+                row = {"fraction": fraction, "seed": seed, "transfer": transfer,
+                       "auroc": metrics["test"]["auroc"]["value"], "auprc": metrics["test"]["auprc"]["value"],
+                       "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"],
+                       "best_epoch": metrics["best_validation"]["epoch"]}
+                results.add(row)
                 print(f"fraction {fraction:g}, seed {seed}, {'with' if transfer else 'without'} transfer: "
-                      f"AUROC {rows[-1]['auroc']:.4f}, AUPRC {rows[-1]['auprc']:.4f}")
+                      f"AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f}")
 
-    table = summarise(rows)
+    table = summarise(results.rows)
     lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC |", "|---:|---|---:|---|---|"]
     for cell in table:
         lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "

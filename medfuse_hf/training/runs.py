@@ -30,3 +30,20 @@ def run_finetune(flags: list[str], output_dir: Path, launcher: str = shlex.quote
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"{shlex.join(command)} failed (exit {returncode}); end of {log_path}:\n{tail}")
     return json.loads((output_dir / "test_metrics.json").read_text())
+
+
+class ResultRows:
+    """An experiment's results as a JSON list that grows one finished run at a time, so an interrupted experiment
+    resumes where it stopped: cells (the `key` fields of a row) already there are not run again."""
+
+    def __init__(self, path: Path, key: tuple[str, ...]):
+        self.path, self.key = Path(path), key
+        self.rows: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def done(self, **cell) -> bool:
+        return any(all(row[name] == cell[name] for name in self.key) for row in self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.rows, indent=1) + "\n")
