@@ -75,7 +75,7 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def test_predictions(run_dir: Path) -> pd.Series:
+def read_test_predictions(run_dir: Path) -> pd.DataFrame:
     """A run's test scores indexed by record id (files written before ids were kept as ids have them as floats)."""
     frame = pd.read_csv(run_dir / "test_predictions.csv", dtype={"record_id": str})
     frame["record_id"] = frame["record_id"].str.removesuffix(".0")
@@ -92,7 +92,7 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
         runs = [output_dir / f"{row['protocol']}-{model}-seed{row['seed']}" for model in ("medfuse", row["model"])]
         if not all((run / "test_predictions.csv").exists() for run in runs):
             continue
-        mufuse, other = (test_predictions(run) for run in runs)
+        mufuse, other = (read_test_predictions(run) for run in runs)
         other = other.loc[mufuse.index]
         gaps.append({"protocol": row["protocol"], "seed": row["seed"], "versus": row["model"],
                      **{metric: paired_bootstrap_difference(mufuse["label"], mufuse["score"], other["score"], metric)

@@ -5,8 +5,8 @@
 P19 is the early-prediction task `first-24h` (events of the first 24 ICU hours; label: sepsis labelled later in
 the stay; see `medfuse_hf.training.cohorts`), P12 the SeFT split. Each direction is one `recipes/transfer.py` run
 (source fine-tuning -> published feature embeddings -> target fine-tuning on 1 %, 5 %, 10 %, 25 %, 100 % of the
-target's training patients, with and without the embeddings, seeds 0-2), resumable cell by cell. P19 -> P12 reuses hospital A's source model from A -> B: the same published
-embeddings a P19 hospital would share. Results, tables and plots are copied to `benchmarks/results/transfer/`,
+target's training patients, with and without the embeddings, seeds 0-2), resumable cell by cell. P19 -> P12
+reuses hospital A's source model from A -> B: the same published embeddings a P19 hospital would share. Results, tables and plots are copied to `benchmarks/results/transfer/`,
 and the source models' and feature embeddings' model cards to `model_cards/`.
 """
 

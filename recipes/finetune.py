@@ -105,7 +105,7 @@ def training_function(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, --train_fraction "
                          f"{args.train_fraction}); training needs at least --batch_size ({args.batch_size}) and both classes")
     tokenizer = build_tokenizer(args, train)
-    rate = float(np.mean(train[label]))
+    rate = positives / len(train)
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
 
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))

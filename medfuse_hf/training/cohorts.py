@@ -69,8 +69,9 @@ def load_cohort(
 ) -> Cohort:
     """`p12-sample` (bundled), `p12` (protocol `seft-split`, `set-a-test` or `random`), `p19` (protocol
     `whole-stay` or `first-<H>h`, optionally one `hospital`, seeded random split), `synthetic` (U-shaped sodium
-    task), `parquet` (`data_dir` holding `train`/`validation`/`test.parquet`, e.g. written from `load_long_format`). P12 and P19 are parsed once and then
-    read from an Arrow copy in the `datasets` cache (see `medfuse_hf.data.cache`)."""
+    task), `parquet` (`data_dir` holding `train`/`validation`/`test.parquet`, e.g. written from
+    `load_long_format`). P12 and P19 are parsed once and then read from an Arrow copy in the `datasets` cache (see
+    `medfuse_hf.data.cache`)."""
     if dataset == "p12-sample":
         sample = load_physionet2012_sample()
         parts = {name: sample.filter(lambda part, name=name: part == name, input_columns="split") for name in ("train", "validation", "test")}

@@ -18,6 +18,7 @@ from sklearn.metrics import (
 )
 
 METRICS = ("auroc", "auprc", "accuracy", "f1", "min_recall_precision", "brier")
+RANKING_SCORES = {"auroc": roc_auc_score, "auprc": average_precision_score}  # threshold-free, from the scores
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -29,8 +30,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
         raise ValueError("AUROC and AUPRC need both classes among the labels")
     predicted = (scores >= threshold).astype(int)
     return {
-        "auroc": float(roc_auc_score(labels, scores)),
-        "auprc": float(average_precision_score(labels, scores)),
+        **{name: float(score(labels, scores)) for name, score in RANKING_SCORES.items()},
         "accuracy": float(accuracy_score(labels, predicted)),
         "f1": float(f1_score(labels, predicted, zero_division=0)),
         "min_recall_precision": float(
@@ -74,7 +74,7 @@ def paired_bootstrap_difference(
     models on the same patients: how large a gap the test set's own sampling noise makes."""
     labels = np.asarray(labels).astype(int)
     scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
-    score = {"auroc": roc_auc_score, "auprc": average_precision_score}[metric]
+    score = RANKING_SCORES[metric]
     gaps = [score(labels[rows], scores_a[rows]) - score(labels[rows], scores_b[rows])
             for rows in stratified_resamples(labels, num_resamples, seed)]
     return {"value": float(score(labels, scores_a) - score(labels, scores_b)),
