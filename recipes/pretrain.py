@@ -64,7 +64,7 @@ def training_function(args: argparse.Namespace) -> dict:
     if args.parquet_shards:
         if not args.max_steps:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
-        train = streaming_patients(sorted(glob.glob(args.parquet_shards)), args.seed)
+        train = streaming_patients(sorted(glob.glob(args.parquet_shards)), args.seed, open_shards=args.open_shards)
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events)
         else:  # statistics from the first patients of the stream, a bounded sample
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data = add_cohort_arguments(parser)
     data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
+    data.add_argument("--open_shards", type=int, default=2,
+                      help="shards the shuffle buffer draws from at once: more mixes better, each holds a row group in memory")
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000, help="patients a streamed cohort's statistics come from")
     data.add_argument("--horizon_hours", type=float, default=2.0)

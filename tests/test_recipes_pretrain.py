@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medfuse_hf.training.cohorts import streaming_patients
 from test_recipes_finetune import ROOT, run as run_finetune
 
 PRETRAIN = ROOT / "recipes" / "pretrain.py"
@@ -61,35 +62,19 @@ def test_streamed_shards_pretrain(tmp_path):
     assert len(shards) == 2
 
 
-MEASURE = """
-import resource, sys
-from torch.utils.data import DataLoader
-from medfuse_hf.data import ForecastingCollator
-from medfuse_hf.training.cohorts import fit_tokenizer, streaming_patients
-import datasets
-shards = sys.argv[1:]
-stream = streaming_patients(shards, seed=0)
-tokenizer = fit_tokenizer(datasets.Dataset.from_list(list(stream.take(200))), max_events=256)
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-patients = 0
-for batch in DataLoader(stream, batch_size=64, collate_fn=ForecastingCollator(tokenizer)):
-    patients += batch["feature_ids"].shape[0]
-print(patients, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024)
-"""
+def test_streaming_holds_at_most_open_shards_at_once(tmp_path):
+    """Streamed memory is the shuffle buffer plus one decoded row group per open shard, whatever the cohort's size:
+    the buffer must draw from `open_shards` shards at a time (`datasets`' own default opens ten) and lose no one."""
+    shards = write_shards(tmp_path, 6, patients=200, events=5)
 
+    def shards_in_first_buffer(open_shards: int) -> set[str]:
+        stream = streaming_patients(shards, seed=0, buffer_size=100, open_shards=open_shards)
+        patients = [patient["patient_id"] for patient in stream]
+        assert sorted(patients) == sorted(f"{shard}-{i}" for shard in range(6) for i in range(200))
+        return {patient.split("-")[0] for patient in patients[:100]}
 
-def test_streaming_memory_stays_flat_as_shards_grow(tmp_path):
-    shards = write_shards(tmp_path, 8)
-    growth = {}
-    for count in (2, 8):
-        output = subprocess.run([sys.executable, "-c", MEASURE, *shards[:count]], capture_output=True, text=True,
-                                timeout=600, cwd=ROOT)
-        assert output.returncode == 0, output.stderr[-3000:]
-        patients, megabytes = output.stdout.split()
-        assert int(patients) == count * 2000  # every patient of every shard went through
-        growth[count] = float(megabytes)
-    # 6 more shards hold 2.4 M more events (~60 MB as Arrow columns); streamed, the peak barely moves.
-    assert growth[8] - growth[2] < 25, growth
+    assert len(shards_in_first_buffer(open_shards=2)) <= 2
+    assert len(shards_in_first_buffer(open_shards=6)) > 2
 
 
 def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):

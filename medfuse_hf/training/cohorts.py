@@ -147,10 +147,11 @@ def fit_tokenizer(train, max_events: int) -> MedFuseTokenizer:
     return MedFuseTokenizer(vocabulary, max_events=max_events)
 
 
-def streaming_patients(shards: list[str], seed: int, buffer_size: int = 2048) -> datasets.IterableDataset:
-    """Patients of Parquet shards, read shard by shard and shuffled within a bounded buffer: memory does not grow
-    with the cohort, so a cohort larger than memory can pretrain."""
+def streaming_patients(shards: list[str], seed: int, buffer_size: int = 2048, open_shards: int = 2) -> datasets.IterableDataset:
+    """Patients of Parquet shards, streamed and shuffled within a bounded buffer, so a cohort larger than memory can
+    pretrain. The buffer draws from `open_shards` shards at a time and each open shard holds one decoded row group:
+    more mixes patients of more shards, but `datasets`' default (10) costs ten row groups of memory."""
     if not shards:
         raise FileNotFoundError("no Parquet shards given (did the glob match nothing?)")
     stream = datasets.load_dataset("parquet", data_files=list(shards), split="train", streaming=True)
-    return stream.shuffle(seed=seed, buffer_size=buffer_size)
+    return stream.shuffle(seed=seed, buffer_size=buffer_size, max_buffer_input_shards=open_shards)
