@@ -3,7 +3,8 @@
 A small, self-describing folder:
 - `feature_embeddings.safetensors`: per feature, keyed by canonical name, its identity embedding
   (`identity/<name>`) and MuFuse value parameters γ_f, β_f (`gamma/<name>`, `beta/<name>`); the shared value
-  projector φ they modulate (`value_projector/...`); category embeddings (`category/<name>=<level>`).
+  projector φ they modulate (`value_projector/...`); category embeddings (`category/<name>=<level>`) and the
+  shared map that fuses them with the identity (`categorical_projector/...`).
 - `feature_vocabulary.json`: the features with units, codes, aliases and value statistics, privacy-guarded.
 - `embedding_config.json`: what a model needs to use them (hidden size, d′, fusion), a format version, the
   source's description, the privacy threshold applied, and the SHA-256 of each file.
@@ -43,11 +44,12 @@ class TransferReport:
     only_at_source: list[str]  # source features with no counterpart, ignored
     unit_mismatches: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     converted_units: dict[str, float] = field(default_factory=dict)
+    categories_transferred: int = 0  # category levels of matched categorical features, matched by their label
     frozen: bool = False
 
     def __str__(self) -> str:
-        text = (f"{len(self.matched)} features transferred, {len(self.new_at_target)} new at the target, "
-                f"{len(self.only_at_source)} only at the source")
+        text = (f"{len(self.matched)} features ({self.categories_transferred} category levels) transferred, "
+                f"{len(self.new_at_target)} new at the target, {len(self.only_at_source)} only at the source")
         if self.unit_mismatches:
             text += f"; unit mismatches: {self.unit_mismatches}"
         return text
@@ -114,9 +116,9 @@ def export_feature_embeddings(
         if spec.kind == "categorical" and embeddings.categorical_fusion is not None:
             for index, level in enumerate(spec.categories):
                 tensors[f"category/{spec.name}={level}"] = embeddings.categorical_fusion.category_embeddings.weight[offsets[feature_id] + index]
-    if hasattr(fusion, "value_projector"):
-        for name, parameter in fusion.value_projector.named_parameters():
-            tensors[f"value_projector/{name}"] = parameter
+    for prefix, module in _shared_projectors(embeddings).items():
+        for name, parameter in module.named_parameters():
+            tensors[f"{prefix}/{name}"] = parameter
     tensors = {key: value.detach().float().cpu().contiguous().clone() for key, value in tensors.items()}
 
     guarded, withheld = _privacy_guard(vocabulary, min_patients)
@@ -173,6 +175,8 @@ def load_feature_embeddings(
     unit_conversions = unit_conversions or {}
     mismatches, converted = {}, {}
     fusion = embeddings.value_fusion
+    offsets = vocabulary.category_offsets()
+    category_rows = []
     with torch.no_grad():
         for here, there in matched.items():
             feature_id = vocabulary.id_of(here)
@@ -180,16 +184,23 @@ def load_feature_embeddings(
             if hasattr(fusion, "gamma") and f"gamma/{there}" in checkpoint.tensors:
                 fusion.gamma[feature_id] = checkpoint.tensors[f"gamma/{there}"]
                 fusion.beta[feature_id] = checkpoint.tensors[f"beta/{there}"]
+            if feature_id in offsets and embeddings.categorical_fusion is not None:
+                for index, level in enumerate(vocabulary.spec_of(here).categories):
+                    if f"category/{there}={level}" in checkpoint.tensors:
+                        row = offsets[feature_id] + index
+                        embeddings.categorical_fusion.category_embeddings.weight[row] = checkpoint.tensors[f"category/{there}={level}"]
+                        category_rows.append(row)
             source_unit, target_unit = checkpoint.vocabulary.spec_of(there).unit, vocabulary.spec_of(here).unit
             if source_unit and target_unit and source_unit != target_unit:
                 mismatches[here] = (source_unit, target_unit)
                 if here in unit_conversions:
                     converted[here] = unit_conversions[here]
-        if hasattr(fusion, "value_projector"):
-            for name, parameter in fusion.value_projector.named_parameters():
-                parameter.copy_(checkpoint.tensors[f"value_projector/{name}"])
+        for prefix, module in _shared_projectors(embeddings).items():
+            for name, parameter in module.named_parameters():
+                if f"{prefix}/{name}" in checkpoint.tensors:  # a source without categorical features has no such map
+                    parameter.copy_(checkpoint.tensors[f"{prefix}/{name}"])
     if freeze:
-        _freeze_rows(embeddings, fusion, [vocabulary.id_of(here) for here in matched])
+        _freeze_rows(embeddings, fusion, [vocabulary.id_of(here) for here in matched], category_rows)
     return TransferReport(
         matched=matched,
         matched_by={here: alignment.how[here] for here in matched},
@@ -197,6 +208,7 @@ def load_feature_embeddings(
         only_at_source=[spec.name for spec in checkpoint.vocabulary if spec.name not in set(matched.values())],
         unit_mismatches=mismatches,
         converted_units=converted,
+        categories_transferred=len(category_rows),
         frozen=freeze,
     )
 
@@ -213,14 +225,29 @@ def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = Tr
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload MedFuse feature embeddings").commit_url
 
 
-def _freeze_rows(embeddings, fusion, feature_ids: list[int]) -> None:
-    """Zero the gradients of the transferred rows (identity, γ, β), so only the target's new features learn.
-    AdamW's decoupled weight decay still shrinks them: train with weight_decay=0 to keep them exactly."""
-    keep = torch.ones(embeddings.feature_embeddings.num_embeddings, 1)
-    keep[feature_ids] = 0.0
-    parameters = [embeddings.feature_embeddings.weight] + ([fusion.gamma, fusion.beta] if hasattr(fusion, "gamma") else [])
-    for parameter in parameters:
-        parameter.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
+def _shared_projectors(embeddings) -> dict:
+    """The maps every feature shares, transferred with the per-feature rows they were trained with: the value
+    projector φ that γ_f, β_f modulate, and the categorical fusion's linear map."""
+    projectors = {}
+    if hasattr(embeddings.value_fusion, "value_projector"):
+        projectors["value_projector"] = embeddings.value_fusion.value_projector
+    if embeddings.categorical_fusion is not None:
+        projectors["categorical_projector"] = embeddings.categorical_fusion.proj
+    return projectors
+
+
+def _freeze_rows(embeddings, fusion, feature_ids: list[int], category_rows: list[int]) -> None:
+    """Zero the gradients of the transferred rows (identity, γ, β, category levels), so only the target's new
+    features learn. AdamW's decoupled weight decay still shrinks them: train with weight_decay=0 to keep them."""
+    rows = {embeddings.feature_embeddings.weight: feature_ids}
+    if hasattr(fusion, "gamma"):
+        rows.update({fusion.gamma: feature_ids, fusion.beta: feature_ids})
+    if category_rows:
+        rows[embeddings.categorical_fusion.category_embeddings.weight] = category_rows
+    for parameter, frozen in rows.items():
+        keep = torch.ones(parameter.shape[0], *([1] * (parameter.dim() - 1)))
+        keep[frozen] = 0.0
+        parameter.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
 
 
 def _privacy_guard(vocabulary: FeatureVocabulary, min_patients: int) -> tuple[FeatureVocabulary, list[str]]:

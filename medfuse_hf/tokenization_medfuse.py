@@ -55,7 +55,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         max_events: events kept per patient; when a record is longer, the most recent are kept (what a model
             scoring a patient *now* needs most).
         unknown_features: a feature name missing from the vocabulary is an `"error"` (all such names listed),
-            mapped to `[UNK]` (`"unk"`, value 0 since it has no statistics) or dropped with a logged count (`"drop"`).
+            mapped to `[UNK]` (`"unk"`, value 0 since it has no statistics) or dropped (`"drop"`); either way each
+            unknown name is logged once, at the first patient that has it, not once per patient.
         max_hours: a time further than this from the anchor is treated as a data error (a unit or year mistake).
     """
 
@@ -78,6 +79,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         self.max_events = max_events
         self.unknown_features = unknown_features
         self.max_hours = max_hours
+        self._reported_unknown: set[str] = set()
         self._build_tables()
 
     def _build_tables(self) -> None:
@@ -233,8 +235,12 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             replacement = UNK_ID if self.unknown_features == "unk" else -1
             for position in unknown:
                 ids[position] = replacement
-            if self.unknown_features == "drop":
-                logger.warning("%s: dropped %d events of unknown features %s", where, len(unknown), sorted(names))
+            first_seen = sorted(set(names) - self._reported_unknown)
+            if first_seen:
+                self._reported_unknown.update(first_seen)
+                action = "mapped to [UNK]" if self.unknown_features == "unk" else "dropped"
+                logger.warning("%s: %s %d events of unknown features %s (each unknown feature is reported once)",
+                               where, action, len(unknown), first_seen)
         return np.asarray(ids, dtype=np.int64)
 
     def _hours(self, times: Sequence, anchor: Any, row_labels: list, where: str) -> np.ndarray:

@@ -20,14 +20,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 from transformers import get_scheduler
 
 from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
+from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset
 from medfuse_hf.training import (
     JSONLinesTracker,
     binary_metrics,
@@ -95,10 +94,8 @@ def training_function(args: argparse.Namespace) -> dict:
         if len(part) < len(cohort.splits[name]):
             accelerator.print(f"{name}: {len(cohort.splits[name]) - len(part)} patients without {label!r} left out")
     train = splits["train"]
-    if args.train_fraction < 1.0:  # the small-target setting of transfer experiments: a stratified, seeded subset
-        keep, _ = train_test_split(range(len(train)), train_size=args.train_fraction, stratify=train[label],
-                                   random_state=args.seed)
-        train = train.select(sorted(keep))
+    if args.train_fraction < 1.0:  # the small-target setting of transfer experiments: stratified, seeded, nested
+        train = train.select(nested_subset(train[label], args.train_fraction, args.seed))
         accelerator.print(f"training on {len(train)} patients ({args.train_fraction:.0%} of the training split)")
     positives = int(np.sum(train[label]))
     if len(train) < args.batch_size or positives in (0, len(train)):
@@ -121,10 +118,16 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # ----- model and optimisation ---------------------------------------------------------------------
     model = build_model(args, tokenizer, class_weights)
+    transferred = None
     if args.init_embeddings_from:  # another site's published feature embeddings
         report = model.medfuse.load_feature_embeddings(args.init_embeddings_from, tokenizer.feature_vocabulary,
                                                        match_by=args.match_by, freeze=args.freeze_transferred)
         accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
+        if not report.matched:
+            raise SystemExit(f"{args.init_embeddings_from}: no feature of {cohort.description} matches one of the checkpoint "
+                             f"(--match_by {args.match_by}); nothing would be transferred. Try --match_by alias, or map names")
+        transferred = {"matched": len(report.matched), "new_at_target": len(report.new_at_target),
+                       "only_at_source": len(report.only_at_source)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(batch_sampler) / args.gradient_accumulation_steps)
     # A small cohort still gets a real optimisation budget: its epochs are repeated, and validation (with early
@@ -200,7 +203,7 @@ def training_function(args: argparse.Namespace) -> dict:
               "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
               "batches_by_process": accelerator.gather(batches_seen).tolist(),
               "best_validation": {args.early_stopping_metric: loop["best"], "epoch": loop.get("best_epoch")},
-              "git": run_info["git"],
+              "git": run_info["git"], "transferred_features": transferred,
               **throughput(loop, accelerator)}
     if accelerator.is_main_process:
         result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,

@@ -48,16 +48,36 @@ def check_same_experiment(path: Path, settings: dict) -> None:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
+    """Mean ± std per fraction and arm, and for the transfer arm its paired gain: transfer minus scratch of the
+    same seed (same split, subset and initial weights), which removes the seed-to-seed spread of the split."""
     table = []
     for fraction in sorted({row["fraction"] for row in rows}):
-        for transfer in (False, True):
-            cell = [row for row in rows if row["fraction"] == fraction and row["transfer"] == transfer]
-            if cell:
-                summary = {"fraction": fraction, "transfer": transfer, "seeds": len(cell)}
-                for metric in ("auroc", "auprc"):
-                    summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_and_std([row[metric] for row in cell])
-                table.append(summary)
+        arms = {transfer: {row["seed"]: row for row in rows if row["fraction"] == fraction and row["transfer"] == transfer}
+                for transfer in (False, True)}
+        for transfer, cell in arms.items():
+            if not cell:
+                continue
+            summary = {"fraction": fraction, "transfer": transfer, "seeds": len(cell)}
+            for metric in ("auroc", "auprc"):
+                summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_and_std([row[metric] for row in cell.values()])
+                paired = sorted(cell.keys() & arms[False].keys())
+                if transfer and paired:
+                    summary[f"{metric}_gain_mean"], summary[f"{metric}_gain_std"] = mean_and_std(
+                        [cell[seed][metric] - arms[False][seed][metric] for seed in paired])
+            table.append(summary)
     return table
+
+
+def format_table(table: list[dict]) -> str:
+    lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC | paired gain AUROC | paired gain AUPRC |",
+             "|---:|---|---:|---|---|---|---|"]
+    for cell in table:
+        figures = [f"{cell[f'{metric}_mean']:.4f} ± {cell[f'{metric}_std']:.4f}" for metric in ("auroc", "auprc")]
+        gains = [f"{cell[f'{metric}_gain_mean']:+.4f} ± {cell[f'{metric}_gain_std']:.4f}" if f"{metric}_gain_mean" in cell
+                 else "" for metric in ("auroc", "auprc")]
+        lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "
+                     + " | ".join(figures + gains) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -102,18 +122,15 @@ def main() -> None:
                 row = {"fraction": fraction, "seed": seed, "transfer": transfer,
                        "auroc": metrics["test"]["auroc"]["value"], "auprc": metrics["test"]["auprc"]["value"],
                        "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"],
-                       "best_epoch": metrics["best_validation"]["epoch"]}
+                       "best_epoch": metrics["best_validation"]["epoch"],
+                       "transferred_features": (metrics["transferred_features"] or {}).get("matched"), "git": metrics["git"]}
                 results.add(row)
                 print(f"fraction {fraction:g}, seed {seed}, {'with' if transfer else 'without'} transfer: "
                       f"AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f}")
 
     table = summarise(results.rows)
-    lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC |", "|---:|---|---:|---|---|"]
-    for cell in table:
-        lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "
-                     f"{cell['auroc_mean']:.4f} ± {cell['auroc_std']:.4f} | {cell['auprc_mean']:.4f} ± {cell['auprc_std']:.4f} |")
-    (args.output_dir / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (args.output_dir / "table.md").write_text(format_table(table) + "\n")
+    print(format_table(table))
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("auroc", "auprc")):

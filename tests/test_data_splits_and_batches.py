@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from medfuse_hf import MedFuseTokenizer
+from medfuse_hf.training.cohorts import fit_tokenizer
 from medfuse_hf.data import (
     LengthGroupedBatchSampler,
     MedFuseDataCollator,
@@ -12,6 +13,7 @@ from medfuse_hf.data import (
     clinical_vocabulary,
     load_physionet2012_sample,
     load_split,
+    nested_subset,
     padding_fraction,
     save_split,
     seft_split,
@@ -29,6 +31,16 @@ def test_stratified_split_is_seeded_disjoint_and_keeps_the_label_rate():
     assert [len(part) for part in split.values()] == [800, 100, 100]
     for part in split.values():
         assert sum(labels[i] for i in part) / len(part) == pytest.approx(143 / 1000, abs=0.011)
+
+
+def test_training_subsets_are_nested_stratified_and_seeded():
+    labels = [int(i % 16 == 0) for i in range(3200)]  # 200 positives
+    subsets = {fraction: set(nested_subset(labels, fraction, seed=1)) for fraction in (0.01, 0.05, 0.25, 1.0)}
+    assert subsets[0.01] <= subsets[0.05] <= subsets[0.25] <= subsets[1.0] == set(range(3200))
+    assert len(subsets[0.01]) == 32 and sum(labels[i] for i in subsets[0.01]) == 2
+    assert set(nested_subset(labels, 0.05, seed=2)) != subsets[0.05]
+    with pytest.raises(ValueError, match="fraction"):
+        nested_subset(labels, 0.0)
 
 
 def test_seft_split_reads_the_listfiles(tmp_path):
@@ -64,6 +76,16 @@ def test_bundled_sample_trains_a_tokenizer_on_its_train_split():
     batch = MedFuseDataCollator(MedFuseTokenizer(vocabulary), label_column="in_hospital_death")(list(train.select(range(4))))
     assert batch["feature_ids"].shape[0] == 4 and batch["feature_ids"].shape[1] % 8 == 0
     assert batch["labels"].tolist() == train["in_hospital_death"][:4]
+
+
+def test_a_feature_missing_from_the_training_subset_is_dropped_at_validation_not_fatal(caplog):
+    train = datasets.Dataset.from_dict({"feature": [["heart_rate", "sodium"]] * 3, "value": [[80.0, 140.0]] * 3,
+                                        "time": [[0.0, 1.0]] * 3})
+    tokenizer = fit_tokenizer(train, max_events=16)
+    with caplog.at_level("WARNING"):
+        encoded = tokenizer([{"feature": ["heart_rate", "troponin_i"], "value": [85.0, 0.2], "time": [0.0, 2.0]}])
+    assert encoded["feature_ids"] == [[tokenizer.feature_vocabulary.id_of("heart_rate")]]
+    assert "troponin_i" in caplog.text
 
 
 def test_collator_refuses_unlabeled_patients(tokenizer, cohort):

@@ -44,6 +44,28 @@ def test_a_partly_overlapping_target_receives_the_shared_features(source):
     assert alias_report.matched_by["hr"] == "alias"
 
 
+def test_category_levels_transfer_by_label_with_the_map_that_fuses_them(tmp_path):
+    source_vocabulary = vocabulary_of([FeatureSpec(name="sodium"), FeatureSpec(name="gender", kind="categorical", categories=["F", "M"])])
+    source_model = target_model(source_vocabulary)
+    export_feature_embeddings(source_model, MedFuseTokenizer(source_vocabulary), tmp_path, source="test", min_patients=20)
+    target_vocabulary = vocabulary_of([FeatureSpec(name="gender", kind="categorical", categories=["M", "X", "F"])])
+    model = target_model(target_vocabulary)
+    fresh = model.medfuse.embeddings.categorical_fusion.category_embeddings.weight.detach().clone()
+    report = model.medfuse.load_feature_embeddings(tmp_path, target_vocabulary, freeze=True)
+    assert report.categories_transferred == 2
+    source_rows = source_model.medfuse.embeddings.categorical_fusion.category_embeddings.weight
+    target = model.medfuse.embeddings.categorical_fusion
+    weight = target.category_embeddings.weight
+    for level, source_row in (("M", 2), ("F", 1)):  # the levels' global ids: F=1, M=2 at the source; M=1, X=2, F=3 here
+        torch.testing.assert_close(weight[1 + ["M", "X", "F"].index(level)], source_rows[source_row])
+    torch.testing.assert_close(weight[2], fresh[2])  # X: new at the target
+    torch.testing.assert_close(target.proj.weight, source_model.medfuse.embeddings.categorical_fusion.proj.weight)
+    gender = target_vocabulary.id_of("gender")
+    output = model(torch.tensor([[gender, gender]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 1.0]]), labels=torch.tensor([1]))
+    output.loss.backward()
+    assert weight.grad[[1, 3]].abs().sum() == 0 and weight.grad[2].abs().sum() > 0  # frozen levels, and X learns
+
+
 def test_mismatched_dimensions_or_fusion_are_refused(source):
     _, vocabulary, path = source
     with pytest.raises(ValueError, match="hidden_size is 32 in the checkpoint but 64 in the model"):

@@ -87,6 +87,7 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((output_dir / "results.json").read_text())
     assert sorted((row["fraction"], row["transfer"]) for row in rows) == [(0.5, False), (0.5, True), (1.0, False), (1.0, True)]
+    assert all((row["transferred_features"] or 0) > 0 for row in rows if row["transfer"])
     assert (output_dir / "transfer.png").exists() and "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and "seed 0" not in again.stdout  # every cell was already done: nothing re-run
@@ -96,11 +97,14 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     assert refused.returncode != 0 and "other finetune_args" in refused.stderr  # not mixed into this table
 
 
-def test_transfer_table_reports_sample_std_like_the_p12_table():
+def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
     spec = importlib.util.spec_from_file_location("transfer", ROOT / "recipes" / "transfer.py")
     transfer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(transfer)
-    rows = [{"fraction": 0.1, "transfer": True, "seed": seed, "auroc": 0.8, "auprc": auprc}
-            for seed, auprc in enumerate((0.30, 0.32, 0.34))]
-    (cell,) = transfer.summarise(rows)
-    assert cell["seeds"] == 3 and abs(cell["auprc_mean"] - 0.32) < 1e-12 and abs(cell["auprc_std"] - 0.02) < 1e-12
+    rows = [{"fraction": 0.1, "transfer": arm, "seed": seed, "auroc": 0.8, "auprc": auprc}
+            for arm, figures in ((True, (0.30, 0.32, 0.34)), (False, (0.28, 0.31, 0.30))) for seed, auprc in enumerate(figures)]
+    scratch, transferred = transfer.summarise(rows)
+    assert transferred["seeds"] == 3 and abs(transferred["auprc_mean"] - 0.32) < 1e-12 and abs(transferred["auprc_std"] - 0.02) < 1e-12
+    # gains 0.02, 0.01, 0.04: paired by seed, not the difference of two unpaired means with their own spreads
+    assert abs(transferred["auprc_gain_mean"] - 0.07 / 3) < 1e-12 and abs(transferred["auprc_gain_std"] - 0.0152753) < 1e-6
+    assert "auprc_gain_mean" not in scratch

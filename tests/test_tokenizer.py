@@ -108,6 +108,16 @@ def test_unknown_feature_drop_is_logged_with_counts(vocabulary, caplog):
     assert "dropped 1 events of unknown features ['Lactate_x']" in caplog.text
 
 
+def test_each_unknown_feature_is_reported_once_not_per_patient(vocabulary, caplog):
+    tokenizer = MedFuseTokenizer(vocabulary, unknown_features="drop")
+    patients = [[("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)]] * 3 + [[("sodium", 140, 0.0), ("Troponin_x", 0.1, 1.0)]]
+    with caplog.at_level(logging.WARNING):
+        encoded = tokenizer(patients)
+    assert [len(ids) for ids in encoded["feature_ids"]] == [1, 1, 1, 1]
+    reports = [record.getMessage() for record in caplog.records]
+    assert len(reports) == 2 and "['Lactate_x']" in reports[0] and "['Troponin_x']" in reports[1]
+
+
 @pytest.mark.parametrize(
     "bad_event, message",
     [

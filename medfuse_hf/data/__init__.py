@@ -9,7 +9,7 @@ from .mimic3 import load_mimic3_benchmark_root
 from .patient_table import LoadSummary
 from .physionet2012 import load_physionet2012
 from .physionet2019 import load_physionet2019
-from .splits import apply_split, load_split, save_split, seft_split, set_a_test_split, stratified_split
+from .splits import apply_split, load_split, nested_subset, save_split, seft_split, set_a_test_split, stratified_split
 
 __all__ = [
     "ForecastingCollator",
@@ -26,6 +26,7 @@ __all__ = [
     "load_physionet2012_sample",
     "load_physionet2019",
     "load_split",
+    "nested_subset",
     "padding_fraction",
     "save_split",
     "seft_split",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -45,6 +46,21 @@ def stratified_split(
     validation_share = fractions[1] / (fractions[1] + fractions[2])
     validation, test = train_test_split(rest, train_size=validation_share, stratify=rest_labels, random_state=seed)
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
+
+
+def nested_subset(labels: Sequence, fraction: float, seed: int = 0) -> list[int]:
+    """Positions of a seeded share of the patients, stratified by label and nested across fractions: the 1%
+    subset lies inside the 5% one, so a learning curve adds patients instead of redrawing them. Each class keeps
+    round(fraction · its size) patients, at least one."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):  # one permutation per class, the same whatever the fraction
+        members = rng.permutation(np.flatnonzero(labels == label))
+        keep.extend(members[: max(1, round(fraction * len(members)))].tolist())
+    return sorted(keep)
 
 
 def set_a_test_split(dataset: datasets.Dataset, validation_fraction: float = 0.2, seed: int = 0) -> Split:

@@ -138,13 +138,17 @@ def _required(data_dir: str | Path | None, dataset: str) -> Path:
 
 def fit_tokenizer(train, max_events: int) -> MedFuseTokenizer:
     """A tokenizer whose value statistics come from `train` only: the canonical clinical vocabulary when every
-    feature is catalogued, else a vocabulary of the cohort's own names (synthetic data, an unmapped table)."""
+    feature is catalogued, else a vocabulary of the cohort's own names (synthetic data, an unmapped table).
+
+    Its vocabulary is the features `train` has, so validation, test, a stream's later patients or another
+    hospital may hold a feature it lacks (a rare lab missing from a 1% training subset): the model has learnt
+    nothing of it, so its events are dropped and each such feature is named once in the log, not an error."""
     names = sorted({name for features in train["feature"] for name in features})
     if all(name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES for name in names):
         vocabulary = clinical_vocabulary(names).fit_statistics(train)
     else:
         vocabulary = FeatureVocabulary.from_events(train)
-    return MedFuseTokenizer(vocabulary, max_events=max_events)
+    return MedFuseTokenizer(vocabulary, max_events=max_events, unknown_features="drop")
 
 
 def streaming_patients(shards: list[str], seed: int, buffer_size: int = 2048, open_shards: int = 2) -> datasets.IterableDataset:
