@@ -3,8 +3,9 @@
 A small, self-describing folder:
 - `feature_embeddings.safetensors`: per feature, keyed by canonical name, its identity embedding
   (`identity/<name>`) and MuFuse value parameters γ_f, β_f (`gamma/<name>`, `beta/<name>`); the shared value
-  projector φ they modulate (`value_projector/...`); category embeddings (`category/<name>=<level>`) and the
-  shared map that fuses them with the identity (`categorical_projector/...`).
+  projector φ they modulate (`value_projector/...`); the concatenation ablation's map (`fusion_projector/...`);
+  category embeddings (`category/<name>=<level>`) and the map that fuses them with the identity
+  (`categorical_projector/...`).
 - `feature_vocabulary.json`: the features with units, codes, aliases and value statistics, privacy-guarded.
 - `embedding_config.json`: what a model needs to use them (hidden size, d′, fusion), a format version, the
   source's description, the privacy threshold applied, and the SHA-256 of each file.
@@ -15,6 +16,7 @@ listed here: it has no way to add anything else from the source data.
 """
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from .feature_vocabulary import UNK_ID, FeatureVocabulary
 from .integrity import sha256_of
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "feature_embeddings.safetensors"
@@ -178,13 +182,14 @@ def load_feature_embeddings(
     offsets = vocabulary.category_offsets()
     category_rows = []
     with torch.no_grad():
+        shared = _copy_shared_maps(embeddings, checkpoint.tensors, path)
         for here, there in matched.items():
             feature_id = vocabulary.id_of(here)
             embeddings.feature_embeddings.weight[feature_id] = checkpoint.tensors[f"identity/{there}"]
             if hasattr(fusion, "gamma") and f"gamma/{there}" in checkpoint.tensors:
                 fusion.gamma[feature_id] = checkpoint.tensors[f"gamma/{there}"]
                 fusion.beta[feature_id] = checkpoint.tensors[f"beta/{there}"]
-            if feature_id in offsets and embeddings.categorical_fusion is not None:
+            if feature_id in offsets and "categorical_projector" in shared:  # levels mean nothing without their map
                 for index, level in enumerate(vocabulary.spec_of(here).categories):
                     if f"category/{there}={level}" in checkpoint.tensors:
                         row = offsets[feature_id] + index
@@ -195,10 +200,6 @@ def load_feature_embeddings(
                 mismatches[here] = (source_unit, target_unit)
                 if here in unit_conversions:
                     converted[here] = unit_conversions[here]
-        for prefix, module in _shared_projectors(embeddings).items():
-            for name, parameter in module.named_parameters():
-                if f"{prefix}/{name}" in checkpoint.tensors:  # a source without categorical features has no such map
-                    parameter.copy_(checkpoint.tensors[f"{prefix}/{name}"])
     if freeze:
         _freeze_rows(embeddings, fusion, [vocabulary.id_of(here) for here in matched], category_rows)
     return TransferReport(
@@ -225,15 +226,33 @@ def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = Tr
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload MedFuse feature embeddings").commit_url
 
 
-def _shared_projectors(embeddings) -> dict:
+def _shared_projectors(embeddings) -> dict[str, torch.nn.Module]:
     """The maps every feature shares, transferred with the per-feature rows they were trained with: the value
-    projector φ that γ_f, β_f modulate, and the categorical fusion's linear map."""
+    projector φ that γ_f, β_f modulate, the concatenation ablation's map, and the categorical fusion's map."""
     projectors = {}
     if hasattr(embeddings.value_fusion, "value_projector"):
         projectors["value_projector"] = embeddings.value_fusion.value_projector
+    if hasattr(embeddings.value_fusion, "proj"):
+        projectors["fusion_projector"] = embeddings.value_fusion.proj
     if embeddings.categorical_fusion is not None:
         projectors["categorical_projector"] = embeddings.categorical_fusion.proj
     return projectors
+
+
+def _copy_shared_maps(embeddings, tensors: dict[str, torch.Tensor], path) -> set[str]:
+    """Copy the shared maps the checkpoint has; returns their names. φ is required whenever the model has one; the
+    others are missing from a source without categorical features or an older export, and then stay fresh (logged)."""
+    copied = set()
+    for prefix, module in _shared_projectors(embeddings).items():
+        if not all(f"{prefix}/{name}" in tensors for name, _ in module.named_parameters()):
+            if prefix == "value_projector":
+                raise ValueError(f"{path}: the checkpoint has no value projector φ, which its γ_f, β_f modulate")
+            logger.warning("%s: no %s in the checkpoint; it stays freshly initialised", path, prefix)
+            continue
+        for name, parameter in module.named_parameters():
+            parameter.copy_(tensors[f"{prefix}/{name}"])
+        copied.add(prefix)
+    return copied
 
 
 def _freeze_rows(embeddings, fusion, feature_ids: list[int], category_rows: list[int]) -> None:

@@ -56,7 +56,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             scoring a patient *now* needs most).
         unknown_features: a feature name missing from the vocabulary is an `"error"` (all such names listed),
             mapped to `[UNK]` (`"unk"`, value 0 since it has no statistics) or dropped (`"drop"`); either way each
-            unknown name is logged once, at the first patient that has it, not once per patient.
+            unknown name is logged once per process, at the first patient that has it, not once per patient.
         max_hours: a time further than this from the anchor is treated as a data error (a unit or year mistake).
     """
 
@@ -239,8 +239,9 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             if first_seen:
                 self._reported_unknown.update(first_seen)
                 action = "mapped to [UNK]" if self.unknown_features == "unk" else "dropped"
-                logger.warning("%s: %s %d events of unknown features %s (each unknown feature is reported once)",
-                               where, action, len(unknown), first_seen)
+                events = sum(str(features[position]) in first_seen for position in unknown)
+                logger.warning("%s: %s its %d events of unknown features %s (each is reported once per process)",
+                               where, action, events, first_seen)
         return np.asarray(ids, dtype=np.int64)
 
     def _hours(self, times: Sequence, anchor: Any, row_labels: list, where: str) -> np.ndarray:

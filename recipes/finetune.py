@@ -37,7 +37,7 @@ from medfuse_hf.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from medfuse_hf.training.cohorts import fit_tokenizer
+from medfuse_hf.training.cohorts import fit_tokenizer, save_strict_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.plots import save_training_curves
@@ -56,7 +56,7 @@ MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset on
 def build_tokenizer(args, train) -> MedFuseTokenizer:
     """The pretrained tokenizer when starting from a checkpoint, else one fitted on the training split."""
     if args.init_from:
-        return MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events)
+        return MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     return fit_tokenizer(train, args.max_events)
 
 
@@ -125,7 +125,7 @@ def training_function(args: argparse.Namespace) -> dict:
         accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
         if not report.matched:
             raise SystemExit(f"{args.init_embeddings_from}: no feature of {cohort.description} matches one of the checkpoint "
-                             f"(--match_by {args.match_by}); nothing would be transferred. Try --match_by alias, or map names")
+                             f"(--match_by {args.match_by}); nothing would be transferred. Map the names to canonical ones or widen --match_by")
         transferred = {"matched": len(report.matched), "new_at_target": len(report.new_at_target),
                        "only_at_source": len(report.only_at_source)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -183,7 +183,7 @@ def training_function(args: argparse.Namespace) -> dict:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
-                tokenizer.save_pretrained(output_dir / "model")
+                save_strict_tokenizer(tokenizer, output_dir / "model")
         else:
             loop["stale_epochs"] += 1
         if args.checkpoint_every_epoch:

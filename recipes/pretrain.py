@@ -26,7 +26,7 @@ from transformers import get_scheduler
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer, export_feature_embeddings
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, load_cohort, resolve_checkpoint, save_checkpoint
-from medfuse_hf.training.cohorts import fit_tokenizer, streaming_patients
+from medfuse_hf.training.cohorts import fit_tokenizer, save_strict_tokenizer, streaming_patients
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.publishing import publish_run
 from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, parse_with_config
@@ -66,7 +66,7 @@ def training_function(args: argparse.Namespace) -> dict:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
         train = streaming_patients(sorted(glob.glob(args.parquet_shards)), args.seed, open_shards=args.open_shards)
         if args.tokenizer_from:
-            tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events)
+            tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events, unknown_features="drop")
         else:  # statistics from the first patients of the stream, a bounded sample
             tokenizer = fit_tokenizer(datasets.Dataset.from_list(list(train.take(args.statistics_patients))), args.max_events)
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
@@ -117,7 +117,7 @@ def training_function(args: argparse.Namespace) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
-        tokenizer.save_pretrained(output_dir / "model")
+        save_strict_tokenizer(tokenizer, output_dir / "model")
         if cohort is not None:
             publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
                         f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics)

@@ -13,6 +13,7 @@ interrupted experiment continues where it stopped. Prints the table and writes `
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -60,8 +61,10 @@ def summarise(rows: list[dict]) -> list[dict]:
             summary = {"fraction": fraction, "transfer": transfer, "seeds": len(cell)}
             for metric in ("auroc", "auprc"):
                 summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_and_std([row[metric] for row in cell.values()])
-                paired = sorted(cell.keys() & arms[False].keys())
-                if transfer and paired:
+            paired = sorted(cell.keys() & arms[False].keys()) if transfer else []
+            if paired:
+                summary["paired_seeds"] = len(paired)
+                for metric in ("auroc", "auprc"):
                     summary[f"{metric}_gain_mean"], summary[f"{metric}_gain_std"] = mean_and_std(
                         [cell[seed][metric] - arms[False][seed][metric] for seed in paired])
             table.append(summary)
@@ -69,12 +72,18 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def format_table(table: list[dict]) -> str:
-    lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC | paired gain AUROC | paired gain AUPRC |",
-             "|---:|---|---:|---|---|---|---|"]
+    """Markdown: mean ± std per arm, the paired gain on the transfer rows (over `paired_seeds` seeds; no std for
+    one seed)."""
+    def figure(mean: float, std: float, sign: str = "") -> str:
+        return f"{mean:{sign}.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
+
+    lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC | paired seeds | gain AUROC | gain AUPRC |",
+             "|---:|---|---:|---|---|---:|---|---|"]
     for cell in table:
-        figures = [f"{cell[f'{metric}_mean']:.4f} ± {cell[f'{metric}_std']:.4f}" for metric in ("auroc", "auprc")]
-        gains = [f"{cell[f'{metric}_gain_mean']:+.4f} ± {cell[f'{metric}_gain_std']:.4f}" if f"{metric}_gain_mean" in cell
-                 else "" for metric in ("auroc", "auprc")]
+        figures = [figure(cell[f"{metric}_mean"], cell[f"{metric}_std"]) for metric in ("auroc", "auprc")]
+        gains = [str(cell.get("paired_seeds", ""))] + [
+            figure(cell[f"{metric}_gain_mean"], cell[f"{metric}_gain_std"], "+") if "paired_seeds" in cell else ""
+            for metric in ("auroc", "auprc")]
         lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "
                      + " | ".join(figures + gains) + " |")
     return "\n".join(lines)

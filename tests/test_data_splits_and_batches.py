@@ -39,6 +39,7 @@ def test_training_subsets_are_nested_stratified_and_seeded():
     assert subsets[0.01] <= subsets[0.05] <= subsets[0.25] <= subsets[1.0] == set(range(3200))
     assert len(subsets[0.01]) == 32 and sum(labels[i] for i in subsets[0.01]) == 2
     assert set(nested_subset(labels, 0.05, seed=2)) != subsets[0.05]
+    assert 9 in nested_subset([0] * 9 + [1], 0.05) and len(nested_subset([0] * 9 + [1], 0.05)) == 2  # a class keeps one
     with pytest.raises(ValueError, match="fraction"):
         nested_subset(labels, 0.0)
 

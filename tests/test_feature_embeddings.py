@@ -59,11 +59,23 @@ def test_category_levels_transfer_by_label_with_the_map_that_fuses_them(tmp_path
     for level, source_row in (("M", 2), ("F", 1)):  # the levels' global ids: F=1, M=2 at the source; M=1, X=2, F=3 here
         torch.testing.assert_close(weight[1 + ["M", "X", "F"].index(level)], source_rows[source_row])
     torch.testing.assert_close(weight[2], fresh[2])  # X: new at the target
-    torch.testing.assert_close(target.proj.weight, source_model.medfuse.embeddings.categorical_fusion.proj.weight)
+    for name, parameter in source_model.medfuse.embeddings.categorical_fusion.proj.named_parameters():
+        torch.testing.assert_close(getattr(target.proj, name), parameter)
     gender = target_vocabulary.id_of("gender")
-    output = model(torch.tensor([[gender, gender]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 1.0]]), labels=torch.tensor([1]))
+    output = model(torch.tensor([[gender] * 3]), torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.0, 1.0, 2.0]]),
+                   labels=torch.tensor([1]))  # levels M, X, F
     output.loss.backward()
     assert weight.grad[[1, 3]].abs().sum() == 0 and weight.grad[2].abs().sum() > 0  # frozen levels, and X learns
+
+
+def test_the_concatenation_ablation_transfers_its_fusion_map(source):
+    _, vocabulary, _ = source
+    source_model = target_model(vocabulary, fusion="concat")
+    path = source[2].parent / "concat-embeddings"
+    export_feature_embeddings(source_model, MedFuseTokenizer(vocabulary), path, source="test", min_patients=20)
+    model = target_model(vocabulary, fusion="concat")
+    model.medfuse.load_feature_embeddings(path, vocabulary)
+    torch.testing.assert_close(model.medfuse.embeddings.value_fusion.proj.weight, source_model.medfuse.embeddings.value_fusion.proj.weight)
 
 
 def test_mismatched_dimensions_or_fusion_are_refused(source):

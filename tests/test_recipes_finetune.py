@@ -89,6 +89,8 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     assert "Not a medical device" in card and "**not** the 2022 multimodal" in card
     assert f"{result['test']['auroc']['value']:.4f}" in card  # the card reports this run's test metrics
     assert (output_dir / "feature_embeddings" / "embedding_config.json").exists()
+    # the recipe dropped features its training split lacked; the published tokenizer is strict, as users expect
+    assert json.loads((output_dir / "model" / "preprocessor_config.json").read_text())["unknown_features"] == "error"
     assert result["train_seconds"] > 0 and result["events_per_second"] > 0 and result["patients_trained"] > 0
     header, *lines = (output_dir / "test_predictions.csv").read_text().splitlines()
     assert header == "record_id,label,score" and len(lines) == result["test_patients"]

@@ -107,4 +107,4 @@ def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
     assert transferred["seeds"] == 3 and abs(transferred["auprc_mean"] - 0.32) < 1e-12 and abs(transferred["auprc_std"] - 0.02) < 1e-12
     # gains 0.02, 0.01, 0.04: paired by seed, not the difference of two unpaired means with their own spreads
     assert abs(transferred["auprc_gain_mean"] - 0.07 / 3) < 1e-12 and abs(transferred["auprc_gain_std"] - 0.0152753) < 1e-6
-    assert "auprc_gain_mean" not in scratch
+    assert transferred["paired_seeds"] == 3 and "auprc_gain_mean" not in scratch

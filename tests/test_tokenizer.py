@@ -105,7 +105,7 @@ def test_unknown_feature_drop_is_logged_with_counts(vocabulary, caplog):
     with caplog.at_level(logging.WARNING):
         encoded = MedFuseTokenizer(vocabulary, unknown_features="drop")([("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)])
     assert encoded["feature_ids"] == [vocabulary.id_of("sodium")]
-    assert "dropped 1 events of unknown features ['Lactate_x']" in caplog.text
+    assert "dropped its 1 events of unknown features ['Lactate_x']" in caplog.text
 
 
 def test_each_unknown_feature_is_reported_once_not_per_patient(vocabulary, caplog):

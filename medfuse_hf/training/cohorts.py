@@ -3,6 +3,7 @@
 One place maps `--dataset` to a loader and a split protocol, so every recipe reads data the same way.
 """
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,11 +152,22 @@ def fit_tokenizer(train, max_events: int) -> MedFuseTokenizer:
     return MedFuseTokenizer(vocabulary, max_events=max_events, unknown_features="drop")
 
 
+def save_strict_tokenizer(tokenizer: MedFuseTokenizer, path: str | Path) -> None:
+    """Save a recipe's tokenizer as its users will load it: unknown features an error again (the library default),
+    so a feature another hospital names differently fails loudly instead of vanishing; only a recipe, whose
+    vocabulary is one training split's, drops them."""
+    strict = copy.copy(tokenizer)
+    strict.unknown_features = "error"
+    strict.save_pretrained(path)
+
+
 def streaming_patients(shards: list[str], seed: int, buffer_size: int = 2048, open_shards: int = 2) -> datasets.IterableDataset:
     """Patients of Parquet shards, streamed and shuffled within a bounded buffer, so a cohort larger than memory can
     pretrain. The buffer draws from `open_shards` shards at a time and each open shard holds one decoded row group:
     more mixes patients of more shards, but `datasets`' default (10) costs ten row groups of memory."""
     if not shards:
         raise FileNotFoundError("no Parquet shards given (did the glob match nothing?)")
+    if open_shards < 1:
+        raise ValueError(f"open_shards must be at least 1, got {open_shards}")
     stream = datasets.load_dataset("parquet", data_files=list(shards), split="train", streaming=True)
     return stream.shuffle(seed=seed, buffer_size=buffer_size, max_buffer_input_shards=open_shards)
