@@ -32,19 +32,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def kill_ranks_of(output_dir: str) -> None:
-    """SIGKILL every process whose command line names this run's output folder: a rank stuck at teardown (seen
+def kill_ranks_of(output_dir: str, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal every process whose command line names this run's output folder: a rank stuck at teardown (seen
     in gloo's destructor on a loaded machine) would otherwise hold the pipes open and hang the suite."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             if output_dir.encode() in cmdline.read_bytes():
-                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                os.kill(int(cmdline.parent.name), sig)
         except (OSError, ValueError):
             continue
 
 
 def run(args: list[str], processes: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    # PYTHONFAULTHANDLER: a rank sent SIGABRT prints every thread's stack, so a hang's failure says where it hung.
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     if processes == 1:
         command = [sys.executable, str(RECIPE)]
     else:  # `accelerate launch --cpu` starts one process only (accelerate#2741); this starts two gloo ranks
@@ -57,10 +58,14 @@ def run(args: list[str], processes: int = 1, timeout: int = 300) -> subprocess.C
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        output_dir = args[args.index("--output_dir") + 1]
+        kill_ranks_of(output_dir, signal.SIGABRT)  # stacks first, into the pipe read below
+        time.sleep(5)
         os.killpg(process.pid, signal.SIGKILL)
-        kill_ranks_of(args[args.index("--output_dir") + 1])  # torch's launcher gives ranks sessions of their own
+        kill_ranks_of(output_dir)  # torch's launcher gives ranks sessions of their own
         stdout, stderr = process.communicate(timeout=60)
-        pytest.fail(f"recipe timed out after {timeout} s: {stderr[-3000:]}")
+        stacks = "\n".join(line for line in stderr.splitlines() if not line.startswith("Extension modules:"))
+        pytest.fail(f"recipe timed out after {timeout} s: {stacks[-6000:]}")
     assert process.returncode == 0, stderr[-3000:]
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
