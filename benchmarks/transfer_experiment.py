@@ -1,13 +1,14 @@
 """The transfer experiment of issue 6: PhysioNet 2019 hospital A -> B, B -> A, and P19 -> PhysioNet 2012.
 
     nohup python benchmarks/transfer_experiment.py > outputs/transfer.log 2>&1 &
+    python benchmarks/transfer_experiment.py --summary_only    # tables and plots of the runs finished so far
 
 P19 is the early-prediction task `first-24h` (events of the first 24 ICU hours; label: sepsis labelled later in
 the stay; see `medfuse_hf.training.cohorts`), P12 the SeFT split. Each direction is one `recipes/transfer.py` run
 (source fine-tuning -> published feature embeddings -> target fine-tuning on 1 %, 5 %, 10 %, 25 %, 100 % of the
 target's training patients, with and without the embeddings, seeds 0-2), resumable cell by cell. P19 -> P12
-reuses hospital A's source model from A -> B: the same published embeddings a P19 hospital would share. Results, tables and plots are copied to `benchmarks/results/transfer/`,
-and the source models' and feature embeddings' model cards to `model_cards/`.
+reuses hospital A's source model from A -> B: the same published embeddings a P19 hospital would share.
+Results, tables and plots are copied to `benchmarks/results/transfer/`, and the source models' and feature embeddings' model cards to `model_cards/`.
 """
 
 import argparse
@@ -51,17 +52,24 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=DATA)
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "transfer")
     parser.add_argument("--only", nargs="+", help="run only these directions")
+    parser.add_argument("--summary_only", action="store_true",
+                        help="train nothing: tables, plots and copies of the cells finished so far")
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results" / "transfer"
     for name, flags in directions(args.data_dir, args.output_dir).items():
         if args.only and name not in args.only:
             continue
         out = args.output_dir / name
+        if args.summary_only:
+            if not (out / "results.json").exists():
+                print(f"{name}: no finished run yet")
+                continue
+            flags.append("--summary_only")
         reused = flag_value(flags, "--source_embeddings")
         if reused is not None and not Path(reused).exists():
             raise SystemExit(f"{name} reuses the source model of another direction, not run yet: {reused} is missing")
         subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), *flags, "--finetune_args", BUDGET,
-                        "--output_dir", str(out)], check=True)
+                        "--output_dir", str(out)], check=True, stdout=subprocess.DEVNULL if args.summary_only else None)
         (results / name).mkdir(parents=True, exist_ok=True)
         for produced in ("results.json", "table.md", "transfer.png"):
             shutil.copy(out / produced, results / name / produced)

@@ -8,7 +8,8 @@ hospital on 1%…100% of its training patients, with and without the transferred
 Each fine-tuning is a `recipes/finetune.py` run in its own process, resumed if it was killed (add
 `--launcher "accelerate launch"` for several processes).
 Results are appended to `<output_dir>/results.json` as runs finish, and runs already there are skipped, so an
-interrupted experiment continues where it stopped. Prints the table and writes `table.md` and `transfer.png`.
+interrupted experiment continues where it stopped. Prints the table and writes `table.md` and `transfer.png`
+(`--summary_only`: of the cells finished so far, training nothing).
 """
 
 import argparse
@@ -89,26 +90,8 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for side in ("source", "target"):
-        parser.add_argument(f"--{side}_dataset", required=True)
-        parser.add_argument(f"--{side}_data_dir")
-        parser.add_argument(f"--{side}_hospital")
-        parser.add_argument(f"--{side}_protocol")
-    parser.add_argument("--source_embeddings", help="skip source training: use this published checkpoint")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--finetune_args", default="", help="flags for every fine-tuning run, e.g. model sizes")
-    parser.add_argument("--launcher", default=shlex.quote(sys.executable))
-    parser.add_argument("--output_dir", type=Path, default=Path("outputs/transfer"))
-    args = parser.parse_args()
-    extra = shlex.split(args.finetune_args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    check_same_experiment(args.output_dir / "experiment.json", {
-        "source": dataset_arguments(args, "source"), "target": dataset_arguments(args, "target"),
-        "source_embeddings": args.source_embeddings, "finetune_args": extra})
-
+def run_cells(args: argparse.Namespace, extra: list[str], results: ResultRows) -> None:
+    """Train the source unless its embeddings are given, then every (fraction, seed, arm) cell not yet in results."""
     embeddings = args.source_embeddings
     if embeddings is None:
         source_dir = args.output_dir / "source"
@@ -116,8 +99,6 @@ def main() -> None:
             run_finetune([*dataset_arguments(args, "source"), *extra], source_dir, args.launcher)
         embeddings = str(source_dir / "feature_embeddings")
         print(f"source trained; feature embeddings in {embeddings}")
-
-    results = ResultRows(args.output_dir / "results.json", key=("fraction", "seed", "transfer"))
     for fraction in args.fractions:
         for seed in args.seeds:
             for transfer in (False, True):
@@ -137,10 +118,9 @@ def main() -> None:
                 print(f"fraction {fraction:g}, seed {seed}, {'with' if transfer else 'without'} transfer: "
                       f"AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f}")
 
-    table = summarise(results.rows)
-    (args.output_dir / "table.md").write_text(format_table(table) + "\n")
-    print(format_table(table))
 
+def plot_table(table: list[dict], title: str, path: Path) -> None:
+    """Mean ± std against the share of target training patients (log scale), both arms, AUROC and AUPRC."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("auroc", "auprc")):
         for transfer, label in ((False, "from scratch"), (True, "with transferred embeddings")):
@@ -149,9 +129,44 @@ def main() -> None:
                           yerr=[cell[f"{metric}_std"] for cell in cells], marker="o", capsize=3, label=label)
         axis.set(xscale="log", xlabel="share of target training patients", ylabel=metric.upper())
         axis.legend()
-    figure.suptitle(f"{args.source_dataset} {args.source_hospital or ''} → {args.target_dataset} {args.target_hospital or ''}")
+    figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(args.output_dir / "transfer.png", dpi=120)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for side in ("source", "target"):
+        parser.add_argument(f"--{side}_dataset", required=True)
+        parser.add_argument(f"--{side}_data_dir")
+        parser.add_argument(f"--{side}_hospital")
+        parser.add_argument(f"--{side}_protocol")
+    parser.add_argument("--source_embeddings", help="skip source training: use this published checkpoint")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--finetune_args", default="", help="flags for every fine-tuning run, e.g. model sizes")
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable))
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/transfer"))
+    parser.add_argument("--summary_only", action="store_true",
+                        help="train nothing: table and plot of the cells already in <output_dir>/results.json")
+    args = parser.parse_args()
+    extra = shlex.split(args.finetune_args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    results = ResultRows(args.output_dir / "results.json", key=("fraction", "seed", "transfer"))
+    if not args.summary_only:
+        check_same_experiment(args.output_dir / "experiment.json", {
+            "source": dataset_arguments(args, "source"), "target": dataset_arguments(args, "target"),
+            "source_embeddings": args.source_embeddings, "finetune_args": extra})
+        run_cells(args, extra, results)
+    elif not results.rows:
+        raise SystemExit(f"{results.path} holds no finished run yet: nothing to summarise")
+
+    table = summarise(results.rows)
+    (args.output_dir / "table.md").write_text(format_table(table) + "\n")
+    print(format_table(table))
+    plot_table(table, f"{args.source_dataset} {args.source_hospital or ''} → {args.target_dataset} {args.target_hospital or ''}",
+               args.output_dir / "transfer.png")
 
 
 if __name__ == "__main__":

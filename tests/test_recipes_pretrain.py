@@ -95,6 +95,13 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
                     *command[command.index("--finetune_args") + 2:]]
     refused = subprocess.run(other_budget, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert refused.returncode != 0 and "other finetune_args" in refused.stderr  # not mixed into this table
+    (output_dir / "table.md").unlink()
+    summary = subprocess.run([*other_budget, "--summary_only"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert summary.returncode == 0 and "seed 0" not in summary.stdout  # a summary trains nothing and checks no budget
+    assert "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
+    empty = [*command[:command.index("--output_dir") + 1], str(tmp_path / "empty"), "--summary_only"]
+    nothing = subprocess.run(empty, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert nothing.returncode != 0 and "no finished run yet" in nothing.stderr
 
 
 def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
