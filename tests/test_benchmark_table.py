@@ -58,4 +58,4 @@ def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p1
         (run / "test_predictions.csv").write_text("record_id,label,score\n" + "\n".join(lines) + "\n")
     rows = [row("medfuse", "seft-split", 0, 1.0), row("additive", "seft-split", 0, 1.0)]
     (gap,) = p12_table.paired_gaps(rows, tmp_path)
-    assert gap["versus"] == "additive" and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0  # rows in another order
+    assert (gap["model"], gap["versus"]) == ("medfuse", "additive") and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0  # rows in another order
