@@ -13,16 +13,15 @@ from pathlib import Path
 import datasets
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.feature_embeddings import push_feature_embeddings
 from medfuse_hf.training import load_cohort
-from medfuse_hf.training.publishing import publish_run
+from medfuse_hf.training.publishing import publish_run, push_run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run_dir", type=Path, required=True)
     parser.add_argument("--card_copy", type=Path, help="also copy the model card here, e.g. into model_cards/")
-    parser.add_argument("--push_to_hub", help="Hub repo id for the model; embeddings go to <repo id>-embeddings")
+    parser.add_argument("--push_to_hub", help="Hub repo id for the model (private); embeddings go to <repo id>-embeddings")
     args = parser.parse_args()
     datasets.disable_progress_bars()
 
@@ -34,14 +33,13 @@ def main() -> None:
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
     publish_run(args.run_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
                 evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
-                f"{report['epochs']}.", min_patients=settings.get("min_patients_for_statistics", 20))
+                f"{report['epochs']}.", min_patients=settings.get("min_patients_for_statistics", 20),
+                hub_repo_id=args.push_to_hub)
     print(f"wrote {args.run_dir / 'model' / 'README.md'} and {args.run_dir / 'feature_embeddings'}")
     if args.card_copy:
         shutil.copyfile(args.run_dir / "model" / "README.md", args.card_copy)
-    if args.push_to_hub:  # transformers' own push_to_hub for model and tokenizer, the Hub API for the embeddings
-        model.push_to_hub(args.push_to_hub, private=True)
-        tokenizer.push_to_hub(args.push_to_hub, private=True)
-        print(push_feature_embeddings(args.run_dir / "feature_embeddings", f"{args.push_to_hub}-embeddings"))
+    if args.push_to_hub:
+        print(push_run(args.run_dir, model, tokenizer, args.push_to_hub))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import re
+import shutil
 import threading
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ import transformers.utils.hub
 
 from medfuse_hf import MedFuseTokenizer
 from medfuse_hf.feature_embeddings import push_feature_embeddings
+from medfuse_hf.training.publishing import push_run
 
 TOKEN = "hf_stand_in_token"
 REPO_ROUTE = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit)/main")
@@ -130,20 +132,26 @@ def test_an_exported_checkpoint_is_uploaded_byte_for_byte_to_a_new_private_repo(
     assert {authorization for *_, authorization in hub.requests} == {f"Bearer {TOKEN}"}
 
 
-def test_a_full_model_and_its_tokenizer_push_through_transformers(hub, source, tmp_path):
-    model, vocabulary, _ = source
+def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_path):
+    model, vocabulary, embeddings = source
     tokenizer = MedFuseTokenizer(vocabulary)
-    model.push_to_hub("hospital-a/medfuse", private=True, token=TOKEN)  # as recipes/publish.py --push_to_hub does
-    tokenizer.push_to_hub("hospital-a/medfuse", private=True, token=TOKEN)
+    run_dir = tmp_path / "run"  # a finished run as recipes/publish.py --push_to_hub finds it
+    (run_dir / "model").mkdir(parents=True)
+    card = "---\nlicense: cc-by-4.0\nlibrary_name: transformers\n---\n\n# MedFuse, hospital A\n\nNot a medical device.\n"
+    (run_dir / "model" / "README.md").write_text(card)
+    shutil.copytree(embeddings, run_dir / "feature_embeddings")
+    push_run(run_dir, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
     local = tmp_path / "local"
     model.save_pretrained(local)
     tokenizer.save_pretrained(local)
     repo = hub.repos["hospital-a/medfuse"]
     assert repo["visibility"] == "private"
     uploaded = {name: content for name, content in repo["files"].items() if name != "README.md"}
-    assert uploaded == {file.name: file.read_bytes() for file in local.iterdir()}
+    assert uploaded == {file.name: file.read_bytes() for file in local.iterdir()}  # transformers' own files
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= uploaded.keys()
-    assert len(repo["commits"]) == 2
+    assert repo["files"]["README.md"].decode() == card  # the run's card, not the stub transformers writes
+    published = hub.repos["hospital-a/medfuse-embeddings"]["files"]
+    assert published == {file.name: file.read_bytes() for file in (run_dir / "feature_embeddings").iterdir()}
 
 
 def test_a_folder_that_is_not_an_exported_checkpoint_is_refused_before_any_request(hub, tmp_path):

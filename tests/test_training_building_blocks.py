@@ -1,4 +1,5 @@
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from medfuse_hf.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from medfuse_hf.training.publishing import readable
 from medfuse_hf.training.recipe_config import parse_with_config
 
 
@@ -104,3 +106,9 @@ def test_yaml_sets_defaults_and_flags_win(tmp_path):
     config.write_text("learning_rte: 0.5\n")
     with pytest.raises(SystemExit, match=r"run.yaml: unknown settings \['learning_rte'\]"):
         parse_with_config(argparse.ArgumentParser(), ["--config", str(config)])
+
+
+def test_cards_name_run_folders_as_a_reader_would_type_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert readable(tmp_path / "outputs" / "run" / "model") == "outputs/run/model"  # no /home/... of this machine
+    assert readable(Path("/elsewhere/model")) == "/elsewhere/model"  # outside the working directory: as given

@@ -3,8 +3,10 @@ checkpoint with its own card, ready for `push_to_hub` or for another hospital's 
 
 from pathlib import Path
 
+from huggingface_hub import HfApi
+
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import export_feature_embeddings
+from ..feature_embeddings import export_feature_embeddings, push_feature_embeddings
 from ..model_card import architecture_of, render_model_card
 from ..tokenization_medfuse import MedFuseTokenizer
 from .cohorts import Cohort
@@ -38,7 +40,11 @@ def publish_run(
     metrics: dict | None = None,
     evaluation_context: str = "",
     min_patients: int = 20,
+    hub_repo_id: str | None = None,
 ) -> None:
+    """Write `<output_dir>/model/README.md` and the feature-embedding checkpoint with its card. The cards' loading
+    code names `hub_repo_id` (embeddings: `<hub_repo_id>-embeddings`) when the run is to be pushed, else the folders
+    as a reader reproducing the run would name them."""
     output_dir = Path(output_dir)
     config = model.config
     vocabulary = tokenizer.feature_vocabulary
@@ -52,7 +58,8 @@ def publish_run(
     auto_class = "AutoModelForSequenceClassification" if config.architectures == ["MedFuseForSequenceClassification"] else "AutoModelForPreTraining"
     render_model_card(
         title=title, summary=f"MedFuse trained on {cohort.description} (label: `{cohort.label_column}`).",
-        how_to_load=MODEL_USAGE.format(auto_class=auto_class, where=output_dir / "model"), metrics=metrics,
+        how_to_load=MODEL_USAGE.format(auto_class=auto_class, where=hub_repo_id or readable(output_dir / "model")),
+        metrics=metrics,
         evaluation_context=evaluation_context, **common,
     ).save(output_dir / "model" / "README.md")
 
@@ -64,7 +71,31 @@ def publish_run(
                  f"keyed by canonical feature name, for reuse at another hospital. No patient-level data: value "
                  f"statistics of features seen in fewer than {min_patients} patients are withheld "
                  f"({', '.join(withheld['statistics_withheld']) or 'none here'}) and counts are rounded to tens."),
-        how_to_load=EMBEDDING_USAGE.format(where=embeddings_dir, hidden_size=config.hidden_size,
+        how_to_load=EMBEDDING_USAGE.format(where=embeddings_repo_id(hub_repo_id) if hub_repo_id else readable(embeddings_dir),
+                                           hidden_size=config.hidden_size,
                                            value_embedding_size=config.value_embedding_size, fusion=config.fusion),
         **common,
     ).save(embeddings_dir / "README.md")
+
+
+def embeddings_repo_id(model_repo_id: str) -> str:
+    return f"{model_repo_id}-embeddings"
+
+
+def readable(path: Path) -> str:
+    """A path as the card's reader can use it: relative to the working directory when inside it, so cards do not
+    carry this machine's absolute paths."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None) -> str:
+    """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
+    the run's model card over the stub card transformers writes, then the feature embeddings to
+    `<repo_id>-embeddings`. Returns the embeddings' commit URL."""
+    output_dir = Path(output_dir)
+    model.push_to_hub(repo_id, private=True, token=token)
+    tokenizer.push_to_hub(repo_id, private=True, token=token)
+    HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
+                                   repo_id=repo_id, commit_message="Model card")  # the Hub checks its metadata
+    return push_feature_embeddings(output_dir / "feature_embeddings", embeddings_repo_id(repo_id), token=token)
