@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medfuse_hf.training.metrics import mean_and_std, paired_bootstrap_difference
+from medfuse_hf.training.metrics import format_mean_std, mean_and_std, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows, run_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,10 +69,7 @@ def summarise(rows: list[dict]) -> str:
             cell = [row for row in rows if row["protocol"] == protocol and row["model"] == model]
             if not cell:
                 continue
-            figures = []
-            for metric in METRICS:
-                mean, std = mean_and_std([row[metric] for row in cell])
-                figures.append(f"{mean:.4f} ± {std:.4f}")
+            figures = [format_mean_std(*mean_and_std([row[metric] for row in cell])) for metric in METRICS]
             lines.append(f"| {protocol} | {model} | {len(cell)} | {' | '.join(figures)} | "
                          f"{np.mean([row['epochs'] for row in cell]):.1f} | {np.mean([row['train_seconds'] for row in cell]):.0f} |")
     return "\n".join(lines)
@@ -90,10 +87,13 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
     same test patients, with a paired bootstrap 95% interval: whether a gap within one seed is larger than the test
     set's sampling noise."""
     gaps = []
+    finished = {(row["protocol"], row["model"], row["seed"]) for row in rows}  # not a run still going
     for protocol, seed in sorted({(row["protocol"], row["seed"]) for row in rows}):
         for model, versus in COMPARISONS:
+            if not {(protocol, model, seed), (protocol, versus, seed)} <= finished:
+                continue
             runs = [output_dir / f"{protocol}-{name}-seed{seed}" for name in (model, versus)]
-            if not all((run / "test_predictions.csv").exists() for run in runs):
+            if not all((run / "test_predictions.csv").exists() for run in runs):  # rows older than saved predictions
                 continue
             first, second = (read_test_predictions(run) for run in runs)
             second = second.loc[first.index]

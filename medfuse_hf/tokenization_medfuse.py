@@ -56,7 +56,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             scoring a patient *now* needs most).
         unknown_features: a feature name missing from the vocabulary is an `"error"` (all such names listed),
             mapped to `[UNK]` (`"unk"`, value 0 since it has no statistics) or dropped (`"drop"`); either way each
-            unknown name is logged once per process, at the first patient that has it, not once per patient.
+            unknown name is logged once per tokenizer, at the first patient that has it, not once per patient.
+            A patient left with no event is an error naming the patient: it has nothing to score.
         max_hours: a time further than this from the anchor is treated as a data error (a unit or year mistake).
     """
 
@@ -240,7 +241,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
                 self._reported_unknown.update(first_seen)
                 action = "mapped to [UNK]" if self.unknown_features == "unk" else "dropped"
                 events = sum(str(features[position]) in first_seen for position in unknown)
-                logger.warning("%s: %s its %d events of unknown features %s (each is reported once per process)",
+                logger.warning("%s: %s its %d events of unknown features %s (each is reported once)",
                                where, action, events, first_seen)
         return np.asarray(ids, dtype=np.int64)
 

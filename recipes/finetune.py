@@ -54,10 +54,20 @@ MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset on
 
 
 def build_tokenizer(args, train) -> MedFuseTokenizer:
-    """The pretrained tokenizer when starting from a checkpoint, else one fitted on the training split."""
-    if args.init_from:
-        return MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
-    return fit_tokenizer(train, args.max_events)
+    """The pretrained tokenizer when starting from a checkpoint, else one fitted on the training split. A checkpoint
+    has no embedding for a training feature outside its vocabulary: refused, naming them, rather than dropping them
+    from training (features only in validation or test are dropped and logged, as `fit_tokenizer` does)."""
+    if not args.init_from:
+        return fit_tokenizer(train, args.max_events)
+    tokenizer = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
+    names = {str(name) for features in train["feature"] for name in features}
+    unknown = sorted(name for name in names if name not in tokenizer.feature_vocabulary)
+    if unknown:
+        raise SystemExit(f"--init_from {args.init_from}: {len(unknown)} training feature(s) are not in its vocabulary "
+                         f"and would be lost: {unknown[:20]}. Map them to its names (FeatureVocabulary.align shows how "
+                         "they match), or start from its feature embeddings with --init_embeddings_from, which learns "
+                         "new features from scratch.")
+    return tokenizer
 
 
 def build_model(args, tokenizer, class_weights) -> MedFuseForSequenceClassification:

@@ -14,7 +14,6 @@ interrupted experiment continues where it stopped. Prints the table and writes `
 
 import argparse
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from medfuse_hf.training.metrics import mean_and_std
+from medfuse_hf.training.metrics import format_mean_std, mean_and_std
 from medfuse_hf.training.runs import ResultRows, run_finetune
 
 
@@ -35,6 +34,11 @@ def dataset_arguments(args: argparse.Namespace, side: str) -> list[str]:
         if value is not None:
             flags += [f"--{name}", str(value)]
     return flags
+
+
+def describe(flags: list[str]) -> str:
+    """`p19 A first-24h`: one side of the experiment as `dataset_arguments` recorded it, without its folder."""
+    return " ".join(value for name, value in zip(flags[::2], flags[1::2]) if name != "--data_dir")
 
 
 def check_same_experiment(path: Path, settings: dict) -> None:
@@ -75,15 +79,12 @@ def summarise(rows: list[dict]) -> list[dict]:
 def format_table(table: list[dict]) -> str:
     """Markdown: mean ± std per arm, the paired gain on the transfer rows (over `paired_seeds` seeds; no std for
     one seed)."""
-    def figure(mean: float, std: float, sign: str = "") -> str:
-        return f"{mean:{sign}.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
-
     lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC | paired seeds | gain AUROC | gain AUPRC |",
              "|---:|---|---:|---|---|---:|---|---|"]
     for cell in table:
-        figures = [figure(cell[f"{metric}_mean"], cell[f"{metric}_std"]) for metric in ("auroc", "auprc")]
+        figures = [format_mean_std(cell[f"{metric}_mean"], cell[f"{metric}_std"]) for metric in ("auroc", "auprc")]
         gains = [str(cell.get("paired_seeds", ""))] + [
-            figure(cell[f"{metric}_gain_mean"], cell[f"{metric}_gain_std"], "+") if "paired_seeds" in cell else ""
+            format_mean_std(cell[f"{metric}_gain_mean"], cell[f"{metric}_gain_std"], "+") if "paired_seeds" in cell else ""
             for metric in ("auroc", "auprc")]
         lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "
                      + " | ".join(figures + gains) + " |")
@@ -138,7 +139,7 @@ def plot_table(table: list[dict], title: str, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for side in ("source", "target"):
-        parser.add_argument(f"--{side}_dataset", required=True)
+        parser.add_argument(f"--{side}_dataset", help="required unless --summary_only")
         parser.add_argument(f"--{side}_data_dir")
         parser.add_argument(f"--{side}_hospital")
         parser.add_argument(f"--{side}_protocol")
@@ -151,10 +152,12 @@ def main() -> None:
     parser.add_argument("--summary_only", action="store_true",
                         help="train nothing: table and plot of the cells already in <output_dir>/results.json")
     args = parser.parse_args()
-    extra = shlex.split(args.finetune_args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     results = ResultRows(args.output_dir / "results.json", key=("fraction", "seed", "transfer"))
     if not args.summary_only:
+        if not (args.source_dataset and args.target_dataset):
+            parser.error("--source_dataset and --target_dataset are required to run the experiment")
+        extra = shlex.split(args.finetune_args)
+        args.output_dir.mkdir(parents=True, exist_ok=True)
         check_same_experiment(args.output_dir / "experiment.json", {
             "source": dataset_arguments(args, "source"), "target": dataset_arguments(args, "target"),
             "source_embeddings": args.source_embeddings, "finetune_args": extra})
@@ -165,8 +168,8 @@ def main() -> None:
     table = summarise(results.rows)
     (args.output_dir / "table.md").write_text(format_table(table) + "\n")
     print(format_table(table))
-    plot_table(table, f"{args.source_dataset} {args.source_hospital or ''} → {args.target_dataset} {args.target_hospital or ''}",
-               args.output_dir / "transfer.png")
+    settings = json.loads((args.output_dir / "experiment.json").read_text())  # the experiment the rows belong to
+    plot_table(table, f"{describe(settings['source'])} → {describe(settings['target'])}", args.output_dir / "transfer.png")
 
 
 if __name__ == "__main__":

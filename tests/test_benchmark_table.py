@@ -46,7 +46,7 @@ def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
     rows = [row("medfuse", "seft-split", seed, auprc) for seed, auprc in enumerate((0.50, 0.52, 0.54))]
     table = p12_table.summarise(rows + [row("scane", "seft-split", 0, 0.3)])
     assert "| seft-split | medfuse | 3 | 0.8000 ± 0.0000 | 0.5200 ± 0.0200 |" in table
-    assert "| seft-split | scane | 1 | 0.8000 ± nan | 0.3000 ± nan |" in table  # one seed: no spread claimed
+    assert "| seft-split | scane | 1 | 0.8000 | 0.3000 |" in table  # one seed: no spread claimed
 
 
 def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p12_table, tmp_path):
@@ -59,3 +59,4 @@ def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p1
     rows = [row("medfuse", "seft-split", 0, 1.0), row("additive", "seft-split", 0, 1.0)]
     (gap,) = p12_table.paired_gaps(rows, tmp_path)
     assert (gap["model"], gap["versus"]) == ("medfuse", "additive") and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0  # rows in another order
+    assert p12_table.paired_gaps(rows[:1], tmp_path) == []  # additive's predictions exist, its run has not finished

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medfuse_hf import FeatureVocabulary
 from medfuse_hf.training.cohorts import streaming_patients
 from test_recipes_finetune import ROOT, run as run_finetune
 
@@ -52,6 +54,15 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
     run_finetune(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1", "--bootstrap_resamples", "20",
                   "--init_from", str(pretrained / "model"), "--output_dir", str(finetuned)])
     assert json.loads((finetuned / "test_metrics.json").read_text())["test_patients"] == 13
+    # a checkpoint that never saw creatinine: fine-tuning from it would silently lose the cohort's creatinine
+    other_site = tmp_path / "other-site"
+    shutil.copytree(pretrained / "model", other_site)
+    vocabulary = FeatureVocabulary.load(other_site / "feature_vocabulary.json")
+    FeatureVocabulary([spec for spec in vocabulary if spec.name != "creatinine"]).save(other_site / "feature_vocabulary.json")
+    refused = subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), "--dataset", "synthetic",
+                              "--num_patients", "128", "--init_from", str(other_site), "--output_dir", str(tmp_path / "no")],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert refused.returncode != 0 and "['creatinine']" in refused.stderr and "--init_embeddings_from" in refused.stderr
 
 
 def test_streamed_shards_pretrain(tmp_path):
@@ -96,8 +107,9 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     refused = subprocess.run(other_budget, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert refused.returncode != 0 and "other finetune_args" in refused.stderr  # not mixed into this table
     (output_dir / "table.md").unlink()
-    summary = subprocess.run([*other_budget, "--summary_only"], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert summary.returncode == 0 and "seed 0" not in summary.stdout  # a summary trains nothing and checks no budget
+    summary = subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), "--output_dir", str(output_dir),
+                              "--summary_only"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert summary.returncode == 0 and "seed 0" not in summary.stdout  # a summary trains nothing, needs no flags
     assert "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
     empty = [*command[:command.index("--output_dir") + 1], str(tmp_path / "empty"), "--summary_only"]
     nothing = subprocess.run(empty, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -115,3 +127,7 @@ def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
     # gains 0.02, 0.01, 0.04: paired by seed, not the difference of two unpaired means with their own spreads
     assert abs(transferred["auprc_gain_mean"] - 0.07 / 3) < 1e-12 and abs(transferred["auprc_gain_std"] - 0.0152753) < 1e-6
     assert transferred["paired_seeds"] == 3 and "auprc_gain_mean" not in scratch
+    assert transfer.format_table([scratch, transferred]).splitlines()[-1] == (
+        "| 0.1 | yes | 3 | 0.8000 ± 0.0000 | 0.3200 ± 0.0200 | 3 | +0.0000 ± 0.0000 | +0.0233 ± 0.0153 |")
+    (alone,) = transfer.summarise([{"fraction": 0.5, "transfer": True, "seed": 0, "auroc": 0.7, "auprc": 0.2}])
+    assert transfer.format_table([alone]).splitlines()[-1] == "| 0.5 | yes | 1 | 0.7000 | 0.2000 |  |  |  |"  # no ± nan

@@ -51,7 +51,8 @@ def stratified_split(
 def nested_subset(labels: Sequence, fraction: float, seed: int = 0) -> list[int]:
     """Positions of a seeded share of the patients, stratified by label and nested across fractions: the 1%
     subset lies inside the 5% one, so a learning curve adds patients instead of redrawing them. Each class keeps
-    round(fraction · its size) patients, at least one."""
+    round(fraction · its size) patients, at least one, so a class of fewer than 1/(2 · fraction) patients is
+    over-represented in the subset."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
     labels = np.asarray(labels)

@@ -4,6 +4,7 @@ scikit-learn rather than `evaluate`: `evaluate` 0.4.6 fetches each metric script
 hospital machines often are) and has no AUPRC. min(Re, Pr) is the PhysioNet 2012 challenge's own score.
 """
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -89,3 +90,8 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     """
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan")
+
+
+def format_mean_std(mean: float, std: float, sign: str = "") -> str:
+    """`0.8582 ± 0.0109` for a table; the mean alone when there is no spread to show (one seed)."""
+    return f"{mean:{sign}.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")

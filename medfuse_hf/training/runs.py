@@ -46,4 +46,6 @@ class ResultRows:
     def add(self, row: dict) -> None:
         self.rows.append(row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.rows, indent=1) + "\n")
+        partial = self.path.with_name(self.path.name + ".partial")  # readers never see a half-written file
+        partial.write_text(json.dumps(self.rows, indent=1) + "\n")
+        partial.replace(self.path)
