@@ -92,6 +92,7 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     }
     card = (output_dir / "model" / "README.md").read_text()
     assert "Not a medical device" in card and "**not** the 2022 multimodal" in card
+    assert "to predict a label that rises at both ends of the sodium range" in card  # what the label means
     assert f"{result['test']['auroc']['value']:.4f}" in card  # the card reports this run's test metrics
     assert (output_dir / "feature_embeddings" / "embedding_config.json").exists()
     # the recipe dropped features its training split lacked; the published tokenizer is strict, as users expect

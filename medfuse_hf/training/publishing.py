@@ -57,7 +57,8 @@ def publish_run(
     )
     auto_class = "AutoModelForSequenceClassification" if config.architectures == ["MedFuseForSequenceClassification"] else "AutoModelForPreTraining"
     render_model_card(
-        title=title, summary=f"MedFuse trained on {cohort.description} (label: `{cohort.label_column}`).",
+        title=title, summary=f"MedFuse trained on {cohort.description} to predict {cohort.task or 'its label'} "
+                                 f"(label column: `{cohort.label_column}`).",
         how_to_load=MODEL_USAGE.format(auto_class=auto_class, where=hub_repo_id or readable(output_dir / "model")),
         metrics=metrics,
         evaluation_context=evaluation_context, **common,
