@@ -121,8 +121,9 @@ def run_cells(args: argparse.Namespace, extra: list[str], results: ResultRows) -
 
 
 def plot_table(table: list[dict], title: str, path: Path) -> None:
-    """Mean ± std against the share of target training patients (log scale), both arms, AUROC and AUPRC."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    """Against the share of target training patients (log scale): mean ± std of both arms for AUROC and AUPRC,
+    and the paired gain (transfer minus scratch, same seed), the figure that says where transfer helps."""
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for axis, metric in zip(axes, ("auroc", "auprc")):
         for transfer, label in ((False, "from scratch"), (True, "with transferred embeddings")):
             cells = [cell for cell in table if cell["transfer"] == transfer]
@@ -130,6 +131,13 @@ def plot_table(table: list[dict], title: str, path: Path) -> None:
                           yerr=[cell[f"{metric}_std"] for cell in cells], marker="o", capsize=3, label=label)
         axis.set(xscale="log", xlabel="share of target training patients", ylabel=metric.upper())
         axis.legend()
+    gains, paired = axes[2], [cell for cell in table if "paired_seeds" in cell]
+    for metric in ("auroc", "auprc"):
+        gains.errorbar([cell["fraction"] for cell in paired], [cell[f"{metric}_gain_mean"] for cell in paired],
+                       yerr=[cell[f"{metric}_gain_std"] for cell in paired], marker="o", capsize=3, label=metric.upper())
+    gains.axhline(0.0, color="grey", linewidth=0.8)
+    gains.set(xscale="log", xlabel="share of target training patients", ylabel="transfer minus scratch, same seed")
+    gains.legend()
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
