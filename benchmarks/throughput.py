@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification
 from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort
-from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader
+from medfuse_hf.training.evaluation import evaluation_loader
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 SECTIONS = ("matmul", "epoch", "scoring", "latency", "scaling", "ledger", "profile", "compile")
@@ -168,11 +168,10 @@ def score_all(model, patients: datasets.Dataset, tokenizer, batch_size: int = 64
     """Score every patient end to end through the recipes' own evaluation loader: rows -> tokens -> probabilities,
     batches sorted by length. Batches of 64 beat 256 by ~1.6x on this CPU (their activations stay in cache)."""
     model.eval()
-    loader = evaluation_loader(patients, MedFuseDataCollator(tokenizer, extra_columns=(ROW_COLUMN,)), batch_size)
+    loader = evaluation_loader(patients, MedFuseDataCollator(tokenizer), batch_size)
     start = time.perf_counter()
     scored = 0
     for batch in loader:
-        batch.pop(ROW_COLUMN)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             scored += len(model(**batch).logits.softmax(-1))
     seconds = time.perf_counter() - start

@@ -37,7 +37,7 @@ from medfuse_hf.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from medfuse_hf.training.cohorts import fit_tokenizer, save_strict_tokenizer
+from medfuse_hf.training.cohorts import feature_names, fit_tokenizer, save_strict_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.plots import save_training_curves
@@ -60,8 +60,7 @@ def build_tokenizer(args, train) -> MedFuseTokenizer:
     if not args.init_from:
         return fit_tokenizer(train, args.max_events)
     tokenizer = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
-    names = {str(name) for features in train["feature"] for name in features}
-    unknown = sorted(name for name in names if name not in tokenizer.feature_vocabulary)
+    unknown = sorted(name for name in feature_names(train) if name not in tokenizer.feature_vocabulary)
     if unknown:
         raise SystemExit(f"--init_from {args.init_from}: {len(unknown)} training feature(s) are not in its vocabulary "
                          f"and would be lost: {unknown[:20]}. Map them to its names (FeatureVocabulary.align shows how "

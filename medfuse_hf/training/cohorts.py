@@ -149,6 +149,11 @@ def _required(data_dir: str | Path | None, dataset: str) -> Path:
     return Path(data_dir)
 
 
+def feature_names(patients) -> set[str]:
+    """Every feature name the patients' events use."""
+    return {str(name) for features in patients["feature"] for name in features}
+
+
 def fit_tokenizer(train, max_events: int) -> MedFuseTokenizer:
     """A tokenizer whose value statistics come from `train` only: the canonical clinical vocabulary when every
     feature is catalogued, else a vocabulary of the cohort's own names (synthetic data, an unmapped table).
@@ -156,7 +161,7 @@ def fit_tokenizer(train, max_events: int) -> MedFuseTokenizer:
     Its vocabulary is the features `train` has, so validation, test, a stream's later patients or another
     hospital may hold a feature it lacks (a rare lab missing from a 1% training subset): the model has learnt
     nothing of it, so its events are dropped and each such feature is named once in the log, not an error."""
-    names = sorted({name for features in train["feature"] for name in features})
+    names = sorted(feature_names(train))
     if all(name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES for name in names):
         vocabulary = clinical_vocabulary(names).fit_statistics(train)
     else:
