@@ -8,16 +8,23 @@ the stay; see `medfuse_hf.training.cohorts`), P12 the SeFT split. Each direction
 (source fine-tuning -> published feature embeddings -> target fine-tuning on 1 %, 5 %, 10 %, 25 %, 100 % of the
 target's training patients, with and without the embeddings, seeds 0-2), resumable cell by cell. P19 -> P12
 reuses hospital A's source model from A -> B: the same published embeddings a P19 hospital would share.
-Results, tables and plots are copied to `benchmarks/results/transfer/`, and the source models' and feature embeddings' model cards to `model_cards/`.
+Results, tables and plots are copied to `benchmarks/results/transfer/<direction>/`, the source models' and feature
+embeddings' model cards to `model_cards/`, and `benchmarks/results/transfer/gains.png` sets the paired gains of all
+directions side by side.
 """
 
 import argparse
+import json
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 from p12_table import BUDGET as TABLE_BUDGET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +54,30 @@ def flag_value(flags: list[str], name: str) -> str | None:
     return flags[flags.index(name) + 1] if name in flags else None
 
 
+def plot_gains(results: Path) -> Path | None:
+    """Paired gain (transfer minus scratch, same seed) against the target's share of training patients, one line per
+    direction: the figure that answers whether transfer helps most when the target is small."""
+    tables = {path.parent.name: json.loads(path.read_text()) for path in sorted(results.glob("*/table.json"))}
+    if not tables:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for axis, metric in zip(axes, ("auroc", "auprc")):
+        for name, table in tables.items():
+            paired = [cell for cell in table if "paired_seeds" in cell]
+            axis.errorbar([cell["fraction"] for cell in paired], [cell[f"{metric}_gain_mean"] for cell in paired],
+                          yerr=[cell[f"{metric}_gain_std"] for cell in paired], marker="o", capsize=3, label=name)
+        axis.axhline(0.0, color="grey", linewidth=0.8)
+        axis.set(xscale="log", xlabel="share of target training patients",
+                 ylabel=f"{metric.upper()} gain, transfer minus scratch")
+        axis.legend()
+    figure.suptitle("Gain from transferred feature embeddings (mean ± std over paired seeds)")
+    figure.tight_layout()
+    path = results / "gains.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", type=Path, default=DATA)
@@ -71,7 +102,7 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), *flags, "--finetune_args", BUDGET,
                         "--output_dir", str(out)], check=True, stdout=subprocess.DEVNULL if args.summary_only else None)
         (results / name).mkdir(parents=True, exist_ok=True)
-        for produced in ("results.json", "table.md", "transfer.png"):
+        for produced in ("results.json", "table.md", "table.json", "transfer.png"):
             shutil.copy(out / produced, results / name / produced)
         source = out / "source"
         if source.exists():  # the published checkpoints' cards, as a hospital would post them
@@ -79,6 +110,7 @@ def main() -> None:
             shutil.copy(source / "model" / "README.md", CARDS / f"{stem}.md")
             shutil.copy(source / "feature_embeddings" / "README.md", CARDS / f"{stem}-feature-embeddings.md")
         print(f"{name}:\n{(out / 'table.md').read_text()}", flush=True)
+        print(f"paired gains of every direction so far: {plot_gains(results)}", flush=True)
 
 
 if __name__ == "__main__":

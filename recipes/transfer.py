@@ -8,8 +8,9 @@ hospital on 1%…100% of its training patients, with and without the transferred
 Each fine-tuning is a `recipes/finetune.py` run in its own process, resumed if it was killed (add
 `--launcher "accelerate launch"` for several processes).
 Results are appended to `<output_dir>/results.json` as runs finish, and runs already there are skipped, so an
-interrupted experiment continues where it stopped. Prints the table and writes `table.md` and `transfer.png`
-(`--summary_only`: of the cells finished so far, training nothing).
+interrupted experiment continues where it stopped. Prints the table and writes it as `table.md` and `table.json`
+(mean, std and paired gain per cell), with `transfer.png` (`--summary_only`: of the cells finished so far,
+training nothing).
 """
 
 import argparse
@@ -175,6 +176,7 @@ def main() -> None:
 
     table = summarise(results.rows)
     (args.output_dir / "table.md").write_text(format_table(table) + "\n")
+    (args.output_dir / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     print(format_table(table))
     settings = json.loads((args.output_dir / "experiment.json").read_text())  # the experiment the rows belong to
     plot_table(table, f"{describe(settings['source'])} → {describe(settings['target'])}", args.output_dir / "transfer.png")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from medfuse_hf import FeatureVocabulary
 from medfuse_hf.training.cohorts import streaming_patients
@@ -100,6 +101,9 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     assert sorted((row["fraction"], row["transfer"]) for row in rows) == [(0.5, False), (0.5, True), (1.0, False), (1.0, True)]
     assert all((row["transferred_features"] or 0) > 0 for row in rows if row["transfer"])
     assert (output_dir / "transfer.png").exists() and "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
+    cell = next(cell for cell in json.loads((output_dir / "table.json").read_text()) if cell["fraction"] == 0.5 and cell["transfer"])
+    auroc = {row["transfer"]: row["auroc"] for row in rows if row["fraction"] == 0.5}
+    assert cell["paired_seeds"] == 1 and cell["auroc_gain_mean"] == pytest.approx(auroc[True] - auroc[False])
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and "seed 0" not in again.stdout  # every cell was already done: nothing re-run
     other_budget = [*command[:command.index("--finetune_args") + 1], "--num_patients 128 --num_epochs 2",
