@@ -35,6 +35,9 @@ TENSORS_FILE = "feature_embeddings.safetensors"
 VOCABULARY_FILE = "feature_vocabulary.json"
 CONFIG_FILE = "embedding_config.json"
 COUNT_GRANULARITY = 10
+# Statistics of fewer patients than this are never shared, whatever threshold is asked for: the common small-cell
+# rule of disclosure control, and the granularity counts are rounded to.
+MIN_PATIENTS_FLOOR = 10
 MATCH_METHODS = ("name", "code", "alias")
 
 
@@ -99,7 +102,7 @@ class FeatureEmbeddingCheckpoint:
 
 
 def export_feature_embeddings(
-    model, tokenizer, path: str | Path, source: str, min_patients: int = 20
+    model, tokenizer, path: str | Path, source: str | None = None, min_patients: int = 20
 ) -> dict[str, list[str]]:
     """Write the feature-embedding checkpoint of a trained MedFuse model; returns which features had their
     statistics withheld (seen in fewer than `min_patients` patients)."""
@@ -125,7 +128,7 @@ def export_feature_embeddings(
             tensors[f"{prefix}/{name}"] = parameter
     tensors = {key: value.detach().float().cpu().contiguous().clone() for key, value in tensors.items()}
 
-    guarded, withheld = _privacy_guard(vocabulary, min_patients)
+    guarded, withheld = privacy_guarded(vocabulary, min_patients)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, path / TENSORS_FILE, metadata={"format": "medfuse-feature-embeddings"})
@@ -269,8 +272,13 @@ def _freeze_rows(embeddings, fusion, feature_ids: list[int], category_rows: list
         parameter.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
 
 
-def _privacy_guard(vocabulary: FeatureVocabulary, min_patients: int) -> tuple[FeatureVocabulary, list[str]]:
-    """Only whitelisted fields; statistics of rare features withheld; counts coarsened."""
+def privacy_guarded(vocabulary: FeatureVocabulary, min_patients: int = 20) -> tuple[FeatureVocabulary, list[str]]:
+    """The vocabulary as it may leave the hospital, and the features whose statistics it withholds: only the
+    vocabulary's own fields, statistics of features seen in fewer than `min_patients` patients withheld (their
+    quartiles and fences are close to those patients' values), counts rounded down to tens."""
+    if min_patients < MIN_PATIENTS_FLOOR:
+        raise ValueError(f"min_patients={min_patients}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are "
+                         "never shared; use a threshold of at least that")
     guarded, withheld = FeatureVocabulary(), []
     for spec in vocabulary:
         statistics = spec.statistics
@@ -293,5 +301,6 @@ __all__ = [
     "TransferReport",
     "export_feature_embeddings",
     "load_feature_embeddings",
+    "privacy_guarded",
     "push_feature_embeddings",
 ]

@@ -31,15 +31,15 @@ def main() -> None:
                          settings.get("label_column"), settings.get("num_patients", 512), settings.get("seed", 0))
     model = MedFuseForSequenceClassification.from_pretrained(args.run_dir / "model")
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
+    min_patients = settings.get("min_patients_for_statistics", 20)
     publish_run(args.run_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
                 evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
-                f"{report['epochs']}.", min_patients=settings.get("min_patients_for_statistics", 20),
-                hub_repo_id=args.push_to_hub)
+                f"{report['epochs']}.", min_patients=min_patients, hub_repo_id=args.push_to_hub)
     print(f"wrote {args.run_dir / 'model' / 'README.md'} and {args.run_dir / 'feature_embeddings'}")
     if args.card_copy:
         shutil.copyfile(args.run_dir / "model" / "README.md", args.card_copy)
     if args.push_to_hub:
-        print(push_run(args.run_dir, model, tokenizer, args.push_to_hub))
+        print(push_run(args.run_dir, model, tokenizer, args.push_to_hub, min_patients=min_patients))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def test_frozen_transferred_rows_do_not_train_while_new_ones_do(source, tokenize
 
 def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort):
     rare_values = [123.456, 98.765, 77.777]
-    patients = [dict(patient) for patient in cohort[:60]]
+    patients = [dict(patient) for patient in cohort[:63]]
     for patient, value in zip(patients, rare_values):  # seen in 3 patients only
         patient.update(feature=patient["feature"] + ["rare_lab"], value=patient["value"] + [value], time=patient["time"] + [47.0])
     vocabulary = FeatureVocabulary.from_events(patients)
@@ -131,7 +131,9 @@ def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort
     for secret in [*rare_values, np.mean(rare_values), np.median(rare_values)]:
         assert f"{secret:.3f}".rstrip("0") not in text
     sodium = next(entry for entry in published["features"] if entry["name"] == "sodium")["statistics"]
-    assert sodium["num_patients"] % 10 == 0 and sodium["count"] % 10 == 0  # counts coarsened
+    assert sodium["num_patients"] == 60 and sodium["count"] % 10 == 0  # 63 patients: counts rounded down to tens
+    with pytest.raises(ValueError, match="min_patients=5: statistics of fewer than 10 patients are never shared"):
+        export_feature_embeddings(model, MedFuseTokenizer(vocabulary), tmp_path / "lax", min_patients=5)
 
 
 def test_a_tampered_checkpoint_is_refused(source):

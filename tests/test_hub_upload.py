@@ -17,8 +17,9 @@ import huggingface_hub.constants
 import pytest
 import transformers.utils.hub
 
-from medfuse_hf import MedFuseTokenizer
-from medfuse_hf.feature_embeddings import push_feature_embeddings
+from medfuse_hf import FeatureVocabulary, MedFuseTokenizer
+from medfuse_hf.feature_embeddings import privacy_guarded, push_feature_embeddings
+from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training.publishing import push_run
 
 TOKEN = "hf_stand_in_token"
@@ -143,15 +144,28 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
     push_run(run_dir, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
     local = tmp_path / "local"
     model.save_pretrained(local)
-    tokenizer.save_pretrained(local)
+    MedFuseTokenizer(privacy_guarded(vocabulary)[0]).save_pretrained(local)  # counts rounded to tens
     repo = hub.repos["hospital-a/medfuse"]
     assert repo["visibility"] == "private"
     uploaded = {name: content for name, content in repo["files"].items() if name != "README.md"}
     assert uploaded == {file.name: file.read_bytes() for file in local.iterdir()}  # transformers' own files
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= uploaded.keys()
     assert repo["files"]["README.md"].decode() == card  # the run's card, not the stub transformers writes
+    tokenizer.save_pretrained(tmp_path / "exact")
+    assert (tmp_path / "exact" / "feature_vocabulary.json").read_bytes() != uploaded["feature_vocabulary.json"]  # exact counts stay home
     published = hub.repos["hospital-a/medfuse-embeddings"]["files"]
     assert published == {file.name: file.read_bytes() for file in (run_dir / "feature_embeddings").iterdir()}
+
+
+def test_a_tokenizer_holding_a_rare_features_statistics_is_refused_before_any_upload(hub, source, tmp_path):
+    model, _, _ = source
+    patients = make_sodium_cohort(40, seed=1)
+    for patient in patients[:3]:  # a lab seen in 3 patients: its quartiles are nearly their values
+        patient.update(feature=[*patient["feature"], "rare_lab"], value=[*patient["value"], 123.456], time=[*patient["time"], 1.0])
+    tokenizer = MedFuseTokenizer(FeatureVocabulary.from_events(patients))
+    with pytest.raises(ValueError, match="refusing to push hospital-a/medfuse: its tokenizer normalises rare_lab"):
+        push_run(tmp_path, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
+    assert hub.requests == []
 
 
 def test_a_folder_that_is_not_an_exported_checkpoint_is_refused_before_any_request(hub, tmp_path):

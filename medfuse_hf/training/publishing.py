@@ -1,12 +1,13 @@
 """What a finished run publishes beside its model: a model card, and a privacy-guarded feature-embedding
 checkpoint with its own card, ready for `push_to_hub` or for another hospital's `load_feature_embeddings`."""
 
+import copy
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import export_feature_embeddings, push_feature_embeddings
+from ..feature_embeddings import export_feature_embeddings, privacy_guarded, push_feature_embeddings
 from ..model_card import architecture_of, render_model_card
 from ..tokenization_medfuse import MedFuseTokenizer
 from .cohorts import Cohort
@@ -90,13 +91,27 @@ def readable(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None) -> str:
+def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
+             min_patients: int = 20) -> str:
     """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
     the run's model card over the stub card transformers writes, then the feature embeddings to
-    `<repo_id>-embeddings`. Returns the embeddings' commit URL."""
+    `<repo_id>-embeddings`. Returns the embeddings' commit URL.
+
+    The tokenizer leaves under the same privacy guard as the embeddings (counts rounded to tens), and a tokenizer
+    that normalises a feature with statistics of fewer than `min_patients` patients is refused before any upload:
+    unlike the embeddings it cannot withhold them, since it needs them to read that feature."""
     output_dir = Path(output_dir)
+    vocabulary, rare = privacy_guarded(tokenizer.feature_vocabulary, min_patients)
+    if rare:
+        raise ValueError(
+            f"refusing to push {repo_id}: its tokenizer normalises {', '.join(rare)} with statistics (quartiles, "
+            f"outlier fences) of fewer than {min_patients} patients, close to those patients' own values. Retrain "
+            "without these features, or share only the feature embeddings (push_feature_embeddings), which withhold them."
+        )
+    public_tokenizer = copy.copy(tokenizer)
+    public_tokenizer.feature_vocabulary = vocabulary
     model.push_to_hub(repo_id, private=True, token=token)
-    tokenizer.push_to_hub(repo_id, private=True, token=token)
+    public_tokenizer.push_to_hub(repo_id, private=True, token=token)
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
                                    repo_id=repo_id, commit_message="Model card")  # the Hub checks its metadata
     return push_feature_embeddings(output_dir / "feature_embeddings", embeddings_repo_id(repo_id), token=token)
