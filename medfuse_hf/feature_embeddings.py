@@ -176,9 +176,8 @@ def load_feature_embeddings(
             )
     if len(vocabulary) != config.vocab_size:
         raise ValueError(f"vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
-    alignment = vocabulary.align(checkpoint.vocabulary)
-    allowed = MATCH_METHODS[: MATCH_METHODS.index(match_by) + 1]
-    matched = {here: there for here, there in alignment.matched.items() if alignment.how[here] in allowed}
+    alignment = vocabulary.align(checkpoint.vocabulary, methods=MATCH_METHODS[: MATCH_METHODS.index(match_by) + 1])
+    matched = alignment.matched
     unit_conversions = unit_conversions or {}
     mismatches, converted = {}, {}
     fusion = embeddings.value_fusion

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -269,24 +269,29 @@ class FeatureVocabulary:
         }
 
     # ----- combining vocabularies ---------------------------------------------------------------------
-    def align(self, other: FeatureVocabulary) -> AlignmentReport:
-        """Match features to ``other``'s by canonical name, then code, then alias."""
-        by_name = {spec.name: spec.name for spec in other}
-        by_code = {spec.code: spec.name for spec in other if spec.code}
-        by_any_key = {key: other.spec_of(feature_id).name for key, feature_id in other._lookup.items()}
+    def align(self, other: FeatureVocabulary, methods: Sequence[str] = ("name", "code", "alias")) -> AlignmentReport:
+        """Match features to ``other``'s by canonical name, then code, then alias (only the ``methods`` given).
+
+        Each method is one pass over all features, so an alias never takes a feature of ``other`` that another
+        feature here matches exactly by name or code; each feature of ``other`` is matched at most once.
+        """
+        keys_and_tables = {
+            "name": (lambda spec: [spec.name], {spec.name: spec.name for spec in other}),
+            "code": (lambda spec: [spec.code], {spec.code: spec.name for spec in other if spec.code}),
+            "alias": (lambda spec: [spec.name, *spec.aliases],
+                      {key: other.spec_of(feature_id).name for key, feature_id in other._lookup.items()}),
+        }
         matched, how = {}, {}
         taken: set[str] = set()
-        for spec in self._features:
-            for method, table, keys in (
-                ("name", by_name, [spec.name]),
-                ("code", by_code, [spec.code]),
-                ("alias", by_any_key, [spec.name, *spec.aliases]),
-            ):
-                target = next((table[key] for key in keys if key in table and table[key] not in taken), None)
+        for method in methods:
+            keys_of, table = keys_and_tables[method]
+            for spec in self._features:
+                if spec.name in matched:
+                    continue
+                target = next((table[key] for key in keys_of(spec) if key in table and table[key] not in taken), None)
                 if target is not None:
                     matched[spec.name], how[spec.name] = target, method
                     taken.add(target)
-                    break
         only_here = [spec.name for spec in self._features if spec.name not in matched]
         only_there = [spec.name for spec in other if spec.name not in taken]
         return AlignmentReport(matched=matched, how=how, only_here=only_here, only_there=only_there)

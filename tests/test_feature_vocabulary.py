@@ -110,3 +110,11 @@ def test_categorical_levels_get_global_ids(vocabulary):
     icu_type = vocabulary.id_of("icu_type")
     assert vocabulary.category_offsets() == {icu_type: 1}
     assert vocabulary.config_kwargs() == {"vocab_size": 6, "num_categories": 5, "categorical_feature_ids": [icu_type]}
+
+
+def test_an_exact_name_match_wins_over_another_features_alias():
+    here = FeatureVocabulary([FeatureSpec(name="pulse", aliases=["hr_x"]), FeatureSpec(name="heart_rate")])
+    there = FeatureVocabulary([FeatureSpec(name="heart_rate", aliases=["hr_x"])])
+    assert here.align(there).matched == {"heart_rate": "heart_rate"}  # pulse comes first, but only by alias
+    assert here.align(there, methods=["name"]).matched == {"heart_rate": "heart_rate"}
+    assert FeatureVocabulary([FeatureSpec(name="pulse", aliases=["hr_x"])]).align(there).how == {"pulse": "alias"}
