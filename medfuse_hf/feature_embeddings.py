@@ -159,7 +159,8 @@ def load_feature_embeddings(
     """Copy a checkpoint's embeddings into `model` for the features of its `vocabulary` that match one at the source.
 
     `match_by="name"` matches canonical names only; `"code"` also codes; `"alias"` also aliases. Target features
-    without a match keep their fresh initialisation. `freeze=True` keeps the transferred rows from training.
+    without a match keep their fresh initialisation. `freeze=True` keeps everything transferred (rows and shared
+    maps) exactly as loaded while the target's new features train (see `FrozenTransfer`).
     A unit mismatch on a matched feature is reported; with a factor in `unit_conversions` it is recorded as
     converted (use `FeatureEmbeddingCheckpoint.in_target_units` for the statistics).
     """
@@ -203,7 +204,14 @@ def load_feature_embeddings(
                 if here in unit_conversions:
                     converted[here] = unit_conversions[here]
     if freeze:
-        _freeze_rows(embeddings, fusion, [vocabulary.id_of(here) for here in matched], category_rows)
+        feature_ids = [vocabulary.id_of(here) for here in matched]
+        rows = {embeddings.feature_embeddings.weight: feature_ids}
+        if hasattr(fusion, "gamma"):
+            rows.update({fusion.gamma: feature_ids, fusion.beta: feature_ids})
+        if category_rows:
+            rows[embeddings.categorical_fusion.category_embeddings.weight] = category_rows
+        projectors = _shared_projectors(embeddings)
+        FrozenTransfer(embeddings, rows, [projectors[name] for name in shared])
     return TransferReport(
         matched=matched,
         matched_by={here: alignment.how[here] for here in matched},
@@ -257,18 +265,33 @@ def _copy_shared_maps(embeddings, tensors: dict[str, torch.Tensor], path) -> set
     return copied
 
 
-def _freeze_rows(embeddings, fusion, feature_ids: list[int], category_rows: list[int]) -> None:
-    """Zero the gradients of the transferred rows (identity, γ, β, category levels), so only the target's new
-    features learn. AdamW's decoupled weight decay still shrinks them: train with weight_decay=0 to keep them."""
-    rows = {embeddings.feature_embeddings.weight: feature_ids}
-    if hasattr(fusion, "gamma"):
-        rows.update({fusion.gamma: feature_ids, fusion.beta: feature_ids})
-    if category_rows:
-        rows[embeddings.categorical_fusion.category_embeddings.weight] = category_rows
-    for parameter, frozen in rows.items():
-        keep = torch.ones(parameter.shape[0], *([1] * (parameter.dim() - 1)))
-        keep[frozen] = 0.0
-        parameter.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
+class FrozenTransfer:
+    """Keeps the transferred parameters exactly as loaded while the rest of the model trains, whatever the optimizer.
+
+    Transferred shared maps stop requiring gradients, so optimizers skip them. Transferred rows of tables the target's
+    new features share (identity, γ, β, category levels) get zero gradients and are written back from their loaded
+    values before every forward and every `state_dict`: that undoes AdamW's decoupled weight decay, which moves
+    a parameter even where its gradient is zero.
+    """
+
+    def __init__(self, embeddings, rows: dict[torch.nn.Parameter, list[int]], shared_maps: list[torch.nn.Module]):
+        for module in shared_maps:
+            module.requires_grad_(False)
+        self.rows = {parameter: (torch.tensor(index), parameter.detach()[index].clone())
+                     for parameter, index in rows.items() if index}
+        for parameter, (index, _) in self.rows.items():
+            keep = torch.ones(parameter.shape[0], *([1] * (parameter.dim() - 1)))
+            keep[index] = 0.0
+            parameter.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
+        embeddings.register_forward_pre_hook(lambda module, inputs: self.restore())
+        embeddings.register_state_dict_pre_hook(lambda module, prefix, keep_vars: self.restore())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for parameter, (index, values) in self.rows.items():
+            if values.device != parameter.device:  # the model moved (e.g. to the GPU) after loading
+                self.rows[parameter] = index, values = index.to(parameter.device), values.to(parameter.device)
+            parameter[index] = values.to(parameter.dtype)
 
 
 def privacy_guarded(vocabulary: FeatureVocabulary, min_patients: int = 20) -> tuple[FeatureVocabulary, list[str]]:

@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="raise --num_epochs until training has at least this many optimizer steps (small cohorts)")
     model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")
     model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias")
-    model.add_argument("--freeze_transferred", action="store_true", help="keep transferred embedding rows fixed")
+    model.add_argument("--freeze_transferred", action="store_true", help="keep everything transferred (identity rows, γ, β, category levels, shared maps) exactly as loaded")
     train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")

@@ -100,19 +100,29 @@ def test_unit_mismatch_is_flagged_and_declared_conversions_scale_statistics(sour
     assert converted.mean == pytest.approx(original.mean * 88.42) and converted.std == pytest.approx(original.std * 88.42)
 
 
-def test_frozen_transferred_rows_do_not_train_while_new_ones_do(source, tokenizer):
+def test_frozen_transfer_stays_exactly_as_loaded_under_adamw_while_new_features_train(source):
     _, vocabulary, path = source
     target_vocabulary = vocabulary_of([*vocabulary, FeatureSpec(name="lactate")])
     model = target_model(target_vocabulary)
     model.medfuse.load_feature_embeddings(path, target_vocabulary, freeze=True)
-    weight = model.medfuse.embeddings.feature_embeddings.weight
-    before = weight.detach().clone()
-    ids = torch.tensor([[target_vocabulary.id_of("sodium"), target_vocabulary.id_of("lactate")]])
-    output = model(ids, torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 2.0]]), labels=torch.tensor([1]))
-    output.loss.backward()
-    torch.optim.SGD(model.parameters(), lr=1.0).step()
-    assert torch.equal(weight[target_vocabulary.id_of("sodium")], before[target_vocabulary.id_of("sodium")])
-    assert not torch.equal(weight[target_vocabulary.id_of("lactate")], before[target_vocabulary.id_of("lactate")])
+    embeddings = model.medfuse.embeddings
+    sodium, lactate = target_vocabulary.id_of("sodium"), target_vocabulary.id_of("lactate")
+    tables = {"feature_embeddings.weight": embeddings.feature_embeddings.weight,
+              "value_fusion.gamma": embeddings.value_fusion.gamma, "value_fusion.beta": embeddings.value_fusion.beta}
+    before = {name: table.detach().clone() for name, table in tables.items()}
+    projector = {name: value.clone() for name, value in embeddings.value_fusion.value_projector.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)  # decay moves zero-gradient rows
+    ids = torch.tensor([[sodium, lactate]])
+    for _ in range(3):
+        model(ids, torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 2.0]]), labels=torch.tensor([1])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    saved = model.state_dict()  # after the last step, as save_pretrained sees it
+    for name, table in tables.items():
+        assert torch.equal(saved[f"medfuse.embeddings.{name}"][sodium], before[name][sodium]), name
+        assert not torch.equal(table[lactate], before[name][lactate]), name
+    for name, value in projector.items():
+        assert torch.equal(saved[f"medfuse.embeddings.value_fusion.value_projector.{name}"], value)
 
 
 def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort):
