@@ -14,7 +14,13 @@ from transformers import (
 )
 
 from .configuration_medfuse import MedFuseConfig
-from .feature_embeddings import FeatureEmbeddingCheckpoint, TransferReport, export_feature_embeddings
+from .feature_embeddings import (
+    FeatureEmbeddingCheckpoint,
+    TransferReport,
+    export_feature_embeddings,
+    privacy_guarded,
+    push_feature_embeddings,
+)
 from .feature_vocabulary import AlignmentReport, FeatureSpec, FeatureVocabulary, ValueStatistics
 from .modeling_medfuse import (
     MedFuseForPreTraining,
@@ -44,4 +50,6 @@ __all__ = [
     "TransferReport",
     "ValueStatistics",
     "export_feature_embeddings",
+    "privacy_guarded",
+    "push_feature_embeddings",
 ]

@@ -18,6 +18,7 @@ listed here: it has no way to add anything else from the source data.
 import json
 import logging
 import math
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from huggingface_hub import HfApi, snapshot_download
 from safetensors.torch import load_file, save_file
 
-from .feature_vocabulary import UNK_ID, FeatureVocabulary
+from .feature_vocabulary import UNK_ID, FeatureVocabulary, ValueStatistics
 from .integrity import sha256_of
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ MIN_PATIENTS_FLOOR = 10
 MATCH_METHODS = ("name", "code", "alias")
 
 
+UnitConversion = float | tuple[float, float]  # target value = scale × source value (+ offset, e.g. °F -> °C)
+
+
 @dataclass
 class TransferReport:
     """What `load_feature_embeddings` did, for a person to check before trusting the transfer."""
@@ -49,16 +53,26 @@ class TransferReport:
     matched_by: dict[str, str]  # target feature -> "name" | "code" | "alias"
     new_at_target: list[str]  # target features left at their fresh initialisation
     only_at_source: list[str]  # source features with no counterpart, ignored
+    # matched features whose units differ, or are known on one side only: (source unit, target unit)
     unit_mismatches: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-    converted_units: dict[str, float] = field(default_factory=dict)
+    converted_units: dict[str, tuple[float, float]] = field(default_factory=dict)  # (scale, offset) applied
+    # the source's statistics of each matched numeric feature that has them, in the target's units where a
+    # conversion was declared: to normalise a target too small to fit its own, or to compare the populations
+    source_statistics: dict[str, ValueStatistics] = field(default_factory=dict)
+    code_conflicts: dict[str, tuple[str, str]] = field(default_factory=dict)  # matched, but coded differently
     categories_transferred: int = 0  # category levels of matched categorical features, matched by their label
     frozen: bool = False
 
     def __str__(self) -> str:
         text = (f"{len(self.matched)} features ({self.categories_transferred} category levels) transferred, "
                 f"{len(self.new_at_target)} new at the target, {len(self.only_at_source)} only at the source")
-        if self.unit_mismatches:
-            text += f"; unit mismatches: {self.unit_mismatches}"
+        unconverted = {name: units for name, units in self.unit_mismatches.items() if name not in self.converted_units}
+        if self.converted_units:
+            text += f"; units converted: {self.converted_units}"
+        if unconverted:
+            text += f"; unit mismatches left as they are: {unconverted}"
+        if self.code_conflicts:
+            text += f"; matched despite different codes: {self.code_conflicts}"
         return text
 
 
@@ -72,6 +86,8 @@ class FeatureEmbeddingCheckpoint:
     def load(cls, path: str | Path, revision: str | None = None) -> "FeatureEmbeddingCheckpoint":
         """Read and verify a checkpoint from a local folder or a Hub repo id (downloaded, or taken from the local
         cache when `HF_HUB_OFFLINE=1`)."""
+        if not Path(path).is_dir() and (str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1):
+            raise FileNotFoundError(f"{path}: no such folder (a Hub repo id reads 'owner/name')")
         path = Path(path) if Path(path).is_dir() else Path(snapshot_download(str(path), revision=revision))
         config_path = path / CONFIG_FILE
         if not config_path.exists():
@@ -79,26 +95,13 @@ class FeatureEmbeddingCheckpoint:
         config = json.loads(config_path.read_text())
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
+        unchecked = sorted({TENSORS_FILE, VOCABULARY_FILE} - config["sha256"].keys())
+        if unchecked:
+            raise ValueError(f"{config_path}: no SHA-256 recorded for {', '.join(unchecked)}; export the checkpoint again")
         for name, expected in config["sha256"].items():
             if not (path / name).exists() or sha256_of(path / name) != expected:
                 raise ValueError(f"{path / name}: missing or does not match its recorded SHA-256; download it again")
         return cls(load_file(path / TENSORS_FILE), FeatureVocabulary.load(path / VOCABULARY_FILE), config)
-
-    def in_target_units(self, conversions: dict[str, float]) -> FeatureVocabulary:
-        """The source vocabulary with statistics of the named features multiplied by a declared unit factor
-        (e.g. creatinine mg/dL -> µmol/L: 88.42), for a target that normalises with the source's statistics."""
-        converted = FeatureVocabulary()
-        for spec in self.vocabulary:
-            if spec.name in conversions and spec.statistics is not None:
-                factor = conversions[spec.name]
-                stats = spec.statistics
-                spec = replace(spec, statistics=replace(
-                    stats, mean=stats.mean * factor, std=stats.std * abs(factor), q25=stats.q25 * factor,
-                    median=stats.median * factor, q75=stats.q75 * factor, lower=stats.lower * factor,
-                    upper=stats.upper * factor,
-                ))
-            converted.add(replace(spec, aliases=list(spec.aliases)))
-        return converted
 
 
 def export_feature_embeddings(
@@ -154,22 +157,25 @@ def load_feature_embeddings(
     vocabulary: FeatureVocabulary,
     match_by: str = "name",
     freeze: bool = False,
-    unit_conversions: dict[str, float] | None = None,
+    unit_conversions: dict[str, UnitConversion] | None = None,
+    revision: str | None = None,
 ) -> TransferReport:
     """Copy a checkpoint's embeddings into `model` for the features of its `vocabulary` that match one at the source.
 
     `match_by="name"` matches canonical names only; `"code"` also codes; `"alias"` also aliases. Target features
     without a match keep their fresh initialisation. `freeze=True` keeps everything transferred (rows and shared
     maps) exactly as loaded while the target's new features train (see `FrozenTransfer`).
-    A unit mismatch on a matched feature is reported; with a factor in `unit_conversions` it is recorded as
-    converted (use `FeatureEmbeddingCheckpoint.in_target_units` for the statistics).
+    Matched features whose units differ (or are known on one side only) are reported; `unit_conversions`, keyed by
+    target feature, declares how to convert (e.g. creatinine mg/dL -> µmol/L: `88.42`; °F -> °C:
+    `(5 / 9, -160 / 9)`), and the report's `source_statistics` are then in the target's units. Everything is
+    checked before anything is copied, so a refused load leaves the model as it was.
     """
     if match_by not in MATCH_METHODS:
         raise ValueError(f"match_by must be one of {MATCH_METHODS}, got {match_by!r}")
-    checkpoint = FeatureEmbeddingCheckpoint.load(path)
+    checkpoint = FeatureEmbeddingCheckpoint.load(path, revision=revision)
     base = model.medfuse if hasattr(model, "medfuse") else model
     config, embeddings = base.config, base.embeddings
-    for key in ("hidden_size", "value_embedding_size", "fusion"):
+    for key in ("hidden_size", "value_embedding_size", "value_projector_hidden_size", "fusion"):
         if checkpoint.config[key] != getattr(config, key):
             raise ValueError(
                 f"{path}: {key} is {checkpoint.config[key]!r} in the checkpoint but {getattr(config, key)!r} in the "
@@ -179,13 +185,15 @@ def load_feature_embeddings(
         raise ValueError(f"vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
     alignment = vocabulary.align(checkpoint.vocabulary, methods=MATCH_METHODS[: MATCH_METHODS.index(match_by) + 1])
     matched = alignment.matched
-    unit_conversions = unit_conversions or {}
-    mismatches, converted = {}, {}
+    units = _compare_units(matched, vocabulary, checkpoint.vocabulary, unit_conversions or {}, path)
+    shared = _shared_maps_to_copy(embeddings, checkpoint.tensors, path)
     fusion = embeddings.value_fusion
     offsets = vocabulary.category_offsets()
     category_rows = []
     with torch.no_grad():
-        shared = _copy_shared_maps(embeddings, checkpoint.tensors, path)
+        for prefix in shared:
+            for name, parameter in _shared_projectors(embeddings)[prefix].named_parameters():
+                parameter.copy_(checkpoint.tensors[f"{prefix}/{name}"])
         for here, there in matched.items():
             feature_id = vocabulary.id_of(here)
             embeddings.feature_embeddings.weight[feature_id] = checkpoint.tensors[f"identity/{there}"]
@@ -198,11 +206,6 @@ def load_feature_embeddings(
                         row = offsets[feature_id] + index
                         embeddings.categorical_fusion.category_embeddings.weight[row] = checkpoint.tensors[f"category/{there}={level}"]
                         category_rows.append(row)
-            source_unit, target_unit = checkpoint.vocabulary.spec_of(there).unit, vocabulary.spec_of(here).unit
-            if source_unit and target_unit and source_unit != target_unit:
-                mismatches[here] = (source_unit, target_unit)
-                if here in unit_conversions:
-                    converted[here] = unit_conversions[here]
     if freeze:
         feature_ids = [vocabulary.id_of(here) for here in matched]
         rows = {embeddings.feature_embeddings.weight: feature_ids}
@@ -212,16 +215,52 @@ def load_feature_embeddings(
             rows[embeddings.categorical_fusion.category_embeddings.weight] = category_rows
         projectors = _shared_projectors(embeddings)
         FrozenTransfer(embeddings, rows, [projectors[name] for name in shared])
-    return TransferReport(
+    report = TransferReport(
         matched=matched,
         matched_by={here: alignment.how[here] for here in matched},
         new_at_target=[spec.name for spec in vocabulary if spec.name not in matched],
         only_at_source=[spec.name for spec in checkpoint.vocabulary if spec.name not in set(matched.values())],
-        unit_mismatches=mismatches,
-        converted_units=converted,
         categories_transferred=len(category_rows),
         frozen=freeze,
+        **units,
     )
+    if report.unit_mismatches.keys() - report.converted_units.keys() or report.code_conflicts:
+        logger.warning("%s: %s", path, report)
+    return report
+
+
+def _unit_key(unit: str | None) -> str | None:
+    """Units compared as written, up to case, spaces and Unicode look-alikes (the micro sign µ and the Greek μ)."""
+    return None if unit is None else unicodedata.normalize("NFKC", unit).casefold().replace(" ", "")
+
+
+def _compare_units(
+    matched: dict[str, str], target: FeatureVocabulary, source: FeatureVocabulary,
+    conversions: dict[str, UnitConversion], path,
+) -> dict:
+    """Unit mismatches, code conflicts and the source's statistics in target units, for `TransferReport`. A
+    conversion declared for a feature that is not matched, or whose units agree, is refused: it would be ignored."""
+    mismatches, converted, statistics, conflicts = {}, {}, {}, {}
+    for here, there in matched.items():
+        target_spec, source_spec = target.spec_of(here), source.spec_of(there)
+        if _unit_key(source_spec.unit) != _unit_key(target_spec.unit):
+            mismatches[here] = (source_spec.unit, target_spec.unit)
+        if source_spec.code and target_spec.code and source_spec.code != target_spec.code:
+            conflicts[here] = (source_spec.code, target_spec.code)
+        if source_spec.statistics is not None:
+            statistics[here] = source_spec.statistics
+    for name, conversion in conversions.items():
+        if name not in matched:
+            raise ValueError(f"unit_conversions names {name!r}, which matched no feature of {path}")
+        if name not in mismatches:
+            raise ValueError(f"unit_conversions names {name!r}, but its unit is {target.spec_of(name).unit!r} at the "
+                             "source and the target alike: nothing to convert")
+        scale, offset = (conversion, 0.0) if isinstance(conversion, (int, float)) else conversion
+        converted[name] = (float(scale), float(offset))
+        if name in statistics:
+            statistics[name] = statistics[name].in_other_units(scale, offset)
+    return dict(unit_mismatches=mismatches, converted_units=converted, source_statistics=statistics,
+                code_conflicts=conflicts)
 
 
 def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:
@@ -249,20 +288,18 @@ def _shared_projectors(embeddings) -> dict[str, torch.nn.Module]:
     return projectors
 
 
-def _copy_shared_maps(embeddings, tensors: dict[str, torch.Tensor], path) -> set[str]:
-    """Copy the shared maps the checkpoint has; returns their names. φ is required whenever the model has one; the
-    others are missing from a source without categorical features or an older export, and then stay fresh (logged)."""
-    copied = set()
+def _shared_maps_to_copy(embeddings, tensors: dict[str, torch.Tensor], path) -> list[str]:
+    """The shared maps the checkpoint has. φ is required whenever the model has one; the others are missing from a
+    source without categorical features or an older export, and then stay fresh (logged)."""
+    available = []
     for prefix, module in _shared_projectors(embeddings).items():
-        if not all(f"{prefix}/{name}" in tensors for name, _ in module.named_parameters()):
-            if prefix == "value_projector":
-                raise ValueError(f"{path}: the checkpoint has no value projector φ, which its γ_f, β_f modulate")
+        if all(f"{prefix}/{name}" in tensors for name, _ in module.named_parameters()):
+            available.append(prefix)
+        elif prefix == "value_projector":
+            raise ValueError(f"{path}: the checkpoint has no value projector φ, which its γ_f, β_f modulate")
+        else:
             logger.warning("%s: no %s in the checkpoint; it stays freshly initialised", path, prefix)
-            continue
-        for name, parameter in module.named_parameters():
-            parameter.copy_(tensors[f"{prefix}/{name}"])
-        copied.add(prefix)
-    return copied
+    return available
 
 
 class FrozenTransfer:

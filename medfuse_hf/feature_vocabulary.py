@@ -69,6 +69,14 @@ class ValueStatistics:
             upper=float(upper),
         )
 
+    def in_other_units(self, scale: float, offset: float = 0.0) -> ValueStatistics:
+        """The same statistics after a change of units `scale × value + offset` (mg/dL -> µmol/L: 88.42; °F -> °C:
+        5/9 and -160/9); counts unchanged."""
+        if not scale > 0:
+            raise ValueError(f"a unit conversion's scale must be positive, got {scale}")
+        moved = {name: getattr(self, name) * scale + offset for name in ("mean", "q25", "median", "q75", "lower", "upper")}
+        return replace(self, std=self.std * scale, **moved)
+
     def normalize(self, values: np.ndarray) -> np.ndarray:
         """Clip to the outlier fences, then z-score: extreme values stay in the record but cannot dominate."""
         return (np.clip(values, self.lower, self.upper) - self.mean) / self.std

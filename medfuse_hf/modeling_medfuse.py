@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from .configuration_medfuse import MedFuseConfig
-from .feature_embeddings import TransferReport, load_feature_embeddings
+from .feature_embeddings import TransferReport, UnitConversion, load_feature_embeddings
 from .feature_vocabulary import FeatureVocabulary
 
 
@@ -290,11 +290,13 @@ class MedFusePreTrainedModel(PreTrainedModel):
         vocabulary: FeatureVocabulary,
         match_by: str = "name",
         freeze: bool = False,
-        unit_conversions: dict[str, float] | None = None,
+        unit_conversions: dict[str, UnitConversion] | None = None,
+        revision: str | None = None,
     ) -> TransferReport:
-        """Start from another site's published feature embeddings; see `feature_embeddings.load_feature_embeddings`.
-        `vocabulary` is this model's (its tokenizer's `feature_vocabulary`)."""
-        return load_feature_embeddings(self, path, vocabulary, match_by, freeze, unit_conversions)
+        """Start from another site's published feature embeddings (a folder or a Hub repo id at `revision`); see
+        `feature_embeddings.load_feature_embeddings`. `vocabulary` is this model's (its tokenizer's
+        `feature_vocabulary`)."""
+        return load_feature_embeddings(self, path, vocabulary, match_by, freeze, unit_conversions, revision)
 
 
 class MedFuseModel(MedFusePreTrainedModel):

@@ -84,20 +84,48 @@ def test_mismatched_dimensions_or_fusion_are_refused(source):
         target_model(vocabulary, hidden_size=64).medfuse.load_feature_embeddings(path, vocabulary)
     with pytest.raises(ValueError, match="fusion is 'multiplicative' in the checkpoint but 'additive'"):
         target_model(vocabulary, fusion="additive").medfuse.load_feature_embeddings(path, vocabulary)
+    with pytest.raises(ValueError, match="value_projector_hidden_size is"):
+        target_model(vocabulary, value_projector_hidden_size=7).medfuse.load_feature_embeddings(path, vocabulary)
 
 
-def test_unit_mismatch_is_flagged_and_declared_conversions_scale_statistics(source):
+def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_source_statistics(source):
     _, _, path = source
-    target_vocabulary = vocabulary_of([FeatureSpec(name="creatinine", unit="µmol/L")])
-    report = target_model(target_vocabulary).medfuse.load_feature_embeddings(
-        path, target_vocabulary, unit_conversions={"creatinine": 88.42}
-    )
-    assert report.unit_mismatches == {"creatinine": ("mg/dL", "µmol/L")}
-    assert report.converted_units == {"creatinine": 88.42}
-    checkpoint = FeatureEmbeddingCheckpoint.load(path)
-    original = checkpoint.vocabulary.spec_of("creatinine").statistics
-    converted = checkpoint.in_target_units({"creatinine": 88.42}).spec_of("creatinine").statistics
-    assert converted.mean == pytest.approx(original.mean * 88.42) and converted.std == pytest.approx(original.std * 88.42)
+    original = FeatureEmbeddingCheckpoint.load(path).vocabulary
+    target_vocabulary = vocabulary_of([FeatureSpec(name="creatinine", unit="µmol/L"), FeatureSpec(name="heart_rate"),
+                                       FeatureSpec(name="sodium", unit="MMOL/L")])
+    model = target_model(target_vocabulary)
+    report = model.medfuse.load_feature_embeddings(path, target_vocabulary, unit_conversions={"creatinine": 88.42})
+    assert report.unit_mismatches == {"creatinine": ("mg/dL", "µmol/L")}  # sodium: same unit, up to case
+    assert report.converted_units == {"creatinine": (88.42, 0.0)}
+    converted, source = report.source_statistics["creatinine"], original.spec_of("creatinine").statistics
+    assert converted.mean == pytest.approx(source.mean * 88.42) and converted.std == pytest.approx(source.std * 88.42)
+    assert converted.upper == pytest.approx(source.upper * 88.42) and converted.num_patients == source.num_patients
+    assert report.source_statistics["sodium"] == original.spec_of("sodium").statistics
+    celsius = original.spec_of("sodium").statistics.in_other_units(5 / 9, -160 / 9)  # as if it were °F -> °C
+    assert celsius.median == pytest.approx((original.spec_of("sodium").statistics.median - 32) * 5 / 9)
+    with_unit = vocabulary_of([FeatureSpec(name="heart_rate", unit="bpm")])  # unknown at the source: flagged too
+    assert target_model(with_unit).medfuse.load_feature_embeddings(path, with_unit).unit_mismatches == {"heart_rate": (None, "bpm")}
+
+
+def test_a_conversion_that_would_be_ignored_is_refused_before_anything_is_copied(source):
+    _, _, path = source
+    target_vocabulary = vocabulary_of([FeatureSpec(name="sodium", unit="mmol/L"), FeatureSpec(name="lactate")])
+    model = target_model(target_vocabulary)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    for conversions, message in (({"sodium": 2.0}, "'sodium', but its unit is 'mmol/L' at the source and the target alike"),
+                                 ({"lactate": 9.0}, "'lactate', which matched no feature")):
+        with pytest.raises(ValueError, match=message):
+            model.medfuse.load_feature_embeddings(path, target_vocabulary, unit_conversions=conversions)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
+def test_a_name_match_with_different_codes_is_flagged(tmp_path):
+    source_vocabulary = vocabulary_of([FeatureSpec(name="glucose", code="2345-7")])  # serum glucose
+    export_feature_embeddings(target_model(source_vocabulary), MedFuseTokenizer(source_vocabulary), tmp_path)
+    target_vocabulary = vocabulary_of([FeatureSpec(name="glucose", code="2339-0")])  # blood glucose
+    report = target_model(target_vocabulary).medfuse.load_feature_embeddings(tmp_path, target_vocabulary)
+    assert report.matched == {"glucose": "glucose"} and report.code_conflicts == {"glucose": ("2345-7", "2339-0")}
+    assert "matched despite different codes" in str(report)
 
 
 def test_frozen_transfer_stays_exactly_as_loaded_under_adamw_while_new_features_train(source):
@@ -151,6 +179,13 @@ def test_a_tampered_checkpoint_is_refused(source):
     (path / "feature_vocabulary.json").write_text((path / "feature_vocabulary.json").read_text().replace("sodium", "natrium"))
     with pytest.raises(ValueError, match="feature_vocabulary.json: missing or does not match its recorded SHA-256"):
         target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
+    manifest = json.loads((path / "embedding_config.json").read_text())
+    del manifest["sha256"]["feature_vocabulary.json"]  # a tampered manifest that no longer checks the vocabulary
+    (path / "embedding_config.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no SHA-256 recorded for feature_vocabulary.json"):
+        target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        target_model(vocabulary).medfuse.load_feature_embeddings(path.parent / "mistyped-embeddings", vocabulary)
 
 
 def fake_hub_cache(cache, repo_id, folder):

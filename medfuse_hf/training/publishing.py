@@ -24,9 +24,10 @@ outputs = model(**tokenizer(patients, return_tensors="pt"))
 EMBEDDING_USAGE = """
 from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
 
-# Your vocabulary and tokenizer; the model with this checkpoint's hidden_size, value_embedding_size and fusion.
-model = MedFuseForSequenceClassification(MedFuseConfig(**vocabulary.config_kwargs(), hidden_size={hidden_size},
-                                         value_embedding_size={value_embedding_size}, fusion="{fusion}", num_labels=2))
+# Your vocabulary and tokenizer; the model with this checkpoint's sizes and fusion.
+model = MedFuseForSequenceClassification(MedFuseConfig(
+    **vocabulary.config_kwargs(), hidden_size={hidden_size}, value_embedding_size={value_embedding_size},
+    value_projector_hidden_size={value_projector_hidden_size}, fusion="{fusion}", num_labels=2))
 report = model.medfuse.load_feature_embeddings("{where}", vocabulary, match_by="alias")
 print(report)  # matched features, features new at your hospital, features only at the source
 """
@@ -75,7 +76,8 @@ def publish_run(
                  f"({', '.join(withheld['statistics_withheld']) or 'none here'}) and counts are rounded to tens."),
         how_to_load=EMBEDDING_USAGE.format(where=embeddings_repo_id(hub_repo_id) if hub_repo_id else readable(embeddings_dir),
                                            hidden_size=config.hidden_size,
-                                           value_embedding_size=config.value_embedding_size, fusion=config.fusion),
+                                           value_embedding_size=config.value_embedding_size,
+                                           value_projector_hidden_size=config.value_projector_hidden_size, fusion=config.fusion),
         **common,
     ).save(embeddings_dir / "README.md")
 
