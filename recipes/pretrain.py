@@ -2,7 +2,8 @@
 cut-off from the events before it (STraTS' task), so large unlabeled cohorts teach the feature embeddings.
 
     python recipes/pretrain.py --dataset p19 --data_dir ../shared/data/physionet2019 --hospital A
-    accelerate launch recipes/pretrain.py --parquet_shards "cohort/*.parquet" --max_steps 20000   # larger than memory
+    accelerate launch recipes/pretrain.py --parquet_shards "cohort/*.parquet" --data_description "our ICU, 2015-2024" \
+        --max_steps 20000   # a cohort larger than memory
 
 Writes `model/` (a `MedFuseForPreTraining` with its tokenizer and model card: pass it to
 `recipes/finetune.py --init_from`), `feature_embeddings/` (privacy-guarded, for other hospitals), `checkpoints/`,
@@ -23,10 +24,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer, export_feature_embeddings
+from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, load_cohort, resolve_checkpoint, save_checkpoint
-from medfuse_hf.training.cohorts import fit_tokenizer, save_strict_tokenizer, streaming_patients
+from medfuse_hf.training.cohorts import Cohort, fit_tokenizer, save_strict_tokenizer, streaming_patients
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.publishing import publish_run
 from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, parse_with_config
@@ -64,6 +65,8 @@ def training_function(args: argparse.Namespace) -> dict:
     if args.parquet_shards:
         if not args.max_steps:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
+        if not args.data_description:
+            raise SystemExit("a streamed cohort needs --data_description for its model cards (shard paths are not published)")
         train = streaming_patients(sorted(glob.glob(args.parquet_shards)), args.seed, open_shards=args.open_shards)
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events, unknown_features="drop")
@@ -118,12 +121,13 @@ def training_function(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         save_strict_tokenizer(tokenizer, output_dir / "model")
-        if cohort is not None:
-            publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
-                        f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics)
-        else:  # streamed shards: no cohort description to card, the embeddings are exported all the same
-            export_feature_embeddings(accelerator.unwrap_model(model), tokenizer, output_dir / "feature_embeddings",
-                                      source=args.parquet_shards, min_patients=args.min_patients_for_statistics)
+        if cohort is None:  # streamed shards: described by the user, sized by what the run read
+            cohort = Cohort(splits=datasets.DatasetDict(), label_column="", id_column="patient_id",
+                            description=args.data_description, license=args.data_license)
+        publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
+                    f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics,
+                    summary=f"MedFuse pretrained without labels on {cohort.description}: it forecasts each feature's "
+                            f"values over the next {args.horizon_hours:g} h from the events before.")
     result = {"steps": loop["step"], "epochs": loop["epoch"]}
     if validation is not None:
         result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000, help="patients a streamed cohort's statistics come from")
     data.add_argument("--horizon_hours", type=float, default=2.0)
+    data.add_argument("--data_description", help="what the streamed shards hold, for the model cards (required with them)")
+    data.add_argument("--data_license", default="as set by the data owner", help="the streamed shards' terms, for the cards")
     model = parser.add_argument_group("model")
     for name, kind in MODEL_FLAGS.items():
         model.add_argument(f"--{name}", type=kind)

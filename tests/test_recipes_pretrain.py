@@ -69,9 +69,15 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
 def test_streamed_shards_pretrain(tmp_path):
     shards = write_shards(tmp_path, 2, patients=200, events=50)
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--max_steps", "4", "--batch_size", "16",
-                           "--statistics_patients", "100", "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
+                           "--statistics_patients", "100", "--data_description", "two synthetic shards",
+                           "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
     assert "pretrained for 4 steps" in result.stdout
     assert len(shards) == 2
+    published = tmp_path / "out" / "feature_embeddings"
+    assert json.loads((published / "embedding_config.json").read_text())["source"] == "two synthetic shards"
+    assert "forecasts each feature's values" in (tmp_path / "out" / "model" / "README.md").read_text()
+    assert all(str(tmp_path) not in file.read_text() for file in published.glob("*.json"))  # no site paths shared
+    assert (published / "README.md").exists()
 
 
 def test_streaming_holds_at_most_open_shards_at_once(tmp_path):

@@ -43,10 +43,12 @@ def publish_run(
     evaluation_context: str = "",
     min_patients: int = 20,
     hub_repo_id: str | None = None,
+    summary: str | None = None,
 ) -> None:
     """Write `<output_dir>/model/README.md` and the feature-embedding checkpoint with its card. The cards' loading
     code names `hub_repo_id` (embeddings: `<hub_repo_id>-embeddings`) when the run is to be pushed, else the folders
-    as a reader reproducing the run would name them."""
+    as a reader reproducing the run would name them. `summary` says what the model learned (default: the cohort's
+    label, as fine-tuning learns it)."""
     output_dir = Path(output_dir)
     config = model.config
     vocabulary = tokenizer.feature_vocabulary
@@ -59,8 +61,8 @@ def publish_run(
     )
     auto_class = "AutoModelForSequenceClassification" if config.architectures == ["MedFuseForSequenceClassification"] else "AutoModelForPreTraining"
     render_model_card(
-        title=title, summary=f"MedFuse trained on {cohort.description} to predict {cohort.task or 'its label'} "
-                                 f"(label column: `{cohort.label_column}`).",
+        title=title, summary=summary or f"MedFuse trained on {cohort.description} to predict {cohort.task or 'its label'} "
+                                           f"(label column: `{cohort.label_column}`).",
         how_to_load=MODEL_USAGE.format(auto_class=auto_class, where=hub_repo_id or readable(output_dir / "model")),
         metrics=metrics,
         evaluation_context=evaluation_context, **common,
