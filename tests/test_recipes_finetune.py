@@ -93,7 +93,13 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     card = (output_dir / "model" / "README.md").read_text()
     assert "Not a medical device" in card and "**not** the 2022 multimodal" in card
     assert "to predict a label that rises at both ends of the sodium range" in card  # what the label means
-    assert f"{result['test']['auroc']['value']:.4f}" in card  # the card reports this run's test metrics
+    auroc_row = f"| auroc | {auroc['value']:.4f} | {auroc['low']:.4f} – {auroc['high']:.4f} |"
+    assert auroc_row in card  # this run's test metric, with its interval
+    assert f"- test patients: {result['test_patients']:,}" in card and "- Licence of the data:" in card
+    assert "features, " in card and "in the canonical clinical catalogue" in card  # vocabulary coverage
+    embeddings_card = (output_dir / "feature_embeddings" / "README.md").read_text()
+    assert "Not a medical device" in embeddings_card and "load_feature_embeddings(" in embeddings_card
+    assert "calibration curve" in card and "calibration curve" not in embeddings_card  # it predicts nothing
     assert (output_dir / "feature_embeddings" / "embedding_config.json").exists()
     # the recipe dropped features its training split lacked; the published tokenizer is strict, as users expect
     assert json.loads((output_dir / "model" / "preprocessor_config.json").read_text())["unknown_features"] == "error"
