@@ -1,6 +1,9 @@
 """Transfer experiment: train at a source hospital, publish its feature embeddings, then fine-tune at a target
 hospital on 1%…100% of its training patients, with and without the transferred embeddings, over several seeds.
 
+The source learns its own label (`--source_objective supervised`, with `--finetune_args`), or, for a source without
+labels, forecasting (`forecasting`: `recipes/pretrain.py` with `--pretrain_args`; give it the same model sizes).
+
     python recipes/transfer.py --source_dataset p19 --source_hospital A --source_data_dir ../shared/data/physionet2019 \
         --target_dataset p19 --target_hospital B --target_data_dir ../shared/data/physionet2019 \
         --fractions 0.01 0.05 0.1 0.25 1.0 --seeds 0 1 2 --output_dir outputs/transfer-p19-A-to-B
@@ -25,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from medfuse_hf.training.metrics import format_mean_std, mean_and_std
-from medfuse_hf.training.runs import ResultRows, run_finetune
+from medfuse_hf.training.runs import ResultRows, run_finetune, run_recipe
 
 
 def dataset_arguments(args: argparse.Namespace, side: str) -> list[str]:
@@ -98,7 +101,10 @@ def run_cells(args: argparse.Namespace, extra: list[str], results: ResultRows) -
     if embeddings is None:
         source_dir = args.output_dir / "source"
         if not (source_dir / "feature_embeddings").exists():
-            run_finetune([*dataset_arguments(args, "source"), *extra], source_dir, args.launcher)
+            pretraining = args.source_objective == "forecasting"
+            run_recipe("pretrain.py" if pretraining else "finetune.py",
+                       [*dataset_arguments(args, "source"), *shlex.split(args.pretrain_args if pretraining else args.finetune_args)],
+                       source_dir, args.launcher)
         embeddings = str(source_dir / "feature_embeddings")
         print(f"source trained; feature embeddings in {embeddings}")
     for fraction in args.fractions:
@@ -153,6 +159,9 @@ def main() -> None:
         parser.add_argument(f"--{side}_hospital")
         parser.add_argument(f"--{side}_protocol")
     parser.add_argument("--source_embeddings", help="skip source training: use this published checkpoint")
+    parser.add_argument("--source_objective", choices=("supervised", "forecasting"), default="supervised",
+                        help="what the source learns: its own label (recipes/finetune.py) or forecasting (recipes/pretrain.py)")
+    parser.add_argument("--pretrain_args", default="", help="flags for the source's recipes/pretrain.py (forecasting)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--finetune_args", default="", help="flags for every fine-tuning run, e.g. model sizes")
@@ -167,9 +176,11 @@ def main() -> None:
             parser.error("--source_dataset and --target_dataset are required to run the experiment")
         extra = shlex.split(args.finetune_args)
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        check_same_experiment(args.output_dir / "experiment.json", {
-            "source": dataset_arguments(args, "source"), "target": dataset_arguments(args, "target"),
-            "source_embeddings": args.source_embeddings, "finetune_args": extra})
+        settings = {"source": dataset_arguments(args, "source"), "target": dataset_arguments(args, "target"),
+                    "source_embeddings": args.source_embeddings, "finetune_args": extra}
+        if args.source_objective == "forecasting":  # absent for supervised sources, as before the option existed
+            settings["source_pretraining"] = shlex.split(args.pretrain_args)
+        check_same_experiment(args.output_dir / "experiment.json", settings)
         run_cells(args, extra, results)
     elif not results.rows:
         raise SystemExit(f"{results.path} holds no finished run yet: nothing to summarise")

@@ -141,3 +141,20 @@ def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
         "| 0.1 | yes | 3 | 0.8000 ± 0.0000 | 0.3200 ± 0.0200 | 3 | +0.0000 ± 0.0000 | +0.0233 ± 0.0153 |")
     (alone,) = transfer.summarise([{"fraction": 0.5, "transfer": True, "seed": 0, "auroc": 0.7, "auprc": 0.2}])
     assert transfer.format_table([alone]).splitlines()[-1] == "| 0.5 | yes | 1 | 0.7000 | 0.2000 |  |  |  |"  # no ± nan
+
+
+def test_a_source_without_labels_transfers_what_forecasting_pretraining_learned(tmp_path):
+    output_dir = tmp_path / "transfer"
+    tiny = " ".join(TINY_MODEL)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "transfer.py"), "--source_dataset", "synthetic", "--target_dataset",
+         "synthetic", "--source_objective", "forecasting", "--pretrain_args", f"--num_patients 128 --num_epochs 1 {tiny}",
+         "--finetune_args", f"--num_patients 128 --num_epochs 1 --bootstrap_resamples 20 {tiny}",
+         "--fractions", "1.0", "--seeds", "0", "--output_dir", str(output_dir)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    source = json.loads((output_dir / "source" / "model" / "config.json").read_text())
+    assert source["architectures"] == ["MedFuseForPreTraining"]
+    transferred = next(row for row in json.loads((output_dir / "results.json").read_text()) if row["transfer"])
+    assert transferred["transferred_features"] == 3  # the synthetic cohort's features, all learned by forecasting
+    assert json.loads((output_dir / "experiment.json").read_text())["source_pretraining"][:2] == ["--num_patients", "128"]

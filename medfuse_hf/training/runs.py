@@ -1,4 +1,5 @@
-"""Running `recipes/finetune.py` as a child process: what experiment drivers (transfer, benchmark tables) repeat.
+"""Running a recipe (`recipes/finetune.py`, `recipes/pretrain.py`) as a child process: what experiment drivers
+(transfer, benchmark tables) repeat.
 
 A child process per run keeps each run's memory separate, lets a launcher (`accelerate launch ...`) spread it over
 GPUs, and makes a run killed half-way resumable: it always asks for `--resume_from_checkpoint latest`, which starts
@@ -11,15 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-FINETUNE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.py"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-def run_finetune(flags: list[str], output_dir: Path, launcher: str = shlex.quote(sys.executable)) -> dict:
-    """Run one fine-tuning to completion and return its `test_metrics.json`. Its output goes to
-    `<output_dir>/run.log` (appended across resumptions), whose tail is raised with the error if the run fails."""
+def run_recipe(recipe: str, flags: list[str], output_dir: Path, launcher: str = shlex.quote(sys.executable)) -> Path:
+    """Run `recipes/<recipe>` to completion, resuming it if it was killed; returns its output folder. Its output goes
+    to `<output_dir>/run.log` (appended across resumptions), whose tail is raised with the error if the run fails."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    command = [*shlex.split(launcher), str(FINETUNE), *flags, "--output_dir", str(output_dir),
+    command = [*shlex.split(launcher), str(RECIPES / recipe), *flags, "--output_dir", str(output_dir),
                "--checkpoint_every_epoch", "--resume_from_checkpoint", "latest"]
     log_path = output_dir / "run.log"
     with log_path.open("a") as log:
@@ -29,7 +30,12 @@ def run_finetune(flags: list[str], output_dir: Path, launcher: str = shlex.quote
     if returncode != 0:
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"{shlex.join(command)} failed (exit {returncode}); end of {log_path}:\n{tail}")
-    return json.loads((output_dir / "test_metrics.json").read_text())
+    return output_dir
+
+
+def run_finetune(flags: list[str], output_dir: Path, launcher: str = shlex.quote(sys.executable)) -> dict:
+    """Run one fine-tuning to completion and return its `test_metrics.json`."""
+    return json.loads((run_recipe("finetune.py", flags, output_dir, launcher) / "test_metrics.json").read_text())
 
 
 class ResultRows:
