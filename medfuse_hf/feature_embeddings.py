@@ -105,20 +105,25 @@ class FeatureEmbeddingCheckpoint:
 
 
 def export_feature_embeddings(
-    model, tokenizer, path: str | Path, source: str | None = None, min_patients: int = 20
+    model, tokenizer, path: str | Path, source: str | None = None, min_patients: int = 20, drop_rare_features: bool = False
 ) -> dict[str, list[str]]:
-    """Write the feature-embedding checkpoint of a trained MedFuse model; returns which features had their
-    statistics withheld (seen in fewer than `min_patients` patients)."""
+    """Write the feature-embedding checkpoint of a trained MedFuse model. Features seen in fewer than `min_patients`
+    patients have their statistics withheld, or with `drop_rare_features` are left out altogether (name, rows and
+    all), for a site where even that a rare test was done is sensitive. Returns those features' names, for the
+    caller: the checkpoint names them only when withheld, and counts them when dropped."""
     base = model.medfuse if hasattr(model, "medfuse") else model
     embeddings = base.embeddings
     config = base.config
     vocabulary = tokenizer.feature_vocabulary
     if len(vocabulary) != config.vocab_size:
         raise ValueError(f"tokenizer vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
+    guarded, rare = privacy_guarded(vocabulary, min_patients, drop_rare_features)
     tensors: dict[str, torch.Tensor] = {}
     fusion = embeddings.value_fusion
     offsets = vocabulary.category_offsets()
     for feature_id, spec in enumerate(vocabulary, start=UNK_ID + 1):
+        if spec.name not in guarded:
+            continue
         tensors[f"identity/{spec.name}"] = embeddings.feature_embeddings.weight[feature_id]
         if hasattr(fusion, "gamma"):
             tensors[f"gamma/{spec.name}"] = fusion.gamma[feature_id]
@@ -131,7 +136,6 @@ def export_feature_embeddings(
             tensors[f"{prefix}/{name}"] = parameter
     tensors = {key: value.detach().float().cpu().contiguous().clone() for key, value in tensors.items()}
 
-    guarded, withheld = privacy_guarded(vocabulary, min_patients)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, path / TENSORS_FILE, metadata={"format": "medfuse-feature-embeddings"})
@@ -144,11 +148,11 @@ def export_feature_embeddings(
         "value_projector_hidden_size": config.value_projector_hidden_size,
         "fusion": config.fusion,
         "privacy": {"min_patients_for_statistics": min_patients, "counts_rounded_to": COUNT_GRANULARITY,
-                    "statistics_withheld": withheld},
+                    **({"rare_features_dropped": len(rare)} if drop_rare_features else {"statistics_withheld": rare})},
         "sha256": {name: sha256_of(path / name) for name in (TENSORS_FILE, VOCABULARY_FILE)},
     }
     (path / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    return {"statistics_withheld": withheld}
+    return {"rare_features_dropped" if drop_rare_features else "statistics_withheld": rare}
 
 
 def load_feature_embeddings(
@@ -331,23 +335,27 @@ class FrozenTransfer:
             parameter[index] = values.to(parameter.dtype)
 
 
-def privacy_guarded(vocabulary: FeatureVocabulary, min_patients: int = 20) -> tuple[FeatureVocabulary, list[str]]:
-    """The vocabulary as it may leave the hospital, and the features whose statistics it withholds: only the
-    vocabulary's own fields, statistics of features seen in fewer than `min_patients` patients withheld (their
-    quartiles and fences are close to those patients' values), counts rounded down to tens."""
+def privacy_guarded(
+    vocabulary: FeatureVocabulary, min_patients: int = 20, drop_rare: bool = False
+) -> tuple[FeatureVocabulary, list[str]]:
+    """The vocabulary as it may leave the hospital, and its rare features (seen in fewer than `min_patients`
+    patients): only the vocabulary's own fields, rare features' statistics withheld (their quartiles and fences are
+    close to those patients' values) or, with `drop_rare`, the features left out, and counts rounded down to tens."""
     if min_patients < MIN_PATIENTS_FLOOR:
         raise ValueError(f"min_patients={min_patients}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are "
                          "never shared; use a threshold of at least that")
-    guarded, withheld = FeatureVocabulary(), []
+    guarded, rare = FeatureVocabulary(), []
     for spec in vocabulary:
         statistics = spec.statistics
         if statistics is not None and statistics.num_patients < min_patients:
-            withheld.append(spec.name)
+            rare.append(spec.name)
+            if drop_rare:
+                continue
             statistics = None
         elif statistics is not None:
             statistics = replace(statistics, count=_coarsen(statistics.count), num_patients=_coarsen(statistics.num_patients))
         guarded.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
-    return guarded, withheld
+    return guarded, rare
 
 
 def _coarsen(count: int) -> int:

@@ -221,7 +221,8 @@ def training_function(args: argparse.Namespace) -> dict:
         if (output_dir / "model").exists():
             publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort, f"MedFuse, {cohort.description}",
                         metrics=result["test"], evaluation_context=f"Test split, {result['test_patients']} patients, "
-                        f"best validation epoch of {loop['epoch']}.", min_patients=args.min_patients_for_statistics)
+                        f"best validation epoch of {loop['epoch']}.", min_patients=args.min_patients_for_statistics,
+                        drop_rare_features=args.drop_rare_features)
         accelerator.print(f"{summary_line(result)} after {loop['epoch']} epochs, {result['train_seconds']:.0f} s of "
                           f"training ({result['events_per_second']:,} events/s); model in {output_dir / 'model'}")
     accelerator.wait_for_everyone()  # ranks leave together: a rank left alone at teardown can hang in gloo

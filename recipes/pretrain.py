@@ -126,6 +126,7 @@ def training_function(args: argparse.Namespace) -> dict:
                             description=args.data_description, license=args.data_license)
         publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
                     f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics,
+                    drop_rare_features=args.drop_rare_features,
                     summary=f"MedFuse pretrained without labels on {cohort.description}: it forecasts each feature's "
                             f"values over the next {args.horizon_hours:g} h from the events before.")
     result = {"steps": loop["step"], "epochs": loop["epoch"]}

@@ -14,7 +14,7 @@ import datasets
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.training import load_cohort
-from medfuse_hf.training.publishing import publish_run, push_run
+from medfuse_hf.training.publishing import publish_run, publishable_vocabulary, push_run
 
 
 def main() -> None:
@@ -32,9 +32,12 @@ def main() -> None:
     model = MedFuseForSequenceClassification.from_pretrained(args.run_dir / "model")
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
     min_patients = settings.get("min_patients_for_statistics", 20)
+    if args.push_to_hub:  # refuse before the cards are rewritten to name a repo that will not exist
+        publishable_vocabulary(tokenizer, args.push_to_hub, min_patients)
     publish_run(args.run_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
                 evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
-                f"{report['epochs']}.", min_patients=min_patients, hub_repo_id=args.push_to_hub)
+                f"{report['epochs']}.", min_patients=min_patients, hub_repo_id=args.push_to_hub,
+                drop_rare_features=settings.get("drop_rare_features", False))
     print(f"wrote {args.run_dir / 'model' / 'README.md'} and {args.run_dir / 'feature_embeddings'}")
     if args.card_copy:
         shutil.copyfile(args.run_dir / "model" / "README.md", args.card_copy)

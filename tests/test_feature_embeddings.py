@@ -172,6 +172,11 @@ def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort
     assert sodium["num_patients"] == 60 and sodium["count"] % 10 == 0  # 63 patients: counts rounded down to tens
     with pytest.raises(ValueError, match="min_patients=5: statistics of fewer than 10 patients are never shared"):
         export_feature_embeddings(model, MedFuseTokenizer(vocabulary), tmp_path / "lax", min_patients=5)
+    dropped = tmp_path / "dropped"  # for a site where even that the rare test was done is sensitive
+    assert export_feature_embeddings(model, MedFuseTokenizer(vocabulary), dropped, drop_rare_features=True) == {
+        "rare_features_dropped": ["rare_lab"]}
+    assert all(b"rare_lab" not in path.read_bytes() for path in dropped.iterdir())
+    assert FeatureEmbeddingCheckpoint.load(dropped).vocabulary.id_of("sodium") is not None
 
 
 def test_a_tampered_checkpoint_is_refused(source):

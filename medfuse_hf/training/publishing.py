@@ -44,6 +44,7 @@ def publish_run(
     min_patients: int = 20,
     hub_repo_id: str | None = None,
     summary: str | None = None,
+    drop_rare_features: bool = False,
 ) -> None:
     """Write `<output_dir>/model/README.md` and the feature-embedding checkpoint with its card. The cards' loading
     code names `hub_repo_id` (embeddings: `<hub_repo_id>-embeddings`) when the run is to be pushed, else the folders
@@ -69,13 +70,17 @@ def publish_run(
     ).save(output_dir / "model" / "README.md")
 
     embeddings_dir = output_dir / "feature_embeddings"
-    withheld = export_feature_embeddings(model, tokenizer, embeddings_dir, source=cohort.description, min_patients=min_patients)
+    rare = export_feature_embeddings(model, tokenizer, embeddings_dir, source=cohort.description,
+                                     min_patients=min_patients, drop_rare_features=drop_rare_features)
+    guard = (f"features seen in fewer than {min_patients} patients are left out altogether "
+             f"({len(rare['rare_features_dropped'])} here)" if drop_rare_features else
+             f"value statistics of features seen in fewer than {min_patients} patients are withheld "
+             f"({', '.join(rare['statistics_withheld']) or 'none here'})")
     render_model_card(
         title=f"{title}: feature embeddings",
         summary=(f"Feature-identity embeddings and MuFuse value parameters (γ_f, β_f, φ) learned on {cohort.description}, "
-                 f"keyed by canonical feature name, for reuse at another hospital. No patient-level data: value "
-                 f"statistics of features seen in fewer than {min_patients} patients are withheld "
-                 f"({', '.join(withheld['statistics_withheld']) or 'none here'}) and counts are rounded to tens."),
+                 f"keyed by canonical feature name, for reuse at another hospital. No patient-level data: "
+                 f"{guard}, and counts are rounded to tens."),
         how_to_load=EMBEDDING_USAGE.format(where=embeddings_repo_id(hub_repo_id) if hub_repo_id else readable(embeddings_dir),
                                            hidden_size=config.hidden_size,
                                            value_embedding_size=config.value_embedding_size,
@@ -95,16 +100,10 @@ def readable(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
-             min_patients: int = 20) -> str:
-    """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
-    the run's model card over the stub card transformers writes, then the feature embeddings to
-    `<repo_id>-embeddings`. Returns the embeddings' commit URL.
-
-    The tokenizer leaves under the same privacy guard as the embeddings (counts rounded to tens), and a tokenizer
-    that normalises a feature with statistics of fewer than `min_patients` patients is refused before any upload:
-    unlike the embeddings it cannot withhold them, since it needs them to read that feature."""
-    output_dir = Path(output_dir)
+def publishable_vocabulary(tokenizer: MedFuseTokenizer, repo_id: str, min_patients: int = 20):
+    """The tokenizer's vocabulary as a pushed model may carry it (counts rounded to tens), or a clear refusal when it
+    normalises a feature with statistics of fewer than `min_patients` patients: unlike the embeddings, a model's
+    tokenizer cannot withhold them, since it needs them to read that feature."""
     vocabulary, rare = privacy_guarded(tokenizer.feature_vocabulary, min_patients)
     if rare:
         raise ValueError(
@@ -112,8 +111,20 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
             f"outlier fences) of fewer than {min_patients} patients, close to those patients' own values. Retrain "
             "without these features, or share only the feature embeddings (push_feature_embeddings), which withhold them."
         )
+    return vocabulary
+
+
+def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
+             min_patients: int = 20) -> str:
+    """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
+    the run's model card over the stub card transformers writes, then the feature embeddings to
+    `<repo_id>-embeddings`. Returns the embeddings' commit URL.
+
+    The tokenizer leaves under the same privacy guard as the embeddings (`publishable_vocabulary`), checked before
+    any upload."""
+    output_dir = Path(output_dir)
     public_tokenizer = copy.copy(tokenizer)
-    public_tokenizer.feature_vocabulary = vocabulary
+    public_tokenizer.feature_vocabulary = publishable_vocabulary(tokenizer, repo_id, min_patients)
     model.push_to_hub(repo_id, private=True, token=token)
     public_tokenizer.push_to_hub(repo_id, private=True, token=token)
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",

@@ -56,4 +56,6 @@ def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> 
     train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
     train.add_argument("--min_patients_for_statistics", type=int, default=20,
                        help="published feature embeddings withhold statistics of features seen in fewer patients")
+    train.add_argument("--drop_rare_features", action="store_true",
+                       help="leave such features out of the published embeddings altogether, names included")
     return train
