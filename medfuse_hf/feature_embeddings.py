@@ -78,14 +78,21 @@ class TransferReport:
 
 @dataclass
 class FeatureEmbeddingCheckpoint:
+    """A published checkpoint as read back: tensors keyed by feature, its privacy-guarded vocabulary, its manifest.
+
+    It is plain files (safetensors and JSON, readable without this library), not a module, so it goes to and from
+    the Hub through huggingface_hub itself (`from_pretrained` here, `push_feature_embeddings`) rather than
+    `PyTorchModelHubMixin`, which would tie the format to one class's constructor. Full models use transformers'
+    own `push_to_hub` / `from_pretrained`."""
+
     tensors: dict[str, torch.Tensor]
     vocabulary: FeatureVocabulary
     config: dict
 
     @classmethod
-    def load(cls, path: str | Path, revision: str | None = None) -> "FeatureEmbeddingCheckpoint":
-        """Read and verify a checkpoint from a local folder or a Hub repo id (downloaded, or taken from the local
-        cache when `HF_HUB_OFFLINE=1`)."""
+    def from_pretrained(cls, path: str | Path, revision: str | None = None) -> "FeatureEmbeddingCheckpoint":
+        """Read and verify a checkpoint from a local folder or a Hub repo id (downloaded with huggingface_hub's
+        `snapshot_download`, or taken from its cache when `HF_HUB_OFFLINE=1`), named as transformers names it."""
         if not Path(path).is_dir() and (str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1):
             raise FileNotFoundError(f"{path}: no such folder (a Hub repo id reads 'owner/name')")
         path = Path(path) if Path(path).is_dir() else Path(snapshot_download(str(path), revision=revision))
@@ -176,7 +183,7 @@ def load_feature_embeddings(
     """
     if match_by not in MATCH_METHODS:
         raise ValueError(f"match_by must be one of {MATCH_METHODS}, got {match_by!r}")
-    checkpoint = FeatureEmbeddingCheckpoint.load(path, revision=revision)
+    checkpoint = FeatureEmbeddingCheckpoint.from_pretrained(path, revision=revision)
     base = model.medfuse if hasattr(model, "medfuse") else model
     config, embeddings = base.config, base.embeddings
     for key in ("hidden_size", "value_embedding_size", "value_projector_hidden_size", "fusion"):

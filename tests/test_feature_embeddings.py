@@ -90,7 +90,7 @@ def test_mismatched_dimensions_or_fusion_are_refused(source):
 
 def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_source_statistics(source):
     _, _, path = source
-    original = FeatureEmbeddingCheckpoint.load(path).vocabulary
+    original = FeatureEmbeddingCheckpoint.from_pretrained(path).vocabulary
     target_vocabulary = vocabulary_of([FeatureSpec(name="creatinine", unit="µmol/L"), FeatureSpec(name="heart_rate"),
                                        FeatureSpec(name="sodium", unit="MMOL/L")])
     model = target_model(target_vocabulary)
@@ -176,7 +176,7 @@ def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort
     assert export_feature_embeddings(model, MedFuseTokenizer(vocabulary), dropped, drop_rare_features=True) == {
         "rare_features_dropped": ["rare_lab"]}
     assert all(b"rare_lab" not in path.read_bytes() for path in dropped.iterdir())
-    assert FeatureEmbeddingCheckpoint.load(dropped).vocabulary.id_of("sodium") is not None
+    assert FeatureEmbeddingCheckpoint.from_pretrained(dropped).vocabulary.id_of("sodium") is not None
 
 
 def test_a_tampered_checkpoint_is_refused(source):
