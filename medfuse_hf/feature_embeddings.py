@@ -19,12 +19,14 @@ import json
 import logging
 import math
 import unicodedata
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
 from safetensors.torch import load_file, save_file
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .feature_vocabulary import UNK_ID, FeatureVocabulary, ValueStatistics
 from .integrity import sha256_of
@@ -219,11 +221,11 @@ def load_feature_embeddings(
                         category_rows.append(row)
     if freeze:
         feature_ids = [vocabulary.id_of(here) for here in matched]
-        rows = {embeddings.feature_embeddings.weight: feature_ids}
+        rows = {"feature_embeddings.weight": feature_ids}
         if hasattr(fusion, "gamma"):
-            rows.update({fusion.gamma: feature_ids, fusion.beta: feature_ids})
+            rows.update({"value_fusion.gamma": feature_ids, "value_fusion.beta": feature_ids})
         if category_rows:
-            rows[embeddings.categorical_fusion.category_embeddings.weight] = category_rows
+            rows["categorical_fusion.category_embeddings.weight"] = category_rows
         projectors = _shared_projectors(embeddings)
         FrozenTransfer(embeddings, rows, [projectors[name] for name in shared])
     report = TransferReport(
@@ -318,27 +320,48 @@ class FrozenTransfer:
 
     Transferred shared maps stop requiring gradients, so optimizers skip them. Transferred rows of tables the target's
     new features share (identity, γ, β, category levels) get zero gradients and are written back from their loaded
-    values before every forward and every `state_dict`: that undoes AdamW's decoupled weight decay, which moves
-    a parameter even where its gradient is zero.
+    values after every optimizer step, before every forward and before every `state_dict`: that undoes AdamW's
+    decoupled weight decay, which moves a parameter even where its gradient is zero. Rows are found by parameter
+    name in the module the hooks are called with, so a deep copy of the model stays frozen on its own. Not for
+    FSDP or DeepSpeed ZeRO-3, which flatten parameters so that rows cannot be addressed.
     """
 
-    def __init__(self, embeddings, rows: dict[torch.nn.Parameter, list[int]], shared_maps: list[torch.nn.Module]):
+    def __init__(self, embeddings: torch.nn.Module, rows: dict[str, list[int]], shared_maps: list[torch.nn.Module]):
         for module in shared_maps:
             module.requires_grad_(False)
-        self.rows = {parameter: (torch.tensor(index), parameter.detach()[index].clone())
-                     for parameter, index in rows.items() if index}
-        for parameter, (index, _) in self.rows.items():
+        self.rows = {}
+        for name, index in rows.items():
+            if not index:
+                continue
+            parameter = embeddings.get_parameter(name)
+            self.rows[name] = (torch.tensor(index), parameter.detach()[index].clone())
             keep = torch.ones(parameter.shape[0], *([1] * (parameter.dim() - 1)))
             keep[index] = 0.0
             parameter.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
-        embeddings.register_forward_pre_hook(lambda module, inputs: self.restore())
-        embeddings.register_state_dict_pre_hook(lambda module, prefix, keep_vars: self.restore())
+        embeddings.register_forward_pre_hook(self._before_forward)
+        embeddings.register_state_dict_pre_hook(self._before_state_dict)
+        self._embeddings = weakref.ref(embeddings)
+        register_optimizer_step_post_hook(self._after_optimizer_step)
+
+    def _before_forward(self, module, inputs) -> None:
+        self.restore(module)
+
+    def _before_state_dict(self, module, prefix, keep_vars) -> None:
+        self.restore(module)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        embeddings = self._embeddings()
+        if embeddings is None:  # the model is gone; the hook stays (optimizers iterate over the hooks), emptied
+            self.rows.clear()
+        else:
+            self.restore(embeddings)
 
     @torch.no_grad()
-    def restore(self) -> None:
-        for parameter, (index, values) in self.rows.items():
+    def restore(self, embeddings: torch.nn.Module) -> None:
+        for name, (index, values) in self.rows.items():
+            parameter = embeddings.get_parameter(name)
             if values.device != parameter.device:  # the model moved (e.g. to the GPU) after loading
-                self.rows[parameter] = index, values = index.to(parameter.device), values.to(parameter.device)
+                self.rows[name] = index, values = index.to(parameter.device), values.to(parameter.device)
             parameter[index] = values.to(parameter.dtype)
 
 

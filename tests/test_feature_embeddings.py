@@ -1,4 +1,5 @@
 import json
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -145,12 +146,17 @@ def test_frozen_transfer_stays_exactly_as_loaded_under_adamw_while_new_features_
         model(ids, torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 2.0]]), labels=torch.tensor([1])).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    saved = model.state_dict()  # after the last step, as save_pretrained sees it
-    for name, table in tables.items():
-        assert torch.equal(saved[f"medfuse.embeddings.{name}"][sodium], before[name][sodium]), name
+    for name, table in tables.items():  # read directly after the last step, as an export reads them
+        assert torch.equal(table[sodium], before[name][sodium]), name
         assert not torch.equal(table[lactate], before[name][lactate]), name
+    saved = model.state_dict()
     for name, value in projector.items():
         assert torch.equal(saved[f"medfuse.embeddings.value_fusion.value_projector.{name}"], value)
+    copy = deepcopy(model)  # e.g. an EMA or a best-model snapshot: frozen on its own, not through the original
+    with torch.no_grad():
+        copy.medfuse.embeddings.feature_embeddings.weight[sodium] += 1.0
+    copy(ids, torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 2.0]]))
+    assert torch.equal(copy.medfuse.embeddings.feature_embeddings.weight[sodium], before["feature_embeddings.weight"][sodium])
 
 
 def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort):
