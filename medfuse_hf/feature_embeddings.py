@@ -18,6 +18,7 @@ listed here: it has no way to add anything else from the source data.
 import json
 import logging
 import math
+import numbers
 import unicodedata
 import weakref
 from dataclasses import dataclass, field, replace
@@ -95,16 +96,22 @@ class FeatureEmbeddingCheckpoint:
     def from_pretrained(cls, path: str | Path, revision: str | None = None) -> "FeatureEmbeddingCheckpoint":
         """Read and verify a checkpoint from a local folder or a Hub repo id (downloaded with huggingface_hub's
         `snapshot_download`, or taken from its cache when `HF_HUB_OFFLINE=1`), named as transformers names it."""
-        if not Path(path).is_dir() and (str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1):
-            raise FileNotFoundError(f"{path}: no such folder (a Hub repo id reads 'owner/name')")
-        path = Path(path) if Path(path).is_dir() else Path(snapshot_download(str(path), revision=revision))
+        local = Path(path).expanduser()
+        if not local.is_dir():
+            if str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1:
+                raise FileNotFoundError(f"{path}: no such folder (a Hub repo id reads 'owner/name')")
+            try:
+                local = Path(snapshot_download(str(path), revision=revision))
+            except Exception as error:  # offline, unknown repo, no access: say both readings of the name
+                raise FileNotFoundError(f"{path}: not a local folder, and as a Hub repo id: {error}") from error
+        path = local
         config_path = path / CONFIG_FILE
         if not config_path.exists():
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a MedFuse feature-embedding checkpoint")
         config = json.loads(config_path.read_text())
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
-        unchecked = sorted({TENSORS_FILE, VOCABULARY_FILE} - config["sha256"].keys())
+        unchecked = sorted({TENSORS_FILE, VOCABULARY_FILE} - config.get("sha256", {}).keys())
         if unchecked:
             raise ValueError(f"{config_path}: no SHA-256 recorded for {', '.join(unchecked)}; export the checkpoint again")
         for name, expected in config["sha256"].items():
@@ -243,8 +250,9 @@ def load_feature_embeddings(
 
 
 def _unit_key(unit: str | None) -> str | None:
-    """Units compared as written, up to case, spaces and Unicode look-alikes (the micro sign µ and the Greek μ)."""
-    return None if unit is None else unicodedata.normalize("NFKC", unit).casefold().replace(" ", "")
+    """Units compared as written, up to spaces, Unicode look-alikes (the micro sign µ and the Greek μ) and the case
+    of the litre (mg/dL, mg/dl); other letters keep their case, which UCUM gives meaning (mU/L is not MU/L)."""
+    return None if unit is None else unicodedata.normalize("NFKC", unit).replace(" ", "").replace("L", "l")
 
 
 def _compare_units(
@@ -265,10 +273,10 @@ def _compare_units(
     for name, conversion in conversions.items():
         if name not in matched:
             raise ValueError(f"unit_conversions names {name!r}, which matched no feature of {path}")
-        if name not in mismatches:
+        if name not in mismatches and target.spec_of(name).unit is not None:
             raise ValueError(f"unit_conversions names {name!r}, but its unit is {target.spec_of(name).unit!r} at the "
                              "source and the target alike: nothing to convert")
-        scale, offset = (conversion, 0.0) if isinstance(conversion, (int, float)) else conversion
+        scale, offset = (conversion, 0.0) if isinstance(conversion, numbers.Real) else conversion
         converted[name] = (float(scale), float(offset))
         if name in statistics:
             statistics[name] = statistics[name].in_other_units(scale, offset)

@@ -93,11 +93,11 @@ def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_sou
     _, _, path = source
     original = FeatureEmbeddingCheckpoint.from_pretrained(path).vocabulary
     target_vocabulary = vocabulary_of([FeatureSpec(name="creatinine", unit="µmol/L"), FeatureSpec(name="heart_rate"),
-                                       FeatureSpec(name="sodium", unit="MMOL/L")])
+                                       FeatureSpec(name="sodium", unit="mmol/l")])
     model = target_model(target_vocabulary)
-    report = model.medfuse.load_feature_embeddings(path, target_vocabulary, unit_conversions={"creatinine": 88.42})
-    assert report.unit_mismatches == {"creatinine": ("mg/dL", "µmol/L")}  # sodium: same unit, up to case
-    assert report.converted_units == {"creatinine": (88.42, 0.0)}
+    report = model.medfuse.load_feature_embeddings(path, target_vocabulary, unit_conversions={"creatinine": np.float32(88.42)})
+    assert report.unit_mismatches == {"creatinine": ("mg/dL", "µmol/L")}  # sodium: the same unit, litre's case aside
+    assert report.converted_units == {"creatinine": (pytest.approx(88.42), 0.0)}
     converted, source = report.source_statistics["creatinine"], original.spec_of("creatinine").statistics
     assert converted.mean == pytest.approx(source.mean * 88.42) and converted.std == pytest.approx(source.std * 88.42)
     assert converted.upper == pytest.approx(source.upper * 88.42) and converted.num_patients == source.num_patients
@@ -197,6 +197,15 @@ def test_a_tampered_checkpoint_is_refused(source):
         target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         target_model(vocabulary).medfuse.load_feature_embeddings(path.parent / "mistyped-embeddings", vocabulary)
+
+
+def test_a_name_that_is_neither_a_folder_nor_a_reachable_repo_says_both(source, monkeypatch):
+    import huggingface_hub.constants
+
+    _, vocabulary, _ = source
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="run/feature_embeddings: not a local folder, and as a Hub repo id"):
+        target_model(vocabulary).medfuse.load_feature_embeddings("run/feature_embeddings", vocabulary)
 
 
 def fake_hub_cache(cache, repo_id, folder):

@@ -141,8 +141,11 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
     card = "---\nlicense: cc-by-4.0\nlibrary_name: transformers\n---\n\n# MedFuse, hospital A\n\nNot a medical device.\n"
     (run_dir / "model" / "README.md").write_text(card)
     shutil.copytree(embeddings, run_dir / "feature_embeddings")
+    model.config.class_weights = [0.6, 3.0]
     push_run(run_dir, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
+    assert model.config.class_weights == [0.6, 3.0]  # kept for training here
     local = tmp_path / "local"
+    model.config.class_weights = None  # as pushed
     model.save_pretrained(local)
     MedFuseTokenizer(privacy_guarded(vocabulary)[0]).save_pretrained(local)  # counts rounded to tens
     repo = hub.repos["hospital-a/medfuse"]
@@ -150,6 +153,7 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
     uploaded = {name: content for name, content in repo["files"].items() if name != "README.md"}
     assert uploaded == {file.name: file.read_bytes() for file in local.iterdir()}  # transformers' own files
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= uploaded.keys()
+    assert json.loads(uploaded["config.json"])["class_weights"] is None  # they give the positive count away
     assert repo["files"]["README.md"].decode() == card  # the run's card, not the stub transformers writes
     tokenizer.save_pretrained(tmp_path / "exact")
     assert (tmp_path / "exact" / "feature_vocabulary.json").read_bytes() != uploaded["feature_vocabulary.json"]  # exact counts stay home

@@ -16,7 +16,7 @@ from medfuse_hf.training import (
     save_checkpoint,
 )
 from medfuse_hf.training.publishing import readable
-from medfuse_hf.training.recipe_config import parse_with_config
+from medfuse_hf.training.recipe_config import add_training_arguments, parse_with_config
 
 
 def test_binary_metrics_on_a_known_case():
@@ -106,6 +106,15 @@ def test_yaml_sets_defaults_and_flags_win(tmp_path):
     config.write_text("learning_rte: 0.5\n")
     with pytest.raises(SystemExit, match=r"run.yaml: unknown settings \['learning_rte'\]"):
         parse_with_config(argparse.ArgumentParser(), ["--config", str(config)])
+
+
+def test_a_privacy_threshold_below_the_floor_is_refused_before_any_training(capsys):
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser, output_dir="outputs/x")
+    assert parser.parse_args(["--min_patients_for_statistics", "25"]).min_patients_for_statistics == 25
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--min_patients_for_statistics", "5"])
+    assert "5: statistics of fewer than 10 patients are never shared" in capsys.readouterr().err
 
 
 def test_cards_name_run_folders_as_a_reader_would_type_them(tmp_path, monkeypatch):

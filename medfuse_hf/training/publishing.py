@@ -125,7 +125,13 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
     output_dir = Path(output_dir)
     public_tokenizer = copy.copy(tokenizer)
     public_tokenizer.feature_vocabulary = publishable_vocabulary(tokenizer, repo_id, min_patients)
-    model.push_to_hub(repo_id, private=True, token=token)
+    # Balanced class weights give the training cohort's exact positive count with its size on the card; they
+    # matter only to training's loss, so the pushed config goes without them.
+    class_weights, model.config.class_weights = getattr(model.config, "class_weights", None), None
+    try:
+        model.push_to_hub(repo_id, private=True, token=token)
+    finally:
+        model.config.class_weights = class_weights
     public_tokenizer.push_to_hub(repo_id, private=True, token=token)
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
                                    repo_id=repo_id, commit_message="Model card")  # the Hub checks its metadata

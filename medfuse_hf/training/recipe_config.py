@@ -21,6 +21,16 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
     return parser.parse_args(argv)
 
 
+def privacy_threshold(text: str) -> int:
+    """`--min_patients_for_statistics`, refused when the flags are read rather than at publication, after training."""
+    from ..feature_embeddings import MIN_PATIENTS_FLOOR
+
+    value = int(text)
+    if value < MIN_PATIENTS_FLOOR:
+        raise argparse.ArgumentTypeError(f"{value}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are never shared")
+    return value
+
+
 def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     from .cohorts import DATASETS
 
@@ -54,7 +64,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> 
     train.add_argument("--checkpoint_every_steps", type=int, default=0)
     train.add_argument("--checkpoint_every_epoch", action="store_true")
     train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
-    train.add_argument("--min_patients_for_statistics", type=int, default=20,
+    train.add_argument("--min_patients_for_statistics", type=privacy_threshold, default=20,
                        help="published feature embeddings withhold statistics of features seen in fewer patients")
     train.add_argument("--drop_rare_features", action="store_true",
                        help="leave such features out of the published embeddings altogether, names included")
