@@ -281,22 +281,37 @@ class FeatureVocabulary:
         """Match features to ``other``'s by canonical name, then code, then alias (only the ``methods`` given).
 
         Each method is one pass over all features, so an alias never takes a feature of ``other`` that another
-        feature here matches exactly by name or code; each feature of ``other`` is matched at most once.
+        feature here matches exactly by name or code; each feature of ``other`` is matched at most once. A name
+        match whose two codes differ waits until after the code pass: a feature coded like it may be the real
+        counterpart (serum glucose 2345-7 against blood glucose 2339-0); if none is, the names still match.
         """
-        keys_and_tables = {
-            "name": (lambda spec: [spec.name], {spec.name: spec.name for spec in other}),
+        same_name = {spec.name: spec.name for spec in other}
+        tables = {
+            "name": (lambda spec: [spec.name], same_name),
             "code": (lambda spec: [spec.code], {spec.code: spec.name for spec in other if spec.code}),
             "alias": (lambda spec: [spec.name, *spec.aliases],
                       {key: other.spec_of(feature_id).name for key, feature_id in other._lookup.items()}),
         }
+
+        def codes_differ(spec: FeatureSpec, there: str) -> bool:
+            code = other.spec_of(there).code
+            return bool(spec.code and code and spec.code != code)
+
+        passes = []  # (method, whether its name matches have differing codes; None: not a name pass)
+        for method in methods:
+            passes.append((method, False if method == "name" else None))
+            if (method == "code" and "name" in methods) or (method == "name" and "code" not in methods):
+                passes.append(("name", True))
         matched, how = {}, {}
         taken: set[str] = set()
-        for method in methods:
-            keys_of, table = keys_and_tables[method]
+        for method, conflicting in passes:
+            keys_of, table = tables[method]
             for spec in self._features:
                 if spec.name in matched:
                     continue
                 target = next((table[key] for key in keys_of(spec) if key in table and table[key] not in taken), None)
+                if target is not None and conflicting is not None and codes_differ(spec, target) != conflicting:
+                    continue
                 if target is not None:
                     matched[spec.name], how[spec.name] = target, method
                     taken.add(target)

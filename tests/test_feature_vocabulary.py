@@ -118,3 +118,13 @@ def test_an_exact_name_match_wins_over_another_features_alias():
     assert here.align(there).matched == {"heart_rate": "heart_rate"}  # pulse comes first, but only by alias
     assert here.align(there, methods=["name"]).matched == {"heart_rate": "heart_rate"}
     assert FeatureVocabulary([FeatureSpec(name="pulse", aliases=["hr_x"])]).align(there).how == {"pulse": "alias"}
+
+
+def test_a_differently_coded_name_match_yields_to_an_exact_code_match():
+    there = FeatureVocabulary([FeatureSpec(name="glucose", code="2345-7")])  # serum glucose at the source
+    here = FeatureVocabulary([FeatureSpec(name="glucose", code="2339-0"), FeatureSpec(name="serum_glucose", code="2345-7")])
+    report = here.align(there)
+    assert report.matched == {"serum_glucose": "glucose"} and report.how == {"serum_glucose": "code"}
+    alone = FeatureVocabulary([FeatureSpec(name="glucose", code="LAB-17")])  # a local code: the names still match
+    assert alone.align(there).matched == {"glucose": "glucose"}
+    assert alone.align(there, methods=["name"]).matched == {"glucose": "glucose"}
