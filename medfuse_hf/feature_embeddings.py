@@ -7,12 +7,13 @@ A small, self-describing folder:
   category embeddings (`category/<name>=<level>`) and the map that fuses them with the identity
   (`categorical_projector/...`).
 - `feature_vocabulary.json`: the features with units, codes, aliases and value statistics, privacy-guarded.
-- `embedding_config.json`: what a model needs to use them (hidden size, d′, fusion), a format version, the
-  source's description, the privacy threshold applied, and the SHA-256 of each file.
+- `embedding_config.json`: what a model needs to use them (hidden size, d′, the value projector's hidden size,
+  fusion), a format version, the source's description, the privacy threshold applied, and the SHA-256 of each file.
 
-Privacy: nothing patient-level is shared. Statistics of a feature seen in fewer than `min_patients` patients are
-withheld, patient and observation counts are coarsened to multiples of 10, and the export writes only the fields
-listed here: it has no way to add anything else from the source data.
+Privacy: nothing patient-level is shared. Statistics of a numeric feature seen in fewer than `min_patients` patients
+(never below 10) are withheld, or the feature is left out altogether (`drop_rare_features`; categorical features
+carry no counts and are never rare), patient and observation counts are coarsened to multiples of 10, and the export
+writes only the fields listed here: it has no way to add anything else from the source data.
 """
 
 import json

@@ -121,7 +121,7 @@ def training_function(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         save_strict_tokenizer(tokenizer, output_dir / "model")
-        if cohort is None:  # streamed shards: described by the user, sized by what the run read
+        if cohort is None:  # streamed shards: described by the user; a stream has no size known up front
             cohort = Cohort(splits=datasets.DatasetDict(), label_column="", id_column="patient_id",
                             description=args.data_description, license=args.data_license)
         publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,

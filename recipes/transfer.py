@@ -45,6 +45,12 @@ def describe(flags: list[str]) -> str:
     return " ".join(value for name, value in zip(flags[::2], flags[1::2]) if name != "--data_dir")
 
 
+def embedding_settings(flags: list[str]) -> dict[str, str]:
+    """The flags a feature-embedding checkpoint must share with the model that loads it."""
+    return {name: flags[flags.index(name) + 1] for name in ("--hidden_size", "--value_embedding_size", "--fusion")
+            if name in flags}
+
+
 def check_same_experiment(path: Path, settings: dict) -> None:
     """Cells already in a folder are reused, so the folder must hold this experiment: same data, task, source and
     budget (fractions and seeds may grow). Refuses, naming what differs, rather than mixing two experiments."""
@@ -100,7 +106,7 @@ def run_cells(args: argparse.Namespace, extra: list[str], results: ResultRows) -
     embeddings = args.source_embeddings
     if embeddings is None:
         source_dir = args.output_dir / "source"
-        if not (source_dir / "feature_embeddings").exists():
+        if not (source_dir / "feature_embeddings" / "embedding_config.json").exists():  # written last by an export
             pretraining = args.source_objective == "forecasting"
             run_recipe("pretrain.py" if pretraining else "finetune.py",
                        [*dataset_arguments(args, "source"), *shlex.split(args.pretrain_args if pretraining else args.finetune_args)],
@@ -180,6 +186,10 @@ def main() -> None:
                     "source_embeddings": args.source_embeddings, "finetune_args": extra}
         if args.source_objective == "forecasting":  # absent for supervised sources, as before the option existed
             settings["source_pretraining"] = shlex.split(args.pretrain_args)
+            sizes = {name: embedding_settings(flags) for name, flags in (("--pretrain_args", settings["source_pretraining"]),
+                                                                         ("--finetune_args", extra))}
+            if len({json.dumps(size, sort_keys=True) for size in sizes.values()}) > 1:  # found now, not after pretraining
+                parser.error(f"the source's embeddings must fit the target's model: {sizes}")
         check_same_experiment(args.output_dir / "experiment.json", settings)
         run_cells(args, extra, results)
     elif not results.rows:

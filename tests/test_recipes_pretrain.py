@@ -77,7 +77,8 @@ def test_streamed_shards_pretrain(tmp_path):
     assert json.loads((published / "embedding_config.json").read_text())["source"] == "two synthetic shards"
     assert "forecasts each feature's values" in (tmp_path / "out" / "model" / "README.md").read_text()
     assert all(str(tmp_path) not in file.read_text() for file in published.glob("*.json"))  # no site paths shared
-    assert (published / "README.md").exists()
+    cards = [published / "README.md", tmp_path / "out" / "model" / "README.md"]  # they name the run's own folder
+    assert all(".parquet" not in card.read_text() and "two synthetic shards" in card.read_text() for card in cards)
 
 
 def test_streaming_holds_at_most_open_shards_at_once(tmp_path):
@@ -158,3 +159,9 @@ def test_a_source_without_labels_transfers_what_forecasting_pretraining_learned(
     transferred = next(row for row in json.loads((output_dir / "results.json").read_text()) if row["transfer"])
     assert transferred["transferred_features"] == 3  # the synthetic cohort's features, all learned by forecasting
     assert json.loads((output_dir / "experiment.json").read_text())["source_pretraining"][:2] == ["--num_patients", "128"]
+    mismatched = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "transfer.py"), "--source_dataset", "synthetic", "--target_dataset",
+         "synthetic", "--source_objective", "forecasting", "--pretrain_args", "--hidden_size 64",
+         "--finetune_args", tiny, "--output_dir", str(tmp_path / "mismatched")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert mismatched.returncode != 0 and "must fit the target's model" in mismatched.stderr
+    assert not (tmp_path / "mismatched" / "source").exists()  # refused before pretraining
