@@ -7,7 +7,8 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import export_feature_embeddings, privacy_guarded, push_feature_embeddings
+from ..feature_embeddings import FeatureEmbeddingCheckpoint, export_feature_embeddings, privacy_guarded, push_feature_embeddings
+from ..feature_vocabulary import FeatureVocabulary
 from ..model_card import architecture_of, render_model_card
 from ..tokenization_medfuse import MedFuseTokenizer
 from .cohorts import Cohort
@@ -52,12 +53,9 @@ def publish_run(
     label, as fine-tuning learns it)."""
     output_dir = Path(output_dir)
     config = model.config
-    vocabulary = tokenizer.feature_vocabulary
-    catalogued = sum(spec.name in NUMERIC_FEATURES or spec.name in CATEGORICAL_FEATURES for spec in vocabulary)
     common = dict(
         architecture=architecture_of(config), data_source=cohort.description, data_license=cohort.license,
         cohort_sizes={f"{name} patients": f"{len(part):,}" for name, part in cohort.splits.items()},
-        vocabulary_summary=f"{len(vocabulary) - 2} features, {catalogued} of them in the canonical clinical catalogue",
         data_citation=cohort.citation, hub_license=cohort.hub_license,
     )
     auto_class = "AutoModelForSequenceClassification" if config.architectures == ["MedFuseForSequenceClassification"] else "AutoModelForPreTraining"
@@ -66,7 +64,8 @@ def publish_run(
                                            f"(label column: `{cohort.label_column}`).",
         how_to_load=MODEL_USAGE.format(auto_class=auto_class, where=hub_repo_id or readable(output_dir / "model")),
         metrics=metrics,
-        evaluation_context=evaluation_context, **common,
+        evaluation_context=evaluation_context, vocabulary_summary=summarise_vocabulary(tokenizer.feature_vocabulary),
+        **common,
     ).save(output_dir / "model" / "README.md")
 
     embeddings_dir = output_dir / "feature_embeddings"
@@ -85,8 +84,14 @@ def publish_run(
                                            hidden_size=config.hidden_size,
                                            value_embedding_size=config.value_embedding_size,
                                            value_projector_hidden_size=config.value_projector_hidden_size, fusion=config.fusion),
+        vocabulary_summary=summarise_vocabulary(FeatureEmbeddingCheckpoint.from_pretrained(embeddings_dir).vocabulary),
         **common,
     ).save(embeddings_dir / "README.md")
+
+
+def summarise_vocabulary(vocabulary: FeatureVocabulary) -> str:
+    catalogued = sum(spec.name in NUMERIC_FEATURES or spec.name in CATEGORICAL_FEATURES for spec in vocabulary)
+    return f"{len(vocabulary) - 2} features, {catalogued} of them in the canonical clinical catalogue"
 
 
 def embeddings_repo_id(model_repo_id: str) -> str:
