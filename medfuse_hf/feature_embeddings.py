@@ -207,13 +207,14 @@ def load_feature_embeddings(
     alignment = vocabulary.align(checkpoint.vocabulary, methods=MATCH_METHODS[: MATCH_METHODS.index(match_by) + 1])
     matched = alignment.matched
     units = _compare_units(matched, vocabulary, checkpoint.vocabulary, unit_conversions or {}, path)
-    shared = _shared_maps_to_copy(embeddings, checkpoint.tensors, path)
+    projectors = _shared_projectors(embeddings)
+    shared = _shared_maps_to_copy(projectors, checkpoint.tensors, path)
     fusion = embeddings.value_fusion
     offsets = vocabulary.category_offsets()
     category_rows = []
     with torch.no_grad():
         for prefix in shared:
-            for name, parameter in _shared_projectors(embeddings)[prefix].named_parameters():
+            for name, parameter in projectors[prefix].named_parameters():
                 parameter.copy_(checkpoint.tensors[f"{prefix}/{name}"])
         for here, there in matched.items():
             feature_id = vocabulary.id_of(here)
@@ -234,7 +235,6 @@ def load_feature_embeddings(
             rows.update({"value_fusion.gamma": feature_ids, "value_fusion.beta": feature_ids})
         if category_rows:
             rows["categorical_fusion.category_embeddings.weight"] = category_rows
-        projectors = _shared_projectors(embeddings)
         FrozenTransfer(embeddings, rows, [projectors[name] for name in shared])
     report = TransferReport(
         matched=matched,
@@ -310,11 +310,12 @@ def _shared_projectors(embeddings) -> dict[str, torch.nn.Module]:
     return projectors
 
 
-def _shared_maps_to_copy(embeddings, tensors: dict[str, torch.Tensor], path) -> list[str]:
-    """The shared maps the checkpoint has. φ is required whenever the model has one; the others are missing from a
-    source without categorical features or an older export, and then stay fresh (logged)."""
+def _shared_maps_to_copy(projectors: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], path) -> list[str]:
+    """Which of the model's shared maps (`_shared_projectors`) the checkpoint has. φ is required whenever the model
+    has one; the others are missing from a source without categorical features or an older export, and then stay
+    fresh (logged)."""
     available = []
-    for prefix, module in _shared_projectors(embeddings).items():
+    for prefix, module in projectors.items():
         if all(f"{prefix}/{name}" in tensors for name, _ in module.named_parameters()):
             available.append(prefix)
         elif prefix == "value_projector":

@@ -285,9 +285,8 @@ class FeatureVocabulary:
         match whose two codes differ waits until after the code pass: a feature coded like it may be the real
         counterpart (serum glucose 2345-7 against blood glucose 2339-0); if none is, the names still match.
         """
-        same_name = {spec.name: spec.name for spec in other}
         tables = {
-            "name": (lambda spec: [spec.name], same_name),
+            "name": (lambda spec: [spec.name], {spec.name: spec.name for spec in other}),
             "code": (lambda spec: [spec.code], {spec.code: spec.name for spec in other if spec.code}),
             "alias": (lambda spec: [spec.name, *spec.aliases],
                       {key: other.spec_of(feature_id).name for key, feature_id in other._lookup.items()}),

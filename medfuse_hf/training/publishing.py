@@ -7,7 +7,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import FeatureEmbeddingCheckpoint, export_feature_embeddings, privacy_guarded, push_feature_embeddings
+from ..feature_embeddings import VOCABULARY_FILE, export_feature_embeddings, privacy_guarded, push_feature_embeddings
 from ..feature_vocabulary import FeatureVocabulary
 from ..model_card import architecture_of, render_model_card
 from ..tokenization_medfuse import MedFuseTokenizer
@@ -84,7 +84,7 @@ def publish_run(
                                            hidden_size=config.hidden_size,
                                            value_embedding_size=config.value_embedding_size,
                                            value_projector_hidden_size=config.value_projector_hidden_size, fusion=config.fusion),
-        vocabulary_summary=summarise_vocabulary(FeatureEmbeddingCheckpoint.from_pretrained(embeddings_dir).vocabulary),
+        vocabulary_summary=summarise_vocabulary(FeatureVocabulary.load(embeddings_dir / VOCABULARY_FILE)),  # as published
         **common,
     ).save(embeddings_dir / "README.md")
 
