@@ -80,8 +80,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             if paired:
                 summary["paired_seeds"] = len(paired)
                 for metric in ("auroc", "auprc"):
-                    summary[f"{metric}_gain_mean"], summary[f"{metric}_gain_std"] = mean_and_std(
-                        [cell[seed][metric] - arms[False][seed][metric] for seed in paired])
+                    summary[f"{metric}_gains"] = [cell[seed][metric] - arms[False][seed][metric] for seed in paired]
+                    summary[f"{metric}_gain_mean"], summary[f"{metric}_gain_std"] = mean_and_std(summary[f"{metric}_gains"])
             table.append(summary)
     return table
 
@@ -199,6 +199,10 @@ def main() -> None:
     (args.output_dir / "table.md").write_text(format_table(table) + "\n")
     (args.output_dir / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     print(format_table(table))
+    for cell in table:
+        if "paired_seeds" in cell:  # whether a mean gain is carried by every seed or by one
+            print(f"fraction {cell['fraction']:g}, paired gain per seed: " + "; ".join(
+                f"{metric.upper()} " + ", ".join(f"{gain:+.3f}" for gain in cell[f"{metric}_gains"]) for metric in ("auroc", "auprc")))
     settings = json.loads((args.output_dir / "experiment.json").read_text())  # the experiment the rows belong to
     plot_table(table, f"{describe(settings['source'])} → {describe(settings['target'])}", args.output_dir / "transfer.png")
 

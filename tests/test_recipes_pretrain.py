@@ -111,6 +111,8 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     cell = next(cell for cell in json.loads((output_dir / "table.json").read_text()) if cell["fraction"] == 0.5 and cell["transfer"])
     auroc = {row["transfer"]: row["auroc"] for row in rows if row["fraction"] == 0.5}
     assert cell["paired_seeds"] == 1 and cell["auroc_gain_mean"] == pytest.approx(auroc[True] - auroc[False])
+    assert cell["auroc_gains"] == [pytest.approx(auroc[True] - auroc[False])]
+    assert f"fraction 0.5, paired gain per seed: AUROC {auroc[True] - auroc[False]:+.3f}" in result.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and "seed 0" not in again.stdout  # every cell was already done: nothing re-run
     other_budget = [*command[:command.index("--finetune_args") + 1], "--num_patients 128 --num_epochs 2",
