@@ -1,0 +1,123 @@
+"""What only a GPU can show: CUDA kernels agree with the CPU, mixed precision stays finite and close to fp32,
+frozen transfer survives the move to the GPU, and bad inputs still fail in Python rather than with a device-side
+assert. Skipped where CUDA is absent (CI); run on a GPU machine with `pytest tests/test_cuda.py`."""
+
+import pytest
+import torch
+
+from medfuse_hf import (
+    FeatureSpec,
+    FeatureVocabulary,
+    MedFuseConfig,
+    MedFuseForPreTraining,
+    MedFuseForSequenceClassification,
+)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+FUSIONS = ["multiplicative", "additive", "concat", "scane"]
+
+
+def uneven_batch(tokenizer, cohort) -> dict[str, torch.Tensor]:
+    """Patients of very different lengths with a categorical event, padded far beyond the shortest: the masks of
+    attention and pooling matter, and low-precision fills (finfo.min) are exercised."""
+    short = [("icu_type", "medical", 0.0), (cohort[0]["feature"][0], cohort[0]["value"][0], 0.5)]
+    return tokenizer([short, *cohort[1:4]], return_tensors="pt", padding="max_length", max_length=64)
+
+
+def on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_cuda_fp32_matches_the_cpu(tokenizer, cohort, tiny_config, fusion, pooling):
+    model = MedFuseForSequenceClassification(tiny_config(fusion=fusion, pooling=pooling)).eval()
+    batch = uneven_batch(tokenizer, cohort)
+    with torch.no_grad():
+        cpu = model(**batch).logits
+        gpu = model.to(CUDA)(**on(CUDA, batch)).logits.cpu()
+    torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_autocast_logits_are_finite_and_close_to_fp32(tokenizer, cohort, tiny_config, dtype, pooling):
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).to(CUDA).eval()
+    batch = on(CUDA, uneven_batch(tokenizer, cohort))
+    with torch.no_grad():
+        full = model(**batch).logits
+        with torch.autocast("cuda", dtype=dtype):
+            mixed = model(**batch).logits
+    assert torch.isfinite(mixed).all()
+    # bf16 keeps 8 bits of mantissa: logits of order 1 may move by a few hundredths, never by their own size
+    torch.testing.assert_close(mixed.float(), full, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_training_steps_learn_with_fp32_master_weights(tokenizer, cohort, tiny_config, dtype):
+    """The recipes' mixed precision: autocast forward, a gradient scaler for fp16, fp32 parameters. The loss on a
+    fixed batch must fall, as it does in fp32."""
+    model = MedFuseForSequenceClassification(tiny_config()).to(CUDA)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    batch = on(CUDA, tokenizer(cohort[:64], return_tensors="pt"))
+    labels = torch.tensor([patient["label"] for patient in cohort[:64]], device=CUDA)
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cuda", dtype=dtype):
+            loss = model(**batch, labels=labels).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.8 * losses[0]
+
+
+def test_pretraining_loss_under_bf16_matches_fp32(tokenizer, cohort, tiny_config):
+    model = MedFuseForPreTraining(tiny_config()).to(CUDA).eval()
+    batch = on(CUDA, tokenizer(cohort[:8], return_tensors="pt"))
+    forecast_values = torch.randn(8, model.config.vocab_size, device=CUDA)
+    forecast_mask = torch.rand(8, model.config.vocab_size, device=CUDA) < 0.5
+    with torch.no_grad():
+        full = model(**batch, forecast_values=forecast_values, forecast_mask=forecast_mask).loss
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            mixed = model(**batch, forecast_values=forecast_values, forecast_mask=forecast_mask).loss
+    assert mixed.dtype == torch.float32  # the loss is reduced in fp32 whatever the autocast dtype
+    torch.testing.assert_close(mixed, full, atol=0.05, rtol=0.02)
+
+
+def test_frozen_transfer_holds_after_the_model_moves_to_the_gpu(source):
+    """Rows are loaded (and remembered) on the CPU, then the recipe moves the model: they must stay frozen there."""
+    _, vocabulary, path = source
+    target_vocabulary = FeatureVocabulary([*vocabulary, FeatureSpec(name="lactate")])
+    model = MedFuseForSequenceClassification(
+        MedFuseConfig(**target_vocabulary.config_kwargs(), num_labels=2, hidden_size=32, value_embedding_size=8)
+    )
+    model.medfuse.load_feature_embeddings(path, target_vocabulary, freeze=True)
+    model.to(CUDA)
+    sodium, lactate = target_vocabulary.id_of("sodium"), target_vocabulary.id_of("lactate")
+    table = model.medfuse.embeddings.feature_embeddings.weight
+    before = table.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    ids = torch.tensor([[sodium, lactate]], device=CUDA)
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, torch.tensor([[0.5, 1.0]], device=CUDA), torch.tensor([[1.0, 2.0]], device=CUDA),
+                         labels=torch.tensor([1], device=CUDA)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.equal(table[sodium], before[sodium])
+    assert not torch.equal(table[lactate], before[lactate])
+
+
+def test_a_bad_category_id_on_the_gpu_is_a_clear_error_not_a_device_assert(tokenizer, tiny_config, vocabulary):
+    model = MedFuseForSequenceClassification(tiny_config()).to(CUDA)
+    batch = tokenizer([[("icu_type", "surgical", 0.0), ("sodium", 140.0, 1.0)]], return_tensors="pt")
+    batch["values"][0, 0] = 99.0  # beyond the category table: an out-of-range index would kill the CUDA context
+    with pytest.raises(ValueError, match="batch row 0, event 0: feature id .* is categorical"):
+        model(**on(CUDA, batch))
+    assert torch.isfinite(model(**on(CUDA, tokenizer([[("sodium", 140.0, 1.0)]], return_tensors="pt"))).logits).all()
