@@ -5,6 +5,10 @@ Importing this package registers MedFuse with the transformers Auto classes, so 
 load MedFuse checkpoints.
 """
 
+# The one place the version is written: pyproject.toml reads it, and cards and run records quote it, so a source
+# checkout that was never pip-installed (no package metadata) still knows its version.
+__version__ = "0.1.0"
+
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,

@@ -1,10 +1,11 @@
 """Model cards for everything MedFuse-HF publishes, with huggingface_hub's `ModelCard` (the Hub's own format:
 YAML metadata the Hub indexes, plus Markdown people read). The template is `templates/model_card.md`."""
 
-from importlib.metadata import version
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from . import __version__
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 TAGS = ["medfuse", "clinical", "ehr", "irregular-time-series", "medical"]
@@ -41,7 +42,7 @@ def render_model_card(
         card_data, template_path=str(TEMPLATE), title=title, summary=summary, architecture=architecture,
         data_source=data_source, data_license=data_license, cohort_sizes=cohort_sizes,
         vocabulary_summary=vocabulary_summary, how_to_load=how_to_load.strip(), metrics=metrics,
-        evaluation_context=evaluation_context, data_citation=data_citation, library_version=version("medfuse-hf"),
+        evaluation_context=evaluation_context, data_citation=data_citation, library_version=__version__,
     )
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "numpy", "scikit-learn", "medfuse-hf")
+from .. import __version__
+
+LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "numpy", "scikit-learn")
 
 
 def git_commit() -> dict:
@@ -26,7 +28,7 @@ def git_commit() -> dict:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions = {"python": sys.version.split()[0]}
+    versions = {"python": sys.version.split()[0], "medfuse-hf": __version__}
     for name in LIBRARIES:
         try:
             versions[name] = version(name)
