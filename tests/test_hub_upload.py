@@ -111,6 +111,8 @@ def hub(monkeypatch, tmp_path):
     template = httpd.url + "/{repo_id}/resolve/{revision}/{filename}"
     monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    # The stand-in is local: reach it even where the tests run with HF_HUB_OFFLINE=1, which blocks every request.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     # Telemetry would fetch an agent registry from the endpoint once per process, unauthenticated.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
     # transformers keeps one HfApi for the process, bound to the endpoint it first saw.

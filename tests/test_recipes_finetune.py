@@ -43,9 +43,15 @@ def kill_ranks_of(output_dir: str, sig: signal.Signals = signal.SIGKILL) -> None
             continue
 
 
+def recipe_env() -> dict[str, str]:
+    """CPU runs everywhere, also on a GPU machine, so that the runs a test compares share their arithmetic (and the
+    two gloo ranks below do not look for a second GPU). PYTHONFAULTHANDLER: a rank sent SIGABRT prints every thread's
+    stack, so a hang's failure says where it hung."""
+    return dict(os.environ, CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+
+
 def run(args: list[str], processes: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    # PYTHONFAULTHANDLER: a rank sent SIGABRT prints every thread's stack, so a hang's failure says where it hung.
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    env = recipe_env()
     if processes == 1:
         command = [sys.executable, str(RECIPE)]
     else:  # `accelerate launch --cpu` starts one process only (accelerate#2741); this starts two gloo ranks
@@ -182,8 +188,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     run(args + ["--output_dir", str(uninterrupted)])
 
     interrupted = tmp_path / "interrupted"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)], env=env,
+    process = subprocess.Popen([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)], env=recipe_env(),
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (interrupted / "checkpoints" / "step_00000010").exists():
