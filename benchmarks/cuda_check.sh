@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What only a CUDA GPU can check, in one go (CI has no GPU):
 #   1. tests/test_cuda.py: CUDA against the CPU, bf16/fp16 autocast, frozen transfer on the GPU;
-#   2. the whole test suite, so that every recipe test runs its `accelerate launch` on the GPU;
+#   2. the whole test suite on that machine (the pretraining and transfer recipe tests train on CUDA; the
+#      fine-tuning recipe tests compare runs, so they hide the GPU and run them all on the CPU);
 #   3. P12 fine-tuning (MedFuse, SeFT split, seed 0, the benchmark table's budget) in fp32, bf16 and fp16 autocast.
 #
 #   bash benchmarks/cuda_check.sh ../shared/data/physionet2012 outputs/cuda-check [/tmp/cuda-check-runs]
@@ -23,11 +24,11 @@ export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.txt"
 
 for precision in no bf16 fp16; do
-  timeout 360 python3 benchmarks/p12_table.py --data_dir "$data_dir" --models medfuse --protocols seft-split --seeds 0 \
+  timeout 330 python3 benchmarks/p12_table.py --data_dir "$data_dir" --models medfuse --protocols seft-split --seeds 0 \
     --extra_args "--mixed_precision $precision" --results "$out/p12_$precision.json" --output_dir "$runs/$precision" \
     > "$runs/$precision.log" 2>&1 &
 done
-timeout 300 python3 -m pytest -q -p no:cacheprovider -n 6 tests > "$runs/suite.log" 2>&1
+timeout 240 python3 -m pytest -q -p no:cacheprovider -n 6 tests > "$runs/suite.log" 2>&1
 tail -n 40 "$runs/suite.log" > "$out/suite.txt"
 wait
 
