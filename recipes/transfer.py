@@ -88,7 +88,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def format_table(table: list[dict]) -> str:
     """Markdown: mean ± std per arm, the paired gain on the transfer rows (over `paired_seeds` seeds; no std for
-    one seed)."""
+    one seed), then each fraction's gain per seed: whether a mean gain is carried by every seed or by one."""
     lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC | paired seeds | gain AUROC | gain AUPRC |",
              "|---:|---|---:|---|---|---:|---|---|"]
     for cell in table:
@@ -98,7 +98,10 @@ def format_table(table: list[dict]) -> str:
             for metric in ("auroc", "auprc")]
         lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "
                      + " | ".join(figures + gains) + " |")
-    return "\n".join(lines)
+    per_seed = [f"fraction {cell['fraction']:g}, paired gain per seed: " + "; ".join(
+        f"{metric.upper()} " + ", ".join(f"{gain:+.3f}" for gain in cell[f"{metric}_gains"]) for metric in ("auroc", "auprc"))
+        for cell in table if "paired_seeds" in cell]
+    return "\n".join(lines + ([""] + per_seed if per_seed else []))
 
 
 def run_cells(args: argparse.Namespace, extra: list[str], results: ResultRows) -> None:
@@ -199,10 +202,6 @@ def main() -> None:
     (args.output_dir / "table.md").write_text(format_table(table) + "\n")
     (args.output_dir / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     print(format_table(table))
-    for cell in table:
-        if "paired_seeds" in cell:  # whether a mean gain is carried by every seed or by one
-            print(f"fraction {cell['fraction']:g}, paired gain per seed: " + "; ".join(
-                f"{metric.upper()} " + ", ".join(f"{gain:+.3f}" for gain in cell[f"{metric}_gains"]) for metric in ("auroc", "auprc")))
     settings = json.loads((args.output_dir / "experiment.json").read_text())  # the experiment the rows belong to
     plot_table(table, f"{describe(settings['source'])} → {describe(settings['target'])}", args.output_dir / "transfer.png")
 
