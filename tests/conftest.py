@@ -1,6 +1,8 @@
 """Small fixtures built in code: a synthetic cohort, its vocabulary and tokenizer, tiny model configs, and an
 exported feature-embedding checkpoint."""
 
+from typing import get_args
+
 import pytest
 import torch
 
@@ -13,6 +15,12 @@ from medfuse_hf import (
     export_feature_embeddings,
 )
 from medfuse_hf.synthetic import make_sodium_cohort
+
+
+@pytest.fixture(params=get_args(MedFuseConfig.__annotations__["fusion"]))
+def fusion(request) -> str:
+    """Every fusion the config accepts (MuFuse and the paper's ablations): a test that takes `fusion` runs for each."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
