@@ -56,7 +56,7 @@ def partial_dependence(model, tokenizer, patients: list[dict], feature: str, gri
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="PhysioNet 2012 release folder")
     parser.add_argument("--model", action="append", required=True, help="NAME=saved model folder (with its tokenizer)")
     parser.add_argument("--patients", type=int, default=100, help="test patients per feature for partial dependence")

@@ -40,7 +40,7 @@ def measure(source: str, data_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--child", choices=sorted(LOADERS), help=argparse.SUPPRESS)
     args = parser.parse_args()

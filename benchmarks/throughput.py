@@ -288,7 +288,7 @@ def compiled_vs_eager(train, collate, tokenizer, batch_size: int, num_batches: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", help="PhysioNet 2012 release folder; without it, the bundled sample")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_events", type=int, default=1024)

@@ -79,7 +79,7 @@ def plot_gains(results: Path) -> Path | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", type=Path, default=DATA)
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "transfer")
     parser.add_argument("--only", nargs="+", help="run only these directions")

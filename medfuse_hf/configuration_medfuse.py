@@ -133,7 +133,8 @@ class MedFuseConfig(PreTrainedConfig):
     def paper_p12(cls, **kwargs) -> "MedFuseConfig":
         """The authors' PhysioNet 2012 setting: their dropouts, binary focal loss (α = 0.5, γ = 2).
 
-        Training settings from the same source, for recipes: Adam, lr 1e-4, batch 256.
+        The same source trains with Adam, lr 1e-4, batch 256; `--preset paper_p12` sets only the model, so pass
+        `--learning_rate 1e-4 --batch_size 256` to the recipes for those too.
         """
         preset = dict(
             hidden_size=144,

@@ -41,7 +41,7 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True)
     add_cohort_arguments(parser)
     parser.add_argument("--split", choices=("train", "validation", "test"), default="test")

@@ -231,7 +231,7 @@ def training_function(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cohort_arguments(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
@@ -55,6 +55,9 @@ def training_function(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              # a global batch split across processes, as in finetune.py: any process count
+                              # takes the same steps, and the schedule's length counts them
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with=[JSONLinesTracker("logs", output_dir)], project_dir=str(output_dir))
     set_seed(args.seed)
     write_run_info(output_dir, vars(args), accelerator)
@@ -141,7 +144,7 @@ def training_function(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = add_cohort_arguments(parser)
     data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
     data.add_argument("--open_shards", type=int, default=2,

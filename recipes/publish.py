@@ -18,9 +18,11 @@ from medfuse_hf.training.publishing import publish_run, publishable_vocabulary, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run_dir", type=Path, required=True)
-    parser.add_argument("--card_copy", type=Path, help="also copy the model card here, e.g. into model_cards/")
+    parser.add_argument("--card_copy", type=Path,
+                        help="also copy the model card here (e.g. model_cards/NAME.md) and the embedding card beside it "
+                             "(NAME-feature-embeddings.md)")
     parser.add_argument("--push_to_hub", help="Hub repo id for the model (private); embeddings go to <repo id>-embeddings")
     args = parser.parse_args()
     datasets.disable_progress_bars()
@@ -40,7 +42,10 @@ def main() -> None:
                 drop_rare_features=settings.get("drop_rare_features", False))
     print(f"wrote {args.run_dir / 'model' / 'README.md'} and {args.run_dir / 'feature_embeddings'}")
     if args.card_copy:
+        args.card_copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.run_dir / "model" / "README.md", args.card_copy)
+        shutil.copyfile(args.run_dir / "feature_embeddings" / "README.md",
+                        args.card_copy.with_name(f"{args.card_copy.stem}-feature-embeddings.md"))
     if args.push_to_hub:
         print(push_run(args.run_dir, model, tokenizer, args.push_to_hub, min_patients=min_patients))
 

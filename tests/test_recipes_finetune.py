@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,6 +20,8 @@ from medfuse_hf.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
+EVALUATE = ROOT / "recipes" / "evaluate.py"
+PUBLISH = ROOT / "recipes" / "publish.py"
 TINY = [
     "--dataset", "synthetic", "--num_patients", "256", "--hidden_size", "32", "--value_embedding_size", "8",
     "--intermediate_size", "32", "--num_attention_heads", "2", "--hidden_dropout_prob", "0",
@@ -50,14 +54,14 @@ def recipe_env() -> dict[str, str]:
     return dict(os.environ, CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
 
 
-def run(args: list[str], processes: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(args: list[str], processes: int = 1, timeout: int = 300, recipe: Path = RECIPE) -> subprocess.CompletedProcess:
     env = recipe_env()
     if processes == 1:
-        command = [sys.executable, str(RECIPE)]
+        command = [sys.executable, str(recipe)]
     else:  # `accelerate launch --cpu` starts one process only (accelerate#2741); this starts two gloo ranks
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(free_port()), str(RECIPE)]
+                   "--main_process_port", str(free_port()), str(recipe)]
     # A session of its own, so that a hung launcher and its ranks can be ended together.
     process = subprocess.Popen(command + args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -143,6 +147,34 @@ def test_two_cpu_processes_train_like_one(tmp_path, single_process_run):
         torch.testing.assert_close(tensor, single[name], atol=2e-4, rtol=1e-3)
     single_result = json.loads((single_process_run / "test_metrics.json").read_text())
     assert abs(result["test"]["auroc"]["value"] - single_result["test"]["auroc"]["value"]) < 0.02
+
+
+def test_evaluate_recipe_scores_the_saved_model_as_training_did(tmp_path, single_process_run):
+    """`recipes/evaluate.py` reads only what the run saved (model and tokenizer): on the same test split it must give
+    the same scores, so a published model can be re-checked anywhere."""
+    output_dir = tmp_path / "evaluated"
+    run(["--model_dir", str(single_process_run / "model"), "--dataset", "synthetic", "--num_patients", "256",
+         "--bootstrap_resamples", "50", "--output_dir", str(output_dir)], recipe=EVALUATE)
+    evaluated = pd.read_csv(output_dir / "test_predictions.csv").sort_values("record_id", ignore_index=True)
+    trained = pd.read_csv(single_process_run / "test_predictions.csv").sort_values("record_id", ignore_index=True)
+    pd.testing.assert_frame_equal(evaluated, trained, check_exact=False, atol=1e-5, rtol=0)
+    result = json.loads((output_dir / "test_metrics.json").read_text())
+    training_result = json.loads((single_process_run / "test_metrics.json").read_text())
+    assert result["test"]["auroc"] == pytest.approx(training_result["test"]["auroc"], abs=1e-6)
+    assert result["model_dir"] == str(single_process_run / "model")
+
+
+def test_publish_rewrites_both_cards_from_what_the_run_recorded(tmp_path, single_process_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(single_process_run, run_dir)
+    (run_dir / "model" / "README.md").unlink()
+    run(["--run_dir", str(run_dir), "--card_copy", str(tmp_path / "cards" / "tiny.md")], recipe=PUBLISH)
+    card = (tmp_path / "cards" / "tiny.md").read_text()
+    assert card == (run_dir / "model" / "README.md").read_text()
+    auroc = json.loads((run_dir / "test_metrics.json").read_text())["test"]["auroc"]["value"]
+    assert f"| auroc | {auroc:.4f} |" in card
+    embedding_card = (tmp_path / "cards" / "tiny-feature-embeddings.md").read_text()
+    assert embedding_card == (run_dir / "feature_embeddings" / "README.md").read_text() and embedding_card != card
 
 
 def test_bf16_mixed_precision_trains_like_full_precision(tmp_path, single_process_run):

@@ -66,6 +66,17 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
     assert refused.returncode != 0 and "['creatinine']" in refused.stderr and "--init_embeddings_from" in refused.stderr
 
 
+def test_two_processes_pretrain_with_the_same_global_batches_as_one(tmp_path):
+    """`--batch_size` is the global batch in pretraining as in fine-tuning: two processes split each batch, so they
+    take as many optimizer steps as one process and the learning-rate schedule ends where it should."""
+    args = ["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1", "--batch_size", "16", *TINY_MODEL]
+    one = run_pretrain(args + ["--output_dir", str(tmp_path / "one")])
+    two = run_finetune(args + ["--output_dir", str(tmp_path / "two")], processes=2, recipe=PRETRAIN)
+    steps = [line.split(" steps")[0] for result in (one, two) for line in result.stdout.splitlines()
+             if line.startswith("pretrained for")]
+    assert steps[0] == steps[1] == "pretrained for 6"  # 102 training patients // 16
+
+
 def test_streamed_shards_pretrain(tmp_path):
     shards = write_shards(tmp_path, 2, patients=200, events=50)
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--max_steps", "4", "--batch_size", "16",

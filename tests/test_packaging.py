@@ -1,0 +1,23 @@
+"""What a regular (non-editable) install ships: setuptools copies only Python files unless told otherwise."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_data_file_the_package_reads_is_declared_for_installation():
+    """An undeclared file works in a checkout and is missing after `pip install` (the model card template was)."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {
+        path
+        for package, patterns in declared.items()
+        for pattern in patterns
+        for path in ROOT.joinpath(*package.split(".")).glob(pattern)
+    }
+    data_files = {
+        path for path in (ROOT / "medfuse_hf").rglob("*")
+        if path.is_file() and path.suffix not in {".py", ".pyc"} and "__pycache__" not in path.parts
+    }
+    assert data_files, "the package has data files (template, bundled sample): the search found none"
+    assert data_files <= shipped, f"not declared in pyproject.toml [tool.setuptools.package-data]: {sorted(data_files - shipped)}"
