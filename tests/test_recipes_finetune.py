@@ -68,11 +68,14 @@ def run(args: list[str], processes: int = 1, timeout: int = 300, recipe: Path = 
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        output_dir = args[args.index("--output_dir") + 1]
-        kill_ranks_of(output_dir, signal.SIGABRT)  # stacks first, into the pipe read below
+        # Ranks are found by their run's output folder; a recipe without one (publish) is one process in this session.
+        output_dir = args[args.index("--output_dir") + 1] if "--output_dir" in args else None
+        if output_dir:
+            kill_ranks_of(output_dir, signal.SIGABRT)  # stacks first, into the pipe read below
         time.sleep(5)
         os.killpg(process.pid, signal.SIGKILL)
-        kill_ranks_of(output_dir)  # torch's launcher gives ranks sessions of their own
+        if output_dir:
+            kill_ranks_of(output_dir)  # torch's launcher gives ranks sessions of their own
         stdout, stderr = process.communicate(timeout=60)
         stacks = "\n".join(line for line in stderr.splitlines() if not line.startswith("Extension modules:"))
         pytest.fail(f"recipe timed out after {timeout} s: {stacks[-6000:]}")

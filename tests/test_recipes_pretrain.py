@@ -20,7 +20,10 @@ PRETRAIN = ROOT / "recipes" / "pretrain.py"
 TINY_MODEL = ["--hidden_size", "32", "--value_embedding_size", "8", "--intermediate_size", "32"]
 
 
-def run_pretrain(args: list[str]) -> subprocess.CompletedProcess:
+def run_pretrain(args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
+    """One process as users start it (on CUDA where there is one); several through the fine-tuning tests' gloo launcher."""
+    if processes > 1:
+        return run_finetune(args, processes=processes, recipe=PRETRAIN)
     result = subprocess.run([sys.executable, str(PRETRAIN), *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -71,7 +74,7 @@ def test_two_processes_pretrain_with_the_same_global_batches_as_one(tmp_path):
     take as many optimizer steps as one process and the learning-rate schedule ends where it should."""
     args = ["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1", "--batch_size", "16", *TINY_MODEL]
     one = run_pretrain(args + ["--output_dir", str(tmp_path / "one")])
-    two = run_finetune(args + ["--output_dir", str(tmp_path / "two")], processes=2, recipe=PRETRAIN)
+    two = run_pretrain(args + ["--output_dir", str(tmp_path / "two")], processes=2)
     steps = [line.split(" steps")[0] for result in (one, two) for line in result.stdout.splitlines()
              if line.startswith("pretrained for")]
     assert steps[0] == steps[1] == "pretrained for 6"  # 102 training patients // 16
