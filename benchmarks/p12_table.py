@@ -47,15 +47,24 @@ METRICS = ("auroc", "auprc", "accuracy")
 
 
 def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:
-    output_dir = args.output_dir / f"{protocol}-{model}-seed{seed}"
-    flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", protocol, "--seed", str(seed),
-             *BUDGET, *MODELS[model], *shlex.split(args.extra_args)]
+    flags = [*BUDGET, *MODELS[model], *shlex.split(args.extra_args)]
+    return {"model": model, **finetune_row(flags, protocol, seed, args.output_dir / f"{protocol}-{model}-seed{seed}", args)}
+
+
+def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, args: argparse.Namespace) -> dict:
+    """One P12 `recipes/finetune.py` run (resumed if it was killed) as a result row: its test figures, and the
+    validation figures of the epoch it kept (the best by validation AUPRC)."""
+    flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", protocol, "--seed", str(seed), *flags]
     report = run_finetune(flags, output_dir, args.launcher)
     distributed = json.loads((output_dir / "run_info.json").read_text())["distributed"]
     device = f"{distributed['device_name']} x{distributed['num_processes']}, precision {distributed['mixed_precision']}"
-    return {"model": model, "protocol": protocol, "seed": seed,
+    best_epoch = report["best_validation"]["epoch"]
+    validations = [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    kept = next(row for row in validations if row.get("epoch") == best_epoch - 1 and "validation_auprc" in row)
+    return {"protocol": protocol, "seed": seed,
             **{metric: report["test"][metric]["value"] for metric in METRICS},
-            "epochs": report["epochs"], "best_epoch": report["best_validation"]["epoch"],
+            "validation_auroc": kept["validation_auroc"], "validation_auprc": kept["validation_auprc"],
+            "epochs": report["epochs"], "best_epoch": best_epoch,
             "train_seconds": report["train_seconds"], "device": device,
             "test_patients": report["test_patients"], "git": report["git"]["commit"]}
 

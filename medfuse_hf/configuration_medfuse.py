@@ -54,7 +54,8 @@ class MedFuseConfig(PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-5):
             LayerNorm epsilon.
         pooling (`str`, defaults to `"mean"`):
-            How token states become one patient vector: masked `"mean"` or `"max"`; padding never counts.
+            How token states become one patient vector: masked `"mean"`, `"max"`, or `"attention"` (a learned
+            score per token, softmax over the patient's events); padding never counts.
         classifier_dropout (`float`, defaults to 0.1):
             Dropout inside the classification head Linear(d→d/2) → GELU → Linear(d/2→labels).
         classification_loss (`str`, defaults to `"cross_entropy"`):
@@ -87,7 +88,7 @@ class MedFuseConfig(PreTrainedConfig):
     attention_probs_dropout_prob: float | int = 0.0
     norm_first: bool = False
     layer_norm_eps: float = 1e-5
-    pooling: Literal["mean", "max"] = "mean"
+    pooling: Literal["mean", "max", "attention"] = "mean"
     classifier_dropout: float | int = 0.1
     classification_loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     focal_gamma: float | int = 2.0

@@ -239,13 +239,46 @@ class MedFuseLayer(GradientCheckpointingLayer):
         return self.feed_forward_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
 
 
-def masked_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
-    """One vector per patient from its real events only; a patient without events pools to zeros."""
-    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
-    if method == "mean":
+class MeanPooling(nn.Module):
+    """Masked mean of the token states: every event weighs the same."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
         return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-    pooled = hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).amax(dim=1)
-    return torch.where(mask.sum(dim=1) > 0, pooled, torch.zeros_like(pooled))
+
+
+class MaxPooling(nn.Module):
+    """Masked element-wise maximum of the token states."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1)  # (B, T, 1)
+        pooled = hidden_states.masked_fill(~mask, torch.finfo(hidden_states.dtype).min).amax(dim=1)
+        return torch.where(mask.any(dim=1), pooled, torch.zeros_like(pooled))
+
+
+class AttentionPooling(nn.Module):
+    """A learned score per token, softmax over the patient's events, weighted sum (STraTS' fusion self-attention):
+    the patient vector can dwell on the few events that matter (the last lactate) instead of averaging ~500."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh(),
+                                   nn.Linear(config.hidden_size, 1))
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(hidden_states).squeeze(-1).float()  # (B, T); softmax in fp32 under low precision
+        weights = scores.masked_fill(~attention_mask, -torch.inf).softmax(dim=-1).nan_to_num(0.0)  # no events: 0
+        return torch.einsum("bt,btd->bd", weights.to(hidden_states.dtype), hidden_states)
+
+
+POOLINGS = {"mean": MeanPooling, "max": MaxPooling, "attention": AttentionPooling}
+"""How token states become one patient vector; padding never counts, and a patient without events pools to zeros."""
 
 
 class MedFusePreTrainedModel(PreTrainedModel):
@@ -307,6 +340,7 @@ class MedFuseModel(MedFusePreTrainedModel):
         self.embeddings = MedFuseEmbeddings(config)
         self.layers = nn.ModuleList(MedFuseLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_first else None
+        self.pooler = POOLINGS[config.pooling](config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -344,7 +378,7 @@ class MedFuseModel(MedFusePreTrainedModel):
             hidden_states = layer(hidden_states, key_mask)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        pooled = masked_pool(hidden_states, attention_mask, self.config.pooling)
+        pooled = self.pooler(hidden_states, attention_mask)
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
 
     def _check_inputs(self, feature_ids, values, times, attention_mask) -> None:

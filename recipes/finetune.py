@@ -42,14 +42,14 @@ from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summar
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run
-from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, parse_with_config
+from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, boolean, parse_with_config
 from medfuse_hf.training.run_info import throughput, write_run_info
 
 MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset ones keep the preset's value
     "hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
     "intermediate_size": int, "fusion": str, "time_embedding": str, "pooling": str, "hidden_dropout_prob": float,
     "attention_probs_dropout_prob": float, "classifier_dropout": float, "classification_loss": str,
-    "focal_alpha": float, "focal_gamma": float,
+    "focal_alpha": float, "focal_gamma": float, "value_projector_hidden_size": int, "norm_first": boolean,
 }
 
 

@@ -23,6 +23,12 @@ def fusion(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=get_args(MedFuseConfig.__annotations__["pooling"]))
+def pooling(request) -> str:
+    """Every pooling the config accepts."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def cohort() -> list[dict]:
     return make_sodium_cohort(256, seed=0)

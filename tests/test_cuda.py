@@ -28,7 +28,6 @@ def on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.
     return {key: value.to(device) for key, value in batch.items()}
 
 
-@pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_cuda_fp32_matches_the_cpu(tokenizer, cohort, tiny_config, fusion, pooling):
     model = MedFuseForSequenceClassification(tiny_config(fusion=fusion, pooling=pooling)).eval()
     batch = uneven_batch(tokenizer, cohort)
@@ -39,7 +38,6 @@ def test_cuda_fp32_matches_the_cpu(tokenizer, cohort, tiny_config, fusion, pooli
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_autocast_logits_are_finite_and_close_to_fp32(tokenizer, cohort, tiny_config, dtype, pooling):
     model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).to(CUDA).eval()
     batch = on(CUDA, uneven_batch(tokenizer, cohort))

@@ -21,6 +21,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
     return parser.parse_args(argv)
 
 
+def boolean(text: str) -> bool:
+    """A yes/no flag value (`--norm_first true`): argparse's `type=bool` would take "false" as True."""
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def privacy_threshold(text: str) -> int:
     """`--min_patients_for_statistics`, refused when the flags are read rather than at publication, after training."""
     from ..feature_embeddings import MIN_PATIENTS_FLOOR

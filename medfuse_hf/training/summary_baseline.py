@@ -1,0 +1,141 @@
+"""The baselines a clinical data scientist fits first: gradient-boosted trees, and a logistic regression, on
+per-stay summary statistics of every feature.
+
+scikit-learn's `HistGradientBoostingClassifier` rather than LightGBM: the same histogram-based algorithm, already a
+dependency (nothing compiled to install on a hospital machine), and it takes missing values natively, so a feature
+never measured in a stay stays missing rather than imputed. Both models are early-stopped or tuned on the
+validation split only; the test split is scored once, by the settings validation chose.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .metrics import RANKING_SCORES
+
+# What a data scientist computes per stay and feature: the trend's ends, its range and level, its variability,
+# how often it was measured and how long ago the last measurement was taken.
+SUMMARY_STATISTICS = ("first", "last", "min", "max", "mean", "std", "count", "last_time")
+GBM_SETTINGS = tuple(  # a small grid, chosen on validation only
+    {"learning_rate": rate, "max_leaf_nodes": leaves, "l2_regularization": 1.0, "min_samples_leaf": 40}
+    for rate in (0.03, 0.1) for leaves in (15, 31)
+)
+GBM_MAX_ITERATIONS = 1500
+LOGISTIC_C = (0.003, 0.01, 0.03, 0.1, 1.0)
+
+
+class SummaryTable:
+    """Per-stay summary statistics with the columns fixed by the training split, so that validation, test and new
+    stays get the same table whatever they contain (events of features unseen in training are ignored).
+
+    One row per stay (in dataset order), one column per `feature:statistic`; NaN where a stay never measured the
+    feature (its count is 0). Categorical features become one-hot columns of their last level (`gender=1`)."""
+
+    def __init__(self, train: datasets.Dataset, categorical: Sequence[str] = ()):
+        self.categorical = set(categorical)
+        table = self._table(train)
+        self.columns = list(table.columns[table.notna().any()])  # a statistic never defined (the std of age) adds nothing
+
+    def __call__(self, patients: datasets.Dataset) -> pd.DataFrame:
+        table = self._table(patients).reindex(columns=self.columns)
+        filled = [column for column in self.columns if column.endswith(":count") or "=" in column]
+        table[filled] = table[filled].fillna(0.0)
+        return table
+
+    def _table(self, patients: datasets.Dataset) -> pd.DataFrame:
+        events = _flat_events(patients)
+        is_categorical = events["feature"].isin(self.categorical)
+        grouped = events[~is_categorical].groupby(["stay", "feature"], sort=False)
+        numeric = grouped["value"].agg(["first", "last", "min", "max", "mean", "std", "count"])
+        numeric["last_time"] = grouped["time"].max()
+        numeric = numeric[list(SUMMARY_STATISTICS)].unstack("feature")
+        numeric.columns = [f"{feature}:{statistic}" for statistic, feature in numeric.columns]
+        numeric = numeric[sorted(numeric.columns)]
+        levels = events[is_categorical].groupby(["stay", "feature"], sort=False)["value"].last().reset_index()
+        one_hot = pd.crosstab(levels["stay"], levels["feature"] + "=" + levels["value"].map("{:g}".format)).clip(upper=1)
+        return pd.concat([numeric, one_hot.astype(float)], axis=1).reindex(index=range(len(patients)))
+
+
+def _flat_events(patients: datasets.Dataset) -> pd.DataFrame:
+    """Every event as a row (stay position, feature, value, time), built from the Arrow lists without a Python
+    object per event; events keep their time order within a stay, so `first`/`last` are the first and last."""
+    table = patients.select_columns(["feature", "value", "time"]).with_format("arrow")[:]  # a split's own rows
+    feature = table.column("feature").combine_chunks()
+    return pd.DataFrame({
+        "stay": pc.list_parent_indices(feature).to_numpy(),
+        "feature": feature.flatten().to_numpy(zero_copy_only=False),
+        "value": table.column("value").combine_chunks().flatten().cast(pa.float64()).to_numpy(zero_copy_only=False),
+        "time": table.column("time").combine_chunks().flatten().cast(pa.float64()).to_numpy(zero_copy_only=False),
+    })
+
+
+@dataclass
+class BaselineFit:
+    """A fitted baseline: the settings validation chose, and its validation and test scores."""
+
+    settings: dict
+    validation_scores: np.ndarray
+    test_scores: np.ndarray
+    validation_metric: float
+
+
+def fit_gbm(
+    train: tuple[pd.DataFrame, np.ndarray],
+    validation: tuple[pd.DataFrame, np.ndarray],
+    test: pd.DataFrame,
+    seed: int,
+    metric: str = "auprc",
+) -> BaselineFit:
+    """Gradient-boosted trees, each setting of `GBM_SETTINGS` fitted on train and early-stopped at the boosting
+    iteration with the best validation `metric`; the best (setting, iteration) scores the test split.
+
+    Half of the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction`), so the seed
+    changes the model, as a seed does for the neural models."""
+    validation_labels, best = np.asarray(validation[1]), None  # an array: sklearn re-checks a list at every stage
+    for setting in GBM_SETTINGS:
+        model = HistGradientBoostingClassifier(max_iter=GBM_MAX_ITERATIONS, early_stopping=False, max_features=0.5,
+                                               random_state=seed, **setting).fit(*train)
+        staged = [scores[:, 1] for scores in model.staged_predict_proba(validation[0])]
+        by_iteration = [RANKING_SCORES[metric](validation_labels, scores) for scores in staged]
+        iteration = int(np.argmax(by_iteration))
+        if best is None or by_iteration[iteration] > best[0]:
+            best = (by_iteration[iteration], {**setting, "iterations": iteration + 1}, model, staged[iteration])
+    score, settings, model, validation_scores = best
+    test_scores = next(s[:, 1] for i, s in enumerate(model.staged_predict_proba(test)) if i + 1 == settings["iterations"])
+    return BaselineFit(settings, validation_scores, test_scores, score)
+
+
+def fit_logistic_regression(
+    train: tuple[pd.DataFrame, np.ndarray],
+    validation: tuple[pd.DataFrame, np.ndarray],
+    test: pd.DataFrame,
+    seed: int,
+    metric: str = "auprc",
+) -> BaselineFit:
+    """L2 logistic regression on the same table: missing values imputed by the training median with a missing
+    indicator per column (being unmeasured is informative), standardised; C chosen on validation `metric`.
+    The fit is deterministic, so every seed gives the same model."""
+    best = None
+    for c in LOGISTIC_C:
+        model = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                              StandardScaler(), LogisticRegression(C=c, max_iter=5000, random_state=seed))
+        model.fit(*train)
+        validation_scores = model.predict_proba(validation[0])[:, 1]
+        score = RANKING_SCORES[metric](validation[1], validation_scores)
+        if best is None or score > best[0]:
+            best = (score, {"C": c}, model, validation_scores)
+    score, settings, model, validation_scores = best
+    return BaselineFit(settings, validation_scores, model.predict_proba(test)[:, 1], score)
+
+
+SUMMARY_BASELINES = {"gbm_summary": fit_gbm, "logreg_summary": fit_logistic_regression}
