@@ -1,4 +1,5 @@
-"""PhysioNet 2012 mortality: MedFuse (MuFuse) against its fusion ablations and a STraTS-style baseline, several seeds.
+"""PhysioNet 2012 mortality: MedFuse (MuFuse) against its fusion ablations, a STraTS-style baseline and
+summary-statistics baselines (gradient-boosted trees, logistic regression), several seeds.
 
     nohup python benchmarks/p12_table.py --data_dir ../shared/data/physionet2012 > outputs/p12-table.log 2>&1 &
     python benchmarks/p12_table.py --summary_only        # print the table from the JSON so far
@@ -6,7 +7,9 @@
 Every cell (model, protocol, seed) is one `recipes/finetune.py` run with the same training budget; its test figures
 are appended to `benchmarks/results/p12_table.json` as soon as it finishes, and cells already there are skipped,
 so the table fills in across sessions. A killed run resumes from its last epoch checkpoint. Cells run seed by seed,
-so a partial table compares every model on the same seeds.
+so a partial table compares every model on the same seeds. The baselines (`BASELINES`) are fitted in this process
+on the same split, tuned and early-stopped on validation only, and write their test predictions where a MedFuse
+run does, so that every MedFuse row is compared with the GBM on the same test patients.
 """
 
 import argparse
@@ -15,11 +18,18 @@ import shlex
 import sys
 from pathlib import Path
 
+import time
+from functools import cache
+
 import numpy as np
 import pandas as pd
 
-from medfuse_hf.training.metrics import format_mean_std, mean_and_std, paired_bootstrap_difference
+from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
+from medfuse_hf.training import binary_metrics, load_cohort
+from medfuse_hf.training.metrics import accuracy_threshold, format_mean_std, mean_and_std, paired_bootstrap_difference
+from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
+from medfuse_hf.training.summary_baseline import SUMMARY_BASELINES, SummaryTable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "p12_table.json"
@@ -34,10 +44,13 @@ MODELS = {  # the only flags that differ between variants: everything else is th
     # encoding, and beat it by 0.017 AUPRC over seeds 0-1; this cell asks whether MuFuse gains the same.
     "medfuse_cve_time": ["--fusion", "multiplicative", "--time_embedding", "cve"],
 }
-PROTOCOL_MODELS = {"seft-split": tuple(MODELS), "set-a-test": ("medfuse", "strats_cve")}
-# Paired on the same test patients: MuFuse against every other model; and MuFuse with the CVE of time against
-# strats_cve, the additive fusion with that same time embedding, so that only the fusion differs.
-COMPARISONS = [("medfuse", other) for other in MODELS if other != "medfuse"] + [("medfuse_cve_time", "strats_cve")]
+BASELINES = tuple(SUMMARY_BASELINES)  # gbm_summary, logreg_summary: scikit-learn on per-stay summary statistics
+PROTOCOL_MODELS = {"seft-split": (*MODELS, *BASELINES), "set-a-test": ("medfuse", "strats_cve")}
+# Paired on the same test patients: MuFuse against every other model; MuFuse with the CVE of time against
+# strats_cve, the additive fusion with that same time embedding, so that only the fusion differs; and every MedFuse
+# model against the GBM, the model a clinical data scientist fits first.
+COMPARISONS = ([("medfuse", other) for other in MODELS if other != "medfuse"] + [("medfuse_cve_time", "strats_cve")]
+               + [(model, "gbm_summary") for model in MODELS])
 BUDGET = [  # paper-sized model (the config defaults); optimisation chosen once, before any table run, for a CPU budget
     "--max_events", "1024", "--batch_size", "64", "--learning_rate", "1e-3", "--weight_decay", "0.01",
     "--num_epochs", "15", "--warmup_ratio", "0.05", "--patience", "5", "--early_stopping_metric", "auprc",
@@ -47,6 +60,8 @@ METRICS = ("auroc", "auprc", "accuracy")
 
 
 def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:
+    if model in BASELINES:
+        return run_baseline(model, protocol, seed, args)
     flags = [*BUDGET, *MODELS[model], *shlex.split(args.extra_args)]
     return {"model": model, **finetune_row(flags, protocol, seed, args.output_dir / f"{protocol}-{model}-seed{seed}", args)}
 
@@ -69,6 +84,38 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
             "test_patients": report["test_patients"], "git": report["git"]["commit"]}
 
 
+@cache
+def summary_tables(data_dir: Path, protocol: str, seed: int) -> tuple[dict, dict, pd.Series]:
+    """The split's per-stay summary tables and labels (the columns fixed by its training split), and test ids."""
+    cohort = load_cohort("p12", data_dir, protocol, seed=seed)
+    table = SummaryTable(cohort.splits["train"], categorical=CATEGORICAL_FEATURES)
+    tables = {name: table(part) for name, part in cohort.splits.items()}
+    labels = {name: np.asarray(part[cohort.label_column]) for name, part in cohort.splits.items()}
+    return tables, labels, pd.Series(cohort.splits["test"][cohort.id_column])
+
+
+def run_baseline(model: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:
+    """A summary-statistics baseline fitted on train, chosen on validation, scored once on test; its test
+    predictions go where a MedFuse run's do, for the paired gaps."""
+    tables, labels, test_ids = summary_tables(args.data_dir, protocol, seed if protocol != "seft-split" else 0)
+    started = time.perf_counter()
+    fit = SUMMARY_BASELINES[model]((tables["train"], labels["train"]), (tables["validation"], labels["validation"]),
+                                   tables["test"], seed)
+    seconds = time.perf_counter() - started
+    output_dir = args.output_dir / f"{protocol}-{model}-seed{seed}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"record_id": test_ids, "label": labels["test"], "score": fit.test_scores}).to_csv(
+        output_dir / "test_predictions.csv", index=False)
+    test = binary_metrics(labels["test"], fit.test_scores)
+    validation = binary_metrics(labels["validation"], fit.validation_scores)
+    threshold = accuracy_threshold(labels["validation"], fit.validation_scores)
+    return {"model": model, "protocol": protocol, "seed": seed, **{metric: test[metric] for metric in METRICS},
+            "accuracy_at_validation_threshold": binary_metrics(labels["test"], fit.test_scores, threshold)["accuracy"],
+            "validation_auroc": validation["auroc"], "validation_auprc": validation["auprc"],
+            "settings": fit.settings, "features": tables["train"].shape[1], "train_seconds": round(seconds, 1),
+            "device": "CPU, scikit-learn", "test_patients": len(test_ids), "git": git_commit()["commit"]}
+
+
 def summarise(rows: list[dict]) -> str:
     """Mean ± sample std of each metric per (protocol, model), as a Markdown table."""
     lines = ["| protocol | model | seeds | AUROC | AUPRC | accuracy | epochs | train s/run |",
@@ -79,8 +126,9 @@ def summarise(rows: list[dict]) -> str:
             if not cell:
                 continue
             figures = [format_mean_std(*mean_and_std([row[metric] for row in cell])) for metric in METRICS]
+            epochs = [row["epochs"] for row in cell if "epochs" in row]  # the baselines have none
             lines.append(f"| {protocol} | {model} | {len(cell)} | {' | '.join(figures)} | "
-                         f"{np.mean([row['epochs'] for row in cell]):.1f} | {np.mean([row['train_seconds'] for row in cell]):.0f} |")
+                         f"{f'{np.mean(epochs):.1f}' if epochs else '–'} | {np.mean([row['train_seconds'] for row in cell]):.0f} |")
     return "\n".join(lines)
 
 

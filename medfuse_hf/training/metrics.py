@@ -41,6 +41,19 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     }
 
 
+def accuracy_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold of highest accuracy on these (validation) patients, to report test accuracy at a threshold
+    chosen without the test set: with class weights or an imbalanced outcome, 0.5 is an arbitrary cut."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    # Predicting the top k as positive: accuracy = (true positives among them + negatives outside them) / n.
+    correct = np.concatenate([[0], np.cumsum(2 * labels[order] - 1)]) + (labels == 0).sum()
+    cuts = np.concatenate([[np.inf], scores[order]])
+    distinct = np.concatenate([scores[order][:-1] != scores[order][1:], [True]])  # cut only between distinct scores
+    best = int(np.argmax(np.where(np.concatenate([[True], distinct]), correct, -1)))
+    return float(cuts[best])
+
+
 def bootstrap_intervals(
     labels: np.ndarray, scores: np.ndarray, num_resamples: int = 1000, seed: int = 0, threshold: float = 0.5
 ) -> dict[str, dict[str, float]]:
