@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--protocols", nargs="+", choices=tuple(PROTOCOL_MODELS), default=list(PROTOCOL_MODELS))
-    parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=(*MODELS, *BASELINES), default=[*MODELS, *BASELINES])
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "p12-table")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
