@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -23,6 +24,12 @@ SPECIAL_NAMES = ("[PAD]", "[UNK]")
 VOCABULARY_FORMAT_VERSION = 1
 
 FeatureKind = Literal["numeric", "categorical"]
+ValueNormalization = Literal["robust_zscore", "quantile"]
+# Probabilities of the quantile knots: dense in the tails, where skewed labs (lactate, creatinine, bilirubin) carry
+# their signal, but not past the 1st and 99th percentiles, which a published vocabulary would otherwise reveal of
+# the sickest few patients.
+QUANTILE_LEVELS = (0.01, 0.025, 0.05, *np.round(np.arange(0.1, 0.91, 0.05), 2).tolist(), 0.95, 0.975, 0.99)
+NORMAL_SCORES = np.array([NormalDist().inv_cdf(level) for level in QUANTILE_LEVELS])  # -2.33 ... 2.33
 
 
 @dataclass
@@ -32,6 +39,7 @@ class ValueStatistics:
     The authors of MedFuse z-score each feature after discarding outliers beyond 3 IQR from the quartiles;
     ``lower``/``upper`` are those fences and ``mean``/``std`` are computed on the values inside them.
     ``num_patients`` is kept so that a published vocabulary can withhold statistics of rare features.
+    ``quantiles``, when fitted, are the values at `QUANTILE_LEVELS` and select quantile normalisation instead.
     """
 
     count: int
@@ -43,14 +51,23 @@ class ValueStatistics:
     q75: float
     lower: float
     upper: float
+    quantiles: list[float] | None = None
 
     @classmethod
-    def fit(cls, values: np.ndarray, num_patients: int, outlier_fence: float = 3.0) -> ValueStatistics:
+    def fit(
+        cls,
+        values: np.ndarray,
+        num_patients: int,
+        outlier_fence: float = 3.0,
+        normalization: ValueNormalization = "robust_zscore",
+    ) -> ValueStatistics:
         values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
             raise ValueError("cannot fit value statistics on zero values")
         if not np.isfinite(values).all():
             raise ValueError("value statistics need finite values; found NaN or infinity")
+        if normalization not in ("robust_zscore", "quantile"):
+            raise ValueError(f"normalization must be 'robust_zscore' or 'quantile', got {normalization!r}")
         q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
         iqr = q75 - q25
         lower, upper = q25 - outlier_fence * iqr, q75 + outlier_fence * iqr
@@ -67,6 +84,7 @@ class ValueStatistics:
             q75=float(q75),
             lower=float(lower),
             upper=float(upper),
+            quantiles=np.quantile(values, QUANTILE_LEVELS).tolist() if normalization == "quantile" else None,
         )
 
     def in_other_units(self, scale: float, offset: float = 0.0) -> ValueStatistics:
@@ -75,11 +93,33 @@ class ValueStatistics:
         if not scale > 0:
             raise ValueError(f"a unit conversion's scale must be positive, got {scale}")
         moved = {name: getattr(self, name) * scale + offset for name in ("mean", "q25", "median", "q75", "lower", "upper")}
-        return replace(self, std=self.std * scale, **moved)
+        quantiles = None if self.quantiles is None else [value * scale + offset for value in self.quantiles]
+        return replace(self, std=self.std * scale, quantiles=quantiles, **moved)
+
+    @property
+    def normalization(self) -> ValueNormalization:
+        return "robust_zscore" if self.quantiles is None else "quantile"
 
     def normalize(self, values: np.ndarray) -> np.ndarray:
-        """Clip to the outlier fences, then z-score: extreme values stay in the record but cannot dominate."""
-        return (np.clip(values, self.lower, self.upper) - self.mean) / self.std
+        """Robust z-score: clip to the outlier fences, then z-score, so that extreme values stay in the record but
+        cannot dominate. Quantile: the value's rank among the training values, as a standard normal score
+        (piecewise linear between the knots, constant beyond the 1st and 99th percentiles): a skewed lab is spread
+        evenly over the value projector's range instead of being squeezed near its median by a few large values."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.quantiles is None:
+            return (np.clip(values, self.lower, self.upper) - self.mean) / self.std
+        knots, scores = self._quantile_map()
+        return np.interp(values, knots, scores) if len(knots) > 1 else np.zeros_like(values)
+
+    def _quantile_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct knot values and their normal scores; a value several knots share (an integer score such as the
+        GCS, a constant flag) gets the mean of their scores, its mid-rank."""
+        if len(self.quantiles) != len(QUANTILE_LEVELS):
+            raise ValueError(f"{len(self.quantiles)} quantiles for the {len(QUANTILE_LEVELS)} levels of QUANTILE_LEVELS: "
+                             "was this vocabulary written by another version of medfuse_hf?")
+        knots, inverse = np.unique(self.quantiles, return_inverse=True)
+        scores = np.bincount(inverse, weights=NORMAL_SCORES) / np.bincount(inverse)
+        return knots, scores
 
 
 @dataclass
@@ -105,6 +145,8 @@ class FeatureSpec:
 
     def to_dict(self) -> dict:
         entry = {key: value for key, value in asdict(self).items() if value not in (None, [])}
+        if "statistics" in entry and entry["statistics"]["quantiles"] is None:  # robust z-score: as before quantiles
+            del entry["statistics"]["quantiles"]
         return entry
 
 
@@ -168,6 +210,7 @@ class FeatureVocabulary:
         categorical: Mapping[str, Iterable[str]] | None = None,
         units: Mapping[str, str] | None = None,
         outlier_fence: float = 3.0,
+        normalization: ValueNormalization = "robust_zscore",
     ) -> FeatureVocabulary:
         """Build a vocabulary, with fitted statistics, from training patients.
 
@@ -185,10 +228,16 @@ class FeatureVocabulary:
             else FeatureSpec(name=name, unit=units.get(name))
             for name in names
         )
-        return cls(specs).fit_statistics(patients, outlier_fence)
+        return cls(specs).fit_statistics(patients, outlier_fence, normalization)
 
-    def fit_statistics(self, patients: Iterable[Mapping[str, Iterable]], outlier_fence: float = 3.0) -> FeatureVocabulary:
-        """A copy whose numeric features carry statistics fitted on ``patients`` (the training split only).
+    def fit_statistics(
+        self,
+        patients: Iterable[Mapping[str, Iterable]],
+        outlier_fence: float = 3.0,
+        normalization: ValueNormalization = "robust_zscore",
+    ) -> FeatureVocabulary:
+        """A copy whose numeric features carry statistics fitted on ``patients`` (the training split only), to be
+        normalised by ``normalization`` (see `ValueStatistics.normalize`).
 
         Events are matched by name, alias or code. A numeric feature absent from ``patients`` keeps no statistics;
         names the vocabulary does not know are an error, since they could be a mapping mistake.
@@ -222,7 +271,8 @@ class FeatureVocabulary:
         for feature_id, spec in enumerate(self._features, start=len(SPECIAL_NAMES)):
             statistics = spec.statistics
             if feature_id in values_by_id:
-                statistics = ValueStatistics.fit(values_by_id[feature_id], patients_by_id[feature_id], outlier_fence)
+                statistics = ValueStatistics.fit(values_by_id[feature_id], patients_by_id[feature_id], outlier_fence,
+                                                 normalization)
             fitted.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
         return fitted
 

@@ -20,7 +20,7 @@ import pandas as pd
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 from transformers.utils import cached_file
 
-from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, parse_number
+from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
     def _build_tables(self) -> None:
         """Per-id arrays so that normalisation is vectorised over a patient's events."""
         size = len(self.feature_vocabulary)
-        self._lower = np.full(size, -np.inf)
-        self._upper = np.full(size, np.inf)
-        self._mean = np.zeros(size)
-        self._std = np.ones(size)
+        self._statistics: list[ValueStatistics | None] = [None] * size
         self._has_statistics = np.zeros(size, dtype=bool)
         self._is_categorical = np.zeros(size, dtype=bool)
         self._has_statistics[[PAD_ID, UNK_ID]] = True
@@ -102,9 +99,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
                     level: offsets[feature_id] + index for index, level in enumerate(spec.categories)
                 }
             elif spec.statistics is not None:
-                stats = spec.statistics
-                self._lower[feature_id], self._upper[feature_id] = stats.lower, stats.upper
-                self._mean[feature_id], self._std[feature_id] = stats.mean, stats.std
+                self._statistics[feature_id] = spec.statistics
                 self._has_statistics[feature_id] = True
 
     # ----- public API ---------------------------------------------------------------------------------
@@ -292,11 +287,9 @@ class MedFuseTokenizer(FeatureExtractionMixin):
                     f"{spec.name!r} (levels: {spec.categories})"
                 )
             numbers[position] = category_id
-        numeric = ~categorical
-        numbers[numeric] = (
-            np.clip(numbers[numeric], self._lower[feature_ids[numeric]], self._upper[feature_ids[numeric]])
-            - self._mean[feature_ids[numeric]]
-        ) / self._std[feature_ids[numeric]]
+        for feature_id in np.unique(feature_ids[numeric_positions]):  # one vectorised call per feature
+            positions = numeric_positions[feature_ids[numeric_positions] == feature_id]
+            numbers[positions] = self._statistics[feature_id].normalize(numbers[positions])
         # [UNK] has no statistics: its events say "something was measured then", with value 0.
         numbers[feature_ids == UNK_ID] = 0.0
         return numbers

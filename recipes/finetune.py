@@ -58,7 +58,7 @@ def build_tokenizer(args, train) -> MedFuseTokenizer:
     has no embedding for a training feature outside its vocabulary: refused, naming them, rather than dropping them
     from training (features only in validation or test are dropped and logged, as `fit_tokenizer` does)."""
     if not args.init_from:
-        return fit_tokenizer(train, args.max_events)
+        return fit_tokenizer(train, args.max_events, args.value_normalization)
     tokenizer = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     unknown = sorted(name for name in feature_names(train) if name not in tokenizer.feature_vocabulary)
     if unknown:

@@ -74,13 +74,14 @@ def training_function(args: argparse.Namespace) -> dict:
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events, unknown_features="drop")
         else:  # statistics from the first patients of the stream, a bounded sample
-            tokenizer = fit_tokenizer(datasets.Dataset.from_list(list(train.take(args.statistics_patients))), args.max_events)
+            sample = datasets.Dataset.from_list(list(train.take(args.statistics_patients)))
+            tokenizer = fit_tokenizer(sample, args.max_events, args.value_normalization)
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
         reseed = train.set_epoch
     else:
         cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, None, args.num_patients, args.seed)
         train, validation = cohort.splits["train"], cohort.splits["validation"]
-        tokenizer = fit_tokenizer(train, args.max_events)
+        tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
         train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))

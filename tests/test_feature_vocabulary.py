@@ -128,3 +128,39 @@ def test_a_differently_coded_name_match_yields_to_an_exact_code_match():
     alone = FeatureVocabulary([FeatureSpec(name="glucose", code="LAB-17")])  # a local code: the names still match
     assert alone.align(there).matched == {"glucose": "glucose"}
     assert alone.align(there, methods=["name"]).matched == {"glucose": "glucose"}
+
+
+def test_quantile_normalisation_spreads_a_skewed_lab_by_rank():
+    lactate = np.random.default_rng(0).lognormal(0.5, 0.8, size=5000)  # skewed: a long tail of sick patients
+    statistics = ValueStatistics.fit(lactate, num_patients=500, normalization="quantile")
+    assert statistics.normalization == "quantile"
+    grid = np.linspace(0.0, 40.0, 400)
+    normalised = statistics.normalize(grid)
+    assert np.all(np.diff(normalised) >= 0)  # the order of values is kept
+    assert statistics.normalize(np.array([statistics.median]))[0] == pytest.approx(0.0, abs=0.02)
+    assert normalised.max() == pytest.approx(2.326, abs=1e-3)  # constant past the 99th percentile
+    # half of the training values fall on each side of 0, which a z-score of a skewed lab does not give
+    assert np.mean(statistics.normalize(lactate) < 0) == pytest.approx(0.5, abs=0.02)
+
+
+def test_quantile_normalisation_gives_tied_values_one_score():
+    gcs = np.random.default_rng(1).choice([3, 7, 15], p=[0.1, 0.2, 0.7], size=1000).astype(float)
+    statistics = ValueStatistics.fit(gcs, num_patients=100, normalization="quantile")
+    scores = statistics.normalize(np.array([3.0, 7.0, 15.0, 15.0]))
+    assert np.isfinite(scores).all() and scores[0] < scores[1] < scores[2] == scores[3]
+
+
+def test_quantiles_survive_a_round_trip_and_a_unit_conversion(tmp_path):
+    creatinine = np.random.default_rng(2).lognormal(0.0, 0.5, size=800)
+    vocabulary = FeatureVocabulary.from_events([{"feature": ["creatinine"] * 800, "value": creatinine.tolist()}],
+                                               normalization="quantile")
+    vocabulary.save(tmp_path / "vocabulary.json")
+    loaded = FeatureVocabulary.load(tmp_path / "vocabulary.json").spec_of("creatinine").statistics
+    assert loaded == vocabulary.spec_of("creatinine").statistics
+    in_micromoles = loaded.in_other_units(88.42)  # mg/dL -> µmol/L moves every knot with the values
+    np.testing.assert_allclose(in_micromoles.normalize(creatinine * 88.42), loaded.normalize(creatinine))
+
+
+def test_robust_zscore_vocabularies_are_written_as_before():
+    vocabulary = FeatureVocabulary.from_events([{"feature": ["sodium", "sodium"], "value": [139, 141]}])
+    assert "quantiles" not in vocabulary.to_dict()["features"][0]["statistics"]

@@ -159,3 +159,15 @@ def test_forecasting_targets_average_the_window_and_inputs_stop_at_the_cutoff(to
     assert batch["forecast_mask"][0].nonzero().flatten().tolist() == [sodium]
     assert batch["forecast_values"][0, sodium].item() == pytest.approx((140 - statistics.mean) / statistics.std, rel=1e-5)
     assert batch["forecast_mask"][0, heart_rate] == 0
+
+
+def test_a_quantile_vocabulary_normalises_by_rank(cohort):
+    from medfuse_hf import FeatureVocabulary
+
+    vocabulary = FeatureVocabulary.from_events(cohort, normalization="quantile")
+    encoded = MedFuseTokenizer(vocabulary)(cohort[0], return_tensors="np")
+    sodium = vocabulary.spec_of("sodium")
+    positions = encoded["feature_ids"][0] == vocabulary.id_of("sodium")
+    raw = [value for name, value in zip(cohort[0]["feature"], cohort[0]["value"]) if name == "sodium"]
+    np.testing.assert_allclose(encoded["values"][0][positions], sodium.statistics.normalize(np.array(raw)), rtol=1e-6)
+    assert np.abs(encoded["values"]).max() <= 2.33  # ranks as normal scores, never past the 1st/99th percentile

@@ -22,7 +22,7 @@ from ..data import (
 )
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_vocabulary import FeatureVocabulary
+from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
 from ..synthetic import make_sodium_cohort
 from ..tokenization_medfuse import MedFuseTokenizer
 
@@ -154,18 +154,19 @@ def feature_names(patients) -> set[str]:
     return {str(name) for features in patients["feature"] for name in features}
 
 
-def fit_tokenizer(train, max_events: int) -> MedFuseTokenizer:
-    """A tokenizer whose value statistics come from `train` only: the canonical clinical vocabulary when every
-    feature is catalogued, else a vocabulary of the cohort's own names (synthetic data, an unmapped table).
+def fit_tokenizer(train, max_events: int, normalization: ValueNormalization = "robust_zscore") -> MedFuseTokenizer:
+    """A tokenizer whose value statistics come from `train` only, normalising values by `normalization`: the
+    canonical clinical vocabulary when every feature is catalogued, else a vocabulary of the cohort's own names
+    (synthetic data, an unmapped table).
 
     Its vocabulary is the features `train` has, so validation, test, a stream's later patients or another
     hospital may hold a feature it lacks (a rare lab missing from a 1% training subset): the model has learnt
     nothing of it, so its events are dropped and each such feature is named once in the log, not an error."""
     names = sorted(feature_names(train))
     if all(name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES for name in names):
-        vocabulary = clinical_vocabulary(names).fit_statistics(train)
+        vocabulary = clinical_vocabulary(names).fit_statistics(train, normalization=normalization)
     else:
-        vocabulary = FeatureVocabulary.from_events(train)
+        vocabulary = FeatureVocabulary.from_events(train, normalization=normalization)
     return MedFuseTokenizer(vocabulary, max_events=max_events, unknown_features="drop")
 
 

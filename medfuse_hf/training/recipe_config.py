@@ -3,8 +3,11 @@ The flags every recipe shares are declared here once."""
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 import yaml
+
+from ..feature_vocabulary import ValueNormalization
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +61,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> 
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default=output_dir)
     train.add_argument("--max_events", type=int, default=1024, help="most recent events kept per patient")
+    train.add_argument("--value_normalization", choices=get_args(ValueNormalization), default="robust_zscore",
+                       help="of a tokenizer fitted here: z-score within 3-IQR fences, or rank as a normal score")
     train.add_argument("--batch_size", type=int, default=32, help="global batch size, split across processes")
     train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--weight_decay", type=float, default=0.01)

@@ -62,8 +62,9 @@ class SummaryTable:
         numeric.columns = [f"{feature}:{statistic}" for statistic, feature in numeric.columns]
         numeric = numeric[sorted(numeric.columns)]
         levels = events[is_categorical].groupby(["stay", "feature"], sort=False)["value"].last().reset_index()
-        one_hot = pd.crosstab(levels["stay"], levels["feature"] + "=" + levels["value"].map("{:g}".format)).clip(upper=1)
-        return pd.concat([numeric, one_hot.astype(float)], axis=1).reindex(index=range(len(patients)))
+        names = pd.Series([f"{feature}={value:g}" for feature, value in zip(levels["feature"], levels["value"])], dtype=object)
+        one_hot = pd.crosstab(levels["stay"].to_numpy(), names.to_numpy()).clip(upper=1) if len(names) else None
+        return pd.concat([numeric, one_hot], axis=1).astype(float).reindex(index=range(len(patients)))
 
 
 def _flat_events(patients: datasets.Dataset) -> pd.DataFrame:
