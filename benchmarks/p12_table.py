@@ -191,7 +191,7 @@ def main() -> None:
                     row = run_cell(model, protocol, seed, args)
                     results.add(row)
                     print(f"{protocol} {model} seed {seed}: " + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS)
-                          + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)", flush=True)
+                          + f" ({row.get('epochs', '–')} epochs, {row['train_seconds']:.0f} s)", flush=True)
     print(summarise(results.rows))
     gaps = paired_gaps(results.rows, args.output_dir)
     args.results.with_name("p12_paired_gaps.json").write_text(json.dumps(gaps, indent=1) + "\n")
