@@ -14,7 +14,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_medfuse import MedFuseConfig
 from .feature_embeddings import TransferReport, UnitConversion, load_feature_embeddings
@@ -35,8 +35,9 @@ class ValueProjector(nn.Module):
         self.down = nn.Linear(hidden_size, output_size)
 
     def forward(self, scalars: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(scalars.unsqueeze(-1) * self.up_weight + self.up_bias)  # (..., h)
-        return self.down(hidden)  # (..., output_size)
+        # The scalar stays fp32 up to the tanh whatever the weights' dtype: in bf16, hour 47 and 47.25 are one number.
+        hidden = torch.tanh(scalars.float().unsqueeze(-1) * self.up_weight.float() + self.up_bias.float())  # (..., h)
+        return self.down(hidden.to(self.down.weight.dtype))  # (..., output_size)
 
 
 class MultiplicativeFusion(nn.Module):
@@ -57,7 +58,7 @@ class MultiplicativeFusion(nn.Module):
 
     def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         if self.is_scane:
-            value_embeds = values.unsqueeze(-1)  # (B, T, 1)
+            value_embeds = values.unsqueeze(-1).to(feature_embeds.dtype)  # (B, T, 1)
         else:
             gamma, beta = F.embedding(feature_ids, self.gamma), F.embedding(feature_ids, self.beta)  # (B, T, d′) each
             value_embeds = gamma * self.value_projector(values) + beta
@@ -127,18 +128,19 @@ class CategoricalFusion(nn.Module):
 
 
 class SinusoidalTimeEncoding(nn.Module):
-    """Fixed sinusoidal encoding of continuous time in hours (no bin index, so minutes are not rounded away)."""
+    """Fixed sinusoidal encoding of continuous time in hours (no bin index, so minutes are not rounded away).
+
+    The frequencies are computed in fp32 at each call rather than kept as a buffer, which `.to(torch.bfloat16)`
+    would round: at hour 48 the fastest one would then be off by a fifth of a radian."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.hidden_size = hidden_size
-        self.register_buffer("frequencies", self.compute_frequencies(), persistent=False)
-
-    def compute_frequencies(self) -> torch.Tensor:
-        return torch.exp(torch.arange(0, self.hidden_size, 2).float() * (-math.log(10000.0) / self.hidden_size))
 
     def forward(self, times: torch.Tensor) -> torch.Tensor:
-        angles = times.unsqueeze(-1).float() * self.frequencies  # (B, T, d/2)
+        exponents = torch.arange(0, self.hidden_size, 2, device=times.device, dtype=torch.float32)
+        frequencies = torch.exp(exponents * (-math.log(10000.0) / self.hidden_size))
+        angles = times.float().unsqueeze(-1) * frequencies  # (B, T, d/2)
         return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, T, d)
 
 
@@ -174,7 +176,7 @@ class MedFuseEmbeddings(nn.Module):
             category_ids = torch.where(categorical, values, 0).long()
             categorical_tokens = self.categorical_fusion(self.feature_embeddings.weight, feature_ids, category_ids)
             tokens = torch.where(categorical.unsqueeze(-1), categorical_tokens, tokens)
-        return self.dropout(tokens + self.time_embeddings(times))
+        return self.dropout(tokens + self.time_embeddings(times).to(tokens.dtype))
 
     def _check_category_ids(self, feature_ids: torch.Tensor, values: torch.Tensor, categorical: torch.Tensor) -> None:
         """A categorical event's value must be a category id: fail naming the patient and feature, not with an
@@ -195,23 +197,33 @@ class MedFuseEmbeddings(nn.Module):
 
 
 class MedFuseSelfAttention(nn.Module):
-    """Multi-head self-attention through PyTorch's fused scaled-dot-product attention."""
+    """Multi-head self-attention: PyTorch's fused scaled-dot-product attention (`attn_implementation="sdpa"`), or
+    the eager path, which also returns the attention weights (`"eager"`, or when `output_attentions` asks)."""
 
     def __init__(self, config: MedFuseConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, key_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, hidden_size = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, length, 3, self.num_heads, -1)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, d/H)
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out(attended.transpose(1, 2).reshape(batch_size, length, hidden_size))
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])  # (B, H, T, T)
+            # finfo.min, not -inf: a patient without events then attends uniformly to padding instead of to NaN
+            weights = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
+            attended = F.dropout(weights, dropout, self.training) @ value
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout)
+        return self.out(attended.transpose(1, 2).reshape(batch_size, length, hidden_size)), weights
 
 
 class MedFuseLayer(GradientCheckpointingLayer):
@@ -231,12 +243,16 @@ class MedFuseLayer(GradientCheckpointingLayer):
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, key_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.norm_first:
-            hidden_states = hidden_states + self.dropout(self.attention(self.attention_norm(hidden_states), key_mask))
-            return hidden_states + self.dropout(self.feed_forward(self.feed_forward_norm(hidden_states)))
-        hidden_states = self.attention_norm(hidden_states + self.dropout(self.attention(hidden_states, key_mask)))
-        return self.feed_forward_norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
+            attended, weights = self.attention(self.attention_norm(hidden_states), key_mask, output_attentions)
+            hidden_states = hidden_states + self.dropout(attended)
+            return hidden_states + self.dropout(self.feed_forward(self.feed_forward_norm(hidden_states))), weights
+        attended, weights = self.attention(hidden_states, key_mask, output_attentions)
+        hidden_states = self.attention_norm(hidden_states + self.dropout(attended))
+        return self.feed_forward_norm(hidden_states + self.dropout(self.feed_forward(hidden_states))), weights
 
 
 class MeanPooling(nn.Module):
@@ -303,8 +319,6 @@ class MedFusePreTrainedModel(PreTrainedModel):
             init.copy_(module.is_categorical, module.compute_categorical_mask())
         elif isinstance(module, CategoricalFusion):
             init.copy_(module.pair_offsets, module.compute_pair_offsets(module.pair_offsets.numel()))
-        elif isinstance(module, SinusoidalTimeEncoding):
-            init.copy_(module.frequencies, module.compute_frequencies())
         elif isinstance(module, ValueProjector):
             # PyTorch's default Linear init, as the authors kept: under N(0, 0.02), φ(v) ≈ 0 and a fresh MuFuse
             # token e_f ⊙ φ(v) would carry neither identity nor value.
@@ -350,13 +364,15 @@ class MedFuseModel(MedFusePreTrainedModel):
     def set_input_embeddings(self, embeddings: nn.Embedding):
         self.embeddings.feature_embeddings = embeddings
 
+    @can_return_tuple
     def forward(
         self,
         feature_ids: torch.Tensor,
         values: torch.Tensor,
         times: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
         r"""
         feature_ids (`torch.LongTensor` of shape `(batch_size, num_events)`):
@@ -367,22 +383,40 @@ class MedFuseModel(MedFusePreTrainedModel):
             Hours since the record's start.
         attention_mask (`torch.Tensor` of shape `(batch_size, num_events)`, *optional*):
             1 for real events, 0 for padding. Defaults to `feature_ids != 0`.
+        output_attentions (`bool`, *optional*):
+            Return each layer's attention weights `(batch_size, num_heads, num_events, num_events)` (eager path).
+        output_hidden_states (`bool`, *optional*):
+            Return the token states after the embeddings and after each layer.
+        return_dict (`bool`, *optional*):
+            `False` returns a tuple of the output's non-`None` fields, in order.
         """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         if attention_mask is None:
             attention_mask = feature_ids != self.config.pad_token_id
         self._check_inputs(feature_ids, values, times, attention_mask)
         attention_mask = attention_mask.bool()
         key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
         hidden_states = self.embeddings(feature_ids, values, times)
+        all_hidden_states, all_attentions = [hidden_states], []
         for layer in self.layers:
-            hidden_states = layer(hidden_states, key_mask)
+            hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
+            all_hidden_states.append(hidden_states)
+            all_attentions.append(weights)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
         pooled = self.pooler(hidden_states, attention_mask)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=pooled,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
 
     def _check_inputs(self, feature_ids, values, times, attention_mask) -> None:
-        """Fail here, with names, rather than with an index or shape error deep inside torch."""
+        """Fail here, with names, rather than with an index or shape error deep inside torch. Skipped under
+        `torch.compile` and `torch.export`: reading the id range on the host would break the graph."""
+        if torch.compiler.is_compiling():
+            return
         shapes = {name: tuple(t.shape) for name, t in zip(
             ("feature_ids", "values", "times", "attention_mask"), (feature_ids, values, times, attention_mask)
         )}
@@ -452,6 +486,7 @@ class MedFuseForSequenceClassification(MedFusePreTrainedModel):
         self.classifier = MedFuseClassificationHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         feature_ids: torch.Tensor,
@@ -459,16 +494,20 @@ class MedFuseForSequenceClassification(MedFusePreTrainedModel):
         times: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> SequenceClassifierOutput:
         r"""
         labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
             Class ids for single-label classification, floats for regression or multi-label targets.
+
+        The other arguments are `MedFuseModel.forward`'s.
         """
-        outputs = self.medfuse(feature_ids, values, times, attention_mask)
+        outputs = self.medfuse(feature_ids, values, times, attention_mask, output_attentions, output_hidden_states)
         logits = self.classifier(outputs.pooler_output)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        attentions=outputs.attentions)
 
 
 @dataclass
@@ -480,11 +519,15 @@ class MedFuseForPreTrainingOutput(ModelOutput):
         Predicted normalised value of every feature in the forecast window.
     pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The patient vector the forecast was made from.
+    hidden_states, attentions:
+        As `MedFuseModel` returns them, when asked for.
     """
 
     loss: torch.Tensor | None = None
     forecast: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class MedFuseForPreTraining(MedFusePreTrainedModel):
@@ -498,6 +541,7 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
         self.forecast_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         feature_ids: torch.Tensor,
@@ -506,7 +550,8 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         forecast_values: torch.Tensor | None = None,
         forecast_mask: torch.Tensor | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> MedFuseForPreTrainingOutput:
         r"""
         forecast_values (`torch.FloatTensor` of shape `(batch_size, vocab_size)`, *optional*):
@@ -514,7 +559,8 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
         forecast_mask (`torch.Tensor` of shape `(batch_size, vocab_size)`, *optional*):
             1 where the feature was observed in the window; required with `forecast_values`.
         """
-        pooled = self.medfuse(feature_ids, values, times, attention_mask).pooler_output
+        outputs = self.medfuse(feature_ids, values, times, attention_mask, output_attentions, output_hidden_states)
+        pooled = outputs.pooler_output
         forecast = self.forecast_head(pooled)  # (B, V)
         loss = None
         if forecast_values is not None:
@@ -523,7 +569,8 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
             mask = forecast_mask.float()
             squared_error = (forecast.float() - forecast_values.float()) ** 2
             loss = (squared_error * mask).sum() / mask.sum().clamp(min=1.0)
-        return MedFuseForPreTrainingOutput(loss=loss, forecast=forecast, pooler_output=pooled)
+        return MedFuseForPreTrainingOutput(loss=loss, forecast=forecast, pooler_output=pooled,
+                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 __all__ = [

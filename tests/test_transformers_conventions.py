@@ -1,0 +1,101 @@
+"""What an experienced Hugging Face user expects of any transformers model: low-precision weights, the common
+forward options, and graphs that compile and export."""
+
+import pytest
+import torch
+
+from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseModel
+
+HEADS = [MedFuseModel, MedFuseForSequenceClassification, MedFuseForPreTraining]
+# bf16 keeps 8 bits of mantissa, fp16 11: how far a tiny model's outputs may move from fp32
+TOLERANCE = {torch.bfloat16: 0.1, torch.float16: 0.02}
+
+
+def batch(tokenizer, cohort, size=4):
+    return dict(tokenizer(cohort[:size], return_tensors="pt"))
+
+
+def main_output(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output.forecast if hasattr(output, "forecast") else output.pooler_output
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_run_every_head_close_to_fp32(tokenizer, cohort, tiny_config, head, dtype, fusion):
+    model = head(tiny_config(fusion=fusion, time_embedding="sinusoidal")).eval()
+    inputs = batch(tokenizer, cohort)
+    with torch.no_grad():
+        expected = main_output(model(**inputs)).float()
+        actual = main_output(model.to(dtype)(**inputs))  # fp32 values and times from the tokenizer, as users pass them
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.float(), expected, atol=TOLERANCE[dtype], rtol=0)
+
+
+def test_from_pretrained_in_bfloat16_predicts(tmp_path, tokenizer, cohort, tiny_config):
+    MedFuseForSequenceClassification(tiny_config(time_embedding="cve")).save_pretrained(tmp_path)
+    model = MedFuseForSequenceClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model(**batch(tokenizer, cohort)).logits.dtype == torch.bfloat16
+
+
+def test_hidden_states_and_attentions_are_returned_when_asked(tokenizer, cohort, tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config(num_hidden_layers=2, num_attention_heads=2)).eval()
+    inputs = batch(tokenizer, cohort)
+    output = model(**inputs, output_hidden_states=True, output_attentions=True)
+    batch_size, length = inputs["feature_ids"].shape
+    assert len(output.hidden_states) == 3 and output.hidden_states[0].shape == (batch_size, length, 32)
+    assert len(output.attentions) == 2 and output.attentions[0].shape == (batch_size, 2, length, length)
+    padding = ~inputs["attention_mask"].bool()
+    weights = output.attentions[0]
+    assert torch.all(weights.masked_select(padding[:, None, None, :].expand_as(weights)) == 0)  # padding unattended
+    torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+    # the eager path that returns the weights computes what SDPA does
+    torch.testing.assert_close(output.logits, model(**inputs).logits, atol=1e-5, rtol=0)
+    plain = model(**inputs)
+    assert plain.hidden_states is None and plain.attentions is None
+
+
+def test_eager_attention_can_be_chosen_at_load(tmp_path, tokenizer, cohort, tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    eager = MedFuseForSequenceClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert eager.config._attn_implementation == "eager"
+    inputs = batch(tokenizer, cohort)
+    torch.testing.assert_close(eager(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
+
+
+def test_return_dict_false_gives_the_fields_as_a_tuple(tokenizer, cohort, tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config()).eval()
+    inputs = batch(tokenizer, cohort)
+    labels = torch.tensor([0, 1, 0, 1])
+    loss, logits = model(**inputs, labels=labels, return_dict=False)
+    output = model(**inputs, labels=labels)
+    torch.testing.assert_close(loss, output.loss)
+    torch.testing.assert_close(logits, output.logits)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_an_unknown_keyword_argument_is_an_error(tokenizer, cohort, tiny_config, head):
+    with pytest.raises(TypeError, match="output_hidden_state"):
+        head(tiny_config())(**batch(tokenizer, cohort), output_hidden_state=True)  # the typo of a real option
+
+
+def test_the_model_compiles_without_graph_breaks(tokenizer, cohort, tiny_config):
+    torch._dynamo.reset()
+    model = MedFuseForSequenceClassification(tiny_config(pooling="attention")).eval()
+    inputs = batch(tokenizer, cohort)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: a graph break is an error
+    torch.testing.assert_close(compiled(**inputs).logits, model(**inputs).logits)
+
+
+def test_the_model_exports(tokenizer, cohort, tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config()).eval()
+    inputs = batch(tokenizer, cohort)
+    exported = torch.export.export(model, args=(), kwargs=inputs)
+    torch.testing.assert_close(exported.module()(**inputs).logits, model(**inputs).logits)
+
+
+def test_eager_input_checks_still_name_the_fault(tokenizer, cohort, tiny_config):
+    inputs = batch(tokenizer, cohort)
+    inputs["feature_ids"][0, 0] = 999
+    with pytest.raises(ValueError, match="lies outside the vocabulary"):
+        MedFuseForSequenceClassification(tiny_config())(**inputs)
