@@ -72,7 +72,7 @@ def test_numeric_hours_and_dataframes_work_without_labels():
 def test_missing_columns_are_named(tmp_path):
     path = tmp_path / "events.csv"
     path.write_text("id,when,what\n1,2,3\n")
-    with pytest.raises(ValueError, match=r"events.csv: cannot read columns"):
+    with pytest.raises(ValueError, match=r"events.csv: columns \[.patient_id.*missing"):
         load_long_format(path)
 
 

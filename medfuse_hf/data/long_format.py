@@ -5,11 +5,16 @@ its local feature names (or item ids) onto the canonical vocabulary, and a label
 hours since an anchor column of the labels table (e.g. ICU admission) or else since each patient's first event.
 
 Only numeric observations are loaded (categorical features given as numeric codes, e.g. gender 0/1, work too);
-text in the value column of a mapped feature is counted and skipped, never guessed at.
+text in the value column of a mapped feature is counted and skipped, never guessed at. Censored lab results
+(`<0.01`, `>100`, `GREATER THAN 500`) are kept at their bound and counted under their own reason, or refused.
+A CSV row with more or fewer fields than its header is an error naming the file and line, never truncated.
 """
 
+import csv
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import numpy as np
@@ -19,6 +24,9 @@ from .patient_table import LoadSummary, PatientTableBuilder
 
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
 TableSource = str | Path | pd.DataFrame
+CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$",
+                      re.IGNORECASE)
+CENSORED_KEPT = "censored value, kept at the bound"
 
 
 def load_long_format(
@@ -29,6 +37,10 @@ def load_long_format(
     value_transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     anchor_column: str | None = None,
     max_hours: float | None = None,
+    label_column: str | None = None,
+    label_map: Mapping[str, int] | None = None,
+    censored: Literal["bound", "refuse"] = "bound",
+    decimal: str = ".",
     return_summary: bool = False,
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
     """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
@@ -43,16 +55,25 @@ def load_long_format(
         value_transforms: source feature -> function on its values, e.g. Fahrenheit to Celsius.
         anchor_column: labels column holding each patient's time zero (timestamps).
         max_hours: events later than this after the anchor are skipped and counted.
+        label_column: the labels column of a binary outcome: each value must be 0 or 1 (or a key of `label_map`),
+            else an error names the patient and line; a missing label leaves the patient unlabeled (None, counted).
+        label_map: text label -> 0/1, e.g. `{"yes": 1, "no": 0}`.
+        censored: `"bound"` keeps `<x`/`>x`-style results at x (counted), `"refuse"` skips them (counted).
+        decimal: the decimal mark of the value column (`","` for European exports).
     """
+    if censored not in ("bound", "refuse"):
+        raise ValueError(f"censored must be 'bound' or 'refuse', got {censored!r}")
     columns = {**DEFAULT_COLUMNS, **(columns or {})}
     sources = list(events) if isinstance(events, (list, tuple)) else [events]
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
+    if label_column is not None:
+        label_table = _validated_labels(label_table, label_column, label_map, labels)
     anchors = _anchors(label_table, anchor_column) if anchor_column else None
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
     per_patient: dict[str, list[pd.DataFrame]] = {}
     for source in sources:
         table, name = _read_table(source, columns)
-        table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, summary)
+        table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, censored, decimal, summary)
         for patient_id, group in table.groupby("patient_id", sort=False):
             per_patient.setdefault(patient_id, []).append(group)
     names = sorted({feature for groups in per_patient.values() for group in groups for feature in group["feature"].unique()})
@@ -66,6 +87,8 @@ def load_long_format(
             continue
         group = pd.concat(per_patient.pop(patient_id))
         fields = label_table.loc[patient_id].to_dict() if label_table is not None else {}
+        if label_column is not None and fields[label_column] is None:
+            summary.note(f"no {label_column!r} label (kept unlabeled)", f"patient {patient_id}")
         builder.add(group["feature"].map(code_of).to_numpy(), group["value"].to_numpy(), group["hours"].to_numpy(),
                     patient_id=patient_id, **{key: _plain(value) for key, value in fields.items()})
         summary.patients_kept += 1
@@ -82,19 +105,30 @@ def _read_table(source: TableSource, columns: Mapping[str, str]) -> tuple[pd.Dat
     else:
         path = Path(source)
         name = str(path)
-        wanted = [columns[key] for key in DEFAULT_COLUMNS]
-        try:
-            if path.suffix == ".parquet":
-                table, first_line = pd.read_parquet(path, columns=wanted), 0
-            else:
-                table, first_line = pd.read_csv(path, usecols=wanted, dtype=str, keep_default_na=False), 2
-        except ValueError as error:
-            raise ValueError(f"{path}: cannot read columns {wanted} ({error})") from error
+        table, first_line = (pd.read_parquet(path), 0) if path.suffix == ".parquet" else (_read_csv(path), 2)
     absent = [columns[key] for key in DEFAULT_COLUMNS if columns[key] not in table.columns]
     if absent:
         raise ValueError(f"{name}: columns {absent} missing; it has {list(table.columns)}")
+    if table.empty:
+        raise ValueError(f"{name}: no event rows, only a header")
     table = table[[columns[key] for key in DEFAULT_COLUMNS]].set_axis(list(DEFAULT_COLUMNS), axis=1)
     return table.assign(line=np.arange(len(table)) + first_line), name
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Every field as text (ids stay ids, `007` stays `007`), a UTF-8 byte-order mark ignored, after checking that
+    every row has the header's number of fields: pandas would otherwise drop the extra field of an unquoted decimal
+    comma (`p1,2.0,potassium,3,9`), or take a short row's missing value for an empty one."""
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        rows = csv.reader(file)
+        header = next(rows, None)
+        if header is None:
+            raise ValueError(f"{path}: the file is empty")
+        for row in rows:
+            if len(row) != len(header) and row:
+                raise ValueError(f"{path}, line {rows.line_num}: {len(row)} fields where the header has {len(header)}"
+                                 " (quote values that contain the delimiter, e.g. a decimal comma)")
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
 
 
 def _clean(
@@ -104,11 +138,14 @@ def _clean(
     value_transforms: Mapping[str, Callable],
     anchors: pd.Series | None,
     max_hours: float | None,
+    censored: str,
+    decimal: str,
     summary: LoadSummary,
 ) -> pd.DataFrame:
     """Map features, parse values and times, and drop (counting each reason) what cannot be an event."""
     summary.events_read += len(table)
-    table = table.assign(patient_id=table["patient_id"].astype(str), source_feature=table["feature"].astype(str))
+    source_feature = _as_text(table["feature"]).str.strip()  # `sodium ` is `sodium`; item ids 220045 and 220045.0 one
+    table = table.assign(patient_id=_as_text(table["patient_id"]), source_feature=source_feature, feature=source_feature)
 
     def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
         if mask.any():
@@ -119,7 +156,18 @@ def _clean(
         table = table.assign(feature=table["source_feature"].map(feature_map))
         table = drop(table["feature"].isna(), "feature not in feature_map")
     table = drop(table["value"].isna() | table["value"].astype(str).str.strip().eq(""), "empty value")
-    table = table.assign(value=pd.to_numeric(table["value"], errors="coerce"))
+    text = table["value"].astype(str).str.strip()
+    if decimal != ".":
+        text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False)  # 1.234,5 -> 1234.5
+    bounds = text.str.extract(CENSORED)[1]
+    is_censored = bounds.notna()
+    if censored == "refuse":
+        table = drop(is_censored, "censored value (refused)")
+        text, is_censored = text[~is_censored], is_censored[~is_censored]
+    elif is_censored.any():
+        summary.note(CENSORED_KEPT, f"{name}:{table.loc[is_censored, 'line'].iloc[0]}", int(is_censored.sum()))
+        text = text.where(~is_censored, bounds)
+    table = table.assign(value=pd.to_numeric(text, errors="coerce"))
     table = drop(~np.isfinite(table["value"]), "non-numeric value")
     for source_feature, transform in value_transforms.items():
         rows = table["source_feature"] == source_feature
@@ -145,14 +193,42 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None) -> pd.Series:
     return (stamps - pd.to_datetime(origin)) / pd.Timedelta(hours=1)
 
 
+def _as_text(column: pd.Series) -> pd.Series:
+    """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are."""
+    if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
+        column = column.astype("Int64")
+    return column.astype(str)
+
+
+def _validated_labels(
+    table: pd.DataFrame | None, label_column: str, label_map: Mapping[str, int] | None, source: TableSource
+) -> pd.DataFrame:
+    """The binary label as 0/1 (None where missing): any other value is an error naming the patient and line."""
+    name = "labels" if isinstance(source, pd.DataFrame) else str(source)
+    if table is None or label_column not in table.columns:
+        raise ValueError(f"{name}: label column {label_column!r} missing" + ("" if table is None else f"; it has {list(table.columns)}"))
+    mapping = {**{"0": 0, "1": 1, "0.0": 0, "1.0": 1}, **{str(k).strip().lower(): int(v) for k, v in (label_map or {}).items()}}
+    raw = table[label_column]
+    missing = raw.isna() | raw.astype(str).str.strip().eq("")
+    labels = raw.astype(str).str.strip().str.lower().map(mapping)
+    bad = labels.isna() & ~missing
+    if bad.any():
+        position = int(np.flatnonzero(bad.to_numpy())[0])
+        line = f", line {position + 2}" if not isinstance(source, pd.DataFrame) else f", row {position}"
+        raise ValueError(f"{name}{line}: patient {table.index[position]!r} has {label_column} '{raw.iloc[position]}'; a "
+                         "binary label must be 0 or 1 (map other values with label_map, e.g. yes=1,no=0)")
+    values = [None if pd.isna(value) else int(value) for value in labels]
+    return table.assign(**{label_column: pd.Series(values, index=table.index, dtype=object)})
+
+
 def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
     name = "labels" if isinstance(labels, pd.DataFrame) else str(labels)
     table = labels if isinstance(labels, pd.DataFrame) else (
-        pd.read_parquet(labels) if str(labels).endswith(".parquet") else pd.read_csv(labels)
+        pd.read_parquet(labels) if str(labels).endswith(".parquet") else pd.read_csv(labels, encoding="utf-8-sig")
     )
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
-    table = table.assign(**{id_column: table[id_column].astype(str)})
+    table = table.assign(**{id_column: _as_text(table[id_column])})
     duplicated = table[id_column].duplicated()
     if duplicated.any():
         raise ValueError(f"{name}: patient {table[id_column][duplicated].iloc[0]!r} has more than one labels row")

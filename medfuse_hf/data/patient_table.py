@@ -41,9 +41,9 @@ class LoadSummary:
         self.skipped_patients[reason] += 1
         self._remember(reason, where)
 
-    def note(self, reason: str, where: str) -> None:
+    def note(self, reason: str, where: str, count: int = 1) -> None:
         """Something worth knowing that lost no data (e.g. rows out of time order, which are sorted)."""
-        self.notes[reason] += 1
+        self.notes[reason] += count
         self._remember(reason, where)
 
     def _remember(self, reason: str, where: str) -> None:

@@ -82,6 +82,12 @@ def _read_outcomes(path: Path) -> pd.DataFrame:
     absent = {"RecordID", *OUTCOME_FIELDS} - set(outcomes.columns)
     if absent:
         raise ValueError(f"{path}: columns {sorted(absent)} missing; found {list(outcomes.columns)}")
+    label = outcomes["In-hospital_death"]
+    bad = ~label.isin([0, 1, -1])  # -1: the release's "unknown"
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{path}, line {row + 2}: RecordID {outcomes['RecordID'].iloc[row]} has In-hospital_death "
+                         f"{label.iloc[row]}; the label must be 0 or 1 (-1: unknown)")
     if outcomes["RecordID"].duplicated().any():
         raise ValueError(f"{path}: RecordID {outcomes['RecordID'][outcomes['RecordID'].duplicated()].iloc[0]} appears twice")
     return outcomes.set_index("RecordID")
@@ -92,7 +98,7 @@ def _add_record(
 ) -> None:
     summary.patients_read += 1
     lines = text.splitlines()
-    if not lines or lines[0].strip() != "Time,Parameter,Value":
+    if not lines or lines[0].lstrip("\ufeff").strip() != "Time,Parameter,Value":  # a byte-order mark is no header
         summary.skip_patient("missing 'Time,Parameter,Value' header", f"{where}:1")
         return
     record_id = int(Path(where.split(":")[-1]).stem) if Path(where.split(":")[-1]).stem.isdigit() else None

@@ -57,6 +57,55 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     return data
 
 
+def column_mapping(text: str) -> dict[str, str]:
+    """`--columns patient_id=SUBJECT_ID,time=CHARTTIME,...`: long-format fields -> the table's column names."""
+    from ..data.long_format import DEFAULT_COLUMNS
+
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    mapping = {field.strip(): column.strip() for field, _, column in pairs}
+    unknown = sorted(set(mapping) - set(DEFAULT_COLUMNS))
+    if unknown or any(not column for column in mapping.values()):
+        raise argparse.ArgumentTypeError(f"{text!r}: give field=column pairs for the fields {list(DEFAULT_COLUMNS)}")
+    return mapping
+
+
+def label_mapping(text: str) -> dict[str, int]:
+    """`--label_map yes=1,no=0`."""
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    if any(value.strip() not in ("0", "1") for _, _, value in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give text=0 or text=1 pairs, e.g. yes=1,no=0")
+    return {key.strip(): int(value) for key, _, value in pairs}
+
+
+def read_feature_map(path: str) -> dict[str, str]:
+    """`--feature_map PATH`: a CSV whose first two columns are the source item (name or id) and its canonical name."""
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    if table.shape[1] < 2:
+        raise argparse.ArgumentTypeError(f"{path}: a feature map needs two columns, source item and canonical name")
+    source, canonical = table.iloc[:, 0].str.strip(), table.iloc[:, 1].str.strip()
+    repeated = source[source.duplicated()]
+    if not repeated.empty:
+        raise argparse.ArgumentTypeError(f"{path}: source item {repeated.iloc[0]!r} is mapped twice")
+    return dict(zip(source, canonical))
+
+
+def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """How a hospital's long-format event table is read (`medfuse_hf.data.load_long_format`)."""
+    table = parser.add_argument_group("long-format events")
+    table.add_argument("--events", nargs="+", help="CSV or Parquet event table(s), one row per observation")
+    table.add_argument("--columns", type=column_mapping, default={},
+                       help="where the fields live, e.g. patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE")
+    table.add_argument("--feature_map", type=read_feature_map, help="CSV: source item (name or id), canonical name")
+    table.add_argument("--anchor_column", help="column of the patients/labels table holding each patient's time zero")
+    table.add_argument("--max_hours", type=float, help="events later than this after the anchor are skipped, counted")
+    table.add_argument("--censored", choices=("bound", "refuse"), default="bound",
+                       help="'<0.01'-style results: kept at the bound (counted) or skipped (counted)")
+    table.add_argument("--decimal", default=".", help="decimal mark of the value column (',' for European exports)")
+    return table
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> argparse._ArgumentGroup:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default=output_dir)

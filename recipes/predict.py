@@ -1,0 +1,107 @@
+"""Score new, unlabeled patients with a saved MedFuse model: one risk per patient from a long-format event table.
+
+    python recipes/predict.py --model_dir outputs/p12-seft/model --events events.csv --output predictions.csv
+    python recipes/predict.py --model_dir DIR --events chartevents.csv labevents.csv \
+        --columns patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE --feature_map items.csv \
+        --patients stays.csv --anchor_column INTIME --max_hours 48 --output predictions.csv
+
+The model's own tokenizer (saved beside it) encodes the events, so the vocabulary and normalisation are the ones it
+was trained with. Events of features the model does not know are left out and reported by name and count; a
+patient left with no event the model knows is not scored and is counted. `--output` gets one row per scored
+patient (`patient_id`, `probability`, `events_used`), and `<output>.summary.json` what was read, kept and skipped.
+"""
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+
+from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf.data import MedFuseDataCollator, load_long_format
+from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config
+
+NO_KNOWN_EVENT = "no event of a feature the model knows"
+
+
+def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tuple[list[int], Counter]:
+    """Each patient's number of events of features in the model's vocabulary, and the unknown features' counts."""
+    vocabulary = tokenizer.feature_vocabulary
+    unknown: Counter = Counter()
+    counts = []
+    for features in patients["feature"]:
+        known = [name in vocabulary for name in features]
+        unknown.update(name for name, is_known in zip(features, known) if not is_known)
+        counts.append(int(sum(known)))
+    return counts, unknown
+
+
+@torch.no_grad()
+def score(model, patients: datasets.Dataset, tokenizer: MedFuseTokenizer, batch_size: int) -> np.ndarray:
+    """Positive-class probability of each patient, in the dataset's order (batches sorted by length: little padding)."""
+    collate = MedFuseDataCollator(tokenizer)
+    order = np.argsort([len(features) for features in patients["feature"]], kind="stable")
+    probabilities = np.empty(len(patients))
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = collate([patients[int(row)] for row in rows])
+        probabilities[rows] = model(**batch).logits.float().softmax(dim=-1)[:, 1].numpy()
+    return probabilities
+
+
+def prediction_function(args: argparse.Namespace) -> dict:
+    patients, load_summary = load_long_format(
+        args.events, labels=args.patients, columns=args.columns, feature_map=args.feature_map,
+        anchor_column=args.anchor_column, max_hours=args.max_hours, censored=args.censored, decimal=args.decimal,
+        return_summary=True)
+    tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
+    model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
+    counts, unknown = known_events(patients, tokenizer)
+    scorable = [index for index, count in enumerate(counts) if count > 0]
+    skipped = [patients["patient_id"][index] for index, count in enumerate(counts) if count == 0]
+    kept = patients.select(scorable)
+    probabilities = score(model, kept, tokenizer, args.batch_size)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"patient_id": kept["patient_id"], "probability": probabilities,
+                  "events_used": [min(counts[index], tokenizer.max_events) for index in scorable]}).to_csv(output, index=False)
+    summary = {
+        "model_dir": str(args.model_dir), "patients_scored": len(scorable),
+        "patients_not_scored": {NO_KNOWN_EVENT: len(skipped)} if skipped else {},
+        "patients_not_scored_examples": skipped[:10],
+        "unknown_features": dict(unknown.most_common()),  # name -> events left out
+        "events_read": load_summary.events_read, "events_kept_by_loader": load_summary.events_kept,
+        "events_skipped_by_loader": dict(load_summary.skipped_events), "loader_notes": dict(load_summary.notes),
+        "patients_skipped_by_loader": dict(load_summary.skipped_patients),
+    }
+    output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(load_summary)
+    if unknown:
+        print(f"left out {sum(unknown.values())} events of {len(unknown)} features the model does not know: "
+              + ", ".join(f"{name} ({count})" for name, count in unknown.most_common(10)))
+    if skipped:
+        print(f"not scored: {len(skipped)} patients with {NO_KNOWN_EVENT} (e.g. {skipped[:5]})")
+    print(f"scored {len(scorable)} patients; predictions in {output}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True, help="a saved MedFuse model folder (with its tokenizer)")
+    add_long_format_arguments(parser)
+    parser.add_argument("--patients", help="table with one row per patient (patient_id column), e.g. anchor times")
+    parser.add_argument("--output", default="predictions.csv")
+    parser.add_argument("--batch_size", type=int, default=64)
+    datasets.disable_progress_bars()
+    args = parse_with_config(parser, argv)
+    if not args.events:
+        parser.error("--events is required")
+    prediction_function(args)
+
+
+if __name__ == "__main__":
+    main()

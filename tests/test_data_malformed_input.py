@@ -1,0 +1,133 @@
+"""Malformed hospital exports: each is a clear error that names the file and line (or patient), or a counted skip
+with its reason. Never a silently wrong value, label or feature."""
+
+import pandas as pd
+import pytest
+
+from medfuse_hf.data import load_long_format, load_physionet2012
+
+HEADER = "patient_id,time,feature,value\n"
+
+
+def load_csv(tmp_path, body: str, header: str = HEADER, **kwargs):
+    path = tmp_path / "events.csv"
+    path.write_bytes((header + body).encode("utf-8"))
+    return load_long_format(path, return_summary=True, **kwargs)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("p1,2.0,potassium,3,9\n", r"events.csv, line 2: 5 fields where the header has 4"),  # unquoted decimal comma
+    ("p1,1.0,sodium,140\np1,2.0,potassium,3,9\n", r"events.csv, line 3: 5 fields"),
+    ("p1,2.0,potassium\n", r"events.csv, line 2: 3 fields where the header has 4"),
+    ("p1,1.0,sodium,140\np2,2.0\n", r"events.csv, line 3: 2 fields"),
+    ('p1,1.0,note,"multi\nline"\np2,2.0,x\n', r"events.csv, line 4: 3 fields"),  # a quoted newline counts its line
+    ("", r"events.csv: no event rows, only a header"),
+])
+def test_ragged_and_empty_tables_are_errors_naming_file_and_line(tmp_path, body, message):
+    with pytest.raises(ValueError, match=message):
+        load_csv(tmp_path, body)
+
+
+def test_an_empty_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"events.csv: the file is empty"):
+        load_csv(tmp_path, "", header="")
+
+
+def test_a_quoted_decimal_comma_and_the_decimal_option_keep_the_value(tmp_path):
+    dataset, _ = load_csv(tmp_path, 'p1,2.0,potassium,"3,9"\n', decimal=",")
+    assert dataset[0]["value"] == [3.9]
+
+
+def test_a_decimal_comma_without_the_option_is_a_counted_skip(tmp_path):
+    dataset, summary = load_csv(tmp_path, 'p1,2.0,potassium,"3,9"\np1,3.0,potassium,4.1\n')
+    assert dataset[0]["value"] == [4.1] and summary.skipped_events["non-numeric value"] == 1
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_column(tmp_path):
+    dataset, _ = load_csv(tmp_path, "p1,1.0,sodium,140\n", header="\ufeff" + HEADER)
+    assert dataset["patient_id"] == ["p1"]
+
+
+@pytest.mark.parametrize("text, bound", [
+    ("<0.01", 0.01), (">100", 100.0), ("<=5", 5.0), (">= 7.5", 7.5), ("LESS THAN 2", 2.0),
+    ("GREATER THAN 500", 500.0), ("greater than 1e3", 1000.0), (" < 3 ", 3.0),
+])
+def test_censored_values_are_kept_at_their_bound_and_counted(tmp_path, text, bound):
+    dataset, summary = load_csv(tmp_path, f'p1,1.0,troponin,"{text}"\n')
+    assert dataset[0]["value"] == [bound]
+    assert summary.notes["censored value, kept at the bound"] == 1
+    assert summary.examples["censored value, kept at the bound"] == [f"{tmp_path / 'events.csv'}:2"]
+
+
+def test_censored_values_can_be_refused(tmp_path):
+    dataset, summary = load_csv(tmp_path, "p1,1.0,troponin,<0.01\np1,2.0,troponin,0.5\n", censored="refuse")
+    assert dataset[0]["value"] == [0.5] and summary.skipped_events["censored value (refused)"] == 1
+
+
+@pytest.mark.parametrize("text", ["see comment", "<", "> high", "1..2", "nan", "inf", "--3", "3 4"])
+def test_text_that_is_no_number_is_a_counted_skip(tmp_path, text):
+    dataset, summary = load_csv(tmp_path, f'p1,1.0,troponin,"{text}"\np1,2.0,troponin,0.5\n')
+    assert dataset[0]["value"] == [0.5] and summary.skipped_events["non-numeric value"] == 1
+
+
+@pytest.mark.parametrize("name", ["sodium ", " sodium", "\tsodium"])
+def test_surrounding_whitespace_is_not_a_new_feature(tmp_path, name):
+    dataset, _ = load_csv(tmp_path, f'p1,1.0,sodium,140\np1,2.0,"{name}",141\n')
+    assert dataset[0]["feature"] == ["sodium", "sodium"]
+
+
+@pytest.mark.parametrize("ids", [[220045, 50983], [220045.0, 50983.0]])
+def test_integer_and_float_item_ids_from_a_dataframe_are_ids(ids):
+    events = pd.DataFrame({"patient_id": [7, 7], "time": [0.0, 1.0], "feature": ids, "value": [80.0, 140.0]})
+    dataset = load_long_format(events, feature_map={"220045": "heart_rate", "50983": "sodium"})
+    assert dataset["patient_id"] == ["7"] and dataset[0]["feature"] == ["heart_rate", "sodium"]
+
+
+def labels_case(tmp_path, labels: str, **kwargs):
+    events = pd.DataFrame({"patient_id": ["a", "b", "c"], "time": [0.0] * 3, "feature": ["hr"] * 3, "value": [80.0] * 3})
+    path = tmp_path / "labels.csv"
+    path.write_text("patient_id,died\n" + labels)
+    return load_long_format(events, labels=path, label_column="died", return_summary=True, **kwargs)
+
+
+@pytest.mark.parametrize("labels, line, value", [
+    ("a,0\nb,2\nc,1\n", 3, "2"), ("a,yes\nb,no\nc,1\n", 2, "yes"), ("a,0\nb,1\nc,-1\n", 4, "-1"),
+    ("a,0.5\nb,1\nc,0\n", 2, "0.5"), ("a,true\nb,1\nc,0\n", 2, "true"),
+])
+def test_a_label_other_than_0_or_1_names_the_patient_and_line(tmp_path, labels, line, value):
+    with pytest.raises(ValueError, match=rf"labels.csv, line {line}: patient '.' has died '?{value}'?; a binary label"):
+        labels_case(tmp_path, labels)
+
+
+def test_a_label_map_turns_text_labels_into_0_and_1(tmp_path):
+    dataset, _ = labels_case(tmp_path, "a,yes\nb,No\nc,yes\n", label_map={"yes": 1, "no": 0})
+    assert dataset["died"] == [1, 0, 1]
+
+
+def test_a_missing_label_is_counted_unlabeled_and_keeps_the_column_integer(tmp_path):
+    dataset, summary = labels_case(tmp_path, "a,0\nb,\nc,1\n")
+    assert dataset["died"] == [0, None, 1]
+    assert dataset.features["died"].dtype == "int64"
+    assert summary.notes["no 'died' label (kept unlabeled)"] == 1
+
+
+def write_p12(tmp_path, record: str, outcome: int = 0):
+    folder = tmp_path / "set-a"
+    folder.mkdir()
+    (folder / "132539.txt").write_bytes(record.encode("utf-8"))
+    (tmp_path / "Outcomes-a.txt").write_text(
+        "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n" f"132539,6,1,5,-1,{outcome}\n")
+
+
+RECORD = "Time,Parameter,Value\n00:00,RecordID,132539\n00:00,Age,54\n00:07,HR,73\n"
+
+
+def test_p12_reads_a_record_behind_a_byte_order_mark(tmp_path):
+    write_p12(tmp_path, "\ufeff" + RECORD)
+    assert load_physionet2012(tmp_path)["record_id"] == [132539]
+
+
+def test_p12_refuses_an_outcome_that_is_not_0_or_1(tmp_path):
+    write_p12(tmp_path, RECORD, outcome=2)
+    with pytest.raises(ValueError, match=r"Outcomes-a.txt, line 2: RecordID 132539 has In-hospital_death 2"):
+        load_physionet2012(tmp_path)

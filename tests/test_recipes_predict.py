@@ -1,0 +1,60 @@
+"""recipes/predict.py: risk scores for unlabeled patients from a long-format table, with what was left out."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from medfuse_hf import MedFuseForSequenceClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = """SUBJECT_ID,HOURS,ITEM,VALUE
+p1,0.5,sodium,140
+p1,1.0,heart_rate,88
+p1,2.0,troponin,0.02
+p1,3.0,sodium,<150
+p2,1.0,lactate,2.1
+p3,4.0,creatinine,1.1
+p3,5.0,sodium ,133
+"""
+
+
+@pytest.fixture
+def predict():
+    spec = importlib.util.spec_from_file_location("predict", ROOT / "recipes" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(predict, tmp_path, tokenizer, tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    output = tmp_path / "out" / "predictions.csv"
+    predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
+                  "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(output)])
+
+    predictions = pd.read_csv(output, dtype={"patient_id": str})
+    assert predictions["patient_id"].tolist() == ["p1", "p3"]  # p2 has only a feature the model does not know
+    assert predictions["events_used"].tolist() == [3, 2]  # troponin left out; "sodium " is sodium
+    p1 = [("sodium", 140.0, 0.5), ("heart_rate", 88.0, 1.0), ("sodium", 150.0, 3.0)]  # "<150" kept at its bound
+    with torch.no_grad():
+        expected = model(**tokenizer([p1], return_tensors="pt")).logits.softmax(-1)[0, 1].item()
+    assert predictions["probability"][0] == pytest.approx(expected, abs=1e-6)
+
+    summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
+    assert summary["unknown_features"] == {"troponin": 1, "lactate": 1}
+    assert summary["patients_not_scored"] == {"no event of a feature the model knows": 1}
+    assert summary["patients_not_scored_examples"] == ["p2"]
+    assert summary["loader_notes"] == {"censored value, kept at the bound": 1}
+    assert summary["patients_scored"] == 2 and summary["events_read"] == 7
+
+
+def test_events_are_required(predict, tmp_path):
+    with pytest.raises(SystemExit):
+        predict.main(["--model_dir", str(tmp_path)])
