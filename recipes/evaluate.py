@@ -15,7 +15,8 @@ from accelerate import Accelerator
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
-from medfuse_hf.training import load_cohort, predict
+from medfuse_hf.training import predict
+from medfuse_hf.training.cohorts import load_cohort_from_settings
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.recipe_config import add_cohort_arguments, parse_with_config
 from medfuse_hf.training.run_info import write_run_info
@@ -25,7 +26,7 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     output_dir = Path(args.output_dir)
     write_run_info(output_dir, vars(args), accelerator)
-    cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, args.label_column, args.num_patients, args.seed)
+    cohort = load_cohort_from_settings(vars(args))
     split = cohort.labelled(args.split)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
     collate = MedFuseDataCollator(tokenizer, label_column=cohort.label_column, extra_columns=(ROW_COLUMN,))

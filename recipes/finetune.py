@@ -31,13 +31,12 @@ from medfuse_hf.training import (
     JSONLinesTracker,
     binary_metrics,
     load_checkpoint,
-    load_cohort,
     predict,
     read_metrics,
     resolve_checkpoint,
     save_checkpoint,
 )
-from medfuse_hf.training.cohorts import feature_names, fit_tokenizer, save_strict_tokenizer
+from medfuse_hf.training.cohorts import feature_names, fit_tokenizer, load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.plots import save_training_curves
@@ -95,8 +94,7 @@ def training_function(args: argparse.Namespace) -> dict:
     accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
 
     # ----- data ---------------------------------------------------------------------------------------
-    cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, args.label_column,
-                         args.num_patients, args.seed)
+    cohort = load_cohort_from_settings(vars(args))
     label = cohort.label_column
     splits = {name: cohort.labelled(name) for name in cohort.splits}
     for name, part in splits.items():

@@ -26,8 +26,14 @@ from transformers import get_scheduler
 
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler
-from medfuse_hf.training import JSONLinesTracker, load_checkpoint, load_cohort, resolve_checkpoint, save_checkpoint
-from medfuse_hf.training.cohorts import Cohort, fit_tokenizer, save_strict_tokenizer, streaming_patients
+from medfuse_hf.training import JSONLinesTracker, load_checkpoint, resolve_checkpoint, save_checkpoint
+from medfuse_hf.training.cohorts import (
+    Cohort,
+    fit_tokenizer,
+    load_cohort_from_settings,
+    save_strict_tokenizer,
+    streaming_patients,
+)
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.publishing import publish_run
 from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, parse_with_config
@@ -79,7 +85,7 @@ def training_function(args: argparse.Namespace) -> dict:
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
         reseed = train.set_epoch
     else:
-        cohort = load_cohort(args.dataset, args.data_dir, args.protocol, args.hospital, None, args.num_patients, args.seed)
+        cohort = load_cohort_from_settings({**vars(args), "label_column": None})
         train, validation = cohort.splits["train"], cohort.splits["validation"]
         tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]

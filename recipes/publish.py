@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.training import load_cohort
+from medfuse_hf.training.cohorts import load_cohort_from_settings
 from medfuse_hf.training.publishing import publish_run, publishable_vocabulary, push_run
 
 
@@ -29,8 +29,7 @@ def main() -> None:
 
     settings = json.loads((args.run_dir / "run_info.json").read_text())["config"]
     report = json.loads((args.run_dir / "test_metrics.json").read_text())
-    cohort = load_cohort(settings["dataset"], settings.get("data_dir"), settings.get("protocol"), settings.get("hospital"),
-                         settings.get("label_column"), settings.get("num_patients", 512), settings.get("seed", 0))
+    cohort = load_cohort_from_settings(settings)
     model = MedFuseForSequenceClassification.from_pretrained(args.run_dir / "model")
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
     min_patients = settings.get("min_patients_for_statistics", 20)

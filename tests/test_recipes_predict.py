@@ -58,3 +58,33 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(p
 def test_events_are_required(predict, tmp_path):
     with pytest.raises(SystemExit):
         predict.main(["--model_dir", str(tmp_path)])
+
+
+def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(tmp_path):
+    """The README's own-data path: item ids mapped by a CSV, text labels mapped, then `predict.py` on the same events
+    without labels."""
+    from test_recipes_finetune import TINY, run
+
+    from medfuse_hf.synthetic import make_sodium_cohort
+
+    cohort = make_sodium_cohort(160, seed=3)
+    items = {"sodium": "50983", "heart_rate": "220045", "creatinine": "50912"}
+    rows = [(f"s{p['record_id']}", round(time, 3), items[name], value)
+            for p in cohort for name, value, time in zip(p["feature"], p["value"], p["time"])]
+    pd.DataFrame(rows, columns=["SUBJECT_ID", "HOURS", "ITEMID", "VALUE"]).to_csv(tmp_path / "events.csv", index=False)
+    pd.DataFrame({"SUBJECT_ID": [f"s{p['record_id']}" for p in cohort],
+                  "DIED": ["yes" if p["label"] else "no" for p in cohort]}).to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame({"ITEMID": list(items.values()), "FEATURE": list(items)}).to_csv(tmp_path / "items.csv", index=False)
+    columns = "patient_id=SUBJECT_ID,time=HOURS,feature=ITEMID,value=VALUE"
+    model_run = tmp_path / "run"
+    tiny = [flag for flag in TINY if flag not in ("--dataset", "synthetic", "--num_patients", "256")]
+    run([*tiny, "--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--labels",
+         str(tmp_path / "labels.csv"), "--label_column", "DIED", "--label_map", "yes=1,no=0", "--columns", columns,
+         "--feature_map", str(tmp_path / "items.csv"), "--num_epochs", "1", "--output_dir", str(model_run)])
+    assert json.loads((model_run / "test_metrics.json").read_text())["test_patients"] == 16  # 10 % of 160
+
+    output = tmp_path / "predictions.csv"
+    run(["--model_dir", str(model_run / "model"), "--events", str(tmp_path / "events.csv"), "--columns", columns,
+         "--feature_map", str(tmp_path / "items.csv"), "--output", str(output)], recipe=ROOT / "recipes" / "predict.py")
+    predictions = pd.read_csv(output)
+    assert len(predictions) == 160 and predictions["probability"].between(0, 1).all()

@@ -51,9 +51,13 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     data.add_argument("--data_dir", help="folder of the release files (p12, p19) or Parquet splits")
     data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random; P19 task: whole-stay (default) or first-<H>h")
     data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
-    data.add_argument("--label_column", help="label column of a Parquet cohort")
+    data.add_argument("--label_column", help="label column of a Parquet or long-format cohort")
     data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
     data.add_argument("--seed", type=int, default=0)
+    table = add_long_format_arguments(parser)
+    table.add_argument("--labels", help="long-format: table with one row per patient (patient_id column) and its label")
+    table.add_argument("--label_map", type=label_mapping, help="long-format: text labels to 0/1, e.g. yes=1,no=0")
+    table.add_argument("--split_file", help="long-format: JSON of train/validation/test patient ids (else seeded, stratified)")
     return data
 
 
