@@ -128,7 +128,7 @@ def export_feature_embeddings(
     patients have their statistics withheld, or with `drop_rare_features` are left out altogether (name, rows and
     all), for a site where even that a rare test was done is sensitive. Returns those features' names, for the
     caller: the checkpoint names them only when withheld, and counts them when dropped."""
-    base = model.medfuse if hasattr(model, "medfuse") else model
+    base = model.base_model  # the encoder, from a head or itself
     embeddings = base.embeddings
     config = base.config
     vocabulary = tokenizer.feature_vocabulary
@@ -142,9 +142,8 @@ def export_feature_embeddings(
         if spec.name not in guarded:
             continue
         tensors[f"identity/{spec.name}"] = embeddings.feature_embeddings.weight[feature_id]
-        if hasattr(fusion, "gamma"):
-            tensors[f"gamma/{spec.name}"] = fusion.gamma[feature_id]
-            tensors[f"beta/{spec.name}"] = fusion.beta[feature_id]
+        for name in fusion.feature_tables:  # the fusion's own per-feature rows: MuFuse's γ and β
+            tensors[f"{name}/{spec.name}"] = fusion.get_parameter(name)[feature_id]
         if spec.kind == "categorical" and embeddings.categorical_fusion is not None:
             for index, level in enumerate(spec.categories):
                 tensors[f"category/{spec.name}={level}"] = embeddings.categorical_fusion.category_embeddings.weight[offsets[feature_id] + index]
@@ -194,7 +193,7 @@ def load_feature_embeddings(
     if match_by not in MATCH_METHODS:
         raise ValueError(f"match_by must be one of {MATCH_METHODS}, got {match_by!r}")
     checkpoint = FeatureEmbeddingCheckpoint.from_pretrained(path, revision=revision)
-    base = model.medfuse if hasattr(model, "medfuse") else model
+    base = model.base_model  # the encoder, from a head or itself
     config, embeddings = base.config, base.embeddings
     for key in ("hidden_size", "value_embedding_size", "value_projector_hidden_size", "fusion"):
         if checkpoint.config[key] != getattr(config, key):
@@ -219,9 +218,9 @@ def load_feature_embeddings(
         for here, there in matched.items():
             feature_id = vocabulary.id_of(here)
             embeddings.feature_embeddings.weight[feature_id] = checkpoint.tensors[f"identity/{there}"]
-            if hasattr(fusion, "gamma") and f"gamma/{there}" in checkpoint.tensors:
-                fusion.gamma[feature_id] = checkpoint.tensors[f"gamma/{there}"]
-                fusion.beta[feature_id] = checkpoint.tensors[f"beta/{there}"]
+            for name in fusion.feature_tables:
+                if f"{name}/{there}" in checkpoint.tensors:
+                    fusion.get_parameter(name)[feature_id] = checkpoint.tensors[f"{name}/{there}"]
             if feature_id in offsets and "categorical_projector" in shared:  # levels mean nothing without their map
                 for index, level in enumerate(vocabulary.spec_of(here).categories):
                     if f"category/{there}={level}" in checkpoint.tensors:
@@ -230,9 +229,7 @@ def load_feature_embeddings(
                         category_rows.append(row)
     if freeze:
         feature_ids = [vocabulary.id_of(here) for here in matched]
-        rows = {"feature_embeddings.weight": feature_ids}
-        if hasattr(fusion, "gamma"):
-            rows.update({"value_fusion.gamma": feature_ids, "value_fusion.beta": feature_ids})
+        rows = {"feature_embeddings.weight": feature_ids, **{f"value_fusion.{name}": feature_ids for name in fusion.feature_tables}}
         if category_rows:
             rows["categorical_fusion.category_embeddings.weight"] = category_rows
         FrozenTransfer(embeddings, rows, [projectors[name] for name in shared])
@@ -300,11 +297,8 @@ def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = Tr
 def _shared_projectors(embeddings) -> dict[str, torch.nn.Module]:
     """The maps every feature shares, transferred with the per-feature rows they were trained with: the value
     projector φ that γ_f, β_f modulate, the concatenation ablation's map, and the categorical fusion's map."""
-    projectors = {}
-    if hasattr(embeddings.value_fusion, "value_projector"):
-        projectors["value_projector"] = embeddings.value_fusion.value_projector
-    if hasattr(embeddings.value_fusion, "proj"):
-        projectors["fusion_projector"] = embeddings.value_fusion.proj
+    fusion = embeddings.value_fusion
+    projectors = {prefix: fusion.get_submodule(name) for prefix, name in fusion.shared_maps.items()}  # declared there
     if embeddings.categorical_fusion is not None:
         projectors["categorical_projector"] = embeddings.categorical_fusion.proj
     return projectors

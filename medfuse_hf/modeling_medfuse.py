@@ -4,6 +4,7 @@ Paper: "MedFuse: Multiplicative Embedding Fusion for Irregular Clinical Time Ser
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,10 @@ class MultiplicativeFusion(nn.Module):
         super().__init__()
         self.value_embedding_size = config.value_embedding_size
         self.is_scane = config.fusion == "scane"
+        # Rows indexed by feature id, with how a new feature's row starts: read by `per_feature_tables`.
+        self.feature_tables = {} if self.is_scane else {"gamma": init.ones_, "beta": init.zeros_}
+        # Maps every feature shares, by their name in a feature-embedding checkpoint: transferred with the rows.
+        self.shared_maps = {} if self.is_scane else {"value_projector": "value_projector"}
         if not self.is_scane:
             self.value_projector = ValueProjector(config.value_projector_hidden_size, config.value_embedding_size)
             # Feature-conditioned affine map: each feature decides how its value modulates its identity.
@@ -73,6 +78,7 @@ class AdditiveFusion(nn.Module):
     def __init__(self, config: MedFuseConfig):
         super().__init__()
         self.value_projector = ValueProjector(config.value_projector_hidden_size, config.hidden_size)
+        self.feature_tables, self.shared_maps = {}, {"value_projector": "value_projector"}
 
     def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return feature_embeds + self.value_projector(values)
@@ -85,6 +91,7 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.value_projector = ValueProjector(config.value_projector_hidden_size, config.value_embedding_size)
         self.proj = nn.Linear(config.hidden_size + config.value_embedding_size, config.hidden_size)
+        self.feature_tables, self.shared_maps = {}, {"value_projector": "value_projector", "fusion_projector": "proj"}
 
     def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return self.proj(torch.cat([feature_embeds, self.value_projector(values)], dim=-1))
@@ -150,6 +157,8 @@ class MedFuseEmbeddings(nn.Module):
     def __init__(self, config: MedFuseConfig):
         super().__init__()
         self.feature_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        # unit scale, as `_init_weights` starts every identity
+        self.feature_tables = {"feature_embeddings.weight": lambda rows: init.normal_(rows, mean=0.0, std=1.0)}
         self.value_fusion = VALUE_FUSIONS[config.fusion](config)
         self.categorical_fusion = CategoricalFusion(config) if config.categorical_feature_ids else None
         self.categorical_feature_ids = list(config.categorical_feature_ids)
@@ -330,6 +339,52 @@ class MedFusePreTrainedModel(PreTrainedModel):
             init.ones_(module.gamma)
             init.zeros_(module.beta)
 
+
+    def per_feature_tables(self) -> dict[str, tuple[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]]]:
+        """Every parameter whose rows are indexed by feature id, by its `named_parameters()` name, with how a new
+        feature's row starts. Modules declare theirs in a `feature_tables` mapping (attribute path -> initialiser),
+        so resizing (and a new fusion's tables) needs no edit here."""
+        tables = {}
+        for prefix, module in self.named_modules():
+            for name, initialise in getattr(module, "feature_tables", {}).items():
+                tables[f"{prefix}.{name}" if prefix else name] = (module.get_parameter(name), initialise)
+        return tables
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = False
+    ) -> nn.Embedding:
+        """Give the model `new_num_tokens` feature ids, as after `FeatureVocabulary.merge` adds a hospital's own
+        features: every per-feature table (identity embedding, MuFuse's γ/β, a forecast head's rows) keeps its
+        existing rows and grows new ones from their initialisers, so the resized model trains, saves and reloads.
+        New features are numeric: a new categorical feature also changes the category table (rebuild the model)."""
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        if mean_resizing:
+            raise NotImplementedError("mean_resizing: a new clinical feature starts from its initialiser, not a mean")
+        if pad_to_multiple_of:
+            new_num_tokens = math.ceil(new_num_tokens / pad_to_multiple_of) * pad_to_multiple_of
+        lost = [i for i in self.config.categorical_feature_ids if i >= new_num_tokens]
+        if new_num_tokens < 3 or lost:
+            raise ValueError(f"cannot resize to {new_num_tokens} feature ids: [PAD], [UNK] and the categorical "
+                             f"features {lost or ''} need room")
+        with torch.no_grad():
+            for parameter, initialise in self.per_feature_tables().values():
+                kept = min(len(parameter), new_num_tokens)
+                rows = parameter.new_empty((new_num_tokens, *parameter.shape[1:]))
+                rows[:kept] = parameter[:kept]
+                if new_num_tokens > kept:
+                    initialise(rows[kept:])
+                parameter.data = rows
+        for module in self.modules():  # sizes the modules record, and buffers indexed by feature id
+            if isinstance(module, MedFuseEmbeddings):
+                module.feature_embeddings.num_embeddings = new_num_tokens
+                module.is_categorical = module.compute_categorical_mask().to(module.is_categorical.device)
+            elif isinstance(module, CategoricalFusion):
+                module.pair_offsets = module.compute_pair_offsets(new_num_tokens).to(module.pair_offsets.device)
+        if isinstance(self, MedFuseForPreTraining):
+            self.forecast_head.out_features = new_num_tokens
+        self.config.vocab_size = new_num_tokens
+        return self.get_input_embeddings()
 
     def load_feature_embeddings(
         self,
@@ -538,7 +593,10 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
     def __init__(self, config: MedFuseConfig):
         super().__init__(config)
         self.medfuse = MedFuseModel(config)
-        self.forecast_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.forecast_head = nn.Linear(config.hidden_size, config.vocab_size)  # a row per feature
+        std = config.initializer_range
+        self.feature_tables = {"forecast_head.weight": lambda rows: init.normal_(rows, mean=0.0, std=std),
+                               "forecast_head.bias": init.zeros_}
         self.post_init()
 
     @can_return_tuple

@@ -240,3 +240,36 @@ def test_models_and_embeddings_load_by_hub_repo_id_offline(tmp_path, source, mon
     assert isinstance(AutoFeatureExtractor.from_pretrained("hospital-a/medfuse-sodium", cache_dir=cache), MedFuseTokenizer)
     report = target_model(vocabulary).medfuse.load_feature_embeddings("hospital-a/medfuse-sodium-embeddings", vocabulary)
     assert sorted(report.matched) == ["creatinine", "heart_rate", "sodium"]
+
+
+def test_a_new_fusion_that_declares_its_tables_transfers_without_edits_elsewhere(tmp_path, cohort, monkeypatch):
+    """A fusion is one class: the per-feature rows and shared maps it declares are exported, loaded and frozen."""
+    from torch import nn
+    from transformers import initialization as init
+
+    import medfuse_hf.modeling_medfuse as modeling
+
+    class GatedFusion(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.value_projector = modeling.ValueProjector(config.value_projector_hidden_size, config.hidden_size)
+            self.gate = nn.Parameter(torch.ones(config.vocab_size, config.hidden_size))
+            self.feature_tables, self.shared_maps = {"gate": init.ones_}, {"value_projector": "value_projector"}
+
+        def forward(self, feature_embeds, feature_ids, values):
+            return feature_embeds + nn.functional.embedding(feature_ids, self.gate) * self.value_projector(values)
+
+    monkeypatch.setitem(modeling.VALUE_FUSIONS, "additive", GatedFusion)
+    vocabulary = FeatureVocabulary.from_events(cohort)
+    source_model = target_model(vocabulary, fusion="additive")
+    with torch.no_grad():
+        source_model.medfuse.embeddings.value_fusion.gate.normal_()
+    export_feature_embeddings(source_model, MedFuseTokenizer(vocabulary), tmp_path / "gated", min_patients=20)
+    model = target_model(vocabulary, fusion="additive")
+    model.medfuse.load_feature_embeddings(tmp_path / "gated", vocabulary, freeze=True)
+    sodium = vocabulary.id_of("sodium")
+    torch.testing.assert_close(model.medfuse.embeddings.value_fusion.gate[sodium],
+                               source_model.medfuse.embeddings.value_fusion.gate[sodium])
+    torch.testing.assert_close(model.medfuse.embeddings.value_fusion.value_projector.down.weight,
+                               source_model.medfuse.embeddings.value_fusion.value_projector.down.weight)
+    assert not model.medfuse.embeddings.value_fusion.value_projector.down.weight.requires_grad  # frozen as declared

@@ -99,3 +99,35 @@ def test_eager_input_checks_still_name_the_fault(tokenizer, cohort, tiny_config)
     inputs["feature_ids"][0, 0] = 999
     with pytest.raises(ValueError, match="lies outside the vocabulary"):
         MedFuseForSequenceClassification(tiny_config())(**inputs)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_resizing_grows_every_per_feature_table_and_the_model_reloads(tmp_path, tokenizer, cohort, tiny_config, head, fusion):
+    model = head(tiny_config(fusion=fusion)).eval()
+    old_size = model.config.vocab_size
+    before = {name: table.detach().clone() for name, (table, _) in model.per_feature_tables().items()}
+    assert any(name.endswith("feature_embeddings.weight") for name in before)
+    model.resize_token_embeddings(old_size + 3)
+    tables = model.per_feature_tables()
+    for name, (table, _) in tables.items():
+        assert table.shape[0] == old_size + 3, name
+        torch.testing.assert_close(table[:old_size], before[name])  # existing features keep what they learnt
+    if fusion == "multiplicative":  # a new feature starts where MuFuse starts every feature: γ = 1, β = 0
+        gamma, beta = (tables[f"{model.base_model_prefix}.embeddings.value_fusion.{n}" if head is not MedFuseModel
+                              else f"embeddings.value_fusion.{n}"][0] for n in ("gamma", "beta"))
+        assert torch.all(gamma[old_size:] == 1) and torch.all(beta[old_size:] == 0)
+    inputs = batch(tokenizer, cohort)
+    inputs["feature_ids"][0, 0] = old_size + 2  # a feature id the model did not have before
+    output = main_output(model(**inputs))
+    if head is MedFuseForPreTraining:
+        assert output.shape[-1] == old_size + 3
+    model.save_pretrained(tmp_path)
+    reloaded = head.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vocab_size == old_size + 3
+    torch.testing.assert_close(main_output(reloaded(**inputs)), output)
+
+
+def test_resizing_refuses_to_drop_a_categorical_feature(tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config())
+    with pytest.raises(ValueError, match="categorical features"):
+        model.resize_token_embeddings(max(model.config.categorical_feature_ids))
