@@ -39,6 +39,13 @@ AutoModel.register(MedFuseConfig, MedFuseModel, exist_ok=True)
 AutoModelForSequenceClassification.register(MedFuseConfig, MedFuseForSequenceClassification, exist_ok=True)
 AutoModelForPreTraining.register(MedFuseConfig, MedFuseForPreTraining, exist_ok=True)
 AutoFeatureExtractor.register(MedFuseConfig, MedFuseTokenizer, exist_ok=True)
+# ... and makes `save_pretrained` write `auto_map` and copy the code a checkpoint needs beside it, as custom Hub
+# architectures do: a hospital that pulls a checkpoint loads it with `trust_remote_code=True`, without this package.
+MedFuseConfig.register_for_auto_class()
+MedFuseModel.register_for_auto_class("AutoModel")
+MedFuseForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+MedFuseForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+MedFuseTokenizer.register_for_auto_class("AutoFeatureExtractor")
 
 __all__ = [
     "AlignmentReport",

@@ -43,6 +43,7 @@ COUNT_GRANULARITY = 10
 # Statistics of fewer patients than this are never shared, whatever threshold is asked for: the common small-cell
 # rule of disclosure control, and the granularity counts are rounded to.
 MIN_PATIENTS_FLOOR = 10
+DEFAULT_MIN_PATIENTS = 20  # statistics of features seen in fewer patients never leave the hospital by default
 MATCH_METHODS = ("name", "code", "alias")
 
 
@@ -122,7 +123,7 @@ class FeatureEmbeddingCheckpoint:
 
 
 def export_feature_embeddings(
-    model, tokenizer, path: str | Path, source: str | None = None, min_patients: int = 20, drop_rare_features: bool = False
+    model, tokenizer, path: str | Path, source: str | None = None, min_patients: int = DEFAULT_MIN_PATIENTS, drop_rare_features: bool = False
 ) -> dict[str, list[str]]:
     """Write the feature-embedding checkpoint of a trained MedFuse model. Features seen in fewer than `min_patients`
     patients have their statistics withheld, or with `drop_rare_features` are left out altogether (name, rows and
@@ -369,8 +370,22 @@ class FrozenTransfer:
             parameter[index] = values.to(parameter.dtype)
 
 
+def publishable_vocabulary(vocabulary: FeatureVocabulary, repo_id: str, min_patients: int = DEFAULT_MIN_PATIENTS) -> FeatureVocabulary:
+    """A model tokenizer's vocabulary as it may leave the hospital (counts rounded to tens), or a clear refusal when
+    it normalises a feature with statistics of fewer than `min_patients` patients: unlike the embeddings, a model's
+    tokenizer cannot withhold them, since it needs them to read that feature."""
+    guarded, rare = privacy_guarded(vocabulary, min_patients)
+    if rare:
+        raise ValueError(
+            f"refusing to push {repo_id}: its tokenizer normalises {', '.join(rare)} with statistics (quartiles, "
+            f"outlier fences) of fewer than {min_patients} patients, close to those patients' own values. Retrain "
+            "without these features, or share only the feature embeddings (push_feature_embeddings), which withhold them."
+        )
+    return guarded
+
+
 def privacy_guarded(
-    vocabulary: FeatureVocabulary, min_patients: int = 20, drop_rare: bool = False
+    vocabulary: FeatureVocabulary, min_patients: int = DEFAULT_MIN_PATIENTS, drop_rare: bool = False
 ) -> tuple[FeatureVocabulary, list[str]]:
     """The vocabulary as it may leave the hospital, and its rare features (seen in fewer than `min_patients`
     patients): only the vocabulary's own fields, rare features' statistics withheld (their quartiles and fences are

@@ -7,6 +7,7 @@ vocabulary is saved beside its settings as `feature_vocabulary.json`, a file peo
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import pandas as pd
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 from transformers.utils import cached_file
 
+from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary
 from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
 
 logger = logging.getLogger(__name__)
@@ -194,14 +196,42 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             "max_events": self.max_events,
             "unknown_features": self.unknown_features,
             "max_hours": self.max_hours,
+            # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)
+            **({"auto_map": self._feature_extractor_auto_map()} if getattr(self, "auto_map", None) else {}),
         }
 
+    def _feature_extractor_auto_map(self) -> dict[str, str]:
+        """transformers writes a class whose name ends in "Tokenizer" as a text tokenizer's (slow, fast) pair, which
+        `AutoFeatureExtractor` cannot read: this one is a feature extractor, one class."""
+        return {key: value[0] if isinstance(value, (list, tuple)) else value for key, value in self.auto_map.items()}
+
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
-        """Write `preprocessor_config.json` and `feature_vocabulary.json` into `save_directory`."""
+        """Write `preprocessor_config.json` and `feature_vocabulary.json` into `save_directory`.
+
+        A local save keeps the exact statistics (counts, quartiles and fences of every feature) the tokenizer
+        normalises with: it stays in the hospital. With `push_to_hub=True` the vocabulary written and uploaded is
+        the privacy-guarded one (`publishable_vocabulary`: counts rounded to tens), and the upload is refused before
+        any request when a feature's statistics come from fewer than `min_patients_for_statistics` (default 20)."""
+        min_patients = kwargs.pop("min_patients_for_statistics", DEFAULT_MIN_PATIENTS)
+        if push_to_hub:  # the guarded copy is what this folder and the repo get
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            public = self._publishable(repo_id, min_patients)
+            files = public.save_pretrained(save_directory)
+            public.push_to_hub(repo_id, min_patients_for_statistics=min_patients, **kwargs)
+            return files
         os.makedirs(save_directory, exist_ok=True)
         vocabulary_file = os.path.join(save_directory, VOCABULARY_FILE_NAME)
         self.feature_vocabulary.save(vocabulary_file)
-        return [vocabulary_file, *super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)]
+        return [vocabulary_file, *super().save_pretrained(save_directory, **kwargs)]
+
+    def _publishable(self, repo_id: str, min_patients: int) -> MedFuseTokenizer:
+        public = copy.copy(self)
+        public.feature_vocabulary = publishable_vocabulary(self.feature_vocabulary, repo_id, min_patients)
+        return public
+
+    def push_to_hub(self, repo_id: str, *, min_patients_for_statistics: int = DEFAULT_MIN_PATIENTS, **kwargs) -> Any:
+        """Upload under the privacy guard of `save_pretrained(push_to_hub=True)`; the exact statistics stay here."""
+        return super(MedFuseTokenizer, self._publishable(repo_id, min_patients_for_statistics)).push_to_hub(repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MedFuseTokenizer:

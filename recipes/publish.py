@@ -14,7 +14,8 @@ import datasets
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.training.cohorts import load_cohort_from_settings
-from medfuse_hf.training.publishing import publish_run, publishable_vocabulary, push_run
+from medfuse_hf.feature_embeddings import publishable_vocabulary
+from medfuse_hf.training.publishing import publish_run, push_run
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
     min_patients = settings.get("min_patients_for_statistics", 20)
     if args.push_to_hub:  # refuse before the cards are rewritten to name a repo that will not exist
-        publishable_vocabulary(tokenizer, args.push_to_hub, min_patients)
+        publishable_vocabulary(tokenizer.feature_vocabulary, args.push_to_hub, min_patients)
     publish_run(args.run_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
                 evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
                 f"{report['epochs']}.", min_patients=min_patients, hub_repo_id=args.push_to_hub,

@@ -181,3 +181,32 @@ def test_a_folder_that_is_not_an_exported_checkpoint_is_refused_before_any_reque
     with pytest.raises(FileNotFoundError, match="no embedding_config.json; export the checkpoint with export_feature_embeddings"):
         push_feature_embeddings(folder, "hospital-a/medfuse-embeddings", token=TOKEN)
     assert hub.requests == []
+
+
+def rare_feature_tokenizer() -> MedFuseTokenizer:
+    patients = make_sodium_cohort(40, seed=1)
+    for patient in patients[:3]:  # a lab seen in 3 patients: its quartiles are nearly their values
+        patient.update(feature=[*patient["feature"], "rare_lab"], value=[*patient["value"], 123.456], time=[*patient["time"], 1.0])
+    return MedFuseTokenizer(FeatureVocabulary.from_events(patients))
+
+
+@pytest.mark.parametrize("upload", ["push_to_hub", "save_pretrained"])
+def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
+    """transformers' own upload paths of the tokenizer: counts rounded to tens, a rare feature refused."""
+    def push(tokenizer, repo_id):
+        if upload == "push_to_hub":
+            tokenizer.push_to_hub(repo_id, token=TOKEN)
+        else:
+            tokenizer.save_pretrained(tmp_path / repo_id.split("/")[1], push_to_hub=True, repo_id=repo_id, token=TOKEN)
+
+    common = MedFuseTokenizer(FeatureVocabulary.from_events(make_sodium_cohort(57, seed=2)))
+    push(common, "hospital-a/tokenizer")
+    uploaded = json.loads(hub.repos["hospital-a/tokenizer"]["files"]["feature_vocabulary.json"])
+    assert [feature["statistics"]["num_patients"] for feature in uploaded["features"]] == [50, 50, 50]  # 57, rounded
+    assert FeatureVocabulary.from_dict(uploaded) == privacy_guarded(common.feature_vocabulary)[0]
+    assert common.feature_vocabulary.spec_of("sodium").statistics.num_patients == 57  # the exact copy stays here
+
+    requests = len(hub.requests)
+    with pytest.raises(ValueError, match="refusing to push hospital-a/rare: its tokenizer normalises rare_lab"):
+        push(rare_feature_tokenizer(), "hospital-a/rare")
+    assert len(hub.requests) == requests and "hospital-a/rare" not in hub.repos  # refused before any request

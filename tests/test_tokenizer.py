@@ -14,7 +14,9 @@ PATIENT = [("sodium", 150.0, 2.0), ("heart_rate", 90, 0.5), ("icu_type", "medica
 
 def test_save_and_load_give_identical_encodings(tmp_path, tokenizer, cohort):
     tokenizer.save_pretrained(tmp_path)
-    assert {path.name for path in tmp_path.iterdir()} == {"preprocessor_config.json", "feature_vocabulary.json"}
+    assert {path.name for path in tmp_path.iterdir()} == {  # the settings, the vocabulary and the code they need
+        "preprocessor_config.json", "feature_vocabulary.json", "tokenization_medfuse.py", "feature_vocabulary.py",
+        "feature_embeddings.py", "integrity.py"}
     for reloaded in (MedFuseTokenizer.from_pretrained(tmp_path), AutoFeatureExtractor.from_pretrained(tmp_path)):
         assert isinstance(reloaded, MedFuseTokenizer)
         assert reloaded.feature_vocabulary == tokenizer.feature_vocabulary

@@ -1,24 +1,24 @@
 """What a finished run publishes beside its model: a model card, and a privacy-guarded feature-embedding
 checkpoint with its own card, ready for `push_to_hub` or for another hospital's `load_feature_embeddings`."""
 
-import copy
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import VOCABULARY_FILE, export_feature_embeddings, privacy_guarded, push_feature_embeddings
+from ..feature_embeddings import VOCABULARY_FILE, export_feature_embeddings, publishable_vocabulary, push_feature_embeddings
 from ..feature_vocabulary import FeatureVocabulary
 from ..model_card import architecture_of, render_model_card
 from ..tokenization_medfuse import MedFuseTokenizer
 from .cohorts import Cohort
 
 MODEL_USAGE = """
-import medfuse_hf  # registers MedFuse with the Auto classes
 from transformers import AutoFeatureExtractor, {auto_class}
 
-model = {auto_class}.from_pretrained("{where}")
-tokenizer = AutoFeatureExtractor.from_pretrained("{where}")
+# With `pip install medfuse-hf`: `import medfuse_hf` registers MedFuse with the Auto classes.
+# Without it, the checkpoint's own code (shipped beside the weights) is used: pass trust_remote_code=True.
+model = {auto_class}.from_pretrained("{where}", trust_remote_code=True)
+tokenizer = AutoFeatureExtractor.from_pretrained("{where}", trust_remote_code=True)
 patients = [{{"feature": ["heart_rate", "sodium"], "value": [92, 131], "time": [0.5, 3.0]}}]
 outputs = model(**tokenizer(patients, return_tensors="pt"))
 """
@@ -105,20 +105,6 @@ def readable(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-def publishable_vocabulary(tokenizer: MedFuseTokenizer, repo_id: str, min_patients: int = 20):
-    """The tokenizer's vocabulary as a pushed model may carry it (counts rounded to tens), or a clear refusal when it
-    normalises a feature with statistics of fewer than `min_patients` patients: unlike the embeddings, a model's
-    tokenizer cannot withhold them, since it needs them to read that feature."""
-    vocabulary, rare = privacy_guarded(tokenizer.feature_vocabulary, min_patients)
-    if rare:
-        raise ValueError(
-            f"refusing to push {repo_id}: its tokenizer normalises {', '.join(rare)} with statistics (quartiles, "
-            f"outlier fences) of fewer than {min_patients} patients, close to those patients' own values. Retrain "
-            "without these features, or share only the feature embeddings (push_feature_embeddings), which withhold them."
-        )
-    return vocabulary
-
-
 def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
              min_patients: int = 20) -> str:
     """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
@@ -128,8 +114,7 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
     The tokenizer leaves under the same privacy guard as the embeddings (`publishable_vocabulary`), checked before
     any upload."""
     output_dir = Path(output_dir)
-    public_tokenizer = copy.copy(tokenizer)
-    public_tokenizer.feature_vocabulary = publishable_vocabulary(tokenizer, repo_id, min_patients)
+    publishable_vocabulary(tokenizer.feature_vocabulary, repo_id, min_patients)  # refused before any upload
     # Balanced class weights give the training cohort's exact positive count with its size on the card; they
     # matter only to training's loss, so the pushed config goes without them.
     class_weights, model.config.class_weights = getattr(model.config, "class_weights", None), None
@@ -137,7 +122,7 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
         model.push_to_hub(repo_id, private=True, token=token)
     finally:
         model.config.class_weights = class_weights
-    public_tokenizer.push_to_hub(repo_id, private=True, token=token)
+    tokenizer.push_to_hub(repo_id, private=True, token=token, min_patients_for_statistics=min_patients)
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
                                    repo_id=repo_id, commit_message="Model card")  # the Hub checks its metadata
     return push_feature_embeddings(output_dir / "feature_embeddings", embeddings_repo_id(repo_id), token=token)
