@@ -79,7 +79,6 @@ def prediction_function(args: argparse.Namespace) -> dict:
         "patients_skipped_by_loader": dict(load_summary.skipped_patients),
     }
     output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(load_summary)
     if unknown:
         print(f"left out {sum(unknown.values())} events of {len(unknown)} features the model does not know: "
               + ", ".join(f"{name} ({count})" for name, count in unknown.most_common(10)))

@@ -81,3 +81,15 @@ def test_duplicate_label_rows_are_an_error(tmp_path):
     events = pd.DataFrame({"patient_id": [1], "time": [0.0], "feature": ["hr"], "value": [80]})
     with pytest.raises(ValueError, match="patient '1' has more than one labels row"):
         load_long_format(events, labels=labels)
+
+
+def test_the_shipped_mimic3_item_map_is_the_catalogues_in_celsius():
+    """recipes/configs/mimic3_items.csv, the README's worked example, cannot drift from the catalogue; the two
+    Fahrenheit items stay out of it, since a flag-only run has no unit conversion to apply to them."""
+    from pathlib import Path
+
+    from medfuse_hf.data.clinical_features import MIMIC3_FAHRENHEIT_ITEMS, MIMIC3_ITEMS
+    from medfuse_hf.training.recipe_config import read_feature_map
+
+    shipped = read_feature_map(str(Path(__file__).resolve().parents[1] / "recipes" / "configs" / "mimic3_items.csv"))
+    assert shipped == {str(item): name for item, name in MIMIC3_ITEMS.items() if item not in MIMIC3_FAHRENHEIT_ITEMS}

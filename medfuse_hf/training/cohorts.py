@@ -179,7 +179,7 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
         labelled = [patient_id for patient_id, label in zip(patients["patient_id"], labels) if label is not None]
         split = stratified_split(labelled, [label for label in labels if label is not None], seed=request.seed)
         split["train"] += [patient_id for patient_id, label in zip(patients["patient_id"], labels) if label is None]
-    where = ", ".join(str(path) for path in request.events)
+    where = str(request.events[0]) + (f" and {len(request.events) - 1} more tables" if len(request.events) > 1 else "")
     return Cohort(apply_split(patients, split, "patient_id"), request.label_column, "patient_id",
                   f"long-format events from {where}")
 
