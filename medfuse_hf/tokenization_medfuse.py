@@ -128,10 +128,38 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         if len(anchors) != len(batch):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
         encoded = [self.encode_patient(patient, index, anchor) for index, (patient, anchor) in enumerate(zip(batch, anchors))]
+        if padding is False and return_tensors is None:  # ragged, for `datasets.map`: `pad` (a collator) pads later
+            features = {name: [getattr(events, name).tolist() for events in encoded] for name in ("feature_ids", "values", "times")}
+            features["attention_mask"] = [[1] * len(events) for events in encoded]
+            return BatchFeature({key: value[0] for key, value in features.items()} if is_single else features)
         features = self._pad(encoded, padding, max_length, pad_to_multiple_of)
         if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
             features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
         return BatchFeature(features, tensor_type=return_tensors)
+
+    def pad(
+        self,
+        features: Sequence[Mapping[str, Any]] | Mapping[str, Sequence],
+        padding: bool | Literal["longest", "max_length"] = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+    ) -> BatchFeature:
+        """Pad already encoded patients to one length, as `DataCollatorWithPadding` asks of a feature extractor.
+
+        `features` are rows of a dataset mapped through this tokenizer (`padding=False` keeps them ragged), or a
+        dict of such columns. Every model input is padded (transformers' `SequenceFeatureExtractor.pad` pads only
+        the first); the other keys, such as `labels`, pass through stacked. `max_length` keeps the most recent
+        events, as encoding does."""
+        if isinstance(features, Mapping):
+            features = [dict(zip(features, row)) for row in zip(*features.values())]
+        encoded = [EncodedPatient(np.asarray(row["feature_ids"], dtype=np.int64), np.asarray(row["values"], dtype=np.float32),
+                                  np.asarray(row["times"], dtype=np.float32)) for row in features]
+        batch = self._pad(encoded, padding, max_length, pad_to_multiple_of)
+        for key in features[0].keys() - batch.keys():
+            batch[key] = np.asarray([np.asarray(row[key]) for row in features])
+        return BatchFeature(batch, tensor_type=return_tensors)
 
     def encode_forecasting(
         self,
@@ -447,7 +475,10 @@ def _number_or_nan(value: Any) -> float:
 
 
 def _category_key(value: Any) -> str:
-    """Category levels are strings; 1, 1.0 and '1' name the same level."""
+    """Category levels are strings; 1, 1.0, '1' and a 0-d tensor or array of 1 (a `with_format("torch")` row) name the
+    same level."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
