@@ -121,3 +121,31 @@ def test_cards_name_run_folders_as_a_reader_would_type_them(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert readable(tmp_path / "outputs" / "run" / "model") == "outputs/run/model"  # no /home/... of this machine
     assert readable(Path("/elsewhere/model")) == "/elsewhere/model"  # outside the working directory: as given
+
+
+def test_the_clinical_metrics_load_offline_through_evaluate_and_match_the_recipes(monkeypatch, tmp_path):
+    import evaluate
+
+    from medfuse_hf.training import CLINICAL_METRICS, binary_metrics, bootstrap_intervals
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.clip(labels * 0.3 + rng.uniform(0, 0.7, 200), 0, 1)
+    metric = evaluate.load(CLINICAL_METRICS)
+    assert metric.compute(predictions=scores, references=labels) == binary_metrics(labels, scores)
+    assert metric.compute(predictions=scores, references=labels, bootstrap_resamples=50, seed=3) == \
+        bootstrap_intervals(labels, scores, 50, 3)
+
+
+def test_trainer_compute_metrics_scores_the_positive_class_of_logits():
+    from transformers import EvalPrediction
+
+    from medfuse_hf.training import binary_metrics, trainer_compute_metrics
+
+    logits = np.array([[2.0, -1.0], [0.0, 1.0], [1.0, 1.5], [3.0, 0.0]])
+    labels = np.array([0, 1, 1, 0])
+    probabilities = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
+    assert trainer_compute_metrics(EvalPrediction(predictions=logits, label_ids=labels)) == \
+        pytest.approx(binary_metrics(labels, probabilities))

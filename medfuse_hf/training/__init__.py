@@ -3,10 +3,11 @@
 from .checkpointing import CorruptCheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .cohorts import Cohort, load_cohort
 from .evaluation import predict
-from .metrics import binary_metrics, bootstrap_intervals
+from .metrics import CLINICAL_METRICS, binary_metrics, bootstrap_intervals, trainer_compute_metrics
 from .tracking import JSONLinesTracker, read_metrics
 
 __all__ = [
+    "CLINICAL_METRICS",
     "Cohort",
     "CorruptCheckpointError",
     "JSONLinesTracker",
@@ -18,4 +19,5 @@ __all__ = [
     "read_metrics",
     "resolve_checkpoint",
     "save_checkpoint",
+    "trainer_compute_metrics",
 ]

@@ -1,11 +1,13 @@
 """Binary classification metrics with bootstrap 95% intervals, all from scikit-learn.
 
-scikit-learn rather than `evaluate`: `evaluate` 0.4.6 fetches each metric script from the Hub (fails offline, as
-hospital machines often are) and has no AUPRC. min(Re, Pr) is the PhysioNet 2012 challenge's own score.
+scikit-learn computes them; `clinical_metrics.py` beside this file serves the same functions as an `evaluate`
+metric module (a local file, so `evaluate.load` works offline, as hospital machines often are; the Hub's metric
+scripts are fetched at load time and have no AUPRC). min(Re, Pr) is the PhysioNet 2012 challenge's own score.
 """
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import (
@@ -18,6 +20,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+CLINICAL_METRICS = str(Path(__file__).with_name("clinical_metrics.py"))  # for evaluate.load
 METRICS = ("auroc", "auprc", "accuracy", "f1", "min_recall_precision", "brier")
 RANKING_SCORES = {"auroc": roc_auc_score, "auprc": average_precision_score}  # threshold-free, from the scores
 
@@ -108,3 +111,14 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
 def format_mean_std(mean: float, std: float, sign: str = "") -> str:
     """`0.8582 ± 0.0109` for a table; the mean alone when there is no spread to show (one seed)."""
     return f"{mean:{sign}.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
+
+
+def trainer_compute_metrics(eval_prediction) -> dict[str, float]:
+    """`Trainer(compute_metrics=trainer_compute_metrics)`: the clinical metrics of a binary classifier's logits."""
+    import evaluate
+
+    logits = np.asarray(eval_prediction.predictions)
+    logits = logits[0] if isinstance(eval_prediction.predictions, tuple) else logits
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = (shifted / shifted.sum(axis=-1, keepdims=True))[:, 1]
+    return evaluate.load(CLINICAL_METRICS).compute(predictions=probabilities, references=eval_prediction.label_ids)
