@@ -185,3 +185,52 @@ def test_the_collator_reads_torch_formatted_rows_with_categorical_features(cohor
     plain = collate(patients)
     for key in ("feature_ids", "values", "times", "attention_mask", "labels"):
         torch.testing.assert_close(as_torch[key], plain[key])
+
+
+# ----- the generic checks of transformers' ModelTesterMixin that apply, in this project's words ---------------
+@pytest.mark.parametrize("head", HEADS)
+def test_eval_outputs_are_deterministic(tokenizer, cohort, tiny_config, head):
+    model = head(tiny_config(hidden_dropout_prob=0.3, classifier_dropout=0.3)).eval()
+    inputs = batch(tokenizer, cohort)
+    torch.testing.assert_close(main_output(model(**inputs)), main_output(model(**inputs)), atol=0, rtol=0)
+
+
+def test_a_patient_scores_the_same_alone_or_in_a_batch(tokenizer, cohort, tiny_config, pooling):
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).eval()
+    together = model(**batch(tokenizer, cohort, size=6)).logits
+    for index in range(6):
+        alone = model(**dict(tokenizer([cohort[index]], return_tensors="pt"))).logits
+        torch.testing.assert_close(alone[0], together[index], atol=1e-5, rtol=0)
+
+
+def test_input_embeddings_can_be_read_and_replaced(tiny_config):
+    model = MedFuseForSequenceClassification(tiny_config())
+    assert model.get_input_embeddings() is model.medfuse.embeddings.feature_embeddings
+    replacement = torch.nn.Embedding(model.config.vocab_size, model.config.hidden_size, padding_idx=0)
+    model.set_input_embeddings(replacement)
+    assert model.get_input_embeddings() is replacement
+
+
+def test_weights_a_checkpoint_lacks_are_initialised_not_left_on_the_meta_device(tmp_path, tokenizer, cohort, tiny_config):
+    MedFuseModel(tiny_config()).save_pretrained(tmp_path)  # an encoder: no classification head
+    model = MedFuseForSequenceClassification.from_pretrained(tmp_path).eval()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        assert tensor.device.type == "cpu" and torch.isfinite(tensor.float()).all(), name
+    assert model.medfuse.embeddings.is_categorical.sum() == len(model.config.categorical_feature_ids)  # a buffer, rebuilt
+    assert torch.isfinite(model(**batch(tokenizer, cohort)).logits).all()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, cohort, tiny_config):
+    inputs = {**batch(tokenizer, cohort), "labels": torch.tensor([0, 1, 0, 1])}
+    gradients = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = MedFuseForSequenceClassification(tiny_config()).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.is_gradient_checkpointing
+        model(**inputs).loss.backward()
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[1][name], gradients[0][name], atol=1e-6, rtol=1e-5)
