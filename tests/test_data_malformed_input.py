@@ -131,3 +131,46 @@ def test_p12_refuses_an_outcome_that_is_not_0_or_1(tmp_path):
     write_p12(tmp_path, RECORD, outcome=2)
     with pytest.raises(ValueError, match=r"Outcomes-a.txt, line 2: RecordID 132539 has In-hospital_death 2"):
         load_physionet2012(tmp_path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("p1,03/04/2020 10:00,hr,80\np1,05/04/2020 10:00,hr,81\n",
+     r"events.csv:2 \(column time\): time '03/04/2020 10:00': day and month could be either way round"),
+    ("p1,13/04/2020 10:00,hr,80\n", r"events.csv:2 \(column time\): time '13/04/2020 10:00': it is not ISO 8601"),
+    ("p1,2020-04-03T10:00+01:00,hr,80\np1,2020-04-03T11:00,hr,81\n",
+     r"events.csv:2 \(column time\): time '2020-04-03T10:00\+01:00' has a UTC offset, but .*events.csv:3"),
+    ("p1,1.0,hr,80\np1,2.0,hr,81\np1,3:00,hr,82\np1,4.5,hr,83\n",
+     r"events.csv:4: time '3:00' is a timestamp, but the column holds 3 numbers of hours"),
+    ("p1,2020-04-03 10:00,hr,80\np1,2020-04-03 11:00,hr,81\np1,5,hr,82\n",
+     r"events.csv:4: time '5' is a number of hours, but the column holds 2 timestamps"),
+])
+def test_times_that_could_be_read_two_ways_are_errors_naming_the_row(tmp_path, body, message):
+    with pytest.raises(ValueError, match=message):
+        load_csv(tmp_path, body)
+
+
+def test_a_time_format_reads_day_first_dates(tmp_path):
+    dataset, _ = load_csv(tmp_path, "p1,03/04/2020 10:00,hr,80\np1,05/04/2020 10:00,hr,81\n", time_format="%d/%m/%Y %H:%M")
+    assert dataset[0]["time"] == [0.0, 48.0]  # 3 to 5 April, not 4 March to 4 May
+
+
+def test_utc_offsets_are_converted_to_utc(tmp_path):
+    dataset, _ = load_csv(tmp_path, "p1,2020-04-03T10:00+02:00,hr,80\np1,2020-04-03T10:00+01:00,hr,81\n")
+    assert dataset[0]["time"] == [0.0, 1.0]  # 08:00 and 09:00 UTC
+
+
+def anchored(tmp_path, times: str, anchor: str):
+    events = tmp_path / "events.csv"
+    events.write_text(HEADER + times)
+    labels = pd.DataFrame({"patient_id": ["p1"], "admitted": [anchor]})
+    return load_long_format(events, labels=labels, anchor_column="admitted")
+
+
+def test_hours_with_a_timestamp_anchor_are_an_error_not_a_lost_table(tmp_path):
+    with pytest.raises(ValueError, match="times are numbers of hours, but the anchor column holds timestamps"):
+        anchored(tmp_path, "p1,1.0,hr,80\n", "2020-04-03 08:00")
+
+
+def test_an_unparseable_anchor_names_its_patient(tmp_path):
+    with pytest.raises(ValueError, match=r"anchor column 'admitted': patient 'p1' has anchor 'yesterday', which is no time"):
+        anchored(tmp_path, "p1,2020-04-03 10:00,hr,80\n", "yesterday")

@@ -41,6 +41,7 @@ def load_long_format(
     label_map: Mapping[str, int] | None = None,
     censored: Literal["bound", "refuse"] = "bound",
     decimal: str = ".",
+    time_format: str | None = None,
     return_summary: bool = False,
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
     """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
@@ -60,6 +61,8 @@ def load_long_format(
         label_map: text label -> 0/1, e.g. `{"yes": 1, "no": 0}`.
         censored: `"bound"` keeps `<x`/`>x`-style results at x (counted), `"refuse"` skips them (counted).
         decimal: the decimal mark of the value column (`","` for European exports).
+        time_format: `strftime` format of the timestamps (and anchors), e.g. `"%d/%m/%Y %H:%M"`; else ISO 8601.
+            Times are either numbers of hours or timestamps, one kind per column; UTC offsets are converted to UTC.
     """
     if censored not in ("bound", "refuse"):
         raise ValueError(f"censored must be 'bound' or 'refuse', got {censored!r}")
@@ -68,12 +71,13 @@ def load_long_format(
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
     if label_column is not None:
         label_table = _validated_labels(label_table, label_column, label_map, labels)
-    anchors = _anchors(label_table, anchor_column) if anchor_column else None
+    anchors = _anchors(label_table, anchor_column, time_format) if anchor_column else None
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
     per_patient: dict[str, list[pd.DataFrame]] = {}
     for source in sources:
         table, name = _read_table(source, columns)
-        table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, censored, decimal, summary)
+        table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, censored, decimal,
+                       time_format, summary)
         for patient_id, group in table.groupby("patient_id", sort=False):
             per_patient.setdefault(patient_id, []).append(group)
     names = sorted({feature for groups in per_patient.values() for group in groups for feature in group["feature"].unique()})
@@ -140,6 +144,7 @@ def _clean(
     max_hours: float | None,
     censored: str,
     decimal: str,
+    time_format: str | None,
     summary: LoadSummary,
 ) -> pd.DataFrame:
     """Map features, parse values and times, and drop (counting each reason) what cannot be an event."""
@@ -174,7 +179,7 @@ def _clean(
         table.loc[rows, "value"] = transform(table.loc[rows, "value"].to_numpy())
     if anchors is not None:
         table = drop(table["patient_id"].map(anchors).isna(), "patient has no anchor time")
-    table = table.assign(hours=_hours(table, anchors))
+    table = table.assign(hours=_hours(table, anchors, time_format, name))
     table = drop(table["hours"].isna(), "unparseable time")
     table = drop(table["hours"] < 0, "time before the anchor")
     if max_hours is not None:
@@ -183,14 +188,60 @@ def _clean(
     return table
 
 
-def _hours(table: pd.DataFrame, anchors: pd.Series | None) -> pd.Series:
-    numeric = pd.to_numeric(table["time"], errors="coerce")
+def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | None, name: str) -> pd.Series:
+    """Hours since the patient's anchor (or first event): numbers are hours already; text is a timestamp. A column
+    mixing the two kinds is refused, naming the first row of the rarer kind: one `3:00` among hours is a unit
+    mistake, not a row to drop. Rows that are neither are left NaN, for the caller to count."""
+    text = table["time"].astype(str).str.strip()
+    numeric = pd.to_numeric(text, errors="coerce")
+    is_number = numeric.notna()
+    is_stamp = ~is_number & pd.to_datetime(text.where(~is_number), format="mixed", errors="coerce", utc=True).notna()
+    if is_number.any() and is_stamp.any():
+        rarer = is_number if is_number.sum() <= is_stamp.sum() else is_stamp
+        line, value = table["line"][rarer].iloc[0], text[rarer].iloc[0]
+        raise ValueError(f"{name}:{line}: time {value!r} is {'a number of hours' if rarer is is_number else 'a timestamp'}, "
+                         f"but the column holds {int((~rarer & (is_number | is_stamp)).sum())} "
+                         f"{'timestamps' if rarer is is_number else 'numbers of hours'}: give every time one way")
     anchors_are_stamps = anchors is not None and pd.api.types.is_datetime64_any_dtype(anchors)
-    if numeric.notna().all() and not anchors_are_stamps:  # already hours
+    if not is_stamp.any():  # hours (or nothing parseable)
+        if anchors_are_stamps and is_number.any():
+            raise ValueError(f"{name}: times are numbers of hours, but the anchor column holds timestamps: give both as "
+                             "timestamps, or both as hours")
         return numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)
-    stamps = pd.to_datetime(table["time"], errors="coerce", format="mixed")
+    if anchors is not None and not anchors_are_stamps:
+        raise ValueError(f"{name}: times are timestamps, but the anchor column holds numbers: give both one way")
+    stamps = parse_timestamps(text, time_format, "column time", name + ":" + table["line"].astype(str))
     origin = table["patient_id"].map(anchors) if anchors is not None else stamps.groupby(table["patient_id"]).transform("min")
-    return (stamps - pd.to_datetime(origin)) / pd.Timedelta(hours=1)
+    return (stamps - origin) / pd.Timedelta(hours=1)
+
+
+ISO_OFFSET = re.compile(r"(?:[+-]\d{2}:?\d{2}|Z)$")
+DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}")
+
+
+def parse_timestamps(text: pd.Series, time_format: str | None, where: str, places: pd.Series) -> pd.Series:
+    """Timestamps in `time_format`, else ISO 8601; NaT where the text is no timestamp at all. Offsets are converted
+    to UTC (naive UTC out); a column where only some stamps carry an offset, a date whose day and month could be
+    swapped (`03/04/2020`) or another unambiguous non-ISO form without `time_format` is an error naming the place."""
+    parseable = pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
+    has_offset = text.str.contains(ISO_OFFSET) & parseable
+    naive = parseable & ~has_offset
+    if has_offset.any() and naive.any():
+        raise ValueError(f"{places[has_offset].iloc[0]} ({where}): time {text[has_offset].iloc[0]!r} has a UTC offset, "
+                         f"but {places[naive].iloc[0]} ({text[naive].iloc[0]!r}) has none: give every time an offset, or none")
+    if time_format:
+        stamps = pd.to_datetime(text, format=time_format, errors="coerce", utc=bool(has_offset.any()))
+    else:
+        stamps = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=bool(has_offset.any()))
+        other_form = stamps.isna() & pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
+        if other_form.any():
+            value, place = text[other_form].iloc[0], places[other_form].iloc[0]
+            day_month = DAY_MONTH.match(value)
+            why = ("day and month could be either way round" if day_month and max(map(int, day_month.groups())) <= 12
+                   else "it is not ISO 8601 (2020-04-03 10:00)")
+            raise ValueError(f"{place} ({where}): time {value!r}: {why}; give its format (--time_format, e.g. "
+                             "'%d/%m/%Y %H:%M')")
+    return stamps.dt.tz_convert(None) if has_offset.any() else stamps
 
 
 def _as_text(column: pd.Series) -> pd.Series:
@@ -235,11 +286,21 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
     return table.set_index(id_column)
 
 
-def _anchors(labels: pd.DataFrame | None, anchor_column: str) -> pd.Series:
+def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str | None) -> pd.Series:
+    """Each patient's time zero: hours, or timestamps parsed as the events' are; an unparseable one names its patient."""
     if labels is None or anchor_column not in labels.columns:
         raise ValueError(f"anchor_column {anchor_column!r} must be a column of the labels table")
-    numeric = pd.to_numeric(labels[anchor_column], errors="coerce")
-    return numeric if numeric.notna().all() else pd.to_datetime(labels[anchor_column], format="mixed")
+    raw = labels[anchor_column]
+    numeric = pd.to_numeric(raw, errors="coerce")
+    if numeric.notna().all():
+        return numeric
+    text = raw.astype(str).str.strip()
+    stamps = parse_timestamps(text, time_format, f"anchor column {anchor_column!r}", "patient " + labels.index.to_series().map(repr))
+    bad = stamps.isna() & raw.notna()
+    if bad.any():
+        raise ValueError(f"anchor column {anchor_column!r}: patient {labels.index[bad.to_numpy()][0]!r} has anchor "
+                         f"{text[bad].iloc[0]!r}, which is no time")
+    return stamps
 
 
 def _plain(value):

@@ -84,6 +84,7 @@ class CohortRequest:
     max_hours: float | None = None
     censored: str = "bound"
     decimal: str = "."
+    time_format: str | None = None
     label_map: Mapping[str, int] | None = None
     split_file: str | None = None
 
@@ -171,7 +172,7 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
     patients = load_long_format(
         list(request.events), labels=request.labels, columns=request.columns, feature_map=request.feature_map,
         anchor_column=request.anchor_column, max_hours=request.max_hours, label_column=request.label_column,
-        label_map=request.label_map, censored=request.censored, decimal=request.decimal)
+        label_map=request.label_map, censored=request.censored, decimal=request.decimal, time_format=request.time_format)
     if request.split_file:
         split = load_split(request.split_file)
     else:

@@ -107,6 +107,7 @@ def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._Argu
     table.add_argument("--censored", choices=("bound", "refuse"), default="bound",
                        help="'<0.01'-style results: kept at the bound (counted) or skipped (counted)")
     table.add_argument("--decimal", default=".", help="decimal mark of the value column (',' for European exports)")
+    table.add_argument("--time_format", help="strftime format of timestamps, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601)")
     return table
 
 
