@@ -248,7 +248,7 @@ def load_feature_embeddings(
     return report
 
 
-def _unit_key(unit: str | None) -> str | None:
+def unit_key(unit: str | None) -> str | None:
     """Units compared as written, up to spaces, Unicode look-alikes (the micro sign µ and the Greek μ) and the case
     of the litre (mg/dL, mg/dl); other letters keep their case, which UCUM gives meaning (mU/L is not MU/L)."""
     return None if unit is None else unicodedata.normalize("NFKC", unit).replace(" ", "").replace("L", "l")
@@ -263,7 +263,7 @@ def _compare_units(
     mismatches, converted, statistics, conflicts = {}, {}, {}, {}
     for here, there in matched.items():
         target_spec, source_spec = target.spec_of(here), source.spec_of(there)
-        if _unit_key(source_spec.unit) != _unit_key(target_spec.unit):
+        if unit_key(source_spec.unit) != unit_key(target_spec.unit):
             mismatches[here] = (source_spec.unit, target_spec.unit)
         if source_spec.code and target_spec.code and source_spec.code != target_spec.code:
             conflicts[here] = (source_spec.code, target_spec.code)

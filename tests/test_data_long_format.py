@@ -83,13 +83,15 @@ def test_duplicate_label_rows_are_an_error(tmp_path):
         load_long_format(events, labels=labels)
 
 
-def test_the_shipped_mimic3_item_map_is_the_catalogues_in_celsius():
-    """recipes/configs/mimic3_items.csv, the README's worked example, cannot drift from the catalogue; the two
-    Fahrenheit items stay out of it, since a flag-only run has no unit conversion to apply to them."""
+def test_the_shipped_mimic3_item_map_and_unit_conversions_are_the_catalogues():
+    """recipes/configs/mimic3_*, the README's worked example, cannot drift from the catalogue; the Fahrenheit
+    temperatures ('?F' is how the demo writes °F) become Celsius as `load_mimic3_benchmark_root` converts them."""
     from pathlib import Path
 
-    from medfuse_hf.data.clinical_features import MIMIC3_FAHRENHEIT_ITEMS, MIMIC3_ITEMS
-    from medfuse_hf.training.recipe_config import read_feature_map
+    from medfuse_hf.data.clinical_features import MIMIC3_ITEMS
+    from medfuse_hf.training.recipe_config import read_feature_map, read_unit_conversions
 
-    shipped = read_feature_map(str(Path(__file__).resolve().parents[1] / "recipes" / "configs" / "mimic3_items.csv"))
-    assert shipped == {str(item): name for item, name in MIMIC3_ITEMS.items() if item not in MIMIC3_FAHRENHEIT_ITEMS}
+    configs = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+    assert read_feature_map(str(configs / "mimic3_items.csv")) == {str(item): name for item, name in MIMIC3_ITEMS.items()}
+    scale, offset = read_unit_conversions(str(configs / "mimic3_unit_conversions.json"))["temperature"]["?F"]
+    assert scale * 98.6 + offset == pytest.approx(37.0)

@@ -174,3 +174,40 @@ def test_hours_with_a_timestamp_anchor_are_an_error_not_a_lost_table(tmp_path):
 def test_an_unparseable_anchor_names_its_patient(tmp_path):
     with pytest.raises(ValueError, match=r"anchor column 'admitted': patient 'p1' has anchor 'yesterday', which is no time"):
         anchored(tmp_path, "p1,2020-04-03 10:00,hr,80\n", "yesterday")
+
+
+UNIT_HEADER = "patient_id,time,feature,value,unit\n"
+TEMPERATURES = "p1,1.0,temperature,98.6,°F\np1,2.0,temperature,37.5,°C\np2,1.0,temperature,36.0,°C\n"
+
+
+def test_a_feature_in_two_units_is_an_error_naming_both_and_their_rows(tmp_path):
+    with pytest.raises(ValueError, match=r"feature 'temperature' is recorded in '°C' \(2 rows\), '°F' \(1 rows\)"):
+        load_csv(tmp_path, TEMPERATURES, header=UNIT_HEADER, columns={"unit": "unit"})
+
+
+def test_a_declared_conversion_brings_every_row_into_one_unit(tmp_path):
+    dataset, summary = load_csv(tmp_path, TEMPERATURES, header=UNIT_HEADER, columns={"unit": "unit"},
+                                unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9)}})
+    assert dataset[0]["value"] == pytest.approx([37.0, 37.5]) and summary.units == {"temperature": "°C"}
+
+
+def test_units_that_differ_only_in_spelling_are_one_unit(tmp_path):
+    _, summary = load_csv(tmp_path, "p1,1.0,creatinine,1.1,mg/dL\np1,2.0,creatinine,1.2,mg/dl\np1,3.0,creatinine,1.0, mg/dL\n",
+                          header=UNIT_HEADER, columns={"unit": "unit"})
+    assert summary.units == {"creatinine": "mg/dL"}
+
+
+def test_an_item_recorded_in_two_lab_units_is_refused(tmp_path):
+    body = "p1,1.0,urobilinogen,0.2,EU/dL\np1,2.0,urobilinogen,1.0,mg/dL\n"
+    with pytest.raises(ValueError, match=r"'EU/dL' \(1 rows\), 'mg/dL' \(1 rows\)"):
+        load_csv(tmp_path, body, header=UNIT_HEADER, columns={"unit": "unit"})
+
+
+def test_a_table_left_empty_by_the_feature_map_is_no_error(tmp_path):
+    """One of many per-patient tables may hold only items the map leaves out."""
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text(HEADER + "p1,2020-04-03 10:00,hr,80\n")
+    second.write_text(HEADER + "p2,2020-04-03 10:00,unmapped,1\n")
+    labels = pd.DataFrame({"patient_id": ["p1", "p2"], "admitted": ["2020-04-03 09:00", "2020-04-03 09:00"]})
+    dataset = load_long_format([first, second], labels=labels, anchor_column="admitted", feature_map={"hr": "heart_rate"})
+    assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [1.0]

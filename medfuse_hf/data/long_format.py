@@ -11,6 +11,7 @@ A CSV row with more or fewer fields than its header is an error naming the file 
 """
 
 import csv
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,9 +21,11 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from ..feature_embeddings import UnitConversion, unit_key
 from .patient_table import LoadSummary, PatientTableBuilder
 
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
+OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them
 TableSource = str | Path | pd.DataFrame
 CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$",
                       re.IGNORECASE)
@@ -42,6 +45,7 @@ def load_long_format(
     censored: Literal["bound", "refuse"] = "bound",
     decimal: str = ".",
     time_format: str | None = None,
+    unit_conversions: Mapping[str, Mapping[str, UnitConversion]] | None = None,
     return_summary: bool = False,
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
     """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
@@ -63,6 +67,10 @@ def load_long_format(
         decimal: the decimal mark of the value column (`","` for European exports).
         time_format: `strftime` format of the timestamps (and anchors), e.g. `"%d/%m/%Y %H:%M"`; else ISO 8601.
             Times are either numbers of hours or timestamps, one kind per column; UTC offsets are converted to UTC.
+        unit_conversions: with a `unit` column (`columns={"unit": "VALUEUOM"}`), feature -> {unit: conversion} into
+            the feature's other unit, as the transfer code takes them: `{"temperature": {"°F": (5 / 9, -160 / 9)}}`.
+            A feature recorded in two units without a conversion is an error naming both units and their row counts;
+            the unit each feature's values end up in is in the summary's `units`.
     """
     if censored not in ("bound", "refuse"):
         raise ValueError(f"censored must be 'bound' or 'refuse', got {censored!r}")
@@ -80,6 +88,8 @@ def load_long_format(
                        time_format, summary)
         for patient_id, group in table.groupby("patient_id", sort=False):
             per_patient.setdefault(patient_id, []).append(group)
+    if "unit" in columns:
+        summary.units = _convert_units(per_patient, unit_conversions or {})
     names = sorted({feature for groups in per_patient.values() for group in groups for feature in group["feature"].unique()})
     code_of = {feature: code for code, feature in enumerate(names)}
     builder = PatientTableBuilder(names)
@@ -110,12 +120,13 @@ def _read_table(source: TableSource, columns: Mapping[str, str]) -> tuple[pd.Dat
         path = Path(source)
         name = str(path)
         table, first_line = (pd.read_parquet(path), 0) if path.suffix == ".parquet" else (_read_csv(path), 2)
-    absent = [columns[key] for key in DEFAULT_COLUMNS if columns[key] not in table.columns]
+    fields = [*DEFAULT_COLUMNS, *(key for key in OPTIONAL_COLUMNS if key in columns)]
+    absent = [columns[key] for key in fields if columns[key] not in table.columns]
     if absent:
         raise ValueError(f"{name}: columns {absent} missing; it has {list(table.columns)}")
     if table.empty:
         raise ValueError(f"{name}: no event rows, only a header")
-    table = table[[columns[key] for key in DEFAULT_COLUMNS]].set_axis(list(DEFAULT_COLUMNS), axis=1)
+    table = table[[columns[key] for key in fields]].set_axis(fields, axis=1)
     return table.assign(line=np.arange(len(table)) + first_line), name
 
 
@@ -203,7 +214,9 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | No
                          f"but the column holds {int((~rarer & (is_number | is_stamp)).sum())} "
                          f"{'timestamps' if rarer is is_number else 'numbers of hours'}: give every time one way")
     anchors_are_stamps = anchors is not None and pd.api.types.is_datetime64_any_dtype(anchors)
-    if not is_stamp.any():  # hours (or nothing parseable)
+    if not (is_number.any() or is_stamp.any()):  # no row left, or none a time: the caller counts them
+        return pd.Series(np.nan, index=table.index)
+    if not is_stamp.any():  # hours
         if anchors_are_stamps and is_number.any():
             raise ValueError(f"{name}: times are numbers of hours, but the anchor column holds timestamps: give both as "
                              "timestamps, or both as hours")
@@ -242,6 +255,36 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
             raise ValueError(f"{place} ({where}): time {value!r}: {why}; give its format (--time_format, e.g. "
                              "'%d/%m/%Y %H:%M')")
     return stamps.dt.tz_convert(None) if has_offset.any() else stamps
+
+
+def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapping[str, Mapping[str, UnitConversion]]) -> dict[str, str]:
+    """Each feature's unit across every table (units compared as the transfer code compares them: up to spaces,
+    Unicode look-alikes and the litre's case); rows in a declared unit are converted into the other. Returns
+    feature -> unit. A row without a unit is taken to be in its feature's unit."""
+    groups = [group for patient_groups in per_patient.values() for group in patient_groups]
+    if not groups:
+        return {}
+    rows = pd.concat([group[["feature", "unit"]] for group in groups])
+    rows = rows.assign(key=rows["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else ""))
+    counts = rows[rows["key"] != ""].groupby(["feature", "key"]).agg(unit=("unit", "first"), rows=("unit", "size"))
+    declared = {feature: {unit_key(unit): conversion for unit, conversion in by_unit.items()} for feature, by_unit in conversions.items()}
+    units, converting = {}, {}
+    for feature, found in counts.groupby(level="feature"):
+        found = found.droplevel("feature")
+        kept = [key for key in found.index if key not in declared.get(feature, {})]
+        if len(kept) != 1:
+            seen = ", ".join(f"{found.loc[key, 'unit']!r} ({found.loc[key, 'rows']:,} rows)" for key in found.index)
+            raise ValueError(f"feature {feature!r} is recorded in {seen}: declare how to convert all but one of them, "
+                             f"e.g. unit_conversions={{{feature!r}: {{{found.loc[kept[-1], 'unit']!r}: scale or (scale, offset)}}}}")
+        units[feature] = found.loc[kept[0], "unit"]
+        converting.update({(feature, key): declared[feature][key] for key in found.index if key != kept[0]})
+    for group in groups:
+        keys = group["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else "")
+        for (feature, key), conversion in converting.items():
+            scale, offset = (conversion, 0.0) if isinstance(conversion, numbers.Real) else conversion
+            rows_in_unit = (group["feature"] == feature) & (keys == key)
+            group.loc[rows_in_unit, "value"] = group.loc[rows_in_unit, "value"] * float(scale) + float(offset)
+    return units
 
 
 def _as_text(column: pd.Series) -> pd.Series:

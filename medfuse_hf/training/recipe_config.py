@@ -63,14 +63,29 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
 
 def column_mapping(text: str) -> dict[str, str]:
     """`--columns patient_id=SUBJECT_ID,time=CHARTTIME,...`: long-format fields -> the table's column names."""
-    from ..data.long_format import DEFAULT_COLUMNS
+    from ..data.long_format import DEFAULT_COLUMNS, OPTIONAL_COLUMNS
 
     pairs = [part.partition("=") for part in text.split(",") if part.strip()]
     mapping = {field.strip(): column.strip() for field, _, column in pairs}
-    unknown = sorted(set(mapping) - set(DEFAULT_COLUMNS))
+    fields = [*DEFAULT_COLUMNS, *OPTIONAL_COLUMNS]
+    unknown = sorted(set(mapping) - set(fields))
     if unknown or any(not column for column in mapping.values()):
-        raise argparse.ArgumentTypeError(f"{text!r}: give field=column pairs for the fields {list(DEFAULT_COLUMNS)}")
+        raise argparse.ArgumentTypeError(f"{text!r}: give field=column pairs for the fields {fields}")
     return mapping
+
+
+def read_unit_conversions(path: str) -> dict:
+    """`--unit_conversions PATH`: JSON of feature -> {unit: scale or [scale, offset]}, e.g.
+    `{"temperature": {"°F": [0.5556, -17.7778]}}`, converting that unit's rows into the feature's other unit."""
+    import json
+
+    conversions = json.loads(Path(path).read_text(encoding="utf-8"))
+    for feature, by_unit in conversions.items():
+        for unit, conversion in by_unit.items():
+            if not (isinstance(conversion, (int, float)) or (isinstance(conversion, list) and len(conversion) == 2)):
+                raise argparse.ArgumentTypeError(f"{path}: {feature} {unit}: give a scale or [scale, offset], got {conversion!r}")
+            by_unit[unit] = tuple(conversion) if isinstance(conversion, list) else conversion
+    return conversions
 
 
 def label_mapping(text: str) -> dict[str, int]:
@@ -107,6 +122,8 @@ def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._Argu
     table.add_argument("--censored", choices=("bound", "refuse"), default="bound",
                        help="'<0.01'-style results: kept at the bound (counted) or skipped (counted)")
     table.add_argument("--decimal", default=".", help="decimal mark of the value column (',' for European exports)")
+    table.add_argument("--unit_conversions", type=read_unit_conversions,
+                       help="JSON: feature -> {unit: scale or [scale, offset]}, for a `unit` column (--columns unit=...)")
     table.add_argument("--time_format", help="strftime format of timestamps, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601)")
     return table
 
