@@ -57,7 +57,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
     patients, load_summary = load_long_format(
         args.events, labels=args.patients, columns=args.columns, feature_map=args.feature_map,
         anchor_column=args.anchor_column, max_hours=args.max_hours, censored=args.censored, decimal=args.decimal,
-        time_format=args.time_format, unit_conversions=args.unit_conversions, return_summary=True)
+        time_format=args.time_format, unit_conversions=args.unit_conversions,
+        name_variants=args.name_variants, return_summary=True)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
     model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
     counts, unknown = known_events(patients, tokenizer)

@@ -211,3 +211,25 @@ def test_a_table_left_empty_by_the_feature_map_is_no_error(tmp_path):
     labels = pd.DataFrame({"patient_id": ["p1", "p2"], "admitted": ["2020-04-03 09:00", "2020-04-03 09:00"]})
     dataset = load_long_format([first, second], labels=labels, anchor_column="admitted", feature_map={"hr": "heart_rate"})
     assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [1.0]
+
+
+@pytest.mark.parametrize("variant", ["SODIUM", "Sodium", "sodium\u200b", "ѕodium", "sοdium".replace("ο", "о"), "ｓｏｄｉｕｍ"])
+def test_a_variant_spelling_of_a_known_feature_is_read_as_it_and_counted(tmp_path, variant):
+    dataset, summary = load_csv(tmp_path, f'p1,1.0,sodium,140\np1,2.0,"{variant}",141\n')
+    assert dataset[0]["feature"] == ["sodium", "sodium"]
+    assert summary.notes[f"feature {variant!r} read as 'sodium'"] == 1
+
+
+def test_variants_of_a_name_the_catalogue_lacks_follow_its_first_spelling(tmp_path):
+    dataset, _ = load_csv(tmp_path, "p1,1.0,Ward_Score,3\np1,2.0,WARD_SCORE,4\n")
+    assert dataset[0]["feature"] == ["Ward_Score", "Ward_Score"]
+
+
+def test_variant_spellings_can_be_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"events.csv:3: feature 'SODIUM' differs from 'sodium' only in case"):
+        load_csv(tmp_path, "p1,1.0,sodium,140\np1,2.0,SODIUM,141\n", name_variants="refuse")
+
+
+def test_a_feature_map_key_is_matched_up_to_case(tmp_path):
+    dataset, summary = load_csv(tmp_path, "p1,1.0,Na,140\np1,2.0,NA,141\n", feature_map={"Na": "sodium"})
+    assert dataset[0]["feature"] == ["sodium", "sodium"] and summary.skipped_events == {}

@@ -11,8 +11,10 @@ A CSV row with more or fewer fields than its header is an error naming the file 
 """
 
 import csv
+import logging
 import numbers
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,7 +24,10 @@ import numpy as np
 import pandas as pd
 
 from ..feature_embeddings import UnitConversion, unit_key
+from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .patient_table import LoadSummary, PatientTableBuilder
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
 OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them
@@ -46,6 +51,7 @@ def load_long_format(
     decimal: str = ".",
     time_format: str | None = None,
     unit_conversions: Mapping[str, Mapping[str, UnitConversion]] | None = None,
+    name_variants: Literal["merge", "refuse"] = "merge",
     return_summary: bool = False,
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
     """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
@@ -71,9 +77,16 @@ def load_long_format(
             the feature's other unit, as the transfer code takes them: `{"temperature": {"°F": (5 / 9, -160 / 9)}}`.
             A feature recorded in two units without a conversion is an error naming both units and their row counts;
             the unit each feature's values end up in is in the summary's `units`.
+        name_variants: a feature name equal to a known one (the feature map's, the clinical catalogue's, or the
+            first spelling seen) up to case, Unicode compatibility forms, zero-width characters or Cyrillic
+            look-alike letters is read as it, with a warning and a counted note (`"merge"`), or refused.
     """
     if censored not in ("bound", "refuse"):
         raise ValueError(f"censored must be 'bound' or 'refuse', got {censored!r}")
+    if name_variants not in ("merge", "refuse"):
+        raise ValueError(f"name_variants must be 'merge' or 'refuse', got {name_variants!r}")
+    known = feature_map if feature_map is not None else {**CATEGORICAL_FEATURES, **NUMERIC_FEATURES}
+    spellings = {name_key(name): name for name in known}  # grows with the first spelling of each new name
     columns = {**DEFAULT_COLUMNS, **(columns or {})}
     sources = list(events) if isinstance(events, (list, tuple)) else [events]
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
@@ -84,6 +97,7 @@ def load_long_format(
     per_patient: dict[str, list[pd.DataFrame]] = {}
     for source in sources:
         table, name = _read_table(source, columns)
+        table = table.assign(feature=_spelled_as_known(table, name, spellings, name_variants, summary))
         table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, censored, decimal,
                        time_format, summary)
         for patient_id, group in table.groupby("patient_id", sort=False):
@@ -160,8 +174,8 @@ def _clean(
 ) -> pd.DataFrame:
     """Map features, parse values and times, and drop (counting each reason) what cannot be an event."""
     summary.events_read += len(table)
-    source_feature = _as_text(table["feature"]).str.strip()  # `sodium ` is `sodium`; item ids 220045 and 220045.0 one
-    table = table.assign(patient_id=_as_text(table["patient_id"]), source_feature=source_feature, feature=source_feature)
+    # names arrive stripped and spelled as known (`_spelled_as_known`); item ids 220045 and 220045.0 are one
+    table = table.assign(patient_id=_as_text(table["patient_id"]), source_feature=table["feature"])
 
     def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
         if mask.any():
@@ -255,6 +269,35 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
             raise ValueError(f"{place} ({where}): time {value!r}: {why}; give its format (--time_format, e.g. "
                              "'%d/%m/%Y %H:%M')")
     return stamps.dt.tz_convert(None) if has_offset.any() else stamps
+
+
+# Letters of other scripts drawn like Latin ones, as pasted names carry them: Cyrillic а, е, о, р, с, у, х, і, ј, ѕ.
+LOOKALIKES = str.maketrans("аеорсухіјѕАВЕКМНОРСТУХІЈЅ", "aeopcyxijsABEKMHOPCTYXIJS")
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+def name_key(name: str) -> str:
+    """What two spellings of one feature name share: `SODIUM`, `ѕodium` (Cyrillic ѕ) and `sodium\u200b` are sodium."""
+    return unicodedata.normalize("NFKC", str(name)).translate(ZERO_WIDTH).translate(LOOKALIKES).casefold().strip()
+
+
+def _spelled_as_known(table: pd.DataFrame, name: str, spellings: dict[str, str], policy: str, summary: LoadSummary) -> pd.Series:
+    """The feature column with each variant spelling of a known name replaced by that name (see `name_variants`)."""
+    features = _as_text(table["feature"]).str.strip()
+    renamed = {}
+    for spelling in features.unique():
+        canonical = spellings.setdefault(name_key(spelling), spelling)
+        if canonical != spelling:
+            renamed[spelling] = canonical
+    for spelling, canonical in renamed.items():
+        rows = features == spelling
+        place = f"{name}:{table.loc[rows, 'line'].iloc[0]}"
+        if policy == "refuse":
+            raise ValueError(f"{place}: feature {spelling!r} differs from {canonical!r} only in case, Unicode form or "
+                             "look-alike letters: correct it, or map it with feature_map")
+        logger.warning("%s: feature %r read as %r (%d rows)", place, spelling, canonical, int(rows.sum()))
+        summary.note(f"feature {spelling!r} read as {canonical!r}", place, int(rows.sum()))
+    return features.replace(renamed) if renamed else features
 
 
 def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapping[str, Mapping[str, UnitConversion]]) -> dict[str, str]:

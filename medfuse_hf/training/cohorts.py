@@ -85,6 +85,7 @@ class CohortRequest:
     censored: str = "bound"
     decimal: str = "."
     time_format: str | None = None
+    name_variants: str = "merge"
     unit_conversions: Mapping[str, Mapping[str, float | tuple[float, float]]] | None = None
     label_map: Mapping[str, int] | None = None
     split_file: str | None = None
@@ -174,7 +175,7 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
         list(request.events), labels=request.labels, columns=request.columns, feature_map=request.feature_map,
         anchor_column=request.anchor_column, max_hours=request.max_hours, label_column=request.label_column,
         label_map=request.label_map, censored=request.censored, decimal=request.decimal, time_format=request.time_format,
-        unit_conversions=request.unit_conversions)
+        unit_conversions=request.unit_conversions, name_variants=request.name_variants)
     if request.split_file:
         split = load_split(request.split_file)
     else:

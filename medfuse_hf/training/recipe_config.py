@@ -124,6 +124,8 @@ def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._Argu
     table.add_argument("--decimal", default=".", help="decimal mark of the value column (',' for European exports)")
     table.add_argument("--unit_conversions", type=read_unit_conversions,
                        help="JSON: feature -> {unit: scale or [scale, offset]}, for a `unit` column (--columns unit=...)")
+    table.add_argument("--name_variants", choices=("merge", "refuse"), default="merge",
+                       help="a name equal to a known feature up to case, Unicode form or look-alike letters: read as it (logged) or refused")
     table.add_argument("--time_format", help="strftime format of timestamps, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601)")
     return table
 
