@@ -112,3 +112,13 @@ def test_onset_is_the_earliest_labelled_hour_even_when_rows_are_out_of_order(tmp
     (tmp_path / "training_setA").mkdir()
     (tmp_path / "training_setA" / "p1.psv").write_text("\n".join([rows[0], rows[3], rows[2], rows[1], rows[4]]) + "\n")
     assert load_physionet2019(tmp_path)[0]["sepsis_onset_hour"] == 2.0  # file order puts hour 3 first
+
+
+@pytest.mark.parametrize("label", ["2", "0.5", "NaN"])
+def test_an_hourly_label_other_than_0_or_1_names_file_and_line(tmp_path, label):
+    (tmp_path / "training_setA").mkdir()
+    rows = [["80", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "1", "0"],
+            ["81", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "2", label]]
+    (tmp_path / "training_setA" / "p000001.psv").write_text(psv(rows))
+    with pytest.raises(ValueError, match=rf"p000001.psv:3: SepsisLabel {label.lower()}; the hourly label must be 0 or 1"):
+        load_physionet2019(tmp_path)

@@ -116,7 +116,11 @@ def _add_patient(
     hours = grid[:, column["ICULOS"]]
     for row in np.flatnonzero(np.diff(hours) < 0) + 1:
         summary.note("hours out of order (kept, sorted)", f"{where}:{line_numbers[row]}")
-    sepsis_label = np.nan_to_num(grid[:, column["SepsisLabel"]]).astype(int)
+    raw_label = grid[:, column["SepsisLabel"]]
+    bad = np.flatnonzero(~np.isin(raw_label, (0.0, 1.0)))  # NaN too: a label is never guessed
+    if bad.size:
+        raise ValueError(f"{where}:{line_numbers[bad[0]]}: SepsisLabel {raw_label[bad[0]]:g}; the hourly label must be 0 or 1")
+    sepsis_label = raw_label.astype(int)
     # All measurement cells at once: (row, column) of every observed cell, Age/Gender only at their first row.
     measured = [index for name, index in column.items() if name not in BOOKKEEPING_COLUMNS]
     observed = np.isfinite(grid[:, measured])
