@@ -20,9 +20,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from p12_table import BUDGET, MODELS, ROOT, finetune_row
+from p12_table import BUDGET, MODELS, ROOT, finetune_row, read_test_predictions
 
-from medfuse_hf.training.metrics import format_mean_std, mean_and_std
+from medfuse_hf.training.metrics import format_mean_std, mean_and_std, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows
 
 RESULTS = ROOT / "benchmarks" / "results" / "p12_search.json"
@@ -53,6 +53,22 @@ def greedy_path(rows: list[dict], seed: int = 0) -> tuple[list[str], list[str]]:
     return kept, flags
 
 
+def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
+    """Each finished lever run minus the GBM of the same seed on the same test patients, with a paired bootstrap 95%
+    interval: where both runs' predictions are on this machine."""
+    lines = ["| lever | seed | AUROC gap to the GBM [95% CI] | AUPRC gap to the GBM [95% CI] |", "|---|---:|---|---|"]
+    for row in rows:
+        runs = [output_dir / f"{row['lever']}-seed{row['seed']}", table_dir / f"seft-split-gbm_summary-seed{row['seed']}"]
+        if not all((run / "test_predictions.csv").exists() for run in runs):
+            continue
+        lever, gbm = (read_test_predictions(run) for run in runs)
+        gbm = gbm.loc[lever.index]
+        figures = [paired_bootstrap_difference(lever["label"], lever["score"], gbm["score"], metric) for metric in ("auroc", "auprc")]
+        lines.append(f"| {row['lever']} | {row['seed']} | " + " | ".join(
+            f"{gap['value']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]" for gap in figures) + " |")
+    return "\n".join(lines)
+
+
 def summarise(rows: list[dict]) -> str:
     """The ledger: one line per lever in search order, mean ± std over the seeds run, whether it was kept, its cost."""
     kept, _ = greedy_path(rows)
@@ -78,6 +94,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "p12-search")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--table_dir", type=Path, default=ROOT / "outputs" / "p12-table",
+                        help="where benchmarks/p12_table.py left the GBM's test predictions")
     parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
     parser.add_argument("--extra_args", default="", help="flags added to every run")
     parser.add_argument("--summary_only", action="store_true")
@@ -99,6 +117,7 @@ def main() -> None:
                 print(f"{lever} seed {seed}: " + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)
                       + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)", flush=True)
     print(summarise(results.rows))
+    print(gaps_to_gbm(results.rows, args.output_dir, args.table_dir))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,16 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
     return gaps
 
 
+def merged_gaps(recorded: list[dict], computed: list[dict]) -> list[dict]:
+    """The recorded gaps with the ones computed now: a gap whose runs' predictions are not on this machine (a fresh
+    clone, another session's outputs) is kept as recorded, never dropped."""
+    return list({**{gap_key(gap): gap for gap in recorded}, **{gap_key(gap): gap for gap in computed}}.values())
+
+
+def gap_key(gap: dict) -> tuple:
+    return gap["protocol"], gap["seed"], gap["model"], gap["versus"]
+
+
 def format_gaps(gaps: list[dict]) -> str:
     lines = ["| protocol | seed | model | minus | AUPRC gap [95% CI] | AUROC gap [95% CI] |", "|---|---:|---|---|---|---|"]
     for gap in sorted(gaps, key=lambda gap: (gap["protocol"], gap["model"], gap["versus"], gap["seed"])):
@@ -193,8 +203,9 @@ def main() -> None:
                     print(f"{protocol} {model} seed {seed}: " + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS)
                           + f" ({row.get('epochs', '–')} epochs, {row['train_seconds']:.0f} s)", flush=True)
     print(summarise(results.rows))
-    gaps = paired_gaps(results.rows, args.output_dir)
-    args.results.with_name("p12_paired_gaps.json").write_text(json.dumps(gaps, indent=1) + "\n")
+    gaps_path = args.results.with_name("p12_paired_gaps.json")
+    gaps = merged_gaps(json.loads(gaps_path.read_text()) if gaps_path.exists() else [], paired_gaps(results.rows, args.output_dir))
+    gaps_path.write_text(json.dumps(gaps, indent=1) + "\n")
     print(format_gaps(gaps))
 
 

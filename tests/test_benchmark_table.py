@@ -60,3 +60,10 @@ def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p1
     (gap,) = p12_table.paired_gaps(rows, tmp_path)
     assert (gap["model"], gap["versus"]) == ("medfuse", "additive") and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0  # rows in another order
     assert p12_table.paired_gaps(rows[:1], tmp_path) == []  # additive's predictions exist, its run has not finished
+
+
+def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):
+    recorded = [{"protocol": "seft-split", "seed": 0, "model": "medfuse", "versus": "additive", "auprc": 1},
+                {"protocol": "seft-split", "seed": 1, "model": "medfuse", "versus": "additive", "auprc": 2}]
+    computed = [{"protocol": "seft-split", "seed": 1, "model": "medfuse", "versus": "additive", "auprc": 3}]
+    assert [gap["auprc"] for gap in p12_table.merged_gaps(recorded, computed)] == [1, 3]
