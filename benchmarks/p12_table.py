@@ -79,6 +79,8 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
     return {"protocol": protocol, "seed": seed,
             **{metric: report["test"][metric]["value"] for metric in METRICS},
             "validation_auroc": kept["validation_auroc"], "validation_auprc": kept["validation_auprc"],
+            **({"accuracy_at_validation_threshold": report["accuracy_at_validation_threshold"]}
+               if "accuracy_at_validation_threshold" in report else {}),
             "epochs": report["epochs"], "best_epoch": best_epoch,
             "train_seconds": report["train_seconds"], "device": device,
             "test_patients": report["test_patients"], "git": report["git"]["commit"]}

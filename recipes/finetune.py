@@ -39,6 +39,7 @@ from medfuse_hf.training import (
 from medfuse_hf.training.cohorts import feature_names, fit_tokenizer, load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import train_epoch
+from medfuse_hf.training.metrics import accuracy_threshold
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run
 from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, boolean, parse_with_config
@@ -205,12 +206,17 @@ def training_function(args: argparse.Namespace) -> dict:
         best = MedFuseForSequenceClassification.from_pretrained(output_dir / "model")
         accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     predictions = predict(model, eval_loaders["test"], accelerator)
+    validation_predictions = predict(model, eval_loaders["validation"], accelerator)
+    # Accuracy at the cut validation finds best: class weights make 0.5 an arbitrary one.
+    threshold = accuracy_threshold(validation_predictions["labels"], validation_predictions["scores"])
     batches_seen = torch.tensor([batches_this_process], device=accelerator.device)
     result = {"num_processes": accelerator.num_processes, "steps": loop["step"], "epochs": loop["epoch"],
               "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
               "batches_by_process": accelerator.gather(batches_seen).tolist(),
               "best_validation": {args.early_stopping_metric: loop["best"], "epoch": loop.get("best_epoch")},
               "git": run_info["git"], "transferred_features": transferred,
+              "validation_threshold": threshold,
+              "accuracy_at_validation_threshold": binary_metrics(predictions["labels"], predictions["scores"], threshold)["accuracy"],
               **throughput(loop, accelerator)}
     if accelerator.is_main_process:
         result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,

@@ -1,6 +1,9 @@
 """Small fixtures built in code: a synthetic cohort, its vocabulary and tokenizer, tiny model configs, and an
 exported feature-embedding checkpoint."""
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import get_args
 
 import pytest
@@ -15,6 +18,17 @@ from medfuse_hf import (
     export_feature_embeddings,
 )
 from medfuse_hf.synthetic import make_sodium_cohort
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """A recipe or benchmark script (not a package module) imported by path, to test its functions."""
+    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(params=get_args(MedFuseConfig.__annotations__["fusion"]))

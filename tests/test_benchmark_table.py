@@ -1,21 +1,18 @@
 """The P12 table driver: it must resume (skip cells already measured) and summarise seeds honestly."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def p12_table():
-    spec = importlib.util.spec_from_file_location("p12_table", ROOT / "benchmarks" / "p12_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/p12_table.py")
 
 
 def row(model: str, protocol: str, seed: int, auprc: float) -> dict:

@@ -100,6 +100,9 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     assert set(result["test"]) == {"auroc", "auprc", "accuracy", "f1", "min_recall_precision", "brier"}
     auroc = result["test"]["auroc"]
     assert auroc["low"] <= auroc["value"] <= auroc["high"]
+    predictions = pd.read_csv(output_dir / "test_predictions.csv")  # accuracy also at the cut validation chose
+    at_threshold = ((predictions["score"] >= result["validation_threshold"]) == predictions["label"]).mean()
+    assert result["accuracy_at_validation_threshold"] == pytest.approx(at_threshold)
     assert {p.name for p in (output_dir / "plots").iterdir()} == {
         "roc_curve.png", "pr_curve.png", "calibration_curve.png", "training_curves.png"
     }

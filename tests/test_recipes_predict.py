@@ -1,12 +1,12 @@
 """recipes/predict.py: risk scores for unlabeled patients from a long-format table, with what was left out."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import load_script
 
 from medfuse_hf import MedFuseForSequenceClassification
 
@@ -24,10 +24,7 @@ p3,5.0,sodium ,133
 
 @pytest.fixture
 def predict():
-    spec = importlib.util.spec_from_file_location("predict", ROOT / "recipes" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("recipes/predict.py")
 
 
 def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(predict, tmp_path, tokenizer, tiny_config):

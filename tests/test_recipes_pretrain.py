@@ -1,6 +1,5 @@
 """Pretraining: the recipe end to end, fine-tuning from its output, and streaming with bounded memory."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import load_script
 
 from medfuse_hf import FeatureVocabulary
 from medfuse_hf.training.cohorts import streaming_patients
@@ -144,9 +144,7 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
 
 
 def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
-    spec = importlib.util.spec_from_file_location("transfer", ROOT / "recipes" / "transfer.py")
-    transfer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transfer)
+    transfer = load_script("recipes/transfer.py")
     rows = [{"fraction": 0.1, "transfer": arm, "seed": seed, "auroc": 0.8, "auprc": auprc}
             for arm, figures in ((True, (0.30, 0.32, 0.34)), (False, (0.28, 0.31, 0.30))) for seed, auprc in enumerate(figures)]
     scratch, transferred = transfer.summarise(rows)
