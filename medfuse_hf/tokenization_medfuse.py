@@ -23,6 +23,7 @@ from transformers.utils import cached_file
 
 from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary
 from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
+from .timestamps import parse_timestamps
 
 logger = logging.getLogger(__name__)
 
@@ -303,13 +304,22 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             hours = np.asarray(times, dtype=np.float64)
             if anchor is not None:
                 hours = hours - float(anchor)
-        except (TypeError, ValueError):
-            stamps = pd.to_datetime(pd.Series(list(times), dtype=object), errors="coerce", format="mixed")
+        except (TypeError, ValueError):  # timestamps, read as the long-format loader reads them (ISO 8601)
+            text = pd.Series([str(time) for time in times], dtype=object)
+            is_number = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+            if is_number.any():  # hours, and text among them
+                row = int(np.flatnonzero(~is_number)[0])
+                raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp "
+                                 "like the others (every time of a patient in hours, or every one a timestamp)")
+            places = pd.Series([f"{where}, row {label}" for label in row_labels])
+            stamps = parse_timestamps(text, None, "time", places)
             bad = np.flatnonzero(stamps.isna().to_numpy())
             if bad.size:
                 row = bad[0]
                 raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp")
-            origin = pd.Timestamp(anchor) if anchor is not None else stamps.min()
+            origin = stamps.min() if anchor is None else parse_timestamps(pd.Series([str(anchor)]), None, "anchor", pd.Series([where]))[0]
+            if pd.isna(origin):
+                raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
             hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
         problems = (
             (~np.isfinite(hours), "is not a finite number"),

@@ -16,7 +16,7 @@ def test_save_and_load_give_identical_encodings(tmp_path, tokenizer, cohort):
     tokenizer.save_pretrained(tmp_path)
     assert {path.name for path in tmp_path.iterdir()} == {  # the settings, the vocabulary and the code they need
         "preprocessor_config.json", "feature_vocabulary.json", "tokenization_medfuse.py", "feature_vocabulary.py",
-        "feature_embeddings.py", "integrity.py"}
+        "feature_embeddings.py", "integrity.py", "timestamps.py"}
     for reloaded in (MedFuseTokenizer.from_pretrained(tmp_path), AutoFeatureExtractor.from_pretrained(tmp_path)):
         assert isinstance(reloaded, MedFuseTokenizer)
         assert reloaded.feature_vocabulary == tokenizer.feature_vocabulary
@@ -173,3 +173,13 @@ def test_a_quantile_vocabulary_normalises_by_rank(cohort):
     raw = [value for name, value in zip(cohort[0]["feature"], cohort[0]["value"]) if name == "sodium"]
     np.testing.assert_allclose(encoded["values"][0][positions], sodium.statistics.normalize(np.array(raw)), rtol=1e-6)
     assert np.abs(encoded["values"]).max() <= 2.33  # ranks as normal scores, never past the 1st/99th percentile
+
+
+def test_timestamps_are_read_one_way_only(tokenizer):
+    iso = [("sodium", 140, "2020-04-03 10:00"), ("sodium", 141, "2020-04-05 10:00")]
+    assert tokenizer([iso])["times"][0] == [0.0, 48.0]
+    day_first = [("sodium", 140, "03/04/2020 10:00"), ("sodium", 141, "05/04/2020 10:00")]
+    with pytest.raises(ValueError, match=r"row 0 \(time\): time '03/04/2020 10:00': day and month could be either way"):
+        tokenizer([day_first])
+    with pytest.raises(ValueError, match="anchor time 'yesterday' is no timestamp"):
+        tokenizer([iso], anchor_times=["yesterday"])

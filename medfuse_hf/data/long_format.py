@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..feature_embeddings import UnitConversion, unit_key
+from ..timestamps import parse_timestamps
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .patient_table import LoadSummary, PatientTableBuilder
 
@@ -240,35 +241,6 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | No
     stamps = parse_timestamps(text, time_format, "column time", name + ":" + table["line"].astype(str))
     origin = table["patient_id"].map(anchors) if anchors is not None else stamps.groupby(table["patient_id"]).transform("min")
     return (stamps - origin) / pd.Timedelta(hours=1)
-
-
-ISO_OFFSET = re.compile(r"(?:[+-]\d{2}:?\d{2}|Z)$")
-DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}")
-
-
-def parse_timestamps(text: pd.Series, time_format: str | None, where: str, places: pd.Series) -> pd.Series:
-    """Timestamps in `time_format`, else ISO 8601; NaT where the text is no timestamp at all. Offsets are converted
-    to UTC (naive UTC out); a column where only some stamps carry an offset, a date whose day and month could be
-    swapped (`03/04/2020`) or another unambiguous non-ISO form without `time_format` is an error naming the place."""
-    parseable = pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
-    has_offset = text.str.contains(ISO_OFFSET) & parseable
-    naive = parseable & ~has_offset
-    if has_offset.any() and naive.any():
-        raise ValueError(f"{places[has_offset].iloc[0]} ({where}): time {text[has_offset].iloc[0]!r} has a UTC offset, "
-                         f"but {places[naive].iloc[0]} ({text[naive].iloc[0]!r}) has none: give every time an offset, or none")
-    if time_format:
-        stamps = pd.to_datetime(text, format=time_format, errors="coerce", utc=bool(has_offset.any()))
-    else:
-        stamps = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=bool(has_offset.any()))
-        other_form = stamps.isna() & pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
-        if other_form.any():
-            value, place = text[other_form].iloc[0], places[other_form].iloc[0]
-            day_month = DAY_MONTH.match(value)
-            why = ("day and month could be either way round" if day_month and max(map(int, day_month.groups())) <= 12
-                   else "it is not ISO 8601 (2020-04-03 10:00)")
-            raise ValueError(f"{place} ({where}): time {value!r}: {why}; give its format (--time_format, e.g. "
-                             "'%d/%m/%Y %H:%M')")
-    return stamps.dt.tz_convert(None) if has_offset.any() else stamps
 
 
 # Letters of other scripts drawn like Latin ones, as pasted names carry them: Cyrillic а, е, о, р, с, у, х, і, ј, ѕ.
