@@ -25,6 +25,9 @@ class MedFuseConfig(PreTrainedConfig):
             value embedding is broadcast over d (the paper's generalized Hadamard product).
         value_projector_hidden_size (`int`, defaults to 16):
             Width of the shared value projector φ = Linear(1→h) → tanh → Linear(h→d′).
+        value_projector (`str`, defaults to `"mlp"`):
+            `"mlp"`: φ as above (the paper's); `"periodic"`: h/2 learned frequencies, [sin, cos] → Linear(h→d′)
+            (Gorishniy et al. 2022's periodic numerical embedding).
         fusion (`str`, defaults to `"multiplicative"`):
             How a numeric value is combined with its feature embedding: `"multiplicative"` (MuFuse,
             e_f ⊙ (γ_f ⊙ φ(v) + β_f)), `"additive"` (e_f + φ(v)), `"concat"` (Linear([e_f ; φ(v)])) or `"scane"`
@@ -76,6 +79,7 @@ class MedFuseConfig(PreTrainedConfig):
     hidden_size: int = 144
     value_embedding_size: int = 144
     value_projector_hidden_size: int = 16
+    value_projector: Literal["mlp", "periodic"] = "mlp"
     fusion: Literal["multiplicative", "additive", "concat", "scane"] = "multiplicative"
     time_embedding: Literal["sinusoidal", "cve"] = "sinusoidal"
     num_categories: int = 1

@@ -163,6 +163,7 @@ def export_feature_embeddings(
         "hidden_size": config.hidden_size,
         "value_embedding_size": config.value_embedding_size,
         "value_projector_hidden_size": config.value_projector_hidden_size,
+        "value_projector": config.value_projector,
         "fusion": config.fusion,
         "privacy": {"min_patients_for_statistics": min_patients, "counts_rounded_to": COUNT_GRANULARITY,
                     **({"rare_features_dropped": len(rare)} if drop_rare_features else {"statistics_withheld": rare})},
@@ -196,10 +197,11 @@ def load_feature_embeddings(
     checkpoint = FeatureEmbeddingCheckpoint.from_pretrained(path, revision=revision)
     base = model.base_model  # the encoder, from a head or itself
     config, embeddings = base.config, base.embeddings
-    for key in ("hidden_size", "value_embedding_size", "value_projector_hidden_size", "fusion"):
-        if checkpoint.config[key] != getattr(config, key):
+    for key in ("hidden_size", "value_embedding_size", "value_projector_hidden_size", "value_projector", "fusion"):
+        recorded = checkpoint.config.get(key, "mlp")  # exports made before value_projector existed have the MLP
+        if recorded != getattr(config, key):
             raise ValueError(
-                f"{path}: {key} is {checkpoint.config[key]!r} in the checkpoint but {getattr(config, key)!r} in the "
+                f"{path}: {key} is {recorded!r} in the checkpoint but {getattr(config, key)!r} in the "
                 "model; build the model with the checkpoint's settings to reuse its embeddings"
             )
     if len(vocabulary) != config.vocab_size:

@@ -47,6 +47,6 @@ def render_model_card(
 
 
 def architecture_of(config) -> dict:
-    keys = ("fusion", "hidden_size", "value_embedding_size", "num_hidden_layers", "num_attention_heads",
-            "intermediate_size", "time_embedding", "pooling", "vocab_size")
+    keys = ("fusion", "hidden_size", "value_embedding_size", "value_projector", "num_hidden_layers",
+            "num_attention_heads", "intermediate_size", "norm_first", "time_embedding", "pooling", "vocab_size")
     return {key: getattr(config, key) for key in keys}

@@ -41,6 +41,28 @@ class ValueProjector(nn.Module):
         return self.down(hidden.to(self.down.weight.dtype))  # (..., output_size)
 
 
+class PeriodicValueProjector(nn.Module):
+    """φ as periodic features: v → [sin(2π c v), cos(2π c v)] with learned frequencies c, then Linear(2k→out).
+
+    The numerical embedding that lets neural networks match gradient-boosted trees on tabular data (Gorishniy et
+    al., "On Embeddings for Numerical Features in Tabular Deep Learning", NeurIPS 2022, their "PL" form): a
+    sharp rise (lactate past 4) needs many tanh units, a few frequencies give it. k = hidden_size / 2, c ~ N(0, 1)
+    for values z-scored or quantile-normalised to about ±3.
+    """
+
+    def __init__(self, hidden_size: int, output_size: int):
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.empty(max(hidden_size // 2, 1)))
+        self.down = nn.Linear(2 * len(self.frequencies), output_size)
+
+    def forward(self, scalars: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * scalars.float().unsqueeze(-1) * self.frequencies.float()  # (..., k), fp32 as φ's input
+        return self.down(torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.down.weight.dtype))
+
+
+VALUE_PROJECTORS = {"mlp": ValueProjector, "periodic": PeriodicValueProjector}
+
+
 class MultiplicativeFusion(nn.Module):
     """MuFuse: e_fv = e_f ⊙ e_v with e_v = γ_f ⊙ φ(v) + β_f, broadcast over d = k·d′.
 
@@ -56,7 +78,8 @@ class MultiplicativeFusion(nn.Module):
         # Maps every feature shares, by their name in a feature-embedding checkpoint: transferred with the rows.
         self.shared_maps = {} if self.is_scane else {"value_projector": "value_projector"}
         if not self.is_scane:
-            self.value_projector = ValueProjector(config.value_projector_hidden_size, config.value_embedding_size)
+            self.value_projector = VALUE_PROJECTORS[config.value_projector](config.value_projector_hidden_size,
+                                                                            config.value_embedding_size)
             # Feature-conditioned affine map: each feature decides how its value modulates its identity.
             self.gamma = nn.Parameter(torch.ones(config.vocab_size, config.value_embedding_size))
             self.beta = nn.Parameter(torch.zeros(config.vocab_size, config.value_embedding_size))
@@ -77,7 +100,7 @@ class AdditiveFusion(nn.Module):
 
     def __init__(self, config: MedFuseConfig):
         super().__init__()
-        self.value_projector = ValueProjector(config.value_projector_hidden_size, config.hidden_size)
+        self.value_projector = VALUE_PROJECTORS[config.value_projector](config.value_projector_hidden_size, config.hidden_size)
         self.feature_tables, self.shared_maps = {}, {"value_projector": "value_projector"}
 
     def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -89,7 +112,8 @@ class ConcatFusion(nn.Module):
 
     def __init__(self, config: MedFuseConfig):
         super().__init__()
-        self.value_projector = ValueProjector(config.value_projector_hidden_size, config.value_embedding_size)
+        self.value_projector = VALUE_PROJECTORS[config.value_projector](config.value_projector_hidden_size,
+                                                                        config.value_embedding_size)
         self.proj = nn.Linear(config.hidden_size + config.value_embedding_size, config.hidden_size)
         self.feature_tables, self.shared_maps = {}, {"value_projector": "value_projector", "fusion_projector": "proj"}
 
@@ -334,6 +358,11 @@ class MedFusePreTrainedModel(PreTrainedModel):
             hidden_bound = 1.0 / math.sqrt(module.down.in_features)
             for parameter, bound in ((module.up_weight, 1.0), (module.up_bias, 1.0), (module.down.weight, hidden_bound), (module.down.bias, hidden_bound)):
                 init.uniform_(parameter, -bound, bound)
+        elif isinstance(module, PeriodicValueProjector):
+            init.normal_(module.frequencies, mean=0.0, std=1.0)
+            bound = 1.0 / math.sqrt(module.down.in_features)  # PyTorch's default Linear init, as for the MLP φ
+            init.uniform_(module.down.weight, -bound, bound)
+            init.uniform_(module.down.bias, -bound, bound)
         elif isinstance(module, MultiplicativeFusion) and not module.is_scane:
             # γ = 1, β = 0: every feature starts from the shared value projector, as in the authors' code.
             init.ones_(module.gamma)

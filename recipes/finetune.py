@@ -50,6 +50,7 @@ MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset on
     "intermediate_size": int, "fusion": str, "time_embedding": str, "pooling": str, "hidden_dropout_prob": float,
     "attention_probs_dropout_prob": float, "classifier_dropout": float, "classification_loss": str,
     "focal_alpha": float, "focal_gamma": float, "value_projector_hidden_size": int, "norm_first": boolean,
+    "value_projector": str,
 }
 
 

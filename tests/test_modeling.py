@@ -274,3 +274,20 @@ def test_u_shaped_sodium_risk_is_learnable(tokenizer, cohort, tiny_config):
     with torch.no_grad():
         scores = model.eval()(**batch).logits.softmax(-1)[:, 1]
     assert roc_auc_score(labels.numpy(), scores.numpy()) > 0.95
+
+
+def test_the_periodic_value_projector_trains_and_transfers(tmp_path, tokenizer, cohort, tiny_config, vocabulary, fusion):
+    from medfuse_hf import export_feature_embeddings
+
+    model = MedFuseForSequenceClassification(tiny_config(fusion=fusion, value_projector="periodic"))
+    model(**encode(tokenizer, cohort[:4]), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    if fusion == "scane":  # SCANE has no φ
+        return
+    projector = model.medfuse.embeddings.value_fusion.value_projector
+    assert projector.frequencies.grad is not None and projector.frequencies.grad.abs().sum() > 0
+    export_feature_embeddings(model, tokenizer, tmp_path / "periodic", min_patients=20)
+    target = MedFuseForSequenceClassification(tiny_config(fusion=fusion, value_projector="periodic"))
+    target.medfuse.load_feature_embeddings(tmp_path / "periodic", vocabulary)
+    torch.testing.assert_close(target.medfuse.embeddings.value_fusion.value_projector.frequencies, projector.frequencies)
+    with pytest.raises(ValueError, match="value_projector is 'periodic' in the checkpoint but 'mlp' in the model"):
+        MedFuseForSequenceClassification(tiny_config(fusion=fusion)).medfuse.load_feature_embeddings(tmp_path / "periodic", vocabulary)
