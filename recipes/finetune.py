@@ -115,6 +115,8 @@ def training_function(args: argparse.Namespace) -> dict:
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
 
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))
+    train_collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,),
+                                        event_dropout=args.event_dropout)
     lengths = [min(len(features), args.max_events) for features in train["feature"]]
     if args.sampling == "balanced":  # each batch drawn with replacement, deaths as likely as survivals
         weights = torch.tensor([0.5 / rate if y else 0.5 / (1 - rate) for y in train[label]])
@@ -122,7 +124,7 @@ def training_function(args: argparse.Namespace) -> dict:
         batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
     else:
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-    train_loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler, collate_fn=collate)
+    train_loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler, collate_fn=train_collate)
     eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size) for name in ("validation", "test")}
 
     # ----- model and optimisation ---------------------------------------------------------------------
@@ -251,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")
     model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias")
     model.add_argument("--freeze_transferred", action="store_true", help="keep everything transferred (identity rows, γ, β, category levels, shared maps) exactly as loaded")
+    train.add_argument("--event_dropout", type=float, default=0.0,
+                       help="augmentation: leave each training event out with this probability (never all of a patient's)")
     train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")

@@ -145,3 +145,17 @@ def test_dataset_card_counts_patients_missingness_and_labels():
     assert summary["label"] == {"column": "died", "positives": 1, "labelled": 3, "rate_percent": 33.33}
     card = render_dataset_card("Toy", "A toy cohort.", {"All": summary})
     assert "| heart_rate | bpm | 3 | 25.0% | 1.3 | 75 |" in card
+
+
+def test_event_dropout_leaves_events_out_but_never_a_whole_patient(tokenizer, cohort):
+    from medfuse_hf.data import MedFuseDataCollator
+
+    plain = MedFuseDataCollator(tokenizer, label_column="label")(cohort[:16])
+    dropped = MedFuseDataCollator(tokenizer, label_column="label", event_dropout=0.5, rng=random.Random(0))(cohort[:16])
+    kept, total = dropped["attention_mask"].sum(1), plain["attention_mask"].sum(1)
+    assert torch.all(kept >= 1) and torch.all(kept <= total)
+    assert 0.3 < kept.sum() / total.sum() < 0.7  # about half the events, per a fair coin
+    one_event = [dict(cohort[0], feature=["sodium"], value=[140.0], time=[1.0])]
+    assert MedFuseDataCollator(tokenizer, event_dropout=0.99, rng=random.Random(1))(one_event)["attention_mask"].sum() == 1
+    with pytest.raises(ValueError, match="event_dropout must lie in"):
+        MedFuseDataCollator(tokenizer, event_dropout=1.0)

@@ -25,8 +25,19 @@ class MedFuseDataCollator:
     label_column: str | None = None
     pad_to_multiple_of: int | None = 8
     extra_columns: tuple[str, ...] = ()  # numeric per-patient columns passed through, e.g. a row index
+    # Training augmentation: each event is left out with this probability (never every event of a patient), so the
+    # model cannot lean on any one measurement. Draws come from `rng`, or from Python's global `random`, whose
+    # state Accelerate saves with checkpoints.
+    event_dropout: float = 0.0
+    rng: random.Random | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.event_dropout < 1.0:
+            raise ValueError(f"event_dropout must lie in [0, 1), got {self.event_dropout}")
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if self.event_dropout:
+            rows = [self._drop_events(row) for row in rows]
         batch = dict(self.tokenizer(list(rows), return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of))
         for column in self.extra_columns:
             batch[column] = torch.tensor([row[column] for row in rows])
@@ -36,6 +47,14 @@ class MedFuseDataCollator:
                 raise ValueError(f"a patient in this batch has no {self.label_column!r}: filter unlabeled patients first")
             batch["labels"] = torch.tensor(labels)
         return batch
+
+
+    def _drop_events(self, row: dict) -> dict:
+        draw = self.rng or random
+        keep = [draw.random() >= self.event_dropout for _ in row["feature"]]
+        if keep and not any(keep):
+            keep[draw.randrange(len(keep))] = True
+        return {**row, **{column: [item for item, kept in zip(row[column], keep) if kept] for column in ("feature", "value", "time")}}
 
 
 @dataclass
