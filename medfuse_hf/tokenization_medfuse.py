@@ -162,42 +162,6 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             batch[key] = np.asarray([np.asarray(row[key]) for row in features])
         return BatchFeature(batch, tensor_type=return_tensors)
 
-    def encode_forecasting(
-        self,
-        patients: Any,
-        observation_hours: float | Sequence[float],
-        horizon_hours: float,
-        return_tensors: str | None = "pt",
-        **kwargs,
-    ) -> BatchFeature:
-        """Inputs from the events before `observation_hours`, targets from the window after it.
-
-        Adds `forecast_values` / `forecast_mask` of shape `(batch_size, vocab_size)`: the mean normalised value of
-        every numeric feature observed in `[observation_hours, observation_hours + horizon_hours)`, the targets of
-        `MedFuseForPreTraining`. Truncation still keeps the most recent events before the cut-off.
-        """
-        batch, _ = _as_patient_list(patients, kwargs.pop("patient_column", None))
-        cutoffs = observation_hours if isinstance(observation_hours, Sequence) else [observation_hours] * len(batch)
-        anchors = kwargs.pop("anchor_times", None)
-        anchors = anchors if isinstance(anchors, (list, tuple)) else [anchors] * len(batch)
-        size = len(self.feature_vocabulary)
-        forecast_values = np.zeros((len(batch), size), dtype=np.float32)
-        forecast_counts = np.zeros((len(batch), size), dtype=np.float32)
-        observed = []
-        for index, (patient, cutoff, anchor) in enumerate(zip(batch, cutoffs, anchors)):
-            events = self.encode_patient(patient, index, anchor, truncate=False)
-            window = (events.times >= cutoff) & (events.times < cutoff + horizon_hours)
-            targets = window & ~self._is_categorical[events.feature_ids] & (events.feature_ids != UNK_ID)
-            np.add.at(forecast_values[index], events.feature_ids[targets], events.values[targets])
-            np.add.at(forecast_counts[index], events.feature_ids[targets], 1.0)
-            observed.append(self._truncate(events.select(events.times < cutoff)))
-        features = self._pad(observed, kwargs.pop("padding", "longest"), kwargs.pop("max_length", None), kwargs.pop("pad_to_multiple_of", None))
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
-        features["forecast_values"] = forecast_values / np.maximum(forecast_counts, 1.0)
-        features["forecast_mask"] = (forecast_counts > 0).astype(np.float32)
-        return BatchFeature(features, tensor_type=return_tensors)
-
     def encode_patient(self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True) -> EncodedPatient:
         """One patient's events as id, normalised value and hour arrays, sorted by time, unpadded."""
         features, values, times, row_labels = _columns_of(patient)

@@ -225,7 +225,9 @@ def test_class_weights_weight_the_cross_entropy_and_shards_average_to_the_batch(
 
 def test_pretraining_loss_counts_only_observed_features(tokenizer, cohort, tiny_config):
     model = MedFuseForPreTraining(tiny_config())
-    batch = tokenizer.encode_forecasting(cohort[:4], observation_hours=24.0, horizon_hours=6.0)
+    from medfuse_hf.data.forecasting import forecasting_batch
+
+    batch = forecasting_batch(tokenizer, cohort[:4], cutoffs=[24.0] * 4, horizon_hours=6.0)
     output = model(**batch)
     mask = batch["forecast_mask"]
     expected = ((output.forecast - batch["forecast_values"]) ** 2 * mask).sum() / mask.sum()

@@ -154,7 +154,9 @@ def test_patient_without_events_is_an_error(tokenizer):
 
 def test_forecasting_targets_average_the_window_and_inputs_stop_at_the_cutoff(tokenizer, vocabulary):
     events = [("sodium", 140, 1.0), ("heart_rate", 80, 5.0), ("sodium", 150, 24.5), ("sodium", 130, 25.0), ("heart_rate", 99, 30.0)]
-    batch = tokenizer.encode_forecasting([events], observation_hours=24.0, horizon_hours=2.0)
+    from medfuse_hf.data.forecasting import forecasting_batch
+
+    batch = forecasting_batch(tokenizer, [events], cutoffs=[24.0], horizon_hours=2.0)
     sodium, heart_rate = vocabulary.id_of("sodium"), vocabulary.id_of("heart_rate")
     statistics = vocabulary.spec_of("sodium").statistics
     assert batch["times"].tolist() == [[1.0, 5.0]]

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..tokenization_medfuse import MedFuseTokenizer
+from .forecasting import forecasting_batch
 
 
 @dataclass
@@ -81,10 +82,7 @@ class ForecastingCollator:
             low, high = max(self.min_observation_hours, min(times) + 1e-3), max(times) - self.horizon_hours
             # Too short a record for a window: every event is input, the targets are empty (masked out).
             cutoffs.append(draw.uniform(low, high) if high > low else max(times) + 1e-3)
-        batch = self.tokenizer.encode_forecasting(
-            list(rows), observation_hours=cutoffs, horizon_hours=self.horizon_hours, pad_to_multiple_of=self.pad_to_multiple_of
-        )
-        return dict(batch)
+        return dict(forecasting_batch(self.tokenizer, list(rows), cutoffs, self.horizon_hours, self.pad_to_multiple_of))
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
