@@ -233,3 +233,10 @@ def test_variant_spellings_can_be_refused(tmp_path):
 def test_a_feature_map_key_is_matched_up_to_case(tmp_path):
     dataset, summary = load_csv(tmp_path, "p1,1.0,Na,140\np1,2.0,NA,141\n", feature_map={"Na": "sodium"})
     assert dataset[0]["feature"] == ["sodium", "sodium"] and summary.skipped_events == {}
+
+
+def test_spreadsheet_serial_dates_are_not_taken_for_hours(tmp_path):
+    with pytest.raises(ValueError, match="look like spreadsheet serial dates"):
+        load_csv(tmp_path, "p1,45292.375,hr,80\np1,45292.5,hr,81\n")  # 2024-01-01 09:00 and 12:00 in Excel
+    dataset, _ = load_csv(tmp_path, "p1,0.5,hr,80\np1,3.0,hr,81\n")  # hours since admission still are hours
+    assert dataset[0]["time"] == [0.5, 3.0]

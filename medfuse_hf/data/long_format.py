@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
 OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them
+# Spreadsheet day numbers of 1954-2173: as hours since admission they would be 2-11 years, which no stay is.
+EXCEL_SERIAL_DAYS = (20_000.0, 100_000.0)
 TableSource = str | Path | pd.DataFrame
 CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$",
                       re.IGNORECASE)
@@ -235,6 +237,10 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | No
         if anchors_are_stamps and is_number.any():
             raise ValueError(f"{name}: times are numbers of hours, but the anchor column holds timestamps: give both as "
                              "timestamps, or both as hours")
+        if anchors is None and numeric.min() >= EXCEL_SERIAL_DAYS[0] and numeric.max() <= EXCEL_SERIAL_DAYS[1]:
+            raise ValueError(f"{name}: every time lies between {numeric.min():,.1f} and {numeric.max():,.1f}: these look "
+                             "like spreadsheet serial dates (days since 1899-12-30), not hours. Export the times as "
+                             "timestamps, or as hours since an anchor (anchor_column)")
         return numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)
     if anchors is not None and not anchors_are_stamps:
         raise ValueError(f"{name}: times are timestamps, but the anchor column holds numbers: give both one way")
