@@ -42,12 +42,14 @@ class EncodedPatient:
     feature_ids: np.ndarray  # int64
     values: np.ndarray  # float32
     times: np.ndarray  # float32, hours
+    positions: np.ndarray | None = None  # each event's place among the patient's events as given (explanations)
 
     def __len__(self) -> int:
         return len(self.feature_ids)
 
     def select(self, index: np.ndarray | slice) -> "EncodedPatient":
-        return EncodedPatient(self.feature_ids[index], self.values[index], self.times[index])
+        positions = None if self.positions is None else self.positions[index]
+        return EncodedPatient(self.feature_ids[index], self.values[index], self.times[index], positions)
 
 
 class MedFuseTokenizer(FeatureExtractionMixin):
@@ -170,6 +172,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             raise ValueError(f"{where} has no events: a patient needs at least one observation to be scored")
         feature_ids = self._feature_ids(features, row_labels, where)
         keep = feature_ids >= 0  # -1 marks events dropped under unknown_features="drop"
+        positions = np.flatnonzero(keep)
         if not keep.all():
             feature_ids, row_labels = feature_ids[keep], [label for label, kept in zip(row_labels, keep) if kept]
             values = [value for value, kept in zip(values, keep) if kept]
@@ -179,7 +182,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         hours = self._hours(times, anchor, row_labels, where)
         normalised = self._values(feature_ids, values, row_labels, where)
         order = np.argsort(hours, kind="stable")
-        events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32), hours[order].astype(np.float32))
+        events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32), hours[order].astype(np.float32),
+                                positions[order])
         return self._truncate(events) if truncate else events
 
     # ----- saving and loading -------------------------------------------------------------------------

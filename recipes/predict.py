@@ -9,6 +9,9 @@ The model's own tokenizer (saved beside it) encodes the events, so the vocabular
 was trained with. Events of features the model does not know are left out and reported by name and count; a
 patient left with no event the model knows is not scored and is counted. `--output` gets one row per scored
 patient (`patient_id`, `probability`, `events_used`), and `<output>.summary.json` what was read, kept and skipped.
+With `--explain K`, `<output>.explanations.csv` lists each patient's K events that moved its risk most (feature,
+hours, value as given, signed attribution to the positive-class logit: Integrated Gradients over the fused tokens,
+`medfuse_hf.training.explanations`; needs `pip install "medfuse-hf[explain]"`).
 """
 
 import argparse
@@ -23,6 +26,7 @@ import torch
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator, load_long_format
+from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config
 
 NO_KNOWN_EVENT = "no event of a feature the model knows"
@@ -53,6 +57,21 @@ def score(model, patients: datasets.Dataset, tokenizer: MedFuseTokenizer, batch_
     return probabilities
 
 
+def write_explanations(model, tokenizer: MedFuseTokenizer, patients: datasets.Dataset, top_k: int, path: Path) -> dict:
+    """Each patient's `top_k` most influential events as rows; returns the integral's largest convergence error."""
+    rows, worst_error = [], 0.0
+    for patient in patients:
+        events, error = explain_patient(model, tokenizer, patient, top_k)
+        worst_error = max(worst_error, error)
+        rows += [{"patient_id": patient["patient_id"], "rank": rank, "feature": event.feature, "hours": event.hours,
+                  "value": patient["value"][event.position], "attribution": event.attribution}
+                 for rank, event in enumerate(events, start=1)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    print(f"the {top_k} events that moved each patient's risk most: {path}")
+    return {"file": str(path), "method": "Integrated Gradients over the fused tokens (Captum)",
+            "largest_convergence_error_logits": worst_error}
+
+
 def prediction_function(args: argparse.Namespace) -> dict:
     patients, load_summary = load_long_format(
         args.events, labels=args.patients, columns=args.columns, feature_map=args.feature_map,
@@ -79,6 +98,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
         "events_skipped_by_loader": dict(load_summary.skipped_events), "loader_notes": dict(load_summary.notes),
         "patients_skipped_by_loader": dict(load_summary.skipped_patients),
     }
+    if args.explain:
+        summary["explanations"] = write_explanations(model, tokenizer, kept, args.explain, output.with_name(output.name + ".explanations.csv"))
     output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if unknown:
         print(f"left out {sum(unknown.values())} events of {len(unknown)} features the model does not know: "
@@ -96,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", help="table with one row per patient (patient_id column), e.g. anchor times")
     parser.add_argument("--output", default="predictions.csv")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--explain", type=int, default=0, metavar="K",
+                        help="also write each patient's K events that moved its risk most")
     datasets.disable_progress_bars()
     args = parse_with_config(parser, argv)
     if not args.events:

@@ -85,3 +85,30 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
          "--feature_map", str(tmp_path / "items.csv"), "--output", str(output)], recipe=ROOT / "recipes" / "predict.py")
     predictions = pd.read_csv(output)
     assert len(predictions) == 160 and predictions["probability"].between(0, 1).all()
+
+
+def test_explanations_name_the_events_that_moved_the_risk_and_add_up_to_it(predict, tmp_path, tokenizer, tiny_config):
+    from medfuse_hf.training.explanations import explain_patient
+
+    model = MedFuseForSequenceClassification(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    output = tmp_path / "predictions.csv"
+    predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"), "--explain", "2",
+                  "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(output)])
+    explanations = pd.read_csv(output.with_name("predictions.csv.explanations.csv"), dtype={"patient_id": str})
+    assert explanations.groupby("patient_id")["rank"].max().to_dict() == {"p1": 2, "p3": 2}
+    p1 = explanations[explanations["patient_id"] == "p1"]
+    # the raw events as given ("<150" kept at its bound 150), never the unknown troponin
+    assert set(zip(p1["feature"], p1["value"])) <= {("sodium", 140.0), ("heart_rate", 88.0), ("sodium", 150.0)}
+    assert p1["attribution"].abs().is_monotonic_decreasing
+
+    patient = {"feature": ["sodium", "heart_rate", "sodium"], "value": [140.0, 88.0, 150.0], "time": [0.5, 1.0, 3.0]}
+    events, error = explain_patient(model, tokenizer, patient, top_k=3, steps=64)
+    batch = tokenizer([patient], return_tensors="pt")
+    baseline = {key: torch.zeros_like(value) for key, value in batch.items() if key != "attention_mask"}
+    with torch.no_grad():
+        gap = model(**batch).logits[0, 1] - model(**baseline, attention_mask=batch["attention_mask"]).logits[0, 1]
+    assert sum(event.attribution for event in events) == pytest.approx(gap.item(), abs=max(2 * error, 1e-3))  # completeness
+    assert sorted(event.position for event in events) == [0, 1, 2]
