@@ -21,7 +21,7 @@ import pandas as pd
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 from transformers.utils import cached_file
 
-from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary
+from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary, unit_key
 from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
 from .timestamps import parse_timestamps
 
@@ -139,6 +139,17 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
             features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
         return BatchFeature(features, tensor_type=return_tensors)
+
+    def check_units(self, units: Mapping[str, str], where: str) -> None:
+        """Refuse data whose features are in other units than this tokenizer's statistics (compared as the transfer
+        code compares them): normalised with the wrong statistics, creatinine in µmol/L would read 88 times too high.
+        Features of unknown unit, here or there, pass."""
+        for name, unit in units.items():
+            if name in self.feature_vocabulary and unit:
+                known = self.feature_vocabulary.spec_of(name).unit
+                if known and unit_key(known) != unit_key(unit):
+                    raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
+                                     f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
 
     def pad(
         self,

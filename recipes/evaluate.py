@@ -29,6 +29,7 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     cohort = load_cohort_from_settings(vars(args))
     split = cohort.labelled(args.split)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
+    tokenizer.check_units(cohort.units, cohort.description)
     collate = MedFuseDataCollator(tokenizer, label_column=cohort.label_column, extra_columns=(ROW_COLUMN,))
     model = MedFuseForSequenceClassification.from_pretrained(args.model_dir)
     model, loader = accelerator.prepare(model, evaluation_loader(split, collate, args.batch_size))

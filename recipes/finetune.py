@@ -54,13 +54,14 @@ MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset on
 }
 
 
-def build_tokenizer(args, train) -> MedFuseTokenizer:
+def build_tokenizer(args, train, units) -> MedFuseTokenizer:
     """The pretrained tokenizer when starting from a checkpoint, else one fitted on the training split. A checkpoint
     has no embedding for a training feature outside its vocabulary: refused, naming them, rather than dropping them
     from training (features only in validation or test are dropped and logged, as `fit_tokenizer` does)."""
     if not args.init_from:
-        return fit_tokenizer(train, args.max_events, args.value_normalization)
+        return fit_tokenizer(train, args.max_events, args.value_normalization, units)
     tokenizer = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
+    tokenizer.check_units(units, f"--init_from {args.init_from}")
     unknown = sorted(name for name in feature_names(train) if name not in tokenizer.feature_vocabulary)
     if unknown:
         raise SystemExit(f"--init_from {args.init_from}: {len(unknown)} training feature(s) are not in its vocabulary "
@@ -110,7 +111,7 @@ def training_function(args: argparse.Namespace) -> dict:
     if len(train) < args.batch_size or positives in (0, len(train)):
         raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, --train_fraction "
                          f"{args.train_fraction}); training needs at least --batch_size ({args.batch_size}) and both classes")
-    tokenizer = build_tokenizer(args, train)
+    tokenizer = build_tokenizer(args, train, cohort.units)
     rate = positives / len(train)
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
 

@@ -79,6 +79,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
         time_format=args.time_format, unit_conversions=args.unit_conversions,
         name_variants=args.name_variants, return_summary=True)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
+    tokenizer.check_units(load_summary.units, ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else ""))
     model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
     counts, unknown = known_events(patients, tokenizer)
     scorable = [index for index, count in enumerate(counts) if count > 0]

@@ -87,7 +87,7 @@ def training_function(args: argparse.Namespace) -> dict:
     else:
         cohort = load_cohort_from_settings({**vars(args), "label_column": None})
         train, validation = cohort.splits["train"], cohort.splits["validation"]
-        tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization)
+        tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
         train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))

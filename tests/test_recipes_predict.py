@@ -112,3 +112,27 @@ def test_explanations_name_the_events_that_moved_the_risk_and_add_up_to_it(predi
         gap = model(**batch).logits[0, 1] - model(**baseline, attention_mask=batch["attention_mask"]).logits[0, 1]
     assert sum(event.attribution for event in events) == pytest.approx(gap.item(), abs=max(2 * error, 1e-3))  # completeness
     assert sorted(event.position for event in events) == [0, 1, 2]
+
+
+def test_events_in_another_unit_than_the_models_are_refused(predict, tmp_path, tokenizer, tiny_config):
+    """The fixture's vocabulary has sodium in mmol/L: mEq/L happens to be equal for sodium, but only a declared
+    conversion may say so."""
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    arguments = ["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
+                 "--columns", "unit=UNIT", "--output", str(tmp_path / "predictions.csv")]
+    (tmp_path / "events.csv").write_text("patient_id,time,feature,value,UNIT\np1,1.0,sodium,140,mEq/L\np1,2.0,heart_rate,80,bpm\n")
+    with pytest.raises(ValueError, match=r"feature 'sodium' is in 'mEq/L', but the model's vocabulary has it in 'mmol/L'"):
+        predict.main(arguments)
+    (tmp_path / "events.csv").write_text("patient_id,time,feature,value,UNIT\np1,1.0,sodium,140,mmol/l\np1,2.0,heart_rate,80,bpm\n")
+    predict.main(arguments)  # the litre's case is no other unit
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == 1
+
+
+def test_a_fitted_tokenizer_records_the_units_its_cohort_was_read_in(cohort):
+    import datasets
+
+    from medfuse_hf.training.cohorts import fit_tokenizer
+
+    tokenizer = fit_tokenizer(datasets.Dataset.from_list(cohort), max_events=64, units={"sodium": "MEQ/L"})
+    assert tokenizer.feature_vocabulary.spec_of("sodium").unit == "MEQ/L"

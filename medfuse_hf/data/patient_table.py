@@ -32,6 +32,7 @@ class LoadSummary:
     skipped_patients: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)  # feature -> the unit its kept values are in, where read
 
     def skip_event(self, reason: str, where: str, count: int = 1) -> None:
         self.skipped_events[reason] += count

@@ -6,7 +6,7 @@ One place maps `--dataset` to a loader and a split protocol, so every recipe rea
 import copy
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import datasets
@@ -44,6 +44,7 @@ class Cohort:
     license: str = "as set by the data owner"
     hub_license: str = "other"  # the Hub's licence id for models trained on it
     citation: str | None = None
+    units: Mapping[str, str] = field(default_factory=dict)  # feature -> the unit its values are in, where read
 
     def labelled(self, split: str) -> datasets.Dataset:
         """The split's patients that have a label (a missing outcome cannot be trained on or scored)."""
@@ -171,11 +172,11 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
     of the labelled patients (unlabeled patients are kept in training, where recipes leave them out)."""
     if not request.events or not request.labels or not request.label_column:
         raise ValueError("--dataset long-format needs --events, --labels and --label_column")
-    patients = load_long_format(
+    patients, summary = load_long_format(
         list(request.events), labels=request.labels, columns=request.columns, feature_map=request.feature_map,
         anchor_column=request.anchor_column, max_hours=request.max_hours, label_column=request.label_column,
         label_map=request.label_map, censored=request.censored, decimal=request.decimal, time_format=request.time_format,
-        unit_conversions=request.unit_conversions, name_variants=request.name_variants)
+        unit_conversions=request.unit_conversions, name_variants=request.name_variants, return_summary=True)
     if request.split_file:
         split = load_split(request.split_file)
     else:
@@ -185,7 +186,7 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
         split["train"] += [patient_id for patient_id, label in zip(patients["patient_id"], labels) if label is None]
     where = str(request.events[0]) + (f" and {len(request.events) - 1} more tables" if len(request.events) > 1 else "")
     return Cohort(apply_split(patients, split, "patient_id"), request.label_column, "patient_id",
-                  f"long-format events from {where}")
+                  f"long-format events from {where}", units=summary.units)
 
 
 COHORT_BUILDERS = {  # --dataset name -> the function that builds its cohort: a new dataset is one entry
@@ -240,7 +241,9 @@ def feature_names(patients) -> set[str]:
     return {str(name) for features in patients["feature"] for name in features}
 
 
-def fit_tokenizer(train, max_events: int, normalization: ValueNormalization = "robust_zscore") -> MedFuseTokenizer:
+def fit_tokenizer(
+    train, max_events: int, normalization: ValueNormalization = "robust_zscore", units: Mapping[str, str] | None = None
+) -> MedFuseTokenizer:
     """A tokenizer whose value statistics come from `train` only, normalising values by `normalization`: the
     canonical clinical vocabulary when every feature is catalogued, else a vocabulary of the cohort's own names
     (synthetic data, an unmapped table).
@@ -253,6 +256,8 @@ def fit_tokenizer(train, max_events: int, normalization: ValueNormalization = "r
         vocabulary = clinical_vocabulary(names).fit_statistics(train, normalization=normalization)
     else:
         vocabulary = FeatureVocabulary.from_events(train, normalization=normalization)
+    if units:  # the units the cohort's values are in, read from its unit column: they describe these statistics
+        vocabulary = FeatureVocabulary([replace(spec, unit=units.get(spec.name, spec.unit)) for spec in vocabulary])
     return MedFuseTokenizer(vocabulary, max_events=max_events, unknown_features="drop")
 
 
