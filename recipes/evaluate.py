@@ -27,6 +27,8 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     output_dir = Path(args.output_dir)
     write_run_info(output_dir, vars(args), accelerator)
     cohort = load_cohort_from_settings(vars(args))
+    if cohort.label_column is None:
+        raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
     tokenizer.check_units(cohort.units, cohort.description)

@@ -98,6 +98,8 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # ----- data ---------------------------------------------------------------------------------------
     cohort = load_cohort_from_settings(vars(args))
+    if cohort.label_column is None:
+        raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     label = cohort.label_column
     splits = {name: cohort.labelled(name) for name in cohort.splits}
     for name, part in splits.items():

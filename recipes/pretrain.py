@@ -85,7 +85,7 @@ def training_function(args: argparse.Namespace) -> dict:
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
         reseed = train.set_epoch
     else:
-        cohort = load_cohort_from_settings({**vars(args), "label_column": None})
+        cohort = load_cohort_from_settings(vars(args))
         train, validation = cohort.splits["train"], cohort.splits["validation"]
         tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]

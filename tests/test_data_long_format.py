@@ -95,3 +95,17 @@ def test_the_shipped_mimic3_item_map_and_unit_conversions_are_the_catalogues():
     assert read_feature_map(str(configs / "mimic3_items.csv")) == {str(item): name for item, name in MIMIC3_ITEMS.items()}
     scale, offset = read_unit_conversions(str(configs / "mimic3_unit_conversions.json"))["temperature"]["?F"]
     assert scale * 98.6 + offset == pytest.approx(37.0)
+
+
+def test_a_long_format_cohort_without_labels_has_none_and_a_labels_table_needs_its_column(tmp_path):
+    from medfuse_hf.training import load_cohort
+
+    events = pd.DataFrame({"patient_id": [f"p{i}" for i in range(20)], "time": [1.0] * 20, "feature": ["hr"] * 20,
+                           "value": [80.0] * 20})
+    events.to_csv(tmp_path / "events.csv", index=False)
+    cohort = load_cohort("long-format", events=(str(tmp_path / "events.csv"),))
+    assert cohort.label_column is None and sum(len(part) for part in cohort.splits.values()) == 20
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,died\n" + "".join(f"p{i},0\n" for i in range(20)))
+    with pytest.raises(ValueError, match="give --labels with --label_column"):
+        load_cohort("long-format", events=(str(tmp_path / "events.csv"),), labels=str(labels))

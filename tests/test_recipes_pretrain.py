@@ -180,3 +180,17 @@ def test_a_source_without_labels_transfers_what_forecasting_pretraining_learned(
          "--finetune_args", tiny, "--output_dir", str(tmp_path / "mismatched")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert mismatched.returncode != 0 and "must fit the target's model" in mismatched.stderr
     assert not (tmp_path / "mismatched" / "source").exists()  # refused before pretraining
+
+
+def test_a_long_format_table_without_labels_pretrains(tmp_path):
+    import pandas as pd
+
+    from medfuse_hf.synthetic import make_sodium_cohort
+
+    rows = [(f"s{patient['record_id']}", time, name, value) for patient in make_sodium_cohort(96, seed=4)
+            for name, value, time in zip(patient["feature"], patient["value"], patient["time"])]
+    pd.DataFrame(rows, columns=["patient_id", "time", "feature", "value"]).to_csv(tmp_path / "events.csv", index=False)
+    run_pretrain(["--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--num_epochs", "1",
+                  "--batch_size", "16", "--hidden_size", "32", "--value_embedding_size", "8", "--intermediate_size", "32",
+                  "--output_dir", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()

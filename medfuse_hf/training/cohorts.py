@@ -37,7 +37,7 @@ P19_EARLY_PROTOCOL = re.compile(r"first-(\d+)h")
 @dataclass
 class Cohort:
     splits: datasets.DatasetDict  # train / validation / test
-    label_column: str
+    label_column: str | None  # None: a cohort without labels, for self-supervised pretraining
     id_column: str
     description: str
     task: str | None = None  # what the label means, for model cards: "in-hospital death", ...
@@ -169,9 +169,12 @@ def parquet_cohort(request: CohortRequest) -> Cohort:
 def long_format_cohort(request: CohortRequest) -> Cohort:
     """A hospital's own long-format event table and labels table, split by `split_file` (JSON of
     train/validation/test patient ids, see `medfuse_hf.data.save_split`) or else a seeded stratified 80/10/10 split
-    of the labelled patients (unlabeled patients are kept in training, where recipes leave them out)."""
-    if not request.events or not request.labels or not request.label_column:
-        raise ValueError("--dataset long-format needs --events, --labels and --label_column")
+    of the labelled patients (unlabeled patients are kept in training, where recipes leave them out). Without
+    `label_column` (self-supervised pretraining) every patient is split at random and the cohort has no label."""
+    if not request.events:
+        raise ValueError("--dataset long-format needs --events")
+    if bool(request.labels) != bool(request.label_column) and not (request.labels and request.anchor_column):
+        raise ValueError("--dataset long-format: give --labels with --label_column (the table only for anchors: --anchor_column)")
     patients, summary = load_long_format(
         list(request.events), labels=request.labels, columns=request.columns, feature_map=request.feature_map,
         anchor_column=request.anchor_column, max_hours=request.max_hours, label_column=request.label_column,
@@ -179,6 +182,8 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
         unit_conversions=request.unit_conversions, name_variants=request.name_variants, return_summary=True)
     if request.split_file:
         split = load_split(request.split_file)
+    elif request.label_column is None:
+        split = stratified_split(patients["patient_id"], [0] * len(patients), seed=request.seed)
     else:
         labels = patients[request.label_column]
         labelled = [patient_id for patient_id, label in zip(patients["patient_id"], labels) if label is not None]
