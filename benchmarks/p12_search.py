@@ -15,7 +15,6 @@ not a proven gain.
 """
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -60,22 +59,34 @@ def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
     interval: where both runs' predictions are on this machine."""
     lines = ["| lever | seed | AUROC gap to the GBM [95% CI] | AUPRC gap to the GBM [95% CI] |", "|---|---:|---|---|"]
     for row in rows:
-        runs = [output_dir / f"{row['lever']}-seed{row['seed']}", table_dir / f"seft-split-gbm_summary-seed{row['seed']}"]
+        runs = [
+            output_dir / f"{row['lever']}-seed{row['seed']}",
+            table_dir / f"seft-split-gbm_summary-seed{row['seed']}",
+        ]
         if not all((run / "test_predictions.csv").exists() for run in runs):
             continue
         lever, gbm = (read_test_predictions(run) for run in runs)
         gbm = gbm.loc[lever.index]
-        figures = [paired_bootstrap_difference(lever["label"], lever["score"], gbm["score"], metric) for metric in ("auroc", "auprc")]
-        lines.append(f"| {row['lever']} | {row['seed']} | " + " | ".join(
-            f"{gap['value']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]" for gap in figures) + " |")
+        figures = [
+            paired_bootstrap_difference(lever["label"], lever["score"], gbm["score"], metric)
+            for metric in ("auroc", "auprc")
+        ]
+        lines.append(
+            f"| {row['lever']} | {row['seed']} | "
+            + " | ".join(f"{gap['value']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]" for gap in figures)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def summarise(rows: list[dict]) -> str:
     """The ledger: one line per lever in search order, mean ± std over the seeds run, whether it was kept, its cost."""
     kept, _ = greedy_path(rows)
-    lines = ["| lever | on top of | kept | seeds | validation AUROC | validation AUPRC | test AUROC | test AUPRC "
-             "| epochs (best) | train s/run |", "|---|---|---|---:|---|---|---|---|---|---:|"]
+    lines = [
+        "| lever | on top of | kept | seeds | validation AUROC | validation AUPRC | test AUROC | test AUPRC "
+        "| epochs (best) | train s/run |",
+        "|---|---|---|---:|---|---|---|---|---|---:|",
+    ]
     for lever in LEVERS:
         cell = [row for row in rows if row["lever"] == lever]
         if not cell:
@@ -84,8 +95,10 @@ def summarise(rows: list[dict]) -> str:
         epochs = "/".join(f"{row['epochs']} ({row['best_epoch']})" for row in cell)
         seconds = sum(row["train_seconds"] for row in cell) / len(cell)
         base = ", ".join(cell[0]["on_top_of"]) or "–"
-        lines.append(f"| {lever} | {base} | {'yes' if lever in kept else 'no'} | {len(cell)} | {' | '.join(figures)} "
-                     f"| {epochs} | {seconds:.0f} |")
+        lines.append(
+            f"| {lever} | {base} | {'yes' if lever in kept else 'no'} | {len(cell)} | {' | '.join(figures)} "
+            f"| {epochs} | {seconds:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -96,8 +109,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "p12-search")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--table_dir", type=Path, default=ROOT / "outputs" / "p12-table",
-                        help="where benchmarks/p12_table.py left the GBM's test predictions")
+    parser.add_argument(
+        "--table_dir",
+        type=Path,
+        default=ROOT / "outputs" / "p12-table",
+        help="where benchmarks/p12_table.py left the GBM's test predictions",
+    )
     parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
     parser.add_argument("--extra_args", default="", help="flags added to every run")
     parser.add_argument("--summary_only", action="store_true")
@@ -114,10 +131,20 @@ def main() -> None:
                     kept, kept_flags = [], []
                 flags = [*BUDGET, *REFERENCE, *kept_flags, *LEVERS[lever], *shlex.split(args.extra_args)]
                 row = finetune_row(flags, "seft-split", seed, args.output_dir / f"{lever}-seed{seed}", args)
-                results.add({"lever": lever, "on_top_of": [k for k in kept if k != "reference"],
-                             "flags": shlex.join([*kept_flags, *LEVERS[lever]]), **row})
-                print(f"{lever} seed {seed}: " + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)
-                      + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)", flush=True)
+                results.add(
+                    {
+                        "lever": lever,
+                        "on_top_of": [k for k in kept if k != "reference"],
+                        "flags": shlex.join([*kept_flags, *LEVERS[lever]]),
+                        **row,
+                    }
+                )
+                print(
+                    f"{lever} seed {seed}: "
+                    + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)
+                    + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)",
+                    flush=True,
+                )
     print(summarise(results.rows))
     print(gaps_to_gbm(results.rows, args.output_dir, args.table_dir))
 

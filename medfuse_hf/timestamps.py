@@ -21,8 +21,10 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
     has_offset = text.str.contains(ISO_OFFSET) & parseable
     naive = parseable & ~has_offset
     if has_offset.any() and naive.any():
-        raise ValueError(f"{places[has_offset].iloc[0]} ({where}): time {text[has_offset].iloc[0]!r} has a UTC offset, "
-                         f"but {places[naive].iloc[0]} ({text[naive].iloc[0]!r}) has none: give every time an offset, or none")
+        raise ValueError(
+            f"{places[has_offset].iloc[0]} ({where}): time {text[has_offset].iloc[0]!r} has a UTC offset, "
+            f"but {places[naive].iloc[0]} ({text[naive].iloc[0]!r}) has none: give every time an offset, or none"
+        )
     if time_format:
         stamps = pd.to_datetime(text, format=time_format, errors="coerce", utc=bool(has_offset.any()))
     else:
@@ -31,8 +33,12 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
         if other_form.any():
             value, place = text[other_form].iloc[0], places[other_form].iloc[0]
             day_month = DAY_MONTH.match(value)
-            why = ("day and month could be either way round" if day_month and max(map(int, day_month.groups())) <= 12
-                   else "it is not ISO 8601 (2020-04-03 10:00)")
-            raise ValueError(f"{place} ({where}): time {value!r}: {why}; give its format (--time_format, e.g. "
-                             "'%d/%m/%Y %H:%M')")
+            why = (
+                "day and month could be either way round"
+                if day_month and max(map(int, day_month.groups())) <= 12
+                else "it is not ISO 8601 (2020-04-03 10:00)"
+            )
+            raise ValueError(
+                f"{place} ({where}): time {value!r}: {why}; give its format (--time_format, e.g. '%d/%m/%Y %H:%M')"
+            )
     return stamps.dt.tz_convert(None) if has_offset.any() else stamps

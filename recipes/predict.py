@@ -46,12 +46,12 @@ def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tup
 
 @torch.no_grad()
 def score(model, patients: datasets.Dataset, tokenizer: MedFuseTokenizer, batch_size: int) -> np.ndarray:
-    """Positive-class probability of each patient, in the dataset's order (batches sorted by length: little padding)."""
+    """Positive-class probability of each patient, in the dataset's order (batches sorted by length: less padding)."""
     collate = MedFuseDataCollator(tokenizer)
     order = np.argsort([len(features) for features in patients["feature"]], kind="stable")
     probabilities = np.empty(len(patients))
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         batch = collate([patients[int(row)] for row in rows])
         probabilities[rows] = model(**batch).logits.float().softmax(dim=-1)[:, 1].numpy()
     return probabilities
@@ -63,21 +63,41 @@ def write_explanations(model, tokenizer: MedFuseTokenizer, patients: datasets.Da
     for patient in patients:
         events, error = explain_patient(model, tokenizer, patient, top_k)
         worst_error = max(worst_error, error)
-        rows += [{"patient_id": patient["patient_id"], "rank": rank, "feature": event.feature, "hours": event.hours,
-                  "value": patient["value"][event.position], "attribution": event.attribution}
-                 for rank, event in enumerate(events, start=1)]
+        rows += [
+            {
+                "patient_id": patient["patient_id"],
+                "rank": rank,
+                "feature": event.feature,
+                "hours": event.hours,
+                "value": patient["value"][event.position],
+                "attribution": event.attribution,
+            }
+            for rank, event in enumerate(events, start=1)
+        ]
     pd.DataFrame(rows).to_csv(path, index=False)
     print(f"the {top_k} events that moved each patient's risk most: {path}")
-    return {"file": str(path), "method": "Integrated Gradients over the fused tokens (Captum)",
-            "largest_convergence_error_logits": worst_error}
+    return {
+        "file": str(path),
+        "method": "Integrated Gradients over the fused tokens (Captum)",
+        "largest_convergence_error_logits": worst_error,
+    }
 
 
 def prediction_function(args: argparse.Namespace) -> dict:
     patients, load_summary = load_long_format(
-        args.events, labels=args.patients, columns=args.columns, feature_map=args.feature_map,
-        anchor_column=args.anchor_column, max_hours=args.max_hours, censored=args.censored, decimal=args.decimal,
-        time_format=args.time_format, unit_conversions=args.unit_conversions,
-        name_variants=args.name_variants, return_summary=True)
+        args.events,
+        labels=args.patients,
+        columns=args.columns,
+        feature_map=args.feature_map,
+        anchor_column=args.anchor_column,
+        max_hours=args.max_hours,
+        censored=args.censored,
+        decimal=args.decimal,
+        time_format=args.time_format,
+        unit_conversions=args.unit_conversions,
+        name_variants=args.name_variants,
+        return_summary=True,
+    )
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
     tokenizer.check_units(load_summary.units, ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else ""))
     model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
@@ -88,23 +108,35 @@ def prediction_function(args: argparse.Namespace) -> dict:
     probabilities = score(model, kept, tokenizer, args.batch_size)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"patient_id": kept["patient_id"], "probability": probabilities,
-                  "events_used": [min(counts[index], tokenizer.max_events) for index in scorable]}).to_csv(output, index=False)
+    pd.DataFrame(
+        {
+            "patient_id": kept["patient_id"],
+            "probability": probabilities,
+            "events_used": [min(counts[index], tokenizer.max_events) for index in scorable],
+        }
+    ).to_csv(output, index=False)
     summary = {
-        "model_dir": str(args.model_dir), "patients_scored": len(scorable),
+        "model_dir": str(args.model_dir),
+        "patients_scored": len(scorable),
         "patients_not_scored": {NO_KNOWN_EVENT: len(skipped)} if skipped else {},
         "patients_not_scored_examples": skipped[:10],
         "unknown_features": dict(unknown.most_common()),  # name -> events left out
-        "events_read": load_summary.events_read, "events_kept_by_loader": load_summary.events_kept,
-        "events_skipped_by_loader": dict(load_summary.skipped_events), "loader_notes": dict(load_summary.notes),
+        "events_read": load_summary.events_read,
+        "events_kept_by_loader": load_summary.events_kept,
+        "events_skipped_by_loader": dict(load_summary.skipped_events),
+        "loader_notes": dict(load_summary.notes),
         "patients_skipped_by_loader": dict(load_summary.skipped_patients),
     }
     if args.explain:
-        summary["explanations"] = write_explanations(model, tokenizer, kept, args.explain, output.with_name(output.name + ".explanations.csv"))
+        summary["explanations"] = write_explanations(
+            model, tokenizer, kept, args.explain, output.with_name(output.name + ".explanations.csv")
+        )
     output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if unknown:
-        print(f"left out {sum(unknown.values())} events of {len(unknown)} features the model does not know: "
-              + ", ".join(f"{name} ({count})" for name, count in unknown.most_common(10)))
+        print(
+            f"left out {sum(unknown.values())} events of {len(unknown)} features the model does not know: "
+            + ", ".join(f"{name} ({count})" for name, count in unknown.most_common(10))
+        )
     if skipped:
         print(f"not scored: {len(skipped)} patients with {NO_KNOWN_EVENT} (e.g. {skipped[:5]})")
     print(f"scored {len(scorable)} patients; predictions in {output}")
@@ -118,8 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", help="table with one row per patient (patient_id column), e.g. anchor times")
     parser.add_argument("--output", default="predictions.csv")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--explain", type=int, default=0, metavar="K",
-                        help="also write each patient's K events that moved its risk most")
+    parser.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write each patient's K events that moved its risk most",
+    )
     datasets.disable_progress_bars()
     args = parse_with_config(parser, argv)
     if not args.events:

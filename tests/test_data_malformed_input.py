@@ -15,14 +15,17 @@ def load_csv(tmp_path, body: str, header: str = HEADER, **kwargs):
     return load_long_format(path, return_summary=True, **kwargs)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("p1,2.0,potassium,3,9\n", r"events.csv, line 2: 5 fields where the header has 4"),  # unquoted decimal comma
-    ("p1,1.0,sodium,140\np1,2.0,potassium,3,9\n", r"events.csv, line 3: 5 fields"),
-    ("p1,2.0,potassium\n", r"events.csv, line 2: 3 fields where the header has 4"),
-    ("p1,1.0,sodium,140\np2,2.0\n", r"events.csv, line 3: 2 fields"),
-    ('p1,1.0,note,"multi\nline"\np2,2.0,x\n', r"events.csv, line 4: 3 fields"),  # a quoted newline counts its line
-    ("", r"events.csv: no event rows, only a header"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("p1,2.0,potassium,3,9\n", r"events.csv, line 2: 5 fields where the header has 4"),  # unquoted decimal comma
+        ("p1,1.0,sodium,140\np1,2.0,potassium,3,9\n", r"events.csv, line 3: 5 fields"),
+        ("p1,2.0,potassium\n", r"events.csv, line 2: 3 fields where the header has 4"),
+        ("p1,1.0,sodium,140\np2,2.0\n", r"events.csv, line 3: 2 fields"),
+        ('p1,1.0,note,"multi\nline"\np2,2.0,x\n', r"events.csv, line 4: 3 fields"),  # a quoted newline counts its line
+        ("", r"events.csv: no event rows, only a header"),
+    ],
+)
 def test_ragged_and_empty_tables_are_errors_naming_file_and_line(tmp_path, body, message):
     with pytest.raises(ValueError, match=message):
         load_csv(tmp_path, body)
@@ -48,10 +51,19 @@ def test_a_byte_order_mark_does_not_hide_the_first_column(tmp_path):
     assert dataset["patient_id"] == ["p1"]
 
 
-@pytest.mark.parametrize("text, bound", [
-    ("<0.01", 0.01), (">100", 100.0), ("<=5", 5.0), (">= 7.5", 7.5), ("LESS THAN 2", 2.0),
-    ("GREATER THAN 500", 500.0), ("greater than 1e3", 1000.0), (" < 3 ", 3.0),
-])
+@pytest.mark.parametrize(
+    "text, bound",
+    [
+        ("<0.01", 0.01),
+        (">100", 100.0),
+        ("<=5", 5.0),
+        (">= 7.5", 7.5),
+        ("LESS THAN 2", 2.0),
+        ("GREATER THAN 500", 500.0),
+        ("greater than 1e3", 1000.0),
+        (" < 3 ", 3.0),
+    ],
+)
 def test_censored_values_are_kept_at_their_bound_and_counted(tmp_path, text, bound):
     dataset, summary = load_csv(tmp_path, f'p1,1.0,troponin,"{text}"\n')
     assert dataset[0]["value"] == [bound]
@@ -84,18 +96,28 @@ def test_integer_and_float_item_ids_from_a_dataframe_are_ids(ids):
 
 
 def labels_case(tmp_path, labels: str, **kwargs):
-    events = pd.DataFrame({"patient_id": ["a", "b", "c"], "time": [0.0] * 3, "feature": ["hr"] * 3, "value": [80.0] * 3})
+    events = pd.DataFrame(
+        {"patient_id": ["a", "b", "c"], "time": [0.0] * 3, "feature": ["hr"] * 3, "value": [80.0] * 3}
+    )
     path = tmp_path / "labels.csv"
     path.write_text("patient_id,died\n" + labels)
     return load_long_format(events, labels=path, label_column="died", return_summary=True, **kwargs)
 
 
-@pytest.mark.parametrize("labels, line, value", [
-    ("a,0\nb,2\nc,1\n", 3, "2"), ("a,yes\nb,no\nc,1\n", 2, "yes"), ("a,0\nb,1\nc,-1\n", 4, "-1"),
-    ("a,0.5\nb,1\nc,0\n", 2, "0.5"), ("a,true\nb,1\nc,0\n", 2, "true"),
-])
+@pytest.mark.parametrize(
+    "labels, line, value",
+    [
+        ("a,0\nb,2\nc,1\n", 3, "2"),
+        ("a,yes\nb,no\nc,1\n", 2, "yes"),
+        ("a,0\nb,1\nc,-1\n", 4, "-1"),
+        ("a,0.5\nb,1\nc,0\n", 2, "0.5"),
+        ("a,true\nb,1\nc,0\n", 2, "true"),
+    ],
+)
 def test_a_label_other_than_0_or_1_names_the_patient_and_line(tmp_path, labels, line, value):
-    with pytest.raises(ValueError, match=rf"labels.csv, line {line}: patient '.' has died '?{value}'?; a binary label"):
+    with pytest.raises(
+        ValueError, match=rf"labels.csv, line {line}: patient '.' has died '?{value}'?; a binary label"
+    ):
         labels_case(tmp_path, labels)
 
 
@@ -116,7 +138,8 @@ def write_p12(tmp_path, record: str, outcome: int = 0):
     folder.mkdir()
     (folder / "132539.txt").write_bytes(record.encode("utf-8"))
     (tmp_path / "Outcomes-a.txt").write_text(
-        "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n" f"132539,6,1,5,-1,{outcome}\n")
+        f"RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n132539,6,1,5,-1,{outcome}\n"
+    )
 
 
 RECORD = "Time,Parameter,Value\n00:00,RecordID,132539\n00:00,Age,54\n00:07,HR,73\n"
@@ -133,24 +156,37 @@ def test_p12_refuses_an_outcome_that_is_not_0_or_1(tmp_path):
         load_physionet2012(tmp_path)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("p1,03/04/2020 10:00,hr,80\np1,05/04/2020 10:00,hr,81\n",
-     r"events.csv:2 \(column time\): time '03/04/2020 10:00': day and month could be either way round"),
-    ("p1,13/04/2020 10:00,hr,80\n", r"events.csv:2 \(column time\): time '13/04/2020 10:00': it is not ISO 8601"),
-    ("p1,2020-04-03T10:00+01:00,hr,80\np1,2020-04-03T11:00,hr,81\n",
-     r"events.csv:2 \(column time\): time '2020-04-03T10:00\+01:00' has a UTC offset, but .*events.csv:3"),
-    ("p1,1.0,hr,80\np1,2.0,hr,81\np1,3:00,hr,82\np1,4.5,hr,83\n",
-     r"events.csv:4: time '3:00' is a timestamp, but the column holds 3 numbers of hours"),
-    ("p1,2020-04-03 10:00,hr,80\np1,2020-04-03 11:00,hr,81\np1,5,hr,82\n",
-     r"events.csv:4: time '5' is a number of hours, but the column holds 2 timestamps"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            "p1,03/04/2020 10:00,hr,80\np1,05/04/2020 10:00,hr,81\n",
+            r"events.csv:2 \(column time\): time '03/04/2020 10:00': day and month could be either way round",
+        ),
+        ("p1,13/04/2020 10:00,hr,80\n", r"events.csv:2 \(column time\): time '13/04/2020 10:00': it is not ISO 8601"),
+        (
+            "p1,2020-04-03T10:00+01:00,hr,80\np1,2020-04-03T11:00,hr,81\n",
+            r"events.csv:2 \(column time\): time '2020-04-03T10:00\+01:00' has a UTC offset, but .*events.csv:3",
+        ),
+        (
+            "p1,1.0,hr,80\np1,2.0,hr,81\np1,3:00,hr,82\np1,4.5,hr,83\n",
+            r"events.csv:4: time '3:00' is a timestamp, but the column holds 3 numbers of hours",
+        ),
+        (
+            "p1,2020-04-03 10:00,hr,80\np1,2020-04-03 11:00,hr,81\np1,5,hr,82\n",
+            r"events.csv:4: time '5' is a number of hours, but the column holds 2 timestamps",
+        ),
+    ],
+)
 def test_times_that_could_be_read_two_ways_are_errors_naming_the_row(tmp_path, body, message):
     with pytest.raises(ValueError, match=message):
         load_csv(tmp_path, body)
 
 
 def test_a_time_format_reads_day_first_dates(tmp_path):
-    dataset, _ = load_csv(tmp_path, "p1,03/04/2020 10:00,hr,80\np1,05/04/2020 10:00,hr,81\n", time_format="%d/%m/%Y %H:%M")
+    dataset, _ = load_csv(
+        tmp_path, "p1,03/04/2020 10:00,hr,80\np1,05/04/2020 10:00,hr,81\n", time_format="%d/%m/%Y %H:%M"
+    )
     assert dataset[0]["time"] == [0.0, 48.0]  # 3 to 5 April, not 4 March to 4 May
 
 
@@ -172,7 +208,9 @@ def test_hours_with_a_timestamp_anchor_are_an_error_not_a_lost_table(tmp_path):
 
 
 def test_an_unparseable_anchor_names_its_patient(tmp_path):
-    with pytest.raises(ValueError, match=r"anchor column 'admitted': patient 'p1' has anchor 'yesterday', which is no time"):
+    with pytest.raises(
+        ValueError, match=r"anchor column 'admitted': patient 'p1' has anchor 'yesterday', which is no time"
+    ):
         anchored(tmp_path, "p1,2020-04-03 10:00,hr,80\n", "yesterday")
 
 
@@ -186,14 +224,23 @@ def test_a_feature_in_two_units_is_an_error_naming_both_and_their_rows(tmp_path)
 
 
 def test_a_declared_conversion_brings_every_row_into_one_unit(tmp_path):
-    dataset, summary = load_csv(tmp_path, TEMPERATURES, header=UNIT_HEADER, columns={"unit": "unit"},
-                                unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9)}})
+    dataset, summary = load_csv(
+        tmp_path,
+        TEMPERATURES,
+        header=UNIT_HEADER,
+        columns={"unit": "unit"},
+        unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9)}},
+    )
     assert dataset[0]["value"] == pytest.approx([37.0, 37.5]) and summary.units == {"temperature": "°C"}
 
 
 def test_units_that_differ_only_in_spelling_are_one_unit(tmp_path):
-    _, summary = load_csv(tmp_path, "p1,1.0,creatinine,1.1,mg/dL\np1,2.0,creatinine,1.2,mg/dl\np1,3.0,creatinine,1.0, mg/dL\n",
-                          header=UNIT_HEADER, columns={"unit": "unit"})
+    _, summary = load_csv(
+        tmp_path,
+        "p1,1.0,creatinine,1.1,mg/dL\np1,2.0,creatinine,1.2,mg/dl\np1,3.0,creatinine,1.0, mg/dL\n",
+        header=UNIT_HEADER,
+        columns={"unit": "unit"},
+    )
     assert summary.units == {"creatinine": "mg/dL"}
 
 
@@ -209,11 +256,15 @@ def test_a_table_left_empty_by_the_feature_map_is_no_error(tmp_path):
     first.write_text(HEADER + "p1,2020-04-03 10:00,hr,80\n")
     second.write_text(HEADER + "p2,2020-04-03 10:00,unmapped,1\n")
     labels = pd.DataFrame({"patient_id": ["p1", "p2"], "admitted": ["2020-04-03 09:00", "2020-04-03 09:00"]})
-    dataset = load_long_format([first, second], labels=labels, anchor_column="admitted", feature_map={"hr": "heart_rate"})
+    dataset = load_long_format(
+        [first, second], labels=labels, anchor_column="admitted", feature_map={"hr": "heart_rate"}
+    )
     assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [1.0]
 
 
-@pytest.mark.parametrize("variant", ["SODIUM", "Sodium", "sodium\u200b", "ѕodium", "sοdium".replace("ο", "о"), "ｓｏｄｉｕｍ"])
+@pytest.mark.parametrize(
+    "variant", ["SODIUM", "Sodium", "sodium\u200b", "ѕodium", "sοdium".replace("ο", "о"), "ｓｏｄｉｕｍ"]
+)
 def test_a_variant_spelling_of_a_known_feature_is_read_as_it_and_counted(tmp_path, variant):
     dataset, summary = load_csv(tmp_path, f'p1,1.0,sodium,140\np1,2.0,"{variant}",141\n')
     assert dataset[0]["feature"] == ["sodium", "sodium"]

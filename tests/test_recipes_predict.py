@@ -27,14 +27,26 @@ def predict():
     return load_script("recipes/predict.py")
 
 
-def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(predict, tmp_path, tokenizer, tiny_config):
+def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
+    predict, tmp_path, tokenizer, tiny_config
+):
     model = MedFuseForSequenceClassification(tiny_config()).eval()
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "events.csv").write_text(EVENTS)
     output = tmp_path / "out" / "predictions.csv"
-    predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
-                  "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(output)])
+    predict.main(
+        [
+            "--model_dir",
+            str(tmp_path / "model"),
+            "--events",
+            str(tmp_path / "events.csv"),
+            "--columns",
+            "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE",
+            "--output",
+            str(output),
+        ]
+    )
 
     predictions = pd.read_csv(output, dtype={"patient_id": str})
     assert predictions["patient_id"].tolist() == ["p1", "p3"]  # p2 has only a feature the model does not know
@@ -66,23 +78,60 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
 
     cohort = make_sodium_cohort(160, seed=3)
     items = {"sodium": "50983", "heart_rate": "220045", "creatinine": "50912"}
-    rows = [(f"s{p['record_id']}", round(time, 3), items[name], value)
-            for p in cohort for name, value, time in zip(p["feature"], p["value"], p["time"])]
+    rows = [
+        (f"s{p['record_id']}", round(time, 3), items[name], value)
+        for p in cohort
+        for name, value, time in zip(p["feature"], p["value"], p["time"])
+    ]
     pd.DataFrame(rows, columns=["SUBJECT_ID", "HOURS", "ITEMID", "VALUE"]).to_csv(tmp_path / "events.csv", index=False)
-    pd.DataFrame({"SUBJECT_ID": [f"s{p['record_id']}" for p in cohort],
-                  "DIED": ["yes" if p["label"] else "no" for p in cohort]}).to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame(
+        {"SUBJECT_ID": [f"s{p['record_id']}" for p in cohort], "DIED": ["yes" if p["label"] else "no" for p in cohort]}
+    ).to_csv(tmp_path / "labels.csv", index=False)
     pd.DataFrame({"ITEMID": list(items.values()), "FEATURE": list(items)}).to_csv(tmp_path / "items.csv", index=False)
     columns = "patient_id=SUBJECT_ID,time=HOURS,feature=ITEMID,value=VALUE"
     model_run = tmp_path / "run"
     tiny = [flag for flag in TINY if flag not in ("--dataset", "synthetic", "--num_patients", "256")]
-    run([*tiny, "--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--labels",
-         str(tmp_path / "labels.csv"), "--label_column", "DIED", "--label_map", "yes=1,no=0", "--columns", columns,
-         "--feature_map", str(tmp_path / "items.csv"), "--num_epochs", "1", "--output_dir", str(model_run)])
+    run(
+        [
+            *tiny,
+            "--dataset",
+            "long-format",
+            "--events",
+            str(tmp_path / "events.csv"),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--label_column",
+            "DIED",
+            "--label_map",
+            "yes=1,no=0",
+            "--columns",
+            columns,
+            "--feature_map",
+            str(tmp_path / "items.csv"),
+            "--num_epochs",
+            "1",
+            "--output_dir",
+            str(model_run),
+        ]
+    )
     assert json.loads((model_run / "test_metrics.json").read_text())["test_patients"] == 16  # 10 % of 160
 
     output = tmp_path / "predictions.csv"
-    run(["--model_dir", str(model_run / "model"), "--events", str(tmp_path / "events.csv"), "--columns", columns,
-         "--feature_map", str(tmp_path / "items.csv"), "--output", str(output)], recipe=ROOT / "recipes" / "predict.py")
+    run(
+        [
+            "--model_dir",
+            str(model_run / "model"),
+            "--events",
+            str(tmp_path / "events.csv"),
+            "--columns",
+            columns,
+            "--feature_map",
+            str(tmp_path / "items.csv"),
+            "--output",
+            str(output),
+        ],
+        recipe=ROOT / "recipes" / "predict.py",
+    )
     predictions = pd.read_csv(output)
     assert len(predictions) == 160 and predictions["probability"].between(0, 1).all()
 
@@ -95,8 +144,20 @@ def test_explanations_name_the_events_that_moved_the_risk_and_add_up_to_it(predi
     tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "events.csv").write_text(EVENTS)
     output = tmp_path / "predictions.csv"
-    predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"), "--explain", "2",
-                  "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(output)])
+    predict.main(
+        [
+            "--model_dir",
+            str(tmp_path / "model"),
+            "--events",
+            str(tmp_path / "events.csv"),
+            "--explain",
+            "2",
+            "--columns",
+            "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE",
+            "--output",
+            str(output),
+        ]
+    )
     explanations = pd.read_csv(output.with_name("predictions.csv.explanations.csv"), dtype={"patient_id": str})
     assert explanations.groupby("patient_id")["rank"].max().to_dict() == {"p1": 2, "p3": 2}
     p1 = explanations[explanations["patient_id"] == "p1"]
@@ -110,7 +171,9 @@ def test_explanations_name_the_events_that_moved_the_risk_and_add_up_to_it(predi
     baseline = {key: torch.zeros_like(value) for key, value in batch.items() if key != "attention_mask"}
     with torch.no_grad():
         gap = model(**batch).logits[0, 1] - model(**baseline, attention_mask=batch["attention_mask"]).logits[0, 1]
-    assert sum(event.attribution for event in events) == pytest.approx(gap.item(), abs=max(2 * error, 1e-3))  # completeness
+    assert sum(event.attribution for event in events) == pytest.approx(
+        gap.item(), abs=max(2 * error, 1e-3)
+    )  # completeness
     assert sorted(event.position for event in events) == [0, 1, 2]
 
 
@@ -119,12 +182,26 @@ def test_events_in_another_unit_than_the_models_are_refused(predict, tmp_path, t
     conversion may say so."""
     MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    arguments = ["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
-                 "--columns", "unit=UNIT", "--output", str(tmp_path / "predictions.csv")]
-    (tmp_path / "events.csv").write_text("patient_id,time,feature,value,UNIT\np1,1.0,sodium,140,mEq/L\np1,2.0,heart_rate,80,bpm\n")
-    with pytest.raises(ValueError, match=r"feature 'sodium' is in 'mEq/L', but the model's vocabulary has it in 'mmol/L'"):
+    arguments = [
+        "--model_dir",
+        str(tmp_path / "model"),
+        "--events",
+        str(tmp_path / "events.csv"),
+        "--columns",
+        "unit=UNIT",
+        "--output",
+        str(tmp_path / "predictions.csv"),
+    ]
+    (tmp_path / "events.csv").write_text(
+        "patient_id,time,feature,value,UNIT\np1,1.0,sodium,140,mEq/L\np1,2.0,heart_rate,80,bpm\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"feature 'sodium' is in 'mEq/L', but the model's vocabulary has it in 'mmol/L'"
+    ):
         predict.main(arguments)
-    (tmp_path / "events.csv").write_text("patient_id,time,feature,value,UNIT\np1,1.0,sodium,140,mmol/l\np1,2.0,heart_rate,80,bpm\n")
+    (tmp_path / "events.csv").write_text(
+        "patient_id,time,feature,value,UNIT\np1,1.0,sodium,140,mmol/l\np1,2.0,heart_rate,80,bpm\n"
+    )
     predict.main(arguments)  # the litre's case is no other unit
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == 1
 

@@ -33,7 +33,8 @@ BLOCKED_IMPORT = textwrap.dedent("""
     patient = [("sodium", 150.0, 2.0), ("heart_rate", 90, 0.5), ("icu_type", "medical", 0.0)]
     with torch.no_grad():
         logits = model(**tokenizer([patient], return_tensors="pt")).logits
-    print(json.dumps({"logits": logits[0].tolist(), "model": type(model).__module__, "tokenizer": type(tokenizer).__name__}))
+    found = {"model": type(model).__module__, "tokenizer": type(tokenizer).__name__}
+    print(json.dumps({"logits": logits[0].tolist(), **found}))
 """)
 
 
@@ -48,8 +49,14 @@ def test_a_saved_checkpoint_loads_and_predicts_where_medfuse_hf_cannot_be_import
         expected = model(**tokenizer([patient], return_tensors="pt")).logits[0]
 
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", PYTHONPATH="")
-    result = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, str(tmp_path / "checkpoint")], env=env,
-                            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKED_IMPORT, str(tmp_path / "checkpoint")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["model"].startswith("transformers_modules") and loaded["tokenizer"] == "MedFuseTokenizer"

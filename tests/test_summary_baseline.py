@@ -9,8 +9,11 @@ from medfuse_hf.training.metrics import accuracy_threshold
 from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm, fit_logistic_regression
 
 STAYS = [
-    {"feature": ["age", "icu_type", "lactate", "lactate", "sodium"], "value": [70.0, 3.0, 4.0, 1.5, 140.0],
-     "time": [0.0, 0.0, 1.0, 30.0, 2.0]},
+    {
+        "feature": ["age", "icu_type", "lactate", "lactate", "sodium"],
+        "value": [70.0, 3.0, 4.0, 1.5, 140.0],
+        "time": [0.0, 0.0, 1.0, 30.0, 2.0],
+    },
     {"feature": ["age", "icu_type", "sodium"], "value": [55.0, 2.0, 150.0], "time": [0.0, 0.0, 5.0]},
 ]
 
@@ -19,7 +22,12 @@ def test_each_statistic_is_computed_from_the_stays_own_events():
     stays = datasets.Dataset.from_list(STAYS)
     table = SummaryTable(stays, categorical=["icu_type"])(stays)
     first = table.iloc[0]
-    assert (first["lactate:first"], first["lactate:last"], first["lactate:min"], first["lactate:max"]) == (4.0, 1.5, 1.5, 4.0)
+    assert (first["lactate:first"], first["lactate:last"], first["lactate:min"], first["lactate:max"]) == (
+        4.0,
+        1.5,
+        1.5,
+        4.0,
+    )
     assert first["lactate:count"] == 2 and first["lactate:last_time"] == 30.0 and first["lactate:mean"] == 2.75
     second = table.iloc[1]
     assert second["lactate:count"] == 0 and np.isnan(second["lactate:last"])  # never measured: missing, not 0
@@ -29,7 +37,9 @@ def test_each_statistic_is_computed_from_the_stays_own_events():
 
 def test_columns_are_fixed_by_the_training_split():
     train = datasets.Dataset.from_list(STAYS)
-    later = datasets.Dataset.from_list([{"feature": ["troponin", "sodium"], "value": [0.2, 135.0], "time": [1.0, 2.0]}])
+    later = datasets.Dataset.from_list(
+        [{"feature": ["troponin", "sodium"], "value": [0.2, 135.0], "time": [1.0, 2.0]}]
+    )
     table = SummaryTable(train, categorical=["icu_type"])
     scored = table(later)
     assert list(scored.columns) == table.columns and "troponin:last" not in scored
@@ -48,8 +58,13 @@ def learnable_split(seed: int, size: int):
     stays, labels = [], []
     for _ in range(size):
         lactate = rng.lognormal(0.3, 0.6, size=3)
-        stays.append({"feature": ["lactate"] * 3 + ["sodium"], "value": [*lactate.tolist(), rng.normal(140, 4)],
-                      "time": [1.0, 10.0, 40.0, 5.0]})
+        stays.append(
+            {
+                "feature": ["lactate"] * 3 + ["sodium"],
+                "value": [*lactate.tolist(), rng.normal(140, 4)],
+                "time": [1.0, 10.0, 40.0, 5.0],
+            }
+        )
         labels.append(int(lactate[-1] + rng.normal(0, 0.3) > 2.2))
     return datasets.Dataset.from_list(stays), np.array(labels)
 
@@ -62,11 +77,14 @@ def test_the_baselines_learn_from_the_table_and_are_chosen_on_validation(fit, mo
     parts = {name: learnable_split(seed, 300) for seed, name in enumerate(("train", "validation", "test"))}
     table = SummaryTable(parts["train"][0])
     frames = {name: table(stays) for name, (stays, _) in parts.items()}
-    result = fit((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]),
-                 frames["test"], seed=0)
+    result = fit(
+        (frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]), frames["test"], seed=0
+    )
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    assert result.validation_metric == pytest.approx(average_precision_score(parts["validation"][1], result.validation_scores))
+    assert result.validation_metric == pytest.approx(
+        average_precision_score(parts["validation"][1], result.validation_scores)
+    )
     assert roc_auc_score(parts["test"][1], result.test_scores) > 0.85
     assert result.test_scores.shape == (300,)
 

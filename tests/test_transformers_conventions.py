@@ -16,7 +16,13 @@ def batch(tokenizer, cohort, size=4):
 
 
 def main_output(output) -> torch.Tensor:
-    return output.logits if hasattr(output, "logits") else output.forecast if hasattr(output, "forecast") else output.pooler_output
+    return (
+        output.logits
+        if hasattr(output, "logits")
+        else output.forecast
+        if hasattr(output, "forecast")
+        else output.pooler_output
+    )
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -102,7 +108,9 @@ def test_eager_input_checks_still_name_the_fault(tokenizer, cohort, tiny_config)
 
 
 @pytest.mark.parametrize("head", HEADS)
-def test_resizing_grows_every_per_feature_table_and_the_model_reloads(tmp_path, tokenizer, cohort, tiny_config, head, fusion):
+def test_resizing_grows_every_per_feature_table_and_the_model_reloads(
+    tmp_path, tokenizer, cohort, tiny_config, head, fusion
+):
     model = head(tiny_config(fusion=fusion)).eval()
     old_size = model.config.vocab_size
     before = {name: table.detach().clone() for name, (table, _) in model.per_feature_tables().items()}
@@ -113,8 +121,14 @@ def test_resizing_grows_every_per_feature_table_and_the_model_reloads(tmp_path, 
         assert table.shape[0] == old_size + 3, name
         torch.testing.assert_close(table[:old_size], before[name])  # existing features keep what they learnt
     if fusion == "multiplicative":  # a new feature starts where MuFuse starts every feature: γ = 1, β = 0
-        gamma, beta = (tables[f"{model.base_model_prefix}.embeddings.value_fusion.{n}" if head is not MedFuseModel
-                              else f"embeddings.value_fusion.{n}"][0] for n in ("gamma", "beta"))
+        gamma, beta = (
+            tables[
+                f"{model.base_model_prefix}.embeddings.value_fusion.{n}"
+                if head is not MedFuseModel
+                else f"embeddings.value_fusion.{n}"
+            ][0]
+            for n in ("gamma", "beta")
+        )
         assert torch.all(gamma[old_size:] == 1) and torch.all(beta[old_size:] == 0)
     inputs = batch(tokenizer, cohort)
     inputs["feature_ids"][0, 0] = old_size + 2  # a feature id the model did not have before
@@ -152,11 +166,21 @@ def test_the_trainer_flow_works_with_default_arguments(tmp_path, tokenizer, coho
     trainer = Trainer(model, args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
     result = trainer.train()
     assert result.global_step == 3 and result.training_loss > 0
-    grouped = TrainingArguments(output_dir=str(tmp_path), max_steps=2, use_cpu=True, report_to="none",
-                                train_sampling_strategy="group_by_length")  # transformers 5 name
+    grouped = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        use_cpu=True,
+        report_to="none",
+        train_sampling_strategy="group_by_length",
+    )  # transformers 5 name
     # lengths come from the processing class's main input, feature_ids: no hand-made `length` column
-    grouped_trainer = Trainer(model, grouped, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
-                              processing_class=tokenizer)
+    grouped_trainer = Trainer(
+        model,
+        grouped,
+        train_dataset=train,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
     assert grouped_trainer.train().global_step == 2
 
 
@@ -177,9 +201,18 @@ def test_the_collator_reads_torch_formatted_rows_with_categorical_features(cohor
     from medfuse_hf.data import MedFuseDataCollator
 
     numeric = FeatureVocabulary.from_events(cohort)
-    tokenizer = MedFuseTokenizer(FeatureVocabulary([*numeric, FeatureSpec(name="gender", kind="categorical", categories=["0", "1"])]))
-    patients = [dict(patient, feature=["gender", *patient["feature"]], value=[float(index % 2), *patient["value"]],
-                     time=[0.0, *patient["time"]]) for index, patient in enumerate(cohort[:4])]
+    tokenizer = MedFuseTokenizer(
+        FeatureVocabulary([*numeric, FeatureSpec(name="gender", kind="categorical", categories=["0", "1"])])
+    )
+    patients = [
+        dict(
+            patient,
+            feature=["gender", *patient["feature"]],
+            value=[float(index % 2), *patient["value"]],
+            time=[0.0, *patient["time"]],
+        )
+        for index, patient in enumerate(cohort[:4])
+    ]
     collate = MedFuseDataCollator(tokenizer, label_column="label")
     as_torch = collate(list(datasets.Dataset.from_list(patients).with_format("torch")))
     plain = collate(patients)
@@ -211,12 +244,16 @@ def test_input_embeddings_can_be_read_and_replaced(tiny_config):
     assert model.get_input_embeddings() is replacement
 
 
-def test_weights_a_checkpoint_lacks_are_initialised_not_left_on_the_meta_device(tmp_path, tokenizer, cohort, tiny_config):
+def test_weights_a_checkpoint_lacks_are_initialised_not_left_on_the_meta_device(
+    tmp_path, tokenizer, cohort, tiny_config
+):
     MedFuseModel(tiny_config()).save_pretrained(tmp_path)  # an encoder: no classification head
     model = MedFuseForSequenceClassification.from_pretrained(tmp_path).eval()
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         assert tensor.device.type == "cpu" and torch.isfinite(tensor.float()).all(), name
-    assert model.medfuse.embeddings.is_categorical.sum() == len(model.config.categorical_feature_ids)  # a buffer, rebuilt
+    assert model.medfuse.embeddings.is_categorical.sum() == len(
+        model.config.categorical_feature_ids
+    )  # a buffer, rebuilt
     assert torch.isfinite(model(**batch(tokenizer, cohort)).logits).all()
 
 

@@ -30,20 +30,31 @@ def explain_patient(
     from captum.attr import LayerIntegratedGradients  # the optional `explain` extra
 
     events = tokenizer.encode_patient(patient)
-    batch = tokenizer.pad([{"feature_ids": events.feature_ids, "values": events.values, "times": events.times}],
-                          return_tensors="pt")
+    batch = tokenizer.pad(
+        [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times}], return_tensors="pt"
+    )
     mask = batch["attention_mask"]
 
     def positive_logit(feature_ids, values, times):
-        return model(feature_ids=feature_ids, values=values, times=times, attention_mask=mask.expand(len(feature_ids), -1)).logits[:, 1]
+        return model(
+            feature_ids=feature_ids, values=values, times=times, attention_mask=mask.expand(len(feature_ids), -1)
+        ).logits[:, 1]
 
     integrated = LayerIntegratedGradients(positive_logit, model.base_model.embeddings)
     inputs = (batch["feature_ids"], batch["values"], batch["times"])
     baselines = tuple(torch.zeros_like(tensor) for tensor in inputs)
-    attributions, error = integrated.attribute(inputs, baselines=baselines, n_steps=steps, internal_batch_size=steps,
-                                               return_convergence_delta=True)
+    attributions, error = integrated.attribute(
+        inputs, baselines=baselines, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
+    )
     per_event = attributions.sum(dim=-1)[0].detach().double().numpy()  # (num_events,)
     order = np.argsort(-np.abs(per_event), kind="stable")[:top_k]
     vocabulary = tokenizer.feature_vocabulary
-    return [EventAttribution(int(events.positions[i]), vocabulary.spec_of(int(events.feature_ids[i])).name,
-                             float(events.times[i]), float(per_event[i])) for i in order], float(error.abs().max())
+    return [
+        EventAttribution(
+            int(events.positions[i]),
+            vocabulary.spec_of(int(events.feature_ids[i])).name,
+            float(events.times[i]),
+            float(per_event[i]),
+        )
+        for i in order
+    ], float(error.abs().max())

@@ -28,7 +28,8 @@ from .metrics import RANKING_SCORES
 SUMMARY_STATISTICS = ("first", "last", "min", "max", "mean", "std", "count", "last_time")
 GBM_SETTINGS = tuple(  # a small grid, chosen on validation only
     {"learning_rate": rate, "max_leaf_nodes": leaves, "l2_regularization": 1.0, "min_samples_leaf": 40}
-    for rate in (0.03, 0.1) for leaves in (15, 31)
+    for rate in (0.03, 0.1)
+    for leaves in (15, 31)
 )
 GBM_MAX_ITERATIONS = 1500
 LOGISTIC_C = (0.003, 0.01, 0.03, 0.1, 1.0)
@@ -44,7 +45,9 @@ class SummaryTable:
     def __init__(self, train: datasets.Dataset, categorical: Sequence[str] = ()):
         self.categorical = set(categorical)
         table = self._table(train)
-        self.columns = list(table.columns[table.notna().any()])  # a statistic never defined (the std of age) adds nothing
+        self.columns = list(
+            table.columns[table.notna().any()]
+        )  # a statistic never defined (the std of age) adds nothing
 
     def __call__(self, patients: datasets.Dataset) -> pd.DataFrame:
         table = self._table(patients).reindex(columns=self.columns)
@@ -62,7 +65,9 @@ class SummaryTable:
         numeric.columns = [f"{feature}:{statistic}" for statistic, feature in numeric.columns]
         numeric = numeric[sorted(numeric.columns)]
         levels = events[is_categorical].groupby(["stay", "feature"], sort=False)["value"].last().reset_index()
-        names = pd.Series([f"{feature}={value:g}" for feature, value in zip(levels["feature"], levels["value"])], dtype=object)
+        names = pd.Series(
+            [f"{feature}={value:g}" for feature, value in zip(levels["feature"], levels["value"])], dtype=object
+        )
         one_hot = pd.crosstab(levels["stay"].to_numpy(), names.to_numpy()).clip(upper=1) if len(names) else None
         return pd.concat([numeric, one_hot], axis=1).astype(float).reindex(index=range(len(patients)))
 
@@ -72,12 +77,18 @@ def _flat_events(patients: datasets.Dataset) -> pd.DataFrame:
     object per event; events keep their time order within a stay, so `first`/`last` are the first and last."""
     table = patients.select_columns(["feature", "value", "time"]).with_format("arrow")[:]  # a split's own rows
     feature = table.column("feature").combine_chunks()
-    return pd.DataFrame({
-        "stay": pc.list_parent_indices(feature).to_numpy(),
-        "feature": feature.flatten().to_numpy(zero_copy_only=False),
-        "value": table.column("value").combine_chunks().flatten().cast(pa.float64()).to_numpy(zero_copy_only=False),
-        "time": table.column("time").combine_chunks().flatten().cast(pa.float64()).to_numpy(zero_copy_only=False),
-    })
+    return pd.DataFrame(
+        {
+            "stay": pc.list_parent_indices(feature).to_numpy(),
+            "feature": feature.flatten().to_numpy(zero_copy_only=False),
+            "value": table.column("value")
+            .combine_chunks()
+            .flatten()
+            .cast(pa.float64())
+            .to_numpy(zero_copy_only=False),
+            "time": table.column("time").combine_chunks().flatten().cast(pa.float64()).to_numpy(zero_copy_only=False),
+        }
+    )
 
 
 @dataclass
@@ -104,15 +115,18 @@ def fit_gbm(
     changes the model, as a seed does for the neural models."""
     validation_labels, best = np.asarray(validation[1]), None  # an array: sklearn re-checks a list at every stage
     for setting in GBM_SETTINGS:
-        model = HistGradientBoostingClassifier(max_iter=GBM_MAX_ITERATIONS, early_stopping=False, max_features=0.5,
-                                               random_state=seed, **setting).fit(*train)
+        model = HistGradientBoostingClassifier(
+            max_iter=GBM_MAX_ITERATIONS, early_stopping=False, max_features=0.5, random_state=seed, **setting
+        ).fit(*train)
         staged = [scores[:, 1] for scores in model.staged_predict_proba(validation[0])]
         by_iteration = [RANKING_SCORES[metric](validation_labels, scores) for scores in staged]
         iteration = int(np.argmax(by_iteration))
         if best is None or by_iteration[iteration] > best[0]:
             best = (by_iteration[iteration], {**setting, "iterations": iteration + 1}, model, staged[iteration])
     score, settings, model, validation_scores = best
-    test_scores = next(s[:, 1] for i, s in enumerate(model.staged_predict_proba(test)) if i + 1 == settings["iterations"])
+    test_scores = next(
+        s[:, 1] for i, s in enumerate(model.staged_predict_proba(test)) if i + 1 == settings["iterations"]
+    )
     return BaselineFit(settings, validation_scores, test_scores, score)
 
 
@@ -128,8 +142,11 @@ def fit_logistic_regression(
     The fit is deterministic, so every seed gives the same model."""
     best = None
     for c in LOGISTIC_C:
-        model = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
-                              StandardScaler(), LogisticRegression(C=c, max_iter=5000, random_state=seed))
+        model = make_pipeline(
+            SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+            StandardScaler(),
+            LogisticRegression(C=c, max_iter=5000, random_state=seed),
+        )
         model.fit(*train)
         validation_scores = model.predict_proba(validation[0])[:, 1]
         score = RANKING_SCORES[metric](validation[1], validation_scores)
