@@ -45,9 +45,8 @@ class SummaryTable:
     def __init__(self, train: datasets.Dataset, categorical: Sequence[str] = ()):
         self.categorical = set(categorical)
         table = self._table(train)
-        self.columns = list(
-            table.columns[table.notna().any()]
-        )  # a statistic never defined (the std of age) adds nothing
+        # a statistic never defined in training (the std of a once-measured descriptor) adds nothing
+        self.columns = list(table.columns[table.notna().any()])
 
     def __call__(self, patients: datasets.Dataset) -> pd.DataFrame:
         table = self._table(patients).reindex(columns=self.columns)
@@ -65,10 +64,10 @@ class SummaryTable:
         numeric.columns = [f"{feature}:{statistic}" for statistic, feature in numeric.columns]
         numeric = numeric[sorted(numeric.columns)]
         levels = events[is_categorical].groupby(["stay", "feature"], sort=False)["value"].last().reset_index()
-        names = pd.Series(
-            [f"{feature}={value:g}" for feature, value in zip(levels["feature"], levels["value"])], dtype=object
-        )
-        one_hot = pd.crosstab(levels["stay"].to_numpy(), names.to_numpy()).clip(upper=1) if len(names) else None
+        names = [f"{feature}={value:g}" for feature, value in zip(levels["feature"], levels["value"])]
+        one_hot = None
+        if names:
+            one_hot = pd.crosstab(levels["stay"].to_numpy(), np.array(names, dtype=object)).clip(upper=1)
         return pd.concat([numeric, one_hot], axis=1).astype(float).reindex(index=range(len(patients)))
 
 
