@@ -234,8 +234,15 @@ class MedFuseTokenizer(FeatureExtractionMixin):
 
     def _publishable(self, repo_id: str, min_patients: int) -> MedFuseTokenizer:
         public = copy.copy(self)
-        public.feature_vocabulary = publishable_vocabulary(self.feature_vocabulary, repo_id, min_patients)
+        public.apply_privacy_guard(repo_id, min_patients)
         return public
+
+    def apply_privacy_guard(self, repo_id: str, min_patients: int = DEFAULT_MIN_PATIENTS) -> None:
+        """Replace this tokenizer's vocabulary by the form that may leave the hospital (`publishable_vocabulary`),
+        or refuse: for uploads that save this very object, as `Trainer.push_to_hub` does (`TokenizerPrivacyCallback`).
+        Only counts change (rounded to tens), so encoding is unchanged."""
+        self.feature_vocabulary = publishable_vocabulary(self.feature_vocabulary, repo_id, min_patients)
+        self._build_tables()
 
     def push_to_hub(self, repo_id: str, *, min_patients_for_statistics: int = DEFAULT_MIN_PATIENTS, **kwargs) -> Any:
         """Upload under the privacy guard of `save_pretrained(push_to_hub=True)`; the exact statistics stay here."""

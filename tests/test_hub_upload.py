@@ -17,10 +17,10 @@ import huggingface_hub.constants
 import pytest
 import transformers.utils.hub
 
-from medfuse_hf import FeatureVocabulary, MedFuseTokenizer
+from medfuse_hf import FeatureVocabulary, MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.feature_embeddings import privacy_guarded, push_feature_embeddings
 from medfuse_hf.synthetic import make_sodium_cohort
-from medfuse_hf.training.publishing import push_run
+from medfuse_hf.training.publishing import TokenizerPrivacyCallback, push_run
 
 TOKEN = "hf_stand_in_token"
 REPO_ROUTE = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit)/main")
@@ -190,21 +190,40 @@ def rare_feature_tokenizer() -> MedFuseTokenizer:
     return MedFuseTokenizer(FeatureVocabulary.from_events(patients))
 
 
-@pytest.mark.parametrize("upload", ["push_to_hub", "save_pretrained"])
+def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir) -> None:
+    """`Trainer.push_to_hub` with the tokenizer as processing class, under `TokenizerPrivacyCallback`."""
+    from transformers import Trainer, TrainingArguments
+
+    config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), hidden_size=8, value_embedding_size=4,
+                           value_projector_hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", hub_model_id=repo_id, hub_token=TOKEN)
+    trainer = Trainer(MedFuseForSequenceClassification(config), args, processing_class=tokenizer,
+                      callbacks=[TokenizerPrivacyCallback()])
+    trainer.push_to_hub()
+
+
+@pytest.mark.parametrize("upload", ["push_to_hub", "save_pretrained", "Trainer.push_to_hub"])
 def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
     """transformers' own upload paths of the tokenizer: counts rounded to tens, a rare feature refused."""
     def push(tokenizer, repo_id):
         if upload == "push_to_hub":
             tokenizer.push_to_hub(repo_id, token=TOKEN)
-        else:
+        elif upload == "save_pretrained":
             tokenizer.save_pretrained(tmp_path / repo_id.split("/")[1], push_to_hub=True, repo_id=repo_id, token=TOKEN)
+        else:
+            trainer_push(tokenizer, repo_id, tmp_path / repo_id.split("/")[1])
 
-    common = MedFuseTokenizer(FeatureVocabulary.from_events(make_sodium_cohort(57, seed=2)))
+    cohort = make_sodium_cohort(57, seed=2)
+    common, exact = (MedFuseTokenizer(FeatureVocabulary.from_events(cohort)) for _ in range(2))
     push(common, "hospital-a/tokenizer")
     uploaded = json.loads(hub.repos["hospital-a/tokenizer"]["files"]["feature_vocabulary.json"])
     assert [feature["statistics"]["num_patients"] for feature in uploaded["features"]] == [50, 50, 50]  # 57, rounded
     assert FeatureVocabulary.from_dict(uploaded) == privacy_guarded(common.feature_vocabulary)[0]
-    assert common.feature_vocabulary.spec_of("sodium").statistics.num_patients == 57  # the exact copy stays here
+    if upload == "Trainer.push_to_hub":  # the Trainer saves this very object: guarded in place, encoding unchanged
+        assert common.feature_vocabulary == privacy_guarded(exact.feature_vocabulary)[0]
+        assert common(cohort, return_tensors="np")["values"].tolist() == exact(cohort, return_tensors="np")["values"].tolist()
+    else:
+        assert common.feature_vocabulary.spec_of("sodium").statistics.num_patients == 57  # the exact copy stays here
 
     requests = len(hub.requests)
     with pytest.raises(ValueError, match="refusing to push hospital-a/rare: its tokenizer normalises rare_lab"):

@@ -4,6 +4,7 @@ from .checkpointing import CorruptCheckpointError, load_checkpoint, resolve_chec
 from .cohorts import Cohort, load_cohort
 from .evaluation import predict
 from .metrics import CLINICAL_METRICS, binary_metrics, bootstrap_intervals, trainer_compute_metrics
+from .publishing import TokenizerPrivacyCallback
 from .tracking import JSONLinesTracker, read_metrics
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Cohort",
     "CorruptCheckpointError",
     "JSONLinesTracker",
+    "TokenizerPrivacyCallback",
     "binary_metrics",
     "bootstrap_intervals",
     "load_checkpoint",

@@ -4,9 +4,10 @@ checkpoint with its own card, ready for `push_to_hub` or for another hospital's 
 from pathlib import Path
 
 from huggingface_hub import HfApi
+from transformers import TrainerCallback
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import VOCABULARY_FILE, export_feature_embeddings, publishable_vocabulary, push_feature_embeddings
+from ..feature_embeddings import DEFAULT_MIN_PATIENTS, VOCABULARY_FILE, export_feature_embeddings, publishable_vocabulary, push_feature_embeddings
 from ..feature_vocabulary import FeatureVocabulary
 from ..model_card import architecture_of, render_model_card
 from ..tokenization_medfuse import MedFuseTokenizer
@@ -126,3 +127,19 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
                                    repo_id=repo_id, commit_message="Model card")  # the Hub checks its metadata
     return push_feature_embeddings(output_dir / "feature_embeddings", embeddings_repo_id(repo_id), token=token)
+
+
+class TokenizerPrivacyCallback(TrainerCallback):
+    """`Trainer.push_to_hub` (and `push_to_hub=True` training) uploads the folder the tokenizer was saved to, exact
+    statistics included: transformers gives a processing class no say in it. Passed in `callbacks=`, this applies
+    the tokenizer's privacy guard at `on_push_begin`, before the Trainer saves and uploads, so the repo gets counts
+    rounded to tens, and a tokenizer that normalises a feature of fewer than `min_patients` patients is refused
+    before any file is sent."""
+
+    def __init__(self, min_patients: int = DEFAULT_MIN_PATIENTS):
+        self.min_patients = min_patients
+
+    def on_push_begin(self, args, state, control, processing_class=None, **kwargs) -> None:
+        if isinstance(processing_class, MedFuseTokenizer):
+            repo_id = args.hub_model_id or Path(args.output_dir).name
+            processing_class.apply_privacy_guard(repo_id, self.min_patients)
