@@ -7,7 +7,13 @@ from huggingface_hub import HfApi
 from transformers import TrainerCallback
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import DEFAULT_MIN_PATIENTS, VOCABULARY_FILE, export_feature_embeddings, publishable_vocabulary, push_feature_embeddings
+from ..feature_embeddings import (
+    DEFAULT_MIN_PATIENTS,
+    VOCABULARY_FILE,
+    export_feature_embeddings,
+    publishable_vocabulary,
+    push_feature_embeddings,
+)
 from ..feature_vocabulary import FeatureVocabulary
 from ..model_card import architecture_of, render_model_card
 from ..tokenization_medfuse import MedFuseTokenizer
