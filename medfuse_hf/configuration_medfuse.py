@@ -69,6 +69,9 @@ class MedFuseConfig(PreTrainedConfig):
             Weight of class 1 in binary focal loss (class 0 gets 1 - α); `None` weights classes equally.
         class_weights (`list[float]`, *optional*):
             Per-class weights of the cross-entropy loss (e.g. inverse class frequency for rare outcomes).
+        pretraining_objective (`str`, defaults to `"forecasting"`):
+            The head of `MedFuseForPreTraining`: `"forecasting"` (each feature's value after a cut-off, from the
+            patient vector) or `"masked_values"` (hidden values, each from its own token state).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialiser of linear layers.
     """
@@ -98,6 +101,7 @@ class MedFuseConfig(PreTrainedConfig):
     focal_gamma: float | int = 2.0
     focal_alpha: float | None = None
     class_weights: list[float] | None = None
+    pretraining_objective: Literal["forecasting", "masked_values"] = "forecasting"
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
 

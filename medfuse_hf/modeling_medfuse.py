@@ -199,9 +199,15 @@ class MedFuseEmbeddings(nn.Module):
         mask[self.categorical_feature_ids] = True
         return mask
 
-    def forward(self, feature_ids: torch.Tensor, values: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, feature_ids: torch.Tensor, values: torch.Tensor, times: torch.Tensor, value_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         feature_embeds = self.feature_embeddings(feature_ids)  # (B, T, d)
         tokens = self.value_fusion(feature_embeds, feature_ids, values)
+        if value_mask is not None:
+            # Masked-value pretraining: a hidden value's token is its feature identity alone, e_f (MuFuse with no
+            # modulation), so the model knows what was measured and when, not what came out; no new parameter.
+            tokens = torch.where(value_mask.bool().unsqueeze(-1), feature_embeds, tokens)
         if self.categorical_fusion is not None:
             # `torch.where` keeps shapes static (compile-friendly); numeric tokens get category id 0.
             categorical = self.is_categorical[feature_ids]  # (B, T)
@@ -457,6 +463,7 @@ class MedFuseModel(MedFusePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        value_mask: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
         r"""
         feature_ids (`torch.LongTensor` of shape `(batch_size, num_events)`):
@@ -473,6 +480,8 @@ class MedFuseModel(MedFusePreTrainedModel):
             Return the token states after the embeddings and after each layer.
         return_dict (`bool`, *optional*):
             `False` returns a tuple of the output's non-`None` fields, in order.
+        value_mask (`torch.Tensor` of shape `(batch_size, num_events)`, *optional*):
+            1 where an event's value is hidden (masked-value pretraining): its token keeps the feature and the time.
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -481,7 +490,7 @@ class MedFuseModel(MedFusePreTrainedModel):
         self._check_inputs(feature_ids, values, times, attention_mask)
         attention_mask = attention_mask.bool()
         key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
-        hidden_states = self.embeddings(feature_ids, values, times)
+        hidden_states = self.embeddings(feature_ids, values, times, value_mask)
         all_hidden_states, all_attentions = [hidden_states], []
         for layer in self.layers:
             hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
@@ -598,9 +607,11 @@ class MedFuseForSequenceClassification(MedFusePreTrainedModel):
 class MedFuseForPreTrainingOutput(ModelOutput):
     """
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
-        Masked MSE between forecast and observed normalised values.
-    forecast (`torch.FloatTensor` of shape `(batch_size, vocab_size)`):
-        Predicted normalised value of every feature in the forecast window.
+        The objective's MSE over its targets (observed window features, or hidden values), when they are given.
+    forecast (`torch.FloatTensor` of shape `(batch_size, vocab_size)`, *optional*):
+        Forecasting: predicted normalised value of every feature in the forecast window.
+    masked_value_predictions (`torch.FloatTensor` of shape `(batch_size, num_events)`, *optional*):
+        Masked values: each event's value predicted from its own token state.
     pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The patient vector the forecast was made from.
     hidden_states, attentions:
@@ -609,23 +620,31 @@ class MedFuseForPreTrainingOutput(ModelOutput):
 
     loss: torch.Tensor | None = None
     forecast: torch.Tensor | None = None
+    masked_value_predictions: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class MedFuseForPreTraining(MedFusePreTrainedModel):
-    """Self-supervised forecasting (STraTS-style): from the events before a cut-off, predict each feature's value in
-    the window after it. Only features observed in the window count in the loss, so unlabeled cohorts can pretrain.
+    """Self-supervised pretraining on unlabeled cohorts, with the head of `config.pretraining_objective`:
+
+    - `"forecasting"` (STraTS-style, `ForecastingCollator`): from the events before a cut-off, predict each
+      feature's mean value in the window after it, from the patient vector. Features unobserved in the window are
+      masked out of the loss.
+    - `"masked_values"` (`MaskedValueCollator`): the values of a share of the numeric events are hidden, and each
+      is predicted from its own token state through its feature's row of the head (BERT's masked tokens, for
+      values).
     """
 
     def __init__(self, config: MedFuseConfig):
         super().__init__(config)
         self.medfuse = MedFuseModel(config)
-        self.forecast_head = nn.Linear(config.hidden_size, config.vocab_size)  # a row per feature
+        head = "forecast_head" if config.pretraining_objective == "forecasting" else "masked_value_head"
+        setattr(self, head, nn.Linear(config.hidden_size, config.vocab_size))  # a row per feature
         std = config.initializer_range
-        self.feature_tables = {"forecast_head.weight": lambda rows: init.normal_(rows, mean=0.0, std=std),
-                               "forecast_head.bias": init.zeros_}
+        self.feature_tables = {f"{head}.weight": lambda rows: init.normal_(rows, mean=0.0, std=std),
+                               f"{head}.bias": init.zeros_}
         self.post_init()
 
     @can_return_tuple
@@ -637,27 +656,52 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         forecast_values: torch.Tensor | None = None,
         forecast_mask: torch.Tensor | None = None,
+        value_mask: torch.Tensor | None = None,
+        masked_values: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> MedFuseForPreTrainingOutput:
         r"""
         forecast_values (`torch.FloatTensor` of shape `(batch_size, vocab_size)`, *optional*):
-            Normalised value of each feature in the forecast window (any number where unobserved).
+            Forecasting: normalised value of each feature in the forecast window (any number where unobserved).
         forecast_mask (`torch.Tensor` of shape `(batch_size, vocab_size)`, *optional*):
-            1 where the feature was observed in the window; required with `forecast_values`.
+            Forecasting: 1 where the feature was observed in the window; required with `forecast_values`.
+        value_mask (`torch.Tensor` of shape `(batch_size, num_events)`, *optional*):
+            Masked values (required): 1 where an event's value is hidden from the model.
+        masked_values (`torch.FloatTensor` of shape `(batch_size, num_events)`, *optional*):
+            Masked values: the hidden normalised values, read where `value_mask` is 1.
         """
-        outputs = self.medfuse(feature_ids, values, times, attention_mask, output_attentions, output_hidden_states)
-        pooled = outputs.pooler_output
-        forecast = self.forecast_head(pooled)  # (B, V)
-        loss = None
-        if forecast_values is not None:
-            if forecast_mask is None:
-                raise ValueError("forecast_values needs forecast_mask: which features were observed in the window")
-            mask = forecast_mask.float()
-            squared_error = (forecast.float() - forecast_values.float()) ** 2
-            loss = (squared_error * mask).sum() / mask.sum().clamp(min=1.0)
-        return MedFuseForPreTrainingOutput(loss=loss, forecast=forecast, pooler_output=pooled,
-                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        forecasting = self.config.pretraining_objective == "forecasting"
+        if (value_mask if forecasting else forecast_values) is not None:  # the other objective's batch
+            collator = "ForecastingCollator" if forecasting else "MaskedValueCollator"
+            raise ValueError(f"this model's pretraining_objective is {self.config.pretraining_objective!r}: "
+                             f"its batches come from {collator}")
+        if not forecasting and value_mask is None:
+            raise ValueError("masked-value pretraining needs value_mask: which events' values are hidden")
+        outputs = self.medfuse(feature_ids, values, times, attention_mask, output_attentions, output_hidden_states,
+                               value_mask=value_mask)
+        pooled, loss, forecast, predictions = outputs.pooler_output, None, None, None
+        if forecasting:
+            forecast = self.forecast_head(pooled)  # (B, V)
+            if forecast_values is not None:
+                if forecast_mask is None:
+                    raise ValueError("forecast_values needs forecast_mask: which features were observed in the window")
+                loss = masked_mse(forecast, forecast_values, forecast_mask)
+        else:
+            rows = F.embedding(feature_ids, self.masked_value_head.weight)  # (B, T, d): each token's feature row
+            bias = F.embedding(feature_ids, self.masked_value_head.bias.unsqueeze(-1)).squeeze(-1)
+            predictions = (outputs.last_hidden_state * rows).sum(-1) + bias  # (B, T)
+            if masked_values is not None:
+                loss = masked_mse(predictions, masked_values, value_mask)
+        return MedFuseForPreTrainingOutput(loss=loss, forecast=forecast, masked_value_predictions=predictions,
+                                           pooler_output=pooled, hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions)
+
+
+def masked_mse(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the positions where `mask` is 1, in fp32 (0 when there are none)."""
+    mask = mask.float()
+    return (((predictions.float() - targets.float()) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 __all__ = [

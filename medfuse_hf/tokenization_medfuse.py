@@ -1,8 +1,9 @@
 """The triplet tokenizer: a patient's (feature, value, time) events in, MedFuse model inputs out.
 
-It is a `FeatureExtractionMixin` (the transformers base for non-text preprocessors) so that it saves, loads,
-pushes to the Hub and resolves through `AutoFeatureExtractor` like any Hugging Face preprocessor. The feature
-vocabulary is saved beside its settings as `feature_vocabulary.json`, a file people can read and diff.
+It is a `SequenceFeatureExtractor` (the transformers base for preprocessors of non-text sequences, such as audio)
+so that it saves, loads, pushes to the Hub and resolves through `AutoFeatureExtractor` like any Hugging Face
+preprocessor, and pads and truncates as they do. The feature vocabulary is saved beside its settings as
+`feature_vocabulary.json`, a file people can read and diff.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any, Literal
 import datasets
 import numpy as np
 import pandas as pd
-from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
-from transformers.utils import cached_file
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import PaddingStrategy, cached_file
 
 from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary, unit_key
 from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
@@ -52,7 +54,7 @@ class EncodedPatient:
         return EncodedPatient(self.feature_ids[index], self.values[index], self.times[index], positions)
 
 
-class MedFuseTokenizer(FeatureExtractionMixin):
+class MedFuseTokenizer(SequenceFeatureExtractor):
     """Encodes patients for MedFuse over a shared `FeatureVocabulary`.
 
     Args:
@@ -64,6 +66,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             unknown name is logged once per tokenizer, at the first patient that has it, not once per patient.
             A patient left with no event is an error naming the patient: it has nothing to score.
         max_hours: a time further than this from the anchor is treated as a data error (a unit or year mistake).
+        padding_side: `"right"` (the default) or `"left"`; the model's output does not depend on it.
     """
 
     model_input_names = ["feature_ids", "values", "times", "attention_mask"]
@@ -76,7 +79,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         max_hours: float = 10 * HOURS_PER_YEAR,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        # one event per position (feature_size 1); no sampling rate; padding is PAD_ID and zeros, see `_pad`
+        super().__init__(feature_size=1, sampling_rate=None, padding_value=float(PAD_ID), **kwargs)
         if unknown_features not in ("error", "unk", "drop"):
             raise ValueError(f"unknown_features must be 'error', 'unk' or 'drop', got {unknown_features!r}")
         if max_events < 1:
@@ -124,7 +128,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         long-format DataFrame with those columns (several patients when `patient_column` names their id column).
         A mapping whose columns hold lists (a `datasets` batch) or a `datasets.Dataset` is a batch. Times are numbers of hours, or
         timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since the
-        patient's first event.
+        patient's first event. `max_length` keeps each patient's most recent events, as `max_events` does.
         """
         batch, is_single = _as_patient_list(patients, patient_column)
         anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
@@ -135,7 +139,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             features = {name: [getattr(events, name).tolist() for events in encoded] for name in ("feature_ids", "values", "times")}
             features["attention_mask"] = [[1] * len(events) for events in encoded]
             return BatchFeature({key: value[0] for key, value in features.items()} if is_single else features)
-        features = self._pad(encoded, padding, max_length, pad_to_multiple_of)
+        rows = [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times} for events in encoded]
+        features = self.pad(rows, padding, max_length, max_length is not None, pad_to_multiple_of, return_tensors=return_tensors or "np")
         if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
             features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
         return BatchFeature(features, tensor_type=return_tensors)
@@ -151,29 +156,48 @@ class MedFuseTokenizer(FeatureExtractionMixin):
                     raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
                                      f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
 
-    def pad(
+    def _pad(
         self,
-        features: Sequence[Mapping[str, Any]] | Mapping[str, Sequence],
-        padding: bool | Literal["longest", "max_length"] = True,
+        processed_features: dict[str, np.ndarray],
+        max_length: int | None = None,
+        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
+        pad_to_multiple_of: int | None = None,
+        return_attention_mask: bool | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One patient, padded for `SequenceFeatureExtractor.pad`: every model input (the base pads only the first),
+        with PAD_ID, value 0, time 0 and mask 0; other keys, such as `labels`, pass through."""
+        length = len(processed_features["feature_ids"])
+        if padding_strategy == PaddingStrategy.LONGEST or max_length is None:
+            max_length = length
+        if pad_to_multiple_of:
+            max_length = math.ceil(max_length / pad_to_multiple_of) * pad_to_multiple_of
+        if return_attention_mask and "attention_mask" not in processed_features:
+            processed_features["attention_mask"] = np.ones(length, dtype=np.int64)
+        if padding_strategy != PaddingStrategy.DO_NOT_PAD and length < max_length:
+            widths = (0, max_length - length) if self.padding_side == "right" else (max_length - length, 0)
+            for name in self.model_input_names:
+                if name in processed_features:
+                    fill = PAD_ID if name == "feature_ids" else 0
+                    processed_features[name] = np.pad(processed_features[name], widths, constant_values=fill)
+        return processed_features
+
+    def _truncate(
+        self,
+        processed_features: dict[str, np.ndarray],
         max_length: int | None = None,
         pad_to_multiple_of: int | None = None,
-        return_tensors: str | None = None,
-        return_attention_mask: bool | None = None,
-    ) -> BatchFeature:
-        """Pad already encoded patients to one length, as `DataCollatorWithPadding` asks of a feature extractor.
-
-        `features` are rows of a dataset mapped through this tokenizer (`padding=False` keeps them ragged), or a
-        dict of such columns. Every model input is padded (transformers' `SequenceFeatureExtractor.pad` pads only
-        the first); the other keys, such as `labels`, pass through stacked. `max_length` keeps the most recent
-        events, as encoding does."""
-        if isinstance(features, Mapping):
-            features = [dict(zip(features, row)) for row in zip(*features.values())]
-        encoded = [EncodedPatient(np.asarray(row["feature_ids"], dtype=np.int64), np.asarray(row["values"], dtype=np.float32),
-                                  np.asarray(row["times"], dtype=np.float32)) for row in features]
-        batch = self._pad(encoded, padding, max_length, pad_to_multiple_of)
-        for key in features[0].keys() - batch.keys():
-            batch[key] = np.asarray([np.asarray(row[key]) for row in features])
-        return BatchFeature(batch, tensor_type=return_tensors)
+        truncation: bool | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One patient cut to `max_length` for `SequenceFeatureExtractor.pad`: the most recent events are kept (the
+        base keeps the first ones), in every model input."""
+        if not truncation:
+            return processed_features
+        if max_length is None:
+            raise ValueError("truncation=True needs max_length")
+        for name in self.model_input_names:
+            if name in processed_features:
+                processed_features[name] = processed_features[name][-max_length:]
+        return processed_features
 
     def encode_patient(self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True) -> EncodedPatient:
         """One patient's events as id, normalised value and hour arrays, sorted by time, unpadded."""
@@ -195,7 +219,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
         order = np.argsort(hours, kind="stable")
         events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32), hours[order].astype(np.float32),
                                 positions[order])
-        return self._truncate(events) if truncate else events
+        return self._keep_most_recent(events) if truncate else events
 
     # ----- saving and loading -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +228,7 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             "max_events": self.max_events,
             "unknown_features": self.unknown_features,
             "max_hours": self.max_hours,
+            "padding_side": self.padding_side,
             # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)
             **({"auto_map": self._feature_extractor_auto_map()} if getattr(self, "auto_map", None) else {}),
         }
@@ -364,39 +389,8 @@ class MedFuseTokenizer(FeatureExtractionMixin):
             )
         return numbers
 
-    def _truncate(self, events: EncodedPatient) -> EncodedPatient:
+    def _keep_most_recent(self, events: EncodedPatient) -> EncodedPatient:
         return events if len(events) <= self.max_events else events.select(slice(-self.max_events, None))
-
-    def _pad(self, encoded: list[EncodedPatient], padding, max_length, pad_to_multiple_of) -> dict[str, np.ndarray]:
-        if max_length is not None:
-            encoded = [events.select(slice(-max_length, None)) for events in encoded]
-        lengths = [len(events) for events in encoded]
-        if padding == "max_length":
-            if max_length is None:
-                raise ValueError("padding='max_length' needs max_length")
-            width = max_length
-        elif padding in (True, "longest"):
-            width = max(lengths)
-        elif padding is False:
-            if len(set(lengths)) > 1:
-                raise ValueError(f"patients have {min(lengths)}..{max(lengths)} events: a batch needs padding=True")
-            width = lengths[0]
-        else:
-            raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
-        if pad_to_multiple_of:
-            width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
-        batch = {
-            "feature_ids": np.full((len(encoded), width), PAD_ID, dtype=np.int64),
-            "values": np.zeros((len(encoded), width), dtype=np.float32),
-            "times": np.zeros((len(encoded), width), dtype=np.float32),
-            "attention_mask": np.zeros((len(encoded), width), dtype=np.int64),
-        }
-        for row, (events, length) in enumerate(zip(encoded, lengths)):
-            batch["feature_ids"][row, :length] = events.feature_ids
-            batch["values"][row, :length] = events.values
-            batch["times"][row, :length] = events.times
-            batch["attention_mask"][row, :length] = 1
-        return batch
 
 
 # ----- input forms ------------------------------------------------------------------------------------

@@ -42,16 +42,18 @@ from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.metrics import accuracy_threshold
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run
-from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, boolean, parse_with_config
+from medfuse_hf.training.recipe_config import (
+    ENCODER_FLAGS,
+    add_cohort_arguments,
+    add_model_arguments,
+    add_training_arguments,
+    model_overrides,
+    parse_with_config,
+)
 from medfuse_hf.training.run_info import throughput, write_run_info
 
-MODEL_FLAGS = {  # MedFuseConfig fields settable from the command line; unset ones keep the preset's value
-    "hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
-    "intermediate_size": int, "fusion": str, "time_embedding": str, "pooling": str, "hidden_dropout_prob": float,
-    "attention_probs_dropout_prob": float, "classifier_dropout": float, "classification_loss": str,
-    "focal_alpha": float, "focal_gamma": float, "value_projector_hidden_size": int, "norm_first": boolean,
-    "value_projector": str,
-}
+MODEL_FLAGS = {**ENCODER_FLAGS, "classifier_dropout": float, "classification_loss": str, "focal_alpha": float,
+               "focal_gamma": float}  # the encoder's and the head's MedFuseConfig fields
 
 
 def build_tokenizer(args, train, units) -> MedFuseTokenizer:
@@ -72,7 +74,7 @@ def build_tokenizer(args, train, units) -> MedFuseTokenizer:
 
 
 def build_model(args, tokenizer, class_weights) -> MedFuseForSequenceClassification:
-    overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
+    overrides = model_overrides(args, MODEL_FLAGS)
     overrides["class_weights"] = class_weights
     if args.init_from:
         return MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
@@ -243,11 +245,9 @@ def training_function(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cohort_arguments(parser)
-    model = parser.add_argument_group("model")
+    model = add_model_arguments(parser, MODEL_FLAGS)
     model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")
     model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
-    for name, kind in MODEL_FLAGS.items():
-        model.add_argument(f"--{name}", type=kind)
     train = add_training_arguments(parser, output_dir="outputs/finetune")
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")

@@ -1,5 +1,7 @@
-"""Self-supervised pretraining of MedFuse on a cohort without labels: forecast each feature's value after a random
-cut-off from the events before it (STraTS' task), so large unlabeled cohorts teach the feature embeddings.
+"""Self-supervised pretraining of MedFuse on a cohort without labels, so large unlabeled cohorts teach the feature
+embeddings and the encoder: `--objective forecasting` forecasts each feature's value after a random cut-off from the
+events before it (STraTS' task); `--objective masked_values` hides a share of the numeric values and predicts them
+from the rest of the stay (a token-level task).
 
     python recipes/pretrain.py --dataset p19 --data_dir ../shared/data/physionet2019 --hospital A
     accelerate launch recipes/pretrain.py --parquet_shards "cohort/*.parquet" --data_description "our ICU, 2015-2024" \
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
-from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler
+from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, MaskedValueCollator
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, resolve_checkpoint, save_checkpoint
 from medfuse_hf.training.cohorts import (
     Cohort,
@@ -36,23 +38,39 @@ from medfuse_hf.training.cohorts import (
 )
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.publishing import publish_run
-from medfuse_hf.training.recipe_config import add_cohort_arguments, add_training_arguments, parse_with_config
+from medfuse_hf.training.recipe_config import (
+    ENCODER_FLAGS,
+    add_cohort_arguments,
+    add_model_arguments,
+    add_training_arguments,
+    model_overrides,
+    parse_with_config,
+)
 from medfuse_hf.training.run_info import write_run_info
 
-MODEL_FLAGS = {"hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
-               "intermediate_size": int, "fusion": str, "time_embedding": str, "hidden_dropout_prob": float}
+OBJECTIVES = {  # name: what the model card says the base model learned
+    "forecasting": "it forecasts each feature's values over the next {horizon_hours:g} h from the events before",
+    "masked_values": "it predicts the hidden values of {mask_probability:.0%} of the numeric events from the rest of the stay",
+}
+
+
+def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, rng: random.Random | None = None):
+    """The batches of `--objective`: its targets decide which of `MedFuseForPreTraining`'s losses is computed."""
+    if args.objective == "forecasting":
+        return ForecastingCollator(tokenizer, args.horizon_hours, rng=rng)
+    return MaskedValueCollator(tokenizer, args.mask_probability, rng=rng)
 
 
 @torch.no_grad()
-def validation_loss(model, loader, collate: ForecastingCollator, seed: int, accelerator) -> float:
-    """Forecasting MSE over the validation patients, with the same cut-offs at every call."""
+def validation_loss(model, loader, collate, seed: int, accelerator) -> float:
+    """The objective's MSE over the validation patients, per target, with the same draws at every call."""
     collate.rng.seed(seed)
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for batch in loader:
-        mask = batch["forecast_mask"]
-        total += model(**batch).loss * mask.sum()
-        count += mask.sum()
+        targets = batch["forecast_mask"] if "forecast_mask" in batch else batch["value_mask"]
+        total += model(**batch).loss * targets.sum()
+        count += targets.sum()
     model.train()
     return (accelerator.reduce(total, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
 
@@ -82,7 +100,7 @@ def training_function(args: argparse.Namespace) -> dict:
         else:  # statistics from the first patients of the stream, a bounded sample
             sample = datasets.Dataset.from_list(list(train.take(args.statistics_patients)))
             tokenizer = fit_tokenizer(sample, args.max_events, args.value_normalization)
-        train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
+        train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = train.set_epoch
     else:
         cohort = load_cohort_from_settings(vars(args))
@@ -90,14 +108,15 @@ def training_function(args: argparse.Namespace) -> dict:
         tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-        train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=ForecastingCollator(tokenizer, args.horizon_hours))
+        train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=objective_collator(args, tokenizer))
         reseed = batch_sampler.set_epoch
-        # Fixed cut-offs for validation, so its loss is comparable from epoch to epoch.
-        validation_collate = ForecastingCollator(tokenizer, args.horizon_hours, rng=random.Random(args.seed))
+        # Fixed draws (cut-offs, hidden values) for validation, so its loss is comparable from epoch to epoch.
+        validation_collate = objective_collator(args, tokenizer, rng=random.Random(args.seed))
         validation = DataLoader(validation, batch_size=args.batch_size, collate_fn=validation_collate)
 
-    overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
-    model = MedFuseForPreTraining(MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **overrides))
+    config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **model_overrides(args, ENCODER_FLAGS),
+                           pretraining_objective=args.objective)
+    model = MedFuseForPreTraining(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     total_steps = args.max_steps or math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.num_epochs
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
@@ -123,7 +142,7 @@ def training_function(args: argparse.Namespace) -> dict:
         if validation is not None:
             loss = validation_loss(model, validation, validation_collate, args.seed, accelerator)
             accelerator.log({"epoch": epoch, "validation_loss": loss}, step=loop["step"])
-            accelerator.print(f"epoch {epoch}: validation forecasting MSE {loss:.4f}")
+            accelerator.print(f"epoch {epoch}: validation {args.objective} MSE {loss:.4f}")
         if args.checkpoint_every_epoch:
             save_checkpoint(accelerator, output_dir / "checkpoints", loop["step"], loop)
 
@@ -137,13 +156,13 @@ def training_function(args: argparse.Namespace) -> dict:
         publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
                     f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics,
                     drop_rare_features=args.drop_rare_features,
-                    summary=f"MedFuse pretrained without labels on {cohort.description}: it forecasts each feature's "
-                            f"values over the next {args.horizon_hours:g} h from the events before.")
+                    summary=f"MedFuse pretrained without labels on {cohort.description}: "
+                            + OBJECTIVES[args.objective].format(**vars(args)) + ".")
     result = {"steps": loop["step"], "epochs": loop["epoch"]}
     if validation is not None:
         result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
     accelerator.print(f"pretrained for {loop['step']} steps ({loop['epoch']} full epochs)"
-                      + (f", validation forecasting MSE {result['validation_loss']:.4f}" if validation is not None else "")
+                      + (f", validation {args.objective} MSE {result['validation_loss']:.4f}" if validation is not None else "")
                       + f"; model in {output_dir / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -158,12 +177,13 @@ def main(argv: list[str] | None = None) -> None:
                       help="shards the shuffle buffer draws from at once: more mixes better, each holds a row group in memory")
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000, help="patients a streamed cohort's statistics come from")
-    data.add_argument("--horizon_hours", type=float, default=2.0)
+    data.add_argument("--objective", choices=sorted(OBJECTIVES), default="forecasting",
+                      help="forecast the next hours from the events before a cut-off, or predict hidden values")
+    data.add_argument("--horizon_hours", type=float, default=2.0, help="forecasting: the window after the cut-off")
+    data.add_argument("--mask_probability", type=float, default=0.15, help="masked_values: share of numeric events hidden")
     data.add_argument("--data_description", help="what the streamed shards hold, for the model cards (required with them)")
     data.add_argument("--data_license", default="as set by the data owner", help="the streamed shards' terms, for the cards")
-    model = parser.add_argument_group("model")
-    for name, kind in MODEL_FLAGS.items():
-        model.add_argument(f"--{name}", type=kind)
+    add_model_arguments(parser, ENCODER_FLAGS)
     add_training_arguments(parser, output_dir="outputs/pretrain")
     parser.set_defaults(num_epochs=10)
     datasets.disable_progress_bars()

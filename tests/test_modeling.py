@@ -30,8 +30,11 @@ def test_padding_never_changes_logits(tokenizer, cohort, tiny_config, pooling, n
         short = model(**encode(tokenizer, [patient], padding="max_length", max_length=64)).logits
         long = model(**encode(tokenizer, [patient], padding="max_length", max_length=500)).logits
         alone = model(**encode(tokenizer, [patient])).logits
+        left_tokenizer = MedFuseTokenizer(tokenizer.feature_vocabulary, max_events=64, padding_side="left")
+        left = model(**encode(left_tokenizer, [patient], padding="max_length", max_length=500)).logits
     torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
     torch.testing.assert_close(alone, long, atol=1e-5, rtol=0)
+    torch.testing.assert_close(left, long, atol=1e-5, rtol=0)
 
 
 def test_shuffled_events_give_the_same_output(tokenizer, cohort, tiny_config, fusion):
@@ -235,6 +238,51 @@ def test_pretraining_loss_counts_only_observed_features(tokenizer, cohort, tiny_
     garbage = batch["forecast_values"] + 100.0 * (1 - mask)  # unobserved targets must not matter
     torch.testing.assert_close(model(**{**batch, "forecast_values": garbage}).loss, output.loss)
     output.loss.backward()
+
+
+def test_masked_values_are_hidden_only_on_numeric_events_and_at_least_once_per_patient(tokenizer, cohort):
+    import random
+
+    from medfuse_hf.data import MaskedValueCollator
+
+    patients = [*cohort[:31], {"feature": ["icu_type"], "value": ["medical"], "time": [0.0]}]  # nothing to hide
+    collate = MaskedValueCollator(tokenizer, mask_probability=0.15, rng=random.Random(0))
+    batch = collate(patients)
+    hidden, ids = batch["value_mask"], batch["feature_ids"]
+    expected = tokenizer(patients, return_tensors="pt", pad_to_multiple_of=8)
+    torch.testing.assert_close(batch["masked_values"], expected["values"])
+    torch.testing.assert_close(batch["values"], expected["values"].masked_fill(hidden, 0.0))
+    categorical = torch.tensor(tokenizer.feature_vocabulary.config_kwargs()["categorical_feature_ids"])
+    assert not (hidden & (torch.isin(ids, categorical) | ~batch["attention_mask"].bool())).any()
+    assert hidden[:31].any(dim=1).all() and not hidden[31].any()
+    assert 0.10 < hidden.sum() / batch["attention_mask"][:31].sum() < 0.20
+    again = MaskedValueCollator(tokenizer, mask_probability=0.15, rng=random.Random(0))(patients)
+    assert torch.equal(again["value_mask"], hidden)  # the same draws from the same seed (a resumed run)
+
+
+def test_a_masked_value_cannot_leak_into_its_own_prediction(tokenizer, cohort, tiny_config, fusion):
+    import random
+
+    from medfuse_hf.data import MaskedValueCollator
+
+    model = MedFuseForPreTraining(tiny_config(fusion=fusion, pretraining_objective="masked_values")).eval()
+    batch = MaskedValueCollator(tokenizer, rng=random.Random(1))(cohort[:4])
+    hidden = batch["value_mask"]
+    with torch.no_grad():
+        output = model(**batch)
+        behind_the_mask = model(**{**batch, "values": batch["values"].masked_fill(hidden, 50.0)})
+        shown_changed = model(**{**batch, "values": batch["values"].masked_fill(~hidden, 50.0)})
+    torch.testing.assert_close(behind_the_mask.masked_value_predictions, output.masked_value_predictions)
+    assert not torch.allclose(shown_changed.masked_value_predictions[hidden], output.masked_value_predictions[hidden])
+    mask = hidden.float()
+    expected = ((output.masked_value_predictions - batch["masked_values"]) ** 2 * mask).sum() / mask.sum()
+    torch.testing.assert_close(output.loss, expected)
+    garbage = batch["masked_values"] + 100.0 * (1 - mask)  # targets of shown events must not matter
+    with torch.no_grad():
+        torch.testing.assert_close(model(**{**batch, "masked_values": garbage}).loss, output.loss)
+    forecaster = MedFuseForPreTraining(tiny_config(fusion=fusion))
+    with pytest.raises(ValueError, match="pretraining_objective is 'forecasting': its batches come from ForecastingCollator"):
+        forecaster(**batch)
 
 
 def test_inputs_from_another_vocabulary_fail_with_a_clear_message(tiny_config):

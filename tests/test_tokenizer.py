@@ -31,6 +31,15 @@ def test_from_pretrained_accepts_setting_overrides(tmp_path, tokenizer):
     assert MedFuseTokenizer.from_pretrained(tmp_path, max_events=7).max_events == 7
 
 
+def test_left_padding_is_saved_and_pads_on_the_left(tmp_path, vocabulary):
+    MedFuseTokenizer(vocabulary, padding_side="left").save_pretrained(tmp_path)
+    reloaded = MedFuseTokenizer.from_pretrained(tmp_path)
+    assert reloaded.padding_side == "left"
+    batch = reloaded([PATIENT, PATIENT[:1]], return_tensors="np")
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]
+    assert batch["times"][1].tolist() == [0.0, 0.0, 0.0, 2.0]  # PATIENT[:1] is one sodium at 2 h
+
+
 def test_encodes_values_times_and_categories(tokenizer, vocabulary):
     encoded = tokenizer(PATIENT)
     sodium = vocabulary.spec_of("sodium").statistics

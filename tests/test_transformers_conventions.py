@@ -264,8 +264,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, cohort, tiny
         torch.manual_seed(0)
         model = MedFuseForSequenceClassification(tiny_config()).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert model.is_gradient_checkpointing
+            model.activation_checkpointing_enable()  # transformers 5's name; gradient_checkpointing_enable is deprecated
+            assert model.is_activation_checkpointing
         model(**inputs).loss.backward()
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
     assert gradients[0].keys() == gradients[1].keys()

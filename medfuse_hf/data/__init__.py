@@ -2,7 +2,13 @@
 
 from .bundled_sample import load_physionet2012_sample
 from .clinical_features import clinical_vocabulary
-from .collator import ForecastingCollator, LengthGroupedBatchSampler, MedFuseDataCollator, padding_fraction
+from .collator import (
+    ForecastingCollator,
+    LengthGroupedBatchSampler,
+    MaskedValueCollator,
+    MedFuseDataCollator,
+    padding_fraction,
+)
 from .download import download_physionet2012, download_physionet2019
 from .long_format import load_long_format
 from .mimic3 import load_mimic3_benchmark_root
@@ -15,6 +21,7 @@ __all__ = [
     "ForecastingCollator",
     "LengthGroupedBatchSampler",
     "LoadSummary",
+    "MaskedValueCollator",
     "MedFuseDataCollator",
     "apply_split",
     "clinical_vocabulary",

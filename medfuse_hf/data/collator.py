@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Sampler
 
+from ..feature_vocabulary import PAD_ID, UNK_ID
 from ..tokenization_medfuse import MedFuseTokenizer
 from .forecasting import forecasting_batch
 
@@ -83,6 +84,43 @@ class ForecastingCollator:
             # Too short a record for a window: every event is input, the targets are empty (masked out).
             cutoffs.append(draw.uniform(low, high) if high > low else max(times) + 1e-3)
         return dict(forecasting_batch(self.tokenizer, list(rows), cutoffs, self.horizon_hours, self.pad_to_multiple_of))
+
+
+@dataclass
+class MaskedValueCollator:
+    """Self-supervised batches for masked-value modeling in `MedFuseForPreTraining`, no labels needed.
+
+    Each numeric event's value is hidden with probability `mask_probability` (at least one per patient that has
+    numeric events), and the model predicts it back from the rest of the stay. Hidden values are also zeroed in
+    `values`, so no fusion can see them. Categorical and [UNK] events are never hidden: they have no value to
+    predict. Draws come from `rng`, or from Python's global `random`, whose state Accelerate saves with checkpoints.
+    """
+
+    tokenizer: MedFuseTokenizer
+    mask_probability: float = 0.15
+    pad_to_multiple_of: int | None = 8
+    rng: random.Random | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_probability < 1.0:
+            raise ValueError(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
+        is_numeric = torch.ones(len(self.tokenizer.feature_vocabulary), dtype=torch.bool)
+        is_numeric[[PAD_ID, UNK_ID, *self.tokenizer.feature_vocabulary.config_kwargs()["categorical_feature_ids"]]] = False
+        self.is_numeric = is_numeric
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = dict(self.tokenizer(list(rows), return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of))
+        eligible = self.is_numeric[batch["feature_ids"]] & batch["attention_mask"].bool()
+        generator = torch.Generator().manual_seed((self.rng or random).getrandbits(63))
+        hidden = (torch.rand(eligible.shape, generator=generator) < self.mask_probability) & eligible
+        # a patient none of whose events was drawn gets one, at random among its numeric events
+        fallback = (torch.rand(eligible.shape, generator=generator) * eligible).argmax(dim=1)
+        short = ~hidden.any(dim=1) & eligible.any(dim=1)
+        hidden[short.nonzero().squeeze(1), fallback[short]] = True
+        batch["masked_values"] = batch["values"]
+        batch["values"] = batch["values"].masked_fill(hidden, 0.0)
+        batch["value_mask"] = hidden
+        return batch
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):

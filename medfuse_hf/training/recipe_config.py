@@ -130,6 +130,28 @@ def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._Argu
     return table
 
 
+# The encoder's MedFuseConfig fields settable from the command line, shared by the recipes so that a pretrained base
+# and the fine-tuned model built on it can have the same architecture; unset ones keep the preset's value.
+ENCODER_FLAGS = {
+    "hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+    "intermediate_size": int, "fusion": str, "time_embedding": str, "pooling": str, "hidden_dropout_prob": float,
+    "attention_probs_dropout_prob": float, "value_projector_hidden_size": int, "norm_first": boolean,
+    "value_projector": str,
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, flags: dict[str, type]) -> argparse._ArgumentGroup:
+    model = parser.add_argument_group("model")
+    for name, kind in flags.items():
+        model.add_argument(f"--{name}", type=kind)
+    return model
+
+
+def model_overrides(args: argparse.Namespace, flags: dict[str, type]) -> dict:
+    """The config fields set on the command line."""
+    return {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> argparse._ArgumentGroup:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default=output_dir)
