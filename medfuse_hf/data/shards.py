@@ -1,0 +1,62 @@
+"""Patients written as Parquet shards, the input of streamed pretraining (`recipes/pretrain.py --parquet_shards`).
+
+Shards hold events only: `patient_id`, `source`, and the `feature` / `value` / `time` lists. A label, outcome or
+descriptor column never enters them, so a corpus cannot leak the targets a later fine-tuning is scored on. Patients
+are shuffled before they are cut into shards, and each shard is written in small row groups: the stream's shuffle
+buffer then mixes sources and hospitals although it decodes only a few row groups at a time.
+"""
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import datasets
+
+EVENT_FEATURES = datasets.Features({
+    "patient_id": datasets.Value("string"),
+    "source": datasets.Value("string"),
+    "feature": datasets.List(datasets.Value("string")),
+    "value": datasets.List(datasets.Value("float64")),
+    "time": datasets.List(datasets.Value("float32")),
+})
+
+
+def events_only(dataset: datasets.Dataset, source: str, id_column: str) -> datasets.Dataset:
+    """A cohort's events, ids prefixed with `source` ("p12:132539") so that ids of different sources never meet."""
+    missing = {id_column, "feature", "value", "time"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"{source}: the cohort lacks the columns {sorted(missing)}")
+    events = dataset.select_columns([id_column, "feature", "value", "time"])
+    events = events.map(
+        lambda ids: {"patient_id": [f"{source}:{patient}" for patient in ids], "source": [source] * len(ids)},
+        input_columns=id_column, batched=True, remove_columns=[id_column],
+    )
+    return events.cast(EVENT_FEATURES)
+
+
+def write_patient_shards(
+    sources: Mapping[str, datasets.Dataset],
+    output_dir: str | Path,
+    patients_per_shard: int = 4096,
+    row_group_size: int = 256,
+    seed: int = 0,
+) -> list[Path]:
+    """Shuffle the patients of every source (already `events_only`) together and write them as numbered shards."""
+    corpus = datasets.concatenate_datasets(list(sources.values())).shuffle(seed=seed).flatten_indices()
+    if not len(corpus):
+        raise ValueError("no patients to write")
+    duplicates = len(corpus) - len(set(corpus["patient_id"]))
+    if duplicates:
+        raise ValueError(f"{duplicates} patient ids occur twice: a patient would be trained on twice")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    count = math.ceil(len(corpus) / patients_per_shard)
+    paths = []
+    for index in range(count):
+        path = output_dir / f"shard-{index:05d}-of-{count:05d}.parquet"
+        corpus.shard(count, index, contiguous=True).to_parquet(path, batch_size=row_group_size)
+        paths.append(path)
+    return paths
+
+
+__all__ = ["EVENT_FEATURES", "events_only", "write_patient_shards"]

@@ -1,0 +1,82 @@
+"""Write the self-supervised pretraining corpus as Parquet shards: every PhysioNet 2019 patient (both hospital
+systems, whole stays) and the stays of PhysioNet 2012's SeFT training split, events only, no labels.
+
+P12's validation and test stays are left out, and checked absent, so that a model pretrained on the corpus is
+fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
+and events per source, their licences and citations) for the base model's card.
+
+    python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 \
+        --p12_dir ../shared/data/physionet2012 --output_dir data/pretraining-corpus
+    accelerate launch recipes/pretrain.py --parquet_shards "data/pretraining-corpus/*.parquet" --max_steps ... \
+        --data_description "$(python -c 'import json; print(json.load(open("data/pretraining-corpus/corpus.json"))["description"])')"
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+
+from medfuse_hf.data import seft_split
+from medfuse_hf.data.shards import events_only, write_patient_shards
+from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
+
+DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B) and the PhysioNet 2012 SeFT training split"
+
+
+def corpus_sources(p19_dir: str, p12_dir: str) -> tuple[dict[str, datasets.Dataset], set[str]]:
+    """The corpus' sources, and the ids of the P12 stays that must stay out of it (its validation and test)."""
+    p19 = load_p19_task(Path(p19_dir), "whole-stay", hospital=None)  # every patient, no split needed
+    p12 = load_cohort("p12", p12_dir, "seft-split")
+    split = seft_split(Path(p12_dir) / "splits_seft")  # every listed stay, loaded or not
+    held_out = {f"p12:{record}" for name in ("validation", "test") for record in split[name]}
+    sources = {"p19": events_only(p19, "p19", "patient_id"),
+               "p12": events_only(p12.splits["train"], "p12", "record_id")}
+    return sources, held_out
+
+
+def check_shards(shards: list[Path], held_out: set[str], patients: int) -> None:
+    """Read the written shards back: every patient once, and no P12 validation or test stay among them."""
+    written = [patient for path in shards for patient in pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()]
+    leaked = held_out.intersection(written)
+    if leaked or len(written) != patients:
+        raise SystemExit(f"the shards in {shards[0].parent} hold {len(written)} of {patients} patients and "
+                         f"{len(leaked)} P12 validation/test stays (e.g. {sorted(leaked)[:3]}): delete them")
+
+
+def manifest(sources: dict[str, datasets.Dataset], shards: list[Path], held_out: int) -> dict:
+    terms = {"p19": P19_TERMS, "p12": P12_TERMS}
+    return {
+        "description": DESCRIPTION,
+        "sources": {
+            name: {"patients": len(events), "events": sum(len(features) for features in events["feature"]),
+                   "license": terms[name]["license"], "citation": terms[name]["citation"]}
+            for name, events in sources.items()
+        },
+        "p12_validation_and_test_stays_excluded": held_out,
+        "shards": [path.name for path in shards],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--p19_dir", required=True, help="holds training_setA/B (.zip or folders)")
+    parser.add_argument("--p12_dir", required=True, help="holds set-a/b/c, the Outcomes files and splits_seft/")
+    parser.add_argument("--output_dir", default="data/pretraining-corpus")
+    parser.add_argument("--patients_per_shard", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    sources, held_out = corpus_sources(args.p19_dir, args.p12_dir)
+    output_dir = Path(args.output_dir)
+    shards = write_patient_shards(sources, output_dir, args.patients_per_shard, seed=args.seed)
+    check_shards(shards, held_out, sum(len(events) for events in sources.values()))
+    record = manifest(sources, shards, len(held_out))
+    (output_dir / "corpus.json").write_text(json.dumps(record, indent=2) + "\n")
+    counts = ", ".join(f"{name} {part['patients']:,} patients / {part['events']:,} events" for name, part in record["sources"].items())
+    print(f"wrote {len(shards)} shards to {output_dir}: {counts}; {len(held_out):,} P12 validation/test stays left out")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The pretraining corpus: P19 and P12's training split as Parquet shards, events only, P12's held-out stays absent."""
+
+import json
+import zipfile
+
+import pyarrow.parquet as pq
+from conftest import load_script
+from test_data_physionet2012 import write_release
+from test_data_physionet2019 import PATIENT_A, PATIENT_B
+
+from medfuse_hf.data import load_physionet2012
+from medfuse_hf.training.cohorts import streaming_patients
+
+
+def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    p12, p19, corpus = tmp_path / "p12", tmp_path / "p19", tmp_path / "corpus"
+    p12.mkdir()
+    write_release(p12)  # stays 132539, 132540 and 132542 have events
+    (p12 / "splits_seft").mkdir()
+    for name, record in (("train", 132539), ("val", 132540), ("test", 132542)):
+        (p12 / "splits_seft" / f"{name}_listfile.csv").write_text(f"RecordID,In-hospital_death\n{record},0\n")
+    p19.mkdir()
+    with zipfile.ZipFile(p19 / "training_setA.zip", "w") as archive:
+        archive.writestr("training_setA/p000001.psv", PATIENT_A)
+        archive.writestr("training_setA/p000002.psv", PATIENT_A)
+    (p19 / "training_setB").mkdir()
+    (p19 / "training_setB" / "p100001.psv").write_text(PATIENT_B)
+
+    recipe = load_script("recipes/make_pretraining_corpus.py")
+    recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus), "--patients_per_shard", "2"])
+
+    shards = sorted(corpus.glob("*.parquet"))
+    assert [shard.name for shard in shards] == ["shard-00000-of-00002.parquet", "shard-00001-of-00002.parquet"]
+    assert pq.read_schema(shards[0]).names == ["patient_id", "source", "feature", "value", "time"]  # no label column
+    patients = {row["patient_id"]: row for row in streaming_patients([str(shard) for shard in shards], seed=0)}
+    assert sorted(patients) == ["p12:132539", "p19:p000001", "p19:p000002", "p19:p100001"]
+    stay = load_physionet2012(p12).filter(lambda record: record == 132539, input_columns="record_id")[0]
+    assert (patients["p12:132539"]["feature"], patients["p12:132539"]["value"]) == (stay["feature"], stay["value"])
+    record = json.loads((corpus / "corpus.json").read_text())
+    assert record["sources"]["p19"]["patients"] == 3 and record["sources"]["p12"]["patients"] == 1
+    assert record["sources"]["p12"]["events"] == len(stay["feature"])
+    assert record["p12_validation_and_test_stays_excluded"] == 2
+    assert "Attribution 4.0" in record["sources"]["p19"]["license"]
