@@ -275,15 +275,25 @@ def profile_training(train, collate, tokenizer, batch_size: int, num_steps: int 
 
 
 def compiled_vs_eager(train, collate, tokenizer, batch_size: int, num_batches: int = 20) -> dict:
-    """torch.compile(dynamic=True) against eager on the same batches: the first pass includes every compilation
-    (the first, and any recompilation a new shape triggers), as a real run pays them; the second runs compiled code."""
+    """torch.compile(dynamic=True) against eager on the same batches, in fp32 and under bf16 autocast: the first
+    pass includes every compilation (the first, and any recompilation a new shape triggers), as a real run pays
+    them; the second runs compiled code. Graph breaks and compiled graphs are counted by dynamo."""
+    from torch._dynamo.utils import counters
+
     batches = first_batches(train, collate, tokenizer, batch_size, num_batches)
-    model, optimizer = new_model(tokenizer)
-    result = {"eager": timed_steps(model, optimizer, batches)}
-    model, optimizer = new_model(tokenizer)
-    compiled = torch.compile(model, dynamic=True)
-    result["compiled_first_pass"] = timed_steps(compiled, optimizer, batches, warm_up=False)
-    result["compiled_second_pass"] = timed_steps(compiled, optimizer, batches, warm_up=False)
+    result = {}
+    for precision, autocast in (("fp32", contextlib.nullcontext), ("bf16_autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+        with autocast():
+            model, optimizer = new_model(tokenizer)
+            result[f"eager_{precision}"] = timed_steps(model, optimizer, batches)
+            torch._dynamo.reset()
+            counters.clear()
+            model, optimizer = new_model(tokenizer)
+            compiled = torch.compile(model, dynamic=True)
+            result[f"compiled_{precision}_first_pass"] = timed_steps(compiled, optimizer, batches, warm_up=False)
+            result[f"compiled_{precision}_second_pass"] = timed_steps(compiled, optimizer, batches, warm_up=False)
+            result[f"compiled_{precision}_second_pass"].update(
+                graph_breaks=sum(counters["graph_break"].values()), unique_graphs=counters["stats"]["unique_graphs"])
     return result
 
 
@@ -359,7 +369,8 @@ def main() -> None:
     if "compile" in sections:
         compile_result = results["torch_compile"] = compiled_vs_eager(train, collate, tokenizer, args.batch_size)
         for name, row in compile_result.items():
-            print(f"{name:>30}: {row['events_per_second']:>8,.0f} events/s over {row['seconds']:.1f} s")
+            graphs = f" ({row['graph_breaks']} graph breaks, {row['unique_graphs']} graphs)" if "graph_breaks" in row else ""
+            print(f"{name:>36}: {row['events_per_second']:>8,.0f} events/s over {row['seconds']:.1f} s{graphs}")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
