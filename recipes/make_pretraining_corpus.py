@@ -3,23 +3,21 @@ systems, whole stays) and the stays of PhysioNet 2012's SeFT training split, eve
 
 P12's validation and test stays are left out, and checked absent, so that a model pretrained on the corpus is
 fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
-and events per source, their licences and citations) for the base model's card.
+and events per source, their licences and citations); `recipes/pretrain.py` reads it into the base model's card.
 
     python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 \
-        --p12_dir ../shared/data/physionet2012 --output_dir data/pretraining-corpus
-    accelerate launch recipes/pretrain.py --parquet_shards "data/pretraining-corpus/*.parquet" --max_steps ... \
-        --data_description "$(python -c 'import json; print(json.load(open("data/pretraining-corpus/corpus.json"))["description"])')"
+        --p12_dir ../shared/data/physionet2012 --output_dir outputs/pretraining-corpus
+    accelerate launch recipes/pretrain.py --parquet_shards "outputs/pretraining-corpus/*.parquet" --max_steps ...
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
 
 from medfuse_hf.data import seft_split
-from medfuse_hf.data.shards import events_only, write_patient_shards
+from medfuse_hf.data.shards import events_only, write_corpus_manifest, write_patient_shards
 from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B) and the PhysioNet 2012 SeFT training split"
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--p19_dir", required=True, help="holds training_setA/B (.zip or folders)")
     parser.add_argument("--p12_dir", required=True, help="holds set-a/b/c, the Outcomes files and splits_seft/")
-    parser.add_argument("--output_dir", default="data/pretraining-corpus")
+    parser.add_argument("--output_dir", default="outputs/pretraining-corpus")
     parser.add_argument("--patients_per_shard", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     shards = write_patient_shards(sources, output_dir, args.patients_per_shard, seed=args.seed)
     check_shards(shards, held_out, sum(len(events) for events in sources.values()))
     record = manifest(sources, shards, len(held_out))
-    (output_dir / "corpus.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_corpus_manifest(output_dir, record)
     counts = ", ".join(f"{name} {part['patients']:,} patients / {part['events']:,} events" for name, part in record["sources"].items())
     print(f"wrote {len(shards)} shards to {output_dir}: {counts}; {len(held_out):,} P12 validation/test stays left out")
 

@@ -28,6 +28,7 @@ from transformers import get_scheduler
 
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, MaskedValueCollator
+from medfuse_hf.data.shards import read_corpus_manifest
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, resolve_checkpoint, save_checkpoint
 from medfuse_hf.training.cohorts import (
     Cohort,
@@ -75,6 +76,22 @@ def validation_loss(model, loader, collate, seed: int, accelerator) -> float:
     return (accelerator.reduce(total, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
 
 
+def streamed_cohort(args: argparse.Namespace, shards: list[str]) -> Cohort:
+    """Streamed shards as the model cards describe them (a stream has no size known up front, and shard paths are
+    not published): from `--data_description` / `--data_license`, else from the `corpus.json` beside the shards."""
+    manifest = read_corpus_manifest(shards)
+    if args.data_description:
+        terms = {"description": args.data_description, "license": args.data_license}
+    elif manifest is not None:
+        sources = manifest["sources"].values()
+        terms = {"description": manifest["description"], "license": "; ".join(source["license"] for source in sources),
+                 "citation": "\n\n".join(source["citation"] for source in sources)}
+    else:
+        raise SystemExit("a streamed cohort needs --data_description for its model cards, or a corpus.json beside "
+                         "its shards (recipes/make_pretraining_corpus.py writes one)")
+    return Cohort(splits=datasets.DatasetDict(), label_column="", id_column="patient_id", **terms)
+
+
 def training_function(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
@@ -92,9 +109,9 @@ def training_function(args: argparse.Namespace) -> dict:
     if args.parquet_shards:
         if not args.max_steps:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
-        if not args.data_description:
-            raise SystemExit("a streamed cohort needs --data_description for its model cards (shard paths are not published)")
-        train = streaming_patients(sorted(glob.glob(args.parquet_shards)), args.seed, open_shards=args.open_shards)
+        shards = sorted(glob.glob(args.parquet_shards))
+        cohort = streamed_cohort(args, shards)
+        train = streaming_patients(shards, args.seed, open_shards=args.open_shards)
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events, unknown_features="drop")
         else:  # statistics from the first patients of the stream, a bounded sample
@@ -150,9 +167,6 @@ def training_function(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         save_strict_tokenizer(tokenizer, output_dir / "model")
-        if cohort is None:  # streamed shards: described by the user; a stream has no size known up front
-            cohort = Cohort(splits=datasets.DatasetDict(), label_column="", id_column="patient_id",
-                            description=args.data_description, license=args.data_license)
         publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
                     f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics,
                     drop_rare_features=args.drop_rare_features,
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="forecast the next hours from the events before a cut-off, or predict hidden values")
     data.add_argument("--horizon_hours", type=float, default=2.0, help="forecasting: the window after the cut-off")
     data.add_argument("--mask_probability", type=float, default=0.15, help="masked_values: share of numeric events hidden")
-    data.add_argument("--data_description", help="what the streamed shards hold, for the model cards (required with them)")
+    data.add_argument("--data_description", help="what the streamed shards hold, for the model cards (else their corpus.json)")
     data.add_argument("--data_license", default="as set by the data owner", help="the streamed shards' terms, for the cards")
     add_model_arguments(parser, ENCODER_FLAGS)
     add_training_arguments(parser, output_dir="outputs/pretrain")

@@ -6,12 +6,14 @@ are shuffled before they are cut into shards, and each shard is written in small
 buffer then mixes sources and hospitals although it decodes only a few row groups at a time.
 """
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import datasets
 
+CORPUS_MANIFEST = "corpus.json"
 EVENT_FEATURES = datasets.Features({
     "patient_id": datasets.Value("string"),
     "source": datasets.Value("string"),
@@ -59,4 +61,20 @@ def write_patient_shards(
     return paths
 
 
-__all__ = ["EVENT_FEATURES", "events_only", "write_patient_shards"]
+def write_corpus_manifest(output_dir: str | Path, manifest: Mapping) -> Path:
+    """`corpus.json` beside the shards: what they hold (description, sources with licences and citations), read back
+    by `read_corpus_manifest` so that a model pretrained on them is carded without retyping it."""
+    path = Path(output_dir) / CORPUS_MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_corpus_manifest(shards: Sequence[str | Path]) -> dict | None:
+    """The manifest of shards that all lie in one folder holding a `corpus.json`, else None."""
+    folders = {Path(shard).parent for shard in shards}
+    if len(folders) != 1 or not (path := folders.pop() / CORPUS_MANIFEST).exists():
+        return None
+    return json.loads(path.read_text())
+
+
+__all__ = ["EVENT_FEATURES", "events_only", "read_corpus_manifest", "write_corpus_manifest", "write_patient_shards"]
