@@ -32,6 +32,7 @@ LEVERS = {  # name: flags added to the reference and the levers kept before it (
     "wide_value_projector": ["--value_projector_hidden_size", "64"],
     "quantile_values": ["--value_normalization", "quantile"],
     "periodic_value_projector": ["--value_projector", "periodic"],
+    "statics_embedding": ["--static_features", "age", "gender", "height", "icu_type", "weight"],
     "focal_loss": ["--classification_loss", "focal", "--focal_alpha", "0.5", "--class_weighting", "none"],
     "event_dropout": ["--event_dropout", "0.1"],
     "two_layers_four_heads_pre_ln": ["--num_hidden_layers", "2", "--num_attention_heads", "4", "--norm_first", "true"],

@@ -59,6 +59,10 @@ class MedFuseConfig(PreTrainedConfig):
         pooling (`str`, defaults to `"mean"`):
             How token states become one patient vector: masked `"mean"`, `"max"`, or `"attention"` (a learned
             score per token, softmax over the patient's events); padding never counts.
+        static_feature_ids (`list[int]`, defaults to `()`):
+            Features that also reach the patient vector directly (STraTS' demographics embedding): the token of
+            each one's earliest event, and whether it was recorded, projected and added to the pooled vector.
+            Their events stay tokens as well. P12's descriptors (age, gender, height, ICU type, weight) are such.
         classifier_dropout (`float`, defaults to 0.1):
             Dropout inside the classification head Linear(d→d/2) → GELU → Linear(d/2→labels).
         classification_loss (`str`, defaults to `"cross_entropy"`):
@@ -96,6 +100,7 @@ class MedFuseConfig(PreTrainedConfig):
     norm_first: bool = False
     layer_norm_eps: float = 1e-5
     pooling: Literal["mean", "max", "attention"] = "mean"
+    static_feature_ids: list[int] | tuple[int, ...] = ()
     classifier_dropout: float | int = 0.1
     classification_loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     focal_gamma: float | int = 2.0
@@ -107,6 +112,7 @@ class MedFuseConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.categorical_feature_ids = [int(i) for i in self.categorical_feature_ids]
+        self.static_feature_ids = [int(i) for i in self.static_feature_ids]
         if self.fusion == "scane":
             # SCANE is MuFuse's special case d′ = 1: the raw value scales the feature embedding.
             self.value_embedding_size = 1
@@ -128,9 +134,12 @@ class MedFuseConfig(PreTrainedConfig):
             raise ValueError(f"the sinusoidal time embedding needs an even hidden_size, got {self.hidden_size}")
         if self.vocab_size < 3:
             raise ValueError(f"vocab_size ({self.vocab_size}) must cover [PAD], [UNK] and at least one feature")
-        bad_ids = [i for i in self.categorical_feature_ids if not 2 <= i < self.vocab_size]
-        if bad_ids:
-            raise ValueError(f"categorical_feature_ids {bad_ids} are outside the feature ids 2..{self.vocab_size - 1}")
+        for name in ("categorical_feature_ids", "static_feature_ids"):
+            bad_ids = [i for i in getattr(self, name) if not 2 <= i < self.vocab_size]
+            if bad_ids:
+                raise ValueError(f"{name} {bad_ids} are outside the feature ids 2..{self.vocab_size - 1}")
+        if len(set(self.static_feature_ids)) != len(self.static_feature_ids):
+            raise ValueError(f"static_feature_ids {self.static_feature_ids} name a feature twice")
         if self.categorical_feature_ids and self.num_categories < 2:
             raise ValueError("categorical features need num_categories >= 2 (id 0 is reserved)")
         if self.class_weights is not None and len(self.class_weights) != self.num_labels:

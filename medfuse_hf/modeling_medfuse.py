@@ -333,6 +333,26 @@ class AttentionPooling(nn.Module):
 
 
 POOLINGS = {"mean": MeanPooling, "max": MaxPooling, "attention": AttentionPooling}
+
+
+class StaticsEmbedding(nn.Module):
+    """STraTS' demographics embedding, in MedFuse's tokens: each static feature's token at its earliest event (its
+    MuFuse embedding) and whether it was recorded, projected to the patient vector's size. Added to the pooled
+    vector, age or ICU type reach the head directly, not only through attention over hundreds of events."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.register_buffer("feature_ids", torch.tensor(config.static_feature_ids, dtype=torch.long), persistent=False)
+        self.projection = nn.Linear(len(config.static_feature_ids) * (config.hidden_size + 1), config.hidden_size)
+
+    def forward(self, tokens: torch.Tensor, feature_ids: torch.Tensor, times: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        match = (feature_ids.unsqueeze(-1) == self.feature_ids) & attention_mask.unsqueeze(-1)  # (B, T, k)
+        present = match.any(dim=1)  # (B, k)
+        earliest = torch.where(match, times.float().unsqueeze(-1), torch.inf).argmin(dim=1)  # (B, k)
+        slots = tokens.gather(1, earliest.unsqueeze(-1).expand(-1, -1, tokens.size(-1)))  # (B, k, d)
+        slots = slots * present.unsqueeze(-1).to(tokens.dtype)  # an unrecorded static: zeros, flag 0
+        return self.projection(torch.cat([slots.flatten(1), present.to(tokens.dtype)], dim=-1))
 """How token states become one patient vector; padding never counts, and a patient without events pools to zeros."""
 
 
@@ -398,10 +418,10 @@ class MedFusePreTrainedModel(PreTrainedModel):
             raise NotImplementedError("mean_resizing: a new clinical feature starts from its initialiser, not a mean")
         if pad_to_multiple_of:
             new_num_tokens = math.ceil(new_num_tokens / pad_to_multiple_of) * pad_to_multiple_of
-        lost = [i for i in self.config.categorical_feature_ids if i >= new_num_tokens]
+        lost = [i for i in (*self.config.categorical_feature_ids, *self.config.static_feature_ids) if i >= new_num_tokens]
         if new_num_tokens < 3 or lost:
-            raise ValueError(f"cannot resize to {new_num_tokens} feature ids: [PAD], [UNK] and the categorical "
-                             f"features {lost or ''} need room")
+            raise ValueError(f"cannot resize to {new_num_tokens} feature ids: [PAD], [UNK] and the categorical and "
+                             f"static features {lost or ''} need room")
         with torch.no_grad():
             for parameter, initialise in self.per_feature_tables().values():
                 kept = min(len(parameter), new_num_tokens)
@@ -445,6 +465,7 @@ class MedFuseModel(MedFusePreTrainedModel):
         self.layers = nn.ModuleList(MedFuseLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_first else None
         self.pooler = POOLINGS[config.pooling](config)
+        self.statics = StaticsEmbedding(config) if config.static_feature_ids else None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -499,6 +520,8 @@ class MedFuseModel(MedFusePreTrainedModel):
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
         pooled = self.pooler(hidden_states, attention_mask)
+        if self.statics is not None:
+            pooled = pooled + self.statics(all_hidden_states[0], feature_ids, times, attention_mask)
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states, pooler_output=pooled,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,

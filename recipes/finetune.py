@@ -73,9 +73,18 @@ def build_tokenizer(args, train, units) -> MedFuseTokenizer:
     return tokenizer
 
 
+def static_feature_ids(names: list[str], tokenizer: MedFuseTokenizer) -> list[int]:
+    unknown = [name for name in names if name not in tokenizer.feature_vocabulary]
+    if unknown:
+        raise SystemExit(f"--static_features: {unknown} are not in the tokenizer's vocabulary")
+    return [tokenizer.feature_vocabulary.id_of(name) for name in names]
+
+
 def build_model(args, tokenizer, class_weights) -> MedFuseForSequenceClassification:
     overrides = model_overrides(args, MODEL_FLAGS)
     overrides["class_weights"] = class_weights
+    if args.static_features:
+        overrides["static_feature_ids"] = static_feature_ids(args.static_features, tokenizer)
     if args.init_from:
         return MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
@@ -248,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = add_model_arguments(parser, MODEL_FLAGS)
     model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")
     model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
+    model.add_argument("--static_features", nargs="+", metavar="NAME",
+                       help="features that also join the patient vector directly, e.g. age gender height icu_type weight")
     train = add_training_arguments(parser, output_dir="outputs/finetune")
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")

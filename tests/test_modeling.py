@@ -37,6 +37,38 @@ def test_padding_never_changes_logits(tokenizer, cohort, tiny_config, pooling, n
     torch.testing.assert_close(left, long, atol=1e-5, rtol=0)
 
 
+def test_statics_join_the_patient_vector_from_their_earliest_event(vocabulary, tiny_config):
+    from medfuse_hf.modeling_medfuse import StaticsEmbedding
+
+    icu_type, heart_rate, sodium = (vocabulary.id_of(name) for name in ("icu_type", "heart_rate", "sodium"))
+    statics = StaticsEmbedding(tiny_config(static_feature_ids=[icu_type, heart_rate]))
+    statics.projection = torch.nn.Identity()  # read the slots and flags themselves
+    tokens = torch.randn(2, 4, 32)
+    feature_ids = torch.tensor([[heart_rate, icu_type, heart_rate, 0], [sodium, sodium, 0, 0]])
+    times = torch.tensor([[5.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    output = statics(tokens, feature_ids, times, feature_ids != 0)
+    slots, flags = output[:, :64].view(2, 2, 32), output[:, 64:]
+    torch.testing.assert_close(slots[0], tokens[0, [1, 2]])  # ICU type; heart rate at 1 h, not at 5 h
+    assert flags.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    assert not slots[1].any()  # unrecorded: zeros, not a padding token's state
+
+
+def test_statics_keep_the_output_independent_of_event_order_and_padding(tokenizer, cohort, tiny_config, vocabulary):
+    ids = [vocabulary.id_of(name) for name in ("icu_type", "heart_rate")]
+    model = MedFuseForSequenceClassification(tiny_config(static_feature_ids=ids)).eval()
+    batch = encode(tokenizer, cohort[:4])
+    permutation = torch.randperm(batch["feature_ids"].shape[1])
+    with torch.no_grad():
+        plain = model(**batch).logits
+        shuffled = model(**{key: value[:, permutation] for key, value in batch.items()}).logits
+        padded = model(**encode(tokenizer, cohort[:4], padding="max_length", max_length=64)).logits
+        model.medfuse.statics = None
+        without = model(**batch).logits  # the same weights, without the statics path
+    torch.testing.assert_close(shuffled, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
+    assert not torch.allclose(without, plain, atol=1e-4)
+
+
 def test_shuffled_events_give_the_same_output(tokenizer, cohort, tiny_config, fusion):
     model = MedFuseForSequenceClassification(tiny_config(fusion=fusion)).eval()
     batch = encode(tokenizer, cohort[:4])

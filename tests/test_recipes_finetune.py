@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medfuse_hf import FeatureVocabulary
 from medfuse_hf.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +206,15 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
     assert result["steps"] == 4 and result["epochs"] == 4  # one 32-patient batch per epoch from ~45 patients
     validations = [row for row in read_metrics(output_dir / "logs" / "metrics.jsonl") if "validation_auprc" in row]
     assert len(validations) == 1  # validated once per num_epochs' worth of steps, not after every tiny epoch
+
+
+def test_static_features_are_named_on_the_command_line_and_saved_as_ids(tmp_path):
+    run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--static_features", "heart_rate", "--output_dir", str(tmp_path)])
+    vocabulary = FeatureVocabulary.load(tmp_path / "model" / "feature_vocabulary.json")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["static_feature_ids"] == [vocabulary.id_of("heart_rate")]
+    refused = subprocess.run([sys.executable, str(RECIPE), *TINY, "--static_features", "age", "--output_dir", str(tmp_path / "no")],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert refused.returncode != 0 and "--static_features: ['age'] are not in the tokenizer's vocabulary" in refused.stderr
 
 
 def test_gradient_accumulation_counts_optimizer_steps_not_batches(tmp_path, single_process_run):

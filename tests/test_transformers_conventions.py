@@ -143,7 +143,7 @@ def test_resizing_grows_every_per_feature_table_and_the_model_reloads(
 
 def test_resizing_refuses_to_drop_a_categorical_feature(tiny_config):
     model = MedFuseForSequenceClassification(tiny_config())
-    with pytest.raises(ValueError, match="categorical features"):
+    with pytest.raises(ValueError, match="categorical and static features"):
         model.resize_token_embeddings(max(model.config.categorical_feature_ids))
 
 
