@@ -26,7 +26,8 @@ from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 from transformers import get_scheduler
 
 from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset
+from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset, validation_subset
+from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.training import (
     JSONLinesTracker,
     binary_metrics,
@@ -120,6 +121,11 @@ def training_function(args: argparse.Namespace) -> dict:
     if args.train_fraction < 1.0:  # the small-target setting of transfer experiments: stratified, seeded, nested
         train = train.select(nested_subset(train[label], args.train_fraction, args.seed))
         accelerator.print(f"training on {len(train)} patients ({args.train_fraction:.0%} of the training split)")
+    if args.validation_fraction < 1.0:  # what a small hospital has to choose epochs on: as few, yet both classes
+        validation = splits["validation"]
+        splits["validation"] = validation.select(validation_subset(validation[label], args.validation_fraction, args.seed))
+        accelerator.print(f"validating on {len(splits['validation'])} patients ({args.validation_fraction:.0%} of the "
+                          f"validation split, at least {MIN_VALIDATION_PER_CLASS} of each class)")
     positives = int(np.sum(train[label]))
     if len(train) < args.batch_size or positives in (0, len(train)):
         raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, --train_fraction "
@@ -262,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = add_training_arguments(parser, output_dir="outputs/finetune")
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")
+    train.add_argument("--validation_fraction", type=float, default=1.0,
+                       help=f"validate on this stratified share of the split (at least {MIN_VALIDATION_PER_CLASS} per class)")
     train.add_argument("--min_steps", type=int, default=0,
                        help="raise --num_epochs until training has at least this many optimizer steps (small cohorts)")
     model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")

@@ -2,6 +2,7 @@
 exported feature-embedding checkpoint."""
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import get_args
@@ -24,7 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path: str) -> ModuleType:
-    """A recipe or benchmark script (not a package module) imported by path, to test its functions."""
+    """A recipe or benchmark script (not a package module) imported by path, to test its functions. Its folder is
+    put on `sys.path`, as running it would, so that it can import its sibling scripts."""
+    folder = str((ROOT / relative_path).parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
     spec = importlib.util.spec_from_file_location(Path(relative_path).stem, ROOT / relative_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

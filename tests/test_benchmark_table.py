@@ -64,3 +64,27 @@ def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):
                 {"protocol": "seft-split", "seed": 1, "model": "medfuse", "versus": "additive", "auprc": 2}]
     computed = [{"protocol": "seft-split", "seed": 1, "model": "medfuse", "versus": "additive", "auprc": 3}]
     assert [gap["auprc"] for gap in p12_table.merged_gaps(recorded, computed)] == [1, 3]
+
+
+def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_by_seed(tmp_path, monkeypatch):
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    results = tmp_path / "rows.json"
+    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_embeddings": 0.35, "gbm": 0.45}
+
+    def cell_row(arm, fraction, seed, validation):
+        return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "train_patients": int(7700 * fraction),
+                "auroc": 0.8, "auprc": auprc[arm] + 0.01 * seed, "train_seconds": 1.0, "git": "abc"}
+
+    results.write_text(json.dumps([cell_row("gbm", 0.01, 0, "full")]))
+    ran = []
+    monkeypatch.setattr(label_efficiency, "run_cell", lambda *cell: ran.append(cell[:4]) or cell_row(*cell[:4]))
+    (tmp_path / "base" / "model").mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["label_efficiency.py", "--base", str(tmp_path / "base"), "--fractions", "0.1", "0.01",
+                                      "--cut_validation_fractions", "0.01", "--seeds", "0", "1", "--results", str(results)])
+    label_efficiency.main()
+    assert ran[0] == ("scratch", 0.01, 0, "full") and ("gbm", 0.01, 0, "full") not in ran  # already there
+    assert len(ran) == 4 * 2 * 3 - 1 and ran[-1] == ("gbm", 0.1, 1, "full")  # 0.01 twice (full, cut), 0.1 once
+    gains = (tmp_path / "gains.md").read_text()
+    assert "| full | 0.01 | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |" in gains
+    assert "| cut | 0.01 | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 ± 0.0000 |" in gains
+    assert (tmp_path / "label_efficiency.png").stat().st_size > 0

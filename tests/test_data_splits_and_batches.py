@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from medfuse_hf import MedFuseTokenizer
-from medfuse_hf.training.cohorts import fit_tokenizer
 from medfuse_hf.data import (
     LengthGroupedBatchSampler,
     MedFuseDataCollator,
@@ -19,7 +18,9 @@ from medfuse_hf.data import (
     seft_split,
     set_a_test_split,
     stratified_split,
+    validation_subset,
 )
+from medfuse_hf.training.cohorts import fit_tokenizer
 
 
 def test_stratified_split_is_seeded_disjoint_and_keeps_the_label_rate():
@@ -40,6 +41,8 @@ def test_training_subsets_are_nested_stratified_and_seeded():
     assert len(subsets[0.01]) == 32 and sum(labels[i] for i in subsets[0.01]) == 2
     assert set(nested_subset(labels, 0.05, seed=2)) != subsets[0.05]
     assert 9 in nested_subset([0] * 9 + [1], 0.05) and len(nested_subset([0] * 9 + [1], 0.05)) == 2  # a class keeps one
+    floored = validation_subset(labels, 0.01, seed=1)  # a small hospital's: at least 10 of each class
+    assert sum(labels[i] for i in floored) == 10 and len(floored) == 40 and subsets[0.01] <= set(floored)
     with pytest.raises(ValueError, match="fraction"):
         nested_subset(labels, 0.0)
 

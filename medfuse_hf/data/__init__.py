@@ -15,7 +15,16 @@ from .mimic3 import load_mimic3_benchmark_root
 from .patient_table import LoadSummary
 from .physionet2012 import load_physionet2012
 from .physionet2019 import load_physionet2019
-from .splits import apply_split, load_split, nested_subset, save_split, seft_split, set_a_test_split, stratified_split
+from .splits import (
+    apply_split,
+    load_split,
+    nested_subset,
+    save_split,
+    seft_split,
+    set_a_test_split,
+    stratified_split,
+    validation_subset,
+)
 
 __all__ = [
     "ForecastingCollator",
@@ -39,4 +48,5 @@ __all__ = [
     "seft_split",
     "set_a_test_split",
     "stratified_split",
+    "validation_subset",
 ]

@@ -48,10 +48,10 @@ def stratified_split(
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
 
 
-def nested_subset(labels: Sequence, fraction: float, seed: int = 0) -> list[int]:
+def nested_subset(labels: Sequence, fraction: float, seed: int = 0, min_per_class: int = 1) -> list[int]:
     """Positions of a seeded share of the patients, stratified by label and nested across fractions: the 1%
     subset lies inside the 5% one, so a learning curve adds patients instead of redrawing them. Each class keeps
-    round(fraction · its size) patients, at least one, so a class of fewer than 1/(2 · fraction) patients is
+    round(fraction · its size) patients, at least `min_per_class` (or all it has), so a small class can be
     over-represented in the subset."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
@@ -60,8 +60,17 @@ def nested_subset(labels: Sequence, fraction: float, seed: int = 0) -> list[int]
     keep = []
     for label in np.unique(labels):  # one permutation per class, the same whatever the fraction
         members = rng.permutation(np.flatnonzero(labels == label))
-        keep.extend(members[: max(1, round(fraction * len(members)))].tolist())
+        keep.extend(members[: max(min_per_class, round(fraction * len(members)))].tolist())
     return sorted(keep)
+
+
+MIN_VALIDATION_PER_CLASS = 10  # a validation AUPRC from fewer positives would choose epochs at random
+
+
+def validation_subset(labels: Sequence, fraction: float, seed: int = 0) -> list[int]:
+    """A small hospital's validation split: `nested_subset` of the validation stays, but at least
+    `MIN_VALIDATION_PER_CLASS` of each class (or all a class has)."""
+    return nested_subset(labels, fraction, seed, min_per_class=MIN_VALIDATION_PER_CLASS)
 
 
 def set_a_test_split(dataset: datasets.Dataset, validation_fraction: float = 0.2, seed: int = 0) -> Split:

@@ -1,0 +1,176 @@
+"""Label efficiency of pretraining (issue 20): on P12's SeFT split, with 1 %…100 % of the training stays, does a
+model started from the pretrained base need fewer labelled patients than one trained from scratch, or than the
+summary-statistics GBM a hospital would otherwise use?
+
+    nohup python benchmarks/label_efficiency.py --base outputs/medfuse-base > outputs/label-efficiency.log 2>&1 &
+    python benchmarks/label_efficiency.py --summary_only     # table, paired gains and plot of the cells so far
+
+Arms, each on the same nested, stratified, seeded training subset (`nested_subset`, as `--train_fraction` draws it):
+- `scratch`: the P12 table's MedFuse and budget, trained on the subset;
+- `pretrained`: the same, started from the base model (`--init_from <base>/model`);
+- `pretrained_embeddings`: the same, started from the base's feature embeddings only (`--init_embeddings_from`);
+- `gbm`: the summary-statistics GBM of the accuracy issue, fitted on the subset.
+
+Validation is the full split for every arm (`validation: full`), for comparability; for the smallest fractions every
+arm is also run with validation cut to the same fraction, at least 10 stays of each class (`validation: cut`), which
+is what a small hospital has. Rows go to `benchmarks/results/pretraining/p12_label_efficiency.json` as cells finish
+(finished cells are skipped, a killed fine-tuning resumes); `table.md`, `gains.md` and `label_efficiency.png` beside.
+"""
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from p12_table import BUDGET, MODELS, summary_tables
+
+from medfuse_hf.data import nested_subset, validation_subset
+from medfuse_hf.training import binary_metrics
+from medfuse_hf.training.metrics import format_mean_std, mean_and_std
+from medfuse_hf.training.run_info import git_commit
+from medfuse_hf.training.runs import ResultRows, run_finetune
+from medfuse_hf.training.summary_baseline import fit_gbm
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
+ARMS = ("scratch", "pretrained", "pretrained_embeddings", "gbm")
+# The P12 table's MedFuse, with a floor of optimizer steps so that 1 % (~77 stays) is trained too, as in the
+# transfer experiment.
+FINETUNE = [*BUDGET, *MODELS["medfuse"], "--min_steps", "300"]
+
+
+def arm_flags(arm: str, base: Path) -> list[str]:
+    return {"scratch": [], "pretrained": ["--init_from", str(base / "model")],
+            "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
+
+
+def run_gbm(data_dir: Path, fraction: float, seed: int, validation: str) -> dict:
+    """The GBM on the training subset a fine-tuning of this fraction and seed gets, early-stopped on the same
+    validation stays, scored once on test."""
+    tables, labels, _ = summary_tables(data_dir, "seft-split", 0)
+    train = nested_subset(labels["train"], fraction, seed)
+    kept = validation_subset(labels["validation"], fraction, seed) if validation == "cut" else slice(None)
+    started = time.perf_counter()
+    fit = fit_gbm((tables["train"].iloc[train], labels["train"][train]),
+                  (tables["validation"].iloc[kept], labels["validation"][kept]), tables["test"], seed)
+    test = binary_metrics(labels["test"], fit.test_scores)
+    return {"auroc": test["auroc"], "auprc": test["auprc"], "train_seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
+    if arm == "gbm":
+        figures = run_gbm(args.data_dir, fraction, seed, validation)
+    else:
+        flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split", *FINETUNE,
+                 "--train_fraction", str(fraction), "--seed", str(seed), *arm_flags(arm, args.base)]
+        if validation == "cut":
+            flags += ["--validation_fraction", str(fraction)]
+        run_dir = args.output_dir / f"{arm}-f{fraction}-s{seed}-{validation}-validation"
+        report = run_finetune(flags, run_dir, args.launcher)
+        figures = {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
+                   "train_seconds": report["train_seconds"]}
+    _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
+    return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
+            "train_patients": len(nested_subset(labels["train"], fraction, seed)), **figures, "git": git_commit()["commit"]}
+
+
+def cells(args: argparse.Namespace) -> list[tuple[str, float, int, str]]:
+    """Every (arm, fraction, seed, validation) of the experiment, smallest fractions first: a partial run already
+    answers the question that matters most to a small hospital."""
+    return [(arm, fraction, seed, validation)
+            for fraction in sorted(args.fractions)
+            for validation in (("full", "cut") if fraction in args.cut_validation_fractions else ("full",))
+            for seed in args.seeds for arm in args.arms]
+
+
+def summarise(rows: list[dict]) -> tuple[str, str]:
+    """The table (mean ± std per validation, fraction and arm) and the paired gains (per seed: pretrained minus
+    scratch, pretrained minus GBM), as Markdown."""
+    table = ["| validation | fraction | train stays | arm | seeds | AUROC | AUPRC |", "|---|---:|---:|---|---:|---|---|"]
+    gains = ["| validation | fraction | versus | seeds | AUROC gain per seed | AUPRC gain per seed | AUPRC gain |",
+             "|---|---:|---|---:|---|---|---|"]
+    for validation in ("full", "cut"):
+        for fraction in sorted({row["fraction"] for row in rows}):
+            cell = {arm: {row["seed"]: row for row in rows if (row["arm"], row["fraction"], row["validation"]) == (arm, fraction, validation)}
+                    for arm in ARMS}
+            for arm, by_seed in cell.items():
+                if by_seed:
+                    figures = [format_mean_std(*mean_and_std([row[metric] for row in by_seed.values()])) for metric in ("auroc", "auprc")]
+                    patients = next(iter(by_seed.values()))["train_patients"]
+                    table.append(f"| {validation} | {fraction:g} | {patients:,} | {arm} | {len(by_seed)} | {' | '.join(figures)} |")
+            for versus in ("scratch", "gbm"):
+                seeds = sorted(cell["pretrained"].keys() & cell[versus].keys())
+                if not seeds:
+                    continue
+                per_metric = {metric: [cell["pretrained"][seed][metric] - cell[versus][seed][metric] for seed in seeds]
+                              for metric in ("auroc", "auprc")}
+                listed = [", ".join(f"{gain:+.4f}" for gain in per_metric[metric]) for metric in ("auroc", "auprc")]
+                gains.append(f"| {validation} | {fraction:g} | {versus} | {len(seeds)} | {listed[0]} | {listed[1]} | "
+                             f"{format_mean_std(*mean_and_std(per_metric['auprc']), '+')} |")
+    return "\n".join(table), "\n".join(gains)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """AUROC and AUPRC against the number of labelled training stays (log scale), one line per arm, mean ± std over
+    seeds; full validation solid, cut validation dashed."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, metric in zip(axes, ("auroc", "auprc")):
+        for arm, colour in zip(ARMS, ("tab:grey", "tab:blue", "tab:cyan", "tab:orange")):
+            for validation, style in (("full", "-"), ("cut", "--")):
+                cell = [row for row in rows if row["arm"] == arm and row["validation"] == validation]
+                if not cell:
+                    continue
+                patients = sorted({row["train_patients"] for row in cell})
+                stats = [mean_and_std([row[metric] for row in cell if row["train_patients"] == n]) for n in patients]
+                axis.errorbar(patients, [mean for mean, _ in stats], yerr=[0.0 if np.isnan(std) else std for _, std in stats], color=colour,
+                              linestyle=style, marker="o", capsize=3, label=f"{arm} ({validation} validation)")
+        axis.set(xscale="log", xlabel="labelled training stays (P12, SeFT split)", ylabel=f"test {metric.upper()}")
+        axis.legend(fontsize=7)
+    figure.suptitle("Label efficiency: pretrained MedFuse against scratch and the summary-statistics GBM")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, help="the pretrained base's run folder (model/, feature_embeddings/)")
+    parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
+    parser.add_argument("--cut_validation_fractions", type=float, nargs="*", default=[0.01, 0.05])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--results", type=Path, default=RESULTS / "p12_label_efficiency.json")
+    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "label-efficiency")
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable))
+    parser.add_argument("--summary_only", action="store_true", help="train nothing: summarise the finished cells")
+    args = parser.parse_args()
+    results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
+    if not args.summary_only:
+        needs_base = {"pretrained", "pretrained_embeddings"} & set(args.arms)
+        if needs_base and (args.base is None or not (args.base / "model").is_dir()):
+            parser.error(f"the arms {sorted(needs_base)} need --base, a pretraining run folder with model/")
+        for arm, fraction, seed, validation in cells(args):
+            if results.done(arm=arm, fraction=fraction, seed=seed, validation=validation):
+                continue
+            row = run_cell(arm, fraction, seed, validation, args)
+            results.add(row)
+            print(f"{arm}, fraction {fraction:g} ({row['train_patients']} stays), seed {seed}, {validation} validation: "
+                  f"AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f} ({row['train_seconds']:.0f} s)", flush=True)
+    if not results.rows:
+        raise SystemExit(f"{results.path} holds no finished cell yet")
+    table, gains = summarise(results.rows)
+    (args.results.parent / "table.md").write_text(table + "\n")
+    (args.results.parent / "gains.md").write_text(gains + "\n")
+    plot(results.rows, args.results.parent / "label_efficiency.png")
+    print(table, gains, sep="\n\n")
+
+
+if __name__ == "__main__":
+    main()
