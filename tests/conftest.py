@@ -20,7 +20,6 @@ from medfuse_hf import (
 )
 from medfuse_hf.synthetic import make_sodium_cohort
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
