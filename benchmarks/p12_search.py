@@ -55,6 +55,18 @@ def greedy_path(rows: list[dict], seed: int = 0) -> tuple[list[str], list[str]]:
     return kept, flags
 
 
+def run_of(rows: list[dict], lever: str) -> tuple[list[str], list[str]]:
+    """The levers under `lever` and its flags: as its screening run (seed 0) had them, so that a confirmation seed
+    repeats that run even after later levers were kept; for a lever not screened yet, the greedy path so far."""
+    screened = next((row for row in rows if row["lever"] == lever and row["seed"] == 0), None)
+    if screened is not None:
+        return screened["on_top_of"], shlex.split(screened["flags"])
+    if lever == "reference":
+        return [], []
+    kept, flags = greedy_path(rows)
+    return [name for name in kept if name != "reference"], [*flags, *LEVERS[lever]]
+
+
 def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
     """Each finished lever run minus the GBM of the same seed on the same test patients, with a paired bootstrap 95%
     interval: where both runs' predictions are on this machine."""
@@ -127,19 +139,10 @@ def main() -> None:
             for lever in args.levers:
                 if results.done(lever=lever, seed=seed):
                     continue
-                kept, kept_flags = greedy_path(results.rows)
-                if lever == "reference":
-                    kept, kept_flags = [], []
-                flags = [*BUDGET, *REFERENCE, *kept_flags, *LEVERS[lever], *shlex.split(args.extra_args)]
+                on_top_of, lever_flags = run_of(results.rows, lever)
+                flags = [*BUDGET, *REFERENCE, *lever_flags, *shlex.split(args.extra_args)]
                 row = finetune_row(flags, "seft-split", seed, args.output_dir / f"{lever}-seed{seed}", args)
-                results.add(
-                    {
-                        "lever": lever,
-                        "on_top_of": [k for k in kept if k != "reference"],
-                        "flags": shlex.join([*kept_flags, *LEVERS[lever]]),
-                        **row,
-                    }
-                )
+                results.add({"lever": lever, "on_top_of": on_top_of, "flags": shlex.join(lever_flags), **row})
                 print(
                     f"{lever} seed {seed}: "
                     + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)

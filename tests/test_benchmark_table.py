@@ -88,3 +88,22 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert "| full | 0.01 | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |" in gains
     assert "| cut | 0.01 | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 ± 0.0000 |" in gains
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
+
+
+def test_the_search_keeps_levers_greedily_and_confirms_a_lever_with_its_screening_flags():
+    search = load_script("benchmarks/p12_search.py")
+
+    def screened(lever, validation_auprc, on_top_of, flags):
+        return {"lever": lever, "seed": 0, "validation_auprc": validation_auprc, "on_top_of": on_top_of, "flags": flags}
+
+    rows = [screened("reference", 0.50, [], ""),
+            screened("attention_pooling", 0.53, [], "--pooling attention"),
+            screened("wide_value_projector", 0.51, ["attention_pooling"], "--pooling attention --value_projector_hidden_size 64")]
+    assert search.greedy_path(rows) == (["reference", "attention_pooling"], ["--pooling", "attention"])
+    # the next lever goes on top of those kept, not of the one that lost
+    assert search.run_of(rows, "quantile_values") == (
+        ["attention_pooling"], ["--pooling", "attention", "--value_normalization", "quantile"])
+    rows.append(screened("quantile_values", 0.60, ["attention_pooling"], "--pooling attention --value_normalization quantile"))
+    # a confirmation seed of the wide projector repeats its screening run, though quantile values are kept since
+    assert search.run_of(rows, "wide_value_projector") == (
+        ["attention_pooling"], ["--pooling", "attention", "--value_projector_hidden_size", "64"])
