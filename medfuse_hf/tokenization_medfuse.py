@@ -25,7 +25,7 @@ from transformers.utils import PaddingStrategy, cached_file
 
 from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary, unit_key
 from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
-from .timestamps import parse_timestamps
+from .timestamps import hours_since_start
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             times = [time for time, kept in zip(times, keep) if kept]
             if len(feature_ids) == 0:
                 raise ValueError(f"{where} has no events left after dropping unknown features")
-        hours = self._hours(times, anchor, row_labels, where)
+        hours = hours_since_start(times, anchor, row_labels, where, self.max_hours)
         normalised = self._values(feature_ids, values, row_labels, where)
         order = np.argsort(hours, kind="stable")
         events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32), hours[order].astype(np.float32),
@@ -309,39 +309,6 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
                 logger.warning("%s: %s its %d events of unknown features %s (each is reported once)",
                                where, action, events, first_seen)
         return np.asarray(ids, dtype=np.int64)
-
-    def _hours(self, times: Sequence, anchor: Any, row_labels: list, where: str) -> np.ndarray:
-        try:
-            hours = np.asarray(times, dtype=np.float64)
-            if anchor is not None:
-                hours = hours - float(anchor)
-        except (TypeError, ValueError):  # timestamps, read as the long-format loader reads them (ISO 8601)
-            text = pd.Series([str(time) for time in times], dtype=object)
-            is_number = pd.to_numeric(text, errors="coerce").notna().to_numpy()
-            if is_number.any():  # hours, and text among them
-                row = int(np.flatnonzero(~is_number)[0])
-                raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp "
-                                 "like the others (every time of a patient in hours, or every one a timestamp)")
-            places = pd.Series([f"{where}, row {label}" for label in row_labels])
-            stamps = parse_timestamps(text, None, "time", places)
-            bad = np.flatnonzero(stamps.isna().to_numpy())
-            if bad.size:
-                row = bad[0]
-                raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp")
-            origin = stamps.min() if anchor is None else parse_timestamps(pd.Series([str(anchor)]), None, "anchor", pd.Series([where]))[0]
-            if pd.isna(origin):
-                raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
-            hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
-        problems = (
-            (~np.isfinite(hours), "is not a finite number"),
-            (hours < 0, "lies before the record's start/anchor"),
-            (hours > self.max_hours, f"lies more than {self.max_hours:.0f} hours after the record's start/anchor"),
-        )
-        for bad, reason in problems:
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} ({hours[row]:.4g} h) {reason}")
-        return hours
 
     def _values(self, feature_ids: np.ndarray, values: Sequence, row_labels: list, where: str) -> np.ndarray:
         missing = feature_ids[~self._has_statistics[feature_ids]]
