@@ -333,6 +333,7 @@ class AttentionPooling(nn.Module):
 
 
 POOLINGS = {"mean": MeanPooling, "max": MaxPooling, "attention": AttentionPooling}
+"""How token states become one patient vector; padding never counts, and a patient without events pools to zeros."""
 
 
 class StaticsEmbedding(nn.Module):
@@ -342,18 +343,22 @@ class StaticsEmbedding(nn.Module):
 
     def __init__(self, config: MedFuseConfig):
         super().__init__()
-        self.register_buffer("feature_ids", torch.tensor(config.static_feature_ids, dtype=torch.long), persistent=False)
+        self.static_feature_ids = list(config.static_feature_ids)
+        self.register_buffer("feature_ids", self.compute_feature_ids(), persistent=False)
         self.projection = nn.Linear(len(config.static_feature_ids) * (config.hidden_size + 1), config.hidden_size)
+
+    def compute_feature_ids(self) -> torch.Tensor:
+        return torch.tensor(self.static_feature_ids, dtype=torch.long)
 
     def forward(self, tokens: torch.Tensor, feature_ids: torch.Tensor, times: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
+        """Several events of a static at its earliest time (two weights at t = 0): the first of them, as given."""
         match = (feature_ids.unsqueeze(-1) == self.feature_ids) & attention_mask.unsqueeze(-1)  # (B, T, k)
         present = match.any(dim=1)  # (B, k)
         earliest = torch.where(match, times.float().unsqueeze(-1), torch.inf).argmin(dim=1)  # (B, k)
         slots = tokens.gather(1, earliest.unsqueeze(-1).expand(-1, -1, tokens.size(-1)))  # (B, k, d)
         slots = slots * present.unsqueeze(-1).to(tokens.dtype)  # an unrecorded static: zeros, flag 0
         return self.projection(torch.cat([slots.flatten(1), present.to(tokens.dtype)], dim=-1))
-"""How token states become one patient vector; padding never counts, and a patient without events pools to zeros."""
 
 
 class MedFusePreTrainedModel(PreTrainedModel):
@@ -378,6 +383,8 @@ class MedFusePreTrainedModel(PreTrainedModel):
             init.copy_(module.is_categorical, module.compute_categorical_mask())
         elif isinstance(module, CategoricalFusion):
             init.copy_(module.pair_offsets, module.compute_pair_offsets(module.pair_offsets.numel()))
+        elif isinstance(module, StaticsEmbedding):
+            init.copy_(module.feature_ids, module.compute_feature_ids())
         elif isinstance(module, ValueProjector):
             # PyTorch's default Linear init, as the authors kept: under N(0, 0.02), φ(v) ≈ 0 and a fresh MuFuse
             # token e_f ⊙ φ(v) would carry neither identity nor value.

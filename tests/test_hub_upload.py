@@ -190,19 +190,31 @@ def rare_feature_tokenizer() -> MedFuseTokenizer:
     return MedFuseTokenizer(FeatureVocabulary.from_events(patients))
 
 
-def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir) -> None:
-    """`Trainer.push_to_hub` with the tokenizer as processing class, under `TokenizerPrivacyCallback`."""
-    from transformers import Trainer, TrainingArguments
+def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_training: bool) -> None:
+    """`Trainer.push_to_hub` with the tokenizer as processing class, under `TokenizerPrivacyCallback`; or, while
+    training, `push_to_hub=True` with every checkpoint uploaded (`hub_strategy="checkpoint"`), then the final push."""
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), hidden_size=8, value_embedding_size=4,
                            value_projector_hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
-    args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", hub_model_id=repo_id, hub_token=TOKEN)
-    trainer = Trainer(MedFuseForSequenceClassification(config), args, processing_class=tokenizer,
+    pushing = {"push_to_hub": True, "hub_strategy": "checkpoint", "max_steps": 1, "save_steps": 1} if while_training else {}
+    args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", hub_model_id=repo_id,
+                             hub_token=TOKEN, per_device_train_batch_size=8, **pushing)
+    raw = datasets.Dataset.from_list(make_sodium_cohort(16, seed=3))
+    train = raw.map(lambda batch: tokenizer(batch, padding=False), batched=True, remove_columns=raw.column_names)
+    trainer = Trainer(MedFuseForSequenceClassification(config), args, train_dataset=train.add_column("labels", raw["label"]),
+                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                       callbacks=[TokenizerPrivacyCallback()])
+    if while_training:
+        trainer.train()
     trainer.push_to_hub()
 
 
-@pytest.mark.parametrize("upload", ["push_to_hub", "save_pretrained", "Trainer.push_to_hub"])
+UPLOADS = ["push_to_hub", "save_pretrained", "Trainer.push_to_hub", "Trainer(push_to_hub=True).train"]
+
+
+@pytest.mark.parametrize("upload", UPLOADS)
 def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
     """transformers' own upload paths of the tokenizer: counts rounded to tens, a rare feature refused."""
     def push(tokenizer, repo_id):
@@ -211,7 +223,7 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
         elif upload == "save_pretrained":
             tokenizer.save_pretrained(tmp_path / repo_id.split("/")[1], push_to_hub=True, repo_id=repo_id, token=TOKEN)
         else:
-            trainer_push(tokenizer, repo_id, tmp_path / repo_id.split("/")[1])
+            trainer_push(tokenizer, repo_id, tmp_path / repo_id.split("/")[1], while_training=upload.endswith("train"))
 
     cohort = make_sodium_cohort(57, seed=2)
     common, exact = (MedFuseTokenizer(FeatureVocabulary.from_events(cohort)) for _ in range(2))
@@ -219,7 +231,10 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
     uploaded = json.loads(hub.repos["hospital-a/tokenizer"]["files"]["feature_vocabulary.json"])
     assert [feature["statistics"]["num_patients"] for feature in uploaded["features"]] == [50, 50, 50]  # 57, rounded
     assert FeatureVocabulary.from_dict(uploaded) == privacy_guarded(common.feature_vocabulary)[0]
-    if upload == "Trainer.push_to_hub":  # the Trainer saves this very object: guarded in place, encoding unchanged
+    if upload.endswith("train"):  # the checkpoint uploaded while training, too
+        checkpoint = json.loads(hub.repos["hospital-a/tokenizer"]["files"]["last-checkpoint/feature_vocabulary.json"])
+        assert [feature["statistics"]["num_patients"] for feature in checkpoint["features"]] == [50, 50, 50]
+    if upload.startswith("Trainer"):  # the Trainer saves this very object: guarded in place, encoding unchanged
         assert common.feature_vocabulary == privacy_guarded(exact.feature_vocabulary)[0]
         assert common(cohort, return_tensors="np")["values"].tolist() == exact(cohort, return_tensors="np")["values"].tolist()
     else:
@@ -228,4 +243,7 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
     requests = len(hub.requests)
     with pytest.raises(ValueError, match="refusing to push hospital-a/rare: its tokenizer normalises rare_lab"):
         push(rare_feature_tokenizer(), "hospital-a/rare")
-    assert len(hub.requests) == requests and "hospital-a/rare" not in hub.repos  # refused before any request
+    if upload.endswith("train"):  # the Trainer creates the repo when it is built; training is refused before a file
+        assert hub.repos["hospital-a/rare"]["files"] == {}
+    else:
+        assert len(hub.requests) == requests and "hospital-a/rare" not in hub.repos  # refused before any request

@@ -69,6 +69,17 @@ def test_statics_keep_the_output_independent_of_event_order_and_padding(tokenize
     assert not torch.allclose(without, plain, atol=1e-4)
 
 
+def test_a_model_with_statics_reloads_with_its_static_feature_ids(tmp_path, tokenizer, cohort, tiny_config, vocabulary):
+    ids = [vocabulary.id_of(name) for name in ("icu_type", "heart_rate")]
+    model = MedFuseForSequenceClassification(tiny_config(static_feature_ids=ids)).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = MedFuseForSequenceClassification.from_pretrained(tmp_path).eval()  # built on the meta device
+    assert reloaded.medfuse.statics.feature_ids.tolist() == ids  # a non-persistent buffer, rebuilt
+    batch = encode(tokenizer, cohort[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits)
+
+
 def test_shuffled_events_give_the_same_output(tokenizer, cohort, tiny_config, fusion):
     model = MedFuseForSequenceClassification(tiny_config(fusion=fusion)).eval()
     batch = encode(tokenizer, cohort[:4])
