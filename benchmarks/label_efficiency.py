@@ -153,9 +153,10 @@ def main() -> None:
     args = parser.parse_args()
     results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
     if not args.summary_only:
-        needs_base = {"pretrained", "pretrained_embeddings"} & set(args.arms)
-        if needs_base and (args.base is None or not (args.base / "model").is_dir()):
-            parser.error(f"the arms {sorted(needs_base)} need --base, a pretraining run folder with model/")
+        needed = {"pretrained": "model", "pretrained_embeddings": "feature_embeddings"}
+        missing = [folder for arm, folder in needed.items() if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
+        if missing:
+            parser.error(f"the pretrained arms need --base, a pretraining run folder with {' and '.join(missing)}/")
         for arm, fraction, seed, validation in cells(args):
             if results.done(arm=arm, fraction=fraction, seed=seed, validation=validation):
                 continue

@@ -134,6 +134,9 @@ class MedFuseConfig(PreTrainedConfig):
             raise ValueError(f"the sinusoidal time embedding needs an even hidden_size, got {self.hidden_size}")
         if self.vocab_size < 3:
             raise ValueError(f"vocab_size ({self.vocab_size}) must cover [PAD], [UNK] and at least one feature")
+        if self.fusion == "scane" and self.pretraining_objective == "masked_values":
+            raise ValueError("masked_values pretraining hides a value by reducing its token to e_f, which under SCANE "
+                             "(e_f scaled by the value) is the token of value 1: choose another fusion or objective")
         for name in ("categorical_feature_ids", "static_feature_ids"):
             bad_ids = [i for i in getattr(self, name) if not 2 <= i < self.vocab_size]
             if bad_ids:

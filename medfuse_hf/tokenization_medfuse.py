@@ -81,6 +81,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
     ):
         # one event per position (feature_size 1); no sampling rate; padding is PAD_ID and zeros, see `_pad`
         super().__init__(feature_size=1, sampling_rate=None, padding_value=float(PAD_ID), **kwargs)
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
         if unknown_features not in ("error", "unk", "drop"):
             raise ValueError(f"unknown_features must be 'error', 'unk' or 'drop', got {unknown_features!r}")
         if max_events < 1:
@@ -135,12 +137,17 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         if len(anchors) != len(batch):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
         encoded = [self.encode_patient(patient, index, anchor) for index, (patient, anchor) in enumerate(zip(batch, anchors))]
+        if max_length is not None:
+            encoded = [events.select(slice(-max_length, None)) for events in encoded]
+        if padding is False and len({len(events) for events in encoded}) > 1 and return_tensors is not None:
+            lengths = [len(events) for events in encoded]
+            raise ValueError(f"patients have {min(lengths)}..{max(lengths)} events: tensors need padding=True")
         if padding is False and return_tensors is None:  # ragged, for `datasets.map`: `pad` (a collator) pads later
             features = {name: [getattr(events, name).tolist() for events in encoded] for name in ("feature_ids", "values", "times")}
             features["attention_mask"] = [[1] * len(events) for events in encoded]
             return BatchFeature({key: value[0] for key, value in features.items()} if is_single else features)
         rows = [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times} for events in encoded]
-        features = self.pad(rows, padding, max_length, max_length is not None, pad_to_multiple_of, return_tensors=return_tensors or "np")
+        features = self.pad(rows, padding, max_length, pad_to_multiple_of=pad_to_multiple_of, return_tensors=return_tensors or "np")
         if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
             features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
         return BatchFeature(features, tensor_type=return_tensors)
@@ -155,6 +162,14 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
                 if known and unit_key(known) != unit_key(unit):
                     raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
                                      f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
+
+    def pad(self, processed_features: Any, padding: bool | str = True, max_length: int | None = None,
+            truncation: bool | None = None, **kwargs) -> BatchFeature:
+        """`SequenceFeatureExtractor.pad`, where `max_length` also truncates unless `truncation=False` (the base
+        would leave longer patients unpadded and fail to stack them): patients keep their most recent events, as in
+        encoding. Every model input is padded; other keys, such as `labels`, pass through."""
+        truncation = max_length is not None if truncation is None else truncation
+        return super().pad(processed_features, padding, max_length, truncation, **kwargs)
 
     def _pad(
         self,

@@ -78,7 +78,8 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     results.write_text(json.dumps([cell_row("gbm", 0.01, 0, "full")]))
     ran = []
     monkeypatch.setattr(label_efficiency, "run_cell", lambda *cell: ran.append(cell[:4]) or cell_row(*cell[:4]))
-    (tmp_path / "base" / "model").mkdir(parents=True)
+    for folder in ("model", "feature_embeddings"):
+        (tmp_path / "base" / folder).mkdir(parents=True)
     monkeypatch.setattr(sys, "argv", ["label_efficiency.py", "--base", str(tmp_path / "base"), "--fractions", "0.1", "0.01",
                                       "--cut_validation_fractions", "0.01", "--seeds", "0", "1", "--results", str(results)])
     label_efficiency.main()

@@ -5,6 +5,7 @@ import json
 import zipfile
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import load_script
 from test_data_physionet2012 import write_release
 from test_data_physionet2019 import PATIENT_A, PATIENT_B
@@ -32,6 +33,8 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_pret
     recipe = load_script("recipes/make_pretraining_corpus.py")
     recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus), "--patients_per_shard", "2"])
 
+    with pytest.raises(FileExistsError, match="already holds 2 shards"):  # a rerun would mix two corpora
+        recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus)])
     shards = sorted(corpus.glob("*.parquet"))
     assert [shard.name for shard in shards] == ["shard-00000-of-00002.parquet", "shard-00001-of-00002.parquet"]
     assert pq.read_schema(shards[0]).names == ["patient_id", "source", "feature", "value", "time"]  # no label column

@@ -194,3 +194,14 @@ def test_timestamps_are_read_one_way_only(tokenizer):
         tokenizer([day_first])
     with pytest.raises(ValueError, match="anchor time 'yesterday' is no timestamp"):
         tokenizer([iso], anchor_times=["yesterday"])
+
+
+def test_pad_with_max_length_keeps_the_most_recent_events_and_bad_padding_is_named(vocabulary):
+    tokenizer = MedFuseTokenizer(vocabulary)
+    rows = [dict(tokenizer([("heart_rate", 80 + hour, float(hour)) for hour in range(10)], padding=False))]
+    padded = tokenizer.pad(rows, padding="max_length", max_length=4, return_tensors="np")
+    assert padded["times"].tolist() == [[6.0, 7.0, 8.0, 9.0]]  # as DataCollatorWithPadding(max_length=4) asks
+    with pytest.raises(ValueError, match=r"patients have 1..4 events: tensors need padding=True"):
+        tokenizer([PATIENT, PATIENT[:1]], padding=False, return_tensors="pt")
+    with pytest.raises(ValueError, match="padding_side must be 'right' or 'left'"):
+        MedFuseTokenizer(vocabulary, padding_side="middle")

@@ -51,6 +51,10 @@ def write_patient_shards(
     if duplicates:
         raise ValueError(f"{duplicates} patient ids occur twice: a patient would be trained on twice")
     output_dir = Path(output_dir)
+    old_shards = sorted(output_dir.glob("shard-*.parquet"))
+    if old_shards:  # a glob over the folder would stream them beside the new ones: patients twice
+        raise FileExistsError(f"{output_dir} already holds {len(old_shards)} shards ({old_shards[0].name}, ...): "
+                              "write to an empty folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     count = math.ceil(len(corpus) / patients_per_shard)
     paths = []
