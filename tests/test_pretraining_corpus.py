@@ -1,21 +1,21 @@
 """The pretraining corpus: P19 and P12's training split as Parquet shards, events only, P12's held-out stays absent;
-and the base model pretrained on it, carded with the corpus' sources."""
+and how pretraining on it describes it for the base model's cards."""
 
 import json
 import zipfile
+from argparse import Namespace
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_script
 from test_data_physionet2012 import write_release
 from test_data_physionet2019 import PATIENT_A, PATIENT_B
-from test_recipes_pretrain import TINY_MODEL, run_pretrain
 
 from medfuse_hf.data import load_physionet2012
 from medfuse_hf.training.cohorts import streaming_patients
 
 
-def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_pretrains(tmp_path, monkeypatch):
+def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_describes_itself(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     p12, p19, corpus = tmp_path / "p12", tmp_path / "p19", tmp_path / "corpus"
     p12.mkdir()
@@ -48,10 +48,11 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_pret
     assert record["p12_validation_and_test_stays_excluded"] == 2
     assert "Attribution 4.0" in record["sources"]["p19"]["license"]
 
-    # pretraining streams the shards, and carries the corpus' description, licences and citations into the card
-    run_pretrain(["--parquet_shards", str(corpus / "*.parquet"), "--max_steps", "2", "--batch_size", "2",
-                  "--objective", "masked_values", "--output_dir", str(tmp_path / "base"), *TINY_MODEL])
-    card = (tmp_path / "base" / "model" / "README.md").read_text()
-    assert "PhysioNet 2019 (all patients, hospital systems A and B) and the PhysioNet 2012 SeFT training split" in card
-    assert "Creative Commons Attribution 4.0" in card and "Open Data Commons Attribution" in card
-    assert "Reyna MA" in card and "Silva I" in card
+    # pretraining on the shards describes them for its cards from corpus.json (test_recipes_pretrain streams shards)
+    pretrain = load_script("recipes/pretrain.py")
+    described = pretrain.streamed_cohort(Namespace(data_description=None), [str(shard) for shard in shards])
+    assert described.description == record["description"]
+    assert "Creative Commons Attribution 4.0" in described.license and "Open Data Commons Attribution" in described.license
+    assert "Reyna MA" in described.citation and "Silva I" in described.citation
+    with pytest.raises(SystemExit, match="needs --data_description"):  # shards of no known corpus
+        pretrain.streamed_cohort(Namespace(data_description=None), [str(tmp_path / "elsewhere" / "shard.parquet")])

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_script
+from test_recipes_finetune import ROOT
+from test_recipes_finetune import run as run_finetune
 
 from medfuse_hf import FeatureVocabulary
 from medfuse_hf.training.cohorts import streaming_patients
-from test_recipes_finetune import ROOT, run as run_finetune
 
 PRETRAIN = ROOT / "recipes" / "pretrain.py"
 TINY_MODEL = ["--hidden_size", "32", "--value_embedding_size", "8", "--intermediate_size", "32"]
@@ -124,7 +125,7 @@ def test_streaming_holds_at_most_open_shards_at_once(tmp_path):
     assert len(shards_in_first_buffer(open_shards=6)) > 2
 
 
-def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
+def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path, monkeypatch, capsys):
     output_dir = tmp_path / "transfer"
     command = [sys.executable, str(ROOT / "recipes" / "transfer.py"), "--source_dataset", "synthetic",
                "--target_dataset", "synthetic", "--fractions", "0.5", "--seeds", "0",
@@ -141,20 +142,24 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path):
     assert cell["paired_seeds"] == 1 and cell["auroc_gain_mean"] == pytest.approx(auroc[True] - auroc[False])
     assert cell["auroc_gains"] == [pytest.approx(auroc[True] - auroc[False])]
     assert f"fraction 0.5, paired gain per seed: AUROC {auroc[True] - auroc[False]:+.3f}" in result.stdout
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert again.returncode == 0 and "seed 0" not in again.stdout  # every cell was already done: nothing re-run
-    other_budget = [*command[:command.index("--finetune_args") + 1], "--num_patients 128 --num_epochs 2",
+    # the rest trains nothing, so it runs in this process (a recipe process costs seconds to start)
+    transfer = load_script("recipes/transfer.py")
+
+    def rerun(arguments: list[str]) -> None:
+        monkeypatch.setattr(sys, "argv", ["transfer.py", *arguments])
+        transfer.main()
+
+    rerun(command[2:])
+    assert "seed 0" not in capsys.readouterr().out  # every cell was already done: nothing re-run
+    other_budget = [*command[2:command.index("--finetune_args") + 1], "--num_patients 128 --num_epochs 2",
                     *command[command.index("--finetune_args") + 2:]]
-    refused = subprocess.run(other_budget, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert refused.returncode != 0 and "other finetune_args" in refused.stderr  # not mixed into this table
+    with pytest.raises(SystemExit, match="other finetune_args"):  # not mixed into this table
+        rerun(other_budget)
     (output_dir / "table.md").unlink()
-    summary = subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), "--output_dir", str(output_dir),
-                              "--summary_only"], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert summary.returncode == 0 and "seed 0" not in summary.stdout  # a summary trains nothing, needs no flags
-    assert "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
-    empty = [*command[:command.index("--output_dir") + 1], str(tmp_path / "empty"), "--summary_only"]
-    nothing = subprocess.run(empty, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert nothing.returncode != 0 and "no finished run yet" in nothing.stderr
+    rerun(["--output_dir", str(output_dir), "--summary_only"])  # a summary trains nothing, needs no flags
+    assert "seed 0" not in capsys.readouterr().out and "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
+    with pytest.raises(SystemExit, match="no finished run yet"):
+        rerun(["--output_dir", str(tmp_path / "empty"), "--summary_only"])
 
 
 def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
