@@ -27,10 +27,11 @@ from .metrics import RANKING_SCORES
 # how often it was measured and how long ago the last measurement was taken.
 SUMMARY_STATISTICS = ("first", "last", "min", "max", "mean", "std", "count", "last_time")
 GBM_SETTINGS = tuple(  # a small grid, chosen on validation only
-    {"learning_rate": rate, "max_leaf_nodes": leaves, "l2_regularization": 1.0, "min_samples_leaf": 40}
+    {"learning_rate": rate, "max_leaf_nodes": leaves, "l2_regularization": 1.0}
     for rate in (0.03, 0.1)
     for leaves in (15, 31)
 )
+GBM_MIN_SAMPLES_LEAF = 40  # on a full cohort; a small one gets a twentieth of its patients (see `min_samples_leaf`)
 GBM_MAX_ITERATIONS = 1500
 LOGISTIC_C = (0.003, 0.01, 0.03, 0.1, 1.0)
 
@@ -100,6 +101,12 @@ class BaselineFit:
     validation_metric: float
 
 
+def min_samples_leaf(patients: int) -> int:
+    """40 patients per leaf on P12's 7,671 training stays, a twentieth of a smaller cohort (at least 2): with 77
+    stays (1 % of P12) a leaf of 40 allows no split at all, and the GBM would predict one constant."""
+    return max(2, min(GBM_MIN_SAMPLES_LEAF, patients // 20))
+
+
 def fit_gbm(
     train: tuple[pd.DataFrame, np.ndarray],
     validation: tuple[pd.DataFrame, np.ndarray],
@@ -113,15 +120,18 @@ def fit_gbm(
     Half of the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction`), so the seed
     changes the model, as a seed does for the neural models."""
     validation_labels, best = np.asarray(validation[1]), None  # an array: sklearn re-checks a list at every stage
+    leaf = min_samples_leaf(len(train[1]))
     for setting in GBM_SETTINGS:
         model = HistGradientBoostingClassifier(
-            max_iter=GBM_MAX_ITERATIONS, early_stopping=False, max_features=0.5, random_state=seed, **setting
+            max_iter=GBM_MAX_ITERATIONS, early_stopping=False, max_features=0.5, random_state=seed,
+            min_samples_leaf=leaf, **setting
         ).fit(*train)
         staged = [scores[:, 1] for scores in model.staged_predict_proba(validation[0])]
         by_iteration = [RANKING_SCORES[metric](validation_labels, scores) for scores in staged]
         iteration = int(np.argmax(by_iteration))
         if best is None or by_iteration[iteration] > best[0]:
-            best = (by_iteration[iteration], {**setting, "iterations": iteration + 1}, model, staged[iteration])
+            best = (by_iteration[iteration], {**setting, "min_samples_leaf": leaf, "iterations": iteration + 1}, model,
+                    staged[iteration])
     score, settings, model, validation_scores = best
     test_scores = next(
         s[:, 1] for i, s in enumerate(model.staged_predict_proba(test)) if i + 1 == settings["iterations"]
