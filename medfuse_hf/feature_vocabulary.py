@@ -318,6 +318,14 @@ class FeatureVocabulary:
         """Size of the global category table, reserved id 0 included."""
         return 1 + sum(len(spec.categories) for spec in self._features if spec.kind == "categorical")
 
+    def numeric_mask(self) -> np.ndarray:
+        """Feature id -> whether its events carry a numeric value to predict ([PAD], [UNK] and categorical: no),
+        for the self-supervised targets."""
+        mask = np.zeros(len(self), dtype=bool)
+        mask[[feature_id for feature_id, spec in enumerate(self._features, start=len(SPECIAL_NAMES))
+              if spec.kind != "categorical"]] = True
+        return mask
+
     def config_kwargs(self) -> dict:
         """The `MedFuseConfig` fields that must agree with this vocabulary."""
         return {

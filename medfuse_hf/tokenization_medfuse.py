@@ -147,7 +147,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             features["attention_mask"] = [[1] * len(events) for events in encoded]
             return BatchFeature({key: value[0] for key, value in features.items()} if is_single else features)
         rows = [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times} for events in encoded]
-        features = self.pad(rows, padding, max_length, pad_to_multiple_of=pad_to_multiple_of, return_tensors=return_tensors or "np")
+        features = self.pad(rows, padding, max_length, truncation=False,  # already cut to max_length above
+                            pad_to_multiple_of=pad_to_multiple_of, return_tensors=return_tensors or "np")
         if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
             features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
         return BatchFeature(features, tensor_type=return_tensors)

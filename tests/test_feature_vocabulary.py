@@ -164,3 +164,9 @@ def test_quantiles_survive_a_round_trip_and_a_unit_conversion(tmp_path):
 def test_robust_zscore_vocabularies_are_written_as_before():
     vocabulary = FeatureVocabulary.from_events([{"feature": ["sodium", "sodium"], "value": [139, 141]}])
     assert "quantiles" not in vocabulary.to_dict()["features"][0]["statistics"]
+
+
+def test_numeric_mask_marks_the_features_whose_values_can_be_predicted(vocabulary):
+    mask = vocabulary.numeric_mask()
+    assert mask.shape == (len(vocabulary),) and not mask[:2].any()  # [PAD], [UNK]
+    assert {spec.name for spec in vocabulary if mask[vocabulary.id_of(spec.name)]} == {"sodium", "heart_rate", "creatinine"}

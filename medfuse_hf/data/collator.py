@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Sampler
 
-from ..feature_vocabulary import PAD_ID, UNK_ID
 from ..tokenization_medfuse import MedFuseTokenizer
 from .forecasting import forecasting_batch
 
@@ -104,9 +103,7 @@ class MaskedValueCollator:
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_probability < 1.0:
             raise ValueError(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
-        is_numeric = torch.ones(len(self.tokenizer.feature_vocabulary), dtype=torch.bool)
-        is_numeric[[PAD_ID, UNK_ID, *self.tokenizer.feature_vocabulary.config_kwargs()["categorical_feature_ids"]]] = False
-        self.is_numeric = is_numeric
+        self.is_numeric = torch.from_numpy(self.tokenizer.feature_vocabulary.numeric_mask())
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = dict(self.tokenizer(list(rows), return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of))

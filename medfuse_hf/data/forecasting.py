@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 from transformers.feature_extraction_utils import BatchFeature
 
-from ..feature_vocabulary import UNK_ID
 from ..tokenization_medfuse import MedFuseTokenizer
 
 
@@ -27,15 +26,14 @@ def forecasting_batch(
     if len(cutoffs) != len(patients):
         raise ValueError(f"got {len(cutoffs)} cut-offs for {len(patients)} patients")
     size = len(tokenizer.feature_vocabulary)
-    categorical = np.zeros(size, dtype=bool)
-    categorical[tokenizer.feature_vocabulary.config_kwargs()["categorical_feature_ids"]] = True
+    numeric = tokenizer.feature_vocabulary.numeric_mask()
     sums = np.zeros((len(patients), size), dtype=np.float32)
     counts = np.zeros((len(patients), size), dtype=np.float32)
     inputs = []
     for index, (patient, cutoff) in enumerate(zip(patients, cutoffs)):
         events = tokenizer.encode_patient(patient, index, truncate=False)
         window = (events.times >= cutoff) & (events.times < cutoff + horizon_hours)
-        targets = window & ~categorical[events.feature_ids] & (events.feature_ids != UNK_ID)
+        targets = window & numeric[events.feature_ids]
         np.add.at(sums[index], events.feature_ids[targets], events.values[targets])
         np.add.at(counts[index], events.feature_ids[targets], 1.0)
         before = events.select(events.times < cutoff)
