@@ -444,9 +444,40 @@ class MedFusePreTrainedModel(PreTrainedModel):
             elif isinstance(module, CategoricalFusion):
                 module.pair_offsets = module.compute_pair_offsets(new_num_tokens).to(module.pair_offsets.device)
         if isinstance(self, MedFuseForPreTraining):
-            self.forecast_head.out_features = new_num_tokens
+            self.pretraining_head.out_features = new_num_tokens
         self.config.vocab_size = new_num_tokens
         return self.get_input_embeddings()
+
+    def extend_vocabulary(self, vocabulary: FeatureVocabulary) -> list[str]:
+        """Grow the model to `vocabulary`, this model's own vocabulary followed by a hospital's features it lacks
+        (`FeatureVocabulary.merge`): what `recipes/finetune.py --init_from` does when a checkpoint's features only
+        partly match a cohort's. Matched features keep every trained row; new ones, numeric or categorical, start
+        from their initialisers. Returns the new features' names."""
+        fields = vocabulary.config_kwargs()
+        old_size, old_categorical = self.config.vocab_size, list(self.config.categorical_feature_ids)
+        if fields["vocab_size"] < old_size or [i for i in fields["categorical_feature_ids"] if i < old_size] != old_categorical:
+            raise ValueError(f"the vocabulary ({fields['vocab_size']} ids) does not start with this model's "
+                             f"{old_size} feature ids: build it with model_vocabulary.merge(cohort_vocabulary)")
+        self.resize_token_embeddings(fields["vocab_size"])
+        if fields["num_categories"] > self.config.num_categories:  # new categorical features bring new levels
+            self.config.num_categories, self.config.categorical_feature_ids = fields["num_categories"], fields["categorical_feature_ids"]
+            for embeddings in (module for module in self.modules() if isinstance(module, MedFuseEmbeddings)):
+                embeddings.categorical_feature_ids = list(fields["categorical_feature_ids"])
+                embeddings.is_categorical = embeddings.compute_categorical_mask().to(embeddings.is_categorical.device)
+                embeddings.categorical_fusion = self._grown_categorical_fusion(embeddings.categorical_fusion)
+        return [vocabulary.spec_of(feature_id).name for feature_id in range(old_size, fields["vocab_size"])]
+
+    def _grown_categorical_fusion(self, fusion: CategoricalFusion | None) -> CategoricalFusion:
+        """A categorical fusion sized for the config, keeping `fusion`'s trained category rows and map."""
+        device = self.device
+        grown = CategoricalFusion(self.config).to(device)
+        grown.apply(self._init_weights)
+        if fusion is not None:
+            with torch.no_grad():
+                old = fusion.category_embeddings.weight
+                grown.category_embeddings.weight[: len(old)] = old
+                grown.proj.load_state_dict(fusion.proj.state_dict())
+        return grown
 
     def load_feature_embeddings(
         self,
@@ -676,6 +707,11 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
         self.feature_tables = {f"{head}.weight": lambda rows: init.normal_(rows, mean=0.0, std=std),
                                f"{head}.bias": init.zeros_}
         self.post_init()
+
+    @property
+    def pretraining_head(self) -> nn.Linear:
+        """The objective's head, a row per feature."""
+        return self.forecast_head if self.config.pretraining_objective == "forecasting" else self.masked_value_head
 
     @can_return_tuple
     def forward(

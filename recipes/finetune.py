@@ -15,6 +15,7 @@ privacy-guarded feature-embedding checkpoint (`feature_embeddings/`) for other h
 
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -57,21 +58,24 @@ MODEL_FLAGS = {**ENCODER_FLAGS, "classifier_dropout": float, "classification_los
                "focal_gamma": float}  # the encoder's and the head's MedFuseConfig fields
 
 
-def build_tokenizer(args, train, units) -> MedFuseTokenizer:
-    """The pretrained tokenizer when starting from a checkpoint, else one fitted on the training split. A checkpoint
-    has no embedding for a training feature outside its vocabulary: refused, naming them, rather than dropping them
-    from training (features only in validation or test are dropped and logged, as `fit_tokenizer` does)."""
+def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
+    """The tokenizer fitted on the training split or, when starting from a checkpoint, the checkpoint's: its value
+    statistics for the features it knows (what its weights learnt on), followed by the training features it lacks,
+    which start fresh with statistics from this training split. Also returns, for `--init_from`, how the cohort's
+    features matched the checkpoint's (features only in validation or test are dropped and logged, as
+    `fit_tokenizer` does)."""
+    fitted = fit_tokenizer(train, args.max_events, args.value_normalization, units)
     if not args.init_from:
-        return fit_tokenizer(train, args.max_events, args.value_normalization, units)
-    tokenizer = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
-    tokenizer.check_units(units, f"--init_from {args.init_from}")
-    unknown = sorted(name for name in feature_names(train) if name not in tokenizer.feature_vocabulary)
-    if unknown:
-        raise SystemExit(f"--init_from {args.init_from}: {len(unknown)} training feature(s) are not in its vocabulary "
-                         f"and would be lost: {unknown[:20]}. Map them to its names (FeatureVocabulary.align shows how "
-                         "they match), or start from its feature embeddings with --init_embeddings_from, which learns "
-                         "new features from scratch.")
-    return tokenizer
+        return fitted, None
+    pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
+    pretrained.check_units(units, f"--init_from {args.init_from}")
+    alignment = pretrained.feature_vocabulary.align(fitted.feature_vocabulary)
+    tokenizer = MedFuseTokenizer(pretrained.feature_vocabulary.merge(fitted.feature_vocabulary), max_events=args.max_events,
+                                 unknown_features="drop", max_hours=pretrained.max_hours, padding_side=pretrained.padding_side)
+    matching = {"checkpoint_feature_ids": len(pretrained.feature_vocabulary), "matched": len(alignment.matched),
+                "new_at_target": len(alignment.only_there), "only_at_source": len(alignment.only_here),
+                "new_features": alignment.only_there, "matched_by": dict(Counter(alignment.how.values()))}
+    return tokenizer, matching
 
 
 def static_feature_ids(names: list[str], tokenizer: MedFuseTokenizer) -> list[int]:
@@ -81,13 +85,18 @@ def static_feature_ids(names: list[str], tokenizer: MedFuseTokenizer) -> list[in
     return [tokenizer.feature_vocabulary.id_of(name) for name in names]
 
 
-def build_model(args, tokenizer, class_weights) -> MedFuseForSequenceClassification:
+def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFuseForSequenceClassification:
     overrides = model_overrides(args, MODEL_FLAGS)
     overrides["class_weights"] = class_weights
     if args.static_features:
         overrides["static_feature_ids"] = static_feature_ids(args.static_features, tokenizer)
     if args.init_from:
-        return MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
+        model = MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
+        if model.config.vocab_size != matching["checkpoint_feature_ids"]:
+            raise SystemExit(f"--init_from {args.init_from}: its model has {model.config.vocab_size} feature ids, its "
+                             f"feature_vocabulary.json {matching['checkpoint_feature_ids']}: they were not saved together")
+        model.extend_vocabulary(tokenizer.feature_vocabulary)  # the cohort's new features start fresh
+        return model
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
     config = preset(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2, **overrides)
     return MedFuseForSequenceClassification(config)
@@ -130,7 +139,7 @@ def training_function(args: argparse.Namespace) -> dict:
     if len(train) < args.batch_size or positives in (0, len(train)):
         raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, --train_fraction "
                          f"{args.train_fraction}); training needs at least --batch_size ({args.batch_size}) and both classes")
-    tokenizer = build_tokenizer(args, train, cohort.units)
+    tokenizer, matching = build_tokenizer(args, train, cohort.units)
     rate = positives / len(train)
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
 
@@ -148,8 +157,13 @@ def training_function(args: argparse.Namespace) -> dict:
     eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size) for name in ("validation", "test")}
 
     # ----- model and optimisation ---------------------------------------------------------------------
-    model = build_model(args, tokenizer, class_weights)
+    model = build_model(args, tokenizer, class_weights, matching)
     transferred = None
+    if matching is not None:
+        transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source")}
+        accelerator.print(f"--init_from {args.init_from}: {matching['matched']} of the cohort's features matched the "
+                          f"checkpoint's (by {matching['matched_by']}), {matching['new_at_target']} new here, starting "
+                          f"fresh: {matching['new_features'][:20]}; {matching['only_at_source']} only in the checkpoint")
     if args.init_embeddings_from:  # another site's published feature embeddings
         report = model.medfuse.load_feature_embeddings(args.init_embeddings_from, tokenizer.feature_vocabulary,
                                                        match_by=args.match_by, freeze=args.freeze_transferred)

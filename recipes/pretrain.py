@@ -15,6 +15,7 @@ Writes `model/` (a `MedFuseForPreTraining` with its tokenizer and model card: pa
 
 import argparse
 import glob
+import json
 import math
 import random
 from pathlib import Path
@@ -47,7 +48,7 @@ from medfuse_hf.training.recipe_config import (
     model_overrides,
     parse_with_config,
 )
-from medfuse_hf.training.run_info import write_run_info
+from medfuse_hf.training.run_info import throughput, write_run_info
 
 OBJECTIVES = {  # name: what the model card says the base model learned
     "forecasting": "it forecasts each feature's values over the next {horizon_hours:g} h from the events before",
@@ -172,12 +173,14 @@ def training_function(args: argparse.Namespace) -> dict:
                     drop_rare_features=args.drop_rare_features,
                     summary=f"MedFuse pretrained without labels on {cohort.description}: "
                             + OBJECTIVES[args.objective].format(**vars(args)) + ".")
-    result = {"steps": loop["step"], "epochs": loop["epoch"]}
+    result = {"objective": args.objective, "steps": loop["step"], "epochs": loop["epoch"], **throughput(loop, accelerator)}
     if validation is not None:
         result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
+    if accelerator.is_main_process:  # what the run cost, for the base model's card and the scaling estimate
+        (output_dir / "pretraining_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     accelerator.print(f"pretrained for {loop['step']} steps ({loop['epoch']} full epochs)"
                       + (f", validation {args.objective} MSE {result['validation_loss']:.4f}" if validation is not None else "")
-                      + f"; model in {output_dir / 'model'}")
+                      + f", {result['events_per_second'] or 0:,} events/s; model in {output_dir / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

@@ -4,7 +4,14 @@ forward options, and graphs that compile and export."""
 import pytest
 import torch
 
-from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseModel
+from medfuse_hf import (
+    FeatureSpec,
+    FeatureVocabulary,
+    MedFuseForPreTraining,
+    MedFuseForSequenceClassification,
+    MedFuseModel,
+    MedFuseTokenizer,
+)
 
 HEADS = [MedFuseModel, MedFuseForSequenceClassification, MedFuseForPreTraining]
 # bf16 keeps 8 bits of mantissa, fp16 11: how far a tiny model's outputs may move from fp32
@@ -139,6 +146,40 @@ def test_resizing_grows_every_per_feature_table_and_the_model_reloads(
     reloaded = head.from_pretrained(tmp_path).eval()
     assert reloaded.config.vocab_size == old_size + 3
     torch.testing.assert_close(main_output(reloaded(**inputs)), output)
+
+
+def test_a_masked_value_head_grows_with_the_vocabulary(tiny_config):
+    model = MedFuseForPreTraining(tiny_config(pretraining_objective="masked_values"))
+    model.resize_token_embeddings(model.config.vocab_size + 2)
+    assert model.masked_value_head.out_features == model.masked_value_head.weight.shape[0] == model.config.vocab_size
+
+
+def test_extending_to_a_hospitals_vocabulary_keeps_every_trained_row(tmp_path, vocabulary, tiny_config):
+    """A checkpoint meets a cohort with a new numeric and a new categorical feature (`--init_from` with a partial
+    match): shared features keep their trained rows and category levels, the new ones start fresh and are used."""
+    base = MedFuseForSequenceClassification(tiny_config()).eval()
+    patients = [{"feature": ["ward", "lactate", "sodium"], "value": ["c", 2.0, 140.0], "time": [0.0, 1.0, 2.0]},
+                {"feature": ["ward", "lactate"], "value": ["a", 4.0], "time": [0.0, 1.0]}]
+    cohort_vocabulary = FeatureVocabulary.from_events(patients, categorical={"ward": ["a", "b", "c"]})
+    merged = vocabulary.merge(cohort_vocabulary)
+    before = {name: table.detach().clone() for name, (table, _) in base.per_feature_tables().items()}
+    categories_before = base.medfuse.embeddings.categorical_fusion.category_embeddings.weight.detach().clone()
+    assert base.extend_vocabulary(merged) == ["lactate", "ward"]  # sodium was the model's already
+    for name, (table, _) in base.per_feature_tables().items():
+        assert table.shape[0] == len(merged), name
+        torch.testing.assert_close(table[: len(vocabulary)], before[name])
+    categories = base.medfuse.embeddings.categorical_fusion.category_embeddings.weight
+    assert len(categories) == merged.num_categories
+    torch.testing.assert_close(categories[: len(categories_before)], categories_before)
+    tokenizer = MedFuseTokenizer(merged, max_events=8)
+    first, second = ({"feature": ["ward", "lactate"], "value": [ward, 2.0], "time": [0.0, 1.0]} for ward in "ac")
+    inputs = tokenizer([first, second, patients[0]], return_tensors="pt")
+    logits = base(**inputs).logits
+    assert not torch.allclose(logits[0], logits[1])  # the new categorical feature's level reaches the output
+    base.save_pretrained(tmp_path)
+    torch.testing.assert_close(MedFuseForSequenceClassification.from_pretrained(tmp_path).eval()(**inputs).logits, logits)
+    with pytest.raises(ValueError, match="does not start with this model's"):
+        base.extend_vocabulary(cohort_vocabulary)
 
 
 def test_resizing_refuses_to_drop_a_categorical_feature(tiny_config):

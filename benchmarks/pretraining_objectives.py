@@ -1,0 +1,90 @@
+"""Which self-supervised objective to pretrain the base model with (issue 20): each objective pretrains MedFuse on the
+same corpus with the same budget, and is judged by what a hospital gets from it, the fine-tuned P12 validation AUPRC
+at 1 % and 10 % of the training labels, next to the same fine-tuning from scratch.
+
+    python recipes/make_pretraining_corpus.py --output_dir outputs/pretraining-corpus   # once, ~30 s
+    nohup python benchmarks/pretraining_objectives.py > outputs/pretraining-objectives.log 2>&1 &
+
+Pretraining streams the corpus' Parquet shards (`recipes/pretrain.py --parquet_shards`, the path that scales past
+memory) for `--max_steps` optimizer steps; each finished pretraining keeps its `model/`, and each fine-tuning appends
+its row to `benchmarks/results/pretraining/objectives.json`, so a killed run resumes. Validation chooses; the test
+figures are reported beside it, never used to choose. The pretraining cost (events/s, wall time) of each objective
+goes in the same file.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from label_efficiency import FINETUNE
+
+from medfuse_hf.training.run_info import git_commit
+from medfuse_hf.training.runs import ResultRows, run_finetune, run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "pretraining" / "objectives.json"
+OBJECTIVES = ("forecasting", "masked_values")
+# The fine-tuned model's encoder (FINETUNE's: MuFuse, CVE of time), a global batch of 64 patients, ~2 passes over
+# the corpus's 48,007 patients: what fits this comparison into a CPU session.
+PRETRAIN = ["--time_embedding", "cve", "--batch_size", "64", "--learning_rate", "1e-3", "--num_epochs", "10",
+            "--checkpoint_every_steps", "250", "--seed", "0"]
+
+
+def pretrain(objective: str, args: argparse.Namespace) -> Path:
+    """The pretraining run folder of `objective`, pretrained (or resumed) unless its model is already there."""
+    run_dir = args.output_dir / objective
+    if not (run_dir / "model").is_dir():
+        run_recipe("pretrain.py", ["--parquet_shards", args.parquet_shards, "--objective", objective,
+                                   "--max_steps", str(args.max_steps), *PRETRAIN], run_dir, args.launcher)
+    return run_dir
+
+
+def finetune(arm: str, fraction: float, args: argparse.Namespace) -> dict:
+    init = [] if arm == "scratch" else ["--init_from", str(args.output_dir / arm / "model")]
+    flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split", *FINETUNE,
+             "--train_fraction", str(fraction), "--seed", "0", *init]
+    report = run_finetune(flags, args.output_dir / "finetune" / f"{arm}-f{fraction}", args.launcher)
+    return {"arm": arm, "fraction": fraction, "validation_auprc": report["best_validation"]["auprc"],
+            "auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
+            "train_seconds": report["train_seconds"], "git": git_commit()["commit"]}
+
+
+def summarise(rows: list[dict]) -> str:
+    lines = ["| start | fraction | validation AUPRC | test AUROC | test AUPRC |", "|---|---:|---:|---|---|"]
+    for row in sorted((row for row in rows if row["fraction"] is not None), key=lambda row: (row["fraction"], row["arm"])):
+        lines.append(f"| {row['arm']} | {row['fraction']:g} | {row['validation_auprc']:.4f} | {row['auroc']:.4f} | {row['auprc']:.4f} |")
+    for row in (row for row in rows if "objective" in row):
+        lines.append(f"\n{row['objective']}: {row['steps']} steps, {row['events_trained']:,} events in "
+                     f"{row['train_seconds']:.0f} s ({row['events_per_second']:,} events/s)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parquet_shards", default=str(ROOT / "outputs" / "pretraining-corpus" / "*.parquet"))
+    parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
+    parser.add_argument("--max_steps", type=int, default=1500)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "pretraining")
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable))
+    parser.add_argument("--summary_only", action="store_true")
+    args = parser.parse_args()
+    results = ResultRows(RESULTS, key=("arm", "fraction"))
+    if not args.summary_only:
+        for objective in OBJECTIVES:
+            run_dir = pretrain(objective, args)
+            if not results.done(arm=f"pretraining:{objective}", fraction=None):
+                cost = json.loads((run_dir / "pretraining_metrics.json").read_text())
+                results.add({"arm": f"pretraining:{objective}", "fraction": None, **cost, "git": git_commit()["commit"]})
+        for fraction in args.fractions:
+            for arm in ("scratch", *OBJECTIVES):
+                if not results.done(arm=arm, fraction=fraction):
+                    results.add(finetune(arm, fraction, args))
+                    print(f"{arm}, {fraction:g}: {results.rows[-1]}", flush=True)
+    print(summarise(results.rows))
+
+
+if __name__ == "__main__":
+    main()
