@@ -26,6 +26,7 @@ def render_model_card(
     dataset_name: str | None = None,
     data_citation: str | None = None,
     hub_license: str = "other",
+    training_details: str = "",
 ) -> ModelCard:
     """A card with metadata for the Hub (metrics as `eval_results`) and the sections of the template."""
     if not TEMPLATE.exists():
@@ -43,6 +44,7 @@ def render_model_card(
         data_source=data_source, data_license=data_license, cohort_sizes=cohort_sizes,
         vocabulary_summary=vocabulary_summary, how_to_load=how_to_load.strip(), metrics=metrics,
         evaluation_context=evaluation_context, data_citation=data_citation, library_version=__version__,
+        training_details=training_details,
     )
 
 

@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
+from medfuse_hf import FeatureVocabulary, MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, MaskedValueCollator
 from medfuse_hf.data.shards import read_corpus_manifest
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, resolve_checkpoint, save_checkpoint
@@ -39,7 +39,8 @@ from medfuse_hf.training.cohorts import (
     streaming_patients,
 )
 from medfuse_hf.training.loop import train_epoch
-from medfuse_hf.training.publishing import publish_run
+from medfuse_hf.training.plots import save_training_curves
+from medfuse_hf.training.publishing import publish_run, readable
 from medfuse_hf.training.recipe_config import (
     ENCODER_FLAGS,
     add_cohort_arguments,
@@ -49,6 +50,7 @@ from medfuse_hf.training.recipe_config import (
     parse_with_config,
 )
 from medfuse_hf.training.run_info import throughput, write_run_info
+from medfuse_hf.training.tracking import read_metrics
 
 OBJECTIVES = {  # name: what the model card says the base model learned
     "forecasting": "it forecasts each feature's values over the next {horizon_hours:g} h from the events before",
@@ -93,6 +95,56 @@ def streamed_cohort(args: argparse.Namespace, shards: list[str]) -> Cohort:
     return Cohort(splits=datasets.DatasetDict(), label_column="", id_column="patient_id", **terms)
 
 
+def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: FeatureVocabulary) -> str:
+    """The base model card's pretraining section, from what the run recorded: objective, corpus by source and the
+    vocabulary's coverage of each, budget and measured cost, the loss curve (also drawn beside the card), and the
+    command that fine-tunes it."""
+    history = read_metrics(output_dir / "logs" / "metrics.jsonl")
+    cost = json.loads((output_dir / "pretraining_metrics.json").read_text())
+    save_training_curves(history, output_dir / "model" / "pretraining_curves.png")
+    lines = [f"Objective: `{args.objective}`: {OBJECTIVES[args.objective].format(**vars(args))}.", ""]
+    manifest = read_corpus_manifest(sorted(glob.glob(args.parquet_shards))) if args.parquet_shards else None
+    names = {spec.name for spec in vocabulary}
+    for source, terms in (manifest or {}).get("sources", {}).items():
+        covered = f"; {len(names & set(terms['features']))} of the vocabulary's {len(names)} features" if "features" in terms else ""
+        lines.append(f"- `{source}`: {terms['patients']:,} patients, {terms['events']:,} events{covered}; {terms['license']}")
+    lines += ["", f"{cost['steps']:,} optimizer steps of {args.batch_size} patients (learning rate {args.learning_rate:g}, "
+              f"{args.lr_scheduler} schedule, {args.warmup_ratio:.0%} warm-up), {cost['patients_trained']:,} patients and "
+              f"{cost['events_trained']:,} events seen in {cost['train_seconds'] / 60:.1f} min: "
+              f"{cost['events_per_second']:,} events/s over {cost['num_processes']} process(es)."]
+    losses = [(entry["step"], entry["train_loss"]) for entry in history if "train_loss" in entry]
+    if losses:
+        lines += ["", "| optimizer steps | mean training loss |", "|---|---:|"]
+    for chunk in range(10):  # the loss curve in tenths of the run
+        part = losses[chunk * len(losses) // 10:(chunk + 1) * len(losses) // 10]
+        if part:
+            lines.append(f"| {part[0][0]}–{part[-1][0]} | {sum(loss for _, loss in part) / len(part):.4f} |")
+    where = readable(output_dir / "model")
+    lines += ["", "![training loss](pretraining_curves.png)", "", "Fine-tune it on your cohort (features it lacks start "
+              "fresh; the run reports which matched):", "", "```bash",
+              "accelerate launch recipes/finetune.py --dataset long-format --events events.csv --labels labels.csv \\",
+              f"    --label_column died --init_from {where}",
+              "```"]
+    return "\n".join(lines)
+
+
+def publish_pretraining(output_dir: Path, model, tokenizer: MedFuseTokenizer, cohort: Cohort, args: argparse.Namespace,
+                        hub_repo_id: str | None = None) -> None:
+    """The base model's card, with its pretraining section, and its privacy-guarded feature embeddings."""
+    publish_run(output_dir, model, tokenizer, cohort, f"MedFuse pretrained on {cohort.description}",
+                min_patients=args.min_patients_for_statistics, drop_rare_features=args.drop_rare_features,
+                hub_repo_id=hub_repo_id, summary=f"MedFuse pretrained without labels on {cohort.description}: "
+                                                 + OBJECTIVES[args.objective].format(**vars(args)) + ".",
+                training_details=pretraining_details(output_dir, args, tokenizer.feature_vocabulary))
+
+
+def pretraining_cohort(args: argparse.Namespace) -> Cohort:
+    """The cohort of `args`: streamed Parquet shards, or one loaded into memory."""
+    if args.parquet_shards:
+        return streamed_cohort(args, sorted(glob.glob(args.parquet_shards)))
+    return load_cohort_from_settings(vars(args))
+
+
 def training_function(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
@@ -111,7 +163,7 @@ def training_function(args: argparse.Namespace) -> dict:
         if not args.max_steps:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
         shards = sorted(glob.glob(args.parquet_shards))
-        cohort = streamed_cohort(args, shards)
+        cohort = pretraining_cohort(args)
         train = streaming_patients(shards, args.seed, open_shards=args.open_shards)
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events, unknown_features="drop")
@@ -121,7 +173,7 @@ def training_function(args: argparse.Namespace) -> dict:
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = train.set_epoch
     else:
-        cohort = load_cohort_from_settings(vars(args))
+        cohort = pretraining_cohort(args)
         train, validation = cohort.splits["train"], cohort.splits["validation"]
         tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
@@ -165,19 +217,16 @@ def training_function(args: argparse.Namespace) -> dict:
             save_checkpoint(accelerator, output_dir / "checkpoints", loop["step"], loop)
 
     accelerator.wait_for_everyone()
+    result = {"objective": args.objective, "num_processes": accelerator.num_processes, "steps": loop["step"],
+              "epochs": loop["epoch"], **throughput(loop, accelerator)}
+    if validation is not None:
+        result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         save_strict_tokenizer(tokenizer, output_dir / "model")
-        publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
-                    f"MedFuse pretrained on {cohort.description}", min_patients=args.min_patients_for_statistics,
-                    drop_rare_features=args.drop_rare_features,
-                    summary=f"MedFuse pretrained without labels on {cohort.description}: "
-                            + OBJECTIVES[args.objective].format(**vars(args)) + ".")
-    result = {"objective": args.objective, "steps": loop["step"], "epochs": loop["epoch"], **throughput(loop, accelerator)}
-    if validation is not None:
-        result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
-    if accelerator.is_main_process:  # what the run cost, for the base model's card and the scaling estimate
+        # what the run cost, for the base model's card and the scaling estimate
         (output_dir / "pretraining_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        publish_pretraining(output_dir, accelerator.unwrap_model(model), tokenizer, cohort, args)
     accelerator.print(f"pretrained for {loop['step']} steps ({loop['epoch']} full epochs)"
                       + (f", validation {args.objective} MSE {result['validation_loss']:.4f}" if validation is not None else "")
                       + f", {result['events_per_second'] or 0:,} events/s; model in {output_dir / 'model'}")

@@ -1,8 +1,14 @@
-"""(Re)write the model card and the privacy-guarded feature-embedding checkpoint of a finished fine-tuning run,
-from what the run recorded (`run_info.json`, `test_metrics.json`, `model/`); optionally push both to the Hub.
+"""(Re)write the model card and the privacy-guarded feature-embedding checkpoint of a finished run (fine-tuning or
+pretraining) from what the run recorded (`run_info.json`, `test_metrics.json` or `pretraining_metrics.json`,
+`model/`); optionally push both to the Hub, or write a release folder that may leave the hospital.
 
     python recipes/publish.py --run_dir outputs/p12-seft --card_copy model_cards/medfuse-p12-seft.md
     python recipes/publish.py --run_dir outputs/p12-seft --push_to_hub my-hospital/medfuse-p12   # needs a token
+    python recipes/publish.py --run_dir outputs/pretraining/masked_values --release_dir model_cards/medfuse-base
+
+A release folder holds `model/` (weights, the tokenizer under the privacy guard: counts rounded to tens, refused if a
+feature's statistics come from too few patients), `feature_embeddings/`, and the cards, which name the release
+folder; the run's own folder keeps its exact statistics.
 """
 
 import argparse
@@ -11,11 +17,45 @@ import shutil
 from pathlib import Path
 
 import datasets
+from pretrain import pretraining_cohort, publish_pretraining
 
-from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.training.cohorts import load_cohort_from_settings
+from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.feature_embeddings import publishable_vocabulary
-from medfuse_hf.training.publishing import publish_run, push_run
+from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
+from medfuse_hf.training.publishing import publish_run, push_run, without_class_weights
+
+RECORDS = ("test_metrics.json", "pretraining_metrics.json", "logs/metrics.jsonl")  # what the cards are written from
+
+
+def write_cards(output_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict, hub_repo_id: str | None) -> None:
+    """The cards of the run recorded in `output_dir`: a pretraining run's with its pretraining section, a
+    fine-tuning run's with its test metrics."""
+    if "objective" in settings:  # only recipes/pretrain.py has an objective
+        args = argparse.Namespace(**settings)
+        publish_pretraining(output_dir, model, tokenizer, pretraining_cohort(args), args, hub_repo_id=hub_repo_id)
+        return
+    report = json.loads((output_dir / "test_metrics.json").read_text())
+    cohort = load_cohort_from_settings(settings)
+    publish_run(output_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
+                evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
+                f"{report['epochs']}.", min_patients=settings.get("min_patients_for_statistics", 20),
+                hub_repo_id=hub_repo_id, drop_rare_features=settings.get("drop_rare_features", False))
+
+
+def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict) -> None:
+    """A copy of the run fit to publish: the weights, the privacy-guarded tokenizer, the records the cards come from,
+    and cards and feature embeddings written for the release folder."""
+    tokenizer.apply_privacy_guard(release_dir.name, settings.get("min_patients_for_statistics", 20))  # or refuse
+    if release_dir.exists():
+        shutil.rmtree(release_dir)
+    with without_class_weights(model):
+        model.save_pretrained(release_dir / "model")
+    save_strict_tokenizer(tokenizer, release_dir / "model")
+    for record in RECORDS:
+        if (run_dir / record).exists():
+            (release_dir / record).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / record, release_dir / record)
+    write_cards(release_dir, model, tokenizer, settings, hub_repo_id=None)
 
 
 def main() -> None:
@@ -25,27 +65,27 @@ def main() -> None:
                         help="also copy the model card here (e.g. model_cards/NAME.md) and the embedding card beside it "
                              "(NAME-feature-embeddings.md)")
     parser.add_argument("--push_to_hub", help="Hub repo id for the model (private); embeddings go to <repo id>-embeddings")
+    parser.add_argument("--release_dir", type=Path, help="write a privacy-guarded copy of the run, with its cards, here")
     args = parser.parse_args()
     datasets.disable_progress_bars()
 
     settings = json.loads((args.run_dir / "run_info.json").read_text())["config"]
-    report = json.loads((args.run_dir / "test_metrics.json").read_text())
-    cohort = load_cohort_from_settings(settings)
-    model = MedFuseForSequenceClassification.from_pretrained(args.run_dir / "model")
+    model_class = MedFuseForPreTraining if "objective" in settings else MedFuseForSequenceClassification
+    model = model_class.from_pretrained(args.run_dir / "model")
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
     min_patients = settings.get("min_patients_for_statistics", 20)
     if args.push_to_hub:  # refuse before the cards are rewritten to name a repo that will not exist
         publishable_vocabulary(tokenizer.feature_vocabulary, args.push_to_hub, min_patients)
-    publish_run(args.run_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
-                evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
-                f"{report['epochs']}.", min_patients=min_patients, hub_repo_id=args.push_to_hub,
-                drop_rare_features=settings.get("drop_rare_features", False))
+    write_cards(args.run_dir, model, tokenizer, settings, args.push_to_hub)
     print(f"wrote {args.run_dir / 'model' / 'README.md'} and {args.run_dir / 'feature_embeddings'}")
     if args.card_copy:
         args.card_copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.run_dir / "model" / "README.md", args.card_copy)
         shutil.copyfile(args.run_dir / "feature_embeddings" / "README.md",
                         args.card_copy.with_name(f"{args.card_copy.stem}-feature-embeddings.md"))
+    if args.release_dir:
+        release(args.run_dir, args.release_dir, model, tokenizer, settings)
+        print(f"released {args.release_dir}: model/ (privacy-guarded tokenizer), feature_embeddings/, cards")
     if args.push_to_hub:
         print(push_run(args.run_dir, model, tokenizer, args.push_to_hub, min_patients=min_patients))
 

@@ -14,7 +14,8 @@ from conftest import load_script
 from test_recipes_finetune import ROOT
 from test_recipes_finetune import run as run_finetune
 
-from medfuse_hf import FeatureVocabulary
+from medfuse_hf import FeatureVocabulary, MedFuseForSequenceClassification
+from medfuse_hf.data.shards import write_corpus_manifest
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training.cohorts import streaming_patients
 
@@ -117,6 +118,35 @@ def test_streamed_shards_pretrain(tmp_path):
     assert all(str(tmp_path) not in file.read_text() for file in published.glob("*.json"))  # no site paths shared
     cards = [published / "README.md", tmp_path / "out" / "model" / "README.md"]  # they name the run's own folder
     assert all(".parquet" not in card.read_text() and "two synthetic shards" in card.read_text() for card in cards)
+    cost = json.loads((tmp_path / "out" / "pretraining_metrics.json").read_text())
+    assert cost["steps"] == 4 and cost["patients_trained"] == 64 and cost["events_per_second"] > 0
+    card = cards[1].read_text()
+    assert "## Pretraining" in card and "4 optimizer steps of 16 patients" in card
+    assert (tmp_path / "out" / "model" / "pretraining_curves.png").exists()
+
+    # the release a hospital may publish: counts rounded to tens, cards naming the release, the run left exact
+    released = tmp_path / "medfuse-base"
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "publish.py"), "--run_dir", str(tmp_path / "out"),
+                    "--release_dir", str(released)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    counts = {path: [spec.statistics.count for spec in FeatureVocabulary.load(path / "feature_vocabulary.json")]
+              for path in (tmp_path / "out" / "model", released / "model")}
+    assert all(count % 10 == 0 for count in counts[released / "model"]) and counts[released / "model"] != counts[tmp_path / "out" / "model"]
+    assert "--init_from medfuse-base/model" in (released / "model" / "README.md").read_text()
+    assert "4 optimizer steps of 16 patients" in (released / "model" / "README.md").read_text()
+    assert MedFuseForSequenceClassification.from_pretrained(released / "model", num_labels=2).config.vocab_size == 5
+
+
+def test_the_base_card_gives_each_sources_coverage_of_the_vocabulary(tmp_path):
+    write_shards(tmp_path, 1, patients=100, events=20)
+    write_corpus_manifest(tmp_path, {"description": "one synthetic shard", "sources": {
+        "left": {"patients": 60, "events": 1200, "license": "CC-BY 4.0", "citation": "Left et al.", "features": ["heart_rate", "sodium"]},
+        "right": {"patients": 40, "events": 800, "license": "ODC-BY 1.0", "citation": "Right et al.", "features": ["creatinine"]}}})
+    run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--max_steps", "2", "--batch_size", "16",
+                  "--statistics_patients", "100", "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert "`left`: 60 patients, 1,200 events; 2 of the vocabulary's 3 features; CC-BY 4.0" in card
+    assert "`right`: 40 patients, 800 events; 1 of the vocabulary's 3 features; ODC-BY 1.0" in card
+    assert "Left et al." in card and "Right et al." in card  # both sources' citations, from corpus.json
 
 
 def test_streaming_holds_at_most_open_shards_at_once(tmp_path):
@@ -211,10 +241,6 @@ def test_a_source_without_labels_transfers_what_forecasting_pretraining_learned(
 
 
 def test_a_long_format_table_without_labels_pretrains(tmp_path):
-    import pandas as pd
-
-    from medfuse_hf.synthetic import make_sodium_cohort
-
     rows = [(f"s{patient['record_id']}", time, name, value) for patient in make_sodium_cohort(96, seed=4)
             for name, value, time in zip(patient["feature"], patient["value"], patient["time"])]
     pd.DataFrame(rows, columns=["patient_id", "time", "feature", "value"]).to_csv(tmp_path / "events.csv", index=False)

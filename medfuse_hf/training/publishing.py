@@ -1,6 +1,7 @@
 """What a finished run publishes beside its model: a model card, and a privacy-guarded feature-embedding
 checkpoint with its own card, ready for `push_to_hub` or for another hospital's `load_feature_embeddings`."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -53,11 +54,12 @@ def publish_run(
     hub_repo_id: str | None = None,
     summary: str | None = None,
     drop_rare_features: bool = False,
+    training_details: str = "",
 ) -> None:
     """Write `<output_dir>/model/README.md` and the feature-embedding checkpoint with its card. The cards' loading
     code names `hub_repo_id` (embeddings: `<hub_repo_id>-embeddings`) when the run is to be pushed, else the folders
     as a reader reproducing the run would name them. `summary` says what the model learned (default: the cohort's
-    label, as fine-tuning learns it)."""
+    label, as fine-tuning learns it); `training_details`, Markdown, is the model card's pretraining section."""
     output_dir = Path(output_dir)
     config = model.config
     common = dict(
@@ -72,7 +74,7 @@ def publish_run(
         how_to_load=MODEL_USAGE.format(auto_class=auto_class, where=hub_repo_id or readable(output_dir / "model")),
         metrics=metrics,
         evaluation_context=evaluation_context, vocabulary_summary=summarise_vocabulary(tokenizer.feature_vocabulary),
-        **common,
+        training_details=training_details, **common,
     ).save(output_dir / "model" / "README.md")
 
     embeddings_dir = output_dir / "feature_embeddings"
@@ -112,6 +114,17 @@ def readable(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
+@contextmanager
+def without_class_weights(model):
+    """The model as it may leave the hospital: balanced class weights give the training cohort's exact positive count,
+    with its size on the card, and matter only to training's loss, so a published config goes without them."""
+    class_weights, model.config.class_weights = getattr(model.config, "class_weights", None), None
+    try:
+        yield model
+    finally:
+        model.config.class_weights = class_weights
+
+
 def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
              min_patients: int = 20) -> str:
     """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
@@ -122,13 +135,8 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
     any upload."""
     output_dir = Path(output_dir)
     publishable_vocabulary(tokenizer.feature_vocabulary, repo_id, min_patients)  # refused before any upload
-    # Balanced class weights give the training cohort's exact positive count with its size on the card; they
-    # matter only to training's loss, so the pushed config goes without them.
-    class_weights, model.config.class_weights = getattr(model.config, "class_weights", None), None
-    try:
+    with without_class_weights(model):
         model.push_to_hub(repo_id, private=True, token=token)
-    finally:
-        model.config.class_weights = class_weights
     tokenizer.push_to_hub(repo_id, private=True, token=token, min_patients_for_statistics=min_patients)
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
                                    repo_id=repo_id, commit_message="Model card")  # the Hub checks its metadata
