@@ -49,12 +49,17 @@ def event_count(events: datasets.Dataset) -> int:
     return int(pc.sum(pc.list_value_length(events.with_format("arrow")["feature"])).as_py())
 
 
+def feature_names(events: datasets.Dataset) -> list[str]:
+    """The features a source measures, for the base model card's coverage of each source."""
+    return sorted(pc.unique(pc.list_flatten(events.with_format("arrow")["feature"])).to_pylist())
+
+
 def manifest(sources: dict[str, datasets.Dataset], shards: list[Path], held_out: int) -> dict:
     terms = {"p19": P19_TERMS, "p12": P12_TERMS}
     return {
         "description": DESCRIPTION,
         "sources": {
-            name: {"patients": len(events), "events": event_count(events),
+            name: {"patients": len(events), "events": event_count(events), "features": feature_names(events),
                    "license": terms[name]["license"], "citation": terms[name]["citation"]}
             for name, events in sources.items()
         },

@@ -45,6 +45,7 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     record = json.loads((corpus / "corpus.json").read_text())
     assert record["sources"]["p19"]["patients"] == 3 and record["sources"]["p12"]["patients"] == 1
     assert record["sources"]["p12"]["events"] == len(stay["feature"])
+    assert record["sources"]["p12"]["features"] == sorted(set(stay["feature"]))  # for the card's coverage per source
     assert record["p12_validation_and_test_stays_excluded"] == 2
     assert "Attribution 4.0" in record["sources"]["p19"]["license"]
 
