@@ -38,7 +38,8 @@ DATA_PARALLEL_EFFICIENCY = 0.8  # assumed for 8 GPUs on one machine (DDP, all-re
 
 
 def sharded_check(processes: int, args: argparse.Namespace) -> dict:
-    os.environ["ACCELERATE_USE_CPU"] = "1"  # gloo ranks on the CPU, as the README launches them
+    # gloo ranks on the CPU, as the README launches them, the machine's cores shared out between them
+    os.environ.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=str(max(1, os.cpu_count() // processes)))
     run_dir = args.output_dir / f"{processes}-process"
     run_recipe("pretrain.py", ["--parquet_shards", str(CORPUS / "*.parquet"), "--objective", args.objective,
                                "--max_steps", str(args.steps), *PRETRAIN], run_dir,

@@ -469,9 +469,9 @@ class MedFusePreTrainedModel(PreTrainedModel):
 
     def _grown_categorical_fusion(self, fusion: CategoricalFusion | None) -> CategoricalFusion:
         """A categorical fusion sized for the config, keeping `fusion`'s trained category rows and map."""
-        device = self.device
-        grown = CategoricalFusion(self.config).to(device)
+        grown = CategoricalFusion(self.config)
         grown.apply(self._init_weights)
+        grown.to(self.device, self.dtype)
         if fusion is not None:
             with torch.no_grad():
                 old = fusion.category_embeddings.weight

@@ -51,7 +51,8 @@ def save_training_curves(history: list[dict], path: Path) -> Path:
         if points:
             metric_axis.plot(*zip(*points), marker="o", label=metric.removeprefix("validation_"))
     metric_axis.set(xlabel="epoch", title="validation")
-    metric_axis.legend()
+    if metric_axis.lines:  # a streamed pretraining has no validation split
+        metric_axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
