@@ -41,11 +41,21 @@ def pretrain(objective: str, args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def start_flags(arm: str, args: argparse.Namespace) -> list[str]:
+    """How a fine-tuning arm starts: `scratch`, `<objective>` (the whole pretrained model), or
+    `<objective>:embeddings` (its published feature embeddings only); `@lr=<x>` sets the fine-tuning learning rate."""
+    start, _, learning_rate = arm.partition("@lr=")
+    objective, _, part = start.partition(":")
+    flags = ([] if objective == "scratch" else
+             ["--init_embeddings_from", str(args.output_dir / objective / "feature_embeddings")] if part == "embeddings" else
+             ["--init_from", str(args.output_dir / objective / "model")])
+    return flags + (["--learning_rate", learning_rate] if learning_rate else [])  # later flags win over FINETUNE's
+
+
 def finetune(arm: str, fraction: float, args: argparse.Namespace) -> dict:
-    init = [] if arm == "scratch" else ["--init_from", str(args.output_dir / arm / "model")]
     flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split", *FINETUNE,
-             "--train_fraction", str(fraction), "--seed", "0", *init]
-    report = run_finetune(flags, args.output_dir / "finetune" / f"{arm}-f{fraction}", args.launcher)
+             "--train_fraction", str(fraction), "--seed", "0", *start_flags(arm, args)]
+    report = run_finetune(flags, args.output_dir / "finetune" / f"{arm.replace('@lr=', '-lr')}-f{fraction}", args.launcher)
     return {"arm": arm, "fraction": fraction, "validation_auprc": report["best_validation"]["auprc"],
             "auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
             "train_seconds": report["train_seconds"], "git": git_commit()["commit"]}
@@ -67,6 +77,8 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
     parser.add_argument("--max_steps", type=int, default=1500)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument("--arms", nargs="+", default=["scratch", *OBJECTIVES],
+                        help="scratch, <objective>, <objective>:embeddings, each optionally @lr=<learning rate>")
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "pretraining")
     parser.add_argument("--launcher", default=shlex.quote(sys.executable))
     parser.add_argument("--summary_only", action="store_true")
@@ -79,7 +91,7 @@ def main() -> None:
                 cost = json.loads((run_dir / "pretraining_metrics.json").read_text())
                 results.add({"arm": f"pretraining:{objective}", "fraction": None, **cost, "git": git_commit()["commit"]})
         for fraction in args.fractions:
-            for arm in ("scratch", *OBJECTIVES):
+            for arm in args.arms:
                 if not results.done(arm=arm, fraction=fraction):
                     results.add(finetune(arm, fraction, args))
                     print(f"{arm}, {fraction:g}: {results.rows[-1]}", flush=True)
