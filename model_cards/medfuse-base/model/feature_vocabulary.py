@@ -1,0 +1,434 @@
+"""The shared feature-identity vocabulary.
+
+One entry per clinical feature, keyed by a stable canonical name (``heart_rate``), with optional code (LOINC),
+aliases (``HR``), unit, kind and the value statistics used to normalise it. Ids are positions in the
+vocabulary: two hospitals that share a vocabulary share embedding rows, which is what makes feature
+embeddings transferable. The JSON form is meant to be read and diffed by people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from statistics import NormalDist
+from typing import Literal
+
+import numpy as np
+
+PAD_ID = 0
+UNK_ID = 1
+SPECIAL_NAMES = ("[PAD]", "[UNK]")
+VOCABULARY_FORMAT_VERSION = 1
+
+FeatureKind = Literal["numeric", "categorical"]
+ValueNormalization = Literal["robust_zscore", "quantile"]
+# Probabilities of the quantile knots: dense in the tails, where skewed labs (lactate, creatinine, bilirubin) carry
+# their signal, but not past the 1st and 99th percentiles, which a published vocabulary would otherwise reveal of
+# the sickest few patients.
+QUANTILE_LEVELS = (0.01, 0.025, 0.05, *np.round(np.arange(0.1, 0.91, 0.05), 2).tolist(), 0.95, 0.975, 0.99)
+NORMAL_SCORES = np.array([NormalDist().inv_cdf(level) for level in QUANTILE_LEVELS])  # -2.33 ... 2.33
+
+
+@dataclass
+class ValueStatistics:
+    """Per-feature statistics of the values seen in training data.
+
+    The authors of MedFuse z-score each feature after discarding outliers beyond 3 IQR from the quartiles;
+    ``lower``/``upper`` are those fences and ``mean``/``std`` are computed on the values inside them.
+    ``num_patients`` is kept so that a published vocabulary can withhold statistics of rare features.
+    ``quantiles``, when fitted, are the values at `QUANTILE_LEVELS` and select quantile normalisation instead.
+    """
+
+    count: int
+    num_patients: int
+    mean: float
+    std: float
+    q25: float
+    median: float
+    q75: float
+    lower: float
+    upper: float
+    quantiles: list[float] | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        values: np.ndarray,
+        num_patients: int,
+        outlier_fence: float = 3.0,
+        normalization: ValueNormalization = "robust_zscore",
+    ) -> ValueStatistics:
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("cannot fit value statistics on zero values")
+        if not np.isfinite(values).all():
+            raise ValueError("value statistics need finite values; found NaN or infinity")
+        if normalization not in ("robust_zscore", "quantile"):
+            raise ValueError(f"normalization must be 'robust_zscore' or 'quantile', got {normalization!r}")
+        q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
+        iqr = q75 - q25
+        lower, upper = q25 - outlier_fence * iqr, q75 + outlier_fence * iqr
+        inliers = values[(values >= lower) & (values <= upper)]
+        std = float(inliers.std())
+        return cls(
+            count=int(values.size),
+            num_patients=int(num_patients),
+            mean=float(inliers.mean()),
+            # A constant feature (e.g. a flag always 1) would divide by zero: leave its scale alone.
+            std=std if std > 0 else 1.0,
+            q25=float(q25),
+            median=float(median),
+            q75=float(q75),
+            lower=float(lower),
+            upper=float(upper),
+            quantiles=np.quantile(values, QUANTILE_LEVELS).tolist() if normalization == "quantile" else None,
+        )
+
+    def in_other_units(self, scale: float, offset: float = 0.0) -> ValueStatistics:
+        """The same statistics after a change of units `scale × value + offset` (mg/dL -> µmol/L: 88.42; °F -> °C:
+        5/9 and -160/9); counts unchanged."""
+        if not scale > 0:
+            raise ValueError(f"a unit conversion's scale must be positive, got {scale}")
+        moved = {name: getattr(self, name) * scale + offset for name in ("mean", "q25", "median", "q75", "lower", "upper")}
+        quantiles = None if self.quantiles is None else [value * scale + offset for value in self.quantiles]
+        return replace(self, std=self.std * scale, quantiles=quantiles, **moved)
+
+    @property
+    def normalization(self) -> ValueNormalization:
+        return "robust_zscore" if self.quantiles is None else "quantile"
+
+    def normalize(self, values: np.ndarray) -> np.ndarray:
+        """Robust z-score: clip to the outlier fences, then z-score, so that extreme values stay in the record but
+        cannot dominate. Quantile: the value's rank among the training values, as a standard normal score
+        (piecewise linear between the knots, constant beyond the 1st and 99th percentiles): a skewed lab is spread
+        evenly over the value projector's range instead of being squeezed near its median by a few large values."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.quantiles is None:
+            return (np.clip(values, self.lower, self.upper) - self.mean) / self.std
+        knots, scores = self._quantile_map()
+        return np.interp(values, knots, scores) if len(knots) > 1 else np.zeros_like(values)
+
+    def _quantile_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct knot values and their normal scores; a value several knots share (an integer score such as the
+        GCS, a constant flag) gets the mean of their scores, its mid-rank."""
+        if len(self.quantiles) != len(QUANTILE_LEVELS):
+            raise ValueError(f"{len(self.quantiles)} quantiles for the {len(QUANTILE_LEVELS)} levels of QUANTILE_LEVELS: "
+                             "was this vocabulary written by another version of medfuse_hf?")
+        knots, inverse = np.unique(self.quantiles, return_inverse=True)
+        scores = np.bincount(inverse, weights=NORMAL_SCORES) / np.bincount(inverse)
+        return knots, scores
+
+
+@dataclass
+class FeatureSpec:
+    """One clinical feature of the vocabulary."""
+
+    name: str
+    kind: FeatureKind = "numeric"
+    unit: str | None = None
+    code: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    statistics: ValueStatistics | None = None
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("numeric", "categorical"):
+            raise ValueError(f"feature {self.name!r}: kind must be 'numeric' or 'categorical', got {self.kind!r}")
+        if self.kind == "categorical" and not self.categories:
+            raise ValueError(f"categorical feature {self.name!r} needs at least one category level")
+        if isinstance(self.statistics, Mapping):
+            self.statistics = ValueStatistics(**self.statistics)
+
+    def to_dict(self) -> dict:
+        entry = {key: value for key, value in asdict(self).items() if value not in (None, [])}
+        if "statistics" in entry and entry["statistics"]["quantiles"] is None:  # robust z-score: as before quantiles
+            del entry["statistics"]["quantiles"]
+        return entry
+
+
+@dataclass
+class AlignmentReport:
+    """How one vocabulary's features map onto another's.
+
+    ``matched`` maps this vocabulary's names to the other's; ``how`` says whether each match was by name,
+    code or alias, so a person can audit a transfer before trusting it.
+    """
+
+    matched: dict[str, str]
+    how: dict[str, str]
+    only_here: list[str]
+    only_there: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.matched)} matched, {len(self.only_here)} only here, {len(self.only_there)} only there"
+        )
+
+
+class FeatureVocabulary:
+    """Ordered feature entries with reserved ids ``0 = [PAD]`` and ``1 = [UNK]``.
+
+    Categorical levels get *global* category ids (1-based; 0 is reserved) so that one embedding table serves
+    every categorical feature.
+    """
+
+    def __init__(self, features: Iterable[FeatureSpec] = ()):
+        self._features: list[FeatureSpec] = []
+        self._lookup: dict[str, int] = {}
+        for spec in features:
+            self.add(spec)
+
+    # ----- construction -------------------------------------------------------------------------------
+    def add(self, spec: FeatureSpec) -> int:
+        """Append a feature; its name, code and aliases must not collide with existing ones."""
+        keys = self._keys_of(spec)
+        for key in keys:
+            if key in self._lookup:
+                clash = self._features[self._lookup[key] - len(SPECIAL_NAMES)].name
+                raise ValueError(f"feature {spec.name!r}: {key!r} is already used by feature {clash!r}")
+        feature_id = len(SPECIAL_NAMES) + len(self._features)
+        self._features.append(spec)
+        for key in keys:
+            self._lookup[key] = feature_id
+        return feature_id
+
+    @staticmethod
+    def _keys_of(spec: FeatureSpec) -> list[str]:
+        keys = [spec.name, *spec.aliases] + ([spec.code] if spec.code else [])
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"feature {spec.name!r} lists the same name, alias or code twice: {keys}")
+        return keys
+
+    @classmethod
+    def from_events(
+        cls,
+        patients: Iterable[Mapping[str, Iterable]],
+        categorical: Mapping[str, Iterable[str]] | None = None,
+        units: Mapping[str, str] | None = None,
+        outlier_fence: float = 3.0,
+        normalization: ValueNormalization = "robust_zscore",
+    ) -> FeatureVocabulary:
+        """Build a vocabulary, with fitted statistics, from training patients.
+
+        Each patient is a mapping with ``feature`` and ``value`` lists. Features named in ``categorical`` are
+        categorical with the given levels; every other feature is numeric and each of its values must parse as
+        a finite number. Features are ordered by name, so the same data always gives the same ids.
+        """
+        patients = list(patients)
+        categorical = {name: [str(level) for level in levels] for name, levels in (categorical or {}).items()}
+        units = units or {}
+        names = sorted({str(name) for patient in patients for name in patient["feature"]})
+        specs = (
+            FeatureSpec(name=name, kind="categorical", categories=categorical[name], unit=units.get(name))
+            if name in categorical
+            else FeatureSpec(name=name, unit=units.get(name))
+            for name in names
+        )
+        return cls(specs).fit_statistics(patients, outlier_fence, normalization)
+
+    def fit_statistics(
+        self,
+        patients: Iterable[Mapping[str, Iterable]],
+        outlier_fence: float = 3.0,
+        normalization: ValueNormalization = "robust_zscore",
+    ) -> FeatureVocabulary:
+        """A copy whose numeric features carry statistics fitted on ``patients`` (the training split only), to be
+        normalised by ``normalization`` (see `ValueStatistics.normalize`).
+
+        Events are matched by name, alias or code. A numeric feature absent from ``patients`` keeps no statistics;
+        names the vocabulary does not know are an error, since they could be a mapping mistake.
+        """
+        values_by_id: dict[int, list[float]] = {}
+        patients_by_id: dict[int, int] = {}
+        unknown: dict[str, int] = {}
+        for index, patient in enumerate(patients):
+            seen: set[int] = set()
+            for position, (name, value) in enumerate(zip(patient["feature"], patient["value"])):
+                feature_id = self._lookup.get(str(name))
+                if feature_id is None:
+                    unknown[str(name)] = unknown.get(str(name), 0) + 1
+                    continue
+                seen.add(feature_id)
+                if self._features[feature_id - len(SPECIAL_NAMES)].kind == "categorical":
+                    continue
+                number = parse_number(value)
+                if number is None:
+                    raise ValueError(
+                        f"patient {index}, event {position}: feature {name!r} has value {value!r}, "
+                        "which is not a finite number (declare the feature categorical if it is one)"
+                    )
+                values_by_id.setdefault(feature_id, []).append(number)
+            for feature_id in seen:
+                patients_by_id[feature_id] = patients_by_id.get(feature_id, 0) + 1
+        if unknown:
+            listed = ", ".join(f"{name!r} ({count} events)" for name, count in sorted(unknown.items())[:20])
+            raise ValueError(f"cannot fit statistics: {len(unknown)} feature names are not in the vocabulary: {listed}")
+        fitted = FeatureVocabulary()
+        for feature_id, spec in enumerate(self._features, start=len(SPECIAL_NAMES)):
+            statistics = spec.statistics
+            if feature_id in values_by_id:
+                statistics = ValueStatistics.fit(values_by_id[feature_id], patients_by_id[feature_id], outlier_fence,
+                                                 normalization)
+            fitted.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
+        return fitted
+
+    # ----- lookup -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of ids, the special ones included: the model's ``vocab_size``."""
+        return len(SPECIAL_NAMES) + len(self._features)
+
+    def __iter__(self):
+        return iter(self._features)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._lookup
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FeatureVocabulary) and self.to_dict() == other.to_dict()
+
+    @property
+    def features(self) -> list[FeatureSpec]:
+        return list(self._features)
+
+    def id_of(self, key: str) -> int | None:
+        """Feature id for a canonical name, alias or code; ``None`` when unknown."""
+        return self._lookup.get(key)
+
+    def spec_of(self, key: str | int) -> FeatureSpec:
+        feature_id = key if isinstance(key, int) else self._lookup.get(key)
+        if feature_id is None or not len(SPECIAL_NAMES) <= feature_id < len(self):
+            raise KeyError(f"unknown feature {key!r}")
+        return self._features[feature_id - len(SPECIAL_NAMES)]
+
+    def category_offsets(self) -> dict[int, int]:
+        """Feature id -> global id of its first category level (global ids start at 1)."""
+        offsets, next_id = {}, 1
+        for feature_id, spec in enumerate(self._features, start=len(SPECIAL_NAMES)):
+            if spec.kind == "categorical":
+                offsets[feature_id] = next_id
+                next_id += len(spec.categories)
+        return offsets
+
+    @property
+    def num_categories(self) -> int:
+        """Size of the global category table, reserved id 0 included."""
+        return 1 + sum(len(spec.categories) for spec in self._features if spec.kind == "categorical")
+
+    def numeric_mask(self) -> np.ndarray:
+        """Feature id -> whether its events carry a numeric value to predict ([PAD], [UNK] and categorical: no),
+        for the self-supervised targets."""
+        mask = np.zeros(len(self), dtype=bool)
+        mask[[feature_id for feature_id, spec in enumerate(self._features, start=len(SPECIAL_NAMES))
+              if spec.kind != "categorical"]] = True
+        return mask
+
+    def config_kwargs(self) -> dict:
+        """The `MedFuseConfig` fields that must agree with this vocabulary."""
+        return {
+            "vocab_size": len(self),
+            "num_categories": self.num_categories,
+            "categorical_feature_ids": sorted(self.category_offsets()),
+        }
+
+    # ----- combining vocabularies ---------------------------------------------------------------------
+    def align(self, other: FeatureVocabulary, methods: Sequence[str] = ("name", "code", "alias")) -> AlignmentReport:
+        """Match features to ``other``'s by canonical name, then code, then alias (only the ``methods`` given).
+
+        Each method is one pass over all features, so an alias never takes a feature of ``other`` that another
+        feature here matches exactly by name or code; each feature of ``other`` is matched at most once. A name
+        match whose two codes differ waits until after the code pass: a feature coded like it may be the real
+        counterpart (serum glucose 2345-7 against blood glucose 2339-0); if none is, the names still match.
+        """
+        tables = {
+            "name": (lambda spec: [spec.name], {spec.name: spec.name for spec in other}),
+            "code": (lambda spec: [spec.code], {spec.code: spec.name for spec in other if spec.code}),
+            "alias": (lambda spec: [spec.name, *spec.aliases],
+                      {key: other.spec_of(feature_id).name for key, feature_id in other._lookup.items()}),
+        }
+
+        def codes_differ(spec: FeatureSpec, there: str) -> bool:
+            code = other.spec_of(there).code
+            return bool(spec.code and code and spec.code != code)
+
+        passes = []  # (method, whether its name matches have differing codes; None: not a name pass)
+        for method in methods:
+            passes.append((method, False if method == "name" else None))
+            if (method == "code" and "name" in methods) or (method == "name" and "code" not in methods):
+                passes.append(("name", True))
+        matched, how = {}, {}
+        taken: set[str] = set()
+        for method, conflicting in passes:
+            keys_of, table = tables[method]
+            for spec in self._features:
+                if spec.name in matched:
+                    continue
+                target = next((table[key] for key in keys_of(spec) if key in table and table[key] not in taken), None)
+                if target is not None and conflicting is not None and codes_differ(spec, target) != conflicting:
+                    continue
+                if target is not None:
+                    matched[spec.name], how[spec.name] = target, method
+                    taken.add(target)
+        only_here = [spec.name for spec in self._features if spec.name not in matched]
+        only_there = [spec.name for spec in other if spec.name not in taken]
+        return AlignmentReport(matched=matched, how=how, only_here=only_here, only_there=only_there)
+
+    def merge(self, other: FeatureVocabulary) -> FeatureVocabulary:
+        """This vocabulary, unchanged ids first, followed by ``other``'s features it does not have.
+
+        Keeping existing ids stable is what lets a checkpoint trained on ``self`` load into a model built on
+        the merged vocabulary. Aliases of matched features are joined.
+        """
+        report = self.align(other)
+        merged = FeatureVocabulary()
+        reverse = {there: here for here, there in report.matched.items()}
+        for spec in self._features:
+            merged.add(replace(spec, aliases=list(spec.aliases)))
+        for spec in other:
+            if spec.name in reverse:
+                mine = merged.spec_of(reverse[spec.name])
+                for alias in [spec.name, *spec.aliases]:
+                    if alias not in merged and alias != mine.name:
+                        mine.aliases.append(alias)
+                        merged._lookup[alias] = merged.id_of(mine.name)
+            else:
+                merged.add(replace(spec, aliases=list(spec.aliases)))
+        return merged
+
+    # ----- serialisation ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format_version": VOCABULARY_FORMAT_VERSION,
+            "special_tokens": list(SPECIAL_NAMES),
+            "features": [spec.to_dict() for spec in self._features],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FeatureVocabulary:
+        version = data.get("format_version")
+        if version != VOCABULARY_FORMAT_VERSION:
+            raise ValueError(f"unsupported feature vocabulary format_version {version!r}")
+        return cls(FeatureSpec(**entry) for entry in data["features"])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureVocabulary:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls.from_dict(data)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: not a valid feature vocabulary ({error})") from error
+
+
+def parse_number(value) -> float | None:
+    """A finite float, or ``None`` for text, NaN or infinity."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,86 @@
+"""Clinical timestamps as text, read one way only: in a given `strftime` format, or ISO 8601.
+
+A date such as `03/04/2020` is 3 April in one hospital and 4 March in the next; pandas' "mixed" parsing would pick
+one silently. So anything that is a timestamp but not ISO 8601 needs its format, and offsets are all or none.
+Shared by the long-format loader and the tokenizer, which turns a patient's times into hours here (a flat module,
+so checkpoints that ship their code carry it).
+"""
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ISO_OFFSET = re.compile(r"(?:[+-]\d{2}:?\d{2}|Z)$")
+DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}")
+
+
+def parse_timestamps(text: pd.Series, time_format: str | None, where: str, places: pd.Series) -> pd.Series:
+    """Timestamps in `time_format`, else ISO 8601; NaT where the text is no timestamp at all. Offsets are converted
+    to UTC (naive UTC out); a column where only some stamps carry an offset, a date whose day and month could be
+    swapped (`03/04/2020`) or another unambiguous non-ISO form without `time_format` is an error naming the place."""
+    parseable = pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
+    has_offset = text.str.contains(ISO_OFFSET) & parseable
+    naive = parseable & ~has_offset
+    if has_offset.any() and naive.any():
+        raise ValueError(
+            f"{places[has_offset].iloc[0]} ({where}): time {text[has_offset].iloc[0]!r} has a UTC offset, "
+            f"but {places[naive].iloc[0]} ({text[naive].iloc[0]!r}) has none: give every time an offset, or none"
+        )
+    if time_format:
+        stamps = pd.to_datetime(text, format=time_format, errors="coerce", utc=bool(has_offset.any()))
+    else:
+        stamps = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=bool(has_offset.any()))
+        other_form = stamps.isna() & pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
+        if other_form.any():
+            value, place = text[other_form].iloc[0], places[other_form].iloc[0]
+            day_month = DAY_MONTH.match(value)
+            why = (
+                "day and month could be either way round"
+                if day_month and max(map(int, day_month.groups())) <= 12
+                else "it is not ISO 8601 (2020-04-03 10:00)"
+            )
+            raise ValueError(
+                f"{place} ({where}): time {value!r}: {why}; give its format (--time_format, e.g. '%d/%m/%Y %H:%M')"
+            )
+    return stamps.dt.tz_convert(None) if has_offset.any() else stamps
+
+
+def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where: str, max_hours: float) -> np.ndarray:
+    """One patient's event times as hours: numbers are hours already (minus a numeric `anchor`); text is read as
+    timestamps (ISO 8601, as `parse_timestamps` reads them) and becomes hours since `anchor`, or else since the
+    patient's first event. A mix of the two, an unreadable time, a time before the start or more than `max_hours`
+    after it (a unit or year mistake) is an error naming `where` and the row."""
+    try:
+        hours = np.asarray(times, dtype=np.float64)
+        if anchor is not None:
+            hours = hours - float(anchor)
+    except (TypeError, ValueError):
+        text = pd.Series([str(time) for time in times], dtype=object)
+        is_number = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+        if is_number.any():  # hours, and text among them
+            row = int(np.flatnonzero(~is_number)[0])
+            raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp "
+                             "like the others (every time of a patient in hours, or every one a timestamp)")
+        places = pd.Series([f"{where}, row {label}" for label in row_labels])
+        stamps = parse_timestamps(text, None, "time", places)
+        bad = np.flatnonzero(stamps.isna().to_numpy())
+        if bad.size:
+            row = bad[0]
+            raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp")
+        origin = stamps.min() if anchor is None else parse_timestamps(pd.Series([str(anchor)]), None, "anchor", pd.Series([where]))[0]
+        if pd.isna(origin):
+            raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
+        hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
+    problems = (
+        (~np.isfinite(hours), "is not a finite number"),
+        (hours < 0, "lies before the record's start/anchor"),
+        (hours > max_hours, f"lies more than {max_hours:.0f} hours after the record's start/anchor"),
+    )
+    for bad, reason in problems:
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} ({hours[row]:.4g} h) {reason}")
+    return hours

@@ -1,0 +1,460 @@
+"""The triplet tokenizer: a patient's (feature, value, time) events in, MedFuse model inputs out.
+
+It is a `SequenceFeatureExtractor` (the transformers base for preprocessors of non-text sequences, such as audio)
+so that it saves, loads, pushes to the Hub and resolves through `AutoFeatureExtractor` like any Hugging Face
+preprocessor, and pads and truncates as they do. The feature vocabulary is saved beside its settings as
+`feature_vocabulary.json`, a file people can read and diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import pandas as pd
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import PaddingStrategy, cached_file
+
+from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary, unit_key
+from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
+from .timestamps import hours_since_start
+
+logger = logging.getLogger(__name__)
+
+VOCABULARY_FILE_NAME = "feature_vocabulary.json"
+HOURS_PER_YEAR = 24 * 365.25
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+IDENTIFYING_KEYS = ("record_id", "patient_id", "subject_id", "stay_id")
+
+UnknownFeatures = Literal["error", "unk", "drop"]
+
+
+@dataclass
+class EncodedPatient:
+    """One patient's events as arrays, sorted by time."""
+
+    feature_ids: np.ndarray  # int64
+    values: np.ndarray  # float32
+    times: np.ndarray  # float32, hours
+    positions: np.ndarray | None = None  # each event's place among the patient's events as given (explanations)
+
+    def __len__(self) -> int:
+        return len(self.feature_ids)
+
+    def select(self, index: np.ndarray | slice) -> "EncodedPatient":
+        positions = None if self.positions is None else self.positions[index]
+        return EncodedPatient(self.feature_ids[index], self.values[index], self.times[index], positions)
+
+
+class MedFuseTokenizer(SequenceFeatureExtractor):
+    """Encodes patients for MedFuse over a shared `FeatureVocabulary`.
+
+    Args:
+        feature_vocabulary: the vocabulary; numeric features need fitted value statistics.
+        max_events: events kept per patient; when a record is longer, the most recent are kept (what a model
+            scoring a patient *now* needs most).
+        unknown_features: a feature name missing from the vocabulary is an `"error"` (all such names listed),
+            mapped to `[UNK]` (`"unk"`, value 0 since it has no statistics) or dropped (`"drop"`); either way each
+            unknown name is logged once per tokenizer, at the first patient that has it, not once per patient.
+            A patient left with no event is an error naming the patient: it has nothing to score.
+        max_hours: a time further than this from the anchor is treated as a data error (a unit or year mistake).
+        padding_side: `"right"` (the default) or `"left"`; the model's output does not depend on it.
+    """
+
+    model_input_names = ["feature_ids", "values", "times", "attention_mask"]
+
+    def __init__(
+        self,
+        feature_vocabulary: FeatureVocabulary,
+        max_events: int = 1024,
+        unknown_features: UnknownFeatures = "error",
+        max_hours: float = 10 * HOURS_PER_YEAR,
+        **kwargs,
+    ):
+        # one event per position (feature_size 1); no sampling rate; padding is PAD_ID and zeros, see `_pad`
+        super().__init__(feature_size=1, sampling_rate=None, padding_value=float(PAD_ID), **kwargs)
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
+        if unknown_features not in ("error", "unk", "drop"):
+            raise ValueError(f"unknown_features must be 'error', 'unk' or 'drop', got {unknown_features!r}")
+        if max_events < 1:
+            raise ValueError(f"max_events must be positive, got {max_events}")
+        self.feature_vocabulary = feature_vocabulary
+        self.max_events = max_events
+        self.unknown_features = unknown_features
+        self.max_hours = max_hours
+        self._reported_unknown: set[str] = set()
+        self._build_tables()
+
+    def _build_tables(self) -> None:
+        """Per-id arrays so that normalisation is vectorised over a patient's events."""
+        size = len(self.feature_vocabulary)
+        self._statistics: list[ValueStatistics | None] = [None] * size
+        self._has_statistics = np.zeros(size, dtype=bool)
+        self._is_categorical = np.zeros(size, dtype=bool)
+        self._has_statistics[[PAD_ID, UNK_ID]] = True
+        self._category_ids: dict[int, dict[str, int]] = {}
+        offsets = self.feature_vocabulary.category_offsets()
+        for feature_id, spec in enumerate(self.feature_vocabulary, start=UNK_ID + 1):
+            if spec.kind == "categorical":
+                self._is_categorical[feature_id] = self._has_statistics[feature_id] = True
+                self._category_ids[feature_id] = {
+                    level: offsets[feature_id] + index for index, level in enumerate(spec.categories)
+                }
+            elif spec.statistics is not None:
+                self._statistics[feature_id] = spec.statistics
+                self._has_statistics[feature_id] = True
+
+    # ----- public API ---------------------------------------------------------------------------------
+    def __call__(
+        self,
+        patients: Any,
+        padding: bool | Literal["longest", "max_length"] = "longest",
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        anchor_times: Any = None,
+        patient_column: str | None = None,
+    ) -> BatchFeature:
+        """Encode one patient or a batch.
+
+        A patient is a list of `(feature, value, time)` tuples, a mapping of `feature`/`value`/`time` columns, or a
+        long-format DataFrame with those columns (several patients when `patient_column` names their id column).
+        A mapping whose columns hold lists (a `datasets` batch) or a `datasets.Dataset` is a batch. Times are numbers of hours, or
+        timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since the
+        patient's first event. `max_length` keeps each patient's most recent events, as `max_events` does.
+        """
+        batch, is_single = _as_patient_list(patients, patient_column)
+        anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
+        if len(anchors) != len(batch):
+            raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
+        encoded = [self.encode_patient(patient, index, anchor) for index, (patient, anchor) in enumerate(zip(batch, anchors))]
+        if max_length is not None:
+            encoded = [events.select(slice(-max_length, None)) for events in encoded]
+        if padding is False and len({len(events) for events in encoded}) > 1 and return_tensors is not None:
+            lengths = [len(events) for events in encoded]
+            raise ValueError(f"patients have {min(lengths)}..{max(lengths)} events: tensors need padding=True")
+        if padding is False and return_tensors is None:  # ragged, for `datasets.map`: `pad` (a collator) pads later
+            features = {name: [getattr(events, name).tolist() for events in encoded] for name in ("feature_ids", "values", "times")}
+            features["attention_mask"] = [[1] * len(events) for events in encoded]
+            return BatchFeature({key: value[0] for key, value in features.items()} if is_single else features)
+        rows = [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times} for events in encoded]
+        features = self.pad(rows, padding, max_length, truncation=False,  # already cut to max_length above
+                            pad_to_multiple_of=pad_to_multiple_of, return_tensors=return_tensors or "np")
+        if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
+            features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
+        return BatchFeature(features, tensor_type=return_tensors)
+
+    def check_units(self, units: Mapping[str, str], where: str) -> None:
+        """Refuse data whose features are in other units than this tokenizer's statistics (compared as the transfer
+        code compares them): normalised with the wrong statistics, creatinine in µmol/L would read 88 times too high.
+        Features of unknown unit, here or there, pass."""
+        for name, unit in units.items():
+            if name in self.feature_vocabulary and unit:
+                known = self.feature_vocabulary.spec_of(name).unit
+                if known and unit_key(known) != unit_key(unit):
+                    raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
+                                     f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
+
+    def pad(self, processed_features: Any, padding: bool | str = True, max_length: int | None = None,
+            truncation: bool | None = None, **kwargs) -> BatchFeature:
+        """`SequenceFeatureExtractor.pad`, where `max_length` also truncates unless `truncation=False` (the base
+        would leave longer patients unpadded and fail to stack them): patients keep their most recent events, as in
+        encoding. Every model input is padded; other keys, such as `labels`, pass through."""
+        truncation = max_length is not None if truncation is None else truncation
+        return super().pad(processed_features, padding, max_length, truncation, **kwargs)
+
+    def _pad(
+        self,
+        processed_features: dict[str, np.ndarray],
+        max_length: int | None = None,
+        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
+        pad_to_multiple_of: int | None = None,
+        return_attention_mask: bool | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One patient, padded for `SequenceFeatureExtractor.pad`: every model input (the base pads only the first),
+        with PAD_ID, value 0, time 0 and mask 0; other keys, such as `labels`, pass through."""
+        length = len(processed_features["feature_ids"])
+        if padding_strategy == PaddingStrategy.LONGEST or max_length is None:
+            max_length = length
+        if pad_to_multiple_of:
+            max_length = math.ceil(max_length / pad_to_multiple_of) * pad_to_multiple_of
+        if return_attention_mask and "attention_mask" not in processed_features:
+            processed_features["attention_mask"] = np.ones(length, dtype=np.int64)
+        if padding_strategy != PaddingStrategy.DO_NOT_PAD and length < max_length:
+            widths = (0, max_length - length) if self.padding_side == "right" else (max_length - length, 0)
+            for name in self.model_input_names:
+                if name in processed_features:
+                    fill = PAD_ID if name == "feature_ids" else 0
+                    processed_features[name] = np.pad(processed_features[name], widths, constant_values=fill)
+        return processed_features
+
+    def _truncate(
+        self,
+        processed_features: dict[str, np.ndarray],
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        truncation: bool | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One patient cut to `max_length` for `SequenceFeatureExtractor.pad`: the most recent events are kept (the
+        base keeps the first ones), in every model input."""
+        if not truncation:
+            return processed_features
+        if max_length is None:
+            raise ValueError("truncation=True needs max_length")
+        for name in self.model_input_names:
+            if name in processed_features:
+                processed_features[name] = processed_features[name][-max_length:]
+        return processed_features
+
+    def encode_patient(self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True) -> EncodedPatient:
+        """One patient's events as id, normalised value and hour arrays, sorted by time, unpadded."""
+        features, values, times, row_labels = _columns_of(patient)
+        where = _describe(patient, index)
+        if len(features) == 0:
+            raise ValueError(f"{where} has no events: a patient needs at least one observation to be scored")
+        feature_ids = self._feature_ids(features, row_labels, where)
+        keep = feature_ids >= 0  # -1 marks events dropped under unknown_features="drop"
+        positions = np.flatnonzero(keep)
+        if not keep.all():
+            feature_ids, row_labels = feature_ids[keep], [label for label, kept in zip(row_labels, keep) if kept]
+            values = [value for value, kept in zip(values, keep) if kept]
+            times = [time for time, kept in zip(times, keep) if kept]
+            if len(feature_ids) == 0:
+                raise ValueError(f"{where} has no events left after dropping unknown features")
+        hours = hours_since_start(times, anchor, row_labels, where, self.max_hours)
+        normalised = self._values(feature_ids, values, row_labels, where)
+        order = np.argsort(hours, kind="stable")
+        events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32), hours[order].astype(np.float32),
+                                positions[order])
+        return self._keep_most_recent(events) if truncate else events
+
+    # ----- saving and loading -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature_extractor_type": type(self).__name__,
+            "max_events": self.max_events,
+            "unknown_features": self.unknown_features,
+            "max_hours": self.max_hours,
+            "padding_side": self.padding_side,
+            # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)
+            **({"auto_map": self._feature_extractor_auto_map()} if getattr(self, "auto_map", None) else {}),
+        }
+
+    def _feature_extractor_auto_map(self) -> dict[str, str]:
+        """transformers writes a class whose name ends in "Tokenizer" as a text tokenizer's (slow, fast) pair, which
+        `AutoFeatureExtractor` cannot read: this one is a feature extractor, one class."""
+        return {key: value[0] if isinstance(value, (list, tuple)) else value for key, value in self.auto_map.items()}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Write `preprocessor_config.json` and `feature_vocabulary.json` into `save_directory`.
+
+        A local save keeps the exact statistics (counts, quartiles and fences of every feature) the tokenizer
+        normalises with: it stays in the hospital. With `push_to_hub=True` the vocabulary written and uploaded is
+        the privacy-guarded one (`publishable_vocabulary`: counts rounded to tens), and the upload is refused before
+        any request when a feature's statistics come from fewer than `min_patients_for_statistics` (default 20)."""
+        min_patients = kwargs.pop("min_patients_for_statistics", DEFAULT_MIN_PATIENTS)
+        if push_to_hub:  # the guarded copy is what this folder and the repo get
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            public = self._publishable(repo_id, min_patients)
+            files = public.save_pretrained(save_directory)
+            public.push_to_hub(repo_id, min_patients_for_statistics=min_patients, **kwargs)
+            return files
+        os.makedirs(save_directory, exist_ok=True)
+        vocabulary_file = os.path.join(save_directory, VOCABULARY_FILE_NAME)
+        self.feature_vocabulary.save(vocabulary_file)
+        return [vocabulary_file, *super().save_pretrained(save_directory, **kwargs)]
+
+    def _publishable(self, repo_id: str, min_patients: int) -> MedFuseTokenizer:
+        public = copy.copy(self)
+        public.apply_privacy_guard(repo_id, min_patients)
+        return public
+
+    def apply_privacy_guard(self, repo_id: str, min_patients: int = DEFAULT_MIN_PATIENTS) -> None:
+        """Replace this tokenizer's vocabulary by the form that may leave the hospital (`publishable_vocabulary`),
+        or refuse: for uploads that save this very object, as `Trainer.push_to_hub` does (`TokenizerPrivacyCallback`).
+        Only counts change (rounded to tens), so encoding is unchanged."""
+        self.feature_vocabulary = publishable_vocabulary(self.feature_vocabulary, repo_id, min_patients)
+        self._build_tables()
+
+    def push_to_hub(self, repo_id: str, *, min_patients_for_statistics: int = DEFAULT_MIN_PATIENTS, **kwargs) -> Any:
+        """Upload under the privacy guard of `save_pretrained(push_to_hub=True)`; the exact statistics stay here."""
+        return super(MedFuseTokenizer, self._publishable(repo_id, min_patients_for_statistics)).push_to_hub(repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MedFuseTokenizer:
+        """Load from a directory written by `save_pretrained` or a Hub repo id."""
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        settings, unused = cls.get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
+        vocabulary_file = cached_file(pretrained_model_name_or_path, VOCABULARY_FILE_NAME, **hub_kwargs)
+        settings.pop("feature_extractor_type", None)
+        overrides = {key: value for key, value in unused.items() if key in settings}
+        return cls(FeatureVocabulary.load(vocabulary_file), **{**settings, **overrides})
+
+    # ----- steps of encode_patient --------------------------------------------------------------------
+    def _feature_ids(self, features: Sequence, row_labels: list, where: str) -> np.ndarray:
+        lookup = self.feature_vocabulary.id_of
+        ids = [lookup(str(name)) for name in features]
+        unknown = [position for position, feature_id in enumerate(ids) if feature_id is None]
+        if unknown:
+            names: dict[str, Any] = {}
+            for position in unknown:
+                names.setdefault(str(features[position]), row_labels[position])
+            if self.unknown_features == "error":
+                listed = ", ".join(f"{name!r} (first at row {row})" for name, row in list(names.items())[:20])
+                raise ValueError(
+                    f"{where}: {len(names)} unknown feature(s) not in the vocabulary: {listed}. "
+                    "Map them to canonical names, or pass unknown_features='unk' or 'drop'."
+                )
+            replacement = UNK_ID if self.unknown_features == "unk" else -1
+            for position in unknown:
+                ids[position] = replacement
+            first_seen = sorted(set(names) - self._reported_unknown)
+            if first_seen:
+                self._reported_unknown.update(first_seen)
+                action = "mapped to [UNK]" if self.unknown_features == "unk" else "dropped"
+                events = sum(str(features[position]) in first_seen for position in unknown)
+                logger.warning("%s: %s its %d events of unknown features %s (each is reported once)",
+                               where, action, events, first_seen)
+        return np.asarray(ids, dtype=np.int64)
+
+    def _values(self, feature_ids: np.ndarray, values: Sequence, row_labels: list, where: str) -> np.ndarray:
+        missing = feature_ids[~self._has_statistics[feature_ids]]
+        if missing.size:
+            name = self.feature_vocabulary.spec_of(int(missing[0])).name
+            raise ValueError(
+                f"feature {name!r} has no value statistics to normalise with; fit them with "
+                "FeatureVocabulary.fit_statistics on the training split"
+            )
+        categorical = self._is_categorical[feature_ids]
+        numbers = np.zeros(len(feature_ids), dtype=np.float64)
+        numeric_positions = np.flatnonzero(~categorical & (feature_ids != UNK_ID))
+        numbers[numeric_positions] = self._parse_numbers(values, numeric_positions, feature_ids, row_labels, where)
+        for position in np.flatnonzero(categorical):
+            feature_id = int(feature_ids[position])
+            level = _category_key(values[position])
+            category_id = self._category_ids[feature_id].get(level)
+            if category_id is None:
+                spec = self.feature_vocabulary.spec_of(feature_id)
+                raise ValueError(
+                    f"{where}, row {row_labels[position]}: {level!r} is not a level of categorical feature "
+                    f"{spec.name!r} (levels: {spec.categories})"
+                )
+            numbers[position] = category_id
+        for feature_id in np.unique(feature_ids[numeric_positions]):  # one vectorised call per feature
+            positions = numeric_positions[feature_ids[numeric_positions] == feature_id]
+            numbers[positions] = self._statistics[feature_id].normalize(numbers[positions])
+        # [UNK] has no statistics: its events say "something was measured then", with value 0.
+        numbers[feature_ids == UNK_ID] = 0.0
+        return numbers
+
+    def _parse_numbers(self, values, positions, feature_ids, row_labels, where) -> np.ndarray:
+        selected = [values[position] for position in positions]
+        try:
+            numbers = np.asarray(selected, dtype=np.float64)
+        except (TypeError, ValueError):
+            numbers = np.array([_number_or_nan(value) for value in selected])
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if bad.size:
+            position = positions[bad[0]]
+            name = self.feature_vocabulary.spec_of(int(feature_ids[position])).name
+            raise ValueError(
+                f"{where}, row {row_labels[position]}: value {values[position]!r} of feature {name!r} is not a finite "
+                "number (a missing measurement is no event: leave the row out)"
+            )
+        return numbers
+
+    def _keep_most_recent(self, events: EncodedPatient) -> EncodedPatient:
+        return events if len(events) <= self.max_events else events.select(slice(-self.max_events, None))
+
+
+# ----- input forms ------------------------------------------------------------------------------------
+def _is_triplet(item: Any) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 3
+        and not isinstance(item[0], (list, tuple, Mapping, pd.DataFrame, np.ndarray))
+    )
+
+
+def _as_patient_list(patients: Any, patient_column: str | None) -> tuple[list, bool]:
+    """Normalise every accepted input form to a list of patients, and say whether it was a single patient."""
+    if isinstance(patients, datasets.Dataset):
+        return list(patients), False
+    if isinstance(patients, pd.DataFrame):
+        if patient_column is None:
+            return [patients], True
+        return [group for _, group in patients.groupby(patient_column, sort=False)], False
+    if isinstance(patients, Mapping):
+        if "feature" not in patients:
+            raise ValueError(f"a patient mapping needs 'feature', 'value' and 'time' columns, got {sorted(patients)}")
+        column = patients["feature"]
+        if len(column) and isinstance(column[0], (list, tuple, np.ndarray)):
+            keys = list(patients)
+            return [dict(zip(keys, row)) for row in zip(*(patients[key] for key in keys))], False
+        return [patients], True
+    if isinstance(patients, (list, tuple)):
+        if not patients:
+            raise ValueError("no patients given")
+        if _is_triplet(patients[0]):
+            return [patients], True
+        return list(patients), False
+    raise TypeError(f"cannot read patients from a {type(patients).__name__}")
+
+
+def _columns_of(patient: Any) -> tuple[Sequence, Sequence, Sequence, list]:
+    """(features, values, times, row labels) of one patient in any accepted form."""
+    if isinstance(patient, pd.DataFrame):
+        missing = {"feature", "value", "time"} - set(patient.columns)
+        if missing:
+            raise ValueError(f"DataFrame lacks columns {sorted(missing)}; it has {list(patient.columns)}")
+        return (patient["feature"].tolist(), patient["value"].tolist(), patient["time"].tolist(), patient.index.tolist())
+    if isinstance(patient, Mapping):
+        features, values, times = (list(patient[key]) for key in ("feature", "value", "time"))
+        if not len(features) == len(values) == len(times):
+            raise ValueError(
+                f"feature, value and time columns differ in length: {len(features)}, {len(values)}, {len(times)}"
+            )
+        return features, values, times, list(range(len(features)))
+    if isinstance(patient, (list, tuple)):
+        for row, item in enumerate(patient):
+            if not _is_triplet(item):
+                raise ValueError(f"row {row}: expected a (feature, value, time) triplet, got {item!r}")
+        features, values, times = zip(*patient) if patient else ((), (), ())
+        return list(features), list(values), list(times), list(range(len(patient)))
+    raise TypeError(f"cannot read a patient from a {type(patient).__name__}")
+
+
+def _describe(patient: Any, index: int) -> str:
+    """'patient 3 (record_id=132539)': how errors name the patient at fault."""
+    if isinstance(patient, Mapping):
+        for key in IDENTIFYING_KEYS:
+            if key in patient and not isinstance(patient[key], (list, tuple, np.ndarray)):
+                return f"patient {index} ({key}={patient[key]})"
+    return f"patient {index}"
+
+
+def _number_or_nan(value: Any) -> float:
+    number = parse_number(value)
+    return math.nan if number is None else number
+
+
+def _category_key(value: Any) -> str:
+    """Category levels are strings; 1, 1.0, '1' and a 0-d tensor or array of 1 (a `with_format("torch")` row) name the
+    same level."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+__all__ = ["MedFuseTokenizer", "EncodedPatient"]
