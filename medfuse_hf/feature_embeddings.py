@@ -48,6 +48,7 @@ MATCH_METHODS = ("name", "code", "alias")
 
 
 UnitConversion = float | tuple[float, float]  # target value = scale × source value (+ offset, e.g. °F -> °C)
+INTO = "into"  # a unit-conversion table's key naming the unit its rows are converted into
 
 
 @dataclass
@@ -256,6 +257,15 @@ def unit_key(unit: str | None) -> str | None:
     return None if unit is None else unicodedata.normalize("NFKC", unit).replace(" ", "").replace("L", "l")
 
 
+def same_unit(here: str | None, there: str | None) -> bool:
+    """Whether two systems' units agree, compared by `unit_key`; a unit written in capitals only (MIMIC-III and many
+    HL7 v2 feeds write every unit so: `MG/DL`) has lost its case, so against it case is not compared."""
+    if unit_key(here) == unit_key(there):
+        return True
+    shouting = here is not None and there is not None and (here == here.upper() or there == there.upper())
+    return shouting and unit_key(here).casefold() == unit_key(there).casefold()
+
+
 def _compare_units(
     matched: dict[str, str], target: FeatureVocabulary, source: FeatureVocabulary,
     conversions: dict[str, UnitConversion], path,
@@ -265,7 +275,7 @@ def _compare_units(
     mismatches, converted, statistics, conflicts = {}, {}, {}, {}
     for here, there in matched.items():
         target_spec, source_spec = target.spec_of(here), source.spec_of(there)
-        if unit_key(source_spec.unit) != unit_key(target_spec.unit):
+        if not same_unit(source_spec.unit, target_spec.unit):
             mismatches[here] = (source_spec.unit, target_spec.unit)
         if source_spec.code and target_spec.code and source_spec.code != target_spec.code:
             conflicts[here] = (source_spec.code, target_spec.code)

@@ -23,7 +23,7 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, cached_file
 
-from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary, unit_key
+from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary, same_unit
 from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
 from .timestamps import hours_since_start
 
@@ -160,7 +160,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         for name, unit in units.items():
             if name in self.feature_vocabulary and unit:
                 known = self.feature_vocabulary.spec_of(name).unit
-                if known and unit_key(known) != unit_key(unit):
+                if known and not same_unit(known, unit):
                     raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
                                      f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
 

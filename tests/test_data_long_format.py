@@ -88,13 +88,17 @@ def test_the_shipped_mimic3_item_map_and_unit_conversions_are_the_catalogues():
     temperatures ('?F' is how the demo writes °F) become Celsius as `load_mimic3_benchmark_root` converts them."""
     from pathlib import Path
 
-    from medfuse_hf.data.clinical_features import MIMIC3_ITEMS
+    from medfuse_hf.data.clinical_features import MIMIC3_ITEMS, NUMERIC_FEATURES
     from medfuse_hf.training.recipe_config import read_feature_map, read_unit_conversions
 
     configs = Path(__file__).resolve().parents[1] / "recipes" / "configs"
     assert read_feature_map(str(configs / "mimic3_items.csv")) == {str(item): name for item, name in MIMIC3_ITEMS.items()}
     scale, offset = read_unit_conversions(str(configs / "mimic3_unit_conversions.json"))["temperature"]["?F"]
     assert scale * 98.6 + offset == pytest.approx(37.0)
+    # every conversion ends in the catalogue's unit, so the demo reaches checkpoints built on the catalogue
+    units = {name: unit for name, (unit, _, _) in NUMERIC_FEATURES.items()}
+    for feature, by_unit in read_unit_conversions(str(configs / "mimic3_unit_conversions.json")).items():
+        assert by_unit["into"] == units[feature], feature
 
 
 def test_a_long_format_cohort_without_labels_has_none_and_a_labels_table_needs_its_column(tmp_path):

@@ -234,6 +234,18 @@ def test_a_declared_conversion_brings_every_row_into_one_unit(tmp_path):
     assert dataset[0]["value"] == pytest.approx([37.0, 37.5]) and summary.units == {"temperature": "°C"}
 
 
+def test_a_conversion_into_a_named_unit_needs_every_other_unit_declared(tmp_path):
+    """`into` names the unit rows end in, which the table need not hold: a checkpoint's (base excess in mEq/L is
+    mmol/L, but only a declaration may say so)."""
+    body = "p1,1.0,base_excess,-2,MEQ/L\np2,1.0,base_excess,1,MEQ/L\np2,2.0,base_excess,0.5,mmol/L\n"
+    dataset, summary = load_csv(tmp_path, body, header=UNIT_HEADER, columns={"unit": "unit"},
+                                unit_conversions={"base_excess": {"MEQ/L": 1.0, "into": "mmol/L"}})
+    assert summary.units == {"base_excess": "mmol/L"} and dataset[1]["value"] == pytest.approx([1.0, 0.5])
+    with pytest.raises(ValueError, match=r"declare how to convert into 'mmol/L'"):
+        load_csv(tmp_path, body + "p2,3.0,base_excess,1,mEq/dL\n", header=UNIT_HEADER, columns={"unit": "unit"},
+                 unit_conversions={"base_excess": {"MEQ/L": 1.0, "into": "mmol/L"}})
+
+
 def test_units_that_differ_only_in_spelling_are_one_unit(tmp_path):
     _, summary = load_csv(
         tmp_path,

@@ -204,6 +204,14 @@ def test_events_in_another_unit_than_the_models_are_refused(predict, tmp_path, t
     )
     predict.main(arguments)  # the litre's case is no other unit
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == 1
+    # an export that writes every unit in capitals (MIMIC-III) has lost the case: MMOL/L is mmol/L, MEQ/L still is not
+    for unit, accepted in (("MMOL/L", True), ("MEQ/L", False), ("Mmol/L", False)):
+        (tmp_path / "events.csv").write_text(f"patient_id,time,feature,value,UNIT\np1,1.0,sodium,140,{unit}\n")
+        if accepted:
+            predict.main(arguments)
+        else:
+            with pytest.raises(ValueError, match=f"feature 'sodium' is in '{unit}'"):
+                predict.main(arguments)
 
 
 def test_a_fitted_tokenizer_records_the_units_its_cohort_was_read_in(cohort):

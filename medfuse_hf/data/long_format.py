@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from ..feature_embeddings import UnitConversion, unit_key
+from ..feature_embeddings import INTO, UnitConversion, unit_key
 from ..timestamps import parse_timestamps
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .patient_table import LoadSummary, PatientTableBuilder
@@ -288,17 +288,20 @@ def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapp
     rows = pd.concat([group[["feature", "unit"]] for group in groups])
     rows = rows.assign(key=rows["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else ""))
     counts = rows[rows["key"] != ""].groupby(["feature", "key"]).agg(unit=("unit", "first"), rows=("unit", "size"))
-    declared = {feature: {unit_key(unit): conversion for unit, conversion in by_unit.items()} for feature, by_unit in conversions.items()}
+    declared = {feature: {unit_key(unit): conversion for unit, conversion in by_unit.items() if unit != INTO}
+                for feature, by_unit in conversions.items()}
     units, converting = {}, {}
     for feature, found in counts.groupby(level="feature"):
         found = found.droplevel("feature")
+        into = conversions.get(feature, {}).get(INTO)
         kept = [key for key in found.index if key not in declared.get(feature, {})]
-        if len(kept) != 1:
+        if (into is not None and kept not in ([], [unit_key(into)])) or (into is None and len(kept) != 1):
             seen = ", ".join(f"{found.loc[key, 'unit']!r} ({found.loc[key, 'rows']:,} rows)" for key in found.index)
-            raise ValueError(f"feature {feature!r} is recorded in {seen}: declare how to convert all but one of them, "
-                             f"e.g. unit_conversions={{{feature!r}: {{{found.loc[kept[-1], 'unit']!r}: scale or (scale, offset)}}}}")
-        units[feature] = found.loc[kept[0], "unit"]
-        converting.update({(feature, key): declared[feature][key] for key in found.index if key != kept[0]})
+            target, example = f"into {into!r}" if into else "all but one of them", (kept or list(found.index))[-1]
+            raise ValueError(f"feature {feature!r} is recorded in {seen}: declare how to convert {target}, "
+                             f"e.g. unit_conversions={{{feature!r}: {{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}")
+        units[feature] = into or found.loc[kept[0], "unit"]
+        converting.update({(feature, key): declared[feature][key] for key in found.index if key not in kept})
     for group in groups:
         keys = group["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else "")
         for (feature, key), conversion in converting.items():

@@ -7,6 +7,7 @@ from typing import get_args
 
 import yaml
 
+from ..feature_embeddings import INTO
 from ..feature_vocabulary import ValueNormalization
 
 
@@ -76,12 +77,18 @@ def column_mapping(text: str) -> dict[str, str]:
 
 def read_unit_conversions(path: str) -> dict:
     """`--unit_conversions PATH`: JSON of feature -> {unit: scale or [scale, offset]}, e.g.
-    `{"temperature": {"°F": [0.5556, -17.7778]}}`, converting that unit's rows into the feature's other unit."""
+    `{"temperature": {"°F": [0.5556, -17.7778]}}`, converting that unit's rows into the feature's other unit; with
+    `"into": "<unit>"`, into that unit, which the table need not hold (`{"base_excess": {"MEQ/L": 1, "into":
+    "mmol/L"}}`: a checkpoint's unit)."""
     import json
 
     conversions = json.loads(Path(path).read_text(encoding="utf-8"))
     for feature, by_unit in conversions.items():
+        if not isinstance(by_unit.get(INTO, ""), str):
+            raise argparse.ArgumentTypeError(f"{path}: {feature} {INTO}: give the unit's name, got {by_unit[INTO]!r}")
         for unit, conversion in by_unit.items():
+            if unit == INTO:
+                continue
             if not (isinstance(conversion, (int, float)) or (isinstance(conversion, list) and len(conversion) == 2)):
                 raise argparse.ArgumentTypeError(f"{path}: {feature} {unit}: give a scale or [scale, offset], got {conversion!r}")
             by_unit[unit] = tuple(conversion) if isinstance(conversion, list) else conversion
