@@ -67,8 +67,9 @@ def main() -> None:
     parser.add_argument("--objective", default="masked_values")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "pretraining-cost")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    results = ResultRows(RESULTS, key=("check",))
+    results = ResultRows(args.results, key=("check",))
     for processes in (1, 2):
         if not results.done(check=f"{processes}-process"):
             results.add(sharded_check(processes, args))
