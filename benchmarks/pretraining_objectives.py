@@ -4,6 +4,7 @@ at 1 % and 10 % of the training labels, next to the same fine-tuning from scratc
 
     python recipes/make_pretraining_corpus.py --output_dir outputs/pretraining-corpus   # once, ~30 s
     nohup python benchmarks/pretraining_objectives.py > outputs/pretraining-objectives.log 2>&1 &
+    python benchmarks/pretraining_objectives.py --arms "forecasting@lr=1e-4" "forecasting:embeddings"   # other starts
 
 Pretraining streams the corpus' Parquet shards (`recipes/pretrain.py --parquet_shards`, the path that scales past
 memory) for `--max_steps` optimizer steps; each finished pretraining keeps its `model/`, and each fine-tuning appends
