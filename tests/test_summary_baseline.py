@@ -123,3 +123,18 @@ def test_the_gbm_learns_from_a_small_hospitals_77_stays(monkeypatch):
     assert result.settings["min_samples_leaf"] == 3
     assert roc_auc_score(parts["test"][1], result.test_scores) > 0.8
     assert baseline.min_samples_leaf(7671) == 40  # the P12 table's GBM is unchanged
+
+
+def test_a_column_no_training_stay_has_is_left_out_of_the_gbm(monkeypatch):
+    """A lab that none of a small subset's stays had is an all-missing training column: scikit-learn's binning fails
+    on it ("window shape cannot be larger than input array shape"); it says nothing, so the GBM goes without it."""
+    import medfuse_hf.training.summary_baseline as baseline
+
+    monkeypatch.setattr(baseline, "GBM_MAX_ITERATIONS", 20)
+    parts = {name: learnable_split(seed, 100) for seed, name in enumerate(("train", "validation", "test"))}
+    table = SummaryTable(parts["train"][0])
+    frames = {name: table(stays) for name, (stays, _) in parts.items()}
+    frames["train"]["troponin_last"] = np.nan
+    frames["validation"]["troponin_last"] = frames["test"]["troponin_last"] = 1.0
+    result = fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]), frames["test"], seed=0)
+    assert result.test_scores.shape == (100,) and np.isfinite(result.test_scores).all()

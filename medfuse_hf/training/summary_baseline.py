@@ -120,6 +120,9 @@ def fit_gbm(
     Half of the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction`), so the seed
     changes the model, as a seed does for the neural models."""
     validation_labels, best = np.asarray(validation[1]), None  # an array: sklearn re-checks a list at every stage
+    # A column no training stay has (a rare lab in a 77-stay subset) says nothing, and breaks sklearn's binning.
+    observed = train[0].columns[train[0].notna().any()]
+    train, validation, test = (train[0][observed], train[1]), (validation[0][observed], validation[1]), test[observed]
     leaf = min_samples_leaf(len(train[1]))
     for setting in GBM_SETTINGS:
         model = HistGradientBoostingClassifier(
