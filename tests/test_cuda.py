@@ -117,3 +117,21 @@ def test_a_bad_category_id_on_the_gpu_is_a_clear_error_not_a_device_assert(token
     with pytest.raises(ValueError, match="batch row 0, event 0: feature id .* is categorical"):
         model(**on(CUDA, batch))
     assert torch.isfinite(model(**on(CUDA, tokenizer([[("sodium", 140.0, 1.0)]], return_tensors="pt"))).logits).all()
+
+
+def test_a_bf16_model_on_the_gpu_grows_to_a_hospitals_vocabulary(tiny_config, vocabulary):
+    """`--init_from` with new features after the model has moved (or loaded in bf16): the grown tables, the new
+    categorical fusion included, follow the model's device and dtype."""
+    from medfuse_hf import MedFuseTokenizer
+
+    cohort = FeatureVocabulary.from_events([{"feature": ["ward", "lactate"], "value": ["a", 2.0]},
+                                            {"feature": ["ward", "lactate"], "value": ["b", 3.0]}], categorical={"ward": ["a", "b"]})
+    merged = vocabulary.merge(cohort)
+    model = MedFuseForSequenceClassification(tiny_config()).to(CUDA, torch.bfloat16).eval()
+    model.extend_vocabulary(merged)
+    assert {parameter.device.type for parameter in model.parameters()} == {"cuda"}
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    batch = MedFuseTokenizer(merged, max_events=8)([{"feature": ["ward", "lactate"], "value": ["b", 2.5], "time": [0.0, 1.0]}],
+                                                   return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**on(CUDA, batch)).logits.float()).all()
