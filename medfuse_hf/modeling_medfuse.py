@@ -418,7 +418,7 @@ class MedFusePreTrainedModel(PreTrainedModel):
         """Give the model `new_num_tokens` feature ids, as after `FeatureVocabulary.merge` adds a hospital's own
         features: every per-feature table (identity embedding, MuFuse's γ/β, a forecast head's rows) keeps its
         existing rows and grows new ones from their initialisers, so the resized model trains, saves and reloads.
-        New features are numeric: a new categorical feature also changes the category table (rebuild the model)."""
+        New features are numeric: a new categorical feature also changes the category table (`extend_vocabulary`)."""
         if new_num_tokens is None:
             return self.get_input_embeddings()
         if mean_resizing:

@@ -38,7 +38,7 @@ from medfuse_hf.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from medfuse_hf.training.cohorts import feature_names, fit_tokenizer, load_cohort_from_settings, save_strict_tokenizer
+from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import train_epoch
 from medfuse_hf.training.metrics import accuracy_threshold

@@ -158,12 +158,11 @@ def training_function(args: argparse.Namespace) -> dict:
     accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
 
     # ----- data: a cohort in memory, or Parquet shards streamed ---------------------------------------
-    validation, cohort = None, None
+    validation, cohort = None, pretraining_cohort(args)
     if args.parquet_shards:
         if not args.max_steps:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
         shards = sorted(glob.glob(args.parquet_shards))
-        cohort = pretraining_cohort(args)
         train = streaming_patients(shards, args.seed, open_shards=args.open_shards)
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events, unknown_features="drop")
@@ -173,7 +172,6 @@ def training_function(args: argparse.Namespace) -> dict:
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = train.set_epoch
     else:
-        cohort = pretraining_cohort(args)
         train, validation = cohort.splits["train"], cohort.splits["validation"]
         tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]

@@ -4,7 +4,7 @@ pretraining) from what the run recorded (`run_info.json`, `test_metrics.json` or
 
     python recipes/publish.py --run_dir outputs/p12-seft --card_copy model_cards/medfuse-p12-seft.md
     python recipes/publish.py --run_dir outputs/p12-seft --push_to_hub my-hospital/medfuse-p12   # needs a token
-    python recipes/publish.py --run_dir outputs/pretraining/masked_values --release_dir model_cards/medfuse-base
+    python recipes/publish.py --run_dir outputs/pretraining/forecasting --release_dir model_cards/medfuse-base
 
 A release folder holds `model/` (weights, the tokenizer under the privacy guard: counts rounded to tens, refused if a
 feature's statistics come from too few patients), `feature_embeddings/`, and the cards, which name the release

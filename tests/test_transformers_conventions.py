@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from medfuse_hf import (
-    FeatureSpec,
     FeatureVocabulary,
     MedFuseForPreTraining,
     MedFuseForSequenceClassification,
