@@ -246,6 +246,16 @@ def test_a_conversion_into_a_named_unit_needs_every_other_unit_declared(tmp_path
                  unit_conversions={"base_excess": {"MEQ/L": 1.0, "into": "mmol/L"}})
 
 
+def test_declarations_and_into_match_a_feed_that_writes_units_in_capitals(tmp_path):
+    """MIMIC-III and HL7 v2 feeds write `MMOL/L`; a conversion written against the checkpoint's `mmol/L` and `mEq/L`
+    must still apply, not ask for a second declaration."""
+    body = "p1,1.0,base_excess,-2,MEQ/L\np2,1.0,base_excess,0.5,MMOL/L\n"
+    dataset, summary = load_csv(tmp_path, body, header=UNIT_HEADER, columns={"unit": "unit"},
+                                unit_conversions={"base_excess": {"mEq/L": 2.0, "into": "mmol/L"}})
+    assert summary.units == {"base_excess": "mmol/L"}
+    assert dataset[0]["value"] == pytest.approx([-4.0]) and dataset[1]["value"] == pytest.approx([0.5])
+
+
 def test_units_that_differ_only_in_spelling_are_one_unit(tmp_path):
     _, summary = load_csv(
         tmp_path,

@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from ..feature_embeddings import INTO, UnitConversion, unit_key
+from ..feature_embeddings import INTO, UnitConversion, same_unit, unit_key
 from ..timestamps import parse_timestamps
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .patient_table import LoadSummary, PatientTableBuilder
@@ -279,29 +279,34 @@ def _spelled_as_known(table: pd.DataFrame, name: str, spellings: dict[str, str],
 
 
 def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapping[str, Mapping[str, UnitConversion]]) -> dict[str, str]:
-    """Each feature's unit across every table (units compared as the transfer code compares them: up to spaces,
-    Unicode look-alikes and the litre's case); rows in a declared unit are converted into the other. Returns
-    feature -> unit. A row without a unit is taken to be in its feature's unit."""
+    """Each feature's unit across every table (units compared up to spaces, Unicode look-alikes and the litre's
+    case; a declared unit and `into` match as a checkpoint's units do, by `same_unit`); rows in a declared unit are
+    converted into the other. Returns feature -> unit. A row without a unit is taken to be in its feature's unit."""
     groups = [group for patient_groups in per_patient.values() for group in patient_groups]
     if not groups:
         return {}
     rows = pd.concat([group[["feature", "unit"]] for group in groups])
     rows = rows.assign(key=rows["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else ""))
     counts = rows[rows["key"] != ""].groupby(["feature", "key"]).agg(unit=("unit", "first"), rows=("unit", "size"))
-    declared = {feature: {unit_key(unit): conversion for unit, conversion in by_unit.items() if unit != INTO}
-                for feature, by_unit in conversions.items()}
     units, converting = {}, {}
     for feature, found in counts.groupby(level="feature"):
         found = found.droplevel("feature")
-        into = conversions.get(feature, {}).get(INTO)
-        kept = [key for key in found.index if key not in declared.get(feature, {})]
-        if (into is not None and kept not in ([], [unit_key(into)])) or (into is None and len(kept) != 1):
+        by_unit = conversions.get(feature, {})
+        into = by_unit.get(INTO)
+        declared = {key: conversion for key in found.index
+                    if (conversion := _declared_conversion(found.loc[key, "unit"], by_unit)) is not None}
+        kept = [key for key in found.index if key not in declared]
+        if into is None:
+            one_unit_left = len(kept) == 1
+        else:  # the unit named by `into`, or none left at all: the table need not hold the unit it converts into
+            one_unit_left = not kept or (len(kept) == 1 and same_unit(found.loc[kept[0], "unit"], into))
+        if not one_unit_left:
             seen = ", ".join(f"{found.loc[key, 'unit']!r} ({found.loc[key, 'rows']:,} rows)" for key in found.index)
             target, example = f"into {into!r}" if into else "all but one of them", (kept or list(found.index))[-1]
             raise ValueError(f"feature {feature!r} is recorded in {seen}: declare how to convert {target}, "
                              f"e.g. unit_conversions={{{feature!r}: {{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}")
         units[feature] = into or found.loc[kept[0], "unit"]
-        converting.update({(feature, key): declared[feature][key] for key in found.index if key not in kept})
+        converting.update({(feature, key): conversion for key, conversion in declared.items()})
     for group in groups:
         keys = group["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else "")
         for (feature, key), conversion in converting.items():
@@ -309,6 +314,12 @@ def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapp
             rows_in_unit = (group["feature"] == feature) & (keys == key)
             group.loc[rows_in_unit, "value"] = group.loc[rows_in_unit, "value"] * float(scale) + float(offset)
     return units
+
+
+def _declared_conversion(unit: str, by_unit: Mapping[str, UnitConversion]) -> UnitConversion | None:
+    """The conversion declared for a table's unit, matched as checkpoints' units are (`same_unit`): a declaration in
+    mg/dL applies to a feed that writes MG/DL."""
+    return next((conversion for declared, conversion in by_unit.items() if declared != INTO and same_unit(unit, declared)), None)
 
 
 def _as_text(column: pd.Series) -> pd.Series:
