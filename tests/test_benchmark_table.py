@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import load_script
 
+from medfuse_hf.training.runs import ResultRows
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -108,3 +110,15 @@ def test_the_search_keeps_levers_greedily_and_confirms_a_lever_with_its_screenin
     # a confirmation seed of the wide projector repeats its screening run, though quantile values are kept since
     assert search.run_of(rows, "wide_value_projector") == (
         ["attention_pooling"], ["--pooling", "attention", "--value_projector_hidden_size", "64"])
+
+
+def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_path):
+    """A driver holds its rows in memory for hours; rows imported into its file meanwhile must survive its next
+    write, and a cell written twice is kept once."""
+    path = tmp_path / "rows.json"
+    driver, importer = ResultRows(path, key=("arm", "seed")), ResultRows(path, key=("arm", "seed"))
+    importer.add({"arm": "scratch", "seed": 0, "auprc": 0.5})
+    driver.add({"arm": "gbm", "seed": 0, "auprc": 0.6})
+    driver.add({"arm": "gbm", "seed": 0, "auprc": 0.7})
+    assert json.loads(path.read_text()) == [{"arm": "scratch", "seed": 0, "auprc": 0.5}, {"arm": "gbm", "seed": 0, "auprc": 0.7}]
+    assert ResultRows(path, key=("arm", "seed")).done(arm="scratch", seed=0)

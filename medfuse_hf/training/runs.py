@@ -50,7 +50,11 @@ class ResultRows:
         return any(all(row[name] == cell[name] for name in self.key) for row in self.rows)
 
     def add(self, row: dict) -> None:
-        self.rows.append(row)
+        """Append a finished run. Rows written to the file since it was read (an import, or a second driver on other
+        cells) are kept: the file is read again first, and the row replaces a copy of its own cell."""
+        on_disk = json.loads(self.path.read_text()) if self.path.exists() else []
+        cell = [row[name] for name in self.key]
+        self.rows = [*(kept for kept in on_disk if [kept.get(name) for name in self.key] != cell), row]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")  # readers never see a half-written file
         partial.write_text(json.dumps(self.rows, indent=1) + "\n")
