@@ -40,7 +40,7 @@ from medfuse_hf.training import (
 )
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
-from medfuse_hf.training.loop import train_epoch
+from medfuse_hf.training.loop import end_training, train_epoch
 from medfuse_hf.training.metrics import accuracy_threshold
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run
@@ -266,8 +266,8 @@ def training_function(args: argparse.Namespace) -> dict:
                         drop_rare_features=args.drop_rare_features)
         accelerator.print(f"{summary_line(result)} after {loop['epoch']} epochs, {result['train_seconds']:.0f} s of "
                           f"training ({result['events_per_second']:,} events/s); model in {output_dir / 'model'}")
-    accelerator.wait_for_everyone()  # ranks leave together: a rank left alone at teardown can hang in gloo
-    accelerator.end_training()
+    del model  # before the process group goes: see end_training
+    end_training(accelerator)
     return result
 
 

@@ -38,7 +38,7 @@ from medfuse_hf.training.cohorts import (
     save_strict_tokenizer,
     streaming_patients,
 )
-from medfuse_hf.training.loop import train_epoch
+from medfuse_hf.training.loop import end_training, train_epoch
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run, readable
 from medfuse_hf.training.recipe_config import (
@@ -228,8 +228,8 @@ def training_function(args: argparse.Namespace) -> dict:
     accelerator.print(f"pretrained for {loop['step']} steps ({loop['epoch']} full epochs)"
                       + (f", validation {args.objective} MSE {result['validation_loss']:.4f}" if validation is not None else "")
                       + f", {result['events_per_second'] or 0:,} events/s; model in {output_dir / 'model'}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    del model  # before the process group goes: see end_training
+    end_training(accelerator)
     return result
 
 

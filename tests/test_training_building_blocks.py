@@ -1,4 +1,7 @@
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from sklearn.metrics import roc_auc_score
+from test_recipes_finetune import free_port
 
 from medfuse_hf.training import (
     CorruptCheckpointError,
@@ -149,3 +153,34 @@ def test_trainer_compute_metrics_scores_the_positive_class_of_logits():
     probabilities = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
     assert trainer_compute_metrics(EvalPrediction(predictions=logits, label_ids=labels)) == \
         pytest.approx(binary_metrics(labels, probabilities))
+
+
+END_OF_A_DISTRIBUTED_RUN = """
+import torch, torch.distributed as dist
+from accelerate import Accelerator
+from medfuse_hf.training.loop import end_training
+
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:{port}")
+accelerator = Accelerator(cpu=True)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+model(torch.ones(4, 2)).sum().backward()
+try:
+    end_training(accelerator)
+except RuntimeError as error:
+    print("refused:", error)
+print("group kept:", dist.is_initialized())
+del model
+end_training(accelerator)
+print("group destroyed:", not dist.is_initialized())
+"""
+
+
+def test_end_training_refuses_to_destroy_the_group_while_a_ddp_model_is_still_referenced():
+    """A DDP wrapper outliving the process group made two-rank runs hang at exit (see `end_training`): the recipes
+    must drop it first, and forgetting to is an error, not a hang in one run of fifteen."""
+    script = END_OF_A_DISTRIBUTED_RUN.format(port=free_port())
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused: end_training: 1 DistributedDataParallel model(s) still referenced" in result.stdout
+    assert "group kept: True" in result.stdout and "group destroyed: True" in result.stdout
