@@ -56,6 +56,7 @@ OBJECTIVES = {  # name: what the model card says the base model learned
     "forecasting": "it forecasts each feature's values over the next {horizon_hours:g} h from the events before",
     "masked_values": "it predicts the hidden values of {mask_probability:.0%} of the numeric events from the rest of the stay",
 }
+EVALUATION = "evaluation.md"  # a pretraining run's downstream evaluation, for its card (recipes/publish.py --evaluation)
 
 
 def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, rng: random.Random | None = None):
@@ -125,6 +126,8 @@ def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: 
               "accelerate launch recipes/finetune.py --dataset long-format --events events.csv --labels labels.csv \\",
               f"    --label_column died --init_from {where}",
               "```"]
+    if (output_dir / EVALUATION).exists():  # written by `recipes/publish.py --evaluation` once fine-tunings measured it
+        lines += ["", "### What fine-tuning from it measured", "", (output_dir / EVALUATION).read_text().strip()]
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ pretraining) from what the run recorded (`run_info.json`, `test_metrics.json` or
 
     python recipes/publish.py --run_dir outputs/p12-seft --card_copy model_cards/medfuse-p12-seft.md
     python recipes/publish.py --run_dir outputs/p12-seft --push_to_hub my-hospital/medfuse-p12   # needs a token
-    python recipes/publish.py --run_dir outputs/pretraining/forecasting --release_dir model_cards/medfuse-base
+    python recipes/publish.py --run_dir outputs/pretraining/forecasting --release_dir model_cards/medfuse-base \
+        --evaluation benchmarks/results/pretraining/table.md     # what fine-tuning from the base measured
 
 A release folder holds `model/` (weights, the tokenizer under the privacy guard: counts rounded to tens, refused if a
 feature's statistics come from too few patients), `feature_embeddings/`, and the cards, which name the release
@@ -17,14 +18,15 @@ import shutil
 from pathlib import Path
 
 import datasets
-from pretrain import pretraining_cohort, publish_pretraining
+from pretrain import EVALUATION, pretraining_cohort, publish_pretraining
 
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.feature_embeddings import publishable_vocabulary
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.publishing import publish_run, push_run, without_class_weights
 
-RECORDS = ("test_metrics.json", "pretraining_metrics.json", "logs/metrics.jsonl")  # what the cards are written from
+# What the cards are written from; `evaluation.md` is a pretraining run's downstream evaluation (`--evaluation`).
+RECORDS = ("test_metrics.json", "pretraining_metrics.json", "logs/metrics.jsonl", EVALUATION)
 
 
 def write_cards(output_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict, hub_repo_id: str | None) -> None:
@@ -66,10 +68,17 @@ def main() -> None:
                              "(NAME-feature-embeddings.md)")
     parser.add_argument("--push_to_hub", help="Hub repo id for the model (private); embeddings go to <repo id>-embeddings")
     parser.add_argument("--release_dir", type=Path, help="write a privacy-guarded copy of the run, with its cards, here")
+    parser.add_argument("--evaluation", type=Path,
+                        help="a pretraining run only: Markdown of what fine-tuning from it measured (e.g. the "
+                             f"label-efficiency table), kept in the run as {EVALUATION} and shown in its card")
     args = parser.parse_args()
     datasets.disable_progress_bars()
 
     settings = json.loads((args.run_dir / "run_info.json").read_text())["config"]
+    if args.evaluation:
+        if "objective" not in settings:
+            parser.error(f"--evaluation: {args.run_dir} is a fine-tuning run; its card shows its own test metrics")
+        shutil.copyfile(args.evaluation, args.run_dir / EVALUATION)
     model_class = MedFuseForPreTraining if "objective" in settings else MedFuseForSequenceClassification
     model = model_class.from_pretrained(args.run_dir / "model")
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")

@@ -183,6 +183,10 @@ def test_publish_rewrites_both_cards_from_what_the_run_recorded(tmp_path, single
     assert f"| auroc | {auroc:.4f} |" in card
     embedding_card = (tmp_path / "cards" / "tiny-feature-embeddings.md").read_text()
     assert embedding_card == (run_dir / "feature_embeddings" / "README.md").read_text() and embedding_card != card
+    (tmp_path / "table.md").write_text("| arm | AUPRC |\n")  # a downstream table belongs to a pretraining run only
+    refused = subprocess.run([sys.executable, str(PUBLISH), "--run_dir", str(run_dir), "--evaluation", str(tmp_path / "table.md")],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert refused.returncode != 0 and "is a fine-tuning run" in refused.stderr and not (run_dir / "evaluation.md").exists()
 
 
 def test_bf16_mixed_precision_trains_like_full_precision(tmp_path, single_process_run):

@@ -128,13 +128,17 @@ def test_streamed_shards_pretrain(tmp_path):
 
     # the release a hospital may publish: counts rounded to tens, cards naming the release, the run left exact
     released = tmp_path / "medfuse-base"
+    (tmp_path / "table.md").write_text("| fraction | arm | AUPRC |\n|---:|---|---|\n| 0.01 | pretrained | 0.2632 |\n")
     subprocess.run([sys.executable, str(ROOT / "recipes" / "publish.py"), "--run_dir", str(tmp_path / "out"),
-                    "--release_dir", str(released)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+                    "--release_dir", str(released), "--evaluation", str(tmp_path / "table.md")],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path)
     counts = {path: [spec.statistics.count for spec in FeatureVocabulary.load(path / "feature_vocabulary.json")]
               for path in (tmp_path / "out" / "model", released / "model")}
     assert all(count % 10 == 0 for count in counts[released / "model"]) and counts[released / "model"] != counts[tmp_path / "out" / "model"]
     assert "--init_from medfuse-base/model" in (released / "model" / "README.md").read_text()
     assert "4 optimizer steps of 16 patients" in (released / "model" / "README.md").read_text()
+    for card in (tmp_path / "out" / "model" / "README.md", released / "model" / "README.md"):  # and the run keeps it
+        assert "### What fine-tuning from it measured\n\n| fraction | arm | AUPRC |" in card.read_text()
     assert MedFuseForSequenceClassification.from_pretrained(released / "model", num_labels=2).config.vocab_size == 5
 
 
