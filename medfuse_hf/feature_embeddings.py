@@ -113,10 +113,12 @@ class FeatureEmbeddingCheckpoint:
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a MedFuse feature-embedding checkpoint")
         config = json.loads(config_path.read_text())
         if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise ValueError(f"{config_path}: format_version {config.get('format_version')!r}, "
+                             f"expected {FORMAT_VERSION}")
         unchecked = sorted({TENSORS_FILE, VOCABULARY_FILE} - config.get("sha256", {}).keys())
         if unchecked:
-            raise ValueError(f"{config_path}: no SHA-256 recorded for {', '.join(unchecked)}; export the checkpoint again")
+            raise ValueError(f"{config_path}: no SHA-256 recorded for {', '.join(unchecked)}; "
+                             "export the checkpoint again")
         for name, expected in config["sha256"].items():
             if not (path / name).exists() or sha256_of(path / name) != expected:
                 raise ValueError(f"{path / name}: missing or does not match its recorded SHA-256; download it again")
@@ -124,7 +126,8 @@ class FeatureEmbeddingCheckpoint:
 
 
 def export_feature_embeddings(
-    model, tokenizer, path: str | Path, source: str | None = None, min_patients: int = DEFAULT_MIN_PATIENTS, drop_rare_features: bool = False
+    model, tokenizer, path: str | Path, source: str | None = None, min_patients: int = DEFAULT_MIN_PATIENTS,
+    drop_rare_features: bool = False
 ) -> dict[str, list[str]]:
     """Write the feature-embedding checkpoint of a trained MedFuse model. Features seen in fewer than `min_patients`
     patients have their statistics withheld, or with `drop_rare_features` are left out altogether (name, rows and
@@ -148,7 +151,9 @@ def export_feature_embeddings(
             tensors[f"{name}/{spec.name}"] = fusion.get_parameter(name)[feature_id]
         if spec.kind == "categorical" and embeddings.categorical_fusion is not None:
             for index, level in enumerate(spec.categories):
-                tensors[f"category/{spec.name}={level}"] = embeddings.categorical_fusion.category_embeddings.weight[offsets[feature_id] + index]
+                tensors[f"category/{spec.name}={level}"] = embeddings.categorical_fusion.category_embeddings.weight[
+                    offsets[feature_id] + index
+                ]
     for prefix, module in _shared_projectors(embeddings).items():
         for name, parameter in module.named_parameters():
             tensors[f"{prefix}/{name}"] = parameter
@@ -229,11 +234,14 @@ def load_feature_embeddings(
                 for index, level in enumerate(vocabulary.spec_of(here).categories):
                     if f"category/{there}={level}" in checkpoint.tensors:
                         row = offsets[feature_id] + index
-                        embeddings.categorical_fusion.category_embeddings.weight[row] = checkpoint.tensors[f"category/{there}={level}"]
+                        embeddings.categorical_fusion.category_embeddings.weight[row] = checkpoint.tensors[
+                            f"category/{there}={level}"
+                        ]
                         category_rows.append(row)
     if freeze:
         feature_ids = [vocabulary.id_of(here) for here in matched]
-        rows = {"feature_embeddings.weight": feature_ids, **{f"value_fusion.{name}": feature_ids for name in fusion.feature_tables}}
+        rows = {"feature_embeddings.weight": feature_ids,
+                **{f"value_fusion.{name}": feature_ids for name in fusion.feature_tables}}
         if category_rows:
             rows["categorical_fusion.category_embeddings.weight"] = category_rows
         FrozenTransfer(embeddings, rows, [projectors[name] for name in shared])
@@ -301,10 +309,12 @@ def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = Tr
     that takes every file inline in the commit: LFS/Xet large-file uploads and the Hub's permission checks are not
     covered."""
     if not (Path(folder) / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; export the checkpoint with export_feature_embeddings first")
+        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; "
+                                "export the checkpoint with export_feature_embeddings first")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload MedFuse feature embeddings").commit_url
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+                             commit_message="Upload MedFuse feature embeddings").commit_url
 
 
 def _shared_projectors(embeddings) -> dict[str, torch.nn.Module]:
@@ -382,7 +392,9 @@ class FrozenTransfer:
             parameter[index] = values.to(parameter.dtype)
 
 
-def publishable_vocabulary(vocabulary: FeatureVocabulary, repo_id: str, min_patients: int = DEFAULT_MIN_PATIENTS) -> FeatureVocabulary:
+def publishable_vocabulary(
+    vocabulary: FeatureVocabulary, repo_id: str, min_patients: int = DEFAULT_MIN_PATIENTS
+) -> FeatureVocabulary:
     """A model tokenizer's vocabulary as it may leave the hospital (counts rounded to tens), or a clear refusal when
     it normalises a feature with statistics of fewer than `min_patients` patients: unlike the embeddings, a model's
     tokenizer cannot withhold them, since it needs them to read that feature."""
@@ -391,7 +403,8 @@ def publishable_vocabulary(vocabulary: FeatureVocabulary, repo_id: str, min_pati
         raise ValueError(
             f"refusing to push {repo_id}: its tokenizer normalises {', '.join(rare)} with statistics (quartiles, "
             f"outlier fences) of fewer than {min_patients} patients, close to those patients' own values. Retrain "
-            "without these features, or share only the feature embeddings (push_feature_embeddings), which withhold them."
+            "without these features, or share only the feature embeddings (push_feature_embeddings), which "
+            "withhold them."
         )
     return guarded
 
@@ -414,7 +427,8 @@ def privacy_guarded(
                 continue
             statistics = None
         elif statistics is not None:
-            statistics = replace(statistics, count=_coarsen(statistics.count), num_patients=_coarsen(statistics.num_patients))
+            statistics = replace(statistics, count=_coarsen(statistics.count),
+                                 num_patients=_coarsen(statistics.num_patients))
         guarded.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
     return guarded, rare
 

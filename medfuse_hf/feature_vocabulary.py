@@ -92,7 +92,8 @@ class ValueStatistics:
         5/9 and -160/9); counts unchanged."""
         if not scale > 0:
             raise ValueError(f"a unit conversion's scale must be positive, got {scale}")
-        moved = {name: getattr(self, name) * scale + offset for name in ("mean", "q25", "median", "q75", "lower", "upper")}
+        moved = {name: getattr(self, name) * scale + offset
+                 for name in ("mean", "q25", "median", "q75", "lower", "upper")}
         quantiles = None if self.quantiles is None else [value * scale + offset for value in self.quantiles]
         return replace(self, std=self.std * scale, quantiles=quantiles, **moved)
 
@@ -115,8 +116,8 @@ class ValueStatistics:
         """Distinct knot values and their normal scores; a value several knots share (an integer score such as the
         GCS, a constant flag) gets the mean of their scores, its mid-rank."""
         if len(self.quantiles) != len(QUANTILE_LEVELS):
-            raise ValueError(f"{len(self.quantiles)} quantiles for the {len(QUANTILE_LEVELS)} levels of QUANTILE_LEVELS: "
-                             "was this vocabulary written by another version of medfuse_hf?")
+            raise ValueError(f"{len(self.quantiles)} quantiles for the {len(QUANTILE_LEVELS)} levels of "
+                             "QUANTILE_LEVELS: was this vocabulary written by another version of medfuse_hf?")
         knots, inverse = np.unique(self.quantiles, return_inverse=True)
         scores = np.bincount(inverse, weights=NORMAL_SCORES) / np.bincount(inverse)
         return knots, scores
@@ -266,7 +267,8 @@ class FeatureVocabulary:
                 patients_by_id[feature_id] = patients_by_id.get(feature_id, 0) + 1
         if unknown:
             listed = ", ".join(f"{name!r} ({count} events)" for name, count in sorted(unknown.items())[:20])
-            raise ValueError(f"cannot fit statistics: {len(unknown)} feature names are not in the vocabulary: {listed}")
+            raise ValueError(f"cannot fit statistics: {len(unknown)} feature names are not in the vocabulary: "
+                             f"{listed}")
         fitted = FeatureVocabulary()
         for feature_id, spec in enumerate(self._features, start=len(SPECIAL_NAMES)):
             statistics = spec.statistics

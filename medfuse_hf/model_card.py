@@ -32,8 +32,8 @@ def render_model_card(
     if not TEMPLATE.exists():
         raise FileNotFoundError(f"{TEMPLATE}: model card template missing from the installation")
     eval_results = [
-        EvalResult(task_type="tabular-classification", dataset_type=dataset_name or "clinical", dataset_name=dataset_name or data_source,
-                   metric_type=name, metric_value=round(metric["value"], 4))
+        EvalResult(task_type="tabular-classification", dataset_type=dataset_name or "clinical",
+                   dataset_name=dataset_name or data_source, metric_type=name, metric_value=round(metric["value"], 4))
         for name, metric in (metrics or {}).items()
     ] or None
     # Weights trained on a dataset carry its licence terms (hub_license: a Hub licence id such as "cc-by-4.0").

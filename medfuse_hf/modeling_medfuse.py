@@ -100,7 +100,8 @@ class AdditiveFusion(nn.Module):
 
     def __init__(self, config: MedFuseConfig):
         super().__init__()
-        self.value_projector = VALUE_PROJECTORS[config.value_projector](config.value_projector_hidden_size, config.hidden_size)
+        self.value_projector = VALUE_PROJECTORS[config.value_projector](config.value_projector_hidden_size,
+                                                                        config.hidden_size)
         self.feature_tables, self.shared_maps = {}, {"value_projector": "value_projector"}
 
     def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -147,13 +148,17 @@ class CategoricalFusion(nn.Module):
     def compute_pair_offsets(self, vocab_size: int) -> torch.Tensor:
         """Feature id -> first row of its pairs in the table (numeric features: 0, never read)."""
         offsets = torch.zeros(vocab_size, dtype=torch.long)
-        offsets[self.categorical_feature_ids] = torch.arange(len(self.categorical_feature_ids)) * self.category_embeddings.num_embeddings
+        offsets[self.categorical_feature_ids] = (torch.arange(len(self.categorical_feature_ids))
+                                                 * self.category_embeddings.num_embeddings)
         return offsets
 
-    def forward(self, feature_table: torch.Tensor, feature_ids: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, feature_table: torch.Tensor, feature_ids: torch.Tensor, category_ids: torch.Tensor
+    ) -> torch.Tensor:
         features = feature_table[self.categorical_feature_ids]  # (F_c, d)
         categories = self.category_embeddings.weight  # (C, d)
-        pairs = torch.cat([features[:, None].expand(-1, len(categories), -1), categories[None].expand(len(features), -1, -1)], dim=-1)
+        pairs = torch.cat([features[:, None].expand(-1, len(categories), -1),
+                           categories[None].expand(len(features), -1, -1)], dim=-1)
         table = torch.tanh(self.proj(pairs)).flatten(0, 1)  # (F_c · C, d)
         return F.embedding(self.pair_offsets[feature_ids] + category_ids, table)
 
@@ -200,7 +205,8 @@ class MedFuseEmbeddings(nn.Module):
         return mask
 
     def forward(
-        self, feature_ids: torch.Tensor, values: torch.Tensor, times: torch.Tensor, value_mask: torch.Tensor | None = None
+        self, feature_ids: torch.Tensor, values: torch.Tensor, times: torch.Tensor,
+        value_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         feature_embeds = self.feature_embeddings(feature_ids)  # (B, T, d)
         tokens = self.value_fusion(feature_embeds, feature_ids, values)
@@ -389,7 +395,8 @@ class MedFusePreTrainedModel(PreTrainedModel):
             # PyTorch's default Linear init, as the authors kept: under N(0, 0.02), φ(v) ≈ 0 and a fresh MuFuse
             # token e_f ⊙ φ(v) would carry neither identity nor value.
             hidden_bound = 1.0 / math.sqrt(module.down.in_features)
-            for parameter, bound in ((module.up_weight, 1.0), (module.up_bias, 1.0), (module.down.weight, hidden_bound), (module.down.bias, hidden_bound)):
+            for parameter, bound in ((module.up_weight, 1.0), (module.up_bias, 1.0),
+                                     (module.down.weight, hidden_bound), (module.down.bias, hidden_bound)):
                 init.uniform_(parameter, -bound, bound)
         elif isinstance(module, PeriodicValueProjector):
             init.normal_(module.frequencies, mean=0.0, std=1.0)
@@ -425,7 +432,8 @@ class MedFusePreTrainedModel(PreTrainedModel):
             raise NotImplementedError("mean_resizing: a new clinical feature starts from its initialiser, not a mean")
         if pad_to_multiple_of:
             new_num_tokens = math.ceil(new_num_tokens / pad_to_multiple_of) * pad_to_multiple_of
-        lost = [i for i in (*self.config.categorical_feature_ids, *self.config.static_feature_ids) if i >= new_num_tokens]
+        lost = [i for i in (*self.config.categorical_feature_ids, *self.config.static_feature_ids)
+                if i >= new_num_tokens]
         if new_num_tokens < 3 or lost:
             raise ValueError(f"cannot resize to {new_num_tokens} feature ids: [PAD], [UNK] and the categorical and "
                              f"static features {lost or ''} need room")
@@ -455,12 +463,15 @@ class MedFusePreTrainedModel(PreTrainedModel):
         from their initialisers. Returns the new features' names."""
         fields = vocabulary.config_kwargs()
         old_size, old_categorical = self.config.vocab_size, list(self.config.categorical_feature_ids)
-        if fields["vocab_size"] < old_size or [i for i in fields["categorical_feature_ids"] if i < old_size] != old_categorical:
+        if (fields["vocab_size"] < old_size
+                or [i for i in fields["categorical_feature_ids"] if i < old_size] != old_categorical):
             raise ValueError(f"the vocabulary ({fields['vocab_size']} ids) does not start with this model's "
                              f"{old_size} feature ids: build it with model_vocabulary.merge(cohort_vocabulary)")
         self.resize_token_embeddings(fields["vocab_size"])
         if fields["num_categories"] > self.config.num_categories:  # new categorical features bring new levels
-            self.config.num_categories, self.config.categorical_feature_ids = fields["num_categories"], fields["categorical_feature_ids"]
+            self.config.num_categories, self.config.categorical_feature_ids = (
+                fields["num_categories"], fields["categorical_feature_ids"]
+            )
             for embeddings in (module for module in self.modules() if isinstance(module, MedFuseEmbeddings)):
                 embeddings.categorical_feature_ids = list(fields["categorical_feature_ids"])
                 embeddings.is_categorical = embeddings.compute_categorical_mask().to(embeddings.is_categorical.device)
@@ -543,7 +554,8 @@ class MedFuseModel(MedFusePreTrainedModel):
             1 where an event's value is hidden (masked-value pretraining): its token keeps the feature and the time.
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
         if attention_mask is None:
             attention_mask = feature_ids != self.config.pad_token_id
         self._check_inputs(feature_ids, values, times, attention_mask)
@@ -632,7 +644,8 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
 
 
 class MedFuseForSequenceClassification(MedFusePreTrainedModel):
-    """MedFuse with a patient-level head: mortality, sepsis, any binary, multi-class, multi-label or regression target."""
+    """MedFuse with a patient-level head: mortality, sepsis, any binary, multi-class, multi-label or regression
+    target."""
 
     def __init__(self, config: MedFuseConfig):
         super().__init__(config)

@@ -70,7 +70,8 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
         if bad.size:
             row = bad[0]
             raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp")
-        origin = stamps.min() if anchor is None else parse_timestamps(pd.Series([str(anchor)]), None, "anchor", pd.Series([where]))[0]
+        origin = (stamps.min() if anchor is None
+                  else parse_timestamps(pd.Series([str(anchor)]), None, "anchor", pd.Series([where]))[0])
         if pd.isna(origin):
             raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
         hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)

@@ -128,25 +128,28 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
 
         A patient is a list of `(feature, value, time)` tuples, a mapping of `feature`/`value`/`time` columns, or a
         long-format DataFrame with those columns (several patients when `patient_column` names their id column).
-        A mapping whose columns hold lists (a `datasets` batch) or a `datasets.Dataset` is a batch. Times are numbers of hours, or
-        timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since the
-        patient's first event. `max_length` keeps each patient's most recent events, as `max_events` does.
+        A mapping whose columns hold lists (a `datasets` batch) or a `datasets.Dataset` is a batch. Times are numbers
+        of hours, or timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since
+        the patient's first event. `max_length` keeps each patient's most recent events, as `max_events` does.
         """
         batch, is_single = _as_patient_list(patients, patient_column)
         anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
         if len(anchors) != len(batch):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
-        encoded = [self.encode_patient(patient, index, anchor) for index, (patient, anchor) in enumerate(zip(batch, anchors))]
+        encoded = [self.encode_patient(patient, index, anchor)
+                   for index, (patient, anchor) in enumerate(zip(batch, anchors))]
         if max_length is not None:
             encoded = [events.select(slice(-max_length, None)) for events in encoded]
         if padding is False and len({len(events) for events in encoded}) > 1 and return_tensors is not None:
             lengths = [len(events) for events in encoded]
             raise ValueError(f"patients have {min(lengths)}..{max(lengths)} events: tensors need padding=True")
         if padding is False and return_tensors is None:  # ragged, for `datasets.map`: `pad` (a collator) pads later
-            features = {name: [getattr(events, name).tolist() for events in encoded] for name in ("feature_ids", "values", "times")}
+            features = {name: [getattr(events, name).tolist() for events in encoded]
+                        for name in ("feature_ids", "values", "times")}
             features["attention_mask"] = [[1] * len(events) for events in encoded]
             return BatchFeature({key: value[0] for key, value in features.items()} if is_single else features)
-        rows = [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times} for events in encoded]
+        rows = [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times}
+                for events in encoded]
         features = self.pad(rows, padding, max_length, truncation=False,  # already cut to max_length above
                             pad_to_multiple_of=pad_to_multiple_of, return_tensors=return_tensors or "np")
         if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
@@ -215,7 +218,9 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
                 processed_features[name] = processed_features[name][-max_length:]
         return processed_features
 
-    def encode_patient(self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True) -> EncodedPatient:
+    def encode_patient(
+        self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True
+    ) -> EncodedPatient:
         """One patient's events as id, normalised value and hour arrays, sorted by time, unpadded."""
         features, values, times, row_labels = _columns_of(patient)
         where = _describe(patient, index)
@@ -233,8 +238,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         hours = hours_since_start(times, anchor, row_labels, where, self.max_hours)
         normalised = self._values(feature_ids, values, row_labels, where)
         order = np.argsort(hours, kind="stable")
-        events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32), hours[order].astype(np.float32),
-                                positions[order])
+        events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32),
+                                hours[order].astype(np.float32), positions[order])
         return self._keep_most_recent(events) if truncate else events
 
     # ----- saving and loading -------------------------------------------------------------------------
@@ -287,7 +292,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
 
     def push_to_hub(self, repo_id: str, *, min_patients_for_statistics: int = DEFAULT_MIN_PATIENTS, **kwargs) -> Any:
         """Upload under the privacy guard of `save_pretrained(push_to_hub=True)`; the exact statistics stay here."""
-        return super(MedFuseTokenizer, self._publishable(repo_id, min_patients_for_statistics)).push_to_hub(repo_id, **kwargs)
+        return super(MedFuseTokenizer,
+                     self._publishable(repo_id, min_patients_for_statistics)).push_to_hub(repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MedFuseTokenizer:
@@ -416,7 +422,8 @@ def _columns_of(patient: Any) -> tuple[Sequence, Sequence, Sequence, list]:
         missing = {"feature", "value", "time"} - set(patient.columns)
         if missing:
             raise ValueError(f"DataFrame lacks columns {sorted(missing)}; it has {list(patient.columns)}")
-        return (patient["feature"].tolist(), patient["value"].tolist(), patient["time"].tolist(), patient.index.tolist())
+        return (patient["feature"].tolist(), patient["value"].tolist(), patient["time"].tolist(),
+                patient.index.tolist())
     if isinstance(patient, Mapping):
         features, values, times = (list(patient[key]) for key in ("feature", "value", "time"))
         if not len(features) == len(values) == len(times):

@@ -37,7 +37,9 @@ def cache_key(release_dir: Path, options: str) -> str:
     return digest.hexdigest()[:20]
 
 
-def cached_load(name: str, release_dir: str | Path, options: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+def cached_load(
+    name: str, release_dir: str | Path, options: str, build: Callable[[], datasets.Dataset]
+) -> datasets.Dataset:
     """`build()`'s dataset, from the cache when this release and loader were loaded before, else built and saved.
     The copy is written to a temporary folder and renamed, so an interrupted save never leaves a half cache."""
     folder = cache_root() / f"{name}-{cache_key(Path(release_dir), options)}"

@@ -45,7 +45,8 @@ class MedFuseDataCollator:
         if self.label_column is not None:
             labels = [row[self.label_column] for row in rows]
             if any(label is None for label in labels):
-                raise ValueError(f"a patient in this batch has no {self.label_column!r}: filter unlabeled patients first")
+                raise ValueError(f"a patient in this batch has no {self.label_column!r}: "
+                                 "filter unlabeled patients first")
             batch["labels"] = torch.tensor(labels)
         return batch
 
@@ -55,7 +56,8 @@ class MedFuseDataCollator:
         keep = [draw.random() >= self.event_dropout for _ in row["feature"]]
         if keep and not any(keep):
             keep[draw.randrange(len(keep))] = True
-        return {**row, **{column: [item for item, kept in zip(row[column], keep) if kept] for column in ("feature", "value", "time")}}
+        return {**row, **{column: [item for item, kept in zip(row[column], keep) if kept]
+                          for column in ("feature", "value", "time")}}
 
 
 @dataclass
@@ -82,7 +84,8 @@ class ForecastingCollator:
             low, high = max(self.min_observation_hours, min(times) + 1e-3), max(times) - self.horizon_hours
             # Too short a record for a window: every event is input, the targets are empty (masked out).
             cutoffs.append(draw.uniform(low, high) if high > low else max(times) + 1e-3)
-        return dict(forecasting_batch(self.tokenizer, list(rows), cutoffs, self.horizon_hours, self.pad_to_multiple_of))
+        return dict(forecasting_batch(self.tokenizer, list(rows), cutoffs, self.horizon_hours,
+                                      self.pad_to_multiple_of))
 
 
 @dataclass
@@ -131,7 +134,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = False, batches_per_megabatch: int = 50
+        self, lengths: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = False,
+        batches_per_megabatch: int = 50
     ):
         self.lengths = torch.as_tensor(list(lengths))
         self.batch_size = batch_size

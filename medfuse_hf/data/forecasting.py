@@ -38,8 +38,8 @@ def forecasting_batch(
         np.add.at(counts[index], events.feature_ids[targets], 1.0)
         before = events.select(events.times < cutoff)
         inputs.append({"feature_ids": before.feature_ids, "values": before.values, "times": before.times})
-    batch = tokenizer.pad(inputs, max_length=tokenizer.max_events, truncation=True, pad_to_multiple_of=pad_to_multiple_of,
-                          return_tensors="np")
+    batch = tokenizer.pad(inputs, max_length=tokenizer.max_events, truncation=True,
+                          pad_to_multiple_of=pad_to_multiple_of, return_tensors="np")
     batch["forecast_values"] = sums / np.maximum(counts, 1.0)
     batch["forecast_mask"] = (counts > 0).astype(np.float32)
     return BatchFeature(dict(batch), tensor_type=return_tensors)

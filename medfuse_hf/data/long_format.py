@@ -107,7 +107,8 @@ def load_long_format(
             per_patient.setdefault(patient_id, []).append(group)
     if "unit" in columns:
         summary.units = _convert_units(per_patient, unit_conversions or {})
-    names = sorted({feature for groups in per_patient.values() for group in groups for feature in group["feature"].unique()})
+    names = sorted({feature for groups in per_patient.values() for group in groups
+                    for feature in group["feature"].unique()})
     code_of = {feature: code for code, feature in enumerate(names)}
     builder = PatientTableBuilder(names)
     patient_ids = list(label_table.index) if label_table is not None else list(per_patient)
@@ -227,7 +228,8 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | No
     if is_number.any() and is_stamp.any():
         rarer = is_number if is_number.sum() <= is_stamp.sum() else is_stamp
         line, value = table["line"][rarer].iloc[0], text[rarer].iloc[0]
-        raise ValueError(f"{name}:{line}: time {value!r} is {'a number of hours' if rarer is is_number else 'a timestamp'}, "
+        raise ValueError(f"{name}:{line}: time {value!r} is "
+                         f"{'a number of hours' if rarer is is_number else 'a timestamp'}, "
                          f"but the column holds {int((~rarer & (is_number | is_stamp)).sum())} "
                          f"{'timestamps' if rarer is is_number else 'numbers of hours'}: give every time one way")
     anchors_are_stamps = anchors is not None and pd.api.types.is_datetime64_any_dtype(anchors)
@@ -235,17 +237,18 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | No
         return pd.Series(np.nan, index=table.index)
     if not is_stamp.any():  # hours
         if anchors_are_stamps and is_number.any():
-            raise ValueError(f"{name}: times are numbers of hours, but the anchor column holds timestamps: give both as "
-                             "timestamps, or both as hours")
+            raise ValueError(f"{name}: times are numbers of hours, but the anchor column holds timestamps: "
+                             "give both as timestamps, or both as hours")
         if anchors is None and numeric.min() >= EXCEL_SERIAL_DAYS[0] and numeric.max() <= EXCEL_SERIAL_DAYS[1]:
-            raise ValueError(f"{name}: every time lies between {numeric.min():,.1f} and {numeric.max():,.1f}: these look "
-                             "like spreadsheet serial dates (days since 1899-12-30), not hours. Export the times as "
-                             "timestamps, or as hours since an anchor (anchor_column)")
+            raise ValueError(f"{name}: every time lies between {numeric.min():,.1f} and {numeric.max():,.1f}: "
+                             "these look like spreadsheet serial dates (days since 1899-12-30), not hours. Export the "
+                             "times as timestamps, or as hours since an anchor (anchor_column)")
         return numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)
     if anchors is not None and not anchors_are_stamps:
         raise ValueError(f"{name}: times are timestamps, but the anchor column holds numbers: give both one way")
     stamps = parse_timestamps(text, time_format, "column time", name + ":" + table["line"].astype(str))
-    origin = table["patient_id"].map(anchors) if anchors is not None else stamps.groupby(table["patient_id"]).transform("min")
+    origin = (table["patient_id"].map(anchors) if anchors is not None
+              else stamps.groupby(table["patient_id"]).transform("min"))
     return (stamps - origin) / pd.Timedelta(hours=1)
 
 
@@ -259,7 +262,9 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", str(name)).translate(ZERO_WIDTH).translate(LOOKALIKES).casefold().strip()
 
 
-def _spelled_as_known(table: pd.DataFrame, name: str, spellings: dict[str, str], policy: str, summary: LoadSummary) -> pd.Series:
+def _spelled_as_known(
+    table: pd.DataFrame, name: str, spellings: dict[str, str], policy: str, summary: LoadSummary
+) -> pd.Series:
     """The feature column with each variant spelling of a known name replaced by that name (see `name_variants`)."""
     features = _as_text(table["feature"]).str.strip()
     renamed = {}
@@ -278,7 +283,9 @@ def _spelled_as_known(table: pd.DataFrame, name: str, spellings: dict[str, str],
     return features.replace(renamed) if renamed else features
 
 
-def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapping[str, Mapping[str, UnitConversion]]) -> dict[str, str]:
+def _convert_units(
+    per_patient: dict[str, list[pd.DataFrame]], conversions: Mapping[str, Mapping[str, UnitConversion]]
+) -> dict[str, str]:
     """Each feature's unit across every table (units compared up to spaces, Unicode look-alikes and the litre's
     case; a declared unit and `into` match as a checkpoint's units do, by `same_unit`); rows in a declared unit are
     converted into the other. Returns feature -> unit. A row without a unit is taken to be in its feature's unit."""
@@ -304,7 +311,8 @@ def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapp
             seen = ", ".join(f"{found.loc[key, 'unit']!r} ({found.loc[key, 'rows']:,} rows)" for key in found.index)
             target, example = f"into {into!r}" if into else "all but one of them", (kept or list(found.index))[-1]
             raise ValueError(f"feature {feature!r} is recorded in {seen}: declare how to convert {target}, "
-                             f"e.g. unit_conversions={{{feature!r}: {{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}")
+                             f"e.g. unit_conversions={{{feature!r}: "
+                             f"{{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}")
         units[feature] = into or found.loc[kept[0], "unit"]
         converting.update({(feature, key): conversion for key, conversion in declared.items()})
     for group in groups:
@@ -319,7 +327,8 @@ def _convert_units(per_patient: dict[str, list[pd.DataFrame]], conversions: Mapp
 def _declared_conversion(unit: str, by_unit: Mapping[str, UnitConversion]) -> UnitConversion | None:
     """The conversion declared for a table's unit, matched as checkpoints' units are (`same_unit`): a declaration in
     mg/dL applies to a feed that writes MG/DL."""
-    return next((conversion for declared, conversion in by_unit.items() if declared != INTO and same_unit(unit, declared)), None)
+    return next((conversion for declared, conversion in by_unit.items()
+                 if declared != INTO and same_unit(unit, declared)), None)
 
 
 def _as_text(column: pd.Series) -> pd.Series:
@@ -335,8 +344,10 @@ def _validated_labels(
     """The binary label as 0/1 (None where missing): any other value is an error naming the patient and line."""
     name = "labels" if isinstance(source, pd.DataFrame) else str(source)
     if table is None or label_column not in table.columns:
-        raise ValueError(f"{name}: label column {label_column!r} missing" + ("" if table is None else f"; it has {list(table.columns)}"))
-    mapping = {**{"0": 0, "1": 1, "0.0": 0, "1.0": 1}, **{str(k).strip().lower(): int(v) for k, v in (label_map or {}).items()}}
+        raise ValueError(f"{name}: label column {label_column!r} missing"
+                         + ("" if table is None else f"; it has {list(table.columns)}"))
+    mapping = {**{"0": 0, "1": 1, "0.0": 0, "1.0": 1},
+               **{str(k).strip().lower(): int(v) for k, v in (label_map or {}).items()}}
     raw = table[label_column]
     missing = raw.isna() | raw.astype(str).str.strip().eq("")
     labels = raw.astype(str).str.strip().str.lower().map(mapping)
@@ -344,8 +355,9 @@ def _validated_labels(
     if bad.any():
         position = int(np.flatnonzero(bad.to_numpy())[0])
         line = f", line {position + 2}" if not isinstance(source, pd.DataFrame) else f", row {position}"
-        raise ValueError(f"{name}{line}: patient {table.index[position]!r} has {label_column} '{raw.iloc[position]}'; a "
-                         "binary label must be 0 or 1 (map other values with label_map, e.g. yes=1,no=0)")
+        raise ValueError(f"{name}{line}: patient {table.index[position]!r} has {label_column} "
+                         f"'{raw.iloc[position]}'; a binary label must be 0 or 1 (map other values with label_map, "
+                         "e.g. yes=1,no=0)")
     values = [None if pd.isna(value) else int(value) for value in labels]
     return table.assign(**{label_column: pd.Series(values, index=table.index, dtype=object)})
 
@@ -365,7 +377,8 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
 
 
 def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str | None) -> pd.Series:
-    """Each patient's time zero: hours, or timestamps parsed as the events' are; an unparseable one names its patient."""
+    """Each patient's time zero: hours, or timestamps parsed as the events' are; an unparseable one names its
+    patient."""
     if labels is None or anchor_column not in labels.columns:
         raise ValueError(f"anchor_column {anchor_column!r} must be a column of the labels table")
     raw = labels[anchor_column]
@@ -373,7 +386,8 @@ def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str |
     if numeric.notna().all():
         return numeric
     text = raw.astype(str).str.strip()
-    stamps = parse_timestamps(text, time_format, f"anchor column {anchor_column!r}", "patient " + labels.index.to_series().map(repr))
+    stamps = parse_timestamps(text, time_format, f"anchor column {anchor_column!r}",
+                              "patient " + labels.index.to_series().map(repr))
     bad = stamps.isna() & raw.notna()
     if bad.any():
         raise ValueError(f"anchor column {anchor_column!r}: patient {labels.index[bad.to_numpy()][0]!r} has anchor "

@@ -57,7 +57,8 @@ class LoadSummary:
             f"{self.source}: {self.patients_kept:,} of {self.patients_read:,} patients kept, "
             f"{self.events_kept:,} of {self.events_read:,} events kept"
         ]
-        for verb, counter in (("skipped", self.skipped_events), ("skipped", self.skipped_patients), ("noted", self.notes)):
+        for verb, counter in (("skipped", self.skipped_events), ("skipped", self.skipped_patients),
+                              ("noted", self.notes)):
             kind = "patients" if counter is self.skipped_patients else "events"
             for reason, count in counter.most_common():
                 lines.append(f"  {verb} {count:,} {kind}: {reason} (e.g. {', '.join(self.examples[reason])})")

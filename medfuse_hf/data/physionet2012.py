@@ -89,7 +89,8 @@ def _read_outcomes(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}, line {row + 2}: RecordID {outcomes['RecordID'].iloc[row]} has In-hospital_death "
                          f"{label.iloc[row]}; the label must be 0 or 1 (-1: unknown)")
     if outcomes["RecordID"].duplicated().any():
-        raise ValueError(f"{path}: RecordID {outcomes['RecordID'][outcomes['RecordID'].duplicated()].iloc[0]} appears twice")
+        raise ValueError(f"{path}: RecordID {outcomes['RecordID'][outcomes['RecordID'].duplicated()].iloc[0]} "
+                         "appears twice")
     return outcomes.set_index("RecordID")
 
 
@@ -167,7 +168,8 @@ def _add_record(
         summary.skip_patient("no outcome in Outcomes file", where)
         return
     outcome = outcomes.loc[record_id]
-    targets = {field: (None if outcome[column] == -1 else int(outcome[column])) for column, field in OUTCOME_FIELDS.items()}
+    targets = {field: (None if outcome[column] == -1 else int(outcome[column]))
+               for column, field in OUTCOME_FIELDS.items()}
     builder.add(
         np.asarray(codes),
         np.asarray(values),

@@ -50,7 +50,8 @@ def load_physionet2019(
     """
     root = Path(path)
     present = [name for name in SETS if _release_of(root, name) is not None]
-    sets = present if sets is None else [name.upper().removeprefix("TRAINING_SET") for name in ([sets] if isinstance(sets, str) else sets)]
+    sets = present if sets is None else [name.upper().removeprefix("TRAINING_SET")
+                                         for name in ([sets] if isinstance(sets, str) else sets)]
     missing = [name for name in sets if name not in present]
     if not sets or missing:
         raise FileNotFoundError(f"{root}: no PhysioNet 2019 training_set{'/'.join(missing or SETS)}.zip or folder")
@@ -119,7 +120,8 @@ def _add_patient(
     raw_label = grid[:, column["SepsisLabel"]]
     bad = np.flatnonzero(~np.isin(raw_label, (0.0, 1.0)))  # NaN too: a label is never guessed
     if bad.size:
-        raise ValueError(f"{where}:{line_numbers[bad[0]]}: SepsisLabel {raw_label[bad[0]]:g}; the hourly label must be 0 or 1")
+        raise ValueError(f"{where}:{line_numbers[bad[0]]}: SepsisLabel {raw_label[bad[0]]:g}; "
+                         "the hourly label must be 0 or 1")
     sepsis_label = raw_label.astype(int)
     # All measurement cells at once: (row, column) of every observed cell, Age/Gender only at their first row.
     measured = [index for name, index in column.items() if name not in BOOKKEEPING_COLUMNS]
@@ -146,7 +148,8 @@ def _add_patient(
         if bad.any():
             summary.skip_event(reason, f"{where}:{line_numbers[rows[np.flatnonzero(bad)[0]]]}", int(bad.sum()))
             keep &= ~bad
-    codes, values, times = [codes[keep]], [grid[rows[keep], np.asarray(measured)[positions[keep]]]], [hours[rows[keep]]]
+    codes, values, times = ([codes[keep]], [grid[rows[keep], np.asarray(measured)[positions[keep]]]],
+                            [hours[rows[keep]]])
     icu_type = _icu_type(grid, column, ~after_cutoff)
     if icu_type is not None:
         summary.events_read += 1

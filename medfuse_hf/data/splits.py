@@ -42,7 +42,8 @@ def stratified_split(
     if abs(sum(fractions) - 1.0) > 1e-9:
         raise ValueError(f"fractions must add up to 1, got {fractions}")
     ids, labels = list(ids), list(labels)
-    train, rest, _, rest_labels = train_test_split(ids, labels, train_size=fractions[0], stratify=labels, random_state=seed)
+    train, rest, _, rest_labels = train_test_split(ids, labels, train_size=fractions[0], stratify=labels,
+                                                   random_state=seed)
     validation_share = fractions[1] / (fractions[1] + fractions[2])
     validation, test = train_test_split(rest, train_size=validation_share, stratify=rest_labels, random_state=seed)
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}

@@ -25,8 +25,11 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint folder is incomplete or its files changed since it was written."""
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, step: int, loop_state: dict, keep: int = 2) -> Path:
-    """Save the full training state at `step`; `loop_state` (epoch, batch, early-stopping state) goes in the manifest."""
+def save_checkpoint(
+    accelerator: Accelerator, checkpoints_dir: Path, step: int, loop_state: dict, keep: int = 2
+) -> Path:
+    """Save the full training state at `step`; `loop_state` (epoch, batch, early-stopping state) goes in the
+    manifest."""
     final = Path(checkpoints_dir) / f"{PREFIX}{step:08d}"
     staging = final.with_name(final.name + ".partial")
     if accelerator.is_main_process and staging.exists():
@@ -34,7 +37,8 @@ def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, step: int, 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
-        files = {str(path.relative_to(staging)): sha256_of(path) for path in sorted(staging.rglob("*")) if path.is_file()}
+        files = {str(path.relative_to(staging)): sha256_of(path) for path in sorted(staging.rglob("*"))
+                 if path.is_file()}
         manifest = {"step": step, "loop_state": loop_state, "files": files}
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         if final.exists():

@@ -78,4 +78,5 @@ def summary_line(report: dict) -> str:
     """The one line a run ends with."""
     auroc, auprc = report["test"]["auroc"], report["test"]["auprc"]
     return (f"{report['dataset']}: test AUROC {auroc['value']:.4f} [{auroc['low']:.4f}, {auroc['high']:.4f}], "
-            f"AUPRC {auprc['value']:.4f} [{auprc['low']:.4f}, {auprc['high']:.4f}] on {report['test_patients']} patients")
+            f"AUPRC {auprc['value']:.4f} [{auprc['low']:.4f}, {auprc['high']:.4f}] on {report['test_patients']} "
+            "patients")

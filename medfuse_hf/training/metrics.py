@@ -69,7 +69,8 @@ def bootstrap_intervals(
             samples[name].append(value)
     point = binary_metrics(labels, scores, threshold)
     return {
-        name: {"value": point[name], "low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
+        name: {"value": point[name], "low": float(np.percentile(values, 2.5)),
+               "high": float(np.percentile(values, 97.5))}
         for name, values in samples.items()
     }
 

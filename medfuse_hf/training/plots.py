@@ -17,7 +17,8 @@ def save_evaluation_plots(labels: np.ndarray, scores: np.ndarray, output_dir: Pa
     paths = []
     for name, draw in (
         ("roc_curve.png", lambda ax: RocCurveDisplay.from_predictions(labels, scores, ax=ax, plot_chance_level=True)),
-        ("pr_curve.png", lambda ax: PrecisionRecallDisplay.from_predictions(labels, scores, ax=ax, plot_chance_level=True)),
+        ("pr_curve.png",
+         lambda ax: PrecisionRecallDisplay.from_predictions(labels, scores, ax=ax, plot_chance_level=True)),
         ("calibration_curve.png", lambda ax: _calibration(ax, labels, scores)),
     ):
         figure, axis = plt.subplots(figsize=(5, 5))

@@ -67,10 +67,11 @@ def publish_run(
         cohort_sizes={f"{name} patients": f"{len(part):,}" for name, part in cohort.splits.items()},
         data_citation=cohort.citation, hub_license=cohort.hub_license,
     )
-    auto_class = "AutoModelForSequenceClassification" if config.architectures == ["MedFuseForSequenceClassification"] else "AutoModelForPreTraining"
+    auto_class = ("AutoModelForSequenceClassification" if config.architectures == ["MedFuseForSequenceClassification"]
+                  else "AutoModelForPreTraining")
     render_model_card(
-        title=title, summary=summary or f"MedFuse trained on {cohort.description} to predict {cohort.task or 'its label'} "
-                                           f"(label column: `{cohort.label_column}`).",
+        title=title, summary=summary or f"MedFuse trained on {cohort.description} to predict "
+                                           f"{cohort.task or 'its label'} (label column: `{cohort.label_column}`).",
         how_to_load=MODEL_USAGE.format(auto_class=auto_class, where=hub_repo_id or readable(output_dir / "model")),
         metrics=metrics,
         evaluation_context=evaluation_context, vocabulary_summary=summarise_vocabulary(tokenizer.feature_vocabulary),
@@ -86,14 +87,16 @@ def publish_run(
              f"({', '.join(rare['statistics_withheld']) or 'none here'})")
     render_model_card(
         title=f"{title}: feature embeddings",
-        summary=(f"Feature-identity embeddings and MuFuse value parameters (γ_f, β_f, φ) learned on {cohort.description}, "
-                 f"keyed by canonical feature name, for reuse at another hospital. No patient-level data: "
-                 f"{guard}, and counts are rounded to tens."),
-        how_to_load=EMBEDDING_USAGE.format(where=embeddings_repo_id(hub_repo_id) if hub_repo_id else readable(embeddings_dir),
-                                           hidden_size=config.hidden_size,
-                                           value_embedding_size=config.value_embedding_size,
-                                           value_projector_hidden_size=config.value_projector_hidden_size, fusion=config.fusion),
-        vocabulary_summary=summarise_vocabulary(FeatureVocabulary.load(embeddings_dir / VOCABULARY_FILE)),  # as published
+        summary=(f"Feature-identity embeddings and MuFuse value parameters (γ_f, β_f, φ) learned on "
+                 f"{cohort.description}, keyed by canonical feature name, for reuse at another hospital. No "
+                 f"patient-level data: {guard}, and counts are rounded to tens."),
+        how_to_load=EMBEDDING_USAGE.format(
+            where=embeddings_repo_id(hub_repo_id) if hub_repo_id else readable(embeddings_dir),
+            hidden_size=config.hidden_size,
+            value_embedding_size=config.value_embedding_size,
+            value_projector_hidden_size=config.value_projector_hidden_size, fusion=config.fusion),
+        # as published
+        vocabulary_summary=summarise_vocabulary(FeatureVocabulary.load(embeddings_dir / VOCABULARY_FILE)),
         **common,
     ).save(embeddings_dir / "README.md")
 

@@ -20,7 +20,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SystemExit(f"{first.config}: unknown settings {unknown}; the recipe accepts {sorted(known - {'help', 'config'})}")
+            raise SystemExit(f"{first.config}: unknown settings {unknown}; "
+                             f"the recipe accepts {sorted(known - {'help', 'config'})}")
         parser.set_defaults(**values)
     return parser.parse_args(argv)
 
@@ -40,7 +41,8 @@ def privacy_threshold(text: str) -> int:
 
     value = int(text)
     if value < MIN_PATIENTS_FLOOR:
-        raise argparse.ArgumentTypeError(f"{value}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are never shared")
+        raise argparse.ArgumentTypeError(f"{value}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are "
+                                         "never shared")
     return value
 
 
@@ -50,15 +52,18 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="p12-sample")
     data.add_argument("--data_dir", help="folder of the release files (p12, p19) or Parquet splits")
-    data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random; P19 task: whole-stay (default) or first-<H>h")
+    data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random; "
+                                         "P19 task: whole-stay (default) or first-<H>h")
     data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
     data.add_argument("--label_column", help="label column of a Parquet or long-format cohort")
     data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
     data.add_argument("--seed", type=int, default=0)
     table = add_long_format_arguments(parser)
-    table.add_argument("--labels", help="long-format: table with one row per patient (patient_id column) and its label")
+    table.add_argument("--labels",
+                       help="long-format: table with one row per patient (patient_id column) and its label")
     table.add_argument("--label_map", type=label_mapping, help="long-format: text labels to 0/1, e.g. yes=1,no=0")
-    table.add_argument("--split_file", help="long-format: JSON of train/validation/test patient ids (else seeded, stratified)")
+    table.add_argument("--split_file",
+                       help="long-format: JSON of train/validation/test patient ids (else seeded, stratified)")
     return data
 
 
@@ -90,7 +95,8 @@ def read_unit_conversions(path: str) -> dict:
             if unit == INTO:
                 continue
             if not (isinstance(conversion, (int, float)) or (isinstance(conversion, list) and len(conversion) == 2)):
-                raise argparse.ArgumentTypeError(f"{path}: {feature} {unit}: give a scale or [scale, offset], got {conversion!r}")
+                raise argparse.ArgumentTypeError(f"{path}: {feature} {unit}: give a scale or [scale, offset], "
+                                                 f"got {conversion!r}")
             by_unit[unit] = tuple(conversion) if isinstance(conversion, list) else conversion
     return conversions
 
@@ -122,7 +128,8 @@ def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._Argu
     table = parser.add_argument_group("long-format events")
     table.add_argument("--events", nargs="+", help="CSV or Parquet event table(s), one row per observation")
     table.add_argument("--columns", type=column_mapping, default={},
-                       help="where the fields live, e.g. patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE")
+                       help="where the fields live, e.g. "
+                            "patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE")
     table.add_argument("--feature_map", type=read_feature_map, help="CSV: source item (name or id), canonical name")
     table.add_argument("--anchor_column", help="column of the patients/labels table holding each patient's time zero")
     table.add_argument("--max_hours", type=float, help="events later than this after the anchor are skipped, counted")
@@ -130,10 +137,13 @@ def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._Argu
                        help="'<0.01'-style results: kept at the bound (counted) or skipped (counted)")
     table.add_argument("--decimal", default=".", help="decimal mark of the value column (',' for European exports)")
     table.add_argument("--unit_conversions", type=read_unit_conversions,
-                       help="JSON: feature -> {unit: scale or [scale, offset]}, for a `unit` column (--columns unit=...)")
+                       help="JSON: feature -> {unit: scale or [scale, offset]}, for a `unit` column "
+                            "(--columns unit=...)")
     table.add_argument("--name_variants", choices=("merge", "refuse"), default="merge",
-                       help="a name equal to a known feature up to case, Unicode form or look-alike letters: read as it (logged) or refused")
-    table.add_argument("--time_format", help="strftime format of timestamps, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601)")
+                       help="a name equal to a known feature up to case, Unicode form or look-alike letters: read as "
+                            "it (logged) or refused")
+    table.add_argument("--time_format",
+                       help="strftime format of timestamps, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601)")
     return table
 
 

@@ -20,8 +20,10 @@ def git_commit() -> dict:
     """Commit of the code that ran, and whether the working tree had uncommitted changes."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip())
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                                    text=True).stdout.strip())
         return {"commit": commit, "uncommitted_changes": dirty}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "uncommitted_changes": None}
@@ -67,7 +69,8 @@ def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> 
 
 def throughput(loop: dict, accelerator: Accelerator) -> dict:
     """Training wall time (resumed runs included), patients and events per second over all processes, peak memory."""
-    totals = accelerator.reduce(torch.tensor([loop.get("patients", 0), loop.get("events", 0)], device=accelerator.device), "sum")
+    totals = accelerator.reduce(torch.tensor([loop.get("patients", 0), loop.get("events", 0)],
+                                             device=accelerator.device), "sum")
     seconds = loop.get("train_seconds", 0.0)
     figures = {
         "train_seconds": round(seconds, 1),
