@@ -18,7 +18,8 @@ BATCH_SIZE, NUM_EVENTS, REPEATS = 32, 512, 20
 
 def main() -> None:
     torch.manual_seed(0)
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+               "machine": platform.processor() or platform.machine()}
     for fusion in ("multiplicative", "additive", "concat", "scane"):
         config = MedFuseConfig(num_labels=2, fusion=fusion)  # defaults: the paper's P12 sizes, vocab_size 64
         model = MedFuseForSequenceClassification(config)

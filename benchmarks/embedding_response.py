@@ -29,7 +29,8 @@ from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.training.cohorts import load_cohort
 
 RESULTS = Path(__file__).parent / "results"
-FEATURES = {"sodium": "sodium (mmol/L)", "creatinine": "creatinine (mg/dL)", "heart_rate": "heart rate (bpm)", "gcs": "GCS"}
+FEATURES = {"sodium": "sodium (mmol/L)", "creatinine": "creatinine (mg/dL)", "heart_rate": "heart rate (bpm)",
+            "gcs": "GCS"}
 
 
 @torch.no_grad()
@@ -48,7 +49,8 @@ def partial_dependence(model, tokenizer, patients: list[dict], feature: str, gri
     means = []
     for value in grid:
         edited = [{"feature": patient["feature"], "time": patient["time"],
-                   "value": [value if name == feature else observed for name, observed in zip(patient["feature"], patient["value"])]}
+                   "value": [value if name == feature else observed
+                             for name, observed in zip(patient["feature"], patient["value"])]}
                   for patient in patients]
         probabilities = model(**tokenizer(edited, return_tensors="pt")).logits.softmax(-1)[:, 1]
         means.append(float(probabilities.mean()))
@@ -67,7 +69,8 @@ def main() -> None:
     models = {}
     for item in args.model:
         name, _, path = item.partition("=")
-        models[name] = (MedFuseForSequenceClassification.from_pretrained(path).eval(), MedFuseTokenizer.from_pretrained(path))
+        models[name] = (MedFuseForSequenceClassification.from_pretrained(path).eval(),
+                        MedFuseTokenizer.from_pretrained(path))
     test = load_cohort("p12", args.data_dir, "seft-split").splits["test"]
     rng = np.random.default_rng(0)
 
@@ -83,7 +86,8 @@ def main() -> None:
         for name, (model, tokenizer) in models.items():
             change = token_change(model, tokenizer, feature, grid, float(np.median(observed)))
             dependence = partial_dependence(model, tokenizer, patients, feature, grid)
-            results[feature][name] = {"relative_token_change": change.tolist(), "partial_dependence": dependence.tolist()}
+            results[feature][name] = {"relative_token_change": change.tolist(),
+                                      "partial_dependence": dependence.tolist()}
             axes[0, column].plot(grid, change, label=name)
             axes[1, column].plot(grid, dependence, label=name)
         axes[0, column].set_title(label)
@@ -91,7 +95,8 @@ def main() -> None:
     axes[0, 0].set_ylabel("||e(f,v) - e(f,median)|| / ||e(f,median)||")
     axes[1, 0].set_ylabel("mean predicted mortality (partial dependence)")
     axes[0, 0].legend()
-    figure.suptitle("Token response to the value (top) and the prediction's response (bottom), PhysioNet 2012 test split")
+    figure.suptitle("Token response to the value (top) and the prediction's response (bottom), "
+                    "PhysioNet 2012 test split")
     figure.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
     figure.savefig(RESULTS / "embedding_response.png", dpi=120)

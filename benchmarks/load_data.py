@@ -55,7 +55,8 @@ def main() -> None:
         ).stdout
         result = json.loads(output.strip().splitlines()[-1])
         results.append(result)
-        print(f"{source:>14}: {result['patients']:>6,} patients, {result['events']:>10,} events in {result['seconds']:6.1f} s "
+        print(f"{source:>14}: {result['patients']:>6,} patients, {result['events']:>10,} events "
+              f"in {result['seconds']:6.1f} s "
               f"({result['patients_per_second']:,.0f} patients/s, {result['events_per_second']:,.0f} events/s), "
               f"peak RSS {result['peak_rss_mib']:,.0f} MiB")
     out = Path(__file__).parent / "results" / "load_data.json"

@@ -63,7 +63,8 @@ def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> 
     if model in BASELINES:
         return run_baseline(model, protocol, seed, args)
     flags = [*BUDGET, *MODELS[model], *shlex.split(args.extra_args)]
-    return {"model": model, **finetune_row(flags, protocol, seed, args.output_dir / f"{protocol}-{model}-seed{seed}", args)}
+    return {"model": model,
+            **finetune_row(flags, protocol, seed, args.output_dir / f"{protocol}-{model}-seed{seed}", args)}
 
 
 def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, args: argparse.Namespace) -> dict:
@@ -72,7 +73,8 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
     flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", protocol, "--seed", str(seed), *flags]
     report = run_finetune(flags, output_dir, args.launcher)
     distributed = json.loads((output_dir / "run_info.json").read_text())["distributed"]
-    device = f"{distributed['device_name']} x{distributed['num_processes']}, precision {distributed['mixed_precision']}"
+    device = (f"{distributed['device_name']} x{distributed['num_processes']}, "
+              f"precision {distributed['mixed_precision']}")
     best_epoch = report["best_validation"]["epoch"]
     validations = [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     kept = next(row for row in validations if row.get("epoch") == best_epoch - 1 and "validation_auprc" in row)
@@ -130,7 +132,8 @@ def summarise(rows: list[dict]) -> str:
             figures = [format_mean_std(*mean_and_std([row[metric] for row in cell])) for metric in METRICS]
             epochs = [row["epochs"] for row in cell if "epochs" in row]  # the baselines have none
             lines.append(f"| {protocol} | {model} | {len(cell)} | {' | '.join(figures)} | "
-                         f"{f'{np.mean(epochs):.1f}' if epochs else '–'} | {np.mean([row['train_seconds'] for row in cell]):.0f} |")
+                         f"{f'{np.mean(epochs):.1f}' if epochs else '–'} | "
+                         f"{np.mean([row['train_seconds'] for row in cell]):.0f} |")
     return "\n".join(lines)
 
 
@@ -157,7 +160,8 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
             first, second = (read_test_predictions(run) for run in runs)
             second = second.loc[first.index]
             gaps.append({"protocol": protocol, "seed": seed, "model": model, "versus": versus,
-                         **{metric: paired_bootstrap_difference(first["label"], first["score"], second["score"], metric)
+                         **{metric: paired_bootstrap_difference(first["label"], first["score"], second["score"],
+                                                                metric)
                             for metric in ("auprc", "auroc")}})
     return gaps
 
@@ -173,10 +177,12 @@ def gap_key(gap: dict) -> tuple:
 
 
 def format_gaps(gaps: list[dict]) -> str:
-    lines = ["| protocol | seed | model | minus | AUPRC gap [95% CI] | AUROC gap [95% CI] |", "|---|---:|---|---|---|---|"]
+    lines = ["| protocol | seed | model | minus | AUPRC gap [95% CI] | AUROC gap [95% CI] |",
+             "|---|---:|---|---|---|---|"]
     for gap in sorted(gaps, key=lambda gap: (gap["protocol"], gap["model"], gap["versus"], gap["seed"])):
         figures = [f"{gap[m]['value']:+.4f} [{gap[m]['low']:+.4f}, {gap[m]['high']:+.4f}]" for m in ("auprc", "auroc")]
-        lines.append(f"| {gap['protocol']} | {gap['seed']} | {gap['model']} | {gap['versus']} | {' | '.join(figures)} |")
+        lines.append(f"| {gap['protocol']} | {gap['seed']} | {gap['model']} | {gap['versus']} | "
+                     f"{' | '.join(figures)} |")
     return "\n".join(lines)
 
 
@@ -189,7 +195,8 @@ def main() -> None:
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "p12-table")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
-    parser.add_argument("--extra_args", default="", help="flags added to every run (e.g. --mixed_precision bf16 on a GPU)")
+    parser.add_argument("--extra_args", default="",
+                        help="flags added to every run (e.g. --mixed_precision bf16 on a GPU)")
     parser.add_argument("--summary_only", action="store_true")
     args = parser.parse_args()
 
@@ -206,7 +213,8 @@ def main() -> None:
                           + f" ({row.get('epochs', '–')} epochs, {row['train_seconds']:.0f} s)", flush=True)
     print(summarise(results.rows))
     gaps_path = args.results.with_name("p12_paired_gaps.json")
-    gaps = merged_gaps(json.loads(gaps_path.read_text()) if gaps_path.exists() else [], paired_gaps(results.rows, args.output_dir))
+    gaps = merged_gaps(json.loads(gaps_path.read_text()) if gaps_path.exists() else [],
+                       paired_gaps(results.rows, args.output_dir))
     gaps_path.write_text(json.dumps(gaps, indent=1) + "\n")
     print(format_gaps(gaps))
 

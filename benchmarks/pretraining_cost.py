@@ -73,7 +73,8 @@ def main() -> None:
     for processes in (1, 2):
         if not results.done(check=f"{processes}-process"):
             results.add(sharded_check(processes, args))
-    steps = {row["check"]: (row["steps"], row["patients_trained"]) for row in results.rows if "process" in row["check"]}
+    steps = {row["check"]: (row["steps"], row["patients_trained"])
+             for row in results.rows if "process" in row["check"]}
     if steps["1-process"] != steps["2-process"]:
         raise SystemExit(f"one and two processes trained differently (steps, patients): {steps}")
     corpus = json.loads((CORPUS / "corpus.json").read_text())

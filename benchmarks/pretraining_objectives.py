@@ -48,7 +48,8 @@ def start_flags(arm: str, args: argparse.Namespace) -> list[str]:
     start, _, learning_rate = arm.partition("@lr=")
     objective, _, part = start.partition(":")
     flags = ([] if objective == "scratch" else
-             ["--init_embeddings_from", str(args.output_dir / objective / "feature_embeddings")] if part == "embeddings" else
+             ["--init_embeddings_from", str(args.output_dir / objective / "feature_embeddings")]
+             if part == "embeddings" else
              ["--init_from", str(args.output_dir / objective / "model")])
     return flags + (["--learning_rate", learning_rate] if learning_rate else [])  # later flags win over FINETUNE's
 
@@ -56,7 +57,8 @@ def start_flags(arm: str, args: argparse.Namespace) -> list[str]:
 def finetune(arm: str, fraction: float, args: argparse.Namespace) -> dict:
     flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split", *FINETUNE,
              "--train_fraction", str(fraction), "--seed", "0", *start_flags(arm, args)]
-    report = run_finetune(flags, args.output_dir / "finetune" / f"{arm.replace('@lr=', '-lr')}-f{fraction}", args.launcher)
+    report = run_finetune(flags, args.output_dir / "finetune" / f"{arm.replace('@lr=', '-lr')}-f{fraction}",
+                          args.launcher)
     return {"arm": arm, "fraction": fraction, "validation_auprc": report["best_validation"]["auprc"],
             "auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
             "train_seconds": report["train_seconds"], "git": git_commit()["commit"]}
@@ -64,8 +66,10 @@ def finetune(arm: str, fraction: float, args: argparse.Namespace) -> dict:
 
 def summarise(rows: list[dict]) -> str:
     lines = ["| start | fraction | validation AUPRC | test AUROC | test AUPRC |", "|---|---:|---:|---|---|"]
-    for row in sorted((row for row in rows if row["fraction"] is not None), key=lambda row: (row["fraction"], row["arm"])):
-        lines.append(f"| {row['arm']} | {row['fraction']:g} | {row['validation_auprc']:.4f} | {row['auroc']:.4f} | {row['auprc']:.4f} |")
+    for row in sorted((row for row in rows if row["fraction"] is not None),
+                      key=lambda row: (row["fraction"], row["arm"])):
+        lines.append(f"| {row['arm']} | {row['fraction']:g} | {row['validation_auprc']:.4f} | {row['auroc']:.4f} | "
+                     f"{row['auprc']:.4f} |")
     for row in (row for row in rows if "objective" in row):
         lines.append(f"\n{row['objective']}: {row['steps']} steps, {row['events_trained']:,} events in "
                      f"{row['train_seconds']:.0f} s ({row['events_per_second']:,} events/s)")
@@ -90,7 +94,8 @@ def main() -> None:
             run_dir = pretrain(objective, args)
             if not results.done(arm=f"pretraining:{objective}", fraction=None):
                 cost = json.loads((run_dir / "pretraining_metrics.json").read_text())
-                results.add({"arm": f"pretraining:{objective}", "fraction": None, **cost, "git": git_commit()["commit"]})
+                results.add({"arm": f"pretraining:{objective}", "fraction": None, **cost,
+                             "git": git_commit()["commit"]})
         for fraction in args.fractions:
             for arm in args.arms:
                 if not results.done(arm=arm, fraction=fraction):

@@ -54,7 +54,8 @@ CPU_ATTENTION_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
         lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)),
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        lambda grad, query, key, value, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, query, key, value)),
+        lambda grad, query, key, value, *args, out_shape=None, **kwargs:
+            sdpa_backward_flop_count(grad, query, key, value)),
 }
 
 
@@ -114,14 +115,18 @@ def flops_per_patient(model, optimizer, lengths=(128, 512, 1024)) -> np.ndarray:
 
 def new_model(tokenizer) -> tuple[MedFuseForSequenceClassification, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = MedFuseForSequenceClassification(MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2))
+    model = MedFuseForSequenceClassification(MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(),
+                                                           num_labels=2))
     return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
-def train_loader(train: datasets.Dataset, collate, batch_size: int, max_events: int, grouped: bool = True) -> DataLoader:
+def train_loader(
+    train: datasets.Dataset, collate, batch_size: int, max_events: int, grouped: bool = True
+) -> DataLoader:
     lengths = [min(len(features), max_events) for features in train["feature"]]
     if grouped:
-        return DataLoader(train, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed=0, drop_last=True), collate_fn=collate)
+        return DataLoader(train, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed=0, drop_last=True),
+                          collate_fn=collate)
     return DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
                       generator=torch.Generator().manual_seed(0))
 
@@ -282,7 +287,8 @@ def compiled_vs_eager(train, collate, tokenizer, batch_size: int, num_batches: i
 
     batches = first_batches(train, collate, tokenizer, batch_size, num_batches)
     result = {}
-    for precision, autocast in (("fp32", contextlib.nullcontext), ("bf16_autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+    for precision, autocast in (("fp32", contextlib.nullcontext),
+                                ("bf16_autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
         with autocast():
             model, optimizer = new_model(tokenizer)
             result[f"eager_{precision}"] = timed_steps(model, optimizer, batches)
@@ -309,10 +315,12 @@ def main() -> None:
 
     if args.data_dir:
         seft, set_a = (load_cohort("p12", args.data_dir, protocol) for protocol in ("seft-split", "set-a-test"))
-        train, scored, source = seft.labelled("train"), set_a.splits["test"], "PhysioNet 2012 (SeFT train split; set-a)"
+        train, scored, source = (seft.labelled("train"), set_a.splits["test"],
+                                 "PhysioNet 2012 (SeFT train split; set-a)")
     else:
         sample = load_cohort("p12-sample")
-        train, scored, source = sample.labelled("train"), datasets.concatenate_datasets(list(sample.splits.values())), "bundled sample"
+        train, scored, source = (sample.labelled("train"), datasets.concatenate_datasets(list(sample.splits.values())),
+                                 "bundled sample")
     tokenizer = fit_tokenizer(train, args.max_events)
     collate = MedFuseDataCollator(tokenizer, label_column=LABEL)
     results = {"data": source, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -327,7 +335,8 @@ def main() -> None:
     if "epoch" in sections:
         epoch = results["training_epoch"] = full_epoch(train, collate, tokenizer, args.batch_size)
         epoch["fraction_of_matmul_peak"] = epoch["achieved_flops_per_second"] / results["matmul_flops_per_second"]
-        print(f"training epoch: {epoch['patients']:,} patients, {epoch['events']:,} events in {epoch['seconds']:.1f} s "
+        print(f"training epoch: {epoch['patients']:,} patients, {epoch['events']:,} events "
+              f"in {epoch['seconds']:.1f} s "
               f"({epoch['patients_per_second']:.1f} patients/s, {epoch['events_per_second']:,.0f} events/s, padding "
               f"{epoch['padding_fraction']:.1%}); {epoch['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s achieved = "
               f"{epoch['fraction_of_matmul_peak']:.0%} of matmul; peak RSS {epoch['peak_rss_mib']:,.0f} MiB "
@@ -335,10 +344,13 @@ def main() -> None:
 
     model, _ = new_model(tokenizer)
     if "scoring" in sections:
-        for name, precision, scoring_batch in (("fp32", "fp32", 64), ("bf16", "bf16", 64), ("fp32_batch256", "fp32", 256)):
-            scoring = results[f"scoring_{name}"] = score_all(model, scored, tokenizer, scoring_batch, bf16=precision == "bf16")
+        for name, precision, scoring_batch in (("fp32", "fp32", 64), ("bf16", "bf16", 64),
+                                               ("fp32_batch256", "fp32", 256)):
+            scoring = results[f"scoring_{name}"] = score_all(model, scored, tokenizer, scoring_batch,
+                                                             bf16=precision == "bf16")
             print(f"scoring ({precision}{' autocast' if precision == 'bf16' else ''}, batches of {scoring_batch}): "
-                  f"{scoring['patients']:,} patients in {scoring['seconds']:.2f} s ({scoring['patients_per_second']:,.0f} "
+                  f"{scoring['patients']:,} patients in {scoring['seconds']:.2f} s "
+                  f"({scoring['patients_per_second']:,.0f} "
                   f"patients/s, tokenization included)")
     if "latency" in sections:
         latency = results["single_patient_latency"] = single_patient_latency(model, scored, tokenizer)
@@ -347,10 +359,12 @@ def main() -> None:
 
     if "scaling" in sections:
         results["scaling"] = []
-        for attention, length in [("fused", length) for length in SCALING_LENGTHS] + [("math", length) for length in SCALING_LENGTHS]:
+        for attention, length in ([("fused", length) for length in SCALING_LENGTHS]
+                                  + [("math", length) for length in SCALING_LENGTHS]):
             row = scaling(length, attention)
             results["scaling"].append(row)
-            print(f"{attention:>5} attention, {length:>6} events/patient x {row['patients_per_batch']:>3} patients: train {row['train_events_per_second']:>8,.0f} "
+            print(f"{attention:>5} attention, {length:>6} events/patient x {row['patients_per_batch']:>3} patients: "
+                  f"train {row['train_events_per_second']:>8,.0f} "
                   f"events/s, inference {row['inference_events_per_second']:>9,.0f} events/s, training peak memory "
                   f"+{row['train_peak_memory_increase_mib']:,.0f} MiB")
 
@@ -369,7 +383,8 @@ def main() -> None:
     if "compile" in sections:
         compile_result = results["torch_compile"] = compiled_vs_eager(train, collate, tokenizer, args.batch_size)
         for name, row in compile_result.items():
-            graphs = f" ({row['graph_breaks']} graph breaks, {row['unique_graphs']} graphs)" if "graph_breaks" in row else ""
+            graphs = (f" ({row['graph_breaks']} graph breaks, {row['unique_graphs']} graphs)" if "graph_breaks" in row
+                      else "")
             print(f"{name:>36}: {row['events_per_second']:>8,.0f} events/s over {row['seconds']:.1f} s{graphs}")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)

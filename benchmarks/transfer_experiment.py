@@ -39,7 +39,8 @@ BUDGET = shlex.join([*TABLE_BUDGET, "--min_steps", "300"])
 
 def directions(data: Path, output: Path) -> dict[str, list[str]]:
     p19 = ["--source_dataset", "p19", "--source_data_dir", str(data / "physionet2019"), "--source_protocol", P19_TASK]
-    p19_target = ["--target_dataset", "p19", "--target_data_dir", str(data / "physionet2019"), "--target_protocol", P19_TASK]
+    p19_target = ["--target_dataset", "p19", "--target_data_dir", str(data / "physionet2019"), "--target_protocol",
+                  P19_TASK]
     p12 = str(data / "physionet2012")
     return {
         "p19-A-to-B": [*p19, "--source_hospital", "A", *p19_target, "--target_hospital", "B"],
@@ -100,13 +101,15 @@ def main() -> None:
         if reused is not None and not Path(reused).exists():
             raise SystemExit(f"{name} reuses the source model of another direction, not run yet: {reused} is missing")
         subprocess.run([sys.executable, str(ROOT / "recipes" / "transfer.py"), *flags, "--finetune_args", BUDGET,
-                        "--output_dir", str(out)], check=True, stdout=subprocess.DEVNULL if args.summary_only else None)
+                        "--output_dir", str(out)], check=True,
+                       stdout=subprocess.DEVNULL if args.summary_only else None)
         (results / name).mkdir(parents=True, exist_ok=True)
         for produced in ("results.json", "table.md", "table.json", "transfer.png"):
             shutil.copy(out / produced, results / name / produced)
         source = out / "source"
         if source.exists():  # the published checkpoints' cards, as a hospital would post them
-            stem = f"medfuse-{flag_value(flags, '--source_dataset')}-{flag_value(flags, '--source_hospital')}-{P19_TASK}"
+            stem = (f"medfuse-{flag_value(flags, '--source_dataset')}-{flag_value(flags, '--source_hospital')}-"
+                    f"{P19_TASK}")
             shutil.copy(source / "model" / "README.md", CARDS / f"{stem}.md")
             shutil.copy(source / "feature_embeddings" / "README.md", CARDS / f"{stem}-feature-embeddings.md")
         print(f"{name}:\n{(out / 'table.md').read_text()}", flush=True)

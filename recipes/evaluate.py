@@ -1,7 +1,8 @@
 """Score a saved MedFuse model on a split of a cohort: metrics with bootstrap 95% intervals, predictions, plots.
 
     python recipes/evaluate.py --model_dir outputs/p12-seft/model --dataset p12 --data_dir ../shared/data/physionet2012
-    accelerate launch recipes/evaluate.py --model_dir ... --dataset p19 --data_dir ../shared/data/physionet2019 --hospital B
+    accelerate launch recipes/evaluate.py --model_dir ... --dataset p19 --data_dir ../shared/data/physionet2019 \
+        --hospital B
 
 The model's own tokenizer (saved beside it) encodes the patients, so the vocabulary and normalisation are the ones
 it was trained with.

@@ -70,8 +70,9 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     pretrained.check_units(units, f"--init_from {args.init_from}")
     alignment = pretrained.feature_vocabulary.align(fitted.feature_vocabulary)
-    tokenizer = MedFuseTokenizer(pretrained.feature_vocabulary.merge(fitted.feature_vocabulary), max_events=args.max_events,
-                                 unknown_features="drop", max_hours=pretrained.max_hours, padding_side=pretrained.padding_side)
+    tokenizer = MedFuseTokenizer(pretrained.feature_vocabulary.merge(fitted.feature_vocabulary),
+                                 max_events=args.max_events, unknown_features="drop", max_hours=pretrained.max_hours,
+                                 padding_side=pretrained.padding_side)
     matching = {"checkpoint_feature_ids": len(pretrained.feature_vocabulary), "matched": len(alignment.matched),
                 "new_at_target": len(alignment.only_there), "only_at_source": len(alignment.only_here),
                 "new_features": alignment.only_there, "matched_by": dict(Counter(alignment.how.values()))}
@@ -94,7 +95,8 @@ def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFus
         model = MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
         if model.config.vocab_size != matching["checkpoint_feature_ids"]:
             raise SystemExit(f"--init_from {args.init_from}: its model has {model.config.vocab_size} feature ids, its "
-                             f"feature_vocabulary.json {matching['checkpoint_feature_ids']}: they were not saved together")
+                             f"feature_vocabulary.json {matching['checkpoint_feature_ids']}: "
+                             "they were not saved together")
         model.extend_vocabulary(tokenizer.feature_vocabulary)  # the cohort's new features start fresh
         return model
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
@@ -132,13 +134,15 @@ def training_function(args: argparse.Namespace) -> dict:
         accelerator.print(f"training on {len(train)} patients ({args.train_fraction:.0%} of the training split)")
     if args.validation_fraction < 1.0:  # what a small hospital has to choose epochs on: as few, yet both classes
         validation = splits["validation"]
-        splits["validation"] = validation.select(validation_subset(validation[label], args.validation_fraction, args.seed))
+        splits["validation"] = validation.select(validation_subset(validation[label], args.validation_fraction,
+                                                                   args.seed))
         accelerator.print(f"validating on {len(splits['validation'])} patients ({args.validation_fraction:.0%} of the "
                           f"validation split, at least {MIN_VALIDATION_PER_CLASS} of each class)")
     positives = int(np.sum(train[label]))
     if len(train) < args.batch_size or positives in (0, len(train)):
-        raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, --train_fraction "
-                         f"{args.train_fraction}); training needs at least --batch_size ({args.batch_size}) and both classes")
+        raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, "
+                         f"--train_fraction {args.train_fraction}); training needs at least --batch_size "
+                         f"({args.batch_size}) and both classes")
     tokenizer, matching = build_tokenizer(args, train, cohort.units)
     rate = positives / len(train)
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
@@ -153,8 +157,10 @@ def training_function(args: argparse.Namespace) -> dict:
         batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
     else:
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-    train_loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler, collate_fn=train_collate)
-    eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size) for name in ("validation", "test")}
+    train_loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler,
+                              collate_fn=train_collate)
+    eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size)
+                    for name in ("validation", "test")}
 
     # ----- model and optimisation ---------------------------------------------------------------------
     model = build_model(args, tokenizer, class_weights, matching)
@@ -162,15 +168,17 @@ def training_function(args: argparse.Namespace) -> dict:
     if matching is not None:
         transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source")}
         accelerator.print(f"--init_from {args.init_from}: {matching['matched']} of the cohort's features matched the "
-                          f"checkpoint's (by {matching['matched_by']}), {matching['new_at_target']} new here, starting "
-                          f"fresh: {matching['new_features'][:20]}; {matching['only_at_source']} only in the checkpoint")
+                          f"checkpoint's (by {matching['matched_by']}), {matching['new_at_target']} new here, "
+                          f"starting fresh: {matching['new_features'][:20]}; {matching['only_at_source']} only in "
+                          "the checkpoint")
     if args.init_embeddings_from:  # another site's published feature embeddings
         report = model.medfuse.load_feature_embeddings(args.init_embeddings_from, tokenizer.feature_vocabulary,
                                                        match_by=args.match_by, freeze=args.freeze_transferred)
         accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
         if not report.matched:
-            raise SystemExit(f"{args.init_embeddings_from}: no feature of {cohort.description} matches one of the checkpoint "
-                             f"(--match_by {args.match_by}); nothing would be transferred. Map the names to canonical ones or widen --match_by")
+            raise SystemExit(f"{args.init_embeddings_from}: no feature of {cohort.description} matches one of the "
+                             f"checkpoint (--match_by {args.match_by}); nothing would be transferred. Map the names "
+                             "to canonical ones or widen --match_by")
         transferred = {"matched": len(report.matched), "new_at_target": len(report.new_at_target),
                        "only_at_source": len(report.only_at_source)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -192,10 +200,12 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # ----- resume -------------------------------------------------------------------------------------
     loop = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "stale_epochs": 0}
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints") if args.resume_from_checkpoint else None
+    checkpoint = (resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints")
+                  if args.resume_from_checkpoint else None)
     if checkpoint is not None:
         loop = load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, step {loop['step']}")
+        accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, "
+                          f"step {loop['step']}")
 
     # ----- training -----------------------------------------------------------------------------------
     def reseed(epoch: int) -> None:
@@ -221,7 +231,8 @@ def training_function(args: argparse.Namespace) -> dict:
         predictions = predict(model, eval_loaders["validation"], accelerator)
         validation = binary_metrics(predictions["labels"], predictions["scores"])
         accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=loop["step"])
-        accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, AUPRC {validation['auprc']:.4f}")
+        accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, "
+                          f"AUPRC {validation['auprc']:.4f}")
         loop.update(epoch=epoch + 1, batch=0)
         if validation[args.early_stopping_metric] > loop["best"]:
             loop.update(best=validation[args.early_stopping_metric], best_epoch=epoch + 1, stale_epochs=0)
@@ -253,14 +264,17 @@ def training_function(args: argparse.Namespace) -> dict:
               "best_validation": {args.early_stopping_metric: loop["best"], "epoch": loop.get("best_epoch")},
               "git": run_info["git"], "transferred_features": transferred,
               "validation_threshold": threshold,
-              "accuracy_at_validation_threshold": binary_metrics(predictions["labels"], predictions["scores"], threshold)["accuracy"],
+              "accuracy_at_validation_threshold": binary_metrics(predictions["labels"], predictions["scores"],
+                                                                 threshold)["accuracy"],
               **throughput(loop, accelerator)}
     if accelerator.is_main_process:
         result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,
                               args.bootstrap_resamples, args.seed, extra=result)
-        save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"), output_dir / "plots" / "training_curves.png")
+        save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"),
+                             output_dir / "plots" / "training_curves.png")
         if (output_dir / "model").exists():
-            publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort, f"MedFuse, {cohort.description}",
+            publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
+                        f"MedFuse, {cohort.description}",
                         metrics=result["test"], evaluation_context=f"Test split, {result['test_patients']} patients, "
                         f"best validation epoch of {loop['epoch']}.", min_patients=args.min_patients_for_statistics,
                         drop_rare_features=args.drop_rare_features)
@@ -278,23 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")
     model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
     model.add_argument("--static_features", nargs="+", metavar="NAME",
-                       help="features that also join the patient vector directly, e.g. age gender height icu_type weight")
+                       help="features that also join the patient vector directly, "
+                            "e.g. age gender height icu_type weight")
     train = add_training_arguments(parser, output_dir="outputs/finetune")
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")
     train.add_argument("--validation_fraction", type=float, default=1.0,
-                       help=f"validate on this stratified share of the split (at least {MIN_VALIDATION_PER_CLASS} per class)")
+                       help="validate on this stratified share of the split "
+                            f"(at least {MIN_VALIDATION_PER_CLASS} per class)")
     train.add_argument("--min_steps", type=int, default=0,
                        help="raise --num_epochs until training has at least this many optimizer steps (small cohorts)")
     model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")
     model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias")
-    model.add_argument("--freeze_transferred", action="store_true", help="keep everything transferred (identity rows, γ, β, category levels, shared maps) exactly as loaded")
+    model.add_argument("--freeze_transferred", action="store_true",
+                       help="keep everything transferred (identity rows, γ, β, category levels, shared maps) "
+                            "exactly as loaded")
     train.add_argument("--event_dropout", type=float, default=0.0,
-                       help="augmentation: leave each training event out with this probability (never all of a patient's)")
+                       help="augmentation: leave each training event out with this probability "
+                            "(never all of a patient's)")
     train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
-    train.add_argument("--patience", type=int, default=5, help="validations (one per epoch, see --min_steps) without improvement before stopping")
+    train.add_argument("--patience", type=int, default=5,
+                       help="validations (one per epoch, see --min_steps) without improvement before stopping")
     train.add_argument("--bootstrap_resamples", type=int, default=1000)
     return parser
 

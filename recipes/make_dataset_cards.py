@@ -45,7 +45,8 @@ def main() -> None:
         p12_cohorts[f"Set {set_name}"] = describe_cohort(subset, "in_hospital_death")
     p19 = load_physionet2019(args.data_dir / "physionet2019")
     p19_cohorts = {
-        f"Hospital system {hospital}": describe_cohort(p19.filter(lambda h: h == hospital, input_columns="hospital"), "sepsis")
+        f"Hospital system {hospital}": describe_cohort(p19.filter(lambda h: h == hospital, input_columns="hospital"),
+                                                       "sepsis")
         for hospital in "AB"
     }
     for hospital in "AB":
@@ -57,7 +58,8 @@ def main() -> None:
     ):
         (args.output_dir / f"{name}.md").write_text(render_dataset_card(title, description, cohorts), encoding="utf-8")
         (args.output_dir / f"{name}.json").write_text(json.dumps(cohorts, indent=1) + "\n", encoding="utf-8")
-        summary = "; ".join(f"{cohort}: {c['patients']:,} patients, label {c['label']['rate_percent']}%" for cohort, c in cohorts.items())
+        summary = "; ".join(f"{cohort}: {c['patients']:,} patients, label {c['label']['rate_percent']}%"
+                            for cohort, c in cohorts.items())
         print(f"wrote {args.output_dir / name}.md ({summary})")
 
 

@@ -37,7 +37,8 @@ def corpus_sources(p19_dir: str, p12_dir: str) -> tuple[dict[str, datasets.Datas
 
 def check_shards(shards: list[Path], held_out: set[str], patients: int) -> None:
     """Read the written shards back: every patient once, and no P12 validation or test stay among them."""
-    written = [patient for path in shards for patient in pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()]
+    written = [patient for path in shards
+               for patient in pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()]
     leaked = held_out.intersection(written)
     if leaked or len(written) != patients:
         raise SystemExit(f"the shards in {shards[0].parent} hold {len(written)} of {patients} patients and "
@@ -83,8 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     check_shards(shards, held_out, sum(len(events) for events in sources.values()))
     record = manifest(sources, shards, len(held_out))
     write_corpus_manifest(output_dir, record)
-    counts = ", ".join(f"{name} {part['patients']:,} patients / {part['events']:,} events" for name, part in record["sources"].items())
-    print(f"wrote {len(shards)} shards to {output_dir}: {counts}; {len(held_out):,} P12 validation/test stays left out")
+    counts = ", ".join(f"{name} {part['patients']:,} patients / {part['events']:,} events"
+                       for name, part in record["sources"].items())
+    print(f"wrote {len(shards)} shards to {output_dir}: {counts}; "
+          f"{len(held_out):,} P12 validation/test stays left out")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,11 @@ from medfuse_hf.training.tracking import read_metrics
 
 OBJECTIVES = {  # name: what the model card says the base model learned
     "forecasting": "it forecasts each feature's values over the next {horizon_hours:g} h from the events before",
-    "masked_values": "it predicts the hidden values of {mask_probability:.0%} of the numeric events from the rest of the stay",
+    "masked_values": "it predicts the hidden values of {mask_probability:.0%} of the numeric events from the rest "
+                     "of the stay",
 }
-EVALUATION = "evaluation.md"  # a pretraining run's downstream evaluation, for its card (recipes/publish.py --evaluation)
+# a pretraining run's downstream evaluation, for its card (recipes/publish.py --evaluation)
+EVALUATION = "evaluation.md"
 
 
 def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, rng: random.Random | None = None):
@@ -107,10 +109,13 @@ def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: 
     manifest = read_corpus_manifest(sorted(glob.glob(args.parquet_shards))) if args.parquet_shards else None
     names = {spec.name for spec in vocabulary}
     for source, terms in (manifest or {}).get("sources", {}).items():
-        covered = f"; {len(names & set(terms['features']))} of the vocabulary's {len(names)} features" if "features" in terms else ""
-        lines.append(f"- `{source}`: {terms['patients']:,} patients, {terms['events']:,} events{covered}; {terms['license']}")
-    lines += ["", f"{cost['steps']:,} optimizer steps of {args.batch_size} patients (learning rate {args.learning_rate:g}, "
-              f"{args.lr_scheduler} schedule, {args.warmup_ratio:.0%} warm-up), {cost['patients_trained']:,} patients and "
+        covered = (f"; {len(names & set(terms['features']))} of the vocabulary's {len(names)} features"
+                   if "features" in terms else "")
+        lines.append(f"- `{source}`: {terms['patients']:,} patients, {terms['events']:,} events{covered}; "
+                     f"{terms['license']}")
+    lines += ["", f"{cost['steps']:,} optimizer steps of {args.batch_size} patients (learning rate "
+              f"{args.learning_rate:g}, {args.lr_scheduler} schedule, {args.warmup_ratio:.0%} warm-up), "
+              f"{cost['patients_trained']:,} patients and "
               f"{cost['events_trained']:,} events seen in {cost['train_seconds'] / 60:.1f} min: "
               f"{cost['events_per_second']:,} events/s over {cost['num_processes']} process(es)."]
     losses = [(entry["step"], entry["train_loss"]) for entry in history if "train_loss" in entry]
@@ -121,12 +126,14 @@ def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: 
         if part:
             lines.append(f"| {part[0][0]}–{part[-1][0]} | {sum(loss for _, loss in part) / len(part):.4f} |")
     where = readable(output_dir / "model")
-    lines += ["", "![training loss](pretraining_curves.png)", "", "Fine-tune it on your cohort (features it lacks start "
+    lines += ["", "![training loss](pretraining_curves.png)", "",
+              "Fine-tune it on your cohort (features it lacks start "
               "fresh; the run reports which matched):", "", "```bash",
               "accelerate launch recipes/finetune.py --dataset long-format --events events.csv --labels labels.csv \\",
               f"    --label_column died --init_from {where}",
               "```"]
-    if (output_dir / EVALUATION).exists():  # written by `recipes/publish.py --evaluation` once fine-tunings measured it
+    # written by `recipes/publish.py --evaluation` once fine-tunings measured it
+    if (output_dir / EVALUATION).exists():
         lines += ["", "### What fine-tuning from it measured", "", (output_dir / EVALUATION).read_text().strip()]
     return "\n".join(lines)
 
@@ -168,7 +175,8 @@ def training_function(args: argparse.Namespace) -> dict:
         shards = sorted(glob.glob(args.parquet_shards))
         train = streaming_patients(shards, args.seed, open_shards=args.open_shards)
         if args.tokenizer_from:
-            tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events, unknown_features="drop")
+            tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
+                                                         unknown_features="drop")
         else:  # statistics from the first patients of the stream, a bounded sample
             sample = datasets.Dataset.from_list(list(train.take(args.statistics_patients)))
             tokenizer = fit_tokenizer(sample, args.max_events, args.value_normalization)
@@ -197,10 +205,12 @@ def training_function(args: argparse.Namespace) -> dict:
         validation = accelerator.prepare(validation)
 
     loop = {"epoch": 0, "batch": 0, "step": 0}
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints") if args.resume_from_checkpoint else None
+    checkpoint = (resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints")
+                  if args.resume_from_checkpoint else None)
     if checkpoint is not None:
         loop = load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, step {loop['step']}")
+        accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, "
+                          f"step {loop['step']}")
 
     # ----- training -----------------------------------------------------------------------------------
     model.train()
@@ -229,7 +239,8 @@ def training_function(args: argparse.Namespace) -> dict:
         (output_dir / "pretraining_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         publish_pretraining(output_dir, accelerator.unwrap_model(model), tokenizer, cohort, args)
     accelerator.print(f"pretrained for {loop['step']} steps ({loop['epoch']} full epochs)"
-                      + (f", validation {args.objective} MSE {result['validation_loss']:.4f}" if validation is not None else "")
+                      + (f", validation {args.objective} MSE {result['validation_loss']:.4f}"
+                         if validation is not None else "")
                       + f", {result['events_per_second'] or 0:,} events/s; model in {output_dir / 'model'}")
     del model  # before the process group goes: see end_training
     end_training(accelerator)
@@ -241,15 +252,20 @@ def main(argv: list[str] | None = None) -> None:
     data = add_cohort_arguments(parser)
     data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
     data.add_argument("--open_shards", type=int, default=2,
-                      help="shards the shuffle buffer draws from at once: more mixes better, each holds a row group in memory")
+                      help="shards the shuffle buffer draws from at once: more mixes better, "
+                           "each holds a row group in memory")
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
-    data.add_argument("--statistics_patients", type=int, default=5000, help="patients a streamed cohort's statistics come from")
+    data.add_argument("--statistics_patients", type=int, default=5000,
+                      help="patients a streamed cohort's statistics come from")
     data.add_argument("--objective", choices=sorted(OBJECTIVES), default="forecasting",
                       help="forecast the next hours from the events before a cut-off, or predict hidden values")
     data.add_argument("--horizon_hours", type=float, default=2.0, help="forecasting: the window after the cut-off")
-    data.add_argument("--mask_probability", type=float, default=0.15, help="masked_values: share of numeric events hidden")
-    data.add_argument("--data_description", help="what the streamed shards hold, for the model cards (else their corpus.json)")
-    data.add_argument("--data_license", default="as set by the data owner", help="the streamed shards' terms, for the cards")
+    data.add_argument("--mask_probability", type=float, default=0.15,
+                      help="masked_values: share of numeric events hidden")
+    data.add_argument("--data_description",
+                      help="what the streamed shards hold, for the model cards (else their corpus.json)")
+    data.add_argument("--data_license", default="as set by the data owner",
+                      help="the streamed shards' terms, for the cards")
     add_model_arguments(parser, ENCODER_FLAGS)
     add_training_arguments(parser, output_dir="outputs/pretrain")
     parser.set_defaults(num_epochs=10)

@@ -64,10 +64,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run_dir", type=Path, required=True)
     parser.add_argument("--card_copy", type=Path,
-                        help="also copy the model card here (e.g. model_cards/NAME.md) and the embedding card beside it "
-                             "(NAME-feature-embeddings.md)")
-    parser.add_argument("--push_to_hub", help="Hub repo id for the model (private); embeddings go to <repo id>-embeddings")
-    parser.add_argument("--release_dir", type=Path, help="write a privacy-guarded copy of the run, with its cards, here")
+                        help="also copy the model card here (e.g. model_cards/NAME.md) and the embedding card "
+                             "beside it (NAME-feature-embeddings.md)")
+    parser.add_argument("--push_to_hub",
+                        help="Hub repo id for the model (private); embeddings go to <repo id>-embeddings")
+    parser.add_argument("--release_dir", type=Path,
+                        help="write a privacy-guarded copy of the run, with its cards, here")
     parser.add_argument("--evaluation", type=Path,
                         help="a pretraining run only: Markdown of what fine-tuning from it measured (e.g. the "
                              f"label-efficiency table), kept in the run as {EVALUATION} and shown in its card")

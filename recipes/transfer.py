@@ -4,7 +4,8 @@ hospital on 1%…100% of its training patients, with and without the transferred
 The source learns its own label (`--source_objective supervised`, with `--finetune_args`), or, for a source without
 labels, forecasting (`forecasting`: `recipes/pretrain.py` with `--pretrain_args`; give it the same model sizes).
 
-    python recipes/transfer.py --source_dataset p19 --source_hospital A --source_data_dir ../shared/data/physionet2019 \
+    python recipes/transfer.py --source_dataset p19 --source_hospital A \
+        --source_data_dir ../shared/data/physionet2019 \
         --target_dataset p19 --target_hospital B --target_data_dir ../shared/data/physionet2019 \
         --fractions 0.01 0.05 0.1 0.25 1.0 --seeds 0 1 2 --output_dir outputs/transfer-p19-A-to-B
 
@@ -68,20 +69,23 @@ def summarise(rows: list[dict]) -> list[dict]:
     same seed (same split, subset and initial weights), which removes the seed-to-seed spread of the split."""
     table = []
     for fraction in sorted({row["fraction"] for row in rows}):
-        arms = {transfer: {row["seed"]: row for row in rows if row["fraction"] == fraction and row["transfer"] == transfer}
+        arms = {transfer: {row["seed"]: row for row in rows
+                           if row["fraction"] == fraction and row["transfer"] == transfer}
                 for transfer in (False, True)}
         for transfer, cell in arms.items():
             if not cell:
                 continue
             summary = {"fraction": fraction, "transfer": transfer, "seeds": len(cell)}
             for metric in ("auroc", "auprc"):
-                summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_and_std([row[metric] for row in cell.values()])
+                summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_and_std(
+                    [row[metric] for row in cell.values()])
             paired = sorted(cell.keys() & arms[False].keys()) if transfer else []
             if paired:
                 summary["paired_seeds"] = len(paired)
                 for metric in ("auroc", "auprc"):
                     summary[f"{metric}_gains"] = [cell[seed][metric] - arms[False][seed][metric] for seed in paired]
-                    summary[f"{metric}_gain_mean"], summary[f"{metric}_gain_std"] = mean_and_std(summary[f"{metric}_gains"])
+                    summary[f"{metric}_gain_mean"], summary[f"{metric}_gain_std"] = mean_and_std(
+                        summary[f"{metric}_gains"])
             table.append(summary)
     return table
 
@@ -89,17 +93,20 @@ def summarise(rows: list[dict]) -> list[dict]:
 def format_table(table: list[dict]) -> str:
     """Markdown: mean ± std per arm, the paired gain on the transfer rows (over `paired_seeds` seeds; no std for
     one seed), then each fraction's gain per seed: whether a mean gain is carried by every seed or by one."""
-    lines = ["| target training fraction | transfer | seeds | AUROC | AUPRC | paired seeds | gain AUROC | gain AUPRC |",
+    lines = [("| target training fraction | transfer | seeds | AUROC | AUPRC | paired seeds | gain AUROC | "
+              "gain AUPRC |"),
              "|---:|---|---:|---|---|---:|---|---|"]
     for cell in table:
         figures = [format_mean_std(cell[f"{metric}_mean"], cell[f"{metric}_std"]) for metric in ("auroc", "auprc")]
         gains = [str(cell.get("paired_seeds", ""))] + [
-            format_mean_std(cell[f"{metric}_gain_mean"], cell[f"{metric}_gain_std"], "+") if "paired_seeds" in cell else ""
+            format_mean_std(cell[f"{metric}_gain_mean"], cell[f"{metric}_gain_std"], "+") if "paired_seeds" in cell
+            else ""
             for metric in ("auroc", "auprc")]
         lines.append(f"| {cell['fraction']:g} | {'yes' if cell['transfer'] else 'no'} | {cell['seeds']} | "
                      + " | ".join(figures + gains) + " |")
     per_seed = [f"fraction {cell['fraction']:g}, paired gain per seed: " + "; ".join(
-        f"{metric.upper()} " + ", ".join(f"{gain:+.3f}" for gain in cell[f"{metric}_gains"]) for metric in ("auroc", "auprc"))
+        f"{metric.upper()} " + ", ".join(f"{gain:+.3f}" for gain in cell[f"{metric}_gains"])
+        for metric in ("auroc", "auprc"))
         for cell in table if "paired_seeds" in cell]
     return "\n".join(lines + ([""] + per_seed if per_seed else []))
 
@@ -112,7 +119,8 @@ def run_cells(args: argparse.Namespace, extra: list[str], results: ResultRows) -
         if not (source_dir / "feature_embeddings" / "embedding_config.json").exists():  # written last by an export
             pretraining = args.source_objective == "forecasting"
             run_recipe("pretrain.py" if pretraining else "finetune.py",
-                       [*dataset_arguments(args, "source"), *shlex.split(args.pretrain_args if pretraining else args.finetune_args)],
+                       [*dataset_arguments(args, "source"),
+                        *shlex.split(args.pretrain_args if pretraining else args.finetune_args)],
                        source_dir, args.launcher)
         embeddings = str(source_dir / "feature_embeddings")
         print(f"source trained; feature embeddings in {embeddings}")
@@ -130,7 +138,8 @@ def run_cells(args: argparse.Namespace, extra: list[str], results: ResultRows) -
                        "auroc": metrics["test"]["auroc"]["value"], "auprc": metrics["test"]["auprc"]["value"],
                        "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"],
                        "best_epoch": metrics["best_validation"]["epoch"],
-                       "transferred_features": (metrics["transferred_features"] or {}).get("matched"), "git": metrics["git"]}
+                       "transferred_features": (metrics["transferred_features"] or {}).get("matched"),
+                       "git": metrics["git"]}
                 results.add(row)
                 print(f"fraction {fraction:g}, seed {seed}, {'with' if transfer else 'without'} transfer: "
                       f"AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f}")
@@ -150,7 +159,8 @@ def plot_table(table: list[dict], title: str, path: Path) -> None:
     gains, paired = axes[2], [cell for cell in table if "paired_seeds" in cell]
     for metric in ("auroc", "auprc"):
         gains.errorbar([cell["fraction"] for cell in paired], [cell[f"{metric}_gain_mean"] for cell in paired],
-                       yerr=[cell[f"{metric}_gain_std"] for cell in paired], marker="o", capsize=3, label=metric.upper())
+                       yerr=[cell[f"{metric}_gain_std"] for cell in paired], marker="o", capsize=3,
+                       label=metric.upper())
     gains.axhline(0.0, color="grey", linewidth=0.8)
     gains.set(xscale="log", xlabel="share of target training patients", ylabel="transfer minus scratch, same seed")
     gains.legend()
@@ -169,7 +179,8 @@ def main() -> None:
         parser.add_argument(f"--{side}_protocol")
     parser.add_argument("--source_embeddings", help="skip source training: use this published checkpoint")
     parser.add_argument("--source_objective", choices=("supervised", "forecasting"), default="supervised",
-                        help="what the source learns: its own label (recipes/finetune.py) or forecasting (recipes/pretrain.py)")
+                        help="what the source learns: its own label (recipes/finetune.py) or forecasting "
+                             "(recipes/pretrain.py)")
     parser.add_argument("--pretrain_args", default="", help="flags for the source's recipes/pretrain.py (forecasting)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -189,9 +200,11 @@ def main() -> None:
                     "source_embeddings": args.source_embeddings, "finetune_args": extra}
         if args.source_objective == "forecasting":  # absent for supervised sources, as before the option existed
             settings["source_pretraining"] = shlex.split(args.pretrain_args)
-            sizes = {name: embedding_settings(flags) for name, flags in (("--pretrain_args", settings["source_pretraining"]),
-                                                                         ("--finetune_args", extra))}
-            if len({json.dumps(size, sort_keys=True) for size in sizes.values()}) > 1:  # found now, not after pretraining
+            sizes = {name: embedding_settings(flags)
+                     for name, flags in (("--pretrain_args", settings["source_pretraining"]),
+                                         ("--finetune_args", extra))}
+            # found now, not after pretraining
+            if len({json.dumps(size, sort_keys=True) for size in sizes.values()}) > 1:
                 parser.error(f"the source's embeddings must fit the target's model: {sizes}")
         check_same_experiment(args.output_dir / "experiment.json", settings)
         run_cells(args, extra, results)
@@ -203,7 +216,8 @@ def main() -> None:
     (args.output_dir / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     print(format_table(table))
     settings = json.loads((args.output_dir / "experiment.json").read_text())  # the experiment the rows belong to
-    plot_table(table, f"{describe(settings['source'])} → {describe(settings['target'])}", args.output_dir / "transfer.png")
+    plot_table(table, f"{describe(settings['source'])} → {describe(settings['target'])}",
+               args.output_dir / "transfer.png")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def cohort() -> list[dict]:
 def vocabulary(cohort) -> FeatureVocabulary:
     """The cohort's numeric features plus a categorical ICU type, as P12 has."""
     numeric = FeatureVocabulary.from_events(cohort, units={"sodium": "mmol/L", "heart_rate": "bpm"})
-    icu_type = FeatureSpec(name="icu_type", kind="categorical", categories=["coronary", "cardiac_surgery", "medical", "surgical"])
+    icu_type = FeatureSpec(name="icu_type", kind="categorical",
+                           categories=["coronary", "cardiac_surgery", "medical", "surgical"])
     return FeatureVocabulary([*numeric, icu_type])
 
 
@@ -98,5 +99,6 @@ def source(tmp_path, cohort):
         model.medfuse.embeddings.value_fusion.gamma.normal_()
         model.medfuse.embeddings.value_fusion.beta.normal_()
     path = tmp_path / "source-embeddings"
-    export_feature_embeddings(model, MedFuseTokenizer(vocabulary), path, source="synthetic test cohort", min_patients=20)
+    export_feature_embeddings(model, MedFuseTokenizer(vocabulary), path, source="synthetic test cohort",
+                              min_patients=20)
     return model, vocabulary, path

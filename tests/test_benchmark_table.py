@@ -50,14 +50,17 @@ def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
 
 def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p12_table, tmp_path):
     ids, labels = range(100, 140), [1, 0, 0, 0] * 10
-    for model, id_format, order in (("medfuse", "{}", 1), ("additive", "{}.0", -1)):  # ".0": files before ids were kept
+    # ".0": files before ids were kept
+    for model, id_format, order in (("medfuse", "{}", 1), ("additive", "{}.0", -1)):
         run = tmp_path / f"seft-split-{model}-seed0"
         run.mkdir()
         lines = [id_format.format(i) + f",{label},{label}" for i, label in zip(ids, labels)][::order]  # both perfect
         (run / "test_predictions.csv").write_text("record_id,label,score\n" + "\n".join(lines) + "\n")
     rows = [row("medfuse", "seft-split", 0, 1.0), row("additive", "seft-split", 0, 1.0)]
     (gap,) = p12_table.paired_gaps(rows, tmp_path)
-    assert (gap["model"], gap["versus"]) == ("medfuse", "additive") and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0  # rows in another order
+    # rows in another order
+    assert ((gap["model"], gap["versus"]) == ("medfuse", "additive")
+            and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0)
     assert p12_table.paired_gaps(rows[:1], tmp_path) == []  # additive's predictions exist, its run has not finished
 
 
@@ -74,16 +77,18 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_embeddings": 0.35, "gbm": 0.45}
 
     def cell_row(arm, fraction, seed, validation):
-        return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "train_patients": int(7700 * fraction),
-                "auroc": 0.8, "auprc": auprc[arm] + 0.01 * seed, "train_seconds": 1.0, "git": "abc"}
+        return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
+                "train_patients": int(7700 * fraction), "auroc": 0.8, "auprc": auprc[arm] + 0.01 * seed,
+                "train_seconds": 1.0, "git": "abc"}
 
     results.write_text(json.dumps([cell_row("gbm", 0.01, 0, "full")]))
     ran = []
     monkeypatch.setattr(label_efficiency, "run_cell", lambda *cell: ran.append(cell[:4]) or cell_row(*cell[:4]))
     for folder in ("model", "feature_embeddings"):
         (tmp_path / "base" / folder).mkdir(parents=True)
-    monkeypatch.setattr(sys, "argv", ["label_efficiency.py", "--base", str(tmp_path / "base"), "--fractions", "0.1", "0.01",
-                                      "--cut_validation_fractions", "0.01", "--seeds", "0", "1", "--results", str(results)])
+    monkeypatch.setattr(sys, "argv", ["label_efficiency.py", "--base", str(tmp_path / "base"),
+                                      "--fractions", "0.1", "0.01", "--cut_validation_fractions", "0.01",
+                                      "--seeds", "0", "1", "--results", str(results)])
     label_efficiency.main()
     assert ran[0] == ("scratch", 0.01, 0, "full") and ("gbm", 0.01, 0, "full") not in ran  # already there
     assert len(ran) == 4 * 2 * 3 - 1 and ran[-1] == ("gbm", 0.1, 1, "full")  # 0.01 twice (full, cut), 0.1 once
@@ -97,16 +102,19 @@ def test_the_search_keeps_levers_greedily_and_confirms_a_lever_with_its_screenin
     search = load_script("benchmarks/p12_search.py")
 
     def screened(lever, validation_auprc, on_top_of, flags):
-        return {"lever": lever, "seed": 0, "validation_auprc": validation_auprc, "on_top_of": on_top_of, "flags": flags}
+        return {"lever": lever, "seed": 0, "validation_auprc": validation_auprc, "on_top_of": on_top_of,
+                "flags": flags}
 
     rows = [screened("reference", 0.50, [], ""),
             screened("attention_pooling", 0.53, [], "--pooling attention"),
-            screened("wide_value_projector", 0.51, ["attention_pooling"], "--pooling attention --value_projector_hidden_size 64")]
+            screened("wide_value_projector", 0.51, ["attention_pooling"],
+                     "--pooling attention --value_projector_hidden_size 64")]
     assert search.greedy_path(rows) == (["reference", "attention_pooling"], ["--pooling", "attention"])
     # the next lever goes on top of those kept, not of the one that lost
     assert search.run_of(rows, "quantile_values") == (
         ["attention_pooling"], ["--pooling", "attention", "--value_normalization", "quantile"])
-    rows.append(screened("quantile_values", 0.60, ["attention_pooling"], "--pooling attention --value_normalization quantile"))
+    rows.append(screened("quantile_values", 0.60, ["attention_pooling"],
+                         "--pooling attention --value_normalization quantile"))
     # a confirmation seed of the wide projector repeats its screening run, though quantile values are kept since
     assert search.run_of(rows, "wide_value_projector") == (
         ["attention_pooling"], ["--pooling", "attention", "--value_projector_hidden_size", "64"])
@@ -120,5 +128,6 @@ def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_pat
     importer.add({"arm": "scratch", "seed": 0, "auprc": 0.5})
     driver.add({"arm": "gbm", "seed": 0, "auprc": 0.6})
     driver.add({"arm": "gbm", "seed": 0, "auprc": 0.7})
-    assert json.loads(path.read_text()) == [{"arm": "scratch", "seed": 0, "auprc": 0.5}, {"arm": "gbm", "seed": 0, "auprc": 0.7}]
+    assert json.loads(path.read_text()) == [{"arm": "scratch", "seed": 0, "auprc": 0.5},
+                                            {"arm": "gbm", "seed": 0, "auprc": 0.7}]
     assert ResultRows(path, key=("arm", "seed")).done(arm="scratch", seed=0)

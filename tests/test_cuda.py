@@ -125,13 +125,15 @@ def test_a_bf16_model_on_the_gpu_grows_to_a_hospitals_vocabulary(tiny_config, vo
     from medfuse_hf import MedFuseTokenizer
 
     cohort = FeatureVocabulary.from_events([{"feature": ["ward", "lactate"], "value": ["a", 2.0]},
-                                            {"feature": ["ward", "lactate"], "value": ["b", 3.0]}], categorical={"ward": ["a", "b"]})
+                                            {"feature": ["ward", "lactate"], "value": ["b", 3.0]}],
+                                           categorical={"ward": ["a", "b"]})
     merged = vocabulary.merge(cohort)
     model = MedFuseForSequenceClassification(tiny_config()).to(CUDA, torch.bfloat16).eval()
     model.extend_vocabulary(merged)
     assert {parameter.device.type for parameter in model.parameters()} == {"cuda"}
     assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
-    batch = MedFuseTokenizer(merged, max_events=8)([{"feature": ["ward", "lactate"], "value": ["b", 2.5], "time": [0.0, 1.0]}],
+    batch = MedFuseTokenizer(merged, max_events=8)([{"feature": ["ward", "lactate"], "value": ["b", 2.5],
+                                                     "time": [0.0, 1.0]}],
                                                    return_tensors="pt")
     with torch.no_grad():
         assert torch.isfinite(model(**on(CUDA, batch)).logits.float()).all()

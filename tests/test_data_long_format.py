@@ -19,7 +19,8 @@ EVENTS = """SUBJECT_ID,CHARTTIME,ITEMID,VALUE,VALUEUOM
 2,2130-02-01 00:00:00,220045,60,bpm
 3,2130-03-01 00:00:00,220045,61,bpm
 """
-LABELS = pd.DataFrame({"SUBJECT_ID": [1, 2, 4], "INTIME": ["2130-01-01 08:00", "2130-01-31 23:00", "2130-04-01"], "died": [1, 0, 0]})
+LABELS = pd.DataFrame({"SUBJECT_ID": [1, 2, 4], "INTIME": ["2130-01-01 08:00", "2130-01-31 23:00", "2130-04-01"],
+                       "died": [1, 0, 0]})
 
 
 def load(tmp_path, **kwargs):
@@ -63,7 +64,8 @@ def test_every_skip_is_counted_with_its_line(tmp_path):
 
 
 def test_numeric_hours_and_dataframes_work_without_labels():
-    events = pd.DataFrame({"patient_id": ["a", "a", "b"], "time": [0.5, 2.0, 1.0], "feature": ["hr", "na", "hr"], "value": [80, 140, 70]})
+    events = pd.DataFrame({"patient_id": ["a", "a", "b"], "time": [0.5, 2.0, 1.0], "feature": ["hr", "na", "hr"],
+                           "value": [80, 140, 70]})
     dataset = load_long_format(events)
     assert dataset["patient_id"] == ["a", "b"]
     assert dataset[0]["time"] == [0.5, 2.0] and dataset[0]["feature"] == ["hr", "na"]
@@ -92,7 +94,8 @@ def test_the_shipped_mimic3_item_map_and_unit_conversions_are_the_catalogues():
     from medfuse_hf.training.recipe_config import read_feature_map, read_unit_conversions
 
     configs = Path(__file__).resolve().parents[1] / "recipes" / "configs"
-    assert read_feature_map(str(configs / "mimic3_items.csv")) == {str(item): name for item, name in MIMIC3_ITEMS.items()}
+    assert (read_feature_map(str(configs / "mimic3_items.csv"))
+            == {str(item): name for item, name in MIMIC3_ITEMS.items()})
     scale, offset = read_unit_conversions(str(configs / "mimic3_unit_conversions.json"))["temperature"]["?F"]
     assert scale * 98.6 + offset == pytest.approx(37.0)
     # every conversion ends in the catalogue's unit, so the demo reaches checkpoints built on the catalogue

@@ -27,7 +27,8 @@ RECORDS = {
     "132541": HEADER + DESCRIPTORS.format(id=132541),  # descriptors only: skipped as in the release
     "132542": HEADER + DESCRIPTORS.format(id=132542) + "00:30,HR,90\n",  # no outcome row
 }
-OUTCOMES = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n132539,6,1,5,-1,0\n132540,16,8,8,12,1\n132541,1,1,1,-1,0\n"
+OUTCOMES = ("RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n"
+            "132539,6,1,5,-1,0\n132540,16,8,8,12,1\n132541,1,1,1,-1,0\n")
 
 
 def write_release(folder, as_archive=True):
@@ -58,7 +59,8 @@ def test_records_become_patients_with_canonical_events(release):
     assert first["feature"] == ["age", "gender", "icu_type", "heart_rate", "sodium", "temperature", "heart_rate"]
     assert first["time"] == pytest.approx([0, 0, 0, 7 / 60, 7 / 60, 20 / 60, 37 / 60])
     assert first["value"] == [54, 0, 4, 73, 139, 36.6, 77]
-    assert (first["age"], first["gender"], first["icu_type"], first["height"], first["weight"]) == (54, 0, 4, None, None)
+    assert ((first["age"], first["gender"], first["icu_type"], first["height"], first["weight"])
+            == (54, 0, 4, None, None))
     assert (first["in_hospital_death"], first["saps_i"], first["survival"]) == (0, 6, None)
     assert dataset[1]["in_hospital_death"] == 1 and dataset[1]["set"] == "a"
 

@@ -4,7 +4,8 @@ import pytest
 
 from medfuse_hf.data import load_physionet2019
 
-COLUMNS = ["HR", "O2Sat", "Temp", "Magnesium", "Age", "Gender", "Unit1", "Unit2", "HospAdmTime", "ICULOS", "SepsisLabel"]
+COLUMNS = ["HR", "O2Sat", "Temp", "Magnesium", "Age", "Gender", "Unit1", "Unit2", "HospAdmTime", "ICULOS",
+           "SepsisLabel"]
 
 
 def psv(rows):
@@ -91,7 +92,8 @@ def test_early_prediction_cohort_keeps_stays_past_the_window_not_yet_septic(tmp_
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "release" / "training_setA"
     folder.mkdir(parents=True)
-    stays = {"septic_after_window": hourly(6, first_septic_hour=4), "septic_at_last_hour": hourly(6, first_septic_hour=3),
+    stays = {"septic_after_window": hourly(6, first_septic_hour=4),
+             "septic_at_last_hour": hourly(6, first_septic_hour=3),
              "septic_in_window": hourly(6, first_septic_hour=2), "left_at_last_hour": hourly(3),
              "left_in_window": hourly(2), "never_septic": hourly(6)}
     for name, text in stays.items():
@@ -120,5 +122,6 @@ def test_an_hourly_label_other_than_0_or_1_names_file_and_line(tmp_path, label):
     rows = [["80", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "1", "0"],
             ["81", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "2", label]]
     (tmp_path / "training_setA" / "p000001.psv").write_text(psv(rows))
-    with pytest.raises(ValueError, match=rf"p000001.psv:3: SepsisLabel {label.lower()}; the hourly label must be 0 or 1"):
+    with pytest.raises(ValueError,
+                       match=rf"p000001.psv:3: SepsisLabel {label.lower()}; the hourly label must be 0 or 1"):
         load_physionet2019(tmp_path)

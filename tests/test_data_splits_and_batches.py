@@ -40,7 +40,8 @@ def test_training_subsets_are_nested_stratified_and_seeded():
     assert subsets[0.01] <= subsets[0.05] <= subsets[0.25] <= subsets[1.0] == set(range(3200))
     assert len(subsets[0.01]) == 32 and sum(labels[i] for i in subsets[0.01]) == 2
     assert set(nested_subset(labels, 0.05, seed=2)) != subsets[0.05]
-    assert 9 in nested_subset([0] * 9 + [1], 0.05) and len(nested_subset([0] * 9 + [1], 0.05)) == 2  # a class keeps one
+    # a class keeps one
+    assert 9 in nested_subset([0] * 9 + [1], 0.05) and len(nested_subset([0] * 9 + [1], 0.05)) == 2
     floored = validation_subset(labels, 0.01, seed=1)  # a small hospital's: at least 10 of each class
     assert sum(labels[i] for i in floored) == 10 and len(floored) == 40 and subsets[0.01] <= set(floored)
     with pytest.raises(ValueError, match="fraction"):
@@ -77,7 +78,8 @@ def test_bundled_sample_trains_a_tokenizer_on_its_train_split():
     names = sorted({name for features in train["feature"] for name in features})
     vocabulary = clinical_vocabulary(names).fit_statistics(train)
     assert vocabulary.spec_of("heart_rate").statistics.num_patients > 400
-    batch = MedFuseDataCollator(MedFuseTokenizer(vocabulary), label_column="in_hospital_death")(list(train.select(range(4))))
+    batch = MedFuseDataCollator(MedFuseTokenizer(vocabulary), label_column="in_hospital_death")(
+        list(train.select(range(4))))
     assert batch["feature_ids"].shape[0] == 4 and batch["feature_ids"].shape[1] % 8 == 0
     assert batch["labels"].tolist() == train["in_hospital_death"][:4]
 
@@ -101,7 +103,8 @@ def test_collator_refuses_unlabeled_patients(tokenizer, cohort):
 def test_length_grouping_cuts_padding(tokenizer):
     random.seed(0)
     lengths = [random.randint(5, 400) for _ in range(512)]
-    patients = [{"feature": ["heart_rate"] * n, "value": [80.0] * n, "time": list(map(float, range(n)))} for n in lengths]
+    patients = [{"feature": ["heart_rate"] * n, "value": [80.0] * n, "time": list(map(float, range(n)))}
+                for n in lengths]
     big_tokenizer = MedFuseTokenizer(tokenizer.feature_vocabulary, max_events=512)
     collate = MedFuseDataCollator(big_tokenizer)
 
@@ -154,11 +157,13 @@ def test_event_dropout_leaves_events_out_but_never_a_whole_patient(tokenizer, co
     from medfuse_hf.data import MedFuseDataCollator
 
     plain = MedFuseDataCollator(tokenizer, label_column="label")(cohort[:16])
-    dropped = MedFuseDataCollator(tokenizer, label_column="label", event_dropout=0.5, rng=random.Random(0))(cohort[:16])
+    dropped = MedFuseDataCollator(tokenizer, label_column="label", event_dropout=0.5,
+                                  rng=random.Random(0))(cohort[:16])
     kept, total = dropped["attention_mask"].sum(1), plain["attention_mask"].sum(1)
     assert torch.all(kept >= 1) and torch.all(kept <= total)
     assert 0.3 < kept.sum() / total.sum() < 0.7  # about half the events, per a fair coin
     one_event = [dict(cohort[0], feature=["sodium"], value=[140.0], time=[1.0])]
-    assert MedFuseDataCollator(tokenizer, event_dropout=0.99, rng=random.Random(1))(one_event)["attention_mask"].sum() == 1
+    assert MedFuseDataCollator(tokenizer, event_dropout=0.99,
+                               rng=random.Random(1))(one_event)["attention_mask"].sum() == 1
     with pytest.raises(ValueError, match="event_dropout must lie in"):
         MedFuseDataCollator(tokenizer, event_dropout=1.0)

@@ -38,7 +38,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def server():
     files = dict(FILES)
-    files["SHA256SUMS.txt"] = "".join(f"{hashlib.sha256(body).hexdigest()}  {name}\n" for name, body in FILES.items()).encode()
+    files["SHA256SUMS.txt"] = "".join(f"{hashlib.sha256(body).hexdigest()}  {name}\n"
+                                      for name, body in FILES.items()).encode()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     httpd.files = files
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

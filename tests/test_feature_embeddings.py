@@ -27,7 +27,8 @@ def target_model(vocabulary, **overrides):
 
 def test_a_partly_overlapping_target_receives_the_shared_features(source):
     source_model, source_vocabulary, path = source
-    target_vocabulary = vocabulary_of([FeatureSpec(name="lactate"), FeatureSpec(name="sodium"), FeatureSpec(name="hr", aliases=["heart_rate"])])
+    target_vocabulary = vocabulary_of([FeatureSpec(name="lactate"), FeatureSpec(name="sodium"),
+                                       FeatureSpec(name="hr", aliases=["heart_rate"])])
     model = target_model(target_vocabulary)
     fresh_lactate = model.medfuse.embeddings.feature_embeddings.weight[target_vocabulary.id_of("lactate")].clone()
     report = model.medfuse.load_feature_embeddings(path, target_vocabulary, match_by="name")
@@ -40,15 +41,18 @@ def test_a_partly_overlapping_target_receives_the_shared_features(source):
     torch.testing.assert_close(target.value_fusion.gamma[here], origin.value_fusion.gamma[there])
     torch.testing.assert_close(target.value_fusion.beta[here], origin.value_fusion.beta[there])
     torch.testing.assert_close(target.feature_embeddings.weight[target_vocabulary.id_of("lactate")], fresh_lactate)
-    alias_report = target_model(target_vocabulary).medfuse.load_feature_embeddings(path, target_vocabulary, match_by="alias")
+    alias_report = target_model(target_vocabulary).medfuse.load_feature_embeddings(path, target_vocabulary,
+                                                                                   match_by="alias")
     assert alias_report.matched == {"sodium": "sodium", "hr": "heart_rate"}
     assert alias_report.matched_by["hr"] == "alias"
 
 
 def test_category_levels_transfer_by_label_with_the_map_that_fuses_them(tmp_path):
-    source_vocabulary = vocabulary_of([FeatureSpec(name="sodium"), FeatureSpec(name="gender", kind="categorical", categories=["F", "M"])])
+    source_vocabulary = vocabulary_of([FeatureSpec(name="sodium"),
+                                       FeatureSpec(name="gender", kind="categorical", categories=["F", "M"])])
     source_model = target_model(source_vocabulary)
-    export_feature_embeddings(source_model, MedFuseTokenizer(source_vocabulary), tmp_path, source="test", min_patients=20)
+    export_feature_embeddings(source_model, MedFuseTokenizer(source_vocabulary), tmp_path, source="test",
+                              min_patients=20)
     target_vocabulary = vocabulary_of([FeatureSpec(name="gender", kind="categorical", categories=["M", "X", "F"])])
     model = target_model(target_vocabulary)
     fresh = model.medfuse.embeddings.categorical_fusion.category_embeddings.weight.detach().clone()
@@ -57,7 +61,8 @@ def test_category_levels_transfer_by_label_with_the_map_that_fuses_them(tmp_path
     source_rows = source_model.medfuse.embeddings.categorical_fusion.category_embeddings.weight
     target = model.medfuse.embeddings.categorical_fusion
     weight = target.category_embeddings.weight
-    for level, source_row in (("M", 2), ("F", 1)):  # the levels' global ids: F=1, M=2 at the source; M=1, X=2, F=3 here
+    # the levels' global ids: F=1, M=2 at the source; M=1, X=2, F=3 here
+    for level, source_row in (("M", 2), ("F", 1)):
         torch.testing.assert_close(weight[1 + ["M", "X", "F"].index(level)], source_rows[source_row])
     torch.testing.assert_close(weight[2], fresh[2])  # X: new at the target
     for name, parameter in source_model.medfuse.embeddings.categorical_fusion.proj.named_parameters():
@@ -76,7 +81,8 @@ def test_the_concatenation_ablation_transfers_its_fusion_map(source):
     export_feature_embeddings(source_model, MedFuseTokenizer(vocabulary), path, source="test", min_patients=20)
     model = target_model(vocabulary, fusion="concat")
     model.medfuse.load_feature_embeddings(path, vocabulary)
-    torch.testing.assert_close(model.medfuse.embeddings.value_fusion.proj.weight, source_model.medfuse.embeddings.value_fusion.proj.weight)
+    torch.testing.assert_close(model.medfuse.embeddings.value_fusion.proj.weight,
+                               source_model.medfuse.embeddings.value_fusion.proj.weight)
 
 
 def test_mismatched_dimensions_or_fusion_are_refused(source):
@@ -95,7 +101,8 @@ def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_sou
     target_vocabulary = vocabulary_of([FeatureSpec(name="creatinine", unit="µmol/L"), FeatureSpec(name="heart_rate"),
                                        FeatureSpec(name="sodium", unit="mmol/l")])
     model = target_model(target_vocabulary)
-    report = model.medfuse.load_feature_embeddings(path, target_vocabulary, unit_conversions={"creatinine": np.float32(88.42)})
+    report = model.medfuse.load_feature_embeddings(path, target_vocabulary,
+                                                   unit_conversions={"creatinine": np.float32(88.42)})
     assert report.unit_mismatches == {"creatinine": ("mg/dL", "µmol/L")}  # sodium: the same unit, litre's case aside
     assert report.converted_units == {"creatinine": (pytest.approx(88.42), 0.0)}
     converted, source = report.source_statistics["creatinine"], original.spec_of("creatinine").statistics
@@ -105,7 +112,8 @@ def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_sou
     celsius = original.spec_of("sodium").statistics.in_other_units(5 / 9, -160 / 9)  # as if it were °F -> °C
     assert celsius.median == pytest.approx((original.spec_of("sodium").statistics.median - 32) * 5 / 9)
     with_unit = vocabulary_of([FeatureSpec(name="heart_rate", unit="bpm")])  # unknown at the source: flagged too
-    assert target_model(with_unit).medfuse.load_feature_embeddings(path, with_unit).unit_mismatches == {"heart_rate": (None, "bpm")}
+    assert (target_model(with_unit).medfuse.load_feature_embeddings(path, with_unit).unit_mismatches
+            == {"heart_rate": (None, "bpm")})
 
 
 def test_a_conversion_that_would_be_ignored_is_refused_before_anything_is_copied(source):
@@ -113,7 +121,8 @@ def test_a_conversion_that_would_be_ignored_is_refused_before_anything_is_copied
     target_vocabulary = vocabulary_of([FeatureSpec(name="sodium", unit="mmol/L"), FeatureSpec(name="lactate")])
     model = target_model(target_vocabulary)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    for conversions, message in (({"sodium": 2.0}, "'sodium', but its unit is 'mmol/L' at the source and the target alike"),
+    for conversions, message in (({"sodium": 2.0},
+                                  "'sodium', but its unit is 'mmol/L' at the source and the target alike"),
                                  ({"lactate": 9.0}, "'lactate', which matched no feature")):
         with pytest.raises(ValueError, match=message):
             model.medfuse.load_feature_embeddings(path, target_vocabulary, unit_conversions=conversions)
@@ -156,17 +165,20 @@ def test_frozen_transfer_stays_exactly_as_loaded_under_adamw_while_new_features_
     with torch.no_grad():
         copy.medfuse.embeddings.feature_embeddings.weight[sodium] += 1.0
     copy(ids, torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 2.0]]))
-    assert torch.equal(copy.medfuse.embeddings.feature_embeddings.weight[sodium], before["feature_embeddings.weight"][sodium])
+    assert torch.equal(copy.medfuse.embeddings.feature_embeddings.weight[sodium],
+                       before["feature_embeddings.weight"][sodium])
 
 
 def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort):
     rare_values = [123.456, 98.765, 77.777]
     patients = [dict(patient) for patient in cohort[:63]]
     for patient, value in zip(patients, rare_values):  # seen in 3 patients only
-        patient.update(feature=patient["feature"] + ["rare_lab"], value=patient["value"] + [value], time=patient["time"] + [47.0])
+        patient.update(feature=patient["feature"] + ["rare_lab"], value=patient["value"] + [value],
+                       time=patient["time"] + [47.0])
     vocabulary = FeatureVocabulary.from_events(patients)
     model = target_model(vocabulary)
-    report = export_feature_embeddings(model, MedFuseTokenizer(vocabulary), tmp_path, source="small cohort", min_patients=20)
+    report = export_feature_embeddings(model, MedFuseTokenizer(vocabulary), tmp_path, source="small cohort",
+                                       min_patients=20)
     assert report == {"statistics_withheld": ["rare_lab"]}
     published = json.loads((tmp_path / "feature_vocabulary.json").read_text())
     rare = next(entry for entry in published["features"] if entry["name"] == "rare_lab")
@@ -187,7 +199,8 @@ def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort
 
 def test_a_tampered_checkpoint_is_refused(source):
     _, vocabulary, path = source
-    (path / "feature_vocabulary.json").write_text((path / "feature_vocabulary.json").read_text().replace("sodium", "natrium"))
+    (path / "feature_vocabulary.json").write_text(
+        (path / "feature_vocabulary.json").read_text().replace("sodium", "natrium"))
     with pytest.raises(ValueError, match="feature_vocabulary.json: missing or does not match its recorded SHA-256"):
         target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
     manifest = json.loads((path / "embedding_config.json").read_text())
@@ -236,9 +249,12 @@ def test_models_and_embeddings_load_by_hub_repo_id_offline(tmp_path, source, mon
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
 
     loaded = AutoModelForSequenceClassification.from_pretrained("hospital-a/medfuse-sodium", cache_dir=cache)
-    torch.testing.assert_close(loaded.medfuse.embeddings.feature_embeddings.weight, model.medfuse.embeddings.feature_embeddings.weight)
-    assert isinstance(AutoFeatureExtractor.from_pretrained("hospital-a/medfuse-sodium", cache_dir=cache), MedFuseTokenizer)
-    report = target_model(vocabulary).medfuse.load_feature_embeddings("hospital-a/medfuse-sodium-embeddings", vocabulary)
+    torch.testing.assert_close(loaded.medfuse.embeddings.feature_embeddings.weight,
+                               model.medfuse.embeddings.feature_embeddings.weight)
+    assert isinstance(AutoFeatureExtractor.from_pretrained("hospital-a/medfuse-sodium", cache_dir=cache),
+                      MedFuseTokenizer)
+    report = target_model(vocabulary).medfuse.load_feature_embeddings("hospital-a/medfuse-sodium-embeddings",
+                                                                      vocabulary)
     assert sorted(report.matched) == ["creatinine", "heart_rate", "sodium"]
 
 

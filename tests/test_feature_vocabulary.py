@@ -122,7 +122,8 @@ def test_an_exact_name_match_wins_over_another_features_alias():
 
 def test_a_differently_coded_name_match_yields_to_an_exact_code_match():
     there = FeatureVocabulary([FeatureSpec(name="glucose", code="2345-7")])  # serum glucose at the source
-    here = FeatureVocabulary([FeatureSpec(name="glucose", code="2339-0"), FeatureSpec(name="serum_glucose", code="2345-7")])
+    here = FeatureVocabulary([FeatureSpec(name="glucose", code="2339-0"),
+                              FeatureSpec(name="serum_glucose", code="2345-7")])
     report = here.align(there)
     assert report.matched == {"serum_glucose": "glucose"} and report.how == {"serum_glucose": "code"}
     alone = FeatureVocabulary([FeatureSpec(name="glucose", code="LAB-17")])  # a local code: the names still match
@@ -169,4 +170,5 @@ def test_robust_zscore_vocabularies_are_written_as_before():
 def test_numeric_mask_marks_the_features_whose_values_can_be_predicted(vocabulary):
     mask = vocabulary.numeric_mask()
     assert mask.shape == (len(vocabulary),) and not mask[:2].any()  # [PAD], [UNK]
-    assert {spec.name for spec in vocabulary if mask[vocabulary.id_of(spec.name)]} == {"sodium", "heart_rate", "creatinine"}
+    assert ({spec.name for spec in vocabulary if mask[vocabulary.id_of(spec.name)]}
+            == {"sodium", "heart_rate", "creatinine"})

@@ -63,7 +63,8 @@ class StandInHub(http.server.BaseHTTPRequestHandler):
 
     def commit(self, repo_id: str, repo: dict, lines: list[dict]) -> None:
         header, operations = lines[0], lines[1:]
-        if header["key"] != "header" or any(op["key"] != "file" or op["value"]["encoding"] != "base64" for op in operations):
+        if header["key"] != "header" or any(op["key"] != "file" or op["value"]["encoding"] != "base64"
+                                            for op in operations):
             self.send_json(400, {"error": "the stand-in Hub takes only inline base64 files"})
             return
         for op in operations:
@@ -140,7 +141,8 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
     tokenizer = MedFuseTokenizer(vocabulary)
     run_dir = tmp_path / "run"  # a finished run as recipes/publish.py --push_to_hub finds it
     (run_dir / "model").mkdir(parents=True)
-    card = "---\nlicense: cc-by-4.0\nlibrary_name: transformers\n---\n\n# MedFuse, hospital A\n\nNot a medical device.\n"
+    card = ("---\nlicense: cc-by-4.0\nlibrary_name: transformers\n---\n\n# MedFuse, hospital A\n\n"
+            "Not a medical device.\n")
     (run_dir / "model" / "README.md").write_text(card)
     shutil.copytree(embeddings, run_dir / "feature_embeddings")
     model.config.class_weights = [0.6, 3.0]
@@ -158,7 +160,8 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
     assert json.loads(uploaded["config.json"])["class_weights"] is None  # they give the positive count away
     assert repo["files"]["README.md"].decode() == card  # the run's card, not the stub transformers writes
     tokenizer.save_pretrained(tmp_path / "exact")
-    assert (tmp_path / "exact" / "feature_vocabulary.json").read_bytes() != uploaded["feature_vocabulary.json"]  # exact counts stay home
+    # exact counts stay home
+    assert (tmp_path / "exact" / "feature_vocabulary.json").read_bytes() != uploaded["feature_vocabulary.json"]
     published = hub.repos["hospital-a/medfuse-embeddings"]["files"]
     assert published == {file.name: file.read_bytes() for file in (run_dir / "feature_embeddings").iterdir()}
 
@@ -167,7 +170,8 @@ def test_a_tokenizer_holding_a_rare_features_statistics_is_refused_before_any_up
     model, _, _ = source
     patients = make_sodium_cohort(40, seed=1)
     for patient in patients[:3]:  # a lab seen in 3 patients: its quartiles are nearly their values
-        patient.update(feature=[*patient["feature"], "rare_lab"], value=[*patient["value"], 123.456], time=[*patient["time"], 1.0])
+        patient.update(feature=[*patient["feature"], "rare_lab"], value=[*patient["value"], 123.456],
+                       time=[*patient["time"], 1.0])
     tokenizer = MedFuseTokenizer(FeatureVocabulary.from_events(patients))
     with pytest.raises(ValueError, match="refusing to push hospital-a/medfuse: its tokenizer normalises rare_lab"):
         push_run(tmp_path, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
@@ -178,7 +182,8 @@ def test_a_folder_that_is_not_an_exported_checkpoint_is_refused_before_any_reque
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"weights, but no embedding_config.json")
-    with pytest.raises(FileNotFoundError, match="no embedding_config.json; export the checkpoint with export_feature_embeddings"):
+    with pytest.raises(FileNotFoundError,
+                       match="no embedding_config.json; export the checkpoint with export_feature_embeddings"):
         push_feature_embeddings(folder, "hospital-a/medfuse-embeddings", token=TOKEN)
     assert hub.requests == []
 
@@ -186,7 +191,8 @@ def test_a_folder_that_is_not_an_exported_checkpoint_is_refused_before_any_reque
 def rare_feature_tokenizer() -> MedFuseTokenizer:
     patients = make_sodium_cohort(40, seed=1)
     for patient in patients[:3]:  # a lab seen in 3 patients: its quartiles are nearly their values
-        patient.update(feature=[*patient["feature"], "rare_lab"], value=[*patient["value"], 123.456], time=[*patient["time"], 1.0])
+        patient.update(feature=[*patient["feature"], "rare_lab"], value=[*patient["value"], 123.456],
+                       time=[*patient["time"], 1.0])
     return MedFuseTokenizer(FeatureVocabulary.from_events(patients))
 
 
@@ -197,13 +203,16 @@ def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_tr
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), hidden_size=8, value_embedding_size=4,
-                           value_projector_hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
-    pushing = {"push_to_hub": True, "hub_strategy": "checkpoint", "max_steps": 1, "save_steps": 1} if while_training else {}
+                           value_projector_hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
+                           intermediate_size=8)
+    pushing = ({"push_to_hub": True, "hub_strategy": "checkpoint", "max_steps": 1, "save_steps": 1}
+               if while_training else {})
     args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", hub_model_id=repo_id,
                              hub_token=TOKEN, per_device_train_batch_size=8, **pushing)
     raw = datasets.Dataset.from_list(make_sodium_cohort(16, seed=3))
     train = raw.map(lambda batch: tokenizer(batch, padding=False), batched=True, remove_columns=raw.column_names)
-    trainer = Trainer(MedFuseForSequenceClassification(config), args, train_dataset=train.add_column("labels", raw["label"]),
+    trainer = Trainer(MedFuseForSequenceClassification(config), args,
+                      train_dataset=train.add_column("labels", raw["label"]),
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                       callbacks=[TokenizerPrivacyCallback()])
     if while_training:
@@ -236,7 +245,8 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
         assert [feature["statistics"]["num_patients"] for feature in checkpoint["features"]] == [50, 50, 50]
     if upload.startswith("Trainer"):  # the Trainer saves this very object: guarded in place, encoding unchanged
         assert common.feature_vocabulary == privacy_guarded(exact.feature_vocabulary)[0]
-        assert common(cohort, return_tensors="np")["values"].tolist() == exact(cohort, return_tensors="np")["values"].tolist()
+        assert (common(cohort, return_tensors="np")["values"].tolist()
+                == exact(cohort, return_tensors="np")["values"].tolist())
     else:
         assert common.feature_vocabulary.spec_of("sodium").statistics.num_patients == 57  # the exact copy stays here
 

@@ -69,7 +69,9 @@ def test_statics_keep_the_output_independent_of_event_order_and_padding(tokenize
     assert not torch.allclose(without, plain, atol=1e-4)
 
 
-def test_a_model_with_statics_reloads_with_its_static_feature_ids(tmp_path, tokenizer, cohort, tiny_config, vocabulary):
+def test_a_model_with_statics_reloads_with_its_static_feature_ids(
+    tmp_path, tokenizer, cohort, tiny_config, vocabulary
+):
     ids = [vocabulary.id_of(name) for name in ("icu_type", "heart_rate")]
     model = MedFuseForSequenceClassification(tiny_config(static_feature_ids=ids)).eval()
     model.save_pretrained(tmp_path)
@@ -110,7 +112,8 @@ def fused_tokens(model, feature_ids, values):
 
 
 def test_mufuse_is_the_papers_generalized_hadamard_product(tiny_config, vocabulary):
-    model = MedFuseForSequenceClassification(tiny_config(fusion="multiplicative", hidden_size=32, value_embedding_size=8))
+    model = MedFuseForSequenceClassification(tiny_config(fusion="multiplicative", hidden_size=32,
+                                                         value_embedding_size=8))
     fusion = model.medfuse.embeddings.value_fusion
     with torch.no_grad():
         fusion.gamma.normal_()
@@ -146,7 +149,8 @@ def test_a_categorical_value_that_is_no_category_id_is_a_clear_error(tokenizer, 
     model = MedFuseForSequenceClassification(tiny_config())
     batch = encode(tokenizer, [[("icu_type", "surgical", 0.0), ("sodium", 140.0, 1.0)]])
     batch["values"][0, 0] = -0.7  # a normalised number where a category id belongs
-    with pytest.raises(ValueError, match=f"batch row 0, event 0: feature id {vocabulary.id_of('icu_type')} is categorical.*-0.7"):
+    with pytest.raises(ValueError,
+                       match=f"batch row 0, event 0: feature id {vocabulary.id_of('icu_type')} is categorical.*-0.7"):
         model(**batch)
 
 
@@ -224,7 +228,8 @@ def test_a_classifier_loads_a_pretrained_encoder(tmp_path, tiny_config):
     pretrained.save_pretrained(tmp_path)
     classifier = MedFuseForSequenceClassification.from_pretrained(tmp_path)
     torch.testing.assert_close(
-        classifier.medfuse.embeddings.feature_embeddings.weight, pretrained.medfuse.embeddings.feature_embeddings.weight
+        classifier.medfuse.embeddings.feature_embeddings.weight,
+        pretrained.medfuse.embeddings.feature_embeddings.weight
     )
 
 
@@ -259,11 +264,13 @@ def test_class_weights_weight_the_cross_entropy_and_shards_average_to_the_batch(
     weighted = MedFuseForSequenceClassification(tiny_config(class_weights=[1.0, 4.0])).eval()
     batch, labels = encode(tokenizer, cohort[:6]), torch.tensor([0, 0, 0, 0, 1, 1])
     logits = weighted(**batch).logits
-    per_patient = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * torch.tensor([1.0, 4.0])[labels]
+    per_patient = (torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+                   * torch.tensor([1.0, 4.0])[labels])
     loss = weighted(**batch, labels=labels).loss
     torch.testing.assert_close(loss, per_patient.mean())
     # Two processes each take half of the batch and average their losses (gradients): the same loss as one process.
-    halves = [weighted(**{k: v[part] for k, v in batch.items()}, labels=labels[part]).loss for part in (slice(0, 3), slice(3, 6))]
+    halves = [weighted(**{k: v[part] for k, v in batch.items()}, labels=labels[part]).loss
+              for part in (slice(0, 3), slice(3, 6))]
     torch.testing.assert_close(loss, torch.stack(halves).mean())
     with pytest.raises(StrictDataclassError, match="class_weights has 3 entries for 2 labels"):
         tiny_config(class_weights=[1.0, 1.0, 1.0])
@@ -328,7 +335,8 @@ def test_a_masked_value_cannot_leak_into_its_own_prediction(tokenizer, cohort, t
     with torch.no_grad():
         torch.testing.assert_close(model(**{**batch, "masked_values": garbage}).loss, output.loss)
     forecaster = MedFuseForPreTraining(tiny_config(fusion=fusion, pretraining_objective="forecasting"))
-    with pytest.raises(ValueError, match="pretraining_objective is 'forecasting': its batches come from ForecastingCollator"):
+    with pytest.raises(ValueError,
+                       match="pretraining_objective is 'forecasting': its batches come from ForecastingCollator"):
         forecaster(**batch)
 
 
@@ -352,7 +360,8 @@ def test_paper_preset_matches_the_authors_p12_setting():
     assert (config.hidden_size, config.value_embedding_size, config.num_hidden_layers, config.num_attention_heads) == (
         144, 144, 1, 1,
     )
-    assert (config.classification_loss, config.focal_alpha, config.focal_gamma, config.norm_first) == ("focal", 0.5, 2.0, False)
+    assert ((config.classification_loss, config.focal_alpha, config.focal_gamma, config.norm_first)
+            == ("focal", 0.5, 2.0, False))
 
 
 def test_u_shaped_sodium_risk_is_learnable(tokenizer, cohort, tiny_config):
@@ -373,7 +382,9 @@ def test_u_shaped_sodium_risk_is_learnable(tokenizer, cohort, tiny_config):
     assert roc_auc_score(labels.numpy(), scores.numpy()) > 0.95
 
 
-def test_the_periodic_value_projector_trains_and_transfers(tmp_path, tokenizer, cohort, tiny_config, vocabulary, fusion):
+def test_the_periodic_value_projector_trains_and_transfers(
+    tmp_path, tokenizer, cohort, tiny_config, vocabulary, fusion
+):
     from medfuse_hf import export_feature_embeddings
 
     model = MedFuseForSequenceClassification(tiny_config(fusion=fusion, value_projector="periodic"))
@@ -385,6 +396,8 @@ def test_the_periodic_value_projector_trains_and_transfers(tmp_path, tokenizer, 
     export_feature_embeddings(model, tokenizer, tmp_path / "periodic", min_patients=20)
     target = MedFuseForSequenceClassification(tiny_config(fusion=fusion, value_projector="periodic"))
     target.medfuse.load_feature_embeddings(tmp_path / "periodic", vocabulary)
-    torch.testing.assert_close(target.medfuse.embeddings.value_fusion.value_projector.frequencies, projector.frequencies)
+    torch.testing.assert_close(target.medfuse.embeddings.value_fusion.value_projector.frequencies,
+                               projector.frequencies)
     with pytest.raises(ValueError, match="value_projector is 'periodic' in the checkpoint but 'mlp' in the model"):
-        MedFuseForSequenceClassification(tiny_config(fusion=fusion)).medfuse.load_feature_embeddings(tmp_path / "periodic", vocabulary)
+        MedFuseForSequenceClassification(tiny_config(fusion=fusion)).medfuse.load_feature_embeddings(
+            tmp_path / "periodic", vocabulary)

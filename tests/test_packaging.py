@@ -20,4 +20,5 @@ def test_every_data_file_the_package_reads_is_declared_for_installation():
         if path.is_file() and path.suffix not in {".py", ".pyc"} and "__pycache__" not in path.parts
     }
     assert data_files, "the package has data files (template, bundled sample): the search found none"
-    assert data_files <= shipped, f"not declared in pyproject.toml [tool.setuptools.package-data]: {sorted(data_files - shipped)}"
+    assert data_files <= shipped, ("not declared in pyproject.toml [tool.setuptools.package-data]: "
+                                   f"{sorted(data_files - shipped)}")

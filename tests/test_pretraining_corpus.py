@@ -31,7 +31,8 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     (p19 / "training_setB" / "p100001.psv").write_text(PATIENT_B)
 
     recipe = load_script("recipes/make_pretraining_corpus.py")
-    recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus), "--patients_per_shard", "2"])
+    recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus),
+                 "--patients_per_shard", "2"])
 
     with pytest.raises(FileExistsError, match="already holds 2 shards"):  # a rerun would mix two corpora
         recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus)])
@@ -53,7 +54,8 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     pretrain = load_script("recipes/pretrain.py")
     described = pretrain.streamed_cohort(Namespace(data_description=None), [str(shard) for shard in shards])
     assert described.description == record["description"]
-    assert "Creative Commons Attribution 4.0" in described.license and "Open Data Commons Attribution" in described.license
+    assert ("Creative Commons Attribution 4.0" in described.license
+            and "Open Data Commons Attribution" in described.license)
     assert "Reyna MA" in described.citation and "Silva I" in described.citation
     with pytest.raises(SystemExit, match="needs --data_description"):  # shards of no known corpus
         pretrain.streamed_cohort(Namespace(data_description=None), [str(tmp_path / "elsewhere" / "shard.parquet")])

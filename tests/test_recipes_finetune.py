@@ -53,7 +53,8 @@ def recipe_env() -> dict[str, str]:
     """CPU runs everywhere, also on a GPU machine, so that the runs a test compares share their arithmetic (and the
     two gloo ranks below do not look for a second GPU). PYTHONFAULTHANDLER: a rank sent SIGABRT prints every thread's
     stack, so a hang's failure says where it hung."""
-    return dict(os.environ, CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    return dict(os.environ, CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
+                PYTHONFAULTHANDLER="1")
 
 
 def run(args: list[str], processes: int = 1, timeout: int = 300, recipe: Path = RECIPE) -> subprocess.CompletedProcess:
@@ -61,9 +62,9 @@ def run(args: list[str], processes: int = 1, timeout: int = 300, recipe: Path = 
     if processes == 1:
         command = [sys.executable, str(recipe)]
     else:  # `accelerate launch --cpu` starts one process only (accelerate#2741); this starts two gloo ranks
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(free_port()), str(recipe)]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(recipe)]
     # A session of its own, so that a hung launcher and its ranks can be ended together.
     process = subprocess.Popen(command + args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -184,9 +185,11 @@ def test_publish_rewrites_both_cards_from_what_the_run_recorded(tmp_path, single
     embedding_card = (tmp_path / "cards" / "tiny-feature-embeddings.md").read_text()
     assert embedding_card == (run_dir / "feature_embeddings" / "README.md").read_text() and embedding_card != card
     (tmp_path / "table.md").write_text("| arm | AUPRC |\n")  # a downstream table belongs to a pretraining run only
-    refused = subprocess.run([sys.executable, str(PUBLISH), "--run_dir", str(run_dir), "--evaluation", str(tmp_path / "table.md")],
+    refused = subprocess.run([sys.executable, str(PUBLISH), "--run_dir", str(run_dir),
+                              "--evaluation", str(tmp_path / "table.md")],
                              capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert refused.returncode != 0 and "is a fine-tuning run" in refused.stderr and not (run_dir / "evaluation.md").exists()
+    assert (refused.returncode != 0 and "is a fine-tuning run" in refused.stderr
+            and not (run_dir / "evaluation.md").exists())
 
 
 def test_bf16_mixed_precision_trains_like_full_precision(tmp_path, single_process_run):
@@ -214,25 +217,30 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
 
 
 def test_static_features_are_named_on_the_command_line_and_saved_as_ids(tmp_path):
-    run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--static_features", "heart_rate", "--output_dir", str(tmp_path)])
+    run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--static_features", "heart_rate",
+                "--output_dir", str(tmp_path)])
     vocabulary = FeatureVocabulary.load(tmp_path / "model" / "feature_vocabulary.json")
-    assert json.loads((tmp_path / "model" / "config.json").read_text())["static_feature_ids"] == [vocabulary.id_of("heart_rate")]
+    assert (json.loads((tmp_path / "model" / "config.json").read_text())["static_feature_ids"]
+            == [vocabulary.id_of("heart_rate")])
     finetune = load_script("recipes/finetune.py")
     with pytest.raises(SystemExit, match=r"--static_features: \['age'\] are not in the tokenizer's vocabulary"):
         finetune.static_feature_ids(["heart_rate", "age"], MedFuseTokenizer.from_pretrained(tmp_path / "model"))
 
 
 def test_gradient_accumulation_counts_optimizer_steps_not_batches(tmp_path, single_process_run):
-    run(TINY + ["--batch_size", "16", "--gradient_accumulation_steps", "2", "--num_epochs", "2", "--output_dir", str(tmp_path)])
+    run(TINY + ["--batch_size", "16", "--gradient_accumulation_steps", "2", "--num_epochs", "2",
+                "--output_dir", str(tmp_path)])
     accumulated = json.loads((tmp_path / "test_metrics.json").read_text())
     plain = json.loads((single_process_run / "test_metrics.json").read_text())  # batches of 32, 2 epochs
     assert accumulated["steps"] == plain["steps"] and accumulated["batches_by_process"] == [2 * plain["steps"]]
 
 
 def test_training_subset_smaller_than_a_batch_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, str(RECIPE), *TINY, "--train_fraction", "0.1", "--output_dir", str(tmp_path)],
+    result = subprocess.run([sys.executable, str(RECIPE), *TINY, "--train_fraction", "0.1",
+                             "--output_dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode != 0 and "training needs at least --batch_size (32)" in result.stderr, result.stderr[-2000:]
+    assert (result.returncode != 0
+            and "training needs at least --batch_size (32)" in result.stderr), result.stderr[-2000:]
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
@@ -241,8 +249,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     run(args + ["--output_dir", str(uninterrupted)])
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)], env=recipe_env(),
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)],
+                               env=recipe_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (interrupted / "checkpoints" / "step_00000010").exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"

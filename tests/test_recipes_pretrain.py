@@ -26,10 +26,12 @@ TINY_MODEL = ["--hidden_size", "32", "--value_embedding_size", "8", "--intermedi
 
 
 def run_pretrain(args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
-    """One process as users start it (on CUDA where there is one); several through the fine-tuning tests' gloo launcher."""
+    """One process as users start it (on CUDA where there is one); several through the fine-tuning tests' gloo
+    launcher."""
     if processes > 1:
         return run_finetune(args, processes=processes, recipe=PRETRAIN)
-    result = subprocess.run([sys.executable, str(PRETRAIN), *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run([sys.executable, str(PRETRAIN), *args], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -58,23 +60,29 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
     result = run_pretrain(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1",
                            "--output_dir", str(pretrained), *TINY_MODEL])
     assert "validation forecasting MSE" in result.stdout
-    assert {"model.safetensors", "config.json", "feature_vocabulary.json"} <= {p.name for p in (pretrained / "model").iterdir()}
+    assert ({"model.safetensors", "config.json", "feature_vocabulary.json"}
+            <= {p.name for p in (pretrained / "model").iterdir()})
     finetuned = tmp_path / "finetuned"
-    run_finetune(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1", "--bootstrap_resamples", "20",
-                  "--init_from", str(pretrained / "model"), "--output_dir", str(finetuned)])
+    run_finetune(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1",
+                  "--bootstrap_resamples", "20", "--init_from", str(pretrained / "model"),
+                  "--output_dir", str(finetuned)])
     assert json.loads((finetuned / "test_metrics.json").read_text())["test_patients"] == 13
     # another hospital: a long-format table without creatinine and with a score of its own
     patients = make_sodium_cohort(128, seed=5)
     events = [(f"s{patient['record_id']}", time, name, value) for patient in patients
-              for name, value, time in zip(patient["feature"], patient["value"], patient["time"]) if name != "creatinine"]
-    events += [(f"s{patient['record_id']}", 1.0, "bedside_score", patient["label"] + i % 3) for i, patient in enumerate(patients)]
-    pd.DataFrame(events, columns=["patient_id", "time", "feature", "value"]).to_csv(tmp_path / "events.csv", index=False)
+              for name, value, time in zip(patient["feature"], patient["value"], patient["time"])
+              if name != "creatinine"]
+    events += [(f"s{patient['record_id']}", 1.0, "bedside_score", patient["label"] + i % 3)
+               for i, patient in enumerate(patients)]
+    pd.DataFrame(events, columns=["patient_id", "time", "feature", "value"]).to_csv(tmp_path / "events.csv",
+                                                                                    index=False)
     pd.DataFrame({"patient_id": [f"s{patient['record_id']}" for patient in patients],
                   "died": [patient["label"] for patient in patients]}).to_csv(tmp_path / "labels.csv", index=False)
     other_site = tmp_path / "other-site"
     result = run_finetune(["--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--labels",
                            str(tmp_path / "labels.csv"), "--label_column", "died", "--num_epochs", "1",
-                           "--bootstrap_resamples", "20", "--init_from", str(pretrained / "model"), "--output_dir", str(other_site)])
+                           "--bootstrap_resamples", "20", "--init_from", str(pretrained / "model"),
+                           "--output_dir", str(other_site)])
     assert "2 of the cohort's features matched" in result.stdout and "['bedside_score']" in result.stdout
     metrics = json.loads((other_site / "test_metrics.json").read_text())
     assert metrics["transferred_features"] == {"matched": 2, "new_at_target": 1, "only_at_source": 1}  # creatinine
@@ -134,7 +142,8 @@ def test_streamed_shards_pretrain(tmp_path):
                    check=True, capture_output=True, timeout=300, cwd=tmp_path)
     counts = {path: [spec.statistics.count for spec in FeatureVocabulary.load(path / "feature_vocabulary.json")]
               for path in (tmp_path / "out" / "model", released / "model")}
-    assert all(count % 10 == 0 for count in counts[released / "model"]) and counts[released / "model"] != counts[tmp_path / "out" / "model"]
+    assert (all(count % 10 == 0 for count in counts[released / "model"])
+            and counts[released / "model"] != counts[tmp_path / "out" / "model"])
     assert "--init_from medfuse-base/model" in (released / "model" / "README.md").read_text()
     assert "4 optimizer steps of 16 patients" in (released / "model" / "README.md").read_text()
     for card in (tmp_path / "out" / "model" / "README.md", released / "model" / "README.md"):  # and the run keeps it
@@ -160,8 +169,10 @@ def test_streamed_pretraining_is_reproducible_from_its_command(tmp_path):
 def test_the_base_card_gives_each_sources_coverage_of_the_vocabulary(tmp_path):
     write_shards(tmp_path, 1, patients=100, events=20)
     write_corpus_manifest(tmp_path, {"description": "one synthetic shard", "sources": {
-        "left": {"patients": 60, "events": 1200, "license": "CC-BY 4.0", "citation": "Left et al.", "features": ["heart_rate", "sodium"]},
-        "right": {"patients": 40, "events": 800, "license": "ODC-BY 1.0", "citation": "Right et al.", "features": ["creatinine"]}}})
+        "left": {"patients": 60, "events": 1200, "license": "CC-BY 4.0", "citation": "Left et al.",
+                 "features": ["heart_rate", "sodium"]},
+        "right": {"patients": 40, "events": 800, "license": "ODC-BY 1.0", "citation": "Right et al.",
+                  "features": ["creatinine"]}}})
     run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--max_steps", "2", "--batch_size", "16",
                   "--statistics_patients", "100", "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
     card = (tmp_path / "out" / "model" / "README.md").read_text()
@@ -197,7 +208,8 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path, monkeypatch, 
     assert sorted((row["fraction"], row["transfer"]) for row in rows) == [(0.5, False), (0.5, True)]
     assert all((row["transferred_features"] or 0) > 0 for row in rows if row["transfer"])
     assert (output_dir / "transfer.png").exists() and "| 0.5 | yes | 1 |" in (output_dir / "table.md").read_text()
-    cell = next(cell for cell in json.loads((output_dir / "table.json").read_text()) if cell["fraction"] == 0.5 and cell["transfer"])
+    cell = next(cell for cell in json.loads((output_dir / "table.json").read_text())
+                if cell["fraction"] == 0.5 and cell["transfer"])
     auroc = {row["transfer"]: row["auroc"] for row in rows if row["fraction"] == 0.5}
     assert cell["paired_seeds"] == 1 and cell["auroc_gain_mean"] == pytest.approx(auroc[True] - auroc[False])
     assert cell["auroc_gains"] == [pytest.approx(auroc[True] - auroc[False])]
@@ -225,17 +237,22 @@ def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path, monkeypatch, 
 def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
     transfer = load_script("recipes/transfer.py")
     rows = [{"fraction": 0.1, "transfer": arm, "seed": seed, "auroc": 0.8, "auprc": auprc}
-            for arm, figures in ((True, (0.30, 0.32, 0.34)), (False, (0.28, 0.31, 0.30))) for seed, auprc in enumerate(figures)]
+            for arm, figures in ((True, (0.30, 0.32, 0.34)), (False, (0.28, 0.31, 0.30)))
+            for seed, auprc in enumerate(figures)]
     scratch, transferred = transfer.summarise(rows)
-    assert transferred["seeds"] == 3 and abs(transferred["auprc_mean"] - 0.32) < 1e-12 and abs(transferred["auprc_std"] - 0.02) < 1e-12
+    assert (transferred["seeds"] == 3 and abs(transferred["auprc_mean"] - 0.32) < 1e-12
+            and abs(transferred["auprc_std"] - 0.02) < 1e-12)
     # gains 0.02, 0.01, 0.04: paired by seed, not the difference of two unpaired means with their own spreads
-    assert abs(transferred["auprc_gain_mean"] - 0.07 / 3) < 1e-12 and abs(transferred["auprc_gain_std"] - 0.0152753) < 1e-6
+    assert (abs(transferred["auprc_gain_mean"] - 0.07 / 3) < 1e-12
+            and abs(transferred["auprc_gain_std"] - 0.0152753) < 1e-6)
     assert transferred["paired_seeds"] == 3 and "auprc_gain_mean" not in scratch
     *rows_lines, _, per_seed = transfer.format_table([scratch, transferred]).splitlines()
-    assert rows_lines[-1] == "| 0.1 | yes | 3 | 0.8000 ± 0.0000 | 0.3200 ± 0.0200 | 3 | +0.0000 ± 0.0000 | +0.0233 ± 0.0153 |"
+    assert rows_lines[-1] == ("| 0.1 | yes | 3 | 0.8000 ± 0.0000 | 0.3200 ± 0.0200 | 3 | +0.0000 ± 0.0000 | "
+                              "+0.0233 ± 0.0153 |")
     assert per_seed == "fraction 0.1, paired gain per seed: AUROC +0.000, +0.000, +0.000; AUPRC +0.020, +0.010, +0.040"
     (alone,) = transfer.summarise([{"fraction": 0.5, "transfer": True, "seed": 0, "auroc": 0.7, "auprc": 0.2}])
-    assert transfer.format_table([alone]).splitlines()[-1] == "| 0.5 | yes | 1 | 0.7000 | 0.2000 |  |  |  |"  # no ± nan
+    # no ± nan
+    assert transfer.format_table([alone]).splitlines()[-1] == "| 0.5 | yes | 1 | 0.7000 | 0.2000 |  |  |  |"
 
 
 def test_a_source_without_labels_transfers_what_forecasting_pretraining_learned(tmp_path):
@@ -243,7 +260,8 @@ def test_a_source_without_labels_transfers_what_forecasting_pretraining_learned(
     tiny = " ".join(TINY_MODEL)
     result = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "transfer.py"), "--source_dataset", "synthetic", "--target_dataset",
-         "synthetic", "--source_objective", "forecasting", "--pretrain_args", f"--num_patients 128 --num_epochs 1 {tiny}",
+         "synthetic", "--source_objective", "forecasting",
+         "--pretrain_args", f"--num_patients 128 --num_epochs 1 {tiny}",
          "--finetune_args", f"--num_patients 128 --num_epochs 1 --bootstrap_resamples 20 {tiny}",
          "--fractions", "1.0", "--seeds", "0", "--output_dir", str(output_dir)],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -252,11 +270,13 @@ def test_a_source_without_labels_transfers_what_forecasting_pretraining_learned(
     assert source["architectures"] == ["MedFuseForPreTraining"]
     transferred = next(row for row in json.loads((output_dir / "results.json").read_text()) if row["transfer"])
     assert transferred["transferred_features"] == 3  # the synthetic cohort's features, all learned by forecasting
-    assert json.loads((output_dir / "experiment.json").read_text())["source_pretraining"][:2] == ["--num_patients", "128"]
+    assert (json.loads((output_dir / "experiment.json").read_text())["source_pretraining"][:2]
+            == ["--num_patients", "128"])
     mismatched = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "transfer.py"), "--source_dataset", "synthetic", "--target_dataset",
          "synthetic", "--source_objective", "forecasting", "--pretrain_args", "--hidden_size 64",
-         "--finetune_args", tiny, "--output_dir", str(tmp_path / "mismatched")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+         "--finetune_args", tiny, "--output_dir", str(tmp_path / "mismatched")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert mismatched.returncode != 0 and "must fit the target's model" in mismatched.stderr
     assert not (tmp_path / "mismatched" / "source").exists()  # refused before pretraining
 
@@ -266,6 +286,6 @@ def test_a_long_format_table_without_labels_pretrains(tmp_path):
             for name, value, time in zip(patient["feature"], patient["value"], patient["time"])]
     pd.DataFrame(rows, columns=["patient_id", "time", "feature", "value"]).to_csv(tmp_path / "events.csv", index=False)
     run_pretrain(["--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--num_epochs", "1",
-                  "--batch_size", "16", "--hidden_size", "32", "--value_embedding_size", "8", "--intermediate_size", "32",
-                  "--output_dir", str(tmp_path / "run")])
+                  "--batch_size", "16", "--hidden_size", "32", "--value_embedding_size", "8",
+                  "--intermediate_size", "32", "--output_dir", str(tmp_path / "run")])
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()

@@ -114,10 +114,12 @@ def test_the_gbm_learns_from_a_small_hospitals_77_stays(monkeypatch):
     import medfuse_hf.training.summary_baseline as baseline
 
     monkeypatch.setattr(baseline, "GBM_MAX_ITERATIONS", 60)
-    parts = {name: learnable_split(seed, size) for seed, (name, size) in enumerate((("train", 77), ("validation", 300), ("test", 300)))}
+    parts = {name: learnable_split(seed, size)
+             for seed, (name, size) in enumerate((("train", 77), ("validation", 300), ("test", 300)))}
     table = SummaryTable(parts["train"][0])
     frames = {name: table(stays) for name, (stays, _) in parts.items()}
-    result = fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]), frames["test"], seed=0)
+    result = fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]),
+                     frames["test"], seed=0)
     from sklearn.metrics import roc_auc_score
 
     assert result.settings["min_samples_leaf"] == 3
@@ -136,5 +138,6 @@ def test_a_column_no_training_stay_has_is_left_out_of_the_gbm(monkeypatch):
     frames = {name: table(stays) for name, (stays, _) in parts.items()}
     frames["train"]["troponin_last"] = np.nan
     frames["validation"]["troponin_last"] = frames["test"]["troponin_last"] = 1.0
-    result = fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]), frames["test"], seed=0)
+    result = fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]),
+                     frames["test"], seed=0)
     assert result.test_scores.shape == (100,) and np.isfinite(result.test_scores).all()

@@ -78,7 +78,8 @@ def test_batches_from_lists_columns_and_grouped_frames_agree(tokenizer, cohort):
 
 
 def test_timestamps_become_hours_since_first_event_or_anchor(tokenizer):
-    events = [("sodium", 140, "2130-01-01 08:00"), ("sodium", 141, "2130-01-01 09:30"), ("sodium", 139, "2130-01-02 08:00")]
+    events = [("sodium", 140, "2130-01-01 08:00"), ("sodium", 141, "2130-01-01 09:30"),
+              ("sodium", 139, "2130-01-02 08:00")]
     assert tokenizer(events)["times"] == [0.0, 1.5, 24.0]
     assert tokenizer(events, anchor_times="2130-01-01 06:00")["times"] == [2.0, 3.5, 26.0]
 
@@ -102,7 +103,8 @@ def test_truncation_keeps_the_most_recent_events(vocabulary):
 
 def test_unknown_feature_error_lists_every_unknown_name(vocabulary):
     events = [("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0), ("EtCO2", 30, 2.0), ("Lactate_x", 2.5, 3.0)]
-    with pytest.raises(ValueError, match=r"2 unknown feature\(s\).*'Lactate_x' \(first at row 1\), 'EtCO2' \(first at row 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"2 unknown feature\(s\).*'Lactate_x' \(first at row 1\), 'EtCO2' \(first at row 2\)"):
         MedFuseTokenizer(vocabulary)(events)
 
 
@@ -114,14 +116,16 @@ def test_unknown_feature_as_unk_keeps_the_event_with_value_zero(vocabulary):
 
 def test_unknown_feature_drop_is_logged_with_counts(vocabulary, caplog):
     with caplog.at_level(logging.WARNING):
-        encoded = MedFuseTokenizer(vocabulary, unknown_features="drop")([("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)])
+        encoded = MedFuseTokenizer(vocabulary, unknown_features="drop")(
+            [("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)])
     assert encoded["feature_ids"] == [vocabulary.id_of("sodium")]
     assert "dropped its 1 events of unknown features ['Lactate_x']" in caplog.text
 
 
 def test_each_unknown_feature_is_reported_once_not_per_patient(vocabulary, caplog):
     tokenizer = MedFuseTokenizer(vocabulary, unknown_features="drop")
-    patients = [[("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)]] * 3 + [[("sodium", 140, 0.0), ("Troponin_x", 0.1, 1.0)]]
+    patients = ([[("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0)]] * 3
+                + [[("sodium", 140, 0.0), ("Troponin_x", 0.1, 1.0)]])
     with caplog.at_level(logging.WARNING):
         encoded = tokenizer(patients)
     assert [len(ids) for ids in encoded["feature_ids"]] == [1, 1, 1, 1]
@@ -162,7 +166,8 @@ def test_patient_without_events_is_an_error(tokenizer):
 
 
 def test_forecasting_targets_average_the_window_and_inputs_stop_at_the_cutoff(tokenizer, vocabulary):
-    events = [("sodium", 140, 1.0), ("heart_rate", 80, 5.0), ("sodium", 150, 24.5), ("sodium", 130, 25.0), ("heart_rate", 99, 30.0)]
+    events = [("sodium", 140, 1.0), ("heart_rate", 80, 5.0), ("sodium", 150, 24.5), ("sodium", 130, 25.0),
+              ("heart_rate", 99, 30.0)]
     from medfuse_hf.data.forecasting import forecasting_batch
 
     batch = forecasting_batch(tokenizer, [events], cutoffs=[24.0], horizon_hours=2.0)
@@ -170,7 +175,8 @@ def test_forecasting_targets_average_the_window_and_inputs_stop_at_the_cutoff(to
     statistics = vocabulary.spec_of("sodium").statistics
     assert batch["times"].tolist() == [[1.0, 5.0]]
     assert batch["forecast_mask"][0].nonzero().flatten().tolist() == [sodium]
-    assert batch["forecast_values"][0, sodium].item() == pytest.approx((140 - statistics.mean) / statistics.std, rel=1e-5)
+    assert batch["forecast_values"][0, sodium].item() == pytest.approx((140 - statistics.mean) / statistics.std,
+                                                                       rel=1e-5)
     assert batch["forecast_mask"][0, heart_rate] == 0
 
 
@@ -190,7 +196,8 @@ def test_timestamps_are_read_one_way_only(tokenizer):
     iso = [("sodium", 140, "2020-04-03 10:00"), ("sodium", 141, "2020-04-05 10:00")]
     assert tokenizer([iso])["times"][0] == [0.0, 48.0]
     day_first = [("sodium", 140, "03/04/2020 10:00"), ("sodium", 141, "05/04/2020 10:00")]
-    with pytest.raises(ValueError, match=r"row 0 \(time\): time '03/04/2020 10:00': day and month could be either way"):
+    with pytest.raises(ValueError,
+                       match=r"row 0 \(time\): time '03/04/2020 10:00': day and month could be either way"):
         tokenizer([day_first])
     with pytest.raises(ValueError, match="anchor time 'yesterday' is no timestamp"):
         tokenizer([iso], anchor_times=["yesterday"])

@@ -42,7 +42,8 @@ def test_paired_bootstrap_gap_is_zero_for_one_model_and_clear_for_a_better_one()
     labels = (rng.random(400) < 0.2).astype(int)
     noisy = labels + rng.normal(0, 1.0, 400)
     sharp = labels + rng.normal(0, 0.3, 400)
-    assert paired_bootstrap_difference(labels, noisy, noisy, num_resamples=100) == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert (paired_bootstrap_difference(labels, noisy, noisy, num_resamples=100)
+            == {"value": 0.0, "low": 0.0, "high": 0.0})
     gap = paired_bootstrap_difference(labels, sharp, noisy, "auroc", num_resamples=200)
     assert 0 < gap["low"] < gap["value"] < gap["high"]
     assert gap["value"] == pytest.approx(roc_auc_score(labels, sharp) - roc_auc_score(labels, noisy))

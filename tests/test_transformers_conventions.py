@@ -176,7 +176,8 @@ def test_extending_to_a_hospitals_vocabulary_keeps_every_trained_row(tmp_path, v
     logits = base(**inputs).logits
     assert not torch.allclose(logits[0], logits[1])  # the new categorical feature's level reaches the output
     base.save_pretrained(tmp_path)
-    torch.testing.assert_close(MedFuseForSequenceClassification.from_pretrained(tmp_path).eval()(**inputs).logits, logits)
+    torch.testing.assert_close(MedFuseForSequenceClassification.from_pretrained(tmp_path).eval()(**inputs).logits,
+                               logits)
     with pytest.raises(ValueError, match="does not start with this model's"):
         base.extend_vocabulary(cohort_vocabulary)
 
@@ -304,7 +305,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, cohort, tiny
         torch.manual_seed(0)
         model = MedFuseForSequenceClassification(tiny_config()).train()
         if checkpointing:
-            model.activation_checkpointing_enable()  # transformers 5's name; gradient_checkpointing_enable is deprecated
+            # transformers 5's name; gradient_checkpointing_enable is deprecated
+            model.activation_checkpointing_enable()
             assert model.is_activation_checkpointing
         model(**inputs).loss.backward()
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
