@@ -105,7 +105,8 @@ def main() -> None:
         print(feature + ": " + "; ".join(
             f"{name}: token change at 1st/99th pct {results[feature][name]['relative_token_change'][0]:.2f}/"
             f"{results[feature][name]['relative_token_change'][-1]:.2f}, predicted mortality "
-            f"{min(results[feature][name]['partial_dependence']):.3f}-{max(results[feature][name]['partial_dependence']):.3f}"
+            f"{min(results[feature][name]['partial_dependence']):.3f}-"
+            f"{max(results[feature][name]['partial_dependence']):.3f}"
             for name in models))
 
 

@@ -9,6 +9,8 @@ Arms, each on the same nested, stratified, seeded training subset (`nested_subse
 - `scratch`: the P12 table's best MedFuse (MuFuse, CVE of time) and budget, trained on the subset;
 - `pretrained`: the same, started from the base model (`--init_from <base>/model`);
 - `pretrained_embeddings`: the same, started from the base's feature embeddings only (`--init_embeddings_from`);
+- `pretrained_probe`: the base left frozen, a logistic regression on its pooled representation of each stay (linear
+  probing: whether what the base learnt without labels carries the outcome, with nothing for 77 stays to overfit);
 - `gbm`: the summary-statistics GBM of the accuracy issue, fitted on the subset.
 
 Validation is the full split for every arm (`validation: full`), for comparability; for the smallest fractions every
@@ -18,9 +20,11 @@ is what a small hospital has. Rows go to `benchmarks/results/pretraining/p12_lab
 """
 
 import argparse
+import hashlib
 import shlex
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 import matplotlib
@@ -28,21 +32,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import torch
 from p12_table import BUDGET, MODELS, summary_tables
 
-from medfuse_hf.data import nested_subset, validation_subset
+from medfuse_hf import MedFuseModel, MedFuseTokenizer
+from medfuse_hf.data import MedFuseDataCollator, nested_subset, validation_subset
 from medfuse_hf.training import binary_metrics
+from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.metrics import format_mean_std, mean_and_std
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
-from medfuse_hf.training.summary_baseline import fit_gbm
+from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regression
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
-ARMS = ("scratch", "pretrained", "pretrained_embeddings", "gbm")
+ARMS = ("scratch", "pretrained", "pretrained_embeddings", "pretrained_probe", "gbm")
+FROM_THE_BASE = ("pretrained", "pretrained_embeddings", "pretrained_probe")  # the arms the paired gains are of
 # The P12 table's best MedFuse (MuFuse with the CVE of time, the accuracy search's reference), with a floor of
 # optimizer steps so that 1 % (~77 stays) is trained too, as in the transfer experiment.
 FINETUNE = [*BUDGET, *MODELS["medfuse_cve_time"], "--min_steps", "300"]
+MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 
 
 def arm_flags(arm: str, base: Path) -> list[str]:
@@ -63,9 +73,49 @@ def run_gbm(data_dir: Path, fraction: float, seed: int, validation: str) -> dict
     return {"auroc": test["auroc"], "auprc": test["auprc"], "train_seconds": round(time.perf_counter() - started, 1)}
 
 
+@torch.no_grad()
+def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
+    """Each P12 stay's pooled representation from the frozen base, per split in the cohort's order (the order
+    `summary_tables` labels), computed once per base weights and cached beside the runs."""
+    weights = (base / "model" / "model.safetensors").read_bytes()
+    cache = cache_dir / f"pretrained_probe-representations-{hashlib.sha256(weights).hexdigest()[:12]}.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=MAX_EVENTS, unknown_features="drop")
+    model, collate = MedFuseModel.from_pretrained(base / "model").eval(), MedFuseDataCollator(tokenizer)
+    representations = {}
+    for name, part in load_cohort("p12", data_dir, "seft-split").splits.items():
+        order = np.argsort([len(features) for features in part["feature"]], kind="stable")  # less padding
+        pooled = np.empty((len(part), model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), 64):
+            rows = order[start:start + 64]
+            pooled[rows] = model(**collate([part[int(row)] for row in rows])).pooler_output.float().numpy()
+        representations[name] = pooled
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **representations)
+    return representations
+
+
+def run_probe(args: argparse.Namespace, fraction: float, seed: int, validation: str) -> dict:
+    """A logistic regression (C chosen on validation AUPRC, as the summary-table one) on the frozen base's
+    representations of the training subset, scored once on test."""
+    representations = base_representations(args.base, args.data_dir, args.output_dir)
+    _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
+    train = nested_subset(labels["train"], fraction, seed)
+    kept = validation_subset(labels["validation"], fraction, seed) if validation == "cut" else slice(None)
+    tables = {name: pd.DataFrame(pooled) for name, pooled in representations.items()}
+    started = time.perf_counter()
+    fit = fit_logistic_regression((tables["train"].iloc[train], labels["train"][train]),
+                                  (tables["validation"].iloc[kept], labels["validation"][kept]), tables["test"], seed)
+    test = binary_metrics(labels["test"], fit.test_scores)
+    return {"auroc": test["auroc"], "auprc": test["auprc"], "train_seconds": round(time.perf_counter() - started, 1)}
+
+
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
     if arm == "gbm":
         figures = run_gbm(args.data_dir, fraction, seed, validation)
+    elif arm == "pretrained_probe":
+        figures = run_probe(args, fraction, seed, validation)
     else:
         flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split", *FINETUNE,
                  "--train_fraction", str(fraction), "--seed", str(seed), *arm_flags(arm, args.base)]
@@ -77,7 +127,8 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
                    "train_seconds": report["train_seconds"]}
     _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
     return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
-            "train_patients": len(nested_subset(labels["train"], fraction, seed)), **figures, "git": git_commit()["commit"]}
+            "train_patients": len(nested_subset(labels["train"], fraction, seed)), **figures,
+            "git": git_commit()["commit"]}
 
 
 def cells(args: argparse.Namespace) -> list[tuple[str, float, int, str]]:
@@ -90,29 +141,34 @@ def cells(args: argparse.Namespace) -> list[tuple[str, float, int, str]]:
 
 
 def summarise(rows: list[dict]) -> tuple[str, str]:
-    """The table (mean ± std per validation, fraction and arm) and the paired gains (per seed: pretrained minus
-    scratch, pretrained minus GBM), as Markdown."""
-    table = ["| validation | fraction | train stays | arm | seeds | AUROC | AUPRC |", "|---|---:|---:|---|---:|---|---|"]
-    gains = ["| validation | fraction | versus | seeds | AUROC gain per seed | AUPRC gain per seed | AUPRC gain |",
-             "|---|---:|---|---:|---|---|---|"]
+    """The table (mean ± std per validation, fraction and arm) and the paired gains (per seed: each arm started
+    from the base minus scratch, and minus the GBM), as Markdown."""
+    table = ["| validation | fraction | train stays | arm | seeds | AUROC | AUPRC |",
+             "|---|---:|---:|---|---:|---|---|"]
+    gains = ["| validation | fraction | arm | versus | seeds | AUROC gain per seed | AUPRC gain per seed "
+             "| AUPRC gain |",
+             "|---|---:|---|---|---:|---|---|---|"]
     for validation in ("full", "cut"):
         for fraction in sorted({row["fraction"] for row in rows}):
-            cell = {arm: {row["seed"]: row for row in rows if (row["arm"], row["fraction"], row["validation"]) == (arm, fraction, validation)}
+            cell = {arm: {row["seed"]: row for row in rows
+                          if (row["arm"], row["fraction"], row["validation"]) == (arm, fraction, validation)}
                     for arm in ARMS}
             for arm, by_seed in cell.items():
                 if by_seed:
-                    figures = [format_mean_std(*mean_and_std([row[metric] for row in by_seed.values()])) for metric in ("auroc", "auprc")]
+                    figures = [format_mean_std(*mean_and_std([row[metric] for row in by_seed.values()]))
+                               for metric in ("auroc", "auprc")]
                     patients = next(iter(by_seed.values()))["train_patients"]
-                    table.append(f"| {validation} | {fraction:g} | {patients:,} | {arm} | {len(by_seed)} | {' | '.join(figures)} |")
-            for versus in ("scratch", "gbm"):
-                seeds = sorted(cell["pretrained"].keys() & cell[versus].keys())
+                    table.append(f"| {validation} | {fraction:g} | {patients:,} | {arm} | {len(by_seed)} | "
+                                 f"{' | '.join(figures)} |")
+            for arm, versus in product(FROM_THE_BASE, ("scratch", "gbm")):
+                seeds = sorted(cell[arm].keys() & cell[versus].keys())
                 if not seeds:
                     continue
-                per_metric = {metric: [cell["pretrained"][seed][metric] - cell[versus][seed][metric] for seed in seeds]
+                per_metric = {metric: [cell[arm][seed][metric] - cell[versus][seed][metric] for seed in seeds]
                               for metric in ("auroc", "auprc")}
                 listed = [", ".join(f"{gain:+.4f}" for gain in per_metric[metric]) for metric in ("auroc", "auprc")]
-                gains.append(f"| {validation} | {fraction:g} | {versus} | {len(seeds)} | {listed[0]} | {listed[1]} | "
-                             f"{format_mean_std(*mean_and_std(per_metric['auprc']), '+')} |")
+                gains.append(f"| {validation} | {fraction:g} | {arm} | {versus} | {len(seeds)} | {listed[0]} | "
+                             f"{listed[1]} | {format_mean_std(*mean_and_std(per_metric['auprc']), '+')} |")
     return "\n".join(table), "\n".join(gains)
 
 
@@ -121,14 +177,15 @@ def plot(rows: list[dict], path: Path) -> None:
     seeds; full validation solid, cut validation dashed."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, metric in zip(axes, ("auroc", "auprc")):
-        for arm, colour in zip(ARMS, ("tab:grey", "tab:blue", "tab:cyan", "tab:orange")):
+        for arm, colour in zip(ARMS, ("tab:grey", "tab:blue", "tab:cyan", "tab:purple", "tab:orange")):
             for validation, style in (("full", "-"), ("cut", "--")):
                 cell = [row for row in rows if row["arm"] == arm and row["validation"] == validation]
                 if not cell:
                     continue
                 patients = sorted({row["train_patients"] for row in cell})
                 stats = [mean_and_std([row[metric] for row in cell if row["train_patients"] == n]) for n in patients]
-                axis.errorbar(patients, [mean for mean, _ in stats], yerr=[0.0 if np.isnan(std) else std for _, std in stats], color=colour,
+                axis.errorbar(patients, [mean for mean, _ in stats],
+                              yerr=[0.0 if np.isnan(std) else std for _, std in stats], color=colour,
                               linestyle=style, marker="o", capsize=3, label=f"{arm} ({validation} validation)")
         axis.set(xscale="log", xlabel="labelled training stays (P12, SeFT split)", ylabel=f"test {metric.upper()}")
         axis.legend(fontsize=7)
@@ -153,8 +210,9 @@ def main() -> None:
     args = parser.parse_args()
     results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
     if not args.summary_only:
-        needed = {"pretrained": "model", "pretrained_embeddings": "feature_embeddings"}
-        missing = [folder for arm, folder in needed.items() if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
+        needed = {"pretrained": "model", "pretrained_embeddings": "feature_embeddings", "pretrained_probe": "model"}
+        missing = [folder for arm, folder in needed.items()
+                   if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
         if missing:
             parser.error(f"the pretrained arms need --base, a pretraining run folder with {' and '.join(missing)}/")
         for arm, fraction, seed, validation in cells(args):
@@ -162,8 +220,9 @@ def main() -> None:
                 continue
             row = run_cell(arm, fraction, seed, validation, args)
             results.add(row)
-            print(f"{arm}, fraction {fraction:g} ({row['train_patients']} stays), seed {seed}, {validation} validation: "
-                  f"AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f} ({row['train_seconds']:.0f} s)", flush=True)
+            print(f"{arm}, fraction {fraction:g} ({row['train_patients']} stays), seed {seed}, {validation} "
+                  f"validation: AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f} ({row['train_seconds']:.0f} s)",
+                  flush=True)
     if not results.rows:
         raise SystemExit(f"{results.path} holds no finished cell yet")
     table, gains = summarise(results.rows)

@@ -1,12 +1,19 @@
 """The P12 table driver: it must resume (skip cells already measured) and summarise seeds honestly."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import load_script
+from safetensors.torch import load_file, save_file
 
+from medfuse_hf import MedFuseModel, MedFuseTokenizer
+from medfuse_hf.data import MedFuseDataCollator
+from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.runs import ResultRows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +81,7 @@ def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):
 def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_by_seed(tmp_path, monkeypatch):
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     results = tmp_path / "rows.json"
-    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_embeddings": 0.35, "gbm": 0.45}
+    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_embeddings": 0.35, "pretrained_probe": 0.38, "gbm": 0.45}
 
     def cell_row(arm, fraction, seed, validation):
         return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
@@ -91,10 +98,13 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
                                       "--seeds", "0", "1", "--results", str(results)])
     label_efficiency.main()
     assert ran[0] == ("scratch", 0.01, 0, "full") and ("gbm", 0.01, 0, "full") not in ran  # already there
-    assert len(ran) == 4 * 2 * 3 - 1 and ran[-1] == ("gbm", 0.1, 1, "full")  # 0.01 twice (full, cut), 0.1 once
-    gains = (tmp_path / "gains.md").read_text()
-    assert "| full | 0.01 | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |" in gains
-    assert "| cut | 0.01 | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 ± 0.0000 |" in gains
+    assert len(ran) == 5 * 2 * 3 - 1 and ran[-1] == ("gbm", 0.1, 1, "full")  # 0.01 twice (full, cut), 0.1 once
+    gains = (tmp_path / "gains.md").read_text()  # every arm started from the base, against scratch and the GBM
+    assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |"
+            in gains)
+    assert "| cut | 0.01 | pretrained | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 ± 0.0000 |" in gains
+    assert ("| full | 0.1 | pretrained_probe | gbm | 2 | +0.0000, +0.0000 | -0.0700, -0.0700 | -0.0700 ± 0.0000 |"
+            in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
 
 
@@ -131,3 +141,31 @@ def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_pat
     assert json.loads(path.read_text()) == [{"arm": "scratch", "seed": 0, "auprc": 0.5},
                                             {"arm": "gbm", "seed": 0, "auprc": 0.7}]
     assert ResultRows(path, key=("arm", "seed")).done(arm="scratch", seed=0)
+
+
+def test_the_probe_reads_each_stay_once_in_the_cohorts_order_and_caches_by_weights(tmp_path, monkeypatch):
+    """The probe's representations line up with the labels only if each row is its own stay's, whatever order the
+    length-sorted batches ran in; and a cache kept from other weights would score a different base."""
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    base = tmp_path / "base"
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain.py"), "--dataset", "synthetic",
+                    "--num_patients", "64", "--max_steps", "1", "--batch_size", "16", "--hidden_size", "32",
+                    "--value_embedding_size", "8", "--intermediate_size", "32", "--output_dir", str(base)],
+                   check=True, capture_output=True, timeout=300)
+    cohort = load_cohort("synthetic", num_patients=64)
+    monkeypatch.setattr(label_efficiency, "load_cohort", lambda *args: cohort)
+    representations = label_efficiency.base_representations(base, tmp_path, tmp_path / "cache")
+    model = MedFuseModel.from_pretrained(base / "model").eval()
+    tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=label_efficiency.MAX_EVENTS)
+    collate = MedFuseDataCollator(tokenizer)
+    test = cohort.splits["test"]
+    with torch.no_grad():
+        alone = [model(**collate([test[row]])).pooler_output[0].numpy() for row in range(len(test))]
+    assert representations["test"].shape == (len(test), 32)
+    np.testing.assert_allclose(representations["test"], np.stack(alone), atol=1e-5)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    weights = load_file(base / "model" / "model.safetensors")
+    save_file({name: tensor + 0.5 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              base / "model" / "model.safetensors", metadata={"format": "pt"})
+    label_efficiency.base_representations(base, tmp_path, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # other weights, their own representations
