@@ -2,7 +2,8 @@
 model started from the pretrained base need fewer labelled patients than one trained from scratch, or than the
 summary-statistics GBM a hospital would otherwise use?
 
-    nohup python benchmarks/label_efficiency.py --base outputs/medfuse-base > outputs/label-efficiency.log 2>&1 &
+    nohup python benchmarks/label_efficiency.py --base outputs/pretraining/forecasting \
+        > outputs/label-efficiency.log 2>&1 &
     python benchmarks/label_efficiency.py --summary_only     # table, paired gains and plot of the cells so far
 
 Arms, each on the same nested, stratified, seeded training subset (`nested_subset`, as `--train_fraction` draws it):
@@ -11,7 +12,9 @@ Arms, each on the same nested, stratified, seeded training subset (`nested_subse
 - `pretrained_embeddings`: the same, started from the base's feature embeddings only (`--init_embeddings_from`);
 - `pretrained_probe`: the base left frozen, a logistic regression on its pooled representation of each stay (linear
   probing: whether what the base learnt without labels carries the outcome, with nothing for 77 stays to overfit);
-- `gbm`: the summary-statistics GBM of the accuracy issue, fitted on the subset.
+- `gbm`: the summary-statistics GBM of the accuracy issue, fitted on the subset;
+- `gbm_with_base`: that GBM with the frozen base's representation as extra columns (the tool a hospital trusts,
+  given what the base learnt).
 
 Validation is the full split for every arm (`validation: full`), for comparability; for the smallest fractions every
 arm is also run with validation cut to the same fraction, at least 10 stays of each class (`validation: cut`), which
@@ -47,30 +50,26 @@ from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regressio
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
-ARMS = ("scratch", "pretrained", "pretrained_embeddings", "pretrained_probe", "gbm")
-FROM_THE_BASE = ("pretrained", "pretrained_embeddings", "pretrained_probe")  # the arms the paired gains are of
+ARMS = ("scratch", "pretrained", "pretrained_embeddings", "pretrained_probe", "gbm", "gbm_with_base")
+FROM_THE_BASE = ("pretrained", "pretrained_embeddings", "pretrained_probe", "gbm_with_base")  # paired gains of these
 # The P12 table's best MedFuse (MuFuse with the CVE of time, the accuracy search's reference), with a floor of
 # optimizer steps so that 1 % (~77 stays) is trained too, as in the transfer experiment.
 FINETUNE = [*BUDGET, *MODELS["medfuse_cve_time"], "--min_steps", "300"]
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 
 
+# The arms scikit-learn fits on per-stay tables: which tables, side by side (the summary statistics of the accuracy
+# issue; the frozen base's pooled representation of the stay), and the model, its settings chosen on validation.
+TABLE_ARMS = {
+    "gbm": (("summaries",), fit_gbm),
+    "pretrained_probe": (("base",), fit_logistic_regression),
+    "gbm_with_base": (("summaries", "base"), fit_gbm),
+}
+
+
 def arm_flags(arm: str, base: Path) -> list[str]:
     return {"scratch": [], "pretrained": ["--init_from", str(base / "model")],
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
-
-
-def run_gbm(data_dir: Path, fraction: float, seed: int, validation: str) -> dict:
-    """The GBM on the training subset a fine-tuning of this fraction and seed gets, early-stopped on the same
-    validation stays, scored once on test."""
-    tables, labels, _ = summary_tables(data_dir, "seft-split", 0)
-    train = nested_subset(labels["train"], fraction, seed)
-    kept = validation_subset(labels["validation"], fraction, seed) if validation == "cut" else slice(None)
-    started = time.perf_counter()
-    fit = fit_gbm((tables["train"].iloc[train], labels["train"][train]),
-                  (tables["validation"].iloc[kept], labels["validation"][kept]), tables["test"], seed)
-    test = binary_metrics(labels["test"], fit.test_scores)
-    return {"auroc": test["auroc"], "auprc": test["auprc"], "train_seconds": round(time.perf_counter() - started, 1)}
 
 
 @torch.no_grad()
@@ -96,26 +95,29 @@ def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[st
     return representations
 
 
-def run_probe(args: argparse.Namespace, fraction: float, seed: int, validation: str) -> dict:
-    """A logistic regression (C chosen on validation AUPRC, as the summary-table one) on the frozen base's
-    representations of the training subset, scored once on test."""
-    representations = base_representations(args.base, args.data_dir, args.output_dir)
-    _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
+def run_table_arm(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
+    """A scikit-learn arm (`TABLE_ARMS`) on the training subset a fine-tuning of this fraction and seed gets, its
+    settings chosen on the same validation stays, scored once on test."""
+    summaries, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
+    sources, fit_model = TABLE_ARMS[arm]
+    by_source = {"summaries": summaries}
+    if "base" in sources:
+        representations = base_representations(args.base, args.data_dir, args.output_dir)
+        by_source["base"] = {split: pd.DataFrame(pooled, index=summaries[split].index).add_prefix("base_")
+                             for split, pooled in representations.items()}
+    tables = {split: pd.concat([by_source[source][split] for source in sources], axis=1) for split in labels}
     train = nested_subset(labels["train"], fraction, seed)
     kept = validation_subset(labels["validation"], fraction, seed) if validation == "cut" else slice(None)
-    tables = {name: pd.DataFrame(pooled) for name, pooled in representations.items()}
     started = time.perf_counter()
-    fit = fit_logistic_regression((tables["train"].iloc[train], labels["train"][train]),
-                                  (tables["validation"].iloc[kept], labels["validation"][kept]), tables["test"], seed)
+    fit = fit_model((tables["train"].iloc[train], labels["train"][train]),
+                    (tables["validation"].iloc[kept], labels["validation"][kept]), tables["test"], seed)
     test = binary_metrics(labels["test"], fit.test_scores)
     return {"auroc": test["auroc"], "auprc": test["auprc"], "train_seconds": round(time.perf_counter() - started, 1)}
 
 
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
-    if arm == "gbm":
-        figures = run_gbm(args.data_dir, fraction, seed, validation)
-    elif arm == "pretrained_probe":
-        figures = run_probe(args, fraction, seed, validation)
+    if arm in TABLE_ARMS:
+        figures = run_table_arm(arm, fraction, seed, validation, args)
     else:
         flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split", *FINETUNE,
                  "--train_fraction", str(fraction), "--seed", str(seed), *arm_flags(arm, args.base)]
@@ -177,7 +179,7 @@ def plot(rows: list[dict], path: Path) -> None:
     seeds; full validation solid, cut validation dashed."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, metric in zip(axes, ("auroc", "auprc")):
-        for arm, colour in zip(ARMS, ("tab:grey", "tab:blue", "tab:cyan", "tab:purple", "tab:orange")):
+        for arm, colour in zip(ARMS, ("tab:grey", "tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:red")):
             for validation, style in (("full", "-"), ("cut", "--")):
                 cell = [row for row in rows if row["arm"] == arm and row["validation"] == validation]
                 if not cell:
@@ -210,7 +212,8 @@ def main() -> None:
     args = parser.parse_args()
     results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
     if not args.summary_only:
-        needed = {"pretrained": "model", "pretrained_embeddings": "feature_embeddings", "pretrained_probe": "model"}
+        needed = {"pretrained": "model", "pretrained_embeddings": "feature_embeddings", "pretrained_probe": "model",
+                  "gbm_with_base": "model"}
         missing = [folder for arm, folder in needed.items()
                    if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
         if missing:

@@ -81,7 +81,8 @@ def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):
 def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_by_seed(tmp_path, monkeypatch):
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     results = tmp_path / "rows.json"
-    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_embeddings": 0.35, "pretrained_probe": 0.38, "gbm": 0.45}
+    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_embeddings": 0.35, "pretrained_probe": 0.38, "gbm": 0.45,
+             "gbm_with_base": 0.47}
 
     def cell_row(arm, fraction, seed, validation):
         return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
@@ -98,12 +99,14 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
                                       "--seeds", "0", "1", "--results", str(results)])
     label_efficiency.main()
     assert ran[0] == ("scratch", 0.01, 0, "full") and ("gbm", 0.01, 0, "full") not in ran  # already there
-    assert len(ran) == 5 * 2 * 3 - 1 and ran[-1] == ("gbm", 0.1, 1, "full")  # 0.01 twice (full, cut), 0.1 once
+    assert len(ran) == 6 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
     gains = (tmp_path / "gains.md").read_text()  # every arm started from the base, against scratch and the GBM
     assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |"
             in gains)
     assert "| cut | 0.01 | pretrained | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 ± 0.0000 |" in gains
     assert ("| full | 0.1 | pretrained_probe | gbm | 2 | +0.0000, +0.0000 | -0.0700, -0.0700 | -0.0700 ± 0.0000 |"
+            in gains)
+    assert ("| full | 0.1 | gbm_with_base | gbm | 2 | +0.0000, +0.0000 | +0.0200, +0.0200 | +0.0200 ± 0.0000 |"
             in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
 
