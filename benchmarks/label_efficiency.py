@@ -82,7 +82,7 @@ def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[st
         return dict(np.load(cache))
     tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=MAX_EVENTS, unknown_features="drop")
     model, collate = MedFuseModel.from_pretrained(base / "model").eval(), MedFuseDataCollator(tokenizer)
-    representations = {}
+    representations, started = {}, time.perf_counter()
     for name, part in load_cohort("p12", data_dir, "seft-split").splits.items():
         order = np.argsort([len(features) for features in part["feature"]], kind="stable")  # less padding
         pooled = np.empty((len(part), model.config.hidden_size), dtype=np.float32)
@@ -92,6 +92,8 @@ def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[st
         representations[name] = pooled
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **representations)
+    print(f"the base's representations of {sum(map(len, representations.values())):,} stays in "
+          f"{time.perf_counter() - started:.0f} s, cached in {cache}", flush=True)
     return representations
 
 
