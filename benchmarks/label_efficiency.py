@@ -36,13 +36,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from p12_table import BUDGET, MODELS, summary_tables
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
-from medfuse_hf.data import MedFuseDataCollator, nested_subset, validation_subset
+from medfuse_hf.data import nested_subset, validation_subset
 from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort
+from medfuse_hf.training.evaluation import per_patient_outputs
 from medfuse_hf.training.metrics import format_mean_std, mean_and_std
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
@@ -72,7 +72,6 @@ def arm_flags(arm: str, base: Path) -> list[str]:
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
 
 
-@torch.no_grad()
 def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
     """Each P12 stay's pooled representation from the frozen base, per split in the cohort's order (the order
     `summary_tables` labels), computed once per base weights and cached beside the runs."""
@@ -81,15 +80,9 @@ def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[st
     if cache.exists():
         return dict(np.load(cache))
     tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=MAX_EVENTS, unknown_features="drop")
-    model, collate = MedFuseModel.from_pretrained(base / "model").eval(), MedFuseDataCollator(tokenizer)
-    representations, started = {}, time.perf_counter()
-    for name, part in load_cohort("p12", data_dir, "seft-split").splits.items():
-        order = np.argsort([len(features) for features in part["feature"]], kind="stable")  # less padding
-        pooled = np.empty((len(part), model.config.hidden_size), dtype=np.float32)
-        for start in range(0, len(order), 64):
-            rows = order[start:start + 64]
-            pooled[rows] = model(**collate([part[int(row)] for row in rows])).pooler_output.float().numpy()
-        representations[name] = pooled
+    model, started = MedFuseModel.from_pretrained(base / "model").eval(), time.perf_counter()
+    representations = {name: per_patient_outputs(part, tokenizer, lambda batch: model(**batch).pooler_output)
+                       for name, part in load_cohort("p12", data_dir, "seft-split").splits.items()}
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **representations)
     print(f"the base's representations of {sum(map(len, representations.values())):,} stays in "

@@ -11,7 +11,8 @@ patient left with no event the model knows is not scored and is counted. `--outp
 patient (`patient_id`, `probability`, `events_used`), and `<output>.summary.json` what was read, kept and skipped.
 With `--explain K`, `<output>.explanations.csv` lists each patient's K events that moved its risk most (feature,
 hours, value as given, signed attribution to the positive-class logit: Integrated Gradients over the fused tokens,
-`medfuse_hf.training.explanations`; needs `pip install "medfuse-hf[explain]"`).
+`medfuse_hf.training.explanations`; needs `pip install "medfuse-hf[explain]"`). With `--representations`, any MedFuse
+checkpoint (the pretrained base too) writes each patient's pooled representation instead, for a model of your own.
 """
 
 import argparse
@@ -20,12 +21,11 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pandas as pd
-import torch
 
-from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.data import MedFuseDataCollator, load_long_format
+from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
+from medfuse_hf.data import load_long_format
+from medfuse_hf.training.evaluation import per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config
 
@@ -42,19 +42,6 @@ def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tup
         unknown.update(name for name, is_known in zip(features, known) if not is_known)
         counts.append(int(sum(known)))
     return counts, unknown
-
-
-@torch.no_grad()
-def score(model, patients: datasets.Dataset, tokenizer: MedFuseTokenizer, batch_size: int) -> np.ndarray:
-    """Positive-class probability of each patient, in the dataset's order (batches sorted by length: less padding)."""
-    collate = MedFuseDataCollator(tokenizer)
-    order = np.argsort([len(features) for features in patients["feature"]], kind="stable")
-    probabilities = np.empty(len(patients))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = collate([patients[int(row)] for row in rows])
-        probabilities[rows] = model(**batch).logits.float().softmax(dim=-1)[:, 1].numpy()
-    return probabilities
 
 
 def write_explanations(model, tokenizer: MedFuseTokenizer, patients: datasets.Dataset, top_k: int, path: Path) -> dict:
@@ -100,18 +87,24 @@ def prediction_function(args: argparse.Namespace) -> dict:
     )
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
     tokenizer.check_units(load_summary.units, ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else ""))
-    model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
     counts, unknown = known_events(patients, tokenizer)
     scorable = [index for index, count in enumerate(counts) if count > 0]
     skipped = [patients["patient_id"][index] for index, count in enumerate(counts) if count == 0]
     kept = patients.select(scorable)
-    probabilities = score(model, kept, tokenizer, args.batch_size)
+    if args.representations:  # any MedFuse checkpoint, the pretrained base too: its encoder and pooling only
+        model = MedFuseModel.from_pretrained(args.model_dir).eval()
+        pooled = per_patient_outputs(kept, tokenizer, lambda batch: model(**batch).pooler_output, args.batch_size)
+        columns = {f"representation_{dimension}": pooled[:, dimension] for dimension in range(pooled.shape[1])}
+    else:
+        model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
+        columns = {"probability": per_patient_outputs(
+            kept, tokenizer, lambda batch: model(**batch).logits.softmax(dim=-1)[:, 1], args.batch_size)}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "patient_id": kept["patient_id"],
-            "probability": probabilities,
+            **columns,
             "events_used": [min(counts[index], tokenizer.max_events) for index in scorable],
         }
     ).to_csv(output, index=False)
@@ -139,7 +132,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
         )
     if skipped:
         print(f"not scored: {len(skipped)} patients with {NO_KNOWN_EVENT} (e.g. {skipped[:5]})")
-    print(f"scored {len(scorable)} patients; predictions in {output}")
+    written = "representations" if args.representations else "predictions"
+    print(f"scored {len(scorable)} patients; {written} in {output}")
     return summary
 
 
@@ -157,10 +151,19 @@ def main(argv: list[str] | None = None) -> None:
         metavar="K",
         help="also write each patient's K events that moved its risk most",
     )
+    parser.add_argument(
+        "--representations",
+        action="store_true",
+        help="write each patient's pooled representation (representation_0, ...) instead of a risk, for a model of "
+        "your own on top: with a few dozen labelled stays, a logistic regression on the pretrained base's beat the "
+        "GBM (benchmarks/RESULTS.md)",
+    )
     datasets.disable_progress_bars()
     args = parse_with_config(parser, argv)
     if not args.events:
         parser.error("--events is required")
+    if args.representations and args.explain:
+        parser.error("--explain explains a risk; --representations writes none")
     prediction_function(args)
 
 

@@ -3,12 +3,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import load_script
 
-from medfuse_hf import MedFuseForSequenceClassification
+from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = """SUBJECT_ID,HOURS,ITEM,VALUE
@@ -221,3 +222,29 @@ def test_a_fitted_tokenizer_records_the_units_its_cohort_was_read_in(cohort):
 
     tokenizer = fit_tokenizer(datasets.Dataset.from_list(cohort), max_events=64, units={"sodium": "MEQ/L"})
     assert tokenizer.feature_vocabulary.spec_of("sodium").unit == "MEQ/L"
+
+
+def test_the_pretrained_base_writes_each_patients_representation_for_a_model_of_ones_own(
+    predict, tmp_path, tokenizer, tiny_config
+):
+    """`--representations` needs no classification head (the base has none): one row per patient, the encoder's
+    pooled output for that patient alone, whatever batch it was scored in."""
+    base = MedFuseForPreTraining(tiny_config()).eval()
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    output = tmp_path / "representations.csv"
+    predict.main(["--model_dir", str(tmp_path / "base"), "--events", str(tmp_path / "events.csv"), "--columns",
+                  "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--representations",
+                  "--output", str(output)])
+    written = pd.read_csv(output, dtype={"patient_id": str})
+    hidden = tiny_config().hidden_size
+    assert list(written.columns) == ["patient_id", *(f"representation_{i}" for i in range(hidden)), "events_used"]
+    assert written["patient_id"].tolist() == ["p1", "p3"]
+    p3 = [("creatinine", 1.1, 4.0), ("sodium", 133.0, 5.0)]
+    with torch.no_grad():
+        alone = base.medfuse(**tokenizer([p3], return_tensors="pt")).pooler_output[0].numpy()
+    np.testing.assert_allclose(written.iloc[1, 1:-1].to_numpy(dtype=float), alone, atol=1e-5)
+    with pytest.raises(SystemExit):  # there is no risk to explain
+        predict.main(["--model_dir", str(tmp_path / "base"), "--events", str(tmp_path / "events.csv"),
+                      "--representations", "--explain", "3"])

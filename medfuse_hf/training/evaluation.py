@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from ..data import MedFuseDataCollator
 from .metrics import bootstrap_intervals
 from .plots import save_evaluation_plots
 
@@ -23,6 +24,24 @@ def evaluation_loader(dataset: datasets.Dataset, collate: Callable, batch_size: 
     tagged = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
     by_length = np.argsort([len(features) for features in tagged["feature"]], kind="stable")
     return DataLoader(tagged.select(by_length), batch_size=batch_size, collate_fn=collate)
+
+
+@torch.no_grad()
+def per_patient_outputs(
+    dataset: datasets.Dataset, tokenizer, output: Callable[[dict], torch.Tensor], batch_size: int = 64
+) -> np.ndarray:
+    """`output(batch)` of every patient, one row each in the dataset's order, in this process alone: scoring outside
+    a training run (`recipes/predict.py`, benchmarks). Batches are formed by length (`evaluation_loader`); padding
+    does not change a patient's output."""
+    collate = MedFuseDataCollator(tokenizer, extra_columns=(ROW_COLUMN,))
+    rows, outputs = [], []
+    for batch in evaluation_loader(dataset, collate, batch_size):
+        rows.append(batch.pop(ROW_COLUMN))
+        outputs.append(output(batch).float())
+    by_length = torch.cat(outputs)
+    in_order = torch.empty_like(by_length)
+    in_order[torch.cat(rows)] = by_length
+    return in_order.numpy()
 
 
 @torch.no_grad()
