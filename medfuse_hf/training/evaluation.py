@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from ..data import MedFuseDataCollator
+from ..tokenization_medfuse import MedFuseTokenizer
 from .metrics import bootstrap_intervals
 from .plots import save_evaluation_plots
 
@@ -28,7 +29,10 @@ def evaluation_loader(dataset: datasets.Dataset, collate: Callable, batch_size: 
 
 @torch.no_grad()
 def per_patient_outputs(
-    dataset: datasets.Dataset, tokenizer, output: Callable[[dict], torch.Tensor], batch_size: int = 64
+    dataset: datasets.Dataset,
+    tokenizer: MedFuseTokenizer,
+    output: Callable[[dict], torch.Tensor],
+    batch_size: int = 64,
 ) -> np.ndarray:
     """`output(batch)` of every patient, one row each in the dataset's order, in this process alone: scoring outside
     a training run (`recipes/predict.py`, benchmarks). Batches are formed by length (`evaluation_loader`); padding
