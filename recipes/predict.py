@@ -98,7 +98,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
     else:
         model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
         columns = {"probability": per_patient_outputs(
-            kept, tokenizer, lambda batch: model(**batch).logits.softmax(dim=-1)[:, 1], args.batch_size)}
+            kept, tokenizer, lambda batch: model(**batch).logits.float().softmax(dim=-1)[:, 1], args.batch_size)}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
