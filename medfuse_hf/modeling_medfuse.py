@@ -619,6 +619,19 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alpha: 
     return loss.mean()
 
 
+def _check_class_ids(labels: torch.Tensor, num_labels: int) -> None:
+    """A class id outside 0..num_labels-1 named by its batch row, not torch's "Target 2 is out of bounds" (or, on a
+    GPU, a device-side assert). Skipped under `torch.compile`, as `_check_inputs` is."""
+    if torch.compiler.is_compiling() or not labels.numel():
+        return
+    outside = ((labels < 0) | (labels >= num_labels)).nonzero()
+    if outside.numel():
+        row = int(outside[0, 0])
+        raise ValueError(f"labels: batch row {row} has class {int(labels[row])}, but the model has num_labels="
+                         f"{num_labels} (classes 0..{num_labels - 1}); {outside.shape[0]} row(s) of the batch are "
+                         "outside them")
+
+
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: MedFuseConfig) -> torch.Tensor:
     """Loss chosen by `config.problem_type`, inferred as transformers does when unset."""
     if config.problem_type is None:
@@ -633,6 +646,7 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
     if config.problem_type == "multi_label_classification":
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     labels = labels.view(-1).long()
+    _check_class_ids(labels, config.num_labels)
     if config.classification_loss == "focal":
         return focal_loss(logits, labels, config.focal_gamma, config.focal_alpha)
     if config.class_weights is None:

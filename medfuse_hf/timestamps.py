@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# Spreadsheet day numbers of 1954-2173: as hours they would put a patient's every event 2-11 years after the start of
+# the clock, which no stay is. A patient whose times all lie here exported dates as numbers.
+SERIAL_DAYS = (20_000.0, 100_000.0)
+SERIAL_DAYS_ADVICE = ("these look like spreadsheet serial dates (days since 1899-12-30), not hours. Export the "
+                      "times as timestamps, or as hours since an anchor")
 ISO_OFFSET = re.compile(r"(?:[+-]\d{2}:?\d{2}|Z)$")
 DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}")
 
@@ -55,8 +60,6 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
     after it (a unit or year mistake) is an error naming `where` and the row."""
     try:
         hours = np.asarray(times, dtype=np.float64)
-        if anchor is not None:
-            hours = hours - float(anchor)
     except (TypeError, ValueError):
         text = pd.Series([str(time) for time in times], dtype=object)
         is_number = pd.to_numeric(text, errors="coerce").notna().to_numpy()
@@ -75,6 +78,11 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
         if pd.isna(origin):
             raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
         hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
+    else:
+        hours = hours - _numeric_anchor(anchor, where) if anchor is not None else hours
+        if anchor is None and looks_like_serial_days(hours):
+            raise ValueError(f"{where}: every time lies between {hours.min():,.2f} and {hours.max():,.2f}: "
+                             f"{SERIAL_DAYS_ADVICE} (anchor_times)")
     problems = (
         (~np.isfinite(hours), "is not a finite number"),
         (hours < 0, "lies before the record's start/anchor"),
@@ -85,3 +93,17 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
             row = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} ({hours[row]:.4g} h) {reason}")
     return hours
+
+
+def looks_like_serial_days(hours: np.ndarray) -> bool:
+    """Whether every one of a patient's times, read as hours, lies among spreadsheet day numbers (`SERIAL_DAYS`)."""
+    return bool(hours.size) and SERIAL_DAYS[0] <= np.min(hours) and np.max(hours) <= SERIAL_DAYS[1]
+
+
+def _numeric_anchor(anchor: Any, where: str) -> float:
+    """The anchor of times given as hours: a number of hours too; a timestamp there is an error, not a guess."""
+    try:
+        return float(anchor)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: times are numbers of hours, but anchor time {anchor!r} is not: give the times as "
+                         "timestamps to count hours from a timestamp anchor, or the anchor in hours") from None

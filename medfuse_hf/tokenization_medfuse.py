@@ -2,8 +2,9 @@
 
 It is a `SequenceFeatureExtractor` (the transformers base for preprocessors of non-text sequences, such as audio)
 so that it saves, loads, pushes to the Hub and resolves through `AutoFeatureExtractor` like any Hugging Face
-preprocessor, and pads and truncates as they do. The feature vocabulary is saved beside its settings as
-`feature_vocabulary.json`, a file people can read and diff.
+preprocessor, and pads and truncates as they do. The feature vocabulary is saved inside its settings, in
+`preprocessor_config.json`: transformers builds a feature extractor from that one dictionary (`from_dict`), so a
+tokenizer that needs nothing else loads through every path it offers, `trust_remote_code` included.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .timestamps import hours_since_start
 
 logger = logging.getLogger(__name__)
 
-VOCABULARY_FILE_NAME = "feature_vocabulary.json"
+# checkpoints saved by medfuse_hf 0.1 kept the vocabulary in a file of its own; `from_pretrained` still reads them
+LEGACY_VOCABULARY_FILE_NAME = "feature_vocabulary.json"
 HOURS_PER_YEAR = 24 * 365.25
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 IDENTIFYING_KEYS = ("record_id", "patient_id", "subject_id", "stay_id")
@@ -58,7 +60,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
     """Encodes patients for MedFuse over a shared `FeatureVocabulary`.
 
     Args:
-        feature_vocabulary: the vocabulary; numeric features need fitted value statistics.
+        feature_vocabulary: the vocabulary, or its `to_dict()` form (as `preprocessor_config.json` holds it);
+            numeric features need fitted value statistics.
         max_events: events kept per patient; when a record is longer, the most recent are kept (what a model
             scoring a patient *now* needs most).
         unknown_features: a feature name missing from the vocabulary is an `"error"` (all such names listed),
@@ -73,7 +76,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
 
     def __init__(
         self,
-        feature_vocabulary: FeatureVocabulary,
+        feature_vocabulary: FeatureVocabulary | Mapping[str, Any] | None = None,
         max_events: int = 1024,
         unknown_features: UnknownFeatures = "error",
         max_hours: float = 10 * HOURS_PER_YEAR,
@@ -87,6 +90,14 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             raise ValueError(f"unknown_features must be 'error', 'unk' or 'drop', got {unknown_features!r}")
         if max_events < 1:
             raise ValueError(f"max_events must be positive, got {max_events}")
+        if feature_vocabulary is None:
+            raise ValueError(
+                "MedFuseTokenizer needs a feature_vocabulary. A checkpoint saved by medfuse_hf 0.1 keeps it in "
+                f"{LEGACY_VOCABULARY_FILE_NAME}, which only MedFuseTokenizer.from_pretrained reads: load it that way "
+                "once and save_pretrained it again to load it through AutoFeatureExtractor"
+            )
+        if isinstance(feature_vocabulary, Mapping):
+            feature_vocabulary = FeatureVocabulary.from_dict(feature_vocabulary)
         self.feature_vocabulary = feature_vocabulary
         self.max_events = max_events
         self.unknown_features = unknown_features
@@ -250,6 +261,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             "unknown_features": self.unknown_features,
             "max_hours": self.max_hours,
             "padding_side": self.padding_side,
+            "feature_vocabulary": self.feature_vocabulary.to_dict(),
             # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)
             **({"auto_map": self._feature_extractor_auto_map()} if getattr(self, "auto_map", None) else {}),
         }
@@ -260,7 +272,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         return {key: value[0] if isinstance(value, (list, tuple)) else value for key, value in self.auto_map.items()}
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
-        """Write `preprocessor_config.json` and `feature_vocabulary.json` into `save_directory`.
+        """Write `preprocessor_config.json` (settings and vocabulary) into `save_directory`.
 
         A local save keeps the exact statistics (counts, quartiles and fences of every feature) the tokenizer
         normalises with: it stays in the hospital. With `push_to_hub=True` the vocabulary written and uploaded is
@@ -273,10 +285,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             files = public.save_pretrained(save_directory)
             public.push_to_hub(repo_id, min_patients_for_statistics=min_patients, **kwargs)
             return files
-        os.makedirs(save_directory, exist_ok=True)
-        vocabulary_file = os.path.join(save_directory, VOCABULARY_FILE_NAME)
-        self.feature_vocabulary.save(vocabulary_file)
-        return [vocabulary_file, *super().save_pretrained(save_directory, **kwargs)]
+        return super().save_pretrained(save_directory, **kwargs)
 
     def _publishable(self, repo_id: str, min_patients: int) -> MedFuseTokenizer:
         public = copy.copy(self)
@@ -297,13 +306,15 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MedFuseTokenizer:
-        """Load from a directory written by `save_pretrained` or a Hub repo id."""
-        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        """Load from a directory written by `save_pretrained` or a Hub repo id, in today's one-file layout or in the
+        two-file layout of medfuse_hf 0.1 (settings beside `feature_vocabulary.json`). Settings given as keyword
+        arguments (`max_events=512`) override the saved ones."""
         settings, unused = cls.get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
-        vocabulary_file = cached_file(pretrained_model_name_or_path, VOCABULARY_FILE_NAME, **hub_kwargs)
-        settings.pop("feature_extractor_type", None)
-        overrides = {key: value for key, value in unused.items() if key in settings}
-        return cls(FeatureVocabulary.load(vocabulary_file), **{**settings, **overrides})
+        if "feature_vocabulary" not in settings:
+            hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+            vocabulary_file = cached_file(pretrained_model_name_or_path, LEGACY_VOCABULARY_FILE_NAME, **hub_kwargs)
+            settings["feature_vocabulary"] = FeatureVocabulary.load(vocabulary_file)
+        return cls.from_dict(settings, **unused)
 
     # ----- steps of encode_patient --------------------------------------------------------------------
     def _feature_ids(self, features: Sequence, row_labels: list, where: str) -> np.ndarray:

@@ -11,11 +11,11 @@ it was trained with.
 import argparse
 from pathlib import Path
 
-import datasets
 from accelerate import Accelerator
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
+from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import predict
 from medfuse_hf.training.cohorts import load_cohort_from_settings
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap_resamples", type=int, default=1000)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--cpu", action="store_true")
-    datasets.disable_progress_bars()
+    quiet_library_progress_bars()
     evaluation_function(parse_with_config(parser, argv))
 
 

@@ -18,7 +18,6 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -29,6 +28,7 @@ from transformers import get_scheduler
 from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset, validation_subset
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
+from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import (
     JSONLinesTracker,
     binary_metrics,
@@ -95,7 +95,7 @@ def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFus
         model = MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
         if model.config.vocab_size != matching["checkpoint_feature_ids"]:
             raise SystemExit(f"--init_from {args.init_from}: its model has {model.config.vocab_size} feature ids, its "
-                             f"feature_vocabulary.json {matching['checkpoint_feature_ids']}: "
+                             f"tokenizer {matching['checkpoint_feature_ids']}: "
                              "they were not saved together")
         model.extend_vocabulary(tokenizer.feature_vocabulary)  # the cohort's new features start fresh
         return model
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    datasets.disable_progress_bars()  # the recipe's own progress bars are the ones to watch
+    quiet_library_progress_bars()
     training_function(parse_with_config(build_parser(), argv))
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import load_long_format
+from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.evaluation import per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         "your own on top: with a few dozen labelled stays, a logistic regression on the pretrained base's beat the "
         "GBM (benchmarks/RESULTS.md)",
     )
-    datasets.disable_progress_bars()
+    quiet_library_progress_bars()
     args = parse_with_config(parser, argv)
     if not args.events:
         parser.error("--events is required")

@@ -30,6 +30,7 @@ from transformers import get_scheduler
 from medfuse_hf import FeatureVocabulary, MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, MaskedValueCollator
 from medfuse_hf.data.shards import read_corpus_manifest
+from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import JSONLinesTracker, load_checkpoint, resolve_checkpoint, save_checkpoint
 from medfuse_hf.training.cohorts import (
     Cohort,
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     add_model_arguments(parser, ENCODER_FLAGS)
     add_training_arguments(parser, output_dir="outputs/pretrain")
     parser.set_defaults(num_epochs=10)
-    datasets.disable_progress_bars()
+    quiet_library_progress_bars()
     training_function(parse_with_config(parser, argv))
 
 

@@ -17,11 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
-import datasets
 from pretrain import EVALUATION, pretraining_cohort, publish_pretraining
 
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.feature_embeddings import publishable_vocabulary
+from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.publishing import publish_run, push_run, without_class_weights
 
@@ -74,7 +74,7 @@ def main() -> None:
                         help="a pretraining run only: Markdown of what fine-tuning from it measured (e.g. the "
                              f"label-efficiency table), kept in the run as {EVALUATION} and shown in its card")
     args = parser.parse_args()
-    datasets.disable_progress_bars()
+    quiet_library_progress_bars()
 
     settings = json.loads((args.run_dir / "run_info.json").read_text())["config"]
     if args.evaluation:

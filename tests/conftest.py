@@ -2,13 +2,17 @@
 exported feature-embedding checkpoint."""
 
 import importlib.util
+import platform
 import sys
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 from types import ModuleType
 from typing import get_args
 
 import pytest
 import torch
+from packaging.requirements import Requirement
 
 from medfuse_hf import (
     FeatureSpec,
@@ -21,6 +25,13 @@ from medfuse_hf import (
 from medfuse_hf.synthetic import make_sodium_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The releases this run tested, at the end of its log: CI installs the newest, so the log says which passed."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    tested = ", ".join(f"{Requirement(text).name} {version(Requirement(text).name)}" for text in dependencies)
+    terminalreporter.write_line(f"stack tested: Python {platform.python_version()}, {tested}")
 
 
 def load_script(relative_path: str) -> ModuleType:

@@ -313,3 +313,52 @@ def test_spreadsheet_serial_dates_are_not_taken_for_hours(tmp_path):
         load_csv(tmp_path, "p1,45292.375,hr,80\np1,45292.5,hr,81\n")  # 2024-01-01 09:00 and 12:00 in Excel
     dataset, _ = load_csv(tmp_path, "p1,0.5,hr,80\np1,3.0,hr,81\n")  # hours since admission still are hours
     assert dataset[0]["time"] == [0.5, 3.0]
+
+
+def test_a_patient_in_spreadsheet_serial_dates_among_patients_in_hours_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"events.csv:4: patient 'p2' \(and 0 other\(s\)\): every time lies between "
+                                         r"45,292.38 and 45,292.50: these look like spreadsheet serial dates"):
+        load_csv(tmp_path, "p1,0.5,hr,80\np1,3.0,hr,81\np2,45292.375,hr,80\np2,45292.5,hr,81\n")
+
+
+@pytest.mark.parametrize("where", ["events", "labels", "p12 record", "p12 outcomes"])
+def test_a_file_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path, where):
+    latin1 = "p1,1.0,temp °C,37\n".encode("latin-1")  # a Latin-1 export: '°' is the single byte 0xB0
+    if where.startswith("p12"):
+        write_p12(tmp_path, RECORD)
+        if where == "p12 record":
+            (tmp_path / "set-a" / "132539.txt").write_bytes(RECORD.encode() + "00:09,Temp °C,37\n".encode("latin-1"))
+        else:
+            (tmp_path / "Outcomes-a.txt").write_bytes((tmp_path / "Outcomes-a.txt").read_bytes() + b"\xb0\n")
+        name, line = ("set-a/132539.txt", 5) if where == "p12 record" else ("Outcomes-a.txt", 3)
+        with pytest.raises(ValueError, match=rf"{name}, line {line}: byte 0xB0 is not UTF-8"):
+            load_physionet2012(tmp_path)
+        return
+    events, labels = tmp_path / "events.csv", tmp_path / "labels.csv"
+    events.write_bytes(HEADER.encode() + (latin1 if where == "events" else b"p1,1.0,hr,80\n"))
+    labels.write_bytes(b"patient_id,died\np1,0\n" + ("p2 °,1\n".encode("latin-1") if where == "labels" else b""))
+    name, line = ("events.csv", 2) if where == "events" else ("labels.csv", 3)
+    with pytest.raises(ValueError, match=rf"{name}, line {line}: byte 0xB0 is not UTF-8: .* iconv"):
+        load_long_format(events, labels=labels, label_column="died")
+
+
+def test_a_column_called_unit_is_read_without_being_mapped(tmp_path):
+    body = "p1,1.0,temperature,98.6,°F\np1,2.0,temperature,37.0,°C\n"
+    with pytest.raises(ValueError, match=r"feature 'temperature' is recorded in '°C' \(1 rows\), '°F' \(1 rows\)"):
+        load_csv(tmp_path, body, header="patient_id,time,feature,value,unit\n")
+    dataset, summary = load_csv(tmp_path, body, header="patient_id,time,feature,value,unit\n",
+                                unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9)}})
+    assert dataset[0]["value"] == pytest.approx([37.0, 37.0]) and summary.units == {"temperature": "°C"}
+
+
+def test_columns_left_unread_are_reported_in_the_summary(tmp_path):
+    _, summary = load_csv(tmp_path, "p1,1.0,hr,80,ward 3,ok\n",
+                          header="patient_id,time,feature,value,location,status\n")
+    assert summary.notes == {"columns not read: ['location', 'status'] (name them in columns=... if they matter)": 1}
+    assert "columns not read" in str(summary)
+
+
+@pytest.mark.parametrize("name", ['"sod\nium"', "sod\tium", "sodium\x00"])
+def test_a_control_character_inside_a_feature_name_is_an_error_naming_the_line(tmp_path, name):
+    with pytest.raises(ValueError, match=r"events.csv:3: feature .* holds the control character"):
+        load_csv(tmp_path, f"p1,1.0,sodium,140\np1,2.0,{name},141\n")

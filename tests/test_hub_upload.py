@@ -161,7 +161,8 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
     assert repo["files"]["README.md"].decode() == card  # the run's card, not the stub transformers writes
     tokenizer.save_pretrained(tmp_path / "exact")
     # exact counts stay home
-    assert (tmp_path / "exact" / "feature_vocabulary.json").read_bytes() != uploaded["feature_vocabulary.json"]
+    assert ((tmp_path / "exact" / "preprocessor_config.json").read_bytes()
+            != uploaded["preprocessor_config.json"])
     published = hub.repos["hospital-a/medfuse-embeddings"]["files"]
     assert published == {file.name: file.read_bytes() for file in (run_dir / "feature_embeddings").iterdir()}
 
@@ -237,11 +238,12 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
     cohort = make_sodium_cohort(57, seed=2)
     common, exact = (MedFuseTokenizer(FeatureVocabulary.from_events(cohort)) for _ in range(2))
     push(common, "hospital-a/tokenizer")
-    uploaded = json.loads(hub.repos["hospital-a/tokenizer"]["files"]["feature_vocabulary.json"])
+    uploaded = json.loads(hub.repos["hospital-a/tokenizer"]["files"]["preprocessor_config.json"])["feature_vocabulary"]
     assert [feature["statistics"]["num_patients"] for feature in uploaded["features"]] == [50, 50, 50]  # 57, rounded
     assert FeatureVocabulary.from_dict(uploaded) == privacy_guarded(common.feature_vocabulary)[0]
     if upload.endswith("train"):  # the checkpoint uploaded while training, too
-        checkpoint = json.loads(hub.repos["hospital-a/tokenizer"]["files"]["last-checkpoint/feature_vocabulary.json"])
+        checkpoint = json.loads(
+            hub.repos["hospital-a/tokenizer"]["files"]["last-checkpoint/preprocessor_config.json"])["feature_vocabulary"]
         assert [feature["statistics"]["num_patients"] for feature in checkpoint["features"]] == [50, 50, 50]
     if upload.startswith("Trainer"):  # the Trainer saves this very object: guarded in place, encoding unchanged
         assert common.feature_vocabulary == privacy_guarded(exact.feature_vocabulary)[0]

@@ -195,7 +195,7 @@ def test_save_then_auto_load_in_a_fresh_process_gives_identical_logits(tmp_path,
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     torch.save(dict(batch), tmp_path / "batch.pt")
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "feature_vocabulary.json"} <= {
+    assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= {
         path.name for path in tmp_path.iterdir()
     }
     assert not list(tmp_path.glob("*.bin"))
@@ -401,3 +401,17 @@ def test_the_periodic_value_projector_trains_and_transfers(
     with pytest.raises(ValueError, match="value_projector is 'periodic' in the checkpoint but 'mlp' in the model"):
         MedFuseForSequenceClassification(tiny_config(fusion=fusion)).medfuse.load_feature_embeddings(
             tmp_path / "periodic", vocabulary)
+
+
+@pytest.mark.parametrize("class_weights", [None, [1.0, 3.0]])
+def test_a_label_outside_the_models_classes_is_an_error_naming_its_batch_row(tokenizer, cohort, tiny_config,
+                                                                              class_weights):
+    from medfuse_hf.data import MedFuseDataCollator
+
+    model = MedFuseForSequenceClassification(tiny_config(class_weights=class_weights))
+    patients = [{**patient, "label": label} for patient, label in zip(cohort[:3], [0, 2, 1])]
+    batch = MedFuseDataCollator(tokenizer, label_column="label")(patients)
+    with pytest.raises(ValueError, match=r"labels: batch row 1 has class 2, but the model has num_labels=2"):
+        model(**batch)
+    with pytest.raises(ValueError, match=r"batch row 0 has class -1"):
+        model(**encode(tokenizer, cohort[:2]), labels=torch.tensor([-1, 0]))

@@ -1,8 +1,13 @@
 """What a regular (non-editable) install ships (setuptools copies only Python files unless told otherwise), and the
-code's one layout rule that a formatter is configured to agree with."""
+code's one layout rule that a formatter is configured to agree with, and the versions of the stack."""
 
 import tomllib
+from importlib.metadata import version
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +39,21 @@ def test_no_line_is_longer_than_the_configured_limit():
     too_long = [f"{path.relative_to(ROOT)}:{number}" for path in sources
                 for number, line in enumerate(path.read_text().splitlines(), 1) if len(line) > limit]
     assert len(sources) > 50 and not too_long, too_long
+
+
+def declared_requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["test"]]
+
+
+def test_the_installed_stack_meets_the_lower_bounds_and_the_constraints_pin_each_package():
+    """pyproject.toml keeps lower bounds only (users get the newest releases); constraints.txt pins the versions the
+    suite last passed on, for reproducible benchmark figures. The versions this run tested are printed at its end
+    (conftest.py)."""
+    pinned = {canonicalize_name(line.split("==")[0]): Version(line.split("==")[1].split(";")[0].strip())
+              for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    for requirement in declared_requirements():
+        name = canonicalize_name(requirement.name)
+        assert Version(version(requirement.name)) in requirement.specifier, (requirement, version(requirement.name))
+        assert name in pinned and pinned[name] in requirement.specifier, (requirement, pinned.get(name))

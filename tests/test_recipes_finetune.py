@@ -17,7 +17,7 @@ import torch
 from conftest import load_script
 from safetensors.torch import load_file
 
-from medfuse_hf import FeatureVocabulary, MedFuseTokenizer
+from medfuse_hf import MedFuseTokenizer
 from medfuse_hf.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
 def test_static_features_are_named_on_the_command_line_and_saved_as_ids(tmp_path):
     run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--static_features", "heart_rate",
                 "--output_dir", str(tmp_path)])
-    vocabulary = FeatureVocabulary.load(tmp_path / "model" / "feature_vocabulary.json")
+    vocabulary = MedFuseTokenizer.from_pretrained(tmp_path / "model").feature_vocabulary
     assert (json.loads((tmp_path / "model" / "config.json").read_text())["static_feature_ids"]
             == [vocabulary.id_of("heart_rate")])
     finetune = load_script("recipes/finetune.py")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from test_recipes_finetune import ROOT
 from test_recipes_finetune import run as run_finetune
 
-from medfuse_hf import FeatureVocabulary, MedFuseForSequenceClassification
+from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data.shards import write_corpus_manifest
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training.cohorts import streaming_patients
@@ -60,7 +60,7 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
     result = run_pretrain(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1",
                            "--output_dir", str(pretrained), *TINY_MODEL])
     assert "validation forecasting MSE" in result.stdout
-    assert ({"model.safetensors", "config.json", "feature_vocabulary.json"}
+    assert ({"model.safetensors", "config.json", "preprocessor_config.json"}
             <= {p.name for p in (pretrained / "model").iterdir()})
     finetuned = tmp_path / "finetuned"
     run_finetune(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1",
@@ -86,7 +86,7 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
     assert "2 of the cohort's features matched" in result.stdout and "['bedside_score']" in result.stdout
     metrics = json.loads((other_site / "test_metrics.json").read_text())
     assert metrics["transferred_features"] == {"matched": 2, "new_at_target": 1, "only_at_source": 1}  # creatinine
-    saved = FeatureVocabulary.load(other_site / "model" / "feature_vocabulary.json")
+    saved = MedFuseTokenizer.from_pretrained(other_site / "model").feature_vocabulary
     assert [spec.name for spec in saved][-1] == "bedside_score"  # appended: the checkpoint's ids unchanged
 
 
@@ -140,7 +140,7 @@ def test_streamed_shards_pretrain(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "recipes" / "publish.py"), "--run_dir", str(tmp_path / "out"),
                     "--release_dir", str(released), "--evaluation", str(tmp_path / "table.md")],
                    check=True, capture_output=True, timeout=300, cwd=tmp_path)
-    counts = {path: [spec.statistics.count for spec in FeatureVocabulary.load(path / "feature_vocabulary.json")]
+    counts = {path: [spec.statistics.count for spec in MedFuseTokenizer.from_pretrained(path).feature_vocabulary]
               for path in (tmp_path / "out" / "model", released / "model")}
     assert (all(count % 10 == 0 for count in counts[released / "model"])
             and counts[released / "model"] != counts[tmp_path / "out" / "model"])

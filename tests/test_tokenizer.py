@@ -1,4 +1,6 @@
+import json
 import logging
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -9,21 +11,50 @@ from transformers import AutoFeatureExtractor
 
 from medfuse_hf import MedFuseTokenizer
 
+BASE = Path(__file__).parents[1] / "model_cards" / "medfuse-base" / "model"
 PATIENT = [("sodium", 150.0, 2.0), ("heart_rate", 90, 0.5), ("icu_type", "medical", 0.0), ("sodium", "141", 30.25)]
+
+
+def assert_encodes_alike(reloaded, tokenizer, patients) -> None:
+    assert isinstance(reloaded, MedFuseTokenizer)
+    assert reloaded.feature_vocabulary == tokenizer.feature_vocabulary
+    assert reloaded.max_events == tokenizer.max_events
+    expected, actual = tokenizer(patients, return_tensors="np"), reloaded(patients, return_tensors="np")
+    for key in tokenizer.model_input_names:
+        np.testing.assert_array_equal(actual[key], expected[key])
 
 
 def test_save_and_load_give_identical_encodings(tmp_path, tokenizer, cohort):
     tokenizer.save_pretrained(tmp_path)
-    assert {path.name for path in tmp_path.iterdir()} == {  # the settings, the vocabulary and the code they need
-        "preprocessor_config.json", "feature_vocabulary.json", "tokenization_medfuse.py", "feature_vocabulary.py",
+    assert {path.name for path in tmp_path.iterdir()} == {  # settings with the vocabulary, and the code they need
+        "preprocessor_config.json", "tokenization_medfuse.py", "feature_vocabulary.py",
         "feature_embeddings.py", "integrity.py", "timestamps.py"}
-    for reloaded in (MedFuseTokenizer.from_pretrained(tmp_path), AutoFeatureExtractor.from_pretrained(tmp_path)):
-        assert isinstance(reloaded, MedFuseTokenizer)
-        assert reloaded.feature_vocabulary == tokenizer.feature_vocabulary
-        assert reloaded.max_events == tokenizer.max_events
-        expected, actual = tokenizer(cohort[:8], return_tensors="np"), reloaded(cohort[:8], return_tensors="np")
-        for key in tokenizer.model_input_names:
-            np.testing.assert_array_equal(actual[key], expected[key])
+    settings = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    for reloaded in (MedFuseTokenizer.from_pretrained(tmp_path), AutoFeatureExtractor.from_pretrained(tmp_path),
+                     AutoFeatureExtractor.from_pretrained(tmp_path, trust_remote_code=True),
+                     MedFuseTokenizer.from_dict(settings)):  # what transformers >= 5.25 builds it with
+        assert_encodes_alike(reloaded, tokenizer, cohort[:8])
+
+
+def test_a_checkpoint_in_the_two_file_layout_of_medfuse_hf_0_1_still_loads(tmp_path, tokenizer, cohort):
+    settings = tokenizer.to_dict()
+    del settings["feature_vocabulary"]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    tokenizer.feature_vocabulary.save(tmp_path / "feature_vocabulary.json")
+    assert_encodes_alike(MedFuseTokenizer.from_pretrained(tmp_path), tokenizer, cohort[:8])
+    # transformers' Auto class reads preprocessor_config.json alone: it cannot find that vocabulary, and says how to
+    with pytest.raises(ValueError, match="MedFuseTokenizer.from_pretrained reads: load it that way once and save"):
+        AutoFeatureExtractor.from_pretrained(tmp_path)
+
+
+@pytest.mark.skipif(not BASE.exists(), reason="the committed medfuse-base release is not in this checkout")
+def test_the_committed_base_tokenizer_loads_through_every_path_alike():
+    settings = json.loads((BASE / "preprocessor_config.json").read_text())
+    reference = MedFuseTokenizer.from_pretrained(BASE)
+    patient = [("sodium", 131.0, 2.0), ("heart_rate", 112, 0.5), ("lactate", 4.1, 3.0), ("icu_type", 2, 0.0)]
+    for reloaded in (AutoFeatureExtractor.from_pretrained(BASE), MedFuseTokenizer.from_dict(settings)):
+        assert_encodes_alike(reloaded, reference, [patient])
+    assert len(list(reference.feature_vocabulary)) == 54  # the 54 features of its card
 
 
 def test_from_pretrained_accepts_setting_overrides(tmp_path, tokenizer):
@@ -212,3 +243,16 @@ def test_pad_with_max_length_keeps_the_most_recent_events_and_bad_padding_is_nam
         tokenizer([PATIENT, PATIENT[:1]], padding=False, return_tensors="pt")
     with pytest.raises(ValueError, match="padding_side must be 'right' or 'left'"):
         MedFuseTokenizer(vocabulary, padding_side="middle")
+
+
+def test_hours_with_a_timestamp_anchor_are_an_error_naming_the_patient(tokenizer):
+    with pytest.raises(ValueError, match=r"patient 0: times are numbers of hours, but anchor time '2020-01-01 00:00' "
+                                         "is not"):
+        tokenizer([("sodium", 140, 1.0)], anchor_times="2020-01-01 00:00")
+    assert tokenizer([("sodium", 140, 5.0)], anchor_times=2.0)["times"] == [3.0]  # hours since an anchor in hours
+
+
+def test_spreadsheet_serial_dates_are_not_taken_for_hours(tokenizer):
+    with pytest.raises(ValueError, match=r"patient 0: every time lies between 45,292.38 and 45,292.50: these look "
+                                         "like spreadsheet serial dates"):
+        tokenizer([("sodium", 140, 45292.375), ("sodium", 141, 45292.5)])

@@ -10,9 +10,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from ..integrity import sha256_of
+from ..progress import progress_bar
 
 PHYSIONET2012_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
 PHYSIONET2012_FILES = (
@@ -63,7 +63,7 @@ def _download(url: str, target: Path, expected_sha256: str) -> None:
         with response:
             resumed = response.status == 206
             total = int(response.headers.get("Content-Length", 0)) + (offset if resumed else 0)
-            with open(partial, "ab" if resumed else "wb") as file, tqdm(
+            with open(partial, "ab" if resumed else "wb") as file, progress_bar(
                 total=total or None, initial=offset if resumed else 0, unit="B", unit_scale=True, desc=target.name
             ) as progress:
                 while chunk := response.read(CHUNK_BYTES):

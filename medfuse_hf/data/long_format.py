@@ -24,16 +24,15 @@ import numpy as np
 import pandas as pd
 
 from ..feature_embeddings import INTO, UnitConversion, same_unit, unit_key
-from ..timestamps import parse_timestamps
+from ..timestamps import SERIAL_DAYS_ADVICE, looks_like_serial_days, parse_timestamps
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .patient_table import LoadSummary, PatientTableBuilder
+from .release_files import utf8_errors_named
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
-OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them
-# Spreadsheet day numbers of 1954-2173: as hours since admission they would be 2-11 years, which no stay is.
-EXCEL_SERIAL_DAYS = (20_000.0, 100_000.0)
+OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them, or a column has their name
 TableSource = str | Path | pd.DataFrame
 CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$",
                       re.IGNORECASE)
@@ -98,14 +97,16 @@ def load_long_format(
     anchors = _anchors(label_table, anchor_column, time_format) if anchor_column else None
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
     per_patient: dict[str, list[pd.DataFrame]] = {}
+    has_units = False
     for source in sources:
-        table, name = _read_table(source, columns)
+        table, name = _read_table(source, columns, summary)
+        has_units |= table["unit"].ne("").any()
         table = table.assign(feature=_spelled_as_known(table, name, spellings, name_variants, summary))
         table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, censored, decimal,
                        time_format, summary)
         for patient_id, group in table.groupby("patient_id", sort=False):
             per_patient.setdefault(patient_id, []).append(group)
-    if "unit" in columns:
+    if has_units:
         summary.units = _convert_units(per_patient, unit_conversions or {})
     names = sorted({feature for groups in per_patient.values() for group in groups
                     for feature in group["feature"].unique()})
@@ -130,21 +131,29 @@ def load_long_format(
     return builder.finish(summary, return_summary)
 
 
-def _read_table(source: TableSource, columns: Mapping[str, str]) -> tuple[pd.DataFrame, str]:
-    """The four needed columns, renamed, with `line` (the CSV line, or the row number) for messages."""
+def _read_table(source: TableSource, columns: Mapping[str, str], summary: LoadSummary) -> tuple[pd.DataFrame, str]:
+    """The four needed columns and `unit` (where `columns` names it, or a column is called so; else empty), renamed,
+    with `line` (the CSV line, or the row number) for messages. Columns left unread are noted in the summary: a
+    unit column under another name would otherwise mix °F and °C rows silently."""
     if isinstance(source, pd.DataFrame):
         table, name, first_line = source, "events", 0
     else:
         path = Path(source)
         name = str(path)
         table, first_line = (pd.read_parquet(path), 0) if path.suffix == ".parquet" else (_read_csv(path), 2)
+    columns = {**{key: key for key in OPTIONAL_COLUMNS if key in table.columns}, **columns}
     fields = [*DEFAULT_COLUMNS, *(key for key in OPTIONAL_COLUMNS if key in columns)]
     absent = [columns[key] for key in fields if columns[key] not in table.columns]
     if absent:
         raise ValueError(f"{name}: columns {absent} missing; it has {list(table.columns)}")
     if table.empty:
         raise ValueError(f"{name}: no event rows, only a header")
+    unread = [column for column in table.columns if column not in {columns[key] for key in fields}]
+    if unread:
+        summary.note(f"columns not read: {unread} (name them in columns=... if they matter)", name)
     table = table[[columns[key] for key in fields]].set_axis(fields, axis=1)
+    if "unit" not in table.columns:  # every row in its feature's unit
+        table = table.assign(unit="")
     return table.assign(line=np.arange(len(table)) + first_line), name
 
 
@@ -152,7 +161,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """Every field as text (ids stay ids, `007` stays `007`), a UTF-8 byte-order mark ignored, after checking that
     every row has the header's number of fields: pandas would otherwise drop the extra field of an unquoted decimal
     comma (`p1,2.0,potassium,3,9`), or take a short row's missing value for an empty one."""
-    with path.open(newline="", encoding="utf-8-sig") as file:
+    with utf8_errors_named(path), path.open(newline="", encoding="utf-8-sig") as file:
         rows = csv.reader(file)
         header = next(rows, None)
         if header is None:
@@ -239,10 +248,8 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | No
         if anchors_are_stamps and is_number.any():
             raise ValueError(f"{name}: times are numbers of hours, but the anchor column holds timestamps: "
                              "give both as timestamps, or both as hours")
-        if anchors is None and numeric.min() >= EXCEL_SERIAL_DAYS[0] and numeric.max() <= EXCEL_SERIAL_DAYS[1]:
-            raise ValueError(f"{name}: every time lies between {numeric.min():,.1f} and {numeric.max():,.1f}: "
-                             "these look like spreadsheet serial dates (days since 1899-12-30), not hours. Export the "
-                             "times as timestamps, or as hours since an anchor (anchor_column)")
+        if anchors is None:
+            _refuse_serial_days(table, numeric, name)
         return numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)
     if anchors is not None and not anchors_are_stamps:
         raise ValueError(f"{name}: times are timestamps, but the anchor column holds numbers: give both one way")
@@ -250,6 +257,18 @@ def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | No
     origin = (table["patient_id"].map(anchors) if anchors is not None
               else stamps.groupby(table["patient_id"]).transform("min"))
     return (stamps - origin) / pd.Timedelta(hours=1)
+
+
+def _refuse_serial_days(table: pd.DataFrame, hours: pd.Series, name: str) -> None:
+    """An error naming the first patient whose every time is a spreadsheet day number (`looks_like_serial_days`), and
+    how many patients are so: one such patient among others in hours is as wrong as a whole table of them."""
+    serial = [patient for patient, times in hours.groupby(table["patient_id"], sort=False)
+              if looks_like_serial_days(times.to_numpy())]
+    if serial:
+        rows = table["patient_id"] == serial[0]
+        raise ValueError(f"{name}:{table.loc[rows, 'line'].iloc[0]}: patient {serial[0]!r} (and {len(serial) - 1} "
+                         f"other(s)): every time lies between {hours[rows].min():,.2f} and {hours[rows].max():,.2f}: "
+                         f"{SERIAL_DAYS_ADVICE} (anchor_column)")
 
 
 # Letters of other scripts drawn like Latin ones, as pasted names carry them: Cyrillic а, е, о, р, с, у, х, і, ј, ѕ.
@@ -269,6 +288,11 @@ def _spelled_as_known(
     features = _as_text(table["feature"]).str.strip()
     renamed = {}
     for spelling in features.unique():
+        control = [character for character in spelling if unicodedata.category(character) == "Cc"]
+        if control:
+            line = table.loc[features == spelling, "line"].iloc[0]
+            raise ValueError(f"{name}:{line}: feature {spelling!r} holds the control character {control[0]!r}, which "
+                             "no feature name has (a quoting or export error): correct the export")
         canonical = spellings.setdefault(name_key(spelling), spelling)
         if canonical != spelling:
             renamed[spelling] = canonical
@@ -364,9 +388,13 @@ def _validated_labels(
 
 def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
     name = "labels" if isinstance(labels, pd.DataFrame) else str(labels)
-    table = labels if isinstance(labels, pd.DataFrame) else (
-        pd.read_parquet(labels) if str(labels).endswith(".parquet") else pd.read_csv(labels, encoding="utf-8-sig")
-    )
+    if isinstance(labels, pd.DataFrame):
+        table = labels
+    elif str(labels).endswith(".parquet"):
+        table = pd.read_parquet(labels)
+    else:
+        with utf8_errors_named(labels):
+            table = pd.read_csv(labels, encoding="utf-8-sig")
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
     table = table.assign(**{id_column: _as_text(table[id_column])})

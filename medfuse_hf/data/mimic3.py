@@ -16,6 +16,7 @@ import pandas as pd
 from .clinical_features import MIMIC3_FAHRENHEIT_ITEMS, MIMIC3_ITEMS
 from .long_format import load_long_format
 from .patient_table import LoadSummary
+from .release_files import utf8_errors_named
 
 COLUMNS = {"patient_id": "SUBJECT_ID", "time": "CHARTTIME", "feature": "ITEMID", "value": "VALUE"}
 
@@ -33,7 +34,7 @@ def load_mimic3_benchmark_root(
             archive.extractall(folder, filter="data")
             return load_mimic3_benchmark_root(Path(folder) / "root", max_hours, return_summary)
     subjects = sorted(path for path in root.iterdir() if (path / "events.csv").exists())
-    stays = pd.concat([pd.read_csv(path / "stays.csv") for path in subjects])
+    stays = pd.concat([_read_stays(path / "stays.csv") for path in subjects])
     stays = stays.sort_values("INTIME").drop_duplicates("SUBJECT_ID")  # first ICU stay of each subject
     to_celsius = {str(item): (lambda fahrenheit: (fahrenheit - 32.0) * 5.0 / 9.0) for item in MIMIC3_FAHRENHEIT_ITEMS}
     return load_long_format(
@@ -46,3 +47,8 @@ def load_mimic3_benchmark_root(
         max_hours=max_hours,
         return_summary=return_summary,
     )
+
+
+def _read_stays(path: Path) -> pd.DataFrame:
+    with utf8_errors_named(path):
+        return pd.read_csv(path)

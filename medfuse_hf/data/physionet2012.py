@@ -26,7 +26,7 @@ import pandas as pd
 
 from .clinical_features import PHYSIONET2012_NAMES
 from .patient_table import LoadSummary, PatientTableBuilder
-from .release_files import find_release, iter_release_files
+from .release_files import find_release, iter_release_files, utf8_errors_named
 
 SETS = ("a", "b", "c")
 OBSERVATION_MINUTES = 48 * 60
@@ -78,7 +78,8 @@ def _release_of(root: Path, name: str) -> Path | None:
 def _read_outcomes(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: outcome file missing; the label comes from it")
-    outcomes = pd.read_csv(path)
+    with utf8_errors_named(path):
+        outcomes = pd.read_csv(path)
     absent = {"RecordID", *OUTCOME_FIELDS} - set(outcomes.columns)
     if absent:
         raise ValueError(f"{path}: columns {sorted(absent)} missing; found {list(outcomes.columns)}")

@@ -5,6 +5,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,18 +21,44 @@ def iter_release_files(source: Path, suffix: str) -> Iterator[tuple[str, str]]:
     """(name for messages, text) of each member ending in `suffix`; a damaged archive is an error naming it."""
     if source.is_dir():
         for file in sorted(source.glob(f"*{suffix}")):
-            yield f"{source.name}/{file.name}", file.read_text(encoding="utf-8")
+            yield f"{source.name}/{file.name}", utf8_text(file.read_bytes(), f"{source.name}/{file.name}")
         return
     try:
         if source.name.endswith(".zip"):
             with zipfile.ZipFile(source) as archive:
                 for info in archive.infolist():
                     if info.filename.endswith(suffix):
-                        yield f"{source.name}:{info.filename}", archive.read(info).decode("utf-8")
+                        yield f"{source.name}:{info.filename}", utf8_text(archive.read(info),
+                                                                          f"{source.name}:{info.filename}")
         else:
             with tarfile.open(source, "r:*") as archive:
                 for member in archive:
                     if member.isfile() and member.name.endswith(suffix):
-                        yield f"{source.name}:{member.name}", archive.extractfile(member).read().decode("utf-8")
+                        where = f"{source.name}:{member.name}"
+                        yield where, utf8_text(archive.extractfile(member).read(), where)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:
         raise ValueError(f"{source}: truncated or corrupt archive ({error}); download it again") from error
+
+
+def utf8_text(raw: bytes, where: str) -> str:
+    """The text of a file that must be UTF-8 (a byte-order mark dropped), or an error naming it, the line and the
+    byte: a Latin-1 or Windows-1252 export would otherwise fail deep in a decoder, or be misread."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{where}, line {line}: byte 0x{raw[error.start]:02X} is not UTF-8: the file is in another encoding (a "
+            f"Latin-1 or Windows-1252 export writes '°' as 0xB0). Convert it to UTF-8, e.g. "
+            f"iconv -f WINDOWS-1252 -t UTF-8 old.csv > new.csv"
+        ) from None
+
+
+@contextmanager
+def utf8_errors_named(path: Path) -> Iterator[None]:
+    """Around a reader of a UTF-8 file (`pandas.read_csv`, `csv.reader`): a decoding error becomes `utf8_text`'s."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        utf8_text(Path(path).read_bytes(), str(path))
+        raise

@@ -9,8 +9,8 @@ from pathlib import Path
 from accelerate import Accelerator
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .checkpointing import save_checkpoint
 from .evaluation import ROW_COLUMN
 
@@ -43,7 +43,7 @@ def train_epoch(
     except TypeError:  # a streamed dataset has no length
         total = None
     trained, start = 0, time.perf_counter()
-    for batch in tqdm(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
+    for batch in progress_bar(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
                       initial=loop["batch"], total=total):
         batch.pop(ROW_COLUMN, None)
         # Throughput counters of this process; recipes add them up across processes at the end.
