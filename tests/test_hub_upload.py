@@ -242,8 +242,8 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
     assert [feature["statistics"]["num_patients"] for feature in uploaded["features"]] == [50, 50, 50]  # 57, rounded
     assert FeatureVocabulary.from_dict(uploaded) == privacy_guarded(common.feature_vocabulary)[0]
     if upload.endswith("train"):  # the checkpoint uploaded while training, too
-        checkpoint = json.loads(
-            hub.repos["hospital-a/tokenizer"]["files"]["last-checkpoint/preprocessor_config.json"])["feature_vocabulary"]
+        checkpoint = hub.repos["hospital-a/tokenizer"]["files"]["last-checkpoint/preprocessor_config.json"]
+        checkpoint = json.loads(checkpoint)["feature_vocabulary"]
         assert [feature["statistics"]["num_patients"] for feature in checkpoint["features"]] == [50, 50, 50]
     if upload.startswith("Trainer"):  # the Trainer saves this very object: guarded in place, encoding unchanged
         assert common.feature_vocabulary == privacy_guarded(exact.feature_vocabulary)[0]
