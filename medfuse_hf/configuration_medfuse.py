@@ -57,8 +57,10 @@ class MedFuseConfig(PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-5):
             LayerNorm epsilon.
         pooling (`str`, defaults to `"mean"`):
-            How token states become one patient vector: masked `"mean"`, `"max"`, or `"attention"` (a learned
-            score per token, softmax over the patient's events); padding never counts.
+            How token states become one patient vector: masked `"mean"`, `"max"`, `"attention"` (a learned
+            score per token, softmax over the patient's events), or `"per_feature"` (each feature summarised from
+            its own tokens, a learned "not measured" vector for each absent one, a transformer layer over the
+            features, their mean: every feature one say, however often it was charted); padding never counts.
         static_feature_ids (`list[int]`, defaults to `()`):
             Features that also reach the patient vector directly (STraTS' demographics embedding): the token of
             each one's earliest event, and whether it was recorded, projected and added to the pooled vector.
@@ -99,7 +101,7 @@ class MedFuseConfig(PreTrainedConfig):
     attention_probs_dropout_prob: float | int = 0.0
     norm_first: bool = False
     layer_norm_eps: float = 1e-5
-    pooling: Literal["mean", "max", "attention"] = "mean"
+    pooling: Literal["mean", "max", "attention", "per_feature"] = "mean"
     static_feature_ids: list[int] | tuple[int, ...] = ()
     classifier_dropout: float | int = 0.1
     classification_loss: Literal["cross_entropy", "focal"] = "cross_entropy"

@@ -306,7 +306,7 @@ class MeanPooling(nn.Module):
     def __init__(self, config: MedFuseConfig):
         super().__init__()
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, *_) -> torch.Tensor:
         mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
         return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
@@ -317,7 +317,7 @@ class MaxPooling(nn.Module):
     def __init__(self, config: MedFuseConfig):
         super().__init__()
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, *_) -> torch.Tensor:
         mask = attention_mask.unsqueeze(-1)  # (B, T, 1)
         pooled = hidden_states.masked_fill(~mask, torch.finfo(hidden_states.dtype).min).amax(dim=1)
         return torch.where(mask.any(dim=1), pooled, torch.zeros_like(pooled))
@@ -332,14 +332,52 @@ class AttentionPooling(nn.Module):
         self.score = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh(),
                                    nn.Linear(config.hidden_size, 1))
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, *_) -> torch.Tensor:
         scores = self.score(hidden_states).squeeze(-1).float()  # (B, T); softmax in fp32 under low precision
         weights = scores.masked_fill(~attention_mask, -torch.inf).softmax(dim=-1).nan_to_num(0.0)  # no events: 0
         return torch.einsum("bt,btd->bd", weights.to(hidden_states.dtype), hidden_states)
 
 
-POOLINGS = {"mean": MeanPooling, "max": MaxPooling, "attention": AttentionPooling}
-"""How token states become one patient vector; padding never counts, and a patient without events pools to zeros."""
+class PerFeaturePooling(nn.Module):
+    """One say per clinical feature, as a tree on per-stay summaries has: a masked mean over events weighs heart rate,
+    charted hourly, a hundred times as much as a lactate drawn once. Each feature a patient has is summarised from
+    its own tokens, by attention under a query of its own (uniform at first: the mean of its tokens) beside the state
+    of its most recent token; a feature never measured is a learned "not measured" vector of its own, so absence
+    informs too. A transformer layer then reads the feature vectors (DuETT's variable axis, here on tokens) and their
+    mean is the patient vector. Invariant to padding and to the order of a feature's events."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.queries = nn.Parameter(torch.zeros(config.vocab_size, config.hidden_size))
+        self.not_measured = nn.Parameter(torch.zeros(config.vocab_size, config.hidden_size))
+        self.summary = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.feature_layer = MedFuseLayer(config)
+        std = config.initializer_range
+        self.feature_tables = {"queries": init.zeros_, "not_measured": lambda rows: init.normal_(rows, std=std)}
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, feature_ids: torch.Tensor,
+                times: torch.Tensor) -> torch.Tensor:
+        slots = torch.arange(self.queries.size(0), device=feature_ids.device)
+        member = (feature_ids.unsqueeze(-1) == slots) & attention_mask.unsqueeze(-1)  # (B, T, V): token t is of f
+        queries = F.embedding(feature_ids, self.queries)  # (B, T, d): each token's own feature's query
+        scores = (self.key(hidden_states) * queries).sum(-1).float() / math.sqrt(hidden_states.size(-1))  # (B, T)
+        weights = scores.unsqueeze(-1).masked_fill(~member, -torch.inf).softmax(dim=1).nan_to_num(0.0)  # (B, T, V)
+        attended = torch.einsum("btv,btd->bvd", weights.to(hidden_states.dtype), hidden_states)
+        # the most recent state: the mean of the tokens at the feature's latest time, whatever their order
+        hours = times.float().unsqueeze(-1)  # (B, T, 1)
+        latest = member & (hours == hours.masked_fill(~member, -torch.inf).amax(dim=1, keepdim=True))
+        latest_weights = latest.to(hidden_states.dtype) / latest.sum(dim=1, keepdim=True).clamp(min=1)
+        most_recent = torch.einsum("btv,btd->bvd", latest_weights, hidden_states)
+        measured = self.summary(torch.cat([attended, most_recent], dim=-1))  # (B, V, d)
+        features = torch.where(member.any(dim=1).unsqueeze(-1), measured, self.not_measured.to(measured.dtype))
+        every_feature = torch.ones_like(member[:, :1, 1:]).unsqueeze(1)  # (B, 1, 1, V - 1): [PAD] is no feature
+        return self.feature_layer(features[:, 1:], every_feature)[0].mean(dim=1)
+
+
+POOLINGS = {"mean": MeanPooling, "max": MaxPooling, "attention": AttentionPooling, "per_feature": PerFeaturePooling}
+"""How token states become one patient vector; padding never counts, and a patient without events pools to zeros
+(but `"per_feature"`, where it is every feature's "not measured" vector, read together)."""
 
 
 class StaticsEmbedding(nn.Module):
@@ -403,6 +441,9 @@ class MedFusePreTrainedModel(PreTrainedModel):
             bound = 1.0 / math.sqrt(module.down.in_features)  # PyTorch's default Linear init, as for the MLP φ
             init.uniform_(module.down.weight, -bound, bound)
             init.uniform_(module.down.bias, -bound, bound)
+        elif isinstance(module, PerFeaturePooling):
+            for table, initialise in module.feature_tables.items():
+                initialise(module.get_parameter(table))
         elif isinstance(module, MultiplicativeFusion) and not module.is_scane:
             # γ = 1, β = 0: every feature starts from the shared value projector, as in the authors' code.
             init.ones_(module.gamma)
@@ -569,7 +610,7 @@ class MedFuseModel(MedFusePreTrainedModel):
             all_attentions.append(weights)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        pooled = self.pooler(hidden_states, attention_mask)
+        pooled = self.pooler(hidden_states, attention_mask, feature_ids, times)
         if self.statics is not None:
             pooled = pooled + self.statics(all_hidden_states[0], feature_ids, times, attention_mask)
         return BaseModelOutputWithPooling(

@@ -1,5 +1,6 @@
 """The P12 table driver: it must resume (skip cells already measured) and summarise seeds honestly."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -111,26 +112,23 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
 
 
-def test_the_search_keeps_levers_greedily_and_confirms_a_lever_with_its_screening_flags():
+def test_the_search_composes_levers_and_judges_only_configurations_run_on_three_seeds():
     search = load_script("benchmarks/p12_search.py")
+    assert search.configuration_flags("per_feature+quantile_values") == [
+        "--pooling", "per_feature", "--value_normalization", "quantile"]
+    assert search.configuration_flags("reference") == []
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown lever\(s\) \['gated'\]"):
+        search.configuration_flags("per_feature+gated")
 
-    def screened(lever, validation_auprc, on_top_of, flags):
-        return {"lever": lever, "seed": 0, "validation_auprc": validation_auprc, "on_top_of": on_top_of,
-                "flags": flags}
+    def run(name, seed, validation_auprc, validation_auroc=0.85):
+        return {"configuration": name, "seed": seed, "validation_auprc": validation_auprc,
+                "validation_auroc": validation_auroc}
 
-    rows = [screened("reference", 0.50, [], ""),
-            screened("attention_pooling", 0.53, [], "--pooling attention"),
-            screened("wide_value_projector", 0.51, ["attention_pooling"],
-                     "--pooling attention --value_projector_hidden_size 64")]
-    assert search.greedy_path(rows) == (["reference", "attention_pooling"], ["--pooling", "attention"])
-    # the next lever goes on top of those kept, not of the one that lost
-    assert search.run_of(rows, "quantile_values") == (
-        ["attention_pooling"], ["--pooling", "attention", "--value_normalization", "quantile"])
-    rows.append(screened("quantile_values", 0.60, ["attention_pooling"],
-                         "--pooling attention --value_normalization quantile"))
-    # a confirmation seed of the wide projector repeats its screening run, though quantile values are kept since
-    assert search.run_of(rows, "wide_value_projector") == (
-        ["attention_pooling"], ["--pooling", "attention", "--value_projector_hidden_size", "64"])
+    rows = [run("reference", seed, auprc) for seed, auprc in enumerate([0.51, 0.52, 0.53])]
+    rows += [run("per_feature", seed, auprc) for seed, auprc in enumerate([0.56, 0.50, 0.53])]
+    rows += [run("lucky", 0, 0.70)]  # one seed is no verdict
+    rows += [run("tied", seed, auprc, 0.80) for seed, auprc in enumerate([0.56, 0.50, 0.53])]
+    assert [name for name, *_ in search.judged(rows)] == ["per_feature", "tied", "reference"]  # AUROC breaks the tie
 
 
 def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_path):

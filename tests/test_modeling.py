@@ -415,3 +415,44 @@ def test_a_label_outside_the_models_classes_is_an_error_naming_its_batch_row(tok
         model(**batch)
     with pytest.raises(ValueError, match=r"batch row 0 has class -1"):
         model(**encode(tokenizer, cohort[:2]), labels=torch.tensor([-1, 0]))
+
+
+def per_feature_model(tiny_config) -> MedFuseForSequenceClassification:
+    return MedFuseForSequenceClassification(tiny_config(pooling="per_feature")).eval()
+
+
+def test_per_feature_pooling_ignores_the_order_of_a_features_events(tokenizer, cohort, tiny_config):
+    model = per_feature_model(tiny_config)
+    batch = encode(tokenizer, cohort[:4])
+    shuffled = {name: tensor.clone() for name, tensor in batch.items()}
+    generator = torch.Generator().manual_seed(0)
+    for row, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+        order = torch.randperm(length, generator=generator)
+        for name in shuffled:
+            shuffled[name][row, :length] = batch[name][row, order]
+    assert not torch.equal(shuffled["feature_ids"], batch["feature_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**shuffled).logits, model(**batch).logits, atol=1e-5, rtol=0)
+
+
+def test_an_unmeasured_feature_speaks_through_its_own_not_measured_vector(tokenizer, tiny_config):
+    model = per_feature_model(tiny_config)
+    without, with_it = [("sodium", 140.0, 1.0)], [("sodium", 140.0, 1.0), ("heart_rate", 90.0, 2.0)]
+    batch = encode(tokenizer, [without, with_it])
+    heart_rate = tokenizer.feature_vocabulary.id_of("heart_rate")
+    with torch.no_grad():
+        before = model(**batch).logits
+        model.medfuse.pooler.not_measured[heart_rate] += 1.0
+        after = model(**batch).logits
+    assert not torch.allclose(after[0], before[0])  # absence of heart rate is information
+    torch.testing.assert_close(after[1], before[1])  # a measured feature is read from its tokens
+
+
+def test_per_feature_pooling_trains_on_a_stay_of_one_event(tokenizer, tiny_config):
+    model = per_feature_model(tiny_config).train()
+    batch = encode(tokenizer, [[("sodium", 140.0, 1.0)], [("heart_rate", 70.0, 0.0), ("sodium", 150.0, 3.0)]])
+    loss = model(**batch, labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    gradients = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+    assert torch.isfinite(loss) and all(torch.isfinite(gradient).all() for gradient in gradients)
+    assert model.medfuse.pooler.not_measured.grad.abs().sum() > 0

@@ -91,16 +91,18 @@ def test_an_unknown_keyword_argument_is_an_error(tokenizer, cohort, tiny_config,
         head(tiny_config())(**batch(tokenizer, cohort), output_hidden_state=True)  # the typo of a real option
 
 
-def test_the_model_compiles_without_graph_breaks(tokenizer, cohort, tiny_config):
+@pytest.mark.parametrize("pooling", ["attention", "per_feature"])
+def test_the_model_compiles_without_graph_breaks(tokenizer, cohort, tiny_config, pooling):
     torch._dynamo.reset()
-    model = MedFuseForSequenceClassification(tiny_config(pooling="attention")).eval()
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).eval()
     inputs = batch(tokenizer, cohort)
     compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: a graph break is an error
     torch.testing.assert_close(compiled(**inputs).logits, model(**inputs).logits)
 
 
-def test_the_model_exports(tokenizer, cohort, tiny_config):
-    model = MedFuseForSequenceClassification(tiny_config()).eval()
+@pytest.mark.parametrize("pooling", ["mean", "per_feature"])
+def test_the_model_exports(tokenizer, cohort, tiny_config, pooling):
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).eval()
     inputs = batch(tokenizer, cohort)
     exported = torch.export.export(model, args=(), kwargs=inputs)
     torch.testing.assert_close(exported.module()(**inputs).logits, model(**inputs).logits)
@@ -153,10 +155,10 @@ def test_a_masked_value_head_grows_with_the_vocabulary(tiny_config):
     assert model.masked_value_head.out_features == model.masked_value_head.weight.shape[0] == model.config.vocab_size
 
 
-def test_extending_to_a_hospitals_vocabulary_keeps_every_trained_row(tmp_path, vocabulary, tiny_config):
+def test_extending_to_a_hospitals_vocabulary_keeps_every_trained_row(tmp_path, vocabulary, tiny_config, pooling):
     """A checkpoint meets a cohort with a new numeric and a new categorical feature (`--init_from` with a partial
     match): shared features keep their trained rows and category levels, the new ones start fresh and are used."""
-    base = MedFuseForSequenceClassification(tiny_config()).eval()
+    base = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).eval()
     patients = [{"feature": ["ward", "lactate", "sodium"], "value": ["c", 2.0, 140.0], "time": [0.0, 1.0, 2.0]},
                 {"feature": ["ward", "lactate"], "value": ["a", 4.0], "time": [0.0, 1.0]}]
     cohort_vocabulary = FeatureVocabulary.from_events(patients, categorical={"ward": ["a", "b", "c"]})
