@@ -75,7 +75,8 @@ def judged(rows: list[dict], seeds: int = len(SEEDS)) -> list[tuple[str, float, 
 def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
     """Each finished run minus the GBM of the same seed on the same test patients, with a paired bootstrap 95%
     interval: where both runs' predictions are on this machine."""
-    lines = ["| configuration | seed | AUROC gap to the GBM [95% CI] | AUPRC gap to the GBM [95% CI] |", "|---|---:|---|---|"]
+    lines = ["| configuration | seed | AUROC gap to the GBM [95% CI] | AUPRC gap to the GBM [95% CI] |",
+             "|---|---:|---|---|"]
     for row in rows:
         runs = [
             output_dir / f"{row['configuration']}-seed{row['seed']}",
