@@ -22,6 +22,7 @@ from .feature_embeddings import (
     FeatureEmbeddingCheckpoint,
     TransferReport,
     export_feature_embeddings,
+    load_feature_embeddings,
     privacy_guarded,
     push_feature_embeddings,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "TransferReport",
     "ValueStatistics",
     "export_feature_embeddings",
+    "load_feature_embeddings",
     "privacy_guarded",
     "push_feature_embeddings",
 ]

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_medfuse import MedFuseConfig
-from .feature_embeddings import TransferReport, UnitConversion, load_feature_embeddings
+from .feature_tables import grow_to_vocabulary, resize_feature_tables
 from .feature_vocabulary import FeatureVocabulary
 
 
@@ -63,36 +63,42 @@ class PeriodicValueProjector(nn.Module):
 VALUE_PROJECTORS = {"mlp": ValueProjector, "periodic": PeriodicValueProjector}
 
 
-class MultiplicativeFusion(nn.Module):
-    """MuFuse: e_fv = e_f ⊙ e_v with e_v = γ_f ⊙ φ(v) + β_f, broadcast over d = k·d′.
+def modulate(feature_embeds: torch.Tensor, value_embeds: torch.Tensor) -> torch.Tensor:
+    """Generalized Hadamard product e_f ⊙ e_v: view d as k blocks of d′ and modulate each block by e_v."""
+    blocks = feature_embeds.unflatten(-1, (-1, value_embeds.size(-1)))  # (B, T, k, d′)
+    return (blocks * value_embeds.unsqueeze(-2)).flatten(-2)  # (B, T, d)
 
-    SCANE is the special case d′ = 1, φ(v) = v, γ = 1, β = 0: the raw value scales the feature embedding.
-    """
+
+class MultiplicativeFusion(nn.Module):
+    """MuFuse: e_fv = e_f ⊙ e_v with e_v = γ_f ⊙ φ(v) + β_f, broadcast over d = k·d′."""
 
     def __init__(self, config: MedFuseConfig):
         super().__init__()
-        self.value_embedding_size = config.value_embedding_size
-        self.is_scane = config.fusion == "scane"
-        # Rows indexed by feature id, with how a new feature's row starts: read by `per_feature_tables`.
-        self.feature_tables = {} if self.is_scane else {"gamma": init.ones_, "beta": init.zeros_}
+        self.value_projector = VALUE_PROJECTORS[config.value_projector](config.value_projector_hidden_size,
+                                                                        config.value_embedding_size)
+        # Feature-conditioned affine map: each feature decides how its value modulates its identity.
+        self.gamma = nn.Parameter(torch.empty(config.vocab_size, config.value_embedding_size))
+        self.beta = nn.Parameter(torch.empty(config.vocab_size, config.value_embedding_size))
+        # Rows indexed by feature id, with how a row starts (γ = 1, β = 0: every feature starts from the shared φ, as
+        # in the authors' code): `_init_weights` and `feature_tables.resize_feature_tables` read them.
+        self.feature_tables = {"gamma": init.ones_, "beta": init.zeros_}
         # Maps every feature shares, by their name in a feature-embedding checkpoint: transferred with the rows.
-        self.shared_maps = {} if self.is_scane else {"value_projector": "value_projector"}
-        if not self.is_scane:
-            self.value_projector = VALUE_PROJECTORS[config.value_projector](config.value_projector_hidden_size,
-                                                                            config.value_embedding_size)
-            # Feature-conditioned affine map: each feature decides how its value modulates its identity.
-            self.gamma = nn.Parameter(torch.ones(config.vocab_size, config.value_embedding_size))
-            self.beta = nn.Parameter(torch.zeros(config.vocab_size, config.value_embedding_size))
+        self.shared_maps = {"value_projector": "value_projector"}
 
     def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        if self.is_scane:
-            value_embeds = values.unsqueeze(-1).to(feature_embeds.dtype)  # (B, T, 1)
-        else:
-            gamma, beta = F.embedding(feature_ids, self.gamma), F.embedding(feature_ids, self.beta)  # (B, T, d′) each
-            value_embeds = gamma * self.value_projector(values) + beta
-        # Generalized Hadamard product: view d as k blocks of d′ and modulate each block by e_v.
-        blocks = feature_embeds.unflatten(-1, (-1, self.value_embedding_size))  # (B, T, k, d′)
-        return (blocks * value_embeds.unsqueeze(-2)).flatten(-2)  # (B, T, d)
+        gamma, beta = F.embedding(feature_ids, self.gamma), F.embedding(feature_ids, self.beta)  # (B, T, d′) each
+        return modulate(feature_embeds, gamma * self.value_projector(values) + beta)
+
+
+class ScaneFusion(nn.Module):
+    """SCANE, MuFuse's special case d′ = 1, φ(v) = v, γ = 1, β = 0: the raw value scales the feature embedding."""
+
+    def __init__(self, config: MedFuseConfig):
+        super().__init__()
+        self.feature_tables, self.shared_maps = {}, {}
+
+    def forward(self, feature_embeds: torch.Tensor, feature_ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return modulate(feature_embeds, values.unsqueeze(-1).to(feature_embeds.dtype))  # e_v: (B, T, 1)
 
 
 class AdditiveFusion(nn.Module):
@@ -124,7 +130,7 @@ class ConcatFusion(nn.Module):
 
 VALUE_FUSIONS = {
     "multiplicative": MultiplicativeFusion,
-    "scane": MultiplicativeFusion,
+    "scane": ScaneFusion,
     "additive": AdditiveFusion,
     "concat": ConcatFusion,
 }
@@ -151,6 +157,20 @@ class CategoricalFusion(nn.Module):
         offsets[self.categorical_feature_ids] = (torch.arange(len(self.categorical_feature_ids))
                                                  * self.category_embeddings.num_embeddings)
         return offsets
+
+    def follow_vocabulary(self, config: MedFuseConfig, init_weights: Callable[[nn.Module], None]) -> None:
+        self.pair_offsets = self.compute_pair_offsets(config.vocab_size).to(self.pair_offsets.device)
+
+    def grown(self, config: MedFuseConfig, init_weights: Callable[[nn.Module], None]) -> "CategoricalFusion":
+        """A fusion for `config`'s category levels, keeping this one's trained category rows and map."""
+        grown = CategoricalFusion(config)
+        grown.apply(init_weights)
+        grown.to(self.proj.weight.device, self.proj.weight.dtype)
+        with torch.no_grad():
+            old = self.category_embeddings.weight
+            grown.category_embeddings.weight[: len(old)] = old
+            grown.proj.load_state_dict(self.proj.state_dict())
+        return grown
 
     def forward(
         self, feature_table: torch.Tensor, feature_ids: torch.Tensor, category_ids: torch.Tensor
@@ -203,6 +223,20 @@ class MedFuseEmbeddings(nn.Module):
         mask = torch.zeros(self.feature_embeddings.num_embeddings, dtype=torch.bool)
         mask[self.categorical_feature_ids] = True
         return mask
+
+    def follow_vocabulary(self, config: MedFuseConfig, init_weights: Callable[[nn.Module], None]) -> None:
+        """After `feature_tables.resize_feature_tables`: which ids are categorical, and a categorical fusion for
+        the config's levels when new categorical features brought new ones."""
+        self.categorical_feature_ids = list(config.categorical_feature_ids)
+        self.is_categorical = self.compute_categorical_mask().to(self.is_categorical.device)
+        fusion = self.categorical_fusion
+        if fusion is None and config.categorical_feature_ids:
+            fusion = CategoricalFusion(config)
+            fusion.apply(init_weights)
+            self.categorical_fusion = fusion.to(self.feature_embeddings.weight.device,
+                                                self.feature_embeddings.weight.dtype)
+        elif fusion is not None and fusion.category_embeddings.num_embeddings < config.num_categories:
+            self.categorical_fusion = fusion.grown(config, init_weights)
 
     def forward(
         self, feature_ids: torch.Tensor, values: torch.Tensor, times: torch.Tensor,
@@ -441,109 +475,28 @@ class MedFusePreTrainedModel(PreTrainedModel):
             bound = 1.0 / math.sqrt(module.down.in_features)  # PyTorch's default Linear init, as for the MLP φ
             init.uniform_(module.down.weight, -bound, bound)
             init.uniform_(module.down.bias, -bound, bound)
-        elif isinstance(module, PerFeaturePooling):
+        elif isinstance(module, (MultiplicativeFusion, PerFeaturePooling)):  # tables no torch layer initialises
             for table, initialise in module.feature_tables.items():
                 initialise(module.get_parameter(table))
-        elif isinstance(module, MultiplicativeFusion) and not module.is_scane:
-            # γ = 1, β = 0: every feature starts from the shared value projector, as in the authors' code.
-            init.ones_(module.gamma)
-            init.zeros_(module.beta)
 
-
-    def per_feature_tables(self) -> dict[str, tuple[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]]]:
-        """Every parameter whose rows are indexed by feature id, by its `named_parameters()` name, with how a new
-        feature's row starts. Modules declare theirs in a `feature_tables` mapping (attribute path -> initialiser),
-        so resizing (and a new fusion's tables) needs no edit here."""
-        tables = {}
-        for prefix, module in self.named_modules():
-            for name, initialise in getattr(module, "feature_tables", {}).items():
-                tables[f"{prefix}.{name}" if prefix else name] = (module.get_parameter(name), initialise)
-        return tables
 
     def resize_token_embeddings(
         self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = False
     ) -> nn.Embedding:
         """Give the model `new_num_tokens` feature ids, as after `FeatureVocabulary.merge` adds a hospital's own
         features: every per-feature table (identity embedding, MuFuse's γ/β, a forecast head's rows) keeps its
-        existing rows and grows new ones from their initialisers, so the resized model trains, saves and reloads.
-        New features are numeric: a new categorical feature also changes the category table (`extend_vocabulary`)."""
-        if new_num_tokens is None:
-            return self.get_input_embeddings()
+        existing rows and grows new ones (`feature_tables.resize_feature_tables`). New features are numeric: a new
+        categorical feature also changes the category table (`extend_vocabulary`)."""
         if mean_resizing:
             raise NotImplementedError("mean_resizing: a new clinical feature starts from its initialiser, not a mean")
-        if pad_to_multiple_of:
-            new_num_tokens = math.ceil(new_num_tokens / pad_to_multiple_of) * pad_to_multiple_of
-        lost = [i for i in (*self.config.categorical_feature_ids, *self.config.static_feature_ids)
-                if i >= new_num_tokens]
-        if new_num_tokens < 3 or lost:
-            raise ValueError(f"cannot resize to {new_num_tokens} feature ids: [PAD], [UNK] and the categorical and "
-                             f"static features {lost or ''} need room")
-        with torch.no_grad():
-            for parameter, initialise in self.per_feature_tables().values():
-                kept = min(len(parameter), new_num_tokens)
-                rows = parameter.new_empty((new_num_tokens, *parameter.shape[1:]))
-                rows[:kept] = parameter[:kept]
-                if new_num_tokens > kept:
-                    initialise(rows[kept:])
-                parameter.data = rows
-        for module in self.modules():  # sizes the modules record, and buffers indexed by feature id
-            if isinstance(module, MedFuseEmbeddings):
-                module.feature_embeddings.num_embeddings = new_num_tokens
-                module.is_categorical = module.compute_categorical_mask().to(module.is_categorical.device)
-            elif isinstance(module, CategoricalFusion):
-                module.pair_offsets = module.compute_pair_offsets(new_num_tokens).to(module.pair_offsets.device)
-        if isinstance(self, MedFuseForPreTraining):
-            self.pretraining_head.out_features = new_num_tokens
-        self.config.vocab_size = new_num_tokens
+        if new_num_tokens is not None:
+            resize_feature_tables(self, new_num_tokens, pad_to_multiple_of)
         return self.get_input_embeddings()
 
     def extend_vocabulary(self, vocabulary: FeatureVocabulary) -> list[str]:
-        """Grow the model to `vocabulary`, this model's own vocabulary followed by a hospital's features it lacks
-        (`FeatureVocabulary.merge`): what `recipes/finetune.py --init_from` does when a checkpoint's features only
-        partly match a cohort's. Matched features keep every trained row; new ones, numeric or categorical, start
-        from their initialisers. Returns the new features' names."""
-        fields = vocabulary.config_kwargs()
-        old_size, old_categorical = self.config.vocab_size, list(self.config.categorical_feature_ids)
-        if (fields["vocab_size"] < old_size
-                or [i for i in fields["categorical_feature_ids"] if i < old_size] != old_categorical):
-            raise ValueError(f"the vocabulary ({fields['vocab_size']} ids) does not start with this model's "
-                             f"{old_size} feature ids: build it with model_vocabulary.merge(cohort_vocabulary)")
-        self.resize_token_embeddings(fields["vocab_size"])
-        if fields["num_categories"] > self.config.num_categories:  # new categorical features bring new levels
-            self.config.num_categories, self.config.categorical_feature_ids = (
-                fields["num_categories"], fields["categorical_feature_ids"]
-            )
-            for embeddings in (module for module in self.modules() if isinstance(module, MedFuseEmbeddings)):
-                embeddings.categorical_feature_ids = list(fields["categorical_feature_ids"])
-                embeddings.is_categorical = embeddings.compute_categorical_mask().to(embeddings.is_categorical.device)
-                embeddings.categorical_fusion = self._grown_categorical_fusion(embeddings.categorical_fusion)
-        return [vocabulary.spec_of(feature_id).name for feature_id in range(old_size, fields["vocab_size"])]
-
-    def _grown_categorical_fusion(self, fusion: CategoricalFusion | None) -> CategoricalFusion:
-        """A categorical fusion sized for the config, keeping `fusion`'s trained category rows and map."""
-        grown = CategoricalFusion(self.config)
-        grown.apply(self._init_weights)
-        grown.to(self.device, self.dtype)
-        if fusion is not None:
-            with torch.no_grad():
-                old = fusion.category_embeddings.weight
-                grown.category_embeddings.weight[: len(old)] = old
-                grown.proj.load_state_dict(fusion.proj.state_dict())
-        return grown
-
-    def load_feature_embeddings(
-        self,
-        path: str,
-        vocabulary: FeatureVocabulary,
-        match_by: str = "name",
-        freeze: bool = False,
-        unit_conversions: dict[str, UnitConversion] | None = None,
-        revision: str | None = None,
-    ) -> TransferReport:
-        """Start from another site's published feature embeddings (a folder or a Hub repo id at `revision`); see
-        `feature_embeddings.load_feature_embeddings`. `vocabulary` is this model's (its tokenizer's
-        `feature_vocabulary`)."""
-        return load_feature_embeddings(self, path, vocabulary, match_by, freeze, unit_conversions, revision)
+        """Grow the model to `vocabulary`, its own followed by a hospital's new features; see
+        `feature_tables.grow_to_vocabulary`. Returns the new features' names."""
+        return grow_to_vocabulary(self, vocabulary)
 
 
 class MedFuseModel(MedFusePreTrainedModel):
@@ -769,9 +722,11 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
     def __init__(self, config: MedFuseConfig):
         super().__init__(config)
         self.medfuse = MedFuseModel(config)
-        head = "forecast_head" if config.pretraining_objective == "forecasting" else "masked_value_head"
-        setattr(self, head, nn.Linear(config.hidden_size, config.vocab_size))  # a row per feature
-        std = config.initializer_range
+        forecasting = config.pretraining_objective == "forecasting"
+        # a row per feature; one head is built, under the name its checkpoints hold
+        self.forecast_head = nn.Linear(config.hidden_size, config.vocab_size) if forecasting else None
+        self.masked_value_head = None if forecasting else nn.Linear(config.hidden_size, config.vocab_size)
+        head, std = ("forecast_head" if forecasting else "masked_value_head"), config.initializer_range
         self.feature_tables = {f"{head}.weight": lambda rows: init.normal_(rows, mean=0.0, std=std),
                                f"{head}.bias": init.zeros_}
         self.post_init()
@@ -779,7 +734,7 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
     @property
     def pretraining_head(self) -> nn.Linear:
         """The objective's head, a row per feature."""
-        return self.forecast_head if self.config.pretraining_objective == "forecasting" else self.masked_value_head
+        return self.forecast_head if self.forecast_head is not None else self.masked_value_head
 
     @can_return_tuple
     def forward(

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 from transformers import get_scheduler
 
-from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer, load_feature_embeddings
 from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset, validation_subset
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
@@ -172,7 +172,7 @@ def training_function(args: argparse.Namespace) -> dict:
                           f"starting fresh: {matching['new_features'][:20]}; {matching['only_at_source']} only in "
                           "the checkpoint")
     if args.init_embeddings_from:  # another site's published feature embeddings
-        report = model.medfuse.load_feature_embeddings(args.init_embeddings_from, tokenizer.feature_vocabulary,
+        report = load_feature_embeddings(model.medfuse, args.init_embeddings_from, tokenizer.feature_vocabulary,
                                                        match_by=args.match_by, freeze=args.freeze_transferred)
         accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
         if not report.matched:

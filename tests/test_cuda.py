@@ -11,6 +11,7 @@ from medfuse_hf import (
     MedFuseConfig,
     MedFuseForPreTraining,
     MedFuseForSequenceClassification,
+    load_feature_embeddings,
 )
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -92,7 +93,7 @@ def test_frozen_transfer_holds_after_the_model_moves_to_the_gpu(source):
     model = MedFuseForSequenceClassification(
         MedFuseConfig(**target_vocabulary.config_kwargs(), num_labels=2, hidden_size=32, value_embedding_size=8)
     )
-    model.medfuse.load_feature_embeddings(path, target_vocabulary, freeze=True)
+    load_feature_embeddings(model.medfuse, path, target_vocabulary, freeze=True)
     model.to(CUDA)
     sodium, lactate = target_vocabulary.id_of("sodium"), target_vocabulary.id_of("lactate")
     table = model.medfuse.embeddings.feature_embeddings.weight

@@ -13,6 +13,7 @@ from medfuse_hf import (
     MedFuseForSequenceClassification,
     MedFuseTokenizer,
     export_feature_embeddings,
+    load_feature_embeddings,
 )
 
 
@@ -31,7 +32,7 @@ def test_a_partly_overlapping_target_receives_the_shared_features(source):
                                        FeatureSpec(name="hr", aliases=["heart_rate"])])
     model = target_model(target_vocabulary)
     fresh_lactate = model.medfuse.embeddings.feature_embeddings.weight[target_vocabulary.id_of("lactate")].clone()
-    report = model.medfuse.load_feature_embeddings(path, target_vocabulary, match_by="name")
+    report = load_feature_embeddings(model.medfuse, path, target_vocabulary, match_by="name")
     assert report.matched == {"sodium": "sodium"}
     assert report.new_at_target == ["lactate", "hr"]
     assert report.only_at_source == ["creatinine", "heart_rate"]
@@ -41,7 +42,7 @@ def test_a_partly_overlapping_target_receives_the_shared_features(source):
     torch.testing.assert_close(target.value_fusion.gamma[here], origin.value_fusion.gamma[there])
     torch.testing.assert_close(target.value_fusion.beta[here], origin.value_fusion.beta[there])
     torch.testing.assert_close(target.feature_embeddings.weight[target_vocabulary.id_of("lactate")], fresh_lactate)
-    alias_report = target_model(target_vocabulary).medfuse.load_feature_embeddings(path, target_vocabulary,
+    alias_report = load_feature_embeddings(target_model(target_vocabulary).medfuse, path, target_vocabulary,
                                                                                    match_by="alias")
     assert alias_report.matched == {"sodium": "sodium", "hr": "heart_rate"}
     assert alias_report.matched_by["hr"] == "alias"
@@ -56,7 +57,7 @@ def test_category_levels_transfer_by_label_with_the_map_that_fuses_them(tmp_path
     target_vocabulary = vocabulary_of([FeatureSpec(name="gender", kind="categorical", categories=["M", "X", "F"])])
     model = target_model(target_vocabulary)
     fresh = model.medfuse.embeddings.categorical_fusion.category_embeddings.weight.detach().clone()
-    report = model.medfuse.load_feature_embeddings(tmp_path, target_vocabulary, freeze=True)
+    report = load_feature_embeddings(model.medfuse, tmp_path, target_vocabulary, freeze=True)
     assert report.categories_transferred == 2
     source_rows = source_model.medfuse.embeddings.categorical_fusion.category_embeddings.weight
     target = model.medfuse.embeddings.categorical_fusion
@@ -80,7 +81,7 @@ def test_the_concatenation_ablation_transfers_its_fusion_map(source):
     path = source[2].parent / "concat-embeddings"
     export_feature_embeddings(source_model, MedFuseTokenizer(vocabulary), path, source="test", min_patients=20)
     model = target_model(vocabulary, fusion="concat")
-    model.medfuse.load_feature_embeddings(path, vocabulary)
+    load_feature_embeddings(model.medfuse, path, vocabulary)
     torch.testing.assert_close(model.medfuse.embeddings.value_fusion.proj.weight,
                                source_model.medfuse.embeddings.value_fusion.proj.weight)
 
@@ -88,11 +89,11 @@ def test_the_concatenation_ablation_transfers_its_fusion_map(source):
 def test_mismatched_dimensions_or_fusion_are_refused(source):
     _, vocabulary, path = source
     with pytest.raises(ValueError, match="hidden_size is 32 in the checkpoint but 64 in the model"):
-        target_model(vocabulary, hidden_size=64).medfuse.load_feature_embeddings(path, vocabulary)
+        load_feature_embeddings(target_model(vocabulary, hidden_size=64).medfuse, path, vocabulary)
     with pytest.raises(ValueError, match="fusion is 'multiplicative' in the checkpoint but 'additive'"):
-        target_model(vocabulary, fusion="additive").medfuse.load_feature_embeddings(path, vocabulary)
+        load_feature_embeddings(target_model(vocabulary, fusion="additive").medfuse, path, vocabulary)
     with pytest.raises(ValueError, match="value_projector_hidden_size is"):
-        target_model(vocabulary, value_projector_hidden_size=7).medfuse.load_feature_embeddings(path, vocabulary)
+        load_feature_embeddings(target_model(vocabulary, value_projector_hidden_size=7).medfuse, path, vocabulary)
 
 
 def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_source_statistics(source):
@@ -101,7 +102,7 @@ def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_sou
     target_vocabulary = vocabulary_of([FeatureSpec(name="creatinine", unit="µmol/L"), FeatureSpec(name="heart_rate"),
                                        FeatureSpec(name="sodium", unit="mmol/l")])
     model = target_model(target_vocabulary)
-    report = model.medfuse.load_feature_embeddings(path, target_vocabulary,
+    report = load_feature_embeddings(model.medfuse, path, target_vocabulary,
                                                    unit_conversions={"creatinine": np.float32(88.42)})
     assert report.unit_mismatches == {"creatinine": ("mg/dL", "µmol/L")}  # sodium: the same unit, litre's case aside
     assert report.converted_units == {"creatinine": (pytest.approx(88.42), 0.0)}
@@ -112,7 +113,7 @@ def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_sou
     celsius = original.spec_of("sodium").statistics.in_other_units(5 / 9, -160 / 9)  # as if it were °F -> °C
     assert celsius.median == pytest.approx((original.spec_of("sodium").statistics.median - 32) * 5 / 9)
     with_unit = vocabulary_of([FeatureSpec(name="heart_rate", unit="bpm")])  # unknown at the source: flagged too
-    assert (target_model(with_unit).medfuse.load_feature_embeddings(path, with_unit).unit_mismatches
+    assert (load_feature_embeddings(target_model(with_unit).medfuse, path, with_unit).unit_mismatches
             == {"heart_rate": (None, "bpm")})
 
 
@@ -125,7 +126,7 @@ def test_a_conversion_that_would_be_ignored_is_refused_before_anything_is_copied
                                   "'sodium', but its unit is 'mmol/L' at the source and the target alike"),
                                  ({"lactate": 9.0}, "'lactate', which matched no feature")):
         with pytest.raises(ValueError, match=message):
-            model.medfuse.load_feature_embeddings(path, target_vocabulary, unit_conversions=conversions)
+            load_feature_embeddings(model.medfuse, path, target_vocabulary, unit_conversions=conversions)
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
 
 
@@ -133,7 +134,7 @@ def test_a_name_match_with_different_codes_is_flagged(tmp_path):
     source_vocabulary = vocabulary_of([FeatureSpec(name="glucose", code="2345-7")])  # serum glucose
     export_feature_embeddings(target_model(source_vocabulary), MedFuseTokenizer(source_vocabulary), tmp_path)
     target_vocabulary = vocabulary_of([FeatureSpec(name="glucose", code="2339-0")])  # blood glucose
-    report = target_model(target_vocabulary).medfuse.load_feature_embeddings(tmp_path, target_vocabulary)
+    report = load_feature_embeddings(target_model(target_vocabulary).medfuse, tmp_path, target_vocabulary)
     assert report.matched == {"glucose": "glucose"} and report.code_conflicts == {"glucose": ("2345-7", "2339-0")}
     assert "matched despite different codes" in str(report)
 
@@ -142,7 +143,7 @@ def test_frozen_transfer_stays_exactly_as_loaded_under_adamw_while_new_features_
     _, vocabulary, path = source
     target_vocabulary = vocabulary_of([*vocabulary, FeatureSpec(name="lactate")])
     model = target_model(target_vocabulary)
-    model.medfuse.load_feature_embeddings(path, target_vocabulary, freeze=True)
+    load_feature_embeddings(model.medfuse, path, target_vocabulary, freeze=True)
     embeddings = model.medfuse.embeddings
     sodium, lactate = target_vocabulary.id_of("sodium"), target_vocabulary.id_of("lactate")
     tables = {"feature_embeddings.weight": embeddings.feature_embeddings.weight,
@@ -202,14 +203,14 @@ def test_a_tampered_checkpoint_is_refused(source):
     (path / "feature_vocabulary.json").write_text(
         (path / "feature_vocabulary.json").read_text().replace("sodium", "natrium"))
     with pytest.raises(ValueError, match="feature_vocabulary.json: missing or does not match its recorded SHA-256"):
-        target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
+        load_feature_embeddings(target_model(vocabulary).medfuse, path, vocabulary)
     manifest = json.loads((path / "embedding_config.json").read_text())
     del manifest["sha256"]["feature_vocabulary.json"]  # a tampered manifest that no longer checks the vocabulary
     (path / "embedding_config.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="no SHA-256 recorded for feature_vocabulary.json"):
-        target_model(vocabulary).medfuse.load_feature_embeddings(path, vocabulary)
+        load_feature_embeddings(target_model(vocabulary).medfuse, path, vocabulary)
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        target_model(vocabulary).medfuse.load_feature_embeddings(path.parent / "mistyped-embeddings", vocabulary)
+        load_feature_embeddings(target_model(vocabulary).medfuse, path.parent / "mistyped-embeddings", vocabulary)
 
 
 def test_a_name_that_is_neither_a_folder_nor_a_reachable_repo_says_both(source, monkeypatch):
@@ -218,7 +219,7 @@ def test_a_name_that_is_neither_a_folder_nor_a_reachable_repo_says_both(source, 
     _, vocabulary, _ = source
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="run/feature_embeddings: not a local folder, and as a Hub repo id"):
-        target_model(vocabulary).medfuse.load_feature_embeddings("run/feature_embeddings", vocabulary)
+        load_feature_embeddings(target_model(vocabulary).medfuse, "run/feature_embeddings", vocabulary)
 
 
 def fake_hub_cache(cache, repo_id, folder):
@@ -253,7 +254,7 @@ def test_models_and_embeddings_load_by_hub_repo_id_offline(tmp_path, source, mon
                                model.medfuse.embeddings.feature_embeddings.weight)
     assert isinstance(AutoFeatureExtractor.from_pretrained("hospital-a/medfuse-sodium", cache_dir=cache),
                       MedFuseTokenizer)
-    report = target_model(vocabulary).medfuse.load_feature_embeddings("hospital-a/medfuse-sodium-embeddings",
+    report = load_feature_embeddings(target_model(vocabulary).medfuse, "hospital-a/medfuse-sodium-embeddings",
                                                                       vocabulary)
     assert sorted(report.matched) == ["creatinine", "heart_rate", "sodium"]
 
@@ -282,7 +283,7 @@ def test_a_new_fusion_that_declares_its_tables_transfers_without_edits_elsewhere
         source_model.medfuse.embeddings.value_fusion.gate.normal_()
     export_feature_embeddings(source_model, MedFuseTokenizer(vocabulary), tmp_path / "gated", min_patients=20)
     model = target_model(vocabulary, fusion="additive")
-    model.medfuse.load_feature_embeddings(tmp_path / "gated", vocabulary, freeze=True)
+    load_feature_embeddings(model.medfuse, tmp_path / "gated", vocabulary, freeze=True)
     sodium = vocabulary.id_of("sodium")
     torch.testing.assert_close(model.medfuse.embeddings.value_fusion.gate[sodium],
                                source_model.medfuse.embeddings.value_fusion.gate[sodium])

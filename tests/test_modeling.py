@@ -15,6 +15,7 @@ from medfuse_hf import (
     MedFuseForSequenceClassification,
     MedFuseModel,
     MedFuseTokenizer,
+    load_feature_embeddings,
 )
 
 
@@ -395,12 +396,12 @@ def test_the_periodic_value_projector_trains_and_transfers(
     assert projector.frequencies.grad is not None and projector.frequencies.grad.abs().sum() > 0
     export_feature_embeddings(model, tokenizer, tmp_path / "periodic", min_patients=20)
     target = MedFuseForSequenceClassification(tiny_config(fusion=fusion, value_projector="periodic"))
-    target.medfuse.load_feature_embeddings(tmp_path / "periodic", vocabulary)
+    load_feature_embeddings(target.medfuse, tmp_path / "periodic", vocabulary)
     torch.testing.assert_close(target.medfuse.embeddings.value_fusion.value_projector.frequencies,
                                projector.frequencies)
     with pytest.raises(ValueError, match="value_projector is 'periodic' in the checkpoint but 'mlp' in the model"):
-        MedFuseForSequenceClassification(tiny_config(fusion=fusion)).medfuse.load_feature_embeddings(
-            tmp_path / "periodic", vocabulary)
+        load_feature_embeddings(MedFuseForSequenceClassification(tiny_config(fusion=fusion)).medfuse,
+                                tmp_path / "periodic", vocabulary)
 
 
 @pytest.mark.parametrize("class_weights", [None, [1.0, 3.0]])

@@ -11,6 +11,7 @@ from medfuse_hf import (
     MedFuseModel,
     MedFuseTokenizer,
 )
+from medfuse_hf.feature_tables import per_feature_tables
 
 HEADS = [MedFuseModel, MedFuseForSequenceClassification, MedFuseForPreTraining]
 # bf16 keeps 8 bits of mantissa, fp16 11: how far a tiny model's outputs may move from fp32
@@ -121,10 +122,10 @@ def test_resizing_grows_every_per_feature_table_and_the_model_reloads(
 ):
     model = head(tiny_config(fusion=fusion)).eval()
     old_size = model.config.vocab_size
-    before = {name: table.detach().clone() for name, (table, _) in model.per_feature_tables().items()}
+    before = {name: table.detach().clone() for name, (table, _) in per_feature_tables(model).items()}
     assert any(name.endswith("feature_embeddings.weight") for name in before)
     model.resize_token_embeddings(old_size + 3)
-    tables = model.per_feature_tables()
+    tables = per_feature_tables(model)
     for name, (table, _) in tables.items():
         assert table.shape[0] == old_size + 3, name
         torch.testing.assert_close(table[:old_size], before[name])  # existing features keep what they learnt
@@ -163,10 +164,10 @@ def test_extending_to_a_hospitals_vocabulary_keeps_every_trained_row(tmp_path, v
                 {"feature": ["ward", "lactate"], "value": ["a", 4.0], "time": [0.0, 1.0]}]
     cohort_vocabulary = FeatureVocabulary.from_events(patients, categorical={"ward": ["a", "b", "c"]})
     merged = vocabulary.merge(cohort_vocabulary)
-    before = {name: table.detach().clone() for name, (table, _) in base.per_feature_tables().items()}
+    before = {name: table.detach().clone() for name, (table, _) in per_feature_tables(base).items()}
     categories_before = base.medfuse.embeddings.categorical_fusion.category_embeddings.weight.detach().clone()
     assert base.extend_vocabulary(merged) == ["lactate", "ward"]  # sodium was the model's already
-    for name, (table, _) in base.per_feature_tables().items():
+    for name, (table, _) in per_feature_tables(base).items():
         assert table.shape[0] == len(merged), name
         torch.testing.assert_close(table[: len(vocabulary)], before[name])
     categories = base.medfuse.embeddings.categorical_fusion.category_embeddings.weight

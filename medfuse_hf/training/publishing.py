@@ -31,13 +31,13 @@ patients = [{{"feature": ["heart_rate", "sodium"], "value": [92, 131], "time": [
 outputs = model(**tokenizer(patients, return_tensors="pt"))
 """
 EMBEDDING_USAGE = """
-from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, load_feature_embeddings
 
 # Your vocabulary and tokenizer; the model with this checkpoint's sizes and fusion.
 model = MedFuseForSequenceClassification(MedFuseConfig(
     **vocabulary.config_kwargs(), hidden_size={hidden_size}, value_embedding_size={value_embedding_size},
     value_projector_hidden_size={value_projector_hidden_size}, fusion="{fusion}", num_labels=2))
-report = model.medfuse.load_feature_embeddings("{where}", vocabulary, match_by="alias")
+report = load_feature_embeddings(model.medfuse, "{where}", vocabulary, match_by="alias")
 print(report)  # matched features, features new at your hospital, features only at the source
 """
 
