@@ -23,17 +23,18 @@ from .feature_embeddings import (
     TransferReport,
     export_feature_embeddings,
     load_feature_embeddings,
-    privacy_guarded,
     push_feature_embeddings,
 )
-from .feature_vocabulary import AlignmentReport, FeatureSpec, FeatureVocabulary, ValueStatistics
+from .feature_vocabulary import FeatureSpec, FeatureVocabulary, ValueStatistics
 from .modeling_medfuse import (
     MedFuseForPreTraining,
     MedFuseForSequenceClassification,
     MedFuseModel,
     MedFusePreTrainedModel,
 )
+from .privacy import privacy_guarded
 from .tokenization_medfuse import MedFuseTokenizer
+from .vocabulary_alignment import AlignmentReport, align, merge
 
 AutoConfig.register(MedFuseConfig.model_type, MedFuseConfig, exist_ok=True)
 AutoModel.register(MedFuseConfig, MedFuseModel, exist_ok=True)
@@ -61,8 +62,10 @@ __all__ = [
     "MedFuseTokenizer",
     "TransferReport",
     "ValueStatistics",
+    "align",
     "export_feature_embeddings",
     "load_feature_embeddings",
+    "merge",
     "privacy_guarded",
     "push_feature_embeddings",
 ]

@@ -18,11 +18,9 @@ writes only the fields listed here: it has no way to add anything else from the 
 
 import json
 import logging
-import math
 import numbers
-import unicodedata
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +30,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .feature_vocabulary import UNK_ID, FeatureVocabulary, ValueStatistics
 from .integrity import sha256_of
+from .privacy import COUNT_GRANULARITY, DEFAULT_MIN_PATIENTS, privacy_guarded
+from .units import UnitConversion, same_unit
+from .vocabulary_alignment import align
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +40,7 @@ FORMAT_VERSION = 1
 TENSORS_FILE = "feature_embeddings.safetensors"
 VOCABULARY_FILE = "feature_vocabulary.json"
 CONFIG_FILE = "embedding_config.json"
-COUNT_GRANULARITY = 10
-# Statistics of fewer patients than this are never shared, whatever threshold is asked for: the common small-cell
-# rule of disclosure control, and the granularity counts are rounded to.
-MIN_PATIENTS_FLOOR = 10
-DEFAULT_MIN_PATIENTS = 20  # statistics of features seen in fewer patients never leave the hospital by default
 MATCH_METHODS = ("name", "code", "alias")
-
-
-UnitConversion = float | tuple[float, float]  # target value = scale × source value (+ offset, e.g. °F -> °C)
-INTO = "into"  # a unit-conversion table's key naming the unit its rows are converted into
 
 
 @dataclass
@@ -212,7 +204,7 @@ def load_feature_embeddings(
             )
     if len(vocabulary) != config.vocab_size:
         raise ValueError(f"vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
-    alignment = vocabulary.align(checkpoint.vocabulary, methods=MATCH_METHODS[: MATCH_METHODS.index(match_by) + 1])
+    alignment = align(vocabulary, checkpoint.vocabulary, methods=MATCH_METHODS[: MATCH_METHODS.index(match_by) + 1])
     matched = alignment.matched
     units = _compare_units(matched, vocabulary, checkpoint.vocabulary, unit_conversions or {}, path)
     projectors = _shared_projectors(embeddings)
@@ -257,21 +249,6 @@ def load_feature_embeddings(
     if report.unit_mismatches.keys() - report.converted_units.keys() or report.code_conflicts:
         logger.warning("%s: %s", path, report)
     return report
-
-
-def unit_key(unit: str | None) -> str | None:
-    """Units compared as written, up to spaces, Unicode look-alikes (the micro sign µ and the Greek μ) and the case
-    of the litre (mg/dL, mg/dl); other letters keep their case, which UCUM gives meaning (mU/L is not MU/L)."""
-    return None if unit is None else unicodedata.normalize("NFKC", unit).replace(" ", "").replace("L", "l")
-
-
-def same_unit(here: str | None, there: str | None) -> bool:
-    """Whether two systems' units agree, compared by `unit_key`; a unit written in capitals only (MIMIC-III and many
-    HL7 v2 feeds write every unit so: `MG/DL`) has lost its case, so against it case is not compared."""
-    if unit_key(here) == unit_key(there):
-        return True
-    shouting = here is not None and there is not None and (here == here.upper() or there == there.upper())
-    return shouting and unit_key(here).casefold() == unit_key(there).casefold()
 
 
 def _compare_units(
@@ -392,57 +369,10 @@ class FrozenTransfer:
             parameter[index] = values.to(parameter.dtype)
 
 
-def publishable_vocabulary(
-    vocabulary: FeatureVocabulary, repo_id: str, min_patients: int = DEFAULT_MIN_PATIENTS
-) -> FeatureVocabulary:
-    """A model tokenizer's vocabulary as it may leave the hospital (counts rounded to tens), or a clear refusal when
-    it normalises a feature with statistics of fewer than `min_patients` patients: unlike the embeddings, a model's
-    tokenizer cannot withhold them, since it needs them to read that feature."""
-    guarded, rare = privacy_guarded(vocabulary, min_patients)
-    if rare:
-        raise ValueError(
-            f"refusing to push {repo_id}: its tokenizer normalises {', '.join(rare)} with statistics (quartiles, "
-            f"outlier fences) of fewer than {min_patients} patients, close to those patients' own values. Retrain "
-            "without these features, or share only the feature embeddings (push_feature_embeddings), which "
-            "withhold them."
-        )
-    return guarded
-
-
-def privacy_guarded(
-    vocabulary: FeatureVocabulary, min_patients: int = DEFAULT_MIN_PATIENTS, drop_rare: bool = False
-) -> tuple[FeatureVocabulary, list[str]]:
-    """The vocabulary as it may leave the hospital, and its rare features (seen in fewer than `min_patients`
-    patients): only the vocabulary's own fields, rare features' statistics withheld (their quartiles and fences are
-    close to those patients' values) or, with `drop_rare`, the features left out, and counts rounded down to tens."""
-    if min_patients < MIN_PATIENTS_FLOOR:
-        raise ValueError(f"min_patients={min_patients}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are "
-                         "never shared; use a threshold of at least that")
-    guarded, rare = FeatureVocabulary(), []
-    for spec in vocabulary:
-        statistics = spec.statistics
-        if statistics is not None and statistics.num_patients < min_patients:
-            rare.append(spec.name)
-            if drop_rare:
-                continue
-            statistics = None
-        elif statistics is not None:
-            statistics = replace(statistics, count=_coarsen(statistics.count),
-                                 num_patients=_coarsen(statistics.num_patients))
-        guarded.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
-    return guarded, rare
-
-
-def _coarsen(count: int) -> int:
-    return int(math.floor(count / COUNT_GRANULARITY) * COUNT_GRANULARITY)
-
-
-
 __all__ = [
     "FeatureEmbeddingCheckpoint",
     "TransferReport",
     "export_feature_embeddings",
     "load_feature_embeddings",
-    "privacy_guarded",
     "push_feature_embeddings",
 ]

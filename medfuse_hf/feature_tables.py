@@ -71,7 +71,7 @@ def grow_to_vocabulary(model: nn.Module, vocabulary: FeatureVocabulary) -> list[
     if (fields["vocab_size"] < old_size
             or [i for i in fields["categorical_feature_ids"] if i < old_size] != old_categorical):
         raise ValueError(f"the vocabulary ({fields['vocab_size']} ids) does not start with this model's "
-                         f"{old_size} feature ids: build it with model_vocabulary.merge(cohort_vocabulary)")
+                         f"{old_size} feature ids: build it with merge(model_vocabulary, cohort_vocabulary)")
     if fields["num_categories"] > config.num_categories:  # new categorical features bring new levels
         config.num_categories, config.categorical_feature_ids = (fields["num_categories"],
                                                                  fields["categorical_feature_ids"])

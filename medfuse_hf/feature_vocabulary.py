@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
@@ -149,25 +150,6 @@ class FeatureSpec:
         if "statistics" in entry and entry["statistics"]["quantiles"] is None:  # robust z-score: as before quantiles
             del entry["statistics"]["quantiles"]
         return entry
-
-
-@dataclass
-class AlignmentReport:
-    """How one vocabulary's features map onto another's.
-
-    ``matched`` maps this vocabulary's names to the other's; ``how`` says whether each match was by name,
-    code or alias, so a person can audit a transfer before trusting it.
-    """
-
-    matched: dict[str, str]
-    how: dict[str, str]
-    only_here: list[str]
-    only_there: list[str]
-
-    def __str__(self) -> str:
-        return (
-            f"{len(self.matched)} matched, {len(self.only_here)} only here, {len(self.only_there)} only there"
-        )
 
 
 class FeatureVocabulary:
@@ -337,68 +319,16 @@ class FeatureVocabulary:
         }
 
     # ----- combining vocabularies ---------------------------------------------------------------------
-    def align(self, other: FeatureVocabulary, methods: Sequence[str] = ("name", "code", "alias")) -> AlignmentReport:
-        """Match features to ``other``'s by canonical name, then code, then alias (only the ``methods`` given).
+    def keys(self) -> Mapping[str, int]:
+        """Every name and alias a feature is looked up by, with its id (read-only)."""
+        return MappingProxyType(self._lookup)
 
-        Each method is one pass over all features, so an alias never takes a feature of ``other`` that another
-        feature here matches exactly by name or code; each feature of ``other`` is matched at most once. A name
-        match whose two codes differ waits until after the code pass: a feature coded like it may be the real
-        counterpart (serum glucose 2345-7 against blood glucose 2339-0); if none is, the names still match.
-        """
-        tables = {
-            "name": (lambda spec: [spec.name], {spec.name: spec.name for spec in other}),
-            "code": (lambda spec: [spec.code], {spec.code: spec.name for spec in other if spec.code}),
-            "alias": (lambda spec: [spec.name, *spec.aliases],
-                      {key: other.spec_of(feature_id).name for key, feature_id in other._lookup.items()}),
-        }
-
-        def codes_differ(spec: FeatureSpec, there: str) -> bool:
-            code = other.spec_of(there).code
-            return bool(spec.code and code and spec.code != code)
-
-        passes = []  # (method, whether its name matches have differing codes; None: not a name pass)
-        for method in methods:
-            passes.append((method, False if method == "name" else None))
-            if (method == "code" and "name" in methods) or (method == "name" and "code" not in methods):
-                passes.append(("name", True))
-        matched, how = {}, {}
-        taken: set[str] = set()
-        for method, conflicting in passes:
-            keys_of, table = tables[method]
-            for spec in self._features:
-                if spec.name in matched:
-                    continue
-                target = next((table[key] for key in keys_of(spec) if key in table and table[key] not in taken), None)
-                if target is not None and conflicting is not None and codes_differ(spec, target) != conflicting:
-                    continue
-                if target is not None:
-                    matched[spec.name], how[spec.name] = target, method
-                    taken.add(target)
-        only_here = [spec.name for spec in self._features if spec.name not in matched]
-        only_there = [spec.name for spec in other if spec.name not in taken]
-        return AlignmentReport(matched=matched, how=how, only_here=only_here, only_there=only_there)
-
-    def merge(self, other: FeatureVocabulary) -> FeatureVocabulary:
-        """This vocabulary, unchanged ids first, followed by ``other``'s features it does not have.
-
-        Keeping existing ids stable is what lets a checkpoint trained on ``self`` load into a model built on
-        the merged vocabulary. Aliases of matched features are joined.
-        """
-        report = self.align(other)
-        merged = FeatureVocabulary()
-        reverse = {there: here for here, there in report.matched.items()}
-        for spec in self._features:
-            merged.add(replace(spec, aliases=list(spec.aliases)))
-        for spec in other:
-            if spec.name in reverse:
-                mine = merged.spec_of(reverse[spec.name])
-                for alias in [spec.name, *spec.aliases]:
-                    if alias not in merged and alias != mine.name:
-                        mine.aliases.append(alias)
-                        merged._lookup[alias] = merged.id_of(mine.name)
-            else:
-                merged.add(replace(spec, aliases=list(spec.aliases)))
-        return merged
+    def add_alias(self, name: str, alias: str) -> None:
+        """Let `alias` (another hospital's name for the feature) find `name`'s feature id."""
+        if alias in self._lookup:
+            raise ValueError(f"alias {alias!r} already names feature {self.spec_of(alias).name!r}")
+        self.spec_of(name).aliases.append(alias)
+        self._lookup[alias] = self._lookup[name]
 
     # ----- serialisation ------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -9,7 +9,6 @@ tokenizer that needs nothing else loads through every path it offers, `trust_rem
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -17,15 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import datasets
 import numpy as np
-import pandas as pd
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, cached_file
 
-from .feature_embeddings import DEFAULT_MIN_PATIENTS, publishable_vocabulary, same_unit
 from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
+from .patient_inputs import as_patient_list, columns_of, describe_patient
+from .privacy import DEFAULT_MIN_PATIENTS, guarded_copy
 from .timestamps import hours_since_start
 
 logger = logging.getLogger(__name__)
@@ -34,7 +32,6 @@ logger = logging.getLogger(__name__)
 LEGACY_VOCABULARY_FILE_NAME = "feature_vocabulary.json"
 HOURS_PER_YEAR = 24 * 365.25
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
-IDENTIFYING_KEYS = ("record_id", "patient_id", "subject_id", "stay_id")
 
 UnknownFeatures = Literal["error", "unk", "drop"]
 
@@ -103,6 +100,15 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         self.unknown_features = unknown_features
         self.max_hours = max_hours
         self._reported_unknown: set[str] = set()
+
+    @property
+    def feature_vocabulary(self) -> FeatureVocabulary:
+        return self._feature_vocabulary
+
+    @feature_vocabulary.setter
+    def feature_vocabulary(self, vocabulary: FeatureVocabulary) -> None:
+        """A new vocabulary (the privacy guard's, say) brings its own lookup tables."""
+        self._feature_vocabulary = vocabulary
         self._build_tables()
 
     def _build_tables(self) -> None:
@@ -143,7 +149,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         of hours, or timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since
         the patient's first event. `max_length` keeps each patient's most recent events, as `max_events` does.
         """
-        batch, is_single = _as_patient_list(patients, patient_column)
+        batch, is_single = as_patient_list(patients, patient_column)
         anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
         if len(anchors) != len(batch):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
@@ -166,17 +172,6 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         if return_tensors is None:  # plain lists, as transformers tokenizers return; unbatched for one patient
             features = {key: value[0].tolist() if is_single else value.tolist() for key, value in features.items()}
         return BatchFeature(features, tensor_type=return_tensors)
-
-    def check_units(self, units: Mapping[str, str], where: str) -> None:
-        """Refuse data whose features are in other units than this tokenizer's statistics (compared as the transfer
-        code compares them): normalised with the wrong statistics, creatinine in µmol/L would read 88 times too high.
-        Features of unknown unit, here or there, pass."""
-        for name, unit in units.items():
-            if name in self.feature_vocabulary and unit:
-                known = self.feature_vocabulary.spec_of(name).unit
-                if known and not same_unit(known, unit):
-                    raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
-                                     f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
 
     def pad(self, processed_features: Any, padding: bool | str = True, max_length: int | None = None,
             truncation: bool | None = None, **kwargs) -> BatchFeature:
@@ -233,8 +228,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True
     ) -> EncodedPatient:
         """One patient's events as id, normalised value and hour arrays, sorted by time, unpadded."""
-        features, values, times, row_labels = _columns_of(patient)
-        where = _describe(patient, index)
+        features, values, times, row_labels = columns_of(patient)
+        where = describe_patient(patient, index)
         if len(features) == 0:
             raise ValueError(f"{where} has no events: a patient needs at least one observation to be scored")
         feature_ids = self._feature_ids(features, row_labels, where)
@@ -281,28 +276,16 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         min_patients = kwargs.pop("min_patients_for_statistics", DEFAULT_MIN_PATIENTS)
         if push_to_hub:  # the guarded copy is what this folder and the repo get
             repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            public = self._publishable(repo_id, min_patients)
+            public = guarded_copy(self, repo_id, min_patients)
             files = public.save_pretrained(save_directory)
             public.push_to_hub(repo_id, min_patients_for_statistics=min_patients, **kwargs)
             return files
         return super().save_pretrained(save_directory, **kwargs)
 
-    def _publishable(self, repo_id: str, min_patients: int) -> MedFuseTokenizer:
-        public = copy.copy(self)
-        public.apply_privacy_guard(repo_id, min_patients)
-        return public
-
-    def apply_privacy_guard(self, repo_id: str, min_patients: int = DEFAULT_MIN_PATIENTS) -> None:
-        """Replace this tokenizer's vocabulary by the form that may leave the hospital (`publishable_vocabulary`),
-        or refuse: for uploads that save this very object, as `Trainer.push_to_hub` does (`TokenizerPrivacyCallback`).
-        Only counts change (rounded to tens), so encoding is unchanged."""
-        self.feature_vocabulary = publishable_vocabulary(self.feature_vocabulary, repo_id, min_patients)
-        self._build_tables()
-
     def push_to_hub(self, repo_id: str, *, min_patients_for_statistics: int = DEFAULT_MIN_PATIENTS, **kwargs) -> Any:
         """Upload under the privacy guard of `save_pretrained(push_to_hub=True)`; the exact statistics stay here."""
-        return super(MedFuseTokenizer,
-                     self._publishable(repo_id, min_patients_for_statistics)).push_to_hub(repo_id, **kwargs)
+        return super(MedFuseTokenizer, guarded_copy(self, repo_id, min_patients_for_statistics)).push_to_hub(
+            repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MedFuseTokenizer:
@@ -391,73 +374,6 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
 
     def _keep_most_recent(self, events: EncodedPatient) -> EncodedPatient:
         return events if len(events) <= self.max_events else events.select(slice(-self.max_events, None))
-
-
-# ----- input forms ------------------------------------------------------------------------------------
-def _is_triplet(item: Any) -> bool:
-    return (
-        isinstance(item, (tuple, list))
-        and len(item) == 3
-        and not isinstance(item[0], (list, tuple, Mapping, pd.DataFrame, np.ndarray))
-    )
-
-
-def _as_patient_list(patients: Any, patient_column: str | None) -> tuple[list, bool]:
-    """Normalise every accepted input form to a list of patients, and say whether it was a single patient."""
-    if isinstance(patients, datasets.Dataset):
-        return list(patients), False
-    if isinstance(patients, pd.DataFrame):
-        if patient_column is None:
-            return [patients], True
-        return [group for _, group in patients.groupby(patient_column, sort=False)], False
-    if isinstance(patients, Mapping):
-        if "feature" not in patients:
-            raise ValueError(f"a patient mapping needs 'feature', 'value' and 'time' columns, got {sorted(patients)}")
-        column = patients["feature"]
-        if len(column) and isinstance(column[0], (list, tuple, np.ndarray)):
-            keys = list(patients)
-            return [dict(zip(keys, row)) for row in zip(*(patients[key] for key in keys))], False
-        return [patients], True
-    if isinstance(patients, (list, tuple)):
-        if not patients:
-            raise ValueError("no patients given")
-        if _is_triplet(patients[0]):
-            return [patients], True
-        return list(patients), False
-    raise TypeError(f"cannot read patients from a {type(patients).__name__}")
-
-
-def _columns_of(patient: Any) -> tuple[Sequence, Sequence, Sequence, list]:
-    """(features, values, times, row labels) of one patient in any accepted form."""
-    if isinstance(patient, pd.DataFrame):
-        missing = {"feature", "value", "time"} - set(patient.columns)
-        if missing:
-            raise ValueError(f"DataFrame lacks columns {sorted(missing)}; it has {list(patient.columns)}")
-        return (patient["feature"].tolist(), patient["value"].tolist(), patient["time"].tolist(),
-                patient.index.tolist())
-    if isinstance(patient, Mapping):
-        features, values, times = (list(patient[key]) for key in ("feature", "value", "time"))
-        if not len(features) == len(values) == len(times):
-            raise ValueError(
-                f"feature, value and time columns differ in length: {len(features)}, {len(values)}, {len(times)}"
-            )
-        return features, values, times, list(range(len(features)))
-    if isinstance(patient, (list, tuple)):
-        for row, item in enumerate(patient):
-            if not _is_triplet(item):
-                raise ValueError(f"row {row}: expected a (feature, value, time) triplet, got {item!r}")
-        features, values, times = zip(*patient) if patient else ((), (), ())
-        return list(features), list(values), list(times), list(range(len(patient)))
-    raise TypeError(f"cannot read a patient from a {type(patient).__name__}")
-
-
-def _describe(patient: Any, index: int) -> str:
-    """'patient 3 (record_id=132539)': how errors name the patient at fault."""
-    if isinstance(patient, Mapping):
-        for key in IDENTIFYING_KEYS:
-            if key in patient and not isinstance(patient[key], (list, tuple, np.ndarray)):
-                return f"patient {index} ({key}={patient[key]})"
-    return f"patient {index}"
 
 
 def _number_or_nan(value: Any) -> float:

@@ -21,6 +21,7 @@ from medfuse_hf.training.cohorts import load_cohort_from_settings
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.recipe_config import add_cohort_arguments, parse_with_config
 from medfuse_hf.training.run_info import write_run_info
+from medfuse_hf.units import check_units
 
 
 def evaluation_function(args: argparse.Namespace) -> dict | None:
@@ -32,7 +33,7 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
-    tokenizer.check_units(cohort.units, cohort.description)
+    check_units(tokenizer.feature_vocabulary, cohort.units, cohort.description)
     collate = MedFuseDataCollator(tokenizer, label_column=cohort.label_column, extra_columns=(ROW_COLUMN,))
     model = MedFuseForSequenceClassification.from_pretrained(args.model_dir)
     model, loader = accelerator.prepare(model, evaluation_loader(split, collate, args.batch_size))

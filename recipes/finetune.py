@@ -25,7 +25,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 from transformers import get_scheduler
 
-from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer, load_feature_embeddings
+from medfuse_hf import (
+    MedFuseConfig,
+    MedFuseForSequenceClassification,
+    MedFuseTokenizer,
+    align,
+    load_feature_embeddings,
+    merge,
+)
 from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset, validation_subset
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
@@ -53,6 +60,7 @@ from medfuse_hf.training.recipe_config import (
     parse_with_config,
 )
 from medfuse_hf.training.run_info import throughput, write_run_info
+from medfuse_hf.units import check_units
 
 MODEL_FLAGS = {**ENCODER_FLAGS, "classifier_dropout": float, "classification_loss": str, "focal_alpha": float,
                "focal_gamma": float}  # the encoder's and the head's MedFuseConfig fields
@@ -68,9 +76,9 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
     if not args.init_from:
         return fitted, None
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
-    pretrained.check_units(units, f"--init_from {args.init_from}")
-    alignment = pretrained.feature_vocabulary.align(fitted.feature_vocabulary)
-    tokenizer = MedFuseTokenizer(pretrained.feature_vocabulary.merge(fitted.feature_vocabulary),
+    check_units(pretrained.feature_vocabulary, units, f"--init_from {args.init_from}")
+    alignment = align(pretrained.feature_vocabulary, fitted.feature_vocabulary)
+    tokenizer = MedFuseTokenizer(merge(pretrained.feature_vocabulary, fitted.feature_vocabulary),
                                  max_events=args.max_events, unknown_features="drop", max_hours=pretrained.max_hours,
                                  padding_side=pretrained.padding_side)
     matching = {"checkpoint_feature_ids": len(pretrained.feature_vocabulary), "matched": len(alignment.matched),

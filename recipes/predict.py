@@ -29,6 +29,7 @@ from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.evaluation import per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config
+from medfuse_hf.units import check_units
 
 NO_KNOWN_EVENT = "no event of a feature the model knows"
 
@@ -87,7 +88,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
         return_summary=True,
     )
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
-    tokenizer.check_units(load_summary.units, ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else ""))
+    where = ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else "")
+    check_units(tokenizer.feature_vocabulary, load_summary.units, where)
     counts, unknown = known_events(patients, tokenizer)
     scorable = [index for index, count in enumerate(counts) if count > 0]
     skipped = [patients["patient_id"][index] for index, count in enumerate(counts) if count == 0]

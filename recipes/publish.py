@@ -20,7 +20,7 @@ from pathlib import Path
 from pretrain import EVALUATION, pretraining_cohort, publish_pretraining
 
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.feature_embeddings import publishable_vocabulary
+from medfuse_hf.privacy import apply_privacy_guard, publishable_vocabulary
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.publishing import publish_run, push_run, without_class_weights
@@ -47,7 +47,7 @@ def write_cards(output_dir: Path, model, tokenizer: MedFuseTokenizer, settings: 
 def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict) -> None:
     """A copy of the run fit to publish: the weights, the privacy-guarded tokenizer, the records the cards come from,
     and cards and feature embeddings written for the release folder."""
-    tokenizer.apply_privacy_guard(release_dir.name, settings.get("min_patients_for_statistics", 20))  # or refuse
+    apply_privacy_guard(tokenizer, release_dir.name, settings.get("min_patients_for_statistics", 20))  # or refuse
     if release_dir.exists():
         shutil.rmtree(release_dir)
     with without_class_weights(model):

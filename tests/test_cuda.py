@@ -12,6 +12,7 @@ from medfuse_hf import (
     MedFuseForPreTraining,
     MedFuseForSequenceClassification,
     load_feature_embeddings,
+    merge,
 )
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -128,7 +129,7 @@ def test_a_bf16_model_on_the_gpu_grows_to_a_hospitals_vocabulary(tiny_config, vo
     cohort = FeatureVocabulary.from_events([{"feature": ["ward", "lactate"], "value": ["a", 2.0]},
                                             {"feature": ["ward", "lactate"], "value": ["b", 3.0]}],
                                            categorical={"ward": ["a", "b"]})
-    merged = vocabulary.merge(cohort)
+    merged = merge(vocabulary, cohort)
     model = MedFuseForSequenceClassification(tiny_config()).to(CUDA, torch.bfloat16).eval()
     model.extend_vocabulary(merged)
     assert {parameter.device.type for parameter in model.parameters()} == {"cuda"}

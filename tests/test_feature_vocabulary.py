@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from medfuse_hf import FeatureSpec, FeatureVocabulary, ValueStatistics
+from medfuse_hf import FeatureSpec, FeatureVocabulary, ValueStatistics, align, merge
 
 
 def test_statistics_ignore_outliers_beyond_three_iqr():
@@ -88,7 +88,7 @@ def test_align_matches_by_name_code_then_alias_and_reports_the_rest():
             FeatureSpec(name="EtCO2"),
         ]
     )
-    report = here.align(there)
+    report = align(here, there)
     assert report.matched == {"heart_rate": "HR", "sodium": "Na", "lactate": "lactate"}
     assert report.how == {"heart_rate": "alias", "sodium": "code", "lactate": "name"}
     assert report.only_here == ["gcs"]
@@ -98,7 +98,7 @@ def test_align_matches_by_name_code_then_alias_and_reports_the_rest():
 def test_merge_keeps_existing_ids_and_appends_new_features():
     here = FeatureVocabulary([FeatureSpec(name="heart_rate"), FeatureSpec(name="sodium")])
     there = FeatureVocabulary([FeatureSpec(name="lactate"), FeatureSpec(name="Na", aliases=["sodium"])])
-    merged = here.merge(there)
+    merged = merge(here, there)
     assert merged.id_of("heart_rate") == here.id_of("heart_rate")
     assert merged.id_of("sodium") == here.id_of("sodium")
     assert merged.id_of("Na") == here.id_of("sodium")
@@ -115,20 +115,20 @@ def test_categorical_levels_get_global_ids(vocabulary):
 def test_an_exact_name_match_wins_over_another_features_alias():
     here = FeatureVocabulary([FeatureSpec(name="pulse", aliases=["hr_x"]), FeatureSpec(name="heart_rate")])
     there = FeatureVocabulary([FeatureSpec(name="heart_rate", aliases=["hr_x"])])
-    assert here.align(there).matched == {"heart_rate": "heart_rate"}  # pulse comes first, but only by alias
-    assert here.align(there, methods=["name"]).matched == {"heart_rate": "heart_rate"}
-    assert FeatureVocabulary([FeatureSpec(name="pulse", aliases=["hr_x"])]).align(there).how == {"pulse": "alias"}
+    assert align(here, there).matched == {"heart_rate": "heart_rate"}  # pulse comes first, but only by alias
+    assert align(here, there, methods=["name"]).matched == {"heart_rate": "heart_rate"}
+    assert align(FeatureVocabulary([FeatureSpec(name="pulse", aliases=["hr_x"])]), there).how == {"pulse": "alias"}
 
 
 def test_a_differently_coded_name_match_yields_to_an_exact_code_match():
     there = FeatureVocabulary([FeatureSpec(name="glucose", code="2345-7")])  # serum glucose at the source
     here = FeatureVocabulary([FeatureSpec(name="glucose", code="2339-0"),
                               FeatureSpec(name="serum_glucose", code="2345-7")])
-    report = here.align(there)
+    report = align(here, there)
     assert report.matched == {"serum_glucose": "glucose"} and report.how == {"serum_glucose": "code"}
     alone = FeatureVocabulary([FeatureSpec(name="glucose", code="LAB-17")])  # a local code: the names still match
-    assert alone.align(there).matched == {"glucose": "glucose"}
-    assert alone.align(there, methods=["name"]).matched == {"glucose": "glucose"}
+    assert align(alone, there).matched == {"glucose": "glucose"}
+    assert align(alone, there, methods=["name"]).matched == {"glucose": "glucose"}
 
 
 def test_quantile_normalisation_spreads_a_skewed_lab_by_rank():

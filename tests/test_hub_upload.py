@@ -18,9 +18,10 @@ import pytest
 import transformers.utils.hub
 
 from medfuse_hf import FeatureVocabulary, MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.feature_embeddings import privacy_guarded, push_feature_embeddings
+from medfuse_hf.feature_embeddings import push_feature_embeddings
+from medfuse_hf.privacy import TokenizerPrivacyCallback, privacy_guarded
 from medfuse_hf.synthetic import make_sodium_cohort
-from medfuse_hf.training.publishing import TokenizerPrivacyCallback, push_run
+from medfuse_hf.training.publishing import push_run
 
 TOKEN = "hf_stand_in_token"
 REPO_ROUTE = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit)/main")

@@ -10,6 +10,7 @@ from medfuse_hf import (
     MedFuseForSequenceClassification,
     MedFuseModel,
     MedFuseTokenizer,
+    merge,
 )
 from medfuse_hf.feature_tables import per_feature_tables
 
@@ -163,7 +164,7 @@ def test_extending_to_a_hospitals_vocabulary_keeps_every_trained_row(tmp_path, v
     patients = [{"feature": ["ward", "lactate", "sodium"], "value": ["c", 2.0, 140.0], "time": [0.0, 1.0, 2.0]},
                 {"feature": ["ward", "lactate"], "value": ["a", 4.0], "time": [0.0, 1.0]}]
     cohort_vocabulary = FeatureVocabulary.from_events(patients, categorical={"ward": ["a", "b", "c"]})
-    merged = vocabulary.merge(cohort_vocabulary)
+    merged = merge(vocabulary, cohort_vocabulary)
     before = {name: table.detach().clone() for name, (table, _) in per_feature_tables(base).items()}
     categories_before = base.medfuse.embeddings.categorical_fusion.category_embeddings.weight.detach().clone()
     assert base.extend_vocabulary(merged) == ["lactate", "ward"]  # sodium was the model's already

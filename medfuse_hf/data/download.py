@@ -10,7 +10,6 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from ..integrity import sha256_of
 from ..progress import progress_bar
 

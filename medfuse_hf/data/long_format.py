@@ -23,8 +23,8 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from ..feature_embeddings import INTO, UnitConversion, same_unit, unit_key
 from ..timestamps import SERIAL_DAYS_ADVICE, looks_like_serial_days, parse_timestamps
+from ..units import INTO, UnitConversion, same_unit, unit_key
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .patient_table import LoadSummary, PatientTableBuilder
 from .release_files import utf8_errors_named

@@ -1,10 +1,10 @@
 """Building blocks the recipes share: cohorts, metrics, checkpoints, tracking, run records and plots."""
 
+from ..privacy import TokenizerPrivacyCallback
 from .checkpointing import CorruptCheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .cohorts import Cohort, load_cohort
 from .evaluation import predict
 from .metrics import CLINICAL_METRICS, binary_metrics, bootstrap_intervals, trainer_compute_metrics
-from .publishing import TokenizerPrivacyCallback
 from .tracking import JSONLinesTracker, read_metrics
 
 __all__ = [

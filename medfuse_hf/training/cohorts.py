@@ -12,11 +12,11 @@ from pathlib import Path
 import datasets
 
 from ..data import (
-    clinical_vocabulary,
     apply_split,
+    clinical_vocabulary,
+    load_long_format,
     load_physionet2012,
     load_physionet2012_sample,
-    load_long_format,
     load_physionet2019,
     load_split,
     seft_split,

@@ -5,18 +5,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from transformers import TrainerCallback
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..feature_embeddings import (
-    DEFAULT_MIN_PATIENTS,
-    VOCABULARY_FILE,
-    export_feature_embeddings,
-    publishable_vocabulary,
-    push_feature_embeddings,
-)
+from ..feature_embeddings import VOCABULARY_FILE, export_feature_embeddings, push_feature_embeddings
 from ..feature_vocabulary import FeatureVocabulary
 from ..model_card import architecture_of, render_model_card
+from ..privacy import publishable_vocabulary
 from ..tokenization_medfuse import MedFuseTokenizer
 from .cohorts import Cohort
 
@@ -144,28 +138,3 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
                                    repo_id=repo_id, commit_message="Model card")  # the Hub checks its metadata
     return push_feature_embeddings(output_dir / "feature_embeddings", embeddings_repo_id(repo_id), token=token)
-
-
-class TokenizerPrivacyCallback(TrainerCallback):
-    """`Trainer.push_to_hub` (and `push_to_hub=True` training) uploads the folders the tokenizer was saved to, exact
-    statistics included: transformers gives a processing class no say in it. Passed in `callbacks=`, this applies
-    the tokenizer's privacy guard before anything of it is saved for the Hub: at `on_train_begin` when training
-    pushes (on every process, before the first checkpoint, so a refusal stops every rank), else at
-    `on_push_begin`. The repo then gets counts rounded to tens, and a tokenizer that normalises a feature of fewer
-    than `min_patients` patients is refused before any file is sent. The guard changes the tokenizer in place (only
-    its counts; encoding is unchanged), so the Trainer's later local saves hold the rounded counts too."""
-
-    def __init__(self, min_patients: int = DEFAULT_MIN_PATIENTS):
-        self.min_patients = min_patients
-
-    def on_train_begin(self, args, state, control, processing_class=None, **kwargs) -> None:
-        if args.push_to_hub:
-            self._guard(args, processing_class)
-
-    def on_push_begin(self, args, state, control, processing_class=None, **kwargs) -> None:
-        self._guard(args, processing_class)
-
-    def _guard(self, args, processing_class) -> None:
-        if isinstance(processing_class, MedFuseTokenizer):
-            repo_id = args.hub_model_id or Path(args.output_dir).absolute().name  # as the Trainer names the repo
-            processing_class.apply_privacy_guard(repo_id, self.min_patients)

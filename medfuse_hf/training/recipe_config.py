@@ -7,8 +7,8 @@ from typing import get_args
 
 import yaml
 
-from ..feature_embeddings import INTO
 from ..feature_vocabulary import ValueNormalization
+from ..units import INTO
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def boolean(text: str) -> bool:
 
 def privacy_threshold(text: str) -> int:
     """`--min_patients_for_statistics`, refused when the flags are read rather than at publication, after training."""
-    from ..feature_embeddings import MIN_PATIENTS_FLOOR
+    from ..privacy import MIN_PATIENTS_FLOOR
 
     value = int(text)
     if value < MIN_PATIENTS_FLOOR:
