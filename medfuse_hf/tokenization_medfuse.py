@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +21,8 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, cached_file
 
-from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
+from .event_encoding import EventEncoder, UnknownFeatures
+from .feature_vocabulary import PAD_ID, FeatureVocabulary
 from .patient_inputs import as_patient_list, columns_of, describe_patient
 from .privacy import DEFAULT_MIN_PATIENTS, guarded_copy
 from .timestamps import hours_since_start
@@ -33,7 +34,6 @@ LEGACY_VOCABULARY_FILE_NAME = "feature_vocabulary.json"
 HOURS_PER_YEAR = 24 * 365.25
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
-UnknownFeatures = Literal["error", "unk", "drop"]
 
 
 @dataclass
@@ -99,7 +99,6 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         self.max_events = max_events
         self.unknown_features = unknown_features
         self.max_hours = max_hours
-        self._reported_unknown: set[str] = set()
 
     @property
     def feature_vocabulary(self) -> FeatureVocabulary:
@@ -109,26 +108,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
     def feature_vocabulary(self, vocabulary: FeatureVocabulary) -> None:
         """A new vocabulary (the privacy guard's, say) brings its own lookup tables."""
         self._feature_vocabulary = vocabulary
-        self._build_tables()
-
-    def _build_tables(self) -> None:
-        """Per-id arrays so that normalisation is vectorised over a patient's events."""
-        size = len(self.feature_vocabulary)
-        self._statistics: list[ValueStatistics | None] = [None] * size
-        self._has_statistics = np.zeros(size, dtype=bool)
-        self._is_categorical = np.zeros(size, dtype=bool)
-        self._has_statistics[[PAD_ID, UNK_ID]] = True
-        self._category_ids: dict[int, dict[str, int]] = {}
-        offsets = self.feature_vocabulary.category_offsets()
-        for feature_id, spec in enumerate(self.feature_vocabulary, start=UNK_ID + 1):
-            if spec.kind == "categorical":
-                self._is_categorical[feature_id] = self._has_statistics[feature_id] = True
-                self._category_ids[feature_id] = {
-                    level: offsets[feature_id] + index for index, level in enumerate(spec.categories)
-                }
-            elif spec.statistics is not None:
-                self._statistics[feature_id] = spec.statistics
-                self._has_statistics[feature_id] = True
+        self._encoder = EventEncoder(vocabulary)
 
     # ----- public API ---------------------------------------------------------------------------------
     def __call__(
@@ -232,7 +212,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         where = describe_patient(patient, index)
         if len(features) == 0:
             raise ValueError(f"{where} has no events: a patient needs at least one observation to be scored")
-        feature_ids = self._feature_ids(features, row_labels, where)
+        feature_ids = self._encoder.feature_ids(features, row_labels, where, self.unknown_features)
         keep = feature_ids >= 0  # -1 marks events dropped under unknown_features="drop"
         positions = np.flatnonzero(keep)
         if not keep.all():
@@ -242,7 +222,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             if len(feature_ids) == 0:
                 raise ValueError(f"{where} has no events left after dropping unknown features")
         hours = hours_since_start(times, anchor, row_labels, where, self.max_hours)
-        normalised = self._values(feature_ids, values, row_labels, where)
+        normalised = self._encoder.values(feature_ids, values, row_labels, where)
         order = np.argsort(hours, kind="stable")
         events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32),
                                 hours[order].astype(np.float32), positions[order])
@@ -299,96 +279,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             settings["feature_vocabulary"] = FeatureVocabulary.load(vocabulary_file)
         return cls.from_dict(settings, **unused)
 
-    # ----- steps of encode_patient --------------------------------------------------------------------
-    def _feature_ids(self, features: Sequence, row_labels: list, where: str) -> np.ndarray:
-        lookup = self.feature_vocabulary.id_of
-        ids = [lookup(str(name)) for name in features]
-        unknown = [position for position, feature_id in enumerate(ids) if feature_id is None]
-        if unknown:
-            names: dict[str, Any] = {}
-            for position in unknown:
-                names.setdefault(str(features[position]), row_labels[position])
-            if self.unknown_features == "error":
-                listed = ", ".join(f"{name!r} (first at row {row})" for name, row in list(names.items())[:20])
-                raise ValueError(
-                    f"{where}: {len(names)} unknown feature(s) not in the vocabulary: {listed}. "
-                    "Map them to canonical names, or pass unknown_features='unk' or 'drop'."
-                )
-            replacement = UNK_ID if self.unknown_features == "unk" else -1
-            for position in unknown:
-                ids[position] = replacement
-            first_seen = sorted(set(names) - self._reported_unknown)
-            if first_seen:
-                self._reported_unknown.update(first_seen)
-                action = "mapped to [UNK]" if self.unknown_features == "unk" else "dropped"
-                events = sum(str(features[position]) in first_seen for position in unknown)
-                logger.warning("%s: %s its %d events of unknown features %s (each is reported once)",
-                               where, action, events, first_seen)
-        return np.asarray(ids, dtype=np.int64)
-
-    def _values(self, feature_ids: np.ndarray, values: Sequence, row_labels: list, where: str) -> np.ndarray:
-        missing = feature_ids[~self._has_statistics[feature_ids]]
-        if missing.size:
-            name = self.feature_vocabulary.spec_of(int(missing[0])).name
-            raise ValueError(
-                f"feature {name!r} has no value statistics to normalise with; fit them with "
-                "FeatureVocabulary.fit_statistics on the training split"
-            )
-        categorical = self._is_categorical[feature_ids]
-        numbers = np.zeros(len(feature_ids), dtype=np.float64)
-        numeric_positions = np.flatnonzero(~categorical & (feature_ids != UNK_ID))
-        numbers[numeric_positions] = self._parse_numbers(values, numeric_positions, feature_ids, row_labels, where)
-        for position in np.flatnonzero(categorical):
-            feature_id = int(feature_ids[position])
-            level = _category_key(values[position])
-            category_id = self._category_ids[feature_id].get(level)
-            if category_id is None:
-                spec = self.feature_vocabulary.spec_of(feature_id)
-                raise ValueError(
-                    f"{where}, row {row_labels[position]}: {level!r} is not a level of categorical feature "
-                    f"{spec.name!r} (levels: {spec.categories})"
-                )
-            numbers[position] = category_id
-        for feature_id in np.unique(feature_ids[numeric_positions]):  # one vectorised call per feature
-            positions = numeric_positions[feature_ids[numeric_positions] == feature_id]
-            numbers[positions] = self._statistics[feature_id].normalize(numbers[positions])
-        # [UNK] has no statistics: its events say "something was measured then", with value 0.
-        numbers[feature_ids == UNK_ID] = 0.0
-        return numbers
-
-    def _parse_numbers(self, values, positions, feature_ids, row_labels, where) -> np.ndarray:
-        selected = [values[position] for position in positions]
-        try:
-            numbers = np.asarray(selected, dtype=np.float64)
-        except (TypeError, ValueError):
-            numbers = np.array([_number_or_nan(value) for value in selected])
-        bad = np.flatnonzero(~np.isfinite(numbers))
-        if bad.size:
-            position = positions[bad[0]]
-            name = self.feature_vocabulary.spec_of(int(feature_ids[position])).name
-            raise ValueError(
-                f"{where}, row {row_labels[position]}: value {values[position]!r} of feature {name!r} is not a finite "
-                "number (a missing measurement is no event: leave the row out)"
-            )
-        return numbers
-
     def _keep_most_recent(self, events: EncodedPatient) -> EncodedPatient:
         return events if len(events) <= self.max_events else events.select(slice(-self.max_events, None))
-
-
-def _number_or_nan(value: Any) -> float:
-    number = parse_number(value)
-    return math.nan if number is None else number
-
-
-def _category_key(value: Any) -> str:
-    """Category levels are strings; 1, 1.0, '1' and a 0-d tensor or array of 1 (a `with_format("torch")` row) name the
-    same level."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 __all__ = ["MedFuseTokenizer", "EncodedPatient"]

@@ -27,8 +27,8 @@ def assert_encodes_alike(reloaded, tokenizer, patients) -> None:
 def test_save_and_load_give_identical_encodings(tmp_path, tokenizer, cohort):
     tokenizer.save_pretrained(tmp_path)
     assert {path.name for path in tmp_path.iterdir()} == {  # settings with the vocabulary, and the code they need
-        "preprocessor_config.json", "tokenization_medfuse.py", "feature_vocabulary.py", "patient_inputs.py",
-        "privacy.py", "timestamps.py"}  # not the transfer module
+        "preprocessor_config.json", "tokenization_medfuse.py", "event_encoding.py", "feature_vocabulary.py",
+        "patient_inputs.py", "privacy.py", "timestamps.py"}  # not the transfer module
     settings = json.loads((tmp_path / "preprocessor_config.json").read_text())
     for reloaded in (MedFuseTokenizer.from_pretrained(tmp_path), AutoFeatureExtractor.from_pretrained(tmp_path),
                      AutoFeatureExtractor.from_pretrained(tmp_path, trust_remote_code=True),
