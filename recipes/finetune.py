@@ -52,7 +52,8 @@ from medfuse_hf.training.metrics import accuracy_threshold
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run
 from medfuse_hf.training.recipe_config import (
-    ENCODER_FLAGS,
+    ENCODER_FIELDS,
+    HEAD_FIELDS,
     add_cohort_arguments,
     add_model_arguments,
     add_training_arguments,
@@ -62,8 +63,7 @@ from medfuse_hf.training.recipe_config import (
 from medfuse_hf.training.run_info import throughput, write_run_info
 from medfuse_hf.units import check_units
 
-MODEL_FLAGS = {**ENCODER_FLAGS, "classifier_dropout": float, "classification_loss": str, "focal_alpha": float,
-               "focal_gamma": float}  # the encoder's and the head's MedFuseConfig fields
+MODEL_FIELDS = (*ENCODER_FIELDS, *HEAD_FIELDS)  # the encoder's and the head's MedFuseConfig fields
 
 
 def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
@@ -95,7 +95,7 @@ def static_feature_ids(names: list[str], tokenizer: MedFuseTokenizer) -> list[in
 
 
 def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFuseForSequenceClassification:
-    overrides = model_overrides(args, MODEL_FLAGS)
+    overrides = model_overrides(args, MODEL_FIELDS)
     overrides["class_weights"] = class_weights
     if args.static_features:
         overrides["static_feature_ids"] = static_feature_ids(args.static_features, tokenizer)
@@ -296,7 +296,7 @@ def training_function(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cohort_arguments(parser)
-    model = add_model_arguments(parser, MODEL_FLAGS)
+    model = add_model_arguments(parser, MODEL_FIELDS)
     model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")
     model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
     model.add_argument("--static_features", nargs="+", metavar="NAME",

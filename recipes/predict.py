@@ -24,7 +24,7 @@ import datasets
 import pandas as pd
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
-from medfuse_hf.data import load_long_format
+from medfuse_hf.data import LongFormatOptions, load_long_format
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.evaluation import per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
@@ -73,20 +73,8 @@ def write_explanations(model, tokenizer: MedFuseTokenizer, patients: datasets.Da
 
 
 def prediction_function(args: argparse.Namespace) -> dict:
-    patients, load_summary = load_long_format(
-        args.events,
-        labels=args.patients,
-        columns=args.columns,
-        feature_map=args.feature_map,
-        anchor_column=args.anchor_column,
-        max_hours=args.max_hours,
-        censored=args.censored,
-        decimal=args.decimal,
-        time_format=args.time_format,
-        unit_conversions=args.unit_conversions,
-        name_variants=args.name_variants,
-        return_summary=True,
-    )
+    options = LongFormatOptions.from_settings(vars(args)).as_kwargs()
+    patients, load_summary = load_long_format(args.events, args.patients, return_summary=True, **options)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
     where = ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else "")
     check_units(tokenizer.feature_vocabulary, load_summary.units, where)
@@ -143,7 +131,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a saved MedFuse model folder (with its tokenizer)")
-    add_long_format_arguments(parser)
+    add_long_format_arguments(parser, skip=("label_column", "label_map"))  # it scores: no labels
     parser.add_argument("--patients", help="table with one row per patient (patient_id column), e.g. anchor times")
     parser.add_argument("--output", default="predictions.csv")
     parser.add_argument("--batch_size", type=int, default=64)

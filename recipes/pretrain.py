@@ -43,7 +43,7 @@ from medfuse_hf.training.loop import end_training, train_epoch
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run, readable
 from medfuse_hf.training.recipe_config import (
-    ENCODER_FLAGS,
+    ENCODER_FIELDS,
     add_cohort_arguments,
     add_model_arguments,
     add_training_arguments,
@@ -194,7 +194,7 @@ def training_function(args: argparse.Namespace) -> dict:
         validation_collate = objective_collator(args, tokenizer, rng=random.Random(args.seed))
         validation = DataLoader(validation, batch_size=args.batch_size, collate_fn=validation_collate)
 
-    config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **model_overrides(args, ENCODER_FLAGS),
+    config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **model_overrides(args, ENCODER_FIELDS),
                            pretraining_objective=args.objective)
     model = MedFuseForPreTraining(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="what the streamed shards hold, for the model cards (else their corpus.json)")
     data.add_argument("--data_license", default="as set by the data owner",
                       help="the streamed shards' terms, for the cards")
-    add_model_arguments(parser, ENCODER_FLAGS)
+    add_model_arguments(parser, ENCODER_FIELDS)
     add_training_arguments(parser, output_dir="outputs/pretrain")
     parser.set_defaults(num_epochs=10)
     quiet_library_progress_bars()

@@ -116,3 +116,24 @@ def test_a_long_format_cohort_without_labels_has_none_and_a_labels_table_needs_i
     labels.write_text("patient_id,died\n" + "".join(f"p{i},0\n" for i in range(20)))
     with pytest.raises(ValueError, match="give --labels with --label_column"):
         load_cohort("long-format", events=(str(tmp_path / "events.csv"),), labels=str(labels))
+
+
+def test_every_long_format_option_is_a_flag_with_its_default_and_a_bad_one_is_named():
+    """One declaration (`LongFormatOptions`) serves the loader, the recipes' flags and their recorded settings."""
+    import argparse
+    from dataclasses import fields
+
+    from medfuse_hf.data import LongFormatOptions
+    from medfuse_hf.training.recipe_config import add_long_format_arguments
+
+    parser = argparse.ArgumentParser()
+    add_long_format_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    assert {option.name: option.default for option in fields(LongFormatOptions)}.items() <= defaults.items()
+    args = parser.parse_args(["--censored", "refuse", "--label_map", "yes=1,no=0", "--max_hours", "48"])
+    assert LongFormatOptions.from_settings(vars(args)) == LongFormatOptions(censored="refuse", max_hours=48.0,
+                                                                            label_map={"yes": 1, "no": 0})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'censor'"):
+        load_long_format(pd.DataFrame(), censor="refuse")
+    with pytest.raises(ValueError, match=r"censored must be one of \('bound', 'refuse'\), got 'drop'"):
+        load_long_format(pd.DataFrame(), censored="drop")

@@ -20,7 +20,14 @@ from medfuse_hf.training import (
     save_checkpoint,
 )
 from medfuse_hf.training.publishing import readable
-from medfuse_hf.training.recipe_config import add_training_arguments, parse_with_config
+from medfuse_hf.training.recipe_config import (
+    ENCODER_FIELDS,
+    HEAD_FIELDS,
+    add_model_arguments,
+    add_training_arguments,
+    model_overrides,
+    parse_with_config,
+)
 
 
 def test_binary_metrics_on_a_known_case():
@@ -185,3 +192,19 @@ def test_end_training_refuses_to_destroy_the_group_while_a_ddp_model_is_still_re
     assert result.returncode == 0, result.stderr[-2000:]
     assert "refused: end_training: 1 DistributedDataParallel model(s) still referenced" in result.stdout
     assert "group kept: True" in result.stdout and "group destroyed: True" in result.stdout
+
+
+def test_model_flags_take_their_type_choices_and_help_from_the_config(capsys):
+    """A bad value is refused when the flags are read, before any cohort is loaded and tokenized."""
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser, (*ENCODER_FIELDS, *HEAD_FIELDS))
+    args = parser.parse_args(["--pooling", "per_feature", "--norm_first", "false", "--focal_alpha", "0.25",
+                              "--num_hidden_layers", "2"])
+    assert (args.pooling, args.norm_first, args.focal_alpha, args.num_hidden_layers) == ("per_feature", False, 0.25, 2)
+    assert model_overrides(args, ENCODER_FIELDS) == {"pooling": "per_feature", "norm_first": False,
+                                                     "num_hidden_layers": 2}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--fusion", "gated"])
+    assert "invalid choice: 'gated' (choose from 'multiplicative', 'additive', 'concat', 'scane')" in (
+        capsys.readouterr().err)
+    assert "(Gorishniy et al. 2022's periodic numerical embedding)" in " ".join(parser.format_help().split())

@@ -10,7 +10,7 @@ from .collator import (
     padding_fraction,
 )
 from .download import download_physionet2012, download_physionet2019
-from .long_format import load_long_format
+from .long_format import LongFormatOptions, load_long_format
 from .mimic3 import load_mimic3_benchmark_root
 from .patient_table import LoadSummary
 from .physionet2012 import load_physionet2012
@@ -37,6 +37,7 @@ __all__ = [
     "download_physionet2012",
     "download_physionet2019",
     "load_long_format",
+    "LongFormatOptions",
     "load_mimic3_benchmark_root",
     "load_physionet2012",
     "load_physionet2012_sample",

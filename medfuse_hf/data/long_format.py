@@ -16,8 +16,9 @@ import numbers
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import datasets
 import numpy as np
@@ -39,33 +40,17 @@ CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?
 CENSORED_KEPT = "censored value, kept at the bound"
 
 
-def load_long_format(
-    events: TableSource | Sequence[TableSource],
-    labels: TableSource | None = None,
-    columns: Mapping[str, str] | None = None,
-    feature_map: Mapping[str, str] | None = None,
-    value_transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
-    anchor_column: str | None = None,
-    max_hours: float | None = None,
-    label_column: str | None = None,
-    label_map: Mapping[str, int] | None = None,
-    censored: Literal["bound", "refuse"] = "bound",
-    decimal: str = ".",
-    time_format: str | None = None,
-    unit_conversions: Mapping[str, Mapping[str, UnitConversion]] | None = None,
-    name_variants: Literal["merge", "refuse"] = "merge",
-    return_summary: bool = False,
-) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
-    """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
+@dataclass(frozen=True, kw_only=True)
+class LongFormatOptions:
+    """How a hospital's long-format export is read: one declaration for `load_long_format`, the recipes' flags
+    (`recipe_config.add_long_format_arguments`, whose help is each field's `help`) and the cohort requests and run
+    records built from them.
 
     Args:
-        events: CSV/Parquet path(s) or DataFrame(s) of events; a list is read one table at a time.
-        labels: table with one row per patient (the `patient_id` column) and its labels; patients without a row
-            are skipped and counted. Without it, every patient with events is kept.
-        columns: where each field lives: keys `patient_id`, `time`, `feature`, `value` -> source column names.
+        columns: where each field lives: keys `patient_id`, `time`, `feature`, `value` (and `unit`) -> source column
+            names. A column called `unit` is read as the unit without being named.
         feature_map: source feature name or item id (as text) -> canonical name. Unmapped features are skipped
             and counted; without a map, source names are used as they are.
-        value_transforms: source feature -> function on its values, e.g. Fahrenheit to Celsius.
         anchor_column: labels column holding each patient's time zero (timestamps).
         max_hours: events later than this after the anchor are skipped and counted.
         label_column: the labels column of a binary outcome: each value must be 0 or 1 (or a key of `label_map`),
@@ -75,39 +60,95 @@ def load_long_format(
         decimal: the decimal mark of the value column (`","` for European exports).
         time_format: `strftime` format of the timestamps (and anchors), e.g. `"%d/%m/%Y %H:%M"`; else ISO 8601.
             Times are either numbers of hours or timestamps, one kind per column; UTC offsets are converted to UTC.
-        unit_conversions: with a `unit` column (`columns={"unit": "VALUEUOM"}`), feature -> {unit: conversion} into
-            the feature's other unit, as the transfer code takes them: `{"temperature": {"°F": (5 / 9, -160 / 9)}}`.
-            A feature recorded in two units without a conversion is an error naming both units and their row counts;
-            the unit each feature's values end up in is in the summary's `units`.
+        unit_conversions: with a unit column, feature -> {unit: conversion} into the feature's other unit, as the
+            transfer code takes them: `{"temperature": {"°F": (5 / 9, -160 / 9)}}`; `"into": unit` names the unit
+            to convert into. A feature recorded in two units without a conversion is an error naming both units and
+            their row counts; the unit each feature's values end up in is in the summary's `units`.
         name_variants: a feature name equal to a known one (the feature map's, the clinical catalogue's, or the
             first spelling seen) up to case, Unicode compatibility forms, zero-width characters or Cyrillic
             look-alike letters is read as it, with a warning and a counted note (`"merge"`), or refused.
     """
-    if censored not in ("bound", "refuse"):
-        raise ValueError(f"censored must be 'bound' or 'refuse', got {censored!r}")
-    if name_variants not in ("merge", "refuse"):
-        raise ValueError(f"name_variants must be 'merge' or 'refuse', got {name_variants!r}")
-    known = feature_map if feature_map is not None else {**CATEGORICAL_FEATURES, **NUMERIC_FEATURES}
+
+    columns: Mapping[str, str] | None = field(default=None, metadata={
+        "help": "where the fields live, e.g. patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE"})
+    feature_map: Mapping[str, str] | None = field(default=None, metadata={
+        "help": "CSV: source item (name or id), canonical name"})
+    anchor_column: str | None = field(default=None, metadata={
+        "help": "column of the patients/labels table holding each patient's time zero"})
+    max_hours: float | None = field(default=None, metadata={
+        "help": "events later than this after the anchor are skipped, counted"})
+    label_column: str | None = field(default=None, metadata={
+        "help": "label column of a Parquet or long-format cohort"})
+    label_map: Mapping[str, int] | None = field(default=None, metadata={
+        "help": "long-format: text labels to 0/1, e.g. yes=1,no=0"})
+    censored: Literal["bound", "refuse"] = field(default="bound", metadata={
+        "help": "'<0.01'-style results: kept at the bound (counted) or skipped (counted)"})
+    decimal: str = field(default=".", metadata={
+        "help": "decimal mark of the value column (',' for European exports)"})
+    time_format: str | None = field(default=None, metadata={
+        "help": "strftime format of timestamps, e.g. '%d/%m/%Y %H:%M' (default: ISO 8601)"})
+    unit_conversions: Mapping[str, Mapping[str, UnitConversion]] | None = field(default=None, metadata={
+        "help": "JSON: feature -> {unit: scale or [scale, offset]}, for a unit column"})
+    name_variants: Literal["merge", "refuse"] = field(default="merge", metadata={
+        "help": "a name equal to a known feature up to case, Unicode form or look-alike letters: read as it "
+                "(logged) or refused"})
+
+    def __post_init__(self) -> None:
+        for name in ("censored", "name_variants"):
+            choices = get_args(LongFormatOptions.__annotations__[name])
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> "LongFormatOptions":
+        """The options among a recipe's flags (`vars(args)`) or a run's recorded settings; unset ones default."""
+        names = {option.name for option in fields(cls)}
+        return cls(**{key: value for key, value in settings.items() if key in names and value is not None})
+
+    def as_kwargs(self) -> dict:
+        """For `load_long_format(events, labels, **options.as_kwargs())`."""
+        return {option.name: getattr(self, option.name) for option in fields(LongFormatOptions)}
+
+
+def load_long_format(
+    events: TableSource | Sequence[TableSource],
+    labels: TableSource | None = None,
+    *,
+    value_transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    return_summary: bool = False,
+    **options,
+) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
+    """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
+
+    Args:
+        events: CSV/Parquet path(s) or DataFrame(s) of events; a list is read one table at a time.
+        labels: table with one row per patient (the `patient_id` column) and its labels; patients without a row
+            are skipped and counted. Without it, every patient with events is kept.
+        value_transforms: source feature -> function on its values, e.g. Fahrenheit to Celsius.
+        return_summary: also return the `LoadSummary` of what was read, kept and skipped, and why.
+        options: how the table is read, `LongFormatOptions`' fields (`columns=...`, `feature_map=...`, ...).
+    """
+    options = LongFormatOptions(**options)
+    known = {**CATEGORICAL_FEATURES, **NUMERIC_FEATURES} if options.feature_map is None else options.feature_map
     spellings = {name_key(name): name for name in known}  # grows with the first spelling of each new name
-    columns = {**DEFAULT_COLUMNS, **(columns or {})}
+    columns = {**DEFAULT_COLUMNS, **(options.columns or {})}
     sources = list(events) if isinstance(events, (list, tuple)) else [events]
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
-    if label_column is not None:
-        label_table = _validated_labels(label_table, label_column, label_map, labels)
-    anchors = _anchors(label_table, anchor_column, time_format) if anchor_column else None
+    if options.label_column is not None:
+        label_table = _validated_labels(label_table, options.label_column, options.label_map, labels)
+    anchors = _anchors(label_table, options.anchor_column, options.time_format) if options.anchor_column else None
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
     per_patient: dict[str, list[pd.DataFrame]] = {}
     has_units = False
     for source in sources:
         table, name = _read_table(source, columns, summary)
         has_units |= table["unit"].ne("").any()
-        table = table.assign(feature=_spelled_as_known(table, name, spellings, name_variants, summary))
-        table = _clean(table, name, feature_map, value_transforms or {}, anchors, max_hours, censored, decimal,
-                       time_format, summary)
+        table = table.assign(feature=_spelled_as_known(table, name, spellings, options.name_variants, summary))
+        table = _clean(table, name, options, value_transforms or {}, anchors, summary)
         for patient_id, group in table.groupby("patient_id", sort=False):
             per_patient.setdefault(patient_id, []).append(group)
     if has_units:
-        summary.units = _convert_units(per_patient, unit_conversions or {})
+        summary.units = _convert_units(per_patient, options.unit_conversions or {})
     names = sorted({feature for groups in per_patient.values() for group in groups
                     for feature in group["feature"].unique()})
     code_of = {feature: code for code, feature in enumerate(names)}
@@ -119,11 +160,11 @@ def load_long_format(
             summary.skip_patient("labels row but no events", f"patient {patient_id}")
             continue
         group = pd.concat(per_patient.pop(patient_id))
-        fields = label_table.loc[patient_id].to_dict() if label_table is not None else {}
-        if label_column is not None and fields[label_column] is None:
-            summary.note(f"no {label_column!r} label (kept unlabeled)", f"patient {patient_id}")
+        patient_fields = label_table.loc[patient_id].to_dict() if label_table is not None else {}
+        if options.label_column is not None and patient_fields[options.label_column] is None:
+            summary.note(f"no {options.label_column!r} label (kept unlabeled)", f"patient {patient_id}")
         builder.add(group["feature"].map(code_of).to_numpy(), group["value"].to_numpy(), group["hours"].to_numpy(),
-                    patient_id=patient_id, **{key: _plain(value) for key, value in fields.items()})
+                    patient_id=patient_id, **{key: _plain(value) for key, value in patient_fields.items()})
         summary.patients_kept += 1
         summary.events_kept += len(group)
     for patient_id in per_patient:  # events but no labels row
@@ -176,13 +217,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _clean(
     table: pd.DataFrame,
     name: str,
-    feature_map: Mapping[str, str] | None,
+    options: LongFormatOptions,
     value_transforms: Mapping[str, Callable],
     anchors: pd.Series | None,
-    max_hours: float | None,
-    censored: str,
-    decimal: str,
-    time_format: str | None,
     summary: LoadSummary,
 ) -> pd.DataFrame:
     """Map features, parse values and times, and drop (counting each reason) what cannot be an event."""
@@ -195,16 +232,17 @@ def _clean(
             summary.skip_event(reason, f"{name}:{table.loc[mask, 'line'].iloc[0]}", int(mask.sum()))
         return table[~mask]
 
-    if feature_map is not None:
-        table = table.assign(feature=table["source_feature"].map(feature_map))
+    if options.feature_map is not None:
+        table = table.assign(feature=table["source_feature"].map(options.feature_map))
         table = drop(table["feature"].isna(), "feature not in feature_map")
     table = drop(table["value"].isna() | table["value"].astype(str).str.strip().eq(""), "empty value")
     text = table["value"].astype(str).str.strip()
-    if decimal != ".":
-        text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False)  # 1.234,5 -> 1234.5
+    if options.decimal != ".":
+        # 1.234,5 -> 1234.5
+        text = text.str.replace(".", "", regex=False).str.replace(options.decimal, ".", regex=False)
     bounds = text.str.extract(CENSORED)[1]
     is_censored = bounds.notna()
-    if censored == "refuse":
+    if options.censored == "refuse":
         table = drop(is_censored, "censored value (refused)")
         text, is_censored = text[~is_censored], is_censored[~is_censored]
     elif is_censored.any():
@@ -217,11 +255,11 @@ def _clean(
         table.loc[rows, "value"] = transform(table.loc[rows, "value"].to_numpy())
     if anchors is not None:
         table = drop(table["patient_id"].map(anchors).isna(), "patient has no anchor time")
-    table = table.assign(hours=_hours(table, anchors, time_format, name))
+    table = table.assign(hours=_hours(table, anchors, options.time_format, name))
     table = drop(table["hours"].isna(), "unparseable time")
     table = drop(table["hours"] < 0, "time before the anchor")
-    if max_hours is not None:
-        table = drop(table["hours"] > max_hours, f"time more than {max_hours:g} h after the anchor")
+    if options.max_hours is not None:
+        table = drop(table["hours"] > options.max_hours, f"time more than {options.max_hours:g} h after the anchor")
     table = drop(table.duplicated(["patient_id", "hours", "feature", "value"]), "duplicate row")
     return table
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 
 from ..data import (
+    LongFormatOptions,
     apply_split,
     clinical_vocabulary,
     load_long_format,
@@ -65,39 +66,25 @@ P19_TERMS = dict(
 
 
 @dataclass(frozen=True)
-class CohortRequest:
+class CohortRequest(LongFormatOptions):
     """Everything a cohort builder may need; each builder reads the fields that concern it. Recipes build it from
-    their flags (`CohortRequest.from_settings(vars(args))`), `publish.py` from a run's recorded settings."""
+    their flags (`CohortRequest.from_settings(vars(args))`), `publish.py` from a run's recorded settings. A hospital's
+    own long-format table (`--dataset long-format`) is read with the `LongFormatOptions` fields, keyword-only."""
 
     dataset: str
     data_dir: str | Path | None = None
     protocol: str | None = None
     hospital: str | None = None
-    label_column: str | None = None
     num_patients: int = 512
     seed: int = 0
-    # a hospital's own long-format table (`--dataset long-format`), read by `medfuse_hf.data.load_long_format`
-    events: tuple[str, ...] | None = None
-    labels: str | None = None
-    columns: Mapping[str, str] | None = None
-    feature_map: Mapping[str, str] | None = None
-    anchor_column: str | None = None
-    max_hours: float | None = None
-    censored: str = "bound"
-    decimal: str = "."
-    time_format: str | None = None
-    name_variants: str = "merge"
-    unit_conversions: Mapping[str, Mapping[str, float | tuple[float, float]]] | None = None
-    label_map: Mapping[str, int] | None = None
+    events: tuple[str, ...] | None = None  # long-format: the event tables
+    labels: str | None = None  # long-format: one row per patient, with its label and anchor time
     split_file: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> "CohortRequest":
-        names = {field.name for field in fields(cls)}
-        chosen = {key: value for key, value in settings.items() if key in names and value is not None}
-        if "events" in chosen:
-            chosen["events"] = tuple(chosen["events"])
-        return cls(**chosen)
+        events = settings.get("events")
+        return super().from_settings({**settings, "events": None if events is None else tuple(events)})
 
 
 def load_cohort(dataset: str, *args, **kwargs) -> Cohort:
@@ -181,12 +168,8 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
     if bool(request.labels) != bool(request.label_column) and not (request.labels and request.anchor_column):
         raise ValueError("--dataset long-format: give --labels with --label_column "
                          "(the table only for anchors: --anchor_column)")
-    patients, summary = load_long_format(
-        list(request.events), labels=request.labels, columns=request.columns, feature_map=request.feature_map,
-        anchor_column=request.anchor_column, max_hours=request.max_hours, label_column=request.label_column,
-        label_map=request.label_map, censored=request.censored, decimal=request.decimal,
-        time_format=request.time_format, unit_conversions=request.unit_conversions,
-        name_variants=request.name_variants, return_summary=True)
+    patients, summary = load_long_format(list(request.events), request.labels, return_summary=True,
+                                         **request.as_kwargs())
     if request.split_file:
         split = load_split(request.split_file)
     elif request.label_column is None:

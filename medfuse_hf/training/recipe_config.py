@@ -2,8 +2,11 @@
 The flags every recipe shares are declared here once."""
 
 import argparse
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args, get_origin
 
 import yaml
 
@@ -55,13 +58,11 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random; "
                                          "P19 task: whole-stay (default) or first-<H>h")
     data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
-    data.add_argument("--label_column", help="label column of a Parquet or long-format cohort")
     data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
     data.add_argument("--seed", type=int, default=0)
     table = add_long_format_arguments(parser)
     table.add_argument("--labels",
                        help="long-format: table with one row per patient (patient_id column) and its label")
-    table.add_argument("--label_map", type=label_mapping, help="long-format: text labels to 0/1, e.g. yes=1,no=0")
     table.add_argument("--split_file",
                        help="long-format: JSON of train/validation/test patient ids (else seeded, stratified)")
     return data
@@ -123,50 +124,72 @@ def read_feature_map(path: str) -> dict[str, str]:
     return dict(zip(source, canonical))
 
 
-def add_long_format_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """How a hospital's long-format event table is read (`medfuse_hf.data.load_long_format`)."""
+# How the flags' text becomes a long-format option, where it is more than a string or a number.
+LONG_FORMAT_PARSERS = {"columns": column_mapping, "feature_map": read_feature_map,
+                       "unit_conversions": read_unit_conversions, "label_map": label_mapping}
+
+
+def add_long_format_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> argparse._ArgumentGroup:
+    """How a hospital's long-format event table is read: a flag for each `LongFormatOptions` field (but those in
+    `skip`), with its default, choices and help from the field."""
+    from ..data.long_format import LongFormatOptions
+
     table = parser.add_argument_group("long-format events")
     table.add_argument("--events", nargs="+", help="CSV or Parquet event table(s), one row per observation")
-    table.add_argument("--columns", type=column_mapping, default={},
-                       help="where the fields live, e.g. "
-                            "patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE")
-    table.add_argument("--feature_map", type=read_feature_map, help="CSV: source item (name or id), canonical name")
-    table.add_argument("--anchor_column", help="column of the patients/labels table holding each patient's time zero")
-    table.add_argument("--max_hours", type=float, help="events later than this after the anchor are skipped, counted")
-    table.add_argument("--censored", choices=("bound", "refuse"), default="bound",
-                       help="'<0.01'-style results: kept at the bound (counted) or skipped (counted)")
-    table.add_argument("--decimal", default=".", help="decimal mark of the value column (',' for European exports)")
-    table.add_argument("--unit_conversions", type=read_unit_conversions,
-                       help="JSON: feature -> {unit: scale or [scale, offset]}, for a `unit` column "
-                            "(--columns unit=...)")
-    table.add_argument("--name_variants", choices=("merge", "refuse"), default="merge",
-                       help="a name equal to a known feature up to case, Unicode form or look-alike letters: read as "
-                            "it (logged) or refused")
-    table.add_argument("--time_format",
-                       help="strftime format of timestamps, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601)")
+    for option in fields(LongFormatOptions):
+        if option.name in skip:
+            continue
+        hint = LongFormatOptions.__annotations__[option.name]
+        kind, choices = flag_type(hint) if option.name not in LONG_FORMAT_PARSERS else (None, None)
+        table.add_argument(f"--{option.name}", type=LONG_FORMAT_PARSERS.get(option.name, kind), choices=choices,
+                           default=option.default, help=option.metadata["help"].replace("%", "%%"))
     return table
 
 
 # The encoder's MedFuseConfig fields settable from the command line, shared by the recipes so that a pretrained base
-# and the fine-tuned model built on it can have the same architecture; unset ones keep the preset's value.
-ENCODER_FLAGS = {
-    "hidden_size": int, "value_embedding_size": int, "num_hidden_layers": int, "num_attention_heads": int,
-    "intermediate_size": int, "fusion": str, "time_embedding": str, "pooling": str, "hidden_dropout_prob": float,
-    "attention_probs_dropout_prob": float, "value_projector_hidden_size": int, "norm_first": boolean,
-    "value_projector": str,
-}
+# and the fine-tuned model built on it can have the same architecture; unset ones keep the preset's value. Each flag's
+# type, choices and help come from `MedFuseConfig` itself, so a bad value (`--fusion gated`) is refused with the
+# others before any data loads.
+ENCODER_FIELDS = ("hidden_size", "value_embedding_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "fusion", "time_embedding", "pooling", "hidden_dropout_prob",
+                  "attention_probs_dropout_prob", "value_projector_hidden_size", "norm_first", "value_projector")
+HEAD_FIELDS = ("classifier_dropout", "classification_loss", "focal_alpha", "focal_gamma")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, flags: dict[str, type]) -> argparse._ArgumentGroup:
+def add_model_arguments(parser: argparse.ArgumentParser, fields: Sequence[str]) -> argparse._ArgumentGroup:
+    """A `--<field>` flag for each `MedFuseConfig` field named, typed (and with its choices) from the config's
+    annotations, its help the config docstring's first sentence of that field."""
+    from ..configuration_medfuse import MedFuseConfig
+
+    hints, docs = MedFuseConfig.__annotations__, config_field_docs(MedFuseConfig)
     model = parser.add_argument_group("model")
-    for name, kind in flags.items():
-        model.add_argument(f"--{name}", type=kind)
+    for name in fields:
+        kind, choices = flag_type(hints[name])
+        model.add_argument(f"--{name}", type=kind, choices=choices, help=docs.get(name))
     return model
 
 
-def model_overrides(args: argparse.Namespace, flags: dict[str, type]) -> dict:
+def flag_type(hint: object) -> tuple[Callable[[str], object], tuple | None]:
+    """How a field's annotation is read from the command line: its type, and its choices for a `Literal`."""
+    if get_origin(hint) is Literal:
+        return str, get_args(hint)
+    if hint is bool:
+        return boolean, None
+    kinds = set(get_args(hint)) - {type(None)} or {hint}
+    return next(kind for kind in (float, int, str) if kind in kinds), None
+
+
+def config_field_docs(config_class: type) -> dict[str, str]:
+    """Each field's description in a transformers-style `Args:` docstring, first sentence only."""
+    found = re.finditer(r"^ {8}(\w+) \(.*?\):\n((?: {12}.*\n?)+)", config_class.__doc__, re.MULTILINE)
+    first_sentence = re.compile(r"\.\s+(?=[A-Z`])")  # not at "et al. 2022"
+    return {name: first_sentence.split(" ".join(text.split()))[0].replace("%", "%%") for name, text in
+            (match.groups() for match in found)}
+
+
+def model_overrides(args: argparse.Namespace, fields: Sequence[str]) -> dict:
     """The config fields set on the command line."""
-    return {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> argparse._ArgumentGroup:
