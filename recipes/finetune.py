@@ -16,14 +16,12 @@ privacy-guarded feature-embedding checkpoint (`feature_embeddings/`) for other h
 import argparse
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
-from transformers import get_scheduler
 
 from medfuse_hf import (
     MedFuseConfig,
@@ -36,18 +34,17 @@ from medfuse_hf import (
 from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset, validation_subset
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
-from medfuse_hf.training import (
-    JSONLinesTracker,
-    binary_metrics,
-    load_checkpoint,
-    predict,
-    read_metrics,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from medfuse_hf.training import binary_metrics, predict, read_metrics
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
-from medfuse_hf.training.loop import end_training, train_epoch
+from medfuse_hf.training.loop import (
+    LoopState,
+    end_training,
+    optimizer_and_scheduler,
+    resume,
+    start_run,
+    train_epoch,
+)
 from medfuse_hf.training.metrics import accuracy_threshold
 from medfuse_hf.training.plots import save_training_curves
 from medfuse_hf.training.publishing import publish_run
@@ -60,7 +57,7 @@ from medfuse_hf.training.recipe_config import (
     model_overrides,
     parse_with_config,
 )
-from medfuse_hf.training.run_info import throughput, write_run_info
+from medfuse_hf.training.run_info import throughput
 from medfuse_hf.units import check_units
 
 MODEL_FIELDS = (*ENCODER_FIELDS, *HEAD_FIELDS)  # the encoder's and the head's MedFuseConfig fields
@@ -112,65 +109,58 @@ def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFus
     return MedFuseForSequenceClassification(config)
 
 
-def training_function(args: argparse.Namespace) -> dict:
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        cpu=args.cpu,
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        # Each global batch is split across processes, so the optimisation is the same for any process count.
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-        log_with=[JSONLinesTracker("logs", output_dir)],
-        project_dir=str(output_dir),
-    )
-    set_seed(args.seed)
-    run_info = write_run_info(output_dir, vars(args), accelerator)
-    accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
-
-    # ----- data ---------------------------------------------------------------------------------------
-    cohort = load_cohort_from_settings(vars(args))
-    if cohort.label_column is None:
-        raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
+def training_splits(args, cohort, accelerator) -> dict:
+    """The cohort's labelled patients by split, the training (`--train_fraction`) and validation
+    (`--validation_fraction`) splits cut to a stratified, seeded share where asked."""
     label = cohort.label_column
     splits = {name: cohort.labelled(name) for name in cohort.splits}
     for name, part in splits.items():
         if len(part) < len(cohort.splits[name]):
             accelerator.print(f"{name}: {len(cohort.splits[name]) - len(part)} patients without {label!r} left out")
-    train = splits["train"]
     if args.train_fraction < 1.0:  # the small-target setting of transfer experiments: stratified, seeded, nested
-        train = train.select(nested_subset(train[label], args.train_fraction, args.seed))
-        accelerator.print(f"training on {len(train)} patients ({args.train_fraction:.0%} of the training split)")
+        train = splits["train"]
+        splits["train"] = train.select(nested_subset(train[label], args.train_fraction, args.seed))
+        accelerator.print(f"training on {len(splits['train'])} patients ({args.train_fraction:.0%} of the training "
+                          "split)")
     if args.validation_fraction < 1.0:  # what a small hospital has to choose epochs on: as few, yet both classes
         validation = splits["validation"]
         splits["validation"] = validation.select(validation_subset(validation[label], args.validation_fraction,
                                                                    args.seed))
         accelerator.print(f"validating on {len(splits['validation'])} patients ({args.validation_fraction:.0%} of the "
                           f"validation split, at least {MIN_VALIDATION_PER_CLASS} of each class)")
-    positives = int(np.sum(train[label]))
-    if len(train) < args.batch_size or positives in (0, len(train)):
-        raise SystemExit(f"{cohort.description}: {len(train)} training patients ({positives} positive, "
+    positives = int(np.sum(splits["train"][label]))
+    if len(splits["train"]) < args.batch_size or positives in (0, len(splits["train"])):
+        raise SystemExit(f"{cohort.description}: {len(splits['train'])} training patients ({positives} positive, "
                          f"--train_fraction {args.train_fraction}); training needs at least --batch_size "
                          f"({args.batch_size}) and both classes")
-    tokenizer, matching = build_tokenizer(args, train, cohort.units)
-    rate = positives / len(train)
-    class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
+    return splits
 
-    collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))
-    train_collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,),
-                                        event_dropout=args.event_dropout)
-    lengths = [min(len(features), args.max_events) for features in train["feature"]]
+
+def training_loader(args, train, label: str, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
+    """Batches of the training split (length-grouped, or class-balanced with `--sampling balanced`) and how to set
+    their order for an epoch: a function of (seed, epoch) alone, so a resumed run sees the same batches."""
+    collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,),
+                                  event_dropout=args.event_dropout)
     if args.sampling == "balanced":  # each batch drawn with replacement, deaths as likely as survivals
+        rate = float(np.mean(train[label]))
         weights = torch.tensor([0.5 / rate if y else 0.5 / (1 - rate) for y in train[label]])
         sampler = WeightedRandomSampler(weights, len(train), generator=torch.Generator().manual_seed(args.seed))
         batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
-    else:
-        batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-    train_loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler,
-                              collate_fn=train_collate)
-    eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size)
-                    for name in ("validation", "test")}
 
-    # ----- model and optimisation ---------------------------------------------------------------------
+        def reseed(epoch: int) -> None:
+            sampler.generator.manual_seed(args.seed + epoch)
+    else:
+        lengths = [min(len(features), args.max_events) for features in train["feature"]]
+        batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
+        reseed = batch_sampler.set_epoch
+    loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler,
+                        collate_fn=collate)
+    return loader, reseed
+
+
+def model_for(args, tokenizer, class_weights, matching: dict | None, cohort, accelerator) -> tuple:
+    """The model to fine-tune (`build_model`, with `--init_embeddings_from` loaded into it) and what it took over
+    from a checkpoint, for the report."""
     model = build_model(args, tokenizer, class_weights, matching)
     transferred = None
     if matching is not None:
@@ -181,7 +171,7 @@ def training_function(args: argparse.Namespace) -> dict:
                           "the checkpoint")
     if args.init_embeddings_from:  # another site's published feature embeddings
         report = load_feature_embeddings(model.medfuse, args.init_embeddings_from, tokenizer.feature_vocabulary,
-                                                       match_by=args.match_by, freeze=args.freeze_transferred)
+                                         match_by=args.match_by, freeze=args.freeze_transferred)
         accelerator.print(f"feature embeddings from {args.init_embeddings_from}: {report}")
         if not report.matched:
             raise SystemExit(f"{args.init_embeddings_from}: no feature of {cohort.description} matches one of the "
@@ -189,71 +179,62 @@ def training_function(args: argparse.Namespace) -> dict:
                              "to canonical ones or widen --match_by")
         transferred = {"matched": len(report.matched), "new_at_target": len(report.new_at_target),
                        "only_at_source": len(report.only_at_source)}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(batch_sampler) / args.gradient_accumulation_steps)
-    # A small cohort still gets a real optimisation budget: its epochs are repeated, and validation (with early
-    # stopping) runs every `validate_every` epochs, so it sees at most `num_epochs` validations, as a large one does.
-    validate_every = 1
-    if args.min_steps > steps_per_epoch * args.num_epochs:
-        validate_every = math.ceil(args.min_steps / (steps_per_epoch * args.num_epochs))
-        args.num_epochs *= validate_every
-        accelerator.print(f"{steps_per_epoch} steps per epoch: up to {args.num_epochs} epochs, validated every "
-                          f"{validate_every} (--min_steps {args.min_steps})")
-    total_steps = steps_per_epoch * args.num_epochs
-    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    model, optimizer, train_loader, scheduler, eval_loaders["validation"], eval_loaders["test"] = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, eval_loaders["validation"], eval_loaders["test"]
-    )
+    return model, transferred
 
-    # ----- resume -------------------------------------------------------------------------------------
-    loop = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "stale_epochs": 0}
-    checkpoint = (resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints")
-                  if args.resume_from_checkpoint else None)
-    if checkpoint is not None:
-        loop = load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"resumed from {checkpoint}: epoch {loop['epoch']}, batch {loop['batch']}, "
-                          f"step {loop['step']}")
 
-    # ----- training -----------------------------------------------------------------------------------
-    def reseed(epoch: int) -> None:
-        if isinstance(batch_sampler, LengthGroupedBatchSampler):
-            batch_sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(args.seed + epoch)
+def epoch_budget(args, steps_per_epoch: int, accelerator) -> tuple[int, int]:
+    """(epochs, validate every): a small cohort still gets `--min_steps` of optimisation, its epochs repeated and
+    validated (with early stopping) every few, so it sees at most `--num_epochs` validations, as a large one does."""
+    if args.min_steps <= steps_per_epoch * args.num_epochs:
+        return args.num_epochs, 1
+    validate_every = math.ceil(args.min_steps / (steps_per_epoch * args.num_epochs))
+    accelerator.print(f"{steps_per_epoch} steps per epoch: up to {args.num_epochs * validate_every} epochs, "
+                      f"validated every {validate_every} (--min_steps {args.min_steps})")
+    return args.num_epochs * validate_every, validate_every
 
+
+def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, validation_loader, tokenizer,
+        num_epochs: int, validate_every: int) -> tuple[LoopState, int]:
+    """Train, validate, keep the best validation epoch in `<output_dir>/model` and stop early; resumable. Returns
+    where the run ended and how many batches this process trained on."""
+    output_dir = Path(args.output_dir)
+    state = resume(accelerator, args)
     model.train()
     batches_this_process = 0
-    for epoch in range(loop["epoch"], args.num_epochs):
-        if loop["stale_epochs"] >= args.patience or (args.max_steps and loop["step"] >= args.max_steps):
+    for epoch in range(state.epoch, num_epochs):
+        if state.stale_epochs >= args.patience or (args.max_steps and state.step >= args.max_steps):
             break
-        completed, trained = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, loop, args,
-                                         output_dir / "checkpoints", reseed)
+        completed, trained = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args,
+                                         reseed)
         batches_this_process += trained
         if not completed:
             break
+        state.epoch, state.batch = epoch + 1, 0
         if (epoch + 1) % validate_every:
-            loop.update(epoch=epoch + 1, batch=0)
             continue
-
-        predictions = predict(model, eval_loaders["validation"], accelerator)
+        predictions = predict(model, validation_loader, accelerator)
         validation = binary_metrics(predictions["labels"], predictions["scores"])
-        accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=loop["step"])
+        accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=state.step)
         accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, "
                           f"AUPRC {validation['auprc']:.4f}")
-        loop.update(epoch=epoch + 1, batch=0)
-        if validation[args.early_stopping_metric] > loop["best"]:
-            loop.update(best=validation[args.early_stopping_metric], best_epoch=epoch + 1, stale_epochs=0)
+        if validation[args.early_stopping_metric] > state.best:
+            state.best, state.best_epoch, state.stale_epochs = validation[args.early_stopping_metric], epoch + 1, 0
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
                 save_strict_tokenizer(tokenizer, output_dir / "model")
         else:
-            loop["stale_epochs"] += 1
+            state.stale_epochs += 1
         if args.checkpoint_every_epoch:
-            save_checkpoint(accelerator, output_dir / "checkpoints", loop["step"], loop)
+            state.save(accelerator, output_dir / "checkpoints")
+    return state, batches_this_process
 
-    # ----- test ---------------------------------------------------------------------------------------
+
+def test_and_report(args, accelerator, model, eval_loaders, state: LoopState, batches_this_process: int,
+                    run_info: dict, transferred: dict | None, tokenizer, cohort, test_split) -> dict:
+    """Score the test split with the best validation epoch's weights: metrics with intervals, predictions, plots,
+    the model card and the feature embeddings (`<output_dir>`), and the process checks of a distributed run."""
+    output_dir = Path(args.output_dir)
     # One number per process that must agree after training: a divergent replica would otherwise go unnoticed.
     checksum = torch.tensor([sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())],
                             dtype=torch.float64, device=accelerator.device)
@@ -266,17 +247,17 @@ def training_function(args: argparse.Namespace) -> dict:
     # Accuracy at the cut validation finds best: class weights make 0.5 an arbitrary one.
     threshold = accuracy_threshold(validation_predictions["labels"], validation_predictions["scores"])
     batches_seen = torch.tensor([batches_this_process], device=accelerator.device)
-    result = {"num_processes": accelerator.num_processes, "steps": loop["step"], "epochs": loop["epoch"],
+    result = {"num_processes": accelerator.num_processes, "steps": state.step, "epochs": state.epoch,
               "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
               "batches_by_process": accelerator.gather(batches_seen).tolist(),
-              "best_validation": {args.early_stopping_metric: loop["best"], "epoch": loop.get("best_epoch")},
+              "best_validation": {args.early_stopping_metric: state.best, "epoch": state.best_epoch},
               "git": run_info["git"], "transferred_features": transferred,
               "validation_threshold": threshold,
               "accuracy_at_validation_threshold": binary_metrics(predictions["labels"], predictions["scores"],
                                                                  threshold)["accuracy"],
-              **throughput(loop, accelerator)}
+              **throughput(state, accelerator)}
     if accelerator.is_main_process:
-        result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,
+        result = write_report(predictions, test_split, cohort.id_column, output_dir, cohort.description,
                               args.bootstrap_resamples, args.seed, extra=result)
         save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"),
                              output_dir / "plots" / "training_curves.png")
@@ -284,10 +265,44 @@ def training_function(args: argparse.Namespace) -> dict:
             publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
                         f"MedFuse, {cohort.description}",
                         metrics=result["test"], evaluation_context=f"Test split, {result['test_patients']} patients, "
-                        f"best validation epoch of {loop['epoch']}.", min_patients=args.min_patients_for_statistics,
+                        f"best validation epoch of {state.epoch}.", min_patients=args.min_patients_for_statistics,
                         drop_rare_features=args.drop_rare_features)
-        accelerator.print(f"{summary_line(result)} after {loop['epoch']} epochs, {result['train_seconds']:.0f} s of "
+        accelerator.print(f"{summary_line(result)} after {state.epoch} epochs, {result['train_seconds']:.0f} s of "
                           f"training ({result['events_per_second']:,} events/s); model in {output_dir / 'model'}")
+    return result
+
+
+def training_function(args: argparse.Namespace) -> dict:
+    accelerator, run_info = start_run(args)
+
+    # ----- data ---------------------------------------------------------------------------------------
+    cohort = load_cohort_from_settings(vars(args))
+    if cohort.label_column is None:
+        raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
+    splits = training_splits(args, cohort, accelerator)
+    train, label = splits["train"], cohort.label_column
+    tokenizer, matching = build_tokenizer(args, train, cohort.units)
+    rate = float(np.mean(train[label]))
+    class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
+    train_loader, reseed = training_loader(args, train, label, tokenizer)
+    collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))
+    eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size)
+                    for name in ("validation", "test")}
+
+    # ----- model and optimisation ---------------------------------------------------------------------
+    model, transferred = model_for(args, tokenizer, class_weights, matching, cohort, accelerator)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    num_epochs, validate_every = epoch_budget(args, steps_per_epoch, accelerator)
+    optimizer, scheduler = optimizer_and_scheduler(model, args, steps_per_epoch * num_epochs)
+    model, optimizer, train_loader, scheduler, eval_loaders["validation"], eval_loaders["test"] = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, eval_loaders["validation"], eval_loaders["test"]
+    )
+
+    # ----- training and test --------------------------------------------------------------------------
+    state, batches = fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed,
+                         eval_loaders["validation"], tokenizer, num_epochs, validate_every)
+    result = test_and_report(args, accelerator, model, eval_loaders, state, batches, run_info, transferred,
+                             tokenizer, cohort, splits["test"])
     del model  # before the process group goes: see end_training
     end_training(accelerator)
     return result

@@ -17,12 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
-from pretrain import EVALUATION, pretraining_cohort, publish_pretraining
-
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.privacy import apply_privacy_guard, publishable_vocabulary
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
+from medfuse_hf.training.pretraining import EVALUATION, pretraining_cohort, publish_pretraining
 from medfuse_hf.training.publishing import publish_run, push_run, without_class_weights
 
 # What the cards are written from; `evaluation.md` is a pretraining run's downstream evaluation (`--evaluation`).

@@ -13,6 +13,7 @@ from test_data_physionet2019 import PATIENT_A, PATIENT_B
 
 from medfuse_hf.data import load_physionet2012
 from medfuse_hf.training.cohorts import streaming_patients
+from medfuse_hf.training.pretraining import streamed_cohort
 
 
 def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_describes_itself(tmp_path, monkeypatch):
@@ -51,11 +52,10 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     assert "Attribution 4.0" in record["sources"]["p19"]["license"]
 
     # pretraining on the shards describes them for its cards from corpus.json (test_recipes_pretrain streams shards)
-    pretrain = load_script("recipes/pretrain.py")
-    described = pretrain.streamed_cohort(Namespace(data_description=None), [str(shard) for shard in shards])
+    described = streamed_cohort(Namespace(data_description=None), [str(shard) for shard in shards])
     assert described.description == record["description"]
     assert ("Creative Commons Attribution 4.0" in described.license
             and "Open Data Commons Attribution" in described.license)
     assert "Reyna MA" in described.citation and "Silva I" in described.citation
     with pytest.raises(SystemExit, match="needs --data_description"):  # shards of no known corpus
-        pretrain.streamed_cohort(Namespace(data_description=None), [str(tmp_path / "elsewhere" / "shard.parquet")])
+        streamed_cohort(Namespace(data_description=None), [str(tmp_path / "elsewhere" / "shard.parquet")])

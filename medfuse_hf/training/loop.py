@@ -1,18 +1,80 @@
-"""The optimisation loop the recipes share: one epoch, resumable at any batch, and the end of a run."""
+"""What the recipes share around their own steps: the start of a run, its optimizer and schedule, where it stands
+(`LoopState`, saved with every checkpoint and restored on resumption), one epoch resumable at any batch, and the
+end of the run."""
 
 import argparse
 import gc
+import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from accelerate import Accelerator
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from transformers import get_scheduler
 
 from ..progress import progress_bar
-from .checkpointing import save_checkpoint
+from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .evaluation import ROW_COLUMN
+from .run_info import write_run_info
+from .tracking import JSONLinesTracker
+
+
+@dataclass
+class LoopState:
+    """Where a run stands: its place in the data, the optimizer steps taken, early stopping's record (fine-tuning),
+    and this process's throughput counters. Saved with every checkpoint, so a resumed run goes on from here."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int | None = None
+    stale_epochs: int = 0
+    patients: int = 0
+    events: int = 0
+    train_seconds: float = 0.0
+
+    def save(self, accelerator: Accelerator, checkpoints_dir: Path) -> None:
+        save_checkpoint(accelerator, checkpoints_dir, self.step, asdict(self))
+
+
+def start_run(args: argparse.Namespace) -> tuple[Accelerator, dict]:
+    """The Accelerator a recipe trains under, seeded, with its JSON-lines tracker and the run's record written.
+    Each global batch is split across processes, so the optimisation is the same for any process count."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              log_with=[JSONLinesTracker("logs", output_dir)], project_dir=str(output_dir))
+    set_seed(args.seed)
+    run_info = write_run_info(output_dir, vars(args), accelerator)
+    accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
+    return accelerator, run_info
+
+
+def optimizer_and_scheduler(model: torch.nn.Module, args: argparse.Namespace, total_steps: int) -> tuple:
+    """AdamW and `--lr_scheduler` over `total_steps` optimizer steps, warmed up over `--warmup_ratio` of them."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def resume(accelerator: Accelerator, args: argparse.Namespace) -> LoopState:
+    """After `accelerator.prepare`: `--resume_from_checkpoint` (a folder, or "latest", which starts fresh when there
+    is none yet) restores every prepared object and returns where the run stood."""
+    checkpoint = (resolve_checkpoint(args.resume_from_checkpoint, Path(args.output_dir) / "checkpoints")
+                  if args.resume_from_checkpoint else None)
+    if checkpoint is None:
+        return LoopState()
+    state = LoopState(**load_checkpoint(accelerator, checkpoint))
+    accelerator.print(f"resumed from {checkpoint}: epoch {state.epoch}, batch {state.batch}, step {state.step}")
+    return state
 
 
 def train_epoch(
@@ -22,20 +84,18 @@ def train_epoch(
     scheduler,
     train_loader: DataLoader,
     epoch: int,
-    loop: dict,
+    state: LoopState,
     args: argparse.Namespace,
-    checkpoints_dir: Path,
     reseed: Callable[[int], None],
 ) -> tuple[bool, int]:
-    """Train on `epoch` from batch `loop["batch"]` on; `loop` (epoch, batch, step, ...) is updated in place and
-    saved with every checkpoint. Returns whether the epoch was completed (not cut by `--max_steps`) and the number
-    of batches this process trained on.
+    """Train on `epoch` from batch `state.batch` on, updating `state` as it goes (checkpoints save it). Returns
+    whether the epoch was completed (not cut by `--max_steps`) and the number of batches this process trained on.
 
     The data order must be a function of (seed, epoch) alone, so that a resumed run sees the batches it would have
     seen: Accelerate re-applies its loader's epoch counter when iteration starts, and `reseed(epoch)` sets the
     samplers Accelerate cannot reach (a custom batch sampler inside a multi-process shard).
     """
-    batches = accelerator.skip_first_batches(train_loader, loop["batch"]) if loop["batch"] else train_loader
+    batches = accelerator.skip_first_batches(train_loader, state.batch) if state.batch else train_loader
     batches.set_epoch(epoch)
     reseed(epoch)
     try:
@@ -43,12 +103,13 @@ def train_epoch(
     except TypeError:  # a streamed dataset has no length
         total = None
     trained, start = 0, time.perf_counter()
+    checkpoints_dir = Path(args.output_dir) / "checkpoints"
     for batch in progress_bar(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
-                      initial=loop["batch"], total=total):
+                              initial=state.batch, total=total):
         batch.pop(ROW_COLUMN, None)
         # Throughput counters of this process; recipes add them up across processes at the end.
-        loop["patients"] = loop.get("patients", 0) + len(batch["attention_mask"])
-        loop["events"] = loop.get("events", 0) + int(batch["attention_mask"].sum())
+        state.patients += len(batch["attention_mask"])
+        state.events += int(batch["attention_mask"].sum())
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -57,19 +118,19 @@ def train_epoch(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        loop["batch"] += 1
-        loop["train_seconds"] = loop.get("train_seconds", 0.0) + time.perf_counter() - start
+        state.batch += 1
+        state.train_seconds += time.perf_counter() - start
         start = time.perf_counter()
         trained += 1
         if not accelerator.sync_gradients:  # mid-accumulation: no optimizer step yet, so nothing to count or save
             continue
-        loop["step"] += 1  # optimizer steps, as --max_steps, --min_steps and the scheduler count them
-        if loop["step"] % args.logging_steps == 0:
+        state.step += 1  # optimizer steps, as --max_steps, --min_steps and the scheduler count them
+        if state.step % args.logging_steps == 0:
             accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),
-                             "learning_rate": scheduler.get_last_lr()[0]}, step=loop["step"])
-        if args.checkpoint_every_steps and loop["step"] % args.checkpoint_every_steps == 0:
-            save_checkpoint(accelerator, checkpoints_dir, loop["step"], loop)
-        if args.max_steps and loop["step"] >= args.max_steps:
+                             "learning_rate": scheduler.get_last_lr()[0]}, step=state.step)
+        if args.checkpoint_every_steps and state.step % args.checkpoint_every_steps == 0:
+            state.save(accelerator, checkpoints_dir)
+        if args.max_steps and state.step >= args.max_steps:
             return False, trained
     return True, trained
 

@@ -67,11 +67,11 @@ def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> 
     return info
 
 
-def throughput(loop: dict, accelerator: Accelerator) -> dict:
-    """Training wall time (resumed runs included), patients and events per second over all processes, peak memory."""
-    totals = accelerator.reduce(torch.tensor([loop.get("patients", 0), loop.get("events", 0)],
-                                             device=accelerator.device), "sum")
-    seconds = loop.get("train_seconds", 0.0)
+def throughput(state, accelerator: Accelerator) -> dict:
+    """Training wall time (resumed runs included), patients and events per second over all processes, peak memory,
+    from a run's `LoopState` counters."""
+    totals = accelerator.reduce(torch.tensor([state.patients, state.events], device=accelerator.device), "sum")
+    seconds = state.train_seconds
     figures = {
         "train_seconds": round(seconds, 1),
         "patients_trained": int(totals[0]),
