@@ -199,7 +199,13 @@ def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, va
     where the run ended and how many batches this process trained on."""
     output_dir = Path(args.output_dir)
     state = resume(accelerator, args)
-    model.train()
+
+    def training_mode() -> None:  # a probe reads frozen features: no dropout in the encoder
+        model.train()
+        if args.strategy == "probe":
+            accelerator.unwrap_model(model).medfuse.eval()
+
+    training_mode()
     batches_this_process = 0
     for epoch in range(state.epoch, num_epochs):
         if state.stale_epochs >= args.patience or (args.max_steps and state.step >= args.max_steps):
@@ -213,6 +219,7 @@ def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, va
         if (epoch + 1) % validate_every:
             continue
         predictions = predict(model, validation_loader, accelerator)
+        training_mode()
         validation = binary_metrics(predictions["labels"], predictions["scores"])
         accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=state.step)
         accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, "
@@ -272,6 +279,20 @@ def test_and_report(args, accelerator, model, eval_loaders, state: LoopState, ba
     return result
 
 
+def lp_ft(args: argparse.Namespace) -> dict:
+    """LP-FT (Kumar et al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022): first fit the head on the
+    frozen checkpoint (a probe run in `<output_dir>/probe`), then fine-tune everything from the probe's model, head
+    included, at `--lpft_learning_rate_scale` times `--learning_rate`. Each stage is a run of its own, resumable on its
+    own; a finished probe is not run again."""
+    probe_dir = Path(args.output_dir) / "probe"
+    if not (probe_dir / "test_metrics.json").exists():
+        training_function(argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
+                                                "num_epochs": args.probe_epochs or args.num_epochs}))
+    scaled = args.learning_rate * args.lpft_learning_rate_scale
+    return training_function(argparse.Namespace(**{**vars(args), "strategy": "full",
+                                                    "init_from": str(probe_dir / "model"), "learning_rate": scaled}))
+
+
 def training_function(args: argparse.Namespace) -> dict:
     accelerator, run_info = start_run(args)
 
@@ -291,6 +312,8 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # ----- model and optimisation ---------------------------------------------------------------------
     model, transferred = model_for(args, tokenizer, class_weights, matching, cohort, accelerator)
+    if args.strategy == "probe":  # the checkpoint's encoder as it is: only the classification head learns
+        model.medfuse.requires_grad_(False)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     num_epochs, validate_every = epoch_budget(args, steps_per_epoch, accelerator)
     optimizer, scheduler = optimizer_and_scheduler(model, args, steps_per_epoch * num_epochs)
@@ -339,12 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=5,
                        help="validations (one per epoch, see --min_steps) without improvement before stopping")
     train.add_argument("--bootstrap_resamples", type=int, default=1000)
+    strategy = parser.add_argument_group("fine-tuning strategy (from --init_from)")
+    strategy.add_argument("--strategy", choices=("full", "probe", "lp-ft"), default="full",
+                          help="full: train everything; probe: only the classification head, on the frozen "
+                               "checkpoint; lp-ft: a probe, then everything from the probe's head at a lower rate")
+    strategy.add_argument("--probe_epochs", type=int, help="lp-ft: epochs of the probe stage (default --num_epochs)")
+    strategy.add_argument("--lpft_learning_rate_scale", type=float, default=0.1,
+                          help="lp-ft: the full stage's learning rate, as a share of --learning_rate")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet_library_progress_bars()
-    training_function(parse_with_config(build_parser(), argv))
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    if args.strategy != "full" and not args.init_from:
+        parser.error(f"--strategy {args.strategy} starts from a checkpoint: give --init_from")
+    lp_ft(args) if args.strategy == "lp-ft" else training_function(args)
 
 
 if __name__ == "__main__":

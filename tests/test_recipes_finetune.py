@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from medfuse_hf import MedFuseTokenizer
 from medfuse_hf.training import read_metrics
+from medfuse_hf.training.cohorts import load_cohort_from_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
@@ -265,3 +266,35 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     expected = weights(uninterrupted)
     for name, tensor in weights(interrupted).items():
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_probes_head(tmp_path):
+    base = tmp_path / "base"
+    run(["--dataset", "synthetic", "--num_patients", "256", "--hidden_size", "32", "--value_embedding_size", "8",
+         "--intermediate_size", "32", "--num_attention_heads", "2", "--batch_size", "32", "--max_steps", "2",
+         "--output_dir", str(base)], recipe=ROOT / "recipes" / "pretrain.py")
+    output = tmp_path / "lp-ft"
+    run(TINY + ["--init_from", str(base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "2",
+                "--output_dir", str(output)])
+    pretrained = load_file(base / "model" / "model.safetensors")
+    probe, tuned = (load_file(folder / "model" / "model.safetensors") for folder in (output / "probe", output))
+    encoder = [name for name in probe if name.startswith("medfuse.")]
+    head = [name for name in probe if name.startswith("classifier.")]
+    assert encoder and head
+    assert all(torch.equal(probe[name], pretrained[name]) for name in encoder)  # frozen while probing
+    assert any(not torch.equal(tuned[name], pretrained[name]) for name in encoder)  # then fine-tuned
+    assert any(not torch.equal(tuned[name], probe[name]) for name in head)
+    settings = json.loads((output / "run_info.json").read_text())["config"]
+    assert (settings["init_from"], settings["strategy"]) == (str(output / "probe" / "model"), "full")
+    assert settings["learning_rate"] == pytest.approx(3e-4)  # a tenth of the probe's 3e-3
+    finetune = load_script("recipes/finetune.py")  # the second stage starts from the probe's head
+    args = finetune.build_parser().parse_args(TINY + ["--init_from", str(output / "probe" / "model")])
+    tokenizer, matching = finetune.build_tokenizer(args, load_cohort_from_settings(vars(args)).splits["train"], {})
+    start = finetune.build_model(args, tokenizer, None, matching).state_dict()
+    assert all(torch.equal(start[name], probe[name]) for name in head)
+
+
+def test_probing_needs_a_checkpoint():
+    result = subprocess.run([sys.executable, str(RECIPE), "--strategy", "probe"], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and "--strategy probe starts from a checkpoint: give --init_from" in result.stderr

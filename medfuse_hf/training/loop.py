@@ -59,7 +59,8 @@ def start_run(args: argparse.Namespace) -> tuple[Accelerator, dict]:
 
 def optimizer_and_scheduler(model: torch.nn.Module, args: argparse.Namespace, total_steps: int) -> tuple:
     """AdamW and `--lr_scheduler` over `total_steps` optimizer steps, warmed up over `--warmup_ratio` of them."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]  # a probe's head only
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     return optimizer, scheduler
