@@ -36,7 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from p12_table import BUDGET, MODELS, summary_tables
+from p12_table import summary_tables
+from protocol import BUDGET, FINETUNE, ROOT
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import nested_subset, validation_subset
@@ -48,13 +49,9 @@ from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regression
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
 ARMS = ("scratch", "pretrained", "pretrained_embeddings", "pretrained_probe", "gbm", "gbm_with_base")
 FROM_THE_BASE = ("pretrained", "pretrained_embeddings", "pretrained_probe", "gbm_with_base")  # paired gains of these
-# The P12 table's best MedFuse (MuFuse with the CVE of time, the accuracy search's reference), with a floor of
-# optimizer steps so that 1 % (~77 stays) is trained too, as in the transfer experiment.
-FINETUNE = [*BUDGET, *MODELS["medfuse_cve_time"], "--min_steps", "300"]
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 
 

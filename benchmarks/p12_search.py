@@ -20,7 +20,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from p12_table import BUDGET, MODELS, ROOT, finetune_row, read_test_predictions
+from p12_table import finetune_row, read_test_predictions
+from protocol import BUDGET, MODELS, ROOT
 
 from medfuse_hf.training.metrics import format_mean_std, mean_and_std, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows

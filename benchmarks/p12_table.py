@@ -16,13 +16,13 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
-
 import time
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from protocol import BUDGET, MODELS, ROOT
 
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.training import binary_metrics, load_cohort
@@ -31,19 +31,8 @@ from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import SUMMARY_BASELINES, SummaryTable
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "p12_table.json"
 
-MODELS = {  # the only flags that differ between variants: everything else is the shared budget below
-    "medfuse": ["--fusion", "multiplicative"],
-    "additive": ["--fusion", "additive"],
-    "concat": ["--fusion", "concat"],
-    "scane": ["--fusion", "scane"],
-    "strats_cve": ["--fusion", "additive", "--time_embedding", "cve"],  # STraTS: CVE of value and of time, added
-    # Diagnostic, not one of the paper's rows: strats_cve is `additive` with a CVE of time instead of the sinusoidal
-    # encoding, and beat it by 0.017 AUPRC over seeds 0-1; this cell asks whether MuFuse gains the same.
-    "medfuse_cve_time": ["--fusion", "multiplicative", "--time_embedding", "cve"],
-}
 BASELINES = tuple(SUMMARY_BASELINES)  # gbm_summary, logreg_summary: scikit-learn on per-stay summary statistics
 PROTOCOL_MODELS = {"seft-split": (*MODELS, *BASELINES), "set-a-test": ("medfuse", "strats_cve")}
 # Paired on the same test patients: MuFuse against every other model; MuFuse with the CVE of time against
@@ -51,11 +40,6 @@ PROTOCOL_MODELS = {"seft-split": (*MODELS, *BASELINES), "set-a-test": ("medfuse"
 # model against the GBM, the model a clinical data scientist fits first.
 COMPARISONS = ([("medfuse", other) for other in MODELS if other != "medfuse"] + [("medfuse_cve_time", "strats_cve")]
                + [(model, "gbm_summary") for model in MODELS])
-BUDGET = [  # paper-sized model (the config defaults); optimisation chosen once, before any table run, for a CPU budget
-    "--max_events", "1024", "--batch_size", "64", "--learning_rate", "1e-3", "--weight_decay", "0.01",
-    "--num_epochs", "15", "--warmup_ratio", "0.05", "--patience", "5", "--early_stopping_metric", "auprc",
-    "--class_weighting", "balanced", "--bootstrap_resamples", "1000",
-]
 METRICS = ("auroc", "auprc", "accuracy")
 
 

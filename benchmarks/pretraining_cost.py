@@ -20,12 +20,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from pretraining_objectives import PRETRAIN
+from protocol import PRETRAIN, ROOT
 
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining" / "cost.json"
 CORPUS = ROOT / "outputs" / "pretraining-corpus"
 TWO_PROCESSES = (f"{shlex.quote(sys.executable)} -m accelerate.commands.launch --multi_gpu --num_processes 2 "

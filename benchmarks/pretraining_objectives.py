@@ -19,18 +19,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from label_efficiency import FINETUNE
+from protocol import FINETUNE, PRETRAIN, ROOT
 
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune, run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining" / "objectives.json"
 OBJECTIVES = ("forecasting", "masked_values")
-# The fine-tuned model's encoder (FINETUNE's: MuFuse, CVE of time), a global batch of 64 patients, ~2 passes over
-# the corpus's 48,007 patients: what fits this comparison into a CPU session.
-PRETRAIN = ["--time_embedding", "cve", "--batch_size", "64", "--learning_rate", "1e-3", "--num_epochs", "10",
-            "--checkpoint_every_steps", "250", "--seed", "0"]
 
 
 def pretrain(objective: str, args: argparse.Namespace) -> Path:

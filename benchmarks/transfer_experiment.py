@@ -25,9 +25,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from p12_table import BUDGET as TABLE_BUDGET
+from protocol import BUDGET as TABLE_BUDGET
+from protocol import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CARDS = ROOT / "model_cards"
 # Sepsis predicted from the first 24 ICU hours, before it is labelled: P19's whole-stay label is learnt from
