@@ -38,11 +38,12 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
     "focal_loss": ["--classification_loss", "focal", "--focal_alpha", "0.5", "--class_weighting", "none"],
     "event_dropout": ["--event_dropout", "0.1"],
     "head_dropout": ["--classifier_dropout", "0.4"],
+    "ema": ["--weight_averaging", "ema", "--ema_decay", "0.995"],  # an average over about 200 steps, 1.7 epochs
     "two_layers_four_heads_pre_ln": ["--num_hidden_layers", "2", "--num_attention_heads", "4", "--norm_first", "true"],
     "cosine_30_epochs": ["--num_epochs", "30", "--lr_scheduler", "cosine", "--patience", "8"],
 }
 QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", "per_feature+cosine_30_epochs",
-         "per_feature+head_dropout+event_dropout", "per_feature+two_layers_four_heads_pre_ln")
+         "per_feature+head_dropout+event_dropout", "per_feature+ema", "per_feature+two_layers_four_heads_pre_ln")
 SEEDS = (0, 1, 2)
 COLUMNS = ("validation_auroc", "validation_auprc", "auroc", "auprc")
 

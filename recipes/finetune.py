@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 
 from medfuse_hf import (
@@ -193,11 +194,24 @@ def epoch_budget(args, steps_per_epoch: int, accelerator) -> tuple[int, int]:
     return args.num_epochs * validate_every, validate_every
 
 
+def weight_average(args, accelerator, model) -> AveragedModel | None:
+    """With `--weight_averaging ema`, an exponential moving average of the weights (`torch.optim.swa_utils`),
+    updated after every optimizer step, saved with the checkpoints; it is what is validated and kept."""
+    if args.weight_averaging == "none":
+        return None
+    averaged = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay))
+    accelerator.register_for_checkpointing(averaged)
+    return averaged
+
+
 def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, validation_loader, tokenizer,
         num_epochs: int, validate_every: int) -> tuple[LoopState, int]:
     """Train, validate, keep the best validation epoch in `<output_dir>/model` and stop early; resumable. Returns
     where the run ended and how many batches this process trained on."""
     output_dir = Path(args.output_dir)
+    averaged = weight_average(args, accelerator, model)
+    kept = accelerator.unwrap_model(model) if averaged is None else averaged.module  # validated and saved
+    after_step = None if averaged is None else (lambda: averaged.update_parameters(accelerator.unwrap_model(model)))
     state = resume(accelerator, args)
 
     def training_mode() -> None:  # a probe reads frozen features: no dropout in the encoder
@@ -211,14 +225,14 @@ def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, va
         if state.stale_epochs >= args.patience or (args.max_steps and state.step >= args.max_steps):
             break
         completed, trained = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args,
-                                         reseed)
+                                         reseed, after_step)
         batches_this_process += trained
         if not completed:
             break
         state.epoch, state.batch = epoch + 1, 0
         if (epoch + 1) % validate_every:
             continue
-        predictions = predict(model, validation_loader, accelerator)
+        predictions = predict(model if averaged is None else kept, validation_loader, accelerator)
         training_mode()
         validation = binary_metrics(predictions["labels"], predictions["scores"])
         accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=state.step)
@@ -228,7 +242,7 @@ def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, va
             state.best, state.best_epoch, state.stale_epochs = validation[args.early_stopping_metric], epoch + 1, 0
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
+                kept.save_pretrained(output_dir / "model")
                 save_strict_tokenizer(tokenizer, output_dir / "model")
         else:
             state.stale_epochs += 1
@@ -362,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=5,
                        help="validations (one per epoch, see --min_steps) without improvement before stopping")
     train.add_argument("--bootstrap_resamples", type=int, default=1000)
+    train.add_argument("--weight_averaging", choices=("none", "ema"), default="none",
+                       help="validate and keep an exponential moving average of the weights instead of the weights")
+    train.add_argument("--ema_decay", type=float, default=0.999, help="--weight_averaging ema: weight of the past")
     strategy = parser.add_argument_group("fine-tuning strategy (from --init_from)")
     strategy.add_argument("--strategy", choices=("full", "probe", "lp-ft"), default="full",
                           help="full: train everything; probe: only the classification head, on the frozen "

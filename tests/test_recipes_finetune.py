@@ -298,3 +298,15 @@ def test_probing_needs_a_checkpoint():
     result = subprocess.run([sys.executable, str(RECIPE), "--strategy", "probe"], capture_output=True, text=True,
                             timeout=120, cwd=ROOT)
     assert result.returncode == 2 and "--strategy probe starts from a checkpoint: give --init_from" in result.stderr
+
+
+def test_an_exponential_moving_average_is_what_is_validated_and_kept(tmp_path):
+    """With a decay of 0 the average is the last weights, so the run keeps what a run without averaging keeps; a
+    decay of 0.9 keeps other weights."""
+    kept = {}
+    for name, flags in (("plain", []), ("ema0", ["--weight_averaging", "ema", "--ema_decay", "0"]),
+                        ("ema9", ["--weight_averaging", "ema", "--ema_decay", "0.9"])):
+        run(TINY + ["--num_epochs", "2", "--output_dir", str(tmp_path / name), *flags])
+        kept[name] = load_file(tmp_path / name / "model" / "model.safetensors")
+    assert all(torch.equal(kept["ema0"][key], kept["plain"][key]) for key in kept["plain"])
+    assert any(not torch.equal(kept["ema9"][key], kept["plain"][key]) for key in kept["plain"])

@@ -88,9 +88,11 @@ def train_epoch(
     state: LoopState,
     args: argparse.Namespace,
     reseed: Callable[[int], None],
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[bool, int]:
     """Train on `epoch` from batch `state.batch` on, updating `state` as it goes (checkpoints save it). Returns
     whether the epoch was completed (not cut by `--max_steps`) and the number of batches this process trained on.
+    `after_step` runs after every optimizer step (a weight average's update).
 
     The data order must be a function of (seed, epoch) alone, so that a resumed run sees the batches it would have
     seen: Accelerate re-applies its loader's epoch counter when iteration starts, and `reseed(epoch)` sets the
@@ -126,6 +128,8 @@ def train_epoch(
         if not accelerator.sync_gradients:  # mid-accumulation: no optimizer step yet, so nothing to count or save
             continue
         state.step += 1  # optimizer steps, as --max_steps, --min_steps and the scheduler count them
+        if after_step is not None:
+            after_step()
         if state.step % args.logging_steps == 0:
             accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),
                              "learning_rate": scheduler.get_last_lr()[0]}, step=state.step)
