@@ -7,7 +7,7 @@ load MedFuse checkpoints.
 
 # The one place the version is written: pyproject.toml reads it, and cards and run records quote it, so a source
 # checkout that was never pip-installed (no package metadata) still knows its version.
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2: the tokenizer saves its vocabulary inside preprocessor_config.json
 
 from transformers import (
     AutoConfig,
