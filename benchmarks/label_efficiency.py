@@ -44,7 +44,7 @@ from medfuse_hf.data import nested_subset, validation_subset
 from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.evaluation import per_patient_outputs
-from medfuse_hf.training.metrics import format_mean_std, mean_and_std
+from medfuse_hf.training.metrics import mean_and_std, mean_std_of
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regression
@@ -149,8 +149,7 @@ def summarise(rows: list[dict]) -> tuple[str, str]:
                     for arm in ARMS}
             for arm, by_seed in cell.items():
                 if by_seed:
-                    figures = [format_mean_std(*mean_and_std([row[metric] for row in by_seed.values()]))
-                               for metric in ("auroc", "auprc")]
+                    figures = [mean_std_of([row[metric] for row in by_seed.values()]) for metric in ("auroc", "auprc")]
                     patients = next(iter(by_seed.values()))["train_patients"]
                     table.append(f"| {validation} | {fraction:g} | {patients:,} | {arm} | {len(by_seed)} | "
                                  f"{' | '.join(figures)} |")
@@ -162,7 +161,7 @@ def summarise(rows: list[dict]) -> tuple[str, str]:
                               for metric in ("auroc", "auprc")}
                 listed = [", ".join(f"{gain:+.4f}" for gain in per_metric[metric]) for metric in ("auroc", "auprc")]
                 gains.append(f"| {validation} | {fraction:g} | {arm} | {versus} | {len(seeds)} | {listed[0]} | "
-                             f"{listed[1]} | {format_mean_std(*mean_and_std(per_metric['auprc']), '+')} |")
+                             f"{listed[1]} | {mean_std_of(per_metric['auprc'], '+')} |")
     return "\n".join(table), "\n".join(gains)
 
 
@@ -210,14 +209,12 @@ def main() -> None:
                    if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
         if missing:
             parser.error(f"the pretrained arms need --base, a pretraining run folder with {' and '.join(missing)}/")
-        for arm, fraction, seed, validation in cells(args):
-            if results.done(arm=arm, fraction=fraction, seed=seed, validation=validation):
-                continue
-            row = run_cell(arm, fraction, seed, validation, args)
-            results.add(row)
-            print(f"{arm}, fraction {fraction:g} ({row['train_patients']} stays), seed {seed}, {validation} "
-                  f"validation: AUROC {row['auroc']:.4f}, AUPRC {row['auprc']:.4f} ({row['train_seconds']:.0f} s)",
-                  flush=True)
+        results.fill(({"arm": arm, "fraction": fraction, "seed": seed, "validation": validation}
+                      for arm, fraction, seed, validation in cells(args)),
+                     lambda cell: run_cell(cell["arm"], cell["fraction"], cell["seed"], cell["validation"], args),
+                     lambda row: f"{row['arm']}, fraction {row['fraction']:g} ({row['train_patients']} stays), seed "
+                     f"{row['seed']}, {row['validation']} validation: AUROC {row['auroc']:.4f}, AUPRC "
+                     f"{row['auprc']:.4f} ({row['train_seconds']:.0f} s)")
     if not results.rows:
         raise SystemExit(f"{results.path} holds no finished cell yet")
     table, gains = summarise(results.rows)

@@ -23,7 +23,7 @@ from pathlib import Path
 from p12_table import finetune_row, read_test_predictions
 from protocol import BUDGET, MODELS, ROOT
 
-from medfuse_hf.training.metrics import format_mean_std, mean_and_std, paired_bootstrap_difference
+from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows
 
 RESULTS = ROOT / "benchmarks" / "results" / "p12_search.json"
@@ -94,7 +94,7 @@ def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
         ]
         lines.append(
             f"| {row['configuration']} | {row['seed']} | "
-            + " | ".join(f"{gap['value']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]" for gap in figures)
+            + " | ".join(format_gap(gap) for gap in figures)
             + " |"
         )
     return "\n".join(lines)
@@ -111,7 +111,7 @@ def summarise(rows: list[dict]) -> str:
     ]
     for name in dict.fromkeys(row["configuration"] for row in rows):
         cell = sorted((row for row in rows if row["configuration"] == name), key=lambda row: row["seed"])
-        figures = [format_mean_std(*mean_and_std([row[column] for row in cell])) for column in COLUMNS]
+        figures = [mean_std_of([row[column] for row in cell]) for column in COLUMNS]
         epochs = "/".join(f"{row['epochs']} ({row['best_epoch']})" for row in cell)
         seconds = sum(row["train_seconds"] for row in cell) / len(cell)
         lines.append(f"| {name} | {len(cell)} | {rank.get(name, '–')} | {' | '.join(figures)} | {epochs} "
@@ -139,16 +139,17 @@ def main() -> None:
     args = parser.parse_args()
 
     results = ResultRows(args.results, key=("configuration", "seed"))
+    def run(cell: dict) -> dict:
+        name, seed = cell["configuration"], cell["seed"]
+        flags = [*BUDGET, *REFERENCE, *configuration_flags(name), *shlex.split(args.extra_args)]
+        row = finetune_row(flags, "seft-split", seed, args.output_dir / f"{name}-seed{seed}", args)
+        return {"configuration": name, "flags": shlex.join(configuration_flags(name)), **row}
+
     if not args.summary_only:
-        for name in args.configurations:
-            for seed in args.seeds:
-                if results.done(configuration=name, seed=seed):
-                    continue
-                flags = [*BUDGET, *REFERENCE, *configuration_flags(name), *shlex.split(args.extra_args)]
-                row = finetune_row(flags, "seft-split", seed, args.output_dir / f"{name}-seed{seed}", args)
-                results.add({"configuration": name, "flags": shlex.join(configuration_flags(name)), **row})
-                print(f"{name} seed {seed}: " + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)
-                      + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)", flush=True)
+        results.fill(({"configuration": name, "seed": seed} for name in args.configurations for seed in args.seeds),
+                     run, lambda row: f"{row['configuration']} seed {row['seed']}: "
+                     + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)
+                     + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)")
     print(summarise(results.rows))
     print(gaps_to_gbm(results.rows, args.output_dir, args.table_dir))
 

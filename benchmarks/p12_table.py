@@ -26,7 +26,7 @@ from protocol import BUDGET, MODELS, ROOT
 
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.training import binary_metrics, load_cohort
-from medfuse_hf.training.metrics import accuracy_threshold, format_mean_std, mean_and_std, paired_bootstrap_difference
+from medfuse_hf.training.metrics import accuracy_threshold, format_gap, mean_std_of, paired_bootstrap_difference
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import SUMMARY_BASELINES, SummaryTable
@@ -113,7 +113,7 @@ def summarise(rows: list[dict]) -> str:
             cell = [row for row in rows if row["protocol"] == protocol and row["model"] == model]
             if not cell:
                 continue
-            figures = [format_mean_std(*mean_and_std([row[metric] for row in cell])) for metric in METRICS]
+            figures = [mean_std_of([row[metric] for row in cell]) for metric in METRICS]
             epochs = [row["epochs"] for row in cell if "epochs" in row]  # the baselines have none
             lines.append(f"| {protocol} | {model} | {len(cell)} | {' | '.join(figures)} | "
                          f"{f'{np.mean(epochs):.1f}' if epochs else '–'} | "
@@ -164,7 +164,7 @@ def format_gaps(gaps: list[dict]) -> str:
     lines = ["| protocol | seed | model | minus | AUPRC gap [95% CI] | AUROC gap [95% CI] |",
              "|---|---:|---|---|---|---|"]
     for gap in sorted(gaps, key=lambda gap: (gap["protocol"], gap["model"], gap["versus"], gap["seed"])):
-        figures = [f"{gap[m]['value']:+.4f} [{gap[m]['low']:+.4f}, {gap[m]['high']:+.4f}]" for m in ("auprc", "auroc")]
+        figures = [format_gap(gap[m]) for m in ("auprc", "auroc")]
         lines.append(f"| {gap['protocol']} | {gap['seed']} | {gap['model']} | {gap['versus']} | "
                      f"{' | '.join(figures)} |")
     return "\n".join(lines)
@@ -186,15 +186,12 @@ def main() -> None:
 
     results = ResultRows(args.results, key=("model", "protocol", "seed"))
     if not args.summary_only:
-        for seed in args.seeds:
-            for protocol in args.protocols:
-                for model in PROTOCOL_MODELS[protocol]:
-                    if model not in args.models or results.done(model=model, protocol=protocol, seed=seed):
-                        continue
-                    row = run_cell(model, protocol, seed, args)
-                    results.add(row)
-                    print(f"{protocol} {model} seed {seed}: " + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS)
-                          + f" ({row.get('epochs', '–')} epochs, {row['train_seconds']:.0f} s)", flush=True)
+        cells = ({"model": model, "protocol": protocol, "seed": seed} for seed in args.seeds
+                 for protocol in args.protocols for model in PROTOCOL_MODELS[protocol] if model in args.models)
+        results.fill(cells, lambda cell: run_cell(cell["model"], cell["protocol"], cell["seed"], args),
+                     lambda row: f"{row['protocol']} {row['model']} seed {row['seed']}: "
+                     + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS)
+                     + f" ({row.get('epochs', '–')} epochs, {row['train_seconds']:.0f} s)")
     print(summarise(results.rows))
     gaps_path = args.results.with_name("p12_paired_gaps.json")
     gaps = merged_gaps(json.loads(gaps_path.read_text()) if gaps_path.exists() else [],

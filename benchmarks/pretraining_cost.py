@@ -69,9 +69,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = ResultRows(args.results, key=("check",))
-    for processes in (1, 2):
-        if not results.done(check=f"{processes}-process"):
-            results.add(sharded_check(processes, args))
+    results.fill(({"check": f"{processes}-process"} for processes in (1, 2)),
+                 lambda cell: sharded_check(int(cell["check"][0]), args))
     steps = {row["check"]: (row["steps"], row["patients_trained"])
              for row in results.rows if "process" in row["check"]}
     if steps["1-process"] != steps["2-process"]:

@@ -91,11 +91,9 @@ def main() -> None:
                 cost = json.loads((run_dir / "pretraining_metrics.json").read_text())
                 results.add({"arm": f"pretraining:{objective}", "fraction": None, **cost,
                              "git": git_commit()["commit"]})
-        for fraction in args.fractions:
-            for arm in args.arms:
-                if not results.done(arm=arm, fraction=fraction):
-                    results.add(finetune(arm, fraction, args))
-                    print(f"{arm}, {fraction:g}: {results.rows[-1]}", flush=True)
+        results.fill(({"arm": arm, "fraction": fraction} for fraction in args.fractions for arm in args.arms),
+                     lambda cell: finetune(cell["arm"], cell["fraction"], args),
+                     lambda row: f"{row['arm']}, {row['fraction']:g}: {row}")
     print(summarise(results.rows))
 
 

@@ -114,6 +114,16 @@ def format_mean_std(mean: float, std: float, sign: str = "") -> str:
     return f"{mean:{sign}.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
 
 
+def mean_std_of(values: list[float], sign: str = "") -> str:
+    """A table cell: the mean ± sample std of one metric over seeds (`mean_and_std`, `format_mean_std`)."""
+    return format_mean_std(*mean_and_std(values), sign)
+
+
+def format_gap(gap: dict) -> str:
+    """A paired difference with its bootstrap interval (`paired_bootstrap_difference`): +0.0123 [-0.0040, +0.0290]."""
+    return f"{gap['value']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]"
+
+
 def trainer_compute_metrics(eval_prediction) -> dict[str, float]:
     """`Trainer(compute_metrics=trainer_compute_metrics)`: the clinical metrics of a binary classifier's logits."""
     import evaluate

@@ -10,6 +10,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -59,3 +60,15 @@ class ResultRows:
         partial = self.path.with_name(self.path.name + ".partial")  # readers never see a half-written file
         partial.write_text(json.dumps(self.rows, indent=1) + "\n")
         partial.replace(self.path)
+
+    def fill(self, cells: Iterable[dict], run: Callable[[dict], dict],
+             say: Callable[[dict], str] | None = None) -> None:
+        """Measure every cell (the `key` fields) not measured yet, in order, appending each row as soon as it is done
+        and printing `say(row)`: the loop of every experiment driver."""
+        for cell in cells:
+            if self.done(**cell):
+                continue
+            row = run(cell)
+            self.add(row)
+            if say is not None:
+                print(say(row), flush=True)
