@@ -14,293 +14,61 @@ Writes every figure to `benchmarks/results/throughput.json` (or `--output`).
 """
 
 import argparse
-import contextlib
 import json
-import multiprocessing
 import platform
-import random
-import statistics
-import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from throughput_scaling import SCALING_LENGTHS, scaling
+from throughput_scoring import score_all, single_patient_latency
+from throughput_steps import matmul_flops_per_second, new_model
+from throughput_training import compiled_vs_eager, full_epoch, optimisation_ledger, profile_training
 
-from medfuse_hf import MedFuseConfig, MedFuseForSequenceClassification
-from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
+from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort
-from medfuse_hf.training.evaluation import evaluation_loader
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 SECTIONS = ("matmul", "epoch", "scoring", "latency", "scaling", "ledger", "profile", "compile")
-SCALING_LENGTHS = (128, 512, 2048, 8192, 16384)
-EVENTS_PER_SCALING_BATCH = 16384
 LABEL = "in_hospital_death"
 
-# Self CPU time of these ops (substring of the profiler's op name) is what each kind of work costs.
-OP_KINDS = {
-    "attention (fused SDPA, forward + backward)": ("scaled_dot_product", "flash_attention"),
-    "matmuls of the linear layers": ("aten::addmm", "aten::mm", "aten::bmm"),
-    "dropout masks": ("aten::bernoulli_",),
-}
-OPTIMIZER_RANGE = "gradient clipping + AdamW step"
-
-# torch's FLOP counter knows the CUDA attention kernels; CPU's fused kernel has the same arithmetic.
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
-        lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)),
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        lambda grad, query, key, value, *args, out_shape=None, **kwargs:
-            sdpa_backward_flop_count(grad, query, key, value)),
-}
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
-    """Best of `trials`: this is a shared virtual machine whose speed varies from minute to minute, and the best
-    trial is the closest to what the cores can do."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = 0.0
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
-    return best
 
 
-def memory_status_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (Linux): VmRSS now, VmHWM its peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}: this measurement needs Linux")
 
 
-def training_step(model, optimizer, batch) -> None:
-    model(**batch).loss.backward()
-    with torch.profiler.record_function(OPTIMIZER_RANGE):  # its element-wise ops are told apart from the model's
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    optimizer.zero_grad()
 
 
-def synthetic_batch(vocab_size: int, patients: int, length: int) -> dict[str, torch.Tensor]:
-    """Random feature ids at sorted random times within 48 h; values 0, a valid input for numeric and categorical
-    features alike. Speed and memory depend on the shape only."""
-    return {"feature_ids": torch.randint(2, vocab_size, (patients, length)), "values": torch.zeros(patients, length),
-            "times": torch.rand(patients, length).mul(48).sort(dim=1).values,
-            "attention_mask": torch.ones(patients, length, dtype=torch.long),
-            "labels": torch.randint(0, 2, (patients,))}
 
 
-def flops_per_patient(model, optimizer, lengths=(128, 512, 1024)) -> np.ndarray:
-    """(c, a, b) with FLOPs of one training step on one patient of L (padded) events = c + a·L + b·L², counted by
-    torch at three lengths: linear layers grow with L, attention with L², the head is constant. The optimiser's
-    element-wise update is not counted (torch counts matmuls and attention only)."""
-    counts = []
-    for length in lengths:
-        batch = synthetic_batch(model.config.vocab_size, 1, length)
-        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-            model(**batch).loss.backward()
-        optimizer.zero_grad()
-        counts.append(counter.get_total_flops())
-    design = np.array([[1.0, length, length**2] for length in lengths])
-    return np.linalg.solve(design, np.array(counts, dtype=np.float64))
 
 
-def new_model(tokenizer) -> tuple[MedFuseForSequenceClassification, torch.optim.Optimizer]:
-    torch.manual_seed(0)
-    model = MedFuseForSequenceClassification(MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(),
-                                                           num_labels=2))
-    return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
-def train_loader(
-    train: datasets.Dataset, collate, batch_size: int, max_events: int, grouped: bool = True
-) -> DataLoader:
-    lengths = [min(len(features), max_events) for features in train["feature"]]
-    if grouped:
-        return DataLoader(train, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed=0, drop_last=True),
-                          collate_fn=collate)
-    return DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(0))
 
 
-def timed_steps(model, optimizer, batches: list[dict], warm_up: bool = True) -> dict:
-    """Events/s and padding of training steps over pre-collated batches (the first one, with `warm_up`, untimed)."""
-    if warm_up:
-        training_step(model, optimizer, batches[0])
-        batches = batches[1:]
-    start = time.perf_counter()
-    for batch in batches:
-        training_step(model, optimizer, batch)
-    seconds = time.perf_counter() - start
-    real = sum(int(batch["attention_mask"].sum()) for batch in batches)
-    computed = sum(batch["attention_mask"].numel() for batch in batches)
-    return {"events_per_second": real / seconds, "padding_fraction": 1 - real / computed, "seconds": seconds}
 
 
-def full_epoch(train, collate, tokenizer, batch_size: int) -> dict:
-    model, optimizer = new_model(tokenizer)
-    coefficients = flops_per_patient(model, optimizer)
-    loader = train_loader(train, collate, batch_size, tokenizer.max_events)
-    patients = events = computed = 0
-    flops = 0.0
-    baseline_kib = memory_status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
-    start = time.perf_counter()
-    for batch in loader:  # collation included: it is part of what an epoch costs
-        training_step(model, optimizer, batch)
-        size, length = batch["attention_mask"].shape
-        patients += size
-        events += int(batch["attention_mask"].sum())
-        computed += size * length
-        flops += size * (coefficients @ np.array([1.0, length, length**2]))
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "patients": patients, "events": events, "patients_per_second": patients / seconds,
-            "peak_rss_mib": memory_status_kib("VmHWM") / 1024, "rss_before_epoch_mib": baseline_kib / 1024,
-            "events_per_second": events / seconds, "padding_fraction": 1 - events / computed,
-            "flops": flops, "achieved_flops_per_second": flops / seconds}
 
 
-@torch.inference_mode()
-def score_all(model, patients: datasets.Dataset, tokenizer, batch_size: int = 64, bf16: bool = False) -> dict:
-    """Score every patient end to end through the recipes' own evaluation loader: rows -> tokens -> probabilities,
-    batches sorted by length. Batches of 64 beat 256 by ~1.6x on this CPU (their activations stay in cache)."""
-    model.eval()
-    loader = evaluation_loader(patients, MedFuseDataCollator(tokenizer), batch_size)
-    start = time.perf_counter()
-    scored = 0
-    for batch in loader:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            scored += len(model(**batch).logits.softmax(-1))
-    seconds = time.perf_counter() - start
-    return {"patients": scored, "seconds": seconds, "patients_per_second": scored / seconds}
 
 
-@torch.inference_mode()
-def single_patient_latency(model, patients: datasets.Dataset, tokenizer, count: int = 200) -> dict:
-    model.eval()
-    collate = MedFuseDataCollator(tokenizer, pad_to_multiple_of=None)
-    picks = random.Random(0).sample(range(len(patients)), min(count, len(patients)))
-    timings = []
-    for position, index in enumerate([picks[0], *picks]):  # the first call warms up
-        start = time.perf_counter()
-        model(**collate([patients[index]])).logits.softmax(-1)
-        if position:
-            timings.append(time.perf_counter() - start)
-    quantiles = statistics.quantiles(timings, n=100)
-    return {"patients": len(timings), "p50_ms": 1000 * statistics.median(timings), "p90_ms": 1000 * quantiles[89],
-            "p99_ms": 1000 * quantiles[98]}
 
 
-def scaling_child(length: int, attention: str, queue) -> None:
-    """One length in a fresh process, so that its peak RSS is its own. `attention="math"` forces PyTorch's unfused
-    attention, which materialises the L x L score matrix: what the fused kernel saves."""
-    with sdpa_kernel(SDPBackend.MATH) if attention == "math" else contextlib.nullcontext():
-        queue.put({"attention": attention, **measure_length(length)})
 
 
-def measure_length(length: int) -> dict:
-    torch.manual_seed(0)
-    batch_size = max(1, EVENTS_PER_SCALING_BATCH // length)
-    config = MedFuseConfig(num_labels=2)
-    model = MedFuseForSequenceClassification(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = synthetic_batch(config.vocab_size, batch_size, length)
-    baseline_kib = memory_status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
-    train = timed_steps(model, optimizer, [batch] * 3)
-    peak_kib = memory_status_kib("VmHWM")
-    model.eval()
-    with torch.inference_mode():
-        model(**batch)
-        start = time.perf_counter()
-        model(**batch)
-        inference_seconds = time.perf_counter() - start
-    return {"events_per_patient": length, "patients_per_batch": batch_size,
-            "train_events_per_second": train["events_per_second"],
-            "inference_events_per_second": batch_size * length / inference_seconds,
-            "train_peak_memory_increase_mib": (peak_kib - baseline_kib) / 1024}
 
 
-def scaling(length: int, attention: str) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=scaling_child, args=(length, attention, queue))
-    child.start()
-    result = queue.get()
-    child.join()
-    return result
 
 
-def optimisation_ledger(train, collate, tokenizer, batch_size: int, num_batches: int = 12) -> dict:
-    """Each optimisation against its absence on the same patients and model: events/s of training steps."""
-    grouped = first_batches(train, collate, tokenizer, batch_size, num_batches)
-    shuffled = first_batches(train, collate, tokenizer, batch_size, num_batches, grouped=False)
-    ledger = {}
-    model, optimizer = new_model(tokenizer)
-    ledger["random_batches"] = timed_steps(model, optimizer, shuffled)
-    ledger["length_grouped_batches"] = timed_steps(model, optimizer, grouped)
-    with sdpa_kernel(SDPBackend.MATH):
-        ledger["length_grouped_math_attention"] = timed_steps(model, optimizer, grouped)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ledger["length_grouped_bf16_autocast"] = timed_steps(model, optimizer, grouped)
-    return ledger
 
 
-def first_batches(train, collate, tokenizer, batch_size: int, count: int, grouped: bool = True) -> list[dict]:
-    loader = train_loader(train, collate, batch_size, tokenizer.max_events, grouped=grouped)
-    return [batch for batch, _ in zip(loader, range(count))]
 
 
-def profile_training(train, collate, tokenizer, batch_size: int, num_steps: int = 10) -> dict:
-    """Where a training step's CPU time goes (torch.profiler self time, grouped by `OP_KINDS`): profile first,
-    then optimise what is big."""
-    batches = first_batches(train, collate, tokenizer, batch_size, num_steps + 1)
-    model, optimizer = new_model(tokenizer)
-    training_step(model, optimizer, batches[0])  # warm-up, not profiled
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        for batch in batches[1:]:
-            training_step(model, optimizer, batch)
-    averages = profiler.key_averages()
-    self_times = {event.key: event.self_cpu_time_total for event in averages}
-    total = sum(self_times.values())
-    shares = {kind: sum(time for name, time in self_times.items() if any(part in name for part in parts)) / total
-              for kind, parts in OP_KINDS.items()}  # none of these ops runs inside the optimizer range
-    shares[OPTIMIZER_RANGE] = next(event.cpu_time_total for event in averages if event.key == OPTIMIZER_RANGE) / total
-    shares["everything else (element-wise, LayerNorm, GELU, copies)"] = 1 - sum(shares.values())
-    top = sorted(self_times.items(), key=lambda item: -item[1])[:10]
-    return {"steps": num_steps, "shares": shares, "top_ops": {name: time / total for name, time in top}}
 
 
-def compiled_vs_eager(train, collate, tokenizer, batch_size: int, num_batches: int = 20) -> dict:
-    """torch.compile(dynamic=True) against eager on the same batches, in fp32 and under bf16 autocast: the first
-    pass includes every compilation (the first, and any recompilation a new shape triggers), as a real run pays
-    them; the second runs compiled code. Graph breaks and compiled graphs are counted by dynamo."""
-    from torch._dynamo.utils import counters
 
-    batches = first_batches(train, collate, tokenizer, batch_size, num_batches)
-    result = {}
-    for precision, autocast in (("fp32", contextlib.nullcontext),
-                                ("bf16_autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
-        with autocast():
-            model, optimizer = new_model(tokenizer)
-            result[f"eager_{precision}"] = timed_steps(model, optimizer, batches)
-            torch._dynamo.reset()
-            counters.clear()
-            model, optimizer = new_model(tokenizer)
-            compiled = torch.compile(model, dynamic=True)
-            result[f"compiled_{precision}_first_pass"] = timed_steps(compiled, optimizer, batches, warm_up=False)
-            result[f"compiled_{precision}_second_pass"] = timed_steps(compiled, optimizer, batches, warm_up=False)
-            result[f"compiled_{precision}_second_pass"].update(
-                graph_breaks=sum(counters["graph_break"].values()), unique_graphs=counters["stats"]["unique_graphs"])
-    return result
 
 
 def main() -> None:
