@@ -310,3 +310,17 @@ def test_an_exponential_moving_average_is_what_is_validated_and_kept(tmp_path):
         kept[name] = load_file(tmp_path / name / "model" / "model.safetensors")
     assert all(torch.equal(kept["ema0"][key], kept["plain"][key]) for key in kept["plain"])
     assert any(not torch.equal(kept["ema9"][key], kept["plain"][key]) for key in kept["plain"])
+
+
+def test_a_run_stopped_mid_epoch_resumes_its_weight_average_too(tmp_path):
+    """The average is restored with the rest of the checkpoint: restarted from the weights instead, it would
+    validate and keep other weights than the uninterrupted run."""
+    args = TINY + ["--num_epochs", "2", "--weight_averaging", "ema", "--ema_decay", "0.9",
+                   "--checkpoint_every_steps", "4"]
+    run(args + ["--output_dir", str(tmp_path / "uninterrupted")])
+    run(args + ["--max_steps", "4", "--output_dir", str(tmp_path / "interrupted")])  # stops mid-epoch, checkpointed
+    resumed = run(args + ["--output_dir", str(tmp_path / "interrupted"), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout
+    expected = weights(tmp_path / "uninterrupted")
+    for name, tensor in weights(tmp_path / "interrupted").items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
