@@ -32,11 +32,16 @@ from medfuse_hf import (
     load_feature_embeddings,
     merge,
 )
-from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator, nested_subset, validation_subset
+from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
-from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, save_strict_tokenizer
+from medfuse_hf.training.cohorts import (
+    fit_tokenizer,
+    load_cohort_from_settings,
+    save_strict_tokenizer,
+    training_splits,
+)
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.loop import (
     LoopState,
@@ -108,33 +113,6 @@ def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFus
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
     config = preset(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2, **overrides)
     return MedFuseForSequenceClassification(config)
-
-
-def training_splits(args, cohort, accelerator) -> dict:
-    """The cohort's labelled patients by split, the training (`--train_fraction`) and validation
-    (`--validation_fraction`) splits cut to a stratified, seeded share where asked."""
-    label = cohort.label_column
-    splits = {name: cohort.labelled(name) for name in cohort.splits}
-    for name, part in splits.items():
-        if len(part) < len(cohort.splits[name]):
-            accelerator.print(f"{name}: {len(cohort.splits[name]) - len(part)} patients without {label!r} left out")
-    if args.train_fraction < 1.0:  # the small-target setting of transfer experiments: stratified, seeded, nested
-        train = splits["train"]
-        splits["train"] = train.select(nested_subset(train[label], args.train_fraction, args.seed))
-        accelerator.print(f"training on {len(splits['train'])} patients ({args.train_fraction:.0%} of the training "
-                          "split)")
-    if args.validation_fraction < 1.0:  # what a small hospital has to choose epochs on: as few, yet both classes
-        validation = splits["validation"]
-        splits["validation"] = validation.select(validation_subset(validation[label], args.validation_fraction,
-                                                                   args.seed))
-        accelerator.print(f"validating on {len(splits['validation'])} patients ({args.validation_fraction:.0%} of the "
-                          f"validation split, at least {MIN_VALIDATION_PER_CLASS} of each class)")
-    positives = int(np.sum(splits["train"][label]))
-    if len(splits["train"]) < args.batch_size or positives in (0, len(splits["train"])):
-        raise SystemExit(f"{cohort.description}: {len(splits['train'])} training patients ({positives} positive, "
-                         f"--train_fraction {args.train_fraction}); training needs at least --batch_size "
-                         f"({args.batch_size}) and both classes")
-    return splits
 
 
 def training_loader(args, train, label: str, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
@@ -314,7 +292,7 @@ def training_function(args: argparse.Namespace) -> dict:
     cohort = load_cohort_from_settings(vars(args))
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
-    splits = training_splits(args, cohort, accelerator)
+    splits = training_splits(args, cohort, accelerator.print)
     train, label = splits["train"], cohort.label_column
     tokenizer, matching = build_tokenizer(args, train, cohort.units)
     rate = float(np.mean(train[label]))

@@ -324,3 +324,18 @@ def test_a_run_stopped_mid_epoch_resumes_its_weight_average_too(tmp_path):
     expected = weights(tmp_path / "uninterrupted")
     for name, tensor in weights(tmp_path / "interrupted").items():
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_run_is_compared_with_trees_on_its_own_test_patients(tmp_path):
+    run(TINY + ["--num_epochs", "1", "--output_dir", str(tmp_path)])
+    compare = ROOT / "recipes" / "compare_with_trees.py"
+    for _ in range(2):  # a second comparison replaces the first in the card
+        run(["--run_dir", str(tmp_path), "--bootstrap_resamples", "50"], recipe=compare)
+    result = json.loads((tmp_path / "comparison_with_trees.json").read_text())
+    assert result["test_patients"] == json.loads((tmp_path / "test_metrics.json").read_text())["test_patients"]
+    for metric in ("auroc", "auprc"):
+        gap = result["medfuse_minus_gbm"][metric]
+        assert gap["value"] == pytest.approx(result["medfuse"][metric] - result["gbm"][metric])
+        assert gap["low"] <= gap["value"] <= gap["high"]
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert card.count("## Compared with trees on this cohort") == 1 and "| MedFuse − GBM |" in card

@@ -5,11 +5,12 @@ One place maps `--dataset` to a loader and a split protocol, so every recipe rea
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from ..data import (
     LongFormatOptions,
@@ -26,6 +27,7 @@ from ..data import (
 )
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from ..data.splits import MIN_VALIDATION_PER_CLASS, nested_subset, validation_subset
 from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
 from ..synthetic import make_sodium_cohort
 from ..tokenization_medfuse import MedFuseTokenizer
@@ -278,3 +280,31 @@ def streaming_patients(
         raise ValueError(f"open_shards must be at least 1, got {open_shards}")
     stream = datasets.load_dataset("parquet", data_files=list(shards), split="train", streaming=True)
     return stream.shuffle(seed=seed, buffer_size=buffer_size, max_buffer_input_shards=open_shards)
+
+
+def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) -> dict[str, datasets.Dataset]:
+    """The cohort's labelled patients by split, the training (`--train_fraction`) and validation
+    (`--validation_fraction`) splits cut to a stratified, seeded share where asked: what a fine-tuning run trained
+    and was scored on, and so what anything compared with it must use."""
+    label = cohort.label_column
+    splits = {name: cohort.labelled(name) for name in cohort.splits}
+    for name, part in splits.items():
+        if len(part) < len(cohort.splits[name]):
+            say(f"{name}: {len(cohort.splits[name]) - len(part)} patients without {label!r} left out")
+    if args.train_fraction < 1.0:  # the small-target setting of transfer experiments: stratified, seeded, nested
+        train = splits["train"]
+        splits["train"] = train.select(nested_subset(train[label], args.train_fraction, args.seed))
+        say(f"training on {len(splits['train'])} patients ({args.train_fraction:.0%} of the training "
+                          "split)")
+    if args.validation_fraction < 1.0:  # what a small hospital has to choose epochs on: as few, yet both classes
+        validation = splits["validation"]
+        splits["validation"] = validation.select(validation_subset(validation[label], args.validation_fraction,
+                                                                   args.seed))
+        say(f"validating on {len(splits['validation'])} patients ({args.validation_fraction:.0%} of the "
+                          f"validation split, at least {MIN_VALIDATION_PER_CLASS} of each class)")
+    positives = int(np.sum(splits["train"][label]))
+    if len(splits["train"]) < args.batch_size or positives in (0, len(splits["train"])):
+        raise SystemExit(f"{cohort.description}: {len(splits['train'])} training patients ({positives} positive, "
+                         f"--train_fraction {args.train_fraction}); training needs at least --batch_size "
+                         f"({args.batch_size}) and both classes")
+    return splits
