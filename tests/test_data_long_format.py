@@ -137,3 +137,42 @@ def test_every_long_format_option_is_a_flag_with_its_default_and_a_bad_one_is_na
         load_long_format(pd.DataFrame(), censor="refuse")
     with pytest.raises(ValueError, match=r"censored must be one of \('bound', 'refuse'\), got 'drop'"):
         load_long_format(pd.DataFrame(), censored="drop")
+
+
+def test_lines_stay_right_after_blank_lines_and_newlines_inside_quoted_fields(tmp_path):
+    """Arrow counts rows, not lines: a blank line and a value broken over two lines move every later row down."""
+    path = tmp_path / "events.csv"
+    path.write_text('patient_id,time,feature,value\np1,1,hr,80\n\np1,2,hr,"see\ncomment"\np1,3,hr,\np1,4,hr,82\n')
+    dataset, summary = load_long_format(path, return_summary=True)
+    assert summary.examples["non-numeric value"] == [f"{path}:4"]
+    assert summary.examples["empty value"] == [f"{path}:6"]
+    assert dataset[0]["value"] == [80.0, 82.0] and summary.events_read == 4  # the blank line is no event
+
+
+def test_a_table_read_in_many_batches_loads_as_in_one(tmp_path, monkeypatch):
+    """Patients whose events straddle reading and writing batches, and repeated rows far apart in the file, come
+    out as when the table is one batch; the result is an Arrow file on disk, memory-mapped, not a table in RAM."""
+    import numpy as np
+
+    from medfuse_hf.data import event_batches, event_store
+
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"patient_id": rng.integers(0, 30, 3000).astype(str), "time": rng.integers(0, 40, 3000),
+                         "feature": rng.choice(["heart_rate", "sodium", "glucose"], 3000),
+                         "value": rng.integers(60, 70, 3000)})
+    rows.to_csv(tmp_path / "events.csv", index=False)
+    whole, whole_summary = load_long_format(tmp_path / "events.csv", return_summary=True)
+    monkeypatch.setattr(event_batches, "CSV_BLOCK_BYTES", 2000)
+    monkeypatch.setattr(event_store, "STREAM_ROWS", 97)
+    batched, summary = load_long_format(tmp_path / "events.csv", return_summary=True)
+    assert batched.to_dict() == whole.to_dict()
+    assert summary.skipped_events == whole_summary.skipped_events and summary.skipped_events["duplicate row"] > 100
+    assert summary.events_kept == whole_summary.events_kept == sum(len(times) for times in whole["time"])
+    assert batched.cache_files and batched.cache_files[0]["filename"].endswith(".arrow")
+
+
+def test_without_an_anchor_time_zero_is_the_patients_first_event_in_any_table(tmp_path):
+    (tmp_path / "vitals.csv").write_text("patient_id,time,feature,value\np1,2020-01-01T10:00,heart_rate,80\n")
+    (tmp_path / "labs.csv").write_text("patient_id,time,feature,value\np1,2020-01-01T08:30,sodium,140\n")
+    dataset = load_long_format([tmp_path / "vitals.csv", tmp_path / "labs.csv"])
+    assert dataset[0]["feature"] == ["sodium", "heart_rate"] and dataset[0]["time"] == [0.0, 1.5]

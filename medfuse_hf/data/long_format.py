@@ -8,13 +8,14 @@ Only numeric observations are loaded (categorical features given as numeric code
 text in the value column of a mapped feature is counted and skipped, never guessed at. Censored lab results
 (`<0.01`, `>100`, `GREATER THAN 500`) are kept at their bound and counted under their own reason, or refused.
 A CSV row with more or fewer fields than its header is an error naming the file and line, never truncated.
+
+Tables of any size load in bounded memory: they are read a batch at a time (`event_batches`), cleaned batch by batch
+(`event_cleaning`), kept and sorted on disk by DuckDB (`event_store`), and returned as a memory-mapped Arrow file.
 """
 
-import csv
 import logging
 import numbers
-import re
-import unicodedata
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,21 +24,19 @@ from typing import Literal, get_args
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from datasets.fingerprint import get_temporary_cache_files_directory
 
-from ..timestamps import SERIAL_DAYS_ADVICE, looks_like_serial_days, parse_timestamps
-from ..units import INTO, UnitConversion, same_unit, unit_key
+from ..timestamps import parse_timestamps
+from ..units import INTO, UnitConversion, same_unit
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from .patient_table import LoadSummary, PatientTableBuilder
+from .event_batches import DEFAULT_COLUMNS, TableSource, event_batches
+from .event_cleaning import BatchContext, FeatureSpellings, TimeKinds, as_text, clean_batch, max_hours_reason, name_key
+from .event_store import EventStore, write_patient_rows
+from .patient_table import LoadSummary
 from .release_files import utf8_errors_named
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
-OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them, or a column has their name
-TableSource = str | Path | pd.DataFrame
-CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$",
-                      re.IGNORECASE)
-CENSORED_KEPT = "censored value, kept at the bound"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,7 +117,8 @@ def load_long_format(
     return_summary: bool = False,
     **options,
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
-    """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table.
+    """One row per patient with `feature`/`value`/`time` lists plus every column of the labels table, as an Arrow
+    file on disk that `datasets` memory-maps (in its temporary cache, removed when the process ends).
 
     Args:
         events: CSV/Parquet path(s) or DataFrame(s) of events; a list is read one table at a time.
@@ -130,7 +130,7 @@ def load_long_format(
     """
     options = LongFormatOptions(**options)
     known = {**CATEGORICAL_FEATURES, **NUMERIC_FEATURES} if options.feature_map is None else options.feature_map
-    spellings = {name_key(name): name for name in known}  # grows with the first spelling of each new name
+    spellings = FeatureSpellings({name_key(name): name for name in known}, options.name_variants)
     columns = {**DEFAULT_COLUMNS, **(options.columns or {})}
     sources = list(events) if isinstance(events, (list, tuple)) else [events]
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
@@ -138,227 +138,66 @@ def load_long_format(
         label_table = _validated_labels(label_table, options.label_column, options.label_map, labels)
     anchors = _anchors(label_table, options.anchor_column, options.time_format) if options.anchor_column else None
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
-    per_patient: dict[str, list[pd.DataFrame]] = {}
-    has_units = False
-    for source in sources:
-        table, name = _read_table(source, columns, summary)
-        has_units |= table["unit"].ne("").any()
-        table = table.assign(feature=_spelled_as_known(table, name, spellings, options.name_variants, summary))
-        table = _clean(table, name, options, value_transforms or {}, anchors, summary)
-        for patient_id, group in table.groupby("patient_id", sort=False):
-            per_patient.setdefault(patient_id, []).append(group)
-    if has_units:
-        summary.units = _convert_units(per_patient, options.unit_conversions or {})
-    names = sorted({feature for groups in per_patient.values() for group in groups
-                    for feature in group["feature"].unique()})
-    code_of = {feature: code for code, feature in enumerate(names)}
-    builder = PatientTableBuilder(names)
-    patient_ids = list(label_table.index) if label_table is not None else list(per_patient)
-    summary.patients_read = len(set(patient_ids) | set(per_patient))
-    for patient_id in patient_ids:
-        if patient_id not in per_patient:
+    folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
+    store = EventStore(folder)
+    try:
+        for source in sources:
+            name = "events" if isinstance(source, pd.DataFrame) else str(source)
+            context = BatchContext(
+                name=name, feature_map=options.feature_map, censored=options.censored, decimal=options.decimal,
+                time_format=options.time_format, max_hours=options.max_hours, value_transforms=value_transforms or {},
+                anchors=anchors, spellings=spellings, time_kinds=TimeKinds(), summary=summary)
+            for batch in event_batches(source, columns, summary):
+                store.add(clean_batch(batch, context), name)
+            context.time_kinds.refuse_a_mix(name)
+        if anchors is None:  # time zero is each patient's first event, known only now
+            store.count_from_first_timestamps()
+            store.refuse_serial_days()
+            if options.max_hours is not None:
+                store.drop_later_than(options.max_hours, max_hours_reason(options.max_hours), summary)
+        summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {})
+        patients = _patients_in_order(store.patients_in_order(), label_table, options.label_column, summary)
+        dataset = write_patient_rows(store.sorted_events(patients.column("patient_id").to_pylist(), conversions),
+                                     patients, folder / "patients.arrow", store.sources, summary)
+    finally:
+        store.close()
+    summary.log()
+    return (dataset, summary) if return_summary else dataset
+
+
+def _patients_in_order(
+    with_events: list[str], label_table: pd.DataFrame | None, label_column: str | None, summary: LoadSummary
+) -> pa.Table:
+    """The patients to keep, one row each with `patient_id` and the labels table's fields: in the labels table's
+    order, or else in the order their first event was read. A patient on one side only is skipped and counted."""
+    if label_table is None:
+        summary.patients_read = len(with_events)
+        return pa.table({"patient_id": pa.array(with_events, pa.string())})
+    has_events = set(with_events)
+    summary.patients_read = len(has_events | set(label_table.index))
+    for patient_id in label_table.index:
+        if patient_id not in has_events:
             summary.skip_patient("labels row but no events", f"patient {patient_id}")
-            continue
-        group = pd.concat(per_patient.pop(patient_id))
-        patient_fields = label_table.loc[patient_id].to_dict() if label_table is not None else {}
-        if options.label_column is not None and patient_fields[options.label_column] is None:
-            summary.note(f"no {options.label_column!r} label (kept unlabeled)", f"patient {patient_id}")
-        builder.add(group["feature"].map(code_of).to_numpy(), group["value"].to_numpy(), group["hours"].to_numpy(),
-                    patient_id=patient_id, **{key: _plain(value) for key, value in patient_fields.items()})
-        summary.patients_kept += 1
-        summary.events_kept += len(group)
-    for patient_id in per_patient:  # events but no labels row
-        summary.skip_patient("events but no labels row", f"patient {patient_id}")
-    return builder.finish(summary, return_summary)
+    for patient_id in with_events:
+        if patient_id not in label_table.index:
+            summary.skip_patient("events but no labels row", f"patient {patient_id}")
+    kept = label_table[label_table.index.isin(has_events)]
+    if label_column is not None:
+        for patient_id in kept.index[kept[label_column].isna()]:
+            summary.note(f"no {label_column!r} label (kept unlabeled)", f"patient {patient_id}")
+    return pa.table({"patient_id": pa.array(list(kept.index), pa.string()),
+                     **{column: pa.array([_plain(value) for value in kept[column]]) for column in kept.columns}})
 
 
-def _read_table(source: TableSource, columns: Mapping[str, str], summary: LoadSummary) -> tuple[pd.DataFrame, str]:
-    """The four needed columns and `unit` (where `columns` names it, or a column is called so; else empty), renamed,
-    with `line` (the CSV line, or the row number) for messages. Columns left unread are noted in the summary: a
-    unit column under another name would otherwise mix °F and °C rows silently."""
-    if isinstance(source, pd.DataFrame):
-        table, name, first_line = source, "events", 0
-    else:
-        path = Path(source)
-        name = str(path)
-        table, first_line = (pd.read_parquet(path), 0) if path.suffix == ".parquet" else (_read_csv(path), 2)
-    columns = {**{key: key for key in OPTIONAL_COLUMNS if key in table.columns}, **columns}
-    fields = [*DEFAULT_COLUMNS, *(key for key in OPTIONAL_COLUMNS if key in columns)]
-    absent = [columns[key] for key in fields if columns[key] not in table.columns]
-    if absent:
-        raise ValueError(f"{name}: columns {absent} missing; it has {list(table.columns)}")
-    if table.empty:
-        raise ValueError(f"{name}: no event rows, only a header")
-    unread = [column for column in table.columns if column not in {columns[key] for key in fields}]
-    if unread:
-        summary.note(f"columns not read: {unread} (name them in columns=... if they matter)", name)
-    table = table[[columns[key] for key in fields]].set_axis(fields, axis=1)
-    if "unit" not in table.columns:  # every row in its feature's unit
-        table = table.assign(unit="")
-    return table.assign(line=np.arange(len(table)) + first_line), name
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Every field as text (ids stay ids, `007` stays `007`), a UTF-8 byte-order mark ignored, after checking that
-    every row has the header's number of fields: pandas would otherwise drop the extra field of an unquoted decimal
-    comma (`p1,2.0,potassium,3,9`), or take a short row's missing value for an empty one."""
-    with utf8_errors_named(path), path.open(newline="", encoding="utf-8-sig") as file:
-        rows = csv.reader(file)
-        header = next(rows, None)
-        if header is None:
-            raise ValueError(f"{path}: the file is empty")
-        for row in rows:
-            if len(row) != len(header) and row:
-                raise ValueError(f"{path}, line {rows.line_num}: {len(row)} fields where the header has {len(header)}"
-                                 " (quote values that contain the delimiter, e.g. a decimal comma)")
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
-
-
-def _clean(
-    table: pd.DataFrame,
-    name: str,
-    options: LongFormatOptions,
-    value_transforms: Mapping[str, Callable],
-    anchors: pd.Series | None,
-    summary: LoadSummary,
-) -> pd.DataFrame:
-    """Map features, parse values and times, and drop (counting each reason) what cannot be an event."""
-    summary.events_read += len(table)
-    # names arrive stripped and spelled as known (`_spelled_as_known`); item ids 220045 and 220045.0 are one
-    table = table.assign(patient_id=_as_text(table["patient_id"]), source_feature=table["feature"])
-
-    def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
-        if mask.any():
-            summary.skip_event(reason, f"{name}:{table.loc[mask, 'line'].iloc[0]}", int(mask.sum()))
-        return table[~mask]
-
-    if options.feature_map is not None:
-        table = table.assign(feature=table["source_feature"].map(options.feature_map))
-        table = drop(table["feature"].isna(), "feature not in feature_map")
-    table = drop(table["value"].isna() | table["value"].astype(str).str.strip().eq(""), "empty value")
-    text = table["value"].astype(str).str.strip()
-    if options.decimal != ".":
-        # 1.234,5 -> 1234.5
-        text = text.str.replace(".", "", regex=False).str.replace(options.decimal, ".", regex=False)
-    bounds = text.str.extract(CENSORED)[1]
-    is_censored = bounds.notna()
-    if options.censored == "refuse":
-        table = drop(is_censored, "censored value (refused)")
-        text, is_censored = text[~is_censored], is_censored[~is_censored]
-    elif is_censored.any():
-        summary.note(CENSORED_KEPT, f"{name}:{table.loc[is_censored, 'line'].iloc[0]}", int(is_censored.sum()))
-        text = text.where(~is_censored, bounds)
-    table = table.assign(value=pd.to_numeric(text, errors="coerce"))
-    table = drop(~np.isfinite(table["value"]), "non-numeric value")
-    for source_feature, transform in value_transforms.items():
-        rows = table["source_feature"] == source_feature
-        table.loc[rows, "value"] = transform(table.loc[rows, "value"].to_numpy())
-    if anchors is not None:
-        table = drop(table["patient_id"].map(anchors).isna(), "patient has no anchor time")
-    table = table.assign(hours=_hours(table, anchors, options.time_format, name))
-    table = drop(table["hours"].isna(), "unparseable time")
-    table = drop(table["hours"] < 0, "time before the anchor")
-    if options.max_hours is not None:
-        table = drop(table["hours"] > options.max_hours, f"time more than {options.max_hours:g} h after the anchor")
-    table = drop(table.duplicated(["patient_id", "hours", "feature", "value"]), "duplicate row")
-    return table
-
-
-def _hours(table: pd.DataFrame, anchors: pd.Series | None, time_format: str | None, name: str) -> pd.Series:
-    """Hours since the patient's anchor (or first event): numbers are hours already; text is a timestamp. A column
-    mixing the two kinds is refused, naming the first row of the rarer kind: one `3:00` among hours is a unit
-    mistake, not a row to drop. Rows that are neither are left NaN, for the caller to count."""
-    text = table["time"].astype(str).str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    is_number = numeric.notna()
-    is_stamp = ~is_number & pd.to_datetime(text.where(~is_number), format="mixed", errors="coerce", utc=True).notna()
-    if is_number.any() and is_stamp.any():
-        rarer = is_number if is_number.sum() <= is_stamp.sum() else is_stamp
-        line, value = table["line"][rarer].iloc[0], text[rarer].iloc[0]
-        raise ValueError(f"{name}:{line}: time {value!r} is "
-                         f"{'a number of hours' if rarer is is_number else 'a timestamp'}, "
-                         f"but the column holds {int((~rarer & (is_number | is_stamp)).sum())} "
-                         f"{'timestamps' if rarer is is_number else 'numbers of hours'}: give every time one way")
-    anchors_are_stamps = anchors is not None and pd.api.types.is_datetime64_any_dtype(anchors)
-    if not (is_number.any() or is_stamp.any()):  # no row left, or none a time: the caller counts them
-        return pd.Series(np.nan, index=table.index)
-    if not is_stamp.any():  # hours
-        if anchors_are_stamps and is_number.any():
-            raise ValueError(f"{name}: times are numbers of hours, but the anchor column holds timestamps: "
-                             "give both as timestamps, or both as hours")
-        if anchors is None:
-            _refuse_serial_days(table, numeric, name)
-        return numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)
-    if anchors is not None and not anchors_are_stamps:
-        raise ValueError(f"{name}: times are timestamps, but the anchor column holds numbers: give both one way")
-    stamps = parse_timestamps(text, time_format, "column time", name + ":" + table["line"].astype(str))
-    origin = (table["patient_id"].map(anchors) if anchors is not None
-              else stamps.groupby(table["patient_id"]).transform("min"))
-    return (stamps - origin) / pd.Timedelta(hours=1)
-
-
-def _refuse_serial_days(table: pd.DataFrame, hours: pd.Series, name: str) -> None:
-    """An error naming the first patient whose every time is a spreadsheet day number (`looks_like_serial_days`), and
-    how many patients are so: one such patient among others in hours is as wrong as a whole table of them."""
-    serial = [patient for patient, times in hours.groupby(table["patient_id"], sort=False)
-              if looks_like_serial_days(times.to_numpy())]
-    if serial:
-        rows = table["patient_id"] == serial[0]
-        raise ValueError(f"{name}:{table.loc[rows, 'line'].iloc[0]}: patient {serial[0]!r} (and {len(serial) - 1} "
-                         f"other(s)): every time lies between {hours[rows].min():,.2f} and {hours[rows].max():,.2f}: "
-                         f"{SERIAL_DAYS_ADVICE} (anchor_column)")
-
-
-# Letters of other scripts drawn like Latin ones, as pasted names carry them: Cyrillic а, е, о, р, с, у, х, і, ј, ѕ.
-LOOKALIKES = str.maketrans("аеорсухіјѕАВЕКМНОРСТУХІЈЅ", "aeopcyxijsABEKMHOPCTYXIJS")
-ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
-
-
-def name_key(name: str) -> str:
-    """What two spellings of one feature name share: `SODIUM`, `ѕodium` (Cyrillic ѕ) and `sodium\u200b` are sodium."""
-    return unicodedata.normalize("NFKC", str(name)).translate(ZERO_WIDTH).translate(LOOKALIKES).casefold().strip()
-
-
-def _spelled_as_known(
-    table: pd.DataFrame, name: str, spellings: dict[str, str], policy: str, summary: LoadSummary
-) -> pd.Series:
-    """The feature column with each variant spelling of a known name replaced by that name (see `name_variants`)."""
-    features = _as_text(table["feature"]).str.strip()
-    renamed = {}
-    for spelling in features.unique():
-        control = [character for character in spelling if unicodedata.category(character) == "Cc"]
-        if control:
-            line = table.loc[features == spelling, "line"].iloc[0]
-            raise ValueError(f"{name}:{line}: feature {spelling!r} holds the control character {control[0]!r}, which "
-                             "no feature name has (a quoting or export error): correct the export")
-        canonical = spellings.setdefault(name_key(spelling), spelling)
-        if canonical != spelling:
-            renamed[spelling] = canonical
-    for spelling, canonical in renamed.items():
-        rows = features == spelling
-        place = f"{name}:{table.loc[rows, 'line'].iloc[0]}"
-        if policy == "refuse":
-            raise ValueError(f"{place}: feature {spelling!r} differs from {canonical!r} only in case, Unicode form or "
-                             "look-alike letters: correct it, or map it with feature_map")
-        logger.warning("%s: feature %r read as %r (%d rows)", place, spelling, canonical, int(rows.sum()))
-        summary.note(f"feature {spelling!r} read as {canonical!r}", place, int(rows.sum()))
-    return features.replace(renamed) if renamed else features
-
-
-def _convert_units(
-    per_patient: dict[str, list[pd.DataFrame]], conversions: Mapping[str, Mapping[str, UnitConversion]]
-) -> dict[str, str]:
-    """Each feature's unit across every table (units compared up to spaces, Unicode look-alikes and the litre's
-    case; a declared unit and `into` match as a checkpoint's units do, by `same_unit`); rows in a declared unit are
-    converted into the other. Returns feature -> unit. A row without a unit is taken to be in its feature's unit."""
-    groups = [group for patient_groups in per_patient.values() for group in patient_groups]
-    if not groups:
-        return {}
-    rows = pd.concat([group[["feature", "unit"]] for group in groups])
-    rows = rows.assign(key=rows["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else ""))
-    counts = rows[rows["key"] != ""].groupby(["feature", "key"]).agg(unit=("unit", "first"), rows=("unit", "size"))
+def _unit_plan(
+    counts: pd.DataFrame, conversions: Mapping[str, Mapping[str, UnitConversion]]
+) -> tuple[dict[str, str], dict[tuple[str, str], tuple[float, float]]]:
+    """Each feature's unit across every table (`counts`: rows by feature and unit key, as `EventStore.unit_counts`
+    gives them; units compared up to spaces, Unicode look-alikes and the litre's case; a declared unit and `into`
+    match as a checkpoint's units do, by `same_unit`), and the conversion of each declared unit into it. Returns
+    feature -> unit and (feature, unit key) -> (scale, offset). A row without a unit is in its feature's unit."""
     units, converting = {}, {}
-    for feature, found in counts.groupby(level="feature"):
+    for feature, found in counts.set_index(["feature", "key"]).groupby(level="feature", sort=True):
         found = found.droplevel("feature")
         by_unit = conversions.get(feature, {})
         into = by_unit.get(INTO)
@@ -376,14 +215,10 @@ def _convert_units(
                              f"e.g. unit_conversions={{{feature!r}: "
                              f"{{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}")
         units[feature] = into or found.loc[kept[0], "unit"]
-        converting.update({(feature, key): conversion for key, conversion in declared.items()})
-    for group in groups:
-        keys = group["unit"].astype(str).str.strip().map(lambda unit: unit_key(unit) if unit else "")
-        for (feature, key), conversion in converting.items():
+        for key, conversion in declared.items():
             scale, offset = (conversion, 0.0) if isinstance(conversion, numbers.Real) else conversion
-            rows_in_unit = (group["feature"] == feature) & (keys == key)
-            group.loc[rows_in_unit, "value"] = group.loc[rows_in_unit, "value"] * float(scale) + float(offset)
-    return units
+            converting[(feature, key)] = (float(scale), float(offset))
+    return units, converting
 
 
 def _declared_conversion(unit: str, by_unit: Mapping[str, UnitConversion]) -> UnitConversion | None:
@@ -391,13 +226,6 @@ def _declared_conversion(unit: str, by_unit: Mapping[str, UnitConversion]) -> Un
     mg/dL applies to a feed that writes MG/DL."""
     return next((conversion for declared, conversion in by_unit.items()
                  if declared != INTO and same_unit(unit, declared)), None)
-
-
-def _as_text(column: pd.Series) -> pd.Series:
-    """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are."""
-    if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
-        column = column.astype("Int64")
-    return column.astype(str)
 
 
 def _validated_labels(
@@ -435,7 +263,7 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
             table = pd.read_csv(labels, encoding="utf-8-sig")
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
-    table = table.assign(**{id_column: _as_text(table[id_column])})
+    table = table.assign(**{id_column: as_text(table[id_column])})
     duplicated = table[id_column].duplicated()
     if duplicated.any():
         raise ValueError(f"{name}: patient {table[id_column][duplicated].iloc[0]!r} has more than one labels row")

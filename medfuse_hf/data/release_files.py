@@ -1,6 +1,7 @@
 """Reading challenge releases as downloaded: one archive (`.tar.gz` or `.zip`) or its extracted folder, streamed
 one member file at a time so a cohort is never held twice."""
 
+import codecs
 import tarfile
 import zipfile
 import zlib
@@ -46,12 +47,28 @@ def utf8_text(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise ValueError(
-            f"{where}, line {line}: byte 0x{raw[error.start]:02X} is not UTF-8: the file is in another encoding (a "
-            f"Latin-1 or Windows-1252 export writes '°' as 0xB0). Convert it to UTF-8, e.g. "
-            f"iconv -f WINDOWS-1252 -t UTF-8 old.csv > new.csv"
-        ) from None
+        raise _not_utf8(where, raw.count(b"\n", 0, error.start) + 1, raw[error.start]) from None
+
+
+def raise_first_non_utf8_byte(path: Path) -> None:
+    """`utf8_text`'s error for a file of any size, read a block at a time."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with Path(path).open("rb") as file:
+        while block := file.read(1 << 24):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:  # `error.object`: the block, after any bytes held from the last one
+                raise _not_utf8(str(path), line + error.object.count(b"\n", 0, error.start),
+                                error.object[error.start]) from None
+            line += block.count(b"\n")
+
+
+def _not_utf8(where: str, line: int, byte: int) -> ValueError:
+    return ValueError(
+        f"{where}, line {line}: byte 0x{byte:02X} is not UTF-8: the file is in another encoding (a Latin-1 or "
+        "Windows-1252 export writes '°' as 0xB0). Convert it to UTF-8, e.g. "
+        "iconv -f WINDOWS-1252 -t UTF-8 old.csv > new.csv"
+    )
 
 
 @contextmanager
@@ -60,5 +77,5 @@ def utf8_errors_named(path: Path) -> Iterator[None]:
     try:
         yield
     except UnicodeDecodeError:
-        utf8_text(Path(path).read_bytes(), str(path))
+        raise_first_non_utf8_byte(path)
         raise

@@ -70,7 +70,7 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
 
 def column_mapping(text: str) -> dict[str, str]:
     """`--columns patient_id=SUBJECT_ID,time=CHARTTIME,...`: long-format fields -> the table's column names."""
-    from ..data.long_format import DEFAULT_COLUMNS, OPTIONAL_COLUMNS
+    from ..data.event_batches import DEFAULT_COLUMNS, OPTIONAL_COLUMNS
 
     pairs = [part.partition("=") for part in text.split(",") if part.strip()]
     mapping = {field.strip(): column.strip() for field, _, column in pairs}

@@ -1,0 +1,230 @@
+"""One batch of a long-format table made into events: names spelled as known, features mapped, values and times
+parsed, and what cannot be an event dropped with its reason counted. What needs a patient's every event (time zero
+without an anchor, spreadsheet dates, duplicates) waits for `event_store`, where the events are grouped."""
+
+import logging
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..timestamps import parse_timestamps
+from .patient_table import LoadSummary
+
+logger = logging.getLogger(__name__)
+
+CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$",
+                      re.IGNORECASE)
+CENSORED_KEPT = "censored value, kept at the bound"
+# Letters of other scripts drawn like Latin ones, as pasted names carry them: Cyrillic а, е, о, р, с, у, х, і, ј, ѕ.
+LOOKALIKES = str.maketrans("аеорсухіјѕАВЕКМНОРСТУХІЈЅ", "aeopcyxijsABEKMHOPCTYXIJS")
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+def name_key(name: str) -> str:
+    """What two spellings of one feature name share: `SODIUM`, `ѕodium` (Cyrillic ѕ) and `sodium\u200b` are sodium."""
+    return unicodedata.normalize("NFKC", str(name)).translate(ZERO_WIDTH).translate(LOOKALIKES).casefold().strip()
+
+
+@dataclass
+class FeatureSpellings:
+    """The known spelling of each feature name (the feature map's, the catalogue's, or the first seen), and what
+    to do with a variant (`"merge"` or `"refuse"`, see `LongFormatOptions.name_variants`)."""
+
+    known: dict[str, str]  # name_key -> spelling
+    policy: str
+    warned: set[str] = field(default_factory=set)
+
+    def apply(self, batch: pd.DataFrame, name: str, summary: LoadSummary) -> pd.Series:
+        """The batch's feature column with each variant spelling of a known name replaced by that name."""
+        features = as_text(batch["feature"]).str.strip()
+        renamed = {}
+        for spelling in features.unique():
+            control = [character for character in spelling if unicodedata.category(character) == "Cc"]
+            if control:
+                line = batch.loc[features == spelling, "line"].iloc[0]
+                raise ValueError(f"{name}:{line}: feature {spelling!r} holds the control character {control[0]!r}, "
+                                 "which no feature name has (a quoting or export error): correct the export")
+            canonical = self.known.setdefault(name_key(spelling), spelling)
+            if canonical != spelling:
+                renamed[spelling] = canonical
+        for spelling, canonical in renamed.items():
+            rows = features == spelling
+            place = f"{name}:{batch.loc[rows, 'line'].iloc[0]}"
+            if self.policy == "refuse":
+                raise ValueError(f"{place}: feature {spelling!r} differs from {canonical!r} only in case, Unicode "
+                                 "form or look-alike letters: correct it, or map it with feature_map")
+            if spelling not in self.warned:
+                self.warned.add(spelling)
+                logger.warning("%s: feature %r read as %r", place, spelling, canonical)
+            summary.note(f"feature {spelling!r} read as {canonical!r}", place, int(rows.sum()))
+        return features.replace(renamed) if renamed else features
+
+
+@dataclass
+class TimeKinds:
+    """How many of a table's times are numbers of hours and how many timestamps, with the first of each: a column
+    mixing the two is refused once the whole table is read, naming the first row of the rarer kind (one `3:00` among
+    hours is a unit mistake, not a row to drop)."""
+
+    numbers: int = 0
+    stamps: int = 0
+    first: dict[str, tuple[int, str]] = field(default_factory=dict)  # kind -> (line, text)
+
+    def count(self, kind: str, mask: pd.Series, text: pd.Series, lines: pd.Series) -> None:
+        setattr(self, kind, getattr(self, kind) + int(mask.sum()))
+        if mask.any() and kind not in self.first:
+            self.first[kind] = (lines[mask].iloc[0], text[mask].iloc[0])
+
+    @property
+    def mixed(self) -> bool:
+        return self.numbers > 0 and self.stamps > 0
+
+    def refuse_a_mix(self, name: str) -> None:
+        if self.mixed:
+            rarer, other = ("numbers", "stamps") if self.numbers <= self.stamps else ("stamps", "numbers")
+            line, value = self.first[rarer]
+            raise ValueError(f"{name}:{line}: time {value!r} is "
+                             f"{'a number of hours' if rarer == 'numbers' else 'a timestamp'}, "
+                             f"but the column holds {getattr(self, other)} "
+                             f"{'timestamps' if rarer == 'numbers' else 'numbers of hours'}: give every time one way")
+
+
+@dataclass
+class BatchContext:
+    """What cleaning a batch needs besides the batch: the table's name, the loader's options, the patients'
+    anchors (hours or timestamps) where given, and the tallies shared across batches."""
+
+    name: str
+    feature_map: Mapping[str, str] | None
+    censored: str
+    decimal: str
+    time_format: str | None
+    max_hours: float | None
+    value_transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]]
+    anchors: pd.Series | None
+    spellings: FeatureSpellings
+    time_kinds: TimeKinds
+    summary: LoadSummary
+
+
+def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
+    """The batch's events: `patient_id`, `feature`, `value`, `hours`, `stamp_ns`, `unit` and `line`. Without an
+    anchor, a timestamp's hours count from the patient's first event, which a later batch may hold: such rows keep
+    their timestamp (`stamp_ns`, nanoseconds) and no hours yet, and `max_hours` waits for them too."""
+    summary, name = context.summary, context.name
+    summary.events_read += len(batch)
+    features = context.spellings.apply(batch, name, summary)
+    table = batch.assign(patient_id=as_text(batch["patient_id"]), feature=features)
+    table = table.assign(source_feature=table["feature"])
+
+    def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
+        if mask.any():
+            summary.skip_event(reason, f"{name}:{table.loc[mask, 'line'].iloc[0]}", int(mask.sum()))
+        return table[~mask]
+
+    if context.feature_map is not None:
+        table = table.assign(feature=table["source_feature"].map(context.feature_map))
+        table = drop(table["feature"].isna(), "feature not in feature_map")
+    raw = table["value"]
+    if pd.api.types.is_numeric_dtype(raw):  # a DataFrame's or Parquet file's numbers
+        table = drop(raw.isna(), "empty value")
+    else:
+        table = drop(raw.isna() | raw.astype(str).str.strip().eq(""), "empty value")
+        numbers, bounds = _numbers(table["value"].astype(str).str.strip(), context.decimal)
+        if len(bounds) and context.censored == "refuse":
+            table = drop(table.index.to_series().isin(bounds.index), "censored value (refused)")
+            numbers = numbers[table.index]
+        elif len(bounds):
+            summary.note(CENSORED_KEPT, f"{name}:{table.loc[bounds.index[0], 'line']}", len(bounds))
+            numbers[bounds.index] = bounds
+        table = table.assign(value=numbers)
+    table = drop(~np.isfinite(table["value"].astype(float)), "non-numeric value")
+    table = table.assign(value=table["value"].astype(float))
+    for source_feature, transform in context.value_transforms.items():
+        rows = table["source_feature"] == source_feature
+        if rows.any():
+            table.loc[rows, "value"] = transform(table.loc[rows, "value"].to_numpy())
+    if context.anchors is not None:
+        table = drop(table["patient_id"].map(context.anchors).isna(), "patient has no anchor time")
+    hours, stamp_ns = _hours(table, context)
+    table = table.assign(hours=hours, stamp_ns=stamp_ns)
+    table = drop(table["hours"].isna() & table["stamp_ns"].isna(), "unparseable time")
+    table = drop(table["hours"] < 0, "time before the anchor")
+    if context.max_hours is not None and context.anchors is not None:
+        table = drop(table["hours"] > context.max_hours, max_hours_reason(context.max_hours))
+    return table[["patient_id", "feature", "value", "hours", "stamp_ns", "unit", "line"]]
+
+
+def max_hours_reason(max_hours: float) -> str:
+    return f"time more than {max_hours:g} h after the anchor"
+
+
+def _numbers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
+    """The text as numbers (NaN where none), and the bounds of censored results (`<0.01`, `GREATER THAN 500`) by
+    row. Only rows that are no plain number meet the censored pattern, so a clean export is parsed at C speed."""
+    if decimal != ".":  # 1.234,5 -> 1234.5
+        text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False)
+    numbers = as_numbers(text)
+    failed = numbers.isna()
+    bounds = text[failed].str.extract(CENSORED)[1].dropna() if failed.any() else text.iloc[:0]
+    return numbers, pd.to_numeric(bounds).astype(float)
+
+
+def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Series]:
+    """Hours since the patient's anchor: numbers are hours already; text is a timestamp. Without an anchor, numbers
+    stay as they are and timestamps are returned as `stamp_ns` for the store to count from the patient's first one.
+    Rows that are neither are NaN in both, for the caller to count."""
+    none = pd.Series(np.nan, index=table.index)
+    pending = pd.Series(pd.NA, index=table.index, dtype="Int64")
+    text = table["time"].astype(str).str.strip()
+    numeric = as_numbers(text)
+    is_number = numeric.notna()
+    is_stamp = pd.Series(False, index=table.index)
+    if not is_number.all():
+        others = text[~is_number]
+        is_stamp[others.index] = pd.to_datetime(others, format="mixed", errors="coerce", utc=True).notna()
+    kinds, lines = context.time_kinds, table["line"]
+    kinds.count("numbers", is_number, text, lines)
+    kinds.count("stamps", is_stamp, text, lines)
+    if kinds.mixed:  # refused once the whole table has been read, naming the rarer kind
+        return none, pending
+    anchors = context.anchors
+    anchors_are_stamps = anchors is not None and pd.api.types.is_datetime64_any_dtype(anchors)
+    if not (is_number.any() or is_stamp.any()):  # no row a time: the caller counts them
+        return none, pending
+    if not is_stamp.any():  # hours
+        if anchors_are_stamps:
+            raise ValueError(f"{context.name}: times are numbers of hours, but the anchor column holds timestamps: "
+                             "give both as timestamps, or both as hours")
+        return (numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)), pending
+    if anchors is not None and not anchors_are_stamps:
+        raise ValueError(f"{context.name}: times are timestamps, but the anchor column holds numbers: give both one "
+                         "way")
+    stamps = parse_timestamps(text, context.time_format, "column time", context.name + ":" + lines.astype(str))
+    if anchors is not None:
+        return (stamps - table["patient_id"].map(anchors)) / pd.Timedelta(hours=1), pending
+    nanoseconds = pd.Series(stamps.dt.as_unit("ns").to_numpy().view("int64"), index=table.index, dtype="Int64")
+    return none, nanoseconds.where(stamps.notna())
+
+
+def as_numbers(text: pd.Series) -> pd.Series:
+    """Stripped text as float64, NaN where it is no number. Arrow's cast reads a column of plain numbers several
+    times faster than pandas; a column with anything else in it goes to `pd.to_numeric`."""
+    try:
+        numbers = pc.cast(pa.array(text, pa.string()), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pd.to_numeric(text, errors="coerce").astype(float)
+    return pd.Series(numbers.to_numpy(zero_copy_only=False), index=text.index)
+
+
+def as_text(column: pd.Series) -> pd.Series:
+    """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are."""
+    if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
+        column = column.astype("Int64")
+    return column.astype(str)

@@ -1,0 +1,199 @@
+"""Cleaned events of every table, kept on disk by DuckDB, an embedded engine, and written out one patient per row.
+
+A hospital's export is hundreds of millions of rows: more than memory. DuckDB (a `pip install`, no server) stores the
+rows compressed, and sorts and aggregates them within `memory_limit`, spilling to disk beyond it. Everything that needs
+a patient's every event happens here: time zero at the patient's first timestamp, the spreadsheet-date check, units
+across tables, and the patient-by-patient stream, sorted by time, that `write_patient_rows` turns into an Arrow file.
+"""
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import datasets
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets.arrow_writer import ArrowWriter
+
+from ..timestamps import SERIAL_DAYS, SERIAL_DAYS_ADVICE
+from ..units import unit_key
+from .patient_table import LoadSummary
+
+NANOSECONDS_PER_HOUR = 3_600_000_000_000
+STREAM_ROWS = 1 << 20
+EVENT_COLUMNS = "source SMALLINT, seq BIGINT, line BIGINT, patient_id VARCHAR, feature VARCHAR, value DOUBLE, " \
+                "hours DOUBLE, stamp_ns BIGINT, unit VARCHAR, unit_key VARCHAR"
+
+
+class EventStore:
+    """The events of one load, in a DuckDB database under `folder` (deleted by `close`)."""
+
+    def __init__(self, folder: Path, memory_limit: str = "256MB"):
+        self.folder = Path(folder)
+        self.connection = duckdb.connect(str(self.folder / "events.duckdb"), config={
+            "memory_limit": memory_limit, "temp_directory": str(self.folder / "spill"),
+            "preserve_insertion_order": False})
+        self.connection.execute("SET enable_progress_bar = false")  # the loader's summary says what was read
+        self.connection.execute(f"CREATE TABLE events ({EVENT_COLUMNS})")
+        self.sources: list[str] = []
+        self.rows = 0
+        self._unit_keys: dict[str, str] = {"": ""}
+
+    def add(self, events: pd.DataFrame, source: str) -> None:
+        """A cleaned batch (`event_cleaning.clean_batch`) of the table `source`; rows keep their order by `seq`."""
+        if not self.sources or self.sources[-1] != source:
+            self.sources.append(source)
+        units = events["unit"].astype(str).str.strip()
+        for unit in units.unique():
+            self._unit_keys.setdefault(unit, unit_key(unit) if unit else "")
+        batch = pa.Table.from_pandas(events.assign(
+            source=len(self.sources) - 1, seq=np.arange(self.rows, self.rows + len(events)), unit=units,
+            unit_key=units.map(self._unit_keys),
+        )[["source", "seq", "line", "patient_id", "feature", "value", "hours", "stamp_ns", "unit", "unit_key"]],
+            preserve_index=False)
+        self.connection.register("batch", batch)
+        self.connection.execute("INSERT INTO events SELECT * FROM batch")
+        self.connection.unregister("batch")
+        self.rows += len(events)
+
+    def count_from_first_timestamps(self) -> None:
+        """Hours of timestamps without an anchor, since the patient's first timestamp in any table."""
+        self.connection.execute(f"""
+            UPDATE events SET hours = (events.stamp_ns - first.stamp_ns) / {NANOSECONDS_PER_HOUR}.0
+            FROM (SELECT patient_id, min(stamp_ns) AS stamp_ns FROM events WHERE stamp_ns IS NOT NULL
+                  GROUP BY patient_id) AS first
+            WHERE events.patient_id = first.patient_id AND events.stamp_ns IS NOT NULL""")
+
+    def refuse_serial_days(self) -> None:
+        """An error naming the first patient whose every time, given as a number of hours without an anchor, is a
+        spreadsheet day number (`timestamps.looks_like_serial_days`), and how many patients are so."""
+        serial = self.connection.execute(f"""
+            SELECT patient_id, min(hours), max(hours), arg_min(source, seq), arg_min(line, seq)
+            FROM events WHERE stamp_ns IS NULL GROUP BY patient_id
+            HAVING min(hours) >= {SERIAL_DAYS[0]} AND max(hours) <= {SERIAL_DAYS[1]} ORDER BY min(seq)""").fetchall()
+        if serial:
+            patient, low, high, source, line = serial[0]
+            raise ValueError(f"{self.sources[source]}:{line}: patient {patient!r} (and {len(serial) - 1} other(s)): "
+                             f"every time lies between {low:,.2f} and {high:,.2f}: {SERIAL_DAYS_ADVICE} "
+                             "(anchor_column)")
+
+    def drop_later_than(self, max_hours: float, reason: str, summary: LoadSummary) -> None:
+        count, source, line = self.connection.execute(
+            "SELECT count(*), arg_min(source, seq), arg_min(line, seq) FROM events WHERE hours > ?", [max_hours]
+        ).fetchone()
+        if count:
+            summary.skip_event(reason, f"{self.sources[source]}:{line}", count)
+            self.connection.execute("DELETE FROM events WHERE hours > ?", [max_hours])
+
+    def unit_counts(self) -> pd.DataFrame:
+        """Rows by feature and unit (compared by `units.unit_key`), with the unit as first written."""
+        return self.connection.execute("""
+            SELECT feature, unit_key AS key, arg_min(unit, seq) AS unit, count(*) AS rows FROM events
+            WHERE unit_key <> '' GROUP BY feature, unit_key ORDER BY feature, unit_key""").df()
+
+    def patients_in_order(self) -> list[str]:
+        """Patients with events, in the order their first event was read."""
+        rows = self.connection.execute("SELECT patient_id FROM events GROUP BY patient_id ORDER BY min(seq)")
+        return [patient for (patient,) in rows.fetchall()]
+
+    def sorted_events(
+        self, patients: list[str], conversions: Mapping[tuple[str, str], tuple[float, float]]
+    ) -> Iterator[pa.RecordBatch]:
+        """The events of `patients`, in that order, each patient's by time (ties in the order read), values in the
+        unit chosen for their feature (`conversions`: (feature, unit key) -> (scale, offset))."""
+        order = pa.table({"patient_id": pa.array(patients, pa.string()),
+                          "patient_rank": pa.array(np.arange(len(patients)), pa.int64())})
+        scales = pa.table({"feature": [feature for feature, _ in conversions],
+                           "unit_key": [key for _, key in conversions],
+                           "scale": [float(scale) for scale, _ in conversions.values()],
+                           "shift": [float(offset) for _, offset in conversions.values()]},
+                          schema=pa.schema([("feature", pa.string()), ("unit_key", pa.string()),
+                                            ("scale", pa.float64()), ("shift", pa.float64())]))
+        self.connection.register("patient_order", order)
+        self.connection.register("conversions", scales)
+        relation = self.connection.sql("""
+            SELECT o.patient_rank, e.feature,
+                   CASE WHEN c.scale IS NULL THEN e.value ELSE e.value * c.scale + c.shift END AS value,
+                   e.hours, e.source, e.line, e.seq
+            FROM events e JOIN patient_order o USING (patient_id) LEFT JOIN conversions c USING (feature, unit_key)
+            ORDER BY o.patient_rank, e.hours, e.seq""")
+        with relation.to_arrow_reader(batch_size=STREAM_ROWS) as reader:
+            yield from reader
+
+    def close(self) -> None:
+        self.connection.close()
+        for path in (self.folder / "events.duckdb", self.folder / "events.duckdb.wal"):
+            path.unlink(missing_ok=True)
+
+
+def write_patient_rows(
+    events: Iterator[pa.RecordBatch], patients: pa.Table, path: Path, sources: list[str], summary: LoadSummary
+) -> datasets.Dataset:
+    """One row per patient (`patients`' columns, then `feature`/`value`/`time` lists) from events sorted by patient
+    rank (the row of `patients`), written as the Arrow file `datasets` memory-maps. A row repeated within one table
+    (same patient, time, feature and value) is dropped and counted."""
+    with ArrowWriter(path=str(path)) as writer:
+        held, written = _no_events(), 0  # held: the last patient of a batch, whose events may go on in the next
+        for batch in events:
+            table = pa.concat_tables([held, pa.Table.from_batches([batch])])
+            ranks = table.column("patient_rank").to_numpy()
+            complete = int(np.searchsorted(ranks, ranks[-1])) if len(ranks) else 0
+            held = table.slice(complete)
+            if complete:
+                writer.write_table(_patient_rows(table.slice(0, complete), patients, sources, summary))
+                written += 1
+        if held.num_rows or not written:  # the last patient; or an empty table that still has the columns
+            writer.write_table(_patient_rows(held, patients, sources, summary))
+        writer.finalize()
+    return datasets.Dataset.from_file(str(path))
+
+
+def _no_events() -> pa.Table:
+    return pa.table({"patient_rank": pa.array([], pa.int64()), "feature": pa.array([], pa.string()),
+                     "value": pa.array([], pa.float64()), "hours": pa.array([], pa.float64()),
+                     "source": pa.array([], pa.int16()), "line": pa.array([], pa.int64()),
+                     "seq": pa.array([], pa.int64())})
+
+
+def _patient_rows(events: pa.Table, patients: pa.Table, sources: list[str], summary: LoadSummary) -> pa.Table:
+    """Whole patients' events as one row each, repeated rows dropped (counted, with the first one read)."""
+    rank, hours, value, source, seq = (events.column(name).to_numpy() for name in
+                                       ("patient_rank", "hours", "value", "source", "seq"))
+    feature = events.column("feature").combine_chunks()
+    repeated = _repeated_rows(rank, hours, source, feature, value, seq)
+    if repeated.any():
+        first = int(np.flatnonzero(repeated)[np.argmin(seq[repeated])])
+        line = events.column("line")[first].as_py()
+        summary.skip_event("duplicate row", f"{sources[source[first]]}:{line}", int(repeated.sum()))
+    kept = ~repeated
+    rank, hours, value = rank[kept], hours[kept], value[kept]
+    starts = np.flatnonzero(np.concatenate([[True], rank[1:] != rank[:-1]])) if len(rank) else np.array([], int)
+    offsets = pa.array(np.concatenate([starts, [len(rank)]]).astype(np.int32))
+    rows = patients.take(pa.array(rank[starts], pa.int64()))
+    summary.patients_kept += len(starts)
+    summary.events_kept += len(rank)
+    return rows.append_column("feature", pa.ListArray.from_arrays(offsets, feature.filter(pa.array(kept)))) \
+        .append_column("value", pa.ListArray.from_arrays(offsets, pa.array(value, pa.float64()))) \
+        .append_column("time", pa.ListArray.from_arrays(offsets, pa.array(hours.astype(np.float32))))
+
+
+def _repeated_rows(rank, hours, source, feature: pa.Array, value, seq) -> np.ndarray:
+    """Which rows repeat an earlier row of the same table (patient, time, feature and value): the events are sorted
+    by patient and time, so only rows sharing both with a neighbour can be repeats, and only those are sorted."""
+    tied = np.zeros(len(rank), dtype=bool)
+    if len(rank) > 1:
+        same_time = (rank[1:] == rank[:-1]) & (hours[1:] == hours[:-1])
+        tied[1:] |= same_time
+        tied[:-1] |= same_time
+    repeated = np.zeros(len(rank), dtype=bool)
+    if not tied.any():
+        return repeated
+    rows = np.flatnonzero(tied)
+    codes = pc.dictionary_encode(feature.take(pa.array(rows))).indices.to_numpy(zero_copy_only=False)
+    keys = (rank[rows], hours[rows], source[rows], codes, value[rows])
+    order = np.lexsort((seq[rows], *reversed(keys)))
+    same = np.logical_and.reduce([key[order][1:] == key[order][:-1] for key in keys])
+    repeated[rows[order[1:][same]]] = True
+    return repeated
