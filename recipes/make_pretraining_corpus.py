@@ -1,12 +1,16 @@
-"""Write the self-supervised pretraining corpus as Parquet shards: every PhysioNet 2019 patient (both hospital
-systems, whole stays) and the stays of PhysioNet 2012's SeFT training split, events only, no labels.
+"""Write a self-supervised pretraining corpus as Parquet shards, events only, no labels: the public corpus (every
+PhysioNet 2019 patient, both hospital systems, whole stays, and the stays of PhysioNet 2012's SeFT training split),
+or a hospital's own long-format export (`--dataset long-format`), read in bounded memory however large it is.
 
 P12's validation and test stays are left out, and checked absent, so that a model pretrained on the corpus is
 fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
 and events per source, their licences and citations); `recipes/pretrain.py` reads it into the base model's card.
+Each patient is one row of one shard (the schema is in the README), so a patient never straddles two shards.
 
     python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 \
         --p12_dir ../shared/data/physionet2012 --output_dir outputs/pretraining-corpus
+    python recipes/make_pretraining_corpus.py --dataset long-format --events export/*.csv \
+        --feature_map items.csv --data_description "ICU stays of St Elsewhere, 2015-2024" --output_dir outputs/corpus
     accelerate launch recipes/pretrain.py --parquet_shards "outputs/pretraining-corpus/*.parquet" --max_steps ...
 """
 
@@ -17,11 +21,21 @@ import datasets
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from medfuse_hf.data import seft_split
+from medfuse_hf.data import LongFormatOptions, load_long_format, seft_split
 from medfuse_hf.data.shards import events_only, write_corpus_manifest, write_patient_shards
+from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
+from medfuse_hf.training.recipe_config import add_long_format_arguments
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B) and the PhysioNet 2012 SeFT training split"
+
+
+def export_sources(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
+    """A hospital's long-format export as one source, its patients' events only (`--labels` may give anchors)."""
+    options = LongFormatOptions.from_settings(vars(args))
+    patients, summary = load_long_format(args.events, args.labels, return_summary=True, **options.as_kwargs())
+    print(summary)
+    return {args.source_name: events_only(patients, args.source_name, "patient_id")}
 
 
 def corpus_sources(p19_dir: str, p12_dir: str) -> tuple[dict[str, datasets.Dataset], set[str]]:
@@ -55,39 +69,62 @@ def feature_names(events: datasets.Dataset) -> list[str]:
     return sorted(pc.unique(pc.list_flatten(events.with_format("arrow")["feature"])).to_pylist())
 
 
-def manifest(sources: dict[str, datasets.Dataset], shards: list[Path], held_out: int) -> dict:
-    terms = {"p19": P19_TERMS, "p12": P12_TERMS}
+def manifest(
+    sources: dict[str, datasets.Dataset], shards: list[Path], description: str, terms: dict[str, dict], **extra
+) -> dict:
+    """What `corpus.json` says: the corpus, each source's size, features, licence and citation, and the shards."""
     return {
-        "description": DESCRIPTION,
+        "description": description,
         "sources": {
             name: {"patients": len(events), "events": event_count(events), "features": feature_names(events),
                    "license": terms[name]["license"], "citation": terms[name]["citation"]}
             for name, events in sources.items()
         },
-        "p12_validation_and_test_stays_excluded": held_out,
+        **extra,
         "shards": [path.name for path in shards],
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--p19_dir", required=True, help="holds training_setA/B (.zip or folders)")
-    parser.add_argument("--p12_dir", required=True, help="holds set-a/b/c, the Outcomes files and splits_seft/")
+    parser.add_argument("--dataset", choices=("public", "long-format"), default="public",
+                        help="P19 and P12's training split, or a hospital's long-format export (--events ...)")
+    parser.add_argument("--p19_dir", help="public: holds training_setA/B (.zip or folders)")
+    parser.add_argument("--p12_dir", help="public: holds set-a/b/c, the Outcomes files and splits_seft/")
     parser.add_argument("--output_dir", default="outputs/pretraining-corpus")
     parser.add_argument("--patients_per_shard", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    export = add_long_format_arguments(parser, skip=("label_column", "label_map"))
+    export.add_argument("--labels", help="a table with one row per patient, for --anchor_column only")
+    export.add_argument("--source_name", default="hospital", help="prefix of the patient ids in the shards")
+    export.add_argument("--data_description", help="what the export is, for corpus.json and the base model's card")
+    export.add_argument("--data_license", default="private: not for redistribution",
+                        help="the terms the export is under, for the card")
+    export.add_argument("--data_citation", default="", help="how to cite the export, if at all")
     args = parser.parse_args(argv)
+    quiet_library_progress_bars()
 
-    sources, held_out = corpus_sources(args.p19_dir, args.p12_dir)
     output_dir = Path(args.output_dir)
+    if args.dataset == "long-format":
+        if not args.events or not args.data_description:
+            parser.error("--dataset long-format needs --events and --data_description")
+        sources, held_out = export_sources(args), set()
+        terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
+        description, extra = args.data_description, {}
+    else:
+        if not args.p19_dir or not args.p12_dir:
+            parser.error("the public corpus needs --p19_dir and --p12_dir")
+        sources, held_out = corpus_sources(args.p19_dir, args.p12_dir)
+        terms, description = {"p19": P19_TERMS, "p12": P12_TERMS}, DESCRIPTION
+        extra = {"p12_validation_and_test_stays_excluded": len(held_out)}
     shards = write_patient_shards(sources, output_dir, args.patients_per_shard, seed=args.seed)
     check_shards(shards, held_out, sum(len(events) for events in sources.values()))
-    record = manifest(sources, shards, len(held_out))
+    record = manifest(sources, shards, description, terms, **extra)
     write_corpus_manifest(output_dir, record)
     counts = ", ".join(f"{name} {part['patients']:,} patients / {part['events']:,} events"
                        for name, part in record["sources"].items())
-    print(f"wrote {len(shards)} shards to {output_dir}: {counts}; "
-          f"{len(held_out):,} P12 validation/test stays left out")
+    print(f"wrote {len(shards)} shards to {output_dir}: {counts}"
+          + (f"; {len(held_out):,} P12 validation/test stays left out" if held_out else ""))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,46 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     assert "Reyna MA" in described.citation and "Silva I" in described.citation
     with pytest.raises(SystemExit, match="needs --data_description"):  # shards of no known corpus
         streamed_cohort(Namespace(data_description=None), [str(tmp_path / "elsewhere" / "shard.parquet")])
+
+
+def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypatch):
+    """`--dataset long-format`: the export's patients, each in exactly one shard, with the events the loader kept
+    (items mapped, units converted), no label column although the labels table has one, and a corpus.json that
+    pretraining cards the base from."""
+    import pandas as pd
+
+    from medfuse_hf.data import load_long_format
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    events = pd.DataFrame({"stay": [f"s{i % 7}" for i in range(60)], "hours": [i / 3 for i in range(60)],
+                           "item": ["220045", "223761"] * 30, "value": [80.0, 98.6] * 30,
+                           "unit": ["bpm", "°F"] * 30})
+    events.to_csv(tmp_path / "export.csv", index=False)
+    pd.DataFrame({"stay": [f"s{i}" for i in range(7)], "admitted": [0.0] * 7, "died": [0, 1] * 3 + [0]}).to_csv(
+        tmp_path / "stays.csv", index=False)
+    (tmp_path / "items.csv").write_text("source,feature\n220045,heart_rate\n223761,temperature\n")
+    (tmp_path / "units.json").write_text('{"temperature": {"°F": [0.5555555555555556, -17.77777777777778], '
+                                         '"into": "°C"}}')
+    flags = ["--events", str(tmp_path / "export.csv"), "--labels", str(tmp_path / "stays.csv"),
+             "--columns", "patient_id=stay,time=hours,feature=item,value=value", "--anchor_column", "admitted",
+             "--feature_map", str(tmp_path / "items.csv"), "--unit_conversions", str(tmp_path / "units.json")]
+    recipe = load_script("recipes/make_pretraining_corpus.py")
+    corpus = tmp_path / "corpus"
+    recipe.main(["--dataset", "long-format", *flags, "--data_description", "St Elsewhere ICU, 2015-2024",
+                 "--source_name", "stelsewhere", "--output_dir", str(corpus), "--patients_per_shard", "3"])
+
+    shards = sorted(corpus.glob("*.parquet"))
+    assert len(shards) == 3 and pq.read_schema(shards[0]).names == ["patient_id", "source", "feature", "value", "time"]
+    rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
+    assert sorted(row["patient_id"] for row in rows) == [f"stelsewhere:s{i}" for i in range(7)]  # each once
+    loaded = load_long_format(tmp_path / "export.csv", columns={"patient_id": "stay", "time": "hours",
+                                                                "feature": "item", "value": "value"},
+                              feature_map={"220045": "heart_rate", "223761": "temperature"},
+                              unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9), "into": "°C"}})
+    first = next(row for row in rows if row["patient_id"] == "stelsewhere:s0")
+    assert first["feature"] == loaded[0]["feature"] and first["value"] == pytest.approx(loaded[0]["value"])
+    assert first["value"][1] == pytest.approx(37.0)  # 98.6 °F in the catalogue's °C
+    record = json.loads((corpus / "corpus.json").read_text())
+    assert record["description"] == "St Elsewhere ICU, 2015-2024"
+    assert record["sources"]["stelsewhere"]["patients"] == 7 and record["sources"]["stelsewhere"]["events"] == 60
+    assert streamed_cohort(Namespace(data_description=None), [str(s) for s in shards]).license.startswith("private")
