@@ -18,6 +18,7 @@ checkpoint (the pretrained base too) writes each patient's pooled representation
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -25,13 +26,15 @@ import pandas as pd
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
-from medfuse_hf.progress import quiet_library_progress_bars
+from medfuse_hf.progress import progress_bar, quiet_library_progress_bars
 from medfuse_hf.training.evaluation import per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config
 from medfuse_hf.units import check_units
 
 NO_KNOWN_EVENT = "no event of a feature the model knows"
+PATIENTS_PER_CHUNK = 8192  # scored, then written, at a time: memory stays flat however many patients there are
+EXPLANATION_COLUMNS = ["patient_id", "rank", "feature", "hours", "value", "attribution"]
 
 
 def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tuple[list[int], Counter]:
@@ -46,8 +49,8 @@ def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tup
     return counts, unknown
 
 
-def write_explanations(model, tokenizer: MedFuseTokenizer, patients: datasets.Dataset, top_k: int, path: Path) -> dict:
-    """Each patient's `top_k` most influential events as rows; returns the integral's largest convergence error."""
+def explanation_rows(model, tokenizer: MedFuseTokenizer, patients: datasets.Dataset, top_k: int) -> tuple[list, float]:
+    """Each patient's `top_k` most influential events as rows, and the integral's largest convergence error."""
     rows, worst_error = [], 0.0
     for patient in patients:
         events, error = explain_patient(model, tokenizer, patient, top_k)
@@ -63,13 +66,13 @@ def write_explanations(model, tokenizer: MedFuseTokenizer, patients: datasets.Da
             }
             for rank, event in enumerate(events, start=1)
         ]
-    pd.DataFrame(rows).to_csv(path, index=False)
-    print(f"the {top_k} events that moved each patient's risk most: {path}")
-    return {
-        "file": str(path),
-        "method": "Integrated Gradients over the fused tokens (Captum)",
-        "largest_convergence_error_logits": worst_error,
-    }
+    return rows, worst_error
+
+
+def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
+    """`PATIENTS_PER_CHUNK` patients at a time: a table larger than memory is scored and written a chunk at a time."""
+    for start in range(0, len(patients), PATIENTS_PER_CHUNK):
+        yield patients.select(range(start, min(start + PATIENTS_PER_CHUNK, len(patients))))
 
 
 def prediction_function(args: argparse.Namespace) -> dict:
@@ -78,32 +81,52 @@ def prediction_function(args: argparse.Namespace) -> dict:
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
     where = ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else "")
     check_units(tokenizer.feature_vocabulary, load_summary.units, where)
-    counts, unknown = known_events(patients, tokenizer)
-    scorable = [index for index, count in enumerate(counts) if count > 0]
-    skipped = [patients["patient_id"][index] for index, count in enumerate(counts) if count == 0]
-    kept = patients.select(scorable)
     if args.representations:  # any MedFuse checkpoint, the pretrained base too: its encoder and pooling only
         model = MedFuseModel.from_pretrained(args.model_dir).eval()
-        pooled = per_patient_outputs(kept, tokenizer, lambda batch: model(**batch).pooler_output, args.batch_size)
-        columns = {f"representation_{dimension}": pooled[:, dimension] for dimension in range(pooled.shape[1])}
+
+        def scores(kept: datasets.Dataset) -> dict:
+            pooled = per_patient_outputs(kept, tokenizer, lambda batch: model(**batch).pooler_output, args.batch_size)
+            return {f"representation_{dimension}": pooled[:, dimension] for dimension in range(pooled.shape[1])}
     else:
         model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
-        columns = {"probability": per_patient_outputs(
-            kept, tokenizer, lambda batch: model(**batch).logits.float().softmax(dim=-1)[:, 1], args.batch_size)}
+
+        def scores(kept: datasets.Dataset) -> dict:
+            return {"probability": per_patient_outputs(
+                kept, tokenizer, lambda batch: model(**batch).logits.float().softmax(dim=-1)[:, 1], args.batch_size)}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {
-            "patient_id": kept["patient_id"],
-            **columns,
-            "events_used": [min(counts[index], tokenizer.max_events) for index in scorable],
-        }
-    ).to_csv(output, index=False)
+    explanations = output.with_name(output.name + ".explanations.csv")
+    unknown, scored, skipped, skipped_examples, worst_error = Counter(), 0, 0, [], 0.0
+    with progress_bar(total=len(patients), desc="scoring", unit="patients") as bar:
+        for part in chunks(patients):
+            counts, part_unknown = known_events(part, tokenizer)
+            unknown.update(part_unknown)
+            scorable = [row for row, count in enumerate(counts) if count > 0]
+            not_scored = [patient for patient, count in zip(part["patient_id"], counts) if count == 0]
+            skipped, skipped_examples = skipped + len(not_scored), (skipped_examples + not_scored)[:10]
+            bar.update(len(part))
+            if not scorable:
+                continue
+            kept = part.select(scorable)
+            rows = pd.DataFrame({"patient_id": kept["patient_id"], **scores(kept),
+                                 "events_used": [min(counts[row], tokenizer.max_events) for row in scorable]})
+            rows.to_csv(output, index=False, mode="a" if scored else "w", header=not scored)
+            if args.explain:
+                explained, error = explanation_rows(model, tokenizer, kept, args.explain)
+                worst_error = max(worst_error, error)
+                pd.DataFrame(explained, columns=EXPLANATION_COLUMNS).to_csv(
+                    explanations, index=False, mode="a" if scored else "w", header=not scored)
+            scored += len(scorable)
+    if not scored:  # the files still say what they would hold
+        pd.DataFrame(columns=["patient_id", *([] if args.representations else ["probability"]), "events_used"]
+                     ).to_csv(output, index=False)
+        if args.explain:
+            pd.DataFrame(columns=EXPLANATION_COLUMNS).to_csv(explanations, index=False)
     summary = {
         "model_dir": str(args.model_dir),
-        "patients_scored": len(scorable),
-        "patients_not_scored": {NO_KNOWN_EVENT: len(skipped)} if skipped else {},
-        "patients_not_scored_examples": skipped[:10],
+        "patients_scored": scored,
+        "patients_not_scored": {NO_KNOWN_EVENT: skipped} if skipped else {},
+        "patients_not_scored_examples": skipped_examples,
         "unknown_features": dict(unknown.most_common()),  # name -> events left out
         "events_read": load_summary.events_read,
         "events_kept_by_loader": load_summary.events_kept,
@@ -112,9 +135,10 @@ def prediction_function(args: argparse.Namespace) -> dict:
         "patients_skipped_by_loader": dict(load_summary.skipped_patients),
     }
     if args.explain:
-        summary["explanations"] = write_explanations(
-            model, tokenizer, kept, args.explain, output.with_name(output.name + ".explanations.csv")
-        )
+        print(f"the {args.explain} events that moved each patient's risk most: {explanations}")
+        summary["explanations"] = {"file": str(explanations),
+                                   "method": "Integrated Gradients over the fused tokens (Captum)",
+                                   "largest_convergence_error_logits": worst_error}
     output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if unknown:
         print(
@@ -122,9 +146,9 @@ def prediction_function(args: argparse.Namespace) -> dict:
             + ", ".join(f"{name} ({count})" for name, count in unknown.most_common(10))
         )
     if skipped:
-        print(f"not scored: {len(skipped)} patients with {NO_KNOWN_EVENT} (e.g. {skipped[:5]})")
+        print(f"not scored: {skipped} patients with {NO_KNOWN_EVENT} (e.g. {skipped_examples[:5]})")
     written = "representations" if args.representations else "predictions"
-    print(f"scored {len(scorable)} patients; {written} in {output}")
+    print(f"scored {scored} patients; {written} in {output}")
     return summary
 
 

@@ -65,6 +65,27 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
     assert summary["patients_scored"] == 2 and summary["events_read"] == 7
 
 
+def test_a_table_scored_a_few_patients_at_a_time_gives_the_same_files(
+    predict, tmp_path, tokenizer, tiny_config, monkeypatch
+):
+    """Scoring writes its rows a chunk of patients at a time, so memory stays flat on a table of any size: chunks
+    of one patient give the same predictions, explanations and summary as one chunk of all."""
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    files = {}
+    for chunk in (8192, 1):
+        monkeypatch.setattr(predict, "PATIENTS_PER_CHUNK", chunk)
+        output = tmp_path / f"chunks-of-{chunk}" / "predictions.csv"
+        predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
+                      "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--explain", "2",
+                      "--output", str(output)])
+        files[chunk] = [output.read_text(), output.with_name("predictions.csv.explanations.csv").read_text(),
+                        json.loads(output.with_name("predictions.csv.summary.json").read_text())]
+        files[chunk][2]["explanations"].pop("file")
+    assert files[1] == files[8192] and files[1][0].count("\n") == 3  # a header and p1, p3
+
+
 def test_events_are_required(predict, tmp_path):
     with pytest.raises(SystemExit):
         predict.main(["--model_dir", str(tmp_path)])
