@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.arrow_writer import ArrowWriter
 
+from ..progress import progress_bar
 from ..timestamps import SERIAL_DAYS, SERIAL_DAYS_ADVICE
 from ..units import unit_key
 from .patient_table import LoadSummary
@@ -134,7 +135,8 @@ def write_patient_rows(
     """One row per patient (`patients`' columns, then `feature`/`value`/`time` lists) from events sorted by patient
     rank (the row of `patients`), written as the Arrow file `datasets` memory-maps. A row repeated within one table
     (same patient, time, feature and value) is dropped and counted."""
-    with ArrowWriter(path=str(path)) as writer:
+    with ArrowWriter(path=str(path)) as writer, progress_bar(total=len(patients), desc="writing", unit=" patients",
+                                                             unit_scale=True) as bar:
         held, written = _no_events(), 0  # held: the last patient of a batch, whose events may go on in the next
         for batch in events:
             table = pa.concat_tables([held, pa.Table.from_batches([batch])])
@@ -144,8 +146,10 @@ def write_patient_rows(
             if complete:
                 writer.write_table(_patient_rows(table.slice(0, complete), patients, sources, summary))
                 written += 1
+                bar.update(len(np.unique(ranks[:complete])))
         if held.num_rows or not written:  # the last patient; or an empty table that still has the columns
             writer.write_table(_patient_rows(held, patients, sources, summary))
+            bar.update(min(held.num_rows, 1))
         writer.finalize()
     return datasets.Dataset.from_file(str(path))
 

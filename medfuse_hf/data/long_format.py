@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 from datasets.fingerprint import get_temporary_cache_files_directory
 
+from ..progress import progress_bar
 from ..timestamps import parse_timestamps
 from ..units import INTO, UnitConversion, same_unit
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
@@ -141,15 +142,18 @@ def load_long_format(
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
     store = EventStore(folder)
     try:
-        for source in sources:
-            name = "events" if isinstance(source, pd.DataFrame) else str(source)
-            context = BatchContext(
-                name=name, feature_map=options.feature_map, censored=options.censored, decimal=options.decimal,
-                time_format=options.time_format, max_hours=options.max_hours, value_transforms=value_transforms or {},
-                anchors=anchors, spellings=spellings, time_kinds=TimeKinds(), summary=summary)
-            for batch in event_batches(source, columns, summary):
-                store.add(clean_batch(batch, context), name)
-            context.time_kinds.refuse_a_mix(name)
+        with progress_bar(desc=f"reading {len(sources)} table(s)", unit=" rows", unit_scale=True) as bar:
+            for source in sources:
+                name = "events" if isinstance(source, pd.DataFrame) else str(source)
+                context = BatchContext(
+                    name=name, feature_map=options.feature_map, censored=options.censored, decimal=options.decimal,
+                    time_format=options.time_format, max_hours=options.max_hours,
+                    value_transforms=value_transforms or {}, anchors=anchors, spellings=spellings,
+                    time_kinds=TimeKinds(), summary=summary)
+                for batch in event_batches(source, columns, summary):
+                    store.add(clean_batch(batch, context), name)
+                    bar.update(len(batch))
+                context.time_kinds.refuse_a_mix(name)
         if anchors is None:  # time zero is each patient's first event, known only now
             store.count_from_first_timestamps()
             store.refuse_serial_days()
