@@ -150,8 +150,8 @@ def test_lines_stay_right_after_blank_lines_and_newlines_inside_quoted_fields(tm
 
 
 def test_a_table_read_in_many_batches_loads_as_in_one(tmp_path, monkeypatch):
-    """Patients whose events straddle reading and writing batches, and repeated rows far apart in the file, come
-    out as when the table is one batch; the result is an Arrow file on disk, memory-mapped, not a table in RAM."""
+    """Patients whose events straddle reading, sorting and writing batches, and repeated rows far apart in the file,
+    come out as when the table is one batch; the result is an Arrow file on disk, memory-mapped, not a table in RAM."""
     import numpy as np
 
     from medfuse_hf.data import event_batches, event_store
@@ -164,6 +164,7 @@ def test_a_table_read_in_many_batches_loads_as_in_one(tmp_path, monkeypatch):
     whole, whole_summary = load_long_format(tmp_path / "events.csv", return_summary=True)
     monkeypatch.setattr(event_batches, "CSV_BLOCK_BYTES", 2000)
     monkeypatch.setattr(event_store, "STREAM_ROWS", 97)
+    monkeypatch.setattr(event_store, "SORT_EVENTS", 450)  # patients sorted a few at a time
     batched, summary = load_long_format(tmp_path / "events.csv", return_summary=True)
     assert batched.to_dict() == whole.to_dict()
     assert summary.skipped_events == whole_summary.skipped_events and summary.skipped_events["duplicate row"] > 100

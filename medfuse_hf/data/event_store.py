@@ -24,14 +24,17 @@ from .patient_table import LoadSummary
 
 NANOSECONDS_PER_HOUR = 3_600_000_000_000
 STREAM_ROWS = 1 << 20
-EVENT_COLUMNS = "source SMALLINT, seq BIGINT, line BIGINT, patient_id VARCHAR, feature VARCHAR, value DOUBLE, " \
-                "hours DOUBLE, stamp_ns BIGINT, unit VARCHAR, unit_key VARCHAR"
+SORT_EVENTS = 4_000_000  # events sorted at a time: DuckDB's sort then fits its memory limit at any table size
+EVENT_COLUMNS = "source SMALLINT, seq BIGINT, line BIGINT, patient_id VARCHAR, patient_rank INTEGER, " \
+                "feature VARCHAR, value DOUBLE, hours DOUBLE, stamp_ns BIGINT, unit VARCHAR, unit_key VARCHAR"
 
 
 class EventStore:
-    """The events of one load, in a DuckDB database under `folder` (deleted by `close`)."""
+    """The events of one load, in a DuckDB database under `folder` (deleted by `close`). Each patient's place in
+    the result (`patient_rank`) is set as its rows arrive: its row in `patient_order` (the labels table's order),
+    or else the order in which patients were first read; patients outside `patient_order` have none."""
 
-    def __init__(self, folder: Path, memory_limit: str = "256MB"):
+    def __init__(self, folder: Path, patient_order: list[str] | None = None, memory_limit: str = "256MB"):
         self.folder = Path(folder)
         self.connection = duckdb.connect(str(self.folder / "events.duckdb"), config={
             "memory_limit": memory_limit, "temp_directory": str(self.folder / "spill"),
@@ -41,6 +44,9 @@ class EventStore:
         self.sources: list[str] = []
         self.rows = 0
         self._unit_keys: dict[str, str] = {"": ""}
+        self._fixed_order = patient_order is not None
+        self.rank_of: dict[str, int] = {patient: rank for rank, patient in enumerate(patient_order or [])}
+        self.first_read: dict[str, None] = {}  # patients with events, in the order first read
 
     def add(self, events: pd.DataFrame, source: str) -> None:
         """A cleaned batch (`event_cleaning.clean_batch`) of the table `source`; rows keep their order by `seq`."""
@@ -49,11 +55,16 @@ class EventStore:
         units = events["unit"].astype(str).str.strip()
         for unit in units.unique():
             self._unit_keys.setdefault(unit, unit_key(unit) if unit else "")
+        for patient in events["patient_id"].unique():
+            if patient not in self.first_read:
+                self.first_read[patient] = None
+                if not self._fixed_order:
+                    self.rank_of[patient] = len(self.rank_of)
         batch = pa.Table.from_pandas(events.assign(
             source=len(self.sources) - 1, seq=np.arange(self.rows, self.rows + len(events)), unit=units,
-            unit_key=units.map(self._unit_keys),
-        )[["source", "seq", "line", "patient_id", "feature", "value", "hours", "stamp_ns", "unit", "unit_key"]],
-            preserve_index=False)
+            unit_key=units.map(self._unit_keys), patient_rank=events["patient_id"].map(self.rank_of).astype("Int32"),
+        )[["source", "seq", "line", "patient_id", "patient_rank", "feature", "value", "hours", "stamp_ns", "unit",
+           "unit_key"]], preserve_index=False)
         self.connection.register("batch", batch)
         self.connection.execute("INSERT INTO events SELECT * FROM batch")
         self.connection.unregister("batch")
@@ -94,39 +105,47 @@ class EventStore:
             SELECT feature, unit_key AS key, arg_min(unit, seq) AS unit, count(*) AS rows FROM events
             WHERE unit_key <> '' GROUP BY feature, unit_key ORDER BY feature, unit_key""").df()
 
-    def patients_in_order(self) -> list[str]:
-        """Patients with events, in the order their first event was read."""
-        rows = self.connection.execute("SELECT patient_id FROM events GROUP BY patient_id ORDER BY min(seq)")
-        return [patient for (patient,) in rows.fetchall()]
-
-    def sorted_events(
-        self, patients: list[str], conversions: Mapping[tuple[str, str], tuple[float, float]]
-    ) -> Iterator[pa.RecordBatch]:
-        """The events of `patients`, in that order, each patient's by time (ties in the order read), values in the
-        unit chosen for their feature (`conversions`: (feature, unit key) -> (scale, offset))."""
-        order = pa.table({"patient_id": pa.array(patients, pa.string()),
-                          "patient_rank": pa.array(np.arange(len(patients)), pa.int64())})
+    def sorted_events(self, conversions: Mapping[tuple[str, str], tuple[float, float]]) -> Iterator[pa.RecordBatch]:
+        """The events of ranked patients, by rank, each patient's by time (ties in the order read), values in the
+        unit chosen for their feature (`conversions`: (feature, unit key) -> (scale, offset)). Patients are sorted a
+        range of ranks at a time, of about `SORT_EVENTS` events, so that no sort outgrows DuckDB's memory."""
         scales = pa.table({"feature": [feature for feature, _ in conversions],
                            "unit_key": [key for _, key in conversions],
                            "scale": [float(scale) for scale, _ in conversions.values()],
                            "shift": [float(offset) for _, offset in conversions.values()]},
                           schema=pa.schema([("feature", pa.string()), ("unit_key", pa.string()),
                                             ("scale", pa.float64()), ("shift", pa.float64())]))
-        self.connection.register("patient_order", order)
         self.connection.register("conversions", scales)
-        relation = self.connection.sql("""
-            SELECT o.patient_rank, e.feature,
-                   CASE WHEN c.scale IS NULL THEN e.value ELSE e.value * c.scale + c.shift END AS value,
-                   e.hours, e.source, e.line, e.seq
-            FROM events e JOIN patient_order o USING (patient_id) LEFT JOIN conversions c USING (feature, unit_key)
-            ORDER BY o.patient_rank, e.hours, e.seq""")
-        with relation.to_arrow_reader(batch_size=STREAM_ROWS) as reader:
-            yield from reader
+        counts = self.connection.execute("""
+            SELECT patient_rank, count(*) FROM events WHERE patient_rank IS NOT NULL
+            GROUP BY patient_rank ORDER BY patient_rank""").fetchnumpy()
+        ranks, events = counts["patient_rank"], np.cumsum(counts["count_star()"])
+        for low, high in _rank_ranges(ranks, events, SORT_EVENTS):
+            relation = self.connection.sql(f"""
+                SELECT e.patient_rank, e.feature,
+                       CASE WHEN c.scale IS NULL THEN e.value ELSE e.value * c.scale + c.shift END AS value,
+                       e.hours, e.source, e.line, e.seq
+                FROM events e LEFT JOIN conversions c USING (feature, unit_key)
+                WHERE e.patient_rank BETWEEN {low} AND {high}
+                ORDER BY e.patient_rank, e.hours, e.seq""")
+            with relation.to_arrow_reader(batch_size=STREAM_ROWS) as reader:
+                yield from reader
 
     def close(self) -> None:
         self.connection.close()
         for path in (self.folder / "events.duckdb", self.folder / "events.duckdb.wal"):
             path.unlink(missing_ok=True)
+
+
+def _rank_ranges(ranks: np.ndarray, cumulative_events: np.ndarray, events_per_range: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of ranks holding about `events_per_range` events each (one patient at least)."""
+    ranges, start = [], 0
+    while start < len(ranks):
+        before = cumulative_events[start - 1] if start else 0
+        end = max(start, int(np.searchsorted(cumulative_events, before + events_per_range, side="right")) - 1)
+        ranges.append((int(ranks[start]), int(ranks[end])))
+        start = end + 1
+    return ranges
 
 
 def write_patient_rows(
@@ -155,7 +174,7 @@ def write_patient_rows(
 
 
 def _no_events() -> pa.Table:
-    return pa.table({"patient_rank": pa.array([], pa.int64()), "feature": pa.array([], pa.string()),
+    return pa.table({"patient_rank": pa.array([], pa.int32()), "feature": pa.array([], pa.string()),
                      "value": pa.array([], pa.float64()), "hours": pa.array([], pa.float64()),
                      "source": pa.array([], pa.int16()), "line": pa.array([], pa.int64()),
                      "seq": pa.array([], pa.int64())})

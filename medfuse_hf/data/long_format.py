@@ -140,7 +140,7 @@ def load_long_format(
     anchors = _anchors(label_table, options.anchor_column, options.time_format) if options.anchor_column else None
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
-    store = EventStore(folder)
+    store = EventStore(folder, patient_order=None if label_table is None else list(label_table.index))
     try:
         with progress_bar(desc=f"reading {len(sources)} table(s)", unit=" rows", unit_scale=True) as bar:
             for source in sources:
@@ -160,20 +160,21 @@ def load_long_format(
             if options.max_hours is not None:
                 store.drop_later_than(options.max_hours, max_hours_reason(options.max_hours), summary)
         summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {})
-        patients = _patients_in_order(store.patients_in_order(), label_table, options.label_column, summary)
-        dataset = write_patient_rows(store.sorted_events(patients.column("patient_id").to_pylist(), conversions),
-                                     patients, folder / "patients.arrow", store.sources, summary)
+        patients = _patients_by_rank(list(store.first_read), label_table, options.label_column, summary)
+        dataset = write_patient_rows(store.sorted_events(conversions), patients, folder / "patients.arrow",
+                                     store.sources, summary)
     finally:
         store.close()
     summary.log()
     return (dataset, summary) if return_summary else dataset
 
 
-def _patients_in_order(
+def _patients_by_rank(
     with_events: list[str], label_table: pd.DataFrame | None, label_column: str | None, summary: LoadSummary
 ) -> pa.Table:
-    """The patients to keep, one row each with `patient_id` and the labels table's fields: in the labels table's
-    order, or else in the order their first event was read. A patient on one side only is skipped and counted."""
+    """A row per rank (`EventStore`): `patient_id` and the labels table's fields, in the labels table's order, or
+    else in the order patients were first read. A patient on one side only is skipped and counted; the rows of
+    labelled patients without events stay, unread, so that ranks stay rows."""
     if label_table is None:
         summary.patients_read = len(with_events)
         return pa.table({"patient_id": pa.array(with_events, pa.string())})
@@ -185,12 +186,13 @@ def _patients_in_order(
     for patient_id in with_events:
         if patient_id not in label_table.index:
             summary.skip_patient("events but no labels row", f"patient {patient_id}")
-    kept = label_table[label_table.index.isin(has_events)]
     if label_column is not None:
-        for patient_id in kept.index[kept[label_column].isna()]:
+        unlabeled = label_table.index[label_table[label_column].isna() & label_table.index.isin(has_events)]
+        for patient_id in unlabeled:
             summary.note(f"no {label_column!r} label (kept unlabeled)", f"patient {patient_id}")
-    return pa.table({"patient_id": pa.array(list(kept.index), pa.string()),
-                     **{column: pa.array([_plain(value) for value in kept[column]]) for column in kept.columns}})
+    return pa.table({"patient_id": pa.array(list(label_table.index), pa.string()),
+                     **{column: pa.array([_plain(value) for value in label_table[column]])
+                        for column in label_table.columns}})
 
 
 def _unit_plan(
