@@ -23,7 +23,7 @@ from .release_files import raise_first_non_utf8_byte, utf8_errors_named
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
 OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them, or a column has their name
 BATCH_ROWS = 1 << 20
-CSV_BLOCK_BYTES = 16 << 20  # about 600,000 rows of a four-column export: memory, not speed, sets it
+CSV_BLOCK_BYTES = 8 << 20  # about 300,000 rows of a four-column export: memory, not speed, sets it
 TableSource = str | Path | pd.DataFrame
 
 
