@@ -33,8 +33,7 @@ DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B) and the P
 def export_sources(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
     """A hospital's long-format export as one source, its patients' events only (`--labels` may give anchors)."""
     options = LongFormatOptions.from_settings(vars(args))
-    patients, summary = load_long_format(args.events, args.labels, return_summary=True, **options.as_kwargs())
-    print(summary)
+    patients = load_long_format(args.events, args.labels, **options.as_kwargs())  # its summary is logged
     return {args.source_name: events_only(patients, args.source_name, "patient_id")}
 
 
