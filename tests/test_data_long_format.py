@@ -177,3 +177,9 @@ def test_without_an_anchor_time_zero_is_the_patients_first_event_in_any_table(tm
     (tmp_path / "labs.csv").write_text("patient_id,time,feature,value\np1,2020-01-01T08:30,sodium,140\n")
     dataset = load_long_format([tmp_path / "vitals.csv", tmp_path / "labs.csv"])
     assert dataset[0]["feature"] == ["sodium", "heart_rate"] and dataset[0]["time"] == [0.0, 1.5]
+
+
+def test_a_row_repeated_within_a_table_is_dropped_but_one_in_two_tables_is_two_events():
+    row = {"patient_id": ["a"], "time": [1.0], "feature": ["sodium"], "value": [140.0]}
+    dataset, summary = load_long_format([pd.DataFrame(row), pd.concat([pd.DataFrame(row)] * 2)], return_summary=True)
+    assert dataset[0]["value"] == [140.0, 140.0] and summary.skipped_events == {"duplicate row": 1}

@@ -48,10 +48,12 @@ class EventStore:
         self.rank_of: dict[str, int] = {patient: rank for rank, patient in enumerate(patient_order or [])}
         self.first_read: dict[str, None] = {}  # patients with events, in the order first read
 
-    def add(self, events: pd.DataFrame, source: str) -> None:
-        """A cleaned batch (`event_cleaning.clean_batch`) of the table `source`; rows keep their order by `seq`."""
-        if not self.sources or self.sources[-1] != source:
-            self.sources.append(source)
+    def begin_table(self, name: str) -> None:
+        """The batches added from now on are `name`'s (a repeated row counts as one only within one table)."""
+        self.sources.append(name)
+
+    def add(self, events: pd.DataFrame) -> None:
+        """A cleaned batch (`event_cleaning.clean_batch`) of the current table; rows keep their order by `seq`."""
         units = events["unit"].astype(str).str.strip()
         for unit in units.unique():
             self._unit_keys.setdefault(unit, unit_key(unit) if unit else "")

@@ -150,8 +150,9 @@ def load_long_format(
                     time_format=options.time_format, max_hours=options.max_hours,
                     value_transforms=value_transforms or {}, anchors=anchors, spellings=spellings,
                     time_kinds=TimeKinds(), summary=summary)
+                store.begin_table(name)
                 for batch in event_batches(source, columns, summary):
-                    store.add(clean_batch(batch, context), name)
+                    store.add(clean_batch(batch, context))
                     bar.update(len(batch))
                 context.time_kinds.refuse_a_mix(name)
         if anchors is None:  # time zero is each patient's first event, known only now
