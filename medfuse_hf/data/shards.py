@@ -13,6 +13,8 @@ from pathlib import Path
 
 import datasets
 
+from ..progress import progress_bar
+
 CORPUS_MANIFEST = "corpus.json"
 EVENT_FEATURES = datasets.Features({
     "patient_id": datasets.Value("string"),
@@ -58,10 +60,13 @@ def write_patient_shards(
     output_dir.mkdir(parents=True, exist_ok=True)
     count = math.ceil(len(corpus) / patients_per_shard)
     paths = []
-    for index in range(count):
-        path = output_dir / f"shard-{index:05d}-of-{count:05d}.parquet"
-        corpus.shard(count, index, contiguous=True).to_parquet(path, batch_size=row_group_size)
-        paths.append(path)
+    with progress_bar(total=len(corpus), desc=f"writing {count} shards", unit=" patients", unit_scale=True) as bar:
+        for index in range(count):
+            path = output_dir / f"shard-{index:05d}-of-{count:05d}.parquet"
+            shard = corpus.shard(count, index, contiguous=True)
+            shard.to_parquet(path, batch_size=row_group_size)
+            paths.append(path)
+            bar.update(len(shard))
     return paths
 
 
