@@ -183,3 +183,16 @@ def test_a_row_repeated_within_a_table_is_dropped_but_one_in_two_tables_is_two_e
     row = {"patient_id": ["a"], "time": [1.0], "feature": ["sodium"], "value": [140.0]}
     dataset, summary = load_long_format([pd.DataFrame(row), pd.concat([pd.DataFrame(row)] * 2)], return_summary=True)
     assert dataset[0]["value"] == [140.0, 140.0] and summary.skipped_events == {"duplicate row": 1}
+
+
+def test_a_patient_whose_every_event_is_past_max_hours_is_neither_read_nor_kept():
+    events = pd.DataFrame({"patient_id": ["a", "b", "b"], "time": ["2020-01-01T00:00", "2020-01-01T00:00",
+                                                                   "2020-01-05T00:00"],
+                           "feature": ["sodium"] * 3, "value": [140.0] * 3})
+    hours = pd.DataFrame({"patient_id": ["a", "c"], "time": [1.0, 99.0], "feature": ["sodium"] * 2,
+                          "value": [140.0] * 2})
+    dataset, summary = load_long_format(events, max_hours=48, return_summary=True)
+    assert dataset["patient_id"] == ["a", "b"] and dataset[1]["time"] == [0.0]  # b's day-4 event is past 48 h
+    dataset, summary = load_long_format(hours, max_hours=48, return_summary=True)  # hours as given: c's all past
+    assert dataset["patient_id"] == ["a"] and summary.patients_read == summary.patients_kept == 1
+    assert summary.skipped_events == {"time more than 48 h after the anchor": 1}

@@ -46,7 +46,8 @@ class EventStore:
         self._unit_keys: dict[str, str] = {"": ""}
         self._fixed_order = patient_order is not None
         self.rank_of: dict[str, int] = {patient: rank for rank, patient in enumerate(patient_order or [])}
-        self.first_read: dict[str, None] = {}  # patients with events, in the order first read
+        self._first_read: dict[str, None] = {}  # patients with events, in the order first read
+        self._rows_deleted = False
 
     def begin_table(self, name: str) -> None:
         """The batches added from now on are `name`'s (a repeated row counts as one only within one table)."""
@@ -58,8 +59,8 @@ class EventStore:
         for unit in units.unique():
             self._unit_keys.setdefault(unit, unit_key(unit) if unit else "")
         for patient in events["patient_id"].unique():
-            if patient not in self.first_read:
-                self.first_read[patient] = None
+            if patient not in self._first_read:
+                self._first_read[patient] = None
                 if not self._fixed_order:
                     self.rank_of[patient] = len(self.rank_of)
         batch = pa.Table.from_pandas(events.assign(
@@ -100,6 +101,19 @@ class EventStore:
         if count:
             summary.skip_event(reason, f"{self.sources[source]}:{line}", count)
             self.connection.execute("DELETE FROM events WHERE hours > ?", [max_hours])
+            self._rows_deleted = True
+
+    @property
+    def ranked_patients(self) -> list[str]:
+        """The patient of each rank, in rank order."""
+        return list(self.rank_of)
+
+    def patients_with_events(self) -> list[str]:
+        """Patients that have events, in the order their first event was read."""
+        if not self._rows_deleted:
+            return list(self._first_read)
+        rows = self.connection.execute("SELECT patient_id FROM events GROUP BY patient_id ORDER BY min(seq)")
+        return [patient for (patient,) in rows.fetchall()]
 
     def unit_counts(self) -> pd.DataFrame:
         """Rows by feature and unit (compared by `units.unit_key`), with the unit as first written."""

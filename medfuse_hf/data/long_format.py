@@ -161,7 +161,8 @@ def load_long_format(
             if options.max_hours is not None:
                 store.drop_later_than(options.max_hours, max_hours_reason(options.max_hours), summary)
         summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {})
-        patients = _patients_by_rank(list(store.first_read), label_table, options.label_column, summary)
+        patients = _patients_by_rank(store.ranked_patients, store.patients_with_events(), label_table,
+                                     options.label_column, summary)
         dataset = write_patient_rows(store.sorted_events(conversions), patients, folder / "patients.arrow",
                                      store.sources, summary)
     finally:
@@ -171,14 +172,15 @@ def load_long_format(
 
 
 def _patients_by_rank(
-    with_events: list[str], label_table: pd.DataFrame | None, label_column: str | None, summary: LoadSummary
+    ranked: list[str], with_events: list[str], label_table: pd.DataFrame | None, label_column: str | None,
+    summary: LoadSummary,
 ) -> pa.Table:
-    """A row per rank (`EventStore`): `patient_id` and the labels table's fields, in the labels table's order, or
-    else in the order patients were first read. A patient on one side only is skipped and counted; the rows of
-    labelled patients without events stay, unread, so that ranks stay rows."""
+    """A row per rank (`EventStore.ranked_patients`): `patient_id` and the labels table's fields. A patient on one
+    side only is skipped and counted; the rows of patients without events stay, never written, so that each rank
+    stays its row."""
     if label_table is None:
         summary.patients_read = len(with_events)
-        return pa.table({"patient_id": pa.array(with_events, pa.string())})
+        return pa.table({"patient_id": pa.array(ranked, pa.string())})
     has_events = set(with_events)
     summary.patients_read = len(has_events | set(label_table.index))
     for patient_id in label_table.index:
