@@ -196,3 +196,11 @@ def test_a_patient_whose_every_event_is_past_max_hours_is_neither_read_nor_kept(
     dataset, summary = load_long_format(hours, max_hours=48, return_summary=True)  # hours as given: c's all past
     assert dataset["patient_id"] == ["a"] and summary.patients_read == summary.patients_kept == 1
     assert summary.skipped_events == {"time more than 48 h after the anchor": 1}
+
+
+def test_a_glob_reads_every_table_it_matches_and_one_matching_nothing_is_named(tmp_path):
+    for part, patient in enumerate(["a", "b"]):
+        (tmp_path / f"chartevents-{part}.csv").write_text(f"patient_id,time,feature,value\n{patient},1,sodium,140\n")
+    assert load_long_format(str(tmp_path / "chartevents-*.csv"))["patient_id"] == ["a", "b"]
+    with pytest.raises(FileNotFoundError, match=r"labevents-\*\.csv: no file matches"):
+        load_long_format(str(tmp_path / "labevents-*.csv"))

@@ -13,6 +13,7 @@ Tables of any size load in bounded memory: they are read a batch at a time (`eve
 (`event_cleaning`), kept and sorted on disk by DuckDB (`event_store`), and returned as a memory-mapped Arrow file.
 """
 
+import glob
 import logging
 import numbers
 import tempfile
@@ -122,7 +123,7 @@ def load_long_format(
     file on disk that `datasets` memory-maps (in its temporary cache, removed when the process ends).
 
     Args:
-        events: CSV/Parquet path(s) or DataFrame(s) of events; a list is read one table at a time.
+        events: CSV/Parquet path(s), glob(s) or DataFrame(s) of events; a list is read one table at a time.
         labels: table with one row per patient (the `patient_id` column) and its labels; patients without a row
             are skipped and counted. Without it, every patient with events is kept.
         value_transforms: source feature -> function on its values, e.g. Fahrenheit to Celsius.
@@ -133,7 +134,7 @@ def load_long_format(
     known = {**CATEGORICAL_FEATURES, **NUMERIC_FEATURES} if options.feature_map is None else options.feature_map
     spellings = FeatureSpellings({name_key(name): name for name in known}, options.name_variants)
     columns = {**DEFAULT_COLUMNS, **(options.columns or {})}
-    sources = list(events) if isinstance(events, (list, tuple)) else [events]
+    sources = _expanded(list(events) if isinstance(events, (list, tuple)) else [events])
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
     if options.label_column is not None:
         label_table = _validated_labels(label_table, options.label_column, options.label_map, labels)
@@ -169,6 +170,21 @@ def load_long_format(
         store.close()
     summary.log()
     return (dataset, summary) if return_summary else dataset
+
+
+def _expanded(sources: list[TableSource]) -> list[TableSource]:
+    """Each glob (`export/chartevents-*.parquet`) as the files it matches, in name order; a glob that matches
+    nothing is an error naming it, never an empty cohort."""
+    expanded = []
+    for source in sources:
+        if isinstance(source, pd.DataFrame) or Path(source).exists() or not glob.has_magic(str(source)):
+            expanded.append(source)
+            continue
+        matches = sorted(glob.glob(str(source)))
+        if not matches:
+            raise FileNotFoundError(f"{source}: no file matches this pattern")
+        expanded += matches
+    return expanded
 
 
 def _patients_by_rank(
