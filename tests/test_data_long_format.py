@@ -2,6 +2,7 @@ import pandas as pd
 import pytest
 
 from medfuse_hf.data import load_long_format
+from medfuse_hf.data.event_cleaning import CENSORED_KEPT
 
 COLUMNS = {"patient_id": "SUBJECT_ID", "time": "CHARTTIME", "feature": "ITEMID", "value": "VALUE"}
 FEATURE_MAP = {"220045": "heart_rate", "50983": "sodium", "223761": "temperature"}
@@ -204,3 +205,12 @@ def test_a_glob_reads_every_table_it_matches_and_one_matching_nothing_is_named(t
     assert load_long_format(str(tmp_path / "chartevents-*.csv"))["patient_id"] == ["a", "b"]
     with pytest.raises(FileNotFoundError, match=r"labevents-\*\.csv: no file matches"):
         load_long_format(str(tmp_path / "labevents-*.csv"))
+
+
+def test_a_dataframe_whose_columns_mix_numbers_and_text_is_read_as_a_csv_would_be():
+    events = pd.DataFrame({"patient_id": ["a", "a", "b"], "time": [1, "2", 3.5], "feature": ["sodium"] * 3,
+                           "value": [140, "<150", None]})
+    dataset, summary = load_long_format(events, return_summary=True)
+    assert dataset.to_dict() == {"patient_id": ["a"], "feature": [["sodium", "sodium"]], "value": [[140.0, 150.0]],
+                                 "time": [[1.0, 2.0]]}
+    assert summary.skipped_events == {"empty value": 1} and summary.notes == {CENSORED_KEPT: 1}

@@ -48,9 +48,12 @@ def event_batches(source: TableSource, columns: Mapping[str, str], summary: Load
     unread = [column for column in header if column not in {columns[key] for key in fields}]
     if unread:
         summary.note(f"columns not read: {unread} (name them in columns=... if they matter)", name)
-    rows = 0
+    rows, names = 0, [columns[key] for key in fields]
     for table, lines in batches:
-        batch = table.select([columns[key] for key in fields]).rename_columns(fields).to_pandas()
+        if isinstance(table, pd.DataFrame):  # as given: a column of mixed types is the cleaning's to read
+            batch = table[names].set_axis(fields, axis=1)
+        else:
+            batch = table.select(names).rename_columns(fields).to_pandas()
         if "unit" not in batch.columns:  # every row in its feature's unit
             batch = batch.assign(unit="")
         rows += len(batch)
@@ -59,10 +62,10 @@ def event_batches(source: TableSource, columns: Mapping[str, str], summary: Load
         raise ValueError(f"{name}: no event rows, only a header")
 
 
-def _frame_batches(frame: pd.DataFrame) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def _frame_batches(frame: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     for start in range(0, len(frame), BATCH_ROWS):
-        part = frame.iloc[start:start + BATCH_ROWS]
-        yield pa.Table.from_pandas(part, preserve_index=False), np.arange(start, start + len(part))
+        part = frame.iloc[start:start + BATCH_ROWS].reset_index(drop=True)
+        yield part, np.arange(start, start + len(part))
 
 
 def _parquet_batches(parquet: pq.ParquetFile) -> Iterator[tuple[pa.Table, np.ndarray]]:
