@@ -214,3 +214,10 @@ def test_a_dataframe_whose_columns_mix_numbers_and_text_is_read_as_a_csv_would_b
     assert dataset.to_dict() == {"patient_id": ["a"], "feature": [["sodium", "sodium"]], "value": [[140.0, 150.0]],
                                  "time": [[1.0, 2.0]]}
     assert summary.skipped_events == {"empty value": 1} and summary.notes == {CENSORED_KEPT: 1}
+
+
+def test_ids_in_a_column_of_mixed_types_are_one_patient_however_written():
+    events = pd.DataFrame({"patient_id": [7, 7.0, "7"], "time": [1.0, 2.0, 3.0], "feature": ["sodium"] * 3,
+                           "value": [140.0, 141.0, 142.0]})
+    dataset = load_long_format(events)
+    assert dataset["patient_id"] == ["7"] and dataset[0]["value"] == [140.0, 141.0, 142.0]

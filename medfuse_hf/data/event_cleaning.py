@@ -224,7 +224,10 @@ def as_numbers(text: pd.Series) -> pd.Series:
 
 
 def as_text(column: pd.Series) -> pd.Series:
-    """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are."""
+    """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are, also in a
+    column of mixed types, where 7 and 7.0 would otherwise be two patients."""
     if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
         column = column.astype("Int64")
+    elif column.dtype == object:
+        column = column.map(lambda raw: str(int(raw)) if isinstance(raw, float) and raw.is_integer() else raw)
     return column.astype(str)
