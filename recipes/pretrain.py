@@ -20,7 +20,6 @@ import math
 import random
 from pathlib import Path
 
-import datasets
 import torch
 from torch.utils.data import DataLoader
 
@@ -28,6 +27,7 @@ from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, MaskedValueCollator
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import (
+    first_patients,
     fit_tokenizer,
     save_strict_tokenizer,
     streaming_patients,
@@ -81,7 +81,7 @@ def training_function(args: argparse.Namespace) -> dict:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
                                                          unknown_features="drop")
         else:  # statistics from the first patients of the stream, a bounded sample
-            sample = datasets.Dataset.from_list(list(train.take(args.statistics_patients)))
+            sample = first_patients(train, args.statistics_patients)
             tokenizer = fit_tokenizer(sample, args.max_events, args.value_normalization)
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = train.set_epoch

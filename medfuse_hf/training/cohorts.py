@@ -11,6 +11,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+from datasets.table import InMemoryTable
 
 from ..data import (
     LongFormatOptions,
@@ -280,6 +282,13 @@ def streaming_patients(
         raise ValueError(f"open_shards must be at least 1, got {open_shards}")
     stream = datasets.load_dataset("parquet", data_files=list(shards), split="train", streaming=True)
     return stream.shuffle(seed=seed, buffer_size=buffer_size, max_buffer_input_shards=open_shards)
+
+
+def first_patients(stream: datasets.IterableDataset, count: int) -> datasets.Dataset:
+    """The stream's first `count` patients, kept as Arrow columns: as Python lists, 5,000 patients of 2,500 events
+    took 2.5 GiB more."""
+    batches = list(stream.take(count).with_format("arrow").iter(batch_size=256))
+    return datasets.Dataset(InMemoryTable(pa.concat_tables(batches)))
 
 
 def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) -> dict[str, datasets.Dataset]:
