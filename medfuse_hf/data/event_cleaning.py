@@ -135,8 +135,9 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     if pd.api.types.is_numeric_dtype(raw):  # a DataFrame's or Parquet file's numbers
         table = drop(raw.isna(), "empty value")
     else:
-        table = drop(raw.isna() | raw.astype(str).str.strip().eq(""), "empty value")
-        numbers, bounds = _numbers(table["value"].astype(str).str.strip(), context.decimal)
+        text = raw.astype(str).str.strip()
+        table = drop(raw.isna() | text.eq(""), "empty value")
+        numbers, bounds = _numbers(text[table.index], context.decimal)
         if len(bounds) and context.censored == "refuse":
             table = drop(table.index.to_series().isin(bounds.index), "censored value (refused)")
             numbers = numbers[table.index]
@@ -144,8 +145,8 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
             summary.note(CENSORED_KEPT, f"{name}:{table.loc[bounds.index[0], 'line']}", len(bounds))
             numbers[bounds.index] = bounds
         table = table.assign(value=numbers)
-    table = drop(~np.isfinite(table["value"].astype(float)), "non-numeric value")
     table = table.assign(value=table["value"].astype(float))
+    table = drop(~np.isfinite(table["value"]), "non-numeric value")
     for source_feature, transform in context.value_transforms.items():
         rows = table["source_feature"] == source_feature
         if rows.any():
