@@ -9,21 +9,27 @@ summary-statistics GBM a hospital would otherwise use?
 Arms, each on the same nested, stratified, seeded training subset (`nested_subset`, as `--train_fraction` draws it):
 - `scratch`: the P12 table's best MedFuse (MuFuse, CVE of time) and budget, trained on the subset;
 - `pretrained`: the same, started from the base model (`--init_from <base>/model`);
+- `pretrained_lpft`: the same start, fine-tuned by LP-FT (`--strategy lp-ft`): the head first on the frozen base,
+  then everything from there at a tenth of the learning rate, so that few labels cannot distort the base at once;
 - `pretrained_embeddings`: the same, started from the base's feature embeddings only (`--init_embeddings_from`);
 - `pretrained_probe`: the base left frozen, a logistic regression on its pooled representation of each stay (linear
   probing: whether what the base learnt without labels carries the outcome, with nothing for 77 stays to overfit);
-- `gbm`: the summary-statistics GBM of the accuracy issue, fitted on the subset;
+- `gbm`: the summary-statistics GBM of the accuracy issue, fitted on the subset; which statistics it reads and how
+  strongly it is regularised are chosen on validation, for 77 stays as for 7,671 (`GBM_SETTINGS`);
 - `gbm_with_base`: that GBM with the frozen base's representation as extra columns (the tool a hospital trusts,
   given what the base learnt).
 
-Validation is the full split for every arm (`validation: full`), for comparability; for the smallest fractions every
-arm is also run with validation cut to the same fraction, at least 10 stays of each class (`validation: cut`), which
-is what a small hospital has. Rows go to `benchmarks/results/pretraining/p12_label_efficiency.json` as cells finish
-(finished cells are skipped, a killed fine-tuning resumes); `table.md`, `gains.md` and `label_efficiency.png` beside.
+Seeds are subsets: 10 at 1 % and 5 at 5 %, where one subset of 77 or 384 stays moves a result more than most arms
+differ, and 3 elsewhere (`--seeds` sets one list for every fraction). Validation is the full split for every arm
+(`validation: full`), for comparability; for the smallest fractions every arm is also run with validation cut to the
+same fraction, at least 10 stays of each class (`validation: cut`), which is what a small hospital has. Rows go to
+`benchmarks/results/pretraining/p12_label_efficiency.json` as cells finish (finished cells are skipped, a killed
+fine-tuning resumes); `table.md`, `gains.md` and `label_efficiency.png` beside.
 """
 
 import argparse
 import hashlib
+import json
 import shlex
 import sys
 import time
@@ -50,8 +56,10 @@ from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regression
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
-ARMS = ("scratch", "pretrained", "pretrained_embeddings", "pretrained_probe", "gbm", "gbm_with_base")
-FROM_THE_BASE = ("pretrained", "pretrained_embeddings", "pretrained_probe", "gbm_with_base")  # paired gains of these
+ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_embeddings", "pretrained_probe", "gbm",
+        "gbm_with_base")
+FROM_THE_BASE = ARMS[1:5] + ("gbm_with_base",)  # the arms started from the base: their paired gains
+SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 for any other
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 
 
@@ -66,6 +74,7 @@ TABLE_ARMS = {
 
 def arm_flags(arm: str, base: Path) -> list[str]:
     return {"scratch": [], "pretrained": ["--init_from", str(base / "model")],
+            "pretrained_lpft": ["--init_from", str(base / "model"), "--strategy", "lp-ft"],
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
 
 
@@ -104,7 +113,8 @@ def run_table_arm(arm: str, fraction: float, seed: int, validation: str, args: a
     fit = fit_model((tables["train"].iloc[train], labels["train"][train]),
                     (tables["validation"].iloc[kept], labels["validation"][kept]), tables["test"], seed)
     test = binary_metrics(labels["test"], fit.test_scores)
-    return {"auroc": test["auroc"], "auprc": test["auprc"], "train_seconds": round(time.perf_counter() - started, 1)}
+    return {"auroc": test["auroc"], "auprc": test["auprc"], "settings": fit.settings,
+            "train_seconds": round(time.perf_counter() - started, 1)}
 
 
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
@@ -117,8 +127,10 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
             flags += ["--validation_fraction", str(fraction)]
         run_dir = args.output_dir / f"{arm}-f{fraction}-s{seed}-{validation}-validation"
         report = run_finetune(flags, run_dir, args.launcher)
+        probe = run_dir / "probe" / "test_metrics.json"  # LP-FT's first stage
+        stages = [json.loads(probe.read_text())] if arm == "pretrained_lpft" else []
         figures = {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
-                   "train_seconds": report["train_seconds"]}
+                   "train_seconds": sum(stage["train_seconds"] for stage in [*stages, report])}
     _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
     return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
             "train_patients": len(nested_subset(labels["train"], fraction, seed)), **figures,
@@ -131,7 +143,11 @@ def cells(args: argparse.Namespace) -> list[tuple[str, float, int, str]]:
     return [(arm, fraction, seed, validation)
             for fraction in sorted(args.fractions)
             for validation in (("full", "cut") if fraction in args.cut_validation_fractions else ("full",))
-            for seed in args.seeds for arm in args.arms]
+            for seed in seeds_for(fraction, args) for arm in args.arms]
+
+
+def seeds_for(fraction: float, args: argparse.Namespace) -> list[int]:
+    return args.seeds if args.seeds is not None else list(range(SEEDS_BY_FRACTION.get(fraction, 3)))
 
 
 def summarise(rows: list[dict]) -> tuple[str, str]:
@@ -170,7 +186,8 @@ def plot(rows: list[dict], path: Path) -> None:
     seeds; full validation solid, cut validation dashed."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, metric in zip(axes, ("auroc", "auprc")):
-        for arm, colour in zip(ARMS, ("tab:grey", "tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:red")):
+        colours = ("tab:grey", "tab:blue", "tab:green", "tab:cyan", "tab:purple", "tab:orange", "tab:red")
+        for arm, colour in zip(ARMS, colours):
             for validation, style in (("full", "-"), ("cut", "--")):
                 cell = [row for row in rows if row["arm"] == arm and row["validation"] == validation]
                 if not cell:
@@ -195,7 +212,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
     parser.add_argument("--cut_validation_fractions", type=float, nargs="*", default=[0.01, 0.05])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="one list for every fraction (default: 10 subsets at 1 %%, 5 at 5 %%, 3 elsewhere)")
     parser.add_argument("--results", type=Path, default=RESULTS / "p12_label_efficiency.json")
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "label-efficiency")
     parser.add_argument("--launcher", default=shlex.quote(sys.executable))
@@ -203,8 +221,8 @@ def main() -> None:
     args = parser.parse_args()
     results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
     if not args.summary_only:
-        needed = {"pretrained": "model", "pretrained_embeddings": "feature_embeddings", "pretrained_probe": "model",
-                  "gbm_with_base": "model"}
+        needed = {"pretrained": "model", "pretrained_lpft": "model", "pretrained_embeddings": "feature_embeddings",
+                  "pretrained_probe": "model", "gbm_with_base": "model"}
         missing = [folder for arm, folder in needed.items()
                    if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
         if missing:

@@ -82,8 +82,8 @@ def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):
 def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_by_seed(tmp_path, monkeypatch):
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     results = tmp_path / "rows.json"
-    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_embeddings": 0.35, "pretrained_probe": 0.38, "gbm": 0.45,
-             "gbm_with_base": 0.47}
+    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_lpft": 0.42, "pretrained_embeddings": 0.35,
+             "pretrained_probe": 0.38, "gbm": 0.45, "gbm_with_base": 0.47}
 
     def cell_row(arm, fraction, seed, validation):
         return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
@@ -100,7 +100,7 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
                                       "--seeds", "0", "1", "--results", str(results)])
     label_efficiency.main()
     assert ran[0] == ("scratch", 0.01, 0, "full") and ("gbm", 0.01, 0, "full") not in ran  # already there
-    assert len(ran) == 6 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
+    assert len(ran) == 7 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
     gains = (tmp_path / "gains.md").read_text()  # every arm started from the base, against scratch and the GBM
     assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |"
             in gains)
@@ -109,7 +109,22 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
             in gains)
     assert ("| full | 0.1 | gbm_with_base | gbm | 2 | +0.0000, +0.0000 | +0.0200, +0.0200 | +0.0200 ± 0.0000 |"
             in gains)
+    assert ("| full | 0.01 | pretrained_lpft | gbm | 2 | +0.0000, +0.0000 | -0.0300, -0.0300 | -0.0300 ± 0.0000 |"
+            in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
+
+
+def test_label_efficiency_draws_more_subsets_where_one_subset_moves_the_result_most():
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    args = argparse.Namespace(fractions=[1.0, 0.05, 0.01, 0.1], cut_validation_fractions=[0.01], seeds=None,
+                              arms=["scratch"])
+    seeds = {}
+    for _, fraction, seed, validation in label_efficiency.cells(args):
+        seeds.setdefault((fraction, validation), []).append(seed)
+    assert seeds == {(0.01, "full"): list(range(10)), (0.01, "cut"): list(range(10)), (0.05, "full"): list(range(5)),
+                     (0.1, "full"): [0, 1, 2], (1.0, "full"): [0, 1, 2]}
+    args.seeds = [7]  # one list for every fraction
+    assert {seed for _, _, seed, _ in label_efficiency.cells(args)} == {7}
 
 
 def test_the_search_composes_levers_and_judges_only_configurations_run_on_three_seeds():

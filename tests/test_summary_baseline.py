@@ -3,10 +3,19 @@ validation only."""
 
 import datasets
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medfuse_hf.training.metrics import accuracy_threshold
-from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm, fit_logistic_regression
+from medfuse_hf.training.summary_baseline import (
+    GBM_SETTINGS,
+    GBM_STATISTICS,
+    SummaryTable,
+    fit_gbm,
+    fit_logistic_regression,
+    statistic_columns,
+)
 
 STAYS = [
     {
@@ -90,7 +99,7 @@ def test_the_baselines_learn_from_the_table_and_are_chosen_on_validation(fit, mo
     result = fit(
         (frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]), frames["test"], seed=0
     )
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import average_precision_score
 
     assert result.validation_metric == pytest.approx(
         average_precision_score(parts["validation"][1], result.validation_scores)
@@ -120,8 +129,6 @@ def test_the_gbm_learns_from_a_small_hospitals_77_stays(monkeypatch):
     frames = {name: table(stays) for name, (stays, _) in parts.items()}
     result = fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]),
                      frames["test"], seed=0)
-    from sklearn.metrics import roc_auc_score
-
     assert result.settings["min_samples_leaf"] == 3
     assert roc_auc_score(parts["test"][1], result.test_scores) > 0.8
     assert baseline.min_samples_leaf(7671) == 40  # the P12 table's GBM is unchanged
@@ -141,3 +148,31 @@ def test_a_column_no_training_stay_has_is_left_out_of_the_gbm(monkeypatch):
     result = fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]),
                      frames["test"], seed=0)
     assert result.test_scores.shape == (100,) and np.isfinite(result.test_scores).all()
+
+
+def test_the_gbm_chooses_on_validation_which_statistics_it_reads(monkeypatch):
+    """The compact set (last, min, max, mean) leaves the other statistics out of the trees, and keeps every column
+    that is no summary: when the outcome shows only in how often lactate was measured, only the full set finds it."""
+    import medfuse_hf.training.summary_baseline as baseline
+
+    monkeypatch.setattr(baseline, "GBM_MAX_ITERATIONS", 40)
+    rng = np.random.default_rng(0)
+    frames, labels = {}, {}
+    for name in ("train", "validation", "test"):
+        counts = rng.integers(1, 10, 300).astype(float)
+        labels[name] = (counts > 5).astype(int)
+        frames[name] = pd.DataFrame({"lactate:count": counts, "lactate:last": rng.normal(size=300),
+                                     "lactate:last_time": rng.normal(size=300), "base_0": rng.normal(size=300)})
+    assert statistic_columns(frames["train"].columns, GBM_STATISTICS["compact"]) == ["lactate:last", "base_0"]
+
+    def test_auroc(statistics: str) -> tuple[float, dict]:
+        grid = [setting for setting in GBM_SETTINGS if setting["statistics"] == statistics]
+        monkeypatch.setattr(baseline, "GBM_SETTINGS", grid)
+        fit = fit_gbm((frames["train"], labels["train"]), (frames["validation"], labels["validation"]),
+                      frames["test"], seed=0)
+        return roc_auc_score(labels["test"], fit.test_scores), fit.settings
+
+    compact, compact_settings = test_auroc("compact")
+    full, full_settings = test_auroc("all")
+    assert compact < 0.65 < 0.95 < full
+    assert (compact_settings["columns"], full_settings["columns"]) == (2, 4)

@@ -26,10 +26,15 @@ from .metrics import RANKING_SCORES
 # What a data scientist computes per stay and feature: the trend's ends, its range and level, its variability,
 # how often it was measured and how long ago the last measurement was taken.
 SUMMARY_STATISTICS = ("first", "last", "min", "max", "mean", "std", "count", "last_time")
-GBM_SETTINGS = tuple(  # a small grid, chosen on validation only
-    {"learning_rate": rate, "max_leaf_nodes": leaves, "l2_regularization": 1.0}
+# The statistics a GBM reads: all eight per feature, or a compact set (the trend's end, range and level) that a
+# small cohort has fewer ways to overfit. Columns that are no summary (one-hot levels, a representation) stay in both.
+GBM_STATISTICS = {"all": SUMMARY_STATISTICS, "compact": ("last", "min", "max", "mean")}
+GBM_SETTINGS = tuple(  # a grid for 77 stays as for 7,671, chosen on validation only
+    {"statistics": statistics, "learning_rate": rate, "max_leaf_nodes": leaves, "l2_regularization": l2}
+    for statistics in GBM_STATISTICS
     for rate in (0.03, 0.1)
     for leaves in (15, 31)
+    for l2 in (1.0, 10.0)
 )
 GBM_MIN_SAMPLES_LEAF = 40  # on a full cohort; a small one gets a twentieth of its patients (see `min_samples_leaf`)
 GBM_MAX_ITERATIONS = 1500
@@ -107,6 +112,13 @@ def min_samples_leaf(patients: int) -> int:
     return max(2, min(GBM_MIN_SAMPLES_LEAF, patients // 20))
 
 
+def statistic_columns(columns: Sequence[str], statistics: Sequence[str]) -> list[str]:
+    """The columns of a summary table that keep only `statistics` of each feature; every column that is not a
+    `feature:statistic` summary (a one-hot level, a representation's dimension) is kept."""
+    dropped = tuple(f":{statistic}" for statistic in SUMMARY_STATISTICS if statistic not in statistics)
+    return [column for column in columns if not column.endswith(dropped)]
+
+
 def fit_gbm(
     train: tuple[pd.DataFrame, np.ndarray],
     validation: tuple[pd.DataFrame, np.ndarray],
@@ -114,30 +126,32 @@ def fit_gbm(
     seed: int,
     metric: str = "auprc",
 ) -> BaselineFit:
-    """Gradient-boosted trees, each setting of `GBM_SETTINGS` fitted on train and early-stopped at the boosting
-    iteration with the best validation `metric`; the best (setting, iteration) scores the test split.
+    """Gradient-boosted trees, each setting of `GBM_SETTINGS` (which statistics, learning rate, leaves, L2) fitted on
+    train and early-stopped at the boosting iteration with the best validation `metric`; the best (setting,
+    iteration) scores the test split.
 
     Half of the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction`), so the seed
     changes the model, as a seed does for the neural models."""
     validation_labels, best = np.asarray(validation[1]), None  # an array: sklearn re-checks a list at every stage
     # A column no training stay has (a rare lab in a 77-stay subset) says nothing, and breaks sklearn's binning.
     observed = train[0].columns[train[0].notna().any()]
-    train, validation, test = (train[0][observed], train[1]), (validation[0][observed], validation[1]), test[observed]
     leaf = min_samples_leaf(len(train[1]))
     for setting in GBM_SETTINGS:
+        columns = statistic_columns(observed, GBM_STATISTICS[setting["statistics"]])
+        trees = {name: value for name, value in setting.items() if name != "statistics"}
         model = HistGradientBoostingClassifier(
             max_iter=GBM_MAX_ITERATIONS, early_stopping=False, max_features=0.5, random_state=seed,
-            min_samples_leaf=leaf, **setting
-        ).fit(*train)
-        staged = [scores[:, 1] for scores in model.staged_predict_proba(validation[0])]
+            min_samples_leaf=leaf, **trees
+        ).fit(train[0][columns], train[1])
+        staged = [scores[:, 1] for scores in model.staged_predict_proba(validation[0][columns])]
         by_iteration = [RANKING_SCORES[metric](validation_labels, scores) for scores in staged]
         iteration = int(np.argmax(by_iteration))
         if best is None or by_iteration[iteration] > best[0]:
-            best = (by_iteration[iteration], {**setting, "min_samples_leaf": leaf, "iterations": iteration + 1}, model,
-                    staged[iteration])
-    score, settings, model, validation_scores = best
+            chosen = {**setting, "min_samples_leaf": leaf, "iterations": iteration + 1, "columns": len(columns)}
+            best = (by_iteration[iteration], chosen, model, staged[iteration], columns)
+    score, settings, model, validation_scores, columns = best
     test_scores = next(
-        s[:, 1] for i, s in enumerate(model.staged_predict_proba(test)) if i + 1 == settings["iterations"]
+        s[:, 1] for i, s in enumerate(model.staged_predict_proba(test[columns])) if i + 1 == settings["iterations"]
     )
     return BaselineFit(settings, validation_scores, test_scores, score)
 
