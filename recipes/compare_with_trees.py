@@ -14,62 +14,103 @@ import argparse
 import json
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 
+from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort_from_settings, training_splits
+from medfuse_hf.training.evaluation import known_events, per_patient_outputs
 from medfuse_hf.training.metrics import format_gap, paired_bootstrap_difference
 from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm
 
 CARD_SECTION = "## Compared with trees on this cohort"
 
 
-def comparison(run_dir: Path, num_resamples: int) -> dict:
-    """The GBM on the run's own splits, and MedFuse minus the GBM on the run's test patients."""
+def representation_columns(checkpoint: Path, splits: dict[str, datasets.Dataset],
+                           max_events: int) -> dict[str, pd.DataFrame]:
+    """Each split's pooled representation by the frozen `checkpoint` (`representation_0`, ...): what a pretrained
+    base learnt without labels, as columns beside the summaries. A patient with none of the checkpoint's features has
+    no representation: missing values, which the trees take as they are."""
+    tokenizer = MedFuseTokenizer.from_pretrained(checkpoint, max_events=max_events, unknown_features="drop")
+    model = MedFuseModel.from_pretrained(checkpoint).eval()
+    columns = {}
+    for name, part in splits.items():
+        counts, _ = known_events(part, tokenizer)
+        pooled = np.full((len(part), model.config.hidden_size), np.nan, dtype=np.float32)
+        known = np.flatnonzero(counts)
+        if len(known):
+            pooled[known] = per_patient_outputs(part.select(known), tokenizer,
+                                                lambda batch: model(**batch).pooler_output)
+        columns[name] = pd.DataFrame(pooled).add_prefix("representation_")
+    return columns
+
+
+def comparison(run_dir: Path, num_resamples: int, representation_of: Path | None = None) -> dict:
+    """The GBM on the run's own splits (and, given `representation_of`, a second GBM with that checkpoint's
+    representation as extra columns), and MedFuse minus each on the run's test patients."""
     settings = json.loads((run_dir / "run_info.json").read_text())["config"]
     cohort = load_cohort_from_settings(settings)
     splits = training_splits(argparse.Namespace(**settings), cohort)
     label, id_column = cohort.label_column, cohort.id_column
     summarise = SummaryTable(splits["train"], categorical=CATEGORICAL_FEATURES)
-    tables = {name: summarise(part) for name, part in splits.items()}
+    tables = {"gbm": {name: summarise(part) for name, part in splits.items()}}
+    if representation_of is not None:
+        extra = representation_columns(representation_of, splits, settings["max_events"])
+        tables["gbm_with_representation"] = {name: pd.concat([table, extra[name].set_axis(table.index)], axis=1)
+                                             for name, table in tables["gbm"].items()}
     labels = {name: np.asarray(part[label]) for name, part in splits.items()}
-    gbm = fit_gbm((tables["train"], labels["train"]), (tables["validation"], labels["validation"]), tables["test"],
-                  settings["seed"])
-    gbm_scores = pd.Series(gbm.test_scores, index=[str(patient) for patient in splits["test"][id_column]])
+    test_ids = [str(patient) for patient in splits["test"][id_column]]
     medfuse = pd.read_csv(run_dir / "test_predictions.csv", dtype={id_column: str}).set_index(id_column)
-    if set(medfuse.index) != set(gbm_scores.index):
+    if set(medfuse.index) != set(test_ids):
         raise SystemExit(f"{run_dir}: its test predictions are not of this cohort's test split "
-                         f"({len(medfuse)} against {len(gbm_scores)} patients): was the cohort changed since?")
-    gbm_scores = gbm_scores[medfuse.index]
-    medfuse_metrics, gbm_metrics = (binary_metrics(medfuse["label"], scores)
-                                    for scores in (medfuse["score"], gbm_scores))
+                         f"({len(medfuse)} against {len(test_ids)} patients): was the cohort changed since?")
+    medfuse_metrics = binary_metrics(medfuse["label"], medfuse["score"])
+    trees = {}
+    for name, table in tables.items():
+        fit = fit_gbm((table["train"], labels["train"]), (table["validation"], labels["validation"]), table["test"],
+                      settings["seed"])
+        scores = pd.Series(fit.test_scores, index=test_ids)[medfuse.index]
+        metrics = binary_metrics(medfuse["label"], scores)
+        trees[name] = {
+            **{metric: metrics[metric] for metric in ("auroc", "auprc")},
+            "settings": fit.settings,
+            "medfuse_minus": {metric: paired_bootstrap_difference(medfuse["label"], medfuse["score"], scores, metric,
+                                                                  num_resamples, settings["seed"])
+                              for metric in ("auroc", "auprc")},
+        }
     return {
         "test_patients": len(medfuse),
         "medfuse": {metric: medfuse_metrics[metric] for metric in ("auroc", "auprc")},
-        "gbm": {metric: gbm_metrics[metric] for metric in ("auroc", "auprc")},
-        "gbm_settings": gbm.settings,
-        "medfuse_minus_gbm": {metric: paired_bootstrap_difference(medfuse["label"], medfuse["score"], gbm_scores,
-                                                                   metric, num_resamples, settings["seed"])
-                              for metric in ("auroc", "auprc")},
+        "trees": trees,
+        "representation_of": None if representation_of is None else str(representation_of),
         "num_resamples": num_resamples,
     }
 
 
+TREE_NAMES = {"gbm": "GBM on summaries", "gbm_with_representation": "GBM on summaries + representation"}
+
+
 def as_markdown(result: dict) -> str:
-    gaps = result["medfuse_minus_gbm"]
+    rows = [f"| {TREE_NAMES[name]} | {tree['auroc']:.4f} | {tree['auprc']:.4f} |"
+            for name, tree in result["trees"].items()]
+    gaps = [f"| MedFuse − {TREE_NAMES[name]} | {format_gap(tree['medfuse_minus']['auroc'])} | "
+            f"{format_gap(tree['medfuse_minus']['auprc'])} |" for name, tree in result["trees"].items()]
+    representation = ("" if result["representation_of"] is None else
+                      f" The second GBM also reads each stay's pooled representation by the frozen checkpoint "
+                      f"`{result['representation_of']}`.")
     return "\n".join([
         CARD_SECTION, "",
         f"The same {result['test_patients']:,} test patients, scored by this model and by gradient-boosted trees on "
         "per-stay summary statistics fitted on its training split and early-stopped on its validation split "
-        "(`recipes/compare_with_trees.py`). Gaps are paired, with bootstrap 95% intervals "
+        f"(`recipes/compare_with_trees.py`).{representation} Gaps are paired, with bootstrap 95% intervals "
         f"({result['num_resamples']:,} resamples).", "",
         "| | AUROC | AUPRC |", "|---|---|---|",
         f"| MedFuse | {result['medfuse']['auroc']:.4f} | {result['medfuse']['auprc']:.4f} |",
-        f"| GBM on summaries | {result['gbm']['auroc']:.4f} | {result['gbm']['auprc']:.4f} |",
-        f"| MedFuse − GBM | {format_gap(gaps['auroc'])} | {format_gap(gaps['auprc'])} |",
+        *rows, *gaps,
     ]) + "\n"
 
 
@@ -84,9 +125,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run_dir", type=Path, required=True, help="a finished recipes/finetune.py run")
     parser.add_argument("--bootstrap_resamples", type=int, default=1000)
+    parser.add_argument("--with_representation_of", type=Path, metavar="CHECKPOINT",
+                        help="also fit the GBM with this frozen MedFuse checkpoint's pooled representation of each "
+                             "stay as extra columns (e.g. the pretrained base's model folder)")
     args = parser.parse_args()
     quiet_library_progress_bars()
-    result = comparison(args.run_dir, args.bootstrap_resamples)
+    result = comparison(args.run_dir, args.bootstrap_resamples, args.with_representation_of)
     section = as_markdown(result)
     (args.run_dir / "comparison_with_trees.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.run_dir / "comparison_with_trees.md").write_text(section)

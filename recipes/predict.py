@@ -27,7 +27,7 @@ import pandas as pd
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
 from medfuse_hf.progress import progress_bar, quiet_library_progress_bars
-from medfuse_hf.training.evaluation import per_patient_outputs
+from medfuse_hf.training.evaluation import known_events, per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config
 from medfuse_hf.units import check_units
@@ -35,18 +35,6 @@ from medfuse_hf.units import check_units
 NO_KNOWN_EVENT = "no event of a feature the model knows"
 PATIENTS_PER_CHUNK = 8192  # scored, then written, at a time: memory stays flat however many patients there are
 EXPLANATION_COLUMNS = ["patient_id", "rank", "feature", "hours", "value", "attribution"]
-
-
-def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tuple[list[int], Counter]:
-    """Each patient's number of events of features in the model's vocabulary, and the unknown features' counts."""
-    vocabulary = tokenizer.feature_vocabulary
-    unknown: Counter = Counter()
-    counts = []
-    for features in patients["feature"]:
-        known = [name in vocabulary for name in features]
-        unknown.update(name for name, is_known in zip(features, known) if not is_known)
-        counts.append(int(sum(known)))
-    return counts, unknown
 
 
 def explanation_rows(model, tokenizer: MedFuseTokenizer, patients: datasets.Dataset, top_k: int) -> tuple[list, float]:

@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 import pytest
@@ -329,13 +331,31 @@ def test_a_run_stopped_mid_epoch_resumes_its_weight_average_too(tmp_path):
 def test_a_run_is_compared_with_trees_on_its_own_test_patients(tmp_path):
     run(TINY + ["--num_epochs", "1", "--output_dir", str(tmp_path)])
     compare = ROOT / "recipes" / "compare_with_trees.py"
-    for _ in range(2):  # a second comparison replaces the first in the card
-        run(["--run_dir", str(tmp_path), "--bootstrap_resamples", "50"], recipe=compare)
+    run(["--run_dir", str(tmp_path), "--bootstrap_resamples", "50"], recipe=compare)
+    assert set(json.loads((tmp_path / "comparison_with_trees.json").read_text())["trees"]) == {"gbm"}
+    # again, with a frozen checkpoint's representation as extra columns: the second comparison replaces the first
+    run(["--run_dir", str(tmp_path), "--bootstrap_resamples", "50", "--with_representation_of",
+         str(tmp_path / "model")], recipe=compare)
     result = json.loads((tmp_path / "comparison_with_trees.json").read_text())
     assert result["test_patients"] == json.loads((tmp_path / "test_metrics.json").read_text())["test_patients"]
-    for metric in ("auroc", "auprc"):
-        gap = result["medfuse_minus_gbm"][metric]
-        assert gap["value"] == pytest.approx(result["medfuse"][metric] - result["gbm"][metric])
+    assert set(result["trees"]) == {"gbm", "gbm_with_representation"}
+    for tree, metric in product(result["trees"].values(), ("auroc", "auprc")):
+        gap = tree["medfuse_minus"][metric]
+        assert gap["value"] == pytest.approx(result["medfuse"][metric] - tree[metric])
         assert gap["low"] <= gap["value"] <= gap["high"]
     card = (tmp_path / "model" / "README.md").read_text()
-    assert card.count("## Compared with trees on this cohort") == 1 and "| MedFuse − GBM |" in card
+    assert card.count("## Compared with trees on this cohort") == 1
+    assert "| MedFuse − GBM on summaries |" in card and "| MedFuse − GBM on summaries + representation |" in card
+
+
+def test_a_stay_with_none_of_the_checkpoints_features_has_a_missing_representation(single_process_run):
+    compare = load_script("recipes/compare_with_trees.py")
+    stays = datasets.Dataset.from_list([
+        {"feature": ["sodium", "sodium"], "value": [140.0, 150.0], "time": [1.0, 2.0]},
+        {"feature": ["troponin_x"], "value": [0.2], "time": [1.0]},
+    ])
+    columns = compare.representation_columns(single_process_run / "model", {"test": stays}, max_events=1024)["test"]
+    assert columns.shape == (2, 32) and list(columns.columns[:2]) == ["representation_0", "representation_1"]
+    assert columns.iloc[0].notna().all() and columns.iloc[1].isna().all()
+
+

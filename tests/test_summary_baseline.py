@@ -176,3 +176,28 @@ def test_the_gbm_chooses_on_validation_which_statistics_it_reads(monkeypatch):
     full, full_settings = test_auroc("all")
     assert compact < 0.65 < 0.95 < full
     assert (compact_settings["columns"], full_settings["columns"]) == (2, 4)
+
+
+def test_boosting_stops_growing_once_validation_stalls_and_keeps_the_same_trees(monkeypatch):
+    """Grown in rounds, a setting stops `GBM_PATIENCE` iterations after its best; what it keeps is what one fit of
+    every iteration would have kept up to there (warm starts continue the same random stream)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import average_precision_score
+
+    import medfuse_hf.training.summary_baseline as baseline
+
+    monkeypatch.setattr(baseline, "GBM_MAX_ITERATIONS", 400)
+    monkeypatch.setattr(baseline, "GBM_ROUND", 20)
+    monkeypatch.setattr(baseline, "GBM_PATIENCE", 60)
+    parts = {name: learnable_split(seed, 200) for seed, name in enumerate(("train", "validation"))}
+    table = SummaryTable(parts["train"][0])
+    train, validation = ((table(stays), labels) for stays, labels in parts.values())
+    settings = dict(early_stopping=False, max_features=0.5, random_state=0, min_samples_leaf=5, learning_rate=0.3)
+    grown = HistGradientBoostingClassifier(max_iter=0, warm_start=True, **settings)
+    iteration, value, scores = baseline.grown_until_validation_stalls(grown, train, validation, "auprc")
+
+    assert grown.n_iter_ < 400 and iteration + 60 <= grown.n_iter_ < iteration + 60 + 20
+    whole = HistGradientBoostingClassifier(max_iter=grown.n_iter_, **settings).fit(*train)
+    staged = [average_precision_score(validation[1], s[:, 1]) for s in whole.staged_predict_proba(validation[0])]
+    assert iteration == int(np.argmax(staged)) + 1 and value == pytest.approx(max(staged))
+    np.testing.assert_allclose(scores, list(whole.staged_predict_proba(validation[0]))[iteration - 1][:, 1])

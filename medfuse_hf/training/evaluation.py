@@ -2,6 +2,7 @@
 and the report a scored split gets: metrics with bootstrap intervals, predictions and plots."""
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def evaluation_loader(dataset: datasets.Dataset, collate: Callable, batch_size: 
     tagged = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
     by_length = np.argsort([len(features) for features in tagged["feature"]], kind="stable")
     return DataLoader(tagged.select(by_length), batch_size=batch_size, collate_fn=collate)
+
+
+def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tuple[list[int], Counter]:
+    """Each patient's number of events of features in the model's vocabulary, and the unknown features' counts."""
+    vocabulary = tokenizer.feature_vocabulary
+    unknown: Counter = Counter()
+    counts = []
+    for features in patients["feature"]:
+        known = [name in vocabulary for name in features]
+        unknown.update(name for name, is_known in zip(features, known) if not is_known)
+        counts.append(int(sum(known)))
+    return counts, unknown
 
 
 @torch.no_grad()

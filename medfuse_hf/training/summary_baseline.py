@@ -9,6 +9,7 @@ validation split only; the test split is scored once, by the settings validation
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import datasets
 import numpy as np
@@ -38,6 +39,10 @@ GBM_SETTINGS = tuple(  # a grid for 77 stays as for 7,671, chosen on validation 
 )
 GBM_MIN_SAMPLES_LEAF = 40  # on a full cohort; a small one gets a twentieth of its patients (see `min_samples_leaf`)
 GBM_MAX_ITERATIONS = 1500
+# Boosting grows this many iterations between validation checks, and a setting stops growing once its best validation
+# iteration is this far behind: the same trees as growing all 1,500 (warm starts continue the same random stream),
+# at a third of the cost where the best iteration comes early (small cohorts, the faster rate).
+GBM_ROUND, GBM_PATIENCE = 50, 300
 LOGISTIC_C = (0.003, 0.01, 0.03, 0.1, 1.0)
 
 
@@ -119,6 +124,27 @@ def statistic_columns(columns: Sequence[str], statistics: Sequence[str]) -> list
     return [column for column in columns if not column.endswith(dropped)]
 
 
+def grown_until_validation_stalls(
+    model: HistGradientBoostingClassifier,
+    train: tuple[pd.DataFrame, np.ndarray],
+    validation: tuple[pd.DataFrame, np.ndarray],
+    metric: str,
+) -> tuple[int, float, np.ndarray]:
+    """Grow a warm-starting GBM `GBM_ROUND` iterations at a time until its best validation iteration is
+    `GBM_PATIENCE` behind, or `GBM_MAX_ITERATIONS` are grown. Returns the best iteration (counted from 1), its
+    validation `metric` and its validation scores; the first of tied iterations, as an argmax would."""
+    best, grown = (0, -np.inf, None), 0
+    while grown < GBM_MAX_ITERATIONS and grown - best[0] < GBM_PATIENCE:
+        model.set_params(max_iter=min(grown + GBM_ROUND, GBM_MAX_ITERATIONS)).fit(*train)
+        staged = islice(model.staged_predict_proba(validation[0]), grown, None)
+        for iteration, scores in enumerate(staged, start=grown + 1):
+            value = RANKING_SCORES[metric](validation[1], scores[:, 1])
+            if value > best[1]:
+                best = (iteration, value, scores[:, 1])
+        grown = model.n_iter_
+    return best
+
+
 def fit_gbm(
     train: tuple[pd.DataFrame, np.ndarray],
     validation: tuple[pd.DataFrame, np.ndarray],
@@ -126,7 +152,7 @@ def fit_gbm(
     seed: int,
     metric: str = "auprc",
 ) -> BaselineFit:
-    """Gradient-boosted trees, each setting of `GBM_SETTINGS` (which statistics, learning rate, leaves, L2) fitted on
+    """Gradient-boosted trees, each setting of `GBM_SETTINGS` (which statistics, learning rate, leaves, L2) grown on
     train and early-stopped at the boosting iteration with the best validation `metric`; the best (setting,
     iteration) scores the test split.
 
@@ -140,15 +166,15 @@ def fit_gbm(
         columns = statistic_columns(observed, GBM_STATISTICS[setting["statistics"]])
         trees = {name: value for name, value in setting.items() if name != "statistics"}
         model = HistGradientBoostingClassifier(
-            max_iter=GBM_MAX_ITERATIONS, early_stopping=False, max_features=0.5, random_state=seed,
+            max_iter=0, warm_start=True, early_stopping=False, max_features=0.5, random_state=seed,
             min_samples_leaf=leaf, **trees
-        ).fit(train[0][columns], train[1])
-        staged = [scores[:, 1] for scores in model.staged_predict_proba(validation[0][columns])]
-        by_iteration = [RANKING_SCORES[metric](validation_labels, scores) for scores in staged]
-        iteration = int(np.argmax(by_iteration))
-        if best is None or by_iteration[iteration] > best[0]:
-            chosen = {**setting, "min_samples_leaf": leaf, "iterations": iteration + 1, "columns": len(columns)}
-            best = (by_iteration[iteration], chosen, model, staged[iteration], columns)
+        )
+        iteration, value, scores = grown_until_validation_stalls(
+            model, (train[0][columns], train[1]), (validation[0][columns], validation_labels), metric
+        )
+        if best is None or value > best[0]:
+            chosen = {**setting, "min_samples_leaf": leaf, "iterations": iteration, "columns": len(columns)}
+            best = (value, chosen, model, scores, columns)
     score, settings, model, validation_scores, columns = best
     test_scores = next(
         s[:, 1] for i, s in enumerate(model.staged_predict_proba(test[columns])) if i + 1 == settings["iterations"]
