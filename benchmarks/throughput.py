@@ -8,8 +8,8 @@ Measures, in one run: the machine's dense fp32 matmul FLOP/s; one full training 
 patient end to end (tokenization included); one-patient latency from a warm model; how training/inference speed and
 peak memory scale with events per patient (128 ... 16,384, each length in a fresh process, 16,384 events per batch);
 the same with PyTorch's unfused (math) attention; what each optimisation buys (length-grouped vs random batches,
-fused vs math attention, bf16 autocast, scoring batches of 64 vs 256); where a training step's time goes
-(torch.profiler); and torch.compile against eager. `--sections` picks some of these.
+fused vs math attention, bf16 autocast, scoring batches of 64 vs 256); what the per-feature pooling costs against
+the mean pool (`pooling`); where a training step's time goes (torch.profiler); and torch.compile against eager. `--sections` picks some of these.
 Writes every figure to `benchmarks/results/throughput.json` (or `--output`).
 """
 
@@ -23,13 +23,13 @@ import torch
 from throughput_scaling import SCALING_LENGTHS, scaling
 from throughput_scoring import score_all, single_patient_latency
 from throughput_steps import matmul_flops_per_second, new_model
-from throughput_training import compiled_vs_eager, full_epoch, optimisation_ledger, profile_training
+from throughput_training import compiled_vs_eager, full_epoch, optimisation_ledger, pooling_cost, profile_training
 
 from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
-SECTIONS = ("matmul", "epoch", "scoring", "latency", "scaling", "ledger", "profile", "compile")
+SECTIONS = ("matmul", "epoch", "scoring", "latency", "scaling", "ledger", "pooling", "profile", "compile")
 LABEL = "in_hospital_death"
 
 
@@ -140,6 +140,13 @@ def main() -> None:
         ledger = results["optimisations"] = optimisation_ledger(train, collate, tokenizer, args.batch_size)
         for name, row in ledger.items():
             print(f"{name:>30}: {row['events_per_second']:>8,.0f} events/s (padding {row['padding_fraction']:.1%})")
+
+    if "pooling" in sections:
+        pooling = results["pooling"] = pooling_cost(train, scored, collate, tokenizer, args.batch_size)
+        for name, row in pooling.items():
+            print(f"{name:>12} pooling ({row['parameters']:,} parameters): training "
+                  f"{row['training']['events_per_second']:,.0f} events/s, scoring "
+                  f"{row['scoring']['patients_per_second']:,.0f} patients/s")
 
     if "profile" in sections:
         profile = results["profile"] = profile_training(train, collate, tokenizer, args.batch_size)

@@ -88,10 +88,11 @@ def flops_per_patient(model, optimizer, lengths=(128, 512, 1024)) -> np.ndarray:
     return np.linalg.solve(design, np.array(counts, dtype=np.float64))
 
 
-def new_model(tokenizer) -> tuple[MedFuseForSequenceClassification, torch.optim.Optimizer]:
+def new_model(tokenizer, **config) -> tuple[MedFuseForSequenceClassification, torch.optim.Optimizer]:
+    """The default model (or one with `config` changed) over the tokenizer's vocabulary, and its optimizer."""
     torch.manual_seed(0)
     model = MedFuseForSequenceClassification(MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(),
-                                                           num_labels=2))
+                                                           num_labels=2, **config))
     return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from throughput_scoring import score_all
 from throughput_steps import (
     OP_KINDS,
     OPTIMIZER_RANGE,
@@ -57,6 +58,24 @@ def optimisation_ledger(train, collate, tokenizer, batch_size: int, num_batches:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ledger["length_grouped_bf16_autocast"] = timed_steps(model, optimizer, grouped)
     return ledger
+
+
+def pooling_cost(train, scored, collate, tokenizer, batch_size: int, num_batches: int = 12,
+                 repeats: int = 3) -> dict:
+    """What the per-feature view of a stay costs against the mean pool over events (the accuracy issue's lever):
+    training steps on the same length-grouped batches, and scoring every patient end to end. The two poolings
+    alternate `repeats` times and each keeps its fastest pass, so drift in the machine's speed hits both alike."""
+    batches = first_batches(train, collate, tokenizer, batch_size, num_batches)
+    models = {pooling: new_model(tokenizer, pooling=pooling) for pooling in ("mean", "per_feature")}
+    passes = {pooling: {"training": [], "scoring": []} for pooling in models}
+    for _ in range(repeats):
+        for pooling, (model, optimizer) in models.items():
+            passes[pooling]["training"].append(timed_steps(model.train(), optimizer, batches))
+            passes[pooling]["scoring"].append(score_all(model, scored, tokenizer))
+    return {pooling: {"parameters": sum(p.numel() for p in models[pooling][0].parameters()),
+                      "training": max(runs["training"], key=lambda run: run["events_per_second"]),
+                      "scoring": max(runs["scoring"], key=lambda run: run["patients_per_second"])}
+            for pooling, runs in passes.items()}
 
 
 def profile_training(train, collate, tokenizer, batch_size: int, num_steps: int = 10) -> dict:
