@@ -502,6 +502,10 @@ class MedFusePreTrainedModel(PreTrainedModel):
 class MedFuseModel(MedFusePreTrainedModel):
     """The MedFuse encoder: token states and a pooled patient vector."""
 
+    # The encoder of a checkpoint with a head (a pretraining objective's, a classifier): the head is left behind on
+    # purpose, so transformers' load report need not list it as unexpected.
+    _keys_to_ignore_on_load_unexpected = [r"^(forecast_head|masked_value_head|classifier)\."]
+
     def __init__(self, config: MedFuseConfig):
         super().__init__(config)
         self.embeddings = MedFuseEmbeddings(config)

@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
@@ -232,6 +233,23 @@ def test_a_classifier_loads_a_pretrained_encoder(tmp_path, tiny_config):
         classifier.medfuse.embeddings.feature_embeddings.weight,
         pretrained.medfuse.embeddings.feature_embeddings.weight
     )
+
+
+@pytest.mark.parametrize("head", [MedFuseForPreTraining, MedFuseForSequenceClassification])
+def test_the_encoder_of_a_checkpoint_with_a_head_loads_without_reporting_the_head(tmp_path, tiny_config, head):
+    """Reading a base's representation (`predict.py --representations`) loads the encoder alone: the head is left
+    behind on purpose and is not listed as unexpected; a key that belongs to nothing still is."""
+    checkpoint = head(tiny_config())
+    checkpoint.save_pretrained(tmp_path)
+    encoder, info = MedFuseModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["unexpected_keys"] == set() and info["missing_keys"] == set()
+    torch.testing.assert_close(encoder.embeddings.feature_embeddings.weight,
+                               checkpoint.medfuse.embeddings.feature_embeddings.weight)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({**weights, "stray_head.weight": torch.zeros(2)}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    _, info = MedFuseModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["unexpected_keys"] == {"stray_head.weight"}
 
 
 @pytest.mark.parametrize(
