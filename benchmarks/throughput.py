@@ -9,8 +9,8 @@ patient end to end (tokenization included); one-patient latency from a warm mode
 peak memory scale with events per patient (128 ... 16,384, each length in a fresh process, 16,384 events per batch);
 the same with PyTorch's unfused (math) attention; what each optimisation buys (length-grouped vs random batches,
 fused vs math attention, bf16 autocast, scoring batches of 64 vs 256); what the per-feature pooling costs against
-the mean pool (`pooling`); where a training step's time goes (torch.profiler); and torch.compile against eager. `--sections` picks some of these.
-Writes every figure to `benchmarks/results/throughput.json` (or `--output`).
+the mean pool (`pooling`); where a training step's time goes (torch.profiler); and torch.compile against eager.
+`--sections` picks some of these. Writes every figure to `benchmarks/results/throughput.json` (or `--output`).
 """
 
 import argparse
