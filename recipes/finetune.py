@@ -14,7 +14,9 @@ privacy-guarded feature-embedding checkpoint (`feature_embeddings/`) for other h
 """
 
 import argparse
+import json
 import math
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -183,14 +185,21 @@ def weight_average(args, accelerator, model) -> AveragedModel | None:
 
 
 def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, validation_loader, tokenizer,
-        num_epochs: int, validate_every: int) -> tuple[LoopState, int]:
+        num_epochs: int, validate_every: int, start: tuple[Path, float] | None = None) -> tuple[LoopState, int]:
     """Train, validate, keep the best validation epoch in `<output_dir>/model` and stop early; resumable. Returns
-    where the run ended and how many batches this process trained on."""
+    where the run ended and how many batches this process trained on. `start`, the model this run starts from and
+    its validation figure, counts as epoch 0: an epoch is kept only if it beats it, else the start is."""
     output_dir = Path(args.output_dir)
     averaged = weight_average(args, accelerator, model)
     kept = accelerator.unwrap_model(model) if averaged is None else averaged.module  # validated and saved
     after_step = None if averaged is None else (lambda: averaged.update_parameters(accelerator.unwrap_model(model)))
     state = resume(accelerator, args)
+    if start is not None and state.step == 0:
+        start_model, state.best = start
+        state.best_epoch = 0
+        if accelerator.is_main_process:
+            shutil.copytree(start_model, output_dir / "model", dirs_exist_ok=True)
+        accelerator.wait_for_everyone()
 
     def training_mode() -> None:  # a probe reads frozen features: no dropout in the encoder
         model.train()
@@ -275,17 +284,21 @@ def lp_ft(args: argparse.Namespace) -> dict:
     """LP-FT (Kumar et al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022): first fit the head on the
     frozen checkpoint (a probe run in `<output_dir>/probe`), then fine-tune everything from the probe's model, head
     included, at `--lpft_learning_rate_scale` times `--learning_rate`. Each stage is a run of its own, resumable on its
-    own; a finished probe is not run again."""
+    own; a finished probe is not run again. The probe counts as the full stage's epoch 0: with few labels, fine-tuning
+    can only lose what the probe found, so the probe is kept unless an epoch beats it on validation."""
     probe_dir = Path(args.output_dir) / "probe"
     if not (probe_dir / "test_metrics.json").exists():
         training_function(argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
                                                 "num_epochs": args.probe_epochs or args.num_epochs}))
+    probe = json.loads((probe_dir / "test_metrics.json").read_text())["best_validation"]
     scaled = args.learning_rate * args.lpft_learning_rate_scale
     return training_function(argparse.Namespace(**{**vars(args), "strategy": "full",
-                                                    "init_from": str(probe_dir / "model"), "learning_rate": scaled}))
+                                                    "init_from": str(probe_dir / "model"), "learning_rate": scaled}),
+                             start=(probe_dir / "model", probe[args.early_stopping_metric]))
 
 
-def training_function(args: argparse.Namespace) -> dict:
+def training_function(args: argparse.Namespace, start: tuple[Path, float] | None = None) -> dict:
+    """One fine-tuning run; `start` as in `fit`."""
     accelerator, run_info = start_run(args)
 
     # ----- data ---------------------------------------------------------------------------------------
@@ -315,7 +328,7 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # ----- training and test --------------------------------------------------------------------------
     state, batches = fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed,
-                         eval_loaders["validation"], tokenizer, num_epochs, validate_every)
+                         eval_loaders["validation"], tokenizer, num_epochs, validate_every, start)
     result = test_and_report(args, accelerator, model, eval_loaders, state, batches, run_info, transferred,
                              tokenizer, cohort, splits["test"])
     del model  # before the process group goes: see end_training

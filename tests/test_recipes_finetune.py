@@ -277,9 +277,10 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
          "--output_dir", str(base)], recipe=ROOT / "recipes" / "pretrain.py")
     output = tmp_path / "lp-ft"
     run(TINY + ["--init_from", str(base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "2",
-                "--output_dir", str(output)])
+                "--checkpoint_every_epoch", "--output_dir", str(output)])
     pretrained = load_file(base / "model" / "model.safetensors")
-    probe, tuned = (load_file(folder / "model" / "model.safetensors") for folder in (output / "probe", output))
+    probe = load_file(output / "probe" / "model" / "model.safetensors")
+    tuned = load_file(sorted((output / "checkpoints").glob("step_*"))[-1] / "model.safetensors")  # the last epoch
     encoder = [name for name in probe if name.startswith("medfuse.")]
     head = [name for name in probe if name.startswith("classifier.")]
     assert encoder and head
@@ -294,6 +295,23 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     tokenizer, matching = finetune.build_tokenizer(args, load_cohort_from_settings(vars(args)).splits["train"], {})
     start = finetune.build_model(args, tokenizer, None, matching).state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
+
+
+def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_path):
+    """The probe is the full stage's epoch 0. At a learning rate of 0 no epoch can beat it (its weights, and so its
+    validation figure, stay the probe's), and the probe is what the run keeps, tests and publishes."""
+    base = tmp_path / "base"
+    run(["--dataset", "synthetic", "--num_patients", "256", "--hidden_size", "32", "--value_embedding_size", "8",
+         "--intermediate_size", "32", "--num_attention_heads", "2", "--batch_size", "32", "--max_steps", "2",
+         "--output_dir", str(base)], recipe=ROOT / "recipes" / "pretrain.py")
+    output = tmp_path / "lp-ft"
+    run(TINY + ["--init_from", str(base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "1",
+                "--lpft_learning_rate_scale", "0", "--output_dir", str(output)])
+    probe, kept = (json.loads((folder / "test_metrics.json").read_text()) for folder in (output / "probe", output))
+    assert kept["best_validation"] == {"auprc": probe["best_validation"]["auprc"], "epoch": 0}
+    assert kept["test"]["auprc"]["value"] == probe["test"]["auprc"]["value"]
+    probe_weights = load_file(output / "probe" / "model" / "model.safetensors")
+    assert all(torch.equal(tensor, probe_weights[name]) for name, tensor in weights(output).items())
 
 
 def test_probing_needs_a_checkpoint():
