@@ -41,6 +41,9 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
     "ema": ["--weight_averaging", "ema", "--ema_decay", "0.995"],  # an average over about 200 steps, 1.7 epochs
     "two_layers_four_heads_pre_ln": ["--num_hidden_layers", "2", "--num_attention_heads", "4", "--norm_first", "true"],
     "cosine_30_epochs": ["--num_epochs", "30", "--lr_scheduler", "cosine", "--patience", "8"],
+    # The paper's ablations of MuFuse, to be run under the winning configuration: does its claim hold at convergence?
+    "additive_fusion": ["--fusion", "additive"],
+    "concat_fusion": ["--fusion", "concat"],
 }
 QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", "per_feature+cosine_30_epochs",
          "per_feature+head_dropout+event_dropout", "per_feature+ema", "per_feature+two_layers_four_heads_pre_ln")
