@@ -225,14 +225,11 @@ def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, va
         accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=state.step)
         accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, "
                           f"AUPRC {validation['auprc']:.4f}")
-        if validation[args.early_stopping_metric] > state.best:
-            state.best, state.best_epoch, state.stale_epochs = validation[args.early_stopping_metric], epoch + 1, 0
+        if state.record_validation(validation[args.early_stopping_metric], epoch):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 kept.save_pretrained(output_dir / "model")
                 save_strict_tokenizer(tokenizer, output_dir / "model")
-        else:
-            state.stale_epochs += 1
         if args.checkpoint_every_epoch:
             state.save(accelerator, output_dir / "checkpoints")
     return state, batches_this_process

@@ -110,6 +110,8 @@ def training_function(args: argparse.Namespace) -> dict:
     # ----- training -----------------------------------------------------------------------------------
     model.train()
     for epoch in range(state.epoch, args.num_epochs):
+        if args.patience is not None and state.stale_epochs >= args.patience:
+            break
         completed, _ = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args, reseed)
         if not completed:
             break
@@ -118,12 +120,21 @@ def training_function(args: argparse.Namespace) -> dict:
             loss = validation_loss(model, validation, validation_collate, args.seed, accelerator)
             accelerator.log({"epoch": epoch, "validation_loss": loss}, step=state.step)
             accelerator.print(f"epoch {epoch}: validation {args.objective} MSE {loss:.4f}")
+            if args.patience is not None and state.record_validation(-loss, epoch):
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         if args.checkpoint_every_epoch:
             state.save(accelerator, output_dir / "checkpoints")
 
     accelerator.wait_for_everyone()
+    if args.patience is not None and (output_dir / "model").exists():  # the epoch of lowest validation loss
+        best = MedFuseForPreTraining.from_pretrained(output_dir / "model")
+        accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     result = {"objective": args.objective, "num_processes": accelerator.num_processes, "steps": state.step,
               "epochs": state.epoch, **throughput(state, accelerator)}
+    if args.patience is not None:
+        result["best_validation"] = {"loss": -state.best, "epoch": state.best_epoch}
     if validation is not None:
         result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
     if accelerator.is_main_process:
@@ -161,10 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--data_license", default="as set by the data owner",
                       help="the streamed shards' terms, for the cards")
     add_model_arguments(parser, ENCODER_FIELDS)
-    add_training_arguments(parser, output_dir="outputs/pretrain")
+    train = add_training_arguments(parser, output_dir="outputs/pretrain")
+    train.add_argument("--patience", type=int,
+                       help="stop after this many epochs without a lower validation loss, and keep the epoch of the "
+                            "lowest (default: train every epoch, keep the last)")
     parser.set_defaults(num_epochs=10)
     quiet_library_progress_bars()
-    training_function(parse_with_config(parser, argv))
+    args = parse_with_config(parser, argv)
+    if args.patience is not None and args.parquet_shards:
+        parser.error("--patience stops on the validation split's loss, and a streamed cohort has none")
+    training_function(args)
 
 
 if __name__ == "__main__":

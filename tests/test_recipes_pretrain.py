@@ -297,3 +297,24 @@ def test_a_long_format_table_without_labels_pretrains(tmp_path):
                   "--batch_size", "16", "--hidden_size", "32", "--value_embedding_size", "8",
                   "--intermediate_size", "32", "--output_dir", str(tmp_path / "run")])
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+def test_pretraining_stops_when_the_validation_loss_stops_falling_and_keeps_its_lowest_epoch(tmp_path):
+    """`--patience` for a base pretrained until its objective flattens. At a learning rate of 0 the loss never falls
+    after the first epoch: one more epoch, then a stop, and the run reports and keeps the first."""
+    output = tmp_path / "patient"
+    result = run_pretrain(["--dataset", "synthetic", "--num_patients", "64", "--num_epochs", "5", "--batch_size", "16",
+                           "--learning_rate", "0", "--patience", "1", "--output_dir", str(output), *TINY_MODEL])
+    losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("epoch")]
+    metrics = json.loads((output / "pretraining_metrics.json").read_text())
+    assert len(losses) == 2 and metrics["epochs"] == 2
+    assert metrics["best_validation"] == {"loss": pytest.approx(losses[0], abs=1e-4), "epoch": 1}  # printed to 4
+    assert metrics["validation_loss"] == pytest.approx(metrics["best_validation"]["loss"])  # the kept epoch's
+
+
+def test_patience_needs_a_validation_split(tmp_path):
+    shards = write_shards(tmp_path, 1, patients=20, events=10)
+    result = subprocess.run([sys.executable, str(PRETRAIN), "--parquet_shards", shards[0], "--max_steps", "2",
+                             "--patience", "2", "--output_dir", str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode != 0 and "a streamed cohort has none" in result.stderr

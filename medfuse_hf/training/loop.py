@@ -42,6 +42,15 @@ class LoopState:
     def save(self, accelerator: Accelerator, checkpoints_dir: Path) -> None:
         save_checkpoint(accelerator, checkpoints_dir, self.step, asdict(self))
 
+    def record_validation(self, value: float, epoch: int) -> bool:
+        """Early stopping's record after validating `epoch` (counted from 0; higher `value` is better): whether it is
+        the best yet, the epoch to keep."""
+        if value > self.best:
+            self.best, self.best_epoch, self.stale_epochs = value, epoch + 1, 0
+            return True
+        self.stale_epochs += 1
+        return False
+
 
 def start_run(args: argparse.Namespace) -> tuple[Accelerator, dict]:
     """The Accelerator a recipe trains under, seeded, with its JSON-lines tracker and the run's record written.
