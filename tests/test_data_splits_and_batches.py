@@ -4,7 +4,7 @@ import datasets
 import pytest
 import torch
 
-from medfuse_hf import MedFuseTokenizer
+from medfuse_hf import FeatureVocabulary, MedFuseTokenizer
 from medfuse_hf.data import (
     LengthGroupedBatchSampler,
     MedFuseDataCollator,
@@ -92,6 +92,19 @@ def test_a_feature_missing_from_the_training_subset_is_dropped_at_validation_not
         encoded = tokenizer([{"feature": ["heart_rate", "troponin_i"], "value": [85.0, 0.2], "time": [0.0, 2.0]}])
     assert encoded["feature_ids"] == [[tokenizer.feature_vocabulary.id_of("heart_rate")]]
     assert "troponin_i" in caplog.text
+
+
+@pytest.mark.parametrize("normalization", ["robust_zscore", "quantile"])
+def test_a_cohort_of_its_own_names_gets_the_statistics_from_events_fits(normalization):
+    """Names outside the clinical catalogue (an unmapped table) take the vocabulary `FeatureVocabulary.from_events`
+    builds, fitted patient by patient rather than from every patient held in Python at once."""
+    rng = random.Random(0)
+    rows = [{"feature": ["bp_sys", "bp_sys", "lab_x"], "value": [rng.gauss(120, 15), rng.gauss(118, 15), rng.random()],
+             "time": [0.0, 1.0, 2.0]} for _ in range(50)]
+    fitted = fit_tokenizer(datasets.Dataset.from_list(rows), max_events=16, normalization=normalization)
+    expected = FeatureVocabulary.from_events(rows, normalization=normalization)
+    assert fitted.feature_vocabulary == expected
+    assert fitted.feature_vocabulary.spec_of("bp_sys").statistics.count == 100
 
 
 def test_collator_refuses_unlabeled_patients(tokenizer, cohort):
