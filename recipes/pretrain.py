@@ -80,9 +80,9 @@ def training_function(args: argparse.Namespace) -> dict:
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
                                                          unknown_features="drop")
-        else:  # statistics from the first patients of the stream, a bounded sample
-            sample = first_patients(train, args.statistics_patients)
-            tokenizer = fit_tokenizer(sample, args.max_events, args.value_normalization)
+        else:  # statistics from the first patients of the stream, a bounded sample, not held while training
+            tokenizer = fit_tokenizer(first_patients(train, args.statistics_patients), args.max_events,
+                                      args.value_normalization)
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = train.set_epoch
     else:
