@@ -117,13 +117,13 @@ def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFus
     return MedFuseForSequenceClassification(config)
 
 
-def training_loader(args, train, label: str, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
+def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
     """Batches of the training split (length-grouped, or class-balanced with `--sampling balanced`) and how to set
-    their order for an epoch: a function of (seed, epoch) alone, so a resumed run sees the same batches."""
+    their order for an epoch: a function of (seed, epoch) alone, so a resumed run sees the same batches. `rate` is
+    the split's share of positives."""
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,),
                                   event_dropout=args.event_dropout)
     if args.sampling == "balanced":  # each batch drawn with replacement, deaths as likely as survivals
-        rate = float(np.mean(train[label]))
         weights = torch.tensor([0.5 / rate if y else 0.5 / (1 - rate) for y in train[label]])
         sampler = WeightedRandomSampler(weights, len(train), generator=torch.Generator().manual_seed(args.seed))
         batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
@@ -307,7 +307,7 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
     tokenizer, matching = build_tokenizer(args, train, cohort.units)
     rate = float(np.mean(train[label]))
     class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
-    train_loader, reseed = training_loader(args, train, label, tokenizer)
+    train_loader, reseed = training_loader(args, train, label, rate, tokenizer)
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))
     eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size)
                     for name in ("validation", "test")}

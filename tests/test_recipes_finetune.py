@@ -20,6 +20,7 @@ from conftest import load_script
 from safetensors.torch import load_file
 
 from medfuse_hf import MedFuseTokenizer
+from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training import read_metrics
 from medfuse_hf.training.cohorts import load_cohort_from_settings
 
@@ -312,6 +313,25 @@ def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_pat
     assert kept["test"]["auprc"]["value"] == probe["test"]["auprc"]["value"]
     probe_weights = load_file(output / "probe" / "model" / "model.safetensors")
     assert all(torch.equal(tensor, probe_weights[name]) for name, tensor in weights(output).items())
+
+
+def test_balanced_sampling_draws_deaths_as_often_as_survivals():
+    """`--sampling balanced` weights each patient by the inverse of its class's share: with 1 death in 10, about half
+    of every drawn batch still dies, where length-grouped batches keep the split's share."""
+    finetune = load_script("recipes/finetune.py")
+    rows = make_sodium_cohort(400, seed=0)
+    for index, row in enumerate(rows):
+        row["label"] = int(index % 10 == 0)
+    train = datasets.Dataset.from_list(rows)
+    tokenizer = finetune.fit_tokenizer(train, 64)
+    share = {}
+    for sampling in ("balanced", "length_grouped"):
+        args = finetune.build_parser().parse_args(TINY + ["--sampling", sampling])
+        loader, reseed = finetune.training_loader(args, train, "label", 0.1, tokenizer)
+        reseed(0)
+        labels = torch.cat([batch["labels"] for batch in loader])
+        share[sampling] = labels.float().mean().item()
+    assert 0.4 < share["balanced"] < 0.6 and share["length_grouped"] == pytest.approx(0.1, abs=0.02)
 
 
 def test_probing_needs_a_checkpoint():
