@@ -271,11 +271,18 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
 
 
-def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_probes_head(tmp_path):
-    base = tmp_path / "base"
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    """A pretrained base (two forecasting steps) for the fine-tuning strategies to start from."""
+    base = tmp_path_factory.mktemp("base")
     run(["--dataset", "synthetic", "--num_patients", "256", "--hidden_size", "32", "--value_embedding_size", "8",
          "--intermediate_size", "32", "--num_attention_heads", "2", "--batch_size", "32", "--max_steps", "2",
          "--output_dir", str(base)], recipe=ROOT / "recipes" / "pretrain.py")
+    return base
+
+
+def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_probes_head(tmp_path, tiny_base):
+    base = tiny_base
     output = tmp_path / "lp-ft"
     run(TINY + ["--init_from", str(base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "2",
                 "--checkpoint_every_epoch", "--output_dir", str(output)])
@@ -298,16 +305,12 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     assert all(torch.equal(start[name], probe[name]) for name in head)
 
 
-def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_path):
+def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_path, tiny_base):
     """The probe is the full stage's epoch 0. At a learning rate of 0 no epoch can beat it (its weights, and so its
     validation figure, stay the probe's), and the probe is what the run keeps, tests and publishes."""
-    base = tmp_path / "base"
-    run(["--dataset", "synthetic", "--num_patients", "256", "--hidden_size", "32", "--value_embedding_size", "8",
-         "--intermediate_size", "32", "--num_attention_heads", "2", "--batch_size", "32", "--max_steps", "2",
-         "--output_dir", str(base)], recipe=ROOT / "recipes" / "pretrain.py")
     output = tmp_path / "lp-ft"
-    run(TINY + ["--init_from", str(base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "1",
-                "--lpft_learning_rate_scale", "0", "--output_dir", str(output)])
+    run(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2",
+                "--num_epochs", "1", "--lpft_learning_rate_scale", "0", "--output_dir", str(output)])
     probe, kept = (json.loads((folder / "test_metrics.json").read_text()) for folder in (output / "probe", output))
     assert kept["best_validation"] == {"auprc": probe["best_validation"]["auprc"], "epoch": 0}
     assert kept["test"]["auprc"]["value"] == probe["test"]["auprc"]["value"]
