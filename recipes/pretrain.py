@@ -76,7 +76,7 @@ def training_function(args: argparse.Namespace) -> dict:
         if not args.max_steps:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
         shards = sorted(glob.glob(args.parquet_shards))
-        train = streaming_patients(shards, args.seed, open_shards=args.open_shards)
+        train = streaming_patients(shards, args.seed, args.shuffle_buffer, args.open_shards)
         if args.tokenizer_from:
             tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
                                                          unknown_features="drop")
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--open_shards", type=int, default=2,
                       help="shards the shuffle buffer draws from at once: more mixes better, "
                            "each holds a row group in memory")
+    data.add_argument("--shuffle_buffer", type=int, default=2048,
+                      help="patients a streamed cohort is shuffled within (held in memory)")
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000,
                       help="patients a streamed cohort's statistics come from")

@@ -118,8 +118,9 @@ def test_two_processes_pretrain_with_the_same_global_batches_as_one(tmp_path):
 def test_streamed_shards_pretrain(tmp_path):
     shards = write_shards(tmp_path, 2, patients=200, events=50)
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--max_steps", "4", "--batch_size", "16",
-                           "--statistics_patients", "100", "--data_description", "two synthetic shards",
-                           "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
+                           "--statistics_patients", "100", "--shuffle_buffer", "64",
+                           "--data_description", "two synthetic shards", "--output_dir", str(tmp_path / "out"),
+                           *TINY_MODEL])
     assert "pretrained for 4 steps" in result.stdout
     assert len(shards) == 2
     published = tmp_path / "out" / "feature_embeddings"
