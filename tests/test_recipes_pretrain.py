@@ -203,6 +203,8 @@ def test_streaming_holds_at_most_open_shards_at_once(tmp_path):
 
     assert len(shards_in_first_buffer(open_shards=2)) <= 2
     assert len(shards_in_first_buffer(open_shards=6)) > 2
+    with pytest.raises(ValueError, match="buffer_size must be at least 1, got 2 and 0"):
+        streaming_patients(shards, seed=0, buffer_size=0)  # `datasets` would stream it unshuffled, silently
 
 
 def test_transfer_experiment_runs_every_cell_and_resumes(tmp_path, monkeypatch, capsys):

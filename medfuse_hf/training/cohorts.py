@@ -279,8 +279,8 @@ def streaming_patients(
     more mixes patients of more shards, but `datasets`' default (10) costs ten row groups of memory."""
     if not shards:
         raise FileNotFoundError("no Parquet shards given (did the glob match nothing?)")
-    if open_shards < 1:
-        raise ValueError(f"open_shards must be at least 1, got {open_shards}")
+    if open_shards < 1 or buffer_size < 1:
+        raise ValueError(f"open_shards and buffer_size must be at least 1, got {open_shards} and {buffer_size}")
     stream = datasets.load_dataset("parquet", data_files=list(shards), split="train", streaming=True)
     return stream.shuffle(seed=seed, buffer_size=buffer_size, max_buffer_input_shards=open_shards)
 
