@@ -45,6 +45,7 @@ from medfuse_hf.training.cohorts import (
     training_splits,
 )
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
+from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
 from medfuse_hf.training.loop import (
     LoopState,
     end_training,
@@ -316,6 +317,8 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
     model, transferred = model_for(args, tokenizer, class_weights, matching, cohort, accelerator)
     if args.strategy == "probe":  # the checkpoint's encoder as it is: only the classification head learns
         model.medfuse.requires_grad_(False)
+        if not args.event_dropout:  # the same tokens every epoch: each patient is encoded once
+            memoise_pooled_outputs(model.medfuse)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     num_epochs, validate_every = epoch_budget(args, steps_per_epoch, accelerator)
     optimizer, scheduler = optimizer_and_scheduler(model, args, steps_per_epoch * num_epochs)

@@ -11,6 +11,8 @@ from accelerate import Accelerator
 from sklearn.metrics import roc_auc_score
 from test_recipes_finetune import free_port
 
+from medfuse_hf import MedFuseModel
+from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.training import (
     CorruptCheckpointError,
     binary_metrics,
@@ -19,6 +21,7 @@ from medfuse_hf.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
 from medfuse_hf.training.publishing import readable
 from medfuse_hf.training.recipe_config import (
     ENCODER_FIELDS,
@@ -208,3 +211,28 @@ def test_model_flags_take_their_type_choices_and_help_from_the_config(capsys):
     assert "invalid choice: 'gated' (choose from 'multiplicative', 'additive', 'concat', 'scane')" in (
         capsys.readouterr().err)
     assert "(Gorishniy et al. 2022's periodic numerical embedding)" in " ".join(parser.format_help().split())
+
+
+def test_a_memoised_frozen_encoder_encodes_each_patient_once_and_returns_what_it_computes(cohort, tokenizer,
+                                                                                          tiny_config):
+    """Patients met again, in other batches padded to other lengths, are looked up, not encoded again."""
+    encoder = MedFuseModel(tiny_config()).eval().requires_grad_(False)
+    collate = MedFuseDataCollator(tokenizer)
+    batches = [collate(cohort[:8]), collate(cohort[4:12]), collate(cohort[:12][::-1])]
+    expected = [encoder(**batch).pooler_output for batch in batches]
+    encoded = []
+    encoder.embeddings.register_forward_hook(lambda module, inputs, output: encoded.append(len(output)))
+    memo = memoise_pooled_outputs(encoder)
+    for batch, pooled in zip(batches, expected):
+        torch.testing.assert_close(encoder(**batch).pooler_output, pooled)
+    assert encoded == [8, 4] and len(memo) == 12
+
+
+def test_a_memoised_encoder_must_be_frozen_and_encodes_anew_while_training(cohort, tokenizer, tiny_config):
+    encoder = MedFuseModel(tiny_config(hidden_dropout_prob=0.5))
+    with pytest.raises(ValueError, match="the encoder still trains"):
+        memoise_pooled_outputs(encoder)
+    memo = memoise_pooled_outputs(encoder.requires_grad_(False).train())
+    batch = MedFuseDataCollator(tokenizer)(cohort[:8])
+    first, second = (encoder(**batch).pooler_output for _ in range(2))  # dropout draws anew each time
+    assert not torch.allclose(first, second) and not memo
