@@ -187,6 +187,25 @@ class FeatureVocabulary:
         return keys
 
     @classmethod
+    def of_names(
+        cls,
+        names: Iterable[str],
+        categorical: Mapping[str, Iterable[str]] | None = None,
+        units: Mapping[str, str] | None = None,
+    ) -> FeatureVocabulary:
+        """A vocabulary of these names, ordered by name so that the same names always get the same ids, without
+        statistics yet (`fit_statistics`). Names in ``categorical`` are categorical with the given levels; every
+        other is numeric."""
+        categorical = {name: [str(level) for level in levels] for name, levels in (categorical or {}).items()}
+        units = units or {}
+        return cls(
+            FeatureSpec(name=name, kind="categorical", categories=categorical[name], unit=units.get(name))
+            if name in categorical
+            else FeatureSpec(name=name, unit=units.get(name))
+            for name in sorted({str(name) for name in names})
+        )
+
+    @classmethod
     def from_events(
         cls,
         patients: Iterable[Mapping[str, Iterable]],
@@ -195,23 +214,15 @@ class FeatureVocabulary:
         outlier_fence: float = 3.0,
         normalization: ValueNormalization = "robust_zscore",
     ) -> FeatureVocabulary:
-        """Build a vocabulary, with fitted statistics, from training patients.
-
-        Each patient is a mapping with ``feature`` and ``value`` lists. Features named in ``categorical`` are
-        categorical with the given levels; every other feature is numeric and each of its values must parse as
-        a finite number. Features are ordered by name, so the same data always gives the same ids.
+        """Build a vocabulary (`of_names`) of the features the training patients measure, with statistics fitted on
+        them. Each patient is a mapping with ``feature`` and ``value`` lists; each value of a numeric feature must
+        parse as a finite number. ``patients`` is read twice: a one-pass iterator is held in memory for it, a list
+        or a `datasets` dataset is not copied.
         """
-        patients = list(patients)
-        categorical = {name: [str(level) for level in levels] for name, levels in (categorical or {}).items()}
-        units = units or {}
-        names = sorted({str(name) for patient in patients for name in patient["feature"]})
-        specs = (
-            FeatureSpec(name=name, kind="categorical", categories=categorical[name], unit=units.get(name))
-            if name in categorical
-            else FeatureSpec(name=name, unit=units.get(name))
-            for name in names
-        )
-        return cls(specs).fit_statistics(patients, outlier_fence, normalization)
+        if iter(patients) is patients:
+            patients = list(patients)
+        names = (name for patient in patients for name in patient["feature"])
+        return cls.of_names(names, categorical, units).fit_statistics(patients, outlier_fence, normalization)
 
     def fit_statistics(
         self,

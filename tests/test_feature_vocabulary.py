@@ -1,5 +1,6 @@
 import json
 
+import datasets
 import numpy as np
 import pytest
 
@@ -31,6 +32,13 @@ def test_from_events_orders_features_by_name_and_reserves_special_ids(cohort):
     assert vocabulary.id_of("creatinine") == 2
     assert len(vocabulary) == 5
     assert vocabulary.spec_of("sodium").statistics.num_patients == len(cohort)
+
+
+def test_from_events_reads_a_one_pass_iterator_and_a_dataset_as_it_reads_a_list(cohort):
+    """Names and statistics both need the patients: a generator would be spent after the names."""
+    expected = FeatureVocabulary.from_events(cohort).to_dict()
+    assert FeatureVocabulary.from_events(patient for patient in cohort).to_dict() == expected
+    assert FeatureVocabulary.from_events(datasets.Dataset.from_list(cohort)).to_dict() == expected
 
 
 def test_from_events_names_the_patient_with_a_text_value():

@@ -30,7 +30,7 @@ from ..data import (
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from ..data.splits import MIN_VALIDATION_PER_CLASS, nested_subset, validation_subset
-from ..feature_vocabulary import FeatureSpec, FeatureVocabulary, ValueNormalization
+from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
 from ..synthetic import make_sodium_cohort
 from ..tokenization_medfuse import MedFuseTokenizer
 
@@ -254,8 +254,8 @@ def fit_tokenizer(
     names = sorted(feature_names(train))
     if all(name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES for name in names):
         vocabulary = clinical_vocabulary(names)
-    else:  # what `FeatureVocabulary.from_events` builds, without holding every patient as Python objects at once
-        vocabulary = FeatureVocabulary([FeatureSpec(name=name) for name in names])
+    else:  # names read from the Arrow column, not from every patient as Python objects
+        vocabulary = FeatureVocabulary.of_names(names)
     vocabulary = vocabulary.fit_statistics(train, normalization=normalization)
     if units:  # the units the cohort's values are in, read from its unit column: they describe these statistics
         vocabulary = FeatureVocabulary([replace(spec, unit=units.get(spec.name, spec.unit)) for spec in vocabulary])
