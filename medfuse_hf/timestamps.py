@@ -22,11 +22,19 @@ ISO_OFFSET = re.compile(r"(?:[+-]\d{2}:?\d{2}|Z)$")
 DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}")
 
 
-def parse_timestamps(text: pd.Series, time_format: str | None, where: str, places: pd.Series) -> pd.Series:
+def any_form(text: pd.Series) -> pd.Series:
+    """Every text pandas can read as a timestamp in some form, in UTC: whether a column holds timestamps at all."""
+    return pd.to_datetime(text, format="mixed", errors="coerce", utc=True)
+
+
+def parse_timestamps(text: pd.Series, time_format: str | None, where: str, places: pd.Series,
+                     in_any_form: pd.Series | None = None) -> pd.Series:
     """Timestamps in `time_format`, else ISO 8601; NaT where the text is no timestamp at all. Offsets are converted
     to UTC (naive UTC out); a column where only some stamps carry an offset, a date whose day and month could be
-    swapped (`03/04/2020`) or another unambiguous non-ISO form without `time_format` is an error naming the place."""
-    parseable = pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
+    swapped (`03/04/2020`) or another unambiguous non-ISO form without `time_format` is an error naming the place.
+    `in_any_form`, the text's `any_form` where the caller has it already, spares the slowest parse."""
+    in_any_form = any_form(text) if in_any_form is None else in_any_form
+    parseable = in_any_form.notna()
     has_offset = text.str.contains(ISO_OFFSET) & parseable
     naive = parseable & ~has_offset
     if has_offset.any() and naive.any():
@@ -38,7 +46,7 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
         stamps = pd.to_datetime(text, format=time_format, errors="coerce", utc=bool(has_offset.any()))
     else:
         stamps = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=bool(has_offset.any()))
-        other_form = stamps.isna() & pd.to_datetime(text, format="mixed", errors="coerce", utc=True).notna()
+        other_form = stamps.isna() & parseable
         if other_form.any():
             value, place = text[other_form].iloc[0], places[other_form].iloc[0]
             day_month = DAY_MONTH.match(value)

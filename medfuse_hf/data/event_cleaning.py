@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..timestamps import parse_timestamps
+from ..timestamps import any_form, parse_timestamps
 from .patient_table import LoadSummary
 
 logger = logging.getLogger(__name__)
@@ -186,10 +186,8 @@ def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Se
     text = table["time"].astype(str).str.strip()
     numeric = as_numbers(text)
     is_number = numeric.notna()
-    is_stamp = pd.Series(False, index=table.index)
-    if not is_number.all():
-        others = text[~is_number]
-        is_stamp[others.index] = pd.to_datetime(others, format="mixed", errors="coerce", utc=True).notna()
+    in_any_form = any_form(text[~is_number]).reindex(table.index)  # NaT for the numbers
+    is_stamp = in_any_form.notna()
     kinds, lines = context.time_kinds, table["line"]
     kinds.count("numbers", is_number, text, lines)
     kinds.count("stamps", is_stamp, text, lines)
@@ -207,7 +205,8 @@ def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Se
     if anchors is not None and not anchors_are_stamps:
         raise ValueError(f"{context.name}: times are timestamps, but the anchor column holds numbers: give both one "
                          "way")
-    stamps = parse_timestamps(text, context.time_format, "column time", context.name + ":" + lines.astype(str))
+    stamps = parse_timestamps(text, context.time_format, "column time", context.name + ":" + lines.astype(str),
+                              in_any_form)
     if anchors is not None:
         return (stamps - table["patient_id"].map(anchors)) / pd.Timedelta(hours=1), pending
     nanoseconds = pd.Series(stamps.dt.as_unit("ns").to_numpy().view("int64"), index=table.index, dtype="Int64")
