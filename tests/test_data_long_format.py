@@ -221,3 +221,10 @@ def test_ids_in_a_column_of_mixed_types_are_one_patient_however_written():
                            "value": [140.0, 141.0, 142.0]})
     dataset = load_long_format(events)
     assert dataset["patient_id"] == ["7"] and dataset[0]["value"] == [140.0, 141.0, 142.0]
+
+
+def test_a_table_whose_every_event_is_skipped_gives_an_empty_dataset_with_its_columns():
+    events = pd.DataFrame({"patient_id": ["a", "b"], "feature": ["hr", "hr"], "value": ["x", "y"], "time": [1.0, 2.0]})
+    dataset, summary = load_long_format(events, return_summary=True)
+    assert len(dataset) == 0 and set(dataset.column_names) == {"patient_id", "feature", "value", "time"}
+    assert summary.skipped_events == {"non-numeric value": 2}

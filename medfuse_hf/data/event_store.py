@@ -121,7 +121,7 @@ class EventStore:
             SELECT feature, unit_key AS key, arg_min(unit, seq) AS unit, count(*) AS rows FROM events
             WHERE unit_key <> '' GROUP BY feature, unit_key ORDER BY feature, unit_key""").df()
 
-    def sorted_events(self, conversions: Mapping[tuple[str, str], tuple[float, float]]) -> Iterator[pa.RecordBatch]:
+    def sorted_events(self, conversions: Mapping[tuple[str, str], tuple[float, float]]) -> pa.RecordBatchReader:
         """The events of ranked patients, by rank, each patient's by time (ties in the order read), values in the
         unit chosen for their feature (`conversions`: (feature, unit key) -> (scale, offset)). Patients are sorted a
         range of ranks at a time, of about `SORT_EVENTS` events, so that no sort outgrows DuckDB's memory."""
@@ -132,20 +132,27 @@ class EventStore:
                           schema=pa.schema([("feature", pa.string()), ("unit_key", pa.string()),
                                             ("scale", pa.float64()), ("shift", pa.float64())]))
         self.connection.register("conversions", scales)
-        counts = self.connection.execute("""
-            SELECT patient_rank, count(*) FROM events WHERE patient_rank IS NOT NULL
-            GROUP BY patient_rank ORDER BY patient_rank""").fetchnumpy()
-        ranks, events = counts["patient_rank"], np.cumsum(counts["count_star()"])
-        for low, high in _rank_ranges(ranks, events, SORT_EVENTS):
-            relation = self.connection.sql(f"""
+
+        def ranked(low: int, high: int) -> duckdb.DuckDBPyRelation:
+            return self.connection.sql(f"""
                 SELECT e.patient_rank, e.feature,
                        CASE WHEN c.scale IS NULL THEN e.value ELSE e.value * c.scale + c.shift END AS value,
                        e.hours, e.source, e.line, e.seq
                 FROM events e LEFT JOIN conversions c USING (feature, unit_key)
                 WHERE e.patient_rank BETWEEN {low} AND {high}
                 ORDER BY e.patient_rank, e.hours, e.seq""")
-            with relation.to_arrow_reader(batch_size=STREAM_ROWS) as reader:
-                yield from reader
+
+        counts = self.connection.execute("""
+            SELECT patient_rank, count(*) FROM events WHERE patient_rank IS NOT NULL
+            GROUP BY patient_rank ORDER BY patient_rank""").fetchnumpy()
+        ranks, events = counts["patient_rank"], np.cumsum(counts["count_star()"])
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for low, high in _rank_ranges(ranks, events, SORT_EVENTS):
+                with ranked(low, high).to_arrow_reader(batch_size=STREAM_ROWS) as reader:
+                    yield from reader
+
+        return pa.RecordBatchReader.from_batches(ranked(0, -1).to_arrow_table().schema, batches())
 
     def close(self) -> None:
         self.connection.close()
@@ -165,14 +172,15 @@ def _rank_ranges(ranks: np.ndarray, cumulative_events: np.ndarray, events_per_ra
 
 
 def write_patient_rows(
-    events: Iterator[pa.RecordBatch], patients: pa.Table, path: Path, sources: list[str], summary: LoadSummary
+    events: pa.RecordBatchReader, patients: pa.Table, path: Path, sources: list[str], summary: LoadSummary
 ) -> datasets.Dataset:
     """One row per patient (`patients`' columns, then `feature`/`value`/`time` lists) from events sorted by patient
     rank (the row of `patients`), written as the Arrow file `datasets` memory-maps. A row repeated within one table
     (same patient, time, feature and value) is dropped and counted."""
     with ArrowWriter(path=str(path)) as writer, progress_bar(total=len(patients), desc="writing", unit=" patients",
                                                              unit_scale=True) as bar:
-        held, written = _no_events(), 0  # held: the last patient of a batch, whose events may go on in the next
+        # held: the last patient of a batch, whose events may go on in the next
+        held, written = events.schema.empty_table(), 0
         for batch in events:
             table = pa.concat_tables([held, pa.Table.from_batches([batch])])
             ranks = table.column("patient_rank").to_numpy()
@@ -187,13 +195,6 @@ def write_patient_rows(
             bar.update(min(held.num_rows, 1))
         writer.finalize()
     return datasets.Dataset.from_file(str(path))
-
-
-def _no_events() -> pa.Table:
-    return pa.table({"patient_rank": pa.array([], pa.int32()), "feature": pa.array([], pa.string()),
-                     "value": pa.array([], pa.float64()), "hours": pa.array([], pa.float64()),
-                     "source": pa.array([], pa.int16()), "line": pa.array([], pa.int64()),
-                     "seq": pa.array([], pa.int64())})
 
 
 def _patient_rows(events: pa.Table, patients: pa.Table, sources: list[str], summary: LoadSummary) -> pa.Table:
