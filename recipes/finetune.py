@@ -19,10 +19,12 @@ import math
 import shutil
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 
@@ -185,11 +187,29 @@ def weight_average(args, accelerator, model) -> AveragedModel | None:
     return averaged
 
 
-def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, validation_loader, tokenizer,
-        num_epochs: int, validate_every: int, start: tuple[Path, float] | None = None) -> tuple[LoopState, int]:
+@dataclass
+class PreparedRun:
+    """What one fine-tuning run trains, validates and reports on, the model, optimizer and loaders prepared by
+    Accelerate; `num_epochs` and `validate_every` as `epoch_budget` sets them."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    reseed: Callable[[int], None]
+    eval_loaders: dict[str, DataLoader]
+    num_epochs: int
+    validate_every: int
+    tokenizer: MedFuseTokenizer
+
+
+def fit(run: PreparedRun, start: tuple[Path, float] | None = None) -> tuple[LoopState, int]:
     """Train, validate, keep the best validation epoch in `<output_dir>/model` and stop early; resumable. Returns
     where the run ended and how many batches this process trained on. `start`, the model this run starts from and
     its validation figure, counts as epoch 0: an epoch is kept only if it beats it, else the start is."""
+    args, accelerator, model = run.args, run.accelerator, run.model
     output_dir = Path(args.output_dir)
     averaged = weight_average(args, accelerator, model)
     kept = accelerator.unwrap_model(model) if averaged is None else averaged.module  # validated and saved
@@ -209,18 +229,18 @@ def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, va
 
     training_mode()
     batches_this_process = 0
-    for epoch in range(state.epoch, num_epochs):
+    for epoch in range(state.epoch, run.num_epochs):
         if state.stale_epochs >= args.patience or (args.max_steps and state.step >= args.max_steps):
             break
-        completed, trained = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args,
-                                         reseed, after_step)
+        completed, trained = train_epoch(accelerator, model, run.optimizer, run.scheduler, run.train_loader, epoch,
+                                         state, args, run.reseed, after_step)
         batches_this_process += trained
         if not completed:
             break
         state.epoch, state.batch = epoch + 1, 0
-        if (epoch + 1) % validate_every:
+        if (epoch + 1) % run.validate_every:
             continue
-        predictions = predict(model if averaged is None else kept, validation_loader, accelerator)
+        predictions = predict(model if averaged is None else kept, run.eval_loaders["validation"], accelerator)
         training_mode()
         validation = binary_metrics(predictions["labels"], predictions["scores"])
         accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=state.step)
@@ -230,16 +250,17 @@ def fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed, va
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 kept.save_pretrained(output_dir / "model")
-                save_strict_tokenizer(tokenizer, output_dir / "model")
+                save_strict_tokenizer(run.tokenizer, output_dir / "model")
         if args.checkpoint_every_epoch:
             state.save(accelerator, output_dir / "checkpoints")
     return state, batches_this_process
 
 
-def test_and_report(args, accelerator, model, eval_loaders, state: LoopState, batches_this_process: int,
-                    run_info: dict, transferred: dict | None, tokenizer, cohort, test_split) -> dict:
+def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: int, run_info: dict,
+                    transferred: dict | None, cohort, test_split) -> dict:
     """Score the test split with the best validation epoch's weights: metrics with intervals, predictions, plots,
     the model card and the feature embeddings (`<output_dir>`), and the process checks of a distributed run."""
+    args, accelerator, model, eval_loaders = run.args, run.accelerator, run.model, run.eval_loaders
     output_dir = Path(args.output_dir)
     # One number per process that must agree after training: a divergent replica would otherwise go unnoticed.
     checksum = torch.tensor([sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())],
@@ -268,7 +289,7 @@ def test_and_report(args, accelerator, model, eval_loaders, state: LoopState, ba
         save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"),
                              output_dir / "plots" / "training_curves.png")
         if (output_dir / "model").exists():
-            publish_run(output_dir, accelerator.unwrap_model(model), tokenizer, cohort,
+            publish_run(output_dir, accelerator.unwrap_model(model), run.tokenizer, cohort,
                         f"MedFuse, {cohort.description}",
                         metrics=result["test"], evaluation_context=f"Test split, {result['test_patients']} patients, "
                         f"best validation epoch of {state.epoch}.", min_patients=args.min_patients_for_statistics,
@@ -327,11 +348,11 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
     )
 
     # ----- training and test --------------------------------------------------------------------------
-    state, batches = fit(args, accelerator, model, optimizer, scheduler, train_loader, reseed,
-                         eval_loaders["validation"], tokenizer, num_epochs, validate_every, start)
-    result = test_and_report(args, accelerator, model, eval_loaders, state, batches, run_info, transferred,
-                             tokenizer, cohort, splits["test"])
-    del model  # before the process group goes: see end_training
+    run = PreparedRun(args, accelerator, model, optimizer, scheduler, train_loader, reseed, eval_loaders,
+                      num_epochs, validate_every, tokenizer)
+    state, batches = fit(run, start)
+    result = test_and_report(run, state, batches, run_info, transferred, cohort, splits["test"])
+    del model, run  # before the process group goes: see end_training
     end_training(accelerator)
     return result
 
