@@ -14,6 +14,7 @@ from medfuse_hf import (
     load_feature_embeddings,
     merge,
 )
+from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -85,6 +86,20 @@ def test_pretraining_loss_under_bf16_matches_fp32(tokenizer, cohort, tiny_config
             mixed = model(**batch, forecast_values=forecast_values, forecast_mask=forecast_mask).loss
     assert mixed.dtype == torch.float32  # the loss is reduced in fp32 whatever the autocast dtype
     torch.testing.assert_close(mixed, full, atol=0.05, rtol=0.02)
+
+
+def test_a_memoised_probe_encoder_on_the_gpu_under_bf16_answers_as_the_encoder_does(tokenizer, cohort, tiny_config):
+    """The probe's memo keys patients on the CPU and keeps their vectors on the GPU, in autocast's dtype."""
+    model = MedFuseForSequenceClassification(tiny_config()).to(CUDA).eval()
+    model.medfuse.requires_grad_(False)
+    batch = on(CUDA, uneven_batch(tokenizer, cohort))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model(**batch).logits
+        memo = memoise_pooled_outputs(model.medfuse)
+        computed, looked_up = (model(**batch).logits for _ in range(2))
+    assert len(memo) == len(expected) and next(iter(memo.values())).device.type == "cuda"
+    torch.testing.assert_close(computed, expected)
+    torch.testing.assert_close(looked_up, expected)
 
 
 def test_frozen_transfer_holds_after_the_model_moves_to_the_gpu(source):
