@@ -44,9 +44,14 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
     # The paper's ablations of MuFuse, to be run under the winning configuration: does its claim hold at convergence?
     "additive_fusion": ["--fusion", "additive"],
     "concat_fusion": ["--fusion", "concat"],
+    "scane_fusion": ["--fusion", "scane"],
 }
-QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", "per_feature+cosine_30_epochs",
-         "per_feature+head_dropout+event_dropout", "per_feature+ema", "per_feature+two_layers_four_heads_pre_ln")
+# per_feature+quantile_values ranked first on three seeds (session 17): the later levers and the ablations go on it.
+# cosine_30_epochs, which doubles a run, comes last: its best epochs (12, 14, 12 of 15) say it converges already.
+WINNER = "per_feature+quantile_values"
+QUEUE = ("per_feature", "reference", "quantile_values", WINNER,
+         *(f"{WINNER}+{lever}" for lever in ("head_dropout+event_dropout", "ema", "two_layers_four_heads_pre_ln",
+                                              "additive_fusion", "concat_fusion", "scane_fusion", "cosine_30_epochs")))
 SEEDS = (0, 1, 2)
 COLUMNS = ("validation_auroc", "validation_auprc", "auroc", "auprc")
 
