@@ -59,6 +59,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
 ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_embeddings", "pretrained_probe", "gbm",
         "gbm_with_base")
 FROM_THE_BASE = ARMS[1:5] + ("gbm_with_base",)  # the arms started from the base: their paired gains
+# Each arm from the base against scratch and the GBM; LP-FT also against the frozen base's probe, since what
+# fine-tuning after probing adds is LP-FT's question.
+COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm")), ("pretrained_lpft", "pretrained_probe"))
 SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 for any other
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 
@@ -151,8 +154,8 @@ def seeds_for(fraction: float, args: argparse.Namespace) -> list[int]:
 
 
 def summarise(rows: list[dict]) -> tuple[str, str]:
-    """The table (mean ± std per validation, fraction and arm) and the paired gains (per seed: each arm started
-    from the base minus scratch, and minus the GBM), as Markdown."""
+    """The table (mean ± std per validation, fraction and arm) and the paired gains (per seed, `COMPARISONS`), as
+    Markdown."""
     table = ["| validation | fraction | train stays | arm | seeds | AUROC | AUPRC |",
              "|---|---:|---:|---|---:|---|---|"]
     gains = ["| validation | fraction | arm | versus | seeds | AUROC gain per seed | AUPRC gain per seed "
@@ -169,7 +172,7 @@ def summarise(rows: list[dict]) -> tuple[str, str]:
                     patients = next(iter(by_seed.values()))["train_patients"]
                     table.append(f"| {validation} | {fraction:g} | {patients:,} | {arm} | {len(by_seed)} | "
                                  f"{' | '.join(figures)} |")
-            for arm, versus in product(FROM_THE_BASE, ("scratch", "gbm")):
+            for arm, versus in COMPARISONS:
                 seeds = sorted(cell[arm].keys() & cell[versus].keys())
                 if not seeds:
                     continue

@@ -111,6 +111,8 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
             in gains)
     assert ("| full | 0.01 | pretrained_lpft | gbm | 2 | +0.0000, +0.0000 | -0.0300, -0.0300 | -0.0300 ± 0.0000 |"
             in gains)
+    assert ("| full | 0.01 | pretrained_lpft | pretrained_probe | 2 | +0.0000, +0.0000 | +0.0400, +0.0400 | "
+            "+0.0400 ± 0.0000 |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
 
 
