@@ -52,6 +52,7 @@ from medfuse_hf.training.loop import (
     LoopState,
     end_training,
     optimizer_and_scheduler,
+    restore_kept_weights,
     resume,
     start_run,
     train_epoch,
@@ -267,8 +268,7 @@ def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: in
                             dtype=torch.float64, device=accelerator.device)
     accelerator.wait_for_everyone()
     if (output_dir / "model").exists():  # the best validation epoch, not the last
-        best = MedFuseForSequenceClassification.from_pretrained(output_dir / "model")
-        accelerator.unwrap_model(model).load_state_dict(best.state_dict())
+        restore_kept_weights(accelerator, model, output_dir / "model")
     predictions = predict(model, eval_loaders["test"], accelerator)
     validation_predictions = predict(model, eval_loaders["validation"], accelerator)
     # Accuracy at the cut validation finds best: class weights make 0.5 an arbitrary one.

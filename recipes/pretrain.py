@@ -32,7 +32,14 @@ from medfuse_hf.training.cohorts import (
     save_strict_tokenizer,
     streaming_patients,
 )
-from medfuse_hf.training.loop import end_training, optimizer_and_scheduler, resume, start_run, train_epoch
+from medfuse_hf.training.loop import (
+    end_training,
+    optimizer_and_scheduler,
+    restore_kept_weights,
+    resume,
+    start_run,
+    train_epoch,
+)
 from medfuse_hf.training.pretraining import OBJECTIVES, pretraining_cohort, publish_pretraining
 from medfuse_hf.training.recipe_config import (
     ENCODER_FIELDS,
@@ -129,8 +136,7 @@ def training_function(args: argparse.Namespace) -> dict:
 
     accelerator.wait_for_everyone()
     if args.patience is not None and (output_dir / "model").exists():  # the epoch of lowest validation loss
-        best = MedFuseForPreTraining.from_pretrained(output_dir / "model")
-        accelerator.unwrap_model(model).load_state_dict(best.state_dict())
+        restore_kept_weights(accelerator, model, output_dir / "model")
     result = {"objective": args.objective, "num_processes": accelerator.num_processes, "steps": state.step,
               "epochs": state.epoch, **throughput(state, accelerator)}
     if args.patience is not None:

@@ -149,6 +149,13 @@ def train_epoch(
     return True, trained
 
 
+def restore_kept_weights(accelerator: Accelerator, model: torch.nn.Module, folder: Path) -> None:
+    """Load the weights early stopping kept in `folder` (the best validation epoch's, saved with `save_pretrained`)
+    into the prepared `model`, in place of the last epoch's."""
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.load_state_dict(type(unwrapped).from_pretrained(folder).state_dict())
+
+
 def end_training(accelerator: Accelerator) -> None:
     """Leave the run on every rank together, and tear it down in an order that cannot hang.
 
