@@ -532,6 +532,7 @@ class MedFuseModel(MedFusePreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         value_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
         r"""
         feature_ids (`torch.LongTensor` of shape `(batch_size, num_events)`):
@@ -550,6 +551,10 @@ class MedFuseModel(MedFusePreTrainedModel):
             `False` returns a tuple of the output's non-`None` fields, in order.
         value_mask (`torch.Tensor` of shape `(batch_size, num_events)`, *optional*):
             1 where an event's value is hidden (masked-value pretraining): its token keeps the feature and the time.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, num_events, hidden_size)`, *optional*):
+            Fused tokens to read instead of the embeddings' own, e.g. for attribution along a path between two sets
+            of tokens. The other inputs still give the stay's structure: its padding, which feature each event is
+            (per-feature pooling's groups, the statics) and when.
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
@@ -559,7 +564,11 @@ class MedFuseModel(MedFusePreTrainedModel):
         self._check_inputs(feature_ids, values, times, attention_mask)
         attention_mask = attention_mask.bool()
         key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
-        hidden_states = self.embeddings(feature_ids, values, times, value_mask)
+        if inputs_embeds is None:
+            hidden_states = self.embeddings(feature_ids, values, times, value_mask)
+        else:
+            self._check_tokens(inputs_embeds, feature_ids, value_mask)
+            hidden_states = inputs_embeds
         all_hidden_states, all_attentions = [hidden_states], []
         for layer in self.layers:
             hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
@@ -593,6 +602,16 @@ class MedFuseModel(MedFusePreTrainedModel):
                 f"feature_ids range {int(feature_ids.min())}..{int(feature_ids.max())} lies outside the vocabulary "
                 f"(vocab_size {self.config.vocab_size}): was the tokenizer built on another vocabulary?"
             )
+
+
+    def _check_tokens(self, inputs_embeds: torch.Tensor, feature_ids: torch.Tensor,
+                      value_mask: torch.Tensor | None) -> None:
+        if value_mask is not None:
+            raise ValueError("value_mask hides values inside the embeddings, which inputs_embeds replaces: give one")
+        expected = (*feature_ids.shape, self.config.hidden_size)
+        if tuple(inputs_embeds.shape) != expected:
+            raise ValueError(f"inputs_embeds must be (batch_size, num_events, hidden_size) = {expected}, "
+                             f"got {tuple(inputs_embeds.shape)}")
 
 
 class MedFuseClassificationHead(nn.Module):
@@ -675,6 +694,7 @@ class MedFuseForSequenceClassification(MedFusePreTrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
         r"""
         labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
@@ -682,7 +702,8 @@ class MedFuseForSequenceClassification(MedFusePreTrainedModel):
 
         The other arguments are `MedFuseModel.forward`'s.
         """
-        outputs = self.medfuse(feature_ids, values, times, attention_mask, output_attentions, output_hidden_states)
+        outputs = self.medfuse(feature_ids, values, times, attention_mask, output_attentions, output_hidden_states,
+                               inputs_embeds=inputs_embeds)
         logits = self.classifier(outputs.pooler_output)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,

@@ -367,6 +367,18 @@ def test_inputs_from_another_vocabulary_fail_with_a_clear_message(tiny_config):
         model(torch.tensor([[2, 3]]), torch.zeros(1, 3), torch.zeros(1, 2), torch.ones(1, 2))
 
 
+def test_given_tokens_replace_the_embeddings_and_must_fit_the_events(tokenizer, cohort, tiny_config):
+    model = MedFuseModel(tiny_config()).eval()
+    batch = tokenizer(cohort[:2], return_tensors="pt")
+    with torch.no_grad():
+        tokens = model.embeddings(batch["feature_ids"], batch["values"], batch["times"])
+        torch.testing.assert_close(model(**batch, inputs_embeds=tokens).pooler_output, model(**batch).pooler_output)
+    with pytest.raises(ValueError, match=r"inputs_embeds must be \(batch_size, num_events, hidden_size\)"):
+        model(**batch, inputs_embeds=tokens[:, :-1])
+    with pytest.raises(ValueError, match="value_mask hides values inside the embeddings"):
+        model(**batch, inputs_embeds=tokens, value_mask=torch.zeros_like(batch["feature_ids"]))
+
+
 def test_invalid_configs_are_rejected_when_built():
     with pytest.raises(StrictDataclassError, match="multiple of value_embedding_size"):
         MedFuseConfig(hidden_size=144, value_embedding_size=100)

@@ -158,9 +158,7 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     assert len(predictions) == 160 and predictions["probability"].between(0, 1).all()
 
 
-def test_explanations_name_the_events_that_moved_the_risk_and_add_up_to_it(predict, tmp_path, tokenizer, tiny_config):
-    from medfuse_hf.training.explanations import explain_patient
-
+def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tokenizer, tiny_config):
     model = MedFuseForSequenceClassification(tiny_config()).eval()
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -187,15 +185,31 @@ def test_explanations_name_the_events_that_moved_the_risk_and_add_up_to_it(predi
     assert set(zip(p1["feature"], p1["value"])) <= {("sodium", 140.0), ("heart_rate", 88.0), ("sodium", 150.0)}
     assert p1["attribution"].abs().is_monotonic_decreasing
 
+
+@pytest.mark.parametrize("pooling", ["mean", "per_feature"])
+def test_attributions_add_up_to_the_risk_gap_to_padding_tokens_whatever_the_pooling(tokenizer, tiny_config, pooling):
+    """Per-feature pooling groups tokens by their feature and time, which the path over tokens holds fixed: the
+    attributions must still add up to the gap they explain, and not only for a pooling that ignores the ids."""
+    from medfuse_hf.training.explanations import explain_patient
+
+    torch.manual_seed(0)
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).eval()
+    with torch.no_grad():  # away from the initialisation's near-zero logits, so that the gap is not ~0
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
     patient = {"feature": ["sodium", "heart_rate", "sodium"], "value": [140.0, 88.0, 150.0], "time": [0.5, 1.0, 3.0]}
     events, error = explain_patient(model, tokenizer, patient, top_k=3, steps=64)
+
     batch = tokenizer([patient], return_tensors="pt")
-    baseline = {key: torch.zeros_like(value) for key, value in batch.items() if key != "attention_mask"}
+    padding = {key: torch.zeros_like(value) for key, value in batch.items() if key != "attention_mask"}
     with torch.no_grad():
-        gap = model(**batch).logits[0, 1] - model(**baseline, attention_mask=batch["attention_mask"]).logits[0, 1]
-    assert sum(event.attribution for event in events) == pytest.approx(
-        gap.item(), abs=max(2 * error, 1e-3)
-    )  # completeness
+        padding_tokens = model.base_model.embeddings(**padding)
+        gap = model(**batch).logits[0, 1] - model(**batch, inputs_embeds=padding_tokens).logits[0, 1]
+        if pooling == "mean":  # which feature a token is matters only through its token: the baseline is padding
+            padded = model(**padding, attention_mask=batch["attention_mask"]).logits[0, 1]
+            assert gap == pytest.approx((model(**batch).logits[0, 1] - padded).item())
+    assert abs(gap.item()) > 0.05 and error < 1e-2
+    assert sum(event.attribution for event in events) == pytest.approx(gap.item(), abs=max(2 * error, 1e-3))
     assert sorted(event.position for event in events) == [0, 1, 2]
 
 

@@ -1,10 +1,12 @@
 """Which events moved a patient's risk: Integrated Gradients over the fused tokens, by Captum.
 
-Captum's `LayerIntegratedGradients` rather than hand-written attribution: it is PyTorch's own, well-kept library
-for it, and reports the convergence error of its integral. Attributions are taken at the output of
-`MedFuseEmbeddings`, the fused token e_f ⊙ (γ_f ⊙ φ(v) + β_f) + time(t) of each event, against a baseline whose every
-event is padding at hour 0, and summed over the token's dimensions: one signed number per event, in logit units,
-that add up (up to the reported error) to the positive-class logit's gap between the patient and the baseline.
+Captum's `IntegratedGradients` rather than hand-written attribution: it is PyTorch's own, well-kept library for
+it, and reports the convergence error of its integral. The path runs over the fused tokens
+e_f ⊙ (γ_f ⊙ φ(v) + β_f) + time(t) of the patient's events (the model's `inputs_embeds`), from a baseline whose every
+token is padding's at hour 0, while the stay's structure stays the patient's own: which events are padding, which
+feature each event is (what per-feature pooling groups by) and when. Summed over a token's dimensions, that gives one
+signed number per event, in logit units; they add up (to the reported error) to the positive-class logit's gap
+between the patient and the baseline, whatever the pooling.
 """
 
 from dataclasses import dataclass
@@ -27,24 +29,23 @@ def explain_patient(
     model, tokenizer: MedFuseTokenizer, patient, top_k: int, steps: int = 32
 ) -> tuple[list[EventAttribution], float]:
     """The `top_k` events of largest |attribution| for the positive class, and the integral's convergence error."""
-    from captum.attr import LayerIntegratedGradients  # the optional `explain` extra
+    from captum.attr import IntegratedGradients  # the optional `explain` extra
 
     events = tokenizer.encode_patient(patient)
     batch = tokenizer.pad(
         [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times}], return_tensors="pt"
     )
-    mask = batch["attention_mask"]
+    embeddings = model.base_model.embeddings
+    with torch.no_grad():
+        tokens = embeddings(batch["feature_ids"], batch["values"], batch["times"])
+        baseline = embeddings(*(torch.zeros_like(batch[name]) for name in ("feature_ids", "values", "times")))
 
-    def positive_logit(feature_ids, values, times):
-        return model(
-            feature_ids=feature_ids, values=values, times=times, attention_mask=mask.expand(len(feature_ids), -1)
-        ).logits[:, 1]
+    def positive_logit(path_tokens: torch.Tensor) -> torch.Tensor:
+        repeated = {name: tensor.expand(len(path_tokens), -1) for name, tensor in batch.items()}
+        return model(**repeated, inputs_embeds=path_tokens).logits[:, 1]
 
-    integrated = LayerIntegratedGradients(positive_logit, model.base_model.embeddings)
-    inputs = (batch["feature_ids"], batch["values"], batch["times"])
-    baselines = tuple(torch.zeros_like(tensor) for tensor in inputs)
-    attributions, error = integrated.attribute(
-        inputs, baselines=baselines, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
+    attributions, error = IntegratedGradients(positive_logit).attribute(
+        tokens, baselines=baseline, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
     )
     per_event = attributions.sum(dim=-1)[0].detach().double().numpy()  # (num_events,)
     order = np.argsort(-np.abs(per_event), kind="stable")[:top_k]
