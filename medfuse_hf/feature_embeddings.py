@@ -58,6 +58,8 @@ class TransferReport:
     # conversion was declared: to normalise a target too small to fit its own, or to compare the populations
     source_statistics: dict[str, ValueStatistics] = field(default_factory=dict)
     code_conflicts: dict[str, tuple[str, str]] = field(default_factory=dict)  # matched, but coded differently
+    # matched, but the values the source's γ, β and φ learnt on were normalised another way: (source, target)
+    normalization_mismatches: dict[str, tuple[str, str]] = field(default_factory=dict)
     categories_transferred: int = 0  # category levels of matched categorical features, matched by their label
     frozen: bool = False
 
@@ -71,6 +73,8 @@ class TransferReport:
             text += f"; unit mismatches left as they are: {unconverted}"
         if self.code_conflicts:
             text += f"; matched despite different codes: {self.code_conflicts}"
+        if self.normalization_mismatches:
+            text += f"; values normalised differently (source, target): {self.normalization_mismatches}"
         return text
 
 
@@ -246,7 +250,8 @@ def load_feature_embeddings(
         frozen=freeze,
         **units,
     )
-    if report.unit_mismatches.keys() - report.converted_units.keys() or report.code_conflicts:
+    if (report.unit_mismatches.keys() - report.converted_units.keys() or report.code_conflicts
+            or report.normalization_mismatches):
         logger.warning("%s: %s", path, report)
     return report
 
@@ -255,9 +260,10 @@ def _compare_units(
     matched: dict[str, str], target: FeatureVocabulary, source: FeatureVocabulary,
     conversions: dict[str, UnitConversion], path,
 ) -> dict:
-    """Unit mismatches, code conflicts and the source's statistics in target units, for `TransferReport`. A
-    conversion declared for a feature that is not matched, or whose units agree, is refused: it would be ignored."""
-    mismatches, converted, statistics, conflicts = {}, {}, {}, {}
+    """Unit mismatches, code conflicts, normalisations that differ and the source's statistics in target units, for
+    `TransferReport`. A conversion declared for a feature that is not matched, or whose units agree, is refused: it
+    would be ignored."""
+    mismatches, converted, statistics, conflicts, normalizations = {}, {}, {}, {}, {}
     for here, there in matched.items():
         target_spec, source_spec = target.spec_of(here), source.spec_of(there)
         if not same_unit(source_spec.unit, target_spec.unit):
@@ -266,6 +272,8 @@ def _compare_units(
             conflicts[here] = (source_spec.code, target_spec.code)
         if source_spec.statistics is not None:
             statistics[here] = source_spec.statistics
+            if target_spec.statistics and target_spec.statistics.normalization != source_spec.statistics.normalization:
+                normalizations[here] = (source_spec.statistics.normalization, target_spec.statistics.normalization)
     for name, conversion in conversions.items():
         if name not in matched:
             raise ValueError(f"unit_conversions names {name!r}, which matched no feature of {path}")
@@ -277,7 +285,7 @@ def _compare_units(
         if name in statistics:
             statistics[name] = statistics[name].in_other_units(scale, offset)
     return dict(unit_mismatches=mismatches, converted_units=converted, source_statistics=statistics,
-                code_conflicts=conflicts)
+                code_conflicts=conflicts, normalization_mismatches=normalizations)
 
 
 def push_feature_embeddings(folder: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:

@@ -90,9 +90,15 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
     tokenizer = MedFuseTokenizer(merge(pretrained.feature_vocabulary, fitted.feature_vocabulary),
                                  max_events=args.max_events, unknown_features="drop", max_hours=pretrained.max_hours,
                                  padding_side=pretrained.padding_side)
+    # Per feature, the values are normalised as the checkpoint's weights learnt them, whatever --value_normalization
+    # says; it applies to the new features only. Counted, so that the run says so.
+    normalizations = (spec.statistics.normalization for spec in map(pretrained.feature_vocabulary.spec_of,
+                                                                    alignment.matched) if spec.statistics)
+    other = Counter(kept for kept in normalizations if kept != args.value_normalization)
     matching = {"checkpoint_feature_ids": len(pretrained.feature_vocabulary), "matched": len(alignment.matched),
                 "new_at_target": len(alignment.only_there), "only_at_source": len(alignment.only_here),
-                "new_features": alignment.only_there, "matched_by": dict(Counter(alignment.how.values()))}
+                "new_features": alignment.only_there, "matched_by": dict(Counter(alignment.how.values())),
+                "kept_checkpoint_normalization": dict(other)}
     return tokenizer, matching
 
 
@@ -149,11 +155,16 @@ def model_for(args, tokenizer, class_weights, matching: dict | None, cohort, acc
     model = build_model(args, tokenizer, class_weights, matching)
     transferred = None
     if matching is not None:
-        transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source")}
+        transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source",
+                                                   "kept_checkpoint_normalization")}
         accelerator.print(f"--init_from {args.init_from}: {matching['matched']} of the cohort's features matched the "
                           f"checkpoint's (by {matching['matched_by']}), {matching['new_at_target']} new here, "
                           f"starting fresh: {matching['new_features'][:20]}; {matching['only_at_source']} only in "
                           "the checkpoint")
+        for normalization, count in matching["kept_checkpoint_normalization"].items():
+            accelerator.print(f"{count} matched features keep the checkpoint's {normalization} values, what its "
+                              f"weights learnt on: --value_normalization {args.value_normalization} applies to the "
+                              "new features only")
     if args.init_embeddings_from:  # another site's published feature embeddings
         report = load_feature_embeddings(model.medfuse, args.init_embeddings_from, tokenizer.feature_vocabulary,
                                          match_by=args.match_by, freeze=args.freeze_transferred)

@@ -117,6 +117,20 @@ def test_unit_mismatches_are_flagged_and_declared_conversions_applied_to_the_sou
             == {"heart_rate": (None, "bpm")})
 
 
+def test_values_normalised_another_way_than_at_the_source_are_flagged(source, cohort, caplog):
+    """γ, β and φ learnt on z-scored values read quantile scores differently: the transfer goes ahead, and says so."""
+    _, _, path = source
+    shared = FeatureEmbeddingCheckpoint.from_pretrained(path).vocabulary
+    with_statistics = {spec.name for spec in shared if spec.statistics is not None}
+    for normalization, expected in (("quantile", {name: ("robust_zscore", "quantile") for name in with_statistics}),
+                                    ("robust_zscore", {})):
+        vocabulary = FeatureVocabulary.from_events(cohort, units={"creatinine": "mg/dL", "sodium": "mmol/L"},
+                                                   normalization=normalization)
+        report = load_feature_embeddings(target_model(vocabulary).medfuse, path, vocabulary)
+        assert with_statistics and report.normalization_mismatches == expected
+    assert "values normalised differently (source, target)" in caplog.text
+
+
 def test_a_conversion_that_would_be_ignored_is_refused_before_anything_is_copied(source):
     _, _, path = source
     target_vocabulary = vocabulary_of([FeatureSpec(name="sodium", unit="mmol/L"), FeatureSpec(name="lactate")])

@@ -318,6 +318,21 @@ def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_pat
     assert all(torch.equal(tensor, probe_weights[name]) for name, tensor in weights(output).items())
 
 
+def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tiny_base):
+    """Quantile values asked of a robust-z-score base: the base's features stay z-scored (its weights read them so),
+    and the run counts them rather than appear to have done what it was asked."""
+    finetune = load_script("recipes/finetune.py")
+    args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"),
+                                                      "--value_normalization", "quantile"])
+    train = load_cohort_from_settings(vars(args)).splits["train"]
+    tokenizer, matching = finetune.build_tokenizer(args, train, {})
+    numeric = [spec for spec in tokenizer.feature_vocabulary if spec.statistics is not None]
+    assert numeric and {spec.statistics.normalization for spec in numeric} == {"robust_zscore"}
+    assert matching["kept_checkpoint_normalization"] == {"robust_zscore": len(numeric)}
+    args.value_normalization = "robust_zscore"
+    assert finetune.build_tokenizer(args, train, {})[1]["kept_checkpoint_normalization"] == {}
+
+
 def test_balanced_sampling_draws_deaths_as_often_as_survivals():
     """`--sampling balanced` weights each patient by the inverse of its class's share: with 1 death in 10, about half
     of every drawn batch still dies, where length-grouped batches keep the split's share."""
