@@ -1,4 +1,5 @@
 import argparse
+import inspect
 import os
 import subprocess
 import sys
@@ -226,6 +227,19 @@ def test_a_memoised_frozen_encoder_encodes_each_patient_once_and_returns_what_it
     for batch, pooled in zip(batches, expected):
         torch.testing.assert_close(encoder(**batch).pooler_output, pooled)
     assert encoded == [8, 4] and len(memo) == 12
+
+
+def test_a_memoised_encoder_takes_every_argument_the_encoder_takes(cohort, tokenizer, tiny_config):
+    """The memo stands in for `MedFuseModel.forward`: an argument added there and not here broke every probe once.
+    Tokens given in place of the embeddings' are no patient the memo knows: encoded, never looked up."""
+    encoder = MedFuseModel(tiny_config()).eval().requires_grad_(False)
+    original = inspect.signature(encoder.forward).parameters
+    memoise_pooled_outputs(encoder)
+    assert list(inspect.signature(encoder.forward).parameters) == list(original)
+    batch = MedFuseDataCollator(tokenizer)(cohort[:4])
+    tokens = torch.randn(*batch["feature_ids"].shape, encoder.config.hidden_size)
+    pooled = encoder(**batch, inputs_embeds=tokens).pooler_output
+    assert not torch.allclose(pooled, encoder(**batch).pooler_output)
 
 
 def test_a_memoised_encoder_must_be_frozen_and_encodes_anew_while_training(cohort, tokenizer, tiny_config):

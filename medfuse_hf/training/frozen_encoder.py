@@ -33,17 +33,18 @@ def memoise_pooled_outputs(encoder: MedFuseModel) -> dict[bytes, torch.Tensor]:
     """Make the frozen `encoder` compute each patient's pooled vector once (per distinct tokens) and look it up
     after; returns the memo. Only `pooler_output` is returned, which is all a classification head reads. A call
     the memo cannot answer faithfully (the encoder in training mode, where dropout draws anew; token states or
-    attentions asked for; masked values) runs the encoder itself."""
+    attentions asked for; masked values; tokens given in place of the embeddings') runs the encoder itself."""
     if any(parameter.requires_grad for parameter in encoder.parameters()):
         raise ValueError("memoise_pooled_outputs: the encoder still trains; freeze it first (requires_grad_(False))")
     memo: dict[bytes, torch.Tensor] = {}
     compute = encoder.forward
 
     def forward(feature_ids, values, times, attention_mask=None, output_attentions=None, output_hidden_states=None,
-                value_mask=None):
-        if encoder.training or output_attentions or output_hidden_states or value_mask is not None:
+                value_mask=None, inputs_embeds=None):
+        if (encoder.training or output_attentions or output_hidden_states or value_mask is not None
+                or inputs_embeds is not None):
             return compute(feature_ids, values, times, attention_mask, output_attentions, output_hidden_states,
-                           value_mask)
+                           value_mask, inputs_embeds)
         if attention_mask is None:
             attention_mask = feature_ids != encoder.config.pad_token_id
         keys = patient_keys(feature_ids, values, times, attention_mask)
