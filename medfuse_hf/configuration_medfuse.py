@@ -74,7 +74,8 @@ class MedFuseConfig(PreTrainedConfig):
         focal_alpha (`float`, *optional*):
             Weight of class 1 in binary focal loss (class 0 gets 1 - α); `None` weights classes equally.
         class_weights (`list[float]`, *optional*):
-            Per-class weights of the cross-entropy loss (e.g. inverse class frequency for rare outcomes).
+            Per-class weights of the cross-entropy loss (e.g. inverse class frequency for rare outcomes); focal loss
+            has `focal_alpha` instead.
         pretraining_objective (`str`, defaults to `"forecasting"`):
             The head of `MedFuseForPreTraining`: `"forecasting"` (each feature's value after a cut-off, from the
             patient vector) or `"masked_values"` (hidden values, each from its own token state).
@@ -151,6 +152,8 @@ class MedFuseConfig(PreTrainedConfig):
             raise ValueError(f"class_weights has {len(self.class_weights)} entries for {self.num_labels} labels")
         if self.focal_alpha is not None and not 0.0 < self.focal_alpha < 1.0:
             raise ValueError(f"focal_alpha must lie in (0, 1), got {self.focal_alpha}")
+        if self.classification_loss == "focal" and self.class_weights is not None:
+            raise ValueError("focal loss weighs the classes by focal_alpha, and would ignore class_weights: give one")
 
     @classmethod
     def paper_p12(cls, **kwargs) -> "MedFuseConfig":

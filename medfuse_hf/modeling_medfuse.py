@@ -748,6 +748,13 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
         super().__init__(config)
         self.medfuse = MedFuseModel(config)
         forecasting = config.pretraining_objective == "forecasting"
+        untrained = [name for name, module in ((f"{config.pooling} pooling", self.medfuse.pooler),
+                                               ("statics embedding", self.medfuse.statics))
+                     if module is not None and any(True for _ in module.parameters())]
+        if not forecasting and untrained:
+            raise ValueError(f"masked-value pretraining trains token states only: its {' and '.join(untrained)} "
+                             "would be saved untrained, and a probe of the base would read random features. "
+                             "Pretrain with mean or max pooling and no statics; fine-tuning can add them")
         # a row per feature; one head is built, under the name its checkpoints hold
         self.forecast_head = nn.Linear(config.hidden_size, config.vocab_size) if forecasting else None
         self.masked_value_head = None if forecasting else nn.Linear(config.hidden_size, config.vocab_size)

@@ -109,13 +109,39 @@ def static_feature_ids(names: list[str], tokenizer: MedFuseTokenizer) -> list[in
     return [tokenizer.feature_vocabulary.id_of(name) for name in names]
 
 
-def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFuseForSequenceClassification:
+def class_weights_for(args, rate: float, config: MedFuseConfig) -> list[float] | None:
+    """Inverse-frequency class weights of the loss, unless the classes are balanced another way already: by
+    `--sampling balanced`, or by focal loss's own α. `--class_weighting auto`, the default, picks; asking for both
+    ways would count a death several times over and leave the risks miscalibrated, so it is refused."""
+    elsewhere = ("--sampling balanced" if args.sampling == "balanced"
+                 else "focal loss (--focal_alpha)" if config.classification_loss == "focal" else None)
+    if args.class_weighting == "balanced" and elsewhere:
+        raise SystemExit(f"--class_weighting balanced: {elsewhere} already balances the classes; "
+                         "give --class_weighting none (or auto)")
+    balanced = args.class_weighting == "balanced" or (args.class_weighting == "auto" and not elsewhere)
+    return [0.5 / (1 - rate), 0.5 / rate] if balanced else None
+
+
+def encoder_weights_missing(model, loading_info: dict) -> list[str]:
+    """The encoder's parameters the checkpoint did not hold (a pooling or statics it was not trained with): frozen
+    by a probe, they would stay at their random initialisation."""
+    return sorted(name for name in loading_info["missing_keys"] if name.startswith(f"{model.base_model_prefix}."))
+
+
+def build_model(args, tokenizer, rate: float, matching: dict | None) -> MedFuseForSequenceClassification:
     overrides = model_overrides(args, MODEL_FIELDS)
-    overrides["class_weights"] = class_weights
     if args.static_features:
         overrides["static_feature_ids"] = static_feature_ids(args.static_features, tokenizer)
     if args.init_from:
-        model = MedFuseForSequenceClassification.from_pretrained(args.init_from, num_labels=2, **overrides)
+        model, loading_info = MedFuseForSequenceClassification.from_pretrained(
+            args.init_from, num_labels=2, output_loading_info=True, **overrides)
+        missing = encoder_weights_missing(model, loading_info)
+        if args.strategy != "full" and missing:
+            raise SystemExit(f"--strategy {args.strategy} freezes the encoder of {args.init_from}, which has no "
+                             f"weights for {len(missing)} of its parameters ({missing[:4]}...): they come from "
+                             "--pooling or --static_features other than the checkpoint's, and would stay random. "
+                             "Keep the checkpoint's, or fine-tune with --strategy full")
+        model.config.class_weights = class_weights_for(args, rate, model.config)
         if model.config.vocab_size != matching["checkpoint_feature_ids"]:
             raise SystemExit(f"--init_from {args.init_from}: its model has {model.config.vocab_size} feature ids, its "
                              f"tokenizer {matching['checkpoint_feature_ids']}: "
@@ -124,6 +150,7 @@ def build_model(args, tokenizer, class_weights, matching: dict | None) -> MedFus
         return model
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
     config = preset(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2, **overrides)
+    config.class_weights = class_weights_for(args, rate, config)
     return MedFuseForSequenceClassification(config)
 
 
@@ -149,10 +176,10 @@ def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[Da
     return loader, reseed
 
 
-def model_for(args, tokenizer, class_weights, matching: dict | None, cohort, accelerator) -> tuple:
+def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accelerator) -> tuple:
     """The model to fine-tune (`build_model`, with `--init_embeddings_from` loaded into it) and what it took over
-    from a checkpoint, for the report."""
-    model = build_model(args, tokenizer, class_weights, matching)
+    from a checkpoint, for the report. `rate` is the training split's share of positives."""
+    model = build_model(args, tokenizer, rate, matching)
     transferred = None
     if matching is not None:
         transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source",
@@ -339,14 +366,13 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
     train, label = splits["train"], cohort.label_column
     tokenizer, matching = build_tokenizer(args, train, cohort.units)
     rate = float(np.mean(train[label]))
-    class_weights = [0.5 / (1 - rate), 0.5 / rate] if args.class_weighting == "balanced" else None
     train_loader, reseed = training_loader(args, train, label, rate, tokenizer)
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))
     eval_loaders = {name: evaluation_loader(splits[name], collate, args.eval_batch_size)
                     for name in ("validation", "test")}
 
     # ----- model and optimisation ---------------------------------------------------------------------
-    model, transferred = model_for(args, tokenizer, class_weights, matching, cohort, accelerator)
+    model, transferred = model_for(args, tokenizer, rate, matching, cohort, accelerator)
     if args.strategy == "probe":  # the checkpoint's encoder as it is: only the classification head learns
         model.medfuse.requires_grad_(False)
         if not args.event_dropout:  # the same tokens every epoch: each patient is encoded once
@@ -393,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--event_dropout", type=float, default=0.0,
                        help="augmentation: leave each training event out with this probability "
                             "(never all of a patient's)")
-    train.add_argument("--class_weighting", choices=("none", "balanced"), default="balanced")
+    train.add_argument("--class_weighting", choices=("auto", "none", "balanced"), default="auto",
+                       help="balanced: inverse-frequency weights in the loss; auto: balanced unless --sampling "
+                            "balanced or focal loss balance the classes already")
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
     train.add_argument("--patience", type=int, default=5,
@@ -418,6 +446,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_with_config(parser, argv)
     if args.strategy != "full" and not args.init_from:
         parser.error(f"--strategy {args.strategy} starts from a checkpoint: give --init_from")
+    if args.init_from and args.preset != "default":
+        parser.error(f"--preset {args.preset} builds a model afresh; --init_from {args.init_from} brings its own "
+                     "config (set its fields with their own flags)")
+    if args.freeze_transferred and not args.init_embeddings_from:
+        parser.error("--freeze_transferred keeps what --init_embeddings_from loads as loaded; --init_from "
+                     "fine-tunes the whole checkpoint (--strategy probe freezes its encoder)")
     lp_ft(args) if args.strategy == "lp-ft" else training_function(args)
 
 

@@ -384,6 +384,17 @@ def test_invalid_configs_are_rejected_when_built():
         MedFuseConfig(hidden_size=144, value_embedding_size=100)
     with pytest.raises(StrictDataclassError, match="fusion"):
         MedFuseConfig(fusion="gated")
+    with pytest.raises(StrictDataclassError, match="focal loss weighs the classes by focal_alpha"):
+        MedFuseConfig(classification_loss="focal", class_weights=[0.6, 3.0])
+
+
+@pytest.mark.parametrize("untrained", [{"pooling": "per_feature"}, {"pooling": "attention"},
+                                       {"static_feature_ids": [2]}])
+def test_masked_value_pretraining_refuses_a_pooling_it_would_leave_untrained(tiny_config, untrained):
+    """Its loss reads token states only: a pooler with weights would be saved as initialised."""
+    with pytest.raises(ValueError, match="would be saved untrained"):
+        MedFuseForPreTraining(tiny_config(pretraining_objective="masked_values", **untrained))
+    MedFuseForPreTraining(tiny_config(pretraining_objective="forecasting", **untrained))
 
 
 def test_paper_preset_matches_the_authors_p12_setting():

@@ -1,5 +1,6 @@
 """The fine-tuning recipe as users run it: one process, two CPU processes, killed and resumed."""
 
+import argparse
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import torch
 from conftest import load_script
 from safetensors.torch import load_file
 
-from medfuse_hf import MedFuseTokenizer
+from medfuse_hf import MedFuseConfig, MedFuseTokenizer
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training import read_metrics
 from medfuse_hf.training.cohorts import load_cohort_from_settings
@@ -301,7 +302,7 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     finetune = load_script("recipes/finetune.py")  # the second stage starts from the probe's head
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(output / "probe" / "model")])
     tokenizer, matching = finetune.build_tokenizer(args, load_cohort_from_settings(vars(args)).splits["train"], {})
-    start = finetune.build_model(args, tokenizer, None, matching).state_dict()
+    start = finetune.build_model(args, tokenizer, 0.5, matching).state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
 
 
@@ -331,6 +332,52 @@ def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tin
     assert matching["kept_checkpoint_normalization"] == {"robust_zscore": len(numeric)}
     args.value_normalization = "robust_zscore"
     assert finetune.build_tokenizer(args, train, {})[1]["kept_checkpoint_normalization"] == {}
+
+
+def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, tmp_path):
+    """Per-feature pooling on a mean-pooled base: frozen, the new pooler would stay random; fine-tuned, it learns."""
+    finetune = load_script("recipes/finetune.py")
+    for strategy in ("probe", "lp-ft", "full"):
+        args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy",
+                                                          strategy, "--pooling", "per_feature"])
+        tokenizer, matching = finetune.build_tokenizer(args, load_cohort_from_settings(vars(args)).splits["train"], {})
+        if strategy == "full":
+            assert finetune.build_model(args, tokenizer, 0.5, matching).config.pooling == "per_feature"
+            continue
+        with pytest.raises(SystemExit, match=f"--strategy {strategy} freezes the encoder .* would stay random"):
+            finetune.build_model(args, tokenizer, 0.5, matching)
+
+
+@pytest.mark.parametrize("sampling, loss, asked, weights", [
+    ("length_grouped", "cross_entropy", "auto", [0.625, 2.5]),
+    ("balanced", "cross_entropy", "auto", None),
+    ("length_grouped", "focal", "auto", None),
+    ("length_grouped", "cross_entropy", "none", None),
+    ("balanced", "cross_entropy", "balanced", "--sampling balanced already balances the classes"),
+    ("length_grouped", "focal", "balanced", "focal loss .* already balances the classes"),
+])
+def test_the_classes_are_balanced_once(sampling, loss, asked, weights):
+    """Balanced batches, or focal loss's α, and inverse-frequency weights on top would count a death about six times
+    at P12's rate: miscalibrated risks. `auto` weights the loss only where nothing else balances the classes."""
+    finetune = load_script("recipes/finetune.py")
+    args = argparse.Namespace(sampling=sampling, class_weighting=asked)
+    config = MedFuseConfig(vocab_size=4, classification_loss=loss)
+    if isinstance(weights, str):
+        with pytest.raises(SystemExit, match=weights):
+            finetune.class_weights_for(args, 0.2, config)
+    else:
+        assert finetune.class_weights_for(args, 0.2, config) == (pytest.approx(weights) if weights else None)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--init_from", "base", "--preset", "paper_p12"], "--preset paper_p12 builds a model afresh"),
+    (["--freeze_transferred"], "--freeze_transferred keeps what --init_embeddings_from loads"),
+])
+def test_flags_that_would_be_ignored_are_refused(flags, message, capsys):
+    finetune = load_script("recipes/finetune.py")
+    with pytest.raises(SystemExit):
+        finetune.main(TINY + flags)
+    assert message in capsys.readouterr().err
 
 
 def test_balanced_sampling_draws_deaths_as_often_as_survivals():
