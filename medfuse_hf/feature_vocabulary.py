@@ -27,10 +27,12 @@ VOCABULARY_FORMAT_VERSION = 1
 FeatureKind = Literal["numeric", "categorical"]
 ValueNormalization = Literal["robust_zscore", "quantile"]
 # Probabilities of the quantile knots: dense in the tails, where skewed labs (lactate, creatinine, bilirubin) carry
-# their signal, but not past the 1st and 99th percentiles, which a published vocabulary would otherwise reveal of
-# the sickest few patients.
+# their signal, but not past the 1st and 99th percentiles.
 QUANTILE_LEVELS = (0.01, 0.025, 0.05, *np.round(np.arange(0.1, 0.91, 0.05), 2).tolist(), 0.95, 0.975, 0.99)
 NORMAL_SCORES = np.array([NormalDist().inv_cdf(level) for level in QUANTILE_LEVELS])  # -2.33 ... 2.33
+# A tail knot is kept only with at least this many patients at or beyond it (privacy's small-cell floor): the 99th
+# percentile of 25 patients lies between the two sickest ones' own values, and a published vocabulary would give them.
+MIN_PATIENTS_BEYOND_A_KNOT = 10
 
 
 @dataclass
@@ -40,7 +42,8 @@ class ValueStatistics:
     The authors of MedFuse z-score each feature after discarding outliers beyond 3 IQR from the quartiles;
     ``lower``/``upper`` are those fences and ``mean``/``std`` are computed on the values inside them.
     ``num_patients`` is kept so that a published vocabulary can withhold statistics of rare features.
-    ``quantiles``, when fitted, are the values at `QUANTILE_LEVELS` and select quantile normalisation instead.
+    ``quantiles``, when fitted, are the values at `QUANTILE_LEVELS` and select quantile normalisation instead; a
+    tail knot with fewer than `MIN_PATIENTS_BEYOND_A_KNOT` patients at or beyond it is not kept (`None`).
     """
 
     count: int
@@ -52,7 +55,7 @@ class ValueStatistics:
     q75: float
     lower: float
     upper: float
-    quantiles: list[float] | None = None
+    quantiles: list[float | None] | None = None
 
     @classmethod
     def fit(
@@ -61,7 +64,10 @@ class ValueStatistics:
         num_patients: int,
         outlier_fence: float = 3.0,
         normalization: ValueNormalization = "robust_zscore",
+        patient_ranges: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ValueStatistics:
+        """`patient_ranges`, each patient's lowest and highest value, say how many patients lie beyond a tail knot;
+        without them every value counts as a patient of its own."""
         values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
             raise ValueError("cannot fit value statistics on zero values")
@@ -74,6 +80,7 @@ class ValueStatistics:
         lower, upper = q25 - outlier_fence * iqr, q75 + outlier_fence * iqr
         inliers = values[(values >= lower) & (values <= upper)]
         std = float(inliers.std())
+        lowest, highest = patient_ranges or (values, values)
         return cls(
             count=int(values.size),
             num_patients=int(num_patients),
@@ -85,7 +92,7 @@ class ValueStatistics:
             q75=float(q75),
             lower=float(lower),
             upper=float(upper),
-            quantiles=np.quantile(values, QUANTILE_LEVELS).tolist() if normalization == "quantile" else None,
+            quantiles=kept_knots(values, lowest, highest) if normalization == "quantile" else None,
         )
 
     def in_other_units(self, scale: float, offset: float = 0.0) -> ValueStatistics:
@@ -95,7 +102,8 @@ class ValueStatistics:
             raise ValueError(f"a unit conversion's scale must be positive, got {scale}")
         moved = {name: getattr(self, name) * scale + offset
                  for name in ("mean", "q25", "median", "q75", "lower", "upper")}
-        quantiles = None if self.quantiles is None else [value * scale + offset for value in self.quantiles]
+        quantiles = None if self.quantiles is None else [None if value is None else value * scale + offset
+                                                         for value in self.quantiles]
         return replace(self, std=self.std * scale, quantiles=quantiles, **moved)
 
     @property
@@ -119,9 +127,21 @@ class ValueStatistics:
         if len(self.quantiles) != len(QUANTILE_LEVELS):
             raise ValueError(f"{len(self.quantiles)} quantiles for the {len(QUANTILE_LEVELS)} levels of "
                              "QUANTILE_LEVELS: was this vocabulary written by another version of medfuse_hf?")
-        knots, inverse = np.unique(self.quantiles, return_inverse=True)
-        scores = np.bincount(inverse, weights=NORMAL_SCORES) / np.bincount(inverse)
+        kept = np.array([knot is not None for knot in self.quantiles])
+        knots, inverse = np.unique(np.array(self.quantiles)[kept].astype(np.float64), return_inverse=True)
+        scores = np.bincount(inverse, weights=NORMAL_SCORES[kept]) / np.bincount(inverse)
         return knots, scores
+
+
+def kept_knots(values: np.ndarray, lowest: np.ndarray, highest: np.ndarray) -> list[float | None]:
+    """The values at `QUANTILE_LEVELS`, but `None` for a tail knot with fewer than `MIN_PATIENTS_BEYOND_A_KNOT`
+    patients at or beyond it (`lowest`, `highest`: each patient's extreme values): a value past the last knot kept
+    gets that knot's score, as one past the 1st or 99th percentile always does."""
+    knots = np.quantile(values, QUANTILE_LEVELS)
+    beyond = [(lowest <= knot).sum() if level < 0.5 else (highest >= knot).sum() for level, knot in
+              zip(QUANTILE_LEVELS, knots)]
+    return [float(knot) if count >= MIN_PATIENTS_BEYOND_A_KNOT or level == 0.5 else None
+            for level, knot, count in zip(QUANTILE_LEVELS, knots, beyond)]
 
 
 @dataclass
@@ -271,8 +291,11 @@ class FeatureVocabulary:
         for feature_id, spec in enumerate(self._features, start=len(SPECIAL_NAMES)):
             statistics = spec.statistics
             if feature_id in values_by_id:
-                statistics = ValueStatistics.fit(np.concatenate(values_by_id[feature_id]), patients_by_id[feature_id],
-                                                 outlier_fence, normalization)
+                by_patient = values_by_id[feature_id]
+                ranges = (np.array([numbers.min() for numbers in by_patient]),
+                          np.array([numbers.max() for numbers in by_patient]))
+                statistics = ValueStatistics.fit(np.concatenate(by_patient), patients_by_id[feature_id],
+                                                 outlier_fence, normalization, ranges)
             fitted.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
         return fitted
 

@@ -160,14 +160,37 @@ def test_quantile_normalisation_gives_tied_values_one_score():
 
 
 def test_quantiles_survive_a_round_trip_and_a_unit_conversion(tmp_path):
-    creatinine = np.random.default_rng(2).lognormal(0.0, 0.5, size=800)
-    vocabulary = FeatureVocabulary.from_events([{"feature": ["creatinine"] * 800, "value": creatinine.tolist()}],
-                                               normalization="quantile")
+    creatinine = np.random.default_rng(2).lognormal(0.0, 0.5, size=(80, 10))  # 80 patients, 10 values each
+    vocabulary = FeatureVocabulary.from_events([{"feature": ["creatinine"] * 10, "value": values.tolist()}
+                                                for values in creatinine], normalization="quantile")
     vocabulary.save(tmp_path / "vocabulary.json")
     loaded = FeatureVocabulary.load(tmp_path / "vocabulary.json").spec_of("creatinine").statistics
     assert loaded == vocabulary.spec_of("creatinine").statistics
     in_micromoles = loaded.in_other_units(88.42)  # mg/dL -> µmol/L moves every knot with the values
     np.testing.assert_allclose(in_micromoles.normalize(creatinine * 88.42), loaded.normalize(creatinine))
+
+
+def test_no_quantile_knot_lies_among_the_sickest_few_patients_own_values():
+    """With one troponin each from 25 patients, the 97.5th and 99th percentiles would give away the two highest (a
+    published vocabulary holds its knots): a tail knot needs 10 patients at or beyond it, and values past the last
+    one kept get its score."""
+    values = np.random.default_rng(3).lognormal(0.0, 1.0, size=25)
+    values[-2:] = [30.0, 142.0]
+    vocabulary = FeatureVocabulary.from_events([{"feature": ["troponin"], "value": [value]} for value in values],
+                                               normalization="quantile")
+    statistics = vocabulary.spec_of("troponin").statistics
+    kept = [knot for knot in statistics.quantiles if knot is not None]
+    for knot in kept:
+        assert min((values <= knot).sum(), (values >= knot).sum()) >= 10 or knot == statistics.median
+    assert statistics.quantiles[0] is None and statistics.quantiles[-1] is None
+    scores = statistics.normalize(np.array([max(kept), 30.0, 142.0]))
+    assert scores[0] == scores[1] == scores[2] > 0
+    loaded = FeatureVocabulary.from_dict(json.loads(json.dumps(vocabulary.to_dict())))
+    assert loaded.spec_of("troponin").statistics == statistics
+    in_other_units = statistics.in_other_units(1000.0)
+    np.testing.assert_allclose(in_other_units.normalize(values * 1000), statistics.normalize(values))
+    many = np.random.default_rng(4).lognormal(0.0, 1.0, size=2000)  # 20 patients past the 1st percentile: all kept
+    assert None not in ValueStatistics.fit(many, num_patients=2000, normalization="quantile").quantiles
 
 
 def test_robust_zscore_vocabularies_are_written_as_before():
