@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,13 +60,16 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         feature_vocabulary: the vocabulary, or its `to_dict()` form (as `preprocessor_config.json` holds it);
             numeric features need fitted value statistics.
         max_events: events kept per patient; when a record is longer, the most recent are kept (what a model
-            scoring a patient *now* needs most).
+            scoring a patient *now* needs most), and the earliest event of each of `pinned_features`.
         unknown_features: a feature name missing from the vocabulary is an `"error"` (all such names listed),
             mapped to `[UNK]` (`"unk"`, value 0 since it has no statistics) or dropped (`"drop"`); either way each
             unknown name is logged once per tokenizer, at the first patient that has it, not once per patient.
             A patient left with no event is an error naming the patient: it has nothing to score.
         max_hours: a time further than this from the anchor is treated as a data error (a unit or year mistake).
         padding_side: `"right"` (the default) or `"left"`; the model's output does not depend on it.
+        pinned_features: features whose earliest event survives any cut to the most recent events: the static
+            descriptors recorded at admission (age, ICU type) that a model's `static_feature_ids` reads there, and
+            that a long stay would otherwise lose first.
     """
 
     model_input_names = ["feature_ids", "values", "times", "attention_mask"]
@@ -77,6 +80,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         max_events: int = 1024,
         unknown_features: UnknownFeatures = "error",
         max_hours: float = 10 * HOURS_PER_YEAR,
+        pinned_features: Sequence[str] = (),
         **kwargs,
     ):
         # one event per position (feature_size 1); no sampling rate; padding is PAD_ID and zeros, see `_pad`
@@ -99,6 +103,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         self.max_events = max_events
         self.unknown_features = unknown_features
         self.max_hours = max_hours
+        self.pinned_features = pinned_features
 
     @property
     def feature_vocabulary(self) -> FeatureVocabulary:
@@ -109,6 +114,17 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         """A new vocabulary (the privacy guard's, say) brings its own lookup tables."""
         self._feature_vocabulary = vocabulary
         self._encoder = EventEncoder(vocabulary)
+
+    @property
+    def pinned_features(self) -> list[str]:
+        return self._pinned_features
+
+    @pinned_features.setter
+    def pinned_features(self, names: Sequence[str]) -> None:
+        unknown = [name for name in names if name not in self.feature_vocabulary]
+        if unknown:
+            raise ValueError(f"pinned_features {unknown} are not in the feature vocabulary")
+        self._pinned_features = list(names)
 
     # ----- public API ---------------------------------------------------------------------------------
     def __call__(
@@ -136,7 +152,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         encoded = [self.encode_patient(patient, index, anchor)
                    for index, (patient, anchor) in enumerate(zip(batch, anchors))]
         if max_length is not None:
-            encoded = [events.select(slice(-max_length, None)) for events in encoded]
+            encoded = [events.select(self._kept(events.feature_ids, max_length)) for events in encoded]
         if padding is False and len({len(events) for events in encoded}) > 1 and return_tensors is not None:
             lengths = [len(events) for events in encoded]
             raise ValueError(f"patients have {min(lengths)}..{max(lengths)} events: tensors need padding=True")
@@ -194,14 +210,15 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         truncation: bool | None = None,
     ) -> dict[str, np.ndarray]:
         """One patient cut to `max_length` for `SequenceFeatureExtractor.pad`: the most recent events are kept (the
-        base keeps the first ones), in every model input."""
+        base keeps the first ones) with the pinned features' earliest, in every model input."""
         if not truncation:
             return processed_features
         if max_length is None:
             raise ValueError("truncation=True needs max_length")
+        kept = self._kept(np.asarray(processed_features["feature_ids"]), max_length)
         for name in self.model_input_names:
             if name in processed_features:
-                processed_features[name] = processed_features[name][-max_length:]
+                processed_features[name] = np.asarray(processed_features[name])[kept]
         return processed_features
 
     def encode_patient(
@@ -235,6 +252,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             "max_events": self.max_events,
             "unknown_features": self.unknown_features,
             "max_hours": self.max_hours,
+            "pinned_features": self.pinned_features,
             "padding_side": self.padding_side,
             "feature_vocabulary": self.feature_vocabulary.to_dict(),
             # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)
@@ -280,7 +298,19 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         return cls.from_dict(settings, **unused)
 
     def _keep_most_recent(self, events: EncodedPatient) -> EncodedPatient:
-        return events if len(events) <= self.max_events else events.select(slice(-self.max_events, None))
+        return events if len(events) <= self.max_events else events.select(self._kept(events.feature_ids,
+                                                                                       self.max_events))
+
+    def _kept(self, feature_ids: np.ndarray, limit: int) -> slice | np.ndarray:
+        """Which of a patient's time-ordered events a cut to `limit` keeps: each pinned feature's earliest event,
+        and the most recent of the others."""
+        if len(feature_ids) <= limit or not self.pinned_features:
+            return slice(-limit, None)
+        pinned_ids = [self.feature_vocabulary.id_of(name) for name in self.pinned_features]
+        ids, first = np.unique(feature_ids, return_index=True)
+        pinned = np.sort(first[np.isin(ids, pinned_ids)])[-limit:]
+        others = np.setdiff1d(np.arange(len(feature_ids)), pinned)
+        return np.sort(np.concatenate([pinned, others[len(others) - (limit - len(pinned)):]]))
 
 
 __all__ = ["MedFuseTokenizer", "EncodedPatient"]

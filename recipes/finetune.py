@@ -80,16 +80,22 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
     statistics for the features it knows (what its weights learnt on), followed by the training features it lacks,
     which start fresh with statistics from this training split. Also returns, for `--init_from`, how the cohort's
     features matched the checkpoint's (features only in validation or test are dropped and logged, as
-    `fit_tokenizer` does)."""
+    `fit_tokenizer` does). `--static_features` are pinned: a long stay keeps the statics its model reads."""
     fitted = fit_tokenizer(train, args.max_events, args.value_normalization, units)
-    if not args.init_from:
-        return fitted, None
+    tokenizer, matching = (fitted, None) if not args.init_from else checkpoint_tokenizer(args, fitted, units)
+    static_feature_ids(args.static_features or [], tokenizer)  # an unknown name: a clear error
+    tokenizer.pinned_features = list(dict.fromkeys([*tokenizer.pinned_features, *(args.static_features or [])]))
+    return tokenizer, matching
+
+
+def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuseTokenizer, dict]:
+    """`--init_from`'s tokenizer with the cohort's new features added, and how the two matched."""
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     check_units(pretrained.feature_vocabulary, units, f"--init_from {args.init_from}")
     alignment = align(pretrained.feature_vocabulary, fitted.feature_vocabulary)
     tokenizer = MedFuseTokenizer(merge(pretrained.feature_vocabulary, fitted.feature_vocabulary),
                                  max_events=args.max_events, unknown_features="drop", max_hours=pretrained.max_hours,
-                                 padding_side=pretrained.padding_side)
+                                 padding_side=pretrained.padding_side, pinned_features=pretrained.pinned_features)
     # Per feature, the values are normalised as the checkpoint's weights learnt them, whatever --value_normalization
     # says; it applies to the new features only. Counted, so that the run says so.
     normalizations = (spec.statistics.normalization for spec in map(pretrained.feature_vocabulary.spec_of,
@@ -412,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--min_steps", type=int, default=0,
                        help="raise --num_epochs until training has at least this many optimizer steps (small cohorts)")
     model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")
-    model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias")
+    model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias",
+                       help="how --init_embeddings_from's features are matched to the cohort's: by canonical name, "
+                            "also by code, or also by alias (--init_from always matches all three ways)")
     model.add_argument("--freeze_transferred", action="store_true",
                        help="keep everything transferred (identity rows, γ, β, category levels, shared maps) "
                             "exactly as loaded")
@@ -449,6 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from and args.preset != "default":
         parser.error(f"--preset {args.preset} builds a model afresh; --init_from {args.init_from} brings its own "
                      "config (set its fields with their own flags)")
+    if args.match_by != "alias" and not args.init_embeddings_from:
+        parser.error(f"--match_by {args.match_by} says how --init_embeddings_from matches features; give it, or "
+                     "leave --match_by out")
     if args.freeze_transferred and not args.init_embeddings_from:
         parser.error("--freeze_transferred keeps what --init_embeddings_from loads as loaded; --init_from "
                      "fine-tunes the whole checkpoint (--strategy probe freezes its encoder)")

@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_with_config(parser, argv)
     if args.patience is not None and args.parquet_shards:
         parser.error("--patience stops on the validation split's loss, and a streamed cohort has none")
+    if args.tokenizer_from and not args.parquet_shards:
+        parser.error("--tokenizer_from is for streamed shards; a cohort in memory fits its own tokenizer on its "
+                     "training split")
     training_function(args)
 
 

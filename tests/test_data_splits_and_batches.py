@@ -180,3 +180,9 @@ def test_event_dropout_leaves_events_out_but_never_a_whole_patient(tokenizer, co
                                rng=random.Random(1))(one_event)["attention_mask"].sum() == 1
     with pytest.raises(ValueError, match="event_dropout must lie in"):
         MedFuseDataCollator(tokenizer, event_dropout=1.0)
+    pinned = MedFuseTokenizer(tokenizer.feature_vocabulary, pinned_features=["icu_type"])
+    with_statics = [dict(patient, feature=["icu_type", *patient["feature"]], value=["medical", *patient["value"]],
+                         time=[0.0, *patient["time"]]) for patient in cohort[:16]]
+    batch = MedFuseDataCollator(pinned, event_dropout=0.9, rng=random.Random(2))(with_statics)
+    icu_type = pinned.feature_vocabulary.id_of("icu_type")
+    assert ((batch["feature_ids"] == icu_type).sum(1) == 1).all()  # the statics a model reads are never left out

@@ -224,9 +224,10 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
 def test_static_features_are_named_on_the_command_line_and_saved_as_ids(tmp_path):
     run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--static_features", "heart_rate",
                 "--output_dir", str(tmp_path)])
-    vocabulary = MedFuseTokenizer.from_pretrained(tmp_path / "model").feature_vocabulary
+    saved = MedFuseTokenizer.from_pretrained(tmp_path / "model")
     assert (json.loads((tmp_path / "model" / "config.json").read_text())["static_feature_ids"]
-            == [vocabulary.id_of("heart_rate")])
+            == [saved.feature_vocabulary.id_of("heart_rate")])
+    assert saved.pinned_features == ["heart_rate"]  # a long stay scored later keeps what the statics read
     finetune = load_script("recipes/finetune.py")
     with pytest.raises(SystemExit, match=r"--static_features: \['age'\] are not in the tokenizer's vocabulary"):
         finetune.static_feature_ids(["heart_rate", "age"], MedFuseTokenizer.from_pretrained(tmp_path / "model"))
@@ -372,6 +373,7 @@ def test_the_classes_are_balanced_once(sampling, loss, asked, weights):
 @pytest.mark.parametrize("flags, message", [
     (["--init_from", "base", "--preset", "paper_p12"], "--preset paper_p12 builds a model afresh"),
     (["--freeze_transferred"], "--freeze_transferred keeps what --init_embeddings_from loads"),
+    (["--init_from", "base", "--match_by", "name"], "--match_by name says how --init_embeddings_from matches"),
 ])
 def test_flags_that_would_be_ignored_are_refused(flags, message, capsys):
     finetune = load_script("recipes/finetune.py")

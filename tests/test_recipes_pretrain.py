@@ -85,7 +85,8 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
                            "--output_dir", str(other_site)])
     assert "2 of the cohort's features matched" in result.stdout and "['bedside_score']" in result.stdout
     metrics = json.loads((other_site / "test_metrics.json").read_text())
-    assert metrics["transferred_features"] == {"matched": 2, "new_at_target": 1, "only_at_source": 1}  # creatinine
+    assert metrics["transferred_features"] == {"matched": 2, "new_at_target": 1, "only_at_source": 1,  # creatinine
+                                               "kept_checkpoint_normalization": {}}
     saved = MedFuseTokenizer.from_pretrained(other_site / "model").feature_vocabulary
     assert [spec.name for spec in saved][-1] == "bedside_score"  # appended: the checkpoint's ids unchanged
 
@@ -313,6 +314,12 @@ def test_pretraining_stops_when_the_validation_loss_stops_falling_and_keeps_its_
     assert len(losses) == 2 and metrics["epochs"] == 2
     assert metrics["best_validation"] == {"loss": pytest.approx(losses[0], abs=1e-4), "epoch": 1}  # printed to 4
     assert metrics["validation_loss"] == pytest.approx(metrics["best_validation"]["loss"])  # the kept epoch's
+
+
+def test_a_tokenizer_to_reuse_is_refused_where_it_would_be_ignored(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_script("recipes/pretrain.py").main(["--dataset", "synthetic", "--tokenizer_from", str(tmp_path)])
+    assert "--tokenizer_from is for streamed shards" in capsys.readouterr().err
 
 
 def test_patience_needs_a_validation_split(tmp_path):

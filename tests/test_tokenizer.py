@@ -132,6 +132,25 @@ def test_truncation_keeps_the_most_recent_events(vocabulary):
     assert tokenizer(events, max_length=2)["times"] == [8.0, 9.0]
 
 
+def test_a_cut_keeps_each_pinned_features_earliest_event_on_every_path(vocabulary, tmp_path):
+    """A static descriptor charted at admission is a long stay's oldest event, the first a cut to the most recent
+    events would lose; pinned, it stays, the most recent others fill the rest, and the order stays by time."""
+    stay = [("icu_type", "medical", 0.0), ("icu_type", "surgical", 0.5),
+            *(("heart_rate", 80 + hour, float(hour)) for hour in range(1, 11))]
+    plain, pinned = (MedFuseTokenizer(vocabulary, max_events=4, pinned_features=names) for names in ([], ["icu_type"]))
+    assert plain(stay)["times"] == [7.0, 8.0, 9.0, 10.0]
+    assert pinned(stay)["times"] == [0.0, 8.0, 9.0, 10.0]  # the earliest ICU type: what statics read
+    assert pinned(stay, max_length=2)["times"] == [0.0, 10.0]
+    rows = [dict(MedFuseTokenizer(vocabulary, max_events=64, pinned_features=["icu_type"])(stay, padding=False))]
+    assert pinned.pad(rows, padding="max_length", max_length=3, return_tensors="np")["times"].tolist() == [
+        [0.0, 9.0, 10.0]]
+    assert pinned(stay[2:])["times"] == [7.0, 8.0, 9.0, 10.0]  # a stay without it: nothing to keep
+    pinned.save_pretrained(tmp_path)
+    assert MedFuseTokenizer.from_pretrained(tmp_path).pinned_features == ["icu_type"]
+    with pytest.raises(ValueError, match=r"pinned_features \['age'\] are not in the feature vocabulary"):
+        MedFuseTokenizer(vocabulary, pinned_features=["age"])
+
+
 def test_unknown_feature_error_lists_every_unknown_name(vocabulary):
     events = [("sodium", 140, 0.0), ("Lactate_x", 2.0, 1.0), ("EtCO2", 30, 2.0), ("Lactate_x", 2.5, 3.0)]
     with pytest.raises(ValueError,

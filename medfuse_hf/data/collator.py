@@ -26,9 +26,10 @@ class MedFuseDataCollator:
     label_column: str | None = None
     pad_to_multiple_of: int | None = 8
     extra_columns: tuple[str, ...] = ()  # numeric per-patient columns passed through, e.g. a row index
-    # Training augmentation: each event is left out with this probability (never every event of a patient), so the
-    # model cannot lean on any one measurement. Draws come from `rng`, or from Python's global `random`, whose
-    # state Accelerate saves with checkpoints.
+    # Training augmentation: each event is left out with this probability (never every event of a patient, nor a
+    # pinned feature's: the statics a model reads are always there at test), so the model cannot lean on any one
+    # measurement. Draws come from `rng`, or from Python's global `random`, whose state Accelerate saves with
+    # checkpoints.
     event_dropout: float = 0.0
     rng: random.Random | None = None
 
@@ -50,10 +51,12 @@ class MedFuseDataCollator:
             batch["labels"] = torch.tensor(labels)
         return batch
 
-
     def _drop_events(self, row: dict) -> dict:
         draw = self.rng or random
-        keep = [draw.random() >= self.event_dropout for _ in row["feature"]]
+        vocabulary = self.tokenizer.feature_vocabulary
+        pinned = {vocabulary.id_of(name) for name in self.tokenizer.pinned_features}
+        keep = [(bool(pinned) and vocabulary.id_of(str(name)) in pinned) or draw.random() >= self.event_dropout
+                for name in row["feature"]]
         if keep and not any(keep):
             keep[draw.randrange(len(keep))] = True
         return {**row, **{column: [item for item, kept in zip(row[column], keep) if kept]
