@@ -18,7 +18,8 @@ import pandas as pd
 SERIAL_DAYS = (20_000.0, 100_000.0)
 SERIAL_DAYS_ADVICE = ("these look like spreadsheet serial dates (days since 1899-12-30), not hours. Export the "
                       "times as timestamps, or as hours since an anchor")
-ISO_OFFSET = re.compile(r"(?:[+-]\d{2}:?\d{2}|Z)$")
+# A UTC offset after a time of day: +01:00, +0100, or PostgreSQL's +01 (never a date's own -05)
+ISO_OFFSET = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s?(?:[+-]\d{2}(?::?\d{2})?|Z)$")
 DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}")
 
 

@@ -84,6 +84,9 @@ def prediction_function(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     explanations = output.with_name(output.name + ".explanations.csv")
+    # Written under a partial name and renamed once every patient is scored: a run stopped half-way (a bad row in a
+    # later chunk) leaves no file that looks complete.
+    writing, explaining = (path.with_name(path.name + ".partial") for path in (output, explanations))
     unknown, scored, skipped, skipped_examples, worst_error = Counter(), 0, 0, [], 0.0
     with progress_bar(total=len(patients), desc="scoring", unit="patients") as bar:
         for part in chunks(patients):
@@ -98,18 +101,21 @@ def prediction_function(args: argparse.Namespace) -> dict:
             kept = part.select(scorable)
             rows = pd.DataFrame({"patient_id": kept["patient_id"], **scores(kept),
                                  "events_used": [min(counts[row], tokenizer.max_events) for row in scorable]})
-            rows.to_csv(output, index=False, mode="a" if scored else "w", header=not scored)
+            rows.to_csv(writing, index=False, mode="a" if scored else "w", header=not scored)
             if args.explain:
                 explained, error = explanation_rows(model, tokenizer, kept, args.explain)
                 worst_error = max(worst_error, error)
                 pd.DataFrame(explained, columns=EXPLANATION_COLUMNS).to_csv(
-                    explanations, index=False, mode="a" if scored else "w", header=not scored)
+                    explaining, index=False, mode="a" if scored else "w", header=not scored)
             scored += len(scorable)
     if not scored:  # the files still say what they would hold
         pd.DataFrame(columns=["patient_id", *([] if args.representations else ["probability"]), "events_used"]
-                     ).to_csv(output, index=False)
+                     ).to_csv(writing, index=False)
         if args.explain:
-            pd.DataFrame(columns=EXPLANATION_COLUMNS).to_csv(explanations, index=False)
+            pd.DataFrame(columns=EXPLANATION_COLUMNS).to_csv(explaining, index=False)
+    writing.replace(output)
+    if args.explain:
+        explaining.replace(explanations)
     summary = {
         "model_dir": str(args.model_dir),
         "patients_scored": scored,

@@ -1,8 +1,11 @@
+import json
+
 import pandas as pd
 import pytest
 
 from medfuse_hf.data import load_long_format
 from medfuse_hf.data.event_cleaning import CENSORED_KEPT
+from medfuse_hf.training.cohorts import load_cohort
 
 COLUMNS = {"patient_id": "SUBJECT_ID", "time": "CHARTTIME", "feature": "ITEMID", "value": "VALUE"}
 FEATURE_MAP = {"220045": "heart_rate", "50983": "sodium", "223761": "temperature"}
@@ -228,3 +231,21 @@ def test_a_table_whose_every_event_is_skipped_gives_an_empty_dataset_with_its_co
     dataset, summary = load_long_format(events, return_summary=True)
     assert len(dataset) == 0 and set(dataset.column_names) == {"patient_id", "feature", "value", "time"}
     assert summary.skipped_events == {"non-numeric value": 2}
+
+
+def test_a_split_file_names_patients_as_the_loader_does_and_a_split_matching_none_is_an_error(tmp_path):
+    """Integer ids in the JSON are the patients "1".."6"; a split none of whose ids was loaded stops the run here,
+    not deep inside training."""
+    rows = [(str(patient), hour, "heart_rate", 80.0 + patient) for patient in range(1, 7) for hour in (0.0, 1.0)]
+    pd.DataFrame(rows, columns=["patient_id", "time", "feature", "value"]).to_csv(tmp_path / "events.csv", index=False)
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": [1, 2, 3, 4], "validation": [5], "test": [6]}))
+    cohort = load_cohort("long-format", events=(str(tmp_path / "events.csv"),), split_file=str(split_file))
+    assert {name: part["patient_id"] for name, part in cohort.splits.items()} == {
+        "train": ["1", "2", "3", "4"], "validation": ["5"], "test": ["6"]}
+    split_file.write_text(json.dumps({"train": [1, 2, 3, 4], "validation": [5], "test": [60]}))
+    with pytest.raises(ValueError, match=r"split.json: none of its 'test' ids \(\['60'\]...\) is a patient"):
+        load_cohort("long-format", events=(str(tmp_path / "events.csv"),), split_file=str(split_file))
+    split_file.write_text(json.dumps({"train": [1, 2, 3, 4], "validation": [5], "tset": [6]}))
+    with pytest.raises(ValueError, match=r"holds 'train', 'validation' and 'test', got \['train', 'tset'"):
+        load_cohort("long-format", events=(str(tmp_path / "events.csv"),), split_file=str(split_file))

@@ -46,6 +46,15 @@ def test_a_decimal_comma_without_the_option_is_a_counted_skip(tmp_path):
     assert dataset[0]["value"] == [4.1] and summary.skipped_events["non-numeric value"] == 1
 
 
+@pytest.mark.parametrize("text, kept", [("7,4", 7.4), ("1.234,5", 1234.5), ("1.234", 1234.0), ("7.4", None),
+                                        ("1.5", None), ("12.34.5", None)])
+def test_with_a_decimal_comma_a_dot_only_groups_thousands(tmp_path, text, kept):
+    """7.4 in a decimal-comma export is no number there: never 74."""
+    dataset, summary = load_csv(tmp_path, f'p1,1.0,potassium,"{text}"\np1,2.0,potassium,"4,1"\n', decimal=",")
+    assert dataset[0]["value"] == ([kept, 4.1] if kept is not None else [4.1])
+    assert summary.skipped_events.get("non-numeric value", 0) == (kept is None)
+
+
 def test_a_byte_order_mark_does_not_hide_the_first_column(tmp_path):
     dataset, _ = load_csv(tmp_path, "p1,1.0,sodium,140\n", header="\ufeff" + HEADER)
     assert dataset["patient_id"] == ["p1"]
@@ -121,6 +130,23 @@ def test_a_label_other_than_0_or_1_names_the_patient_and_line(tmp_path, labels, 
         labels_case(tmp_path, labels)
 
 
+def test_ids_are_read_alike_in_the_events_and_the_labels(tmp_path):
+    """Leading zeros and spaces: '007' in both files is one patient, as ' p1' and 'p1' are."""
+    (tmp_path / "events.csv").write_text(HEADER + "007,0.0,hr,80\n p1,1.0,hr,81\np1 ,2.0,hr,82\n")
+    (tmp_path / "labels.csv").write_text("patient_id,died\n007,1\np1,0\n")
+    dataset, summary = load_long_format(tmp_path / "events.csv", labels=tmp_path / "labels.csv", label_column="died",
+                                        return_summary=True)
+    assert dataset["patient_id"] == ["007", "p1"] and dataset["died"] == [1, 0] and not summary.skipped_patients
+    assert dataset[1]["value"] == [81.0, 82.0]
+
+
+def test_labels_that_match_no_patient_with_events_are_an_error_not_an_empty_cohort(tmp_path):
+    (tmp_path / "labels.csv").write_text("patient_id,died\n7.0,1\n8.0,0\n")
+    events = pd.DataFrame({"patient_id": ["7", "8"], "time": [0.0, 1.0], "feature": ["hr"] * 2, "value": [80.0] * 2})
+    with pytest.raises(ValueError, match=r"no patient of the labels table has events.*\['7.0', '8.0'\].*\['7', '8'\]"):
+        load_long_format(events, labels=tmp_path / "labels.csv", label_column="died")
+
+
 def test_a_label_map_turns_text_labels_into_0_and_1(tmp_path):
     dataset, _ = labels_case(tmp_path, "a,yes\nb,No\nc,yes\n", label_map={"yes": 1, "no": 0})
     assert dataset["died"] == [1, 0, 1]
@@ -193,6 +219,14 @@ def test_a_time_format_reads_day_first_dates(tmp_path):
 def test_utc_offsets_are_converted_to_utc(tmp_path):
     dataset, _ = load_csv(tmp_path, "p1,2020-04-03T10:00+02:00,hr,80\np1,2020-04-03T10:00+01:00,hr,81\n")
     assert dataset[0]["time"] == [0.0, 1.0]  # 08:00 and 09:00 UTC
+
+
+def test_postgres_short_offsets_are_offsets(tmp_path):
+    """PostgreSQL writes timestamptz as 2020-04-03 10:00:00+02; a date's own -05 is no offset."""
+    dataset, _ = load_csv(tmp_path, "p1,2020-04-03 10:00:00+02,hr,80\np1,2020-04-03 10:00:00+01,hr,81\n")
+    assert dataset[0]["time"] == [0.0, 1.0]
+    dataset, _ = load_csv(tmp_path, "p1,2020-04-03,hr,80\np1,2020-04-05,hr,81\n")
+    assert dataset[0]["time"] == [0.0, 48.0]
 
 
 def anchored(tmp_path, times: str, anchor: str):

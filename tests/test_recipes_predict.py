@@ -86,6 +86,30 @@ def test_a_table_scored_a_few_patients_at_a_time_gives_the_same_files(
     assert files[1] == files[8192] and files[1][0].count("\n") == 3  # a header and p1, p3
 
 
+def test_a_run_stopped_half_way_leaves_no_file_that_looks_complete(predict, tmp_path, tokenizer, tiny_config,
+                                                                    monkeypatch):
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    monkeypatch.setattr(predict, "PATIENTS_PER_CHUNK", 1)
+    scored = predict.per_patient_outputs
+    calls = []
+
+    def fails_on_the_second_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("a bad row in a later chunk")
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "per_patient_outputs", fails_on_the_second_chunk)
+    output = tmp_path / "predictions.csv"
+    with pytest.raises(ValueError, match="a bad row in a later chunk"):
+        predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
+                      "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE",
+                      "--output", str(output)])
+    assert not output.exists() and (tmp_path / "predictions.csv.partial").read_text().count("\n") == 2
+
+
 def test_events_are_required(predict, tmp_path):
     with pytest.raises(SystemExit):
         predict.main(["--model_dir", str(tmp_path)])

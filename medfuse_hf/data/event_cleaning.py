@@ -169,8 +169,10 @@ def max_hours_reason(max_hours: float) -> str:
 def _numbers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     """The text as numbers (NaN where none), and the bounds of censored results (`<0.01`, `GREATER THAN 500`) by
     row. Only rows that are no plain number meet the censored pattern, so a clean export is parsed at C speed."""
-    if decimal != ".":  # 1.234,5 -> 1234.5
-        text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False)
+    if decimal != ".":  # 1.234,5 -> 1234.5; a dot that groups no thousands (7.4) is no number here, never 74
+        grouped = text.str.fullmatch(r"\s*[+-]?\d{1,3}(?:\.\d{3})+(?:,\d*)?\s*", na=False)
+        stray = text.str.contains(".", regex=False, na=False) & ~grouped
+        text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False).mask(stray)
     numbers = as_numbers(text)
     failed = numbers.isna()
     bounds = text[failed].str.extract(CENSORED)[1].dropna() if failed.any() else text.iloc[:0]
@@ -225,9 +227,9 @@ def as_numbers(text: pd.Series) -> pd.Series:
 
 def as_text(column: pd.Series) -> pd.Series:
     """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are, also in a
-    column of mixed types, where 7 and 7.0 would otherwise be two patients."""
+    column of mixed types, where 7 and 7.0 would otherwise be two patients; spaces around an id are no part of it."""
     if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
         column = column.astype("Int64")
     elif column.dtype == object:
         column = column.map(lambda raw: str(int(raw)) if isinstance(raw, float) and raw.is_integer() else raw)
-    return column.astype(str)
+    return column.astype(str).str.strip()

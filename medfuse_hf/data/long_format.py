@@ -198,6 +198,10 @@ def _patients_by_rank(
         summary.patients_read = len(with_events)
         return pa.table({"patient_id": pa.array(ranked, pa.string())})
     has_events = set(with_events)
+    if has_events and len(label_table) and has_events.isdisjoint(label_table.index):
+        raise ValueError(f"no patient of the labels table has events, and no patient with events has a labels row: "
+                         f"ids such as {sorted(label_table.index)[:3]} there and {sorted(has_events)[:3]} in the "
+                         "events; are they written the same way in both (leading zeros, a decimal point)?")
     summary.patients_read = len(has_events | set(label_table.index))
     for patient_id in label_table.index:
         if patient_id not in has_events:
@@ -284,8 +288,8 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
     elif str(labels).endswith(".parquet"):
         table = pd.read_parquet(labels)
     else:
-        with utf8_errors_named(labels):
-            table = pd.read_csv(labels, encoding="utf-8-sig")
+        with utf8_errors_named(labels):  # ids as text, as the events' are read: "007" stays "007", never 7
+            table = pd.read_csv(labels, encoding="utf-8-sig", dtype={id_column: str})
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
     table = table.assign(**{id_column: as_text(table[id_column])})

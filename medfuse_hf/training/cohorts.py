@@ -175,7 +175,7 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
     patients, summary = load_long_format(list(request.events), request.labels, return_summary=True,
                                          **request.as_kwargs())
     if request.split_file:
-        split = load_split(request.split_file)
+        split = hospital_split(request.split_file)
     elif request.label_column is None:
         split = stratified_split(patients["patient_id"], [0] * len(patients), seed=request.seed)
     else:
@@ -184,8 +184,20 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
         split = stratified_split(labelled, [label for label in labels if label is not None], seed=request.seed)
         split["train"] += [patient_id for patient_id, label in zip(patients["patient_id"], labels) if label is None]
     where = str(request.events[0]) + (f" and {len(request.events) - 1} more tables" if len(request.events) > 1 else "")
-    return Cohort(apply_split(patients, split, "patient_id"), request.label_column, "patient_id",
-                  f"long-format events from {where}", units=summary.units)
+    parts = apply_split(patients, split, "patient_id")
+    for name, part in parts.items():
+        if len(part) == 0:
+            raise ValueError(f"{request.split_file or 'the split'}: none of its {name!r} ids ({split[name][:3]}...) "
+                             f"is a patient of {where} (ids such as {patients['patient_id'][:3]})")
+    return Cohort(parts, request.label_column, "patient_id", f"long-format events from {where}", units=summary.units)
+
+
+def hospital_split(path: str) -> dict[str, list[str]]:
+    """A split file's train/validation/test ids as the loader's ids are, text (7 in the JSON is patient "7")."""
+    split = load_split(path)
+    if set(split) != {"train", "validation", "test"}:
+        raise ValueError(f"{path}: a split file holds 'train', 'validation' and 'test', got {sorted(split)}")
+    return {name: [str(patient_id).strip() for patient_id in ids] for name, ids in split.items()}
 
 
 COHORT_BUILDERS = {  # --dataset name -> the function that builds its cohort: a new dataset is one entry
