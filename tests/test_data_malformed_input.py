@@ -221,6 +221,21 @@ def test_utc_offsets_are_converted_to_utc(tmp_path):
     assert dataset[0]["time"] == [0.0, 1.0]  # 08:00 and 09:00 UTC
 
 
+def test_times_with_and_without_offsets_are_refused_across_tables_and_anchors(tmp_path):
+    """A time without an offset is read as UTC: beside one with +01:00 in another table, or an anchor with one, it
+    would be an hour off, silently."""
+    (tmp_path / "a.csv").write_text(HEADER + "p1,2020-01-01T09:00+01:00,hr,80\n")
+    (tmp_path / "b.csv").write_text(HEADER + "p1,2020-01-01 10:00,hr,81\n")
+    with pytest.raises(ValueError, match=r"b.csv:2: time '2020-01-01 10:00' has no UTC offset, but .*a.csv:2 .* one"):
+        load_long_format([tmp_path / "a.csv", tmp_path / "b.csv"])
+    labels = pd.DataFrame({"patient_id": ["p1"], "admitted": ["2020-01-01T08:00+01:00"]})
+    with pytest.raises(ValueError, match=r"has no UTC offset, but patient 'p1' \(anchor column 'admitted'\)"):
+        load_long_format(tmp_path / "b.csv", labels=labels, anchor_column="admitted")
+    aware = pd.DataFrame({"patient_id": ["p1"], "admitted": pd.to_datetime(["2020-01-01 08:00"]).tz_localize("UTC")})
+    dataset = load_long_format(tmp_path / "a.csv", labels=aware, anchor_column="admitted")
+    assert dataset[0]["time"] == [0.0]  # a timestamp-typed anchor (as Parquet stores one) is a time, not a number
+
+
 def test_postgres_short_offsets_are_offsets(tmp_path):
     """PostgreSQL writes timestamptz as 2020-04-03 10:00:00+02; a date's own -05 is no offset."""
     dataset, _ = load_csv(tmp_path, "p1,2020-04-03 10:00:00+02,hr,80\np1,2020-04-03 10:00:00+01,hr,81\n")
@@ -266,6 +281,17 @@ def test_a_declared_conversion_brings_every_row_into_one_unit(tmp_path):
         unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9)}},
     )
     assert dataset[0]["value"] == pytest.approx([37.0, 37.5]) and summary.units == {"temperature": "°C"}
+
+
+def test_a_row_without_a_unit_is_its_features_unit_unless_other_rows_are_converted(tmp_path):
+    """Beside °F rows converted into °C, a bare 99.5 could be either: refused, never kept as 99.5 °C."""
+    kwargs = dict(header=UNIT_HEADER, columns={"unit": "unit"})
+    dataset, _ = load_csv(tmp_path, "p1,1.0,temperature,37.5,°C\np1,2.0,temperature,36.6,\n", **kwargs)
+    assert dataset[0]["value"] == [37.5, 36.6]
+    with pytest.raises(ValueError, match=r"feature 'temperature': 1 rows have no unit, while rows in '°F' are "
+                                         r"converted into '°C'"):
+        load_csv(tmp_path, TEMPERATURES + "p2,2.0,temperature,99.5,\n", **kwargs,
+                 unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9)}})
 
 
 def test_a_conversion_into_a_named_unit_needs_every_other_unit_declared(tmp_path):

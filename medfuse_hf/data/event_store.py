@@ -116,10 +116,11 @@ class EventStore:
         return [patient for (patient,) in rows.fetchall()]
 
     def unit_counts(self) -> pd.DataFrame:
-        """Rows by feature and unit (compared by `units.unit_key`), with the unit as first written."""
+        """Rows by feature and unit (compared by `units.unit_key`), with the unit as first written; rows without a
+        unit under the key ''."""
         return self.connection.execute("""
             SELECT feature, unit_key AS key, arg_min(unit, seq) AS unit, count(*) AS rows FROM events
-            WHERE unit_key <> '' GROUP BY feature, unit_key ORDER BY feature, unit_key""").df()
+            GROUP BY feature, unit_key ORDER BY feature, unit_key""").df()
 
     def sorted_events(self, conversions: Mapping[tuple[str, str], tuple[float, float]]) -> pa.RecordBatchReader:
         """The events of ranked patients, by rank, each patient's by time (ties in the order read), values in the

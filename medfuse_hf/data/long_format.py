@@ -29,11 +29,20 @@ import pyarrow as pa
 from datasets.fingerprint import get_temporary_cache_files_directory
 
 from ..progress import progress_bar
-from ..timestamps import parse_timestamps
+from ..timestamps import ISO_OFFSET, parse_timestamps
 from ..units import INTO, UnitConversion, same_unit
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .event_batches import DEFAULT_COLUMNS, TableSource, event_batches
-from .event_cleaning import BatchContext, FeatureSpellings, TimeKinds, as_text, clean_batch, max_hours_reason, name_key
+from .event_cleaning import (
+    BatchContext,
+    FeatureSpellings,
+    StampOffsets,
+    TimeKinds,
+    as_text,
+    clean_batch,
+    max_hours_reason,
+    name_key,
+)
 from .event_store import EventStore, write_patient_rows
 from .patient_table import LoadSummary
 from .release_files import utf8_errors_named
@@ -138,7 +147,9 @@ def load_long_format(
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
     if options.label_column is not None:
         label_table = _validated_labels(label_table, options.label_column, options.label_map, labels)
-    anchors = _anchors(label_table, options.anchor_column, options.time_format) if options.anchor_column else None
+    offsets = StampOffsets()
+    anchors = (_anchors(label_table, options.anchor_column, options.time_format, offsets) if options.anchor_column
+               else None)
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
     store = EventStore(folder, patient_order=None if label_table is None else list(label_table.index))
@@ -150,7 +161,7 @@ def load_long_format(
                     name=name, feature_map=options.feature_map, censored=options.censored, decimal=options.decimal,
                     time_format=options.time_format, max_hours=options.max_hours,
                     value_transforms=value_transforms or {}, anchors=anchors, spellings=spellings,
-                    time_kinds=TimeKinds(), summary=summary)
+                    time_kinds=TimeKinds(), offsets=offsets, summary=summary)
                 store.begin_table(name)
                 for batch in event_batches(source, columns, summary):
                     store.add(clean_batch(batch, context))
@@ -224,10 +235,15 @@ def _unit_plan(
     """Each feature's unit across every table (`counts`: rows by feature and unit key, as `EventStore.unit_counts`
     gives them; units compared up to spaces, Unicode look-alikes and the litre's case; a declared unit and `into`
     match as a checkpoint's units do, by `same_unit`), and the conversion of each declared unit into it. Returns
-    feature -> unit and (feature, unit key) -> (scale, offset). A row without a unit is in its feature's unit."""
+    feature -> unit and (feature, unit key) -> (scale, offset). A row without a unit is in its feature's unit, where
+    the feature has one; where other rows are converted into it, such a row could be either, and is refused."""
     units, converting = {}, {}
     for feature, found in counts.set_index(["feature", "key"]).groupby(level="feature", sort=True):
         found = found.droplevel("feature")
+        without_unit = int(found.loc["", "rows"]) if "" in found.index else 0
+        found = found.drop("", errors="ignore")
+        if found.empty:
+            continue
         by_unit = conversions.get(feature, {})
         into = by_unit.get(INTO)
         declared = {key: conversion for key in found.index
@@ -244,6 +260,11 @@ def _unit_plan(
                              f"e.g. unit_conversions={{{feature!r}: "
                              f"{{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}")
         units[feature] = into or found.loc[kept[0], "unit"]
+        if without_unit and declared:
+            converted = ", ".join(repr(found.loc[key, "unit"]) for key in declared)
+            raise ValueError(f"feature {feature!r}: {without_unit:,} rows have no unit, while rows in {converted} are "
+                             f"converted into {units[feature]!r}; a row without one could be in either. Give every "
+                             "row of it a unit")
         for key, conversion in declared.items():
             scale, offset = (conversion, 0.0) if isinstance(conversion, numbers.Real) else conversion
             converting[(feature, key)] = (float(scale), float(offset))
@@ -299,12 +320,17 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
     return table.set_index(id_column)
 
 
-def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str | None) -> pd.Series:
-    """Each patient's time zero: hours, or timestamps parsed as the events' are; an unparseable one names its
-    patient."""
+def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str | None,
+             offsets: StampOffsets) -> pd.Series:
+    """Each patient's time zero: hours, or timestamps parsed as the events' are (whether they carry UTC offsets
+    recorded in `offsets`, which the events' must match); an unparseable one names its patient."""
     if labels is None or anchor_column not in labels.columns:
         raise ValueError(f"anchor_column {anchor_column!r} must be a column of the labels table")
     raw = labels[anchor_column]
+    places = "patient " + labels.index.to_series().map(repr) + f" (anchor column {anchor_column!r})"
+    if pd.api.types.is_datetime64_any_dtype(raw):  # a Parquet timestamp column: already times, UTC out as parsed
+        offsets.check(pd.Series(raw.dt.tz is not None, index=raw.index), raw.astype(str), places)
+        return raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
     numeric = pd.to_numeric(raw, errors="coerce")
     if numeric.notna().all():
         return numeric
@@ -315,6 +341,8 @@ def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str |
     if bad.any():
         raise ValueError(f"anchor column {anchor_column!r}: patient {labels.index[bad.to_numpy()][0]!r} has anchor "
                          f"{text[bad].iloc[0]!r}, which is no time")
+    present = stamps.notna()
+    offsets.check(text[present].str.contains(ISO_OFFSET), text[present], places[present])
     return stamps
 
 
