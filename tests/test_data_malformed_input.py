@@ -147,6 +147,17 @@ def test_labels_that_match_no_patient_with_events_are_an_error_not_an_empty_coho
         load_long_format(events, labels=tmp_path / "labels.csv", label_column="died")
 
 
+def test_a_row_without_a_patient_or_a_feature_is_a_counted_skip_and_a_labels_row_without_an_id_an_error(tmp_path):
+    events = pd.DataFrame({"patient_id": ["p1", None, " ", "p1", "p1"], "time": [0.0, 1.0, 2.0, 3.0, 4.0],
+                           "feature": ["hr", "hr", "hr", None, "hr"], "value": [80.0] * 5})
+    dataset, summary = load_long_format(events, return_summary=True)
+    assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [0.0, 4.0]
+    assert summary.skipped_events == {"empty patient id": 2, "empty feature name": 1}
+    (tmp_path / "labels.csv").write_text("patient_id,died\np1,0\n,1\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 3: no patient id"):
+        load_long_format(events, labels=tmp_path / "labels.csv", label_column="died")
+
+
 def test_a_label_map_turns_text_labels_into_0_and_1(tmp_path):
     dataset, _ = labels_case(tmp_path, "a,yes\nb,No\nc,yes\n", label_map={"yes": 1, "no": 0})
     assert dataset["died"] == [1, 0, 1]
@@ -366,6 +377,18 @@ def test_variant_spellings_can_be_refused(tmp_path):
 def test_a_feature_map_key_is_matched_up_to_case(tmp_path):
     dataset, summary = load_csv(tmp_path, "p1,1.0,Na,140\np1,2.0,NA,141\n", feature_map={"Na": "sodium"})
     assert dataset[0]["feature"] == ["sodium", "sodium"] and summary.skipped_events == {}
+
+
+@pytest.mark.parametrize("feature_map, message", [
+    ({"pH": "ph", "PH": "phosphate"}, "maps 'pH' to 'ph' and 'PH' to 'phosphate', but feature names are read"),
+    ({"220045": "heart_rate", "220046": " "}, "maps '220046' to an empty name"),
+])
+def test_a_feature_map_that_could_not_be_followed_is_refused(tmp_path, feature_map, message):
+    """Matched up to case, pH and PH are one key: pH 7.4 was read as phosphate."""
+    with pytest.raises(ValueError, match=message):
+        load_csv(tmp_path, "p1,1.0,pH,7.4\np1,2.0,PH,3.5\n", feature_map=feature_map)
+    dataset, _ = load_csv(tmp_path, "p1,1.0,pH,7.4\np1,2.0,PH,7.3\n", feature_map={"pH": "ph", "PH": "ph"})
+    assert dataset[0]["feature"] == ["ph", "ph"]
 
 
 def test_spreadsheet_serial_dates_are_not_taken_for_hours(tmp_path):

@@ -141,6 +141,11 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     their timestamp (`stamp_ns`, nanoseconds) and no hours yet, and `max_hours` waits for them too."""
     summary, name = context.summary, context.name
     summary.events_read += len(batch)
+    no_patient, no_feature = blank(batch["patient_id"]), blank(batch["feature"])
+    for reason, mask in (("empty patient id", no_patient), ("empty feature name", no_feature & ~no_patient)):
+        if mask.any():
+            summary.skip_event(reason, f"{name}:{batch.loc[mask, 'line'].iloc[0]}", int(mask.sum()))
+    batch = batch[~(no_patient | no_feature)]
     features = context.spellings.apply(batch, name, summary)
     table = batch.assign(patient_id=as_text(batch["patient_id"]), feature=features)
     table = table.assign(source_feature=table["feature"])
@@ -182,6 +187,11 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     if context.max_hours is not None and context.anchors is not None:
         table = drop(table["hours"] > context.max_hours, max_hours_reason(context.max_hours))
     return table[["patient_id", "feature", "value", "hours", "stamp_ns", "unit", "line"]]
+
+
+def blank(column: pd.Series) -> pd.Series:
+    """Null, or text of spaces only: no patient id or feature name at all."""
+    return column.isna() | column.astype(str).str.strip().eq("")
 
 
 def max_hours_reason(max_hours: float) -> str:

@@ -39,6 +39,7 @@ from .event_cleaning import (
     StampOffsets,
     TimeKinds,
     as_text,
+    blank,
     clean_batch,
     max_hours_reason,
     name_key,
@@ -141,7 +142,7 @@ def load_long_format(
     """
     options = LongFormatOptions(**options)
     known = {**CATEGORICAL_FEATURES, **NUMERIC_FEATURES} if options.feature_map is None else options.feature_map
-    spellings = FeatureSpellings({name_key(name): name for name in known}, options.name_variants)
+    spellings = FeatureSpellings(_spelling_keys(known), options.name_variants)
     columns = {**DEFAULT_COLUMNS, **(options.columns or {})}
     sources = _expanded(list(events) if isinstance(events, (list, tuple)) else [events])
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
@@ -181,6 +182,22 @@ def load_long_format(
         store.close()
     summary.log()
     return (dataset, summary) if return_summary else dataset
+
+
+def _spelling_keys(known: Mapping[str, str]) -> dict[str, str]:
+    """Each known name by what its spellings share (`name_key`). Names are read up to case, so a feature map with
+    `pH -> ph` and `PH -> phosphate` cannot be followed: refused, never pH read as phosphate. So is a name mapped to
+    nothing."""
+    keys: dict[str, str] = {}
+    for name, canonical in known.items():
+        if not str(canonical).strip():
+            raise ValueError(f"feature_map maps {name!r} to an empty name")
+        other = keys.setdefault(name_key(name), name)
+        if other != name and known[other] != canonical:
+            raise ValueError(f"feature_map maps {other!r} to {known[other]!r} and {name!r} to {canonical!r}, but "
+                             "feature names are read up to case and look-alike letters: map both to one name, or "
+                             "tell them apart in the export")
+    return keys
 
 
 def _expanded(sources: list[TableSource]) -> list[TableSource]:
@@ -313,6 +330,10 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
             table = pd.read_csv(labels, encoding="utf-8-sig", dtype={id_column: str})
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
+    if blank(table[id_column]).any():
+        position = int(np.flatnonzero(blank(table[id_column]).to_numpy())[0])
+        where = f"row {position}" if isinstance(labels, pd.DataFrame) else f"line {position + 2}"
+        raise ValueError(f"{name}, {where}: no patient id")
     table = table.assign(**{id_column: as_text(table[id_column])})
     duplicated = table[id_column].duplicated()
     if duplicated.any():
