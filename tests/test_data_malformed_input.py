@@ -247,6 +247,19 @@ def test_times_with_and_without_offsets_are_refused_across_tables_and_anchors(tm
     assert dataset[0]["time"] == [0.0]  # a timestamp-typed anchor (as Parquet stores one) is a time, not a number
 
 
+def test_tables_in_hours_and_in_timestamps_are_refused_and_a_blank_numeric_anchor_is_counted(tmp_path):
+    (tmp_path / "hours.csv").write_text(HEADER + "p1,5,hr,80\n")
+    (tmp_path / "stamps.csv").write_text(HEADER + "p1,2020-01-01 10:00,hr,81\n")
+    with pytest.raises(ValueError, match=r"hours.csv gives its times as numbers of hours and .*stamps.csv as "
+                                         r"timestamps"):
+        load_long_format([tmp_path / "hours.csv", tmp_path / "stamps.csv"])
+    events = pd.DataFrame({"patient_id": ["p1", "p2"], "time": [5.0, 6.0], "feature": ["hr"] * 2, "value": [80.0] * 2})
+    labels = pd.DataFrame({"patient_id": ["p1", "p2"], "admitted": [1.0, None]})
+    dataset, summary = load_long_format(events, labels=labels, anchor_column="admitted", return_summary=True)
+    assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [4.0]
+    assert summary.skipped_events == {"patient has no anchor time": 1}
+
+
 def test_postgres_short_offsets_are_offsets(tmp_path):
     """PostgreSQL writes timestamptz as 2020-04-03 10:00:00+02; a date's own -05 is no offset."""
     dataset, _ = load_csv(tmp_path, "p1,2020-04-03 10:00:00+02,hr,80\np1,2020-04-03 10:00:00+01,hr,81\n")

@@ -152,6 +152,7 @@ def load_long_format(
     anchors = (_anchors(label_table, options.anchor_column, options.time_format, offsets) if options.anchor_column
                else None)
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
+    tables_by_time_kind: dict[str, str] = {}
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
     store = EventStore(folder, patient_order=None if label_table is None else list(label_table.index))
     try:
@@ -168,6 +169,7 @@ def load_long_format(
                     store.add(clean_batch(batch, context))
                     bar.update(len(batch))
                 context.time_kinds.refuse_a_mix(name)
+                _one_clock(context.time_kinds, name, tables_by_time_kind)
         if anchors is None:  # time zero is each patient's first event, known only now
             store.count_from_first_timestamps()
             store.refuse_serial_days()
@@ -182,6 +184,18 @@ def load_long_format(
         store.close()
     summary.log()
     return (dataset, summary) if return_summary else dataset
+
+
+def _one_clock(kinds: TimeKinds, name: str, tables_by_kind: dict[str, str]) -> None:
+    """Every table's times one way: one table in hours and another in timestamps cannot be put on one clock (an
+    anchor column refuses the mismatch table by table; without one, the hours would stay as given and the timestamps
+    count from the patient's first)."""
+    kind = "timestamps" if kinds.stamps else "numbers of hours" if kinds.numbers else None
+    if kind is not None:
+        tables_by_kind.setdefault(kind, name)
+    if len(tables_by_kind) > 1:
+        raise ValueError(f"{tables_by_kind['numbers of hours']} gives its times as numbers of hours and "
+                         f"{tables_by_kind['timestamps']} as timestamps: give every table's times one way")
 
 
 def _spelling_keys(known: Mapping[str, str]) -> dict[str, str]:
@@ -353,7 +367,7 @@ def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str |
         offsets.check(pd.Series(raw.dt.tz is not None, index=raw.index), raw.astype(str), places)
         return raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
     numeric = pd.to_numeric(raw, errors="coerce")
-    if numeric.notna().all():
+    if numeric[~blank(raw)].notna().all():  # hours; a blank anchor leaves its patient's events to be counted
         return numeric
     text = raw.astype(str).str.strip()
     stamps = parse_timestamps(text, time_format, f"anchor column {anchor_column!r}",
