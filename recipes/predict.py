@@ -88,11 +88,14 @@ def prediction_function(args: argparse.Namespace) -> dict:
     # later chunk) leaves no file that looks complete.
     writing, explaining = (path.with_name(path.name + ".partial") for path in (output, explanations))
     unknown, scored, skipped, skipped_examples, worst_error = Counter(), 0, 0, [], 0.0
+    cut = Counter()  # patients longer than the model reads, and their oldest events it left out
     with progress_bar(total=len(patients), desc="scoring", unit="patients") as bar:
         for part in chunks(patients):
             counts, part_unknown = known_events(part, tokenizer)
             unknown.update(part_unknown)
             scorable = [row for row, count in enumerate(counts) if count > 0]
+            over = [count - tokenizer.max_events for count in counts if count > tokenizer.max_events]
+            cut.update(patients=len(over), events=sum(over))
             not_scored = [patient for patient, count in zip(part["patient_id"], counts) if count == 0]
             skipped, skipped_examples = skipped + len(not_scored), (skipped_examples + not_scored)[:10]
             bar.update(len(part))
@@ -122,6 +125,9 @@ def prediction_function(args: argparse.Namespace) -> dict:
         "patients_not_scored": {NO_KNOWN_EVENT: skipped} if skipped else {},
         "patients_not_scored_examples": skipped_examples,
         "unknown_features": dict(unknown.most_common()),  # name -> events left out
+        # the most recent max_events of a longer stay are read (and pinned features' earliest)
+        "patients_cut_to_max_events": {"max_events": tokenizer.max_events, "patients": cut["patients"],
+                                       "oldest_events_left_out": cut["events"]},
         "events_read": load_summary.events_read,
         "events_kept_by_loader": load_summary.events_kept,
         "events_skipped_by_loader": dict(load_summary.skipped_events),

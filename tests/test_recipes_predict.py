@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import load_script
 
-from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification
+from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = """SUBJECT_ID,HOURS,ITEM,VALUE
@@ -63,6 +63,18 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
     assert summary["patients_not_scored_examples"] == ["p2"]
     assert summary["loader_notes"] == {"censored value, kept at the bound": 1}
     assert summary["patients_scored"] == 2 and summary["events_read"] == 7
+    assert summary["patients_cut_to_max_events"] == {"max_events": 64, "patients": 0, "oldest_events_left_out": 0}
+
+
+def test_the_summary_counts_the_oldest_events_a_long_stay_had_left_out(predict, tmp_path, tokenizer, tiny_config):
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    MedFuseTokenizer(tokenizer.feature_vocabulary, max_events=2).save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    output = tmp_path / "predictions.csv"
+    predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
+                  "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(output)])
+    summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
+    assert summary["patients_cut_to_max_events"] == {"max_events": 2, "patients": 1, "oldest_events_left_out": 1}
 
 
 def test_a_table_scored_a_few_patients_at_a_time_gives_the_same_files(
