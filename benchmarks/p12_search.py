@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from p12_table import finetune_row, read_test_predictions
+from p12_table import PLATEAU, finetune_row, plateau_auprc, read_test_predictions
 from protocol import BUDGET, MODELS, ROOT
 
 from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
@@ -112,22 +112,34 @@ def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def summarise(rows: list[dict]) -> str:
+def plateau_of(row: dict, output_dir: Path) -> float | None:
+    """The row's `plateau_auprc`, recorded, or read from its run folder where that is on this machine."""
+    run_dir = output_dir / f"{row['configuration']}-seed{row['seed']}"
+    if "validation_auprc_plateau" in row:
+        return row["validation_auprc_plateau"]
+    return plateau_auprc(run_dir) if (run_dir / "test_metrics.json").exists() else None
+
+
+def summarise(rows: list[dict], output_dir: Path) -> str:
     """The ledger: one line per configuration, in the order first run, mean ± std over the seeds run, its rank among
-    the configurations judged on three seeds, and its cost."""
+    the configurations judged on three seeds, and its cost. Beside the kept epoch's validation AUPRC, the rule's
+    figure, the mean of the `PLATEAU` validations up to it (`plateau_auprc`), less favourable to longer runs."""
     rank = {name: place for place, (name, *_) in enumerate(judged(rows), start=1)}
     lines = [
-        "| configuration | seeds | rank (3 seeds, validation) | validation AUROC | validation AUPRC | test AUROC "
-        "| test AUPRC | epochs (best) | train s/run |",
-        "|---|---:|---:|---|---|---|---|---|---:|",
+        "| configuration | seeds | rank (3 seeds, validation) | validation AUROC | validation AUPRC "
+        f"| validation AUPRC, {PLATEAU} up to the kept epoch | test AUROC | test AUPRC | epochs (best) "
+        "| train s/run |",
+        "|---|---:|---:|---|---|---|---|---|---|---:|",
     ]
     for name in dict.fromkeys(row["configuration"] for row in rows):
         cell = sorted((row for row in rows if row["configuration"] == name), key=lambda row: row["seed"])
         figures = [mean_std_of([row[column] for row in cell]) for column in COLUMNS]
+        plateaus = [plateau_of(row, output_dir) for row in cell]
+        plateau = mean_std_of(plateaus) if None not in plateaus else "–"
         epochs = "/".join(f"{row['epochs']} ({row['best_epoch']})" for row in cell)
         seconds = sum(row["train_seconds"] for row in cell) / len(cell)
-        lines.append(f"| {name} | {len(cell)} | {rank.get(name, '–')} | {' | '.join(figures)} | {epochs} "
-                     f"| {seconds:.0f} |")
+        lines.append(f"| {name} | {len(cell)} | {rank.get(name, '–')} | {' | '.join(figures[:2])} | {plateau} "
+                     f"| {' | '.join(figures[2:])} | {epochs} | {seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -162,7 +174,7 @@ def main() -> None:
                      run, lambda row: f"{row['configuration']} seed {row['seed']}: "
                      + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)
                      + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)")
-    print(summarise(results.rows))
+    print(summarise(results.rows, args.output_dir))
     print(gaps_to_gbm(results.rows, args.output_dir, args.table_dir))
 
 

@@ -148,6 +148,18 @@ def test_the_search_composes_levers_and_judges_only_configurations_run_on_three_
     assert [name for name, *_ in search.judged(rows)] == ["per_feature", "tied", "reference"]  # AUROC breaks the tie
 
 
+def test_the_plateau_figure_averages_the_kept_epoch_and_the_validations_before_it(tmp_path):
+    """The best of many noisy validations is biased up; the mean of the kept one and the four before it much less."""
+    p12_table = load_script("benchmarks/p12_table.py")
+    (tmp_path / "logs").mkdir()
+    figures = [0.40, 0.50, 0.48, 0.52, 0.51, 0.56, 0.53, 0.50]  # epochs 0-7; the kept one is epoch 5 (best_epoch 6)
+    (tmp_path / "logs" / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": epoch, "validation_auprc": figure}) + "\n" + json.dumps({"epoch": epoch, "loss": 1.0})
+        + "\n" for epoch, figure in enumerate(figures)))
+    (tmp_path / "test_metrics.json").write_text(json.dumps({"best_validation": {"auprc": 0.56, "epoch": 6}}))
+    assert p12_table.plateau_auprc(tmp_path) == pytest.approx(np.mean([0.50, 0.48, 0.52, 0.51, 0.56]))
+
+
 def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_path):
     """A driver holds its rows in memory for hours; rows imported into its file meanwhile must survive its next
     write, and a cell written twice is kept once."""
