@@ -29,6 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 
 from medfuse_hf import (
+    FeatureVocabulary,
     MedFuseConfig,
     MedFuseForSequenceClassification,
     MedFuseTokenizer,
@@ -89,11 +90,16 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
 
 
 def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuseTokenizer, dict]:
-    """`--init_from`'s tokenizer with the cohort's new features added, and how the two matched."""
+    """`--init_from`'s tokenizer with the cohort's new features added, and how the two matched. A probe leaves the
+    new features out instead: its frozen encoder has learnt nothing of them, and their tokens would only be noise
+    (LP-FT's second stage, a full fine-tuning, adds them)."""
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     check_units(pretrained.feature_vocabulary, units, f"--init_from {args.init_from}")
     alignment = align(pretrained.feature_vocabulary, fitted.feature_vocabulary)
-    tokenizer = MedFuseTokenizer(merge(pretrained.feature_vocabulary, fitted.feature_vocabulary),
+    vocabulary = merge(pretrained.feature_vocabulary, fitted.feature_vocabulary)  # the cohort's spellings joined
+    if args.strategy == "probe":
+        vocabulary = FeatureVocabulary(spec for spec in vocabulary if spec.name not in alignment.only_there)
+    tokenizer = MedFuseTokenizer(vocabulary,
                                  max_events=args.max_events, unknown_features="drop", max_hours=pretrained.max_hours,
                                  padding_side=pretrained.padding_side, pinned_features=pretrained.pinned_features)
     # Per feature, the values are normalised as the checkpoint's weights learnt them, whatever --value_normalization
@@ -104,6 +110,8 @@ def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuse
     matching = {"checkpoint_feature_ids": len(pretrained.feature_vocabulary), "matched": len(alignment.matched),
                 "new_at_target": len(alignment.only_there), "only_at_source": len(alignment.only_here),
                 "new_features": alignment.only_there, "matched_by": dict(Counter(alignment.how.values())),
+                "new_features_are": ("left out, the frozen encoder having learnt nothing of them"
+                                     if args.strategy == "probe" else "starting fresh"),
                 "kept_checkpoint_normalization": dict(other)}
     return tokenizer, matching
 
@@ -192,8 +200,8 @@ def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accel
                                                    "kept_checkpoint_normalization")}
         accelerator.print(f"--init_from {args.init_from}: {matching['matched']} of the cohort's features matched the "
                           f"checkpoint's (by {matching['matched_by']}), {matching['new_at_target']} new here, "
-                          f"starting fresh: {matching['new_features'][:20]}; {matching['only_at_source']} only in "
-                          "the checkpoint")
+                          f"{matching['new_features_are']}: {matching['new_features'][:20]}; "
+                          f"{matching['only_at_source']} only in the checkpoint")
         for normalization, count in matching["kept_checkpoint_normalization"].items():
             accelerator.print(f"{count} matched features keep the checkpoint's {normalization} values, what its "
                               f"weights learnt on: --value_normalization {args.value_normalization} applies to the "

@@ -335,6 +335,19 @@ def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tin
     assert finetune.build_tokenizer(args, train, {})[1]["kept_checkpoint_normalization"] == {}
 
 
+def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_full_fine_tuning_adds_them(tiny_base):
+    finetune = load_script("recipes/finetune.py")
+    args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe"])
+    train = load_cohort_from_settings(vars(args)).splits["train"].map(
+        lambda patient: {"feature": [*patient["feature"], "bedside_score"], "value": [*patient["value"], 3.0],
+                         "time": [*patient["time"], 1.0]})
+    probed, matching = finetune.build_tokenizer(args, train, {})
+    assert matching["new_features"] == ["bedside_score"] and "bedside_score" not in probed.feature_vocabulary
+    assert len(probed.feature_vocabulary) == matching["checkpoint_feature_ids"]
+    args.strategy = "full"
+    assert "bedside_score" in finetune.build_tokenizer(args, train, {})[0].feature_vocabulary
+
+
 def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, tmp_path):
     """Per-feature pooling on a mean-pooled base: frozen, the new pooler would stay random; fine-tuned, it learns."""
     finetune = load_script("recipes/finetune.py")
