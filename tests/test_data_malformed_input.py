@@ -395,6 +395,7 @@ def test_a_feature_map_key_is_matched_up_to_case(tmp_path):
 @pytest.mark.parametrize("feature_map, message", [
     ({"pH": "ph", "PH": "phosphate"}, "maps 'pH' to 'ph' and 'PH' to 'phosphate', but feature names are read"),
     ({"220045": "heart_rate", "220046": " "}, "maps '220046' to an empty name"),
+    ({"pH": "ph", "PH": "PH"}, "maps to 'ph' and to 'PH', one name spelled two ways"),
 ])
 def test_a_feature_map_that_could_not_be_followed_is_refused(tmp_path, feature_map, message):
     """Matched up to case, pH and PH are one key: pH 7.4 was read as phosphate."""

@@ -200,12 +200,17 @@ def _one_clock(kinds: TimeKinds, name: str, tables_by_kind: dict[str, str]) -> N
 
 def _spelling_keys(known: Mapping[str, str]) -> dict[str, str]:
     """Each known name by what its spellings share (`name_key`). Names are read up to case, so a feature map with
-    `pH -> ph` and `PH -> phosphate` cannot be followed: refused, never pH read as phosphate. So is a name mapped to
-    nothing."""
+    `pH -> ph` and `PH -> phosphate` cannot be followed: refused, never pH read as phosphate. So are a name mapped to
+    nothing and a canonical name spelled two ways (`sodium`, `Sodium`)."""
     keys: dict[str, str] = {}
+    canonical_names: dict[str, str] = {}
     for name, canonical in known.items():
         if not str(canonical).strip():
             raise ValueError(f"feature_map maps {name!r} to an empty name")
+        spelled = canonical_names.setdefault(name_key(canonical), canonical) if isinstance(canonical, str) else None
+        if spelled is not None and spelled != canonical:
+            raise ValueError(f"feature_map maps to {spelled!r} and to {canonical!r}, one name spelled two ways: they "
+                             "would be two features")
         other = keys.setdefault(name_key(name), name)
         if other != name and known[other] != canonical:
             raise ValueError(f"feature_map maps {other!r} to {known[other]!r} and {name!r} to {canonical!r}, but "
