@@ -343,7 +343,8 @@ def test_declarations_and_into_match_a_feed_that_writes_units_in_capitals(tmp_pa
 def test_units_that_differ_only_in_spelling_are_one_unit(tmp_path):
     _, summary = load_csv(
         tmp_path,
-        "p1,1.0,creatinine,1.1,mg/dL\np1,2.0,creatinine,1.2,mg/dl\np1,3.0,creatinine,1.0, mg/dL\n",
+        "p1,1.0,creatinine,1.1,mg/dL\np1,2.0,creatinine,1.2,mg/dl\np1,3.0,creatinine,1.0, mg/dL\n"
+        "p1,4.0,creatinine,0.9,MG/DL\n",  # a feed in capitals has lost the case: one unit, as checkpoints compare them
         header=UNIT_HEADER,
         columns={"unit": "unit"},
     )

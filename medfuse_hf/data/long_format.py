@@ -284,7 +284,11 @@ def _unit_plan(
         into = by_unit.get(INTO)
         declared = {key: conversion for key in found.index
                     if (conversion := _declared_conversion(found.loc[key, "unit"], by_unit)) is not None}
-        kept = [key for key in found.index if key not in declared]
+        kept = []  # the undeclared units, one of each that `same_unit` calls one (MG/DL, mg/dl), as cased as written
+        for key in sorted((key for key in found.index if key not in declared),
+                          key=lambda key: found.loc[key, "unit"].isupper()):
+            if not any(same_unit(found.loc[key, "unit"], found.loc[other, "unit"]) for other in kept):
+                kept.append(key)
         if into is None:
             one_unit_left = len(kept) == 1
         else:  # the unit named by `into`, or none left at all: the table need not hold the unit it converts into
