@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from medfuse_hf import MedFuseConfig, MedFuseTokenizer
 from medfuse_hf.synthetic import make_sodium_cohort
-from medfuse_hf.training import read_metrics
-from medfuse_hf.training.cohorts import load_cohort_from_settings
+from medfuse_hf.training import read_metrics, starting_point
+from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
@@ -228,9 +228,8 @@ def test_static_features_are_named_on_the_command_line_and_saved_as_ids(tmp_path
     assert (json.loads((tmp_path / "model" / "config.json").read_text())["static_feature_ids"]
             == [saved.feature_vocabulary.id_of("heart_rate")])
     assert saved.pinned_features == ["heart_rate"]  # a long stay scored later keeps what the statics read
-    finetune = load_script("recipes/finetune.py")
     with pytest.raises(SystemExit, match=r"--static_features: \['age'\] are not in the tokenizer's vocabulary"):
-        finetune.static_feature_ids(["heart_rate", "age"], MedFuseTokenizer.from_pretrained(tmp_path / "model"))
+        starting_point.static_feature_ids(["heart_rate", "age"], MedFuseTokenizer.from_pretrained(tmp_path / "model"))
 
 
 def test_gradient_accumulation_counts_optimizer_steps_not_batches(tmp_path, single_process_run):
@@ -302,8 +301,9 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     assert settings["learning_rate"] == pytest.approx(3e-4)  # a tenth of the probe's 3e-3
     finetune = load_script("recipes/finetune.py")  # the second stage starts from the probe's head
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(output / "probe" / "model")])
-    tokenizer, matching = finetune.build_tokenizer(args, load_cohort_from_settings(vars(args)).splits["train"], {})
-    start = finetune.build_model(args, tokenizer, 0.5, matching).state_dict()
+    train = load_cohort_from_settings(vars(args)).splits["train"]
+    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+    start = starting_point.build_model(args, tokenizer, 0.5, matching).state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
 
 
@@ -327,12 +327,12 @@ def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tin
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"),
                                                       "--value_normalization", "quantile"])
     train = load_cohort_from_settings(vars(args)).splits["train"]
-    tokenizer, matching = finetune.build_tokenizer(args, train, {})
+    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
     numeric = [spec for spec in tokenizer.feature_vocabulary if spec.statistics is not None]
     assert numeric and {spec.statistics.normalization for spec in numeric} == {"robust_zscore"}
     assert matching["kept_checkpoint_normalization"] == {"robust_zscore": len(numeric)}
     args.value_normalization = "robust_zscore"
-    assert finetune.build_tokenizer(args, train, {})[1]["kept_checkpoint_normalization"] == {}
+    assert starting_point.build_tokenizer(args, train, {})[1]["kept_checkpoint_normalization"] == {}
 
 
 def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_full_fine_tuning_adds_them(tiny_base):
@@ -341,11 +341,11 @@ def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_ful
     train = load_cohort_from_settings(vars(args)).splits["train"].map(
         lambda patient: {"feature": [*patient["feature"], "bedside_score"], "value": [*patient["value"], 3.0],
                          "time": [*patient["time"], 1.0]})
-    probed, matching = finetune.build_tokenizer(args, train, {})
+    probed, matching = starting_point.build_tokenizer(args, train, {})
     assert matching["new_features"] == ["bedside_score"] and "bedside_score" not in probed.feature_vocabulary
     assert len(probed.feature_vocabulary) == matching["checkpoint_feature_ids"]
     args.strategy = "full"
-    assert "bedside_score" in finetune.build_tokenizer(args, train, {})[0].feature_vocabulary
+    assert "bedside_score" in starting_point.build_tokenizer(args, train, {})[0].feature_vocabulary
 
 
 def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, tmp_path):
@@ -354,12 +354,13 @@ def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, t
     for strategy in ("probe", "lp-ft", "full"):
         args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy",
                                                           strategy, "--pooling", "per_feature"])
-        tokenizer, matching = finetune.build_tokenizer(args, load_cohort_from_settings(vars(args)).splits["train"], {})
+        train = load_cohort_from_settings(vars(args)).splits["train"]
+        tokenizer, matching = starting_point.build_tokenizer(args, train, {})
         if strategy == "full":
-            assert finetune.build_model(args, tokenizer, 0.5, matching).config.pooling == "per_feature"
+            assert starting_point.build_model(args, tokenizer, 0.5, matching).config.pooling == "per_feature"
             continue
         with pytest.raises(SystemExit, match=f"--strategy {strategy} freezes the encoder .* would stay random"):
-            finetune.build_model(args, tokenizer, 0.5, matching)
+            starting_point.build_model(args, tokenizer, 0.5, matching)
 
 
 @pytest.mark.parametrize("sampling, loss, asked, weights", [
@@ -373,14 +374,13 @@ def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, t
 def test_the_classes_are_balanced_once(sampling, loss, asked, weights):
     """Balanced batches, or focal loss's α, and inverse-frequency weights on top would count a death about six times
     at P12's rate: miscalibrated risks. `auto` weights the loss only where nothing else balances the classes."""
-    finetune = load_script("recipes/finetune.py")
     args = argparse.Namespace(sampling=sampling, class_weighting=asked)
     config = MedFuseConfig(vocab_size=4, classification_loss=loss)
     if isinstance(weights, str):
         with pytest.raises(SystemExit, match=weights):
-            finetune.class_weights_for(args, 0.2, config)
+            starting_point.class_weights_for(args, 0.2, config)
     else:
-        assert finetune.class_weights_for(args, 0.2, config) == (pytest.approx(weights) if weights else None)
+        assert starting_point.class_weights_for(args, 0.2, config) == (pytest.approx(weights) if weights else None)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -403,7 +403,7 @@ def test_balanced_sampling_draws_deaths_as_often_as_survivals():
     for index, row in enumerate(rows):
         row["label"] = int(index % 10 == 0)
     train = datasets.Dataset.from_list(rows)
-    tokenizer = finetune.fit_tokenizer(train, 64)
+    tokenizer = fit_tokenizer(train, 64)
     share = {}
     for sampling in ("balanced", "length_grouped"):
         args = finetune.build_parser().parse_args(TINY + ["--sampling", sampling])
