@@ -41,6 +41,13 @@ def test_a_quoted_decimal_comma_and_the_decimal_option_keep_the_value(tmp_path):
     assert dataset[0]["value"] == [3.9]
 
 
+def test_values_that_differ_at_one_patient_feature_and_time_are_kept_and_noted(tmp_path):
+    rows = "p1,1.0,sodium,140\np1,1.0,sodium,150\np1,1.0,sodium,140\np1,2.0,sodium,141\n"  # a repeat, a second value
+    dataset, summary = load_csv(tmp_path, rows)
+    assert dataset[0]["value"] == [140.0, 150.0, 141.0] and summary.skipped_events == {"duplicate row": 1}
+    assert summary.notes == {"values that differ at one patient, feature and time (all kept)": 2}
+
+
 def test_a_decimal_comma_without_the_option_is_a_counted_skip(tmp_path):
     dataset, summary = load_csv(tmp_path, 'p1,2.0,potassium,"3,9"\np1,3.0,potassium,4.1\n')
     assert dataset[0]["value"] == [4.1] and summary.skipped_events["non-numeric value"] == 1

@@ -103,6 +103,17 @@ class EventStore:
             self.connection.execute("DELETE FROM events WHERE hours > ?", [max_hours])
             self._rows_deleted = True
 
+    def note_conflicting_values(self, reason: str, summary: LoadSummary) -> None:
+        """Count the values that differ at one patient, feature and time: all are kept (a repeated measurement, or a
+        correction the export left beside the original), and noted for a person to see."""
+        count, source, line = self.connection.execute("""
+            SELECT sum(values_there), arg_min(source, first), arg_min(line, first) FROM (
+                SELECT count(DISTINCT value) AS values_there, min(seq) AS first, arg_min(source, seq) AS source,
+                       arg_min(line, seq) AS line
+                FROM events GROUP BY patient_id, feature, hours HAVING count(DISTINCT value) > 1)""").fetchone()
+        if count:
+            summary.note(reason, f"{self.sources[source]}:{line}", int(count))
+
     @property
     def ranked_patients(self) -> list[str]:
         """The patient of each rank, in rank order."""

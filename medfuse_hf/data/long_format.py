@@ -175,6 +175,7 @@ def load_long_format(
             store.refuse_serial_days()
             if options.max_hours is not None:
                 store.drop_later_than(options.max_hours, max_hours_reason(options.max_hours), summary)
+        store.note_conflicting_values("values that differ at one patient, feature and time (all kept)", summary)
         summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {})
         patients = _patients_by_rank(store.ranked_patients, store.patients_with_events(), label_table,
                                      options.label_column, summary)
