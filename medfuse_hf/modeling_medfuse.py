@@ -603,7 +603,6 @@ class MedFuseModel(MedFusePreTrainedModel):
                 f"(vocab_size {self.config.vocab_size}): was the tokenizer built on another vocabulary?"
             )
 
-
     def _check_tokens(self, inputs_embeds: torch.Tensor, feature_ids: torch.Tensor,
                       value_mask: torch.Tensor | None) -> None:
         if value_mask is not None:

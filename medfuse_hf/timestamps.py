@@ -8,6 +8,7 @@ so checkpoints that ship their code carry it).
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,34 @@ def any_form(text: pd.Series) -> pd.Series:
     return pd.to_datetime(text, format="mixed", errors="coerce", utc=True)
 
 
+@dataclass
+class StampOffsets:
+    """Whether a load's timestamps carry UTC offsets, as its first one did. A time without one is read as UTC, so
+    events written without offsets against anchors with them, or two tables (or batches) written two ways, would
+    shift by the offset, silently: every timestamp of a load, anchors included, must agree."""
+
+    first: tuple[bool, str] | None = None  # (has an offset, where and what)
+
+    def check(self, has_offset: pd.Series, text: pd.Series, places: pd.Series) -> None:
+        if has_offset.empty:
+            return
+        if self.first is None:
+            self.first = (bool(has_offset.iloc[0]), f"{places.iloc[0]} ({text.iloc[0]!r})")
+        differ = has_offset != self.first[0]
+        if differ.any():
+            this, that = ("has no", "has one") if self.first[0] else ("has a", "has none")
+            raise ValueError(f"{places[differ].iloc[0]}: time {text[differ].iloc[0]!r} {this} UTC offset, but "
+                             f"{self.first[1]} {that}: give every time of the load, anchors included, an offset or "
+                             "none")
+
+
 def parse_timestamps(text: pd.Series, time_format: str | None, where: str, places: pd.Series,
-                     in_any_form: pd.Series | None = None) -> pd.Series:
+                     in_any_form: pd.Series | None = None, offsets: StampOffsets | None = None) -> pd.Series:
     """Timestamps in `time_format`, else ISO 8601; NaT where the text is no timestamp at all. Offsets are converted
     to UTC (naive UTC out); a column where only some stamps carry an offset, a date whose day and month could be
     swapped (`03/04/2020`) or another unambiguous non-ISO form without `time_format` is an error naming the place.
-    `in_any_form`, the text's `any_form` where the caller has it already, spares the slowest parse."""
+    `in_any_form`, the text's `any_form` where the caller has it already, spares the slowest parse; `offsets`, a
+    load's record of whether its times carry offsets, is checked against these."""
     in_any_form = any_form(text) if in_any_form is None else in_any_form
     parseable = in_any_form.notna()
     has_offset = text.str.contains(ISO_OFFSET) & parseable
@@ -43,6 +66,8 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
             f"{places[has_offset].iloc[0]} ({where}): time {text[has_offset].iloc[0]!r} has a UTC offset, "
             f"but {places[naive].iloc[0]} ({text[naive].iloc[0]!r}) has none: give every time an offset, or none"
         )
+    if offsets is not None:
+        offsets.check(has_offset[parseable], text[parseable], places[parseable])
     if time_format:
         stamps = pd.to_datetime(text, format=time_format, errors="coerce", utc=bool(has_offset.any()))
     else:

@@ -126,6 +126,11 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             raise ValueError(f"pinned_features {unknown} are not in the feature vocabulary")
         self._pinned_features = list(names)
 
+    @property
+    def pinned_feature_ids(self) -> set[int]:
+        """The ids of `pinned_features`, which may be aliases or codes."""
+        return {self.feature_vocabulary.id_of(name) for name in self.pinned_features}
+
     # ----- public API ---------------------------------------------------------------------------------
     def __call__(
         self,
@@ -306,9 +311,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         and the most recent of the others."""
         if len(feature_ids) <= limit or not self.pinned_features:
             return slice(-limit, None)
-        pinned_ids = [self.feature_vocabulary.id_of(name) for name in self.pinned_features]
         ids, first = np.unique(feature_ids, return_index=True)
-        pinned = np.sort(first[np.isin(ids, pinned_ids)])[-limit:]
+        pinned = np.sort(first[np.isin(ids, list(self.pinned_feature_ids))])[-limit:]
         others = np.setdiff1d(np.arange(len(feature_ids)), pinned)
         return np.sort(np.concatenate([pinned, others[len(others) - (limit - len(pinned)):]]))
 

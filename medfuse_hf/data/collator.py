@@ -53,8 +53,7 @@ class MedFuseDataCollator:
 
     def _drop_events(self, row: dict) -> dict:
         draw = self.rng or random
-        vocabulary = self.tokenizer.feature_vocabulary
-        pinned = {vocabulary.id_of(name) for name in self.tokenizer.pinned_features}
+        vocabulary, pinned = self.tokenizer.feature_vocabulary, self.tokenizer.pinned_feature_ids
         keep = [(bool(pinned) and vocabulary.id_of(str(name)) in pinned) or draw.random() >= self.event_dropout
                 for name in row["feature"]]
         if keep and not any(keep):

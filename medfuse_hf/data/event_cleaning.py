@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..timestamps import ISO_OFFSET, any_form, parse_timestamps
+from ..timestamps import StampOffsets, any_form, parse_timestamps
 from .patient_table import LoadSummary
 
 logger = logging.getLogger(__name__)
@@ -93,27 +93,6 @@ class TimeKinds:
                              f"{'a number of hours' if rarer == 'numbers' else 'a timestamp'}, "
                              f"but the column holds {getattr(self, other)} "
                              f"{'timestamps' if rarer == 'numbers' else 'numbers of hours'}: give every time one way")
-
-
-@dataclass
-class StampOffsets:
-    """Whether a load's timestamps carry UTC offsets, as its first one did. A time without one is read as UTC, so
-    events written without offsets against anchors with them, or two tables (or batches) written two ways, would
-    shift by the offset, silently: every timestamp of a load, anchors included, must agree."""
-
-    first: tuple[bool, str] | None = None  # (has an offset, where and what)
-
-    def check(self, has_offset: pd.Series, text: pd.Series, places: pd.Series) -> None:
-        if has_offset.empty:
-            return
-        if self.first is None:
-            self.first = (bool(has_offset.iloc[0]), f"{places.iloc[0]} ({text.iloc[0]!r})")
-        differ = has_offset != self.first[0]
-        if differ.any():
-            this, that = ("has no", "has one") if self.first[0] else ("has a", "has none")
-            raise ValueError(f"{places[differ].iloc[0]}: time {text[differ].iloc[0]!r} {this} UTC offset, but "
-                             f"{self.first[1]} {that}: give every time of the load, anchors included, an offset or "
-                             "none")
 
 
 @dataclass
@@ -239,9 +218,8 @@ def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Se
     if anchors is not None and not anchors_are_stamps:
         raise ValueError(f"{context.name}: times are timestamps, but the anchor column holds numbers: give both one "
                          "way")
-    places = context.name + ":" + lines.astype(str)
-    stamps = parse_timestamps(text, context.time_format, "column time", places, in_any_form)
-    context.offsets.check(text[is_stamp].str.contains(ISO_OFFSET), text[is_stamp], places[is_stamp])
+    stamps = parse_timestamps(text, context.time_format, "column time", context.name + ":" + lines.astype(str),
+                              in_any_form, context.offsets)
     if anchors is not None:
         return (stamps - table["patient_id"].map(anchors)) / pd.Timedelta(hours=1), pending
     nanoseconds = pd.Series(stamps.dt.as_unit("ns").to_numpy().view("int64"), index=table.index, dtype="Int64")

@@ -29,14 +29,13 @@ import pyarrow as pa
 from datasets.fingerprint import get_temporary_cache_files_directory
 
 from ..progress import progress_bar
-from ..timestamps import ISO_OFFSET, parse_timestamps
+from ..timestamps import ISO_OFFSET, StampOffsets, parse_timestamps
 from ..units import INTO, UnitConversion, same_unit
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .event_batches import DEFAULT_COLUMNS, TableSource, event_batches
 from .event_cleaning import (
     BatchContext,
     FeatureSpellings,
-    StampOffsets,
     TimeKinds,
     as_text,
     blank,
@@ -354,8 +353,9 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
             table = pd.read_csv(labels, encoding="utf-8-sig", dtype={id_column: str})
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
-    if blank(table[id_column]).any():
-        position = int(np.flatnonzero(blank(table[id_column]).to_numpy())[0])
+    no_id = blank(table[id_column]).to_numpy()
+    if no_id.any():
+        position = int(np.flatnonzero(no_id)[0])
         where = f"row {position}" if isinstance(labels, pd.DataFrame) else f"line {position + 2}"
         raise ValueError(f"{name}, {where}: no patient id")
     table = table.assign(**{id_column: as_text(table[id_column])})
