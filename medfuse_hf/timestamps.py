@@ -2,14 +2,16 @@
 
 A date such as `03/04/2020` is 3 April in one hospital and 4 March in the next; pandas' "mixed" parsing would pick
 one silently. So anything that is a timestamp but not ISO 8601 needs its format, and offsets are all or none.
-Shared by the long-format loader and the tokenizer, which turns a patient's times into hours here (a flat module,
-so checkpoints that ship their code carry it).
+A time without an offset is read as UTC unless the load names the time zone of its clocks: then it is placed on
+UTC, so that hours across a daylight-saving change are right. Shared by the long-format loader and the tokenizer,
+which turns a patient's times into hours here (a flat module, so checkpoints that ship their code carry it).
 """
 
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,9 @@ SERIAL_DAYS_ADVICE = ("these look like spreadsheet serial dates (days since 1899
 # A UTC offset after a time of day: +01:00, +0100, or PostgreSQL's +01 (never a date's own -05)
 ISO_OFFSET = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s?(?:[+-]\d{2}(?::?\d{2})?|Z)$")
 DAY_MONTH = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}")
+# Why a local clock time names no single instant: the reasons such events are skipped under
+REPEATED_HOUR = "local time in the hour repeated when clocks went back (which of the two is unknown)"
+SKIPPED_HOUR = "local time in the hour skipped when clocks went forward (no such time)"
 
 
 def any_form(text: pd.Series) -> pd.Series:
@@ -36,10 +41,14 @@ class StampOffsets:
     shift by the offset, silently: every timestamp of a load, anchors included, must agree."""
 
     first: tuple[bool, str] | None = None  # (has an offset, where and what)
+    time_zone: str | None = None  # the clocks' zone where times carry no offset, which then they must not
 
     def check(self, has_offset: pd.Series, text: pd.Series, places: pd.Series) -> None:
         if has_offset.empty:
             return
+        if self.time_zone is not None and has_offset.any():
+            raise ValueError(f"{places[has_offset].iloc[0]}: time {text[has_offset].iloc[0]!r} has a UTC offset, "
+                             f"but time_zone {self.time_zone!r} is for times written without one: leave it out")
         if self.first is None:
             self.first = (bool(has_offset.iloc[0]), f"{places.iloc[0]} ({text.iloc[0]!r})")
         differ = has_offset != self.first[0]
@@ -87,11 +96,35 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
     return stamps.dt.tz_convert(None) if has_offset.any() else stamps
 
 
-def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where: str, max_hours: float) -> np.ndarray:
+def check_time_zone(name: str) -> None:
+    """An IANA time zone name, or an error that says what one looks like (before any table is read)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"time_zone {name!r} is no IANA time zone (e.g. 'Europe/Berlin', 'America/New_York', "
+                         "'UTC')") from None
+
+
+def local_to_utc(stamps: pd.Series, time_zone: str) -> tuple[pd.Series, dict[str, pd.Series]]:
+    """Naive clock times of `time_zone` as naive UTC. A time in the hour repeated when clocks go back could be
+    either of two instants, and one in the hour skipped when they go forward is none: both are NaT, with a mask
+    under each reason (`REPEATED_HOUR`, `SKIPPED_HOUR`) for the caller to count or refuse."""
+    local = stamps.dt.tz_localize(time_zone, ambiguous="NaT", nonexistent="NaT")
+    unplaced = local.isna() & stamps.notna()
+    skipped = pd.Series(False, index=stamps.index)
+    if unplaced.any():  # which of the two: a repeated hour places when told it is summer time, a skipped one never
+        as_summer = np.ones(int(unplaced.sum()), dtype=bool)
+        skipped[unplaced] = stamps[unplaced].dt.tz_localize(time_zone, ambiguous=as_summer, nonexistent="NaT").isna()
+    return local.dt.tz_convert(None), {REPEATED_HOUR: unplaced & ~skipped, SKIPPED_HOUR: skipped}
+
+
+def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where: str, max_hours: float,
+                      time_zone: str | None = None) -> np.ndarray:
     """One patient's event times as hours: numbers are hours already (minus a numeric `anchor`); text is read as
-    timestamps (ISO 8601, as `parse_timestamps` reads them) and becomes hours since `anchor`, or else since the
-    patient's first event. A mix of the two, an unreadable time, a time before the start or more than `max_hours`
-    after it (a unit or year mistake) is an error naming `where` and the row."""
+    timestamps (ISO 8601, as `parse_timestamps` reads them; without an offset, as UTC or as `time_zone`'s clock times)
+    and becomes hours since `anchor`, or else since the patient's first event. A mix of the two, an unreadable time,
+    a local time no clock can place, a time before the start or more than `max_hours` after it (a unit or year
+    mistake) is an error naming `where` and the row."""
     try:
         hours = np.asarray(times, dtype=np.float64)
     except (TypeError, ValueError):
@@ -102,13 +135,18 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
             raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp "
                              "like the others (every time of a patient in hours, or every one a timestamp)")
         places = pd.Series([f"{where}, row {label}" for label in row_labels])
-        stamps = parse_timestamps(text, None, "time", places)
+        offsets = StampOffsets(time_zone=time_zone)
+        stamps = _on_clock(parse_timestamps(text, None, "time", places, offsets=offsets), times, places, time_zone)
         bad = np.flatnonzero(stamps.isna().to_numpy())
         if bad.size:
             row = bad[0]
             raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is neither hours nor a timestamp")
-        origin = (stamps.min() if anchor is None
-                  else parse_timestamps(pd.Series([str(anchor)]), None, "anchor", pd.Series([where]))[0])
+        if anchor is None:
+            origin = stamps.min()
+        else:
+            anchor_place = pd.Series([f"{where} (anchor)"])
+            origin = _on_clock(parse_timestamps(pd.Series([str(anchor)]), None, "anchor", anchor_place,
+                                                offsets=offsets), [anchor], anchor_place, time_zone)[0]
         if pd.isna(origin):
             raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
         hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
@@ -132,6 +170,20 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
 def looks_like_serial_days(hours: np.ndarray) -> bool:
     """Whether every one of a patient's times, read as hours, lies among spreadsheet day numbers (`SERIAL_DAYS`)."""
     return bool(hours.size) and SERIAL_DAYS[0] <= np.min(hours) and np.max(hours) <= SERIAL_DAYS[1]
+
+
+def _on_clock(stamps: pd.Series, times: Sequence, places: pd.Series, time_zone: str | None) -> pd.Series:
+    """Naive stamps as UTC: as they are, or as `time_zone`'s clock times, where one no clock can place is an error
+    naming its place (a tokenizer has no summary to count a skip in)."""
+    if time_zone is None:
+        return stamps
+    stamps, unplaced = local_to_utc(stamps, time_zone)
+    for reason, mask in unplaced.items():
+        if mask.any():
+            row = int(np.flatnonzero(mask.to_numpy())[0])
+            raise ValueError(f"{places.iloc[row]}: time {times[row]!r} is a {reason} in {time_zone}: leave the event "
+                             "out, or give every time its UTC offset instead of a time zone")
+    return stamps
 
 
 def _numeric_anchor(anchor: Any, where: str) -> float:

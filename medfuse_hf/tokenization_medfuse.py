@@ -25,7 +25,7 @@ from .event_encoding import EventEncoder, UnknownFeatures
 from .feature_vocabulary import PAD_ID, FeatureVocabulary
 from .patient_inputs import as_patient_list, columns_of, describe_patient
 from .privacy import DEFAULT_MIN_PATIENTS, guarded_copy
-from .timestamps import hours_since_start
+from .timestamps import check_time_zone, hours_since_start
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         return_tensors: str | None = None,
         anchor_times: Any = None,
         patient_column: str | None = None,
+        time_zone: str | None = None,
     ) -> BatchFeature:
         """Encode one patient or a batch.
 
@@ -148,13 +149,17 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         long-format DataFrame with those columns (several patients when `patient_column` names their id column).
         A mapping whose columns hold lists (a `datasets` batch) or a `datasets.Dataset` is a batch. Times are numbers
         of hours, or timestamps converted to hours since `anchor_times` (one per patient, or one for all) or else since
-        the patient's first event. `max_length` keeps each patient's most recent events, as `max_events` does.
+        the patient's first event; timestamps without a UTC offset are UTC, or the clock times of `time_zone`
+        (`"Europe/Berlin"`), which keeps hours right across a daylight-saving change. `max_length` keeps each
+        patient's most recent events, as `max_events` does.
         """
         batch, is_single = as_patient_list(patients, patient_column)
         anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
         if len(anchors) != len(batch):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
-        encoded = [self.encode_patient(patient, index, anchor)
+        if time_zone is not None:
+            check_time_zone(time_zone)
+        encoded = [self.encode_patient(patient, index, anchor, time_zone=time_zone)
                    for index, (patient, anchor) in enumerate(zip(batch, anchors))]
         if max_length is not None:
             encoded = [events.select(self._kept(events.feature_ids, max_length)) for events in encoded]
@@ -227,7 +232,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         return processed_features
 
     def encode_patient(
-        self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True
+        self, patient: Any, index: int = 0, anchor: Any = None, truncate: bool = True, time_zone: str | None = None
     ) -> EncodedPatient:
         """One patient's events as id, normalised value and hour arrays, sorted by time, unpadded."""
         features, values, times, row_labels = columns_of(patient)
@@ -243,7 +248,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             times = [time for time, kept in zip(times, keep) if kept]
             if len(feature_ids) == 0:
                 raise ValueError(f"{where} has no events left after dropping unknown features")
-        hours = hours_since_start(times, anchor, row_labels, where, self.max_hours)
+        hours = hours_since_start(times, anchor, row_labels, where, self.max_hours, time_zone)
         normalised = self._encoder.values(feature_ids, values, row_labels, where)
         order = np.argsort(hours, kind="stable")
         events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32),

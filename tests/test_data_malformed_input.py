@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from medfuse_hf.data import load_long_format, load_physionet2012
+from medfuse_hf.timestamps import REPEATED_HOUR, SKIPPED_HOUR
 
 HEADER = "patient_id,time,feature,value\n"
 
@@ -237,6 +238,45 @@ def test_a_time_format_reads_day_first_dates(tmp_path):
 def test_utc_offsets_are_converted_to_utc(tmp_path):
     dataset, _ = load_csv(tmp_path, "p1,2020-04-03T10:00+02:00,hr,80\np1,2020-04-03T10:00+01:00,hr,81\n")
     assert dataset[0]["time"] == [0.0, 1.0]  # 08:00 and 09:00 UTC
+
+
+def test_a_time_zone_keeps_true_hours_across_daylight_saving_and_counts_times_no_clock_can_place(tmp_path):
+    """Berlin's clocks went back at 03:00 on 25 October 2020: 00:30 to 03:30 local is 4 hours, not 3. 02:30 came
+    twice that night (which one is unknown), and 02:30 on 29 March never came: both skipped and counted."""
+    night = "p1,2020-10-25 00:30,hr,80\np1,2020-10-25 02:30,hr,81\np1,2020-10-25 03:30,hr,82\n"
+    spring = "p2,2020-03-29 01:30,hr,70\np2,2020-03-29 02:30,hr,71\np2,2020-03-29 03:30,hr,72\n"
+    dataset, summary = load_csv(tmp_path, night + spring, time_zone="Europe/Berlin")
+    assert [dataset[0]["time"], dataset[1]["time"]] == [[0.0, 4.0], [0.0, 1.0]]
+    assert summary.skipped_events == {REPEATED_HOUR: 1, SKIPPED_HOUR: 1}
+    assert summary.examples[REPEATED_HOUR][0].endswith("events.csv:3")
+    assert summary.examples[SKIPPED_HOUR][0].endswith("events.csv:6")
+    as_utc, _ = load_csv(tmp_path, night)
+    assert as_utc[0]["time"] == [0.0, 2.0, 3.0]  # without the zone: read as UTC, an hour short
+
+
+def test_a_time_zone_puts_anchors_on_utc_and_skips_a_patient_whose_anchor_no_clock_can_place(tmp_path):
+    (tmp_path / "events.csv").write_text(HEADER + "p1,2020-10-25 04:00,hr,80\np2,2020-10-25 04:00,hr,81\n")
+    labels = pd.DataFrame({"patient_id": ["p1", "p2"], "admitted": ["2020-10-25 00:00", "2020-10-25 02:15"]})
+    dataset, summary = load_long_format(tmp_path / "events.csv", labels=labels, anchor_column="admitted",
+                                        time_zone="Europe/Berlin", return_summary=True)
+    assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [5.0]  # 22:00 to 03:00 UTC
+    assert summary.skipped_patients[f"anchor is a {REPEATED_HOUR}"] == 1
+    assert summary.skipped_events == {"patient has no anchor time": 1}
+
+
+@pytest.mark.parametrize(
+    "body, time_zone, message",
+    [
+        ("p1,2020-01-01T09:00+01:00,hr,80\n", "Europe/Berlin",
+         r"events.csv:2: time '2020-01-01T09:00\+01:00' has a UTC offset, but time_zone 'Europe/Berlin' is for times "
+         "written without one"),
+        ("p1,5,hr,80\n", "Europe/Berlin", r"events.csv: times are numbers of hours, but time_zone 'Europe/Berlin'"),
+        ("p1,2020-01-01 09:00,hr,80\n", "Europe/Berln", r"time_zone 'Europe/Berln' is no IANA time zone"),
+    ],
+)
+def test_a_time_zone_that_cannot_apply_is_refused(tmp_path, body, time_zone, message):
+    with pytest.raises(ValueError, match=message):
+        load_csv(tmp_path, body, time_zone=time_zone)
 
 
 def test_times_with_and_without_offsets_are_refused_across_tables_and_anchors(tmp_path):

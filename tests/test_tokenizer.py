@@ -115,6 +115,21 @@ def test_timestamps_become_hours_since_first_event_or_anchor(tokenizer):
     assert tokenizer(events, anchor_times="2130-01-01 06:00")["times"] == [2.0, 3.5, 26.0]
 
 
+def test_a_time_zone_keeps_hours_true_across_daylight_saving(tokenizer):
+    """New York's clocks went back at 02:00 on 1 November 2020: 00:30 to 02:30 local is 3 hours, not 2."""
+    night = [("sodium", 140, "2020-11-01 00:30"), ("sodium", 141, "2020-11-01 02:30")]
+    assert tokenizer(night)["times"] == [0.0, 2.0]  # without a zone: UTC
+    assert tokenizer(night, time_zone="America/New_York")["times"] == [0.0, 3.0]
+    assert tokenizer(night, time_zone="America/New_York", anchor_times="2020-10-31 23:30")["times"] == [1.0, 4.0]
+    with pytest.raises(ValueError, match=r"patient 0, row 1: time '2020-11-01 01:30' is a local time in the hour "
+                                         r"repeated when clocks went back .* in America/New_York"):
+        tokenizer(night[:1] + [("sodium", 141, "2020-11-01 01:30")], time_zone="America/New_York")
+    with pytest.raises(ValueError, match=r"row 0: time '2020-11-01T00:30\+01:00' has a UTC offset, but time_zone"):
+        tokenizer([("sodium", 140, "2020-11-01T00:30+01:00")], time_zone="America/New_York")
+    with pytest.raises(ValueError, match="time_zone 'Mars/Olympus' is no IANA time zone"):
+        tokenizer(night, time_zone="Mars/Olympus")
+
+
 def test_padding_masks_and_pads_with_zeros(tokenizer):
     batch = tokenizer([PATIENT, PATIENT[:1]], padding="max_length", max_length=6, return_tensors="pt")
     assert batch["feature_ids"].shape == (2, 6)

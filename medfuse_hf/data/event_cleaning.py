@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..timestamps import StampOffsets, any_form, parse_timestamps
+from ..timestamps import StampOffsets, any_form, local_to_utc, parse_timestamps
 from .patient_table import LoadSummary
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class BatchContext:
     censored: str
     decimal: str
     time_format: str | None
+    time_zone: str | None
     max_hours: float | None
     value_transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]]
     anchors: pd.Series | None
@@ -159,8 +160,10 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
             table.loc[rows, "value"] = transform(table.loc[rows, "value"].to_numpy())
     if context.anchors is not None:
         table = drop(table["patient_id"].map(context.anchors).isna(), "patient has no anchor time")
-    hours, stamp_ns = _hours(table, context)
+    hours, stamp_ns, unplaced = _hours(table, context)
     table = table.assign(hours=hours, stamp_ns=stamp_ns)
+    for reason, mask in unplaced.items():
+        table = drop(mask[table.index], reason)
     table = drop(table["hours"].isna() & table["stamp_ns"].isna(), "unparseable time")
     table = drop(table["hours"] < 0, "time before the anchor")
     if context.max_hours is not None and context.anchors is not None:
@@ -190,10 +193,11 @@ def _numbers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     return numbers, pd.to_numeric(bounds).astype(float)
 
 
-def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Series]:
-    """Hours since the patient's anchor: numbers are hours already; text is a timestamp. Without an anchor, numbers
-    stay as they are and timestamps are returned as `stamp_ns` for the store to count from the patient's first one.
-    Rows that are neither are NaN in both, for the caller to count."""
+def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Series, dict[str, pd.Series]]:
+    """Hours since the patient's anchor: numbers are hours already; text is a timestamp (local clock time put on UTC
+    where the load names its `time_zone`). Without an anchor, numbers stay as they are and timestamps are returned as
+    `stamp_ns` for the store to count from the patient's first one. Rows that are neither are NaN in both, for the
+    caller to count; local times that name no single instant are NaN too, with a mask under each reason."""
     none = pd.Series(np.nan, index=table.index)
     pending = pd.Series(pd.NA, index=table.index, dtype="Int64")
     text = table["time"].astype(str).str.strip()
@@ -205,25 +209,31 @@ def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Se
     kinds.count("numbers", is_number, text, lines)
     kinds.count("stamps", is_stamp, text, lines)
     if kinds.mixed:  # refused once the whole table has been read, naming the rarer kind
-        return none, pending
+        return none, pending, {}
     anchors = context.anchors
     anchors_are_stamps = anchors is not None and pd.api.types.is_datetime64_any_dtype(anchors)
     if not (is_number.any() or is_stamp.any()):  # no row a time: the caller counts them
-        return none, pending
+        return none, pending, {}
     if not is_stamp.any():  # hours
         if anchors_are_stamps:
             raise ValueError(f"{context.name}: times are numbers of hours, but the anchor column holds timestamps: "
                              "give both as timestamps, or both as hours")
-        return (numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)), pending
+        if context.time_zone is not None:
+            raise ValueError(f"{context.name}: times are numbers of hours, but time_zone {context.time_zone!r} is "
+                             "for timestamps: leave it out")
+        return (numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)), pending, {}
     if anchors is not None and not anchors_are_stamps:
         raise ValueError(f"{context.name}: times are timestamps, but the anchor column holds numbers: give both one "
                          "way")
     stamps = parse_timestamps(text, context.time_format, "column time", context.name + ":" + lines.astype(str),
                               in_any_form, context.offsets)
+    unplaced = {}
+    if context.time_zone is not None:
+        stamps, unplaced = local_to_utc(stamps, context.time_zone)
     if anchors is not None:
-        return (stamps - table["patient_id"].map(anchors)) / pd.Timedelta(hours=1), pending
+        return (stamps - table["patient_id"].map(anchors)) / pd.Timedelta(hours=1), pending, unplaced
     nanoseconds = pd.Series(stamps.dt.as_unit("ns").to_numpy().view("int64"), index=table.index, dtype="Int64")
-    return none, nanoseconds.where(stamps.notna())
+    return none, nanoseconds.where(stamps.notna()), unplaced
 
 
 def as_numbers(text: pd.Series) -> pd.Series:

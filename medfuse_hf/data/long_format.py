@@ -29,7 +29,7 @@ import pyarrow as pa
 from datasets.fingerprint import get_temporary_cache_files_directory
 
 from ..progress import progress_bar
-from ..timestamps import ISO_OFFSET, StampOffsets, parse_timestamps
+from ..timestamps import ISO_OFFSET, StampOffsets, check_time_zone, local_to_utc, parse_timestamps
 from ..units import INTO, UnitConversion, same_unit
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .event_batches import DEFAULT_COLUMNS, TableSource, event_batches
@@ -70,6 +70,10 @@ class LongFormatOptions:
         decimal: the decimal mark of the value column (`","` for European exports).
         time_format: `strftime` format of the timestamps (and anchors), e.g. `"%d/%m/%Y %H:%M"`; else ISO 8601.
             Times are either numbers of hours or timestamps, one kind per column; UTC offsets are converted to UTC.
+        time_zone: the IANA zone (`"Europe/Berlin"`) of the wall clocks that wrote timestamps without a UTC offset.
+            They are placed on UTC, so that a stay across a daylight-saving change keeps its true hours (read as UTC,
+            they would be an hour off). Events in the hour repeated when clocks go back, or skipped when they go
+            forward, name no single instant: skipped and counted (an anchor there skips its patient, counted).
         unit_conversions: with a unit column, feature -> {unit: conversion} into the feature's other unit, as the
             transfer code takes them: `{"temperature": {"°F": (5 / 9, -160 / 9)}}`; `"into": unit` names the unit
             to convert into. A feature recorded in two units without a conversion is an error naming both units and
@@ -97,6 +101,9 @@ class LongFormatOptions:
         "help": "decimal mark of the value column (',' for European exports)"})
     time_format: str | None = field(default=None, metadata={
         "help": "strftime format of timestamps, e.g. '%d/%m/%Y %H:%M' (default: ISO 8601)"})
+    time_zone: str | None = field(default=None, metadata={
+        "help": "IANA zone of timestamps written without a UTC offset, e.g. Europe/Berlin: read as its local "
+                "clock times, so that hours across a daylight-saving change are right (default: read as UTC)"})
     unit_conversions: Mapping[str, Mapping[str, UnitConversion]] | None = field(default=None, metadata={
         "help": "JSON: feature -> {unit: scale or [scale, offset]}, for a unit column"})
     name_variants: Literal["merge", "refuse"] = field(default="merge", metadata={
@@ -108,6 +115,8 @@ class LongFormatOptions:
             choices = get_args(LongFormatOptions.__annotations__[name])
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.time_zone is not None:
+            check_time_zone(self.time_zone)
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> "LongFormatOptions":
@@ -147,10 +156,9 @@ def load_long_format(
     label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
     if options.label_column is not None:
         label_table = _validated_labels(label_table, options.label_column, options.label_map, labels)
-    offsets = StampOffsets()
-    anchors = (_anchors(label_table, options.anchor_column, options.time_format, offsets) if options.anchor_column
-               else None)
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
+    offsets = StampOffsets(time_zone=options.time_zone)
+    anchors = _anchors(label_table, options, offsets, summary) if options.anchor_column else None
     tables_by_time_kind: dict[str, str] = {}
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
     store = EventStore(folder, patient_order=None if label_table is None else list(label_table.index))
@@ -160,7 +168,7 @@ def load_long_format(
                 name = "events" if isinstance(source, pd.DataFrame) else str(source)
                 context = BatchContext(
                     name=name, feature_map=options.feature_map, censored=options.censored, decimal=options.decimal,
-                    time_format=options.time_format, max_hours=options.max_hours,
+                    time_format=options.time_format, time_zone=options.time_zone, max_hours=options.max_hours,
                     value_transforms=value_transforms or {}, anchors=anchors, spellings=spellings,
                     time_kinds=TimeKinds(), offsets=offsets, summary=summary)
                 store.begin_table(name)
@@ -365,22 +373,28 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
     return table.set_index(id_column)
 
 
-def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str | None,
-             offsets: StampOffsets) -> pd.Series:
+def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: StampOffsets,
+             summary: LoadSummary) -> pd.Series:
     """Each patient's time zero: hours, or timestamps parsed as the events' are (whether they carry UTC offsets
-    recorded in `offsets`, which the events' must match); an unparseable one names its patient."""
+    recorded in `offsets`, which the events' must match; local clock times put on UTC, where one names no single
+    instant its patient is skipped, counted); an unparseable one names its patient."""
+    anchor_column = options.anchor_column
     if labels is None or anchor_column not in labels.columns:
         raise ValueError(f"anchor_column {anchor_column!r} must be a column of the labels table")
     raw = labels[anchor_column]
     places = "patient " + labels.index.to_series().map(repr) + f" (anchor column {anchor_column!r})"
     if pd.api.types.is_datetime64_any_dtype(raw):  # a Parquet timestamp column: already times, UTC out as parsed
         offsets.check(pd.Series(raw.dt.tz is not None, index=raw.index), raw.astype(str), places)
-        return raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
+        stamps = raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
+        return _on_utc(stamps, raw.astype(str), places, options.time_zone, summary)
     numeric = pd.to_numeric(raw, errors="coerce")
     if numeric[~blank(raw)].notna().all():  # hours; a blank anchor leaves its patient's events to be counted
+        if options.time_zone is not None and numeric.notna().any():
+            raise ValueError(f"anchor column {anchor_column!r} holds hours, but time_zone {options.time_zone!r} is "
+                             "for timestamps: leave it out")
         return numeric
     text = raw.astype(str).str.strip()
-    stamps = parse_timestamps(text, time_format, f"anchor column {anchor_column!r}",
+    stamps = parse_timestamps(text, options.time_format, f"anchor column {anchor_column!r}",
                               "patient " + labels.index.to_series().map(repr))
     bad = stamps.isna() & raw.notna()
     if bad.any():
@@ -388,6 +402,19 @@ def _anchors(labels: pd.DataFrame | None, anchor_column: str, time_format: str |
                          f"{text[bad].iloc[0]!r}, which is no time")
     present = stamps.notna()
     offsets.check(text[present].str.contains(ISO_OFFSET), text[present], places[present])
+    return _on_utc(stamps, text, places, options.time_zone, summary)
+
+
+def _on_utc(stamps: pd.Series, text: pd.Series, places: pd.Series, time_zone: str | None,
+            summary: LoadSummary) -> pd.Series:
+    """Naive anchors as UTC: as they are, or read as `time_zone`'s clock times; one that names no single instant
+    skips its patient (counted), whose events are then counted as having no anchor."""
+    if time_zone is None:
+        return stamps
+    stamps, unplaced = local_to_utc(stamps, time_zone)
+    for reason, mask in unplaced.items():
+        for place, value in zip(places[mask], text[mask]):
+            summary.skip_patient(f"anchor is a {reason}", f"{place}: {value!r}")
     return stamps
 
 
