@@ -144,7 +144,7 @@ def main() -> None:
     if "pooling" in sections:
         pooling = results["pooling"] = pooling_cost(train, scored, collate, tokenizer, args.batch_size)
         for name, row in pooling.items():
-            print(f"{name:>12} pooling ({row['parameters']:,} parameters): training "
+            print(f"{name:>16} pooling ({row['parameters']:,} parameters): training "
                   f"{row['training']['events_per_second']:,.0f} events/s, scoring "
                   f"{row['scoring']['patients_per_second']:,.0f} patients/s")
 
