@@ -392,21 +392,41 @@ class PerFeaturePooling(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, feature_ids: torch.Tensor,
                 times: torch.Tensor) -> torch.Tensor:
-        slots = torch.arange(self.queries.size(0), device=feature_ids.device)
-        member = (feature_ids.unsqueeze(-1) == slots) & attention_mask.unsqueeze(-1)  # (B, T, V): token t is of f
-        queries = F.embedding(feature_ids, self.queries)  # (B, T, d): each token's own feature's query
-        scores = (self.key(hidden_states) * queries).sum(-1).float() / math.sqrt(hidden_states.size(-1))  # (B, T)
-        weights = scores.unsqueeze(-1).masked_fill(~member, -torch.inf).softmax(dim=1).nan_to_num(0.0)  # (B, T, V)
-        attended = torch.einsum("btv,btd->bvd", weights.to(hidden_states.dtype), hidden_states)
+        # Each token goes to its (patient, feature) slot, padding to one spare slot dropped at the end: sums by slot
+        # (`index_add`) cost O(tokens), where a token-by-feature membership matrix would cost O(tokens x vocabulary)
+        # in memory and time, too much for a hospital vocabulary of thousands of items. Sums run in fp32.
+        batch, _, width = hidden_states.shape
+        vocabulary = self.queries.size(0)
+        patients = torch.arange(batch, device=feature_ids.device).unsqueeze(1) * vocabulary
+        slots = torch.where(attention_mask, feature_ids + patients, batch * vocabulary).flatten()
+        states = hidden_states.flatten(0, 1).float()
+        scores = (self.key(hidden_states) * F.embedding(feature_ids, self.queries)).sum(-1).flatten().float()
+        weights = _softmax_by_slot(scores / math.sqrt(width), slots, batch * vocabulary + 1)
+        attended = _sum_by_slot(weights.unsqueeze(-1) * states, slots, batch * vocabulary + 1)
         # the most recent state: the mean of the tokens at the feature's latest time, whatever their order
-        hours = times.float().unsqueeze(-1)  # (B, T, 1)
-        latest = member & (hours == hours.masked_fill(~member, -torch.inf).amax(dim=1, keepdim=True))
-        latest_weights = latest.to(hidden_states.dtype) / latest.sum(dim=1, keepdim=True).clamp(min=1)
-        most_recent = torch.einsum("btv,btd->bvd", latest_weights, hidden_states)
-        measured = self.summary(torch.cat([attended, most_recent], dim=-1))  # (B, V, d)
-        features = torch.where(member.any(dim=1).unsqueeze(-1), measured, self.not_measured.to(measured.dtype))
-        every_feature = torch.ones_like(member[:, :1, 1:]).unsqueeze(1)  # (B, 1, 1, V - 1): [PAD] is no feature
+        hours = times.float().flatten()
+        latest_hour = hours.new_full((batch * vocabulary + 1,), -torch.inf).scatter_reduce(0, slots, hours, "amax")
+        latest = (hours == latest_hour[slots]).float()
+        counts = _sum_by_slot(latest, slots, batch * vocabulary + 1)
+        most_recent = _sum_by_slot((latest / counts[slots]).unsqueeze(-1) * states, slots, batch * vocabulary + 1)
+        summaries = torch.cat([attended, most_recent], dim=-1)[:-1].view(batch, vocabulary, 2 * width)
+        measured = self.summary(summaries.to(hidden_states.dtype))  # (B, V, d)
+        is_measured = (counts[:-1] > 0).view(batch, vocabulary, 1)
+        features = torch.where(is_measured, measured, self.not_measured.to(measured.dtype))
+        every_feature = attention_mask.new_ones(batch, 1, 1, vocabulary - 1)  # [PAD] (id 0) is no feature
         return self.feature_layer(features[:, 1:], every_feature)[0].mean(dim=1)
+
+
+def _sum_by_slot(values: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """The sum of `values`' rows by slot (deterministic on CUDA under `torch.use_deterministic_algorithms`)."""
+    return values.new_zeros(num_slots, *values.shape[1:]).index_add(0, slots, values)
+
+
+def _softmax_by_slot(scores: torch.Tensor, slots: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """A softmax of `scores` within each slot, stabilised by the slot's largest score."""
+    peak = scores.new_full((num_slots,), -torch.inf).scatter_reduce(0, slots, scores.detach(), "amax")
+    exponentials = (scores - peak[slots]).exp()
+    return exponentials / _sum_by_slot(exponentials, slots, num_slots)[slots]
 
 
 POOLINGS = {"mean": MeanPooling, "max": MaxPooling, "attention": AttentionPooling, "per_feature": PerFeaturePooling}

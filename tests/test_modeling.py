@@ -477,6 +477,31 @@ def test_per_feature_pooling_ignores_the_order_of_a_features_events(tokenizer, c
         torch.testing.assert_close(model(**shuffled).logits, model(**batch).logits, atol=1e-5, rtol=0)
 
 
+def test_per_feature_pooling_is_each_features_attention_and_latest_state_read_across_features(tokenizer, cohort,
+                                                                                                tiny_config):
+    """The pooler against its definition, written patient by patient and feature by feature."""
+    pooler = per_feature_model(tiny_config).medfuse.pooler
+    with torch.no_grad():
+        pooler.queries.normal_()  # attention that is no plain mean
+    batch = encode(tokenizer, cohort[:3])
+    mask = batch["attention_mask"].bool()
+    hidden_states = torch.randn(*mask.shape, pooler.key.in_features)
+    hidden_states[~mask] = float("nan")  # padding's states never reach a feature
+    expected = []
+    for states, kept, ids, times in zip(hidden_states, mask, batch["feature_ids"], batch["times"]):
+        states, ids, times = states[kept], ids[kept], times[kept]
+        features = pooler.not_measured.clone()
+        for feature in ids.unique():
+            own = ids == feature
+            weights = (pooler.key(states[own]) @ pooler.queries[feature] / states.size(-1) ** 0.5).softmax(dim=0)
+            latest = states[own][times[own] == times[own].max()].mean(dim=0)
+            features[feature] = pooler.summary(torch.cat([weights @ states[own], latest]))
+        expected.append(pooler.feature_layer(features[None, 1:], torch.ones(1, 1, 1, len(features) - 1).bool())[0])
+    with torch.no_grad():
+        pooled = pooler(hidden_states, mask, batch["feature_ids"], batch["times"])
+        torch.testing.assert_close(pooled, torch.cat(expected).mean(dim=1), atol=1e-5, rtol=1e-5)
+
+
 def test_an_unmeasured_feature_speaks_through_its_own_not_measured_vector(tokenizer, tiny_config):
     model = per_feature_model(tiny_config)
     without, with_it = [("sodium", 140.0, 1.0)], [("sodium", 140.0, 1.0), ("heart_rate", 90.0, 2.0)]
