@@ -45,6 +45,17 @@ def test_low_precision_weights_run_every_head_close_to_fp32(tokenizer, cohort, t
     torch.testing.assert_close(actual.float(), expected, atol=TOLERANCE[dtype], rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_pool_close_to_fp32(tokenizer, cohort, tiny_config, dtype, pooling):
+    model = MedFuseModel(tiny_config(pooling=pooling, time_embedding="sinusoidal")).eval()
+    inputs = batch(tokenizer, cohort)
+    with torch.no_grad():
+        expected = model(**inputs).pooler_output.float()
+        actual = model.to(dtype)(**inputs).pooler_output
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.float(), expected, atol=TOLERANCE[dtype], rtol=0)
+
+
 def test_from_pretrained_in_bfloat16_predicts(tmp_path, tokenizer, cohort, tiny_config):
     MedFuseForSequenceClassification(tiny_config(time_embedding="cve")).save_pretrained(tmp_path)
     model = MedFuseForSequenceClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
