@@ -50,10 +50,12 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
 # 0.5420: a tie within the noise, broken the declared way), so the later levers and the ablations go on it. Its best
 # epochs (15, 8, 15 of 15) say it has not converged, so the 30-epoch cosine now comes first; EMA's seed-0 run on the
 # old winner is dropped unfinished. Should the cosine lose on validation, the levers after it go on WINNER alone.
+# Session 19: capacity before EMA, since it is the one that changes the architecture a new pretrained base needs; the
+# fusion ablations are re-pointed at whatever wins of the two before they start.
 WINNER = "per_feature+quantile_values+head_dropout+event_dropout"
 QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", WINNER,
-         *(f"{WINNER}+{lever}" for lever in ("cosine_30_epochs", "cosine_30_epochs+ema",
-                                              "cosine_30_epochs+two_layers_four_heads_pre_ln",
+         *(f"{WINNER}+{lever}" for lever in ("cosine_30_epochs", "cosine_30_epochs+two_layers_four_heads_pre_ln",
+                                              "cosine_30_epochs+ema",
                                               *(f"cosine_30_epochs+{fusion}_fusion"
                                                 for fusion in ("additive", "concat", "scane")))))
 SEEDS = (0, 1, 2)
