@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What only a CUDA GPU can check, in one go (CI has no GPU):
-#   1. tests/test_cuda.py: CUDA against the CPU, bf16/fp16 autocast, frozen transfer and vocabulary growth on the GPU;
+#   1. tests/test_cuda.py: CUDA against the CPU, bf16/fp16 autocast, frozen transfer and vocabulary growth on the GPU,
+#      the per-feature pooling bit for bit under deterministic algorithms;
 #   2. the whole test suite on that machine (the pretraining and transfer recipe tests train on CUDA; the
 #      fine-tuning recipe tests compare runs, so they hide the GPU and run them all on the CPU);
 #   3. P12 fine-tuning (MedFuse, SeFT split, seed 0, the benchmark table's budget) in fp32, bf16 and fp16 autocast.

@@ -394,13 +394,16 @@ class PerFeaturePooling(nn.Module):
                 times: torch.Tensor) -> torch.Tensor:
         # Each token goes to its (patient, feature) slot, padding to one spare slot dropped at the end: sums by slot
         # (`index_add`) cost O(tokens), where a token-by-feature membership matrix would cost O(tokens x vocabulary)
-        # in memory and time, too much for a hospital vocabulary of thousands of items. Sums run in fp32.
+        # in memory and time, too much for a hospital vocabulary of thousands of items. Sums run in fp32 at least;
+        # on CUDA their order, and so their last bits, vary from run to run unless
+        # `torch.use_deterministic_algorithms(True)`, as for any embedding's gradient.
         batch, _, width = hidden_states.shape
         vocabulary = self.queries.size(0)
+        hidden_states = hidden_states.masked_fill(~attention_mask.unsqueeze(-1), 0.0)  # padding, whatever it holds
         patients = torch.arange(batch, device=feature_ids.device).unsqueeze(1) * vocabulary
         slots = torch.where(attention_mask, feature_ids + patients, batch * vocabulary).flatten()
-        states = hidden_states.flatten(0, 1).float()
-        scores = (self.key(hidden_states) * F.embedding(feature_ids, self.queries)).sum(-1).flatten().float()
+        states = hidden_states.flatten(0, 1).to(torch.promote_types(hidden_states.dtype, torch.float32))
+        scores = (self.key(hidden_states) * F.embedding(feature_ids, self.queries)).sum(-1).flatten().to(states.dtype)
         weights = _softmax_by_slot(scores / math.sqrt(width), slots, batch * vocabulary + 1)
         attended = _sum_by_slot(weights.unsqueeze(-1) * states, slots, batch * vocabulary + 1)
         # the most recent state: the mean of the tokens at the feature's latest time, whatever their order

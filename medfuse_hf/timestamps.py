@@ -48,7 +48,8 @@ class StampOffsets:
             return
         if self.time_zone is not None and has_offset.any():
             raise ValueError(f"{places[has_offset].iloc[0]}: time {text[has_offset].iloc[0]!r} has a UTC offset, "
-                             f"but time_zone {self.time_zone!r} is for times written without one: leave it out")
+                             f"but time_zone {self.time_zone!r} is for times written without one: give every time "
+                             "of the load, anchors included, an offset and no time zone, or no offset and the zone")
         if self.first is None:
             self.first = (bool(has_offset.iloc[0]), f"{places.iloc[0]} ({text.iloc[0]!r})")
         differ = has_offset != self.first[0]
@@ -96,11 +97,11 @@ def parse_timestamps(text: pd.Series, time_format: str | None, where: str, place
     return stamps.dt.tz_convert(None) if has_offset.any() else stamps
 
 
-def check_time_zone(name: str) -> None:
-    """An IANA time zone name, or an error that says what one looks like (before any table is read)."""
+def check_time_zone(name: str) -> ZoneInfo:
+    """The IANA time zone of that name, or an error that says what one looks like."""
     try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise ValueError(f"time_zone {name!r} is no IANA time zone (e.g. 'Europe/Berlin', 'America/New_York', "
                          "'UTC')") from None
 
@@ -108,13 +109,16 @@ def check_time_zone(name: str) -> None:
 def local_to_utc(stamps: pd.Series, time_zone: str) -> tuple[pd.Series, dict[str, pd.Series]]:
     """Naive clock times of `time_zone` as naive UTC. A time in the hour repeated when clocks go back could be
     either of two instants, and one in the hour skipped when they go forward is none: both are NaT, with a mask
-    under each reason (`REPEATED_HOUR`, `SKIPPED_HOUR`) for the caller to count or refuse."""
-    local = stamps.dt.tz_localize(time_zone, ambiguous="NaT", nonexistent="NaT")
+    under each reason (`REPEATED_HOUR`, `SKIPPED_HOUR`) for the caller to count or refuse. (In a zone whose clocks
+    go forward at midnight, such as America/Sao_Paulo until 2019, a date without a time of day is in the skipped
+    hour on that day.)"""
+    zone = check_time_zone(time_zone)  # the zoneinfo object, which pandas 2 and 3 read alike
+    local = stamps.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
     unplaced = local.isna() & stamps.notna()
     skipped = pd.Series(False, index=stamps.index)
     if unplaced.any():  # which of the two: a repeated hour places when told it is summer time, a skipped one never
         as_summer = np.ones(int(unplaced.sum()), dtype=bool)
-        skipped[unplaced] = stamps[unplaced].dt.tz_localize(time_zone, ambiguous=as_summer, nonexistent="NaT").isna()
+        skipped[unplaced] = stamps[unplaced].dt.tz_localize(zone, ambiguous=as_summer, nonexistent="NaT").isna()
     return local.dt.tz_convert(None), {REPEATED_HOUR: unplaced & ~skipped, SKIPPED_HOUR: skipped}
 
 
@@ -151,6 +155,9 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
             raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
         hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
     else:
+        if time_zone is not None:
+            raise ValueError(f"{where}: times are numbers of hours, but time_zone {time_zone!r} is for timestamps: "
+                             "leave it out")
         hours = hours - _numeric_anchor(anchor, where) if anchor is not None else hours
         if anchor is None and looks_like_serial_days(hours):
             raise ValueError(f"{where}: every time lies between {hours.min():,.2f} and {hours.max():,.2f}: "

@@ -25,7 +25,7 @@ from .event_encoding import EventEncoder, UnknownFeatures
 from .feature_vocabulary import PAD_ID, FeatureVocabulary
 from .patient_inputs import as_patient_list, columns_of, describe_patient
 from .privacy import DEFAULT_MIN_PATIENTS, guarded_copy
-from .timestamps import check_time_zone, hours_since_start
+from .timestamps import hours_since_start
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +157,6 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
         if len(anchors) != len(batch):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
-        if time_zone is not None:
-            check_time_zone(time_zone)
         encoded = [self.encode_patient(patient, index, anchor, time_zone=time_zone)
                    for index, (patient, anchor) in enumerate(zip(batch, anchors))]
         if max_length is not None:

@@ -54,7 +54,7 @@ from medfuse_hf.training.recipe_config import (
     parse_with_config,
 )
 from medfuse_hf.training.run_info import throughput
-from medfuse_hf.training.starting_point import MODEL_FIELDS, build_tokenizer, model_for
+from medfuse_hf.training.starting_point import MODEL_FIELDS, build_tokenizer, model_for, run_tokenizer
 
 
 def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
@@ -239,6 +239,7 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
     splits = training_splits(args, cohort, accelerator.print)
     train, label = splits["train"], cohort.label_column
     tokenizer, matching = build_tokenizer(args, train, cohort.units)
+    tokenizer = run_tokenizer(args, tokenizer, accelerator.is_main_process)
     rate = float(np.mean(train[label]))
     train_loader, reseed = training_loader(args, train, label, rate, tokenizer)
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,))

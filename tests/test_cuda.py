@@ -40,6 +40,20 @@ def test_cuda_fp32_matches_the_cpu(tokenizer, cohort, tiny_config, fusion, pooli
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
 
 
+def test_per_feature_pooling_repeats_bit_for_bit_under_deterministic_algorithms(tokenizer, cohort, tiny_config):
+    """Its sums by slot (`index_add`) are atomic adds on CUDA, whose order varies; PyTorch's deterministic mode must
+    give them (and the per-slot maxima) an order, and must not refuse them."""
+    model = MedFuseForSequenceClassification(tiny_config(pooling="per_feature")).to(CUDA).eval()
+    batch = on(CUDA, uneven_batch(tokenizer, cohort))
+    torch.use_deterministic_algorithms(True, warn_only=True)  # cuBLAS without CUBLAS_WORKSPACE_CONFIG only warns
+    try:
+        with torch.no_grad():
+            first, second = (model(**batch).logits for _ in range(2))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(first, second)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_logits_are_finite_and_close_to_fp32(tokenizer, cohort, tiny_config, dtype, pooling):
     model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).to(CUDA).eval()

@@ -257,11 +257,13 @@ def test_a_time_zone_keeps_true_hours_across_daylight_saving_and_counts_times_no
 def test_a_time_zone_puts_anchors_on_utc_and_skips_a_patient_whose_anchor_no_clock_can_place(tmp_path):
     (tmp_path / "events.csv").write_text(HEADER + "p1,2020-10-25 04:00,hr,80\np2,2020-10-25 04:00,hr,81\n")
     labels = pd.DataFrame({"patient_id": ["p1", "p2"], "admitted": ["2020-10-25 00:00", "2020-10-25 02:15"]})
-    dataset, summary = load_long_format(tmp_path / "events.csv", labels=labels, anchor_column="admitted",
-                                        time_zone="Europe/Berlin", return_summary=True)
-    assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [5.0]  # 22:00 to 03:00 UTC
-    assert summary.skipped_patients[f"anchor is a {REPEATED_HOUR}"] == 1
-    assert summary.skipped_events == {"patient has no anchor time": 1}
+    typed = labels.assign(admitted=pd.to_datetime(labels["admitted"]))  # as a Parquet timestamp column holds them
+    for anchors in (labels, typed):
+        dataset, summary = load_long_format(tmp_path / "events.csv", labels=anchors, anchor_column="admitted",
+                                            time_zone="Europe/Berlin", return_summary=True)
+        assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [5.0]  # 22:00 to 03:00 UTC
+        assert summary.skipped_patients == {f"anchor is a {REPEATED_HOUR}": 1}  # counted once, under its reason
+        assert summary.skipped_events == {"patient has no anchor time": 1}
 
 
 @pytest.mark.parametrize(

@@ -477,29 +477,35 @@ def test_per_feature_pooling_ignores_the_order_of_a_features_events(tokenizer, c
         torch.testing.assert_close(model(**shuffled).logits, model(**batch).logits, atol=1e-5, rtol=0)
 
 
-def test_per_feature_pooling_is_each_features_attention_and_latest_state_read_across_features(tokenizer, cohort,
+def test_per_feature_pooling_is_each_features_attention_and_latest_state_read_across_features(tokenizer,
                                                                                                 tiny_config):
-    """The pooler against its definition, written patient by patient and feature by feature."""
+    """The pooler against its definition, written patient by patient and feature by feature: patients with other
+    features, two tokens of a feature at its latest time, and a row of padding only."""
     pooler = per_feature_model(tiny_config).medfuse.pooler
     with torch.no_grad():
         pooler.queries.normal_()  # attention that is no plain mean
-    batch = encode(tokenizer, cohort[:3])
-    mask = batch["attention_mask"].bool()
+    patients = [[("sodium", 140.0, 1.0), ("sodium", 150.0, 3.0), ("sodium", 145.0, 3.0), ("heart_rate", 80.0, 2.0)],
+                [("icu_type", "medical", 0.0), ("heart_rate", 90.0, 0.5), ("heart_rate", 95.0, 4.0)]]
+    batch = encode(tokenizer, patients)
+    mask = torch.cat([batch["attention_mask"].bool(), torch.zeros_like(batch["attention_mask"][:1]).bool()])
+    feature_ids, times = (torch.cat([batch[name], torch.zeros_like(batch[name][:1])])
+                          for name in ("feature_ids", "times"))
     hidden_states = torch.randn(*mask.shape, pooler.key.in_features)
-    hidden_states[~mask] = float("nan")  # padding's states never reach a feature
+    hidden_states[~mask] = float("nan")  # padding's states never reach a feature, forward or backward
     expected = []
-    for states, kept, ids, times in zip(hidden_states, mask, batch["feature_ids"], batch["times"]):
-        states, ids, times = states[kept], ids[kept], times[kept]
+    for states, kept, ids, hours in zip(hidden_states, mask, feature_ids, times):
+        states, ids, hours = states[kept], ids[kept], hours[kept]
         features = pooler.not_measured.clone()
         for feature in ids.unique():
             own = ids == feature
             weights = (pooler.key(states[own]) @ pooler.queries[feature] / states.size(-1) ** 0.5).softmax(dim=0)
-            latest = states[own][times[own] == times[own].max()].mean(dim=0)
+            latest = states[own][hours[own] == hours[own].max()].mean(dim=0)
             features[feature] = pooler.summary(torch.cat([weights @ states[own], latest]))
         expected.append(pooler.feature_layer(features[None, 1:], torch.ones(1, 1, 1, len(features) - 1).bool())[0])
-    with torch.no_grad():
-        pooled = pooler(hidden_states, mask, batch["feature_ids"], batch["times"])
-        torch.testing.assert_close(pooled, torch.cat(expected).mean(dim=1), atol=1e-5, rtol=1e-5)
+    pooled = pooler(hidden_states, mask, feature_ids, times)
+    torch.testing.assert_close(pooled, torch.cat(expected).mean(dim=1), atol=1e-5, rtol=1e-5)
+    pooled.sum().backward()
+    assert all(torch.isfinite(parameter.grad).all() for parameter in pooler.parameters() if parameter.grad is not None)
 
 
 def test_an_unmeasured_feature_speaks_through_its_own_not_measured_vector(tokenizer, tiny_config):

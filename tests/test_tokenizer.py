@@ -128,6 +128,18 @@ def test_a_time_zone_keeps_hours_true_across_daylight_saving(tokenizer):
         tokenizer([("sodium", 140, "2020-11-01T00:30+01:00")], time_zone="America/New_York")
     with pytest.raises(ValueError, match="time_zone 'Mars/Olympus' is no IANA time zone"):
         tokenizer(night, time_zone="Mars/Olympus")
+    with pytest.raises(ValueError, match=r"patient 0: times are numbers of hours, but time_zone 'America/New_York'"):
+        tokenizer([("sodium", 140, 1.0)], time_zone="America/New_York")
+
+
+def test_an_anchor_with_a_utc_offset_beside_times_without_one_is_refused(tokenizer):
+    """Times without an offset may be local clock times: beside an anchor at an exact instant they would be read an
+    offset away from it, silently; the loader refuses the same mix."""
+    naive = [("sodium", 140, "2020-11-01 00:30")]
+    with pytest.raises(ValueError, match=r"patient 0 \(anchor\): time '2020-11-01 00:00:00\+00:00' has a UTC offset, "
+                                         r"but patient 0, row 0 .* has none"):
+        tokenizer(naive, anchor_times=pd.Timestamp("2020-11-01 00:00", tz="UTC"))
+    assert tokenizer(naive, anchor_times=pd.Timestamp("2020-11-01 00:00"))["times"] == [0.5]
 
 
 def test_padding_masks_and_pads_with_zeros(tokenizer):

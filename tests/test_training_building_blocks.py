@@ -250,3 +250,25 @@ def test_a_memoised_encoder_must_be_frozen_and_encodes_anew_while_training(cohor
     batch = MedFuseDataCollator(tokenizer)(cohort[:8])
     first, second = (encoder(**batch).pooler_output for _ in range(2))  # dropout draws anew each time
     assert not torch.allclose(first, second) and not memo
+
+
+def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tmp_path, cohort, caplog):
+    """Refitted by other code (a later release's quantile knots) or on a changed export, the statistics would no
+    longer be those the checkpoint's weights learnt on: the run's own tokenizer comes back, and the difference is
+    named."""
+    from medfuse_hf import FeatureVocabulary, MedFuseTokenizer
+    from medfuse_hf.training.checkpointing import MANIFEST_NAME
+    from medfuse_hf.training.starting_point import run_tokenizer, tokenizer_settings
+
+    args = argparse.Namespace(output_dir=str(tmp_path), resume_from_checkpoint="latest")
+    started = MedFuseTokenizer(FeatureVocabulary.from_events(cohort[:40]), unknown_features="drop")
+    assert run_tokenizer(args, started, is_main_process=True) is started  # no checkpoint: fitted, and saved
+    (tmp_path / "checkpoints" / "step_00000005").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00000005" / MANIFEST_NAME).write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert tokenizer_settings(run_tokenizer(args, started, True)) == tokenizer_settings(started)
+        assert not caplog.text  # fitted alike: nothing to say
+        refitted = MedFuseTokenizer(FeatureVocabulary.from_events(cohort), unknown_features="drop")
+        resumed = run_tokenizer(args, refitted, is_main_process=True)
+    assert tokenizer_settings(resumed) == tokenizer_settings(started) != tokenizer_settings(refitted)
+    assert "resumed with the tokenizer the run started with" in caplog.text and "sodium" in caplog.text

@@ -158,7 +158,8 @@ def load_long_format(
         label_table = _validated_labels(label_table, options.label_column, options.label_map, labels)
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
     offsets = StampOffsets(time_zone=options.time_zone)
-    anchors = _anchors(label_table, options, offsets, summary) if options.anchor_column else None
+    anchors, unplaced_anchors = (_anchors(label_table, options, offsets, summary) if options.anchor_column
+                                 else (None, set()))
     tables_by_time_kind: dict[str, str] = {}
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
     store = EventStore(folder, patient_order=None if label_table is None else list(label_table.index))
@@ -185,7 +186,7 @@ def load_long_format(
         store.note_conflicting_values("values that differ at one patient, feature and time (all kept)", summary)
         summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {})
         patients = _patients_by_rank(store.ranked_patients, store.patients_with_events(), label_table,
-                                     options.label_column, summary)
+                                     options.label_column, summary, counted=unplaced_anchors)
         dataset = write_patient_rows(store.sorted_events(conversions), patients, folder / "patients.arrow",
                                      store.sources, summary)
     finally:
@@ -244,11 +245,11 @@ def _expanded(sources: list[TableSource]) -> list[TableSource]:
 
 def _patients_by_rank(
     ranked: list[str], with_events: list[str], label_table: pd.DataFrame | None, label_column: str | None,
-    summary: LoadSummary,
+    summary: LoadSummary, counted: set[str] = frozenset(),
 ) -> pa.Table:
     """A row per rank (`EventStore.ranked_patients`): `patient_id` and the labels table's fields. A patient on one
-    side only is skipped and counted; the rows of patients without events stay, never written, so that each rank
-    stays its row."""
+    side only is skipped and counted (unless `counted` already, for another reason); the rows of patients without
+    events stay, never written, so that each rank stays its row."""
     if label_table is None:
         summary.patients_read = len(with_events)
         return pa.table({"patient_id": pa.array(ranked, pa.string())})
@@ -259,7 +260,7 @@ def _patients_by_rank(
                          "events; are they written the same way in both (leading zeros, a decimal point)?")
     summary.patients_read = len(has_events | set(label_table.index))
     for patient_id in label_table.index:
-        if patient_id not in has_events:
+        if patient_id not in has_events and patient_id not in counted:
             summary.skip_patient("labels row but no events", f"patient {patient_id}")
     for patient_id in with_events:
         if patient_id not in label_table.index:
@@ -374,10 +375,10 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
 
 
 def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: StampOffsets,
-             summary: LoadSummary) -> pd.Series:
+             summary: LoadSummary) -> tuple[pd.Series, set[str]]:
     """Each patient's time zero: hours, or timestamps parsed as the events' are (whether they carry UTC offsets
-    recorded in `offsets`, which the events' must match; local clock times put on UTC, where one names no single
-    instant its patient is skipped, counted); an unparseable one names its patient."""
+    recorded in `offsets`, which the events' must match; local clock times put on UTC); an unparseable one names its
+    patient. Also the patients skipped (counted) because their anchor names no single instant."""
     anchor_column = options.anchor_column
     if labels is None or anchor_column not in labels.columns:
         raise ValueError(f"anchor_column {anchor_column!r} must be a column of the labels table")
@@ -392,7 +393,7 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
         if options.time_zone is not None and numeric.notna().any():
             raise ValueError(f"anchor column {anchor_column!r} holds hours, but time_zone {options.time_zone!r} is "
                              "for timestamps: leave it out")
-        return numeric
+        return numeric, set()
     text = raw.astype(str).str.strip()
     stamps = parse_timestamps(text, options.time_format, f"anchor column {anchor_column!r}",
                               "patient " + labels.index.to_series().map(repr))
@@ -406,16 +407,18 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
 
 
 def _on_utc(stamps: pd.Series, text: pd.Series, places: pd.Series, time_zone: str | None,
-            summary: LoadSummary) -> pd.Series:
+            summary: LoadSummary) -> tuple[pd.Series, set[str]]:
     """Naive anchors as UTC: as they are, or read as `time_zone`'s clock times; one that names no single instant
-    skips its patient (counted), whose events are then counted as having no anchor."""
+    skips its patient (counted, and returned), whose events are then counted as having no anchor."""
     if time_zone is None:
-        return stamps
+        return stamps, set()
     stamps, unplaced = local_to_utc(stamps, time_zone)
+    anchorless = pd.Series(False, index=stamps.index)
     for reason, mask in unplaced.items():
         for place, value in zip(places[mask], text[mask]):
             summary.skip_patient(f"anchor is a {reason}", f"{place}: {value!r}")
-    return stamps
+        anchorless |= mask
+    return stamps, set(stamps.index[anchorless])
 
 
 def _plain(value):
