@@ -32,6 +32,7 @@ from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
+from medfuse_hf.training.checkpointing import run_tokenizer
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
@@ -54,7 +55,7 @@ from medfuse_hf.training.recipe_config import (
     parse_with_config,
 )
 from medfuse_hf.training.run_info import throughput
-from medfuse_hf.training.starting_point import MODEL_FIELDS, build_tokenizer, model_for, run_tokenizer
+from medfuse_hf.training.starting_point import MODEL_FIELDS, build_tokenizer, model_for
 
 
 def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, MaskedValueCollator
 from medfuse_hf.progress import quiet_library_progress_bars
+from medfuse_hf.training.checkpointing import run_tokenizer
 from medfuse_hf.training.cohorts import (
     first_patients,
     fit_tokenizer,
@@ -85,16 +86,18 @@ def training_function(args: argparse.Namespace) -> dict:
         shards = sorted(glob.glob(args.parquet_shards))
         train = streaming_patients(shards, args.seed, args.shuffle_buffer, args.open_shards)
         if args.tokenizer_from:
-            tokenizer = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
-                                                         unknown_features="drop")
+            fitted = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
+                                                      unknown_features="drop")
         else:  # statistics from the first patients of the stream, a bounded sample, not held while training
-            tokenizer = fit_tokenizer(first_patients(train, args.statistics_patients), args.max_events,
-                                      args.value_normalization)
+            fitted = fit_tokenizer(first_patients(train, args.statistics_patients), args.max_events,
+                                   args.value_normalization)
+        tokenizer = run_tokenizer(args, fitted, accelerator.is_main_process)
         train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = train.set_epoch
     else:
         train, validation = cohort.splits["train"], cohort.splits["validation"]
-        tokenizer = fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units)
+        tokenizer = run_tokenizer(args, fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units),
+                                  accelerator.is_main_process)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
         train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=objective_collator(args, tokenizer))

@@ -257,8 +257,7 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tmp_path, cohort, cap
     longer be those the checkpoint's weights learnt on: the run's own tokenizer comes back, and the difference is
     named."""
     from medfuse_hf import FeatureVocabulary, MedFuseTokenizer
-    from medfuse_hf.training.checkpointing import MANIFEST_NAME
-    from medfuse_hf.training.starting_point import run_tokenizer, tokenizer_settings
+    from medfuse_hf.training.checkpointing import MANIFEST_NAME, run_tokenizer, tokenizer_settings
 
     args = argparse.Namespace(output_dir=str(tmp_path), resume_from_checkpoint="latest")
     started = MedFuseTokenizer(FeatureVocabulary.from_events(cohort[:40]), unknown_features="drop")

@@ -3,7 +3,8 @@
 `accelerator.save_state` writes model, optimizer, scheduler and every process's RNG states into a staging folder;
 the main process then records each file's SHA-256 and the loop position in a manifest and renames the folder into
 place. A kill at any moment leaves either the previous checkpoints or a `.partial` folder that is never loaded.
-Loading re-hashes every file against the manifest first.
+Loading re-hashes every file against the manifest first. A run's tokenizer is saved at its start and read back when
+it resumes (`run_tokenizer`), so the weights a checkpoint holds always meet the statistics they learnt on.
 """
 
 import json
@@ -14,6 +15,8 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ..integrity import sha256_of
+from ..tokenization_medfuse import MedFuseTokenizer
+from .cohorts import save_strict_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +89,32 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
             raise CorruptCheckpointError(f"{path}: {name} does not match its recorded SHA-256; the file is corrupted")
     accelerator.load_state(str(path))
     return manifest["loop_state"]
+
+
+def run_tokenizer(args, fitted: MedFuseTokenizer, is_main_process: bool) -> MedFuseTokenizer:
+    """The run's tokenizer, fixed at its start: saved to `<output_dir>/tokenizer`, and read back when the run resumes
+    from a checkpoint, so that the weights it resumes (or, finished, tests again) meet the statistics they were
+    trained with, even where this code or data would fit others (a later release's quantile knots, a changed
+    export). Where the two differ, a warning says how. Runs saved before this kept it in their `model` folder."""
+    output_dir = Path(args.output_dir)
+    resuming = args.resume_from_checkpoint and resolve_checkpoint(args.resume_from_checkpoint,
+                                                                  output_dir / "checkpoints")
+    saved = next((folder for folder in (output_dir / "tokenizer", output_dir / "model")
+                  if (folder / "preprocessor_config.json").exists()), None)
+    if not (resuming and saved):
+        if is_main_process:
+            save_strict_tokenizer(fitted, output_dir / "tokenizer")
+        return fitted
+    tokenizer = MedFuseTokenizer.from_pretrained(saved, unknown_features=fitted.unknown_features)
+    if tokenizer_settings(tokenizer) != tokenizer_settings(fitted):
+        fitted_specs = {spec.name: spec for spec in fitted.feature_vocabulary}
+        differing = [spec.name for spec in tokenizer.feature_vocabulary if fitted_specs.get(spec.name) != spec]
+        logger.warning("%s: resumed with the tokenizer the run started with; fitted now it would differ%s", saved,
+                       f" for {len(differing)} feature(s): {', '.join(differing[:10])}" if differing else
+                       " in its settings")
+    return tokenizer
+
+
+def tokenizer_settings(tokenizer: MedFuseTokenizer) -> dict:
+    """What a tokenizer encodes with: its saved settings, less where its code is found (`auto_map`, set on loading)."""
+    return {key: value for key, value in tokenizer.to_dict().items() if key != "auto_map"}

@@ -3,9 +3,7 @@
 encoder's untrained parts, classes balanced twice, a checkpoint's normalisation), and what it took over, for the
 report. `recipes/finetune.py`'s first step, kept apart so that the recipe reads as training."""
 
-import logging
 from collections import Counter
-from pathlib import Path
 
 from .. import (
     FeatureVocabulary,
@@ -17,11 +15,8 @@ from .. import (
     merge,
 )
 from ..units import check_units
-from .checkpointing import resolve_checkpoint
-from .cohorts import fit_tokenizer, save_strict_tokenizer
+from .cohorts import fit_tokenizer
 from .recipe_config import ENCODER_FIELDS, HEAD_FIELDS, model_overrides
-
-logger = logging.getLogger(__name__)
 
 MODEL_FIELDS = (*ENCODER_FIELDS, *HEAD_FIELDS)  # the encoder's and the head's MedFuseConfig fields
 
@@ -37,35 +32,6 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
     static_feature_ids(args.static_features or [], tokenizer)  # an unknown name: a clear error
     tokenizer.pinned_features = list(dict.fromkeys([*tokenizer.pinned_features, *(args.static_features or [])]))
     return tokenizer, matching
-
-
-def run_tokenizer(args, fitted: MedFuseTokenizer, is_main_process: bool) -> MedFuseTokenizer:
-    """The run's tokenizer, fixed at its start: saved to `<output_dir>/tokenizer`, and read back when the run resumes
-    from a checkpoint, so that the weights it resumes (or, finished, tests again) meet the statistics they were
-    trained with, even where this code or data would fit others (a later release's quantile knots, a changed
-    export). Where the two differ, a warning says how. Runs saved before this kept it in their `model` folder."""
-    output_dir = Path(args.output_dir)
-    resuming = args.resume_from_checkpoint and resolve_checkpoint(args.resume_from_checkpoint,
-                                                                  output_dir / "checkpoints")
-    saved = next((folder for folder in (output_dir / "tokenizer", output_dir / "model")
-                  if (folder / "preprocessor_config.json").exists()), None)
-    if not (resuming and saved):
-        if is_main_process:
-            save_strict_tokenizer(fitted, output_dir / "tokenizer")
-        return fitted
-    tokenizer = MedFuseTokenizer.from_pretrained(saved, unknown_features=fitted.unknown_features)
-    if tokenizer_settings(tokenizer) != tokenizer_settings(fitted):
-        fitted_specs = {spec.name: spec for spec in fitted.feature_vocabulary}
-        differing = [spec.name for spec in tokenizer.feature_vocabulary if fitted_specs.get(spec.name) != spec]
-        logger.warning("%s: resumed with the tokenizer the run started with; fitted now it would differ%s", saved,
-                       f" for {len(differing)} feature(s): {', '.join(differing[:10])}" if differing else
-                       " in its settings")
-    return tokenizer
-
-
-def tokenizer_settings(tokenizer: MedFuseTokenizer) -> dict:
-    """What a tokenizer encodes with: its saved settings, less where its code is found (`auto_map`, set on loading)."""
-    return {key: value for key, value in tokenizer.to_dict().items() if key != "auto_map"}
 
 
 def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuseTokenizer, dict]:
