@@ -114,15 +114,16 @@ def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def plateau_of(row: dict, output_dir: Path) -> float | None:
-    """The row's `plateau_auprc`, recorded, or read from its run folder where that is on this machine."""
-    run_dir = output_dir / f"{row['configuration']}-seed{row['seed']}"
-    if "validation_auprc_plateau" in row:
-        return row["validation_auprc_plateau"]
-    return plateau_auprc(run_dir) if (run_dir / "test_metrics.json").exists() else None
+def record_plateaus(results: ResultRows, output_dir: Path) -> None:
+    """Rows written before runs recorded their `plateau_auprc` get it from their run folders where those are on this
+    machine, so that the ledger's second figure is in the JSON for a fresh clone too."""
+    for row in list(results.rows):
+        run_dir = output_dir / f"{row['configuration']}-seed{row['seed']}"
+        if "validation_auprc_plateau" not in row and (run_dir / "test_metrics.json").exists():
+            results.add({**row, "validation_auprc_plateau": plateau_auprc(run_dir)})
 
 
-def summarise(rows: list[dict], output_dir: Path) -> str:
+def summarise(rows: list[dict]) -> str:
     """The ledger: one line per configuration, in the order first run, mean ± std over the seeds run, its rank among
     the configurations judged on three seeds, and its cost. Beside the kept epoch's validation AUPRC, the rule's
     figure, the mean of the `PLATEAU` validations up to it (`plateau_auprc`), less favourable to longer runs."""
@@ -136,7 +137,7 @@ def summarise(rows: list[dict], output_dir: Path) -> str:
     for name in dict.fromkeys(row["configuration"] for row in rows):
         cell = sorted((row for row in rows if row["configuration"] == name), key=lambda row: row["seed"])
         figures = [mean_std_of([row[column] for row in cell]) for column in COLUMNS]
-        plateaus = [plateau_of(row, output_dir) for row in cell]
+        plateaus = [row.get("validation_auprc_plateau") for row in cell]
         plateau = mean_std_of(plateaus) if None not in plateaus else "–"
         epochs = "/".join(f"{row['epochs']} ({row['best_epoch']})" for row in cell)
         seconds = sum(row["train_seconds"] for row in cell) / len(cell)
@@ -176,7 +177,8 @@ def main() -> None:
                      run, lambda row: f"{row['configuration']} seed {row['seed']}: "
                      + ", ".join(f"{c} {row[c]:.4f}" for c in COLUMNS)
                      + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)")
-    print(summarise(results.rows, args.output_dir))
+    record_plateaus(results, args.output_dir)
+    print(summarise(results.rows))
     print(gaps_to_gbm(results.rows, args.output_dir, args.table_dir))
 
 

@@ -160,6 +160,21 @@ def test_the_plateau_figure_averages_the_kept_epoch_and_the_validations_before_i
     assert p12_table.plateau_auprc(tmp_path) == pytest.approx(np.mean([0.50, 0.48, 0.52, 0.51, 0.56]))
 
 
+def test_the_search_records_the_plateau_of_older_rows_from_their_run_folders(tmp_path):
+    search = load_script("benchmarks/p12_search.py")
+    run_dir = tmp_path / "runs" / "per_feature-seed0"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "logs" / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": epoch, "validation_auprc": figure}) + "\n" for epoch, figure in enumerate([0.4, 0.5])))
+    (run_dir / "test_metrics.json").write_text(json.dumps({"best_validation": {"auprc": 0.5, "epoch": 2}}))
+    results = ResultRows(tmp_path / "search.json", key=("configuration", "seed"))
+    for seed in (0, 1):  # seed 1's run folder is not on this machine
+        results.add({"configuration": "per_feature", "seed": seed, "validation_auprc": 0.5})
+    search.record_plateaus(results, tmp_path / "runs")
+    assert [row.get("validation_auprc_plateau") for row in json.loads((tmp_path / "search.json").read_text())] == [
+        pytest.approx(0.45), None]
+
+
 def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_path):
     """A driver holds its rows in memory for hours; rows imported into its file meanwhile must survive its next
     write, and a cell written twice is kept once."""

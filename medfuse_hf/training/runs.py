@@ -52,14 +52,19 @@ class ResultRows:
 
     def add(self, row: dict) -> None:
         """Append a finished run. Rows written to the file since it was read (an import, or a second driver on other
-        cells) are kept: the file is read again first, and the row replaces a copy of its own cell."""
+        cells) are kept: the file is read again first, and the row replaces a copy of its own cell, in its place."""
         on_disk = json.loads(self.path.read_text()) if self.path.exists() else []
-        cell = [row[name] for name in self.key]
-        self.rows = [*(kept for kept in on_disk if [kept.get(name) for name in self.key] != cell), row]
+        cell = self._cell(row)
+        places = [index for index, kept in enumerate(on_disk) if self._cell(kept) == cell]
+        self.rows = [kept for kept in on_disk if self._cell(kept) != cell]
+        self.rows.insert(places[0] if places else len(self.rows), row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")  # readers never see a half-written file
         partial.write_text(json.dumps(self.rows, indent=1) + "\n")
         partial.replace(self.path)
+
+    def _cell(self, row: dict) -> list:
+        return [row.get(name) for name in self.key]
 
     def fill(self, cells: Iterable[dict], run: Callable[[dict], dict],
              say: Callable[[dict], str] | None = None) -> None:
