@@ -303,6 +303,23 @@ def test_a_long_format_table_without_labels_pretrains(tmp_path):
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
 
 
+def test_the_per_feature_base_pretrains_and_a_probe_reads_its_trained_pooler(tmp_path):
+    """The next base's architecture: the forecasting objective trains the per-feature pooler (masked-value
+    pretraining would leave it untrained), so a probe, which refuses encoder parts its checkpoint never trained,
+    starts from it."""
+    base = tmp_path / "base"
+    run_pretrain(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1", "--pooling", "per_feature",
+                  "--value_normalization", "quantile", "--output_dir", str(base), *TINY_MODEL])
+    config = json.loads((base / "model" / "config.json").read_text())
+    assert config["pooling"] == "per_feature"
+    assert "pooler.not_measured" in {key.removeprefix("medfuse.") for key in load_file(base / "model" /
+                                                                                        "model.safetensors")}
+    probe = tmp_path / "probe"
+    run_finetune(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "1", "--bootstrap_resamples",
+                  "20", "--init_from", str(base / "model"), "--strategy", "probe", "--output_dir", str(probe)])
+    assert json.loads((probe / "test_metrics.json").read_text())["test_patients"] == 13
+
+
 def test_pretraining_stops_when_the_validation_loss_stops_falling_and_keeps_its_lowest_epoch(tmp_path):
     """`--patience` for a base pretrained until its objective flattens. At a learning rate of 0 the loss never falls
     after the first epoch: one more epoch, then a stop, and the run reports and keeps the first."""
