@@ -399,19 +399,20 @@ class PerFeaturePooling(nn.Module):
         # `torch.use_deterministic_algorithms(True)`, as for any embedding's gradient.
         batch, _, width = hidden_states.shape
         vocabulary = self.queries.size(0)
+        num_slots = batch * vocabulary + 1
         hidden_states = hidden_states.masked_fill(~attention_mask.unsqueeze(-1), 0.0)  # padding, whatever it holds
         patients = torch.arange(batch, device=feature_ids.device).unsqueeze(1) * vocabulary
         slots = torch.where(attention_mask, feature_ids + patients, batch * vocabulary).flatten()
         states = hidden_states.flatten(0, 1).to(torch.promote_types(hidden_states.dtype, torch.float32))
         scores = (self.key(hidden_states) * F.embedding(feature_ids, self.queries)).sum(-1).flatten().to(states.dtype)
-        weights = _softmax_by_slot(scores / math.sqrt(width), slots, batch * vocabulary + 1)
-        attended = _sum_by_slot(weights.unsqueeze(-1) * states, slots, batch * vocabulary + 1)
+        weights = _softmax_by_slot(scores / math.sqrt(width), slots, num_slots)
+        attended = _sum_by_slot(weights.unsqueeze(-1) * states, slots, num_slots)
         # the most recent state: the mean of the tokens at the feature's latest time, whatever their order
         hours = times.float().flatten()
-        latest_hour = hours.new_full((batch * vocabulary + 1,), -torch.inf).scatter_reduce(0, slots, hours, "amax")
+        latest_hour = hours.new_full((num_slots,), -torch.inf).scatter_reduce(0, slots, hours, "amax")
         latest = (hours == latest_hour[slots]).float()
-        counts = _sum_by_slot(latest, slots, batch * vocabulary + 1)
-        most_recent = _sum_by_slot((latest / counts[slots]).unsqueeze(-1) * states, slots, batch * vocabulary + 1)
+        counts = _sum_by_slot(latest, slots, num_slots)
+        most_recent = _sum_by_slot((latest / counts[slots]).unsqueeze(-1) * states, slots, num_slots)
         summaries = torch.cat([attended, most_recent], dim=-1)[:-1].view(batch, vocabulary, 2 * width)
         measured = self.summary(summaries.to(hidden_states.dtype))  # (B, V, d)
         is_measured = (counts[:-1] > 0).view(batch, vocabulary, 1)
