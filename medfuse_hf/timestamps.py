@@ -106,6 +106,13 @@ def check_time_zone(name: str) -> ZoneInfo:
                          "'UTC')") from None
 
 
+def refuse_zone_for_hours(time_zone: str | None, where: str) -> None:
+    """A time zone places clock times: beside times given as hours it would be ignored, so it is refused."""
+    if time_zone is not None:
+        raise ValueError(f"{where}: times are numbers of hours, but time_zone {time_zone!r} is for timestamps: "
+                         "leave it out")
+
+
 def local_to_utc(stamps: pd.Series, time_zone: str) -> tuple[pd.Series, dict[str, pd.Series]]:
     """Naive clock times of `time_zone` as naive UTC. A time in the hour repeated when clocks go back could be
     either of two instants, and one in the hour skipped when they go forward is none: both are NaT, with a mask
@@ -155,9 +162,7 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
             raise ValueError(f"{where}: anchor time {anchor!r} is no timestamp")
         hours = ((stamps - origin) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
     else:
-        if time_zone is not None:
-            raise ValueError(f"{where}: times are numbers of hours, but time_zone {time_zone!r} is for timestamps: "
-                             "leave it out")
+        refuse_zone_for_hours(time_zone, where)
         hours = hours - _numeric_anchor(anchor, where) if anchor is not None else hours
         if anchor is None and looks_like_serial_days(hours):
             raise ValueError(f"{where}: every time lies between {hours.min():,.2f} and {hours.max():,.2f}: "

@@ -264,6 +264,9 @@ def test_a_time_zone_puts_anchors_on_utc_and_skips_a_patient_whose_anchor_no_clo
         assert dataset["patient_id"] == ["p1"] and dataset[0]["time"] == [5.0]  # 22:00 to 03:00 UTC
         assert summary.skipped_patients == {f"anchor is a {REPEATED_HOUR}": 1}  # counted once, under its reason
         assert summary.skipped_events == {"patient has no anchor time": 1}
+    with pytest.raises(ValueError, match=r"anchor column 'admitted': times are numbers of hours, but time_zone"):
+        load_long_format(tmp_path / "events.csv", labels=labels.assign(admitted=[0.0, 1.0]), anchor_column="admitted",
+                         time_zone="Europe/Berlin")
 
 
 @pytest.mark.parametrize(

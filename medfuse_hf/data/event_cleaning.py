@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..timestamps import StampOffsets, any_form, local_to_utc, parse_timestamps
+from ..timestamps import StampOffsets, any_form, local_to_utc, parse_timestamps, refuse_zone_for_hours
 from .patient_table import LoadSummary
 
 logger = logging.getLogger(__name__)
@@ -218,9 +218,7 @@ def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Se
         if anchors_are_stamps:
             raise ValueError(f"{context.name}: times are numbers of hours, but the anchor column holds timestamps: "
                              "give both as timestamps, or both as hours")
-        if context.time_zone is not None:
-            raise ValueError(f"{context.name}: times are numbers of hours, but time_zone {context.time_zone!r} is "
-                             "for timestamps: leave it out")
+        refuse_zone_for_hours(context.time_zone, context.name)
         return (numeric if anchors is None else numeric - table["patient_id"].map(anchors).astype(float)), pending, {}
     if anchors is not None and not anchors_are_stamps:
         raise ValueError(f"{context.name}: times are timestamps, but the anchor column holds numbers: give both one "

@@ -29,7 +29,14 @@ import pyarrow as pa
 from datasets.fingerprint import get_temporary_cache_files_directory
 
 from ..progress import progress_bar
-from ..timestamps import ISO_OFFSET, StampOffsets, check_time_zone, local_to_utc, parse_timestamps
+from ..timestamps import (
+    ISO_OFFSET,
+    StampOffsets,
+    check_time_zone,
+    local_to_utc,
+    parse_timestamps,
+    refuse_zone_for_hours,
+)
 from ..units import INTO, UnitConversion, same_unit
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .event_batches import DEFAULT_COLUMNS, TableSource, event_batches
@@ -390,9 +397,8 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
         return _on_utc(stamps, raw.astype(str), places, options.time_zone, summary)
     numeric = pd.to_numeric(raw, errors="coerce")
     if numeric[~blank(raw)].notna().all():  # hours; a blank anchor leaves its patient's events to be counted
-        if options.time_zone is not None and numeric.notna().any():
-            raise ValueError(f"anchor column {anchor_column!r} holds hours, but time_zone {options.time_zone!r} is "
-                             "for timestamps: leave it out")
+        if numeric.notna().any():
+            refuse_zone_for_hours(options.time_zone, f"anchor column {anchor_column!r}")
         return numeric, set()
     text = raw.astype(str).str.strip()
     stamps = parse_timestamps(text, options.time_format, f"anchor column {anchor_column!r}",
