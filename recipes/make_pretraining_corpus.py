@@ -6,12 +6,15 @@ P12's validation and test stays are left out, and checked absent, so that a mode
 fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
 and events per source, their licences and citations); `recipes/pretrain.py` reads it into the base model's card.
 Each patient is one row of one shard (the schema is in the README), so a patient never straddles two shards.
+`--validation_fraction` of the patients (5 %) go to `validation/` instead, held out of training: pretraining reports
+its objective's loss on them each epoch, and with `--patience` stops once that loss stops falling.
 
     python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 \
         --p12_dir ../shared/data/physionet2012 --output_dir outputs/pretraining-corpus
     python recipes/make_pretraining_corpus.py --dataset long-format --events export/*.csv \
         --feature_map items.csv --data_description "ICU stays of St Elsewhere, 2015-2024" --output_dir outputs/corpus
-    accelerate launch recipes/pretrain.py --parquet_shards "outputs/pretraining-corpus/*.parquet" --max_steps ...
+    accelerate launch recipes/pretrain.py --parquet_shards "outputs/pretraining-corpus/*.parquet" \
+        --validation_shards "outputs/pretraining-corpus/validation/*.parquet" --patience 2 --max_steps ...
 """
 
 import argparse
@@ -22,7 +25,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medfuse_hf.data import LongFormatOptions, load_long_format, seft_split
-from medfuse_hf.data.shards import events_only, write_corpus_manifest, write_patient_shards
+from medfuse_hf.data.shards import (
+    VALIDATION_FOLDER,
+    events_only,
+    held_out_count,
+    shuffled_corpus,
+    write_corpus_manifest,
+    write_patient_shards,
+)
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
 from medfuse_hf.training.recipe_config import add_long_format_arguments
@@ -49,11 +59,12 @@ def corpus_sources(p19_dir: str, p12_dir: str) -> tuple[dict[str, datasets.Datas
 
 
 def check_shards(shards: list[Path], held_out: set[str], patients: int) -> None:
-    """Read the written shards back: every patient once, and no P12 validation or test stay among them."""
+    """Read the written shards back (training and validation): every patient once, and no P12 validation or test
+    stay among them."""
     written = [patient for path in shards
                for patient in pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()]
     leaked = held_out.intersection(written)
-    if leaked or len(written) != patients:
+    if leaked or len(set(written)) != len(written) or len(written) != patients:
         raise SystemExit(f"the shards in {shards[0].parent} hold {len(written)} of {patients} patients and "
                          f"{len(leaked)} P12 validation/test stays (e.g. {sorted(leaked)[:3]}): delete them")
 
@@ -93,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", default="outputs/pretraining-corpus")
     parser.add_argument("--patients_per_shard", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation_fraction", type=float, default=0.05,
+                        help=f"share of the patients written to {VALIDATION_FOLDER}/ instead, for pretraining's "
+                             "validation loss (pretrain.py --validation_shards --patience); 0 holds none out")
     export = add_long_format_arguments(parser, skip=("label_column", "label_map"))
     export.add_argument("--labels", help="a table with one row per patient, for --anchor_column only")
     export.add_argument("--source_name", default="hospital", help="prefix of the patient ids in the shards")
@@ -116,13 +130,21 @@ def main(argv: list[str] | None = None) -> None:
         sources, held_out = corpus_sources(args.p19_dir, args.p12_dir)
         terms, description = {"p19": P19_TERMS, "p12": P12_TERMS}, DESCRIPTION
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)}
-    shards = write_patient_shards(sources, output_dir, args.patients_per_shard, seed=args.seed)
-    check_shards(shards, held_out, sum(len(events) for events in sources.values()))
+    corpus = shuffled_corpus(sources, seed=args.seed)
+    validation = held_out_count(len(corpus), args.validation_fraction)
+    shards = write_patient_shards(corpus.select(range(validation, len(corpus))), output_dir, args.patients_per_shard)
+    validation_shards = (write_patient_shards(corpus.select(range(validation)), output_dir / VALIDATION_FOLDER,
+                                              args.patients_per_shard) if validation else [])
+    check_shards(shards + validation_shards, held_out, len(corpus))
+    if validation:
+        extra["validation"] = {"patients": validation,
+                               "shards": [str(path.relative_to(output_dir)) for path in validation_shards]}
     record = manifest(sources, shards, description, terms, **extra)
     write_corpus_manifest(output_dir, record)
     counts = ", ".join(f"{name} {part['patients']:,} patients / {part['events']:,} events"
                        for name, part in record["sources"].items())
     print(f"wrote {len(shards)} shards to {output_dir}: {counts}"
+          + (f"; {validation:,} of them held out in {output_dir / VALIDATION_FOLDER}" if validation else "")
           + (f"; {len(held_out):,} P12 validation/test stays left out" if held_out else ""))
 
 

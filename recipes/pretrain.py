@@ -5,7 +5,7 @@ from the rest of the stay (a token-level task).
 
     python recipes/pretrain.py --dataset p19 --data_dir ../shared/data/physionet2019 --hospital A
     accelerate launch recipes/pretrain.py --parquet_shards "cohort/*.parquet" --data_description "our ICU, 2015-2024" \
-        --max_steps 20000   # a cohort larger than memory
+        --validation_shards "cohort/validation/*.parquet" --patience 2 --max_steps 20000   # larger than memory
 
 Writes `model/` (a `MedFuseForPreTraining` with its tokenizer and model card: pass it to
 `recipes/finetune.py --init_from`), `feature_embeddings/` (privacy-guarded, for other hospitals), `checkpoints/`,
@@ -30,6 +30,7 @@ from medfuse_hf.training.checkpointing import run_tokenizer
 from medfuse_hf.training.cohorts import (
     first_patients,
     fit_tokenizer,
+    held_out_patients,
     save_strict_tokenizer,
     streaming_patients,
 )
@@ -85,6 +86,8 @@ def training_function(args: argparse.Namespace) -> dict:
             raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
         shards = sorted(glob.glob(args.parquet_shards))
         train = streaming_patients(shards, args.seed, args.shuffle_buffer, args.open_shards)
+        if args.validation_shards:
+            validation = held_out_patients(sorted(glob.glob(args.validation_shards)), shards)
         if args.tokenizer_from:
             fitted = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
                                                       unknown_features="drop")
@@ -102,6 +105,7 @@ def training_function(args: argparse.Namespace) -> dict:
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
         train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=objective_collator(args, tokenizer))
         reseed = batch_sampler.set_epoch
+    if validation is not None:
         # Fixed draws (cut-offs, hidden values) for validation, so its loss is comparable from epoch to epoch.
         validation_collate = objective_collator(args, tokenizer, rng=random.Random(args.seed))
         validation = DataLoader(validation, batch_size=args.batch_size, collate_fn=validation_collate)
@@ -146,6 +150,7 @@ def training_function(args: argparse.Namespace) -> dict:
         result["best_validation"] = {"loss": -state.best, "epoch": state.best_epoch}
     if validation is not None:
         result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
+        result["validation_patients"] = len(validation.dataset)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         save_strict_tokenizer(tokenizer, output_dir / "model")
@@ -170,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
                            "each holds a row group in memory")
     data.add_argument("--shuffle_buffer", type=int, default=2048,
                       help="patients a streamed cohort is shuffled within (held in memory)")
+    data.add_argument("--validation_shards",
+                      help="glob of Parquet files of a streamed cohort's held-out patients (make_pretraining_corpus"
+                           ".py writes them to validation/): the objective's loss on them each epoch, for --patience")
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000,
                       help="patients a streamed cohort's statistics come from")
@@ -190,8 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.set_defaults(num_epochs=10)
     quiet_library_progress_bars()
     args = parse_with_config(parser, argv)
-    if args.patience is not None and args.parquet_shards:
-        parser.error("--patience stops on the validation split's loss, and a streamed cohort has none")
+    if args.validation_shards and not args.parquet_shards:
+        parser.error("--validation_shards is for streamed shards; a cohort in memory has its own validation split")
+    if args.patience is not None and args.parquet_shards and not args.validation_shards:
+        parser.error("--patience stops on the validation loss, and a streamed cohort has none: give its held-out "
+                     "patients with --validation_shards")
     if args.tokenizer_from and not args.parquet_shards:
         parser.error("--tokenizer_from is for streamed shards; a cohort in memory fits its own tokenizer on its "
                      "training split")

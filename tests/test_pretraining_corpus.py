@@ -12,6 +12,7 @@ from test_data_physionet2012 import write_release
 from test_data_physionet2019 import PATIENT_A, PATIENT_B
 
 from medfuse_hf.data import load_physionet2012
+from medfuse_hf.data.shards import held_out_count
 from medfuse_hf.training.cohorts import streaming_patients
 from medfuse_hf.training.pretraining import streamed_cohort
 
@@ -37,10 +38,13 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
 
     with pytest.raises(FileExistsError, match="already holds 2 shards"):  # a rerun would mix two corpora
         recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus)])
-    shards = sorted(corpus.glob("*.parquet"))
+    shards = sorted(corpus.glob("*.parquet"))  # the training glob; 5 % of the patients, at least one, held out
     assert [shard.name for shard in shards] == ["shard-00000-of-00002.parquet", "shard-00001-of-00002.parquet"]
     assert pq.read_schema(shards[0]).names == ["patient_id", "source", "feature", "value", "time"]  # no label column
-    patients = {row["patient_id"]: row for row in streaming_patients([str(shard) for shard in shards], seed=0)}
+    held_out = sorted(corpus.glob("validation/*.parquet"))
+    trained = {row["patient_id"]: row for row in streaming_patients([str(shard) for shard in shards], seed=0)}
+    patients = {**trained, **{row["patient_id"]: row for row in streaming_patients([str(held_out[0])], seed=0)}}
+    assert len(trained) == 3 and len(patients) == 4  # each patient in one piece only
     assert sorted(patients) == ["p12:132539", "p19:p000001", "p19:p000002", "p19:p100001"]
     stay = load_physionet2012(p12).filter(lambda record: record == 132539, input_columns="record_id")[0]
     assert (patients["p12:132539"]["feature"], patients["p12:132539"]["value"]) == (stay["feature"], stay["value"])
@@ -49,6 +53,7 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     assert record["sources"]["p12"]["events"] == len(stay["feature"])
     assert record["sources"]["p12"]["features"] == sorted(set(stay["feature"]))  # for the card's coverage per source
     assert record["p12_validation_and_test_stays_excluded"] == 2
+    assert record["validation"] == {"patients": 1, "shards": ["validation/shard-00000-of-00001.parquet"]}
     assert "Attribution 4.0" in record["sources"]["p19"]["license"]
 
     # pretraining on the shards describes them for its cards from corpus.json (test_recipes_pretrain streams shards)
@@ -85,12 +90,15 @@ def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypa
     recipe = load_script("recipes/make_pretraining_corpus.py")
     corpus = tmp_path / "corpus"
     recipe.main(["--dataset", "long-format", *flags, "--data_description", "St Elsewhere ICU, 2015-2024",
-                 "--source_name", "stelsewhere", "--output_dir", str(corpus), "--patients_per_shard", "3"])
+                 "--source_name", "stelsewhere", "--output_dir", str(corpus), "--patients_per_shard", "3",
+                 "--validation_fraction", "0"])
 
     shards = sorted(corpus.glob("*.parquet"))
     assert len(shards) == 3 and pq.read_schema(shards[0]).names == ["patient_id", "source", "feature", "value", "time"]
     rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
     assert sorted(row["patient_id"] for row in rows) == [f"stelsewhere:s{i}" for i in range(7)]  # each once
+    assert not (corpus / "validation").exists()  # --validation_fraction 0 holds none out
+    assert "validation" not in json.loads((corpus / "corpus.json").read_text())
     loaded = load_long_format(tmp_path / "export.csv", columns={"patient_id": "stay", "time": "hours",
                                                                 "feature": "item", "value": "value"},
                               feature_map={"220045": "heart_rate", "223761": "temperature"},
@@ -102,3 +110,14 @@ def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypa
     assert record["description"] == "St Elsewhere ICU, 2015-2024"
     assert record["sources"]["stelsewhere"]["patients"] == 7 and record["sources"]["stelsewhere"]["events"] == 60
     assert streamed_cohort(Namespace(data_description=None), [str(s) for s in shards]).license.startswith("private")
+
+
+@pytest.mark.parametrize(("patients", "fraction", "held_out"),
+                         [(48_007, 0.05, 2_400), (4, 0.05, 1), (3, 0.9, 2), (1, 0.5, 0), (10, 0.0, 0)])
+def test_a_corpus_holds_out_its_share_at_least_one_and_never_every_patient(patients, fraction, held_out):
+    assert held_out_count(patients, fraction) == held_out
+
+
+def test_a_share_to_hold_out_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\), got 1.0"):
+        held_out_count(100, 1.0)

@@ -19,7 +19,7 @@ from test_recipes_finetune import run as run_finetune
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data.shards import write_corpus_manifest
 from medfuse_hf.synthetic import make_sodium_cohort
-from medfuse_hf.training.cohorts import streaming_patients
+from medfuse_hf.training.cohorts import held_out_patients, streaming_patients
 
 PRETRAIN = ROOT / "recipes" / "pretrain.py"
 TINY_MODEL = ["--hidden_size", "32", "--value_embedding_size", "8", "--intermediate_size", "32"]
@@ -36,7 +36,8 @@ def run_pretrain(args: list[str], processes: int = 1) -> subprocess.CompletedPro
     return result
 
 
-def write_shards(folder: Path, count: int, patients: int = 2000, events: int = 200, seed: int = 0) -> list[str]:
+def write_shards(folder: Path, count: int, patients: int = 2000, events: int = 200, seed: int = 0,
+                 id_prefix: str = "") -> list[str]:
     """Shards of synthetic patients in the loaders' layout: `feature`/`value`/`time` lists per row."""
     rng = np.random.default_rng(seed)
     names = np.array(["heart_rate", "sodium", "creatinine"])
@@ -44,7 +45,7 @@ def write_shards(folder: Path, count: int, patients: int = 2000, events: int = 2
     for shard in range(count):
         offsets = pa.array(np.arange(patients + 1, dtype=np.int32) * events)
         table = pa.table({
-            "patient_id": [f"{shard}-{i}" for i in range(patients)],
+            "patient_id": [f"{id_prefix}{shard}-{i}" for i in range(patients)],
             "feature": pa.ListArray.from_arrays(offsets, pa.array(names[rng.integers(0, 3, patients * events)])),
             "value": pa.ListArray.from_arrays(offsets, pa.array(rng.normal(100, 10, patients * events))),
             "time": pa.ListArray.from_arrays(offsets, pa.array(np.tile(np.linspace(0, 47, events), patients))),
@@ -339,9 +340,43 @@ def test_a_tokenizer_to_reuse_is_refused_where_it_would_be_ignored(tmp_path, cap
     assert "--tokenizer_from is for streamed shards" in capsys.readouterr().err
 
 
-def test_patience_needs_a_validation_split(tmp_path):
-    shards = write_shards(tmp_path, 1, patients=20, events=10)
-    result = subprocess.run([sys.executable, str(PRETRAIN), "--parquet_shards", shards[0], "--max_steps", "2",
-                             "--patience", "2", "--output_dir", str(tmp_path / "run")], capture_output=True, text=True,
-                            timeout=300, cwd=ROOT)
-    assert result.returncode != 0 and "a streamed cohort has none" in result.stderr
+def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_path):
+    """A base pretrained on shards until its objective flattens, measured on patients it never trains on. At a
+    learning rate of 0 the loss never falls after the first pass: one more pass, a stop, and the first one kept."""
+    write_shards(tmp_path, 1, patients=64, events=20)
+    (tmp_path / "validation").mkdir()
+    write_shards(tmp_path / "validation", 1, patients=24, events=20, seed=1, id_prefix="held-out-")
+    output = tmp_path / "run"
+    result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
+                           str(tmp_path / "validation" / "*.parquet"), "--max_steps", "100", "--num_epochs", "5",
+                           "--batch_size", "16", "--learning_rate", "0", "--patience", "1", "--statistics_patients",
+                           "64", "--data_description", "synthetic shards", "--output_dir", str(output), *TINY_MODEL])
+    losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("epoch")]
+    metrics = json.loads((output / "pretraining_metrics.json").read_text())
+    assert len(losses) == 2 and metrics["epochs"] == 2 and metrics["steps"] == 8  # 64 patients / 16, twice
+    assert metrics["best_validation"]["epoch"] == 1 and metrics["validation_patients"] == 24
+    assert (f"Validation forecasting MSE on 24 held-out patients: {metrics['validation_loss']:.4f}, at epoch 1 of 2"
+            in (output / "model" / "README.md").read_text())
+
+
+def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):
+    training = write_shards(tmp_path, 2, patients=10, events=5)
+    (tmp_path / "validation").mkdir()
+    copied = write_shards(tmp_path / "validation", 1, patients=3, events=5)  # ids 0-0 .. 0-2: the first shard's
+    with pytest.raises(ValueError, match=r"shard-000.parquet: 3 of its patients \(e.g. \['0-0', '0-1', '0-2'\]\)"):
+        held_out_patients(copied, training)
+    with pytest.raises(ValueError, match="both a training and a validation shard"):
+        held_out_patients(training[1:], training)
+    assert held_out_patients(write_shards(tmp_path / "validation", 1, patients=3, events=5, id_prefix="new-"),
+                             training)["patient_id"] == ["new-0-0", "new-0-1", "new-0-2"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--patience", "2"], "a streamed cohort has none: give its held-out patients with --validation_shards"),
+    (["--dataset", "synthetic", "--validation_shards", "v/*.parquet"], "a cohort in memory has its own validation"),
+])
+def test_a_validation_loss_is_asked_for_where_it_can_be_measured(tmp_path, capsys, flags, message):
+    shards = ["--parquet_shards", str(tmp_path / "*.parquet")] if "--dataset" not in flags else []
+    with pytest.raises(SystemExit):
+        load_script("recipes/pretrain.py").main([*shards, "--max_steps", "2", *flags])
+    assert message in capsys.readouterr().err

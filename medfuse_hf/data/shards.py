@@ -3,7 +3,9 @@
 Shards hold events only: `patient_id`, `source`, and the `feature` / `value` / `time` lists. A label, outcome or
 descriptor column never enters them, so a corpus cannot leak the targets a later fine-tuning is scored on. Patients
 are shuffled before they are cut into shards, and each shard is written in small row groups: the stream's shuffle
-buffer then mixes sources and hospitals although it decodes only a few row groups at a time.
+buffer then mixes sources and hospitals although it decodes only a few row groups at a time. A share of the
+patients can be held out in `validation/`, outside the training shards' glob: pretraining measures its objective on
+them each epoch and stops when that loss stops falling (`recipes/pretrain.py --validation_shards --patience`).
 """
 
 import json
@@ -16,6 +18,7 @@ import datasets
 from ..progress import progress_bar
 
 CORPUS_MANIFEST = "corpus.json"
+VALIDATION_FOLDER = "validation"  # held-out patients, beside the training shards and out of their glob
 EVENT_FEATURES = datasets.Features({
     "patient_id": datasets.Value("string"),
     "source": datasets.Value("string"),
@@ -38,20 +41,31 @@ def events_only(dataset: datasets.Dataset, source: str, id_column: str) -> datas
     return events.cast(EVENT_FEATURES)
 
 
-def write_patient_shards(
-    sources: Mapping[str, datasets.Dataset],
-    output_dir: str | Path,
-    patients_per_shard: int = 4096,
-    row_group_size: int = 256,
-    seed: int = 0,
-) -> list[Path]:
-    """Shuffle the patients of every source (already `events_only`) together and write them as numbered shards."""
+def shuffled_corpus(sources: Mapping[str, datasets.Dataset], seed: int = 0) -> datasets.Dataset:
+    """The patients of every source (already `events_only`) in one seeded random order, each id once."""
     corpus = datasets.concatenate_datasets(list(sources.values())).shuffle(seed=seed).flatten_indices()
     if not len(corpus):
         raise ValueError("no patients to write")
     duplicates = len(corpus) - len(set(corpus["patient_id"]))
     if duplicates:
         raise ValueError(f"{duplicates} patient ids occur twice: a patient would be trained on twice")
+    return corpus
+
+
+def held_out_count(patients: int, fraction: float) -> int:
+    """How many of `patients` a corpus holds out for pretraining's validation loss: `fraction` of them, at least one
+    where the fraction is not 0, and never all."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the validation fraction must lie in [0, 1), got {fraction}")
+    if fraction == 0.0 or patients < 2:
+        return 0
+    return min(max(1, round(patients * fraction)), patients - 1)
+
+
+def write_patient_shards(
+    corpus: datasets.Dataset, output_dir: str | Path, patients_per_shard: int = 4096, row_group_size: int = 256
+) -> list[Path]:
+    """Cut `corpus` (`shuffled_corpus`, or a part of it) into numbered shards in `output_dir`, which must hold none."""
     output_dir = Path(output_dir)
     old_shards = sorted(output_dir.glob("shard-*.parquet"))
     if old_shards:  # a glob over the folder would stream them beside the new ones: patients twice
@@ -86,4 +100,7 @@ def read_corpus_manifest(shards: Sequence[str | Path]) -> dict | None:
     return json.loads(path.read_text())
 
 
-__all__ = ["EVENT_FEATURES", "events_only", "read_corpus_manifest", "write_corpus_manifest", "write_patient_shards"]
+__all__ = [
+    "EVENT_FEATURES", "VALIDATION_FOLDER", "events_only", "held_out_count", "read_corpus_manifest", "shuffled_corpus",
+    "write_corpus_manifest", "write_patient_shards",
+]

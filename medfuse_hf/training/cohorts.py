@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets.table import InMemoryTable
 
 from ..data import (
@@ -302,6 +303,24 @@ def first_patients(stream: datasets.IterableDataset, count: int) -> datasets.Dat
     took 2.5 GiB more."""
     batches = list(stream.take(count).with_format("arrow").iter(batch_size=256))
     return datasets.Dataset(InMemoryTable(pa.concat_tables(batches)))
+
+
+def held_out_patients(shards: list[str], training_shards: list[str]) -> datasets.Dataset:
+    """A streamed cohort's held-out patients (a few thousand), in memory as Arrow columns, for its validation loss.
+    Refused where a shard or a patient is also trained on: the loss would then measure recall, not what the base
+    learnt."""
+    if not shards:
+        raise FileNotFoundError("no validation shards given (did the glob match nothing?)")
+    trained_on = {Path(path).resolve() for path in training_shards}
+    if twice := [path for path in shards if Path(path).resolve() in trained_on]:
+        raise ValueError(f"{twice[0]} is both a training and a validation shard: the globs overlap")
+    table = pa.concat_tables([pq.read_table(path) for path in shards], promote_options="default")
+    held_out = set(table["patient_id"].to_pylist())
+    for path in training_shards:
+        if twice := held_out.intersection(pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()):
+            raise ValueError(f"{path}: {len(twice)} of its patients (e.g. {sorted(twice)[:3]}) are also among the "
+                             f"validation patients of {shards[0]}")
+    return datasets.Dataset(InMemoryTable(table))
 
 
 def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) -> dict[str, datasets.Dataset]:
