@@ -5,9 +5,14 @@ summary-statistics GBM a hospital would otherwise use?
     nohup python benchmarks/label_efficiency.py --base outputs/pretraining/forecasting \
         > outputs/label-efficiency.log 2>&1 &
     python benchmarks/label_efficiency.py --summary_only     # table, paired gains and plot of the cells so far
+    python benchmarks/label_efficiency.py --base outputs/pretraining/medfuse-base-v2 --model medfuse_round_two
+
+The last line is the second base's experiment, fine-tuned as the accuracy search's leader is
+(`--model`, from `protocol.MODELS`), with results and runs of its own.
 
 Arms, each on the same nested, stratified, seeded training subset (`nested_subset`, as `--train_fraction` draws it):
-- `scratch`: the P12 table's best MedFuse (MuFuse, CVE of time) and budget, trained on the subset;
+- `scratch`: a model of the P12 table and its budget (`--model`: round one's best, MuFuse with the CVE of time,
+  by default), trained on the subset;
 - `pretrained`: the same, started from the base model (`--init_from <base>/model`);
 - `pretrained_lpft`: the same start, fine-tuned by LP-FT (`--strategy lp-ft`): the head first on the frozen base,
   then everything from there at a tenth of the learning rate, so that few labels cannot distort the base at once;
@@ -43,7 +48,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from p12_table import summary_tables
-from protocol import BUDGET, FINETUNE, ROOT
+from protocol import BUDGET, MODELS, ROOT, finetune_flags
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import nested_subset, validation_subset
@@ -64,6 +69,7 @@ FROM_THE_BASE = ARMS[1:5] + ("gbm_with_base",)  # the arms started from the base
 COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm")), ("pretrained_lpft", "pretrained_probe"))
 SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 for any other
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
+FIRST_BASE_MODEL = "medfuse_cve_time"  # the fine-tuned arms of the first base's experiment
 
 
 # The arms scikit-learn fits on per-stay tables: which tables, side by side (the summary statistics of the accuracy
@@ -81,11 +87,15 @@ def arm_flags(arm: str, base: Path) -> list[str]:
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
 
 
+def weights_digest(base: Path) -> str:
+    """The base's weights, named by their hash: what its rows and cached representations were computed from."""
+    return hashlib.sha256((base / "model" / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
 def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
     """Each P12 stay's pooled representation from the frozen base, per split in the cohort's order (the order
     `summary_tables` labels), computed once per base weights and cached beside the runs."""
-    weights = (base / "model" / "model.safetensors").read_bytes()
-    cache = cache_dir / f"pretrained_probe-representations-{hashlib.sha256(weights).hexdigest()[:12]}.npz"
+    cache = cache_dir / f"pretrained_probe-representations-{weights_digest(base)}.npz"
     if cache.exists():
         return dict(np.load(cache))
     tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=MAX_EVENTS, unknown_features="drop")
@@ -124,7 +134,8 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
     if arm in TABLE_ARMS:
         figures = run_table_arm(arm, fraction, seed, validation, args)
     else:
-        flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split", *FINETUNE,
+        flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split",
+                 *finetune_flags(args.model),
                  "--train_fraction", str(fraction), "--seed", str(seed), *arm_flags(arm, args.base)]
         if validation == "cut":
             flags += ["--validation_fraction", str(fraction)]
@@ -135,8 +146,9 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
         figures = {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
                    "train_seconds": sum(stage["train_seconds"] for stage in [*stages, report])}
     _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
-    return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
-            "train_patients": len(nested_subset(labels["train"], fraction, seed)), **figures,
+    started_from = {"base": weights_digest(args.base)} if arm in FROM_THE_BASE else {}
+    return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "model": args.model,
+            **started_from, "train_patients": len(nested_subset(labels["train"], fraction, seed)), **figures,
             "git": git_commit()["commit"]}
 
 
@@ -208,6 +220,19 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def refuse_other_experiments(rows: list[dict], args: argparse.Namespace) -> None:
+    """A results file is one experiment: one model, one base. Rows of another would count as this one's finished
+    cells and be skipped (rows from before either was recorded are the first base's)."""
+    weighed = args.base is not None and (args.base / "model" / "model.safetensors").exists()
+    digest = weights_digest(args.base) if weighed else None
+    for row in rows:
+        if row.get("model", FIRST_BASE_MODEL) != args.model or row.get("base", digest) != digest:
+            raise SystemExit(f"{args.results} holds rows of --model {row.get('model', FIRST_BASE_MODEL)} from base "
+                             f"weights {row.get('base', 'unrecorded')} ({row['arm']}, fraction {row['fraction']:g}, "
+                             f"seed {row['seed']}); this is --model {args.model} from {digest}: give --results and "
+                             "--output_dir of its own")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, help="the pretrained base's run folder (model/, feature_embeddings/)")
@@ -217,11 +242,19 @@ def main() -> None:
     parser.add_argument("--cut_validation_fractions", type=float, nargs="*", default=[0.01, 0.05])
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="one list for every fraction (default: 10 subsets at 1 %%, 5 at 5 %%, 3 elsewhere)")
-    parser.add_argument("--results", type=Path, default=RESULTS / "p12_label_efficiency.json")
-    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs" / "label-efficiency")
+    parser.add_argument("--model", choices=sorted(MODELS), default=FIRST_BASE_MODEL,
+                        help="the fine-tuned arms' model and budget (benchmarks/protocol.py), to match the base's "
+                             "architecture; another model is another experiment, with its own results and runs")
+    parser.add_argument("--results", type=Path,
+                        help="default: benchmarks/results/pretraining/[<model>/]p12_label_efficiency.json")
+    parser.add_argument("--output_dir", type=Path, help="default: outputs/label-efficiency[-<model>]")
     parser.add_argument("--launcher", default=shlex.quote(sys.executable))
     parser.add_argument("--summary_only", action="store_true", help="train nothing: summarise the finished cells")
     args = parser.parse_args()
+    first_base = args.model == FIRST_BASE_MODEL
+    args.results = args.results or RESULTS / ("" if first_base else args.model) / "p12_label_efficiency.json"
+    args.output_dir = args.output_dir or ROOT / "outputs" / ("label-efficiency" + ("" if first_base else
+                                                                                   f"-{args.model}"))
     results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
     if not args.summary_only:
         needed = {"pretrained": "model", "pretrained_lpft": "model", "pretrained_embeddings": "feature_embeddings",
@@ -230,6 +263,7 @@ def main() -> None:
                    if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
         if missing:
             parser.error(f"the pretrained arms need --base, a pretraining run folder with {' and '.join(missing)}/")
+        refuse_other_experiments(results.rows, args)
         results.fill(({"arm": arm, "fraction": fraction, "seed": seed, "validation": validation}
                       for arm, fraction, seed, validation in cells(args)),
                      lambda cell: run_cell(cell["arm"], cell["fraction"], cell["seed"], cell["validation"], args),

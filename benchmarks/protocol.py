@@ -27,9 +27,16 @@ BUDGET = [  # paper-sized model (the config defaults); optimisation chosen once,
     "--num_epochs", "15", "--warmup_ratio", "0.05", "--patience", "5", "--early_stopping_metric", "auprc",
     "--class_weighting", "balanced", "--bootstrap_resamples", "1000",
 ]
-# The P12 table's best MedFuse (MuFuse with the CVE of time, the accuracy search's reference), with a floor of
-# optimizer steps so that 1 % (~77 stays) is trained too, as in the transfer experiment.
-FINETUNE = [*BUDGET, *MODELS["medfuse_cve_time"], "--min_steps", "300"]
+
+
+def finetune_flags(model: str) -> list[str]:
+    """A model of the P12 table at its budget, with a floor of optimizer steps so that 1 % (~77 stays) is trained too,
+    as in the transfer experiment: how the label-efficiency and objective experiments fine-tune."""
+    return [*BUDGET, *MODELS[model], "--min_steps", "300"]
+
+
+# Round one's best MedFuse (MuFuse with the CVE of time, the accuracy search's reference): the first base's arms.
+FINETUNE = finetune_flags("medfuse_cve_time")
 # The fine-tuned model's encoder (FINETUNE's: MuFuse, CVE of time), a global batch of 64 patients, ~2 passes over
 # the corpus's 48,007 patients: what fits this comparison into a CPU session.
 PRETRAIN = ["--time_embedding", "cve", "--batch_size", "64", "--learning_rate", "1e-3", "--num_epochs", "10",

@@ -32,7 +32,7 @@ from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
-from medfuse_hf.training.checkpointing import run_tokenizer
+from medfuse_hf.training.checkpointing import refuse_other_settings, run_tokenizer
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
@@ -219,9 +219,12 @@ def lp_ft(args: argparse.Namespace) -> dict:
     own; a finished probe is not run again. The probe counts as the full stage's epoch 0: with few labels, fine-tuning
     can only lose what the probe found, so the probe is kept unless an epoch beats it on validation."""
     probe_dir = Path(args.output_dir) / "probe"
-    if not (probe_dir / "test_metrics.json").exists():
-        training_function(argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
-                                                "num_epochs": args.probe_epochs or args.num_epochs}))
+    probe_args = argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
+                                       "num_epochs": args.probe_epochs or args.num_epochs})
+    if (probe_dir / "test_metrics.json").exists():
+        refuse_other_settings(probe_args)  # a probe of another start or cohort is not this run's first stage
+    else:
+        training_function(probe_args)
     probe = json.loads((probe_dir / "test_metrics.json").read_text())["best_validation"]
     scaled = args.learning_rate * args.lpft_learning_rate_scale
     return training_function(argparse.Namespace(**{**vars(args), "strategy": "full",

@@ -116,6 +116,24 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
 
 
+def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path):
+    """A rerun with the second base into the first base's file would take the old cells as finished and skip them."""
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    (tmp_path / "base" / "model").mkdir(parents=True)
+    (tmp_path / "base" / "model" / "model.safetensors").write_bytes(b"new weights")
+    args = argparse.Namespace(base=tmp_path / "base", model="medfuse_round_two", results=tmp_path / "rows.json")
+    digest = label_efficiency.weights_digest(args.base)
+    row = {"arm": "pretrained", "fraction": 0.01, "seed": 0, "model": "medfuse_round_two", "base": digest}
+    scratch = {key: value for key, value in row.items() if key != "base"} | {"arm": "scratch"}  # no base to record
+    label_efficiency.refuse_other_experiments([row, scratch], args)
+    for other in ({"base": "0123456789ab"}, {"model": "medfuse_cve_time"}):
+        with pytest.raises(SystemExit, match="give --results and --output_dir of its own"):
+            label_efficiency.refuse_other_experiments([{**row, **other}], args)
+    first_base_row = {key: value for key, value in row.items() if key not in ("model", "base")}  # before either
+    with pytest.raises(SystemExit, match="holds rows of --model medfuse_cve_time from base weights unrecorded"):
+        label_efficiency.refuse_other_experiments([first_base_row], args)
+
+
 def test_label_efficiency_draws_more_subsets_where_one_subset_moves_the_result_most():
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     args = argparse.Namespace(fractions=[1.0, 0.05, 0.01, 0.1], cut_validation_fractions=[0.01], seeds=None,

@@ -320,6 +320,18 @@ def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_pat
     assert all(torch.equal(tensor, probe_weights[name]) for name, tensor in weights(output).items())
 
 
+def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tmp_path, tiny_base):
+    """LP-FT reuses a finished probe. Rerun from another checkpoint into the same folder, it would fine-tune from the
+    old start's probe and report it as the new one's."""
+    output = tmp_path / "lp-ft"
+    flags = ["--strategy", "lp-ft", "--probe_epochs", "1", "--num_epochs", "1", "--output_dir", str(output)]
+    run(TINY + ["--init_from", str(tiny_base / "model"), *flags])
+    result = subprocess.run([sys.executable, str(RECIPE), *TINY, "--init_from", str(output / "model"), *flags],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT, env=recipe_env())
+    assert result.returncode != 0
+    assert f"--init_from was '{tiny_base / 'model'}', now '{output / 'model'}'" in result.stderr
+
+
 def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tiny_base):
     """Quantile values asked of a robust-z-score base: the base's features stay z-scored (its weights read them so),
     and the run counts them rather than appear to have done what it was asked."""

@@ -1,5 +1,6 @@
 import argparse
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -271,3 +272,23 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tmp_path, cohort, cap
         resumed = run_tokenizer(args, refitted, is_main_process=True)
     assert tokenizer_settings(resumed) == tokenizer_settings(started) != tokenizer_settings(refitted)
     assert "resumed with the tokenizer the run started with" in caplog.text and "sodium" in caplog.text
+
+
+def test_a_run_resumes_only_under_the_settings_it_started_with(tmp_path):
+    """Another start or learning rate would go on from weights trained under the first (a label-efficiency rerun with
+    a new base, into the old folders): refused, naming what changed. Where the run is, or how it is scored, may
+    change."""
+    from medfuse_hf.training.checkpointing import MANIFEST_NAME, check_resumed_settings
+
+    started = {"output_dir": str(tmp_path), "resume_from_checkpoint": None, "init_from": "old-base/model",
+               "learning_rate": 1e-3, "bootstrap_resamples": 1000, "seed": 0}
+    (tmp_path / "run_info.json").write_text(json.dumps({"config": started}))
+    resumed = argparse.Namespace(**{**started, "resume_from_checkpoint": "latest"})
+    check_resumed_settings(argparse.Namespace(**{**vars(resumed), "init_from": "new-base/model"}))  # nothing to resume
+    (tmp_path / "checkpoints" / "step_00000005").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00000005" / MANIFEST_NAME).write_text("{}")
+    check_resumed_settings(argparse.Namespace(**{**vars(resumed), "bootstrap_resamples": 50}))
+    with pytest.raises(SystemExit, match=r"--init_from was 'old-base/model', now 'new-base/model'; --learning_rate "
+                                         r"was 0.001, now 0.0003\. Go on with the run's own settings"):
+        check_resumed_settings(argparse.Namespace(**{**vars(resumed), "init_from": "new-base/model",
+                                                     "learning_rate": 3e-4}))

@@ -4,7 +4,8 @@
 the main process then records each file's SHA-256 and the loop position in a manifest and renames the folder into
 place. A kill at any moment leaves either the previous checkpoints or a `.partial` folder that is never loaded.
 Loading re-hashes every file against the manifest first. A run's tokenizer is saved at its start and read back when
-it resumes (`run_tokenizer`), so the weights a checkpoint holds always meet the statistics they learnt on.
+it resumes (`run_tokenizer`), so the weights a checkpoint holds always meet the statistics they learnt on, and a run
+resumes only under the settings it started with (`check_resumed_settings`).
 """
 
 import json
@@ -22,6 +23,13 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "medfuse_checkpoint.json"
 PREFIX = "step_"
+# What a resumed run may change: where it and its data are (a moved folder; the tokenizer guards the data's content),
+# how it checkpoints, logs and is scored or carded, and where it stops (`--max_steps` cuts a run into pieces).
+RESUMABLE_SETTINGS = frozenset({
+    "output_dir", "resume_from_checkpoint", "config", "data_dir", "events", "labels", "split_file", "parquet_shards",
+    "validation_shards", "checkpoint_every_epoch", "checkpoint_every_steps", "logging_steps", "cpu",
+    "eval_batch_size", "bootstrap_resamples", "min_patients_for_statistics", "drop_rare_features", "max_steps",
+})
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -89,6 +97,31 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
             raise CorruptCheckpointError(f"{path}: {name} does not match its recorded SHA-256; the file is corrupted")
     accelerator.load_state(str(path))
     return manifest["loop_state"]
+
+
+def check_resumed_settings(args) -> None:
+    """Refuse to resume a run from its checkpoint under settings other than those it started with
+    (`refuse_other_settings`)."""
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint and resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints"):
+        refuse_other_settings(args)
+
+
+def refuse_other_settings(args) -> None:
+    """Refuse to go on with the run in `args.output_dir` (resume it, or reuse it finished) under settings other than
+    those it started with, its `run_info.json`: its weights would go on under another start, learning rate or cohort,
+    and the result would be neither run. An experiment rerun with a new base into the same folders would otherwise
+    finish, or reuse, the old base's runs."""
+    record = Path(args.output_dir) / "run_info.json"
+    if not record.exists():
+        return
+    started = json.loads(record.read_text())["config"]
+    now = json.loads(json.dumps(vars(args), default=str))  # as run_info.json records them
+    changed = sorted(key for key in (started.keys() & now.keys()) - RESUMABLE_SETTINGS if started[key] != now[key])
+    if changed:
+        raise SystemExit(f"{args.output_dir} started with other settings, and cannot go on under these: "
+                         + "; ".join(f"--{key} was {started[key]!r}, now {now[key]!r}" for key in changed[:8])
+                         + ". Go on with the run's own settings (its run_info.json) or start a new --output_dir")
 
 
 def run_tokenizer(args, fitted: MedFuseTokenizer, is_main_process: bool) -> MedFuseTokenizer:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from ..progress import progress_bar
-from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpointing import check_resumed_settings, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .evaluation import ROW_COLUMN
 from .run_info import write_run_info
 from .tracking import JSONLinesTracker
@@ -54,7 +54,9 @@ class LoopState:
 
 def start_run(args: argparse.Namespace) -> tuple[Accelerator, dict]:
     """The Accelerator a recipe trains under, seeded, with its JSON-lines tracker and the run's record written.
-    Each global batch is split across processes, so the optimisation is the same for any process count."""
+    Each global batch is split across processes, so the optimisation is the same for any process count. A run
+    resumed under other settings than it started with is refused before anything is written."""
+    check_resumed_settings(args)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
