@@ -342,14 +342,15 @@ def test_a_tokenizer_to_reuse_is_refused_where_it_would_be_ignored(tmp_path, cap
 
 def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_path):
     """A base pretrained on shards until its objective flattens, measured on patients it never trains on. At a
-    learning rate of 0 the loss never falls after the first pass: one more pass, a stop, and the first one kept."""
+    learning rate of 0 the loss never falls after the first pass, and the first is kept. `--max_steps` ends the run
+    exactly at the end of the second pass, which still counts, and is validated, as a pass."""
     write_shards(tmp_path, 1, patients=64, events=20)
     (tmp_path / "validation").mkdir()
     write_shards(tmp_path / "validation", 1, patients=24, events=20, seed=1, id_prefix="held-out-")
     output = tmp_path / "run"
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
-                           str(tmp_path / "validation" / "*.parquet"), "--max_steps", "100", "--num_epochs", "5",
-                           "--batch_size", "16", "--learning_rate", "0", "--patience", "1", "--statistics_patients",
+                           str(tmp_path / "validation" / "*.parquet"), "--max_steps", "8", "--num_epochs", "5",
+                           "--batch_size", "16", "--learning_rate", "0", "--patience", "2", "--statistics_patients",
                            "64", "--data_description", "synthetic shards", "--output_dir", str(output), *TINY_MODEL])
     losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("epoch")]
     metrics = json.loads((output / "pretraining_metrics.json").read_text())

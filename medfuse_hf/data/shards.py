@@ -74,7 +74,8 @@ def write_patient_shards(
     output_dir.mkdir(parents=True, exist_ok=True)
     count = math.ceil(len(corpus) / patients_per_shard)
     paths = []
-    with progress_bar(total=len(corpus), desc=f"writing {count} shards", unit=" patients", unit_scale=True) as bar:
+    described = f"writing {count} shard{'s' if count > 1 else ''}"
+    with progress_bar(total=len(corpus), desc=described, unit=" patients", unit_scale=True) as bar:
         for index in range(count):
             path = output_dir / f"shard-{index:05d}-of-{count:05d}.parquet"
             shard = corpus.shard(count, index, contiguous=True)

@@ -120,6 +120,8 @@ def train_epoch(
     checkpoints_dir = Path(args.output_dir) / "checkpoints"
     for batch in progress_bar(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
                               initial=state.batch, total=total):
+        if args.max_steps and state.step >= args.max_steps:  # checked before a batch, so that a pass ending
+            return False, trained  # exactly at --max_steps counts as completed (and is validated)
         batch.pop(ROW_COLUMN, None)
         # Throughput counters of this process; recipes add them up across processes at the end.
         state.patients += len(batch["attention_mask"])
@@ -146,8 +148,6 @@ def train_epoch(
                              "learning_rate": scheduler.get_last_lr()[0]}, step=state.step)
         if args.checkpoint_every_steps and state.step % args.checkpoint_every_steps == 0:
             state.save(accelerator, checkpoints_dir)
-        if args.max_steps and state.step >= args.max_steps:
-            return False, trained
     return True, trained
 
 
