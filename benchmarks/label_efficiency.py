@@ -70,6 +70,7 @@ COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm")), ("pretrained_lpft", 
 SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 for any other
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 FIRST_BASE_MODEL = "medfuse_cve_time"  # the fine-tuned arms of the first base's experiment
+FIRST_BASE_WEIGHTS = "918841b9fea1"  # its base's weights (`weights_digest`), which its rows did not record
 
 
 # The arms scikit-learn fits on per-stay tables: which tables, side by side (the summary statistics of the accuracy
@@ -226,9 +227,10 @@ def refuse_other_experiments(rows: list[dict], args: argparse.Namespace) -> None
     weighed = args.base is not None and (args.base / "model" / "model.safetensors").exists()
     digest = weights_digest(args.base) if weighed else None
     for row in rows:
-        if row.get("model", FIRST_BASE_MODEL) != args.model or row.get("base", digest) != digest:
+        base = row.get("base", FIRST_BASE_WEIGHTS if row["arm"] in FROM_THE_BASE else digest)
+        if row.get("model", FIRST_BASE_MODEL) != args.model or base != digest:
             raise SystemExit(f"{args.results} holds rows of --model {row.get('model', FIRST_BASE_MODEL)} from base "
-                             f"weights {row.get('base', 'unrecorded')} ({row['arm']}, fraction {row['fraction']:g}, "
+                             f"weights {base} ({row['arm']}, fraction {row['fraction']:g}, "
                              f"seed {row['seed']}); this is --model {args.model} from {digest}: give --results and "
                              "--output_dir of its own")
 

@@ -166,7 +166,7 @@ def fit(run: PreparedRun, start: tuple[Path, float] | None = None) -> tuple[Loop
                 kept.save_pretrained(output_dir / "model")
                 save_strict_tokenizer(run.tokenizer, output_dir / "model")
         if args.checkpoint_every_epoch:
-            state.save(accelerator, output_dir / "checkpoints")
+            state.save(accelerator, args)
     return state, batches_this_process
 
 
@@ -222,7 +222,8 @@ def lp_ft(args: argparse.Namespace) -> dict:
     probe_args = argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
                                        "num_epochs": args.probe_epochs or args.num_epochs})
     if (probe_dir / "test_metrics.json").exists():
-        refuse_other_settings(probe_args)  # a probe of another start or cohort is not this run's first stage
+        started = json.loads((probe_dir / "run_info.json").read_text())["config"]
+        refuse_other_settings(started, probe_args, probe_dir)  # a probe of another start is not this run's stage
     else:
         training_function(probe_args)
     probe = json.loads((probe_dir / "test_metrics.json").read_text())["best_validation"]
@@ -234,7 +235,7 @@ def lp_ft(args: argparse.Namespace) -> dict:
 
 def training_function(args: argparse.Namespace, start: tuple[Path, float] | None = None) -> dict:
     """One fine-tuning run; `start` as in `fit`."""
-    accelerator, run_info = start_run(args)
+    accelerator, run_info = start_run(args, may_change=frozenset({"max_steps"}))  # a stop: epochs set the schedule
 
     # ----- data ---------------------------------------------------------------------------------------
     cohort = load_cohort_from_settings(vars(args))

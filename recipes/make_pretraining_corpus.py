@@ -29,6 +29,7 @@ from medfuse_hf.data.shards import (
     VALIDATION_FOLDER,
     events_only,
     held_out_count,
+    refuse_written_shards,
     shuffled_corpus,
     write_corpus_manifest,
     write_patient_shards,
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         sources, held_out = corpus_sources(args.p19_dir, args.p12_dir)
         terms, description = {"p19": P19_TERMS, "p12": P12_TERMS}, DESCRIPTION
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)}
+    for folder in (output_dir, output_dir / VALIDATION_FOLDER):  # both checked before either is written
+        refuse_written_shards(folder)
     corpus = shuffled_corpus(sources, seed=args.seed)
     validation = held_out_count(len(corpus), args.validation_fraction)
     shards = write_patient_shards(corpus.select(range(validation, len(corpus))), output_dir, args.patients_per_shard)

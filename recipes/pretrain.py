@@ -139,7 +139,7 @@ def training_function(args: argparse.Namespace) -> dict:
                 if accelerator.is_main_process:
                     accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
         if args.checkpoint_every_epoch:
-            state.save(accelerator, output_dir / "checkpoints")
+            state.save(accelerator, args)
 
     accelerator.wait_for_everyone()
     if args.patience is not None and (output_dir / "model").exists():  # the epoch of lowest validation loss

@@ -130,7 +130,11 @@ def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path
         with pytest.raises(SystemExit, match="give --results and --output_dir of its own"):
             label_efficiency.refuse_other_experiments([{**row, **other}], args)
     first_base_row = {key: value for key, value in row.items() if key not in ("model", "base")}  # before either
-    with pytest.raises(SystemExit, match="holds rows of --model medfuse_cve_time from base weights unrecorded"):
+    with pytest.raises(SystemExit, match="holds rows of --model medfuse_cve_time from base weights 918841b9fea1"):
+        label_efficiency.refuse_other_experiments([first_base_row], args)
+    args.model = "medfuse_cve_time"  # the first base's model with the second base: its rows are another base's
+    with pytest.raises(SystemExit, match=f"from base weights 918841b9fea1 .* this is --model medfuse_cve_time from "
+                                         f"{digest}"):
         label_efficiency.refuse_other_experiments([first_base_row], args)
 
 

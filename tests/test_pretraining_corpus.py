@@ -99,6 +99,14 @@ def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypa
     assert sorted(row["patient_id"] for row in rows) == [f"stelsewhere:s{i}" for i in range(7)]  # each once
     assert not (corpus / "validation").exists()  # --validation_fraction 0 holds none out
     assert "validation" not in json.loads((corpus / "corpus.json").read_text())
+    for shard in shards:  # a corpus whose held-out piece is still there: refused before anything is written
+        shard.unlink()
+    (corpus / "validation").mkdir()
+    (corpus / "validation" / "shard-00000-of-00001.parquet").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="validation already holds 1 shards"):
+        recipe.main(["--dataset", "long-format", *flags, "--data_description", "St Elsewhere ICU, 2015-2024",
+                     "--output_dir", str(corpus)])
+    assert not list(corpus.glob("*.parquet"))
     loaded = load_long_format(tmp_path / "export.csv", columns={"patient_id": "stay", "time": "hours",
                                                                 "feature": "item", "value": "value"},
                               feature_map={"220045": "heart_rate", "223761": "temperature"},

@@ -347,17 +347,20 @@ def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_pa
     write_shards(tmp_path, 1, patients=64, events=20)
     (tmp_path / "validation").mkdir()
     write_shards(tmp_path / "validation", 1, patients=24, events=20, seed=1, id_prefix="held-out-")
+    write_corpus_manifest(tmp_path, {"description": "synthetic shards", "validation": {"patients": 24}, "sources": {
+        "synthetic": {"patients": 88, "events": 1760, "license": "CC0", "citation": ""}}})
     output = tmp_path / "run"
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
                            str(tmp_path / "validation" / "*.parquet"), "--max_steps", "8", "--num_epochs", "5",
                            "--batch_size", "16", "--learning_rate", "0", "--patience", "2", "--statistics_patients",
-                           "64", "--data_description", "synthetic shards", "--output_dir", str(output), *TINY_MODEL])
+                           "64", "--output_dir", str(output), *TINY_MODEL])
     losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("epoch")]
     metrics = json.loads((output / "pretraining_metrics.json").read_text())
     assert len(losses) == 2 and metrics["epochs"] == 2 and metrics["steps"] == 8  # 64 patients / 16, twice
     assert metrics["best_validation"]["epoch"] == 1 and metrics["validation_patients"] == 24
-    assert (f"Validation forecasting MSE on 24 held-out patients: {metrics['validation_loss']:.4f}, at epoch 1 of 2"
-            in (output / "model" / "README.md").read_text())
+    card = (output / "model" / "README.md").read_text()
+    assert "`synthetic`: 88 patients" in card and "of these, 24 patients held out (not trained on)" in card
+    assert f"MSE on 24 held-out patients: {metrics['validation_loss']:.4f}, at epoch 1 of 2, the lowest" in card
 
 
 def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):

@@ -1,6 +1,5 @@
 import argparse
 import inspect
-import json
 import os
 import subprocess
 import sys
@@ -274,21 +273,28 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tmp_path, cohort, cap
     assert "resumed with the tokenizer the run started with" in caplog.text and "sodium" in caplog.text
 
 
-def test_a_run_resumes_only_under_the_settings_it_started_with(tmp_path):
+def test_a_run_resumes_only_under_the_settings_its_checkpoint_was_saved_with(tmp_path):
     """Another start or learning rate would go on from weights trained under the first (a label-efficiency rerun with
-    a new base, into the old folders): refused, naming what changed. Where the run is, or how it is scored, may
-    change."""
-    from medfuse_hf.training.checkpointing import MANIFEST_NAME, check_resumed_settings
+    a new base, into the old folders): refused, naming what changed, a base pretrained again in place too. Where the
+    run is kept, or how it is scored, may change, and a recipe may allow more (fine-tuning's --max_steps)."""
+    from medfuse_hf.training.checkpointing import check_resumed_settings
+    from medfuse_hf.training.loop import LoopState
 
-    started = {"output_dir": str(tmp_path), "resume_from_checkpoint": None, "init_from": "old-base/model",
-               "learning_rate": 1e-3, "bootstrap_resamples": 1000, "seed": 0}
-    (tmp_path / "run_info.json").write_text(json.dumps({"config": started}))
-    resumed = argparse.Namespace(**{**started, "resume_from_checkpoint": "latest"})
-    check_resumed_settings(argparse.Namespace(**{**vars(resumed), "init_from": "new-base/model"}))  # nothing to resume
-    (tmp_path / "checkpoints" / "step_00000005").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "step_00000005" / MANIFEST_NAME).write_text("{}")
-    check_resumed_settings(argparse.Namespace(**{**vars(resumed), "bootstrap_resamples": 50}))
-    with pytest.raises(SystemExit, match=r"--init_from was 'old-base/model', now 'new-base/model'; --learning_rate "
-                                         r"was 0.001, now 0.0003\. Go on with the run's own settings"):
-        check_resumed_settings(argparse.Namespace(**{**vars(resumed), "init_from": "new-base/model",
-                                                     "learning_rate": 3e-4}))
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"first weights")
+    started = argparse.Namespace(output_dir=str(tmp_path / "run"), resume_from_checkpoint="latest",
+                                 init_from=str(base), learning_rate=1e-3, bootstrap_resamples=1000, max_steps=0)
+    LoopState(step=5).save(Accelerator(cpu=True), started)
+    check_resumed_settings(argparse.Namespace(**{**vars(started), "bootstrap_resamples": 50}))
+    cut = argparse.Namespace(**{**vars(started), "max_steps": 4})
+    check_resumed_settings(cut, may_change=frozenset({"max_steps"}))
+    with pytest.raises(SystemExit, match=r"--max_steps was 0, now 4\."):
+        check_resumed_settings(cut)
+    with pytest.raises(SystemExit, match=r"step_00000005 was made under other settings.*--learning_rate was 0.001, "
+                                         r"now 0.0003\. Go on with its own settings"):
+        check_resumed_settings(argparse.Namespace(**{**vars(started), "learning_rate": 3e-4}))
+    (base / "model.safetensors").write_bytes(b"weights pretrained again")
+    with pytest.raises(SystemExit, match=r"the weights in --init_from changed\."):
+        check_resumed_settings(started)
+    check_resumed_settings(argparse.Namespace(**{**vars(started), "resume_from_checkpoint": None}))  # a new start

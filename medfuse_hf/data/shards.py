@@ -62,15 +62,20 @@ def held_out_count(patients: int, fraction: float) -> int:
     return min(max(1, round(patients * fraction)), patients - 1)
 
 
+def refuse_written_shards(folder: Path) -> None:
+    """Shards already in `folder` would be streamed beside new ones by a glob over it: patients twice."""
+    old_shards = sorted(Path(folder).glob("shard-*.parquet"))
+    if old_shards:
+        raise FileExistsError(f"{folder} already holds {len(old_shards)} shards ({old_shards[0].name}, ...): "
+                              "write to an empty folder")
+
+
 def write_patient_shards(
     corpus: datasets.Dataset, output_dir: str | Path, patients_per_shard: int = 4096, row_group_size: int = 256
 ) -> list[Path]:
     """Cut `corpus` (`shuffled_corpus`, or a part of it) into numbered shards in `output_dir`, which must hold none."""
     output_dir = Path(output_dir)
-    old_shards = sorted(output_dir.glob("shard-*.parquet"))
-    if old_shards:  # a glob over the folder would stream them beside the new ones: patients twice
-        raise FileExistsError(f"{output_dir} already holds {len(old_shards)} shards ({old_shards[0].name}, ...): "
-                              "write to an empty folder")
+    refuse_written_shards(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     count = math.ceil(len(corpus) / patients_per_shard)
     paths = []
@@ -102,6 +107,6 @@ def read_corpus_manifest(shards: Sequence[str | Path]) -> dict | None:
 
 
 __all__ = [
-    "EVENT_FEATURES", "VALIDATION_FOLDER", "events_only", "held_out_count", "read_corpus_manifest", "shuffled_corpus",
-    "write_corpus_manifest", "write_patient_shards",
+    "EVENT_FEATURES", "VALIDATION_FOLDER", "events_only", "held_out_count", "read_corpus_manifest",
+    "refuse_written_shards", "shuffled_corpus", "write_corpus_manifest", "write_patient_shards",
 ]

@@ -23,13 +23,14 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "medfuse_checkpoint.json"
 PREFIX = "step_"
-# What a resumed run may change: where it and its data are (a moved folder; the tokenizer guards the data's content),
-# how it checkpoints, logs and is scored or carded, and where it stops (`--max_steps` cuts a run into pieces).
+# What a resumed run may change: where it is kept, how it checkpoints and logs, and how it is scored and carded. Its
+# data, its start and its optimisation may not; a recipe adds what only stops it (fine-tuning's --max_steps).
 RESUMABLE_SETTINGS = frozenset({
-    "output_dir", "resume_from_checkpoint", "config", "data_dir", "events", "labels", "split_file", "parquet_shards",
-    "validation_shards", "checkpoint_every_epoch", "checkpoint_every_steps", "logging_steps", "cpu",
-    "eval_batch_size", "bootstrap_resamples", "min_patients_for_statistics", "drop_rare_features", "max_steps",
+    "output_dir", "resume_from_checkpoint", "config", "checkpoint_every_epoch", "checkpoint_every_steps",
+    "logging_steps", "cpu", "eval_batch_size", "bootstrap_resamples", "min_patients_for_statistics",
+    "drop_rare_features",
 })
+STARTING_WEIGHTS = ("init_from", "init_embeddings_from")  # folders of weights a run starts from
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -37,10 +38,11 @@ class CorruptCheckpointError(RuntimeError):
 
 
 def save_checkpoint(
-    accelerator: Accelerator, checkpoints_dir: Path, step: int, loop_state: dict, keep: int = 2
+    accelerator: Accelerator, checkpoints_dir: Path, step: int, loop_state: dict, keep: int = 2,
+    settings: dict | None = None,
 ) -> Path:
-    """Save the full training state at `step`; `loop_state` (epoch, batch, early-stopping state) goes in the
-    manifest."""
+    """Save the full training state at `step`; `loop_state` (epoch, batch, early-stopping state) and the run's
+    `settings` (`recorded_settings`, checked when it resumes) go in the manifest."""
     final = Path(checkpoints_dir) / f"{PREFIX}{step:08d}"
     staging = final.with_name(final.name + ".partial")
     if accelerator.is_main_process and staging.exists():
@@ -50,7 +52,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         files = {str(path.relative_to(staging)): sha256_of(path) for path in sorted(staging.rglob("*"))
                  if path.is_file()}
-        manifest = {"step": step, "loop_state": loop_state, "files": files}
+        manifest = {"step": step, "loop_state": loop_state, "settings": settings, "files": files}
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -99,29 +101,45 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
     return manifest["loop_state"]
 
 
-def check_resumed_settings(args) -> None:
-    """Refuse to resume a run from its checkpoint under settings other than those it started with
-    (`refuse_other_settings`)."""
-    output_dir = Path(args.output_dir)
-    if args.resume_from_checkpoint and resolve_checkpoint(args.resume_from_checkpoint, output_dir / "checkpoints"):
-        refuse_other_settings(args)
+def recorded_settings(args) -> dict:
+    """A run's settings as its checkpoints and `run_info.json` record them (JSON values), with the weights it starts
+    from named by their hashes too: a base pretrained again in place keeps its path."""
+    settings = json.loads(json.dumps(vars(args), default=str))
+    for key in STARTING_WEIGHTS:
+        if getattr(args, key, None) and Path(getattr(args, key)).is_dir():
+            settings[f"{key}_weights"] = {file.name: sha256_of(file)
+                                          for file in sorted(Path(getattr(args, key)).glob("*.safetensors"))}
+    return settings
 
 
-def refuse_other_settings(args) -> None:
-    """Refuse to go on with the run in `args.output_dir` (resume it, or reuse it finished) under settings other than
-    those it started with, its `run_info.json`: its weights would go on under another start, learning rate or cohort,
-    and the result would be neither run. An experiment rerun with a new base into the same folders would otherwise
-    finish, or reuse, the old base's runs."""
-    record = Path(args.output_dir) / "run_info.json"
-    if not record.exists():
+def check_resumed_settings(args, may_change: frozenset[str] = frozenset()) -> None:
+    """Refuse to resume a checkpoint under settings other than those it was saved with (its manifest's): its weights
+    would go on under another start, learning rate or cohort, and the result would be neither run. An experiment
+    rerun with a new base into the same folders would otherwise finish the old base's runs. `may_change`: the
+    recipe's own settings that may differ besides `RESUMABLE_SETTINGS`. Checkpoints saved before settings were
+    recorded are resumed unchecked."""
+    if not args.resume_from_checkpoint:
         return
-    started = json.loads(record.read_text())["config"]
-    now = json.loads(json.dumps(vars(args), default=str))  # as run_info.json records them
-    changed = sorted(key for key in (started.keys() & now.keys()) - RESUMABLE_SETTINGS if started[key] != now[key])
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, Path(args.output_dir) / "checkpoints")
+    if checkpoint is None or not (checkpoint / MANIFEST_NAME).exists():  # none yet; an incomplete one fails to load
+        return
+    saved = json.loads((checkpoint / MANIFEST_NAME).read_text()).get("settings")
+    if saved is not None:
+        refuse_other_settings(saved, args, checkpoint, may_change)
+
+
+def refuse_other_settings(started: dict, args, where: Path, may_change: frozenset[str] = frozenset()) -> None:
+    """Refuse to go on from `where` (a checkpoint, a finished run) under `args` where they differ from the settings
+    `started` it was made with, beyond `RESUMABLE_SETTINGS` and `may_change`."""
+    now = recorded_settings(args)
+    changed = sorted(key for key in (started.keys() & now.keys()) - RESUMABLE_SETTINGS - may_change
+                     if started[key] != now[key])
     if changed:
-        raise SystemExit(f"{args.output_dir} started with other settings, and cannot go on under these: "
-                         + "; ".join(f"--{key} was {started[key]!r}, now {now[key]!r}" for key in changed[:8])
-                         + ". Go on with the run's own settings (its run_info.json) or start a new --output_dir")
+        said = [f"the weights in --{key.removesuffix('_weights')} changed" if key.endswith("_weights")
+                else f"--{key} was {started[key]!r}, now {now[key]!r}" for key in changed]
+        raise SystemExit(f"{where} was made under other settings, and the run cannot go on from it under these: "
+                         + "; ".join(said[:8]) + ". Go on with its own settings (the run's run_info.json) or start "
+                         "a new --output_dir")
 
 
 def run_tokenizer(args, fitted: MedFuseTokenizer, is_main_process: bool) -> MedFuseTokenizer:

@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from ..progress import progress_bar
-from .checkpointing import check_resumed_settings, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpointing import (
+    check_resumed_settings,
+    load_checkpoint,
+    recorded_settings,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .evaluation import ROW_COLUMN
 from .run_info import write_run_info
 from .tracking import JSONLinesTracker
@@ -39,8 +45,10 @@ class LoopState:
     events: int = 0
     train_seconds: float = 0.0
 
-    def save(self, accelerator: Accelerator, checkpoints_dir: Path) -> None:
-        save_checkpoint(accelerator, checkpoints_dir, self.step, asdict(self))
+    def save(self, accelerator: Accelerator, args: argparse.Namespace) -> None:
+        """A checkpoint in `<output_dir>/checkpoints` of this state and the run's settings."""
+        save_checkpoint(accelerator, Path(args.output_dir) / "checkpoints", self.step, asdict(self),
+                        settings=recorded_settings(args))
 
     def record_validation(self, value: float, epoch: int) -> bool:
         """Early stopping's record after validating `epoch` (counted from 0; higher `value` is better): whether it is
@@ -52,18 +60,19 @@ class LoopState:
         return False
 
 
-def start_run(args: argparse.Namespace) -> tuple[Accelerator, dict]:
+def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()) -> tuple[Accelerator, dict]:
     """The Accelerator a recipe trains under, seeded, with its JSON-lines tracker and the run's record written.
     Each global batch is split across processes, so the optimisation is the same for any process count. A run
-    resumed under other settings than it started with is refused before anything is written."""
-    check_resumed_settings(args)
+    resumed under other settings than its checkpoint's is refused before anything is written (`may_change`: as in
+    `check_resumed_settings`)."""
+    check_resumed_settings(args, may_change)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with=[JSONLinesTracker("logs", output_dir)], project_dir=str(output_dir))
     set_seed(args.seed)
-    run_info = write_run_info(output_dir, vars(args), accelerator)
+    run_info = write_run_info(output_dir, recorded_settings(args), accelerator)
     accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
     return accelerator, run_info
 
@@ -117,7 +126,6 @@ def train_epoch(
     except TypeError:  # a streamed dataset has no length
         total = None
     trained, start = 0, time.perf_counter()
-    checkpoints_dir = Path(args.output_dir) / "checkpoints"
     for batch in progress_bar(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
                               initial=state.batch, total=total):
         if args.max_steps and state.step >= args.max_steps:  # checked before a batch, so that a pass ending
@@ -147,7 +155,7 @@ def train_epoch(
             accelerator.log({"train_loss": accelerator.reduce(loss.detach(), "mean").item(),
                              "learning_rate": scheduler.get_last_lr()[0]}, step=state.step)
         if args.checkpoint_every_steps and state.step % args.checkpoint_every_steps == 0:
-            state.save(accelerator, checkpoints_dir)
+            state.save(accelerator, args)
     return True, trained
 
 

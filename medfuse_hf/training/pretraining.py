@@ -57,6 +57,9 @@ def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: 
                    if "features" in terms else "")
         lines.append(f"- `{source}`: {terms['patients']:,} patients, {terms['events']:,} events{covered}; "
                      f"{terms['license']}")
+    if manifest and "validation" in manifest:
+        lines.append(f"- of these, {manifest['validation']['patients']:,} patients held out (not trained on) for the "
+                     "validation loss")
     lines += ["", f"{cost['steps']:,} optimizer steps of {args.batch_size} patients (learning rate "
               f"{args.learning_rate:g}, {args.lr_scheduler} schedule, {args.warmup_ratio:.0%} warm-up), "
               f"{cost['patients_trained']:,} patients and "
