@@ -52,12 +52,14 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
 # old winner is dropped unfinished. Should the cosine lose on validation, the levers after it go on WINNER alone.
 # Session 19: capacity before EMA, since it is the one that changes the architecture a new pretrained base needs; the
 # fusion ablations are re-pointed at whatever wins of the two before they start.
+# Session 20: capacity lost on three seeds, so the fusion ablations go on the cosine leader, the budget that won;
+# EMA last, since it changes no architecture and the ablations are what the "done when" asks for.
 WINNER = "per_feature+quantile_values+head_dropout+event_dropout"
-QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", WINNER,
-         *(f"{WINNER}+{lever}" for lever in ("cosine_30_epochs", "cosine_30_epochs+two_layers_four_heads_pre_ln",
-                                              "cosine_30_epochs+ema",
-                                              *(f"cosine_30_epochs+{fusion}_fusion"
-                                                for fusion in ("additive", "concat", "scane")))))
+LEADER = f"{WINNER}+cosine_30_epochs"
+QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", WINNER, LEADER,
+         f"{LEADER}+two_layers_four_heads_pre_ln", *(f"{LEADER}+{fusion}_fusion" for fusion in ("additive", "concat",
+                                                                                                 "scane")),
+         f"{LEADER}+ema")
 SEEDS = (0, 1, 2)
 COLUMNS = ("validation_auroc", "validation_auprc", "auroc", "auprc")
 
