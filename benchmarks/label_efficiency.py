@@ -29,7 +29,9 @@ differ, and 3 elsewhere (`--seeds` sets one list for every fraction). Validation
 (`validation: full`), for comparability; for the smallest fractions every arm is also run with validation cut to the
 same fraction, at least 10 stays of each class (`validation: cut`), which is what a small hospital has. Rows go to
 `benchmarks/results/pretraining/p12_label_efficiency.json` as cells finish (finished cells are skipped, a killed
-fine-tuning resumes); `table.md`, `gains.md` and `label_efficiency.png` beside.
+fine-tuning resumes); `table.md`, `gains.md` and `label_efficiency.png` beside. Scratch on every stay with full
+validation is the P12 table's own run of the same model: its figures are taken from `p12_table.json`, with a
+`source` saying so, rather than trained again (`table_run`).
 """
 
 import argparse
@@ -61,6 +63,7 @@ from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regression
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
+P12_TABLE = ROOT / "benchmarks" / "results" / "p12_table.json"
 ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_embeddings", "pretrained_probe", "gbm",
         "gbm_with_base")
 FROM_THE_BASE = ARMS[1:5] + ("gbm_with_base",)  # the arms started from the base: their paired gains
@@ -131,9 +134,25 @@ def run_table_arm(arm: str, fraction: float, seed: int, validation: str, args: a
             "train_seconds": round(time.perf_counter() - started, 1)}
 
 
+def table_run(arm: str, fraction: float, seed: int, validation: str, model: str, table: Path = P12_TABLE) -> dict:
+    """The P12 table's run that is this cell, if there is one: scratch on every stay with full validation is the
+    table's own command for `model` (`--train_fraction 1` selects every stay, and `--min_steps 300` is far below a
+    full run's steps), so its figures are taken rather than trained again. Empty if the cell is no such run."""
+    rows = json.loads(table.read_text()) if table.exists() else []
+    if (arm, fraction, validation) != ("scratch", 1.0, "full"):
+        return {}
+    row = next((row for row in rows if (row["model"], row["protocol"], row["seed"]) == (model, "seft-split", seed)),
+               None)
+    return {} if row is None else {
+        "auroc": row["auroc"], "auprc": row["auprc"], "train_seconds": row["train_seconds"], "git": row["git"],
+        "source": f"benchmarks/results/p12_table.json, model {model}: the same recipes/finetune.py command"}
+
+
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
     if arm in TABLE_ARMS:
         figures = run_table_arm(arm, fraction, seed, validation, args)
+    elif adopted := table_run(arm, fraction, seed, validation, args.model):
+        figures = adopted
     else:
         flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split",
                  *finetune_flags(args.model),
@@ -149,8 +168,8 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
     _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
     started_from = {"base": weights_digest(args.base)} if arm in FROM_THE_BASE else {}
     return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "model": args.model,
-            **started_from, "train_patients": len(nested_subset(labels["train"], fraction, seed)), **figures,
-            "git": git_commit()["commit"]}
+            **started_from, "train_patients": len(nested_subset(labels["train"], fraction, seed)),
+            "git": git_commit()["commit"], **figures}
 
 
 def cells(args: argparse.Namespace) -> list[tuple[str, float, int, str]]:

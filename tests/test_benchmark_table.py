@@ -138,6 +138,19 @@ def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path
         label_efficiency.refuse_other_experiments([first_base_row], args)
 
 
+def test_label_efficiency_takes_scratch_on_every_stay_from_the_p12_tables_run_of_the_same_model(tmp_path):
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    table = tmp_path / "p12_table.json"
+    run = {"protocol": "seft-split", "seed": 1, "auroc": 0.87, "auprc": 0.55, "train_seconds": 4000.0, "git": "abc"}
+    table.write_text(json.dumps([{**run, "model": "medfuse_cve_time", "auprc": 0.53},
+                                 {**run, "model": "medfuse_round_two"},
+                                 {**run, "model": "medfuse_round_two", "protocol": "set-a-test", "auprc": 0.6}]))
+    taken = label_efficiency.table_run("scratch", 1.0, 1, "full", "medfuse_round_two", table)
+    assert (taken["auprc"], taken["git"]) == (0.55, "abc") and "model medfuse_round_two" in taken["source"]
+    for other in (("pretrained", 1.0, 1, "full"), ("scratch", 0.25, 1, "full"), ("scratch", 1.0, 2, "full")):
+        assert label_efficiency.table_run(*other, "medfuse_round_two", table) == {}  # trained as usual
+
+
 def test_label_efficiency_draws_more_subsets_where_one_subset_moves_the_result_most():
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     args = argparse.Namespace(fractions=[1.0, 0.05, 0.01, 0.1], cut_validation_fractions=[0.01], seeds=None,
