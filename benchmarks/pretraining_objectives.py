@@ -2,8 +2,8 @@
 same corpus with the same budget, and is judged by what a hospital gets from it, the fine-tuned P12 validation AUPRC
 at 1 % and 10 % of the training labels, next to the same fine-tuning from scratch.
 
-    python recipes/make_pretraining_corpus.py --output_dir outputs/pretraining-corpus \
-        --validation_fraction 0   # once, ~30 s; these runs held no patient out (the default now holds 5 %)
+    python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 \
+        --p12_dir ../shared/data/physionet2012 --validation_fraction 0   # once, ~30 s; as these runs, none held out
     nohup python benchmarks/pretraining_objectives.py > outputs/pretraining-objectives.log 2>&1 &
     python benchmarks/pretraining_objectives.py --arms "forecasting@lr=1e-4" "forecasting:embeddings"   # other starts
 
