@@ -363,6 +363,24 @@ def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_pa
     assert f"MSE on 24 held-out patients: {metrics['validation_loss']:.4f}, at epoch 1 of 2, the lowest" in card
 
 
+def test_two_processes_measure_the_held_out_loss_of_a_streamed_base(tmp_path):
+    """Under two ranks the held-out patients are read by each, split between them, and their loss is reduced across
+    both: the run validates each pass and keeps the lowest, as one process does."""
+    write_shards(tmp_path, 1, patients=64, events=20)
+    (tmp_path / "validation").mkdir()
+    write_shards(tmp_path / "validation", 1, patients=24, events=20, seed=1, id_prefix="held-out-")
+    output = tmp_path / "run"
+    result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
+                           str(tmp_path / "validation" / "*.parquet"), "--max_steps", "8", "--num_epochs", "2",
+                           "--batch_size", "16", "--patience", "2", "--statistics_patients", "64",
+                           "--data_description", "synthetic shards", "--output_dir", str(output), *TINY_MODEL],
+                          processes=2)
+    losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("epoch")]
+    metrics = json.loads((output / "pretraining_metrics.json").read_text())
+    assert len(losses) == 2 and metrics["num_processes"] == 2 and metrics["steps"] == 8
+    assert metrics["validation_loss"] == pytest.approx(min(losses), abs=1e-4)  # the kept pass's, printed to 4
+
+
 def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):
     training = write_shards(tmp_path, 2, patients=10, events=5)
     (tmp_path / "validation").mkdir()
