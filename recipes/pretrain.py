@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
-from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, MaskedValueCollator
+from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, LengthGroupedStream, MaskedValueCollator
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.checkpointing import run_tokenizer
 from medfuse_hf.training.cohorts import (
@@ -48,6 +48,7 @@ from medfuse_hf.training.recipe_config import (
     add_cohort_arguments,
     add_model_arguments,
     add_training_arguments,
+    boolean,
     model_overrides,
     parse_with_config,
 )
@@ -95,8 +96,9 @@ def training_function(args: argparse.Namespace) -> dict:
             fitted = fit_tokenizer(first_patients(train, args.statistics_patients), args.max_events,
                                    args.value_normalization)
         tokenizer = run_tokenizer(args, fitted, accelerator.is_main_process)
-        train_loader = DataLoader(train, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
-        reseed = train.set_epoch
+        stream = LengthGroupedStream(train, args.batch_size, args.seed) if args.group_by_length else train
+        train_loader = DataLoader(stream, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
+        reseed = stream.set_epoch
     else:
         train, validation = cohort.splits["train"], cohort.splits["validation"]
         tokenizer = run_tokenizer(args, fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units),
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--validation_shards",
                       help="glob of Parquet files of a streamed cohort's held-out patients (make_pretraining_corpus"
                            ".py writes them to validation/): the objective's loss on them each epoch, for --patience")
+    data.add_argument("--group_by_length", type=boolean, default=False,
+                      help="true: streamed shards batch stays of similar length together, within windows of 20 "
+                           "batches (a random batch pads to its longest stay; a cohort in memory is always grouped)")
     data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000,
                       help="patients a streamed cohort's statistics come from")
@@ -203,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.patience is not None and args.parquet_shards and not args.validation_shards:
         parser.error("--patience stops on the validation loss, and a streamed cohort has none: give its held-out "
                      "patients with --validation_shards")
+    if args.group_by_length and not args.parquet_shards:
+        parser.error("--group_by_length is for streamed shards; a cohort in memory is always batched by length")
     if args.tokenizer_from and not args.parquet_shards:
         parser.error("--tokenizer_from is for streamed shards; a cohort in memory fits its own tokenizer on its "
                      "training split")

@@ -7,6 +7,7 @@ import torch
 from medfuse_hf import FeatureVocabulary, MedFuseTokenizer
 from medfuse_hf.data import (
     LengthGroupedBatchSampler,
+    LengthGroupedStream,
     MedFuseDataCollator,
     apply_split,
     clinical_vocabulary,
@@ -145,6 +146,36 @@ def test_small_cohort_left_over_patients_change_each_epoch_and_are_not_the_short
         assert len(batch) == 64
         seen.update(batch)
     assert seen == set(range(120))  # nobody is left out every epoch (the shortest were, when taken from the order)
+
+
+def test_a_stream_is_batched_by_length_within_windows_and_loses_no_one():
+    """Each `batch_size` consecutive patients of the re-ordered stream are one DataLoader batch: they must be of like
+    length (a random streamed batch pads to its longest stay), every patient must come once, and the order must
+    follow the seed and change with the epoch. 1,000 patients: 7 windows of 160, then a short last batch, last."""
+    generator = random.Random(0)
+    patients = [{"id": i, "feature": ["heart_rate"] * generator.randint(1, 1000)} for i in range(1000)]
+
+    class Stream(list):  # stands for a `datasets` stream: iterable, reshuffled by its own `set_epoch`
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    stream = LengthGroupedStream(Stream(patients), batch_size=16, seed=0, batches_per_window=10)
+    first = list(stream)
+    assert sorted(patient["id"] for patient in first) == list(range(1000))
+    batches = [first[start:start + 16] for start in range(0, 1000, 16)]
+
+    def fill(batch):  # the share of a padded batch's positions that hold an event
+        lengths = [len(patient["feature"]) for patient in batch]
+        return sum(lengths) / (len(lengths) * max(lengths))
+
+    assert sum(map(fill, batches[:-1])) / 62 > 0.8 > 0.6 > sum(fill(patients[start:start + 16]) for start in
+                                                               range(0, 992, 16)) / 62
+    assert len(batches[-1]) == 1000 - 62 * 16 and {patient["id"] for patient in batches[-1]} <= {
+        patient["id"] for patient in patients[960:]}  # the last window's leftovers, not a window's middle
+    assert [patient["id"] for patient in LengthGroupedStream(Stream(patients), 16, seed=0, batches_per_window=10)] \
+        == [patient["id"] for patient in first]
+    stream.set_epoch(1)
+    assert stream.patients.epoch == 1 and [patient["id"] for patient in stream] != [patient["id"] for patient in first]
 
 
 def test_dataset_card_counts_patients_missingness_and_labels():

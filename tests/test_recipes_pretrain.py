@@ -120,7 +120,7 @@ def test_two_processes_pretrain_with_the_same_global_batches_as_one(tmp_path):
 def test_streamed_shards_pretrain(tmp_path):
     shards = write_shards(tmp_path, 2, patients=200, events=50)
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--max_steps", "4", "--batch_size", "16",
-                           "--statistics_patients", "100", "--shuffle_buffer", "64",
+                           "--statistics_patients", "100", "--shuffle_buffer", "64", "--group_by_length", "true",
                            "--data_description", "two synthetic shards", "--output_dir", str(tmp_path / "out"),
                            *TINY_MODEL])
     assert "pretrained for 4 steps" in result.stdout
@@ -365,7 +365,8 @@ def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_pa
 
 def test_two_processes_measure_the_held_out_loss_of_a_streamed_base(tmp_path):
     """Under two ranks the held-out patients are read by each, split between them, and their loss is reduced across
-    both: the run validates each pass and keeps the lowest, as one process does."""
+    both: the run validates each pass and keeps the lowest, as one process does. The stream, batched by length, is
+    read by one rank and its batches dispatched."""
     write_shards(tmp_path, 1, patients=64, events=20)
     (tmp_path / "validation").mkdir()
     write_shards(tmp_path / "validation", 1, patients=24, events=20, seed=1, id_prefix="held-out-")
@@ -373,8 +374,8 @@ def test_two_processes_measure_the_held_out_loss_of_a_streamed_base(tmp_path):
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
                            str(tmp_path / "validation" / "*.parquet"), "--max_steps", "8", "--num_epochs", "2",
                            "--batch_size", "16", "--patience", "2", "--statistics_patients", "64",
-                           "--data_description", "synthetic shards", "--output_dir", str(output), *TINY_MODEL],
-                          processes=2)
+                           "--group_by_length", "true", "--data_description", "synthetic shards", "--output_dir",
+                           str(output), *TINY_MODEL], processes=2)
     losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("epoch")]
     metrics = json.loads((output / "pretraining_metrics.json").read_text())
     assert len(losses) == 2 and metrics["num_processes"] == 2 and metrics["steps"] == 8
@@ -396,6 +397,7 @@ def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--patience", "2"], "a streamed cohort has none: give its held-out patients with --validation_shards"),
     (["--dataset", "synthetic", "--validation_shards", "v/*.parquet"], "a cohort in memory has its own validation"),
+    (["--dataset", "synthetic", "--group_by_length", "true"], "a cohort in memory is always batched by length"),
 ])
 def test_a_validation_loss_is_asked_for_where_it_can_be_measured(tmp_path, capsys, flags, message):
     shards = ["--parquet_shards", str(tmp_path / "*.parquet")] if "--dataset" not in flags else []

@@ -5,6 +5,7 @@ from .clinical_features import clinical_vocabulary
 from .collator import (
     ForecastingCollator,
     LengthGroupedBatchSampler,
+    LengthGroupedStream,
     MaskedValueCollator,
     MedFuseDataCollator,
     padding_fraction,
@@ -29,6 +30,7 @@ from .splits import (
 __all__ = [
     "ForecastingCollator",
     "LengthGroupedBatchSampler",
+    "LengthGroupedStream",
     "LoadSummary",
     "MaskedValueCollator",
     "MedFuseDataCollator",
