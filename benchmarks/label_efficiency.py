@@ -242,13 +242,15 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def refuse_other_experiments(rows: list[dict], args: argparse.Namespace) -> None:
     """A results file is one experiment: one model, one base. Rows of another would count as this one's finished
-    cells and be skipped (rows from before either was recorded are the first base's)."""
+    cells and be skipped (rows from before either was recorded are the first base's). The scikit-learn arms train no
+    model, so theirs is any; the GBM's rows read no base either, and are the same in every experiment."""
     weighed = args.base is not None and (args.base / "model" / "model.safetensors").exists()
     digest = weights_digest(args.base) if weighed else None
     for row in rows:
         base = row.get("base", FIRST_BASE_WEIGHTS if row["arm"] in FROM_THE_BASE else digest)
-        if row.get("model", FIRST_BASE_MODEL) != args.model or base != digest:
-            raise SystemExit(f"{args.results} holds rows of --model {row.get('model', FIRST_BASE_MODEL)} from base "
+        model = args.model if row["arm"] in TABLE_ARMS else row.get("model", FIRST_BASE_MODEL)
+        if model != args.model or base != digest:
+            raise SystemExit(f"{args.results} holds rows of --model {model} from base "
                              f"weights {base} ({row['arm']}, fraction {row['fraction']:g}, "
                              f"seed {row['seed']}); this is --model {args.model} from {digest}: give --results and "
                              "--output_dir of its own")

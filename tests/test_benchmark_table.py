@@ -125,7 +125,8 @@ def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path
     digest = label_efficiency.weights_digest(args.base)
     row = {"arm": "pretrained", "fraction": 0.01, "seed": 0, "model": "medfuse_round_two", "base": digest}
     scratch = {key: value for key, value in row.items() if key != "base"} | {"arm": "scratch"}  # no base to record
-    label_efficiency.refuse_other_experiments([row, scratch], args)
+    first_gbm = {"arm": "gbm", "fraction": 0.01, "seed": 0}  # no model, no base: the same in every experiment
+    label_efficiency.refuse_other_experiments([row, scratch, first_gbm], args)
     for other in ({"base": "0123456789ab"}, {"model": "medfuse_cve_time"}):
         with pytest.raises(SystemExit, match="give --results and --output_dir of its own"):
             label_efficiency.refuse_other_experiments([{**row, **other}], args)
