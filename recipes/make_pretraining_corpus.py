@@ -22,7 +22,6 @@ from pathlib import Path
 
 import datasets
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from medfuse_hf.data import LongFormatOptions, load_long_format, seft_split
 from medfuse_hf.data.shards import (
@@ -30,6 +29,7 @@ from medfuse_hf.data.shards import (
     events_only,
     held_out_count,
     refuse_written_shards,
+    shard_patient_ids,
     shuffled_corpus,
     write_corpus_manifest,
     write_patient_shards,
@@ -62,8 +62,7 @@ def corpus_sources(p19_dir: str, p12_dir: str) -> tuple[dict[str, datasets.Datas
 def check_shards(shards: list[Path], held_out: set[str], patients: int) -> None:
     """Read the written shards back (training and validation): every patient once, and no P12 validation or test
     stay among them."""
-    written = [patient for path in shards
-               for patient in pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()]
+    written = [patient for path in shards for patient in shard_patient_ids(path)]
     leaked = held_out.intersection(written)
     if leaked or len(set(written)) != len(written) or len(written) != patients:
         raise SystemExit(f"the shards in {shards[0].parent} hold {len(written)} of {patients} patients and "

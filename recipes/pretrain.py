@@ -21,6 +21,8 @@ import random
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast, send_to_device
 from torch.utils.data import DataLoader
 
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
@@ -63,17 +65,24 @@ def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, rn
 
 
 @torch.no_grad()
-def validation_loss(model, loader, collate, seed: int, accelerator) -> float:
-    """The objective's MSE over the validation patients, per target, with the same draws at every call."""
-    collate.rng.seed(seed)
-    model.eval()
-    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    for batch in loader:
-        targets = batch["forecast_mask"] if "forecast_mask" in batch else batch["value_mask"]
-        total += model(**batch).loss * targets.sum()
-        count += targets.sum()
-    model.train()
-    return (accelerator.reduce(total, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
+def validation_loss(model, loader: DataLoader, collate, seed: int, accelerator: Accelerator) -> float:
+    """The objective's MSE over the held-out patients, per target, with the same draws at every call. The main
+    process reads them all, in order, and tells the others: split across processes, Accelerate would repeat
+    patients to even out the last batch and each process would draw its own cut-offs, so the loss (and when
+    `--patience` stops) would depend on how many processes there are."""
+    loss = torch.zeros(1, device=accelerator.device)
+    if accelerator.is_main_process:
+        collate.rng.seed(seed)
+        unwrapped = accelerator.unwrap_model(model).eval()  # keeps mixed precision's autocast
+        total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+        for batch in loader:
+            batch = send_to_device(batch, accelerator.device)
+            targets = batch["forecast_mask"] if "forecast_mask" in batch else batch["value_mask"]
+            total += unwrapped(**batch).loss.float() * targets.sum()
+            count += targets.sum()
+        unwrapped.train()
+        loss[0] = total / count.clamp(min=1)
+    return broadcast(loss).item()
 
 
 def training_function(args: argparse.Namespace) -> dict:
@@ -118,8 +127,6 @@ def training_function(args: argparse.Namespace) -> dict:
     total_steps = args.max_steps or math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.num_epochs
     optimizer, scheduler = optimizer_and_scheduler(model, args, total_steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    if validation is not None:
-        validation = accelerator.prepare(validation)
 
     state = resume(accelerator, args)
 

@@ -1,6 +1,7 @@
 """Pretraining: the recipe end to end, fine-tuning from its output, and streaming with bounded memory."""
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import load_script
 from safetensors.torch import load_file
 from test_recipes_finetune import ROOT
 from test_recipes_finetune import run as run_finetune
+from torch.utils.data import DataLoader
 
-from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf.data import ForecastingCollator
 from medfuse_hf.data.shards import write_corpus_manifest
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training.cohorts import held_out_patients, streaming_patients
@@ -363,13 +367,14 @@ def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_pa
     assert f"MSE on 24 held-out patients: {metrics['validation_loss']:.4f}, at epoch 1 of 2, the lowest" in card
 
 
-def test_two_processes_measure_the_held_out_loss_of_a_streamed_base(tmp_path):
-    """Under two ranks the held-out patients are read by each, split between them, and their loss is reduced across
-    both: the run validates each pass and keeps the lowest, as one process does. The stream, batched by length, is
-    read by one rank and its batches dispatched."""
+def test_two_processes_measure_the_held_out_loss_of_a_streamed_base_as_one_does(tmp_path):
+    """Under two ranks the run validates each pass and keeps the lowest, as one process does, and its held-out loss is
+    the one a single process computes for the same weights: 25 patients in batches of 16 leave a last batch that two
+    ranks could only split by repeating a patient. The stream, batched by length, is read by one rank and its
+    batches dispatched."""
     write_shards(tmp_path, 1, patients=64, events=20)
     (tmp_path / "validation").mkdir()
-    write_shards(tmp_path / "validation", 1, patients=24, events=20, seed=1, id_prefix="held-out-")
+    held_out = write_shards(tmp_path / "validation", 1, patients=25, events=20, seed=1, id_prefix="held-out-")
     output = tmp_path / "run"
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
                            str(tmp_path / "validation" / "*.parquet"), "--max_steps", "8", "--num_epochs", "2",
@@ -380,6 +385,13 @@ def test_two_processes_measure_the_held_out_loss_of_a_streamed_base(tmp_path):
     metrics = json.loads((output / "pretraining_metrics.json").read_text())
     assert len(losses) == 2 and metrics["num_processes"] == 2 and metrics["steps"] == 8
     assert metrics["validation_loss"] == pytest.approx(min(losses), abs=1e-4)  # the kept pass's, printed to 4
+    pretrain = load_script("recipes/pretrain.py")
+    collate = ForecastingCollator(MedFuseTokenizer.from_pretrained(output / "model"), rng=random.Random())
+    one_process = pretrain.validation_loss(
+        MedFuseForPreTraining.from_pretrained(output / "model"),
+        DataLoader(held_out_patients(held_out, []), batch_size=16, collate_fn=collate), collate, 0,
+        Accelerator(cpu=True))
+    assert metrics["validation_patients"] == 25 and metrics["validation_loss"] == pytest.approx(one_process, rel=1e-5)
 
 
 def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet as pq
 
 from ..progress import progress_bar
 
@@ -50,6 +51,11 @@ def shuffled_corpus(sources: Mapping[str, datasets.Dataset], seed: int = 0) -> d
     if duplicates:
         raise ValueError(f"{duplicates} patient ids occur twice: a patient would be trained on twice")
     return corpus
+
+
+def shard_patient_ids(path: str | Path) -> list[str]:
+    """The patients a written shard holds, read from its `patient_id` column alone."""
+    return pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()
 
 
 def held_out_count(patients: int, fraction: float) -> int:

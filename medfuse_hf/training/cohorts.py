@@ -30,6 +30,7 @@ from ..data import (
 )
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from ..data.shards import shard_patient_ids
 from ..data.splits import MIN_VALIDATION_PER_CLASS, nested_subset, validation_subset
 from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
 from ..synthetic import make_sodium_cohort
@@ -317,7 +318,7 @@ def held_out_patients(shards: list[str], training_shards: list[str]) -> datasets
     table = pa.concat_tables([pq.read_table(path) for path in shards], promote_options="default")
     held_out = set(table["patient_id"].to_pylist())
     for path in training_shards:
-        if twice := held_out.intersection(pq.read_table(path, columns=["patient_id"])["patient_id"].to_pylist()):
+        if twice := held_out.intersection(shard_patient_ids(path)):
             raise ValueError(f"{path}: {len(twice)} of its patients (e.g. {sorted(twice)[:3]}) are also among the "
                              f"validation patients of {shards[0]}")
     return datasets.Dataset(InMemoryTable(table))
