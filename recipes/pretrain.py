@@ -132,21 +132,26 @@ def training_function(args: argparse.Namespace) -> dict:
 
     # ----- training -----------------------------------------------------------------------------------
     model.train()
+    cut_short = False
     for epoch in range(state.epoch, args.num_epochs):
         if args.patience is not None and state.stale_epochs >= args.patience:
             break
-        completed, _ = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args, reseed)
-        if not completed:
-            break
-        state.epoch, state.batch = epoch + 1, 0
-        if validation is not None:
+        completed, trained = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args,
+                                         reseed)
+        cut_short = not completed and trained > 0  # --max_steps ended this pass part-way: its weights are a candidate
+        if completed:
+            state.epoch, state.batch = epoch + 1, 0
+        if validation is not None and (completed or cut_short):
             loss = validation_loss(model, validation, validation_collate, args.seed, accelerator)
             accelerator.log({"epoch": epoch, "validation_loss": loss}, step=state.step)
-            accelerator.print(f"epoch {epoch}: validation {args.objective} MSE {loss:.4f}")
+            accelerator.print(f"epoch {epoch}{' (cut short by --max_steps)' if cut_short else ''}: validation "
+                              f"{args.objective} MSE {loss:.4f}")
             if args.patience is not None and state.record_validation(-loss, epoch):
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
+        if not completed:
+            break
         if args.checkpoint_every_epoch:
             state.save(accelerator, args)
 
@@ -154,7 +159,7 @@ def training_function(args: argparse.Namespace) -> dict:
     if args.patience is not None and (output_dir / "model").exists():  # the epoch of lowest validation loss
         restore_kept_weights(accelerator, model, output_dir / "model")
     result = {"objective": args.objective, "num_processes": accelerator.num_processes, "steps": state.step,
-              "epochs": state.epoch, **throughput(state, accelerator)}
+              "epochs": state.epoch, "last_pass_cut_short": cut_short, **throughput(state, accelerator)}
     if args.patience is not None:
         result["best_validation"] = {"loss": -state.best, "epoch": state.best_epoch}
     if validation is not None:

@@ -367,6 +367,24 @@ def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_pa
     assert f"MSE on 24 held-out patients: {metrics['validation_loss']:.4f}, at epoch 1 of 2, the lowest" in card
 
 
+def test_a_pass_cut_short_by_the_step_limit_is_validated_and_may_be_kept(tmp_path):
+    """14 steps over 6 a pass: the third pass stops after 2. Its weights are trained, so they are validated and kept
+    if their loss is the lowest (here it is), and the card says the pass was cut."""
+    output = tmp_path / "run"
+    result = run_pretrain(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "5", "--batch_size",
+                           "16", "--learning_rate", "1e-2", "--max_steps", "14", "--patience", "3", "--output_dir",
+                           str(output), *TINY_MODEL])
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
+    losses = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    metrics = json.loads((output / "pretraining_metrics.json").read_text())
+    assert len(losses) == 3 and "(cut short by --max_steps)" in lines[2] and "cut short" not in lines[1]
+    assert metrics["steps"] == 14 and metrics["epochs"] == 2 and metrics["last_pass_cut_short"]
+    assert metrics["best_validation"]["epoch"] == 3 == 1 + losses.index(min(losses))
+    assert metrics["validation_loss"] == pytest.approx(losses[2], abs=1e-4)  # the cut pass's weights, kept
+    card = (output / "model" / "README.md").read_text()
+    assert "at epoch 3 of 3 (the last cut short by the step limit), the lowest" in card
+
+
 def test_two_processes_measure_the_held_out_loss_of_a_streamed_base_as_one_does(tmp_path):
     """Under two ranks the run validates each pass and keeps the lowest, as one process does, and its held-out loss is
     the one a single process computes for the same weights: 25 patients in batches of 16 leave a last batch that two

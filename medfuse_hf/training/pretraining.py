@@ -67,8 +67,10 @@ def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: 
               f"{cost['events_per_second']:,} events/s over {cost['num_processes']} process(es)."]
     if "validation_loss" in cost:  # held-out patients' loss, and with --patience the epoch kept
         held_out = f" on {cost['validation_patients']:,} held-out patients" if "validation_patients" in cost else ""
-        kept = cost.get("best_validation", {}).get("epoch")
-        stop = f", at epoch {kept} of {cost['epochs']}, the lowest" if kept else ""
+        kept, cut_short = cost.get("best_validation", {}).get("epoch"), cost.get("last_pass_cut_short", False)
+        passes = cost["epochs"] + cut_short
+        stop = (f", at epoch {kept} of {passes}" + (" (the last cut short by the step limit)" if cut_short else "")
+                + ", the lowest") if kept else ""
         lines += ["", f"Validation {args.objective} MSE{held_out}: {cost['validation_loss']:.4f}{stop}."]
     losses = [(entry["step"], entry["train_loss"]) for entry in history if "train_loss" in entry]
     if losses:
