@@ -44,6 +44,10 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
     # Lever 5, in-domain pretraining (DuETT's largest ablation): start from the base that
     # recipes/configs/medfuse-base.yaml makes, round two's architecture pretrained on P19 and P12's training stays.
     "in_domain_pretraining": ["--init_from", str(ROOT / "outputs" / "pretraining" / "medfuse-base-v2" / "model")],
+    # Its full fine-tuning peaked within a few epochs and then drifted down (session 21): LP-FT (Kumar et al., 2022)
+    # fits the head on the frozen base first, then fine-tunes everything from there at a tenth of the rate.
+    "in_domain_lpft": ["--init_from", str(ROOT / "outputs" / "pretraining" / "medfuse-base-v2" / "model"),
+                       "--strategy", "lp-ft"],
     # The paper's ablations of MuFuse, to be run under the winning configuration: does its claim hold at convergence?
     "additive_fusion": ["--fusion", "additive"],
     "concat_fusion": ["--fusion", "concat"],
@@ -62,6 +66,7 @@ WINNER = "per_feature+quantile_values+head_dropout+event_dropout"
 LEADER = f"{WINNER}+cosine_30_epochs"
 QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", WINNER, LEADER,
          f"{LEADER}+two_layers_four_heads_pre_ln", f"{LEADER}+in_domain_pretraining",
+         f"{LEADER}+in_domain_lpft",
          *(f"{LEADER}+{fusion}_fusion" for fusion in ("additive", "concat", "scane")), f"{LEADER}+ema")
 SEEDS = (0, 1, 2)
 COLUMNS = ("validation_auroc", "validation_auprc", "auroc", "auprc")
