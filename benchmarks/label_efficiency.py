@@ -49,7 +49,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from p12_table import summary_tables
+from p12_search import LEADER
+from p12_table import probe_seconds, summary_tables
 from protocol import BUDGET, MODELS, ROOT, finetune_flags
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
@@ -64,6 +65,7 @@ from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regressio
 
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
 P12_TABLE = ROOT / "benchmarks" / "results" / "p12_table.json"
+P12_SEARCH = ROOT / "benchmarks" / "results" / "p12_search.json"
 ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_embeddings", "pretrained_probe", "gbm",
         "gbm_with_base")
 FROM_THE_BASE = ARMS[1:5] + ("gbm_with_base",)  # the arms started from the base: their paired gains
@@ -74,6 +76,10 @@ SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 f
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 FIRST_BASE_MODEL = "medfuse_cve_time"  # the fine-tuned arms of the first base's experiment
 FIRST_BASE_WEIGHTS = "918841b9fea1"  # its base's weights (`weights_digest`), which its rows did not record
+# The arms from the base that the accuracy search ran on every stay, by model: its leader fine-tuned from the second
+# base, fully and by LP-FT (lever 5, `benchmarks/p12_search.py`).
+SEARCH_RUNS = {"medfuse_round_two": {"pretrained": f"{LEADER}+in_domain_pretraining",
+                                     "pretrained_lpft": f"{LEADER}+in_domain_lpft"}}
 
 
 # The arms scikit-learn fits on per-stay tables: which tables, side by side (the summary statistics of the accuracy
@@ -148,10 +154,31 @@ def table_run(arm: str, fraction: float, seed: int, validation: str, model: str,
         "source": f"benchmarks/results/p12_table.json, model {model}: the same recipes/finetune.py command"}
 
 
+def search_run(arm: str, fraction: float, seed: int, validation: str, model: str, base: Path,
+               ledger: Path = P12_SEARCH) -> dict:
+    """The accuracy search's run that is this cell, if there is one (`SEARCH_RUNS`): on every stay with full
+    validation, the arm's fine-tuning of `model` from this base is the search's lever 5 (`--min_steps 300` and
+    `--train_fraction 1` change nothing there), so its figures are taken rather than trained again. Only a row whose
+    `--init_from` leads to this base's folder (a symlink may) is taken. Empty if the cell is no such run."""
+    configuration = SEARCH_RUNS.get(model, {}).get(arm)
+    if configuration is None or (fraction, validation) != (1.0, "full") or not ledger.exists():
+        return {}
+    for row in json.loads(ledger.read_text()):
+        flags = shlex.split(row["flags"])
+        started = Path(flags[flags.index("--init_from") + 1]).resolve() if "--init_from" in flags else None
+        if ((row["configuration"], row["protocol"], row["seed"]) == (configuration, "seft-split", seed)
+                and started == (base / "model").resolve()):
+            return {"auroc": row["auroc"], "auprc": row["auprc"], "train_seconds": row["train_seconds"],
+                    "git": row["git"], "source": f"benchmarks/results/p12_search.json, configuration {configuration}"
+                                                 ": the same recipes/finetune.py command"}
+    return {}
+
+
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
     if arm in TABLE_ARMS:
         figures = run_table_arm(arm, fraction, seed, validation, args)
-    elif adopted := table_run(arm, fraction, seed, validation, args.model):
+    elif adopted := (table_run(arm, fraction, seed, validation, args.model)
+                     or search_run(arm, fraction, seed, validation, args.model, args.base)):
         figures = adopted
     else:
         flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split",
@@ -161,10 +188,8 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
             flags += ["--validation_fraction", str(fraction)]
         run_dir = args.output_dir / f"{arm}-f{fraction}-s{seed}-{validation}-validation"
         report = run_finetune(flags, run_dir, args.launcher)
-        probe = run_dir / "probe" / "test_metrics.json"  # LP-FT's first stage
-        stages = [json.loads(probe.read_text())] if arm == "pretrained_lpft" else []
         figures = {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
-                   "train_seconds": sum(stage["train_seconds"] for stage in [*stages, report])}
+                   "train_seconds": report["train_seconds"] + probe_seconds(run_dir)}
     _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
     started_from = {"base": weights_digest(args.base)} if arm in FROM_THE_BASE else {}
     return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "model": args.model,

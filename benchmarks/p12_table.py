@@ -54,15 +54,30 @@ def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> 
 PLATEAU = 5  # validations averaged up to the kept epoch, in `plateau_auprc`
 
 
+def kept_validations(run_dir: Path) -> list[dict]:
+    """The validations of the run whose weights `run_dir` kept, up to the kept one (last). LP-FT's fine-tuning
+    counts its probe as epoch 0 and keeps it (`best_validation` epoch None) unless an epoch beats it on validation:
+    the kept validation is then the probe run's, in `probe/`."""
+    best_epoch = json.loads((run_dir / "test_metrics.json").read_text())["best_validation"]["epoch"]
+    if best_epoch is None:
+        return kept_validations(run_dir / "probe")
+    rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "validation_auprc" in row and row["epoch"] < best_epoch]
+
+
 def plateau_auprc(run_dir: Path) -> float:
     """The mean validation AUPRC of a run's kept epoch and the `PLATEAU - 1` validations before it: its level near
     its best rather than its single best draw. Epoch to epoch, validation AUPRC moves by about ±0.01, so the best of
     30 validations beats the best of 15 by chance alone; a ranking by the kept epoch's figure favours longer runs,
     and this is the check on it."""
-    best_epoch = json.loads((run_dir / "test_metrics.json").read_text())["best_validation"]["epoch"]
-    rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
-    figures = [row["validation_auprc"] for row in rows if "validation_auprc" in row and row["epoch"] < best_epoch]
-    return float(np.mean(figures[-PLATEAU:]))
+    return float(np.mean([row["validation_auprc"] for row in kept_validations(run_dir)[-PLATEAU:]]))
+
+
+def probe_seconds(run_dir: Path) -> float:
+    """The training time of LP-FT's first stage (`probe/`), which the fine-tuning stage's report leaves out; 0 for
+    any other run."""
+    probe = run_dir / "probe" / "test_metrics.json"
+    return json.loads(probe.read_text())["train_seconds"] if probe.exists() else 0.0
 
 
 def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, args: argparse.Namespace) -> dict:
@@ -73,17 +88,15 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
     distributed = json.loads((output_dir / "run_info.json").read_text())["distributed"]
     device = (f"{distributed['device_name']} x{distributed['num_processes']}, "
               f"precision {distributed['mixed_precision']}")
-    best_epoch = report["best_validation"]["epoch"]
-    validations = [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
-    kept = next(row for row in validations if row.get("epoch") == best_epoch - 1 and "validation_auprc" in row)
+    kept = kept_validations(output_dir)[-1]
     return {"protocol": protocol, "seed": seed,
             **{metric: report["test"][metric]["value"] for metric in METRICS},
             "validation_auroc": kept["validation_auroc"], "validation_auprc": kept["validation_auprc"],
             "validation_auprc_plateau": plateau_auprc(output_dir),
             **({"accuracy_at_validation_threshold": report["accuracy_at_validation_threshold"]}
                if "accuracy_at_validation_threshold" in report else {}),
-            "epochs": report["epochs"], "best_epoch": best_epoch,
-            "train_seconds": report["train_seconds"], "device": device,
+            "epochs": report["epochs"], "best_epoch": report["best_validation"]["epoch"] or 0,  # 0: LP-FT's probe
+            "train_seconds": report["train_seconds"] + probe_seconds(output_dir), "device": device,
             "test_patients": report["test_patients"], "git": report["git"]["commit"]}
 
 

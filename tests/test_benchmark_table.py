@@ -152,6 +152,25 @@ def test_label_efficiency_takes_scratch_on_every_stay_from_the_p12_tables_run_of
         assert label_efficiency.table_run(*other, "medfuse_round_two", table) == {}  # trained as usual
 
 
+def test_label_efficiency_takes_the_bases_fine_tunings_on_every_stay_from_the_searchs_lever_five(tmp_path):
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    (tmp_path / "base-v2" / "model").mkdir(parents=True)
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "base").symlink_to(tmp_path / "base-v2")  # the search's worktree links to the base
+    ledger = tmp_path / "p12_search.json"
+    run = {"configuration": label_efficiency.SEARCH_RUNS["medfuse_round_two"]["pretrained_lpft"], "seed": 1,
+           "protocol": "seft-split", "auroc": 0.87, "auprc": 0.56, "train_seconds": 2000.0, "git": "abc",
+           "flags": f"--pooling per_feature --init_from {tmp_path / 'search' / 'base' / 'model'} --strategy lp-ft"}
+    ledger.write_text(json.dumps([run, {**run, "seed": 2, "flags": "--init_from /elsewhere/model"}]))
+    taken = label_efficiency.search_run("pretrained_lpft", 1.0, 1, "full", "medfuse_round_two", tmp_path / "base-v2",
+                                        ledger)
+    assert (taken["auprc"], taken["git"]) == (0.56, "abc") and "in_domain_lpft" in taken["source"]
+    for other in (("pretrained", 1.0, 1, "full", "medfuse_round_two"), ("pretrained_lpft", 0.25, 1, "full",
+                  "medfuse_round_two"), ("pretrained_lpft", 1.0, 2, "full", "medfuse_round_two"),
+                  ("pretrained_lpft", 1.0, 1, "full", "medfuse_cve_time")):
+        assert label_efficiency.search_run(*other, tmp_path / "base-v2", ledger) == {}  # trained as usual
+
+
 def test_label_efficiency_draws_more_subsets_where_one_subset_moves_the_result_most():
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     args = argparse.Namespace(fractions=[1.0, 0.05, 0.01, 0.1], cut_validation_fractions=[0.01], seeds=None,
@@ -194,6 +213,24 @@ def test_the_plateau_figure_averages_the_kept_epoch_and_the_validations_before_i
         + "\n" for epoch, figure in enumerate(figures)))
     (tmp_path / "test_metrics.json").write_text(json.dumps({"best_validation": {"auprc": 0.56, "epoch": 6}}))
     assert p12_table.plateau_auprc(tmp_path) == pytest.approx(np.mean([0.50, 0.48, 0.52, 0.51, 0.56]))
+
+
+def test_an_lp_ft_run_that_kept_its_probe_is_judged_by_the_probes_validations(tmp_path):
+    """LP-FT's fine-tuning keeps the probe (its epoch 0, `best_validation` epoch None) unless an epoch beats it: the
+    row's validation figures and plateau are then the probe run's, and its time counts both stages."""
+    p12_table = load_script("benchmarks/p12_table.py")
+    for run_dir, figures, best_epoch, seconds in ((tmp_path, [0.50, 0.52], None, 30.0),
+                                                  (tmp_path / "probe", [0.51, 0.55, 0.54], 2, 4.0)):
+        (run_dir / "logs").mkdir(parents=True)
+        (run_dir / "logs" / "metrics.jsonl").write_text("".join(json.dumps(
+            {"epoch": epoch, "validation_auroc": 0.8, "validation_auprc": figure}) + "\n"
+            for epoch, figure in enumerate(figures)))
+        (run_dir / "test_metrics.json").write_text(json.dumps({"best_validation": {"auprc": max(figures),
+                                                                                   "epoch": best_epoch},
+                                                               "train_seconds": seconds}))
+    assert [row["validation_auprc"] for row in p12_table.kept_validations(tmp_path)] == [0.51, 0.55]
+    assert p12_table.plateau_auprc(tmp_path) == pytest.approx(0.53)
+    assert p12_table.probe_seconds(tmp_path) == 4.0 and p12_table.probe_seconds(tmp_path / "probe") == 0.0
 
 
 def test_the_search_records_the_plateau_of_older_rows_from_their_run_folders(tmp_path):
