@@ -56,10 +56,10 @@ PLATEAU = 5  # validations averaged up to the kept epoch, in `plateau_auprc`
 
 def kept_validations(run_dir: Path) -> list[dict]:
     """The validations of the run whose weights `run_dir` kept, up to the kept one (last). LP-FT's fine-tuning
-    counts its probe as epoch 0 and keeps it (`best_validation` epoch None) unless an epoch beats it on validation:
+    counts its probe as epoch 0 and keeps it (`best_validation` epoch 0) unless an epoch beats it on validation:
     the kept validation is then the probe run's, in `probe/`."""
     best_epoch = json.loads((run_dir / "test_metrics.json").read_text())["best_validation"]["epoch"]
-    if best_epoch is None:
+    if best_epoch == 0:
         return kept_validations(run_dir / "probe")
     rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     return [row for row in rows if "validation_auprc" in row and row["epoch"] < best_epoch]
@@ -95,7 +95,7 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
             "validation_auprc_plateau": plateau_auprc(output_dir),
             **({"accuracy_at_validation_threshold": report["accuracy_at_validation_threshold"]}
                if "accuracy_at_validation_threshold" in report else {}),
-            "epochs": report["epochs"], "best_epoch": report["best_validation"]["epoch"] or 0,  # 0: LP-FT's probe
+            "epochs": report["epochs"], "best_epoch": report["best_validation"]["epoch"],  # 0: LP-FT's probe
             "train_seconds": report["train_seconds"] + probe_seconds(output_dir), "device": device,
             "test_patients": report["test_patients"], "git": report["git"]["commit"]}
 

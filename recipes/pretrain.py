@@ -136,9 +136,10 @@ def training_function(args: argparse.Namespace) -> dict:
     for epoch in range(state.epoch, args.num_epochs):
         if args.patience is not None and state.stale_epochs >= args.patience:
             break
-        completed, trained = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args,
-                                         reseed)
-        cut_short = not completed and trained > 0  # --max_steps ended this pass part-way: its weights are a candidate
+        completed, _ = train_epoch(accelerator, model, optimizer, scheduler, train_loader, epoch, state, args, reseed)
+        # --max_steps ended this pass part-way (now, or before a resumption from a checkpoint at that step): its
+        # weights are a candidate too
+        cut_short = not completed and state.batch > 0
         if completed:
             state.epoch, state.batch = epoch + 1, 0
         if validation is not None and (completed or cut_short):

@@ -216,10 +216,10 @@ def test_the_plateau_figure_averages_the_kept_epoch_and_the_validations_before_i
 
 
 def test_an_lp_ft_run_that_kept_its_probe_is_judged_by_the_probes_validations(tmp_path):
-    """LP-FT's fine-tuning keeps the probe (its epoch 0, `best_validation` epoch None) unless an epoch beats it: the
+    """LP-FT's fine-tuning keeps the probe (its epoch 0, `best_validation` epoch 0) unless an epoch beats it: the
     row's validation figures and plateau are then the probe run's, and its time counts both stages."""
     p12_table = load_script("benchmarks/p12_table.py")
-    for run_dir, figures, best_epoch, seconds in ((tmp_path, [0.50, 0.52], None, 30.0),
+    for run_dir, figures, best_epoch, seconds in ((tmp_path, [0.50, 0.52], 0, 30.0),
                                                   (tmp_path / "probe", [0.51, 0.55, 0.54], 2, 4.0)):
         (run_dir / "logs").mkdir(parents=True)
         (run_dir / "logs" / "metrics.jsonl").write_text("".join(json.dumps(

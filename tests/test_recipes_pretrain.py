@@ -2,6 +2,7 @@
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -369,11 +370,13 @@ def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_pa
 
 def test_a_pass_cut_short_by_the_step_limit_is_validated_and_may_be_kept(tmp_path):
     """14 steps over 6 a pass: the third pass stops after 2. Its weights are trained, so they are validated and kept
-    if their loss is the lowest (here it is), and the card says the pass was cut."""
+    if their loss is the lowest (here it is), and the card says the pass was cut. A run stopped after its checkpoint
+    at step 14 and before that validation does it when resumed."""
     output = tmp_path / "run"
-    result = run_pretrain(["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "5", "--batch_size",
-                           "16", "--learning_rate", "1e-2", "--max_steps", "14", "--patience", "3", "--output_dir",
-                           str(output), *TINY_MODEL])
+    command = ["--dataset", "synthetic", "--num_patients", "128", "--num_epochs", "5", "--batch_size", "16",
+               "--learning_rate", "1e-2", "--max_steps", "14", "--patience", "3", "--checkpoint_every_steps", "7",
+               "--output_dir", str(output), *TINY_MODEL]
+    result = run_pretrain(command)
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
     losses = [float(line.rsplit(" ", 1)[1]) for line in lines]
     metrics = json.loads((output / "pretraining_metrics.json").read_text())
@@ -383,6 +386,12 @@ def test_a_pass_cut_short_by_the_step_limit_is_validated_and_may_be_kept(tmp_pat
     assert metrics["validation_loss"] == pytest.approx(losses[2], abs=1e-4)  # the cut pass's weights, kept
     card = (output / "model" / "README.md").read_text()
     assert "at epoch 3 of 3 (the last cut short by the step limit), the lowest" in card
+
+    shutil.rmtree(output / "model")  # as if stopped between the checkpoint at step 14 and the cut pass's validation
+    resumed = run_pretrain([*command, "--resume_from_checkpoint", "latest"])
+    assert [line for line in resumed.stdout.splitlines() if line.startswith("epoch")] == lines[2:]
+    again = json.loads((output / "pretraining_metrics.json").read_text())
+    assert again["best_validation"] == metrics["best_validation"] and again["last_pass_cut_short"]
 
 
 def test_two_processes_measure_the_held_out_loss_of_a_streamed_base_as_one_does(tmp_path):
