@@ -35,7 +35,6 @@ validation is the P12 table's own run of the same model: its figures are taken f
 """
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -51,7 +50,7 @@ import numpy as np
 import pandas as pd
 from p12_search import LEADER
 from p12_table import probe_seconds, summary_tables
-from protocol import BUDGET, MODELS, ROOT, finetune_flags
+from protocol import BUDGET, MODELS, ROOT, finetune_flags, weights_digest
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import nested_subset, validation_subset
@@ -97,15 +96,10 @@ def arm_flags(arm: str, base: Path) -> list[str]:
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
 
 
-def weights_digest(base: Path) -> str:
-    """The base's weights, named by their hash: what its rows and cached representations were computed from."""
-    return hashlib.sha256((base / "model" / "model.safetensors").read_bytes()).hexdigest()[:12]
-
-
 def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
     """Each P12 stay's pooled representation from the frozen base, per split in the cohort's order (the order
     `summary_tables` labels), computed once per base weights and cached beside the runs."""
-    cache = cache_dir / f"pretrained_probe-representations-{weights_digest(base)}.npz"
+    cache = cache_dir / f"pretrained_probe-representations-{weights_digest(base / 'model')}.npz"
     if cache.exists():
         return dict(np.load(cache))
     tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=MAX_EVENTS, unknown_features="drop")
@@ -158,16 +152,15 @@ def search_run(arm: str, fraction: float, seed: int, validation: str, model: str
                ledger: Path = P12_SEARCH) -> dict:
     """The accuracy search's run that is this cell, if there is one (`SEARCH_RUNS`): on every stay with full
     validation, the arm's fine-tuning of `model` from this base is the search's lever 5 (`--min_steps 300` and
-    `--train_fraction 1` change nothing there), so its figures are taken rather than trained again. Only a row whose
-    `--init_from` leads to this base's folder (a symlink may) is taken. Empty if the cell is no such run."""
+    `--train_fraction 1` change nothing there), so its figures are taken rather than trained again. Only a row that
+    started from this base's weights (`init_weights`, wherever they lay) is taken. Empty if the cell is no such run."""
     configuration = SEARCH_RUNS.get(model, {}).get(arm)
     if configuration is None or (fraction, validation) != (1.0, "full") or not ledger.exists():
         return {}
+    digest = weights_digest(base / "model")
     for row in json.loads(ledger.read_text()):
-        flags = shlex.split(row["flags"])
-        started = Path(flags[flags.index("--init_from") + 1]).resolve() if "--init_from" in flags else None
-        if ((row["configuration"], row["protocol"], row["seed"]) == (configuration, "seft-split", seed)
-                and started == (base / "model").resolve()):
+        if ((row["configuration"], row["protocol"], row["seed"], row.get("init_weights"))
+                == (configuration, "seft-split", seed, digest)):
             return {"auroc": row["auroc"], "auprc": row["auprc"], "train_seconds": row["train_seconds"],
                     "git": row["git"], "source": f"benchmarks/results/p12_search.json, configuration {configuration}"
                                                  ": the same recipes/finetune.py command"}
@@ -191,7 +184,7 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
         figures = {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
                    "train_seconds": report["train_seconds"] + probe_seconds(run_dir)}
     _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
-    started_from = {"base": weights_digest(args.base)} if arm in FROM_THE_BASE else {}
+    started_from = {"base": weights_digest(args.base / "model")} if arm in FROM_THE_BASE else {}
     return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "model": args.model,
             **started_from, "train_patients": len(nested_subset(labels["train"], fraction, seed)),
             "git": git_commit()["commit"], **figures}
@@ -270,7 +263,7 @@ def refuse_other_experiments(rows: list[dict], args: argparse.Namespace) -> None
     cells and be skipped (rows from before either was recorded are the first base's). The scikit-learn arms train no
     model, so theirs is any; the GBM's rows read no base either, and are the same in every experiment."""
     weighed = args.base is not None and (args.base / "model" / "model.safetensors").exists()
-    digest = weights_digest(args.base) if weighed else None
+    digest = weights_digest(args.base / "model") if weighed else None
     for row in rows:
         base = row.get("base", FIRST_BASE_WEIGHTS if row["arm"] in FROM_THE_BASE else digest)
         model = args.model if row["arm"] in TABLE_ARMS else row.get("model", FIRST_BASE_MODEL)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from protocol import BUDGET, MODELS, ROOT
+from protocol import BUDGET, MODELS, ROOT, weights_digest
 
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.training import binary_metrics, load_cohort
@@ -82,14 +82,16 @@ def probe_seconds(run_dir: Path) -> float:
 
 def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, args: argparse.Namespace) -> dict:
     """One P12 `recipes/finetune.py` run (resumed if it was killed) as a result row: its test figures, and the
-    validation figures of the epoch it kept (the best by validation AUPRC)."""
+    validation figures of the epoch it kept (the best by validation AUPRC), and the weights it started from."""
     flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", protocol, "--seed", str(seed), *flags]
     report = run_finetune(flags, output_dir, args.launcher)
     distributed = json.loads((output_dir / "run_info.json").read_text())["distributed"]
     device = (f"{distributed['device_name']} x{distributed['num_processes']}, "
               f"precision {distributed['mixed_precision']}")
     kept = kept_validations(output_dir)[-1]
-    return {"protocol": protocol, "seed": seed,
+    started_from = ({"init_weights": weights_digest(flags[flags.index("--init_from") + 1])}
+                    if "--init_from" in flags else {})
+    return {"protocol": protocol, "seed": seed, **started_from,
             **{metric: report["test"][metric]["value"] for metric in METRICS},
             "validation_auroc": kept["validation_auroc"], "validation_auprc": kept["validation_auprc"],
             "validation_auprc_plateau": plateau_auprc(output_dir),

@@ -2,6 +2,7 @@
 budget of the P12 table, the small-cohort fine-tuning that the label-efficiency and transfer experiments add to it,
 and the pretraining budget. A benchmark imports these, never another benchmark's constants."""
 
+import hashlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +42,9 @@ FINETUNE = finetune_flags("medfuse_cve_time")
 # the corpus's 48,007 patients: what fits this comparison into a CPU session.
 PRETRAIN = ["--time_embedding", "cve", "--batch_size", "64", "--learning_rate", "1e-3", "--num_epochs", "10",
             "--checkpoint_every_steps", "250", "--seed", "0"]
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """A model folder's weights named by their hash: what a row or a cached representation was computed from, which a
+    path cannot say (a base is released elsewhere, or pretrained again in place)."""
+    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()[:12]

@@ -49,6 +49,27 @@ def test_only_missing_cells_run_and_every_finished_cell_is_saved(p12_table, tmp_
     assert len(saved) == 4 and saved[0]["auprc"] == 0.5  # the earlier row is kept, not rerun
 
 
+def test_a_fine_tuning_row_names_the_weights_it_started_from(p12_table, tmp_path, monkeypatch):
+    """A base moves when it is released: its fine-tunings' rows say which weights they started from, by hash."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"a base")
+    report = {"test": {metric: {"value": 0.5} for metric in p12_table.METRICS}, "epochs": 3,
+              "best_validation": {"epoch": 2}, "train_seconds": 10.0, "test_patients": 4, "git": {"commit": "abc"}}
+    monkeypatch.setattr(p12_table, "run_finetune", lambda flags, output_dir, launcher: report)
+    monkeypatch.setattr(p12_table, "kept_validations",
+                        lambda run_dir: [{"validation_auroc": 0.8, "validation_auprc": 0.4}])
+    monkeypatch.setattr(p12_table, "plateau_auprc", lambda run_dir: 0.4)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run_info.json").write_text(json.dumps(
+        {"distributed": {"device_name": "cpu", "num_processes": 1, "mixed_precision": "no"}}))
+    args = argparse.Namespace(data_dir=tmp_path, launcher="python")
+    started = p12_table.finetune_row(["--init_from", str(tmp_path / "base")], "seft-split", 0, tmp_path / "run", args)
+    assert started["init_weights"] == p12_table.weights_digest(tmp_path / "base")
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"the base pretrained again")
+    assert p12_table.weights_digest(tmp_path / "base") != started["init_weights"]
+    assert "init_weights" not in p12_table.finetune_row([], "seft-split", 0, tmp_path / "run", args)
+
+
 def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
     rows = [row("medfuse", "seft-split", seed, auprc) for seed, auprc in enumerate((0.50, 0.52, 0.54))]
     table = p12_table.summarise(rows + [row("scane", "seft-split", 0, 0.3)])
@@ -122,7 +143,7 @@ def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path
     (tmp_path / "base" / "model").mkdir(parents=True)
     (tmp_path / "base" / "model" / "model.safetensors").write_bytes(b"new weights")
     args = argparse.Namespace(base=tmp_path / "base", model="medfuse_round_two", results=tmp_path / "rows.json")
-    digest = label_efficiency.weights_digest(args.base)
+    digest = label_efficiency.weights_digest(args.base / "model")
     row = {"arm": "pretrained", "fraction": 0.01, "seed": 0, "model": "medfuse_round_two", "base": digest}
     scratch = {key: value for key, value in row.items() if key != "base"} | {"arm": "scratch"}  # no base to record
     first_gbm = {"arm": "gbm", "fraction": 0.01, "seed": 0}  # no model, no base: the same in every experiment
@@ -153,22 +174,24 @@ def test_label_efficiency_takes_scratch_on_every_stay_from_the_p12_tables_run_of
 
 
 def test_label_efficiency_takes_the_bases_fine_tunings_on_every_stay_from_the_searchs_lever_five(tmp_path):
+    """The search's rows name the base by its weights, so they are found wherever the base now lies (released)."""
     label_efficiency = load_script("benchmarks/label_efficiency.py")
-    (tmp_path / "base-v2" / "model").mkdir(parents=True)
-    (tmp_path / "search").mkdir()
-    (tmp_path / "search" / "base").symlink_to(tmp_path / "base-v2")  # the search's worktree links to the base
+    (tmp_path / "released" / "model").mkdir(parents=True)
+    (tmp_path / "released" / "model" / "model.safetensors").write_bytes(b"the second base")
+    digest = label_efficiency.weights_digest(tmp_path / "released" / "model")
     ledger = tmp_path / "p12_search.json"
     run = {"configuration": label_efficiency.SEARCH_RUNS["medfuse_round_two"]["pretrained_lpft"], "seed": 1,
            "protocol": "seft-split", "auroc": 0.87, "auprc": 0.56, "train_seconds": 2000.0, "git": "abc",
-           "flags": f"--pooling per_feature --init_from {tmp_path / 'search' / 'base' / 'model'} --strategy lp-ft"}
-    ledger.write_text(json.dumps([run, {**run, "seed": 2, "flags": "--init_from /elsewhere/model"}]))
-    taken = label_efficiency.search_run("pretrained_lpft", 1.0, 1, "full", "medfuse_round_two", tmp_path / "base-v2",
+           "flags": "--pooling per_feature --init_from /where/it/was/trained/model --strategy lp-ft",
+           "init_weights": digest}
+    ledger.write_text(json.dumps([run, {**run, "seed": 2, "init_weights": "0123456789ab"}]))
+    taken = label_efficiency.search_run("pretrained_lpft", 1.0, 1, "full", "medfuse_round_two", tmp_path / "released",
                                         ledger)
     assert (taken["auprc"], taken["git"]) == (0.56, "abc") and "in_domain_lpft" in taken["source"]
     for other in (("pretrained", 1.0, 1, "full", "medfuse_round_two"), ("pretrained_lpft", 0.25, 1, "full",
                   "medfuse_round_two"), ("pretrained_lpft", 1.0, 2, "full", "medfuse_round_two"),
                   ("pretrained_lpft", 1.0, 1, "full", "medfuse_cve_time")):
-        assert label_efficiency.search_run(*other, tmp_path / "base-v2", ledger) == {}  # trained as usual
+        assert label_efficiency.search_run(*other, tmp_path / "released", ledger) == {}  # trained as usual
 
 
 def test_label_efficiency_draws_more_subsets_where_one_subset_moves_the_result_most():
