@@ -5,9 +5,9 @@ summary-statistics GBM a hospital would otherwise use?
     nohup python benchmarks/label_efficiency.py --base outputs/pretraining/forecasting \
         > outputs/label-efficiency.log 2>&1 &
     python benchmarks/label_efficiency.py --summary_only     # table, paired gains and plot of the cells so far
-    python benchmarks/label_efficiency.py --base outputs/pretraining/medfuse-base-v2 --model medfuse_round_two
+    python benchmarks/label_efficiency.py --base model_cards/medfuse-base --model medfuse_round_two
 
-The last line is the second base's experiment, fine-tuned as the accuracy search's leader is
+The last line is the second (released) base's experiment, fine-tuned as the accuracy search's leader is
 (`--model`, from `protocol.MODELS`), with results and runs of its own.
 
 Arms, each on the same nested, stratified, seeded training subset (`nested_subset`, as `--train_fraction` draws it):
