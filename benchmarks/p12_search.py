@@ -44,7 +44,8 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
     "cosine_30_epochs": ["--num_epochs", "30", "--lr_scheduler", "cosine", "--patience", "8"],
     # Lever 5, in-domain pretraining (DuETT's largest ablation): start from the released second base, which
     # recipes/configs/medfuse-base.yaml makes: round two's architecture pretrained on P19 and P12's training stays.
-    # Rows name the weights they started from (`init_weights`).
+    # Rows name the weights they started from (`init_weights`); those of its first pretraining, lost before release,
+    # are kept as `<configuration>@be31f424fcbf`.
     "in_domain_pretraining": ["--init_from", str(SECOND_BASE)],
     # Its full fine-tuning peaked within a few epochs and then drifted down (session 21): LP-FT (Kumar et al., 2022)
     # fits the head on the frozen base first, then fine-tunes everything from there at a tenth of the rate.

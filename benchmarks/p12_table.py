@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from protocol import BUDGET, MODELS, ROOT, weights_digest
+from protocol import BUDGET, MODELS, ROOT
 
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.training import binary_metrics, load_cohort
@@ -73,6 +73,15 @@ def plateau_auprc(run_dir: Path) -> float:
     return float(np.mean([row["validation_auprc"] for row in kept_validations(run_dir)[-PLATEAU:]]))
 
 
+def started_from(run_dir: Path) -> dict:
+    """The weights a run started from (`--init_from`), as it recorded them when it began (`run_info.json`; a
+    resumption under others is refused): `init_weights`, their hash's first 12 digits. LP-FT's first stage, its probe,
+    read the base; its second read the probe. Empty for a run from scratch."""
+    first_stage = run_dir / "probe" if (run_dir / "probe" / "run_info.json").exists() else run_dir
+    recorded = json.loads((first_stage / "run_info.json").read_text())["config"].get("init_from_weights") or {}
+    return {"init_weights": recorded["model.safetensors"][:12]} if "model.safetensors" in recorded else {}
+
+
 def probe_seconds(run_dir: Path) -> float:
     """The training time of LP-FT's first stage (`probe/`), which the fine-tuning stage's report leaves out; 0 for
     any other run."""
@@ -89,9 +98,7 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
     device = (f"{distributed['device_name']} x{distributed['num_processes']}, "
               f"precision {distributed['mixed_precision']}")
     kept = kept_validations(output_dir)[-1]
-    started_from = ({"init_weights": weights_digest(flags[flags.index("--init_from") + 1])}
-                    if "--init_from" in flags else {})
-    return {"protocol": protocol, "seed": seed, **started_from,
+    return {"protocol": protocol, "seed": seed, **started_from(output_dir),
             **{metric: report["test"][metric]["value"] for metric in METRICS},
             "validation_auroc": kept["validation_auroc"], "validation_auprc": kept["validation_auprc"],
             "validation_auprc_plateau": plateau_auprc(output_dir),

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
+from medfuse_hf.training.checkpointing import recorded_settings
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.runs import ResultRows
 
@@ -49,25 +50,28 @@ def test_only_missing_cells_run_and_every_finished_cell_is_saved(p12_table, tmp_
     assert len(saved) == 4 and saved[0]["auprc"] == 0.5  # the earlier row is kept, not rerun
 
 
-def test_a_fine_tuning_row_names_the_weights_it_started_from(p12_table, tmp_path, monkeypatch):
-    """A base moves when it is released: its fine-tunings' rows say which weights they started from, by hash."""
+def test_a_fine_tuning_row_names_the_weights_it_started_from_as_the_run_recorded_them(p12_table, tmp_path):
+    """A base moves when it is released, and may be pretrained again in place: a row names the weights its run read,
+    by hash. LP-FT's second stage starts from its probe, whose own run read the base."""
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "model.safetensors").write_bytes(b"a base")
-    report = {"test": {metric: {"value": 0.5} for metric in p12_table.METRICS}, "epochs": 3,
-              "best_validation": {"epoch": 2}, "train_seconds": 10.0, "test_patients": 4, "git": {"commit": "abc"}}
-    monkeypatch.setattr(p12_table, "run_finetune", lambda flags, output_dir, launcher: report)
-    monkeypatch.setattr(p12_table, "kept_validations",
-                        lambda run_dir: [{"validation_auroc": 0.8, "validation_auprc": 0.4}])
-    monkeypatch.setattr(p12_table, "plateau_auprc", lambda run_dir: 0.4)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "run_info.json").write_text(json.dumps(
-        {"distributed": {"device_name": "cpu", "num_processes": 1, "mixed_precision": "no"}}))
-    args = argparse.Namespace(data_dir=tmp_path, launcher="python")
-    started = p12_table.finetune_row(["--init_from", str(tmp_path / "base")], "seft-split", 0, tmp_path / "run", args)
-    assert started["init_weights"] == p12_table.weights_digest(tmp_path / "base")
-    (tmp_path / "base" / "model.safetensors").write_bytes(b"the base pretrained again")
-    assert p12_table.weights_digest(tmp_path / "base") != started["init_weights"]
-    assert "init_weights" not in p12_table.finetune_row([], "seft-split", 0, tmp_path / "run", args)
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"the base's weights")
+    digest = load_script("benchmarks/protocol.py").weights_digest(tmp_path / "base")
+
+    def run_info(run_dir: Path, init_from: Path | None) -> None:
+        run_dir.mkdir(parents=True)
+        settings = recorded_settings(argparse.Namespace(init_from=init_from and str(init_from), seed=0))
+        (run_dir / "run_info.json").write_text(json.dumps({"config": settings}))
+
+    run_info(tmp_path / "full", tmp_path / "base")
+    run_info(tmp_path / "lp-ft", tmp_path / "lp-ft" / "probe" / "model")
+    run_info(tmp_path / "lp-ft" / "probe", tmp_path / "base")
+    (tmp_path / "lp-ft" / "probe" / "model").mkdir()
+    (tmp_path / "lp-ft" / "probe" / "model" / "model.safetensors").write_bytes(b"the probe's weights")
+    run_info(tmp_path / "scratch", None)
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"pretrained again in place")  # after the runs began
+    assert p12_table.started_from(tmp_path / "full") == {"init_weights": digest}
+    assert p12_table.started_from(tmp_path / "lp-ft") == {"init_weights": digest}
+    assert p12_table.started_from(tmp_path / "scratch") == {}
 
 
 def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
