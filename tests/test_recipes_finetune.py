@@ -136,6 +136,7 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     assert result["best_validation"] == {"auprc": best["validation_auprc"], "epoch": best["epoch"] + 1}
     run_info = json.loads((output_dir / "run_info.json").read_text())
     assert run_info["config"]["seed"] == 0 and run_info["versions"]["torch"] and "commit" in run_info["git"]
+    assert torch.backends.cpu.get_cpu_capability() in run_info["processor"]  # what a seeded run's figures depend on
     from transformers import AutoModelForSequenceClassification
 
     import medfuse_hf  # noqa: F401  (registers the Auto classes)

@@ -46,6 +46,18 @@ def device_name(device: torch.device) -> str:
     return f"{device.type}: {torch.get_num_threads()} threads ({platform.machine()})"
 
 
+def processor_name() -> str:
+    """The CPU's model and the vector instructions torch's kernels use on it, e.g. 'AMD EPYC (AVX512)': the same
+    seeded run can end in other figures on another CPU (its float kernels differ), so a figure that does not repeat is
+    first checked against this."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next((line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), model)
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> dict:
     info = {
         "config": config,
@@ -60,6 +72,7 @@ def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> 
             "distributed_type": str(accelerator.distributed_type),
         },
         "platform": platform.platform(),
+        "processor": processor_name(),
     }
     if accelerator.is_main_process:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
