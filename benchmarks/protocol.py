@@ -2,8 +2,9 @@
 budget of the P12 table, the small-cohort fine-tuning that the label-efficiency and transfer experiments add to it,
 and the pretraining budget. A benchmark imports these, never another benchmark's constants."""
 
-import hashlib
 from pathlib import Path
+
+from medfuse_hf.integrity import sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,4 +48,4 @@ PRETRAIN = ["--time_embedding", "cve", "--batch_size", "64", "--learning_rate", 
 def weights_digest(model_dir: str | Path) -> str:
     """A model folder's weights named by their hash: what a row or a cached representation was computed from, which a
     path cannot say (a base is released elsewhere, or pretrained again in place)."""
-    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    return sha256_of(Path(model_dir) / "model.safetensors")[:12]

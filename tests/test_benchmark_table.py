@@ -58,15 +58,15 @@ def test_a_fine_tuning_row_names_the_weights_it_started_from_as_the_run_recorded
     digest = load_script("benchmarks/protocol.py").weights_digest(tmp_path / "base")
 
     def run_info(run_dir: Path, init_from: Path | None) -> None:
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         settings = recorded_settings(argparse.Namespace(init_from=init_from and str(init_from), seed=0))
         (run_dir / "run_info.json").write_text(json.dumps({"config": settings}))
 
     run_info(tmp_path / "full", tmp_path / "base")
-    run_info(tmp_path / "lp-ft", tmp_path / "lp-ft" / "probe" / "model")
-    run_info(tmp_path / "lp-ft" / "probe", tmp_path / "base")
+    run_info(tmp_path / "lp-ft" / "probe", tmp_path / "base")  # the probe first, then everything from its model
     (tmp_path / "lp-ft" / "probe" / "model").mkdir()
     (tmp_path / "lp-ft" / "probe" / "model" / "model.safetensors").write_bytes(b"the probe's weights")
+    run_info(tmp_path / "lp-ft", tmp_path / "lp-ft" / "probe" / "model")
     run_info(tmp_path / "scratch", None)
     (tmp_path / "base" / "model.safetensors").write_bytes(b"pretrained again in place")  # after the runs began
     assert p12_table.started_from(tmp_path / "full") == {"init_weights": digest}
