@@ -23,7 +23,7 @@ export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| datasets', datasets.__version__)"
 } | tee "$out/summary.txt"
 
-timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.txt"
+timeout 180 python3 -m pytest -q -p no:cacheprovider -n 0 tests/test_cuda.py 2>&1 | tee "$out/test_cuda.txt"
 
 for precision in no bf16 fp16; do
   timeout 330 python3 benchmarks/p12_table.py --data_dir "$data_dir" --models medfuse_round_two --protocols seft-split \

@@ -2,7 +2,9 @@
 exported feature-embedding checkpoint."""
 
 import importlib.util
+import os
 import platform
+import runpy
 import sys
 import tomllib
 from importlib.metadata import version
@@ -26,12 +28,23 @@ from medfuse_hf.synthetic import make_sodium_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 
+SUBPROCESS_SITE = ROOT / "tests" / "subprocess_site"
+
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """The releases this run tested, at the end of its log: CI installs the newest, so the log says which passed."""
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     tested = ", ".join(f"{Requirement(text).name} {version(Requirement(text).name)}" for text in dependencies)
     terminalreporter.write_line(f"stack tested: Python {platform.python_version()}, {tested}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`--numprocesses auto` (pyproject.toml's addopts): a worker per core this process may use, at most four. Most
+    of the suite's time is recipes run as one-thread subprocesses, so a second core halves it; past four, each
+    worker's own torch (about a GB) costs more than sharing out the few long tests left saves."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cores)
 
 
 def load_script(relative_path: str) -> ModuleType:
@@ -44,6 +57,16 @@ def load_script(relative_path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def short_sleeps_where_a_stream_ends():
+    """Every process a test starts, and this one, runs `subprocess_site/sitecustomize.py` (see why there). Set per
+    session, not at import, so that pytest's own worker processes do not import `datasets` before their plugins."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(SUBPROCESS_SITE), os.environ.get("PYTHONPATH")))))
+        runpy.run_path(str(SUBPROCESS_SITE / "sitecustomize.py"))
+        yield
 
 
 @pytest.fixture(params=get_args(MedFuseConfig.__annotations__["fusion"]))

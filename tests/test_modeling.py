@@ -413,7 +413,7 @@ def test_u_shaped_sodium_risk_is_learnable(tokenizer, cohort, tiny_config):
     batch, labels = encode(tokenizer, cohort), torch.tensor([patient["label"] for patient in cohort])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(150):  # seeds 0-2 reach a training AUROC of 0.99 by then
         rows = torch.randint(0, len(cohort), (64,), generator=generator)
         loss = model(**{key: value[rows] for key, value in batch.items()}, labels=labels[rows]).loss
         optimizer.zero_grad()

@@ -459,22 +459,22 @@ def test_a_run_stopped_mid_epoch_resumes_its_weight_average_too(tmp_path):
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
 
 
-def test_a_run_is_compared_with_trees_on_its_own_test_patients(tmp_path):
-    run(TINY + ["--num_epochs", "1", "--output_dir", str(tmp_path)])
+def test_a_run_is_compared_with_trees_on_its_own_test_patients(single_process_run, tmp_path):
+    run_dir = Path(shutil.copytree(single_process_run, tmp_path / "run"))  # its folder and card gain a comparison
     compare = ROOT / "recipes" / "compare_with_trees.py"
-    run(["--run_dir", str(tmp_path), "--bootstrap_resamples", "50"], recipe=compare)
-    assert set(json.loads((tmp_path / "comparison_with_trees.json").read_text())["trees"]) == {"gbm"}
+    run(["--run_dir", str(run_dir), "--bootstrap_resamples", "50"], recipe=compare)
+    assert set(json.loads((run_dir / "comparison_with_trees.json").read_text())["trees"]) == {"gbm"}
     # again, with a frozen checkpoint's representation as extra columns: the second comparison replaces the first
-    run(["--run_dir", str(tmp_path), "--bootstrap_resamples", "50", "--with_representation_of",
-         str(tmp_path / "model")], recipe=compare)
-    result = json.loads((tmp_path / "comparison_with_trees.json").read_text())
-    assert result["test_patients"] == json.loads((tmp_path / "test_metrics.json").read_text())["test_patients"]
+    run(["--run_dir", str(run_dir), "--bootstrap_resamples", "50", "--with_representation_of",
+         str(run_dir / "model")], recipe=compare)
+    result = json.loads((run_dir / "comparison_with_trees.json").read_text())
+    assert result["test_patients"] == json.loads((run_dir / "test_metrics.json").read_text())["test_patients"]
     assert set(result["trees"]) == {"gbm", "gbm_with_representation"}
     for tree, metric in product(result["trees"].values(), ("auroc", "auprc")):
         gap = tree["medfuse_minus"][metric]
         assert gap["value"] == pytest.approx(result["medfuse"][metric] - tree[metric])
         assert gap["low"] <= gap["value"] <= gap["high"]
-    card = (tmp_path / "model" / "README.md").read_text()
+    card = (run_dir / "model" / "README.md").read_text()
     assert card.count("## Compared with trees on this cohort") == 1
     assert "| MedFuse − GBM on summaries |" in card and "| MedFuse − GBM on summaries + representation |" in card
 
