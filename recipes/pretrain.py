@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, send_to_device
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
@@ -66,23 +66,23 @@ def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, rn
 
 @torch.no_grad()
 def validation_loss(model, loader: DataLoader, collate, seed: int, accelerator: Accelerator) -> float:
-    """The objective's MSE over the held-out patients, per target, with the same draws at every call. The main
-    process reads them all, in order, and tells the others: split across processes, Accelerate would repeat
-    patients to even out the last batch and each process would draw its own cut-offs, so the loss (and when
-    `--patience` stops) would depend on how many processes there are."""
-    loss = torch.zeros(1, device=accelerator.device)
-    if accelerator.is_main_process:
-        collate.rng.seed(seed)
-        unwrapped = accelerator.unwrap_model(model).eval()  # keeps mixed precision's autocast
-        total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-        for batch in loader:
-            batch = send_to_device(batch, accelerator.device)
-            targets = batch["forecast_mask"] if "forecast_mask" in batch else batch["value_mask"]
-            total += unwrapped(**batch).loss.float() * targets.sum()
-            count += targets.sum()
-        unwrapped.train()
-        loss[0] = total / count.clamp(min=1)
-    return broadcast(loss).item()
+    """The objective's MSE over the held-out patients, per target, with the same draws at every call and under any
+    number of processes. Every process collates every batch, in order, so that each batch's cut-offs are those one
+    process draws (collating is cheap), and runs the model on every N-th batch; the sums are then added across
+    processes. Accelerate's own split would repeat patients to even out the last batch and draw each process's
+    cut-offs apart, so the loss, and when `--patience` stops, would depend on how many processes there are."""
+    collate.rng.seed(seed)
+    unwrapped = accelerator.unwrap_model(model).eval()  # keeps mixed precision's autocast
+    sums = torch.zeros(2, device=accelerator.device)  # the loss summed over targets, and the number of targets
+    for index, batch in enumerate(loader):
+        if index % accelerator.num_processes != accelerator.process_index:
+            continue
+        batch = send_to_device(batch, accelerator.device)
+        targets = (batch["forecast_mask"] if "forecast_mask" in batch else batch["value_mask"]).sum()
+        sums += torch.stack([unwrapped(**batch).loss.float() * targets, targets.float()])
+    unwrapped.train()
+    total, count = accelerator.reduce(sums, "sum")
+    return (total / count.clamp(min=1)).item()
 
 
 def training_function(args: argparse.Namespace) -> dict:

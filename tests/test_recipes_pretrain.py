@@ -396,9 +396,9 @@ def test_a_pass_cut_short_by_the_step_limit_is_validated_and_may_be_kept(tmp_pat
 
 def test_two_processes_measure_the_held_out_loss_of_a_streamed_base_as_one_does(tmp_path):
     """Under two ranks the run validates each pass and keeps the lowest, as one process does, and its held-out loss is
-    the one a single process computes for the same weights: 25 patients in batches of 16 leave a last batch that two
-    ranks could only split by repeating a patient. The stream, batched by length, is read by one rank and its
-    batches dispatched."""
+    the one a single process computes for the same weights, though each rank scores every other batch: 25 patients
+    in batches of 16 leave a last batch that an even split could only fill by repeating a patient. The training
+    stream, batched by length, is read by one rank and its batches dispatched."""
     write_shards(tmp_path, 1, patients=64, events=20)
     (tmp_path / "validation").mkdir()
     held_out = write_shards(tmp_path / "validation", 1, patients=25, events=20, seed=1, id_prefix="held-out-")
