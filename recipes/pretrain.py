@@ -70,19 +70,24 @@ def validation_loss(model, loader: DataLoader, collate, seed: int, accelerator: 
     number of processes. Every process collates every batch, in order, so that each batch's cut-offs are those one
     process draws (collating is cheap), and runs the model on every N-th batch; the sums are then added across
     processes. Accelerate's own split would repeat patients to even out the last batch and draw each process's
-    cut-offs apart, so the loss, and when `--patience` stops, would depend on how many processes there are."""
+    cut-offs apart, so the loss, and when `--patience` stops, would depend on how many processes there are.
+    The unwrapped forward needs no other process under DDP; a sharded model (FSDP, ZeRO-3) would, and the
+    recipes do not shard: MedFuse fits on every device whole."""
     collate.rng.seed(seed)
     unwrapped = accelerator.unwrap_model(model).eval()  # keeps mixed precision's autocast
-    sums = torch.zeros(2, device=accelerator.device)  # the loss summed over targets, and the number of targets
+    # the loss summed over targets, and the targets counted exactly (a float32 count is exact to 2^24 only)
+    sums = {"loss": torch.zeros((), device=accelerator.device),
+            "targets": torch.zeros((), dtype=torch.long, device=accelerator.device)}
     for index, batch in enumerate(loader):
         if index % accelerator.num_processes != accelerator.process_index:
             continue
         batch = send_to_device(batch, accelerator.device)
         targets = (batch["forecast_mask"] if "forecast_mask" in batch else batch["value_mask"]).sum()
-        sums += torch.stack([unwrapped(**batch).loss.float() * targets, targets.float()])
+        sums["loss"] += unwrapped(**batch).loss.float() * targets
+        sums["targets"] += targets.long()  # forecasting's mask is of 0.0 and 1.0, masked values' of booleans
     unwrapped.train()
-    total, count = accelerator.reduce(sums, "sum")
-    return (total / count.clamp(min=1)).item()
+    sums = accelerator.reduce(sums, "sum")
+    return (sums["loss"] / sums["targets"].clamp(min=1)).item()
 
 
 def training_function(args: argparse.Namespace) -> dict:

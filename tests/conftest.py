@@ -39,10 +39,12 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_xdist_auto_num_workers(config) -> int:
+def pytest_xdist_auto_num_workers(config) -> int | None:
     """`--numprocesses auto` (pyproject.toml's addopts): a worker per core this process may use, at most four. Most
     of the suite's time is recipes run as one-thread subprocesses, so a second core halves it; past four, each
     worker's own torch (about a GB) costs more than sharing out the few long tests left saves."""
+    if "PYTEST_XDIST_AUTO_NUM_WORKERS" in os.environ:
+        return None  # xdist's own setting: it reads it
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, cores)
 
