@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from sklearn.metrics import roc_auc_score
 from test_recipes_finetune import free_port
 
@@ -19,6 +20,7 @@ from medfuse_hf.training import (
     binary_metrics,
     bootstrap_intervals,
     load_checkpoint,
+    loop,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -196,6 +198,20 @@ def test_end_training_refuses_to_destroy_the_group_while_a_ddp_model_is_still_re
     assert result.returncode == 0, result.stderr[-2000:]
     assert "refused: end_training: 1 DistributedDataParallel model(s) still referenced" in result.stdout
     assert "group kept: True" in result.stdout and "group destroyed: True" in result.stdout
+
+
+def test_a_sharded_launch_is_refused_before_the_run_starts(tmp_path, monkeypatch):
+    """FSDP or DeepSpeed would hang the recipes' validation, which only some processes make, so `accelerate launch
+    --use_fsdp` must stop at once with what to launch instead, before a run folder is written."""
+    class ShardingAccelerator(Accelerator):  # what `accelerate launch --use_fsdp` gives each process
+        distributed_type = DistributedType.FSDP
+
+    monkeypatch.setattr(loop, "Accelerator", ShardingAccelerator)
+    args = argparse.Namespace(output_dir=str(tmp_path / "run"), resume_from_checkpoint=None, cpu=True,
+                              mixed_precision="no", gradient_accumulation_steps=1, seed=0)
+    with pytest.raises(SystemExit, match=r"FSDP: the recipes train a whole model on every process \(DDP"):
+        loop.start_run(args)
+    assert not (tmp_path / "run" / "run_info.json").exists()
 
 
 def test_model_flags_take_their_type_choices_and_help_from_the_config(capsys):

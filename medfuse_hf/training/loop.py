@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
@@ -60,6 +60,9 @@ class LoopState:
         return False
 
 
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
+
 def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()) -> tuple[Accelerator, dict]:
     """The Accelerator a recipe trains under, seeded, with its JSON-lines tracker and the run's record written.
     Each global batch is split across processes, so the optimisation is the same for any process count. A run
@@ -71,6 +74,10 @@ def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with=[JSONLinesTracker("logs", output_dir)], project_dir=str(output_dir))
+    if accelerator.distributed_type in SHARDED:
+        raise SystemExit(f"{accelerator.distributed_type.value}: the recipes train a whole model on every process "
+                         "(DDP: `accelerate launch --multi_gpu`). MedFuse fits on any device, and a sharded model "
+                         "would need every process in forwards that only some make (validation, saving), and hang.")
     set_seed(args.seed)
     run_info = write_run_info(output_dir, recorded_settings(args), accelerator)
     accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
