@@ -64,11 +64,11 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
 # Session 20: capacity lost on three seeds, so the fusion ablations go on the cosine leader, the budget that won;
 # EMA last, since it changes no architecture and the ablations are what the "done when" asks for. First,
 # the leader fine-tuned from the second base (lever 5), once that base is pretrained.
+# Session 23: on the released base, LP-FT first: on its lost sibling it led, so it is the row to confirm.
 WINNER = "per_feature+quantile_values+head_dropout+event_dropout"
 LEADER = f"{WINNER}+cosine_30_epochs"
 QUEUE = ("per_feature", "reference", "quantile_values", "per_feature+quantile_values", WINNER, LEADER,
-         f"{LEADER}+two_layers_four_heads_pre_ln", f"{LEADER}+in_domain_pretraining",
-         f"{LEADER}+in_domain_lpft",
+         f"{LEADER}+two_layers_four_heads_pre_ln", f"{LEADER}+in_domain_lpft", f"{LEADER}+in_domain_pretraining",
          *(f"{LEADER}+{fusion}_fusion" for fusion in ("additive", "concat", "scane")), f"{LEADER}+ema")
 SEEDS = (0, 1, 2)
 COLUMNS = ("validation_auroc", "validation_auprc", "auroc", "auprc")
