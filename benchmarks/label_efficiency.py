@@ -283,7 +283,8 @@ def main() -> None:
     parser.add_argument("--cut_validation_fractions", type=float, nargs="*", default=[0.01, 0.05])
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="one list for every fraction (default: 10 subsets at 1 %%, 5 at 5 %%, 3 elsewhere)")
-    parser.add_argument("--model", choices=sorted(MODELS), default=FIRST_BASE_MODEL,
+    parser.add_argument("--model", default=FIRST_BASE_MODEL,  # an architecture: the arms choose where they start
+                        choices=sorted(model for model, flags in MODELS.items() if "--init_from" not in flags),
                         help="the fine-tuned arms' model and budget (benchmarks/protocol.py), to match the base's "
                              "architecture; another model is another experiment, with its own results and runs")
     parser.add_argument("--results", type=Path,

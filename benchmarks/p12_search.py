@@ -21,14 +21,13 @@ import sys
 from pathlib import Path
 
 from p12_table import PLATEAU, finetune_row, plateau_auprc, read_test_predictions
-from protocol import BUDGET, MODELS, ROOT
+from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT
 
 from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows
 
 RESULTS = ROOT / "benchmarks" / "results" / "p12_search.json"
 REFERENCE = MODELS["medfuse_cve_time"]
-SECOND_BASE = ROOT / "model_cards" / "medfuse-base" / "model"
 LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
     "attention_pooling": ["--pooling", "attention"],
     "per_feature": ["--pooling", "per_feature"],
@@ -46,10 +45,10 @@ LEVERS = {  # name: flags added to the reference (later flags win over BUDGET's)
     # recipes/configs/medfuse-base.yaml makes: round two's architecture pretrained on P19 and P12's training stays.
     # Rows name the weights they started from (`init_weights`); those of its first pretraining, lost before release,
     # are kept as `<configuration>@be31f424fcbf`.
-    "in_domain_pretraining": ["--init_from", str(SECOND_BASE)],
+    "in_domain_pretraining": ["--init_from", str(RELEASED_BASE)],
     # Its full fine-tuning peaked within a few epochs and then drifted down (session 21): LP-FT (Kumar et al., 2022)
     # fits the head on the frozen base first, then fine-tunes everything from there at a tenth of the rate.
-    "in_domain_lpft": ["--init_from", str(SECOND_BASE), "--strategy", "lp-ft"],
+    "in_domain_lpft": ["--init_from", str(RELEASED_BASE), "--strategy", "lp-ft"],
     # The paper's ablations of MuFuse, to be run under the winning configuration: does its claim hold at convergence?
     "additive_fusion": ["--fusion", "additive"],
     "concat_fusion": ["--fusion", "concat"],

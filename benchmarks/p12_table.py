@@ -141,6 +141,26 @@ def run_baseline(model: str, protocol: str, seed: int, args: argparse.Namespace)
             "device": "CPU, scikit-learn", "test_patients": len(test_ids), "git": git_commit()["commit"]}
 
 
+def restore_baseline_predictions(rows: list[dict], cells: list[dict], args: argparse.Namespace) -> None:
+    """Fit again each finished baseline cell among `cells` whose test predictions are not on this machine (a fresh
+    clone, a wiped machine), a few minutes each, so that the paired gaps can be computed. The fit is seeded, so it
+    must reproduce the recorded figures; if it does not, the code or data changed since the row, and it is an error
+    rather than a gap computed against other predictions."""
+    for row in rows:
+        cell = {"model": row["model"], "protocol": row["protocol"], "seed": row["seed"]}
+        run_dir = args.output_dir / f"{row['protocol']}-{row['model']}-seed{row['seed']}"
+        if cell not in cells or row["model"] not in BASELINES or (run_dir / "test_predictions.csv").exists():
+            continue
+        refitted = run_baseline(row["model"], row["protocol"], row["seed"], args)
+        differ = [metric for metric in METRICS if not np.isclose(refitted[metric], row[metric], rtol=0, atol=1e-12)]
+        if differ:
+            (run_dir / "test_predictions.csv").unlink()
+            raise SystemExit(f"{run_dir.name}: fitted again, its test {differ} are "
+                             f"{[refitted[metric] for metric in differ]}, recorded {[row[m] for m in differ]} "
+                             f"(at {row['git'][:8]}): the code or data changed since; rerun the cell")
+        print(f"{run_dir.name}: fitted again for its test predictions, figures as recorded", flush=True)
+
+
 def summarise(rows: list[dict]) -> str:
     """Mean ± sample std of each metric per (protocol, model), as a Markdown table."""
     lines = ["| protocol | model | seeds | AUROC | AUPRC | accuracy | epochs | train s/run |",
@@ -223,8 +243,9 @@ def main() -> None:
 
     results = ResultRows(args.results, key=("model", "protocol", "seed"))
     if not args.summary_only:
-        cells = ({"model": model, "protocol": protocol, "seed": seed} for seed in args.seeds
-                 for protocol in args.protocols for model in PROTOCOL_MODELS[protocol] if model in args.models)
+        cells = [{"model": model, "protocol": protocol, "seed": seed} for seed in args.seeds
+                 for protocol in args.protocols for model in PROTOCOL_MODELS[protocol] if model in args.models]
+        restore_baseline_predictions(results.rows, cells, args)
         results.fill(cells, lambda cell: run_cell(cell["model"], cell["protocol"], cell["seed"], args),
                      lambda row: f"{row['protocol']} {row['model']} seed {row['seed']}: "
                      + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS)

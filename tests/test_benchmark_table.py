@@ -74,6 +74,36 @@ def test_a_fine_tuning_row_names_the_weights_it_started_from_as_the_run_recorded
     assert p12_table.started_from(tmp_path / "scratch") == {}
 
 
+def test_a_baseline_whose_predictions_are_gone_is_fitted_again_and_must_reproduce_its_row(p12_table, tmp_path,
+                                                                                           monkeypatch):
+    """A wiped machine keeps the rows but not the GBM's predictions, which the paired gaps need: the seeded fit is
+    run again and kept only if it gives the recorded figures, never paired as if it were the recorded run."""
+    refits = []
+
+    def refit(model, protocol, seed, args):
+        refits.append(seed)
+        run_dir = args.output_dir / f"{protocol}-{model}-seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "test_predictions.csv").write_text("record_id,label,score\n1,1,0.9\n")
+        return row(model, protocol, seed, 0.5 if seed < 2 else 0.49)  # seed 2: the code changed since its row
+
+    monkeypatch.setattr(p12_table, "run_baseline", refit)
+    args = argparse.Namespace(output_dir=tmp_path)
+    rows = [row("gbm_summary", "seft-split", seed, 0.5) for seed in range(3)] + [row("medfuse", "seft-split", 0, 0.5)]
+    (tmp_path / "seft-split-gbm_summary-seed1").mkdir()
+    (tmp_path / "seft-split-gbm_summary-seed1" / "test_predictions.csv").write_text("kept")
+    cells = [{"model": model, "protocol": "seft-split", "seed": seed} for model in ("gbm_summary", "medfuse")
+             for seed in (0, 1)]
+    p12_table.restore_baseline_predictions(rows, cells, args)
+    assert refits == [0]  # seed 1's predictions are here; seed 2 was not asked for; MedFuse is never refitted
+    assert (tmp_path / "seft-split-gbm_summary-seed1" / "test_predictions.csv").read_text() == "kept"
+    with pytest.raises(SystemExit, match=r"seft-split-gbm_summary-seed2: fitted again, its test \['auprc'\] are "
+                                         r"\[0.49\], recorded \[0.5\] \(at abc\)"):
+        p12_table.restore_baseline_predictions(rows, [{"model": "gbm_summary", "protocol": "seft-split", "seed": 2}],
+                                               args)
+    assert not (tmp_path / "seft-split-gbm_summary-seed2" / "test_predictions.csv").exists()
+
+
 def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
     rows = [row("medfuse", "seft-split", seed, auprc) for seed, auprc in enumerate((0.50, 0.52, 0.54))]
     table = p12_table.summarise(rows + [row("scane", "seft-split", 0, 0.3)])

@@ -292,7 +292,8 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tmp_path, cohort, cap
 def test_a_run_resumes_only_under_the_settings_its_checkpoint_was_saved_with(tmp_path):
     """Another start or learning rate would go on from weights trained under the first (a label-efficiency rerun with
     a new base, into the old folders): refused, naming what changed, a base pretrained again in place too. Where the
-    run is kept, or how it is scored, may change, and a recipe may allow more (fine-tuning's --max_steps)."""
+    run is kept, how it is scored and where its base lies may change, and a recipe may allow more (fine-tuning's
+    --max_steps)."""
     from medfuse_hf.training.checkpointing import check_resumed_settings
     from medfuse_hf.training.loop import LoopState
 
@@ -310,6 +311,10 @@ def test_a_run_resumes_only_under_the_settings_its_checkpoint_was_saved_with(tmp
     with pytest.raises(SystemExit, match=r"step_00000005 was made under other settings.*--learning_rate was 0.001, "
                                          r"now 0.0003\. Go on with its own settings"):
         check_resumed_settings(argparse.Namespace(**{**vars(started), "learning_rate": 3e-4}))
+    moved = tmp_path / "released"
+    base.rename(moved)  # the same weights elsewhere: the same start
+    check_resumed_settings(argparse.Namespace(**{**vars(started), "init_from": str(moved)}))
+    moved.rename(base)
     (base / "model.safetensors").write_bytes(b"weights pretrained again")
     with pytest.raises(SystemExit, match=r"the weights in --init_from changed\."):
         check_resumed_settings(started)

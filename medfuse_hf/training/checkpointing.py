@@ -130,9 +130,12 @@ def check_resumed_settings(args, may_change: frozenset[str] = frozenset()) -> No
 
 def refuse_other_settings(started: dict, args, where: Path, may_change: frozenset[str] = frozenset()) -> None:
     """Refuse to go on from `where` (a checkpoint, a finished run) under `args` where they differ from the settings
-    `started` it was made with, beyond `RESUMABLE_SETTINGS` and `may_change`."""
+    `started` it was made with, beyond `RESUMABLE_SETTINGS` and `may_change`. Weights a run starts from are judged
+    by their hashes where both record them: a base or a run folder moved elsewhere is the same start."""
     now = recorded_settings(args)
-    changed = sorted(key for key in (started.keys() & now.keys()) - RESUMABLE_SETTINGS - may_change
+    moved = {key for key in STARTING_WEIGHTS
+             if started.get(f"{key}_weights") and started.get(f"{key}_weights") == now.get(f"{key}_weights")}
+    changed = sorted(key for key in (started.keys() & now.keys()) - RESUMABLE_SETTINGS - may_change - moved
                      if started[key] != now[key])
     if changed:
         said = [f"the weights in --{key.removesuffix('_weights')} changed" if key.endswith("_weights")
