@@ -68,6 +68,7 @@ P12_SEARCH = ROOT / "benchmarks" / "results" / "p12_search.json"
 ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_embeddings", "pretrained_probe", "gbm",
         "gbm_with_base")
 FROM_THE_BASE = ARMS[1:5] + ("gbm_with_base",)  # the arms started from the base: their paired gains
+BASE_FREE = tuple(arm for arm in ARMS if arm not in FROM_THE_BASE)  # scratch and the GBM: the same with any base
 # Each arm from the base against scratch and the GBM; LP-FT also against the frozen base's probe, since what
 # fine-tuning after probing adds is LP-FT's question.
 COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm")), ("pretrained_lpft", "pretrained_probe"))
@@ -167,12 +168,28 @@ def search_run(arm: str, fraction: float, seed: int, validation: str, model: str
     return {}
 
 
+def shared_run(arm: str, fraction: float, seed: int, validation: str, model: str, experiment: Path | None) -> dict:
+    """This cell from another experiment's results file, if the arm reads no base (`BASE_FREE`): scratch of the same
+    model, or the GBM, on the same subset and validation is the same command whatever the base, so a second base is
+    paired with them at no cost. Empty if there is no such row."""
+    if experiment is None or arm not in BASE_FREE:
+        return {}
+    for row in json.loads(experiment.read_text()):
+        if ((row["arm"], row["fraction"], row["seed"], row["validation"]) == (arm, fraction, seed, validation)
+                and (arm in TABLE_ARMS or row.get("model", FIRST_BASE_MODEL) == model)):
+            return {**{key: row[key] for key in ("auroc", "auprc", "train_seconds", "git", "settings") if key in row},
+                    "source": f"{experiment.name} of {experiment.parent.name}"
+                              + (f", from {row['source']}" if "source" in row else "")}
+    return {}
+
+
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
-    if arm in TABLE_ARMS:
-        figures = run_table_arm(arm, fraction, seed, validation, args)
-    elif adopted := (table_run(arm, fraction, seed, validation, args.model)
-                     or search_run(arm, fraction, seed, validation, args.model, args.base)):
+    if adopted := (shared_run(arm, fraction, seed, validation, args.model, args.base_free_rows_from)
+                   or table_run(arm, fraction, seed, validation, args.model)
+                   or search_run(arm, fraction, seed, validation, args.model, args.base)):
         figures = adopted
+    elif arm in TABLE_ARMS:
+        figures = run_table_arm(arm, fraction, seed, validation, args)
     else:
         flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split",
                  *finetune_flags(args.model),
@@ -290,6 +307,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path,
                         help="default: benchmarks/results/pretraining/[<model>/]p12_label_efficiency.json")
     parser.add_argument("--output_dir", type=Path, help="default: outputs/label-efficiency[-<model>]")
+    parser.add_argument("--base_free_rows_from", type=Path,
+                        help="another base's results file of this model: its scratch and GBM cells are taken, not "
+                             "trained again (they read no base)")
     parser.add_argument("--launcher", default=shlex.quote(sys.executable))
     parser.add_argument("--summary_only", action="store_true", help="train nothing: summarise the finished cells")
     args = parser.parse_args()

@@ -1,6 +1,8 @@
 """Write a self-supervised pretraining corpus as Parquet shards, events only, no labels: the public corpus (every
-PhysioNet 2019 patient, both hospital systems, whole stays, and the stays of PhysioNet 2012's SeFT training split),
-or a hospital's own long-format export (`--dataset long-format`), read in bounded memory however large it is.
+PhysioNet 2019 patient, both hospital systems, whole stays, and the stays of PhysioNet 2012's SeFT training split,
+unless `--p12_dir` is left out), or a hospital's own long-format export (`--dataset long-format`), read in bounded
+memory however large it is. Without P12, a base pretrained on the corpus never saw a P12 stay: the setting of a
+hospital that downloads a base pretrained elsewhere.
 
 P12's validation and test stays are left out, and checked absent, so that a model pretrained on the corpus is
 fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
@@ -11,6 +13,7 @@ its objective's loss on them each epoch, and with `--patience` stops once that l
 
     python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 \
         --p12_dir ../shared/data/physionet2012 --output_dir outputs/pretraining-corpus
+    python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 --output_dir outputs/corpus-p19
     python recipes/make_pretraining_corpus.py --dataset long-format --events export/*.csv \
         --feature_map items.csv --data_description "ICU stays of St Elsewhere, 2015-2024" --output_dir outputs/corpus
     accelerate launch recipes/pretrain.py --parquet_shards "outputs/pretraining-corpus/*.parquet" \
@@ -38,7 +41,8 @@ from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
 from medfuse_hf.training.recipe_config import add_long_format_arguments
 
-DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B) and the PhysioNet 2012 SeFT training split"
+DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
+WITH_P12 = " and the PhysioNet 2012 SeFT training split"
 
 
 def export_sources(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
@@ -48,9 +52,11 @@ def export_sources(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
     return {args.source_name: events_only(patients, args.source_name, "patient_id")}
 
 
-def corpus_sources(p19_dir: str, p12_dir: str) -> tuple[dict[str, datasets.Dataset], set[str]]:
+def corpus_sources(p19_dir: str, p12_dir: str | None) -> tuple[dict[str, datasets.Dataset], set[str]]:
     """The corpus' sources, and the ids of the P12 stays that must stay out of it (its validation and test)."""
     p19 = load_p19_task(Path(p19_dir), "whole-stay", hospital=None)  # every patient, no split needed
+    if p12_dir is None:
+        return {"p19": events_only(p19, "p19", "patient_id")}, set()
     p12 = load_cohort("p12", p12_dir, "seft-split")
     split = seft_split(Path(p12_dir) / "splits_seft")  # every listed stay, loaded or not
     held_out = {f"p12:{record}" for name in ("validation", "test") for record in split[name]}
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=("public", "long-format"), default="public",
                         help="P19 and P12's training split, or a hospital's long-format export (--events ...)")
     parser.add_argument("--p19_dir", help="public: holds training_setA/B (.zip or folders)")
-    parser.add_argument("--p12_dir", help="public: holds set-a/b/c, the Outcomes files and splits_seft/")
+    parser.add_argument("--p12_dir", help="public: holds set-a/b/c, the Outcomes files and splits_seft/; without "
+                                          "it, the corpus is P19 alone")
     parser.add_argument("--output_dir", default="outputs/pretraining-corpus")
     parser.add_argument("--patients_per_shard", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
@@ -125,11 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
         description, extra = args.data_description, {}
     else:
-        if not args.p19_dir or not args.p12_dir:
-            parser.error("the public corpus needs --p19_dir and --p12_dir")
+        if not args.p19_dir:
+            parser.error("the public corpus needs --p19_dir (and --p12_dir for P12's training stays)")
         sources, held_out = corpus_sources(args.p19_dir, args.p12_dir)
-        terms, description = {"p19": P19_TERMS, "p12": P12_TERMS}, DESCRIPTION
-        extra = {"p12_validation_and_test_stays_excluded": len(held_out)}
+        terms = {"p19": P19_TERMS, "p12": P12_TERMS}
+        description = DESCRIPTION + (WITH_P12 if args.p12_dir else "")
+        extra = {"p12_validation_and_test_stays_excluded": len(held_out)} if args.p12_dir else {}
     for folder in (output_dir, output_dir / VALIDATION_FOLDER):  # both checked before either is written
         refuse_written_shards(folder)
     corpus = shuffled_corpus(sources, seed=args.seed)

@@ -228,6 +228,28 @@ def test_label_efficiency_takes_the_bases_fine_tunings_on_every_stay_from_the_se
         assert label_efficiency.search_run(*other, tmp_path / "released", ledger) == {}  # trained as usual
 
 
+def test_label_efficiency_pairs_a_second_base_with_the_scratch_and_gbm_cells_another_base_already_has(tmp_path):
+    """Scratch and the GBM read no base: the same cells of another base's experiment are taken, with their source,
+    and only for the same model where a model is trained; cells from a base are never taken."""
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    experiment = tmp_path / "medfuse_round_two" / "p12_label_efficiency.json"
+    experiment.parent.mkdir()
+    cell = {"fraction": 0.01, "seed": 3, "validation": "full", "model": "medfuse_round_two", "auroc": 0.7,
+            "train_seconds": 100.0, "git": "abc"}
+    experiment.write_text(json.dumps([{**cell, "arm": "scratch", "auprc": 0.30},
+                                      {**cell, "arm": "gbm", "auprc": 0.31, "settings": {"max_leaf_nodes": 7}},
+                                      {**cell, "arm": "pretrained_lpft", "auprc": 0.42, "base": "0123456789ab"}]))
+    scratch = label_efficiency.shared_run("scratch", 0.01, 3, "full", "medfuse_round_two", experiment)
+    assert scratch["auprc"] == 0.30 and scratch["source"] == "p12_label_efficiency.json of medfuse_round_two"
+    gbm = label_efficiency.shared_run("gbm", 0.01, 3, "full", "medfuse_cve_time", experiment)  # it trains no model
+    assert (gbm["auprc"], gbm["settings"]) == (0.31, {"max_leaf_nodes": 7})
+    for other in (("scratch", 0.01, 3, "full", "medfuse_cve_time"), ("scratch", 0.01, 4, "full", "medfuse_round_two"),
+                  ("scratch", 0.01, 3, "cut", "medfuse_round_two"),
+                  ("pretrained_lpft", 0.01, 3, "full", "medfuse_round_two")):
+        assert label_efficiency.shared_run(*other, experiment) == {}  # trained as usual
+    assert label_efficiency.shared_run("scratch", 0.01, 3, "full", "medfuse_round_two", None) == {}
+
+
 def test_label_efficiency_draws_more_subsets_where_one_subset_moves_the_result_most():
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     args = argparse.Namespace(fractions=[1.0, 0.05, 0.01, 0.1], cut_validation_fractions=[0.01], seeds=None,

@@ -65,6 +65,14 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     with pytest.raises(SystemExit, match="needs --data_description"):  # shards of no known corpus
         streamed_cohort(Namespace(data_description=None), [str(tmp_path / "elsewhere" / "shard.parquet")])
 
+    # without --p12_dir, P19 alone: a base that never saw a P12 stay, as one downloaded from elsewhere would be
+    recipe.main(["--p19_dir", str(p19), "--output_dir", str(tmp_path / "p19-only")])
+    alone = json.loads((tmp_path / "p19-only" / "corpus.json").read_text())
+    assert list(alone["sources"]) == ["p19"] and alone["sources"]["p19"]["patients"] == 3
+    assert "2012" not in alone["description"] and "p12_validation_and_test_stays_excluded" not in alone
+    assert "Open Data Commons" not in streamed_cohort(
+        Namespace(data_description=None), [str(path) for path in (tmp_path / "p19-only").glob("*.parquet")]).license
+
 
 def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypatch):
     """`--dataset long-format`: the export's patients, each in exactly one shard, with the events the loader kept
