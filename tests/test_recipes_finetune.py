@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,9 +39,17 @@ TINY = [
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port from this pytest-xdist worker's own 500, below Linux's ephemeral range: a port the OS hands out
+    (bind to 0) is free again once probed, and another worker could be handed it before the launcher binds it."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % 24
+    for port in random.sample(range(20000 + 500 * worker, 20500 + 500 * worker), 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000 + 500 x {worker} onwards")
 
 
 def kill_ranks_of(output_dir: str, sig: signal.Signals = signal.SIGKILL) -> None:
