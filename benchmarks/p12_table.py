@@ -43,12 +43,17 @@ COMPARISONS = ([("medfuse", other) for other in MODELS if other != "medfuse"] + 
 METRICS = ("auroc", "auprc", "accuracy")
 
 
+def run_folder(output_dir: Path, protocol: str, model: str, seed: int) -> Path:
+    """Where a cell's run (or a baseline's test predictions) is kept."""
+    return output_dir / f"{protocol}-{model}-seed{seed}"
+
+
 def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:
     if model in BASELINES:
         return run_baseline(model, protocol, seed, args)
     flags = [*BUDGET, *MODELS[model], *shlex.split(args.extra_args)]
     return {"model": model,
-            **finetune_row(flags, protocol, seed, args.output_dir / f"{protocol}-{model}-seed{seed}", args)}
+            **finetune_row(flags, protocol, seed, run_folder(args.output_dir, protocol, model, seed), args)}
 
 
 PLATEAU = 5  # validations averaged up to the kept epoch, in `plateau_auprc`
@@ -127,7 +132,7 @@ def run_baseline(model: str, protocol: str, seed: int, args: argparse.Namespace)
     fit = SUMMARY_BASELINES[model]((tables["train"], labels["train"]), (tables["validation"], labels["validation"]),
                                    tables["test"], seed)
     seconds = time.perf_counter() - started
-    output_dir = args.output_dir / f"{protocol}-{model}-seed{seed}"
+    output_dir = run_folder(args.output_dir, protocol, model, seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"record_id": test_ids, "label": labels["test"], "score": fit.test_scores}).to_csv(
         output_dir / "test_predictions.csv", index=False)
@@ -148,7 +153,7 @@ def restore_baseline_predictions(rows: list[dict], cells: list[dict], args: argp
     rather than a gap computed against other predictions."""
     for row in rows:
         cell = {"model": row["model"], "protocol": row["protocol"], "seed": row["seed"]}
-        run_dir = args.output_dir / f"{row['protocol']}-{row['model']}-seed{row['seed']}"
+        run_dir = run_folder(args.output_dir, row["protocol"], row["model"], row["seed"])
         if cell not in cells or row["model"] not in BASELINES or (run_dir / "test_predictions.csv").exists():
             continue
         refitted = run_baseline(row["model"], row["protocol"], row["seed"], args)
@@ -195,7 +200,7 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
         for model, versus in COMPARISONS:
             if not {(protocol, model, seed), (protocol, versus, seed)} <= finished:
                 continue
-            runs = [output_dir / f"{protocol}-{name}-seed{seed}" for name in (model, versus)]
+            runs = [run_folder(output_dir, protocol, name, seed) for name in (model, versus)]
             if not all((run / "test_predictions.csv").exists() for run in runs):  # rows older than saved predictions
                 continue
             first, second = (read_test_predictions(run) for run in runs)
