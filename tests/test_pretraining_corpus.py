@@ -17,7 +17,8 @@ from medfuse_hf.training.cohorts import streaming_patients
 from medfuse_hf.training.pretraining import streamed_cohort
 
 
-def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_describes_itself(tmp_path, monkeypatch):
+def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_describes_itself(tmp_path, monkeypatch,
+                                                                                              capsys):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     p12, p19, corpus = tmp_path / "p12", tmp_path / "p19", tmp_path / "corpus"
     p12.mkdir()
@@ -65,6 +66,9 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
     with pytest.raises(SystemExit, match="needs --data_description"):  # shards of no known corpus
         streamed_cohort(Namespace(data_description=None), [str(tmp_path / "elsewhere" / "shard.parquet")])
 
+    with pytest.raises(SystemExit):  # P12 alone is no public corpus: the error says what is missing
+        recipe.main(["--p12_dir", str(p12), "--output_dir", str(tmp_path / "p12-only")])
+    assert "the public corpus needs --p19_dir" in capsys.readouterr().err
     # without --p12_dir, P19 alone: a base that never saw a P12 stay, as one downloaded from elsewhere would be
     recipe.main(["--p19_dir", str(p19), "--output_dir", str(tmp_path / "p19-only")])
     alone = json.loads((tmp_path / "p19-only" / "corpus.json").read_text())
