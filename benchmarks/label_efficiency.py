@@ -16,6 +16,9 @@ Arms, each on the same nested, stratified, seeded training subset (`nested_subse
 - `pretrained`: the same, started from the base model (`--init_from <base>/model`);
 - `pretrained_lpft`: the same start, fine-tuned by LP-FT (`--strategy lp-ft`): the head first on the frozen base,
   then everything from there at a tenth of the learning rate, so that few labels cannot distort the base at once;
+- `pretrained_lpft_new_features`: LP-FT whose probe also learns the rows of P12's features that the base lacks, the
+  rest of the base frozen (`--new_features learn`), where `pretrained_lpft`'s probe leaves them out. It differs only
+  for a base that lacks some of P12's features (one pretrained elsewhere), so it is not run by default;
 - `pretrained_embeddings`: the same, started from the base's feature embeddings only (`--init_embeddings_from`);
 - `pretrained_probe`: the base left frozen, a logistic regression on its pooled representation of each stay (linear
   probing: whether what the base learnt without labels carries the outcome, with nothing for 77 stays to overfit);
@@ -65,13 +68,15 @@ from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regressio
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
 P12_TABLE = ROOT / "benchmarks" / "results" / "p12_table.json"
 P12_SEARCH = ROOT / "benchmarks" / "results" / "p12_search.json"
-ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_embeddings", "pretrained_probe", "gbm",
-        "gbm_with_base")
-FROM_THE_BASE = ARMS[1:5] + ("gbm_with_base",)  # the arms started from the base: their paired gains
+ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_lpft_new_features", "pretrained_embeddings",
+        "pretrained_probe", "gbm", "gbm_with_base")
+DEFAULT_ARMS = tuple(arm for arm in ARMS if arm != "pretrained_lpft_new_features")
+FROM_THE_BASE = tuple(arm for arm in ARMS if arm.startswith("pretrained")) + ("gbm_with_base",)  # paired gains
 BASE_FREE = tuple(arm for arm in ARMS if arm not in FROM_THE_BASE)  # scratch and the GBM: the same with any base
 # Each arm from the base against scratch and the GBM; LP-FT also against the frozen base's probe, since what
-# fine-tuning after probing adds is LP-FT's question.
-COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm")), ("pretrained_lpft", "pretrained_probe"))
+# fine-tuning after probing adds is LP-FT's question, and its probe that learns new features against its own.
+COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm")), ("pretrained_lpft", "pretrained_probe"),
+               ("pretrained_lpft_new_features", "pretrained_lpft"))
 SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 for any other
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 FIRST_BASE_MODEL = "medfuse_cve_time"  # the fine-tuned arms of the first base's experiment
@@ -94,6 +99,8 @@ TABLE_ARMS = {
 def arm_flags(arm: str, base: Path) -> list[str]:
     return {"scratch": [], "pretrained": ["--init_from", str(base / "model")],
             "pretrained_lpft": ["--init_from", str(base / "model"), "--strategy", "lp-ft"],
+            "pretrained_lpft_new_features": ["--init_from", str(base / "model"), "--strategy", "lp-ft",
+                                             "--new_features", "learn"],
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
 
 
@@ -256,7 +263,8 @@ def plot(rows: list[dict], path: Path) -> None:
     seeds; full validation solid, cut validation dashed."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, metric in zip(axes, ("auroc", "auprc")):
-        colours = ("tab:grey", "tab:blue", "tab:green", "tab:cyan", "tab:purple", "tab:orange", "tab:red")
+        colours = ("tab:grey", "tab:blue", "tab:green", "tab:olive", "tab:cyan", "tab:purple", "tab:orange",
+                   "tab:red")
         for arm, colour in zip(ARMS, colours):
             for validation, style in (("full", "-"), ("cut", "--")):
                 cell = [row for row in rows if row["arm"] == arm and row["validation"] == validation]
@@ -295,7 +303,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, help="the pretrained base's run folder (model/, feature_embeddings/)")
     parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
     parser.add_argument("--cut_validation_fractions", type=float, nargs="*", default=[0.01, 0.05])
     parser.add_argument("--seeds", type=int, nargs="+",
@@ -319,7 +327,8 @@ def main() -> None:
                                                                                    f"-{args.model}"))
     results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
     if not args.summary_only:
-        needed = {"pretrained": "model", "pretrained_lpft": "model", "pretrained_embeddings": "feature_embeddings",
+        needed = {"pretrained": "model", "pretrained_lpft": "model", "pretrained_lpft_new_features": "model",
+                  "pretrained_embeddings": "feature_embeddings",
                   "pretrained_probe": "model", "gbm_with_base": "model"}
         missing = [folder for arm, folder in needed.items()
                    if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]

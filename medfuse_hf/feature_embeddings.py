@@ -19,15 +19,14 @@ writes only the fields listed here: it has no way to add anything else from the 
 import json
 import logging
 import numbers
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
 from safetensors.torch import load_file, save_file
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from .feature_tables import FrozenRows
 from .feature_vocabulary import UNK_ID, FeatureVocabulary, ValueStatistics
 from .integrity import sha256_of
 from .privacy import COUNT_GRANULARITY, DEFAULT_MIN_PATIENTS, privacy_guarded
@@ -188,7 +187,7 @@ def load_feature_embeddings(
 
     `match_by="name"` matches canonical names only; `"code"` also codes; `"alias"` also aliases. Target features
     without a match keep their fresh initialisation. `freeze=True` keeps everything transferred (rows and shared
-    maps) exactly as loaded while the target's new features train (see `FrozenTransfer`).
+    maps) exactly as loaded while the target's new features train (see `FrozenRows`).
     Matched features whose units differ (or are known on one side only) are reported; `unit_conversions`, keyed by
     target feature, declares how to convert (e.g. creatinine mg/dL -> µmol/L: `88.42`; °F -> °C:
     `(5 / 9, -160 / 9)`), and the report's `source_statistics` are then in the target's units. Everything is
@@ -240,7 +239,9 @@ def load_feature_embeddings(
                 **{f"value_fusion.{name}": feature_ids for name in fusion.feature_tables}}
         if category_rows:
             rows["categorical_fusion.category_embeddings.weight"] = category_rows
-        FrozenTransfer(embeddings, rows, [projectors[name] for name in shared])
+        for name in shared:  # the maps every feature shares: all transferred
+            projectors[name].requires_grad_(False)
+        FrozenRows(embeddings, rows)
     report = TransferReport(
         matched=matched,
         matched_by={here: alignment.how[here] for here in matched},
@@ -325,56 +326,6 @@ def _shared_maps_to_copy(projectors: dict[str, torch.nn.Module], tensors: dict[s
         else:
             logger.warning("%s: no %s in the checkpoint; it stays freshly initialised", path, prefix)
     return available
-
-
-class FrozenTransfer:
-    """Keeps the transferred parameters exactly as loaded while the rest of the model trains, whatever the optimizer.
-
-    Transferred shared maps stop requiring gradients, so optimizers skip them. Transferred rows of tables the target's
-    new features share (identity, γ, β, category levels) get zero gradients and are written back from their loaded
-    values after every optimizer step, before every forward and before every `state_dict`: that undoes AdamW's
-    decoupled weight decay, which moves a parameter even where its gradient is zero. Rows are found by parameter
-    name in the module the hooks are called with, so a deep copy of the model stays frozen on its own. Not for
-    FSDP or DeepSpeed ZeRO-3, which flatten parameters so that rows cannot be addressed.
-    """
-
-    def __init__(self, embeddings: torch.nn.Module, rows: dict[str, list[int]], shared_maps: list[torch.nn.Module]):
-        for module in shared_maps:
-            module.requires_grad_(False)
-        self.rows = {}
-        for name, index in rows.items():
-            if not index:
-                continue
-            parameter = embeddings.get_parameter(name)
-            self.rows[name] = (torch.tensor(index), parameter.detach()[index].clone())
-            keep = torch.ones(parameter.shape[0], *([1] * (parameter.dim() - 1)))
-            keep[index] = 0.0
-            parameter.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
-        embeddings.register_forward_pre_hook(self._before_forward)
-        embeddings.register_state_dict_pre_hook(self._before_state_dict)
-        self._embeddings = weakref.ref(embeddings)
-        register_optimizer_step_post_hook(self._after_optimizer_step)
-
-    def _before_forward(self, module, inputs) -> None:
-        self.restore(module)
-
-    def _before_state_dict(self, module, prefix, keep_vars) -> None:
-        self.restore(module)
-
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        embeddings = self._embeddings()
-        if embeddings is None:  # the model is gone; the hook stays (optimizers iterate over the hooks), emptied
-            self.rows.clear()
-        else:
-            self.restore(embeddings)
-
-    @torch.no_grad()
-    def restore(self, embeddings: torch.nn.Module) -> None:
-        for name, (index, values) in self.rows.items():
-            parameter = embeddings.get_parameter(name)
-            if values.device != parameter.device:  # the model moved (e.g. to the GPU) after loading
-                self.rows[name] = index, values = index.to(parameter.device), values.to(parameter.device)
-            parameter[index] = values.to(parameter.dtype)
 
 
 __all__ = [

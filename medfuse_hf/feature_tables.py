@@ -1,5 +1,5 @@
-"""A model's per-feature tables (rows indexed by feature id), and growing them when a hospital's vocabulary brings
-features the model lacks.
+"""A model's per-feature tables (rows indexed by feature id): growing them when a hospital's vocabulary brings
+features the model lacks, and keeping the rows a model came with frozen while new ones train.
 
 Modules *declare* their tables in a `feature_tables` mapping, parameter path -> how a new feature's row starts (the
 identity embedding, MuFuse's γ and β, a pretraining head's rows, the per-feature pooling's queries), so that a new
@@ -8,10 +8,12 @@ follows the config, refreshes them in `follow_vocabulary(config, init_weights)`.
 """
 
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .feature_vocabulary import FeatureVocabulary
 
@@ -77,3 +79,52 @@ def grow_to_vocabulary(model: nn.Module, vocabulary: FeatureVocabulary) -> list[
                                                                  fields["categorical_feature_ids"])
     resize_feature_tables(model, fields["vocab_size"])
     return [vocabulary.spec_of(feature_id).name for feature_id in range(old_size, fields["vocab_size"])]
+
+
+class FrozenRows:
+    """Keeps some rows of a module's parameters exactly as loaded while the rest of them trains, whatever the
+    optimizer: a feature-embedding transfer's rows while the target's new features train beside them, or a probe's
+    frozen encoder while the cohort's new features learn their own rows of its tables.
+
+    Those rows get zero gradients and are written back from their loaded values after every optimizer step, before
+    every forward and before every `state_dict`: that undoes AdamW's decoupled weight decay, which moves a parameter
+    even where its gradient is zero. Rows are found by parameter name in the module the hooks are called with, so a
+    deep copy of the model (an EMA's) stays frozen on its own. Not for FSDP or DeepSpeed ZeRO-3, which flatten
+    parameters so that rows cannot be addressed.
+    """
+
+    def __init__(self, module: nn.Module, rows: dict[str, list[int]]):
+        self.rows = {}
+        for name, index in rows.items():
+            if not index:
+                continue
+            parameter = module.get_parameter(name)
+            self.rows[name] = (torch.tensor(index), parameter.detach()[index].clone())
+            keep = torch.ones(parameter.shape[0], *([1] * (parameter.dim() - 1)))
+            keep[index] = 0.0
+            parameter.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
+        module.register_forward_pre_hook(self._before_forward)
+        module.register_state_dict_pre_hook(self._before_state_dict)
+        self._module = weakref.ref(module)
+        register_optimizer_step_post_hook(self._after_optimizer_step)
+
+    def _before_forward(self, module, inputs) -> None:
+        self.restore(module)
+
+    def _before_state_dict(self, module, prefix, keep_vars) -> None:
+        self.restore(module)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        module = self._module()
+        if module is None:  # the model is gone; the hook stays (optimizers iterate over the hooks), emptied
+            self.rows.clear()
+        else:
+            self.restore(module)
+
+    @torch.no_grad()
+    def restore(self, module: nn.Module) -> None:
+        for name, (index, values) in self.rows.items():
+            parameter = module.get_parameter(name)
+            if values.device != parameter.device:  # the model moved (e.g. to the GPU) after loading
+                self.rows[name] = index, values = index.to(parameter.device), values.to(parameter.device)
+            parameter[index] = values.to(parameter.dtype)

@@ -253,10 +253,9 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
 
     # ----- model and optimisation ---------------------------------------------------------------------
     model, transferred = model_for(args, tokenizer, rate, matching, cohort, accelerator)
-    if args.strategy == "probe":  # the checkpoint's encoder as it is: only the classification head learns
-        model.medfuse.requires_grad_(False)
-        if not args.event_dropout:  # the same tokens every epoch: each patient is encoded once
-            memoise_pooled_outputs(model.medfuse)
+    frozen = not any(parameter.requires_grad for parameter in model.medfuse.parameters())  # a probe's, as it was
+    if frozen and not args.event_dropout:  # the same tokens every epoch: each patient is encoded once
+        memoise_pooled_outputs(model.medfuse)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     num_epochs, validate_every = epoch_budget(args, steps_per_epoch, accelerator)
     optimizer, scheduler = optimizer_and_scheduler(model, args, steps_per_epoch * num_epochs)
@@ -316,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     strategy.add_argument("--strategy", choices=("full", "probe", "lp-ft"), default="full",
                           help="full: train everything; probe: only the classification head, on the frozen "
                                "checkpoint; lp-ft: a probe, then everything from the probe's head at a lower rate")
+    strategy.add_argument("--new_features", choices=("leave_out", "learn"), default="leave_out",
+                          help="probe, lp-ft: the cohort's features the checkpoint lacks. leave_out: the frozen "
+                               "encoder never learnt them; learn: their own rows of its tables train with the head, "
+                               "all else frozen")
     strategy.add_argument("--probe_epochs", type=int, help="lp-ft: epochs of the probe stage (default --num_epochs)")
     strategy.add_argument("--lpft_learning_rate_scale", type=float, default=0.1,
                           help="lp-ft: the full stage's learning rate, as a share of --learning_rate")
@@ -337,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.freeze_transferred and not args.init_embeddings_from:
         parser.error("--freeze_transferred keeps what --init_embeddings_from loads as loaded; --init_from "
                      "fine-tunes the whole checkpoint (--strategy probe freezes its encoder)")
+    if args.new_features != "leave_out" and args.strategy == "full":
+        parser.error("--new_features says what a probe (--strategy probe or lp-ft) does with the cohort's features "
+                     "the checkpoint lacks; --strategy full learns them with everything else")
     lp_ft(args) if args.strategy == "lp-ft" else training_function(args)
 
 

@@ -137,8 +137,8 @@ def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):
 def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_by_seed(tmp_path, monkeypatch):
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     results = tmp_path / "rows.json"
-    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_lpft": 0.42, "pretrained_embeddings": 0.35,
-             "pretrained_probe": 0.38, "gbm": 0.45, "gbm_with_base": 0.47}
+    auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_lpft": 0.42, "pretrained_lpft_new_features": 0.43,
+             "pretrained_embeddings": 0.35, "pretrained_probe": 0.38, "gbm": 0.45, "gbm_with_base": 0.47}
 
     def cell_row(arm, fraction, seed, validation):
         return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
@@ -156,6 +156,7 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     label_efficiency.main()
     assert ran[0] == ("scratch", 0.01, 0, "full") and ("gbm", 0.01, 0, "full") not in ran  # already there
     assert len(ran) == 7 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
+    assert not any(cell[0] == "pretrained_lpft_new_features" for cell in ran)  # not by default: asked for below
     gains = (tmp_path / "gains.md").read_text()  # every arm started from the base, against scratch and the GBM
     assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |"
             in gains)
@@ -169,6 +170,13 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert ("| full | 0.01 | pretrained_lpft | pretrained_probe | 2 | +0.0000, +0.0000 | +0.0400, +0.0400 | "
             "+0.0400 ± 0.0000 |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
+    second = tmp_path / "second" / "rows.json"  # another experiment: a base that lacks some of P12's features
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--results", str(second), "--fractions", "0.1",
+                                      "--arms", "pretrained_lpft", "pretrained_lpft_new_features"])
+    label_efficiency.main()
+    assert ran[-1] == ("pretrained_lpft_new_features", 0.1, 1, "full")
+    assert ("| full | 0.1 | pretrained_lpft_new_features | pretrained_lpft | 2 | +0.0000, +0.0000 | +0.0100, +0.0100 "
+            "| +0.0100 ± 0.0000 |" in (second.parent / "gains.md").read_text())
 
 
 def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path):

@@ -22,6 +22,7 @@ from conftest import load_script
 from safetensors.torch import load_file
 
 from medfuse_hf import MedFuseConfig, MedFuseTokenizer
+from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training import read_metrics, starting_point
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings
@@ -370,6 +371,42 @@ def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_ful
     assert "bedside_score" in starting_point.build_tokenizer(args, train, {})[0].feature_vocabulary
 
 
+def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_encoder(tiny_base):
+    """`--new_features learn`: a hospital's feature the base lacks gets its own rows of the encoder's tables, and
+    only they and the head train; what the base learnt stays as loaded under AdamW's weight decay."""
+    finetune = load_script("recipes/finetune.py")
+    args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe",
+                                                      "--new_features", "learn", "--weight_decay", "0.1"])
+    train = load_cohort_from_settings(vars(args)).splits["train"].map(
+        lambda patient: {"feature": [*patient["feature"], "bedside_score"], "value": [*patient["value"], 3.0],
+                         "time": [*patient["time"], 1.0]})
+    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+    assert "bedside_score" in tokenizer.feature_vocabulary
+    assert matching["new_features_are"] == "learning their own rows of the frozen encoder"
+    model = starting_point.build_model(args, tokenizer, 0.5, matching)
+    new_id = tokenizer.feature_vocabulary.id_of("bedside_score")
+    learning = {name for name, parameter in model.medfuse.named_parameters() if parameter.requires_grad}
+    assert "embeddings.feature_embeddings.weight" in learning
+    tables = {name: len(parameter) for name, parameter in model.medfuse.named_parameters() if name in learning}
+    assert set(tables.values()) == {new_id + 1}  # only the tables the new feature grew
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    optimizer = torch.optim.AdamW([parameter for parameter in model.parameters() if parameter.requires_grad],
+                                  lr=1e-2, weight_decay=0.1)
+    batch = MedFuseDataCollator(tokenizer, label_column="label")([train[index] for index in range(32)])
+    for _ in range(3):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    encoder = [name for name in before if name.startswith("medfuse.")]
+    assert all(torch.equal(after[name][:new_id], before[name][:new_id]) for name in encoder)  # as loaded
+    assert all(torch.equal(after[name], before[name]) for name in encoder if name.removeprefix("medfuse.")
+               not in learning)
+    assert not torch.equal(after["medfuse.embeddings.feature_embeddings.weight"][new_id],
+                           before["medfuse.embeddings.feature_embeddings.weight"][new_id])
+    assert any(not torch.equal(after[name], before[name]) for name in before if name.startswith("classifier."))
+
+
 def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, tmp_path):
     """Per-feature pooling on a mean-pooled base: frozen, the new pooler would stay random; fine-tuned, it learns."""
     finetune = load_script("recipes/finetune.py")
@@ -409,6 +446,7 @@ def test_the_classes_are_balanced_once(sampling, loss, asked, weights):
     (["--init_from", "base", "--preset", "paper_p12"], "--preset paper_p12 builds a model afresh"),
     (["--freeze_transferred"], "--freeze_transferred keeps what --init_embeddings_from loads"),
     (["--init_from", "base", "--match_by", "name"], "--match_by name says how --init_embeddings_from matches"),
+    (["--init_from", "base", "--new_features", "learn"], "--new_features says what a probe"),
 ])
 def test_flags_that_would_be_ignored_are_refused(flags, message, capsys):
     finetune = load_script("recipes/finetune.py")

@@ -14,6 +14,7 @@ from .. import (
     load_feature_embeddings,
     merge,
 )
+from ..feature_tables import FrozenRows
 from ..units import check_units
 from .cohorts import fit_tokenizer
 from .recipe_config import ENCODER_FIELDS, HEAD_FIELDS, model_overrides
@@ -36,13 +37,14 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
 
 def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuseTokenizer, dict]:
     """`--init_from`'s tokenizer with the cohort's new features added, and how the two matched. A probe leaves the
-    new features out instead: its frozen encoder has learnt nothing of them, and their tokens would only be noise
-    (LP-FT's second stage, a full fine-tuning, adds them)."""
+    new features out unless `--new_features learn`: its frozen encoder has learnt nothing of them, and their tokens
+    would only be noise (LP-FT's second stage, a full fine-tuning, adds them) unless their own rows learn."""
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     check_units(pretrained.feature_vocabulary, units, f"--init_from {args.init_from}")
     alignment = align(pretrained.feature_vocabulary, fitted.feature_vocabulary)
     vocabulary = merge(pretrained.feature_vocabulary, fitted.feature_vocabulary)  # the cohort's spellings joined
-    if args.strategy == "probe":
+    leave_out = args.strategy == "probe" and args.new_features == "leave_out"
+    if leave_out:
         vocabulary = FeatureVocabulary(spec for spec in vocabulary if spec.name not in alignment.only_there)
     tokenizer = MedFuseTokenizer(vocabulary,
                                  max_events=args.max_events, unknown_features="drop", max_hours=pretrained.max_hours,
@@ -55,8 +57,9 @@ def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuse
     matching = {"checkpoint_feature_ids": len(pretrained.feature_vocabulary), "matched": len(alignment.matched),
                 "new_at_target": len(alignment.only_there), "only_at_source": len(alignment.only_here),
                 "new_features": alignment.only_there, "matched_by": dict(Counter(alignment.how.values())),
-                "new_features_are": ("left out, the frozen encoder having learnt nothing of them"
-                                     if args.strategy == "probe" else "starting fresh"),
+                "new_features_are": ("left out, the frozen encoder having learnt nothing of them" if leave_out
+                                     else "learning their own rows of the frozen encoder" if args.strategy == "probe"
+                                     else "starting fresh"),
                 "kept_checkpoint_normalization": dict(other)}
     return tokenizer, matching
 
@@ -105,12 +108,31 @@ def build_model(args, tokenizer, rate: float, matching: dict | None) -> MedFuseF
             raise SystemExit(f"--init_from {args.init_from}: its model has {model.config.vocab_size} feature ids, its "
                              f"tokenizer {matching['checkpoint_feature_ids']}: "
                              "they were not saved together")
+        loaded_rows = {name: _rows(parameter) for name, parameter in model.medfuse.named_parameters()}
         model.extend_vocabulary(tokenizer.feature_vocabulary)  # the cohort's new features start fresh
+        if args.strategy == "probe":
+            freeze_encoder(model.medfuse, loaded_rows)
         return model
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
     config = preset(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2, **overrides)
     config.class_weights = class_weights_for(args, rate, config)
     return MedFuseForSequenceClassification(config)
+
+
+def freeze_encoder(encoder, loaded_rows: dict[str, int]) -> None:
+    """A probe's encoder: everything the checkpoint held stays as loaded. Only what the cohort's new features added
+    to it (`--new_features learn`: their rows of the per-feature tables, their category levels) learns, so that a
+    hospital's own features count without moving what the base learnt."""
+    encoder.requires_grad_(False)
+    grown = {name: list(range(loaded_rows.get(name, 0))) for name, parameter in encoder.named_parameters()
+             if _rows(parameter) > loaded_rows.get(name, 0)}
+    for name in grown:
+        encoder.get_parameter(name).requires_grad_(True)
+    FrozenRows(encoder, grown)
+
+
+def _rows(parameter) -> int:
+    return parameter.shape[0] if parameter.dim() else 1
 
 
 def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accelerator) -> tuple:
