@@ -222,7 +222,8 @@ def lp_ft(args: argparse.Namespace) -> dict:
     probe_args = argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
                                        "num_epochs": args.probe_epochs or args.num_epochs})
     if (probe_dir / "test_metrics.json").exists():
-        started = json.loads((probe_dir / "run_info.json").read_text())["config"]
+        # a probe from before --new_features left the new features out
+        started = {"new_features": "leave_out", **json.loads((probe_dir / "run_info.json").read_text())["config"]}
         refuse_other_settings(started, probe_args, probe_dir)  # a probe of another start is not this run's stage
     else:
         training_function(probe_args)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import load_script
 from safetensors.torch import load_file
 
@@ -314,7 +315,7 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(output / "probe" / "model")])
     train = load_cohort_from_settings(vars(args)).splits["train"]
     tokenizer, matching = starting_point.build_tokenizer(args, train, {})
-    start = starting_point.build_model(args, tokenizer, 0.5, matching).state_dict()
+    start = starting_point.build_model(args, tokenizer, 0.5, matching)[0].state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
 
 
@@ -341,6 +342,15 @@ def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tm
                             capture_output=True, text=True, timeout=300, cwd=ROOT, env=recipe_env())
     assert result.returncode != 0
     assert f"--init_from was '{tiny_base / 'model'}', now '{output / 'model'}'" in result.stderr
+    # a probe from before --new_features, which left the new features out, is no probe that learns them
+    info = output / "probe" / "run_info.json"
+    recorded = json.loads(info.read_text())
+    del recorded["config"]["new_features"]
+    info.write_text(json.dumps(recorded))
+    result = subprocess.run([sys.executable, str(RECIPE), *TINY, "--init_from", str(tiny_base / "model"), *flags,
+                             "--new_features", "learn"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env=recipe_env())
+    assert result.returncode != 0 and "--new_features was 'leave_out', now 'learn'" in result.stderr
 
 
 def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tiny_base):
@@ -383,7 +393,7 @@ def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_en
     tokenizer, matching = starting_point.build_tokenizer(args, train, {})
     assert "bedside_score" in tokenizer.feature_vocabulary
     assert matching["new_features_are"] == "learning their own rows of the frozen encoder"
-    model = starting_point.build_model(args, tokenizer, 0.5, matching)
+    model, _ = starting_point.model_for(args, tokenizer, 0.5, matching, None, Accelerator(cpu=True))
     new_id = tokenizer.feature_vocabulary.id_of("bedside_score")
     learning = {name for name, parameter in model.medfuse.named_parameters() if parameter.requires_grad}
     assert "embeddings.feature_embeddings.weight" in learning
@@ -395,6 +405,8 @@ def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_en
     batch = MedFuseDataCollator(tokenizer, label_column="label")([train[index] for index in range(32)])
     for _ in range(3):
         model(**batch).loss.backward()
+        gradient = model.medfuse.embeddings.feature_embeddings.weight.grad
+        assert gradient[new_id].abs().sum() > 0 and not gradient[:new_id].any()  # the new row learns from the loss
         optimizer.step()
         optimizer.zero_grad()
     after = model.state_dict()
@@ -416,7 +428,7 @@ def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, t
         train = load_cohort_from_settings(vars(args)).splits["train"]
         tokenizer, matching = starting_point.build_tokenizer(args, train, {})
         if strategy == "full":
-            assert starting_point.build_model(args, tokenizer, 0.5, matching).config.pooling == "per_feature"
+            assert starting_point.build_model(args, tokenizer, 0.5, matching)[0].config.pooling == "per_feature"
             continue
         with pytest.raises(SystemExit, match=f"--strategy {strategy} freezes the encoder .* would stay random"):
             starting_point.build_model(args, tokenizer, 0.5, matching)

@@ -90,7 +90,10 @@ def encoder_weights_missing(model, loading_info: dict) -> list[str]:
     return sorted(name for name in loading_info["missing_keys"] if name.startswith(f"{model.base_model_prefix}."))
 
 
-def build_model(args, tokenizer, rate: float, matching: dict | None) -> MedFuseForSequenceClassification:
+def build_model(args, tokenizer, rate: float,
+                matching: dict | None) -> tuple[MedFuseForSequenceClassification, dict[str, int] | None]:
+    """The model, fitted afresh or `--init_from`'s grown to the cohort's vocabulary, and, for a checkpoint, how many
+    rows each encoder parameter had as loaded (what `freeze_encoder` keeps)."""
     overrides = model_overrides(args, MODEL_FIELDS)
     if args.static_features:
         overrides["static_feature_ids"] = static_feature_ids(args.static_features, tokenizer)
@@ -110,13 +113,11 @@ def build_model(args, tokenizer, rate: float, matching: dict | None) -> MedFuseF
                              "they were not saved together")
         loaded_rows = {name: _rows(parameter) for name, parameter in model.medfuse.named_parameters()}
         model.extend_vocabulary(tokenizer.feature_vocabulary)  # the cohort's new features start fresh
-        if args.strategy == "probe":
-            freeze_encoder(model.medfuse, loaded_rows)
-        return model
+        return model, loaded_rows
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
     config = preset(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2, **overrides)
     config.class_weights = class_weights_for(args, rate, config)
-    return MedFuseForSequenceClassification(config)
+    return MedFuseForSequenceClassification(config), None
 
 
 def freeze_encoder(encoder, loaded_rows: dict[str, int]) -> None:
@@ -136,9 +137,10 @@ def _rows(parameter) -> int:
 
 
 def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accelerator) -> tuple:
-    """The model to fine-tune (`build_model`, with `--init_embeddings_from` loaded into it) and what it took over
-    from a checkpoint, for the report. `rate` is the training split's share of positives."""
-    model = build_model(args, tokenizer, rate, matching)
+    """The model to fine-tune (`build_model`, with `--init_embeddings_from` loaded into it, and a probe's encoder
+    frozen after that) and what it took over from a checkpoint, for the report. `rate` is the training split's
+    share of positives."""
+    model, loaded_rows = build_model(args, tokenizer, rate, matching)
     transferred = None
     if matching is not None:
         transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source",
@@ -161,4 +163,6 @@ def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accel
                              "to canonical ones or widen --match_by")
         transferred = {"matched": len(report.matched), "new_at_target": len(report.new_at_target),
                        "only_at_source": len(report.only_at_source)}
+    if args.strategy == "probe":  # what was loaded, from either source, is what stays
+        freeze_encoder(model.medfuse, loaded_rows)
     return model, transferred
