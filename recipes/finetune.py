@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 
-from medfuse_hf import MedFuseTokenizer
+from medfuse_hf import MedFuseConfig, MedFuseTokenizer
 from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
@@ -212,6 +212,30 @@ def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: in
     return result
 
 
+def report_kept_start(run: PreparedRun, state: LoopState, start_model: Path) -> dict:
+    """The start kept (no epoch beat it on validation) where this run's model cannot hold its weights: LP-FT's probe
+    that left the cohort's new features out, which this stage added. `fit` copied it into `<output_dir>/model`
+    with its own tokenizer; its test figures, predictions, plots and feature embeddings are its own run's (the same
+    test split), with this run's training counts."""
+    args, accelerator = run.args, run.accelerator
+    output_dir, tested = Path(args.output_dir), start_model.parent
+    counts = throughput(state, accelerator)
+    if accelerator.is_main_process:
+        for name in ("test_predictions.csv", "plots", "feature_embeddings"):
+            if (tested / name).is_dir():
+                shutil.copytree(tested / name, output_dir / name, dirs_exist_ok=True)
+            elif (tested / name).exists():
+                shutil.copyfile(tested / name, output_dir / name)
+        report = {**json.loads((tested / "test_metrics.json").read_text()), "steps": state.step, "epochs": state.epoch,
+                  "best_validation": {args.early_stopping_metric: state.best, "epoch": 0},
+                  "kept_start": str(start_model), **counts}
+        (output_dir / "test_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        accelerator.print(f"no epoch beat the start on validation: {start_model} is kept, as its run tested it "
+                          f"({summary_line(report)}); model in {output_dir / 'model'}")
+    accelerator.wait_for_everyone()
+    return json.loads((output_dir / "test_metrics.json").read_text())
+
+
 def lp_ft(args: argparse.Namespace) -> dict:
     """LP-FT (Kumar et al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022): first fit the head on the
     frozen checkpoint (a probe run in `<output_dir>/probe`), then fine-tune everything from the probe's model, head
@@ -268,7 +292,11 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
     run = PreparedRun(args, accelerator, model, optimizer, scheduler, train_loader, reseed, eval_loaders,
                       num_epochs, validate_every, tokenizer)
     state, batches = fit(run, start)
-    result = test_and_report(run, state, batches, run_info, transferred, cohort, splits["test"])
+    if start is not None and state.best_epoch == 0 and (
+            MedFuseConfig.from_pretrained(start[0]).vocab_size != accelerator.unwrap_model(model).config.vocab_size):
+        result = report_kept_start(run, state, start[0])
+    else:
+        result = test_and_report(run, state, batches, run_info, transferred, cohort, splits["test"])
     del model, run  # before the process group goes: see end_training
     end_training(accelerator)
     return result

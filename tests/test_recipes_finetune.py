@@ -332,6 +332,29 @@ def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_pat
     assert all(torch.equal(tensor, probe_weights[name]) for name, tensor in weights(output).items())
 
 
+def test_lp_ft_keeps_a_probe_that_left_new_features_out_as_its_own_run_tested_it(tmp_path, tiny_base):
+    """A cohort with a feature the base lacks: the probe leaves it out, the second stage adds it, so the probe is a
+    model the second stage cannot hold. Kept (here no epoch runs to beat it), it is the run's model and figures."""
+    finetune = load_script("recipes/finetune.py")
+    cohort = tmp_path / "cohort"
+    for name, split in load_cohort_from_settings(vars(finetune.build_parser().parse_args(TINY))).splits.items():
+        split.map(lambda patient: {"feature": [*patient["feature"], "bedside_score"],
+                                   "value": [*patient["value"], 3.0], "time": [*patient["time"], 1.0]}
+                  ).rename_column("record_id", "patient_id").to_parquet(cohort / f"{name}.parquet")
+    output = tmp_path / "lp-ft"
+    run(["--dataset", "parquet", "--data_dir", str(cohort), "--label_column", "label", *TINY[4:],
+         "--init_from", str(tiny_base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "0",
+         "--output_dir", str(output)])
+    probe, kept = (json.loads((folder / "test_metrics.json").read_text()) for folder in (output / "probe", output))
+    assert kept["best_validation"] == {"auprc": probe["best_validation"]["auprc"], "epoch": 0}
+    assert kept["test"] == probe["test"] and kept["transferred_features"]["new_at_target"] == 1
+    assert (output / "test_predictions.csv").read_text() == (output / "probe" / "test_predictions.csv").read_text()
+    probe_weights = load_file(output / "probe" / "model" / "model.safetensors")
+    assert all(torch.equal(tensor, probe_weights[name]) for name, tensor in weights(output).items())
+    assert "bedside_score" not in MedFuseTokenizer.from_pretrained(output / "model").feature_vocabulary
+    assert "bedside_score" in MedFuseTokenizer.from_pretrained(output / "tokenizer").feature_vocabulary
+
+
 def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tmp_path, tiny_base):
     """LP-FT reuses a finished probe. Rerun from another checkpoint into the same folder, it would fine-tune from the
     old start's probe and report it as the new one's."""
