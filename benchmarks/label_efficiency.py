@@ -97,10 +97,9 @@ TABLE_ARMS = {
 
 
 def arm_flags(arm: str, base: Path) -> list[str]:
-    return {"scratch": [], "pretrained": ["--init_from", str(base / "model")],
-            "pretrained_lpft": ["--init_from", str(base / "model"), "--strategy", "lp-ft"],
-            "pretrained_lpft_new_features": ["--init_from", str(base / "model"), "--strategy", "lp-ft",
-                                             "--new_features", "learn"],
+    lp_ft = ["--init_from", str(base / "model"), "--strategy", "lp-ft"]
+    return {"scratch": [], "pretrained": ["--init_from", str(base / "model")], "pretrained_lpft": lp_ft,
+            "pretrained_lpft_new_features": [*lp_ft, "--new_features", "learn"],
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
 
 
@@ -327,9 +326,7 @@ def main() -> None:
                                                                                    f"-{args.model}"))
     results = ResultRows(args.results, key=("arm", "fraction", "seed", "validation"))
     if not args.summary_only:
-        needed = {"pretrained": "model", "pretrained_lpft": "model", "pretrained_lpft_new_features": "model",
-                  "pretrained_embeddings": "feature_embeddings",
-                  "pretrained_probe": "model", "gbm_with_base": "model"}
+        needed = {arm: "feature_embeddings" if arm == "pretrained_embeddings" else "model" for arm in FROM_THE_BASE}
         missing = [folder for arm, folder in needed.items()
                    if arm in args.arms and (args.base is None or not (args.base / folder).is_dir())]
         if missing:

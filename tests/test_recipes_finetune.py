@@ -284,6 +284,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
 
 
+def with_a_feature_the_base_lacks(patients: datasets.Dataset) -> datasets.Dataset:
+    """The synthetic stays, each with one more event: a `bedside_score`, which `tiny_base` never saw."""
+    return patients.map(lambda patient: {"feature": [*patient["feature"], "bedside_score"],
+                                         "value": [*patient["value"], 3.0], "time": [*patient["time"], 1.0]})
+
+
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
     """A pretrained base (two forecasting steps) for the fine-tuning strategies to start from."""
@@ -338,9 +344,8 @@ def test_lp_ft_keeps_a_probe_that_left_new_features_out_as_its_own_run_tested_it
     finetune = load_script("recipes/finetune.py")
     cohort = tmp_path / "cohort"
     for name, split in load_cohort_from_settings(vars(finetune.build_parser().parse_args(TINY))).splits.items():
-        split.map(lambda patient: {"feature": [*patient["feature"], "bedside_score"],
-                                   "value": [*patient["value"], 3.0], "time": [*patient["time"], 1.0]}
-                  ).rename_column("record_id", "patient_id").to_parquet(cohort / f"{name}.parquet")
+        with_a_feature_the_base_lacks(split).rename_column("record_id", "patient_id").to_parquet(
+            cohort / f"{name}.parquet")
     output = tmp_path / "lp-ft"
     run(["--dataset", "parquet", "--data_dir", str(cohort), "--label_column", "label", *TINY[4:],
          "--init_from", str(tiny_base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "0",
@@ -394,9 +399,7 @@ def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tin
 def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_full_fine_tuning_adds_them(tiny_base):
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe"])
-    train = load_cohort_from_settings(vars(args)).splits["train"].map(
-        lambda patient: {"feature": [*patient["feature"], "bedside_score"], "value": [*patient["value"], 3.0],
-                         "time": [*patient["time"], 1.0]})
+    train = with_a_feature_the_base_lacks(load_cohort_from_settings(vars(args)).splits["train"])
     probed, matching = starting_point.build_tokenizer(args, train, {})
     assert matching["new_features"] == ["bedside_score"] and "bedside_score" not in probed.feature_vocabulary
     assert len(probed.feature_vocabulary) == matching["checkpoint_feature_ids"]
@@ -410,9 +413,7 @@ def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_en
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe",
                                                       "--new_features", "learn", "--weight_decay", "0.1"])
-    train = load_cohort_from_settings(vars(args)).splits["train"].map(
-        lambda patient: {"feature": [*patient["feature"], "bedside_score"], "value": [*patient["value"], 3.0],
-                         "time": [*patient["time"], 1.0]})
+    train = with_a_feature_the_base_lacks(load_cohort_from_settings(vars(args)).splits["train"])
     tokenizer, matching = starting_point.build_tokenizer(args, train, {})
     assert "bedside_score" in tokenizer.feature_vocabulary
     assert matching["new_features_are"] == "learning their own rows of the frozen encoder"
