@@ -60,7 +60,7 @@ from medfuse_hf.data import nested_subset, validation_subset
 from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.evaluation import per_patient_outputs
-from medfuse_hf.training.metrics import mean_and_std, mean_std_of
+from medfuse_hf.training.metrics import format_mean_std, mean_and_std, mean_std_of
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import fit_gbm, fit_logistic_regression
@@ -226,6 +226,16 @@ def seeds_for(fraction: float, args: argparse.Namespace) -> list[int]:
     return args.seeds if args.seeds is not None else list(range(SEEDS_BY_FRACTION.get(fraction, 3)))
 
 
+def cells_of(rows: list[dict]):
+    """Each (validation, fraction) with its rows by arm and seed."""
+    for validation in ("full", "cut"):
+        for fraction in sorted({row["fraction"] for row in rows}):
+            yield validation, fraction, {arm: {row["seed"]: row for row in rows
+                                               if (row["arm"], row["fraction"], row["validation"])
+                                               == (arm, fraction, validation)}
+                                         for arm in ARMS}
+
+
 def summarise(rows: list[dict]) -> tuple[str, str]:
     """The table (mean ± std per validation, fraction and arm) and the paired gains (per seed, `COMPARISONS`), as
     Markdown."""
@@ -234,27 +244,48 @@ def summarise(rows: list[dict]) -> tuple[str, str]:
     gains = ["| validation | fraction | arm | versus | seeds | AUROC gain per seed | AUPRC gain per seed "
              "| AUPRC gain |",
              "|---|---:|---|---|---:|---|---|---|"]
-    for validation in ("full", "cut"):
-        for fraction in sorted({row["fraction"] for row in rows}):
-            cell = {arm: {row["seed"]: row for row in rows
-                          if (row["arm"], row["fraction"], row["validation"]) == (arm, fraction, validation)}
-                    for arm in ARMS}
-            for arm, by_seed in cell.items():
-                if by_seed:
-                    figures = [mean_std_of([row[metric] for row in by_seed.values()]) for metric in ("auroc", "auprc")]
-                    patients = next(iter(by_seed.values()))["train_patients"]
-                    table.append(f"| {validation} | {fraction:g} | {patients:,} | {arm} | {len(by_seed)} | "
-                                 f"{' | '.join(figures)} |")
-            for arm, versus in COMPARISONS:
-                seeds = sorted(cell[arm].keys() & cell[versus].keys())
-                if not seeds:
-                    continue
-                per_metric = {metric: [cell[arm][seed][metric] - cell[versus][seed][metric] for seed in seeds]
-                              for metric in ("auroc", "auprc")}
-                listed = [", ".join(f"{gain:+.4f}" for gain in per_metric[metric]) for metric in ("auroc", "auprc")]
-                gains.append(f"| {validation} | {fraction:g} | {arm} | {versus} | {len(seeds)} | {listed[0]} | "
-                             f"{listed[1]} | {mean_std_of(per_metric['auprc'], '+')} |")
+    for validation, fraction, cell in cells_of(rows):
+        for arm, by_seed in cell.items():
+            if by_seed:
+                figures = [mean_std_of([row[metric] for row in by_seed.values()]) for metric in ("auroc", "auprc")]
+                patients = next(iter(by_seed.values()))["train_patients"]
+                table.append(f"| {validation} | {fraction:g} | {patients:,} | {arm} | {len(by_seed)} | "
+                             f"{' | '.join(figures)} |")
+        for arm, versus in COMPARISONS:
+            seeds = sorted(cell[arm].keys() & cell[versus].keys())
+            if not seeds:
+                continue
+            per_metric = {metric: [cell[arm][seed][metric] - cell[versus][seed][metric] for seed in seeds]
+                          for metric in ("auroc", "auprc")}
+            listed = [", ".join(f"{gain:+.4f}" for gain in per_metric[metric]) for metric in ("auroc", "auprc")]
+            gains.append(f"| {validation} | {fraction:g} | {arm} | {versus} | {len(seeds)} | {listed[0]} | "
+                         f"{listed[1]} | {mean_std_of(per_metric['auprc'], '+')} |")
     return "\n".join(table), "\n".join(gains)
+
+
+def goal_check(rows: list[dict]) -> str:
+    """The pretraining issue's goal, cell by cell, as Markdown: does the best arm from the base beat the GBM's mean
+    test AUPRC by more than the GBM's seed std, and scratch's mean? Each arm is read on the subsets it shares with
+    the GBM and scratch. The best arm is picked by test AUPRC, so its margin is a ceiling on what picking one arm in
+    advance would give."""
+    lines = ["| validation | fraction | best arm from the base | seeds | its AUPRC | GBM AUPRC | margin over the GBM "
+             "| beats the GBM by more than its std | scratch AUPRC | beats scratch |",
+             "|---|---:|---|---:|---|---|---:|---|---|---|"]
+    for validation, fraction, cell in cells_of(rows):
+        shared = {arm: sorted(cell[arm].keys() & cell["gbm"].keys() & cell["scratch"].keys())
+                  for arm in FROM_THE_BASE}
+        read = {arm: {name: mean_and_std([cell[name][seed]["auprc"] for seed in seeds])
+                      for name in (arm, "gbm", "scratch")}
+                for arm, seeds in shared.items() if seeds}
+        if not read:
+            continue
+        best = max(read, key=lambda arm: read[arm][arm][0])
+        (mean, std), (gbm, gbm_std), (scratch, scratch_std) = read[best].values()
+        beats_gbm = "one subset: no std" if np.isnan(gbm_std) else "yes" if mean - gbm > gbm_std else "no"
+        lines.append(f"| {validation} | {fraction:g} | {best} | {len(shared[best])} | {format_mean_std(mean, std)} | "
+                     f"{format_mean_std(gbm, gbm_std)} | {mean - gbm:+.4f} | {beats_gbm} | "
+                     f"{format_mean_std(scratch, scratch_std)} | {'yes' if mean > scratch else 'no'} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -262,9 +293,7 @@ def plot(rows: list[dict], path: Path) -> None:
     seeds; full validation solid, cut validation dashed."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, metric in zip(axes, ("auroc", "auprc")):
-        colours = ("tab:grey", "tab:blue", "tab:green", "tab:olive", "tab:cyan", "tab:purple", "tab:orange",
-                   "tab:red")
-        for arm, colour in zip(ARMS, colours):
+        for index, arm in enumerate(ARMS):  # an arm keeps its colour ("C<n>", the default cycle) in every plot
             for validation, style in (("full", "-"), ("cut", "--")):
                 cell = [row for row in rows if row["arm"] == arm and row["validation"] == validation]
                 if not cell:
@@ -272,7 +301,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 patients = sorted({row["train_patients"] for row in cell})
                 stats = [mean_and_std([row[metric] for row in cell if row["train_patients"] == n]) for n in patients]
                 axis.errorbar(patients, [mean for mean, _ in stats],
-                              yerr=[0.0 if np.isnan(std) else std for _, std in stats], color=colour,
+                              yerr=[0.0 if np.isnan(std) else std for _, std in stats], color=f"C{index}",
                               linestyle=style, marker="o", capsize=3, label=f"{arm} ({validation} validation)")
         axis.set(xscale="log", xlabel="labelled training stays (P12, SeFT split)", ylabel=f"test {metric.upper()}")
         axis.legend(fontsize=7)
@@ -341,10 +370,11 @@ def main() -> None:
     if not results.rows:
         raise SystemExit(f"{results.path} holds no finished cell yet")
     table, gains = summarise(results.rows)
-    (args.results.parent / "table.md").write_text(table + "\n")
-    (args.results.parent / "gains.md").write_text(gains + "\n")
+    goal = goal_check(results.rows)
+    for name, text in (("table", table), ("gains", gains), ("goal", goal)):
+        (args.results.parent / f"{name}.md").write_text(text + "\n")
     plot(results.rows, args.results.parent / "label_efficiency.png")
-    print(table, gains, sep="\n\n")
+    print(table, gains, goal, sep="\n\n")
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert ("| full | 0.01 | pretrained_lpft | pretrained_probe | 2 | +0.0000, +0.0000 | +0.0400, +0.0400 | "
             "+0.0400 ± 0.0000 |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
+    goal = (tmp_path / "goal.md").read_text()  # the GBM with the base leads by 0.02; the GBM's std is 0.0071
+    assert "| full | 0.1 | gbm_with_base | 2 | 0.4750 ± 0.0071 | 0.4550 ± 0.0071 | +0.0200 | yes | 0.3050" in goal
     second = tmp_path / "second" / "rows.json"  # another experiment: a base that lacks some of P12's features
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--results", str(second), "--fractions", "0.1",
                                       "--arms", "pretrained_lpft", "pretrained_lpft_new_features"])
@@ -177,6 +179,20 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert ran[-1] == ("pretrained_lpft_new_features", 0.1, 1, "full")
     assert ("| full | 0.1 | pretrained_lpft_new_features | pretrained_lpft | 2 | +0.0000, +0.0000 | +0.0100, +0.0100 "
             "| +0.0100 ± 0.0000 |" in (second.parent / "gains.md").read_text())
+
+
+def test_label_efficiency_goal_reads_each_arm_on_the_subsets_it_shares_with_the_gbm_and_scratch():
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    rows = [{"arm": arm, "fraction": 0.01, "seed": seed, "validation": "full", "auprc": auprc}
+            for arm, auprcs in (("gbm", (0.30, 0.40, 0.20)), ("scratch", (0.25, 0.25, 0.90)),
+                                ("pretrained_lpft", (0.40, 0.44)), ("pretrained_probe", (0.41, 0.42, 0.40)))
+            for seed, auprc in enumerate(auprcs)]
+    goal = label_efficiency.goal_check(rows)  # LP-FT's 0.42 is read against the GBM's 0.35 ± 0.0707 on seeds 0-1
+    assert ("| full | 0.01 | pretrained_lpft | 2 | 0.4200 ± 0.0283 | 0.3500 ± 0.0707 | +0.0700 | no | 0.2500 ± 0.0000 | yes |"
+            in goal)
+    one_subset = label_efficiency.goal_check([{**row, "validation": "cut"} for row in rows if row["seed"] == 2])
+    assert ("| cut | 0.01 | pretrained_probe | 1 | 0.4000 | 0.2000 | +0.2000 | one subset: no std | 0.9000 | no |"
+            in one_subset)
 
 
 def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path):
