@@ -1,8 +1,10 @@
 """Write a self-supervised pretraining corpus as Parquet shards, events only, no labels: the public corpus (every
 PhysioNet 2019 patient, both hospital systems, whole stays, and the stays of PhysioNet 2012's SeFT training split,
-unless `--p12_dir` is left out), or a hospital's own long-format export (`--dataset long-format`), read in bounded
-memory however large it is. Without P12, a base pretrained on the corpus never saw a P12 stay: the setting of a
-hospital that downloads a base pretrained elsewhere.
+unless `--p12_dir` is left out), a hospital's own long-format export (`--dataset long-format`), read in bounded
+memory however large it is, or both (the public corpus with `--events ...`). Without P12, a base pretrained on the
+corpus never saw a P12 stay: the setting of a hospital that downloads a base pretrained elsewhere. With the export,
+the base has seen the hospital's own unlabelled stays and all of its features, which is what made the released
+base's lead over the GBM at 77 labelled P12 stays (benchmarks/RESULTS.md, "The download setting").
 
 P12's validation and test stays are left out, and checked absent, so that a model pretrained on the corpus is
 fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
@@ -15,6 +17,8 @@ its objective's loss on them each epoch, and with `--patience` stops once that l
         --p12_dir ../shared/data/physionet2012 --output_dir outputs/pretraining-corpus
     python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 --output_dir outputs/corpus-p19
     python recipes/make_pretraining_corpus.py --dataset long-format --events export/*.csv \
+        --feature_map items.csv --data_description "ICU stays of St Elsewhere, 2015-2024" --output_dir outputs/corpus
+    python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 --events export/*.csv \
         --feature_map items.csv --data_description "ICU stays of St Elsewhere, 2015-2024" --output_dir outputs/corpus
     accelerate launch recipes/pretrain.py --parquet_shards "outputs/pretraining-corpus/*.parquet" \
         --validation_shards "outputs/pretraining-corpus/validation/*.parquet" --patience 2 --max_steps ...
@@ -104,7 +108,8 @@ def manifest(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=("public", "long-format"), default="public",
-                        help="P19 and P12's training split, or a hospital's long-format export (--events ...)")
+                        help="P19 and P12's training split (with a hospital's export too if --events is given), or "
+                             "the export alone")
     parser.add_argument("--p19_dir", help="public: holds training_setA/B (.zip or folders)")
     parser.add_argument("--p12_dir", help="public: holds set-a/b/c, the Outcomes files and splits_seft/; without "
                                           "it, the corpus is P19 alone")
@@ -125,12 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     quiet_library_progress_bars()
 
     output_dir = Path(args.output_dir)
+    if args.events and not args.data_description:
+        parser.error("--events needs --data_description: what the export is, for corpus.json and the base's card")
+    export_terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
     if args.dataset == "long-format":
-        if not args.events or not args.data_description:
+        if not args.events:
             parser.error("--dataset long-format needs --events and --data_description")
         sources, held_out = export_sources(args), set()
-        terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
-        description, extra = args.data_description, {}
+        terms, description, extra = export_terms, args.data_description, {}
     else:
         if not args.p19_dir:
             parser.error("the public corpus needs --p19_dir (and --p12_dir for P12's training stays)")
@@ -138,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         terms = {"p19": P19_TERMS, "p12": P12_TERMS}
         description = DESCRIPTION + (WITH_P12 if args.p12_dir else "")
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)} if args.p12_dir else {}
+        if args.events:  # the public corpus with the hospital's own unlabelled stays: one corpus, shuffled together
+            if args.source_name in sources:
+                parser.error(f"--source_name {args.source_name} is a public source's name: give the export another")
+            sources |= export_sources(args)
+            terms |= export_terms
+            description += f"; with {args.data_description}"
     for folder in (output_dir, output_dir / VALIDATION_FOLDER):  # both checked before either is written
         refuse_written_shards(folder)
     corpus = shuffled_corpus(sources, seed=args.seed)

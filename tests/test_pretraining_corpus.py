@@ -4,23 +4,25 @@ and how pretraining on it describes it for the base model's cards."""
 import json
 import zipfile
 from argparse import Namespace
+from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_script
 from test_data_physionet2012 import write_release
 from test_data_physionet2019 import PATIENT_A, PATIENT_B
 
-from medfuse_hf.data import load_physionet2012
+from medfuse_hf.data import load_long_format, load_physionet2012
 from medfuse_hf.data.shards import held_out_count
 from medfuse_hf.training.cohorts import streaming_patients
 from medfuse_hf.training.pretraining import streamed_cohort
 
 
-def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_describes_itself(tmp_path, monkeypatch,
-                                                                                              capsys):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    p12, p19, corpus = tmp_path / "p12", tmp_path / "p19", tmp_path / "corpus"
+def write_public_releases(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny P12 release with a SeFT split (one stay each in train, validation and test) and a P19 release of three
+    patients, two in hospital A's zip and one in hospital B's folder."""
+    p12, p19 = tmp_path / "p12", tmp_path / "p19"
     p12.mkdir()
     write_release(p12)  # stays 132539, 132540 and 132542 have events
     (p12 / "splits_seft").mkdir()
@@ -32,6 +34,30 @@ def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_desc
         archive.writestr("training_setA/p000002.psv", PATIENT_A)
     (p19 / "training_setB").mkdir()
     (p19 / "training_setB" / "p100001.psv").write_text(PATIENT_B)
+    return p12, p19
+
+
+def write_export(tmp_path: Path) -> list[str]:
+    """A hospital's long-format export of 7 stays (60 events of two local items, one in °F) with its labels table,
+    item map and unit conversions; returns the flags that read it."""
+    events = pd.DataFrame({"stay": [f"s{i % 7}" for i in range(60)], "hours": [i / 3 for i in range(60)],
+                           "item": ["220045", "223761"] * 30, "value": [80.0, 98.6] * 30,
+                           "unit": ["bpm", "°F"] * 30})
+    events.to_csv(tmp_path / "export.csv", index=False)
+    pd.DataFrame({"stay": [f"s{i}" for i in range(7)], "admitted": [0.0] * 7, "died": [0, 1] * 3 + [0]}).to_csv(
+        tmp_path / "stays.csv", index=False)
+    (tmp_path / "items.csv").write_text("source,feature\n220045,heart_rate\n223761,temperature\n")
+    (tmp_path / "units.json").write_text('{"temperature": {"°F": [0.5555555555555556, -17.77777777777778], '
+                                         '"into": "°C"}}')
+    return ["--events", str(tmp_path / "export.csv"), "--labels", str(tmp_path / "stays.csv"),
+            "--columns", "patient_id=stay,time=hours,feature=item,value=value", "--anchor_column", "admitted",
+            "--feature_map", str(tmp_path / "items.csv"), "--unit_conversions", str(tmp_path / "units.json")]
+
+
+def test_the_corpus_holds_every_p19_patient_and_only_p12_training_stays_and_describes_itself(tmp_path, monkeypatch,
+                                                                                              capsys):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    (p12, p19), corpus = write_public_releases(tmp_path), tmp_path / "corpus"
 
     recipe = load_script("recipes/make_pretraining_corpus.py")
     recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), "--output_dir", str(corpus),
@@ -82,23 +108,8 @@ def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypa
     """`--dataset long-format`: the export's patients, each in exactly one shard, with the events the loader kept
     (items mapped, units converted), no label column although the labels table has one, and a corpus.json that
     pretraining cards the base from."""
-    import pandas as pd
-
-    from medfuse_hf.data import load_long_format
-
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    events = pd.DataFrame({"stay": [f"s{i % 7}" for i in range(60)], "hours": [i / 3 for i in range(60)],
-                           "item": ["220045", "223761"] * 30, "value": [80.0, 98.6] * 30,
-                           "unit": ["bpm", "°F"] * 30})
-    events.to_csv(tmp_path / "export.csv", index=False)
-    pd.DataFrame({"stay": [f"s{i}" for i in range(7)], "admitted": [0.0] * 7, "died": [0, 1] * 3 + [0]}).to_csv(
-        tmp_path / "stays.csv", index=False)
-    (tmp_path / "items.csv").write_text("source,feature\n220045,heart_rate\n223761,temperature\n")
-    (tmp_path / "units.json").write_text('{"temperature": {"°F": [0.5555555555555556, -17.77777777777778], '
-                                         '"into": "°C"}}')
-    flags = ["--events", str(tmp_path / "export.csv"), "--labels", str(tmp_path / "stays.csv"),
-             "--columns", "patient_id=stay,time=hours,feature=item,value=value", "--anchor_column", "admitted",
-             "--feature_map", str(tmp_path / "items.csv"), "--unit_conversions", str(tmp_path / "units.json")]
+    flags = write_export(tmp_path)
     recipe = load_script("recipes/make_pretraining_corpus.py")
     corpus = tmp_path / "corpus"
     recipe.main(["--dataset", "long-format", *flags, "--data_description", "St Elsewhere ICU, 2015-2024",
@@ -130,6 +141,36 @@ def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypa
     assert record["description"] == "St Elsewhere ICU, 2015-2024"
     assert record["sources"]["stelsewhere"]["patients"] == 7 and record["sources"]["stelsewhere"]["events"] == 60
     assert streamed_cohort(Namespace(data_description=None), [str(s) for s in shards]).license.startswith("private")
+
+
+def test_the_public_corpus_takes_a_hospitals_export_beside_it_so_the_base_sees_its_stays(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """What bought the released base's lead at 77 labelled stays: a corpus that held the hospital's own unlabelled
+    stays. One corpus, shuffled together, each source with its terms, P12's held-out stays still checked absent."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    (p12, p19), flags, corpus = write_public_releases(tmp_path), write_export(tmp_path), tmp_path / "corpus"
+    recipe = load_script("recipes/make_pretraining_corpus.py")
+    recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), *flags, "--source_name", "stelsewhere",
+                 "--data_description", "St Elsewhere ICU, 2015-2024", "--output_dir", str(corpus)])
+
+    shards = [str(path) for path in sorted(corpus.glob("**/*.parquet"))]
+    patients = sorted(row["patient_id"] for row in streaming_patients(shards, seed=0))
+    assert patients == sorted(["p12:132539", "p19:p000001", "p19:p000002", "p19:p100001",
+                               *(f"stelsewhere:s{i}" for i in range(7))])  # each once, held-out P12 stays absent
+    record = json.loads((corpus / "corpus.json").read_text())
+    assert list(record["sources"]) == ["p19", "p12", "stelsewhere"]
+    assert record["sources"]["stelsewhere"]["events"] == 60
+    assert record["p12_validation_and_test_stays_excluded"] == 2
+    described = streamed_cohort(Namespace(data_description=None), [str(path) for path in corpus.glob("*.parquet")])
+    assert "PhysioNet 2019" in described.description and "St Elsewhere ICU, 2015-2024" in described.description
+    assert "Attribution 4.0" in described.license and "private: not for redistribution" in described.license
+
+    for refused, message in ((["--source_name", "p19", "--data_description", "x"], "is a public source's name"),
+                             ([], "--events needs --data_description")):
+        with pytest.raises(SystemExit):
+            recipe.main(["--p19_dir", str(p19), *flags, *refused, "--output_dir", str(tmp_path / "refused")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize(("patients", "fraction", "held_out"),
