@@ -4,7 +4,7 @@ summary-statistics GBM a hospital would otherwise use?
 
     nohup python benchmarks/label_efficiency.py --base outputs/pretraining/forecasting \
         > outputs/label-efficiency.log 2>&1 &
-    python benchmarks/label_efficiency.py --summary_only     # table, paired gains and plot of the cells so far
+    python benchmarks/label_efficiency.py --summary_only     # table, paired gains, goal and plot of the cells so far
     python benchmarks/label_efficiency.py --base model_cards/medfuse-base --model medfuse_round_two
 
 The last line is the second (released) base's experiment, fine-tuned as the accuracy search's leader is
@@ -32,9 +32,9 @@ differ, and 3 elsewhere (`--seeds` sets one list for every fraction). Validation
 (`validation: full`), for comparability; for the smallest fractions every arm is also run with validation cut to the
 same fraction, at least 10 stays of each class (`validation: cut`), which is what a small hospital has. Rows go to
 `benchmarks/results/pretraining/p12_label_efficiency.json` as cells finish (finished cells are skipped, a killed
-fine-tuning resumes); `table.md`, `gains.md` and `label_efficiency.png` beside. Scratch on every stay with full
-validation is the P12 table's own run of the same model: its figures are taken from `p12_table.json`, with a
-`source` saying so, rather than trained again (`table_run`).
+fine-tuning resumes); `table.md`, `gains.md`, `goal.md` and `label_efficiency.png` beside. Scratch on every stay
+with full validation is the P12 table's own run of the same model: its figures are taken from `p12_table.json`,
+with a `source` saying so, rather than trained again (`table_run`).
 """
 
 import argparse
@@ -42,6 +42,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from itertools import product
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def seeds_for(fraction: float, args: argparse.Namespace) -> list[int]:
     return args.seeds if args.seeds is not None else list(range(SEEDS_BY_FRACTION.get(fraction, 3)))
 
 
-def cells_of(rows: list[dict]):
+def cells_of(rows: list[dict]) -> Iterator[tuple[str, float, dict[str, dict[int, dict]]]]:
     """Each (validation, fraction) with its rows by arm and seed."""
     for validation in ("full", "cut"):
         for fraction in sorted({row["fraction"] for row in rows}):
@@ -264,27 +265,24 @@ def summarise(rows: list[dict]) -> tuple[str, str]:
 
 
 def goal_check(rows: list[dict]) -> str:
-    """The pretraining issue's goal, cell by cell, as Markdown: does the best arm from the base beat the GBM's mean
-    test AUPRC by more than the GBM's seed std, and scratch's mean? Each arm is read on the subsets it shares with
-    the GBM and scratch. The best arm is picked by test AUPRC, so its margin is a ceiling on what picking one arm in
-    advance would give."""
-    lines = ["| validation | fraction | best arm from the base | seeds | its AUPRC | GBM AUPRC | margin over the GBM "
+    """The pretraining issue's goal, cell by cell, as Markdown: does an arm from the base beat the GBM's mean test
+    AUPRC by more than the GBM's seed std, and scratch's mean? A line per arm, each read on the subsets it shares
+    with the GBM and scratch (arms with different subsets are not ranked against each other); the goal is met in a
+    cell where any arm's line says yes."""
+    lines = ["| validation | fraction | arm from the base | seeds | its AUPRC | GBM AUPRC | margin over the GBM "
              "| beats the GBM by more than its std | scratch AUPRC | beats scratch |",
              "|---|---:|---|---:|---|---|---:|---|---|---|"]
     for validation, fraction, cell in cells_of(rows):
-        shared = {arm: sorted(cell[arm].keys() & cell["gbm"].keys() & cell["scratch"].keys())
-                  for arm in FROM_THE_BASE}
-        read = {arm: {name: mean_and_std([cell[name][seed]["auprc"] for seed in seeds])
-                      for name in (arm, "gbm", "scratch")}
-                for arm, seeds in shared.items() if seeds}
-        if not read:
-            continue
-        best = max(read, key=lambda arm: read[arm][arm][0])
-        (mean, std), (gbm, gbm_std), (scratch, scratch_std) = read[best].values()
-        beats_gbm = "one subset: no std" if np.isnan(gbm_std) else "yes" if mean - gbm > gbm_std else "no"
-        lines.append(f"| {validation} | {fraction:g} | {best} | {len(shared[best])} | {format_mean_std(mean, std)} | "
-                     f"{format_mean_std(gbm, gbm_std)} | {mean - gbm:+.4f} | {beats_gbm} | "
-                     f"{format_mean_std(scratch, scratch_std)} | {'yes' if mean > scratch else 'no'} |")
+        for arm in FROM_THE_BASE:
+            seeds = sorted(cell[arm].keys() & cell["gbm"].keys() & cell["scratch"].keys())
+            if not seeds:
+                continue
+            (mean, std), (gbm, gbm_std), (scratch, scratch_std) = (
+                mean_and_std([cell[name][seed]["auprc"] for seed in seeds]) for name in (arm, "gbm", "scratch"))
+            beats_gbm = "one subset: no std" if np.isnan(gbm_std) else "yes" if mean - gbm > gbm_std else "no"
+            lines.append(f"| {validation} | {fraction:g} | {arm} | {len(seeds)} | {format_mean_std(mean, std)} | "
+                         f"{format_mean_std(gbm, gbm_std)} | {mean - gbm:+.4f} | {beats_gbm} | "
+                         f"{format_mean_std(scratch, scratch_std)} | {'yes' if mean > scratch else 'no'} |")
     return "\n".join(lines)
 
 

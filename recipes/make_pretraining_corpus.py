@@ -3,8 +3,7 @@ PhysioNet 2019 patient, both hospital systems, whole stays, and the stays of Phy
 unless `--p12_dir` is left out), a hospital's own long-format export (`--dataset long-format`), read in bounded
 memory however large it is, or both (the public corpus with `--events ...`). Without P12, a base pretrained on the
 corpus never saw a P12 stay: the setting of a hospital that downloads a base pretrained elsewhere. With the export,
-the base has seen the hospital's own unlabelled stays and all of its features, which is what made the released
-base's lead over the GBM at 77 labelled P12 stays (benchmarks/RESULTS.md, "The download setting").
+the base has seen the hospital's own unlabelled stays and every feature it measures.
 
 P12's validation and test stays are left out, and checked absent, so that a model pretrained on the corpus is
 fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
@@ -46,6 +45,7 @@ from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_
 from medfuse_hf.training.recipe_config import add_long_format_arguments
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
+PUBLIC_SOURCES = ("p19", "p12")  # the public corpus' source names, the prefixes of its patient ids
 WITH_P12 = " and the PhysioNet 2012 SeFT training split"
 
 
@@ -105,6 +105,23 @@ def manifest(
     }
 
 
+def refuse_export_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Before any data loads: an export needs its description and a source name of its own, and flags that read an
+    export without `--events` would be silently ignored."""
+    if args.events:
+        if not args.data_description:
+            parser.error("--events needs --data_description: what the export is, for corpus.json and the base's card")
+        if args.source_name in PUBLIC_SOURCES:
+            parser.error(f"--source_name {args.source_name} is a public source's name: give the export another")
+        return
+    if args.dataset == "long-format":
+        parser.error("--dataset long-format needs --events and --data_description")
+    read_an_export = LongFormatOptions.from_settings(vars(args)) != LongFormatOptions()
+    if read_an_export or args.labels or args.data_description:
+        parser.error("flags that read a hospital's export were given without --events: give --events too, or "
+                     "leave them out")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=("public", "long-format"), default="public",
@@ -130,12 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     quiet_library_progress_bars()
 
     output_dir = Path(args.output_dir)
-    if args.events and not args.data_description:
-        parser.error("--events needs --data_description: what the export is, for corpus.json and the base's card")
+    refuse_export_flags(args, parser)
     export_terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
     if args.dataset == "long-format":
-        if not args.events:
-            parser.error("--dataset long-format needs --events and --data_description")
         sources, held_out = export_sources(args), set()
         terms, description, extra = export_terms, args.data_description, {}
     else:
@@ -146,8 +160,6 @@ def main(argv: list[str] | None = None) -> None:
         description = DESCRIPTION + (WITH_P12 if args.p12_dir else "")
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)} if args.p12_dir else {}
         if args.events:  # the public corpus with the hospital's own unlabelled stays: one corpus, shuffled together
-            if args.source_name in sources:
-                parser.error(f"--source_name {args.source_name} is a public source's name: give the export another")
             sources |= export_sources(args)
             terms |= export_terms
             description += f"; with {args.data_description}"

@@ -512,3 +512,28 @@ def test_columns_left_unread_are_reported_in_the_summary(tmp_path):
 def test_a_control_character_inside_a_feature_name_is_an_error_naming_the_line(tmp_path, name):
     with pytest.raises(ValueError, match=r"events.csv:3: feature .* holds the control character"):
         load_csv(tmp_path, f"p1,1.0,sodium,140\np1,2.0,{name},141\n")
+
+
+@pytest.mark.parametrize("flag, name, content, message", [
+    ("--feature_map", "absent.csv", None, "absent.csv: cannot be read (No such file or directory)"),
+    ("--feature_map", "latin1.csv", "source,feature\nNa\xef,sodium\n".encode("latin-1"), "not UTF-8 text"),
+    ("--feature_map", "twice.csv", "source,feature\n220045,heart_rate\n220045,pulse\n", "'220045' is mapped twice"),
+    ("--unit_conversions", "absent.json", None, "absent.json: cannot be read (No such file or directory)"),
+    ("--unit_conversions", "broken.json", '{"temperature": {"°F": [0.5556, -17.7778]}', "not JSON (Expecting"),
+    ("--unit_conversions", "list.json", '[["temperature", "°F", 0.5556]]', "give an object of feature -> {unit"),
+    ("--unit_conversions", "flat.json", '{"temperature": 0.5556}', "give an object of feature -> {unit"),
+])
+def test_a_flag_file_that_cannot_be_read_is_refused_with_the_flags_naming_it(tmp_path, capsys, flag, name, content,
+                                                                              message):
+    """Read when the flags are parsed, before any data: a usage error naming the file, never a traceback from
+    pandas or json."""
+    from conftest import load_script
+
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    recipe = load_script("recipes/make_pretraining_corpus.py")
+    with pytest.raises(SystemExit) as stopped:
+        recipe.main(["--dataset", "long-format", "--events", "export.csv", "--data_description", "x", flag,
+                     str(path), "--output_dir", str(tmp_path / "corpus")])
+    assert stopped.value.code == 2 and f"{flag}: {path}" in (error := capsys.readouterr().err) and message in error

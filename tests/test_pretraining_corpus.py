@@ -165,12 +165,15 @@ def test_the_public_corpus_takes_a_hospitals_export_beside_it_so_the_base_sees_i
     assert "PhysioNet 2019" in described.description and "St Elsewhere ICU, 2015-2024" in described.description
     assert "Attribution 4.0" in described.license and "private: not for redistribution" in described.license
 
-    for refused, message in ((["--source_name", "p19", "--data_description", "x"], "is a public source's name"),
-                             ([], "--events needs --data_description")):
+    described = ["--data_description", "x"]
+    for refused, message in (([*flags, "--source_name", "p12", *described], "is a public source's name"),
+                             (flags, "--events needs --data_description"),
+                             (flags[2:], "given without --events"),  # --labels, --feature_map, ... alone
+                             (described, "given without --events")):
         with pytest.raises(SystemExit):
-            recipe.main(["--p19_dir", str(p19), *flags, *refused, "--output_dir", str(tmp_path / "refused")])
-        assert message in capsys.readouterr().err
-    assert not (tmp_path / "refused").exists()  # refused before anything is written
+            recipe.main(["--p19_dir", str(tmp_path / "absent"), *refused, "--output_dir", str(tmp_path / "refused")])
+        assert message in capsys.readouterr().err  # refused before P19 is read: the folder is not even there
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.parametrize(("patients", "fraction", "held_out"),

@@ -2,6 +2,7 @@
 The flags every recipe shares are declared here once."""
 
 import argparse
+import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -81,6 +82,15 @@ def column_mapping(text: str) -> dict[str, str]:
     return mapping
 
 
+def flag_file_text(path: str) -> str:
+    """The text of a file a flag names; one that cannot be read is refused with the flag, naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else f"not UTF-8 text: {error.reason}"
+        raise argparse.ArgumentTypeError(f"{path}: cannot be read ({reason})") from None
+
+
 def read_unit_conversions(path: str) -> dict:
     """`--unit_conversions PATH`: JSON of feature -> {unit: scale or [scale, offset]}, e.g.
     `{"temperature": {"°F": [0.5556, -17.7778]}}`, converting that unit's rows into the feature's other unit; with
@@ -88,7 +98,14 @@ def read_unit_conversions(path: str) -> dict:
     "mmol/L"}}`: a checkpoint's unit)."""
     import json
 
-    conversions = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        conversions = json.loads(flag_file_text(path))
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{path}: not JSON ({error.msg}, line {error.lineno} column "
+                                         f"{error.colno})") from None
+    if not isinstance(conversions, dict) or not all(isinstance(by_unit, dict) for by_unit in conversions.values()):
+        raise argparse.ArgumentTypeError(f'{path}: give an object of feature -> {{unit: conversion}}, e.g. '
+                                         '{"temperature": {"°F": [0.5556, -17.7778]}}')
     for feature, by_unit in conversions.items():
         if not isinstance(by_unit.get(INTO, ""), str):
             raise argparse.ArgumentTypeError(f"{path}: {feature} {INTO}: give the unit's name, got {by_unit[INTO]!r}")
@@ -114,7 +131,7 @@ def read_feature_map(path: str) -> dict[str, str]:
     """`--feature_map PATH`: a CSV whose first two columns are the source item (name or id) and its canonical name."""
     import pandas as pd
 
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    table = pd.read_csv(io.StringIO(flag_file_text(path)), dtype=str, keep_default_na=False)
     if table.shape[1] < 2:
         raise argparse.ArgumentTypeError(f"{path}: a feature map needs two columns, source item and canonical name")
     source, canonical = table.iloc[:, 0].str.strip(), table.iloc[:, 1].str.strip()
