@@ -126,6 +126,20 @@ def test_yaml_sets_defaults_and_flags_win(tmp_path):
         parse_with_config(argparse.ArgumentParser(), ["--config", str(config)])
 
 
+@pytest.mark.parametrize("text, message", [
+    (None, "absent.yaml: cannot be read (No such file or directory)"),
+    ("learning_rate: 0.5\n  dataset: [p12\n", "not YAML (line 2)"),
+    ("- learning_rate\n- 0.5\n", "give setting: value lines"),
+])
+def test_a_config_file_that_cannot_be_read_is_a_usage_error_naming_it(tmp_path, capsys, text, message):
+    config = tmp_path / "absent.yaml"
+    if text is not None:
+        config.write_text(text)
+    with pytest.raises(SystemExit) as stopped:
+        parse_with_config(argparse.ArgumentParser(), ["--config", str(config)])
+    assert stopped.value.code == 2 and f"--config: {config}" in (error := capsys.readouterr().err) and message in error
+
+
 def test_a_privacy_threshold_below_the_floor_is_refused_before_any_training(capsys):
     parser = argparse.ArgumentParser()
     add_training_arguments(parser, output_dir="outputs/x")

@@ -20,7 +20,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
     parser.add_argument("--config", type=Path, help="YAML file of flag values, e.g. recipes/configs/p12.yaml")
     first, _ = parser.parse_known_args(argv)
     if first.config is not None:
-        values = yaml.safe_load(first.config.read_text()) or {}
+        try:
+            values = yaml.safe_load(flag_file_text(str(first.config))) or {}
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--config: {error}")
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            parser.error(f"--config: {first.config}: not YAML" + (f" (line {where.line + 1})" if where else ""))
+        if not isinstance(values, dict):
+            parser.error(f"--config: {first.config}: give setting: value lines, e.g. learning_rate: 0.001")
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
