@@ -25,6 +25,7 @@ from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort_from_settings, training_splits
 from medfuse_hf.training.evaluation import known_events, per_patient_outputs
 from medfuse_hf.training.metrics import format_gap, paired_bootstrap_difference
+from medfuse_hf.training.run_info import read_run_settings
 from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm
 
 CARD_SECTION = "## Compared with trees on this cohort"
@@ -52,7 +53,7 @@ def representation_columns(checkpoint: Path, splits: dict[str, datasets.Dataset]
 def comparison(run_dir: Path, num_resamples: int, representation_of: Path | None = None) -> dict:
     """The GBM on the run's own splits (and, given `representation_of`, a second GBM with that checkpoint's
     representation as extra columns), and MedFuse minus each on the run's test patients."""
-    settings = json.loads((run_dir / "run_info.json").read_text())["config"]
+    settings = read_run_settings(run_dir)
     cohort = load_cohort_from_settings(settings)
     splits = training_splits(argparse.Namespace(**settings), cohort)
     label, id_column = cohort.label_column, cohort.id_column

@@ -54,7 +54,7 @@ from medfuse_hf.training.recipe_config import (
     add_training_arguments,
     parse_with_config,
 )
-from medfuse_hf.training.run_info import throughput
+from medfuse_hf.training.run_info import read_run_settings, throughput
 from medfuse_hf.training.starting_point import MODEL_FIELDS, build_tokenizer, model_for
 
 
@@ -247,7 +247,7 @@ def lp_ft(args: argparse.Namespace) -> dict:
                                        "num_epochs": args.probe_epochs or args.num_epochs})
     if (probe_dir / "test_metrics.json").exists():
         # a probe from before --new_features left the new features out
-        started = {"new_features": "leave_out", **json.loads((probe_dir / "run_info.json").read_text())["config"]}
+        started = {"new_features": "leave_out", **read_run_settings(probe_dir)}
         refuse_other_settings(started, probe_args, probe_dir)  # a probe of another start is not this run's stage
     else:
         training_function(probe_args)

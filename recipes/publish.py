@@ -23,6 +23,7 @@ from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.pretraining import EVALUATION, pretraining_cohort, publish_pretraining
 from medfuse_hf.training.publishing import publish_run, push_run, without_class_weights
+from medfuse_hf.training.run_info import read_run_settings
 
 # What the cards are written from; `evaluation.md` is a pretraining run's downstream evaluation (`--evaluation`).
 RECORDS = ("test_metrics.json", "pretraining_metrics.json", "logs/metrics.jsonl", EVALUATION)
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_library_progress_bars()
 
-    settings = json.loads((args.run_dir / "run_info.json").read_text())["config"]
+    settings = read_run_settings(args.run_dir)
     if args.evaluation:
         if "objective" not in settings:
             parser.error(f"--evaluation: {args.run_dir} is a fine-tuning run; its card shows its own test metrics")

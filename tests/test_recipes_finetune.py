@@ -562,6 +562,15 @@ def test_a_run_is_compared_with_trees_on_its_own_test_patients(single_process_ru
     assert "| MedFuse − GBM on summaries |" in card and "| MedFuse − GBM on summaries + representation |" in card
 
 
+@pytest.mark.parametrize("recipe", ["recipes/compare_with_trees.py", "recipes/publish.py"])
+def test_a_run_dir_that_holds_no_run_is_refused_naming_it(tmp_path, monkeypatch, recipe):
+    """A typo'd or unfinished --run_dir: one line saying what is missing, not a traceback from json or pathlib."""
+    (tmp_path / "not-a-run").mkdir()
+    monkeypatch.setattr(sys, "argv", [recipe, "--run_dir", str(tmp_path / "not-a-run")])
+    with pytest.raises(SystemExit, match=r"not-a-run holds no recipe run \(no run_info.json\)"):
+        load_script(recipe).main()
+
+
 def test_a_stay_with_none_of_the_checkpoints_features_has_a_missing_representation(single_process_run):
     compare = load_script("recipes/compare_with_trees.py")
     stays = datasets.Dataset.from_list([

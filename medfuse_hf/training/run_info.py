@@ -80,6 +80,16 @@ def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> 
     return info
 
 
+def read_run_settings(run_dir: Path) -> dict:
+    """The settings a recipe run recorded (`run_info.json`'s `config`); a folder that holds no run is refused naming
+    it, before anything is loaded from it."""
+    path = Path(run_dir) / "run_info.json"
+    if not path.is_file():
+        raise SystemExit(f"{run_dir} holds no recipe run (no run_info.json): give the --output_dir of a "
+                         "finetune.py or pretrain.py run")
+    return json.loads(path.read_text())["config"]
+
+
 def throughput(state, accelerator: Accelerator) -> dict:
     """Training wall time (resumed runs included), patients and events per second over all processes, peak memory,
     from a run's `LoopState` counters."""
