@@ -45,8 +45,8 @@ from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_
 from medfuse_hf.training.recipe_config import add_long_format_arguments
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
-PUBLIC_SOURCES = ("p19", "p12")  # the public corpus' source names, the prefixes of its patient ids
 WITH_P12 = " and the PhysioNet 2012 SeFT training split"
+PUBLIC_TERMS = {"p19": P19_TERMS, "p12": P12_TERMS}  # by source name, the prefix of the source's patient ids
 
 
 def export_sources(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
@@ -111,7 +111,7 @@ def refuse_export_flags(args: argparse.Namespace, parser: argparse.ArgumentParse
     if args.events:
         if not args.data_description:
             parser.error("--events needs --data_description: what the export is, for corpus.json and the base's card")
-        if args.source_name in PUBLIC_SOURCES:
+        if args.source_name in PUBLIC_TERMS:
             parser.error(f"--source_name {args.source_name} is a public source's name: give the export another")
         return
     if args.dataset == "long-format":
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.p19_dir:
             parser.error("the public corpus needs --p19_dir (and --p12_dir for P12's training stays)")
         sources, held_out = corpus_sources(args.p19_dir, args.p12_dir)
-        terms = {"p19": P19_TERMS, "p12": P12_TERMS}
+        terms = dict(PUBLIC_TERMS)
         description = DESCRIPTION + (WITH_P12 if args.p12_dir else "")
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)} if args.p12_dir else {}
         if args.events:  # the public corpus with the hospital's own unlabelled stays: one corpus, shuffled together
