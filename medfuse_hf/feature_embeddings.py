@@ -77,6 +77,13 @@ class TransferReport:
         return text
 
 
+def could_be_hub_repo_id(text: str) -> bool:
+    """Whether a name that is no local folder may still be a Hub repo id (`owner/name` or `name`): not a path that
+    starts at a root, here or home, has more than one `/`, or lies in a local folder (`outputs/typo`)."""
+    parent = Path(text).expanduser().parent
+    return not (text.startswith(("/", ".", "~")) or text.count("/") > 1 or (parent != Path(".") and parent.is_dir()))
+
+
 @dataclass
 class FeatureEmbeddingCheckpoint:
     """A published checkpoint as read back: tensors keyed by feature, its privacy-guarded vocabulary, its manifest.
@@ -96,7 +103,7 @@ class FeatureEmbeddingCheckpoint:
         `snapshot_download`, or taken from its cache when `HF_HUB_OFFLINE=1`), named as transformers names it."""
         local = Path(path).expanduser()
         if not local.is_dir():
-            if str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1:
+            if not could_be_hub_repo_id(str(path)):
                 raise FileNotFoundError(f"{path}: no such folder (a Hub repo id reads 'owner/name')")
             try:
                 local = Path(snapshot_download(str(path), revision=revision))

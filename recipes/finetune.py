@@ -53,6 +53,8 @@ from medfuse_hf.training.recipe_config import (
     add_model_arguments,
     add_training_arguments,
     parse_with_config,
+    saved_feature_embeddings,
+    saved_model,
 )
 from medfuse_hf.training.run_info import read_run_settings, throughput
 from medfuse_hf.training.starting_point import MODEL_FIELDS, build_tokenizer, model_for
@@ -306,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cohort_arguments(parser)
     model = add_model_arguments(parser, MODEL_FIELDS)
-    model.add_argument("--init_from", help="a saved MedFuse model directory (e.g. from recipes/pretrain.py)")
+    model.add_argument("--init_from", type=saved_model,
+                       help="a saved MedFuse model folder (e.g. a recipes/pretrain.py run's model/) or Hub repo id")
     model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
     model.add_argument("--static_features", nargs="+", metavar="NAME",
                        help="features that also join the patient vector directly, "
@@ -319,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(at least {MIN_VALIDATION_PER_CLASS} per class)")
     train.add_argument("--min_steps", type=int, default=0,
                        help="raise --num_epochs until training has at least this many optimizer steps (small cohorts)")
-    model.add_argument("--init_embeddings_from", help="a feature-embedding checkpoint (folder or Hub repo id)")
+    model.add_argument("--init_embeddings_from", type=saved_feature_embeddings,
+                       help="a feature-embedding checkpoint (folder or Hub repo id)")
     model.add_argument("--match_by", choices=("name", "code", "alias"), default="alias",
                        help="how --init_embeddings_from's features are matched to the cohort's: by canonical name, "
                             "also by code, or also by alias (--init_from always matches all three ways)")

@@ -53,6 +53,7 @@ from medfuse_hf.training.recipe_config import (
     boolean,
     model_overrides,
     parse_with_config,
+    saved_tokenizer,
 )
 from medfuse_hf.training.run_info import throughput
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--group_by_length", type=boolean, default=False,
                       help="true: streamed shards batch stays of similar length together, within windows of 20 "
                            "batches (a random batch pads to its longest stay; a cohort in memory is always grouped)")
-    data.add_argument("--tokenizer_from", help="a saved tokenizer for streamed shards")
+    data.add_argument("--tokenizer_from", type=saved_tokenizer, help="a saved tokenizer for streamed shards")
     data.add_argument("--statistics_patients", type=int, default=5000,
                       help="patients a streamed cohort's statistics come from")
     data.add_argument("--objective", choices=sorted(OBJECTIVES), default="forecasting",

@@ -491,6 +491,18 @@ def test_flags_that_would_be_ignored_are_refused(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_mistyped_starting_point_is_refused_as_the_flags_are_read(tiny_base, capsys):
+    """Not after the cohort has loaded, with transformers' "Can't load feature extractor" traceback."""
+    finetune = load_script("recipes/finetune.py")
+    for given, message in [(tiny_base / "modle", "no such folder"),
+                           (tiny_base, f"without config.json or preprocessor_config.json; did you mean "
+                                       f"{tiny_base / 'model'}?")]:
+        with pytest.raises(SystemExit):
+            finetune.build_parser().parse_args(TINY + ["--init_from", str(given)])
+        assert f"--init_from: {given}: " in (error := capsys.readouterr().err) and message in error
+    assert finetune.build_parser().parse_args(TINY + ["--init_from", "hospital/base"]).init_from == "hospital/base"
+
+
 def test_balanced_sampling_draws_deaths_as_often_as_survivals():
     """`--sampling balanced` weights each patient by the inverse of its class's share: with 1 death in 10, about half
     of every drawn batch still dies, where length-grouped batches keep the split's share."""

@@ -122,9 +122,12 @@ def test_a_run_stopped_half_way_leaves_no_file_that_looks_complete(predict, tmp_
     assert not output.exists() and (tmp_path / "predictions.csv.partial").read_text().count("\n") == 2
 
 
-def test_events_are_required(predict, tmp_path):
+def test_events_are_required(predict, tmp_path, tokenizer, tiny_config, capsys):
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
     with pytest.raises(SystemExit):
         predict.main(["--model_dir", str(tmp_path)])
+    assert "--events" in capsys.readouterr().err
 
 
 def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(tmp_path):

@@ -340,6 +340,7 @@ def test_pretraining_stops_when_the_validation_loss_stops_falling_and_keeps_its_
 
 
 def test_a_tokenizer_to_reuse_is_refused_where_it_would_be_ignored(tmp_path, capsys):
+    (tmp_path / "preprocessor_config.json").write_text("{}")  # a saved tokenizer, as far as the flag's type looks
     with pytest.raises(SystemExit):
         load_script("recipes/pretrain.py").main(["--dataset", "synthetic", "--tokenizer_from", str(tmp_path)])
     assert "--tokenizer_from is for streamed shards" in capsys.readouterr().err

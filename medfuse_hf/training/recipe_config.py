@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 import yaml
+from transformers.utils import CONFIG_NAME, FEATURE_EXTRACTOR_NAME
 
+from ..feature_embeddings import CONFIG_FILE as EMBEDDINGS_CONFIG_FILE
+from ..feature_embeddings import could_be_hub_repo_id
 from ..feature_vocabulary import ValueNormalization
 from ..units import INTO
 
@@ -97,6 +100,32 @@ def flag_file_text(path: str) -> str:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"not UTF-8 text: {error.reason}"
         raise argparse.ArgumentTypeError(f"{path}: cannot be read ({reason})") from None
+
+
+def saved_folder(*required: str) -> Callable[[str], str]:
+    """A flag type for a saved model (or feature-embedding checkpoint): a local folder holding `required`, or a name
+    that may be a Hub repo id. A typo is refused as the flags are read, not after the cohort has loaded, as a
+    loader's traceback."""
+
+    def folder(text: str) -> str:
+        path = Path(text).expanduser()
+        if not path.is_dir():
+            if could_be_hub_repo_id(text):
+                return text
+            raise argparse.ArgumentTypeError(f"{text}: no such folder (a Hub repo id reads 'owner/name')")
+        missing = [name for name in required if not (path / name).is_file()]
+        if missing:
+            inside = [child for child in sorted(path.iterdir()) if all((child / name).is_file() for name in required)]
+            raise argparse.ArgumentTypeError(f"{text}: a folder without {' or '.join(missing)}"
+                                             + (f"; did you mean {inside[0]}?" if inside else ""))
+        return text
+
+    return folder
+
+
+saved_model = saved_folder(CONFIG_NAME, FEATURE_EXTRACTOR_NAME)  # a MedFuse model with its tokenizer
+saved_tokenizer = saved_folder(FEATURE_EXTRACTOR_NAME)
+saved_feature_embeddings = saved_folder(EMBEDDINGS_CONFIG_FILE)
 
 
 def read_unit_conversions(path: str) -> dict:
