@@ -49,15 +49,21 @@ def test_values_that_differ_at_one_patient_feature_and_time_are_kept_and_noted(t
     assert summary.notes == {"values that differ at one patient, feature and time (all kept)": 2}
 
 
-def test_a_decimal_comma_without_the_option_is_a_counted_skip(tmp_path):
-    dataset, summary = load_csv(tmp_path, 'p1,2.0,potassium,"3,9"\np1,3.0,potassium,4.1\n')
-    assert dataset[0]["value"] == [4.1] and summary.skipped_events["non-numeric value"] == 1
+@pytest.mark.parametrize("decimal, text, message", [
+    (".", "3,9", r"line 3: value '3,9' has a decimal comma, unlike the load's decimal '\.' \(2 such values in this "
+                 r"batch\): give --decimal ,"),
+    (".", "1,234", "line 3: value .1,234. has a decimal comma"),  # or 1234? not to be guessed
+    (",", "7.4", r"line 3: value '7.4' has a decimal point, unlike the load's decimal ',' .*: give --decimal \."),
+])
+def test_a_value_with_the_other_decimal_mark_is_an_error_not_a_skip(tmp_path, decimal, text, message):
+    """Skipped, it would take every non-integer value of an export written the other way out of the cohort."""
+    with pytest.raises(ValueError, match=f"events.csv, {message}"):
+        load_csv(tmp_path, f'p1,1.0,potassium,4\np1,2.0,potassium,"{text}"\np1,3.0,sodium,"{text}"\n', decimal=decimal)
 
 
-@pytest.mark.parametrize("text, kept", [("7,4", 7.4), ("1.234,5", 1234.5), ("1.234", 1234.0), ("7.4", None),
-                                        ("1.5", None), ("12.34.5", None)])
+@pytest.mark.parametrize("text, kept", [("7,4", 7.4), ("1.234,5", 1234.5), ("1.234", 1234.0), ("12.34.5", None)])
 def test_with_a_decimal_comma_a_dot_only_groups_thousands(tmp_path, text, kept):
-    """7.4 in a decimal-comma export is no number there: never 74."""
+    """A number that is neither (12.34.5) is a counted skip."""
     dataset, summary = load_csv(tmp_path, f'p1,1.0,potassium,"{text}"\np1,2.0,potassium,"4,1"\n', decimal=",")
     assert dataset[0]["value"] == ([kept, 4.1] if kept is not None else [4.1])
     assert summary.skipped_events.get("non-numeric value", 0) == (kept is None)

@@ -145,6 +145,7 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
         text = raw.astype(str).str.strip()
         table = drop(raw.isna() | text.eq(""), "empty value")
         numbers, bounds = _numbers(text[table.index], context.decimal)
+        _refuse_the_other_decimal_mark(text[table.index], numbers, table["line"], context)
         if len(bounds) and context.censored == "refuse":
             table = drop(table.index.to_series().isin(bounds.index), "censored value (refused)")
             numbers = numbers[table.index]
@@ -191,6 +192,27 @@ def _numbers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     failed = numbers.isna()
     bounds = text[failed].str.extract(CENSORED)[1].dropna() if failed.any() else text.iloc[:0]
     return numbers, pd.to_numeric(bounds).astype(float)
+
+
+# A value written with the other decimal mark: "3,9" where the table is read with a point, "3.9" where with a comma
+# (whose own thousands grouping, "1.234", is a number there). It is a whole export's convention far more often than
+# a typo, so it is refused, not skipped: a skip would lose every non-integer value. Decimal mark read -> the other
+# mark's pattern, its name, the ways out.
+OTHER_DECIMAL_MARK = {
+    ".": (r"\s*[+-]?\d+,\d+\s*", "comma", "give --decimal , (or export the values without a thousands separator)"),
+    ",": (r"\s*[+-]?\d+\.\d+\s*", "point", "give --decimal . (or export every value with a decimal comma)"),
+}
+
+
+def _refuse_the_other_decimal_mark(text: pd.Series, numbers: pd.Series, lines: pd.Series,
+                                   context: BatchContext) -> None:
+    pattern, mark, ways_out = OTHER_DECIMAL_MARK[context.decimal]
+    other = numbers.isna() & text.str.fullmatch(pattern, na=False)
+    if other.any():
+        first = other.idxmax()
+        raise ValueError(f"{context.name}, line {lines[first]}: value {text[first]!r} has a decimal {mark}, unlike "
+                         f"the load's decimal {context.decimal!r} ({int(other.sum())} such values in this batch): "
+                         f"{ways_out}")
 
 
 def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Series, dict[str, pd.Series]]:
