@@ -42,7 +42,7 @@ from medfuse_hf.data.shards import (
 )
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
-from medfuse_hf.training.recipe_config import add_long_format_arguments
+from medfuse_hf.training.recipe_config import add_long_format_arguments, existing_table
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
 WITH_P12 = " and the PhysioNet 2012 SeFT training split"
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"share of the patients written to {VALIDATION_FOLDER}/ instead, for pretraining's "
                              "validation loss (pretrain.py --validation_shards --patience); 0 holds none out")
     export = add_long_format_arguments(parser, skip=("label_column", "label_map"))
-    export.add_argument("--labels", help="a table with one row per patient, for --anchor_column only")
+    export.add_argument("--labels", type=existing_table,
+                        help="a table with one row per patient, for --anchor_column only")
     export.add_argument("--source_name", default="hospital", help="prefix of the patient ids in the shards")
     export.add_argument("--data_description", help="what the export is, for corpus.json and the base model's card")
     export.add_argument("--data_license", default="private: not for redistribution",

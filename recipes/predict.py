@@ -29,7 +29,12 @@ from medfuse_hf.data import LongFormatOptions, load_long_format
 from medfuse_hf.progress import progress_bar, quiet_library_progress_bars
 from medfuse_hf.training.evaluation import known_events, per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
-from medfuse_hf.training.recipe_config import add_long_format_arguments, parse_with_config, saved_model
+from medfuse_hf.training.recipe_config import (
+    add_long_format_arguments,
+    existing_table,
+    parse_with_config,
+    saved_model,
+)
 from medfuse_hf.units import check_units
 
 NO_KNOWN_EVENT = "no event of a feature the model knows"
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model_dir", required=True, type=saved_model,
                         help="a saved MedFuse model folder (with its tokenizer) or Hub repo id")
     add_long_format_arguments(parser, skip=("label_column", "label_map"))  # it scores: no labels
-    parser.add_argument("--patients", help="table with one row per patient (patient_id column), e.g. anchor times")
+    parser.add_argument("--patients", type=existing_table,
+                        help="table with one row per patient (patient_id column), e.g. anchor times")
     parser.add_argument("--output", default="predictions.csv")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument(

@@ -528,6 +528,8 @@ def test_a_control_character_inside_a_feature_name_is_an_error_naming_the_line(t
     ("--unit_conversions", "broken.json", '{"temperature": {"°F": [0.5556, -17.7778]}', "not JSON (Expecting"),
     ("--unit_conversions", "list.json", '[["temperature", "°F", 0.5556]]', "give an object of feature -> {unit"),
     ("--unit_conversions", "flat.json", '{"temperature": 0.5556}', "give an object of feature -> {unit"),
+    ("--labels", "all_stay.csv", None, "all_stay.csv: no such file"),
+    ("--events", "*/event.csv", None, "*/event.csv: no file matches this pattern"),  # a quoted glob, as YAML gives it
 ])
 def test_a_flag_file_that_cannot_be_read_is_refused_with_the_flags_naming_it(tmp_path, capsys, flag, name, content,
                                                                               message):
@@ -538,8 +540,9 @@ def test_a_flag_file_that_cannot_be_read_is_refused_with_the_flags_naming_it(tmp
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (export := tmp_path / "export.csv").write_text(HEADER + "p1,1.0,sodium,140\n")
     recipe = load_script("recipes/make_pretraining_corpus.py")
     with pytest.raises(SystemExit) as stopped:
-        recipe.main(["--dataset", "long-format", "--events", "export.csv", "--data_description", "x", flag,
+        recipe.main(["--dataset", "long-format", "--events", str(export), "--data_description", "x", flag,
                      str(path), "--output_dir", str(tmp_path / "corpus")])
     assert stopped.value.code == 2 and f"{flag}: {path}" in (error := capsys.readouterr().err) and message in error

@@ -2,7 +2,9 @@
 The flags every recipe shares are declared here once."""
 
 import argparse
+import glob
 import io
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -73,9 +75,9 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
     data.add_argument("--seed", type=int, default=0)
     table = add_long_format_arguments(parser)
-    table.add_argument("--labels",
+    table.add_argument("--labels", type=existing_table,
                        help="long-format: table with one row per patient (patient_id column) and its label")
-    table.add_argument("--split_file",
+    table.add_argument("--split_file", type=existing_table,
                        help="long-format: JSON of train/validation/test patient ids (else seeded, stratified)")
     return data
 
@@ -100,6 +102,18 @@ def flag_file_text(path: str) -> str:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"not UTF-8 text: {error.reason}"
         raise argparse.ArgumentTypeError(f"{path}: cannot be read ({reason})") from None
+
+
+def existing_table(text: str) -> str:
+    """A table a flag names (for `--events`, also a quoted glob of tables): refused as the flags are read when nothing
+    is there, not as a pandas traceback once other tables have loaded and the run folder was begun."""
+    if Path(text).expanduser().exists():
+        return text
+    if glob.has_magic(text):
+        if glob.glob(os.path.expanduser(text)):
+            return text
+        raise argparse.ArgumentTypeError(f"{text}: no file matches this pattern")
+    raise argparse.ArgumentTypeError(f"{text}: no such file")
 
 
 def saved_folder(*required: str) -> Callable[[str], str]:
@@ -189,7 +203,8 @@ def add_long_format_arguments(parser: argparse.ArgumentParser, skip: Sequence[st
     from ..data.long_format import LongFormatOptions
 
     table = parser.add_argument_group("long-format events")
-    table.add_argument("--events", nargs="+", help="CSV or Parquet event table(s), one row per observation")
+    table.add_argument("--events", nargs="+", type=existing_table,
+                       help="CSV or Parquet event table(s), one row per observation")
     for option in fields(LongFormatOptions):
         if option.name in skip:
             continue
