@@ -76,6 +76,12 @@ class MedFuseConfig(PreTrainedConfig):
         class_weights (`list[float]`, *optional*):
             Per-class weights of the cross-entropy loss (e.g. inverse class frequency for rare outcomes); focal loss
             has `focal_alpha` instead.
+        logit_offsets (`list[float]`, *optional*):
+            Added to the classification logits when they are read as risks (`MedFuseForSequenceClassification.risks`),
+            never in the loss: minus the log of how many times training over-weighted each class (class weights, or
+            sampling that draws the classes equally). Such training multiplies a class's odds by its weight; the
+            offsets bring the probabilities back to the training cohort's prevalence (Saerens et al., 2002), leaving
+            their order as it was.
         pretraining_objective (`str`, defaults to `"forecasting"`):
             The head of `MedFuseForPreTraining`: `"forecasting"` (each feature's value after a cut-off, from the
             patient vector) or `"masked_values"` (hidden values, each from its own token state).
@@ -109,6 +115,7 @@ class MedFuseConfig(PreTrainedConfig):
     focal_gamma: float | int = 2.0
     focal_alpha: float | None = None
     class_weights: list[float] | None = None
+    logit_offsets: list[float] | None = None
     pretraining_objective: Literal["forecasting", "masked_values"] = "forecasting"
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
@@ -148,8 +155,9 @@ class MedFuseConfig(PreTrainedConfig):
             raise ValueError(f"static_feature_ids {self.static_feature_ids} name a feature twice")
         if self.categorical_feature_ids and self.num_categories < 2:
             raise ValueError("categorical features need num_categories >= 2 (id 0 is reserved)")
-        if self.class_weights is not None and len(self.class_weights) != self.num_labels:
-            raise ValueError(f"class_weights has {len(self.class_weights)} entries for {self.num_labels} labels")
+        for name in ("class_weights", "logit_offsets"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != self.num_labels:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {self.num_labels} labels")
         if self.focal_alpha is not None and not 0.0 < self.focal_alpha < 1.0:
             raise ValueError(f"focal_alpha must lie in (0, 1), got {self.focal_alpha}")
         if self.classification_loss == "focal" and self.class_weights is not None:

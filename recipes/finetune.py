@@ -57,7 +57,7 @@ from medfuse_hf.training.recipe_config import (
     saved_model,
 )
 from medfuse_hf.training.run_info import read_run_settings, throughput
-from medfuse_hf.training.starting_point import MODEL_FIELDS, build_tokenizer, model_for
+from medfuse_hf.training.starting_point import MODEL_FIELDS, balancing_weights, build_tokenizer, model_for
 
 
 def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
@@ -67,7 +67,7 @@ def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[Da
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,),
                                   event_dropout=args.event_dropout)
     if args.sampling == "balanced":  # each batch drawn with replacement, deaths as likely as survivals
-        weights = torch.tensor([0.5 / rate if y else 0.5 / (1 - rate) for y in train[label]])
+        weights = torch.tensor(balancing_weights(rate))[torch.tensor(train[label], dtype=torch.long)]
         sampler = WeightedRandomSampler(weights, len(train), generator=torch.Generator().manual_seed(args.seed))
         batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
 

@@ -85,7 +85,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
 
         def scores(kept: datasets.Dataset) -> dict:
             return {"probability": per_patient_outputs(
-                kept, tokenizer, lambda batch: model(**batch).logits.float().softmax(dim=-1)[:, 1], args.batch_size)}
+                kept, tokenizer, lambda batch: model.risks(model(**batch).logits)[:, 1], args.batch_size)}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     explanations = output.with_name(output.name + ".explanations.csv")

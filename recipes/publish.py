@@ -22,7 +22,7 @@ from medfuse_hf.privacy import apply_privacy_guard, publishable_vocabulary
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.pretraining import EVALUATION, pretraining_cohort, publish_pretraining
-from medfuse_hf.training.publishing import publish_run, push_run, without_class_weights
+from medfuse_hf.training.publishing import publish_run, push_run, without_exact_prevalence
 from medfuse_hf.training.run_info import read_run_settings
 
 # What the cards are written from; `evaluation.md` is a pretraining run's downstream evaluation (`--evaluation`).
@@ -50,7 +50,7 @@ def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer
     apply_privacy_guard(tokenizer, release_dir.name, settings.get("min_patients_for_statistics", 20))  # or refuse
     if release_dir.exists():
         shutil.rmtree(release_dir)
-    with without_class_weights(model):
+    with without_exact_prevalence(model):
         model.save_pretrained(release_dir / "model")
     save_strict_tokenizer(tokenizer, release_dir / "model")
     for record in RECORDS:

@@ -146,11 +146,12 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
             "Not a medical device.\n")
     (run_dir / "model" / "README.md").write_text(card)
     shutil.copytree(embeddings, run_dir / "feature_embeddings")
-    model.config.class_weights = [0.6, 3.0]
+    model.config.class_weights, model.config.logit_offsets = [0.6, 3.0], [0.510826, -1.098612]
     push_run(run_dir, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
     assert model.config.class_weights == [0.6, 3.0]  # kept for training here
+    assert model.config.logit_offsets == [0.510826, -1.098612]
     local = tmp_path / "local"
-    model.config.class_weights = None  # as pushed
+    model.config.class_weights, model.config.logit_offsets = None, [0.51, -1.1]  # as pushed
     model.save_pretrained(local)
     MedFuseTokenizer(privacy_guarded(vocabulary)[0]).save_pretrained(local)  # counts rounded to tens
     repo = hub.repos["hospital-a/medfuse"]

@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 
@@ -277,6 +278,21 @@ def test_focal_loss_down_weights_confident_predictions(tokenizer, cohort, tiny_c
     expected = (0.5 * (1 - probability) ** 2 * -probability.log()).mean()
     torch.testing.assert_close(focal(**batch, labels=labels).loss, expected)
     assert focal(**batch, labels=labels).loss < plain(**batch, labels=labels).loss
+
+
+def test_risks_take_off_what_class_weights_added_to_the_odds(tiny_config):
+    """A loss that weighs deaths w1/w0 = 6 times learns odds 6 times the true ones (its optimum): `risks` gives the
+    true probabilities back, in the same order; a model without offsets gives its softmax."""
+    weights = [0.58, 3.48]
+    model = MedFuseForSequenceClassification(tiny_config(class_weights=weights,
+                                                         logit_offsets=[-math.log(weight) for weight in weights]))
+    true = torch.tensor([0.02, 0.14, 0.5, 0.9])
+    weighted_log_odds = (true / (1 - true) * weights[1] / weights[0]).log()
+    logits = torch.stack([torch.zeros(4), weighted_log_odds], dim=1)
+    assert torch.allclose(model.risks(logits)[:, 1], true, atol=1e-6)
+    assert torch.equal(MedFuseForSequenceClassification(tiny_config()).risks(logits), logits.softmax(dim=-1))
+    with pytest.raises(StrictDataclassError, match="logit_offsets has 1 entries for 2 labels"):
+        tiny_config(logit_offsets=[0.0])
 
 
 def test_class_weights_weight_the_cross_entropy_and_shards_average_to_the_batch(tokenizer, cohort, tiny_config):

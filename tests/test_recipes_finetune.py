@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -138,6 +139,8 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     assert (output_dir / "feature_embeddings" / "embedding_config.json").exists()
     # the recipe dropped features its training split lacked; the published tokenizer is strict, as users expect
     assert json.loads((output_dir / "model" / "preprocessor_config.json").read_text())["unknown_features"] == "error"
+    config = json.loads((output_dir / "model" / "config.json").read_text())  # risks at the cohort's prevalence
+    assert config["logit_offsets"] == pytest.approx([-math.log(weight) for weight in config["class_weights"]])
     assert result["train_seconds"] > 0 and result["events_per_second"] > 0 and result["patients_trained"] > 0
     header, *lines = (output_dir / "test_predictions.csv").read_text().splitlines()
     assert header == "record_id,label,score" and len(lines) == result["test_patients"]
@@ -458,24 +461,31 @@ def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, t
             starting_point.build_model(args, tokenizer, 0.5, matching)
 
 
-@pytest.mark.parametrize("sampling, loss, asked, weights", [
-    ("length_grouped", "cross_entropy", "auto", [0.625, 2.5]),
-    ("balanced", "cross_entropy", "auto", None),
-    ("length_grouped", "focal", "auto", None),
-    ("length_grouped", "cross_entropy", "none", None),
-    ("balanced", "cross_entropy", "balanced", "--sampling balanced already balances the classes"),
-    ("length_grouped", "focal", "balanced", "focal loss .* already balances the classes"),
+BALANCED_AT_ONE_IN_FIVE = [0.625, 2.5]  # each class half of the loss, or of the batches, at a 20 % rate
+OFFSETS = [-math.log(weight) for weight in BALANCED_AT_ONE_IN_FIVE]
+
+
+@pytest.mark.parametrize("sampling, loss, asked, weights, offsets", [
+    ("length_grouped", "cross_entropy", "auto", BALANCED_AT_ONE_IN_FIVE, OFFSETS),
+    ("balanced", "cross_entropy", "auto", None, OFFSETS),
+    ("length_grouped", "focal", "auto", None, None),
+    ("length_grouped", "cross_entropy", "none", None, None),
+    ("balanced", "cross_entropy", "balanced", "--sampling balanced already balances the classes", None),
+    ("length_grouped", "focal", "balanced", "focal loss .* already balances the classes", None),
 ])
-def test_the_classes_are_balanced_once(sampling, loss, asked, weights):
+def test_the_classes_are_balanced_once_and_the_risks_take_it_back_off(sampling, loss, asked, weights, offsets):
     """Balanced batches, or focal loss's α, and inverse-frequency weights on top would count a death about six times
-    at P12's rate: miscalibrated risks. `auto` weights the loss only where nothing else balances the classes."""
+    at P12's rate. `auto` weights the loss only where nothing else balances the classes; either way of balancing
+    gets the logit offsets that bring the risks back to the cohort's prevalence."""
     args = argparse.Namespace(sampling=sampling, class_weighting=asked)
     config = MedFuseConfig(vocab_size=4, classification_loss=loss)
     if isinstance(weights, str):
         with pytest.raises(SystemExit, match=weights):
-            starting_point.class_weights_for(args, 0.2, config)
-    else:
-        assert starting_point.class_weights_for(args, 0.2, config) == (pytest.approx(weights) if weights else None)
+            starting_point.weigh_the_classes(config, args, 0.2)
+        return
+    starting_point.weigh_the_classes(config, args, 0.2)
+    assert config.class_weights == (pytest.approx(weights) if weights else None)
+    assert config.logit_offsets == (pytest.approx(offsets) if offsets else None)
 
 
 @pytest.mark.parametrize("flags, message", [

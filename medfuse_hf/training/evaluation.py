@@ -69,10 +69,11 @@ def predict(model: torch.nn.Module, dataloader: DataLoader, accelerator: Acceler
     so each patient appears once; rows are returned so that callers can check it.
     """
     model.eval()
+    risks = accelerator.unwrap_model(model).risks
     rows, labels, scores = [], [], []
     for batch in dataloader:
         row, label = batch.pop(ROW_COLUMN), batch.pop("labels")
-        probability = model(**batch).logits.float().softmax(dim=-1)[:, 1]
+        probability = risks(model(**batch).logits)[:, 1]
         row, label, probability = accelerator.gather_for_metrics((row, label, probability))
         rows.append(row.cpu())
         labels.append(label.cpu())

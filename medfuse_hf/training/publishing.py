@@ -111,15 +111,25 @@ def readable(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
+# Published logit offsets are rounded to this many decimals: a prevalence known to about 1 %, not a positive count.
+PUBLISHED_OFFSET_DECIMALS = 2
+
+
 @contextmanager
-def without_class_weights(model):
-    """The model as it may leave the hospital: balanced class weights give the training cohort's exact positive count,
-    with its size on the card, and matter only to training's loss, so a published config goes without them."""
-    class_weights, model.config.class_weights = getattr(model.config, "class_weights", None), None
+def without_exact_prevalence(model):
+    """The model as it may leave the hospital. Balanced class weights give the training cohort's exact positive count,
+    with its size on the card, and matter only to training's loss, so a published config goes without them; the logit
+    offsets that undo them in the risks (the same count, as a log) go rounded."""
+    config = model.config
+    kept = {name: getattr(config, name, None) for name in ("class_weights", "logit_offsets")}
+    config.class_weights = None
+    if kept["logit_offsets"] is not None:
+        config.logit_offsets = [round(offset, PUBLISHED_OFFSET_DECIMALS) for offset in kept["logit_offsets"]]
     try:
         yield model
     finally:
-        model.config.class_weights = class_weights
+        for name, value in kept.items():
+            setattr(config, name, value)
 
 
 def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
@@ -132,7 +142,7 @@ def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str,
     any upload."""
     output_dir = Path(output_dir)
     publishable_vocabulary(tokenizer.feature_vocabulary, repo_id, min_patients)  # refused before any upload
-    with without_class_weights(model):
+    with without_exact_prevalence(model):
         model.push_to_hub(repo_id, private=True, token=token)
     tokenizer.push_to_hub(repo_id, private=True, token=token, min_patients_for_statistics=min_patients)
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",

@@ -3,6 +3,7 @@
 encoder's untrained parts, classes balanced twice, a checkpoint's normalisation), and what it took over, for the
 report. `recipes/finetune.py`'s first step, kept apart so that the recipe reads as training."""
 
+import math
 from collections import Counter
 
 from .. import (
@@ -81,7 +82,21 @@ def class_weights_for(args, rate: float, config: MedFuseConfig) -> list[float] |
         raise SystemExit(f"--class_weighting balanced: {elsewhere} already balances the classes; "
                          "give --class_weighting none (or auto)")
     balanced = args.class_weighting == "balanced" or (args.class_weighting == "auto" and not elsewhere)
-    return [0.5 / (1 - rate), 0.5 / rate] if balanced else None
+    return balancing_weights(rate) if balanced else None
+
+
+def balancing_weights(rate: float) -> list[float]:
+    """Per-class weights (negative, positive) under which each class counts half, for a share `rate` of positives."""
+    return [0.5 / (1 - rate), 0.5 / rate]
+
+
+def weigh_the_classes(config: MedFuseConfig, args, rate: float) -> None:
+    """The loss's class weights (`class_weights_for`), and the logit offsets that undo, in the risks, how much
+    training over-weighted each class: by those weights, or by `--sampling balanced`, which draws each class half the
+    time. Focal loss's α shifts no prior that an offset could take back, so it gets none."""
+    config.class_weights = class_weights_for(args, rate, config)
+    over_weighted = config.class_weights or (balancing_weights(rate) if args.sampling == "balanced" else None)
+    config.logit_offsets = None if over_weighted is None else [-math.log(weight) for weight in over_weighted]
 
 
 def encoder_weights_missing(model, loading_info: dict) -> list[str]:
@@ -106,7 +121,7 @@ def build_model(args, tokenizer, rate: float,
                              f"weights for {len(missing)} of its parameters ({missing[:4]}...): they come from "
                              "--pooling or --static_features other than the checkpoint's, and would stay random. "
                              "Keep the checkpoint's, or fine-tune with --strategy full")
-        model.config.class_weights = class_weights_for(args, rate, model.config)
+        weigh_the_classes(model.config, args, rate)
         if model.config.vocab_size != matching["checkpoint_feature_ids"]:
             raise SystemExit(f"--init_from {args.init_from}: its model has {model.config.vocab_size} feature ids, its "
                              f"tokenizer {matching['checkpoint_feature_ids']}: "
@@ -116,7 +131,7 @@ def build_model(args, tokenizer, rate: float,
         return model, loaded_rows
     preset = MedFuseConfig.paper_p12 if args.preset == "paper_p12" else MedFuseConfig
     config = preset(**tokenizer.feature_vocabulary.config_kwargs(), num_labels=2, **overrides)
-    config.class_weights = class_weights_for(args, rate, config)
+    weigh_the_classes(config, args, rate)
     return MedFuseForSequenceClassification(config), None
 
 
