@@ -70,6 +70,9 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         pinned_features: features whose earliest event survives any cut to the most recent events: the static
             descriptors recorded at admission (age, ICU type) that a model's `static_feature_ids` reads there, and
             that a long stay would otherwise lose first.
+        event_window: the window of a long-format table the training events came from, `{"anchor_column":
+            "INTIME", "max_hours": 48}`, recorded by `recipes/finetune.py` so that `recipes/predict.py` reads new
+            patients the same way unless told otherwise.
     """
 
     model_input_names = ["feature_ids", "values", "times", "attention_mask"]
@@ -81,6 +84,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         unknown_features: UnknownFeatures = "error",
         max_hours: float = 10 * HOURS_PER_YEAR,
         pinned_features: Sequence[str] = (),
+        event_window: Mapping[str, Any] | None = None,
         **kwargs,
     ):
         # one event per position (feature_size 1); no sampling rate; padding is PAD_ID and zeros, see `_pad`
@@ -104,6 +108,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         self.unknown_features = unknown_features
         self.max_hours = max_hours
         self.pinned_features = pinned_features
+        self.event_window = dict(event_window) if event_window else None
 
     @property
     def feature_vocabulary(self) -> FeatureVocabulary:
@@ -261,6 +266,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             "unknown_features": self.unknown_features,
             "max_hours": self.max_hours,
             "pinned_features": self.pinned_features,
+            **({"event_window": self.event_window} if self.event_window else {}),
             "padding_side": self.padding_side,
             "feature_vocabulary": self.feature_vocabulary.to_dict(),
             # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)

@@ -68,10 +68,26 @@ def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
         yield patients.select(range(start, min(start + PATIENTS_PER_CHUNK, len(patients))))
 
 
+def follow_the_training_window(args: argparse.Namespace, tokenizer: MedFuseTokenizer) -> None:
+    """New patients read through the window the model was trained on (`event_window`, recorded by finetune.py),
+    where the flags leave it out; a window given that differs is kept, as asked, and said."""
+    window = tokenizer.event_window or {}
+    for flag in ("max_hours", "anchor_column"):
+        trained, given = window.get(flag), getattr(args, flag)
+        if trained is None or given == trained:
+            continue
+        if given is None:
+            setattr(args, flag, trained)
+            print(f"--{flag} {trained}: the model's training window")
+        else:
+            print(f"--{flag} {given}: the model was trained with --{flag} {trained}; scoring as asked")
+
+
 def prediction_function(args: argparse.Namespace) -> dict:
+    tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
+    follow_the_training_window(args, tokenizer)
     options = LongFormatOptions.from_settings(vars(args)).as_kwargs()
     patients, load_summary = load_long_format(args.events, args.patients, return_summary=True, **options)
-    tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
     where = ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else "")
     check_units(tokenizer.feature_vocabulary, load_summary.units, where)
     if args.representations:  # any MedFuse checkpoint, the pretrained base too: its encoder and pooling only

@@ -169,6 +169,8 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
             columns,
             "--feature_map",
             str(tmp_path / "items.csv"),
+            "--max_hours",
+            "24",
             "--num_epochs",
             "1",
             "--output_dir",
@@ -178,7 +180,7 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     assert json.loads((model_run / "test_metrics.json").read_text())["test_patients"] == 16  # 10 % of 160
 
     output = tmp_path / "predictions.csv"
-    run(
+    scored = run(
         [
             "--model_dir",
             str(model_run / "model"),
@@ -195,6 +197,10 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     )
     predictions = pd.read_csv(output)
     assert len(predictions) == 160 and predictions["probability"].between(0, 1).all()
+    # read through the window the model was trained on, though the command left it out
+    assert "--max_hours 24.0: the model's training window" in scored.stdout
+    summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
+    assert "time more than 24 h after the anchor" in json.dumps(summary)
 
 
 def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tokenizer, tiny_config):

@@ -28,11 +28,14 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
     statistics for the features it knows (what its weights learnt on), followed by the training features it lacks,
     which start fresh with statistics from this training split. Also returns, for `--init_from`, how the cohort's
     features matched the checkpoint's (features only in validation or test are dropped and logged, as
-    `fit_tokenizer` does). `--static_features` are pinned: a long stay keeps the statics its model reads."""
+    `fit_tokenizer` does). `--static_features` are pinned: a long stay keeps the statics its model reads. A
+    long-format table's `--max_hours` window is recorded in it."""
     fitted = fit_tokenizer(train, args.max_events, args.value_normalization, units)
     tokenizer, matching = (fitted, None) if not args.init_from else checkpoint_tokenizer(args, fitted, units)
     static_feature_ids(args.static_features or [], tokenizer)  # an unknown name: a clear error
     tokenizer.pinned_features = list(dict.fromkeys([*tokenizer.pinned_features, *(args.static_features or [])]))
+    if args.dataset == "long-format" and args.max_hours is not None:  # what predict.py reads new patients with
+        tokenizer.event_window = {"anchor_column": args.anchor_column, "max_hours": args.max_hours}
     return tokenizer, matching
 
 
