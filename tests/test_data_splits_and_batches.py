@@ -35,6 +35,13 @@ def test_stratified_split_is_seeded_disjoint_and_keeps_the_label_rate():
         assert sum(labels[i] for i in part) / len(part) == pytest.approx(143 / 1000, abs=0.011)
 
 
+def test_a_cohort_too_small_to_stratify_says_what_it_holds_and_the_way_out():
+    """A pilot export with one death: scikit-learn's "least populated class" would name no patient count."""
+    with pytest.raises(ValueError, match=r"15 patients \(14 of class 0, 1 of class 1\) are too few to split .* "
+                                         r"\(--split_file\)"):
+        stratified_split(list(range(15)), [0] * 14 + [1])
+
+
 def test_training_subsets_are_nested_stratified_and_seeded():
     labels = [int(i % 16 == 0) for i in range(3200)]  # 200 positives
     subsets = {fraction: set(nested_subset(labels, fraction, seed=1)) for fraction in (0.01, 0.05, 0.25, 1.0)}

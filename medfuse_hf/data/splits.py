@@ -7,6 +7,7 @@ fitted on `train` only (`FeatureVocabulary.fit_statistics`).
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,10 +43,17 @@ def stratified_split(
     if abs(sum(fractions) - 1.0) > 1e-9:
         raise ValueError(f"fractions must add up to 1, got {fractions}")
     ids, labels = list(ids), list(labels)
-    train, rest, _, rest_labels = train_test_split(ids, labels, train_size=fractions[0], stratify=labels,
-                                                   random_state=seed)
-    validation_share = fractions[1] / (fractions[1] + fractions[2])
-    validation, test = train_test_split(rest, train_size=validation_share, stratify=rest_labels, random_state=seed)
+    try:
+        train, rest, _, rest_labels = train_test_split(ids, labels, train_size=fractions[0], stratify=labels,
+                                                       random_state=seed)
+        validation_share = fractions[1] / (fractions[1] + fractions[2])
+        validation, test = train_test_split(rest, train_size=validation_share, stratify=rest_labels,
+                                            random_state=seed)
+    except ValueError as error:  # scikit-learn's "least populated class": say what the cohort holds, and the way out
+        counts = ", ".join(f"{count} of class {label}" for label, count in sorted(Counter(labels).items()))
+        raise ValueError(f"{len(ids)} patients ({counts}) are too few to split {fractions} into train, validation "
+                         "and test with every class in each: give more patients, or the split itself "
+                         "(--split_file)") from error
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
 
 
