@@ -134,6 +134,37 @@ def test_the_gbm_learns_from_a_small_hospitals_77_stays(monkeypatch):
     assert baseline.min_samples_leaf(7671) == 40  # the P12 table's GBM is unchanged
 
 
+def test_a_small_cohorts_gbm_grows_on_one_thread_and_a_larger_ones_as_openmp_says(monkeypatch):
+    """Beside another busy process two OpenMP threads grow the same trees two to three times slower, and on idle cores
+    they save a pilot nothing (`benchmarks/gbm_threads.py`)."""
+    from threadpoolctl import threadpool_info
+
+    import medfuse_hf.training.summary_baseline as baseline
+
+    def openmp_threads() -> set[int]:
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "openmp"}
+
+    grow, seen = baseline.grown_until_validation_stalls, []
+
+    def growing_on_the_threads_it_has(*args):
+        seen.append(openmp_threads())
+        return grow(*args)
+
+    monkeypatch.setattr(baseline, "grown_until_validation_stalls", growing_on_the_threads_it_has)
+    monkeypatch.setattr(baseline, "GBM_MAX_ITERATIONS", 20)
+    monkeypatch.setattr(baseline, "GBM_SETTINGS", baseline.GBM_SETTINGS[:1])
+    parts = {name: learnable_split(seed, 100) for seed, name in enumerate(("train", "validation", "test"))}
+    table = SummaryTable(parts["train"][0])
+    frames = {name: table(stays) for name, (stays, _) in parts.items()}
+    fits = []
+    for one_thread_below in (1000, 50):  # 100 training stays: small, then large
+        monkeypatch.setattr(baseline, "ONE_THREAD_BELOW", one_thread_below)
+        fits.append(fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]),
+                            frames["test"], seed=0))
+    assert seen == [{1}, openmp_threads()]
+    assert np.array_equal(fits[0].test_scores, fits[1].test_scores)  # the same trees
+
+
 def test_a_column_no_training_stay_has_is_left_out_of_the_gbm(monkeypatch):
     """A lab that none of a small subset's stays had is an all-missing training column: scikit-learn's binning fails
     on it ("window shape cannot be larger than input array shape"); it says nothing, so the GBM goes without it."""

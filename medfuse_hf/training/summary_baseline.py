@@ -21,6 +21,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .metrics import RANKING_SCORES
 
@@ -44,6 +45,10 @@ GBM_MAX_ITERATIONS = 1500
 # at a third of the cost where the best iteration comes early (small cohorts, the faster rate).
 GBM_ROUND, GBM_PATIENCE = 50, 300
 LOGISTIC_C = (0.003, 0.01, 0.03, 0.1, 1.0)
+# Below this many training stays a GBM grows on one OpenMP thread: on idle cores a second saves nothing there, and
+# where another process holds a core (a shared server, a training beside it) two threads grow the same trees two to
+# three times slower (`benchmarks/gbm_threads.py`). The trees do not depend on the thread count.
+ONE_THREAD_BELOW = 1000
 
 
 class SummaryTable:
@@ -162,19 +167,21 @@ def fit_gbm(
     # A column no training stay has (a rare lab in a 77-stay subset) says nothing, and breaks sklearn's binning.
     observed = train[0].columns[train[0].notna().any()]
     leaf = min_samples_leaf(len(train[1]))
-    for setting in GBM_SETTINGS:
-        columns = statistic_columns(observed, GBM_STATISTICS[setting["statistics"]])
-        trees = {name: value for name, value in setting.items() if name != "statistics"}
-        model = HistGradientBoostingClassifier(
-            max_iter=0, warm_start=True, early_stopping=False, max_features=0.5, random_state=seed,
-            min_samples_leaf=leaf, **trees
-        )
-        iteration, value, scores = grown_until_validation_stalls(
-            model, (train[0][columns], train[1]), (validation[0][columns], validation_labels), metric
-        )
-        if best is None or value > best[0]:
-            chosen = {**setting, "min_samples_leaf": leaf, "iterations": iteration, "columns": len(columns)}
-            best = (value, chosen, model, scores, columns)
+    threads = 1 if len(train[1]) < ONE_THREAD_BELOW else None  # None: as OpenMP (OMP_NUM_THREADS) says
+    with threadpool_limits(limits=threads, user_api="openmp"):
+        for setting in GBM_SETTINGS:
+            columns = statistic_columns(observed, GBM_STATISTICS[setting["statistics"]])
+            trees = {name: value for name, value in setting.items() if name != "statistics"}
+            model = HistGradientBoostingClassifier(
+                max_iter=0, warm_start=True, early_stopping=False, max_features=0.5, random_state=seed,
+                min_samples_leaf=leaf, **trees
+            )
+            iteration, value, scores = grown_until_validation_stalls(
+                model, (train[0][columns], train[1]), (validation[0][columns], validation_labels), metric
+            )
+            if best is None or value > best[0]:
+                chosen = {**setting, "min_samples_leaf": leaf, "iterations": iteration, "columns": len(columns)}
+                best = (value, chosen, model, scores, columns)
     score, settings, model, validation_scores, columns = best
     test_scores = next(
         s[:, 1] for i, s in enumerate(model.staged_predict_proba(test[columns])) if i + 1 == settings["iterations"]
