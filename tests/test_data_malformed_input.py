@@ -61,6 +61,32 @@ def test_a_value_with_the_other_decimal_mark_is_an_error_not_a_skip(tmp_path, de
         load_csv(tmp_path, f'p1,1.0,potassium,4\np1,2.0,potassium,"{text}"\np1,3.0,sodium,"{text}"\n', decimal=decimal)
 
 
+def test_a_semicolon_export_with_decimal_commas_reads_with_its_delimiter(tmp_path):
+    """The usual European export: fields separated by ';' so that a decimal comma (in values and hours alike) needs no
+    quotes; its labels table too."""
+    (tmp_path / "labels.csv").write_text("patient_id;died\np1;1\n")
+    dataset, _ = load_csv(tmp_path, "p1;1;potassium;3,9\np1;2,5;sodium;140\n",
+                          header="patient_id;time;feature;value\n", labels=tmp_path / "labels.csv",
+                          label_column="died", delimiter=";", decimal=",")
+    assert dataset[0]["value"] == [3.9, 140.0] and dataset[0]["time"] == [1.0, 2.5] and dataset[0]["died"] == 1
+
+
+def test_a_semicolon_export_read_with_commas_names_the_delimiter_flag(tmp_path):
+    with pytest.raises(ValueError, match=r"missing; it has \['patient_id;time;feature;value'\] \(one column: are its "
+                                         r"fields separated by ';'\? give --delimiter ';'\)"):
+        load_csv(tmp_path, "p1;1.0;potassium;3.9\n", header="patient_id;time;feature;value\n")
+
+
+def test_a_tab_delimiter_can_be_given_as_a_shell_passes_it():
+    import argparse
+
+    from medfuse_hf.training.recipe_config import field_separator
+
+    assert field_separator("\\t") == field_separator("tab") == "\t" and field_separator(";") == ";"
+    with pytest.raises(argparse.ArgumentTypeError, match="give one character"):
+        field_separator(";;")
+
+
 @pytest.mark.parametrize("text, kept", [("7,4", 7.4), ("1.234,5", 1234.5), ("1.234", 1234.0), ("12.34.5", None)])
 def test_with_a_decimal_comma_a_dot_only_groups_thousands(tmp_path, text, kept):
     """A number that is neither (12.34.5) is a counted skip."""

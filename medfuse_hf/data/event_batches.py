@@ -23,11 +23,13 @@ from .release_files import raise_first_non_utf8_byte, utf8_errors_named
 DEFAULT_COLUMNS = {"patient_id": "patient_id", "time": "time", "feature": "feature", "value": "value"}
 OPTIONAL_COLUMNS = ("unit",)  # read when `columns` names them, or a column has their name
 BATCH_ROWS = 1 << 20
+OTHER_DELIMITERS = (";", "\t", ",", "|")  # what an export may be separated by, for a hint when a header is one column
 CSV_BLOCK_BYTES = 8 << 20  # about 300,000 rows of a four-column export: memory, not speed, sets it
 TableSource = str | Path | pd.DataFrame
 
 
-def event_batches(source: TableSource, columns: Mapping[str, str], summary: LoadSummary) -> Iterator[pd.DataFrame]:
+def event_batches(source: TableSource, columns: Mapping[str, str], summary: LoadSummary,
+                  delimiter: str = ",") -> Iterator[pd.DataFrame]:
     """The source's rows in batches: the four needed fields and `unit` (where `columns` names it, or a column is
     called so; else empty), renamed, plus `line`. Columns left unread are noted in the summary: a unit column under
     another name would otherwise mix °F and °C rows silently."""
@@ -38,13 +40,13 @@ def event_batches(source: TableSource, columns: Mapping[str, str], summary: Load
         parquet = pq.ParquetFile(source)
         header, batches = parquet.schema_arrow.names, _parquet_batches(parquet)
     else:
-        header = _csv_header(Path(source))
-        batches = _csv_batches(Path(source), header)
+        header = _csv_header(Path(source), delimiter)
+        batches = _csv_batches(Path(source), header, delimiter)
     columns = {**{key: key for key in OPTIONAL_COLUMNS if key in header}, **columns}
     fields = [*DEFAULT_COLUMNS, *(key for key in OPTIONAL_COLUMNS if key in columns)]
     absent = [columns[key] for key in fields if columns[key] not in header]
     if absent:
-        raise ValueError(f"{name}: columns {absent} missing; it has {header}")
+        raise ValueError(f"{name}: columns {absent} missing; it has {header}{other_delimiter_hint(header, delimiter)}")
     unread = [column for column in header if column not in {columns[key] for key in fields}]
     if unread:
         summary.note(f"columns not read: {unread} (name them in columns=... if they matter)", name)
@@ -75,21 +77,29 @@ def _parquet_batches(parquet: pq.ParquetFile) -> Iterator[tuple[pa.Table, np.nda
         start += batch.num_rows
 
 
-def _csv_header(path: Path) -> list[str]:
+def other_delimiter_hint(header: list[str], delimiter: str) -> str:
+    """Where a header read as one column holds another usual separator: the flag that reads it."""
+    others = [mark for mark in OTHER_DELIMITERS if mark != delimiter and len(header) == 1 and mark in header[0]]
+    if not others:
+        return ""
+    return f" (one column: are its fields separated by {others[0]!r}? give --delimiter {others[0]!r})"
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
     with utf8_errors_named(path), path.open(newline="", encoding="utf-8-sig") as file:
-        header = next(csv.reader(file), None)
+        header = next(csv.reader(file, delimiter=delimiter), None)
     if header is None:
         raise ValueError(f"{path}: the file is empty")
     return header
 
 
-def _csv_batches(path: Path, header: list[str]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def _csv_batches(path: Path, header: list[str], delimiter: str) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """Arrow record batches of every field as text, with each row's line. A blank line reads as a row of empty
     fields, dropped here after it has been counted as a line; a row with more or fewer fields than the header is an
     error naming its line: pandas would drop the extra field of an unquoted decimal comma (`p1,2.0,potassium,3,9`)."""
     reader_options = dict(
         read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
+        parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False),
         convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()),
                                               strings_can_be_null=False, quoted_strings_can_be_null=False),
     )
@@ -108,14 +118,14 @@ def _csv_batches(path: Path, header: list[str]) -> Iterator[tuple[pa.Table, np.n
         if "utf8" in str(error).lower():
             raise_first_non_utf8_byte(path)
         if "Expected" in str(error) and "columns" in str(error):
-            _raise_first_bad_row(path, header)
+            _raise_first_bad_row(path, header, delimiter)
         raise ValueError(f"{path}: {error}") from None
 
 
-def _raise_first_bad_row(path: Path, header: list[str]) -> None:
+def _raise_first_bad_row(path: Path, header: list[str], delimiter: str) -> None:
     """Arrow names a row by its count of rows; `csv` gives the line it ends on."""
     with path.open(newline="", encoding="utf-8-sig") as file:
-        rows = csv.reader(file)
+        rows = csv.reader(file, delimiter=delimiter)
         next(rows)
         for row in rows:
             if len(row) != len(header) and row:

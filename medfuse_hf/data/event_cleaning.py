@@ -223,7 +223,8 @@ def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Se
     none = pd.Series(np.nan, index=table.index)
     pending = pd.Series(pd.NA, index=table.index, dtype="Int64")
     text = table["time"].astype(str).str.strip()
-    numeric = as_numbers(text)
+    # Under a decimal comma, hours may be written 2,5 or, where a script computed them, 2.5: both are read as 2.5.
+    numeric = as_numbers(text if context.decimal == "." else text.str.replace(context.decimal, ".", regex=False))
     is_number = numeric.notna()
     in_any_form = any_form(text[~is_number]).reindex(table.index)  # NaT for the numbers
     is_stamp = in_any_form.notna()

@@ -39,7 +39,7 @@ from ..timestamps import (
 )
 from ..units import INTO, UnitConversion, same_unit
 from .clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from .event_batches import DEFAULT_COLUMNS, TableSource, event_batches
+from .event_batches import DEFAULT_COLUMNS, TableSource, event_batches, other_delimiter_hint
 from .event_cleaning import (
     BatchContext,
     FeatureSpellings,
@@ -74,7 +74,9 @@ class LongFormatOptions:
             else an error names the patient and line; a missing label leaves the patient unlabeled (None, counted).
         label_map: text label -> 0/1, e.g. `{"yes": 1, "no": 0}`.
         censored: `"bound"` keeps `<x`/`>x`-style results at x (counted), `"refuse"` skips them (counted).
-        decimal: the decimal mark of the value column (`","` for European exports).
+        decimal: the decimal mark of the value column (`","` for European exports); hours may then be written
+            `2,5` or `2.5`.
+        delimiter: the field separator of CSV tables, events and labels alike (`";"` for many European exports).
         time_format: `strftime` format of the timestamps (and anchors), e.g. `"%d/%m/%Y %H:%M"`; else ISO 8601.
             Times are either numbers of hours or timestamps, one kind per column; UTC offsets are converted to UTC.
         time_zone: the IANA zone (`"Europe/Berlin"`) of the wall clocks that wrote timestamps without a UTC offset.
@@ -105,7 +107,9 @@ class LongFormatOptions:
     censored: Literal["bound", "refuse"] = field(default="bound", metadata={
         "help": "'<0.01'-style results: kept at the bound (counted) or skipped (counted)"})
     decimal: str = field(default=".", metadata={
-        "help": "decimal mark of the value column (',' for European exports)"})
+        "help": "decimal mark of values and hours (',' for European exports)"})
+    delimiter: str = field(default=",", metadata={
+        "help": "field separator of CSV tables (';' for many European exports)"})
     time_format: str | None = field(default=None, metadata={
         "help": "strftime format of timestamps, e.g. '%d/%m/%Y %H:%M' (default: ISO 8601)"})
     time_zone: str | None = field(default=None, metadata={
@@ -124,6 +128,9 @@ class LongFormatOptions:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.time_zone is not None:
             check_time_zone(self.time_zone)
+        if len(self.delimiter) != 1 or self.delimiter in "\"\r\n":
+            raise ValueError(f"delimiter must be one character other than a quote or line break, got "
+                             f"{self.delimiter!r}")
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> "LongFormatOptions":
@@ -160,7 +167,7 @@ def load_long_format(
     spellings = FeatureSpellings(_spelling_keys(known), options.name_variants)
     columns = {**DEFAULT_COLUMNS, **(options.columns or {})}
     sources = _expanded(list(events) if isinstance(events, (list, tuple)) else [events])
-    label_table = _read_labels(labels, columns["patient_id"]) if labels is not None else None
+    label_table = _read_labels(labels, columns["patient_id"], options.delimiter) if labels is not None else None
     if options.label_column is not None:
         label_table = _validated_labels(label_table, options.label_column, options.label_map, labels)
     summary = LoadSummary(source=f"long-format events from {len(sources)} table(s)")
@@ -180,7 +187,7 @@ def load_long_format(
                     value_transforms=value_transforms or {}, anchors=anchors, spellings=spellings,
                     time_kinds=TimeKinds(), offsets=offsets, summary=summary)
                 store.begin_table(name)
-                for batch in event_batches(source, columns, summary):
+                for batch in event_batches(source, columns, summary, options.delimiter):
                     store.add(clean_batch(batch, context))
                     bar.update(len(batch))
                 context.time_kinds.refuse_a_mix(name)
@@ -358,7 +365,7 @@ def _validated_labels(
     return table.assign(**{label_column: pd.Series(values, index=table.index, dtype=object)})
 
 
-def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
+def _read_labels(labels: TableSource, id_column: str, delimiter: str = ",") -> pd.DataFrame:
     name = "labels" if isinstance(labels, pd.DataFrame) else str(labels)
     if isinstance(labels, pd.DataFrame):
         table = labels
@@ -366,9 +373,10 @@ def _read_labels(labels: TableSource, id_column: str) -> pd.DataFrame:
         table = pd.read_parquet(labels)
     else:
         with utf8_errors_named(labels):  # ids as text, as the events' are read: "007" stays "007", never 7
-            table = pd.read_csv(labels, encoding="utf-8-sig", dtype={id_column: str})
+            table = pd.read_csv(labels, encoding="utf-8-sig", dtype={id_column: str}, sep=delimiter)
     if id_column not in table.columns:
-        raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}")
+        raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}"
+                         f"{other_delimiter_hint(list(table.columns), delimiter)}")
     no_id = blank(table[id_column]).to_numpy()
     if no_id.any():
         position = int(np.flatnonzero(no_id)[0])

@@ -170,6 +170,14 @@ def read_unit_conversions(path: str) -> dict:
     return conversions
 
 
+def field_separator(text: str) -> str:
+    """`--delimiter ';'`; a tab as a shell passes it unquoted (`\\t`) or by name (`tab`)."""
+    separator = "\t" if text in ("\\t", "tab") else text
+    if len(separator) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one character, e.g. ';' (or tab)")
+    return separator
+
+
 def label_mapping(text: str) -> dict[str, int]:
     """`--label_map yes=1,no=0`."""
     pairs = [part.partition("=") for part in text.split(",") if part.strip()]
@@ -194,7 +202,8 @@ def read_feature_map(path: str) -> dict[str, str]:
 
 # How the flags' text becomes a long-format option, where it is more than a string or a number.
 LONG_FORMAT_PARSERS = {"columns": column_mapping, "feature_map": read_feature_map,
-                       "unit_conversions": read_unit_conversions, "label_map": label_mapping}
+                       "unit_conversions": read_unit_conversions, "label_map": label_mapping,
+                       "delimiter": field_separator}
 
 
 def add_long_format_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> argparse._ArgumentGroup:
