@@ -154,6 +154,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
         "events_skipped_by_loader": dict(load_summary.skipped_events),
         "loader_notes": dict(load_summary.notes),
         "patients_skipped_by_loader": dict(load_summary.skipped_patients),
+        "loader_examples": load_summary.examples,  # reason -> the first patients or lines it applied to
     }
     if args.explain:
         print(f"the {args.explain} events that moved each patient's risk most: {explanations}")

@@ -63,7 +63,7 @@ def test_every_skip_is_counted_with_its_line(tmp_path):
     for reason, line in expected.items():
         assert summary.skipped_events[reason] == 1, reason
         assert summary.examples[reason] == [f"{path}:{line}"]
-    assert summary.skipped_patients == {"labels row but no events": 1}
+    assert summary.skipped_patients == {"listed (labels or patients table) but no events": 1}
     assert summary.events_kept + sum(summary.skipped_events.values()) == summary.events_read == 12
 
 

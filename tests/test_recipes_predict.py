@@ -62,6 +62,7 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
     assert summary["patients_not_scored"] == {"no event of a feature the model knows": 1}
     assert summary["patients_not_scored_examples"] == ["p2"]
     assert summary["loader_notes"] == {"censored value, kept at the bound": 1}
+    assert summary["loader_examples"]["censored value, kept at the bound"] == [f"{tmp_path / 'events.csv'}:5"]
     assert summary["patients_scored"] == 2 and summary["events_read"] == 7
     assert summary["patients_cut_to_max_events"] == {"max_events": 64, "patients": 0, "oldest_events_left_out": 0}
 

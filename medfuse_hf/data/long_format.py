@@ -275,7 +275,7 @@ def _patients_by_rank(
     summary.patients_read = len(has_events | set(label_table.index))
     for patient_id in label_table.index:
         if patient_id not in has_events and patient_id not in counted:
-            summary.skip_patient("labels row but no events", f"patient {patient_id}")
+            summary.skip_patient("listed (labels or patients table) but no events", f"patient {patient_id}")
     for patient_id in with_events:
         if patient_id not in label_table.index:
             summary.skip_patient("events but no labels row", f"patient {patient_id}")
