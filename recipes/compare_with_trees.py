@@ -123,7 +123,8 @@ def add_to_card(card: Path, section: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run_dir", type=Path, required=True, help="a finished recipes/finetune.py run")
     parser.add_argument("--bootstrap_resamples", type=int, default=1000)
     parser.add_argument("--with_representation_of", type=Path, metavar="CHECKPOINT",

@@ -47,18 +47,19 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model_dir", required=True, type=saved_model,
                         help="a saved MedFuse model folder (with its tokenizer) or Hub repo id")
     add_cohort_arguments(parser)
     parser.add_argument("--split", choices=("train", "validation", "test"), default="test")
     parser.add_argument("--unknown_features", choices=("error", "unk", "drop"), default="error",
                         help="features the model's vocabulary lacks (e.g. another hospital's)")
-    parser.add_argument("--output_dir", default="outputs/evaluate")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--bootstrap_resamples", type=int, default=1000)
+    parser.add_argument("--output_dir", default="outputs/evaluate", help="where the report and plots go")
+    parser.add_argument("--batch_size", type=int, default=64, help="patients scored at a time")
+    parser.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the metrics' 95%% intervals")
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
-    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
     quiet_library_progress_bars()
     evaluation_function(parse_with_config(parser, argv))
 

@@ -305,17 +305,19 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_cohort_arguments(parser)
     model = add_model_arguments(parser, MODEL_FIELDS)
     model.add_argument("--init_from", type=saved_model,
                        help="a saved MedFuse model folder (e.g. a recipes/pretrain.py run's model/) or Hub repo id")
-    model.add_argument("--preset", choices=("default", "paper_p12"), default="default")
+    model.add_argument("--preset", choices=("default", "paper_p12"), default="default",
+                       help="paper_p12: the authors' dropouts and focal loss")
     model.add_argument("--static_features", nargs="+", metavar="NAME",
                        help="features that also join the patient vector directly, "
                             "e.g. age gender height icu_type weight")
     train = add_training_arguments(parser, output_dir="outputs/finetune")
-    train.add_argument("--eval_batch_size", type=int, default=64)
+    train.add_argument("--eval_batch_size", type=int, default=64, help="patients scored at a time in validation")
     train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")
     train.add_argument("--validation_fraction", type=float, default=1.0,
                        help="validate on this stratified share of the split "
@@ -336,11 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--class_weighting", choices=("auto", "none", "balanced"), default="auto",
                        help="balanced: inverse-frequency weights in the loss; auto: balanced unless --sampling "
                             "balanced or focal loss balance the classes already")
-    train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped")
+    train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped",
+                       help="batches of similar lengths, or drawn with the classes equally likely")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
     train.add_argument("--patience", type=int, default=5,
                        help="validations (one per epoch, see --min_steps) without improvement before stopping")
-    train.add_argument("--bootstrap_resamples", type=int, default=1000)
+    train.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the test metrics' 95%% intervals")
     train.add_argument("--weight_averaging", choices=("none", "ema"), default="none",
                        help="validate and keep an exponential moving average of the weights instead of the weights")
     train.add_argument("--ema_decay", type=float, default=0.999, help="--weight_averaging ema: weight of the past")

@@ -32,7 +32,8 @@ of patients in whom the feature was never measured.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--output_dir", type=Path, default=Path("model_cards/datasets"))
     args = parser.parse_args()

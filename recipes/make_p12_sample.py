@@ -15,7 +15,8 @@ from medfuse_hf.data.splits import stratified_split
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--num_patients", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)

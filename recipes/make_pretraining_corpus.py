@@ -123,7 +123,8 @@ def refuse_export_flags(args: argparse.Namespace, parser: argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset", choices=("public", "long-format"), default="public",
                         help="P19 and P12's training split (with a hospital's export too if --events is given), or "
                              "the export alone")

@@ -175,14 +175,15 @@ def prediction_function(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model_dir", required=True, type=saved_model,
                         help="a saved MedFuse model folder (with its tokenizer) or Hub repo id")
     add_long_format_arguments(parser, skip=("label_column", "label_map"))  # it scores: no labels
     parser.add_argument("--patients", type=existing_table,
                         help="table with one row per patient (patient_id column), e.g. anchor times")
-    parser.add_argument("--output", default="predictions.csv")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--output", default="predictions.csv", help="the risks' CSV; its summary JSON beside it")
+    parser.add_argument("--batch_size", type=int, default=64, help="patients scored at a time")
     parser.add_argument(
         "--explain",
         type=int,

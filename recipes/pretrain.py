@@ -188,7 +188,8 @@ def training_function(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = add_cohort_arguments(parser)
     data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
     data.add_argument("--open_shards", type=int, default=2,

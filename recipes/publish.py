@@ -61,7 +61,8 @@ def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run_dir", type=Path, required=True)
     parser.add_argument("--card_copy", type=Path,
                         help="also copy the model card here (e.g. model_cards/NAME.md) and the embedding card "

@@ -171,7 +171,8 @@ def plot_table(table: list[dict], title: str, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for side in ("source", "target"):
         parser.add_argument(f"--{side}_dataset", help="required unless --summary_only")
         parser.add_argument(f"--{side}_data_dir")
