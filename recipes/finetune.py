@@ -160,7 +160,7 @@ def fit(run: PreparedRun, start: tuple[Path, float] | None = None) -> tuple[Loop
         training_mode()
         validation = binary_metrics(predictions["labels"], predictions["scores"])
         accelerator.log({"epoch": epoch, **{f"validation_{k}": v for k, v in validation.items()}}, step=state.step)
-        accelerator.print(f"epoch {epoch}: validation AUROC {validation['auroc']:.4f}, "
+        accelerator.print(f"epoch {epoch + 1}: validation AUROC {validation['auroc']:.4f}, "  # as test_metrics counts
                           f"AUPRC {validation['auprc']:.4f}")
         if state.record_validation(validation[args.early_stopping_metric], epoch):
             accelerator.wait_for_everyone()

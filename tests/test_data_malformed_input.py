@@ -77,6 +77,14 @@ def test_a_semicolon_export_read_with_commas_names_the_delimiter_flag(tmp_path):
         load_csv(tmp_path, "p1;1.0;potassium;3.9\n", header="patient_id;time;feature;value\n")
 
 
+def test_an_anchor_column_that_is_not_there_names_the_columns_that_are(tmp_path):
+    (tmp_path / "stays.csv").write_text("patient_id,INTIME\np1,2020-01-01T00:00\n")
+    with pytest.raises(ValueError, match=r"'IN_TIME' is not a column of the .*table; it has \['INTIME'\]"):
+        load_csv(tmp_path, "p1,2020-01-01T01:00,sodium,140\n", labels=tmp_path / "stays.csv", anchor_column="IN_TIME")
+    with pytest.raises(ValueError, match=r"anchor_column 'INTIME' is read from a table of one row per patient"):
+        load_csv(tmp_path, "p1,2020-01-01T01:00,sodium,140\n", anchor_column="INTIME")
+
+
 def test_a_tab_delimiter_can_be_given_as_a_shell_passes_it():
     import argparse
 

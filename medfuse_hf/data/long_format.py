@@ -395,8 +395,12 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
     recorded in `offsets`, which the events' must match; local clock times put on UTC); an unparseable one names its
     patient. Also the patients skipped (counted) because their anchor names no single instant."""
     anchor_column = options.anchor_column
-    if labels is None or anchor_column not in labels.columns:
-        raise ValueError(f"anchor_column {anchor_column!r} must be a column of the labels table")
+    if labels is None:
+        raise ValueError(f"anchor_column {anchor_column!r} is read from a table of one row per patient: give it (the "
+                         "labels, or predict.py's --patients)")
+    if anchor_column not in labels.columns:
+        raise ValueError(f"anchor_column {anchor_column!r} is not a column of the labels or patients table; it has "
+                         f"{list(labels.columns)}")
     raw = labels[anchor_column]
     places = "patient " + labels.index.to_series().map(repr) + f" (anchor column {anchor_column!r})"
     if pd.api.types.is_datetime64_any_dtype(raw):  # a Parquet timestamp column: already times, UTC out as parsed

@@ -133,7 +133,7 @@ def train_epoch(
     except TypeError:  # a streamed dataset has no length
         total = None
     trained, start = 0, time.perf_counter()
-    for batch in progress_bar(batches, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process,
+    for batch in progress_bar(batches, desc=f"epoch {epoch + 1}", disable=not accelerator.is_local_main_process,
                               initial=state.batch, total=total):
         if args.max_steps and state.step >= args.max_steps:  # checked before a batch, so that a pass ending
             return False, trained  # exactly at --max_steps counts as completed (and is validated)
