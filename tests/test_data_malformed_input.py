@@ -384,8 +384,16 @@ TEMPERATURES = "p1,1.0,temperature,98.6,°F\np1,2.0,temperature,37.5,°C\np2,1.0
 
 
 def test_a_feature_in_two_units_is_an_error_naming_both_and_their_rows(tmp_path):
-    with pytest.raises(ValueError, match=r"feature 'temperature' is recorded in '°C' \(2 rows\), '°F' \(1 rows\)"):
+    conflict = r"feature 'temperature' is recorded in '°C' \(2 rows\), '°F' \(1 rows\)"
+    with pytest.raises(ValueError, match=conflict) as error:
         load_csv(tmp_path, TEMPERATURES, header=UNIT_HEADER, columns={"unit": "unit"})
+    assert "feature_map" not in str(error.value)  # a clinical feature's name: nothing to map
+
+
+def test_a_raw_item_id_in_two_units_points_to_the_feature_map_first(tmp_path):
+    """An export read without --feature_map: its first unit conflict is often an item no model knows anyway."""
+    with pytest.raises(ValueError, match=r"'51274' is no clinical feature name: .* \(feature_map, --feature_map\)"):
+        load_csv(tmp_path, "p1,1.0,51274,12,SEC\np1,2.0,51274,13,SECONDS\n", header=UNIT_HEADER)
 
 
 def test_a_declared_conversion_brings_every_row_into_one_unit(tmp_path):

@@ -198,7 +198,8 @@ def load_long_format(
             if options.max_hours is not None:
                 store.drop_later_than(options.max_hours, max_hours_reason(options.max_hours), summary)
         store.note_conflicting_values("values that differ at one patient, feature and time (all kept)", summary)
-        summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {})
+        summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {},
+                                                unmapped=options.feature_map is None)
         patients = _patients_by_rank(store.ranked_patients, store.patients_with_events(), label_table,
                                      options.label_column, summary, counted=unplaced_anchors)
         dataset = write_patient_rows(store.sorted_events(conversions), patients, folder / "patients.arrow",
@@ -289,13 +290,14 @@ def _patients_by_rank(
 
 
 def _unit_plan(
-    counts: pd.DataFrame, conversions: Mapping[str, Mapping[str, UnitConversion]]
+    counts: pd.DataFrame, conversions: Mapping[str, Mapping[str, UnitConversion]], unmapped: bool = False
 ) -> tuple[dict[str, str], dict[tuple[str, str], tuple[float, float]]]:
     """Each feature's unit across every table (`counts`: rows by feature and unit key, as `EventStore.unit_counts`
     gives them; units compared up to spaces, Unicode look-alikes and the litre's case; a declared unit and `into`
     match as a checkpoint's units do, by `same_unit`), and the conversion of each declared unit into it. Returns
     feature -> unit and (feature, unit key) -> (scale, offset). A row without a unit is in its feature's unit, where
-    the feature has one; where other rows are converted into it, such a row could be either, and is refused."""
+    the feature has one; where other rows are converted into it, such a row could be either, and is refused.
+    `unmapped` (no feature map): a conflict of a feature that is no catalogue name, a raw item, says to map first."""
     units, converting = {}, {}
     for feature, found in counts.set_index(["feature", "key"]).groupby(level="feature", sort=True):
         found = found.droplevel("feature")
@@ -319,9 +321,13 @@ def _unit_plan(
         if not one_unit_left:
             seen = ", ".join(f"{found.loc[key, 'unit']!r} ({found.loc[key, 'rows']:,} rows)" for key in found.index)
             target, example = f"into {into!r}" if into else "all but one of them", (kept or list(found.index))[-1]
+            raw_item = unmapped and feature not in {**CATEGORICAL_FEATURES, **NUMERIC_FEATURES}
             raise ValueError(f"feature {feature!r} is recorded in {seen}: declare how to convert {target}, "
                              f"e.g. unit_conversions={{{feature!r}: "
-                             f"{{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}")
+                             f"{{{found.loc[example, 'unit']!r}: scale or (scale, offset)}}}}"
+                             + (f". {feature!r} is no clinical feature name: an export's items are usually mapped "
+                                "to canonical names first (feature_map, --feature_map), which also leaves the "
+                                "unmapped ones out" if raw_item else ""))
         units[feature] = into or found.loc[kept[0], "unit"]
         if without_unit and declared:
             converted = ", ".join(repr(found.loc[key, "unit"]) for key in declared)
