@@ -25,6 +25,7 @@ from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort_from_settings, training_splits
 from medfuse_hf.training.evaluation import known_events, per_patient_outputs
 from medfuse_hf.training.metrics import format_gap, paired_bootstrap_difference
+from medfuse_hf.training.recipe_config import recipe_parser
 from medfuse_hf.training.run_info import read_run_settings
 from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm
 
@@ -123,8 +124,7 @@ def add_to_card(card: Path, section: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--run_dir", type=Path, required=True, help="a finished recipes/finetune.py run")
     parser.add_argument("--bootstrap_resamples", type=int, default=1000)
     parser.add_argument("--with_representation_of", type=Path, metavar="CHECKPOINT",

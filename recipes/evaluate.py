@@ -19,7 +19,7 @@ from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import predict
 from medfuse_hf.training.cohorts import load_cohort_from_settings
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
-from medfuse_hf.training.recipe_config import add_cohort_arguments, parse_with_config, saved_model
+from medfuse_hf.training.recipe_config import add_cohort_arguments, parse_with_config, recipe_parser, saved_model
 from medfuse_hf.training.run_info import write_run_info
 from medfuse_hf.units import check_units
 
@@ -47,8 +47,7 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--model_dir", required=True, type=saved_model,
                         help="a saved MedFuse model folder (with its tokenizer) or Hub repo id")
     add_cohort_arguments(parser)

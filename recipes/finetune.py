@@ -53,6 +53,7 @@ from medfuse_hf.training.recipe_config import (
     add_model_arguments,
     add_training_arguments,
     parse_with_config,
+    recipe_parser,
     saved_feature_embeddings,
     saved_model,
 )
@@ -305,8 +306,7 @@ def training_function(args: argparse.Namespace, start: tuple[Path, float] | None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     add_cohort_arguments(parser)
     model = add_model_arguments(parser, MODEL_FIELDS)
     model.add_argument("--init_from", type=saved_model,

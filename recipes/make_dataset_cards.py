@@ -3,13 +3,13 @@
     python recipes/make_dataset_cards.py --data_dir ../shared/data --output_dir model_cards/datasets
 """
 
-import argparse
 import json
 from pathlib import Path
 
 from medfuse_hf.data import load_physionet2012, load_physionet2019
 from medfuse_hf.data.dataset_card import describe_cohort, render_dataset_card
 from medfuse_hf.training.cohorts import load_p19_task
+from medfuse_hf.training.recipe_config import recipe_parser
 
 P12_DESCRIPTION = """
 PhysioNet/Computing in Cardiology Challenge 2012: 12,000 adult ICU stays (sets a, b, c) with up to 48 hours of
@@ -32,8 +32,7 @@ of patients in whom the feature was never measured.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--data_dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--output_dir", type=Path, default=Path("model_cards/datasets"))
     args = parser.parse_args()

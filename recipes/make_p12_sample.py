@@ -4,7 +4,6 @@ train/validation/test split column.
     python recipes/make_p12_sample.py --data_dir ../shared/data/physionet2012
 """
 
-import argparse
 
 import pyarrow.parquet as pq
 from sklearn.model_selection import train_test_split
@@ -12,11 +11,11 @@ from sklearn.model_selection import train_test_split
 from medfuse_hf.data import load_physionet2012
 from medfuse_hf.data.bundled_sample import SAMPLE_PATH
 from medfuse_hf.data.splits import stratified_split
+from medfuse_hf.training.recipe_config import recipe_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--num_patients", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)

@@ -42,7 +42,7 @@ from medfuse_hf.data.shards import (
 )
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
-from medfuse_hf.training.recipe_config import add_long_format_arguments, existing_table
+from medfuse_hf.training.recipe_config import add_long_format_arguments, existing_table, recipe_parser
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
 WITH_P12 = " and the PhysioNet 2012 SeFT training split"
@@ -123,8 +123,7 @@ def refuse_export_flags(args: argparse.Namespace, parser: argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--dataset", choices=("public", "long-format"), default="public",
                         help="P19 and P12's training split (with a hospital's export too if --events is given), or "
                              "the export alone")

@@ -33,6 +33,7 @@ from medfuse_hf.training.recipe_config import (
     add_long_format_arguments,
     existing_table,
     parse_with_config,
+    recipe_parser,
     saved_model,
 )
 from medfuse_hf.units import check_units
@@ -175,8 +176,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--model_dir", required=True, type=saved_model,
                         help="a saved MedFuse model folder (with its tokenizer) or Hub repo id")
     add_long_format_arguments(parser, skip=("label_column", "label_map"))  # it scores: no labels

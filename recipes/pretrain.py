@@ -53,6 +53,7 @@ from medfuse_hf.training.recipe_config import (
     boolean,
     model_overrides,
     parse_with_config,
+    recipe_parser,
     saved_tokenizer,
 )
 from medfuse_hf.training.run_info import throughput
@@ -188,8 +189,7 @@ def training_function(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     data = add_cohort_arguments(parser)
     data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
     data.add_argument("--open_shards", type=int, default=2,

@@ -23,6 +23,7 @@ from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
 from medfuse_hf.training.pretraining import EVALUATION, pretraining_cohort, publish_pretraining
 from medfuse_hf.training.publishing import publish_run, push_run, without_exact_prevalence
+from medfuse_hf.training.recipe_config import recipe_parser
 from medfuse_hf.training.run_info import read_run_settings
 
 # What the cards are written from; `evaluation.md` is a pretraining run's downstream evaluation (`--evaluation`).
@@ -61,8 +62,7 @@ def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--run_dir", type=Path, required=True)
     parser.add_argument("--card_copy", type=Path,
                         help="also copy the model card here (e.g. model_cards/NAME.md) and the embedding card "

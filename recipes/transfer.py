@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from medfuse_hf.training.metrics import format_mean_std, mean_and_std
+from medfuse_hf.training.recipe_config import recipe_parser
 from medfuse_hf.training.runs import ResultRows, run_finetune, run_recipe
 
 
@@ -171,8 +172,7 @@ def plot_table(table: list[dict], title: str, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = recipe_parser(__doc__)
     for side in ("source", "target"):
         parser.add_argument(f"--{side}_dataset", help="required unless --summary_only")
         parser.add_argument(f"--{side}_data_dir")

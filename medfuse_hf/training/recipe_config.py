@@ -20,6 +20,13 @@ from ..feature_vocabulary import ValueNormalization
 from ..units import INTO
 
 
+def recipe_parser(doc: str) -> argparse.ArgumentParser:
+    """A recipe's parser: the first paragraph of its docstring as the description, and every flag's default in
+    `--help`."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse `argv`; keys of the `--config` YAML become defaults. Unknown keys are an error naming the file."""
     parser.add_argument("--config", type=Path, help="YAML file of flag values, e.g. recipes/configs/p12.yaml")
