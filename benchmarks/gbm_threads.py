@@ -18,10 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from medfuse_hf.training.summary_baseline import GBM_SETTINGS, grown_until_validation_stalls, min_samples_leaf
+from medfuse_hf.training.summary_baseline import (
+    GBM_SETTINGS,
+    growing_gbm,
+    grown_until_validation_stalls,
+    min_samples_leaf,
+)
 
 SHAPES = {"pilot (90 train, 11 validation stays, 136 columns)": (90, 11, 136),
           "10 % of P12 (767 train, 192 validation stays, 328 columns)": (767, 192, 328),
@@ -34,10 +38,7 @@ def table(rng: np.random.Generator, stays: int, columns: int) -> tuple[pd.DataFr
 
 
 def seconds_to_grow(train, validation, threads: int) -> tuple[float, int]:
-    setting = {name: value for name, value in GBM_SETTINGS[0].items() if name != "statistics"}
-    model = HistGradientBoostingClassifier(max_iter=0, warm_start=True, early_stopping=False, max_features=0.5,
-                                           random_state=0, min_samples_leaf=min_samples_leaf(len(train[1])),
-                                           **setting)
+    model = growing_gbm(GBM_SETTINGS[0], min_samples_leaf(len(train[1])), seed=0)
     start = time.perf_counter()
     with threadpool_limits(limits=threads, user_api="openmp"):
         grown_until_validation_stalls(model, train, validation, "auprc")

@@ -129,6 +129,15 @@ def statistic_columns(columns: Sequence[str], statistics: Sequence[str]) -> list
     return [column for column in columns if not column.endswith(dropped)]
 
 
+def growing_gbm(setting: dict, leaf: int, seed: int) -> HistGradientBoostingClassifier:
+    """An empty, warm-starting GBM of one `GBM_SETTINGS` setting, for `grown_until_validation_stalls` to grow. Half of
+    the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction`), so the seed changes the
+    model, as a seed does for the neural models."""
+    trees = {name: value for name, value in setting.items() if name != "statistics"}
+    return HistGradientBoostingClassifier(max_iter=0, warm_start=True, early_stopping=False, max_features=0.5,
+                                          random_state=seed, min_samples_leaf=leaf, **trees)
+
+
 def grown_until_validation_stalls(
     model: HistGradientBoostingClassifier,
     train: tuple[pd.DataFrame, np.ndarray],
@@ -159,10 +168,7 @@ def fit_gbm(
 ) -> BaselineFit:
     """Gradient-boosted trees, each setting of `GBM_SETTINGS` (which statistics, learning rate, leaves, L2) grown on
     train and early-stopped at the boosting iteration with the best validation `metric`; the best (setting,
-    iteration) scores the test split.
-
-    Half of the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction`), so the seed
-    changes the model, as a seed does for the neural models."""
+    iteration) scores the test split."""
     validation_labels, best = np.asarray(validation[1]), None  # an array: sklearn re-checks a list at every stage
     # A column no training stay has (a rare lab in a 77-stay subset) says nothing, and breaks sklearn's binning.
     observed = train[0].columns[train[0].notna().any()]
@@ -171,11 +177,7 @@ def fit_gbm(
     with threadpool_limits(limits=threads, user_api="openmp"):
         for setting in GBM_SETTINGS:
             columns = statistic_columns(observed, GBM_STATISTICS[setting["statistics"]])
-            trees = {name: value for name, value in setting.items() if name != "statistics"}
-            model = HistGradientBoostingClassifier(
-                max_iter=0, warm_start=True, early_stopping=False, max_features=0.5, random_state=seed,
-                min_samples_leaf=leaf, **trees
-            )
+            model = growing_gbm(setting, leaf, seed)
             iteration, value, scores = grown_until_validation_stalls(
                 model, (train[0][columns], train[1]), (validation[0][columns], validation_labels), metric
             )
