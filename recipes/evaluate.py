@@ -17,6 +17,7 @@ from medfuse_hf import MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import predict
+from medfuse_hf.training.checkpointing import recorded_settings
 from medfuse_hf.training.cohorts import load_cohort_from_settings
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.recipe_config import add_cohort_arguments, parse_with_config, recipe_parser, saved_model
@@ -27,7 +28,7 @@ from medfuse_hf.units import check_units
 def evaluation_function(args: argparse.Namespace) -> dict | None:
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     output_dir = Path(args.output_dir)
-    write_run_info(output_dir, vars(args), accelerator)
+    write_run_info(output_dir, recorded_settings(args), accelerator)
     cohort = load_cohort_from_settings(vars(args))
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")

@@ -493,12 +493,28 @@ def test_the_classes_are_balanced_once_and_the_risks_take_it_back_off(sampling, 
     (["--freeze_transferred"], "--freeze_transferred keeps what --init_embeddings_from loads"),
     (["--init_from", "base", "--match_by", "name"], "--match_by name says how --init_embeddings_from matches"),
     (["--init_from", "base", "--new_features", "learn"], "--new_features says what a probe"),
+    (["--hospital", "A"], "--dataset synthetic does not read --hospital;"),
+    (["--time_zone", "Europe/Berlin", "--protocol", "random"], "does not read --protocol, --time_zone;"),
 ])
 def test_flags_that_would_be_ignored_are_refused(flags, message, capsys):
     finetune = load_script("recipes/finetune.py")
     with pytest.raises(SystemExit):
         finetune.main(TINY + flags)
     assert message in capsys.readouterr().err
+
+
+def test_a_config_key_the_dataset_does_not_read_is_refused_and_run_records_keep_only_what_it_reads(tmp_path, capsys):
+    """A P19 config reused for a hospital's export would otherwise carry `hospital: A` along unread."""
+    from medfuse_hf.training.checkpointing import recorded_settings
+
+    finetune = load_script("recipes/finetune.py")
+    (config := tmp_path / "p19.yaml").write_text("hospital: A\n")
+    with pytest.raises(SystemExit):
+        finetune.main(TINY + ["--config", str(config)])
+    assert "--dataset synthetic does not read --hospital;" in capsys.readouterr().err
+    settings = recorded_settings(argparse.Namespace(dataset="long-format", num_patients=512, events=["a.csv"],
+                                                    time_zone=None, hospital=None, seed=3))
+    assert settings == {"dataset": "long-format", "events": ["a.csv"], "time_zone": None, "seed": 3}
 
 
 def test_a_mistyped_starting_point_is_refused_as_the_flags_are_read(tiny_base, capsys):

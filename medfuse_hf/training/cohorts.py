@@ -94,12 +94,12 @@ class CohortRequest(LongFormatOptions):
 
 
 def load_cohort(dataset: str, *args, **kwargs) -> Cohort:
-    """The cohort `dataset` names, from `COHORT_BUILDERS`: `load_cohort("p12", data_dir, "seft-split")`, or with any
+    """The cohort `dataset` names, from `COHORT_SOURCES`: `load_cohort("p12", data_dir, "seft-split")`, or with any
     other field of `CohortRequest` by keyword. P12 and P19 are parsed once and then read from an Arrow copy in the
     `datasets` cache (see `medfuse_hf.data.cache`)."""
-    if dataset not in COHORT_BUILDERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {tuple(COHORT_BUILDERS)}")
-    return COHORT_BUILDERS[dataset](CohortRequest(dataset, *args, **kwargs))
+    if dataset not in COHORT_SOURCES:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+    return COHORT_SOURCES[dataset].build(CohortRequest(dataset, *args, **kwargs))
 
 
 def load_cohort_from_settings(settings: Mapping) -> Cohort:
@@ -202,15 +202,32 @@ def hospital_split(path: str) -> dict[str, list[str]]:
     return {name: [str(patient_id).strip() for patient_id in ids] for name, ids in split.items()}
 
 
-COHORT_BUILDERS = {  # --dataset name -> the function that builds its cohort: a new dataset is one entry
-    "p12-sample": p12_sample_cohort,
-    "p12": p12_cohort,
-    "p19": p19_cohort,
-    "synthetic": synthetic_cohort,
-    "parquet": parquet_cohort,
-    "long-format": long_format_cohort,
+@dataclass(frozen=True)
+class CohortSource:
+    """How a `--dataset` is built, and which `CohortRequest` fields it reads besides `dataset` and `seed`: the
+    others are left out of run records and refused as flags (`unread_cohort_settings`), never silently ignored."""
+
+    build: Callable[[CohortRequest], Cohort]
+    reads: tuple[str, ...] = ()
+
+
+COHORT_SOURCES = {  # --dataset name -> how its cohort is built: a new dataset is one entry
+    "p12-sample": CohortSource(p12_sample_cohort),
+    "p12": CohortSource(p12_cohort, ("data_dir", "protocol")),
+    "p19": CohortSource(p19_cohort, ("data_dir", "protocol", "hospital")),
+    "synthetic": CohortSource(synthetic_cohort, ("num_patients",)),
+    "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column")),
+    "long-format": CohortSource(long_format_cohort, ("events", "labels", "split_file",
+                                                     *(option.name for option in fields(LongFormatOptions)))),
 }
-DATASETS = tuple(COHORT_BUILDERS)
+DATASETS = tuple(COHORT_SOURCES)
+
+
+def unread_cohort_settings(dataset: str) -> set[str]:
+    """The cohort settings `dataset` does not read: `--hospital` means nothing to P12, `--num_patients` nothing to a
+    hospital's export."""
+    every = {request_field.name for request_field in fields(CohortRequest)} - {"dataset", "seed"}
+    return every - set(COHORT_SOURCES[dataset].reads)
 
 
 def p19_task(protocol: str) -> str:

@@ -30,6 +30,7 @@ def recipe_parser(doc: str) -> argparse.ArgumentParser:
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse `argv`; keys of the `--config` YAML become defaults. Unknown keys are an error naming the file."""
     parser.add_argument("--config", type=Path, help="YAML file of flag values, e.g. recipes/configs/p12.yaml")
+    declared = {action.dest: action.default for action in parser._actions}
     first, _ = parser.parse_known_args(argv)
     if first.config is not None:
         try:
@@ -47,7 +48,25 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
             raise SystemExit(f"{first.config}: unknown settings {unknown}; "
                              f"the recipe accepts {sorted(known - {'help', 'config'})}")
         parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_settings_the_dataset_ignores(args, declared, parser)
+    return args
+
+
+def refuse_settings_the_dataset_ignores(args: argparse.Namespace, declared: dict,
+                                        parser: argparse.ArgumentParser) -> None:
+    """A cohort flag (or `--config` key) that `--dataset` does not read is an error naming it, not a silent no-op:
+    `--hospital A` with P12, or `--time_zone` with P19, would otherwise run as if never given. `declared`: the
+    parser's defaults before `--config` set its own."""
+    from .cohorts import DATASETS, unread_cohort_settings
+
+    if getattr(args, "dataset", None) not in DATASETS:
+        return
+    given = sorted(key for key in unread_cohort_settings(args.dataset)
+                   if key in declared and getattr(args, key) != declared[key])
+    if given:
+        parser.error(f"--dataset {args.dataset} does not read {', '.join('--' + key for key in given)}; "
+                     "leave them out (or choose the dataset they belong to)")
 
 
 def boolean(text: str) -> bool:
