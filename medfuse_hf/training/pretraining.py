@@ -63,7 +63,8 @@ def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: 
     lines += ["", f"{cost['steps']:,} optimizer steps of {args.batch_size} patients (learning rate "
               f"{args.learning_rate:g}, {args.lr_scheduler} schedule, {args.warmup_ratio:.0%} warm-up), "
               f"{cost['patients_trained']:,} patients and "
-              f"{cost['events_trained']:,} events seen in {cost['train_seconds'] / 60:.1f} min: "
+              f"{cost['events_trained']:,} events trained on (a patient counted once per pass) in "
+              f"{cost['train_seconds'] / 60:.1f} min: "
               f"{cost['events_per_second']:,} events/s over {cost['num_processes']} process(es)."]
     if "validation_loss" in cost:  # held-out patients' loss, and with --patience the epoch kept
         held_out = f" on {cost['validation_patients']:,} held-out patients" if "validation_patients" in cost else ""
