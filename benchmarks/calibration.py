@@ -14,9 +14,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
+
+from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, read_test_predictions
 
 
 def log_odds_shift(run: Path) -> tuple[float, bool]:
@@ -58,8 +59,8 @@ def main() -> None:
     print("| run | outcome rate | weighted scores: mean / Brier / decile error | risks: mean / Brier / decile error |")
     print("|---|---:|---|---|")
     for run in args.runs:
-        predictions = pd.read_csv(run / "test_predictions.csv")
-        labels, scores = predictions["label"].to_numpy(), predictions["score"].to_numpy()
+        predictions = read_test_predictions(run, "record_id")
+        labels, scores = predictions["label"].to_numpy(), predictions[PROBABILITY_COLUMN].to_numpy()
         shift, saved_as_risks = log_odds_shift(run)
         risks = scores if saved_as_risks else shifted(scores, -shift)
         weighted = shifted(risks, shift) if shift else None

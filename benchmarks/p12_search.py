@@ -20,9 +20,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from p12_table import PLATEAU, finetune_row, plateau_auprc, read_test_predictions
+from p12_table import PLATEAU, finetune_row, plateau_auprc, read_p12_test_predictions
 from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT
 
+from medfuse_hf.training.evaluation import PROBABILITY_COLUMN
 from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows
 
@@ -111,10 +112,10 @@ def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
         ]
         if not all((run / "test_predictions.csv").exists() for run in runs):
             continue
-        medfuse, gbm = (read_test_predictions(run) for run in runs)
+        medfuse, gbm = (read_p12_test_predictions(run) for run in runs)
         gbm = gbm.loc[medfuse.index]
         figures = [
-            paired_bootstrap_difference(medfuse["label"], medfuse["score"], gbm["score"], metric)
+            paired_bootstrap_difference(medfuse["label"], medfuse[PROBABILITY_COLUMN], gbm[PROBABILITY_COLUMN], metric)
             for metric in ("auroc", "auprc")
         ]
         lines.append(

@@ -26,6 +26,7 @@ from protocol import BUDGET, MODELS, ROOT
 
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.training import binary_metrics, load_cohort
+from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, read_test_predictions
 from medfuse_hf.training.metrics import accuracy_threshold, format_gap, mean_std_of, paired_bootstrap_difference
 from medfuse_hf.training.run_info import git_commit
 from medfuse_hf.training.runs import ResultRows, run_finetune
@@ -134,7 +135,7 @@ def run_baseline(model: str, protocol: str, seed: int, args: argparse.Namespace)
     seconds = time.perf_counter() - started
     output_dir = run_folder(args.output_dir, protocol, model, seed)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"record_id": test_ids, "label": labels["test"], "score": fit.test_scores}).to_csv(
+    pd.DataFrame({"record_id": test_ids, "label": labels["test"], PROBABILITY_COLUMN: fit.test_scores}).to_csv(
         output_dir / "test_predictions.csv", index=False)
     test = binary_metrics(labels["test"], fit.test_scores)
     validation = binary_metrics(labels["validation"], fit.validation_scores)
@@ -183,11 +184,10 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def read_test_predictions(run_dir: Path) -> pd.DataFrame:
-    """A run's test scores indexed by record id (files written before ids were kept as ids have them as floats)."""
-    frame = pd.read_csv(run_dir / "test_predictions.csv", dtype={"record_id": str})
-    frame["record_id"] = frame["record_id"].str.removesuffix(".0")
-    return frame.set_index("record_id")
+def read_p12_test_predictions(run_dir: Path) -> pd.DataFrame:
+    """A run's test risks indexed by record id (files written before ids were kept as ids have them as floats)."""
+    frame = read_test_predictions(run_dir, "record_id")
+    return frame.set_axis(frame.index.str.removesuffix(".0"))
 
 
 def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
@@ -203,11 +203,10 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
             runs = [run_folder(output_dir, protocol, name, seed) for name in (model, versus)]
             if not all((run / "test_predictions.csv").exists() for run in runs):  # rows older than saved predictions
                 continue
-            first, second = (read_test_predictions(run) for run in runs)
-            second = second.loc[first.index]
+            first, second = (read_p12_test_predictions(run) for run in runs)
+            labels, first, second = first["label"], first[PROBABILITY_COLUMN], second[PROBABILITY_COLUMN].loc[first.index]
             gaps.append({"protocol": protocol, "seed": seed, "model": model, "versus": versus,
-                         **{metric: paired_bootstrap_difference(first["label"], first["score"], second["score"],
-                                                                metric)
+                         **{metric: paired_bootstrap_difference(labels, first, second, metric)
                             for metric in ("auprc", "auroc")}})
     return gaps
 

@@ -23,7 +23,7 @@ from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort_from_settings, training_splits
-from medfuse_hf.training.evaluation import known_events, per_patient_outputs
+from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per_patient_outputs, read_test_predictions
 from medfuse_hf.training.metrics import format_gap, paired_bootstrap_difference
 from medfuse_hf.training.recipe_config import recipe_parser
 from medfuse_hf.training.run_info import read_run_settings
@@ -66,21 +66,22 @@ def comparison(run_dir: Path, num_resamples: int, representation_of: Path | None
                                              for name, table in tables["gbm"].items()}
     labels = {name: np.asarray(part[label]) for name, part in splits.items()}
     test_ids = [str(patient) for patient in splits["test"][id_column]]
-    medfuse = pd.read_csv(run_dir / "test_predictions.csv", dtype={id_column: str}).set_index(id_column)
+    medfuse = read_test_predictions(run_dir, id_column)
     if set(medfuse.index) != set(test_ids):
         raise SystemExit(f"{run_dir}: its test predictions are not of this cohort's test split "
                          f"({len(medfuse)} against {len(test_ids)} patients): was the cohort changed since?")
-    medfuse_metrics = binary_metrics(medfuse["label"], medfuse["score"])
+    labels_test, medfuse_risks = medfuse["label"], medfuse[PROBABILITY_COLUMN]
+    medfuse_metrics = binary_metrics(labels_test, medfuse_risks)
     trees = {}
     for name, table in tables.items():
         fit = fit_gbm((table["train"], labels["train"]), (table["validation"], labels["validation"]), table["test"],
                       settings["seed"])
         scores = pd.Series(fit.test_scores, index=test_ids)[medfuse.index]
-        metrics = binary_metrics(medfuse["label"], scores)
+        metrics = binary_metrics(labels_test, scores)
         trees[name] = {
             **{metric: metrics[metric] for metric in ("auroc", "auprc")},
             "settings": fit.settings,
-            "medfuse_minus": {metric: paired_bootstrap_difference(medfuse["label"], medfuse["score"], scores, metric,
+            "medfuse_minus": {metric: paired_bootstrap_difference(labels_test, medfuse_risks, scores, metric,
                                                                   num_resamples, settings["seed"])
                               for metric in ("auroc", "auprc")},
         }

@@ -27,7 +27,7 @@ import pandas as pd
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
 from medfuse_hf.progress import progress_bar, quiet_library_progress_bars
-from medfuse_hf.training.evaluation import known_events, per_patient_outputs
+from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import (
     add_long_format_arguments,
@@ -101,7 +101,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
         model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
 
         def scores(kept: datasets.Dataset) -> dict:
-            return {"probability": per_patient_outputs(
+            return {PROBABILITY_COLUMN: per_patient_outputs(
                 kept, tokenizer, lambda batch: model.risks(model(**batch).logits)[:, 1], args.batch_size)}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
                     explaining, index=False, mode="a" if scored else "w", header=not scored)
             scored += len(scorable)
     if not scored:  # the files still say what they would hold
-        pd.DataFrame(columns=["patient_id", *([] if args.representations else ["probability"]), "events_used"]
+        pd.DataFrame(columns=["patient_id", *([] if args.representations else [PROBABILITY_COLUMN]), "events_used"]
                      ).to_csv(writing, index=False)
         if args.explain:
             pd.DataFrame(columns=EXPLANATION_COLUMNS).to_csv(explaining, index=False)

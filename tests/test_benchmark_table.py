@@ -113,12 +113,12 @@ def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
 
 def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p12_table, tmp_path):
     ids, labels = range(100, 140), [1, 0, 0, 0] * 10
-    # ".0": files before ids were kept
-    for model, id_format, order in (("medfuse", "{}", 1), ("additive", "{}.0", -1)):
+    # ".0" and `score`: files before ids were kept, and before the risk was named `probability`
+    for model, id_format, order, risk in (("medfuse", "{}", 1, "probability"), ("additive", "{}.0", -1, "score")):
         run = tmp_path / f"seft-split-{model}-seed0"
         run.mkdir()
         lines = [id_format.format(i) + f",{label},{label}" for i, label in zip(ids, labels)][::order]  # both perfect
-        (run / "test_predictions.csv").write_text("record_id,label,score\n" + "\n".join(lines) + "\n")
+        (run / "test_predictions.csv").write_text(f"record_id,label,{risk}\n" + "\n".join(lines) + "\n")
     rows = [row("medfuse", "seft-split", 0, 1.0), row("additive", "seft-split", 0, 1.0)]
     (gap,) = p12_table.paired_gaps(rows, tmp_path)
     # rows in another order

@@ -121,7 +121,7 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     auroc = result["test"]["auroc"]
     assert auroc["low"] <= auroc["value"] <= auroc["high"]
     predictions = pd.read_csv(output_dir / "test_predictions.csv")  # accuracy also at the cut validation chose
-    at_threshold = ((predictions["score"] >= result["validation_threshold"]) == predictions["label"]).mean()
+    at_threshold = ((predictions["probability"] >= result["validation_threshold"]) == predictions["label"]).mean()
     assert result["accuracy_at_validation_threshold"] == pytest.approx(at_threshold)
     assert {p.name for p in (output_dir / "plots").iterdir()} == {
         "roc_curve.png", "pr_curve.png", "calibration_curve.png", "training_curves.png"
@@ -143,7 +143,7 @@ def test_single_process_run_writes_model_metrics_plots_and_run_record(single_pro
     assert config["logit_offsets"] == pytest.approx([-math.log(weight) for weight in config["class_weights"]])
     assert result["train_seconds"] > 0 and result["events_per_second"] > 0 and result["patients_trained"] > 0
     header, *lines = (output_dir / "test_predictions.csv").read_text().splitlines()
-    assert header == "record_id,label,score" and len(lines) == result["test_patients"]
+    assert header == "record_id,label,probability" and len(lines) == result["test_patients"]
     assert all(line.split(",")[0].isdigit() and line.split(",")[1] in ("0", "1") for line in lines)  # ids as ids
     validations = [row for row in read_metrics(output_dir / "logs" / "metrics.jsonl") if "validation_auprc" in row]
     best = max(validations, key=lambda row: row["validation_auprc"])  # the first of equals, as early stopping keeps

@@ -19,6 +19,9 @@ from .metrics import bootstrap_intervals
 from .plots import save_evaluation_plots
 
 ROW_COLUMN = "row"
+# Each patient's risk of the positive class at the training cohort's prevalence, as test_predictions.csv and
+# predict.py's scores name it. Runs saved before it was named so wrote it as `score` (`read_test_predictions`).
+PROBABILITY_COLUMN = "probability"
 
 
 def evaluation_loader(dataset: datasets.Dataset, collate: Callable, batch_size: int) -> DataLoader:
@@ -105,10 +108,18 @@ def write_report(
     (output_dir / "test_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     ids = np.asarray(dataset[id_column])[predictions["rows"]]
     # pandas keeps each column's type: ids stay ids ("132539", "p000001"), not "132539.0" as a float array makes them
-    pd.DataFrame({id_column: ids, "label": labels.astype(int), "score": scores}).to_csv(
+    pd.DataFrame({id_column: ids, "label": labels.astype(int), PROBABILITY_COLUMN: scores}).to_csv(
         output_dir / "test_predictions.csv", index=False)
     save_evaluation_plots(labels, scores, output_dir / "plots", title)
     return report
+
+
+def read_test_predictions(run_dir: Path, id_column: str) -> pd.DataFrame:
+    """A run's `test_predictions.csv`, indexed by patient id as text, with `label` and `probability`. Older runs'
+    `score` column is read as `probability`: the same ranking, and so the same AUROC and AUPRC (those saved before
+    `logit_offsets` hold the class-weighted model's scores, see `benchmarks/calibration.py`)."""
+    frame = pd.read_csv(Path(run_dir) / "test_predictions.csv", dtype={id_column: str})
+    return frame.rename(columns={"score": PROBABILITY_COLUMN}).set_index(id_column)
 
 
 def summary_line(report: dict) -> str:
