@@ -207,7 +207,8 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
             if not all((run / "test_predictions.csv").exists() for run in runs):  # rows older than saved predictions
                 continue
             first, second = (read_p12_test_predictions(run) for run in runs)
-            labels, first, second = first["label"], first[PROBABILITY_COLUMN], second[PROBABILITY_COLUMN].loc[first.index]
+            second = second.loc[first.index]
+            labels, first, second = first["label"], first[PROBABILITY_COLUMN], second[PROBABILITY_COLUMN]
             gaps.append({"protocol": protocol, "seed": seed, "model": model, "versus": versus,
                          **{metric: paired_bootstrap_difference(labels, first, second, metric)
                             for metric in ("auprc", "auroc")}})
