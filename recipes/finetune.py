@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 
@@ -33,7 +33,7 @@ from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
 from medfuse_hf.training.checkpointing import refuse_other_settings, run_tokenizer
-from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer, training_splits
+from medfuse_hf.training.cohorts import Cohort, load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
 from medfuse_hf.training.loop import (
@@ -244,29 +244,37 @@ def lp_ft(args: argparse.Namespace) -> dict:
     frozen checkpoint (a probe run in `<output_dir>/probe`), then fine-tune everything from the probe's model, head
     included, at `--lpft_learning_rate_scale` times `--learning_rate`. Each stage is a run of its own, resumable on its
     own; a finished probe is not run again. The probe counts as the full stage's epoch 0: with few labels, fine-tuning
-    can only lose what the probe found, so the probe is kept unless an epoch beats it on validation."""
+    can only lose what the probe found, so the probe is kept unless an epoch beats it on validation. The cohort is
+    read once for both stages: a hospital's export is read anew each time it is loaded, minutes at scale."""
     probe_dir = Path(args.output_dir) / "probe"
     probe_args = argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
                                        "num_epochs": args.probe_epochs or args.num_epochs})
-    if (probe_dir / "test_metrics.json").exists():
+    probed = (probe_dir / "test_metrics.json").exists()
+    if probed:
         # a probe from before --new_features left the new features out
         started = {"new_features": "leave_out", **read_run_settings(probe_dir)}
         refuse_other_settings(started, probe_args, probe_dir)  # a probe of another start is not this run's stage
-    else:
-        training_function(probe_args)
+    cohort = load_cohort_from_settings(vars(args))
+    if not probed:
+        training_function(probe_args, cohort)
     probe = json.loads((probe_dir / "test_metrics.json").read_text())["best_validation"]
     scaled = args.learning_rate * args.lpft_learning_rate_scale
+    metric = args.early_stopping_metric
+    PartialState().print(f"LP-FT: the probe's validation {metric} is {probe[metric]:.4f}; now everything is "
+                         f"fine-tuned from it at {scaled:g}")
     return training_function(argparse.Namespace(**{**vars(args), "strategy": "full",
                                                     "init_from": str(probe_dir / "model"), "learning_rate": scaled}),
-                             start=(probe_dir / "model", probe[args.early_stopping_metric]))
+                             cohort, start=(probe_dir / "model", probe[metric]))
 
 
-def training_function(args: argparse.Namespace, start: tuple[Path, float] | None = None) -> dict:
-    """One fine-tuning run; `start` as in `fit`."""
+def training_function(args: argparse.Namespace, cohort: Cohort | None = None,
+                      start: tuple[Path, float] | None = None) -> dict:
+    """One fine-tuning run, on `cohort` if it is loaded already (else the one the flags name); `start` as in `fit`."""
     accelerator, run_info = start_run(args, may_change=frozenset({"max_steps"}))  # a stop: epochs set the schedule
 
     # ----- data ---------------------------------------------------------------------------------------
-    cohort = load_cohort_from_settings(vars(args))
+    if cohort is None:
+        cohort = load_cohort_from_settings(vars(args))
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     splits = training_splits(args, cohort, accelerator.print)

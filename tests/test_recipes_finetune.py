@@ -328,6 +328,25 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     assert all(torch.equal(start[name], probe[name]) for name in head)
 
 
+def test_lp_ft_reads_the_cohort_once_for_both_stages(tmp_path, tiny_base, monkeypatch, capsys):
+    """A hospital's export is read anew at every load, minutes at scale: the probe and the full stage share one."""
+    finetune = load_script("recipes/finetune.py")
+    loads = []
+
+    def counted(settings):
+        loads.append(settings["strategy"])
+        return load_cohort_from_settings(settings)
+
+    monkeypatch.setattr(finetune, "load_cohort_from_settings", counted)
+    output = tmp_path / "lp-ft"
+    finetune.main(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "lp-ft", "--probe_epochs", "1",
+                          "--num_epochs", "1", "--output_dir", str(output)])
+    assert loads == ["lp-ft"]
+    probe = json.loads((output / "probe" / "test_metrics.json").read_text())["best_validation"]["auprc"]
+    assert f"LP-FT: the probe's validation auprc is {probe:.4f}; now everything is fine-tuned from it at 0.0003" in (
+        capsys.readouterr().out)
+
+
 def test_lp_ft_keeps_the_probe_unless_fine_tuning_beats_it_on_validation(tmp_path, tiny_base):
     """The probe is the full stage's epoch 0. At a learning rate of 0 no epoch can beat it (its weights, and so its
     validation figure, stay the probe's), and the probe is what the run keeps, tests and publishes."""
