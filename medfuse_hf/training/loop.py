@@ -185,7 +185,8 @@ def end_training(accelerator: Accelerator) -> None:
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # the accelerator's own references to what it prepared
     gc.collect()  # the DDP wrapper sits in reference cycles (its patched forward)
-    alive = [obj for obj in gc.get_objects() if isinstance(obj, DistributedDataParallel)]
+    # by type, not isinstance: isinstance reads `__class__`, which warns on torch's deprecated `reduce_op` object
+    alive = [obj for obj in gc.get_objects() if issubclass(type(obj), DistributedDataParallel)]
     if alive:
         raise RuntimeError(f"end_training: {len(alive)} DistributedDataParallel model(s) still referenced; drop them "
                            "first (`del model`), or tearing down the process group can hang")
