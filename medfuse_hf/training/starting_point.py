@@ -163,14 +163,16 @@ def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accel
     if matching is not None:
         transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source",
                                                    "kept_checkpoint_normalization")}
+        new = (f"{matching['new_at_target']} new here, {matching['new_features_are']}: "
+               f"{matching['new_features'][:20]}" if matching["new_at_target"] else "none new here")
         accelerator.print(f"--init_from {args.init_from}: {matching['matched']} of the cohort's features matched the "
-                          f"checkpoint's (by {matching['matched_by']}), {matching['new_at_target']} new here, "
-                          f"{matching['new_features_are']}: {matching['new_features'][:20]}; "
+                          f"checkpoint's (by {matching['matched_by']}), {new}; "
                           f"{matching['only_at_source']} only in the checkpoint")
         for normalization, count in matching["kept_checkpoint_normalization"].items():
+            applies = (f": --value_normalization {args.value_normalization} applies to the new features only"
+                       if matching["new_at_target"] else "")
             accelerator.print(f"{count} matched features keep the checkpoint's {normalization} values, what its "
-                              f"weights learnt on: --value_normalization {args.value_normalization} applies to the "
-                              "new features only")
+                              f"weights learnt on{applies}")
     if args.init_embeddings_from:  # another site's published feature embeddings
         report = load_feature_embeddings(model.medfuse, args.init_embeddings_from, tokenizer.feature_vocabulary,
                                          match_by=args.match_by, freeze=args.freeze_transferred)
