@@ -127,7 +127,8 @@ def add_to_card(card: Path, section: str) -> None:
 def main() -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("--run_dir", type=Path, required=True, help="a finished recipes/finetune.py run")
-    parser.add_argument("--bootstrap_resamples", type=int, default=1000)
+    parser.add_argument("--bootstrap_resamples", type=int, default=1000,
+                        help="resamples of the test patients for the paired 95%% intervals")
     parser.add_argument("--with_representation_of", type=Path, metavar="CHECKPOINT",
                         help="also fit the GBM with this frozen MedFuse checkpoint's pooled representation of each "
                              "stay as extra columns (e.g. the pretrained base's model folder)")

@@ -16,9 +16,9 @@ from medfuse_hf.training.recipe_config import recipe_parser
 
 def main() -> None:
     parser = recipe_parser(__doc__)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--num_patients", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_dir", required=True, help="the PhysioNet 2012 release (holds set-a and Outcomes-a)")
+    parser.add_argument("--num_patients", type=int, default=600, help="stays drawn from set-a, stratified by outcome")
+    parser.add_argument("--seed", type=int, default=0, help="the draw, and the sample's own split")
     args = parser.parse_args()
 
     set_a = load_physionet2012(args.data_dir, sets=["a"])

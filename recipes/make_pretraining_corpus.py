@@ -130,9 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--p19_dir", help="public: holds training_setA/B (.zip or folders)")
     parser.add_argument("--p12_dir", help="public: holds set-a/b/c, the Outcomes files and splits_seft/; without "
                                           "it, the corpus is P19 alone")
-    parser.add_argument("--output_dir", default="outputs/pretraining-corpus")
-    parser.add_argument("--patients_per_shard", type=int, default=4096)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", default="outputs/pretraining-corpus",
+                        help="where the shards and corpus.json go (pretrain.py --parquet_shards '<dir>/*.parquet')")
+    parser.add_argument("--patients_per_shard", type=int, default=4096,
+                        help="patients per Parquet shard: the unit each process of a pretraining run streams")
+    parser.add_argument("--seed", type=int, default=0, help="the shuffle of patients across shards, and the held-out "
+                                                            "validation patients")
     parser.add_argument("--validation_fraction", type=float, default=0.05,
                         help=f"share of the patients written to {VALIDATION_FOLDER}/ instead, for pretraining's "
                              "validation loss (pretrain.py --validation_shards --patience); 0 holds none out")

@@ -63,7 +63,8 @@ def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer
 
 def main() -> None:
     parser = recipe_parser(__doc__)
-    parser.add_argument("--run_dir", type=Path, required=True)
+    parser.add_argument("--run_dir", type=Path, required=True,
+                        help="a finished finetune.py or pretrain.py run (its --output_dir)")
     parser.add_argument("--card_copy", type=Path,
                         help="also copy the model card here (e.g. model_cards/NAME.md) and the embedding card "
                              "beside it (NAME-feature-embeddings.md)")

@@ -175,19 +175,21 @@ def main() -> None:
     parser = recipe_parser(__doc__)
     for side in ("source", "target"):
         parser.add_argument(f"--{side}_dataset", help="required unless --summary_only")
-        parser.add_argument(f"--{side}_data_dir")
-        parser.add_argument(f"--{side}_hospital")
-        parser.add_argument(f"--{side}_protocol")
+        parser.add_argument(f"--{side}_data_dir", help=f"the {side}'s --data_dir")
+        parser.add_argument(f"--{side}_hospital", help=f"the {side}'s --hospital (P19: A or B)")
+        parser.add_argument(f"--{side}_protocol", help=f"the {side}'s --protocol")
     parser.add_argument("--source_embeddings", help="skip source training: use this published checkpoint")
     parser.add_argument("--source_objective", choices=("supervised", "forecasting"), default="supervised",
                         help="what the source learns: its own label (recipes/finetune.py) or forecasting "
                              "(recipes/pretrain.py)")
     parser.add_argument("--pretrain_args", default="", help="flags for the source's recipes/pretrain.py (forecasting)")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25, 1.0],
+                        help="shares of the target's training patients, each a nested subset")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one target run per seed and fraction")
     parser.add_argument("--finetune_args", default="", help="flags for every fine-tuning run, e.g. model sizes")
-    parser.add_argument("--launcher", default=shlex.quote(sys.executable))
-    parser.add_argument("--output_dir", type=Path, default=Path("outputs/transfer"))
+    parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/transfer"),
+                        help="the runs, the published source checkpoint and results.json")
     parser.add_argument("--summary_only", action="store_true",
                         help="train nothing: table and plot of the cells already in <output_dir>/results.json")
     args = parser.parse_args()
