@@ -5,7 +5,7 @@ from the rest of the stay (a token-level task).
 
     python recipes/pretrain.py --dataset p19 --data_dir ../shared/data/physionet2019 --hospital A
     accelerate launch recipes/pretrain.py --parquet_shards "cohort/*.parquet" --data_description "our ICU, 2015-2024" \
-        --validation_shards "cohort/validation/*.parquet" --patience 2 --max_steps 20000   # larger than memory
+        --validation_shards "cohort/validation/*.parquet" --patience 2 --num_epochs 10   # larger than memory
 
 Writes `model/` (a `MedFuseForPreTraining` with its tokenizer and model card: pass it to
 `recipes/finetune.py --init_from`), `feature_embeddings/` (privacy-guarded, for other hospitals), `checkpoints/`,
@@ -20,6 +20,7 @@ import math
 import random
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
@@ -92,6 +93,14 @@ def validation_loss(model, loader: DataLoader, collate, seed: int, accelerator: 
     return (sums["loss"] / sums["targets"].clamp(min=1)).item()
 
 
+def streamed_batches_per_pass(shards: list[str], batch_size: int) -> int:
+    """The global batches of one pass over streamed shards, the last one short (one process reads, and Accelerate
+    dispatches each batch across the processes): what sizes the learning-rate schedule to `--num_epochs` passes. Read
+    from the shards' Parquet footers, no patient decoded."""
+    patients = sum(pq.ParquetFile(path).metadata.num_rows for path in shards)
+    return math.ceil(patients / batch_size)
+
+
 def training_function(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     accelerator, _ = start_run(args)
@@ -99,8 +108,6 @@ def training_function(args: argparse.Namespace) -> dict:
     # ----- data: a cohort in memory, or Parquet shards streamed ---------------------------------------
     validation, cohort = None, pretraining_cohort(args)
     if args.parquet_shards:
-        if not args.max_steps:
-            raise SystemExit("a streamed cohort has no length to count epochs by: set --max_steps")
         shards = sorted(glob.glob(args.parquet_shards))
         train = streaming_patients(shards, args.seed, args.shuffle_buffer, args.open_shards)
         if args.validation_shards:
@@ -115,6 +122,7 @@ def training_function(args: argparse.Namespace) -> dict:
         stream = LengthGroupedStream(train, args.batch_size, args.seed) if args.group_by_length else train
         train_loader = DataLoader(stream, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = stream.set_epoch
+        batches_per_pass = streamed_batches_per_pass(shards, args.batch_size)
     else:
         train, validation = cohort.splits["train"], cohort.splits["validation"]
         tokenizer = run_tokenizer(args, fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units),
@@ -123,6 +131,7 @@ def training_function(args: argparse.Namespace) -> dict:
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
         train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=objective_collator(args, tokenizer))
         reseed = batch_sampler.set_epoch
+        batches_per_pass = len(train_loader)
     if validation is not None:
         # Fixed draws (cut-offs, hidden values) for validation, so its loss is comparable from epoch to epoch.
         validation_collate = objective_collator(args, tokenizer, rng=random.Random(args.seed))
@@ -131,7 +140,7 @@ def training_function(args: argparse.Namespace) -> dict:
     config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **model_overrides(args, ENCODER_FIELDS),
                            pretraining_objective=args.objective)
     model = MedFuseForPreTraining(config)
-    total_steps = args.max_steps or math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.num_epochs
+    total_steps = args.max_steps or math.ceil(batches_per_pass / args.gradient_accumulation_steps) * args.num_epochs
     optimizer, scheduler = optimizer_and_scheduler(model, args, total_steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 

@@ -24,6 +24,7 @@ from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, 
 from medfuse_hf.data import ForecastingCollator
 from medfuse_hf.data.shards import write_corpus_manifest
 from medfuse_hf.synthetic import make_sodium_cohort
+from medfuse_hf.training import read_metrics
 from medfuse_hf.training.cohorts import held_out_patients, streaming_patients
 
 PRETRAIN = ROOT / "recipes" / "pretrain.py"
@@ -157,6 +158,21 @@ def test_streamed_shards_pretrain(tmp_path):
     for card in (tmp_path / "out" / "model" / "README.md", released / "model" / "README.md"):  # and the run keeps it
         assert "### What fine-tuning from it measured\n\n| fraction | arm | AUPRC |" in card.read_text()
     assert MedFuseForSequenceClassification.from_pretrained(released / "model", num_labels=2).config.vocab_size == 5
+
+
+def test_streamed_shards_size_the_schedule_to_their_passes_without_max_steps(tmp_path):
+    """A hospital's corpus has its own size: the schedule's length comes from the shards' row counts, so the
+    learning rate reaches the end of its schedule at the last batch of the last pass, and no step more is taken."""
+    write_shards(tmp_path, 2, patients=25, events=20)  # 50 patients: passes of 3 batches of 16 and a short one
+    run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--num_epochs", "2", "--batch_size", "16",
+                  "--statistics_patients", "50", "--lr_scheduler", "linear", "--warmup_ratio", "0",
+                  "--logging_steps", "1", "--data_description", "two synthetic shards", "--output_dir",
+                  str(tmp_path / "out"), *TINY_MODEL])
+    metrics = json.loads((tmp_path / "out" / "pretraining_metrics.json").read_text())
+    assert (metrics["steps"], metrics["epochs"], metrics["last_pass_cut_short"]) == (8, 2, False)
+    rates = [row["learning_rate"] for row in read_metrics(tmp_path / "out" / "logs" / "metrics.jsonl")
+             if "learning_rate" in row]
+    assert len(rates) == 8 and rates[-1] == 0.0 and rates[-2] > 0.0
 
 
 def test_streamed_pretraining_is_reproducible_from_its_command(tmp_path):
@@ -405,7 +421,7 @@ def test_two_processes_measure_the_held_out_loss_of_a_streamed_base_as_one_does(
     held_out = write_shards(tmp_path / "validation", 1, patients=25, events=20, seed=1, id_prefix="held-out-")
     output = tmp_path / "run"
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
-                           str(tmp_path / "validation" / "*.parquet"), "--max_steps", "8", "--num_epochs", "2",
+                           str(tmp_path / "validation" / "*.parquet"), "--num_epochs", "2",
                            "--batch_size", "16", "--patience", "2", "--statistics_patients", "64",
                            "--group_by_length", "true", "--data_description", "synthetic shards", "--output_dir",
                            str(output), *TINY_MODEL], processes=2)
