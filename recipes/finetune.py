@@ -210,7 +210,8 @@ def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: in
                         metrics=result["test"], evaluation_context=f"Test split, {result['test_patients']} patients, "
                         f"best validation epoch of {state.epoch}.", min_patients=args.min_patients_for_statistics,
                         drop_rare_features=args.drop_rare_features)
-        accelerator.print(f"{summary_line(result)} after {state.epoch} epochs, {result['train_seconds']:.0f} s of "
+        epochs = f"{state.epoch} epoch" + "s" * (state.epoch != 1)
+        accelerator.print(f"{summary_line(result)} after {epochs}, {result['train_seconds']:.0f} s of "
                           f"training ({result['events_per_second']:,} events/s); model in {output_dir / 'model'}")
     return result
 
