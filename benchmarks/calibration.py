@@ -59,7 +59,7 @@ def main() -> None:
     print("| run | outcome rate | weighted scores: mean / Brier / decile error | risks: mean / Brier / decile error |")
     print("|---|---:|---|---|")
     for run in args.runs:
-        predictions = read_test_predictions(run, "record_id")
+        predictions = read_test_predictions(run)
         labels, scores = predictions["label"].to_numpy(), predictions[PROBABILITY_COLUMN].to_numpy()
         shift, saved_as_risks = log_odds_shift(run)
         risks = scores if saved_as_risks else shifted(scores, -shift)

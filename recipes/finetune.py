@@ -32,7 +32,7 @@ from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
-from medfuse_hf.training.checkpointing import refuse_other_settings, run_tokenizer
+from medfuse_hf.training.checkpointing import check_resumed_settings, refuse_other_settings, run_tokenizer
 from medfuse_hf.training.cohorts import Cohort, load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
 from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
@@ -60,6 +60,9 @@ from medfuse_hf.training.recipe_config import (
 from medfuse_hf.training.run_info import read_run_settings, throughput
 from medfuse_hf.training.starting_point import MODEL_FIELDS, balancing_weights, build_tokenizer, model_for
 
+# Settings a fine-tuning run may resume under changed, besides checkpointing's own: `--max_steps` only stops it early
+# (the epochs set its schedule).
+RESUMABLE_IN_FINETUNING = frozenset({"max_steps"})
 
 def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
     """Batches of the training split (length-grouped, or class-balanced with `--sampling balanced`) and how to set
@@ -250,28 +253,30 @@ def lp_ft(args: argparse.Namespace) -> dict:
     probe_dir = Path(args.output_dir) / "probe"
     probe_args = argparse.Namespace(**{**vars(args), "strategy": "probe", "output_dir": str(probe_dir),
                                        "num_epochs": args.probe_epochs or args.num_epochs})
+    scaled = args.learning_rate * args.lpft_learning_rate_scale
+    full_args = argparse.Namespace(**{**vars(args), "strategy": "full", "init_from": str(probe_dir / "model"),
+                                      "learning_rate": scaled})
     probed = (probe_dir / "test_metrics.json").exists()
     if probed:
         # a probe from before --new_features left the new features out
         started = {"new_features": "leave_out", **read_run_settings(probe_dir)}
         refuse_other_settings(started, probe_args, probe_dir)  # a probe of another start is not this run's stage
+    for stage_args in (probe_args, full_args):  # a refused resumption refused before the cohort is read
+        check_resumed_settings(stage_args, RESUMABLE_IN_FINETUNING)
     cohort = load_cohort_from_settings(vars(args))
     if not probed:
         training_function(probe_args, cohort)
     probe = json.loads((probe_dir / "test_metrics.json").read_text())["best_validation"]
-    scaled = args.learning_rate * args.lpft_learning_rate_scale
     metric = args.early_stopping_metric
     PartialState().print(f"LP-FT: the probe's validation {metric} is {probe[metric]:.4f}; now everything is "
                          f"fine-tuned from it at {scaled:g}")
-    return training_function(argparse.Namespace(**{**vars(args), "strategy": "full",
-                                                    "init_from": str(probe_dir / "model"), "learning_rate": scaled}),
-                             cohort, start=(probe_dir / "model", probe[metric]))
+    return training_function(full_args, cohort, start=(probe_dir / "model", probe[metric]))
 
 
 def training_function(args: argparse.Namespace, cohort: Cohort | None = None,
                       start: tuple[Path, float] | None = None) -> dict:
     """One fine-tuning run, on `cohort` if it is loaded already (else the one the flags name); `start` as in `fit`."""
-    accelerator, run_info = start_run(args, may_change=frozenset({"max_steps"}))  # a stop: epochs set the schedule
+    accelerator, run_info = start_run(args, may_change=RESUMABLE_IN_FINETUNING)
 
     # ----- data ---------------------------------------------------------------------------------------
     if cohort is None:

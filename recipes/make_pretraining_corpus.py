@@ -20,7 +20,7 @@ its objective's loss on them each epoch, and with `--patience` stops once that l
     python recipes/make_pretraining_corpus.py --p19_dir ../shared/data/physionet2019 --events export/*.csv \
         --feature_map items.csv --data_description "ICU stays of St Elsewhere, 2015-2024" --output_dir outputs/corpus
     accelerate launch recipes/pretrain.py --parquet_shards "outputs/pretraining-corpus/*.parquet" \
-        --validation_shards "outputs/pretraining-corpus/validation/*.parquet" --patience 2 --max_steps ...
+        --validation_shards "outputs/pretraining-corpus/validation/*.parquet" --patience 2 --num_epochs 10
 """
 
 import argparse

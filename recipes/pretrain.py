@@ -93,12 +93,16 @@ def validation_loss(model, loader: DataLoader, collate, seed: int, accelerator: 
     return (sums["loss"] / sums["targets"].clamp(min=1)).item()
 
 
-def streamed_batches_per_pass(shards: list[str], batch_size: int) -> int:
-    """The global batches of one pass over streamed shards, the last one short (one process reads, and Accelerate
-    dispatches each batch across the processes): what sizes the learning-rate schedule to `--num_epochs` passes. Read
-    from the shards' Parquet footers, no patient decoded."""
+def streamed_schedule_steps(args: argparse.Namespace) -> int:
+    """The optimizer steps of `--num_epochs` passes over streamed shards, which have no length to count by: each pass
+    is every patient once in global batches, the last one short (one process reads, and Accelerate dispatches each
+    batch across the processes). Read from the shards' Parquet footers, no patient decoded. It becomes the run's
+    `--max_steps`, recorded like a given one: what sizes the schedule, and what a resumption is checked against."""
+    shards = sorted(glob.glob(args.parquet_shards))
+    if not shards:
+        raise SystemExit(f"--parquet_shards {args.parquet_shards}: no file matches")
     patients = sum(pq.ParquetFile(path).metadata.num_rows for path in shards)
-    return math.ceil(patients / batch_size)
+    return math.ceil(math.ceil(patients / args.batch_size) / args.gradient_accumulation_steps) * args.num_epochs
 
 
 def training_function(args: argparse.Namespace) -> dict:
@@ -122,7 +126,6 @@ def training_function(args: argparse.Namespace) -> dict:
         stream = LengthGroupedStream(train, args.batch_size, args.seed) if args.group_by_length else train
         train_loader = DataLoader(stream, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
         reseed = stream.set_epoch
-        batches_per_pass = streamed_batches_per_pass(shards, args.batch_size)
     else:
         train, validation = cohort.splits["train"], cohort.splits["validation"]
         tokenizer = run_tokenizer(args, fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units),
@@ -131,7 +134,6 @@ def training_function(args: argparse.Namespace) -> dict:
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
         train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=objective_collator(args, tokenizer))
         reseed = batch_sampler.set_epoch
-        batches_per_pass = len(train_loader)
     if validation is not None:
         # Fixed draws (cut-offs, hidden values) for validation, so its loss is comparable from epoch to epoch.
         validation_collate = objective_collator(args, tokenizer, rng=random.Random(args.seed))
@@ -140,7 +142,7 @@ def training_function(args: argparse.Namespace) -> dict:
     config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **model_overrides(args, ENCODER_FIELDS),
                            pretraining_objective=args.objective)
     model = MedFuseForPreTraining(config)
-    total_steps = args.max_steps or math.ceil(batches_per_pass / args.gradient_accumulation_steps) * args.num_epochs
+    total_steps = args.max_steps or math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.num_epochs
     optimizer, scheduler = optimizer_and_scheduler(model, args, total_steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.tokenizer_from and not args.parquet_shards:
         parser.error("--tokenizer_from is for streamed shards; a cohort in memory fits its own tokenizer on its "
                      "training split")
+    if args.parquet_shards and not args.max_steps:
+        args.max_steps = streamed_schedule_steps(args)
     training_function(args)
 
 

@@ -160,19 +160,22 @@ def test_streamed_shards_pretrain(tmp_path):
     assert MedFuseForSequenceClassification.from_pretrained(released / "model", num_labels=2).config.vocab_size == 5
 
 
-def test_streamed_shards_size_the_schedule_to_their_passes_without_max_steps(tmp_path):
+@pytest.mark.parametrize("accumulation, steps", [(1, 8), (3, 4)])
+def test_streamed_shards_size_the_schedule_to_their_passes_without_max_steps(tmp_path, accumulation, steps):
     """A hospital's corpus has its own size: the schedule's length comes from the shards' row counts, so the
-    learning rate reaches the end of its schedule at the last batch of the last pass, and no step more is taken."""
+    learning rate reaches the end of its schedule at the last batch of the last pass, and no step more is taken.
+    With gradient accumulation, a pass's last batches make a step of their own."""
     write_shards(tmp_path, 2, patients=25, events=20)  # 50 patients: passes of 3 batches of 16 and a short one
     run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--num_epochs", "2", "--batch_size", "16",
-                  "--statistics_patients", "50", "--lr_scheduler", "linear", "--warmup_ratio", "0",
-                  "--logging_steps", "1", "--data_description", "two synthetic shards", "--output_dir",
-                  str(tmp_path / "out"), *TINY_MODEL])
+                  "--gradient_accumulation_steps", str(accumulation), "--statistics_patients", "50",
+                  "--lr_scheduler", "linear", "--warmup_ratio", "0", "--logging_steps", "1", "--data_description",
+                  "two synthetic shards", "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
     metrics = json.loads((tmp_path / "out" / "pretraining_metrics.json").read_text())
-    assert (metrics["steps"], metrics["epochs"], metrics["last_pass_cut_short"]) == (8, 2, False)
+    assert (metrics["steps"], metrics["epochs"], metrics["last_pass_cut_short"]) == (steps, 2, False)
+    assert json.loads((tmp_path / "out" / "run_info.json").read_text())["config"]["max_steps"] == steps
     rates = [row["learning_rate"] for row in read_metrics(tmp_path / "out" / "logs" / "metrics.jsonl")
              if "learning_rate" in row]
-    assert len(rates) == 8 and rates[-1] == 0.0 and rates[-2] > 0.0
+    assert len(rates) == steps and rates[-1] == 0.0 and rates[-2] > 0.0
 
 
 def test_streamed_pretraining_is_reproducible_from_its_command(tmp_path):
@@ -421,13 +424,15 @@ def test_two_processes_measure_the_held_out_loss_of_a_streamed_base_as_one_does(
     held_out = write_shards(tmp_path / "validation", 1, patients=25, events=20, seed=1, id_prefix="held-out-")
     output = tmp_path / "run"
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--validation_shards",
-                           str(tmp_path / "validation" / "*.parquet"), "--num_epochs", "2",
+                           str(tmp_path / "validation" / "*.parquet"), "--num_epochs", "2", "--logging_steps", "1",
                            "--batch_size", "16", "--patience", "2", "--statistics_patients", "64",
                            "--group_by_length", "true", "--data_description", "synthetic shards", "--output_dir",
                            str(output), *TINY_MODEL], processes=2)
     losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("epoch")]
     metrics = json.loads((output / "pretraining_metrics.json").read_text())
-    assert len(losses) == 2 and metrics["num_processes"] == 2 and metrics["steps"] == 8
+    assert len(losses) == 2 and metrics["num_processes"] == 2 and metrics["steps"] == 8  # 2 passes of 64 // 16
+    rates = [row["learning_rate"] for row in read_metrics(output / "logs" / "metrics.jsonl") if "learning_rate" in row]
+    assert rates[-1] == 0.0 and rates[-2] > 0.0  # the schedule, sized from the shards, ends at the last step
     assert metrics["validation_loss"] == pytest.approx(min(losses), abs=1e-4)  # the kept pass's, printed to 4
     pretrain = load_script("recipes/pretrain.py")
     collate = ForecastingCollator(MedFuseTokenizer.from_pretrained(output / "model"), rng=random.Random())
@@ -454,9 +459,14 @@ def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):
     (["--patience", "2"], "a streamed cohort has none: give its held-out patients with --validation_shards"),
     (["--dataset", "synthetic", "--validation_shards", "v/*.parquet"], "a cohort in memory has its own validation"),
     (["--dataset", "synthetic", "--group_by_length", "true"], "a cohort in memory is always batched by length"),
+    (["--parquet", "--dataset", "p19", "--hospital", "A"],
+     "--parquet_shards streams its own corpus, not --dataset, --hospital;"),
 ])
 def test_a_validation_loss_is_asked_for_where_it_can_be_measured(tmp_path, capsys, flags, message):
-    shards = ["--parquet_shards", str(tmp_path / "*.parquet")] if "--dataset" not in flags else []
+    """Flags that only one kind of cohort reads are refused with the other, never silently dropped."""
+    streamed = "--dataset" not in flags or flags[0] == "--parquet"
+    shards = ["--parquet_shards", str(tmp_path / "*.parquet")] if streamed else []
+    flags = [flag for flag in flags if flag != "--parquet"]
     with pytest.raises(SystemExit):
         load_script("recipes/pretrain.py").main([*shards, "--max_steps", "2", *flags])
     assert message in capsys.readouterr().err

@@ -223,11 +223,17 @@ COHORT_SOURCES = {  # --dataset name -> how its cohort is built: a new dataset i
 DATASETS = tuple(COHORT_SOURCES)
 
 
-def unread_cohort_settings(dataset: str) -> set[str]:
+def unread_cohort_settings(dataset: str | None) -> set[str]:
     """The cohort settings `dataset` does not read: `--hospital` means nothing to P12, `--num_patients` nothing to a
-    hospital's export."""
-    every = {request_field.name for request_field in fields(CohortRequest)} - {"dataset", "seed"}
-    return every - set(COHORT_SOURCES[dataset].reads)
+    hospital's export. `None`, a streamed corpus (`pretrain.py --parquet_shards`), reads none of them, `--dataset`
+    included."""
+    every = {request_field.name for request_field in fields(CohortRequest)} - {"seed"}
+    return every if dataset is None else every - {"dataset", *COHORT_SOURCES[dataset].reads}
+
+
+def dataset_in_use(settings: Mapping) -> str | None:
+    """The `--dataset` a recipe's settings read, or None where they stream Parquet shards instead (pretraining)."""
+    return None if settings.get("parquet_shards") else settings.get("dataset")
 
 
 def p19_task(protocol: str) -> str:

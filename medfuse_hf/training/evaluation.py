@@ -114,11 +114,14 @@ def write_report(
     return report
 
 
-def read_test_predictions(run_dir: Path, id_column: str) -> pd.DataFrame:
-    """A run's `test_predictions.csv`, indexed by patient id as text, with `label` and `probability`. Older runs'
-    `score` column is read as `probability`: the same ranking, and so the same AUROC and AUPRC (those saved before
-    `logit_offsets` hold the class-weighted model's scores, see `benchmarks/calibration.py`)."""
-    frame = pd.read_csv(Path(run_dir) / "test_predictions.csv", dtype={id_column: str})
+def read_test_predictions(run_dir: Path, id_column: str | None = None) -> pd.DataFrame:
+    """A run's `test_predictions.csv`, indexed by patient id as text (`id_column`, else its first column, whatever
+    the cohort calls it), with `label` and `probability`. Older runs' `score` column is read as `probability`: the
+    same ranking, and so the same AUROC and AUPRC (those saved before `logit_offsets` hold the class-weighted model's
+    scores, see `benchmarks/calibration.py`)."""
+    path = Path(run_dir) / "test_predictions.csv"
+    id_column = id_column or pd.read_csv(path, nrows=0).columns[0]
+    frame = pd.read_csv(path, dtype={id_column: str})
     return frame.rename(columns={"score": PROBABILITY_COLUMN}).set_index(id_column)
 
 

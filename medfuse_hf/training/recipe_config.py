@@ -56,17 +56,20 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
 def refuse_settings_the_dataset_ignores(args: argparse.Namespace, declared: dict,
                                         parser: argparse.ArgumentParser) -> None:
     """A cohort flag (or `--config` key) that `--dataset` does not read is an error naming it, not a silent no-op:
-    `--hospital A` with P12, or `--time_zone` with P19, would otherwise run as if never given. `declared`: the
-    parser's defaults before `--config` set its own."""
-    from .cohorts import DATASETS, unread_cohort_settings
+    `--hospital A` with P12, or `--time_zone` with P19, would otherwise run as if never given; so is any cohort flag
+    beside pretraining's streamed `--parquet_shards`. `declared`: the parser's defaults before `--config` set its
+    own."""
+    from .cohorts import DATASETS, dataset_in_use, unread_cohort_settings
 
-    if getattr(args, "dataset", None) not in DATASETS:
+    dataset = dataset_in_use(vars(args))
+    if "dataset" not in vars(args) or dataset not in (*DATASETS, None):
         return
-    given = sorted(key for key in unread_cohort_settings(args.dataset)
+    given = sorted(key for key in unread_cohort_settings(dataset)
                    if key in declared and getattr(args, key) != declared[key])
     if given:
-        parser.error(f"--dataset {args.dataset} does not read {', '.join('--' + key for key in given)}; "
-                     "leave them out (or choose the dataset they belong to)")
+        reader = f"--dataset {dataset} does not read" if dataset else "--parquet_shards streams its own corpus, not"
+        parser.error(f"{reader} {', '.join('--' + key for key in given)}; leave them out (or choose the dataset "
+                     "they belong to)")
 
 
 def boolean(text: str) -> bool:
@@ -306,7 +309,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> 
     train.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW's peak learning rate")
     train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
     train.add_argument("--num_epochs", type=int, default=30, help="passes over the training split at most")
-    train.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
+    train.add_argument("--max_steps", type=int, default=0,
+                       help="stop after this many optimizer steps (0: no limit; streamed shards: their --num_epochs "
+                            "passes, counted from the shards' rows)")
     train.add_argument("--lr_scheduler", default="linear", help="any transformers scheduler name")
     train.add_argument("--warmup_ratio", type=float, default=0.05, help="share of the steps the rate warms up over")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradients clipped to this norm")
