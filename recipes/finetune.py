@@ -64,6 +64,7 @@ from medfuse_hf.training.starting_point import MODEL_FIELDS, balancing_weights, 
 # (the epochs set its schedule).
 RESUMABLE_IN_FINETUNING = frozenset({"max_steps"})
 
+
 def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
     """Batches of the training split (length-grouped, or class-balanced with `--sampling balanced`) and how to set
     their order for an epoch: a function of (seed, epoch) alone, so a resumed run sees the same batches. `rate` is

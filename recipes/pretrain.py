@@ -202,7 +202,7 @@ def training_function(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser(__doc__)
     data = add_cohort_arguments(parser)
-    data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (overrides --dataset)")
+    data.add_argument("--parquet_shards", help="glob of Parquet files of patients, streamed (instead of --dataset)")
     data.add_argument("--open_shards", type=int, default=2,
                       help="shards the shuffle buffer draws from at once: more mixes better, "
                            "each holds a row group in memory")

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from ..integrity import sha256_of
 from ..tokenization_medfuse import MedFuseTokenizer
-from .cohorts import DATASETS, dataset_in_use, save_strict_tokenizer, unread_cohort_settings
+from .cohorts import save_strict_tokenizer, unread_cohort_settings
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,8 @@ def recorded_settings(args) -> dict:
     from named by their hashes too: a base pretrained again in place keeps its path. Cohort settings the dataset does
     not read (`--num_patients` of a hospital's export) are left out."""
     settings = json.loads(json.dumps(vars(args), default=str))
-    if "dataset" in settings and dataset_in_use(settings) in (*DATASETS, None):
-        unread = unread_cohort_settings(dataset_in_use(settings))
-        settings = {key: value for key, value in settings.items() if key not in unread}
+    unread = unread_cohort_settings(settings)
+    settings = {key: value for key, value in settings.items() if key not in unread}
     for key in STARTING_WEIGHTS:
         if getattr(args, key, None) and Path(getattr(args, key)).is_dir():
             settings[f"{key}_weights"] = {file.name: sha256_of(file)

@@ -223,17 +223,16 @@ COHORT_SOURCES = {  # --dataset name -> how its cohort is built: a new dataset i
 DATASETS = tuple(COHORT_SOURCES)
 
 
-def unread_cohort_settings(dataset: str | None) -> set[str]:
-    """The cohort settings `dataset` does not read: `--hospital` means nothing to P12, `--num_patients` nothing to a
-    hospital's export. `None`, a streamed corpus (`pretrain.py --parquet_shards`), reads none of them, `--dataset`
-    included."""
+def unread_cohort_settings(settings: Mapping) -> set[str]:
+    """The cohort settings among a recipe's (`vars(args)`) that its data does not read: `--hospital` means nothing to
+    P12, `--num_patients` nothing to a hospital's export, and a streamed corpus (`pretrain.py --parquet_shards`)
+    reads none of them, `--dataset` included. Empty for a recipe without `--dataset`."""
+    if "dataset" not in settings:
+        return set()
     every = {request_field.name for request_field in fields(CohortRequest)} - {"seed"}
-    return every if dataset is None else every - {"dataset", *COHORT_SOURCES[dataset].reads}
-
-
-def dataset_in_use(settings: Mapping) -> str | None:
-    """The `--dataset` a recipe's settings read, or None where they stream Parquet shards instead (pretraining)."""
-    return None if settings.get("parquet_shards") else settings.get("dataset")
+    if settings.get("parquet_shards"):
+        return every
+    return every - {"dataset", *COHORT_SOURCES[settings["dataset"]].reads}
 
 
 def p19_task(protocol: str) -> str:

@@ -59,15 +59,13 @@ def refuse_settings_the_dataset_ignores(args: argparse.Namespace, declared: dict
     `--hospital A` with P12, or `--time_zone` with P19, would otherwise run as if never given; so is any cohort flag
     beside pretraining's streamed `--parquet_shards`. `declared`: the parser's defaults before `--config` set its
     own."""
-    from .cohorts import DATASETS, dataset_in_use, unread_cohort_settings
+    from .cohorts import unread_cohort_settings
 
-    dataset = dataset_in_use(vars(args))
-    if "dataset" not in vars(args) or dataset not in (*DATASETS, None):
-        return
-    given = sorted(key for key in unread_cohort_settings(dataset)
+    given = sorted(key for key in unread_cohort_settings(vars(args))
                    if key in declared and getattr(args, key) != declared[key])
     if given:
-        reader = f"--dataset {dataset} does not read" if dataset else "--parquet_shards streams its own corpus, not"
+        reader = ("--parquet_shards streams its own corpus, not" if getattr(args, "parquet_shards", None)
+                  else f"--dataset {args.dataset} does not read")
         parser.error(f"{reader} {', '.join('--' + key for key in given)}; leave them out (or choose the dataset "
                      "they belong to)")
 
