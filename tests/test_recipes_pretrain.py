@@ -457,7 +457,7 @@ def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--patience", "2"], "a streamed cohort has none: give its held-out patients with --validation_shards"),
-    (["--dataset", "synthetic", "--validation_shards", "v/*.parquet"], "a cohort in memory has its own validation"),
+    (["--dataset", "synthetic", "--validation_shards", "SHARDS"], "a cohort in memory has its own validation"),
     (["--dataset", "synthetic", "--group_by_length", "true"], "a cohort in memory is always batched by length"),
     (["--parquet", "--dataset", "p19", "--hospital", "A"],
      "--parquet_shards streams its own corpus, not --dataset, --hospital;"),
@@ -465,8 +465,28 @@ def test_held_out_patients_are_refused_where_they_are_also_trained_on(tmp_path):
 def test_a_validation_loss_is_asked_for_where_it_can_be_measured(tmp_path, capsys, flags, message):
     """Flags that only one kind of cohort reads are refused with the other, never silently dropped."""
     streamed = "--dataset" not in flags or flags[0] == "--parquet"
-    shards = ["--parquet_shards", str(tmp_path / "*.parquet")] if streamed else []
-    flags = [flag for flag in flags if flag != "--parquet"]
+    write_shards(tmp_path, 1, patients=4, events=3)
+    written = str(tmp_path / "*.parquet")
+    shards = ["--parquet_shards", written] if streamed else []
+    flags = [written if flag == "SHARDS" else flag for flag in flags if flag != "--parquet"]
     with pytest.raises(SystemExit):
         load_script("recipes/pretrain.py").main([*shards, "--max_steps", "2", *flags])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--parquet_shards", "--validation_shards"])
+@pytest.mark.parametrize(("given", "message"), [("*.parquet", "no file matches this pattern"),
+                                                 ("", "a folder; name its files, e.g. '{}/*.parquet'")])
+def test_shards_that_are_not_there_are_refused_as_the_flags_are_read(tmp_path, capsys, flag, given, message):
+    """A glob that matches nothing, or a folder named in place of its files, is a usage error naming the flag and
+    what it was given, before a run folder is begun: never a traceback from the stream or an empty corpus."""
+    (tmp_path / "corpus").mkdir()
+    write_shards(tmp_path / "corpus", 1, patients=4, events=3)
+    flags = {"--parquet_shards": str(tmp_path / "corpus" / "*.parquet"), flag: str(tmp_path / "empty" / given)}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        load_script("recipes/pretrain.py").main([*(item for pair in flags.items() for item in pair),
+                                                 "--output_dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"{flag}: {tmp_path / 'empty' / given}" in error
+    assert message.format(tmp_path / "empty") in error and not (tmp_path / "out").exists()

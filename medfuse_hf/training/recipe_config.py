@@ -132,8 +132,10 @@ def flag_file_text(path: str) -> str:
 
 
 def existing_table(text: str) -> str:
-    """A table a flag names (for `--events`, also a quoted glob of tables): refused as the flags are read when nothing
-    is there, not as a pandas traceback once other tables have loaded and the run folder was begun."""
+    """A table a flag names (`--events`, Parquet shards), or a quoted glob of tables: refused as the flags are read
+    when nothing is there, not as a pandas traceback once other tables have loaded and the run folder was begun."""
+    if Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a folder; name its files, e.g. {str(Path(text) / '*.parquet')!r}")
     if Path(text).expanduser().exists():
         return text
     if glob.has_magic(text):
