@@ -14,10 +14,8 @@ Writes `model/` (a `MedFuseForPreTraining` with its tokenizer and model card: pa
 """
 
 import argparse
-import glob
 import json
 import math
-import os
 import random
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, LengthGroupedStream, MaskedValueCollator
+from medfuse_hf.data.long_format import matching_files
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.checkpointing import run_tokenizer
 from medfuse_hf.training.cohorts import (
@@ -53,7 +52,7 @@ from medfuse_hf.training.recipe_config import (
     add_model_arguments,
     add_training_arguments,
     boolean,
-    existing_table,
+    existing_shards,
     model_overrides,
     parse_with_config,
     recipe_parser,
@@ -95,18 +94,12 @@ def validation_loss(model, loader: DataLoader, collate, seed: int, accelerator: 
     return (sums["loss"] / sums["targets"].clamp(min=1)).item()
 
 
-def shard_paths(pattern: str) -> list[str]:
-    """The Parquet files a shard flag's glob matches, in name order; the flag's type (`existing_table`) refused a glob
-    that matches none as the flags were read."""
-    return sorted(glob.glob(os.path.expanduser(pattern)))
-
-
 def streamed_schedule_steps(args: argparse.Namespace) -> int:
     """The optimizer steps of `--num_epochs` passes over streamed shards, which have no length to count by: each pass
     is every patient once in global batches, the last one short (one process reads, and Accelerate dispatches each
     batch across the processes). Read from the shards' Parquet footers, no patient decoded. It becomes the run's
     `--max_steps`, recorded like a given one: what sizes the schedule, and what a resumption is checked against."""
-    patients = sum(pq.ParquetFile(path).metadata.num_rows for path in shard_paths(args.parquet_shards))
+    patients = sum(pq.ParquetFile(path).metadata.num_rows for path in matching_files(args.parquet_shards))
     return math.ceil(math.ceil(patients / args.batch_size) / args.gradient_accumulation_steps) * args.num_epochs
 
 
@@ -117,10 +110,10 @@ def training_function(args: argparse.Namespace) -> dict:
     # ----- data: a cohort in memory, or Parquet shards streamed ---------------------------------------
     validation, cohort = None, pretraining_cohort(args)
     if args.parquet_shards:
-        shards = shard_paths(args.parquet_shards)
+        shards = matching_files(args.parquet_shards)
         train = streaming_patients(shards, args.seed, args.shuffle_buffer, args.open_shards)
         if args.validation_shards:
-            validation = held_out_patients(shard_paths(args.validation_shards), shards)
+            validation = held_out_patients(matching_files(args.validation_shards), shards)
         if args.tokenizer_from:
             fitted = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
                                                       unknown_features="drop")
@@ -207,14 +200,14 @@ def training_function(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser(__doc__)
     data = add_cohort_arguments(parser)
-    data.add_argument("--parquet_shards", type=existing_table,
+    data.add_argument("--parquet_shards", type=existing_shards,
                       help="glob of Parquet files of patients, streamed (instead of --dataset)")
     data.add_argument("--open_shards", type=int, default=2,
                       help="shards the shuffle buffer draws from at once: more mixes better, "
                            "each holds a row group in memory")
     data.add_argument("--shuffle_buffer", type=int, default=2048,
                       help="patients a streamed cohort is shuffled within (held in memory)")
-    data.add_argument("--validation_shards", type=existing_table,
+    data.add_argument("--validation_shards", type=existing_shards,
                       help="glob of Parquet files of a streamed cohort's held-out patients (make_pretraining_corpus"
                            ".py writes them to validation/): the objective's loss on them each epoch, for --patience")
     data.add_argument("--group_by_length", type=boolean, default=False,

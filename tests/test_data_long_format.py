@@ -6,6 +6,7 @@ import pytest
 from medfuse_hf.data import load_long_format
 from medfuse_hf.data.event_cleaning import CENSORED_KEPT
 from medfuse_hf.training.cohorts import load_cohort
+from medfuse_hf.training.recipe_config import existing_table
 
 COLUMNS = {"patient_id": "SUBJECT_ID", "time": "CHARTTIME", "feature": "ITEMID", "value": "VALUE"}
 FEATURE_MAP = {"220045": "heart_rate", "50983": "sodium", "223761": "temperature"}
@@ -208,6 +209,16 @@ def test_a_glob_reads_every_table_it_matches_and_one_matching_nothing_is_named(t
     assert load_long_format(str(tmp_path / "chartevents-*.csv"))["patient_id"] == ["a", "b"]
     with pytest.raises(FileNotFoundError, match=r"labevents-\*\.csv: no file matches"):
         load_long_format(str(tmp_path / "labevents-*.csv"))
+
+
+def test_a_glob_from_the_home_folder_is_read_where_the_recipes_flag_check_found_it(tmp_path, monkeypatch):
+    """A quoted `~` (a YAML config, a shell that left it) passed the recipes' flag check, which expands it; the loader
+    must read the same files, not report that nothing matches."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "events-0.csv").write_text("patient_id,time,feature,value\na,1,sodium,140\n")
+    assert existing_table("~/export/*.csv") == "~/export/*.csv"
+    assert load_long_format("~/export/*.csv")["patient_id"] == ["a"]
 
 
 def test_a_dataframe_whose_columns_mix_numbers_and_text_is_read_as_a_csv_would_be():

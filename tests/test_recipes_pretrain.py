@@ -475,18 +475,21 @@ def test_a_validation_loss_is_asked_for_where_it_can_be_measured(tmp_path, capsy
 
 
 @pytest.mark.parametrize("flag", ["--parquet_shards", "--validation_shards"])
-@pytest.mark.parametrize(("given", "message"), [("*.parquet", "no file matches this pattern"),
-                                                 ("", "a folder; name its files, e.g. '{}/*.parquet'")])
+@pytest.mark.parametrize(("given", "message"), [
+    pytest.param("empty/*.parquet", "no file matches this pattern", id="a-glob-matching-nothing"),
+    pytest.param("empty", "a folder; name its shards, e.g. '{}/*.parquet'", id="a-folder"),
+])
 def test_shards_that_are_not_there_are_refused_as_the_flags_are_read(tmp_path, capsys, flag, given, message):
-    """A glob that matches nothing, or a folder named in place of its files, is a usage error naming the flag and
+    """A glob that matches nothing, or a folder named in place of its shards, is a usage error naming the flag and
     what it was given, before a run folder is begun: never a traceback from the stream or an empty corpus."""
     (tmp_path / "corpus").mkdir()
-    write_shards(tmp_path / "corpus", 1, patients=4, events=3)
-    flags = {"--parquet_shards": str(tmp_path / "corpus" / "*.parquet"), flag: str(tmp_path / "empty" / given)}
     (tmp_path / "empty").mkdir()
+    write_shards(tmp_path / "corpus", 1, patients=4, events=3)
+    shards, given = str(tmp_path / "corpus" / "*.parquet"), str(tmp_path / given)
+    flags = (["--parquet_shards", given] if flag == "--parquet_shards"
+             else ["--parquet_shards", shards, "--validation_shards", given])
     with pytest.raises(SystemExit) as stopped:
-        load_script("recipes/pretrain.py").main([*(item for pair in flags.items() for item in pair),
-                                                 "--output_dir", str(tmp_path / "out")])
+        load_script("recipes/pretrain.py").main([*flags, "--output_dir", str(tmp_path / "out")])
     error = capsys.readouterr().err
-    assert stopped.value.code == 2 and f"{flag}: {tmp_path / 'empty' / given}" in error
+    assert stopped.value.code == 2 and f"{flag}: {given}" in error
     assert message.format(tmp_path / "empty") in error and not (tmp_path / "out").exists()

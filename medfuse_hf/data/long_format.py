@@ -16,6 +16,7 @@ Tables of any size load in bounded memory: they are read a batch at a time (`eve
 import glob
 import logging
 import numbers
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -243,18 +244,28 @@ def _spelling_keys(known: Mapping[str, str]) -> dict[str, str]:
     return keys
 
 
+def matching_files(pattern: str | Path) -> list[str]:
+    """The files a path or a glob names, `~` expanded, a glob's matches in name order; empty if nothing is there. The
+    one reading of a file flag: the recipes check their flags with it, and the loaders then read what it found."""
+    path = os.path.expanduser(str(pattern))
+    if Path(path).exists():
+        return [path]
+    return sorted(glob.glob(path)) if glob.has_magic(path) else []
+
+
 def _expanded(sources: list[TableSource]) -> list[TableSource]:
     """Each glob (`export/chartevents-*.parquet`) as the files it matches, in name order; a glob that matches
-    nothing is an error naming it, never an empty cohort."""
+    nothing is an error naming it, never an empty cohort. A missing plain file is left for its reader to name."""
     expanded = []
     for source in sources:
-        if isinstance(source, pd.DataFrame) or Path(source).exists() or not glob.has_magic(str(source)):
+        if isinstance(source, pd.DataFrame):
             expanded.append(source)
-            continue
-        matches = sorted(glob.glob(str(source)))
-        if not matches:
+        elif matches := matching_files(source):
+            expanded += matches
+        elif glob.has_magic(str(source)):
             raise FileNotFoundError(f"{source}: no file matches this pattern")
-        expanded += matches
+        else:
+            expanded.append(source)
     return expanded
 
 

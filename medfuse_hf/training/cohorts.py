@@ -314,7 +314,7 @@ def streaming_patients(
     pretrain. The buffer draws from `open_shards` shards at a time and each open shard holds one decoded row group:
     more mixes patients of more shards, but `datasets`' default (10) costs ten row groups of memory."""
     if not shards:
-        raise FileNotFoundError("no Parquet shards given (did the glob match nothing?)")
+        raise FileNotFoundError("no Parquet shards given")
     if open_shards < 1 or buffer_size < 1:
         raise ValueError(f"open_shards and buffer_size must be at least 1, got {open_shards} and {buffer_size}")
     stream = datasets.load_dataset("parquet", data_files=list(shards), split="train", streaming=True)
@@ -333,7 +333,7 @@ def held_out_patients(shards: list[str], training_shards: list[str]) -> datasets
     Refused where a shard or a patient is also trained on: the loss would then measure recall, not what the base
     learnt."""
     if not shards:
-        raise FileNotFoundError("no validation shards given (did the glob match nothing?)")
+        raise FileNotFoundError("no validation shards given")
     trained_on = {Path(path).resolve() for path in training_shards}
     if twice := [path for path in shards if Path(path).resolve() in trained_on]:
         raise ValueError(f"{twice[0]} is both a training and a validation shard: the globs overlap")

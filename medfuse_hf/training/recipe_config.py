@@ -4,7 +4,6 @@ The flags every recipe shares are declared here once."""
 import argparse
 import glob
 import io
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -14,6 +13,7 @@ from typing import Literal, get_args, get_origin
 import yaml
 from transformers.utils import CONFIG_NAME, FEATURE_EXTRACTOR_NAME
 
+from ..data.long_format import matching_files
 from ..feature_embeddings import CONFIG_FILE as EMBEDDINGS_CONFIG_FILE
 from ..feature_embeddings import could_be_hub_repo_id
 from ..feature_vocabulary import ValueNormalization
@@ -132,17 +132,21 @@ def flag_file_text(path: str) -> str:
 
 
 def existing_table(text: str) -> str:
-    """A table a flag names (`--events`, Parquet shards), or a quoted glob of tables: refused as the flags are read
-    when nothing is there, not as a pandas traceback once other tables have loaded and the run folder was begun."""
-    if Path(text).expanduser().is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: a folder; name its files, e.g. {str(Path(text) / '*.parquet')!r}")
-    if Path(text).expanduser().exists():
+    """A table a flag names (`--events`, `--labels`, `--split_file`, `--patients`), or a quoted glob of tables:
+    refused as the flags are read when nothing is there, not as a pandas traceback once other tables have loaded and
+    the run folder was begun."""
+    if matching_files(text):
         return text
-    if glob.has_magic(text):
-        if glob.glob(os.path.expanduser(text)):
-            return text
-        raise argparse.ArgumentTypeError(f"{text}: no file matches this pattern")
-    raise argparse.ArgumentTypeError(f"{text}: no such file")
+    raise argparse.ArgumentTypeError(f"{text}: no file matches this pattern" if glob.has_magic(text)
+                                     else f"{text}: no such file")
+
+
+def existing_shards(text: str) -> str:
+    """Parquet shards a flag names, a file or a quoted glob, checked as `existing_table` checks a table. A folder
+    named in place of its shards is refused with the glob to give: a stream reads files, not folders."""
+    if Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a folder; name its shards, e.g. {str(Path(text) / '*.parquet')!r}")
+    return existing_table(text)
 
 
 def saved_folder(*required: str) -> Callable[[str], str]:
