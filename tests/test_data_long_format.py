@@ -5,6 +5,7 @@ import pytest
 
 from medfuse_hf.data import load_long_format
 from medfuse_hf.data.event_cleaning import CENSORED_KEPT
+from medfuse_hf.data.splits import load_split
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.recipe_config import existing_table
 
@@ -211,14 +212,16 @@ def test_a_glob_reads_every_table_it_matches_and_one_matching_nothing_is_named(t
         load_long_format(str(tmp_path / "labevents-*.csv"))
 
 
-def test_a_glob_from_the_home_folder_is_read_where_the_recipes_flag_check_found_it(tmp_path, monkeypatch):
-    """A quoted `~` (a YAML config, a shell that left it) passed the recipes' flag check, which expands it; the loader
+def test_paths_from_the_home_folder_are_read_where_the_recipes_flag_check_found_them(tmp_path, monkeypatch):
+    """A quoted `~` (a YAML config, a shell that left it) passed the recipes' flag check, which expands it; the loaders
     must read the same files, not report that nothing matches."""
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "events-0.csv").write_text("patient_id,time,feature,value\na,1,sodium,140\n")
-    assert existing_table("~/export/*.csv") == "~/export/*.csv"
+    (tmp_path / "export" / "split.json").write_text('{"train": ["a"], "validation": [], "test": []}')
+    assert existing_table("~/export/*.csv") == "~/export/*.csv" and existing_table("~/export/split.json")
     assert load_long_format("~/export/*.csv")["patient_id"] == ["a"]
+    assert load_split("~/export/split.json")["train"] == ["a"]
 
 
 def test_a_dataframe_whose_columns_mix_numbers_and_text_is_read_as_a_csv_would_be():

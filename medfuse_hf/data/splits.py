@@ -110,7 +110,7 @@ def save_split(split: Split, path: str | Path) -> None:
 
 
 def load_split(path: str | Path) -> Split:
-    split = json.loads(Path(path).read_text(encoding="utf-8"))
+    split = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))  # `~` as the flag check read it
     _check_disjoint(split, str(path))
     return split
 
