@@ -17,7 +17,7 @@ from conftest import ROOT, load_script
 DOCUMENTS = [ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md",
              *sorted(ROOT.glob("model_cards/**/*.md")), *sorted(ROOT.glob("benchmarks/results/**/*.md"))]
 SCRIPT_FOLDERS = ("recipes", "benchmarks")
-SCRIPT = re.compile(r"(?:(?:recipes|benchmarks)/)?(\w+)\.py")  # written with its folder or without
+SCRIPT = re.compile(rf"(?:(?:{'|'.join(SCRIPT_FOLDERS)})/)?(\w+)\.py")  # written with its folder or without
 FLAG = re.compile(r"--([a-z][a-z0-9_]*)(?:=.*)?")  # a token that is a flag; a quoted "--a 1 --b" is a pass-through
 OPERATORS = {"&&", "||", "|", ";", "&"}
 ASSIGNMENT = re.compile(r"\s*(?:export\s+)?(\w+)=(\"[^\"]*\"|'[^']*'|\S*)\s*")  # a line that only sets a variable
@@ -127,10 +127,9 @@ def undeclared_flags(path: Path, text: str) -> list[str]:
     script's name belong to its launcher (`accelerate launch --multi_gpu`)."""
     found = []
     for number, words in commands(text):
-        at = next((i for i, word in enumerate(words) if script_of(word)), None)
-        if at is None:
+        at, script = next(((i, script) for i, word in enumerate(words) if (script := script_of(word))), (0, None))
+        if script is None:
             continue
-        script = script_of(words[at])
         found += [f"{path.name}:{number}: {script} --{flag.group(1)}" for word in words[at + 1:]
                   if (flag := FLAG.fullmatch(word)) and flag.group(1) not in declared_flags(script)]
     return found
