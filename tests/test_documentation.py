@@ -11,7 +11,9 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
+import datasets
 import pytest
+import transformers
 from conftest import ROOT, load_script
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md",
@@ -117,6 +119,8 @@ def declared_flags(script: str) -> frozenset[str]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+        patch.setattr(datasets, "disable_progress_bars", lambda: None)  # a main quiets its own process's bars,
+        patch.setattr(transformers.utils.logging, "disable_progress_bar", lambda: None)  # not this test worker's
         with pytest.raises(_Parsed) as parsed:
             module.main()
     return frozenset(option[2:] for action in parsed.value.args[0]._actions for option in action.option_strings)
