@@ -2,7 +2,7 @@
 
     nohup python benchmarks/p12_search.py > outputs/p12-search.log 2>&1 &      # the queue, seeds 0, 1, 2
     python benchmarks/p12_search.py --configurations per_feature+quantile_values --seeds 0 1 2
-    python benchmarks/p12_search.py --summary_only                             # the ledger from the JSON so far
+    python benchmarks/p12_search.py --summary_only       # the ledger from the JSON so far, each lever paired by seed
 
 A configuration is levers joined by "+" (`per_feature+quantile_values`): the reference, the P12 table's best row
 (MuFuse with the CVE of time) at the table's budget, plus each lever's flags in order (a later flag wins). Each
@@ -158,6 +158,31 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def lever_effects(rows: list[dict]) -> str:
+    """What levers did, paired by seed: each configuration minus the longest configuration in the ledger that it
+    adds levers to (`A+lever` − `A`; the reference for a first lever), on the seeds both ran, with how many seeds it
+    came out ahead on. A seed's split and data order are the same in both runs, so the pair removes the spread between
+    seeds that the ledger's means carry."""
+    figures = {(row["configuration"], row["seed"]): row for row in rows}
+    configurations = dict.fromkeys(row["configuration"] for row in rows)
+    lines = [f"| lever | added to | seeds | {' | '.join(column.replace('_', ' ') for column in COLUMNS)} |",
+             "|---|---|---:|" + "---|" * len(COLUMNS)]
+    for name in (name for name in configurations if name != "reference"):
+        levers = name.split("+")
+        parent = next(("+".join(levers[:cut]) for cut in range(len(levers) - 1, 0, -1)
+                       if "+".join(levers[:cut]) in configurations), "reference")
+        lever = name.removeprefix(parent + "+") if parent != "reference" else name
+        seeds = sorted(seed for configuration, seed in figures if configuration == name and (parent, seed) in figures)
+        if not seeds:
+            continue
+        cells = []
+        for column in COLUMNS:
+            gains = [figures[name, seed][column] - figures[parent, seed][column] for seed in seeds]
+            cells.append(f"{mean_std_of(gains, sign='+')} ({sum(gain > 0 for gain in gains)} of {len(seeds)})")
+        lines.append(f"| {lever} | {parent} | {len(seeds)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
@@ -191,6 +216,7 @@ def main() -> None:
                      + f" ({row['epochs']} epochs, {row['train_seconds']:.0f} s)")
     record_plateaus(results, args.output_dir)
     print(summarise(results.rows))
+    print(lever_effects(results.rows))
     print(gaps_to_gbm(results.rows, args.output_dir, args.table_dir))
 
 

@@ -309,6 +309,23 @@ def test_the_search_composes_levers_and_judges_only_configurations_run_on_three_
     assert [name for name, *_ in search.judged(rows)] == ["per_feature", "tied", "reference"]  # AUROC breaks the tie
 
 
+def test_a_lever_is_paired_by_seed_with_the_longest_configuration_it_adds_to():
+    search = load_script("benchmarks/p12_search.py")
+
+    def run(name, seed, auprc):
+        return {"configuration": name, "seed": seed, "validation_auroc": 0.85, "validation_auprc": auprc,
+                "auroc": 0.86, "auprc": auprc}
+
+    rows = [run("reference", seed, auprc) for seed, auprc in enumerate([0.50, 0.56, 0.53])]
+    rows += [run("per_feature", seed, auprc) for seed, auprc in enumerate([0.52, 0.55, 0.56])]
+    rows += [run("per_feature+head_dropout+event_dropout", 1, 0.60)]  # its middle lever was never run alone
+    lines = search.lever_effects(rows).split("\n")[2:]
+    assert [line.split(" | ")[:3] for line in lines] == [["| per_feature", "reference", "3"],
+                                                         ["| head_dropout+event_dropout", "per_feature", "1"]]
+    # seed by seed +0.02, -0.01, +0.03: ahead on two of three
+    assert "+0.0133 ± 0.0208 (2 of 3)" in lines[0] and "+0.0500 (1 of 1)" in lines[1]
+
+
 def test_the_plateau_figure_averages_the_kept_epoch_and_the_validations_before_it(tmp_path):
     """The best of many noisy validations is biased up; the mean of the kept one and the four before it much less."""
     p12_table = load_script("benchmarks/p12_table.py")
