@@ -795,11 +795,6 @@ class MedFuseForPreTraining(MedFusePreTrainedModel):
                                f"{head}.bias": init.zeros_}
         self.post_init()
 
-    @property
-    def pretraining_head(self) -> nn.Linear:
-        """The objective's head, a row per feature."""
-        return self.forecast_head if self.forecast_head is not None else self.masked_value_head
-
     @can_return_tuple
     def forward(
         self,

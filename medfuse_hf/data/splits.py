@@ -19,7 +19,6 @@ from sklearn.model_selection import train_test_split
 logger = logging.getLogger(__name__)
 
 Split = dict[str, list]
-SPLIT_NAMES = ("train", "validation", "test")
 SEFT_FILES = {"train": "train_listfile.csv", "validation": "val_listfile.csv", "test": "test_listfile.csv"}
 
 
