@@ -7,6 +7,7 @@ UTC, so that hours across a daylight-saving change are right. Shared by the long
 which turns a patient's times into hours here (a flat module, so checkpoints that ship their code carry it).
 """
 
+import datetime
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pandas as pd
 
 # Spreadsheet day numbers of 1954-2173: as hours they would put a patient's every event 2-11 years after the start of
 # the clock, which no stay is. A patient whose times all lie here exported dates as numbers.
+DURATIONS = (np.timedelta64, datetime.timedelta)  # pandas' Timedelta is a datetime.timedelta
 SERIAL_DAYS = (20_000.0, 100_000.0)
 SERIAL_DAYS_ADVICE = ("these look like spreadsheet serial dates (days since 1899-12-30), not hours. Export the "
                       "times as timestamps, or as hours since an anchor")
@@ -135,10 +137,15 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
     timestamps (ISO 8601, as `parse_timestamps` reads them; without an offset, as UTC or as `time_zone`'s clock times)
     and becomes hours since `anchor`, or else since the patient's first event. A mix of the two, an unreadable time,
     a local time no clock can place, a time before the start or more than `max_hours` after it (a unit or year
-    mistake) is an error naming `where` and the row."""
-    try:
-        hours = np.asarray(times, dtype=np.float64)
-    except (TypeError, ValueError):
+    mistake) is an error naming `where` and the row. Durations (numpy `timedelta64` of any unit, pandas `Timedelta`,
+    `datetime.timedelta`) are hours too, and numpy `datetime64` values timestamps."""
+    hours = _durations_as_hours(times, row_labels, where)
+    if hours is None and not any(isinstance(time, np.datetime64) for time in times):
+        try:
+            hours = np.asarray(times, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+    if hours is None:  # timestamps
         text = pd.Series([str(time) for time in times], dtype=object)
         is_number = pd.to_numeric(text, errors="coerce").notna().to_numpy()
         if is_number.any():  # hours, and text among them
@@ -198,8 +205,26 @@ def _on_clock(stamps: pd.Series, times: Sequence, places: pd.Series, time_zone: 
     return stamps
 
 
+def _durations_as_hours(times: Sequence, row_labels: Sequence, where: str) -> np.ndarray | None:
+    """Times given as durations since the record's start, as hours; None when none is a duration. numpy alone would
+    cast a `timedelta64` to its count of units (seconds read as hours), so durations never reach its float cast."""
+    is_duration = [isinstance(time, DURATIONS) for time in times]
+    if not any(is_duration):
+        return None
+    if not all(is_duration):
+        row = is_duration.index(False)
+        raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is no duration like the others (every "
+                         "time of a patient a duration, every one a number of hours, or every one a timestamp)")
+    return (pd.to_timedelta(list(times)) / pd.Timedelta(hours=1)).to_numpy(dtype=np.float64)
+
+
 def _numeric_anchor(anchor: Any, where: str) -> float:
-    """The anchor of times given as hours: a number of hours too; a timestamp there is an error, not a guess."""
+    """The anchor of times given as hours: a number of hours or a duration too; a timestamp there is an error, not
+    a guess."""
+    if isinstance(anchor, DURATIONS):
+        return pd.Timedelta(anchor) / pd.Timedelta(hours=1)
+    if isinstance(anchor, np.datetime64):  # numpy would cast it to a count of its units
+        anchor = str(anchor)
     try:
         return float(anchor)
     except (TypeError, ValueError):

@@ -115,6 +115,23 @@ def test_timestamps_become_hours_since_first_event_or_anchor(tokenizer):
     assert tokenizer(events, anchor_times="2130-01-01 06:00")["times"] == [2.0, 3.5, 26.0]
 
 
+def test_numpy_and_pandas_durations_and_dates_are_read_by_their_unit_not_their_count(tokenizer):
+    """numpy casts a timedelta64 or datetime64 to a count of its unit: seconds or days would pass as hours."""
+    hours = [0.0, 1.5, 24.0]
+    as_seconds = np.array([0, 5_400, 86_400], dtype="timedelta64[s]")
+    for times in (as_seconds, as_seconds.astype("timedelta64[ns]"), pd.to_timedelta(hours, unit="h").to_pytimedelta(),
+                  pd.to_timedelta(hours, unit="h")):
+        patient = {"feature": ["sodium"] * 3, "value": [140, 141, 139], "time": list(times)}
+        assert tokenizer(patient)["times"] == hours
+    assert tokenizer({"feature": ["sodium"], "value": [140], "time": [np.timedelta64(3, "h")]},
+                     anchor_times=pd.Timedelta(hours=1))["times"] == [2.0]
+    days = {"feature": ["sodium"] * 2, "value": [140, 141], "time": list(np.array(["2130-01-01", "2130-01-02"],
+                                                                                  dtype="datetime64[D]"))}
+    assert tokenizer(days)["times"] == [0.0, 24.0]
+    with pytest.raises(ValueError, match=r"patient 0, row 1: time 2.0 is no duration like the others"):
+        tokenizer([("sodium", 140, np.timedelta64(1, "h")), ("sodium", 141, 2.0)])
+
+
 def test_a_time_zone_keeps_hours_true_across_daylight_saving(tokenizer):
     """New York's clocks went back at 02:00 on 1 November 2020: 00:30 to 02:30 local is 3 hours, not 2."""
     night = [("sodium", 140, "2020-11-01 00:30"), ("sodium", 141, "2020-11-01 02:30")]
