@@ -77,6 +77,18 @@ def test_numeric_hours_and_dataframes_work_without_labels():
     assert dataset[0]["time"] == [0.5, 2.0] and dataset[0]["feature"] == ["hr", "na"]
 
 
+def test_durations_are_hours_in_a_dataframe_in_parquet_and_as_anchors(tmp_path):
+    hours = pd.DataFrame({"patient_id": ["a", "a", "b"], "time": [0.5, 2.0, 1.0], "feature": ["hr", "na", "hr"],
+                          "value": [80, 140, 70]})
+    durations = hours.assign(time=pd.to_timedelta(hours["time"], unit="h"))
+    durations.to_parquet(tmp_path / "events.parquet")
+    for events in (durations, tmp_path / "events.parquet"):
+        dataset = load_long_format(events)
+        assert dataset[0]["time"] == [0.5, 2.0] and dataset[1]["time"] == [1.0]
+    starts = pd.DataFrame({"patient_id": ["a", "b"], "start": pd.to_timedelta([0.5, 0.0], unit="h")})
+    assert load_long_format(hours, labels=starts, anchor_column="start")[0]["time"] == [0.0, 1.5]
+
+
 def test_missing_columns_are_named(tmp_path):
     path = tmp_path / "events.csv"
     path.write_text("id,when,what\n1,2,3\n")

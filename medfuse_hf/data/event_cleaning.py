@@ -216,13 +216,17 @@ def _refuse_the_other_decimal_mark(text: pd.Series, numbers: pd.Series, lines: p
 
 
 def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Series, dict[str, pd.Series]]:
-    """Hours since the patient's anchor: numbers are hours already; text is a timestamp (local clock time put on UTC
-    where the load names its `time_zone`). Without an anchor, numbers stay as they are and timestamps are returned as
-    `stamp_ns` for the store to count from the patient's first one. Rows that are neither are NaN in both, for the
-    caller to count; local times that name no single instant are NaN too, with a mask under each reason."""
+    """Hours since the patient's anchor: numbers and durations are hours already; text is a timestamp (local clock
+    time put on UTC where the load names its `time_zone`). Without an anchor, numbers stay as they are and timestamps
+    are returned as `stamp_ns` for the store to count from the patient's first one. Rows that are neither are NaN in
+    both, for the caller to count; local times that name no single instant are NaN too, with a mask under each
+    reason."""
     none = pd.Series(np.nan, index=table.index)
     pending = pd.Series(pd.NA, index=table.index, dtype="Int64")
-    text = table["time"].astype(str).str.strip()
+    time = table["time"]
+    if pd.api.types.is_timedelta64_dtype(time):  # a duration column (Parquet, a DataFrame): hours since the start
+        time = time / pd.Timedelta(hours=1)
+    text = time.astype(str).str.strip()
     # Under a decimal comma, hours may be written 2,5 or, where a script computed them, 2.5: both are read as 2.5.
     numeric = as_numbers(text if context.decimal == "." else text.str.replace(context.decimal, ".", regex=False))
     is_number = numeric.notna()

@@ -424,6 +424,8 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
         offsets.check(pd.Series(raw.dt.tz is not None, index=raw.index), raw.astype(str), places)
         stamps = raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
         return _on_utc(stamps, raw.astype(str), places, options.time_zone, summary)
+    if pd.api.types.is_timedelta64_dtype(raw):  # durations are hours (pd.to_numeric would read their nanoseconds)
+        raw = raw / pd.Timedelta(hours=1)
     numeric = pd.to_numeric(raw, errors="coerce")
     if numeric[~blank(raw)].notna().all():  # hours; a blank anchor leaves its patient's events to be counted
         if numeric.notna().any():
