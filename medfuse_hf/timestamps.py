@@ -17,9 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
+DURATIONS = (np.timedelta64, datetime.timedelta)  # pandas' Timedelta is a datetime.timedelta
+
 # Spreadsheet day numbers of 1954-2173: as hours they would put a patient's every event 2-11 years after the start of
 # the clock, which no stay is. A patient whose times all lie here exported dates as numbers.
-DURATIONS = (np.timedelta64, datetime.timedelta)  # pandas' Timedelta is a datetime.timedelta
 SERIAL_DAYS = (20_000.0, 100_000.0)
 SERIAL_DAYS_ADVICE = ("these look like spreadsheet serial dates (days since 1899-12-30), not hours. Export the "
                       "times as timestamps, or as hours since an anchor")
