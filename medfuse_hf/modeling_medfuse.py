@@ -297,12 +297,21 @@ class MedFuseSelfAttention(nn.Module):
         weights = None
         if output_attentions or self.config._attn_implementation == "eager":
             scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])  # (B, H, T, T)
-            # finfo.min, not -inf: a patient without events then attends uniformly to padding instead of to NaN
             weights = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
             attended = F.dropout(weights, dropout, self.training) @ value
         else:
             attended = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout)
         return self.out(attended.transpose(1, 2).reshape(batch_size, length, hidden_size)), weights
+
+
+def attend_to_events(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The keys each patient's tokens attend to: its events, never padding; a patient without events attends to its
+    first slot alone. A fully masked attention row is NaN on some fused kernels (and their backward spreads it into
+    the weights), and SDPA's zeros and eager's softmax would disagree on it. That slot is padding: no pooling reads
+    it."""
+    lone_slot = torch.zeros_like(attention_mask)
+    lone_slot[:, :1] = ~attention_mask.any(dim=-1, keepdim=True)
+    return attention_mask | lone_slot
 
 
 class MedFuseLayer(GradientCheckpointingLayer):
@@ -587,7 +596,7 @@ class MedFuseModel(MedFusePreTrainedModel):
             attention_mask = feature_ids != self.config.pad_token_id
         self._check_inputs(feature_ids, values, times, attention_mask)
         attention_mask = attention_mask.bool()
-        key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
+        key_mask = attend_to_events(attention_mask)[:, None, None, :]  # (B, 1, 1, T)
         if inputs_embeds is None:
             hidden_states = self.embeddings(feature_ids, values, times, value_mask)
         else:

@@ -67,6 +67,20 @@ def test_autocast_logits_are_finite_and_close_to_fp32(tokenizer, cohort, tiny_co
     torch.testing.assert_close(mixed.float(), full, atol=0.05, rtol=0.05)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_row_of_padding_only_keeps_loss_and_gradients_finite(tokenizer, cohort, tiny_config, dtype, pooling):
+    """Fused attention kernels may give a fully masked row NaN, forward or backward. Such a row (built by hand: the
+    tokenizer refuses a patient without events) must not reach the weights under any precision."""
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).to(CUDA)
+    batch = on(CUDA, {name: torch.cat([tensor, torch.zeros_like(tensor[:1])])
+                      for name, tensor in uneven_batch(tokenizer, cohort).items()})
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        loss = model(**batch, labels=torch.tensor([0, 1, 0, 1, 1], device=CUDA)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(parameter.grad).all() for parameter in model.parameters() if parameter.grad is not None)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_training_steps_learn_with_fp32_master_weights(tokenizer, cohort, tiny_config, dtype):
     """The recipes' mixed precision: autocast forward, a gradient scaler for fp16, fp32 parameters. The loss on a

@@ -40,6 +40,28 @@ def test_padding_never_changes_logits(tokenizer, cohort, tiny_config, pooling, n
     torch.testing.assert_close(left, long, atol=1e-5, rtol=0)
 
 
+def test_a_row_of_padding_only_is_finite_and_alike_under_sdpa_and_eager(tokenizer, cohort, tiny_config, pooling):
+    """The tokenizer refuses a patient without events, but a batch built by hand may hold one: logits, token states
+    and gradients stay finite, SDPA and the eager path (which `output_attentions` takes) agree on its token states
+    (fused kernels may give a fully masked attention row NaN), and its batch mates score as without it."""
+    model = MedFuseForSequenceClassification(tiny_config(pooling=pooling)).eval()
+    reference = model(**encode(tokenizer, cohort[:2])).logits.detach()
+    batch = {name: torch.cat([tensor, torch.zeros_like(tensor[:1])])
+             for name, tensor in encode(tokenizer, cohort[:2]).items()}
+    outputs = []
+    for eager in (False, True):
+        model.zero_grad()
+        output = model(**batch, labels=torch.tensor([0, 1, 1]), output_hidden_states=True, output_attentions=eager)
+        output.loss.backward()
+        assert all(torch.isfinite(parameter.grad).all() for parameter in model.parameters()
+                   if parameter.grad is not None)
+        torch.testing.assert_close(output.logits[:2], reference, atol=1e-5, rtol=0)
+        outputs.append(output)
+    sdpa, eager = outputs
+    torch.testing.assert_close(eager.hidden_states[-1][2], sdpa.hidden_states[-1][2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(eager.logits[2], sdpa.logits[2], atol=1e-5, rtol=0)
+
+
 def test_statics_join_the_patient_vector_from_their_earliest_event(vocabulary, tiny_config):
     from medfuse_hf.modeling_medfuse import StaticsEmbedding
 
