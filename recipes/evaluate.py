@@ -20,7 +20,13 @@ from medfuse_hf.training import predict
 from medfuse_hf.training.checkpointing import recorded_settings
 from medfuse_hf.training.cohorts import load_cohort_from_settings
 from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
-from medfuse_hf.training.recipe_config import add_cohort_arguments, parse_with_config, recipe_parser, saved_model
+from medfuse_hf.training.recipe_config import (
+    add_cohort_arguments,
+    parse_with_config,
+    positive_int,
+    recipe_parser,
+    saved_model,
+)
 from medfuse_hf.training.run_info import write_run_info
 from medfuse_hf.units import check_units
 
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unknown_features", choices=("error", "unk", "drop"), default="error",
                         help="features the model's vocabulary lacks (e.g. another hospital's)")
     parser.add_argument("--output_dir", default="outputs/evaluate", help="where the report and plots go")
-    parser.add_argument("--batch_size", type=int, default=64, help="patients scored at a time")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="patients scored at a time")
     parser.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the metrics' 95%% intervals")
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")

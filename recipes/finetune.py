@@ -52,7 +52,9 @@ from medfuse_hf.training.recipe_config import (
     add_cohort_arguments,
     add_model_arguments,
     add_training_arguments,
+    non_negative_int,
     parse_with_config,
+    positive_int,
     recipe_parser,
     saved_feature_embeddings,
     saved_model,
@@ -67,24 +69,29 @@ RESUMABLE_IN_FINETUNING = frozenset({"max_steps"})
 
 def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[DataLoader, Callable[[int], None]]:
     """Batches of the training split (length-grouped, or class-balanced with `--sampling balanced`) and how to set
-    their order for an epoch: a function of (seed, epoch) alone, so a resumed run sees the same batches. `rate` is
-    the split's share of positives."""
+    them for an epoch: their order and the events `--event_dropout` leaves out, a function of (seed, epoch) alone,
+    so a resumed run sees the same batches. `rate` is the split's share of positives."""
     collate = MedFuseDataCollator(tokenizer, label_column=label, extra_columns=(ROW_COLUMN,),
-                                  event_dropout=args.event_dropout)
+                                  event_dropout=args.event_dropout, row_key=ROW_COLUMN, seed=args.seed)
     if args.sampling == "balanced":  # each batch drawn with replacement, deaths as likely as survivals
         weights = torch.tensor(balancing_weights(rate))[torch.tensor(train[label], dtype=torch.long)]
         sampler = WeightedRandomSampler(weights, len(train), generator=torch.Generator().manual_seed(args.seed))
         batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
 
-        def reseed(epoch: int) -> None:
+        def set_order(epoch: int) -> None:
             sampler.generator.manual_seed(args.seed + epoch)
     else:
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-        reseed = batch_sampler.set_epoch
+        set_order = batch_sampler.set_epoch
+
+    def set_epoch(epoch: int) -> None:
+        set_order(epoch)
+        collate.set_epoch(epoch)
+
     loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler,
                         collate_fn=collate)
-    return loader, reseed
+    return loader, set_epoch
 
 
 def epoch_budget(args, steps_per_epoch: int, accelerator) -> tuple[int, int]:
@@ -148,19 +155,8 @@ def fit(run: PreparedRun, start: tuple[Path, float] | None = None) -> tuple[Loop
         if args.strategy == "probe":
             accelerator.unwrap_model(model).medfuse.eval()
 
-    training_mode()
-    batches_this_process = 0
-    for epoch in range(state.epoch, run.num_epochs):
-        if state.stale_epochs >= args.patience or (args.max_steps and state.step >= args.max_steps):
-            break
-        completed, trained = train_epoch(accelerator, model, run.optimizer, run.scheduler, run.train_loader, epoch,
-                                         state, args, run.reseed, after_step)
-        batches_this_process += trained
-        if not completed:
-            break
-        state.epoch, state.batch = epoch + 1, 0
-        if (epoch + 1) % run.validate_every:
-            continue
+    def validate(epoch: int) -> None:
+        """Score `epoch` (counted from 0) on validation; the best yet is kept in `<output_dir>/model`."""
         predictions = predict(model if averaged is None else kept, run.eval_loaders["validation"], accelerator)
         training_mode()
         validation = binary_metrics(predictions["labels"], predictions["scores"])
@@ -172,8 +168,24 @@ def fit(run: PreparedRun, start: tuple[Path, float] | None = None) -> tuple[Loop
             if accelerator.is_main_process:
                 kept.save_pretrained(output_dir / "model")
                 save_strict_tokenizer(run.tokenizer, output_dir / "model")
-        if args.checkpoint_every_epoch:
+
+    training_mode()
+    batches_this_process = 0
+    for epoch in range(state.epoch, run.num_epochs):
+        if state.stale_epochs >= args.patience or (args.max_steps and state.step >= args.max_steps):
+            break
+        completed, trained = train_epoch(accelerator, model, run.optimizer, run.scheduler, run.train_loader, epoch,
+                                         state, args, run.reseed, after_step)
+        batches_this_process += trained
+        if not completed:
+            break
+        state.epoch, state.batch = epoch + 1, 0
+        if (epoch + 1) % run.validate_every == 0:
+            validate(epoch)
+        if args.checkpoint_every_epoch:  # validated or not: a kill loses at most the epoch under way
             state.save(accelerator, args)
+    if state.best_epoch is None:  # stopped before any validation (--max_steps, --num_epochs 0): validate it anyway
+        validate(state.epoch if state.batch else state.epoch - 1)  # the epoch under way, else the last (0: none)
     return state, batches_this_process
 
 
@@ -332,12 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="features that also join the patient vector directly, "
                             "e.g. age gender height icu_type weight")
     train = add_training_arguments(parser, output_dir="outputs/finetune")
-    train.add_argument("--eval_batch_size", type=int, default=64, help="patients scored at a time in validation")
+    train.add_argument("--eval_batch_size", type=positive_int, default=64,
+                       help="patients scored at a time in validation")
     train.add_argument("--train_fraction", type=float, default=1.0, help="train on this stratified share of the split")
     train.add_argument("--validation_fraction", type=float, default=1.0,
                        help="validate on this stratified share of the split "
                             f"(at least {MIN_VALIDATION_PER_CLASS} per class)")
-    train.add_argument("--min_steps", type=int, default=0,
+    train.add_argument("--min_steps", type=non_negative_int, default=0,
                        help="raise --num_epochs until training has at least this many optimizer steps (small cohorts)")
     model.add_argument("--init_embeddings_from", type=saved_feature_embeddings,
                        help="a feature-embedding checkpoint (folder or Hub repo id)")
@@ -356,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sampling", choices=("length_grouped", "balanced"), default="length_grouped",
                        help="batches of similar lengths, or drawn with the classes equally likely")
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
-    train.add_argument("--patience", type=int, default=5,
+    train.add_argument("--patience", type=positive_int, default=5,
                        help="validations (one per epoch, see --min_steps) without improvement before stopping")
     train.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the test metrics' 95%% intervals")
     train.add_argument("--weight_averaging", choices=("none", "ema"), default="none",
@@ -370,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="probe, lp-ft: the cohort's features the checkpoint lacks. leave_out: the frozen "
                                "encoder never learnt them; learn: their own rows of its tables train with the head, "
                                "all else frozen")
-    strategy.add_argument("--probe_epochs", type=int, help="lp-ft: epochs of the probe stage (default --num_epochs)")
+    strategy.add_argument("--probe_epochs", type=positive_int,
+                          help="lp-ft: epochs of the probe stage (default --num_epochs)")
     strategy.add_argument("--lpft_learning_rate_scale", type=float, default=0.1,
                           help="lp-ft: the full stage's learning rate, as a share of --learning_rate")
     return parser

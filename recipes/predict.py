@@ -33,6 +33,7 @@ from medfuse_hf.training.recipe_config import (
     add_long_format_arguments,
     existing_table,
     parse_with_config,
+    positive_int,
     recipe_parser,
     saved_model,
 )
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", type=existing_table,
                         help="table with one row per patient (patient_id column), e.g. anchor times")
     parser.add_argument("--output", default="predictions.csv", help="the risks' CSV; its summary JSON beside it")
-    parser.add_argument("--batch_size", type=int, default=64, help="patients scored at a time")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="patients scored at a time")
     parser.add_argument(
         "--explain",
         type=int,

@@ -55,6 +55,7 @@ from medfuse_hf.training.recipe_config import (
     existing_shards,
     model_overrides,
     parse_with_config,
+    positive_int,
     recipe_parser,
     saved_tokenizer,
 )
@@ -202,10 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     data = add_cohort_arguments(parser)
     data.add_argument("--parquet_shards", type=existing_shards,
                       help="glob of Parquet files of patients, streamed (instead of --dataset)")
-    data.add_argument("--open_shards", type=int, default=2,
+    data.add_argument("--open_shards", type=positive_int, default=2,
                       help="shards the shuffle buffer draws from at once: more mixes better, "
                            "each holds a row group in memory")
-    data.add_argument("--shuffle_buffer", type=int, default=2048,
+    data.add_argument("--shuffle_buffer", type=positive_int, default=2048,
                       help="patients a streamed cohort is shuffled within (held in memory)")
     data.add_argument("--validation_shards", type=existing_shards,
                       help="glob of Parquet files of a streamed cohort's held-out patients (make_pretraining_corpus"
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="true: streamed shards batch stays of similar length together, within windows of 20 "
                            "batches (a random batch pads to its longest stay; a cohort in memory is always grouped)")
     data.add_argument("--tokenizer_from", type=saved_tokenizer, help="a saved tokenizer for streamed shards")
-    data.add_argument("--statistics_patients", type=int, default=5000,
+    data.add_argument("--statistics_patients", type=positive_int, default=5000,
                       help="patients a streamed cohort's statistics come from")
     data.add_argument("--objective", choices=sorted(OBJECTIVES), default="forecasting",
                       help="forecast the next hours from the events before a cut-off, or predict hidden values")
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="the streamed shards' terms, for the cards")
     add_model_arguments(parser, ENCODER_FIELDS)
     train = add_training_arguments(parser, output_dir="outputs/pretrain")
-    train.add_argument("--patience", type=int,
+    train.add_argument("--patience", type=positive_int,
                        help="stop after this many epochs without a lower validation loss, and keep the epoch of the "
                             "lowest (default: train every epoch, keep the last)")
     parser.set_defaults(num_epochs=10)

@@ -218,6 +218,13 @@ def test_event_dropout_leaves_events_out_but_never_a_whole_patient(tokenizer, co
                                rng=random.Random(1))(one_event)["attention_mask"].sum() == 1
     with pytest.raises(ValueError, match="event_dropout must lie in"):
         MedFuseDataCollator(tokenizer, event_dropout=1.0)
+    # keyed by row: a row loses the same events in any batch (any process's share, a resumed run's), anew each epoch
+    rows = [dict(patient, row=index) for index, patient in enumerate(cohort[:16])]
+    keyed = MedFuseDataCollator(tokenizer, event_dropout=0.5, row_key="row", seed=3)
+    together, alone = keyed(rows)["attention_mask"].sum(1), keyed(rows[8:])["attention_mask"].sum(1)
+    assert torch.equal(together[8:], alone)
+    keyed.set_epoch(1)
+    assert not torch.equal(keyed(rows)["attention_mask"].sum(1), together)
     pinned = MedFuseTokenizer(tokenizer.feature_vocabulary, pinned_features=["icu_type"])
     with_statics = [dict(patient, feature=["icu_type", *patient["feature"]], value=["medical", *patient["value"]],
                          time=[0.0, *patient["time"]]) for patient in cohort[:16]]

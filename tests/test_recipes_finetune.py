@@ -21,13 +21,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 from conftest import load_script
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from medfuse_hf import MedFuseConfig, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training import read_metrics, starting_point
-from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings
+from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, training_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
@@ -229,11 +229,40 @@ def test_bf16_mixed_precision_trains_like_full_precision(tmp_path, single_proces
 
 def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
     output_dir = tmp_path / "small"
-    run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--min_steps", "4", "--output_dir", str(output_dir)])
+    run(TINY + ["--train_fraction", "0.25", "--num_epochs", "1", "--min_steps", "4", "--checkpoint_every_epoch",
+                "--output_dir", str(output_dir)])
     result = json.loads((output_dir / "test_metrics.json").read_text())
     assert result["steps"] == 4 and result["epochs"] == 4  # one 32-patient batch per epoch from ~45 patients
     validations = [row for row in read_metrics(output_dir / "logs" / "metrics.jsonl") if "validation_auprc" in row]
     assert len(validations) == 1  # validated once per num_epochs' worth of steps, not after every tiny epoch
+    # yet checkpointed after every epoch, as asked (the newest two are kept)
+    assert [path.name for path in sorted((output_dir / "checkpoints").iterdir())] == ["step_00000003", "step_00000004"]
+
+
+def test_a_run_stopped_by_max_steps_before_any_validation_still_tests_a_validated_model(tmp_path):
+    """LP-FT's second stage reads the probe's `model/`, and a test must score what validation saw."""
+    output_dir = tmp_path / "short"
+    run(TINY + ["--max_steps", "1", "--output_dir", str(output_dir)])  # five steps to an epoch
+    result = json.loads((output_dir / "test_metrics.json").read_text())
+    assert result["steps"] == 1 and result["best_validation"]["epoch"] == 1
+    validations = [row for row in read_metrics(output_dir / "logs" / "metrics.jsonl") if "validation_auprc" in row]
+    assert len(validations) == 1 and (output_dir / "model" / "model.safetensors").exists()
+
+
+def test_a_fresh_run_in_the_folder_of_an_earlier_one_is_refused(single_process_run):
+    finetune = load_script("recipes/finetune.py")
+    with pytest.raises(SystemExit, match=rf"{single_process_run} holds an earlier run \(model/\): resume it with"):
+        finetune.main(TINY + ["--output_dir", str(single_process_run)])
+
+
+def test_a_validation_split_of_one_class_is_refused_before_training():
+    finetune = load_script("recipes/finetune.py")
+    args = finetune.build_parser().parse_args(TINY)
+    cohort = load_cohort_from_settings(vars(args))
+    cohort.splits["validation"] = cohort.splits["validation"].filter(lambda died: died == 0,
+                                                                     input_columns=cohort.label_column)
+    with pytest.raises(SystemExit, match=r"the validation split's \d+ labelled patients are 0 positive"):
+        training_splits(args, cohort)
 
 
 def test_static_features_are_named_on_the_command_line_and_saved_as_ids(tmp_path):
@@ -264,7 +293,10 @@ def test_training_subset_smaller_than_a_batch_is_a_clear_error(tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    args = TINY + ["--num_patients", "512", "--batch_size", "16", "--num_epochs", "3", "--checkpoint_every_steps", "5"]
+    """Event dropout included: Accelerate collates a batch ahead, so a checkpoint's global random state is a batch
+    on from the step it saves."""
+    args = TINY + ["--num_patients", "512", "--batch_size", "16", "--num_epochs", "3", "--checkpoint_every_steps", "5",
+                   "--event_dropout", "0.2"]
     uninterrupted = tmp_path / "uninterrupted"
     run(args + ["--output_dir", str(uninterrupted)])
 
@@ -418,6 +450,26 @@ def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tin
     assert starting_point.build_tokenizer(args, train, {})[1]["kept_checkpoint_normalization"] == {}
 
 
+def test_a_checkpoint_saved_in_bf16_is_fine_tuned_with_fp32_weights(tiny_base, tmp_path):
+    """transformers loads a bf16 base as bf16, where AdamW's small steps would round away; the weights train in fp32
+    (low precision is --mixed_precision's autocast), starting from the checkpoint's own values."""
+    shutil.copytree(tiny_base / "model", tmp_path / "bf16")
+    saved = load_file(tiny_base / "model" / "model.safetensors")
+    bf16 = {name: tensor.to(torch.bfloat16) for name, tensor in saved.items()}
+    save_file(bf16, tmp_path / "bf16" / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    (tmp_path / "bf16" / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))  # as saved from bf16
+    finetune = load_script("recipes/finetune.py")
+    args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tmp_path / "bf16")])
+    train = load_cohort_from_settings(vars(args)).splits["train"]
+    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+    model = starting_point.build_model(args, tokenizer, 0.5, matching)[0]
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+    loaded = model.state_dict()
+    encoder = [name for name in bf16 if name.startswith("medfuse.")]
+    assert encoder and all(torch.equal(loaded[name], bf16[name].float()) for name in encoder)
+
+
 def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_full_fine_tuning_adds_them(tiny_base):
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe"])
@@ -520,6 +572,24 @@ def test_flags_that_would_be_ignored_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit):
         finetune.main(TINY + flags)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("patience", "0", "argument --patience: 0: give 1 or more"),  # would test the untrained model as a result
+    ("logging_steps", "0", "argument --logging_steps: 0: give 1 or more"),  # would divide by zero at step one
+    ("max_steps", "-1", "argument --max_steps: -1: give 0 or more"),
+])
+def test_counts_that_would_train_nothing_are_refused_from_the_command_line_and_a_config(flag, value, message, tmp_path,
+                                                                                         capsys):
+    finetune = load_script("recipes/finetune.py")
+    with pytest.raises(SystemExit):
+        finetune.main(TINY + [f"--{flag}", value])
+    assert message in capsys.readouterr().err
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{flag}: {value}\n")  # YAML's int, which argparse would take unchecked
+    with pytest.raises(SystemExit):
+        finetune.main(TINY + ["--config", str(config)])
+    assert f"--config: {config}: {flag}: {value}: give" in capsys.readouterr().err
 
 
 def test_a_config_key_the_dataset_does_not_read_is_refused_and_run_records_keep_only_what_it_reads(tmp_path, capsys):

@@ -29,10 +29,15 @@ class MedFuseDataCollator:
     extra_columns: tuple[str, ...] = ()  # numeric per-patient columns passed through, e.g. a row index
     # Training augmentation: each event is left out with this probability (never every event of a patient, nor a
     # pinned feature's: the statics a model reads are always there at test), so the model cannot lean on any one
-    # measurement. Draws come from `rng`, or from Python's global `random`, whose state Accelerate saves with
-    # checkpoints.
+    # measurement. With `row_key`, a row's draws depend on (`seed`, the epoch `set_epoch` gave, the row's `row_key`
+    # value) alone: the same events are left out however the batches are split across processes, and after a
+    # resumption (Accelerate collates a batch ahead, so the global `random` state a checkpoint saves is a batch on).
+    # Else draws come from `rng`, or from Python's global `random`.
     event_dropout: float = 0.0
     rng: random.Random | None = None
+    row_key: str | None = None
+    seed: int = 0
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.event_dropout < 1.0:
@@ -52,8 +57,12 @@ class MedFuseDataCollator:
             batch["labels"] = torch.tensor(labels)
         return batch
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def _drop_events(self, row: dict) -> dict:
-        draw = self.rng or random
+        draw = (random.Random(f"{self.seed}:{self.epoch}:{row[self.row_key]}") if self.row_key is not None
+                else self.rng or random)
         vocabulary, pinned = self.tokenizer.feature_vocabulary, self.tokenizer.pinned_feature_ids
         keep = [(bool(pinned) and vocabulary.id_of(str(name)) in pinned) or draw.random() >= self.event_dropout
                 for name in row["feature"]]

@@ -31,7 +31,7 @@ from ..data import (
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from ..data.shards import shard_patient_ids
-from ..data.splits import MIN_VALIDATION_PER_CLASS, nested_subset, validation_subset
+from ..data.splits import MIN_VALIDATION_PER_CLASS, check_disjoint, nested_subset, validation_subset
 from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
 from ..synthetic import make_sodium_cohort
 from ..tokenization_medfuse import MedFuseTokenizer
@@ -195,11 +195,14 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
 
 
 def hospital_split(path: str) -> dict[str, list[str]]:
-    """A split file's train/validation/test ids as the loader's ids are, text (7 in the JSON is patient "7")."""
+    """A split file's train/validation/test ids as the loader's ids are, text (7 in the JSON is patient "7"), checked
+    disjoint as text: 7 in train and "7" in test are one patient."""
     split = load_split(path)
     if set(split) != {"train", "validation", "test"}:
         raise ValueError(f"{path}: a split file holds 'train', 'validation' and 'test', got {sorted(split)}")
-    return {name: [str(patient_id).strip() for patient_id in ids] for name, ids in split.items()}
+    as_text = {name: [str(patient_id).strip() for patient_id in ids] for name, ids in split.items()}
+    check_disjoint(as_text, path)
+    return as_text
 
 
 @dataclass(frozen=True)
@@ -371,4 +374,9 @@ def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) ->
         raise SystemExit(f"{cohort.description}: {len(splits['train'])} training patients ({positives} positive, "
                          f"--train_fraction {args.train_fraction}); training needs at least --batch_size "
                          f"({args.batch_size}) and both classes")
+    for name in ("validation", "test"):  # before training, not after its first epoch
+        positives = int(np.sum(splits[name][label]))
+        if positives in (0, len(splits[name])):
+            raise SystemExit(f"{cohort.description}: the {name} split's {len(splits[name])} labelled patients are "
+                             f"{positives} positive: its AUROC and AUPRC need both classes (see the split file)")
     return splits

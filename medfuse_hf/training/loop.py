@@ -20,6 +20,7 @@ from transformers import get_scheduler
 from ..progress import progress_bar
 from .checkpointing import (
     check_resumed_settings,
+    complete_checkpoints,
     load_checkpoint,
     recorded_settings,
     resolve_checkpoint,
@@ -70,6 +71,7 @@ def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()
     `check_resumed_settings`)."""
     check_resumed_settings(args, may_change)
     output_dir = Path(args.output_dir)
+    refuse_an_earlier_run(args)
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -82,6 +84,17 @@ def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()
     run_info = write_run_info(output_dir, recorded_settings(args), accelerator)
     accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
     return accelerator, run_info
+
+
+def refuse_an_earlier_run(args: argparse.Namespace) -> None:
+    """A run not asked to resume must not start in a folder holding another run's checkpoints or model: `latest`
+    would later resume the other run's newest checkpoint, and files of both would mix. Nothing is deleted."""
+    output_dir = Path(args.output_dir)
+    held = [name for name, found in (("checkpoints/", complete_checkpoints(output_dir / "checkpoints")),
+                                      ("model/", (output_dir / "model").exists())) if found]
+    if args.resume_from_checkpoint is None and held:
+        raise SystemExit(f"{output_dir} holds an earlier run ({', '.join(held)}): resume it with "
+                         "--resume_from_checkpoint latest, or give another --output_dir")
 
 
 def optimizer_and_scheduler(model: torch.nn.Module, args: argparse.Namespace, total_steps: int) -> tuple:

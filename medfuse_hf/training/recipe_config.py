@@ -47,10 +47,24 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
         if unknown:
             raise SystemExit(f"{first.config}: unknown settings {unknown}; "
                              f"the recipe accepts {sorted(known - {'help', 'config'})}")
-        parser.set_defaults(**values)
+        parser.set_defaults(**{key: read_as_flag(parser, key, value, first.config) for key, value in values.items()})
     args = parser.parse_args(argv)
     refuse_settings_the_dataset_ignores(args, declared, parser)
     return args
+
+
+def read_as_flag(parser: argparse.ArgumentParser, key: str, value: object, source: Path) -> object:
+    """A `--config` value read by its flag's own type, as a command line's would be: YAML gives `patience: 0` as
+    an int, which argparse would take as it is and no type would check."""
+    action = next(action for action in parser._actions if action.dest == key)
+    if action.type is None or value is None or isinstance(value, str):
+        return value  # argparse reads a string default through the type itself
+    try:
+        if isinstance(value, list):
+            return [action.type(str(item)) for item in value]
+        return action.type(str(value))
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+        parser.error(f"--config: {source}: {key}: {error}")
 
 
 def refuse_settings_the_dataset_ignores(args: argparse.Namespace, declared: dict,
@@ -79,6 +93,23 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
+def positive_int(text: str) -> int:
+    """A count that must be 1 or more (`--patience 0` would stop before the first epoch, `--logging_steps 0` divide
+    by zero)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count where 0 means none (`--max_steps 0`: no limit)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 or more")
+    return value
+
+
 def privacy_threshold(text: str) -> int:
     """`--min_patients_for_statistics`, refused when the flags are read rather than at publication, after training."""
     from ..privacy import MIN_PATIENTS_FLOOR
@@ -99,7 +130,7 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     data.add_argument("--protocol", help="P12 split: seft-split (default), set-a-test or random; "
                                          "P19 task: whole-stay (default) or first-<H>h")
     data.add_argument("--hospital", choices=("A", "B"), help="P19: one hospital system only")
-    data.add_argument("--num_patients", type=int, default=512, help="size of the synthetic cohort")
+    data.add_argument("--num_patients", type=positive_int, default=512, help="size of the synthetic cohort")
     data.add_argument("--seed", type=int, default=0, help="split, initialisation and data order")
     table = add_long_format_arguments(parser)
     table.add_argument("--labels", type=existing_table,
@@ -306,24 +337,26 @@ def model_overrides(args: argparse.Namespace, fields: Sequence[str]) -> dict:
 def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> argparse._ArgumentGroup:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default=output_dir, help="the run folder: model, metrics, checkpoints")
-    train.add_argument("--max_events", type=int, default=1024, help="most recent events kept per patient")
+    train.add_argument("--max_events", type=positive_int, default=1024, help="most recent events kept per patient")
     train.add_argument("--value_normalization", choices=get_args(ValueNormalization), default="robust_zscore",
                        help="of a tokenizer fitted here: z-score within 3-IQR fences, or rank as a normal score")
-    train.add_argument("--batch_size", type=int, default=32, help="global batch size, split across processes")
+    train.add_argument("--batch_size", type=positive_int, default=32, help="global batch size, split across processes")
     train.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW's peak learning rate")
     train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
-    train.add_argument("--num_epochs", type=int, default=30, help="passes over the training split at most")
-    train.add_argument("--max_steps", type=int, default=0,
+    train.add_argument("--num_epochs", type=non_negative_int, default=30,
+                       help="passes over the training split at most (0: none, the start as it is)")
+    train.add_argument("--max_steps", type=non_negative_int, default=0,
                        help="stop after this many optimizer steps (0: no limit; streamed shards: their --num_epochs "
                             "passes, counted from the shards' rows)")
     train.add_argument("--lr_scheduler", default="linear", help="any transformers scheduler name")
     train.add_argument("--warmup_ratio", type=float, default=0.05, help="share of the steps the rate warms up over")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradients clipped to this norm")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
+    train.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
+                       help="batches per optimizer step")
     train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no", help="autocast on a GPU")
     train.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
-    train.add_argument("--logging_steps", type=int, default=10, help="optimizer steps between log lines")
-    train.add_argument("--checkpoint_every_steps", type=int, default=0, help="0: none by steps")
+    train.add_argument("--logging_steps", type=positive_int, default=10, help="optimizer steps between log lines")
+    train.add_argument("--checkpoint_every_steps", type=non_negative_int, default=0, help="0: none by steps")
     train.add_argument("--checkpoint_every_epoch", action="store_true", help="a resumable checkpoint each epoch")
     train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
     train.add_argument("--min_patients_for_statistics", type=privacy_threshold, default=20,

@@ -6,6 +6,8 @@ report. `recipes/finetune.py`'s first step, kept apart so that the recipe reads 
 import math
 from collections import Counter
 
+import torch
+
 from .. import (
     FeatureVocabulary,
     MedFuseConfig,
@@ -116,8 +118,10 @@ def build_model(args, tokenizer, rate: float,
     if args.static_features:
         overrides["static_feature_ids"] = static_feature_ids(args.static_features, tokenizer)
     if args.init_from:
+        # fp32 master weights whatever the checkpoint was saved in: transformers loads a bf16 base as bf16, where
+        # AdamW's small steps round away (low precision is --mixed_precision's autocast)
         model, loading_info = MedFuseForSequenceClassification.from_pretrained(
-            args.init_from, num_labels=2, output_loading_info=True, **overrides)
+            args.init_from, num_labels=2, output_loading_info=True, dtype=torch.float32, **overrides)
         missing = encoder_weights_missing(model, loading_info)
         if args.strategy != "full" and missing:
             raise SystemExit(f"--strategy {args.strategy} freezes the encoder of {args.init_from}, which has no "
