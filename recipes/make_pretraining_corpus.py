@@ -6,8 +6,10 @@ corpus never saw a P12 stay: the setting of a hospital that downloads a base pre
 the base has seen the hospital's own unlabelled stays and every feature it measures.
 
 P12's validation and test stays are left out, and checked absent, so that a model pretrained on the corpus is
-fine-tuned and scored on P12 stays it has never seen. `corpus.json` beside the shards records what went in (patients
-and events per source, their licences and citations); `recipes/pretrain.py` reads it into the base model's card.
+fine-tuned and scored on P12 stays it has never seen; so are an export's, given the `--split_file` its fine-tuning
+runs will use (without it, the base sees every stay's events, though never an outcome). `corpus.json` beside the
+shards records what went in (patients and events per source, their licences and citations); `recipes/pretrain.py`
+reads it into the base model's card.
 Each patient is one row of one shard (the schema is in the README), so a patient never straddles two shards.
 `--validation_fraction` of the patients (5 %) go to `validation/` instead, held out of training: pretraining reports
 its objective's loss on them each epoch, and with `--patience` stops once that loss stops falling.
@@ -41,7 +43,7 @@ from medfuse_hf.data.shards import (
     write_patient_shards,
 )
 from medfuse_hf.progress import quiet_library_progress_bars
-from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, load_cohort, load_p19_task
+from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, hospital_split, load_cohort, load_p19_task
 from medfuse_hf.training.recipe_config import add_long_format_arguments, existing_table, recipe_parser
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
@@ -49,11 +51,20 @@ WITH_P12 = " and the PhysioNet 2012 SeFT training split"
 PUBLIC_TERMS = {"p19": P19_TERMS, "p12": P12_TERMS}  # by source name, the prefix of the source's patient ids
 
 
-def export_sources(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
-    """A hospital's long-format export as one source, its patients' events only (`--labels` may give anchors)."""
+def export_sources(args: argparse.Namespace) -> tuple[dict[str, datasets.Dataset], set[str]]:
+    """A hospital's long-format export as one source, its patients' events only (`--labels` may give anchors), and
+    the ids (as the shards write them) of `--split_file`'s validation and test patients, left out of it."""
     options = LongFormatOptions.from_settings(vars(args))
     patients = load_long_format(args.events, args.labels, **options.as_kwargs())  # its summary is logged
-    return {args.source_name: events_only(patients, args.source_name, "patient_id")}
+    events = events_only(patients, args.source_name, "patient_id")
+    if not args.split_file:
+        return {args.source_name: events}, set()
+    split = hospital_split(args.split_file)
+    held_out = {f"{args.source_name}:{patient}" for name in ("validation", "test") for patient in split[name]}
+    kept = events.filter(lambda patient: patient not in held_out, input_columns="patient_id")
+    print(f"{args.split_file}: {len(events) - len(kept):,} of the export's patients are in its validation or test "
+          "split, and left out")
+    return {args.source_name: kept}, held_out
 
 
 def corpus_sources(p19_dir: str, p12_dir: str | None) -> tuple[dict[str, datasets.Dataset], set[str]]:
@@ -70,13 +81,13 @@ def corpus_sources(p19_dir: str, p12_dir: str | None) -> tuple[dict[str, dataset
 
 
 def check_shards(shards: list[Path], held_out: set[str], patients: int) -> None:
-    """Read the written shards back (training and validation): every patient once, and no P12 validation or test
-    stay among them."""
+    """Read the written shards back (training and validation): every patient once, and no validation or test stay
+    (P12's, or the export's `--split_file`'s) among them."""
     written = [patient for path in shards for patient in shard_patient_ids(path)]
     leaked = held_out.intersection(written)
     if leaked or len(set(written)) != len(written) or len(written) != patients:
         raise SystemExit(f"the shards in {shards[0].parent} hold {len(written)} of {patients} patients and "
-                         f"{len(leaked)} P12 validation/test stays (e.g. {sorted(leaked)[:3]}): delete them")
+                         f"{len(leaked)} validation/test stays (e.g. {sorted(leaked)[:3]}): delete them")
 
 
 def event_count(events: datasets.Dataset) -> int:
@@ -117,7 +128,7 @@ def refuse_export_flags(args: argparse.Namespace, parser: argparse.ArgumentParse
     if args.dataset == "long-format":
         parser.error("--dataset long-format needs --events and --data_description")
     read_an_export = LongFormatOptions.from_settings(vars(args)) != LongFormatOptions()
-    if read_an_export or args.labels or args.data_description:
+    if read_an_export or args.labels or args.data_description or args.split_file:
         parser.error("flags that read a hospital's export were given without --events: give --events too, or "
                      "leave them out")
 
@@ -142,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     export = add_long_format_arguments(parser, skip=("label_column", "label_map"))
     export.add_argument("--labels", type=existing_table,
                         help="a table with one row per patient, for --anchor_column only")
+    export.add_argument("--split_file", type=existing_table,
+                        help="the JSON of train/validation/test patient ids that fine-tuning on the export will use "
+                             "(finetune.py --split_file): its validation and test patients are left out")
     export.add_argument("--source_name", default="hospital", help="prefix of the patient ids in the shards")
     export.add_argument("--data_description", help="what the export is, for corpus.json and the base model's card")
     export.add_argument("--data_license", default="private: not for redistribution",
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     refuse_export_flags(args, parser)
     export_terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
     if args.dataset == "long-format":
-        sources, held_out = export_sources(args), set()
+        sources, held_out = export_sources(args)
         terms, description, extra = export_terms, args.data_description, {}
     else:
         if not args.p19_dir:
@@ -164,9 +178,13 @@ def main(argv: list[str] | None = None) -> None:
         description = DESCRIPTION + (WITH_P12 if args.p12_dir else "")
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)} if args.p12_dir else {}
         if args.events:  # the public corpus with the hospital's own unlabelled stays: one corpus, shuffled together
-            sources |= export_sources(args)
+            export, export_held_out = export_sources(args)
+            sources, held_out = sources | export, held_out | export_held_out
             terms |= export_terms
             description += f"; with {args.data_description}"
+    if args.split_file:
+        extra["export_validation_and_test_patients_excluded"] = len(held_out) - extra.get(
+            "p12_validation_and_test_stays_excluded", 0)
     for folder in (output_dir, output_dir / VALIDATION_FOLDER):  # both checked before either is written
         refuse_written_shards(folder)
     corpus = shuffled_corpus(sources, seed=args.seed)

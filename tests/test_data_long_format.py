@@ -65,7 +65,9 @@ def test_every_skip_is_counted_with_its_line(tmp_path):
     for reason, line in expected.items():
         assert summary.skipped_events[reason] == 1, reason
         assert summary.examples[reason] == [f"{path}:{line}"]
-    assert summary.skipped_patients == {"listed (labels or patients table) but no events": 1}
+    assert summary.skipped_patients == {"listed (labels or patients table) but no events": 1,  # patient 4
+                                        "events but no labels row": 1}  # patient 3, whose event had no anchor
+    assert summary.patients_read == 4 and summary.patients_kept == 2
     assert summary.events_kept + sum(summary.skipped_events.values()) == summary.events_read == 12
 
 
@@ -203,7 +205,7 @@ def test_a_row_repeated_within_a_table_is_dropped_but_one_in_two_tables_is_two_e
     assert dataset[0]["value"] == [140.0, 140.0] and summary.skipped_events == {"duplicate row": 1}
 
 
-def test_a_patient_whose_every_event_is_past_max_hours_is_neither_read_nor_kept():
+def test_a_patient_whose_every_event_is_past_max_hours_is_skipped_and_counted():
     events = pd.DataFrame({"patient_id": ["a", "b", "b"], "time": ["2020-01-01T00:00", "2020-01-01T00:00",
                                                                    "2020-01-05T00:00"],
                            "feature": ["sodium"] * 3, "value": [140.0] * 3})
@@ -212,8 +214,9 @@ def test_a_patient_whose_every_event_is_past_max_hours_is_neither_read_nor_kept(
     dataset, summary = load_long_format(events, max_hours=48, return_summary=True)
     assert dataset["patient_id"] == ["a", "b"] and dataset[1]["time"] == [0.0]  # b's day-4 event is past 48 h
     dataset, summary = load_long_format(hours, max_hours=48, return_summary=True)  # hours as given: c's all past
-    assert dataset["patient_id"] == ["a"] and summary.patients_read == summary.patients_kept == 1
+    assert dataset["patient_id"] == ["a"] and (summary.patients_read, summary.patients_kept) == (2, 1)
     assert summary.skipped_events == {"time more than 48 h after the anchor": 1}
+    assert summary.skipped_patients == {"no event kept": 1}
 
 
 def test_a_glob_reads_every_table_it_matches_and_one_matching_nothing_is_named(tmp_path):
@@ -222,6 +225,10 @@ def test_a_glob_reads_every_table_it_matches_and_one_matching_nothing_is_named(t
     assert load_long_format(str(tmp_path / "chartevents-*.csv"))["patient_id"] == ["a", "b"]
     with pytest.raises(FileNotFoundError, match=r"labevents-\*\.csv: no file matches"):
         load_long_format(str(tmp_path / "labevents-*.csv"))
+    # a table given twice would count every event twice
+    again = str(tmp_path / ".." / tmp_path.name / "chartevents-1.csv")
+    with pytest.raises(ValueError, match=r"chartevents-1.csv: given twice \(also as .*chartevents-\*\.csv\)"):
+        load_long_format([str(tmp_path / "chartevents-*.csv"), again])
 
 
 def test_paths_from_the_home_folder_are_read_where_the_recipes_flag_check_found_them(tmp_path, monkeypatch):
@@ -257,6 +264,8 @@ def test_a_table_whose_every_event_is_skipped_gives_an_empty_dataset_with_its_co
     dataset, summary = load_long_format(events, return_summary=True)
     assert len(dataset) == 0 and set(dataset.column_names) == {"patient_id", "feature", "value", "time"}
     assert summary.skipped_events == {"non-numeric value": 2}
+    # without a labels table too, the patients are counted and named: scoring would otherwise drop them unsaid
+    assert summary.patients_read == 2 and summary.skipped_patients == {"no event kept": 2}
 
 
 def test_a_split_file_names_patients_as_the_loader_does_and_a_split_matching_none_is_an_error(tmp_path):
@@ -275,3 +284,28 @@ def test_a_split_file_names_patients_as_the_loader_does_and_a_split_matching_non
     split_file.write_text(json.dumps({"train": [1, 2, 3, 4], "validation": [5], "tset": [6]}))
     with pytest.raises(ValueError, match=r"holds 'train', 'validation' and 'test', got \['train', 'tset'"):
         load_cohort("long-format", events=(str(tmp_path / "events.csv"),), split_file=str(split_file))
+
+
+def test_a_split_file_that_lists_a_patient_twice_as_number_and_text_is_refused(tmp_path, caplog):
+    """7 in train and "7" in test are one patient: it would be trained and tested on. A loaded patient that no part
+    lists is left out with a count."""
+    rows = [(str(patient), hour, "heart_rate", 80.0 + patient) for patient in range(1, 8) for hour in (0.0, 1.0)]
+    pd.DataFrame(rows, columns=["patient_id", "time", "feature", "value"]).to_csv(tmp_path / "events.csv", index=False)
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": [1, 2, 3, 4], "validation": [5], "test": ["4 ", 6]}))
+    with pytest.raises(ValueError, match=r"split.json: patient '4' is in both 'train' and 'test'"):
+        load_cohort("long-format", events=(str(tmp_path / "events.csv"),), split_file=str(split_file))
+    split_file.write_text(json.dumps({"train": [1, 2, 3, 4], "validation": [5], "test": [6]}))
+    load_cohort("long-format", events=(str(tmp_path / "events.csv"),), split_file=str(split_file))
+    assert "1 patients of the dataset are in no split, and left out (e.g. ['7'])" in caplog.text
+
+
+def test_a_long_labels_table_whose_extra_column_turns_to_text_late_loads(tmp_path):
+    """pandas reads a long CSV in chunks of about 262,000 rows and types each on its own: numbers, then text."""
+    rows = 270_000
+    labels = pd.DataFrame({"patient_id": [f"p{row}" for row in range(rows)], "died": [1] + [0] * (rows - 1),
+                           "ward": [str(row) for row in range(rows - 1)] + ["ICU-3"]})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    (tmp_path / "events.csv").write_text("patient_id,time,feature,value\np0,1,hr,80\np269999,1,hr,90\n")
+    dataset = load_long_format(str(tmp_path / "events.csv"), labels=str(tmp_path / "labels.csv"), label_column="died")
+    assert dataset["ward"] == ["0", "ICU-3"] and dataset["died"] == [1, 0]

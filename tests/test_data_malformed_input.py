@@ -54,6 +54,7 @@ def test_values_that_differ_at_one_patient_feature_and_time_are_kept_and_noted(t
                  r"batch\): give --decimal ,"),
     (".", "1,234", "line 3: value .1,234. has a decimal comma"),  # or 1234? not to be guessed
     (",", "7.4", r"line 3: value '7.4' has a decimal point, unlike the load's decimal ',' .*: give --decimal \."),
+    (",", "0.125", r"line 3: value '0.125' has a decimal point"),  # no thousands grouping starts with 0: never 125
 ])
 def test_a_value_with_the_other_decimal_mark_is_an_error_not_a_skip(tmp_path, decimal, text, message):
     """Skipped, it would take every non-integer value of an export written the other way out of the cohort."""
@@ -193,6 +194,12 @@ def test_labels_that_match_no_patient_with_events_are_an_error_not_an_empty_coho
     events = pd.DataFrame({"patient_id": ["7", "8"], "time": [0.0, 1.0], "feature": ["hr"] * 2, "value": [80.0] * 2})
     with pytest.raises(ValueError, match=r"no patient of the labels table has events.*\['7.0', '8.0'\].*\['7', '8'\]"):
         load_long_format(events, labels=tmp_path / "labels.csv", label_column="died")
+
+
+def test_an_infinite_time_is_a_counted_skip_with_its_line(tmp_path):
+    dataset, summary = load_csv(tmp_path, "p1,1.0,sodium,140\np1,inf,sodium,141\np1,-Infinity,sodium,142\n")
+    assert dataset[0]["time"] == [1.0] and summary.skipped_events == {"time not a finite number": 2}
+    assert summary.examples["time not a finite number"] == [f"{tmp_path / 'events.csv'}:3"]  # the first, by line
 
 
 def test_a_row_without_a_patient_or_a_feature_is_a_counted_skip_and_a_labels_row_without_an_id_an_error(tmp_path):
@@ -416,6 +423,16 @@ def test_a_row_without_a_unit_is_its_features_unit_unless_other_rows_are_convert
                                          r"converted into '°C'"):
         load_csv(tmp_path, TEMPERATURES + "p2,2.0,temperature,99.5,\n", **kwargs,
                  unit_conversions={"temperature": {"°F": (5 / 9, -160 / 9)}})
+
+
+def test_a_null_unit_in_parquet_is_no_unit_as_a_blank_one_in_a_csv(tmp_path):
+    events = pd.DataFrame({"patient_id": ["a", "a", "b"], "time": [1.0, 2.0, 1.0], "feature": ["creatinine"] * 3,
+                           "value": [1.0, 2.0, 3.0], "unit": ["mg/dL", None, None]})
+    events.to_parquet(tmp_path / "events.parquet")
+    events.to_csv(tmp_path / "events.csv", index=False)
+    for table in ("events.parquet", "events.csv"):
+        dataset, summary = load_long_format(str(tmp_path / table), return_summary=True)
+        assert dataset["value"] == [[1.0, 2.0], [3.0]] and summary.units == {"creatinine": "mg/dL"}
 
 
 def test_a_conversion_into_a_named_unit_needs_every_other_unit_declared(tmp_path):

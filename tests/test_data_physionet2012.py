@@ -126,3 +126,17 @@ def test_cached_load_parses_once_and_rebuilds_when_the_release_changes(release, 
     assert cached_load("physionet2012", release, "set a", build)["in_hospital_death"] == [0, 0]
     assert len(builds) == 3  # an edited release file is never served from a stale cache
     assert len(list(cache_root().glob("physionet2012-*"))) == 2  # the stale "set a" copy is gone, "sets a and b" kept
+    store, linked = tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("linked")
+    write_release(store, as_archive=False)  # a release whose set folder is a link into a store elsewhere
+    (linked / "set-a").symlink_to(store / "set-a", target_is_directory=True)
+    (linked / "Outcomes-a.txt").symlink_to(store / "Outcomes-a.txt")
+
+
+    def build_linked():
+        builds.append(True)
+        return load_physionet2012(linked, sets=["a"])
+
+    cached_load("physionet2012", linked, "set a", build_linked)
+    (store / "set-a" / "132540.txt").write_text(RECORDS["132540"].replace("GCS,15", "GCS,14"))  # behind the link
+    assert cached_load("physionet2012", linked, "set a", build_linked)[1]["value"][-1] == 14.0
+    assert len(builds) == 5  # an edit behind a linked folder is never served from a stale cache either

@@ -13,7 +13,7 @@ from conftest import load_script
 from test_data_physionet2012 import write_release
 from test_data_physionet2019 import PATIENT_A, PATIENT_B
 
-from medfuse_hf.data import load_long_format, load_physionet2012
+from medfuse_hf.data import load_long_format, load_physionet2012, save_split
 from medfuse_hf.data.shards import held_out_count
 from medfuse_hf.training.cohorts import streaming_patients
 from medfuse_hf.training.pretraining import streamed_cohort
@@ -141,6 +141,23 @@ def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypa
     assert record["description"] == "St Elsewhere ICU, 2015-2024"
     assert record["sources"]["stelsewhere"]["patients"] == 7 and record["sources"]["stelsewhere"]["events"] == 60
     assert streamed_cohort(Namespace(data_description=None), [str(s) for s in shards]).license.startswith("private")
+
+
+def test_an_exports_validation_and_test_patients_stay_out_of_its_corpus_given_the_split_file(tmp_path, monkeypatch):
+    """Fine-tuned from a base pretrained on the corpus, a model must be scored on stays the base never saw."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    flags = write_export(tmp_path)
+    split = {"train": ["s0", "s1", "s2", "s3"], "validation": ["s4"], "test": ["s5", "s6"]}
+    save_split(split, tmp_path / "split.json")
+    corpus = tmp_path / "corpus"
+    load_script("recipes/make_pretraining_corpus.py").main([
+        "--dataset", "long-format", *flags, "--data_description", "St Elsewhere ICU", "--source_name", "stelsewhere",
+        "--split_file", str(tmp_path / "split.json"), "--output_dir", str(corpus), "--validation_fraction", "0"])
+    rows = [row for shard in corpus.glob("*.parquet") for row in pq.read_table(shard).to_pylist()]
+    assert sorted(row["patient_id"] for row in rows) == [f"stelsewhere:s{i}" for i in range(4)]
+    record = json.loads((corpus / "corpus.json").read_text())
+    assert record["sources"]["stelsewhere"]["patients"] == 4
+    assert record["export_validation_and_test_patients_excluded"] == 3
 
 
 def test_the_public_corpus_takes_a_hospitals_export_beside_it_so_the_base_sees_its_stays(tmp_path, monkeypatch,

@@ -26,9 +26,11 @@ def cache_root() -> Path:
 
 
 def cache_key(release_dir: Path, options: str) -> str:
-    """Changes whenever a release file (name, size, modification time), the loader code or `options` change."""
+    """Changes whenever a release file (name, size, modification time), the loader code or `options` change. Files
+    in symlinked folders count, as the loaders read through them (`rglob` would not enter them before Python 3.13)."""
     digest = hashlib.sha256(options.encode())
-    for path in sorted(release_dir.rglob("*")):
+    files = (Path(folder, name) for folder, _, names in os.walk(release_dir, followlinks=True) for name in names)
+    for path in sorted(files):
         if path.is_file():
             stat = path.stat()
             digest.update(f"{path.relative_to(release_dir)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())

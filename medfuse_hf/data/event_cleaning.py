@@ -166,6 +166,7 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     for reason, mask in unplaced.items():
         table = drop(mask[table.index], reason)
     table = drop(table["hours"].isna() & table["stamp_ns"].isna(), "unparseable time")
+    table = drop(np.isinf(table["hours"]), "time not a finite number")  # "inf": a number, but no time
     table = drop(table["hours"] < 0, "time before the anchor")
     if context.max_hours is not None and context.anchors is not None:
         table = drop(table["hours"] > context.max_hours, max_hours_reason(context.max_hours))
@@ -184,8 +185,8 @@ def max_hours_reason(max_hours: float) -> str:
 def _numbers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     """The text as numbers (NaN where none), and the bounds of censored results (`<0.01`, `GREATER THAN 500`) by
     row. Only rows that are no plain number meet the censored pattern, so a clean export is parsed at C speed."""
-    if decimal != ".":  # 1.234,5 -> 1234.5; a dot that groups no thousands (7.4) is no number here, never 74
-        grouped = text.str.fullmatch(r"\s*[+-]?\d{1,3}(?:\.\d{3})+(?:,\d*)?\s*", na=False)
+    if decimal != ".":  # 1.234,5 -> 1234.5; a dot that groups no thousands (7.4, 0.125) is no number here, never 74
+        grouped = text.str.fullmatch(r"\s*[+-]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?\s*", na=False)
         stray = text.str.contains(".", regex=False, na=False) & ~grouped
         text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False).mask(stray)
     numbers = as_numbers(text)

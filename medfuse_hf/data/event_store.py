@@ -55,7 +55,7 @@ class EventStore:
 
     def add(self, events: pd.DataFrame) -> None:
         """A cleaned batch (`event_cleaning.clean_batch`) of the current table; rows keep their order by `seq`."""
-        units = events["unit"].astype(str).str.strip()
+        units = events["unit"].fillna("").astype(str).str.strip()  # a Parquet null: no unit, as a CSV's blank
         for unit in units.unique():
             self._unit_keys.setdefault(unit, unit_key(unit) if unit else "")
         for patient in events["patient_id"].unique():

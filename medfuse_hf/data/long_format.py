@@ -178,6 +178,7 @@ def load_long_format(
     tables_by_time_kind: dict[str, str] = {}
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
     store = EventStore(folder, patient_order=None if label_table is None else list(label_table.index))
+    read_patients: set[str] = set()  # with rows in some table, kept or not
     try:
         with progress_bar(desc=f"reading {len(sources)} table(s)", unit=" rows", unit_scale=True) as bar:
             for source in sources:
@@ -189,6 +190,8 @@ def load_long_format(
                     time_kinds=TimeKinds(), offsets=offsets, summary=summary)
                 store.begin_table(name)
                 for batch in event_batches(source, columns, summary, options.delimiter):
+                    ids = batch["patient_id"]
+                    read_patients.update(as_text(ids[~blank(ids)]).unique())
                     store.add(clean_batch(batch, context))
                     bar.update(len(batch))
                 context.time_kinds.refuse_a_mix(name)
@@ -202,7 +205,7 @@ def load_long_format(
         summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {},
                                                 unmapped=options.feature_map is None)
         patients = _patients_by_rank(store.ranked_patients, store.patients_with_events(), label_table,
-                                     options.label_column, summary, counted=unplaced_anchors)
+                                     options.label_column, summary, counted=unplaced_anchors, read=read_patients)
         dataset = write_patient_rows(store.sorted_events(conversions), patients, folder / "patients.arrow",
                                      store.sources, summary)
     finally:
@@ -255,38 +258,52 @@ def matching_files(pattern: str | Path) -> list[str]:
 
 def _expanded(sources: list[TableSource]) -> list[TableSource]:
     """Each glob (`export/chartevents-*.parquet`) as the files it matches, in name order; a glob that matches
-    nothing is an error naming it, never an empty cohort. A missing plain file is left for its reader to name."""
-    expanded = []
+    nothing is an error naming it, never an empty cohort. A missing plain file is left for its reader to name. A file
+    given twice (by a glob and by name, or as `export/../export/jan.csv`) is an error: its events would count twice,
+    and duplicates are only told apart within one table."""
+    expanded, given_as = [], {}
     for source in sources:
         if isinstance(source, pd.DataFrame):
             expanded.append(source)
-        elif matches := matching_files(source):
-            expanded += matches
+            continue
+        if matches := matching_files(source):
+            files = matches
         elif glob.has_magic(str(source)):
             raise FileNotFoundError(f"{source}: no file matches this pattern")
         else:
-            expanded.append(source)
+            files = [source]
+        for file in files:
+            resolved = Path(file).expanduser().resolve()
+            if resolved in given_as:
+                raise ValueError(f"{file}: given twice (also as {given_as[resolved]}); its events would count twice")
+            given_as[resolved] = source if source != file else file
+        expanded += files
     return expanded
 
 
 def _patients_by_rank(
     ranked: list[str], with_events: list[str], label_table: pd.DataFrame | None, label_column: str | None,
-    summary: LoadSummary, counted: set[str] = frozenset(),
+    summary: LoadSummary, counted: set[str] = frozenset(), read: set[str] = frozenset(),
 ) -> pa.Table:
     """A row per rank (`EventStore.ranked_patients`): `patient_id` and the labels table's fields. A patient on one
     side only is skipped and counted (unless `counted` already, for another reason); the rows of patients without
-    events stay, never written, so that each rank stays its row."""
-    if label_table is None:
-        summary.patients_read = len(with_events)
-        return pa.table({"patient_id": pa.array(ranked, pa.string())})
+    events stay, never written, so that each rank stays its row. A patient of the tables (`read`) none of whose
+    events was kept is counted too, with or without a labels table: `predict.py` would otherwise leave it out of its
+    risks unnamed."""
     has_events = set(with_events)
+    listed = set() if label_table is None else set(label_table.index)
+    summary.patients_read = len(has_events | listed | read)
+    for patient_id in sorted(read - has_events - counted):
+        unlisted = label_table is not None and patient_id not in listed  # its events left out for want of a row
+        summary.skip_patient("events but no labels row" if unlisted else "no event kept", f"patient {patient_id}")
+    if label_table is None:
+        return pa.table({"patient_id": pa.array(ranked, pa.string())})
     if has_events and len(label_table) and has_events.isdisjoint(label_table.index):
         raise ValueError(f"no patient of the labels table has events, and no patient with events has a labels row: "
                          f"ids such as {sorted(label_table.index)[:3]} there and {sorted(has_events)[:3]} in the "
                          "events; are they written the same way in both (leading zeros, a decimal point)?")
-    summary.patients_read = len(has_events | set(label_table.index))
     for patient_id in label_table.index:
-        if patient_id not in has_events and patient_id not in counted:
+        if patient_id not in has_events and patient_id not in read and patient_id not in counted:
             summary.skip_patient("listed (labels or patients table) but no events", f"patient {patient_id}")
     for patient_id in with_events:
         if patient_id not in label_table.index:
@@ -389,8 +406,10 @@ def _read_labels(labels: TableSource, id_column: str, delimiter: str = ",") -> p
     elif str(labels).endswith(".parquet"):
         table = pd.read_parquet(labels)
     else:
-        with utf8_errors_named(labels):  # ids as text, as the events' are read: "007" stays "007", never 7
-            table = pd.read_csv(labels, encoding="utf-8-sig", dtype={id_column: str}, sep=delimiter)
+        # ids as text, as the events' are read: "007" stays "007", never 7; each column's type inferred from the
+        # whole file (low_memory=False), or a column of numbers then text would hold both, which Arrow refuses
+        with utf8_errors_named(labels):
+            table = pd.read_csv(labels, encoding="utf-8-sig", dtype={id_column: str}, sep=delimiter, low_memory=False)
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}"
                          f"{other_delimiter_hint(list(table.columns), delimiter)}")

@@ -31,7 +31,7 @@ def seft_split(folder: str | Path) -> Split:
         if not path.exists():
             raise FileNotFoundError(f"{path}: SeFT split file missing")
         split[name] = pd.read_csv(path)["RecordID"].astype(int).tolist()
-    _check_disjoint(split, str(folder))
+    check_disjoint(split, str(folder))
     return split
 
 
@@ -92,7 +92,8 @@ def set_a_test_split(dataset: datasets.Dataset, validation_fraction: float = 0.2
 
 
 def apply_split(dataset: datasets.Dataset, split: Split, id_column: str = "record_id") -> datasets.DatasetDict:
-    """A `DatasetDict` of the split's parts; ids absent from the dataset are logged with their count."""
+    """A `DatasetDict` of the split's parts; ids absent from the dataset, and the dataset's patients that no part
+    lists, are logged with their count."""
     row_of = {patient_id: row for row, patient_id in enumerate(dataset[id_column])}
     parts = {}
     for name, ids in split.items():
@@ -100,21 +101,27 @@ def apply_split(dataset: datasets.Dataset, split: Split, id_column: str = "recor
         if absent:
             logger.warning("split %r: %d ids not in the dataset (e.g. %s)", name, len(absent), absent[:5])
         parts[name] = dataset.select([row_of[patient_id] for patient_id in ids if patient_id in row_of])
+    listed = {patient_id for ids in split.values() for patient_id in ids}
+    unlisted = [patient_id for patient_id in row_of if patient_id not in listed]
+    if unlisted:
+        logger.warning("%d patients of the dataset are in no split, and left out (e.g. %s)", len(unlisted),
+                       unlisted[:5])
     return datasets.DatasetDict(parts)
 
 
 def save_split(split: Split, path: str | Path) -> None:
-    _check_disjoint(split, str(path))
+    check_disjoint(split, str(path))
     Path(path).write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
 
 
 def load_split(path: str | Path) -> Split:
     split = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))  # `~` as the flag check read it
-    _check_disjoint(split, str(path))
+    check_disjoint(split, str(path))
     return split
 
 
-def _check_disjoint(split: Split, where: str) -> None:
+def check_disjoint(split: Split, where: str) -> None:
+    """No patient in two parts of a split (nor twice in one), naming the first that is."""
     seen: dict = {}
     for name, ids in split.items():
         for patient_id in ids:
