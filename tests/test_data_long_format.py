@@ -309,3 +309,12 @@ def test_a_long_labels_table_whose_extra_column_turns_to_text_late_loads(tmp_pat
     (tmp_path / "events.csv").write_text("patient_id,time,feature,value\np0,1,hr,80\np269999,1,hr,90\n")
     dataset = load_long_format(str(tmp_path / "events.csv"), labels=str(tmp_path / "labels.csv"), label_column="died")
     assert dataset["ward"] == ["0", "ICU-3"] and dataset["died"] == [1, 0]
+
+
+def test_an_id_written_7_in_one_table_and_7_0_in_another_is_one_patient(tmp_path):
+    """pandas writes the ids of a float column (one with a gap) as "7.0": that lab table must meet the chart's "7".
+    Leading zeros stay: "007" is another id."""
+    (tmp_path / "chart.csv").write_text("patient_id,time,feature,value\n7,1,hr,80\n007,1,hr,70\n")
+    (tmp_path / "lab.csv").write_text("patient_id,time,feature,value\n7.0,2,sodium,140\n")
+    dataset = load_long_format([str(tmp_path / "chart.csv"), str(tmp_path / "lab.csv")])
+    assert dataset["patient_id"] == ["7", "007"] and dataset[0]["feature"] == ["hr", "sodium"]

@@ -190,9 +190,9 @@ def test_ids_are_read_alike_in_the_events_and_the_labels(tmp_path):
 
 
 def test_labels_that_match_no_patient_with_events_are_an_error_not_an_empty_cohort(tmp_path):
-    (tmp_path / "labels.csv").write_text("patient_id,died\n7.0,1\n8.0,0\n")
+    (tmp_path / "labels.csv").write_text("patient_id,died\n007,1\n008,0\n")
     events = pd.DataFrame({"patient_id": ["7", "8"], "time": [0.0, 1.0], "feature": ["hr"] * 2, "value": [80.0] * 2})
-    with pytest.raises(ValueError, match=r"no patient of the labels table has events.*\['7.0', '8.0'\].*\['7', '8'\]"):
+    with pytest.raises(ValueError, match=r"no patient of the labels table has events.*\['007', '008'\].*\['7', '8'\]"):
         load_long_format(events, labels=tmp_path / "labels.csv", label_column="died")
 
 

@@ -274,9 +274,14 @@ def as_numbers(text: pd.Series) -> pd.Series:
 
 def as_text(column: pd.Series) -> pd.Series:
     """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are, also in a
-    column of mixed types, where 7 and 7.0 would otherwise be two patients; spaces around an id are no part of it."""
+    column of mixed types, where 7 and 7.0 would otherwise be two patients; so does the text "7.0", which pandas
+    writes for the ids of a float column (one with a gap), so that a lab table written so meets the chart table's "7".
+    Spaces around an id are no part of it; leading zeros are ("007" stays "007")."""
     if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
         column = column.astype("Int64")
     elif column.dtype == object:
         column = column.map(lambda raw: str(int(raw)) if isinstance(raw, float) and raw.is_integer() else raw)
-    return column.astype(str).str.strip()
+    text = column.astype(str).str.strip()
+    if text.str.contains(".", regex=False).any():  # one cheap pass where no id has a point
+        text = text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+    return text

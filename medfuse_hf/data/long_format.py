@@ -301,7 +301,7 @@ def _patients_by_rank(
     if has_events and len(label_table) and has_events.isdisjoint(label_table.index):
         raise ValueError(f"no patient of the labels table has events, and no patient with events has a labels row: "
                          f"ids such as {sorted(label_table.index)[:3]} there and {sorted(has_events)[:3]} in the "
-                         "events; are they written the same way in both (leading zeros, a decimal point)?")
+                         "events; are they written the same way in both (leading zeros, a prefix)?")
     for patient_id in label_table.index:
         if patient_id not in has_events and patient_id not in read and patient_id not in counted:
             summary.skip_patient("listed (labels or patients table) but no events", f"patient {patient_id}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.table import InMemoryTable
@@ -30,6 +31,7 @@ from ..data import (
 )
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from ..data.event_cleaning import as_text
 from ..data.shards import shard_patient_ids
 from ..data.splits import MIN_VALIDATION_PER_CLASS, check_disjoint, nested_subset, validation_subset
 from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
@@ -195,14 +197,14 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
 
 
 def hospital_split(path: str) -> dict[str, list[str]]:
-    """A split file's train/validation/test ids as the loader's ids are, text (7 in the JSON is patient "7"), checked
-    disjoint as text: 7 in train and "7" in test are one patient."""
+    """A split file's train/validation/test ids as the loader's ids are, text (7 and 7.0 in the JSON are patient
+    "7"), checked disjoint as text: 7 in train and "7" in test are one patient."""
     split = load_split(path)
     if set(split) != {"train", "validation", "test"}:
         raise ValueError(f"{path}: a split file holds 'train', 'validation' and 'test', got {sorted(split)}")
-    as_text = {name: [str(patient_id).strip() for patient_id in ids] for name, ids in split.items()}
-    check_disjoint(as_text, path)
-    return as_text
+    ids_as_text = {name: as_text(pd.Series(ids, dtype=object)).tolist() for name, ids in split.items()}
+    check_disjoint(ids_as_text, path)
+    return ids_as_text
 
 
 @dataclass(frozen=True)
