@@ -282,6 +282,11 @@ def test_a_time_format_reads_day_first_dates(tmp_path):
     assert dataset[0]["time"] == [0.0, 48.0]  # 3 to 5 April, not 4 March to 4 May
 
 
+def test_a_time_format_of_digits_only_reads_timestamps_not_numbers_of_hours(tmp_path):
+    dataset, _ = load_csv(tmp_path, "p1,202004031000,hr,80\np1,202004031130,hr,81\n", time_format="%Y%m%d%H%M")
+    assert dataset[0]["time"] == [0.0, 1.5]  # not 202,004,031,000 hours, which float32 would merge
+
+
 def test_utc_offsets_are_converted_to_utc(tmp_path):
     dataset, _ = load_csv(tmp_path, "p1,2020-04-03T10:00+02:00,hr,80\np1,2020-04-03T10:00+01:00,hr,81\n")
     assert dataset[0]["time"] == [0.0, 1.0]  # 08:00 and 09:00 UTC

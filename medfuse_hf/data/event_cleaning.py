@@ -232,6 +232,10 @@ def _hours(table: pd.DataFrame, context: BatchContext) -> tuple[pd.Series, pd.Se
     numeric = as_numbers(text if context.decimal == "." else text.str.replace(context.decimal, ".", regex=False))
     is_number = numeric.notna()
     in_any_form = any_form(text[~is_number]).reindex(table.index)  # NaT for the numbers
+    if context.time_format and is_number.any():  # "202004031000" in --time_format %Y%m%d%H%M: no 2e11 hours
+        formatted = pd.to_datetime(text[is_number], format=context.time_format, errors="coerce", utc=True)
+        in_any_form = in_any_form.combine_first(formatted)
+        is_number &= in_any_form.isna()
     is_stamp = in_any_form.notna()
     kinds, lines = context.time_kinds, table["line"]
     kinds.count("numbers", is_number, text, lines)
