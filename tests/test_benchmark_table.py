@@ -326,6 +326,28 @@ def test_a_lever_is_paired_by_seed_with_the_longest_configuration_it_adds_to():
     assert "+0.0133 ± 0.0208 (2 of 3)" in lines[0] and "+0.0500 (1 of 1)" in lines[1]
 
 
+def test_each_fusion_is_judged_at_the_rate_its_own_validation_prefers():
+    search = load_script("benchmarks/p12_search.py")
+
+    def runs(levers, validation_auprcs, test_auprcs):
+        return [{"configuration": f"{search.LEADER}{levers}", "seed": seed, "validation_auroc": 0.86,
+                 "validation_auprc": validation, "auroc": 0.87, "auprc": test}
+                for seed, (validation, test) in enumerate(zip(validation_auprcs, test_auprcs))]
+
+    rows = runs("", [0.55, 0.54, 0.56], [0.56, 0.55, 0.57])  # MuFuse at 1e-3
+    rows += runs("+learning_rate_3e-4", [0.54, 0.53, 0.55], [0.60, 0.60, 0.60])  # better on test: never chosen so
+    rows += runs("+additive_fusion", [0.45, 0.50, 0.52], [0.50, 0.50, 0.50])
+    rows += runs("+additive_fusion+learning_rate_3e-4", [0.58, 0.56, 0.57], [0.57, 0.57, 0.56])  # its better rate
+    rows += runs("+concat_fusion", [0.40, 0.30, 0.35], [0.40, 0.30, 0.35])
+    rows += runs("+concat_fusion+learning_rate_3e-4", [0.50], [0.50])  # one seed: no verdict on that rate yet
+    lines = search.fusions_at_their_better_rate(rows).split("\n")[2:]
+    assert [line.split(" | ")[:2] for line in lines] == [
+        ["| MuFuse", "1e-3"], ["| additive", "3e-4"], ["| concatenation", "1e-3 (3e-4 not yet on every seed)"]]
+    assert lines[0].endswith("| – |")
+    assert "+0.0067 ± 0.0153 (2 of 3)" in lines[1]  # +0.01, +0.02, -0.01 paired with MuFuse at 1e-3
+    assert search.fusions_at_their_better_rate(rows[6:]) == "MuFuse is not yet on every seed at any rate"
+
+
 def test_the_plateau_figure_averages_the_kept_epoch_and_the_validations_before_it(tmp_path):
     """The best of many noisy validations is biased up; the mean of the kept one and the four before it much less."""
     p12_table = load_script("benchmarks/p12_table.py")
