@@ -101,7 +101,7 @@ def test_missing_columns_are_named(tmp_path):
 def test_duplicate_label_rows_are_an_error(tmp_path):
     labels = pd.DataFrame({"patient_id": [1, 1], "died": [0, 1]})
     events = pd.DataFrame({"patient_id": [1], "time": [0.0], "feature": ["hr"], "value": [80]})
-    with pytest.raises(ValueError, match="patient '1' has more than one labels row"):
+    with pytest.raises(ValueError, match="labels, row 1: patient '1' has more than one labels row"):
         load_long_format(events, labels=labels)
 
 

@@ -170,6 +170,7 @@ def labels_case(tmp_path, labels: str, **kwargs):
         ("a,0\nb,1\nc,-1\n", 4, "-1"),
         ("a,0.5\nb,1\nc,0\n", 2, "0.5"),
         ("a,true\nb,1\nc,0\n", 2, "true"),
+        ("a,0\n\nb,1\n\nc,2\n", 6, "2"),  # blank lines are lines of the file too
     ],
 )
 def test_a_label_other_than_0_or_1_names_the_patient_and_line(tmp_path, labels, line, value):

@@ -14,6 +14,7 @@ Tables of any size load in bounded memory: they are read a batch at a time (`eve
 """
 
 import glob
+import itertools
 import logging
 import numbers
 import os
@@ -391,8 +392,8 @@ def _validated_labels(
     bad = labels.isna() & ~missing
     if bad.any():
         position = int(np.flatnonzero(bad.to_numpy())[0])
-        line = f", line {position + 2}" if not isinstance(source, pd.DataFrame) else f", row {position}"
-        raise ValueError(f"{name}{line}: patient {table.index[position]!r} has {label_column} "
+        patient = table.index[position]
+        raise ValueError(f"{name}, {_place(source, position)}: patient {patient!r} has {label_column} "
                          f"'{raw.iloc[position]}'; a binary label must be 0 or 1 (map other values with label_map, "
                          "e.g. yes=1,no=0)")
     values = [None if pd.isna(value) else int(value) for value in labels]
@@ -400,9 +401,10 @@ def _validated_labels(
 
 
 def _read_labels(labels: TableSource, id_column: str, delimiter: str = ",") -> pd.DataFrame:
+    """The table of one row per patient, indexed by id, its rows in the file's order."""
     name = "labels" if isinstance(labels, pd.DataFrame) else str(labels)
     if isinstance(labels, pd.DataFrame):
-        table = labels
+        table = labels.reset_index(drop=True)
     elif str(labels).endswith(".parquet"):
         table = pd.read_parquet(labels)
     else:
@@ -415,14 +417,24 @@ def _read_labels(labels: TableSource, id_column: str, delimiter: str = ",") -> p
                          f"{other_delimiter_hint(list(table.columns), delimiter)}")
     no_id = blank(table[id_column]).to_numpy()
     if no_id.any():
-        position = int(np.flatnonzero(no_id)[0])
-        where = f"row {position}" if isinstance(labels, pd.DataFrame) else f"line {position + 2}"
-        raise ValueError(f"{name}, {where}: no patient id")
-    table = table.assign(**{id_column: as_text(table[id_column])})
-    duplicated = table[id_column].duplicated()
+        raise ValueError(f"{name}, {_place(labels, int(np.flatnonzero(no_id)[0]))}: no patient id")
+    ids = as_text(table[id_column])
+    duplicated = ids.duplicated().to_numpy()
     if duplicated.any():
-        raise ValueError(f"{name}: patient {table[id_column][duplicated].iloc[0]!r} has more than one labels row")
-    return table.set_index(id_column)
+        position = int(np.flatnonzero(duplicated)[0])
+        raise ValueError(f"{name}, {_place(labels, position)}: patient {ids.iloc[position]!r} has more than one "
+                         "labels row")
+    return table.assign(**{id_column: ids}).set_index(id_column)
+
+
+def _place(source: TableSource, position: int) -> str:
+    """Where a table's `position`-th row is: "row 5" of a table in memory or Parquet, "line 7" of a CSV, whose
+    blank lines pandas skipped but its reader counts. Read again only to name a fault."""
+    if isinstance(source, pd.DataFrame) or str(source).endswith(".parquet"):
+        return f"row {position}"
+    with open(source, encoding="utf-8-sig") as text:
+        rows = (number for number, line in enumerate(text, start=1) if number > 1 and line.strip("\r\n"))
+        return f"line {next(itertools.islice(rows, position, None))}"
 
 
 def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: StampOffsets,
