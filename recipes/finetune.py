@@ -40,6 +40,7 @@ from medfuse_hf.training.loop import (
     LoopState,
     end_training,
     optimizer_and_scheduler,
+    refuse_an_earlier_run,
     restore_kept_weights,
     resume,
     start_run,
@@ -97,7 +98,7 @@ def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[Da
 def epoch_budget(args, steps_per_epoch: int, accelerator) -> tuple[int, int]:
     """(epochs, validate every): a small cohort still gets `--min_steps` of optimisation, its epochs repeated and
     validated (with early stopping) every few, so it sees at most `--num_epochs` validations, as a large one does."""
-    if args.min_steps <= steps_per_epoch * args.num_epochs:
+    if args.num_epochs == 0 or args.min_steps <= steps_per_epoch * args.num_epochs:
         return args.num_epochs, 1
     validate_every = math.ceil(args.min_steps / (steps_per_epoch * args.num_epochs))
     accelerator.print(f"{steps_per_epoch} steps per epoch: up to {args.num_epochs * validate_every} epochs, "
@@ -274,8 +275,9 @@ def lp_ft(args: argparse.Namespace) -> dict:
         # a probe from before --new_features left the new features out
         started = {"new_features": "leave_out", **read_run_settings(probe_dir)}
         refuse_other_settings(started, probe_args, probe_dir)  # a probe of another start is not this run's stage
-    for stage_args in (probe_args, full_args):  # a refused resumption refused before the cohort is read
+    for stage_args in (probe_args, full_args):  # refused before the cohort is read and the probe trains
         check_resumed_settings(stage_args, RESUMABLE_IN_FINETUNING)
+        refuse_an_earlier_run(stage_args)
     cohort = load_cohort_from_settings(vars(args))
     if not probed:
         training_function(probe_args, cohort)

@@ -51,20 +51,21 @@ WITH_P12 = " and the PhysioNet 2012 SeFT training split"
 PUBLIC_TERMS = {"p19": P19_TERMS, "p12": P12_TERMS}  # by source name, the prefix of the source's patient ids
 
 
-def export_sources(args: argparse.Namespace) -> tuple[dict[str, datasets.Dataset], set[str]]:
-    """A hospital's long-format export as one source, its patients' events only (`--labels` may give anchors), and
-    the ids (as the shards write them) of `--split_file`'s validation and test patients, left out of it."""
+def export_sources(args: argparse.Namespace) -> tuple[dict[str, datasets.Dataset], set[str], int]:
+    """A hospital's long-format export as one source, its patients' events only (`--labels` may give anchors), the
+    ids (as the shards write them) of `--split_file`'s validation and test patients, and how many of the export's
+    patients those left out."""
     options = LongFormatOptions.from_settings(vars(args))
     patients = load_long_format(args.events, args.labels, **options.as_kwargs())  # its summary is logged
     events = events_only(patients, args.source_name, "patient_id")
     if not args.split_file:
-        return {args.source_name: events}, set()
+        return {args.source_name: events}, set(), 0
     split = hospital_split(args.split_file)
     held_out = {f"{args.source_name}:{patient}" for name in ("validation", "test") for patient in split[name]}
     kept = events.filter(lambda patient: patient not in held_out, input_columns="patient_id")
     print(f"{args.split_file}: {len(events) - len(kept):,} of the export's patients are in its validation or test "
           "split, and left out")
-    return {args.source_name: kept}, held_out
+    return {args.source_name: kept}, held_out, len(events) - len(kept)
 
 
 def corpus_sources(p19_dir: str, p12_dir: str | None) -> tuple[dict[str, datasets.Dataset], set[str]]:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     refuse_export_flags(args, parser)
     export_terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
     if args.dataset == "long-format":
-        sources, held_out = export_sources(args)
+        sources, held_out, left_out = export_sources(args)
         terms, description, extra = export_terms, args.data_description, {}
     else:
         if not args.p19_dir:
@@ -178,13 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         description = DESCRIPTION + (WITH_P12 if args.p12_dir else "")
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)} if args.p12_dir else {}
         if args.events:  # the public corpus with the hospital's own unlabelled stays: one corpus, shuffled together
-            export, export_held_out = export_sources(args)
+            export, export_held_out, left_out = export_sources(args)
             sources, held_out = sources | export, held_out | export_held_out
             terms |= export_terms
             description += f"; with {args.data_description}"
     if args.split_file:
-        extra["export_validation_and_test_patients_excluded"] = len(held_out) - extra.get(
-            "p12_validation_and_test_stays_excluded", 0)
+        extra["export_validation_and_test_patients_excluded"] = left_out
     for folder in (output_dir, output_dir / VALIDATION_FOLDER):  # both checked before either is written
         refuse_written_shards(folder)
     corpus = shuffled_corpus(sources, seed=args.seed)

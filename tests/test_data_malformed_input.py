@@ -170,7 +170,7 @@ def labels_case(tmp_path, labels: str, **kwargs):
         ("a,0\nb,1\nc,-1\n", 4, "-1"),
         ("a,0.5\nb,1\nc,0\n", 2, "0.5"),
         ("a,true\nb,1\nc,0\n", 2, "true"),
-        ("a,0\n\nb,1\n\nc,2\n", 6, "2"),  # blank lines are lines of the file too
+        ("a,0\n\nb,1\n   \nc,2\n", 6, "2"),  # blank lines, of spaces too, are lines of the file
     ],
 )
 def test_a_label_other_than_0_or_1_names_the_patient_and_line(tmp_path, labels, line, value):
@@ -286,6 +286,10 @@ def test_a_time_format_reads_day_first_dates(tmp_path):
 def test_a_time_format_of_digits_only_reads_timestamps_not_numbers_of_hours(tmp_path):
     dataset, _ = load_csv(tmp_path, "p1,202004031000,hr,80\np1,202004031130,hr,81\n", time_format="%Y%m%d%H%M")
     assert dataset[0]["time"] == [0.0, 1.5]  # not 202,004,031,000 hours, which float32 would merge
+    (tmp_path / "labels.csv").write_text("patient_id,admitted\np1,202004030900\n")  # the anchors written so too
+    dataset, _ = load_csv(tmp_path, "p1,202004031000,hr,80\n", time_format="%Y%m%d%H%M",
+                          labels=tmp_path / "labels.csv", anchor_column="admitted")
+    assert dataset[0]["time"] == [1.0]
 
 
 def test_utc_offsets_are_converted_to_utc(tmp_path):

@@ -147,7 +147,7 @@ def test_an_exports_validation_and_test_patients_stay_out_of_its_corpus_given_th
     """Fine-tuned from a base pretrained on the corpus, a model must be scored on stays the base never saw."""
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     flags = write_export(tmp_path)
-    split = {"train": ["s0", "s1", "s2", "s3"], "validation": ["s4"], "test": ["s5", "s6"]}
+    split = {"train": ["s0", "s1", "s2", "s3"], "validation": ["s4"], "test": ["s5", "s6", "s99"]}  # s99: no events
     save_split(split, tmp_path / "split.json")
     corpus = tmp_path / "corpus"
     load_script("recipes/make_pretraining_corpus.py").main([

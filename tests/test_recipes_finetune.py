@@ -28,6 +28,7 @@ from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training import read_metrics, starting_point
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, training_splits
+from medfuse_hf.training.recipe_config import parse_with_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
@@ -251,8 +252,11 @@ def test_a_run_stopped_by_max_steps_before_any_validation_still_tests_a_validate
 
 def test_a_fresh_run_in_the_folder_of_an_earlier_one_is_refused(single_process_run):
     finetune = load_script("recipes/finetune.py")
-    with pytest.raises(SystemExit, match=rf"{single_process_run} holds an earlier run \(model/\): resume it with"):
+    with pytest.raises(SystemExit, match=rf"{single_process_run} holds an earlier run's model/ and no checkpoint"):
         finetune.main(TINY + ["--output_dir", str(single_process_run)])
+    with pytest.raises(SystemExit, match="holds an earlier run's model/"):  # LP-FT: before its probe trains
+        finetune.main(TINY + ["--output_dir", str(single_process_run), "--strategy", "lp-ft",
+                              "--init_from", str(single_process_run / "model")])
 
 
 def test_a_validation_split_of_one_class_is_refused_before_training():
@@ -590,6 +594,17 @@ def test_counts_that_would_train_nothing_are_refused_from_the_command_line_and_a
     with pytest.raises(SystemExit):
         finetune.main(TINY + ["--config", str(config)])
     assert f"--config: {config}: {flag}: {value}: give" in capsys.readouterr().err
+
+
+def test_a_config_may_give_a_mapping_as_yaml_and_no_epochs_with_min_steps_is_no_division_by_zero(tmp_path):
+    finetune = load_script("recipes/finetune.py")
+    (tmp_path / "events.csv").write_text("patient_id,time,feature,value\np1,1,hr,80\n")
+    (tmp_path / "run.yaml").write_text("label_map: {alive: 0, dead: 1}\n")  # what --label_map alive=0,dead=1 reads
+    flags = ["--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--config"]
+    args = parse_with_config(finetune.build_parser(), flags + [str(tmp_path / "run.yaml")])
+    assert args.label_map == {"alive": 0, "dead": 1}
+    budget = argparse.Namespace(num_epochs=0, min_steps=4)  # --num_epochs 0: the start scored as it is
+    assert finetune.epoch_budget(budget, 5, Accelerator(cpu=True)) == (0, 1)
 
 
 def test_a_config_key_the_dataset_does_not_read_is_refused_and_run_records_keep_only_what_it_reads(tmp_path, capsys):

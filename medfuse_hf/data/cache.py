@@ -29,7 +29,13 @@ def cache_key(release_dir: Path, options: str) -> str:
     """Changes whenever a release file (name, size, modification time), the loader code or `options` change. Files
     in symlinked folders count, as the loaders read through them (`rglob` would not enter them before Python 3.13)."""
     digest = hashlib.sha256(options.encode())
-    files = (Path(folder, name) for folder, _, names in os.walk(release_dir, followlinks=True) for name in names)
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(release_dir, followlinks=True):
+        if os.path.realpath(folder) in seen:  # a link back up the tree: walked once
+            subfolders.clear()
+            continue
+        seen.add(os.path.realpath(folder))
+        files += [Path(folder, name) for name in names]
     for path in sorted(files):
         if path.is_file():
             stat = path.stat()

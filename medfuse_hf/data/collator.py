@@ -31,8 +31,9 @@ class MedFuseDataCollator:
     # pinned feature's: the statics a model reads are always there at test), so the model cannot lean on any one
     # measurement. With `row_key`, a row's draws depend on (`seed`, the epoch `set_epoch` gave, the row's `row_key`
     # value) alone: the same events are left out however the batches are split across processes, and after a
-    # resumption (Accelerate collates a batch ahead, so the global `random` state a checkpoint saves is a batch on).
-    # Else draws come from `rng`, or from Python's global `random`.
+    # resumption (Accelerate collates a batch ahead, so the global `random` state a checkpoint saves is a batch on);
+    # a row drawn twice in an epoch (balanced sampling) loses the same events twice. Else draws come from `rng`, or
+    # from Python's global `random`.
     event_dropout: float = 0.0
     rng: random.Random | None = None
     row_key: str | None = None

@@ -127,7 +127,7 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
             summary.skip_event(reason, f"{name}:{batch.loc[mask, 'line'].iloc[0]}", int(mask.sum()))
     batch = batch[~(no_patient | no_feature)]
     features = context.spellings.apply(batch, name, summary)
-    table = batch.assign(patient_id=as_text(batch["patient_id"]), feature=features)
+    table = batch.assign(patient_id=patient_ids_as_text(batch["patient_id"]), feature=features)
     table = table.assign(source_feature=table["feature"])
 
     def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
@@ -278,14 +278,19 @@ def as_numbers(text: pd.Series) -> pd.Series:
 
 def as_text(column: pd.Series) -> pd.Series:
     """Ids as text: a DataFrame's integer or float ids (220045, 220045.0) become "220045", as a CSV's are, also in a
-    column of mixed types, where 7 and 7.0 would otherwise be two patients; so does the text "7.0", which pandas
-    writes for the ids of a float column (one with a gap), so that a lab table written so meets the chart table's "7".
-    Spaces around an id are no part of it; leading zeros are ("007" stays "007")."""
+    column of mixed types, where 7 and 7.0 would otherwise be two patients; spaces around an id are no part of it."""
     if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
         column = column.astype("Int64")
     elif column.dtype == object:
         column = column.map(lambda raw: str(int(raw)) if isinstance(raw, float) and raw.is_integer() else raw)
-    text = column.astype(str).str.strip()
+    return column.astype(str).str.strip()
+
+
+def patient_ids_as_text(column: pd.Series) -> pd.Series:
+    """Patient ids as text (`as_text`), the text "7.0" included: pandas writes it for the ids of a float column (one
+    with a gap), and a lab table written so must meet the chart table's "7". Leading zeros stay ("007"); feature
+    names keep their points ("038.0" is an ICD code)."""
+    text = as_text(column)
     if text.str.contains(".", regex=False).any():  # one cheap pass where no id has a point
         text = text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
     return text

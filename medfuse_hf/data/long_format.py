@@ -14,7 +14,6 @@ Tables of any size load in bounded memory: they are read a batch at a time (`eve
 """
 
 import glob
-import itertools
 import logging
 import numbers
 import os
@@ -46,11 +45,11 @@ from .event_cleaning import (
     BatchContext,
     FeatureSpellings,
     TimeKinds,
-    as_text,
     blank,
     clean_batch,
     max_hours_reason,
     name_key,
+    patient_ids_as_text,
 )
 from .event_store import EventStore, write_patient_rows
 from .patient_table import LoadSummary
@@ -192,7 +191,7 @@ def load_long_format(
                 store.begin_table(name)
                 for batch in event_batches(source, columns, summary, options.delimiter):
                     ids = batch["patient_id"]
-                    read_patients.update(as_text(ids[~blank(ids)]).unique())
+                    read_patients.update(patient_ids_as_text(ids[~blank(ids)]).unique())
                     store.add(clean_batch(batch, context))
                     bar.update(len(batch))
                 context.time_kinds.refuse_a_mix(name)
@@ -393,7 +392,7 @@ def _validated_labels(
     if bad.any():
         position = int(np.flatnonzero(bad.to_numpy())[0])
         patient = table.index[position]
-        raise ValueError(f"{name}, {_place(source, position)}: patient {patient!r} has {label_column} "
+        raise ValueError(f"{name}, {_place(source, position, len(table))}: patient {patient!r} has {label_column} "
                          f"'{raw.iloc[position]}'; a binary label must be 0 or 1 (map other values with label_map, "
                          "e.g. yes=1,no=0)")
     values = [None if pd.isna(value) else int(value) for value in labels]
@@ -417,24 +416,26 @@ def _read_labels(labels: TableSource, id_column: str, delimiter: str = ",") -> p
                          f"{other_delimiter_hint(list(table.columns), delimiter)}")
     no_id = blank(table[id_column]).to_numpy()
     if no_id.any():
-        raise ValueError(f"{name}, {_place(labels, int(np.flatnonzero(no_id)[0]))}: no patient id")
-    ids = as_text(table[id_column])
+        raise ValueError(f"{name}, {_place(labels, int(np.flatnonzero(no_id)[0]), len(table))}: no patient id")
+    ids = patient_ids_as_text(table[id_column])
     duplicated = ids.duplicated().to_numpy()
     if duplicated.any():
         position = int(np.flatnonzero(duplicated)[0])
-        raise ValueError(f"{name}, {_place(labels, position)}: patient {ids.iloc[position]!r} has more than one "
-                         "labels row")
+        raise ValueError(f"{name}, {_place(labels, position, len(table))}: patient {ids.iloc[position]!r} has more "
+                         "than one labels row")
     return table.assign(**{id_column: ids}).set_index(id_column)
 
 
-def _place(source: TableSource, position: int) -> str:
-    """Where a table's `position`-th row is: "row 5" of a table in memory or Parquet, "line 7" of a CSV, whose
-    blank lines pandas skipped but its reader counts. Read again only to name a fault."""
-    if isinstance(source, pd.DataFrame) or str(source).endswith(".parquet"):
-        return f"row {position}"
-    with open(source, encoding="utf-8-sig") as text:
-        rows = (number for number, line in enumerate(text, start=1) if number > 1 and line.strip("\r\n"))
-        return f"line {next(itertools.islice(rows, position, None))}"
+def _place(source: TableSource, position: int, rows: int) -> str:
+    """Where the `position`-th of a table's `rows` is: "line 7" of a CSV, whose blank lines pandas skipped but its
+    reader counts; "row 5" of a table in memory, a Parquet file, or a CSV whose lines are not its rows one to one (a
+    field over two lines; compressed). Read again only to name a fault."""
+    if not isinstance(source, pd.DataFrame) and Path(source).suffix == ".csv":
+        with open(source, encoding="utf-8-sig") as text:
+            lines = [number for number, line in enumerate(text, start=1) if number > 1 and line.strip()]
+        if len(lines) == rows:
+            return f"line {lines[position]}"
+    return f"row {position}"
 
 
 def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: StampOffsets,
@@ -458,7 +459,9 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
     if pd.api.types.is_timedelta64_dtype(raw):  # durations are hours (pd.to_numeric would read their nanoseconds)
         raw = raw / pd.Timedelta(hours=1)
     numeric = pd.to_numeric(raw, errors="coerce")
-    if numeric[~blank(raw)].notna().all():  # hours; a blank anchor leaves its patient's events to be counted
+    in_time_format = options.time_format is not None and pd.to_datetime(  # 202004031000 in %Y%m%d%H%M: a time
+        raw.astype(str).str.strip(), format=options.time_format, errors="coerce").notna().any()
+    if not in_time_format and numeric[~blank(raw)].notna().all():  # hours; a blank anchor: its events counted
         if numeric.notna().any():
             refuse_zone_for_hours(options.time_zone, f"anchor column {anchor_column!r}")
         return numeric, set()

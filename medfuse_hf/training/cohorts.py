@@ -31,7 +31,7 @@ from ..data import (
 )
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from ..data.event_cleaning import as_text
+from ..data.event_cleaning import patient_ids_as_text
 from ..data.shards import shard_patient_ids
 from ..data.splits import MIN_VALIDATION_PER_CLASS, check_disjoint, nested_subset, validation_subset
 from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
@@ -202,7 +202,7 @@ def hospital_split(path: str) -> dict[str, list[str]]:
     split = load_split(path)
     if set(split) != {"train", "validation", "test"}:
         raise ValueError(f"{path}: a split file holds 'train', 'validation' and 'test', got {sorted(split)}")
-    ids_as_text = {name: as_text(pd.Series(ids, dtype=object)).tolist() for name, ids in split.items()}
+    ids_as_text = {name: patient_ids_as_text(pd.Series(ids, dtype=object)).tolist() for name, ids in split.items()}
     check_disjoint(ids_as_text, path)
     return ids_as_text
 

@@ -88,13 +88,17 @@ def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()
 
 def refuse_an_earlier_run(args: argparse.Namespace) -> None:
     """A run not asked to resume must not start in a folder holding another run's checkpoints or model: `latest`
-    would later resume the other run's newest checkpoint, and files of both would mix. Nothing is deleted."""
+    would later resume the other run's newest checkpoint, and files of both would mix. Nothing is deleted. (Asked to
+    resume `latest` where there is no checkpoint, a run starts afresh, and its first validation replaces the model.)"""
+    if args.resume_from_checkpoint is not None:
+        return
     output_dir = Path(args.output_dir)
-    held = [name for name, found in (("checkpoints/", complete_checkpoints(output_dir / "checkpoints")),
-                                      ("model/", (output_dir / "model").exists())) if found]
-    if args.resume_from_checkpoint is None and held:
-        raise SystemExit(f"{output_dir} holds an earlier run ({', '.join(held)}): resume it with "
-                         "--resume_from_checkpoint latest, or give another --output_dir")
+    if complete_checkpoints(output_dir / "checkpoints"):
+        raise SystemExit(f"{output_dir} holds an earlier run's checkpoints: resume it with --resume_from_checkpoint "
+                         "latest, or give another --output_dir")
+    if (output_dir / "model").exists():
+        raise SystemExit(f"{output_dir} holds an earlier run's model/ and no checkpoint to resume: give another "
+                         "--output_dir, or --resume_from_checkpoint latest to train afresh over it")
 
 
 def optimizer_and_scheduler(model: torch.nn.Module, args: argparse.Namespace, total_steps: int) -> tuple:

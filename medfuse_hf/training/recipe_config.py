@@ -55,9 +55,10 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
 
 def read_as_flag(parser: argparse.ArgumentParser, key: str, value: object, source: Path) -> object:
     """A `--config` value read by its flag's own type, as a command line's would be: YAML gives `patience: 0` as
-    an int, which argparse would take as it is and no type would check."""
+    an int, which argparse would take as it is and no type would check. A mapping (`label_map: {dead: 1}`) is what
+    its flag's text would be read into already."""
     action = next(action for action in parser._actions if action.dest == key)
-    if action.type is None or value is None or isinstance(value, str):
+    if action.type is None or value is None or isinstance(value, (str, dict)):
         return value  # argparse reads a string default through the type itself
     try:
         if isinstance(value, list):
