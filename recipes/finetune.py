@@ -270,7 +270,7 @@ def lp_ft(args: argparse.Namespace) -> dict:
     scaled = args.learning_rate * args.lpft_learning_rate_scale
     full_args = argparse.Namespace(**{**vars(args), "strategy": "full", "init_from": str(probe_dir / "model"),
                                       "learning_rate": scaled})
-    probed = (probe_dir / "test_metrics.json").exists()
+    probed = (probe_dir / "test_metrics.json").exists() and not args.overwrite_output_dir
     if probed:
         # a probe from before --new_features left the new features out
         started = {"new_features": "leave_out", **read_run_settings(probe_dir)}

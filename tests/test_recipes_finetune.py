@@ -250,13 +250,22 @@ def test_a_run_stopped_by_max_steps_before_any_validation_still_tests_a_validate
     assert len(validations) == 1 and (output_dir / "model" / "model.safetensors").exists()
 
 
-def test_a_fresh_run_in_the_folder_of_an_earlier_one_is_refused(single_process_run):
+def test_a_fresh_run_in_the_folder_of_an_earlier_one_is_refused_unless_asked_to_overwrite_it(single_process_run,
+                                                                                              tmp_path):
     finetune = load_script("recipes/finetune.py")
-    with pytest.raises(SystemExit, match=rf"{single_process_run} holds an earlier run's model/ and no checkpoint"):
+    with pytest.raises(SystemExit, match=rf"{single_process_run} holds an earlier run's model/ and no checkpoint to "
+                                         "resume: start afresh with --overwrite_output_dir"):
         finetune.main(TINY + ["--output_dir", str(single_process_run)])
     with pytest.raises(SystemExit, match="holds an earlier run's model/"):  # LP-FT: before its probe trains
         finetune.main(TINY + ["--output_dir", str(single_process_run), "--strategy", "lp-ft",
                               "--init_from", str(single_process_run / "model")])
+    earlier = shutil.copytree(single_process_run, tmp_path / "run")  # two epochs
+    with pytest.raises(SystemExit, match="give one"):
+        finetune.main(TINY + ["--output_dir", str(earlier), "--overwrite_output_dir", "--resume_from_checkpoint",
+                              "latest"])
+    run(TINY + ["--num_epochs", "1", "--output_dir", str(earlier), "--overwrite_output_dir"])
+    validations = [row for row in read_metrics(earlier / "logs" / "metrics.jsonl") if "validation_auprc" in row]
+    assert json.loads((earlier / "test_metrics.json").read_text())["epochs"] == 1 and len(validations) == 1
 
 
 def test_a_validation_split_of_one_class_is_refused_before_training():

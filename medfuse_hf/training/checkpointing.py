@@ -26,7 +26,8 @@ PREFIX = "step_"
 # What a resumed run may change: where it is kept, how it checkpoints and logs, and how it is scored and carded. Its
 # data, its start and its optimisation may not; a recipe adds what only stops it (fine-tuning's --max_steps).
 RESUMABLE_SETTINGS = frozenset({
-    "output_dir", "resume_from_checkpoint", "config", "checkpoint_every_epoch", "checkpoint_every_steps",
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "config", "checkpoint_every_epoch",
+    "checkpoint_every_steps",
     "logging_steps", "cpu", "eval_batch_size", "bootstrap_resamples", "min_patients_for_statistics",
     "drop_rare_features",
 })

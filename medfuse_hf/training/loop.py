@@ -5,6 +5,7 @@ end of the run."""
 import argparse
 import gc
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -76,6 +77,11 @@ def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with=[JSONLinesTracker("logs", output_dir)], project_dir=str(output_dir))
+    if args.overwrite_output_dir and accelerator.is_main_process:
+        for name in RUN_ARTEFACTS:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     if accelerator.distributed_type in SHARDED:
         raise SystemExit(f"{accelerator.distributed_type.value}: the recipes train a whole model on every process "
                          "(DDP: `accelerate launch --multi_gpu`). MedFuse fits on any device, and a sharded model "
@@ -86,19 +92,28 @@ def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()
     return accelerator, run_info
 
 
+# What a run writes in its folder and `--overwrite_output_dir` removes first (not an LP-FT run's `probe/`, a run of
+# its own, nor what every run rewrites: run_info.json, tokenizer/).
+RUN_ARTEFACTS = ("model", "checkpoints", "logs", "plots", "feature_embeddings", "test_metrics.json",
+                 "test_predictions.csv", "pretraining_metrics.json")
+
+
 def refuse_an_earlier_run(args: argparse.Namespace) -> None:
     """A run not asked to resume must not start in a folder holding another run's checkpoints or model: `latest`
-    would later resume the other run's newest checkpoint, and files of both would mix. Nothing is deleted. (Asked to
-    resume `latest` where there is no checkpoint, a run starts afresh, and its first validation replaces the model.)"""
-    if args.resume_from_checkpoint is not None:
+    would later resume the other run's newest checkpoint, and files of both would mix. Nothing is deleted unless
+    `--overwrite_output_dir` says so. (Asked to resume `latest` where there is no checkpoint, a run starts afresh, and
+    its first validation replaces the model.)"""
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        raise SystemExit("--overwrite_output_dir starts afresh, --resume_from_checkpoint goes on: give one")
+    if args.resume_from_checkpoint is not None or args.overwrite_output_dir:
         return
     output_dir = Path(args.output_dir)
     if complete_checkpoints(output_dir / "checkpoints"):
         raise SystemExit(f"{output_dir} holds an earlier run's checkpoints: resume it with --resume_from_checkpoint "
-                         "latest, or give another --output_dir")
+                         "latest, start afresh with --overwrite_output_dir, or give another --output_dir")
     if (output_dir / "model").exists():
-        raise SystemExit(f"{output_dir} holds an earlier run's model/ and no checkpoint to resume: give another "
-                         "--output_dir, or --resume_from_checkpoint latest to train afresh over it")
+        raise SystemExit(f"{output_dir} holds an earlier run's model/ and no checkpoint to resume: start afresh with "
+                         "--overwrite_output_dir, or give another --output_dir")
 
 
 def optimizer_and_scheduler(model: torch.nn.Module, args: argparse.Namespace, total_steps: int) -> tuple:

@@ -360,6 +360,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, output_dir: str) -> 
     train.add_argument("--checkpoint_every_steps", type=non_negative_int, default=0, help="0: none by steps")
     train.add_argument("--checkpoint_every_epoch", action="store_true", help="a resumable checkpoint each epoch")
     train.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
+    train.add_argument("--overwrite_output_dir", action="store_true",
+                       help="start afresh in a folder that holds an earlier run, whose model, checkpoints, logs and "
+                            "reports are removed first")
     train.add_argument("--min_patients_for_statistics", type=privacy_threshold, default=20,
                        help="published feature embeddings withhold statistics of features seen in fewer patients")
     train.add_argument("--drop_rare_features", action="store_true",
