@@ -222,8 +222,9 @@ def test_a_sharded_launch_is_refused_before_the_run_starts(tmp_path, monkeypatch
         distributed_type = DistributedType.FSDP
 
     monkeypatch.setattr(loop, "Accelerator", ShardingAccelerator)
-    args = argparse.Namespace(output_dir=str(tmp_path / "run"), resume_from_checkpoint=None, cpu=True,
-                              mixed_precision="no", gradient_accumulation_steps=1, seed=0)
+    args = argparse.Namespace(output_dir=str(tmp_path / "run"), resume_from_checkpoint=None,
+                              overwrite_output_dir=False, cpu=True, mixed_precision="no",
+                              gradient_accumulation_steps=1, seed=0)
     with pytest.raises(SystemExit, match=r"FSDP: the recipes train a whole model on every process \(DDP"):
         loop.start_run(args)
     assert not (tmp_path / "run" / "run_info.json").exists()
