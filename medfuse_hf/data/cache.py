@@ -31,10 +31,11 @@ def cache_key(release_dir: Path, options: str) -> str:
     digest = hashlib.sha256(options.encode())
     files, seen = [], set()
     for folder, subfolders, names in os.walk(release_dir, followlinks=True):
-        if os.path.realpath(folder) in seen:  # a link back up the tree: walked once
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree: walked once
             subfolders.clear()
             continue
-        seen.add(os.path.realpath(folder))
+        seen.add(real)
         files += [Path(folder, name) for name in names]
     for path in sorted(files):
         if path.is_file():

@@ -98,7 +98,8 @@ class TimeKinds:
 @dataclass
 class BatchContext:
     """What cleaning a batch needs besides the batch: the table's name, the loader's options, the patients'
-    anchors (hours or timestamps) where given, and the tallies shared across batches."""
+    anchors (hours or timestamps) where given, and the tallies shared across batches: among them every patient with
+    a row in some table, kept or not (`patients_read`), so that one whose every event is skipped is counted too."""
 
     name: str
     feature_map: Mapping[str, str] | None
@@ -113,6 +114,7 @@ class BatchContext:
     time_kinds: TimeKinds
     offsets: StampOffsets
     summary: LoadSummary
+    patients_read: set[str]
 
 
 def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
@@ -128,6 +130,7 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     batch = batch[~(no_patient | no_feature)]
     features = context.spellings.apply(batch, name, summary)
     table = batch.assign(patient_id=patient_ids_as_text(batch["patient_id"]), feature=features)
+    context.patients_read.update(table["patient_id"].unique())
     table = table.assign(source_feature=table["feature"])
 
     def drop(mask: pd.Series, reason: str) -> pd.DataFrame:

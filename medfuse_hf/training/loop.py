@@ -155,7 +155,8 @@ def train_epoch(
 
     The data order must be a function of (seed, epoch) alone, so that a resumed run sees the batches it would have
     seen: Accelerate re-applies its loader's epoch counter when iteration starts, and `reseed(epoch)` sets the
-    samplers Accelerate cannot reach (a custom batch sampler inside a multi-process shard).
+    samplers Accelerate cannot reach (a custom batch sampler inside a multi-process shard) and the collator's draws
+    (fine-tuning's event dropout).
     """
     batches = accelerator.skip_first_batches(train_loader, state.batch) if state.batch else train_loader
     batches.set_epoch(epoch)
