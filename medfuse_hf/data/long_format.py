@@ -274,7 +274,7 @@ def _expanded(sources: list[TableSource]) -> list[TableSource]:
             resolved = Path(file).expanduser().resolve()
             if resolved in given_as:
                 raise ValueError(f"{file}: given twice (also as {given_as[resolved]}); its events would count twice")
-            given_as[resolved] = source if source != file else file
+            given_as[resolved] = source
         expanded += files
     return expanded
 
