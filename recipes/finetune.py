@@ -34,7 +34,13 @@ from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
 from medfuse_hf.training.checkpointing import check_resumed_settings, refuse_other_settings, run_tokenizer
 from medfuse_hf.training.cohorts import Cohort, load_cohort_from_settings, save_strict_tokenizer, training_splits
-from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
+from medfuse_hf.training.evaluation import (
+    ROW_COLUMN,
+    evaluation_loader,
+    summary_line,
+    with_row_numbers,
+    write_report,
+)
 from medfuse_hf.training.frozen_encoder import memoise_pooled_outputs
 from medfuse_hf.training.loop import (
     LoopState,
@@ -90,8 +96,7 @@ def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[Da
         set_order(epoch)
         collate.set_epoch(epoch)
 
-    loader = DataLoader(train.add_column(ROW_COLUMN, list(range(len(train)))), batch_sampler=batch_sampler,
-                        collate_fn=collate)
+    loader = DataLoader(with_row_numbers(train), batch_sampler=batch_sampler, collate_fn=collate)
     return loader, set_epoch
 
 

@@ -16,7 +16,6 @@ Writes `model/` (a `MedFuseForPreTraining` with its tokenizer and model card: pa
 import argparse
 import json
 import math
-import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -37,6 +36,7 @@ from medfuse_hf.training.cohorts import (
     save_strict_tokenizer,
     streaming_patients,
 )
+from medfuse_hf.training.evaluation import ROW_COLUMN, with_row_numbers
 from medfuse_hf.training.loop import (
     end_training,
     optimizer_and_scheduler,
@@ -62,23 +62,23 @@ from medfuse_hf.training.recipe_config import (
 from medfuse_hf.training.run_info import throughput
 
 
-def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, rng: random.Random | None = None):
-    """The batches of `--objective`: its targets decide which of `MedFuseForPreTraining`'s losses is computed."""
+def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, row_key: str):
+    """The batches of `--objective`: its targets decide which of `MedFuseForPreTraining`'s losses is computed. Each
+    patient's draws (cut-off, hidden values) are keyed to (seed, epoch, its `row_key`), so a resumed run draws what
+    an uninterrupted one would, and the validation loss, at epoch 0 always, is the same at every call."""
     if args.objective == "forecasting":
-        return ForecastingCollator(tokenizer, args.horizon_hours, rng=rng)
-    return MaskedValueCollator(tokenizer, args.mask_probability, rng=rng)
+        return ForecastingCollator(tokenizer, args.horizon_hours, row_key=row_key, seed=args.seed)
+    return MaskedValueCollator(tokenizer, args.mask_probability, row_key=row_key, seed=args.seed)
 
 
 @torch.no_grad()
-def validation_loss(model, loader: DataLoader, collate, seed: int, accelerator: Accelerator) -> float:
-    """The objective's MSE over the held-out patients, per target, with the same draws at every call and under any
-    number of processes. Every process collates every batch, in order, so that each batch's cut-offs are those one
-    process draws (collating is cheap), and runs the model on every N-th batch; the sums are then added across
-    processes. Accelerate's own split would repeat patients to even out the last batch and draw each process's
-    cut-offs apart, so the loss, and when `--patience` stops, would depend on how many processes there are.
-    The unwrapped forward needs no other process under DDP; a sharded model (FSDP, ZeRO-3) would, and the
-    recipes do not shard: MedFuse fits on every device whole."""
-    collate.rng.seed(seed)
+def validation_loss(model, loader: DataLoader, accelerator: Accelerator) -> float:
+    """The objective's MSE over the held-out patients, per target, under any number of processes. Every process
+    reads every batch, in order (collating is cheap), and runs the model on every N-th batch; the sums are then added
+    across processes. Accelerate's own split would repeat patients to even out the last batch, so the loss, and when
+    `--patience` stops, would depend on how many processes there are. The unwrapped forward needs no other process
+    under DDP; a sharded model (FSDP, ZeRO-3) would, and the recipes do not shard: MedFuse fits on every device
+    whole."""
     unwrapped = accelerator.unwrap_model(model).eval()  # keeps mixed precision's autocast
     # the loss summed over targets, and the targets counted exactly (a float32 count is exact to 2^24 only)
     sums = {"loss": torch.zeros((), device=accelerator.device),
@@ -122,21 +122,27 @@ def training_function(args: argparse.Namespace) -> dict:
             fitted = fit_tokenizer(first_patients(train, args.statistics_patients), args.max_events,
                                    args.value_normalization)
         tokenizer = run_tokenizer(args, fitted, accelerator.is_main_process)
-        stream = LengthGroupedStream(train, args.batch_size, args.seed) if args.group_by_length else train
-        train_loader = DataLoader(stream, batch_size=args.batch_size, collate_fn=objective_collator(args, tokenizer))
-        reseed = stream.set_epoch
+        row_key = cohort.id_column  # a shard's patient ids are unique
+        collate = objective_collator(args, tokenizer, row_key)
+        order = LengthGroupedStream(train, args.batch_size, args.seed) if args.group_by_length else train
+        train_loader = DataLoader(order, batch_size=args.batch_size, collate_fn=collate)
     else:
-        train, validation = cohort.splits["train"], cohort.splits["validation"]
+        row_key = ROW_COLUMN
+        train, validation = (with_row_numbers(cohort.splits[name]) for name in ("train", "validation"))
         tokenizer = run_tokenizer(args, fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units),
                                   accelerator.is_main_process)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
-        batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-        train_loader = DataLoader(train, batch_sampler=batch_sampler, collate_fn=objective_collator(args, tokenizer))
-        reseed = batch_sampler.set_epoch
+        order = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
+        collate = objective_collator(args, tokenizer, row_key)
+        train_loader = DataLoader(train, batch_sampler=order, collate_fn=collate)
+
+    def reseed(epoch: int) -> None:
+        order.set_epoch(epoch)
+        collate.set_epoch(epoch)
+
     if validation is not None:
-        # Fixed draws (cut-offs, hidden values) for validation, so its loss is comparable from epoch to epoch.
-        validation_collate = objective_collator(args, tokenizer, rng=random.Random(args.seed))
-        validation = DataLoader(validation, batch_size=args.batch_size, collate_fn=validation_collate)
+        validation = DataLoader(validation, batch_size=args.batch_size,
+                                collate_fn=objective_collator(args, tokenizer, row_key))
 
     config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), **model_overrides(args, ENCODER_FIELDS),
                            pretraining_objective=args.objective)
@@ -160,7 +166,7 @@ def training_function(args: argparse.Namespace) -> dict:
         if completed:
             state.epoch, state.batch = epoch + 1, 0
         if validation is not None and (completed or cut_short):
-            loss = validation_loss(model, validation, validation_collate, args.seed, accelerator)
+            loss = validation_loss(model, validation, accelerator)
             accelerator.log({"epoch": epoch, "validation_loss": loss}, step=state.step)
             accelerator.print(f"epoch {epoch}{' (cut short by --max_steps)' if cut_short else ''}: validation "
                               f"{args.objective} MSE {loss:.4f}")
@@ -181,7 +187,7 @@ def training_function(args: argparse.Namespace) -> dict:
     if args.patience is not None:
         result["best_validation"] = {"loss": -state.best, "epoch": state.best_epoch}
     if validation is not None:
-        result["validation_loss"] = validation_loss(model, validation, validation_collate, args.seed, accelerator)
+        result["validation_loss"] = validation_loss(model, validation, accelerator)
         result["validation_patients"] = len(validation.dataset)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output_dir / "model")

@@ -367,6 +367,35 @@ def test_masked_values_are_hidden_only_on_numeric_events_and_at_least_once_per_p
     assert torch.equal(again["value_mask"], hidden)  # the same draws from the same seed (a resumed run)
 
 
+@pytest.mark.parametrize("objective", ["forecasting", "masked_values"])
+def test_pretraining_draws_keyed_by_patient_are_the_same_in_any_batch_and_new_each_epoch(tokenizer, cohort,
+                                                                                          objective):
+    """What a resumed run, or another process's share of the batches, needs: a patient's cut-off or hidden values
+    depend on (seed, epoch, patient) alone, not on the patients collated before it nor on the batch's padding."""
+    from medfuse_hf.data import ForecastingCollator, MaskedValueCollator
+
+    make = ForecastingCollator if objective == "forecasting" else MaskedValueCollator
+    rows = sorted((dict(patient, row=index) for index, patient in enumerate(cohort[:16])),
+                  key=lambda row: len(row["feature"]))  # the longest pad the shortest's batch
+    collate = make(tokenizer, row_key="row", seed=3)
+
+    def drawn(batch: dict) -> list[torch.Tensor]:
+        """Each patient's draws: its hidden values among its events, or what its cut-off decides (its targets and
+        how many of its events come before it)."""
+        present = batch["attention_mask"].bool()
+        if objective == "forecasting":
+            return [torch.cat([mask, events.sum(0, keepdim=True).float()])
+                    for mask, events in zip(batch["forecast_mask"], present)]
+        return [hidden[events] for hidden, events in zip(batch["value_mask"], present)]
+
+    everyone, shortest = collate(rows), collate(rows[:4])
+    assert everyone["attention_mask"].shape[1] > shortest["attention_mask"].shape[1]
+    for index in range(4):
+        assert torch.equal(drawn(everyone)[index], drawn(shortest)[index])
+    collate.set_epoch(1)
+    assert not all(torch.equal(a, b) for a, b in zip(drawn(collate(rows)), drawn(everyone)))
+
+
 def test_a_masked_value_cannot_leak_into_its_own_prediction(tokenizer, cohort, tiny_config, fusion):
     import random
 

@@ -305,23 +305,29 @@ def test_training_subset_smaller_than_a_batch_is_a_clear_error(tmp_path):
             and "training needs at least --batch_size (32)" in result.stderr), result.stderr[-2000:]
 
 
+def kill_once_checkpointed(command: list[str], checkpoint: Path) -> None:
+    """Start a recipe and kill it (SIGKILL, as a preempted job dies) once `checkpoint` is complete."""
+    process = subprocess.Popen(command, env=recipe_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not checkpoint.exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    """Event dropout included: Accelerate collates a batch ahead, so a checkpoint's global random state is a batch
-    on from the step it saves."""
+    """Dropout and event dropout included: Accelerate collates a batch ahead, so a checkpoint's global random state
+    is a batch on from the step it saves, and its loaders draw from torch's as a pass starts or is skipped into."""
     args = TINY + ["--num_patients", "512", "--batch_size", "16", "--num_epochs", "3", "--checkpoint_every_steps", "5",
-                   "--event_dropout", "0.2"]
+                   "--event_dropout", "0.2", "--hidden_dropout_prob", "0.1", "--classifier_dropout", "0.3"]
     uninterrupted = tmp_path / "uninterrupted"
     run(args + ["--output_dir", str(uninterrupted)])
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)],
-                               env=recipe_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (interrupted / "checkpoints" / "step_00000010").exists():
-        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)  # mid-epoch: 25 batches per epoch
-    process.wait()
+    kill_once_checkpointed([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)],
+                           interrupted / "checkpoints" / "step_00000010")  # mid-epoch: 25 batches per epoch
     assert not (interrupted / "test_metrics.json").exists()
 
     resumed = run(args + ["--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])

@@ -9,7 +9,7 @@ leaves about a quarter of each batch as padding on the bundled sample. A stream 
 """
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +19,36 @@ from ..tokenization_medfuse import MedFuseTokenizer
 from .forecasting import forecasting_batch
 
 
+@dataclass(kw_only=True)
+class RowDraws:
+    """Where a collator's random draws for a row (a patient) come from.
+
+    With `row_key`, from (`seed`, the epoch `set_epoch` gave, the row's `row_key` value) alone: the same whichever
+    batch or process the row lands in, and after a resumption, where the global `random` state would be off
+    (Accelerate collates a batch ahead, so the state a checkpoint saves is a batch on, and a resumed stream collates
+    the batches it skips). A row drawn twice in an epoch (balanced sampling) gets the same draws twice. Else from
+    `rng`, or from Python's global `random`.
+    """
+
+    rng: random.Random | None = None
+    row_key: str | None = None
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draws_for(self, row: Mapping) -> random.Random:
+        if self.row_key is None:
+            return self.rng or random
+        if self.row_key not in row:
+            raise ValueError(f"a patient has no {self.row_key!r} column, which keys its random draws; "
+                             f"it has {sorted(row)}")
+        return random.Random(f"{self.seed}:{self.epoch}:{row[self.row_key]}")
+
+
 @dataclass
-class MedFuseDataCollator:
+class MedFuseDataCollator(RowDraws):
     """Turns a list of patient rows (`feature`, `value`, `time` lists and a label column) into a padded batch."""
 
     tokenizer: MedFuseTokenizer
@@ -29,16 +57,8 @@ class MedFuseDataCollator:
     extra_columns: tuple[str, ...] = ()  # numeric per-patient columns passed through, e.g. a row index
     # Training augmentation: each event is left out with this probability (never every event of a patient, nor a
     # pinned feature's: the statics a model reads are always there at test), so the model cannot lean on any one
-    # measurement. With `row_key`, a row's draws depend on (`seed`, the epoch `set_epoch` gave, the row's `row_key`
-    # value) alone: the same events are left out however the batches are split across processes, and after a
-    # resumption (Accelerate collates a batch ahead, so the global `random` state a checkpoint saves is a batch on);
-    # a row drawn twice in an epoch (balanced sampling) loses the same events twice. Else draws come from `rng`, or
-    # from Python's global `random`.
+    # measurement.
     event_dropout: float = 0.0
-    rng: random.Random | None = None
-    row_key: str | None = None
-    seed: int = 0
-    epoch: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.event_dropout < 1.0:
@@ -58,12 +78,8 @@ class MedFuseDataCollator:
             batch["labels"] = torch.tensor(labels)
         return batch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def _drop_events(self, row: dict) -> dict:
-        draw = (random.Random(f"{self.seed}:{self.epoch}:{row[self.row_key]}") if self.row_key is not None
-                else self.rng or random)
+        draw = self.draws_for(row)
         vocabulary, pinned = self.tokenizer.feature_vocabulary, self.tokenizer.pinned_feature_ids
         keep = [(bool(pinned) and vocabulary.id_of(str(name)) in pinned) or draw.random() >= self.event_dropout
                 for name in row["feature"]]
@@ -74,47 +90,44 @@ class MedFuseDataCollator:
 
 
 @dataclass
-class ForecastingCollator:
+class ForecastingCollator(RowDraws):
     """Self-supervised batches (STraTS' forecasting task) for `MedFuseForPreTraining`, no labels needed.
 
     Each patient gets a random cut-off between `min_observation_hours` (or its first event) and `horizon_hours`
     before its last event: the events before the cut-off are the input, each feature's mean value in the
-    `horizon_hours` after it the target. Draws come from `rng`, or from Python's global `random`, whose state
-    Accelerate saves with checkpoints so that a resumed run draws the same cut-offs.
+    `horizon_hours` after it the target. Each patient's cut-off is drawn as `RowDraws` says.
     """
 
     tokenizer: MedFuseTokenizer
     horizon_hours: float = 2.0
     min_observation_hours: float = 12.0
     pad_to_multiple_of: int | None = 8
-    rng: random.Random | None = None
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        draw = self.rng or random
         cutoffs = []
         for row in rows:
             times = [float(time) for time in row["time"]]
             low, high = max(self.min_observation_hours, min(times) + 1e-3), max(times) - self.horizon_hours
             # Too short a record for a window: every event is input, the targets are empty (masked out).
-            cutoffs.append(draw.uniform(low, high) if high > low else max(times) + 1e-3)
+            cutoffs.append(self.draws_for(row).uniform(low, high) if high > low else max(times) + 1e-3)
         return dict(forecasting_batch(self.tokenizer, list(rows), cutoffs, self.horizon_hours,
                                       self.pad_to_multiple_of))
 
 
 @dataclass
-class MaskedValueCollator:
+class MaskedValueCollator(RowDraws):
     """Self-supervised batches for masked-value modeling in `MedFuseForPreTraining`, no labels needed.
 
     Each numeric event's value is hidden with probability `mask_probability` (at least one per patient that has
     numeric events), and the model predicts it back from the rest of the stay. Hidden values are also zeroed in
     `values`, so no fusion can see them. Categorical and [UNK] events are never hidden: they have no value to
-    predict. Draws come from `rng`, or from Python's global `random`, whose state Accelerate saves with checkpoints.
+    predict. Each patient's events are drawn as `RowDraws` says, in the order the tokenizer keeps them, so padding
+    does not move them.
     """
 
     tokenizer: MedFuseTokenizer
     mask_probability: float = 0.15
     pad_to_multiple_of: int | None = 8
-    rng: random.Random | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_probability < 1.0:
@@ -124,12 +137,13 @@ class MaskedValueCollator:
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = dict(self.tokenizer(list(rows), return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of))
         eligible = self.is_numeric[batch["feature_ids"]] & batch["attention_mask"].bool()
-        generator = torch.Generator().manual_seed((self.rng or random).getrandbits(63))
-        hidden = (torch.rand(eligible.shape, generator=generator) < self.mask_probability) & eligible
-        # a patient none of whose events was drawn gets one, at random among its numeric events
-        fallback = (torch.rand(eligible.shape, generator=generator) * eligible).argmax(dim=1)
-        short = ~hidden.any(dim=1) & eligible.any(dim=1)
-        hidden[short.nonzero().squeeze(1), fallback[short]] = True
+        hidden = torch.zeros_like(eligible)
+        for index, row in enumerate(rows):
+            numeric = eligible[index].nonzero().squeeze(1).tolist()
+            if numeric:  # at least one hidden value per patient that has any
+                draw = self.draws_for(row)
+                chosen = [position for position in numeric if draw.random() < self.mask_probability]
+                hidden[index, chosen or [draw.choice(numeric)]] = True
         batch["masked_values"] = batch["values"]
         batch["values"] = batch["values"].masked_fill(hidden, 0.0)
         batch["value_mask"] = hidden

@@ -24,9 +24,15 @@ ROW_COLUMN = "row"
 PROBABILITY_COLUMN = "probability"
 
 
+def with_row_numbers(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Each patient tagged with its row in `dataset`: what a prediction is matched back by, and what keys a training
+    collator's random draws."""
+    return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+
+
 def evaluation_loader(dataset: datasets.Dataset, collate: Callable, batch_size: int) -> DataLoader:
     """Patients sorted by length (batches carry little padding), each tagged with its row for `predict`."""
-    tagged = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+    tagged = with_row_numbers(dataset)
     by_length = np.argsort([len(features) for features in tagged["feature"]], kind="stable")
     return DataLoader(tagged.select(by_length), batch_size=batch_size, collate_fn=collate)
 

@@ -5,6 +5,7 @@ end of the run."""
 import argparse
 import gc
 import math
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -156,7 +157,7 @@ def train_epoch(
     The data order must be a function of (seed, epoch) alone, so that a resumed run sees the batches it would have
     seen: Accelerate re-applies its loader's epoch counter when iteration starts, and `reseed(epoch)` sets the
     samplers Accelerate cannot reach (a custom batch sampler inside a multi-process shard) and the collator's draws
-    (fine-tuning's event dropout).
+    (event dropout, pretraining's cut-offs and hidden values). Dropout is seeded per batch, below.
     """
     batches = accelerator.skip_first_batches(train_loader, state.batch) if state.batch else train_loader
     batches.set_epoch(epoch)
@@ -171,6 +172,11 @@ def train_epoch(
         if args.max_steps and state.step >= args.max_steps:  # checked before a batch, so that a pass ending
             return False, trained  # exactly at --max_steps counts as completed (and is validated)
         batch.pop(ROW_COLUMN, None)
+        # Dropout's masks keyed to (seed, epoch, batch, process): a resumed run restores the global torch state of
+        # its checkpoint, but Accelerate's loaders draw from that state as a pass starts or is skipped into, so the
+        # resumed run would drop other units than an uninterrupted one from then on.
+        torch.manual_seed(random.Random(f"{args.seed}:{epoch}:{state.batch}:{accelerator.process_index}")
+                          .getrandbits(63))
         # Throughput counters of this process; recipes add them up across processes at the end.
         state.patients += len(batch["attention_mask"])
         state.events += int(batch["attention_mask"].sum())
