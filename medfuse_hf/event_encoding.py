@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, parse_number
+from .feature_vocabulary import PAD_ID, UNK_ID, FeatureVocabulary, ValueStatistics, category_key, parse_number
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class EventEncoder:
     def __init__(self, vocabulary: FeatureVocabulary):
         self.vocabulary = vocabulary
         self._reported_unknown: set[str] = set()
-        size = len(vocabulary)
+        self.size = size = len(vocabulary)
         self._statistics: list[ValueStatistics | None] = [None] * size
         self._has_statistics = np.zeros(size, dtype=bool)
         self._is_categorical = np.zeros(size, dtype=bool)
@@ -84,7 +84,7 @@ class EventEncoder:
         numbers[numeric_positions] = self._parse_numbers(values, numeric_positions, feature_ids, row_labels, where)
         for position in np.flatnonzero(categorical):
             feature_id = int(feature_ids[position])
-            level = _category_key(values[position])
+            level = category_key(values[position])
             category_id = self._category_ids[feature_id].get(level)
             if category_id is None:
                 spec = self.vocabulary.spec_of(feature_id)
@@ -106,6 +106,10 @@ class EventEncoder:
             numbers = np.asarray(selected, dtype=np.float64)
         except (TypeError, ValueError):
             numbers = np.array([_number_or_nan(value) for value in selected])
+        if numbers.ndim != 1:  # each value a list of one: numbers, but one column too many
+            position = positions[next(index for index, value in enumerate(selected) if np.ndim(value) != 0)]
+            raise ValueError(f"{where}, row {row_labels[position]}: value {values[position]!r} of feature "
+                             f"{self.vocabulary.spec_of(int(feature_ids[position])).name!r} is not one number")
         bad = np.flatnonzero(~np.isfinite(numbers))
         if bad.size:
             position = positions[bad[0]]
@@ -120,13 +124,3 @@ class EventEncoder:
 def _number_or_nan(value: Any) -> float:
     number = parse_number(value)
     return math.nan if number is None else number
-
-
-def _category_key(value: Any) -> str:
-    """Category levels are strings; 1, 1.0, '1' and a 0-d tensor or array of 1 (a `with_format("torch")` row) name the
-    same level."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,17 +76,19 @@ class ValueStatistics:
         if normalization not in ("robust_zscore", "quantile"):
             raise ValueError(f"normalization must be 'robust_zscore' or 'quantile', got {normalization!r}")
         q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
-        iqr = q75 - q25
-        lower, upper = q25 - outlier_fence * iqr, q75 + outlier_fence * iqr
+        # Half the values or more at one level (a 0/1 flag, a lab at its detection floor) leave no IQR, and fences
+        # at the quartiles would clip every value to that level: the values' standard deviation spaces them instead.
+        spread = q75 - q25 if q75 > q25 else values.std()
+        lower, upper = q25 - outlier_fence * spread, q75 + outlier_fence * spread
         inliers = values[(values >= lower) & (values <= upper)]
-        std = float(inliers.std())
         lowest, highest = patient_ranges or (values, values)
         return cls(
             count=int(values.size),
             num_patients=int(num_patients),
             mean=float(inliers.mean()),
-            # A constant feature (e.g. a flag always 1) would divide by zero: leave its scale alone.
-            std=std if std > 0 else 1.0,
+            # A constant feature (e.g. a flag always 1) would divide by zero, or by its rounding error (1e-14 for
+            # 36.6 a thousand times): leave its scale alone.
+            std=float(inliers.std()) if inliers.max() > inliers.min() else 1.0,
             q25=float(q25),
             median=float(median),
             q75=float(q75),
@@ -162,6 +164,9 @@ class FeatureSpec:
             raise ValueError(f"feature {self.name!r}: kind must be 'numeric' or 'categorical', got {self.kind!r}")
         if self.kind == "categorical" and not self.categories:
             raise ValueError(f"categorical feature {self.name!r} needs at least one category level")
+        self.categories = [category_key(level) for level in self.categories]  # levels [1.0, 2.0] read values 1 and 2
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError(f"categorical feature {self.name!r} lists a level twice: {self.categories}")
         if isinstance(self.statistics, Mapping):
             self.statistics = ValueStatistics(**self.statistics)
 
@@ -216,7 +221,7 @@ class FeatureVocabulary:
         """A vocabulary of these names, ordered by name so that the same names always get the same ids, without
         statistics yet (`fit_statistics`). Names in ``categorical`` are categorical with the given levels; every
         other is numeric."""
-        categorical = {name: [str(level) for level in levels] for name, levels in (categorical or {}).items()}
+        categorical = {name: list(levels) for name, levels in (categorical or {}).items()}
         units = units or {}
         return cls(
             FeatureSpec(name=name, kind="categorical", categories=categorical[name], unit=units.get(name))
@@ -403,3 +408,13 @@ def parse_number(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def category_key(value: Any) -> str:
+    """Category levels are strings; 1, 1.0, '1' and a 0-d tensor or array of 1 (a `with_format("torch")` row) name the
+    same level, as levels and as values."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)

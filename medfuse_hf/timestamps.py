@@ -146,6 +146,9 @@ def hours_since_start(times: Sequence, anchor: Any, row_labels: Sequence, where:
             hours = np.asarray(times, dtype=np.float64)
         except (TypeError, ValueError):
             pass
+    if hours is not None and hours.ndim != 1:  # each time a list of one: numbers, but one column too many
+        row = next(row for row, time in enumerate(times) if np.ndim(time) != 0)
+        raise ValueError(f"{where}, row {row_labels[row]}: time {times[row]!r} is not one number or timestamp")
     if hours is None:  # timestamps
         text = pd.Series([str(time) for time in times], dtype=object)
         is_number = pd.to_numeric(text, errors="coerce").notna().to_numpy()

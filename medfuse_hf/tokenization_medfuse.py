@@ -121,6 +121,13 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         self._encoder = EventEncoder(vocabulary)
 
     @property
+    def _events(self) -> EventEncoder:
+        """The encoder of the vocabulary as it is now: `FeatureVocabulary.add` grows a vocabulary in place."""
+        if self._encoder.size != len(self._feature_vocabulary):
+            self._encoder = EventEncoder(self._feature_vocabulary)
+        return self._encoder
+
+    @property
     def pinned_features(self) -> list[str]:
         return self._pinned_features
 
@@ -159,7 +166,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         patient's most recent events, as `max_events` does.
         """
         batch, is_single = as_patient_list(patients, patient_column)
-        anchors = anchor_times if isinstance(anchor_times, (list, tuple)) else [anchor_times] * len(batch)
+        per_patient = isinstance(anchor_times, (list, tuple)) or np.ndim(anchor_times) == 1  # an array, a Series
+        anchors = list(anchor_times) if per_patient else [anchor_times] * len(batch)
         if len(anchors) != len(batch):
             raise ValueError(f"got {len(anchors)} anchor_times for {len(batch)} patients")
         encoded = [self.encode_patient(patient, index, anchor, time_zone=time_zone)
@@ -242,7 +250,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         where = describe_patient(patient, index)
         if len(features) == 0:
             raise ValueError(f"{where} has no events: a patient needs at least one observation to be scored")
-        feature_ids = self._encoder.feature_ids(features, row_labels, where, self.unknown_features)
+        feature_ids = self._events.feature_ids(features, row_labels, where, self.unknown_features)
         keep = feature_ids >= 0  # -1 marks events dropped under unknown_features="drop"
         positions = np.flatnonzero(keep)
         if not keep.all():
@@ -252,7 +260,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             if len(feature_ids) == 0:
                 raise ValueError(f"{where} has no events left after dropping unknown features")
         hours = hours_since_start(times, anchor, row_labels, where, self.max_hours, time_zone)
-        normalised = self._encoder.values(feature_ids, values, row_labels, where)
+        normalised = self._events.values(feature_ids, values, row_labels, where)
         order = np.argsort(hours, kind="stable")
         events = EncodedPatient(feature_ids[order], normalised[order].astype(np.float32),
                                 hours[order].astype(np.float32), positions[order])
@@ -266,8 +274,9 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             "unknown_features": self.unknown_features,
             "max_hours": self.max_hours,
             "pinned_features": self.pinned_features,
-            **({"event_window": self.event_window} if self.event_window else {}),
+            "event_window": self.event_window,
             "padding_side": self.padding_side,
+            "return_attention_mask": self.return_attention_mask,
             "feature_vocabulary": self.feature_vocabulary.to_dict(),
             # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)
             **({"auto_map": self._feature_extractor_auto_map()} if getattr(self, "auto_map", None) else {}),

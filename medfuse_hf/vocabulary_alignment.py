@@ -75,19 +75,31 @@ def merge(here: FeatureVocabulary, other: FeatureVocabulary) -> FeatureVocabular
     """``here``, unchanged ids first, followed by ``other``'s features it does not have.
 
     Keeping existing ids stable is what lets a checkpoint trained on ``here`` load into a model built on
-    the merged vocabulary. Aliases of matched features are joined.
+    the merged vocabulary. A feature of ``other`` matched to one here (`align`) joins it under its own name and
+    aliases. A spelling of ``other``'s that names another feature here is refused: the merged vocabulary would read
+    its events as that feature's, with that feature's statistics.
     """
     report = align(here, other)
-    merged = FeatureVocabulary()
-    reverse = {there: name for name, there in report.matched.items()}
-    for spec in here:
-        merged.add(replace(spec, aliases=list(spec.aliases)))
+    merged = FeatureVocabulary(replace(spec, aliases=list(spec.aliases)) for spec in here)
+    counterpart = {there: name for name, there in report.matched.items()}
     for spec in other:
-        if spec.name in reverse:
-            mine = merged.spec_of(reverse[spec.name])
-            for alias in [spec.name, *spec.aliases]:
-                if alias not in merged and alias != mine.name:
-                    merged.add_alias(mine.name, alias)
-        else:
+        mine = counterpart.get(spec.name)
+        spellings = [spec.name, *spec.aliases]
+        clash = next((key for key in spellings if key in merged and merged.spec_of(key).name != mine), None)
+        if clash is not None:
+            taken = merged.spec_of(clash)
+            matched = (f"matched by {report.how[mine]} to {mine!r}" if mine is not None else "matched to no feature")
+            raise ValueError(f"feature {spec.name!r}{_coded(spec)}, {matched} in the vocabulary it joins, would have "
+                             f"its events read as those of {taken.name!r}{_coded(taken)}, which {clash!r} names "
+                             "there: rename it (or give it its counterpart's name) first")
+        if mine is None:
             merged.add(replace(spec, aliases=list(spec.aliases)))
+        else:
+            for key in spellings:
+                if key not in merged:
+                    merged.add_alias(mine, key)
     return merged
+
+
+def _coded(spec: FeatureSpec) -> str:
+    return f" (code {spec.code})" if spec.code else ""

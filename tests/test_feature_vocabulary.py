@@ -2,6 +2,7 @@ import json
 
 import datasets
 import numpy as np
+import pandas as pd
 import pytest
 
 from medfuse_hf import FeatureSpec, FeatureVocabulary, ValueStatistics, align, merge
@@ -24,6 +25,17 @@ def test_normalisation_clips_to_fences_then_z_scores():
 
 def test_constant_feature_gets_unit_scale():
     assert ValueStatistics.fit(np.ones(20), num_patients=3).std == 1.0
+    temperature = ValueStatistics.fit(np.full(1000, 36.6), num_patients=3)  # its std rounds to 1e-14, not 0
+    assert temperature.std == 1.0 and abs(temperature.normalize(np.array([36.6]))[0]) < 1e-9
+
+
+def test_a_feature_mostly_at_one_level_keeps_its_other_values_apart():
+    """Fences of 3 IQR around quartiles that coincide would clip every value to that level: a flag set in a fifth of
+    the values, a lab mostly at its detection floor."""
+    flag = ValueStatistics.fit(np.r_[np.zeros(800), np.ones(200)], num_patients=100)
+    assert flag.normalize(np.array([0.0, 1.0])) == pytest.approx([-0.5, 2.0])  # (x - 0.2) / 0.4
+    floor = ValueStatistics.fit(np.r_[np.full(800, 0.01), np.random.default_rng(0).lognormal(0, 1, 200)], 100)
+    assert np.all(np.diff(floor.normalize(np.array([0.01, 0.5, 5.0]))) > 0)
 
 
 def test_from_events_orders_features_by_name_and_reserves_special_ids(cohort):
@@ -112,6 +124,35 @@ def test_merge_keeps_existing_ids_and_appends_new_features():
     assert merged.id_of("Na") == here.id_of("sodium")
     assert merged.id_of("lactate") == len(here)
     assert len(merged) == len(here) + 1
+
+
+def test_merge_refuses_a_spelling_that_names_another_feature_where_it_joins():
+    """Serum glucose is 2345-7, blood glucose 2339-0: a cohort calling serum glucose `glucose` must not have its
+    events read, with their statistics, as a checkpoint's blood glucose, nor the other way round."""
+    checkpoint = FeatureVocabulary([FeatureSpec(name="glucose", code="2339-0"),
+                                    FeatureSpec(name="serum_glucose", code="2345-7")])
+    with pytest.raises(ValueError, match=r"'glucose' \(code 2345-7\), matched by code to 'serum_glucose' in the "
+                                         r"vocabulary it joins, would have its events read as those of 'glucose' "
+                                         r"\(code 2339-0\)"):
+        merge(checkpoint, FeatureVocabulary([FeatureSpec(name="glucose", code="2345-7")]))
+    with pytest.raises(ValueError, match=r"'glucose' \(code 2339-0\), matched to no feature"):
+        merge(FeatureVocabulary([FeatureSpec(name="glucose", code="2345-7")]), checkpoint)
+    renamed = merge(checkpoint, FeatureVocabulary([FeatureSpec(name="glucose_serum", code="2345-7")]))
+    assert renamed.id_of("glucose_serum") == checkpoint.id_of("serum_glucose") and len(renamed) == len(checkpoint)
+
+
+def test_numeric_category_levels_read_the_values_they_name():
+    """Levels as pandas gives a coded column's `unique()` (floats): an export's 2, 2.0 or "2" is level 2."""
+    from medfuse_hf import MedFuseTokenizer
+
+    levels = pd.Series([1.0, 2.0, 3.0, 1.0]).unique()
+    vocabulary = FeatureVocabulary.of_names(["icu_type"], categorical={"icu_type": levels})
+    assert vocabulary.spec_of("icu_type").categories == ["1", "2", "3"]
+    tokenizer = MedFuseTokenizer(vocabulary)
+    for value in (2, 2.0, "2", np.float32(2.0)):
+        assert tokenizer([("icu_type", value, 0.0)])["values"] == [2.0]  # global category id of level 2
+    with pytest.raises(ValueError, match=r"'icu' lists a level twice: \['1', '1'\]"):
+        FeatureSpec(name="icu", kind="categorical", categories=[1, 1.0])
 
 
 def test_categorical_levels_get_global_ids(vocabulary):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoFeatureExtractor
 
-from medfuse_hf import MedFuseTokenizer
+from medfuse_hf import FeatureSpec, FeatureVocabulary, MedFuseTokenizer, ValueStatistics
 
 BASE = Path(__file__).parents[1] / "model_cards" / "medfuse-base" / "model"
 PATIENT = [("sodium", 150.0, 2.0), ("heart_rate", 90, 0.5), ("icu_type", "medical", 0.0), ("sodium", "141", 30.25)]
@@ -60,6 +60,22 @@ def test_the_committed_base_tokenizer_loads_through_every_path_alike():
 def test_from_pretrained_accepts_setting_overrides(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path)
     assert MedFuseTokenizer.from_pretrained(tmp_path, max_events=7).max_events == 7
+    # transformers applies an override only to a setting the file holds: every setting is written, even unset
+    window = {"anchor_column": "intime", "max_hours": 24}
+    assert MedFuseTokenizer.from_pretrained(tmp_path, event_window=window).event_window == window
+    assert not MedFuseTokenizer.from_pretrained(tmp_path, return_attention_mask=False).return_attention_mask
+
+
+def test_a_tokenizer_without_attention_masks_saves_and_loads_as_one(tmp_path, vocabulary):
+    MedFuseTokenizer(vocabulary, return_attention_mask=False).save_pretrained(tmp_path)
+    assert "attention_mask" not in MedFuseTokenizer.from_pretrained(tmp_path)([("sodium", 140, 0.0)])
+
+
+def test_a_vocabulary_grown_in_place_encodes_its_new_feature(vocabulary):
+    grown = FeatureVocabulary.from_dict(vocabulary.to_dict())
+    tokenizer = MedFuseTokenizer(grown)
+    grown.add(FeatureSpec(name="lactate", statistics=ValueStatistics.fit(np.array([1.0, 2.0, 3.0]), 3)))
+    assert tokenizer([("lactate", 2.0, 0.0)])["feature_ids"] == [len(vocabulary)]
 
 
 def test_left_padding_is_saved_and_pads_on_the_left(tmp_path, vocabulary):
@@ -113,6 +129,10 @@ def test_timestamps_become_hours_since_first_event_or_anchor(tokenizer):
               ("sodium", 139, "2130-01-02 08:00")]
     assert tokenizer(events)["times"] == [0.0, 1.5, 24.0]
     assert tokenizer(events, anchor_times="2130-01-01 06:00")["times"] == [2.0, 3.5, 26.0]
+    later = [("sodium", 140, "2130-01-05 08:00")]
+    for anchors in (["2130-01-01 06:00", "2130-01-05 07:00"], np.array(["2130-01-01 06:00", "2130-01-05 07:00"]),
+                    pd.Series(["2130-01-01 06:00", "2130-01-05 07:00"])):  # one per patient, however held
+        assert tokenizer([events, later], anchor_times=anchors)["times"][1][0] == 1.0
 
 
 def test_numpy_and_pandas_durations_and_dates_are_read_by_their_unit_not_their_count(tokenizer):
@@ -243,6 +263,16 @@ def test_each_unknown_feature_is_reported_once_not_per_patient(vocabulary, caplo
 def test_bad_rows_raise_with_the_row_named(tokenizer, bad_event, message):
     with pytest.raises(ValueError, match=message):
         tokenizer([("heart_rate", 80, 0.0), bad_event])
+
+
+def test_values_or_times_given_as_lists_are_refused_with_the_row_named(tokenizer):
+    """Every cell a list of one reads as a column of numbers one dimension too many: the events must not be mixed
+    up (each time a list gave three copies of the first event) nor fail inside numpy."""
+    columns = {"feature": ["heart_rate", "sodium"], "value": [80, 140], "time": [0.0, 1.0]}
+    with pytest.raises(ValueError, match=r"patient 0, row 0: time \[0.0\] is not one number or timestamp"):
+        tokenizer({**columns, "time": [[0.0], [1.0]]})
+    with pytest.raises(ValueError, match=r"patient 0, row 0: value \[80\] of feature 'heart_rate' is not one number"):
+        tokenizer({**columns, "value": [[80], [140]]})
 
 
 def test_errors_name_the_record_and_dataframe_row(tokenizer):

@@ -344,3 +344,22 @@ def test_test_predictions_are_read_by_whatever_id_a_cohort_has_and_older_runs_sc
     (tmp_path / "test_predictions.csv").write_text("patient_id,label,score\n007,1,0.9\np2,0,0.2\n")
     frame = read_test_predictions(tmp_path)
     assert list(frame.index) == ["007", "p2"] and list(frame["probability"]) == [0.9, 0.2]
+
+
+def test_a_feature_matched_by_code_is_held_to_its_counterparts_unit(tmp_path):
+    """`--init_from` at a hospital that names creatinine otherwise and writes it in µmol/L: the checkpoint's mg/dL
+    statistics would read it 88 times too high."""
+    from medfuse_hf import FeatureSpec, FeatureVocabulary, MedFuseTokenizer
+    from medfuse_hf.training.starting_point import checkpoint_tokenizer
+
+    patients = [{"feature": ["creatinine_serum"] * 20, "value": [0.6 + 0.05 * i for i in range(20)]}]
+    checkpoint = FeatureVocabulary([FeatureSpec(name="creatinine_serum", code="2160-0", unit="mg/dL")])
+    MedFuseTokenizer(checkpoint.fit_statistics(patients)).save_pretrained(tmp_path)
+    cohort = MedFuseTokenizer(FeatureVocabulary([FeatureSpec(name="creatinine", code="2160-0", unit="umol/L")]))
+    args = argparse.Namespace(init_from=str(tmp_path), max_events=64, strategy="full", new_features="leave_out",
+                              value_normalization="robust_zscore")
+    with pytest.raises(ValueError, match="feature 'creatinine' is in 'umol/L', but the model's vocabulary has it in "
+                                         "'mg/dL'"):
+        checkpoint_tokenizer(args, cohort, {"creatinine": "umol/L"})
+    tokenizer, matching = checkpoint_tokenizer(args, cohort, {"creatinine": "mg/dL"})
+    assert matching["matched_by"] == {"code": 1} and tokenizer.feature_vocabulary.id_of("creatinine") == 2

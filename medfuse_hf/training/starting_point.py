@@ -46,9 +46,10 @@ def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuse
     new features out unless `--new_features learn`: its frozen encoder has learnt nothing of them, and their tokens
     would only be noise (LP-FT's second stage, a full fine-tuning, adds them) unless their own rows learn."""
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
-    check_units(pretrained.feature_vocabulary, units, f"--init_from {args.init_from}")
     alignment = align(pretrained.feature_vocabulary, fitted.feature_vocabulary)
     vocabulary = merge(pretrained.feature_vocabulary, fitted.feature_vocabulary)  # the cohort's spellings joined
+    # in the merged vocabulary, so that a feature matched by code or alias is checked against its counterpart's unit
+    check_units(vocabulary, units, f"--init_from {args.init_from}")
     leave_out = args.strategy == "probe" and args.new_features == "leave_out"
     if leave_out:
         vocabulary = FeatureVocabulary(spec for spec in vocabulary if spec.name not in alignment.only_there)
