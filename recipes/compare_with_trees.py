@@ -25,7 +25,7 @@ from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort_from_settings, training_splits
 from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per_patient_outputs, read_test_predictions
 from medfuse_hf.training.metrics import format_gap, paired_bootstrap_difference
-from medfuse_hf.training.recipe_config import recipe_parser
+from medfuse_hf.training.recipe_config import positive_int, recipe_parser
 from medfuse_hf.training.run_info import read_run_settings
 from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm
 
@@ -127,7 +127,7 @@ def add_to_card(card: Path, section: str) -> None:
 def main() -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("--run_dir", type=Path, required=True, help="a finished recipes/finetune.py run")
-    parser.add_argument("--bootstrap_resamples", type=int, default=1000,
+    parser.add_argument("--bootstrap_resamples", type=positive_int, default=1000,
                         help="resamples of the test patients for the paired 95%% intervals")
     parser.add_argument("--with_representation_of", type=Path, metavar="CHECKPOINT",
                         help="also fit the GBM with this frozen MedFuse checkpoint's pooled representation of each "

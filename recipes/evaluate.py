@@ -18,8 +18,14 @@ from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import predict
 from medfuse_hf.training.checkpointing import recorded_settings
-from medfuse_hf.training.cohorts import load_cohort_from_settings
-from medfuse_hf.training.evaluation import ROW_COLUMN, evaluation_loader, summary_line, write_report
+from medfuse_hf.training.cohorts import follow_the_training_window, load_cohort_from_settings
+from medfuse_hf.training.evaluation import (
+    ROW_COLUMN,
+    evaluation_loader,
+    patients_with_known_events,
+    summary_line,
+    write_report,
+)
 from medfuse_hf.training.recipe_config import (
     add_cohort_arguments,
     parse_with_config,
@@ -34,13 +40,21 @@ from medfuse_hf.units import check_units
 def evaluation_function(args: argparse.Namespace) -> dict | None:
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     output_dir = Path(args.output_dir)
+    tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
+    if args.dataset == "long-format":
+        follow_the_training_window(args, tokenizer)
     write_run_info(output_dir, recorded_settings(args), accelerator)
     cohort = load_cohort_from_settings(vars(args))
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
-    tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
     check_units(tokenizer.feature_vocabulary, cohort.units, cohort.description)
+    left_out = []
+    if args.unknown_features == "drop":
+        split, left_out = patients_with_known_events(split, tokenizer, cohort.id_column)
+    if left_out:
+        accelerator.print(f"{len(left_out)} patients left out, no event of a feature the model knows "
+                          f"(e.g. {left_out[:5]}); scored on the other {len(split)}")
     collate = MedFuseDataCollator(tokenizer, label_column=cohort.label_column, extra_columns=(ROW_COLUMN,))
     model = MedFuseForSequenceClassification.from_pretrained(args.model_dir)
     model, loader = accelerator.prepare(model, evaluation_loader(split, collate, args.batch_size))
@@ -48,7 +62,8 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     if not accelerator.is_main_process:
         return None
     report = write_report(predictions, split, cohort.id_column, output_dir, f"{cohort.description}, {args.split}",
-                          args.bootstrap_resamples, args.seed, extra={"model_dir": str(args.model_dir)})
+                          args.bootstrap_resamples, args.seed,
+                          extra={"model_dir": str(args.model_dir), "patients_without_known_events": len(left_out)})
     accelerator.print(f"{summary_line(report)}; report in {output_dir}")
     return report
 
@@ -63,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="features the model's vocabulary lacks (e.g. another hospital's)")
     parser.add_argument("--output_dir", default="outputs/evaluate", help="where the report and plots go")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="patients scored at a time")
-    parser.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the metrics' 95%% intervals")
+    parser.add_argument("--bootstrap_resamples", type=positive_int, default=1000,
+                        help="for the metrics' 95%% intervals")
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is present")
     quiet_library_progress_bars()

@@ -196,7 +196,7 @@ def fit(run: PreparedRun, start: tuple[Path, float] | None = None) -> tuple[Loop
 
 
 def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: int, run_info: dict,
-                    transferred: dict | None, cohort, test_split) -> dict:
+                    transferred: dict | None, cohort, splits: dict) -> dict:
     """Score the test split with the best validation epoch's weights: metrics with intervals, predictions, plots,
     the model card and the feature embeddings (`<output_dir>`), and the process checks of a distributed run."""
     args, accelerator, model, eval_loaders = run.args, run.accelerator, run.model, run.eval_loaders
@@ -222,7 +222,7 @@ def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: in
                                                                  threshold)["accuracy"],
               **throughput(state, accelerator)}
     if accelerator.is_main_process:
-        result = write_report(predictions, test_split, cohort.id_column, output_dir, cohort.description,
+        result = write_report(predictions, splits["test"], cohort.id_column, output_dir, cohort.description,
                               args.bootstrap_resamples, args.seed, extra=result)
         save_training_curves(read_metrics(output_dir / "logs" / "metrics.jsonl"),
                              output_dir / "plots" / "training_curves.png")
@@ -231,7 +231,7 @@ def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: in
                         f"MedFuse, {cohort.description}",
                         metrics=result["test"], evaluation_context=f"Test split, {result['test_patients']} patients, "
                         f"best validation epoch of {state.epoch}.", min_patients=args.min_patients_for_statistics,
-                        drop_rare_features=args.drop_rare_features)
+                        drop_rare_features=args.drop_rare_features, splits=splits)
         epochs = f"{state.epoch} epoch" + "s" * (state.epoch != 1)
         accelerator.print(f"{summary_line(result)} after {epochs}, {result['train_seconds']:.0f} s of "
                           f"training ({result['events_per_second']:,} events/s); model in {output_dir / 'model'}")
@@ -333,7 +333,7 @@ def training_function(args: argparse.Namespace, cohort: Cohort | None = None,
             MedFuseConfig.from_pretrained(start[0]).vocab_size != accelerator.unwrap_model(model).config.vocab_size):
         result = report_kept_start(run, state, start[0])
     else:
-        result = test_and_report(run, state, batches, run_info, transferred, cohort, splits["test"])
+        result = test_and_report(run, state, batches, run_info, transferred, cohort, splits)
     del model, run  # before the process group goes: see end_training
     end_training(accelerator)
     return result
@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--early_stopping_metric", choices=("auprc", "auroc"), default="auprc")
     train.add_argument("--patience", type=positive_int, default=5,
                        help="validations (one per epoch, see --min_steps) without improvement before stopping")
-    train.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the test metrics' 95%% intervals")
+    train.add_argument("--bootstrap_resamples", type=positive_int, default=1000,
+                       help="for the test metrics' 95%% intervals")
     train.add_argument("--weight_averaging", choices=("none", "ema"), default="none",
                        help="validate and keep an exponential moving average of the weights instead of the weights")
     train.add_argument("--ema_decay", type=float, default=0.999, help="--weight_averaging ema: weight of the past")

@@ -27,11 +27,13 @@ import pandas as pd
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
 from medfuse_hf.progress import progress_bar, quiet_library_progress_bars
+from medfuse_hf.training.cohorts import follow_the_training_window
 from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import (
     add_long_format_arguments,
     existing_table,
+    non_negative_int,
     parse_with_config,
     positive_int,
     recipe_parser,
@@ -68,21 +70,6 @@ def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
     """`PATIENTS_PER_CHUNK` patients at a time: a table larger than memory is scored and written a chunk at a time."""
     for start in range(0, len(patients), PATIENTS_PER_CHUNK):
         yield patients.select(range(start, min(start + PATIENTS_PER_CHUNK, len(patients))))
-
-
-def follow_the_training_window(args: argparse.Namespace, tokenizer: MedFuseTokenizer) -> None:
-    """New patients read through the window the model was trained on (`event_window`, recorded by finetune.py),
-    where the flags leave it out; a window given that differs is kept, as asked, and said."""
-    window = tokenizer.event_window or {}
-    for flag in ("max_hours", "anchor_column"):
-        trained, given = window.get(flag), getattr(args, flag)
-        if trained is None or given == trained:
-            continue
-        if given is None:
-            setattr(args, flag, trained)
-            print(f"--{flag} {trained}: the model's training window")
-        else:
-            print(f"--{flag} {given}: the model was trained with --{flag} {trained}; scoring as asked")
 
 
 def prediction_function(args: argparse.Namespace) -> dict:
@@ -187,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=positive_int, default=64, help="patients scored at a time")
     parser.add_argument(
         "--explain",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="K",
         help="also write each patient's K events that moved its risk most",

@@ -18,9 +18,9 @@ import shutil
 from pathlib import Path
 
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.privacy import apply_privacy_guard, publishable_vocabulary
+from medfuse_hf.privacy import guarded_copy, publishable_vocabulary
 from medfuse_hf.progress import quiet_library_progress_bars
-from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer
+from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.pretraining import EVALUATION, pretraining_cohort, publish_pretraining
 from medfuse_hf.training.publishing import publish_run, push_run, without_exact_prevalence
 from medfuse_hf.training.recipe_config import recipe_parser
@@ -39,21 +39,25 @@ def write_cards(output_dir: Path, model, tokenizer: MedFuseTokenizer, settings: 
         return
     report = json.loads((output_dir / "test_metrics.json").read_text())
     cohort = load_cohort_from_settings(settings)
+    # what the run trained and was scored on (runs recorded before the fractions existed used every patient)
+    used = argparse.Namespace(**{"train_fraction": 1.0, "validation_fraction": 1.0, **settings})
+    splits = training_splits(used, cohort, say=lambda _: None)
     publish_run(output_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
                 evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
                 f"{report['epochs']}.", min_patients=settings.get("min_patients_for_statistics", 20),
-                hub_repo_id=hub_repo_id, drop_rare_features=settings.get("drop_rare_features", False))
+                hub_repo_id=hub_repo_id, drop_rare_features=settings.get("drop_rare_features", False), splits=splits)
 
 
 def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict) -> None:
     """A copy of the run fit to publish: the weights, the privacy-guarded tokenizer, the records the cards come from,
-    and cards and feature embeddings written for the release folder."""
-    apply_privacy_guard(tokenizer, release_dir.name, settings.get("min_patients_for_statistics", 20))  # or refuse
+    and cards and feature embeddings written for the release folder. The cards are written from the exact
+    tokenizer, as the run's own are: the guard decides what is withheld from exact counts, not from rounded ones."""
+    public = guarded_copy(tokenizer, release_dir.name, settings.get("min_patients_for_statistics", 20))  # or refuse
     if release_dir.exists():
         shutil.rmtree(release_dir)
     with without_exact_prevalence(model):
         model.save_pretrained(release_dir / "model")
-    save_strict_tokenizer(tokenizer, release_dir / "model")
+    save_strict_tokenizer(public, release_dir / "model")
     for record in RECORDS:
         if (run_dir / record).exists():
             (release_dir / record).parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +80,9 @@ def main() -> None:
                         help="a pretraining run only: Markdown of what fine-tuning from it measured (e.g. the "
                              f"label-efficiency table), kept in the run as {EVALUATION} and shown in its card")
     args = parser.parse_args()
+    if args.release_dir and args.run_dir.resolve().is_relative_to(args.release_dir.resolve()):
+        parser.error(f"--release_dir {args.release_dir} holds the run itself, which releasing would delete: give a "
+                     "folder outside it")
     quiet_library_progress_bars()
 
     settings = read_run_settings(args.run_dir)

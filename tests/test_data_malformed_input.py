@@ -190,6 +190,18 @@ def test_ids_are_read_alike_in_the_events_and_the_labels(tmp_path):
     assert dataset[1]["value"] == [81.0, 82.0]
 
 
+@pytest.mark.parametrize("column", ["patient_id", "time", "row"])
+def test_a_labels_column_named_like_the_patient_tables_own_is_refused(tmp_path, column):
+    """Ids read from `stay_id` beside a `patient_id` column: the table's ids would have been replaced by that column
+    (risks written against other patients); `time` or `row` would clash with the events' lists or the row tag."""
+    (tmp_path / "events.csv").write_text("stay_id,time,feature,value\n100,0.0,hr,80\n200,1.0,hr,81\n")
+    (tmp_path / "stays.csv").write_text(f"stay_id,{column},died\n100,200,1\n200,100,0\n")
+    with pytest.raises(ValueError, match=f"stays.csv: column '{column}' is a name the patient table gives its own "
+                                         r"column \(the patient ids, read from 'stay_id', or the events\)"):
+        load_long_format(tmp_path / "events.csv", labels=tmp_path / "stays.csv", label_column="died",
+                         columns={"patient_id": "stay_id"})
+
+
 def test_labels_that_match_no_patient_with_events_are_an_error_not_an_empty_cohort(tmp_path):
     (tmp_path / "labels.csv").write_text("patient_id,died\n007,1\n008,0\n")
     events = pd.DataFrame({"patient_id": ["7", "8"], "time": [0.0, 1.0], "feature": ["hr"] * 2, "value": [80.0] * 2})

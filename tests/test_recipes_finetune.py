@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -238,6 +239,13 @@ def test_small_training_fraction_gets_at_least_min_steps(tmp_path):
     assert len(validations) == 1  # validated once per num_epochs' worth of steps, not after every tiny epoch
     # yet checkpointed after every epoch, as asked (the newest two are kept)
     assert [path.name for path in sorted((output_dir / "checkpoints").iterdir())] == ["step_00000003", "step_00000004"]
+    # the card sizes the cohort the run trained on, as the run and publish.py write it
+    card = (output_dir / "model" / "README.md").read_text()
+    trained = int(re.search(r"- train patients: (\d+)", card).group(1))
+    assert 40 <= trained <= 55 and f"- test patients: {result['test_patients']}\n" in card
+    (output_dir / "model" / "README.md").unlink()
+    run(["--run_dir", str(output_dir)], recipe=PUBLISH)
+    assert (output_dir / "model" / "README.md").read_text() == card
 
 
 def test_a_run_stopped_by_max_steps_before_any_validation_still_tests_a_validated_model(tmp_path):
@@ -597,6 +605,7 @@ def test_flags_that_would_be_ignored_are_refused(flags, message, capsys):
     ("patience", "0", "argument --patience: 0: give 1 or more"),  # would test the untrained model as a result
     ("logging_steps", "0", "argument --logging_steps: 0: give 1 or more"),  # would divide by zero at step one
     ("max_steps", "-1", "argument --max_steps: -1: give 0 or more"),
+    ("bootstrap_resamples", "0", "argument --bootstrap_resamples: 0: give 1 or more"),  # an IndexError after testing
 ])
 def test_counts_that_would_train_nothing_are_refused_from_the_command_line_and_a_config(flag, value, message, tmp_path,
                                                                                          capsys):

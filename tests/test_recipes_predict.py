@@ -153,31 +153,10 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     columns = "patient_id=SUBJECT_ID,time=HOURS,feature=ITEMID,value=VALUE"
     model_run = tmp_path / "run"
     tiny = [flag for flag in TINY if flag not in ("--dataset", "synthetic", "--num_patients", "256")]
-    run(
-        [
-            *tiny,
-            "--dataset",
-            "long-format",
-            "--events",
-            str(tmp_path / "events.csv"),
-            "--labels",
-            str(tmp_path / "labels.csv"),
-            "--label_column",
-            "DIED",
-            "--label_map",
-            "yes=1,no=0",
-            "--columns",
-            columns,
-            "--feature_map",
-            str(tmp_path / "items.csv"),
-            "--max_hours",
-            "24",
-            "--num_epochs",
-            "1",
-            "--output_dir",
-            str(model_run),
-        ]
-    )
+    cohort_flags = ["--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--labels",
+                    str(tmp_path / "labels.csv"), "--label_column", "DIED", "--label_map", "yes=1,no=0", "--columns",
+                    columns, "--feature_map", str(tmp_path / "items.csv")]
+    run([*tiny, *cohort_flags, "--max_hours", "24", "--num_epochs", "1", "--output_dir", str(model_run)])
     assert json.loads((model_run / "test_metrics.json").read_text())["test_patients"] == 16  # 10 % of 160
 
     output = tmp_path / "predictions.csv"
@@ -202,6 +181,14 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     assert "--max_hours 24.0: the model's training window" in scored.stdout
     summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
     assert "time more than 24 h after the anchor" in json.dumps(summary)
+    # evaluated likewise: the test split scored as the fine-tuning run scored it
+    evaluated = run([*cohort_flags, "--model_dir", str(model_run / "model"), "--output_dir", str(tmp_path / "eval")],
+                    recipe=ROOT / "recipes" / "evaluate.py")
+    assert "--max_hours 24.0: the model's training window" in evaluated.stdout
+    scores = [{metric: interval["value"] for metric, interval in json.loads((folder / "test_metrics.json")
+                                                                          .read_text())["test"].items()}
+              for folder in (tmp_path / "eval", model_run)]
+    assert scores[0] == scores[1]
 
 
 def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tokenizer, tiny_config):

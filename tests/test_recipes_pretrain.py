@@ -125,9 +125,9 @@ def test_two_processes_pretrain_with_the_same_global_batches_as_one(tmp_path):
 def test_streamed_shards_pretrain(tmp_path):
     shards = write_shards(tmp_path, 2, patients=200, events=50)
     result = run_pretrain(["--parquet_shards", str(tmp_path / "*.parquet"), "--max_steps", "4", "--batch_size", "16",
-                           "--statistics_patients", "100", "--shuffle_buffer", "64", "--group_by_length", "true",
-                           "--data_description", "two synthetic shards", "--output_dir", str(tmp_path / "out"),
-                           *TINY_MODEL])
+                           "--statistics_patients", "95", "--min_patients_for_statistics", "95", "--shuffle_buffer",
+                           "64", "--group_by_length", "true", "--data_description", "two synthetic shards",
+                           "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
     assert "pretrained for 4 steps" in result.stdout
     assert len(shards) == 2
     published = tmp_path / "out" / "feature_embeddings"
@@ -157,6 +157,15 @@ def test_streamed_shards_pretrain(tmp_path):
     for card in (tmp_path / "out" / "model" / "README.md", released / "model" / "README.md"):  # and the run keeps it
         assert "### What fine-tuning from it measured\n\n| fraction | arm | AUPRC |" in card.read_text()
     assert MedFuseForSequenceClassification.from_pretrained(released / "model", num_labels=2).config.vocab_size == 5
+    # what is withheld is decided on the exact counts (95 patients a feature), not on the release's (rounded to 90)
+    for folder in (tmp_path / "out", released):
+        card = (folder / "feature_embeddings" / "README.md").read_text()
+        assert "fewer than 95 patients are withheld (none here)" in card
+    refused = subprocess.run([sys.executable, str(ROOT / "recipes" / "publish.py"), "--run_dir",
+                              str(tmp_path / "out"), "--release_dir", str(tmp_path)],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert refused.returncode != 0 and "holds the run itself" in refused.stderr
+    assert (tmp_path / "out" / "pretraining_metrics.json").exists()
 
 
 @pytest.mark.parametrize("accumulation, steps", [(1, 8), (3, 4)])

@@ -363,3 +363,18 @@ def test_a_feature_matched_by_code_is_held_to_its_counterparts_unit(tmp_path):
         checkpoint_tokenizer(args, cohort, {"creatinine": "umol/L"})
     tokenizer, matching = checkpoint_tokenizer(args, cohort, {"creatinine": "mg/dL"})
     assert matching["matched_by"] == {"code": 1} and tokenizer.feature_vocabulary.id_of("creatinine") == 2
+
+
+def test_patients_without_a_known_event_are_set_aside_by_id(tokenizer):
+    """`evaluate.py --unknown_features drop` at a hospital some of whose patients have none of the model's features:
+    they are named and left out, not an error that stops the whole evaluation."""
+    import datasets
+
+    from medfuse_hf.training.evaluation import patients_with_known_events
+
+    patients = datasets.Dataset.from_list([
+        {"stay": "a", "feature": ["sodium", "troponin"], "value": [140.0, 0.1], "time": [0.0, 1.0]},
+        {"stay": "b", "feature": ["troponin"], "value": [0.2], "time": [0.0]},
+    ])
+    kept, left_out = patients_with_known_events(patients, tokenizer, "stay")
+    assert kept["stay"] == ["a"] and left_out == ["b"]

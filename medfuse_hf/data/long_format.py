@@ -52,7 +52,7 @@ from .event_cleaning import (
     patient_ids_as_text,
 )
 from .event_store import EventStore, write_patient_rows
-from .patient_table import LoadSummary
+from .patient_table import PATIENT_TABLE_COLUMNS, LoadSummary
 from .release_files import utf8_errors_named
 
 logger = logging.getLogger(__name__)
@@ -412,6 +412,9 @@ def _read_labels(labels: TableSource, id_column: str, delimiter: str = ",") -> p
     if id_column not in table.columns:
         raise ValueError(f"{name}: patient id column {id_column!r} missing; it has {list(table.columns)}"
                          f"{other_delimiter_hint(list(table.columns), delimiter)}")
+    if reused := [str(column) for column in table.columns if column in PATIENT_TABLE_COLUMNS and column != id_column]:
+        raise ValueError(f"{name}: column {reused[0]!r} is a name the patient table gives its own column (the patient "
+                         f"ids, read from {id_column!r}, or the events): rename or drop it")
     no_id = blank(table[id_column]).to_numpy()
     if no_id.any():
         raise ValueError(f"{name}, {_place(labels, int(np.flatnonzero(no_id)[0]), len(table))}: no patient id")

@@ -17,6 +17,10 @@ from datasets.table import InMemoryTable
 logger = logging.getLogger(__name__)
 
 EXAMPLES_PER_REASON = 5
+# The row number the recipes tag each patient with, to match its predictions back.
+ROW_COLUMN = "row"
+# A patient table's own columns, which a labels or patients table joined to it must not bring again.
+PATIENT_TABLE_COLUMNS = ("patient_id", "feature", "value", "time", ROW_COLUMN)
 
 
 @dataclass

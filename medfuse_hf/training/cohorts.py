@@ -382,3 +382,19 @@ def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) ->
             raise SystemExit(f"{cohort.description}: the {name} split's {len(splits[name])} labelled patients are "
                              f"{positives} positive: its AUROC and AUPRC need both classes (see the split file)")
     return splits
+
+
+def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> None:
+    """A long-format table read for a saved model (to score or to evaluate it) through the window the model was
+    trained on (`event_window`, recorded by finetune.py), where the flags leave it out; a window given that differs
+    is kept, as asked, and said."""
+    window = tokenizer.event_window or {}
+    for flag in ("max_hours", "anchor_column"):
+        trained, given = window.get(flag), getattr(args, flag)
+        if trained is None or given == trained:
+            continue
+        if given is None:
+            setattr(args, flag, trained)
+            print(f"--{flag} {trained}: the model's training window")
+        else:
+            print(f"--{flag} {given}: the model was trained with --{flag} {trained}; scoring as asked")

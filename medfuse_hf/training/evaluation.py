@@ -14,11 +14,11 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from ..data import MedFuseDataCollator
+from ..data.patient_table import ROW_COLUMN
 from ..tokenization_medfuse import MedFuseTokenizer
 from .metrics import bootstrap_intervals
 from .plots import save_evaluation_plots
 
-ROW_COLUMN = "row"
 # Each patient's risk of the positive class at the training cohort's prevalence, as test_predictions.csv and
 # predict.py's scores name it. Runs saved before it was named so wrote it as `score` (`read_test_predictions`).
 PROBABILITY_COLUMN = "probability"
@@ -47,6 +47,15 @@ def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tup
         unknown.update(name for name, is_known in zip(features, known) if not is_known)
         counts.append(int(sum(known)))
     return counts, unknown
+
+
+def patients_with_known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer, id_column: str
+                               ) -> tuple[datasets.Dataset, list]:
+    """The patients with an event of a feature the model knows, and the ids of the others: with unknown features
+    dropped, they have nothing left to score."""
+    counts, _ = known_events(patients, tokenizer)
+    left_out = [patient for patient, count in zip(patients[id_column], counts) if count == 0]
+    return patients.select([row for row, count in enumerate(counts) if count > 0]), left_out
 
 
 @torch.no_grad()

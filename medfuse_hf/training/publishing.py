@@ -1,9 +1,11 @@
 """What a finished run publishes beside its model: a model card, and a privacy-guarded feature-embedding
 checkpoint with its own card, ready for `push_to_hub` or for another hospital's `load_feature_embeddings`."""
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 from huggingface_hub import HfApi
 
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
@@ -49,16 +51,19 @@ def publish_run(
     summary: str | None = None,
     drop_rare_features: bool = False,
     training_details: str = "",
+    splits: Mapping[str, datasets.Dataset] | None = None,
 ) -> None:
     """Write `<output_dir>/model/README.md` and the feature-embedding checkpoint with its card. The cards' loading
     code names `hub_repo_id` (embeddings: `<hub_repo_id>-embeddings`) when the run is to be pushed, else the folders
     as a reader reproducing the run would name them. `summary` says what the model learned (default: the cohort's
-    label, as fine-tuning learns it); `training_details`, Markdown, is the model card's pretraining section."""
+    label, as fine-tuning learns it); `training_details`, Markdown, is the model card's pretraining section.
+    `splits`, the patients the run trained, validated and was tested on (`training_splits`), size the card's cohort;
+    by default the cohort's splits whole."""
     output_dir = Path(output_dir)
     config = model.config
     common = dict(
         architecture=architecture_of(config), data_source=cohort.description, data_license=cohort.license,
-        cohort_sizes={f"{name} patients": f"{len(part):,}" for name, part in cohort.splits.items()},
+        cohort_sizes={f"{name} patients": f"{len(part):,}" for name, part in (splits or cohort.splits).items()},
         data_citation=cohort.citation, hub_license=cohort.hub_license,
     )
     auto_class = ("AutoModelForSequenceClassification" if config.architectures == ["MedFuseForSequenceClassification"]
