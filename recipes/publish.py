@@ -20,7 +20,7 @@ from pathlib import Path
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.privacy import guarded_copy, publishable_vocabulary
 from medfuse_hf.progress import quiet_library_progress_bars
-from medfuse_hf.training.cohorts import load_cohort_from_settings, save_strict_tokenizer, training_splits
+from medfuse_hf.training.cohorts import Cohort, load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.pretraining import EVALUATION, pretraining_cohort, publish_pretraining
 from medfuse_hf.training.publishing import publish_run, push_run, without_exact_prevalence
 from medfuse_hf.training.recipe_config import recipe_parser
@@ -30,39 +30,50 @@ from medfuse_hf.training.run_info import read_run_settings
 RECORDS = ("test_metrics.json", "pretraining_metrics.json", "logs/metrics.jsonl", EVALUATION)
 
 
-def write_cards(output_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict, hub_repo_id: str | None) -> None:
+def fine_tuning_splits(settings: dict) -> tuple[Cohort, dict]:
+    """A fine-tuning run's cohort, and the patients it trained, validated and was tested on (runs recorded before
+    the fractions existed used every patient)."""
+    cohort = load_cohort_from_settings(settings)
+    used = argparse.Namespace(**{"train_fraction": 1.0, "validation_fraction": 1.0, **settings})
+    return cohort, training_splits(used, cohort, say=lambda _: None)
+
+
+def write_cards(output_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict, hub_repo_id: str | None,
+                fine_tuned: tuple[Cohort, dict] | None) -> None:
     """The cards of the run recorded in `output_dir`: a pretraining run's with its pretraining section, a
-    fine-tuning run's with its test metrics."""
-    if "objective" in settings:  # only recipes/pretrain.py has an objective
+    fine-tuning run's (`fine_tuned`: its cohort and splits) with its test metrics."""
+    if fine_tuned is None:
         args = argparse.Namespace(**settings)
         publish_pretraining(output_dir, model, tokenizer, pretraining_cohort(args), args, hub_repo_id=hub_repo_id)
         return
     report = json.loads((output_dir / "test_metrics.json").read_text())
-    cohort = load_cohort_from_settings(settings)
-    # what the run trained and was scored on (runs recorded before the fractions existed used every patient)
-    used = argparse.Namespace(**{"train_fraction": 1.0, "validation_fraction": 1.0, **settings})
-    splits = training_splits(used, cohort, say=lambda _: None)
+    cohort, splits = fine_tuned
     publish_run(output_dir, model, tokenizer, cohort, f"MedFuse, {cohort.description}", metrics=report["test"],
                 evaluation_context=f"Test split, {report['test_patients']} patients, best validation epoch of "
                 f"{report['epochs']}.", min_patients=settings.get("min_patients_for_statistics", 20),
                 hub_repo_id=hub_repo_id, drop_rare_features=settings.get("drop_rare_features", False), splits=splits)
 
 
-def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict) -> None:
+def train_patients_of(fine_tuned: tuple[Cohort, dict] | None) -> int | None:
+    return None if fine_tuned is None else len(fine_tuned[1]["train"])
+
+
+def release(run_dir: Path, release_dir: Path, model, tokenizer: MedFuseTokenizer, settings: dict,
+            fine_tuned: tuple[Cohort, dict] | None) -> None:
     """A copy of the run fit to publish: the weights, the privacy-guarded tokenizer, the records the cards come from,
     and cards and feature embeddings written for the release folder. The cards are written from the exact
     tokenizer, as the run's own are: the guard decides what is withheld from exact counts, not from rounded ones."""
     public = guarded_copy(tokenizer, release_dir.name, settings.get("min_patients_for_statistics", 20))  # or refuse
     if release_dir.exists():
         shutil.rmtree(release_dir)
-    with without_exact_prevalence(model):
+    with without_exact_prevalence(model, train_patients_of(fine_tuned)):
         model.save_pretrained(release_dir / "model")
     save_strict_tokenizer(public, release_dir / "model")
     for record in RECORDS:
         if (run_dir / record).exists():
             (release_dir / record).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run_dir / record, release_dir / record)
-    write_cards(release_dir, model, tokenizer, settings, hub_repo_id=None)
+    write_cards(release_dir, model, tokenizer, settings, None, fine_tuned)
 
 
 def main() -> None:
@@ -90,13 +101,15 @@ def main() -> None:
         if "objective" not in settings:
             parser.error(f"--evaluation: {args.run_dir} is a fine-tuning run; its card shows its own test metrics")
         shutil.copyfile(args.evaluation, args.run_dir / EVALUATION)
-    model_class = MedFuseForPreTraining if "objective" in settings else MedFuseForSequenceClassification
+    pretrained = "objective" in settings  # only recipes/pretrain.py has an objective
+    fine_tuned = None if pretrained else fine_tuning_splits(settings)
+    model_class = MedFuseForPreTraining if pretrained else MedFuseForSequenceClassification
     model = model_class.from_pretrained(args.run_dir / "model")
     tokenizer = MedFuseTokenizer.from_pretrained(args.run_dir / "model")
     min_patients = settings.get("min_patients_for_statistics", 20)
     if args.push_to_hub:  # refuse before the cards are rewritten to name a repo that will not exist
         publishable_vocabulary(tokenizer.feature_vocabulary, args.push_to_hub, min_patients)
-    write_cards(args.run_dir, model, tokenizer, settings, args.push_to_hub)
+    write_cards(args.run_dir, model, tokenizer, settings, args.push_to_hub, fine_tuned)
     print(f"wrote {args.run_dir / 'model' / 'README.md'} and {args.run_dir / 'feature_embeddings'}")
     if args.card_copy:
         args.card_copy.parent.mkdir(parents=True, exist_ok=True)
@@ -104,10 +117,11 @@ def main() -> None:
         shutil.copyfile(args.run_dir / "feature_embeddings" / "README.md",
                         args.card_copy.with_name(f"{args.card_copy.stem}-feature-embeddings.md"))
     if args.release_dir:
-        release(args.run_dir, args.release_dir, model, tokenizer, settings)
+        release(args.run_dir, args.release_dir, model, tokenizer, settings, fine_tuned)
         print(f"released {args.release_dir}: model/ (privacy-guarded tokenizer), feature_embeddings/, cards")
     if args.push_to_hub:
-        print(push_run(args.run_dir, model, tokenizer, args.push_to_hub, min_patients=min_patients))
+        print(push_run(args.run_dir, model, tokenizer, args.push_to_hub, train_patients_of(fine_tuned),
+                       min_patients=min_patients))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import http.server
 import json
+import math
 import re
 import shutil
 import threading
@@ -146,12 +147,13 @@ def test_a_run_pushes_its_model_tokenizer_card_and_embeddings(hub, source, tmp_p
             "Not a medical device.\n")
     (run_dir / "model" / "README.md").write_text(card)
     shutil.copytree(embeddings, run_dir / "feature_embeddings")
-    model.config.class_weights, model.config.logit_offsets = [0.6, 3.0], [0.510826, -1.098612]
-    push_run(run_dir, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
+    model.config.class_weights, model.config.logit_offsets = [0.6, 3.0], [0.510826, -1.098612]  # 1 in 6 positive
+    push_run(run_dir, model, tokenizer, "hospital-a/medfuse", train_patients=250, token=TOKEN)
     assert model.config.class_weights == [0.6, 3.0]  # kept for training here
     assert model.config.logit_offsets == [0.510826, -1.098612]
     local = tmp_path / "local"
-    model.config.class_weights, model.config.logit_offsets = None, [0.51, -1.1]  # as pushed
+    # as pushed: the offsets of 40 positives in 250, the 41.7 of a sixth rounded to tens
+    model.config.class_weights, model.config.logit_offsets = None, [math.log(2 * 0.84), math.log(2 * 0.16)]
     model.save_pretrained(local)
     MedFuseTokenizer(privacy_guarded(vocabulary)[0]).save_pretrained(local)  # counts rounded to tens
     repo = hub.repos["hospital-a/medfuse"]
@@ -177,7 +179,7 @@ def test_a_tokenizer_holding_a_rare_features_statistics_is_refused_before_any_up
                        time=[*patient["time"], 1.0])
     tokenizer = MedFuseTokenizer(FeatureVocabulary.from_events(patients))
     with pytest.raises(ValueError, match="refusing to push hospital-a/medfuse: its tokenizer normalises rare_lab"):
-        push_run(tmp_path, model, tokenizer, "hospital-a/medfuse", token=TOKEN)
+        push_run(tmp_path, model, tokenizer, "hospital-a/medfuse", train_patients=40, token=TOKEN)
     assert hub.requests == []
 
 
@@ -261,3 +263,20 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
         assert hub.repos["hospital-a/rare"]["files"] == {}
     else:
         assert len(hub.requests) == requests and "hospital-a/rare" not in hub.repos  # refused before any request
+
+
+def test_published_logit_offsets_give_the_positive_count_only_to_tens():
+    """Offsets log(2(1 − r)) and log(2r) rounded to two decimals gave 10, 33 or 80 positives back exactly, with the
+    training cohort's size on the card."""
+    from medfuse_hf.training.publishing import rounded_prevalence_offsets
+
+    def offsets(positives: int, patients: int) -> list[float]:
+        share = positives / patients
+        return [math.log(2 * (1 - share)), math.log(2 * share)]
+
+    for patients in (240, 800, 2400, 9600):
+        published = {tuple(rounded_prevalence_offsets(offsets(count, patients), patients)) for count in range(26, 35)}
+        assert published == {tuple(offsets(30, patients))}  # 26 to 34 positives all read as 30
+    assert rounded_prevalence_offsets(offsets(3, 77), 77) == pytest.approx(offsets(10, 77))  # never below ten
+    with pytest.raises(ValueError, match="12 training patients: too few"):
+        rounded_prevalence_offsets(offsets(3, 12), 12)

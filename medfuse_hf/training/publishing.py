@@ -1,6 +1,7 @@
 """What a finished run publishes beside its model: a model card, and a privacy-guarded feature-embedding
 checkpoint with its own card, ready for `push_to_hub` or for another hospital's `load_feature_embeddings`."""
 
+import math
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,20 +117,18 @@ def readable(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-# Published logit offsets are rounded to this many decimals: a prevalence known to about 1 %, not a positive count.
-PUBLISHED_OFFSET_DECIMALS = 2
-
-
 @contextmanager
-def without_exact_prevalence(model):
+def without_exact_prevalence(model, train_patients: int | None):
     """The model as it may leave the hospital. Balanced class weights give the training cohort's exact positive count,
-    with its size on the card, and matter only to training's loss, so a published config goes without them; the logit
-    offsets that undo them in the risks (the same count, as a log) go rounded."""
+    with its size on the card, and matter only to training's loss, so a published config goes without them. The
+    logit offsets that undo them in the risks, log(2(1 − r)) and log(2r) for a share r of positives
+    (`weigh_the_classes`), are the same count as a log: they go for the count rounded to tens, as the privacy guard
+    rounds every count (a shift of at most 5 / `train_patients` in the prevalence the risks are calibrated to)."""
     config = model.config
     kept = {name: getattr(config, name, None) for name in ("class_weights", "logit_offsets")}
     config.class_weights = None
     if kept["logit_offsets"] is not None:
-        config.logit_offsets = [round(offset, PUBLISHED_OFFSET_DECIMALS) for offset in kept["logit_offsets"]]
+        config.logit_offsets = rounded_prevalence_offsets(kept["logit_offsets"], train_patients)
     try:
         yield model
     finally:
@@ -137,17 +136,30 @@ def without_exact_prevalence(model):
             setattr(config, name, value)
 
 
-def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
-             min_patients: int = 20) -> str:
+def rounded_prevalence_offsets(offsets: list[float], train_patients: int | None) -> list[float]:
+    if train_patients is None:
+        raise ValueError("a model with logit offsets is published with its training patients' count, to round them")
+    if len(offsets) != 2:
+        raise ValueError(f"logit offsets of {len(offsets)} classes: only a binary model's are published")
+    if train_patients < 20:
+        raise ValueError(f"{train_patients} training patients: too few to publish a prevalence rounded to tens")
+    positives = round(math.exp(offsets[1]) / 2 * train_patients, -1)
+    share = min(max(positives, 10), train_patients - 10) / train_patients
+    return [math.log(2 * (1 - share)), math.log(2 * share)]
+
+
+def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, train_patients: int | None,
+             token: str | None = None, min_patients: int = 20) -> str:
     """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
     the run's model card over the stub card transformers writes, then the feature embeddings to
     `<repo_id>-embeddings`. Returns the embeddings' commit URL.
 
     The tokenizer leaves under the same privacy guard as the embeddings (`publishable_vocabulary`), checked before
-    any upload."""
+    any upload; the model without its exact prevalence (`without_exact_prevalence`: `train_patients`, the patients
+    a fine-tuning run trained on; None for a pretrained base)."""
     output_dir = Path(output_dir)
     publishable_vocabulary(tokenizer.feature_vocabulary, repo_id, min_patients)  # refused before any upload
-    with without_exact_prevalence(model):
+    with without_exact_prevalence(model, train_patients):
         model.push_to_hub(repo_id, private=True, token=token)
     tokenizer.push_to_hub(repo_id, private=True, token=token, min_patients_for_statistics=min_patients)
     HfApi(token=token).upload_file(path_or_fileobj=output_dir / "model" / "README.md", path_in_repo="README.md",
