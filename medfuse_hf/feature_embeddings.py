@@ -11,9 +11,10 @@ A small, self-describing folder:
   fusion), a format version, the source's description, the privacy threshold applied, and the SHA-256 of each file.
 
 Privacy: nothing patient-level is shared. Statistics of a numeric feature seen in fewer than `min_patients` patients
-(never below 10) are withheld, or the feature is left out altogether (`drop_rare_features`; categorical features
-carry no counts and are never rare), patient and observation counts are coarsened to multiples of 10, and the export
-writes only the fields listed here: it has no way to add anything else from the source data.
+(never below 10), or more than half of whose values one patient gave, are withheld, or the feature is left out
+altogether (`drop_rare_features`; categorical features carry no counts and are never rare), patient and observation
+counts are coarsened to multiples of 10, and the export writes only the fields listed here: it has no way to add
+anything else from the source data.
 """
 
 import json

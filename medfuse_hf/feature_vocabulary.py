@@ -44,6 +44,8 @@ class ValueStatistics:
     ``num_patients`` is kept so that a published vocabulary can withhold statistics of rare features.
     ``quantiles``, when fitted, are the values at `QUANTILE_LEVELS` and select quantile normalisation instead; a
     tail knot with fewer than `MIN_PATIENTS_BEYOND_A_KNOT` patients at or beyond it is not kept (`None`).
+    ``largest_patient_share``, the share of the values that the patient with most of them gave, lets the privacy
+    guard withhold statistics that one patient's values make (a monitored stay among spot checks).
     """
 
     count: int
@@ -56,6 +58,7 @@ class ValueStatistics:
     lower: float
     upper: float
     quantiles: list[float | None] | None = None
+    largest_patient_share: float | None = None
 
     @classmethod
     def fit(
@@ -65,9 +68,11 @@ class ValueStatistics:
         outlier_fence: float = 3.0,
         normalization: ValueNormalization = "robust_zscore",
         patient_ranges: tuple[np.ndarray, np.ndarray] | None = None,
+        largest_patient_values: int | None = None,
     ) -> ValueStatistics:
         """`patient_ranges`, each patient's lowest and highest value, say how many patients lie beyond a tail knot;
-        without them every value counts as a patient of its own."""
+        without them every value counts as a patient of its own. `largest_patient_values`: how many of the values
+        the patient with most of them gave."""
         values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
             raise ValueError("cannot fit value statistics on zero values")
@@ -95,6 +100,8 @@ class ValueStatistics:
             lower=float(lower),
             upper=float(upper),
             quantiles=kept_knots(values, lowest, highest) if normalization == "quantile" else None,
+            largest_patient_share=(None if largest_patient_values is None
+                                   else round(largest_patient_values / values.size, 4)),
         )
 
     def in_other_units(self, scale: float, offset: float = 0.0) -> ValueStatistics:
@@ -172,8 +179,10 @@ class FeatureSpec:
 
     def to_dict(self) -> dict:
         entry = {key: value for key, value in asdict(self).items() if value not in (None, [])}
-        if "statistics" in entry and entry["statistics"]["quantiles"] is None:  # robust z-score: as before quantiles
-            del entry["statistics"]["quantiles"]
+        if "statistics" in entry:  # fields added since the first format, written only where set, as before them
+            for name in ("quantiles", "largest_patient_share"):
+                if entry["statistics"][name] is None:
+                    del entry["statistics"][name]
         return entry
 
 
@@ -300,7 +309,8 @@ class FeatureVocabulary:
                 ranges = (np.array([numbers.min() for numbers in by_patient]),
                           np.array([numbers.max() for numbers in by_patient]))
                 statistics = ValueStatistics.fit(np.concatenate(by_patient), patients_by_id[feature_id],
-                                                 outlier_fence, normalization, ranges)
+                                                 outlier_fence, normalization, ranges,
+                                                 max(len(numbers) for numbers in by_patient))
             fitted.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
         return fitted
 

@@ -1,7 +1,8 @@
 """The privacy guard: what of a hospital's feature statistics may leave it, on every path that uploads them.
 
-Nothing patient-level leaves: statistics of features seen in fewer than `min_patients` patients are withheld (their
-quartiles and fences lie close to those patients' own values), counts are rounded to tens, and a tokenizer that needs
+Nothing patient-level leaves: statistics of features seen in fewer than `min_patients` patients, or more than half
+of whose values one patient gave, are withheld (their quartiles and fences lie close to those patients' own
+values), counts are rounded to tens, and a tokenizer that needs
 such statistics to read a feature is refused before any upload. Quantile knots are guarded where they are fitted
 (`feature_vocabulary.kept_knots`), since a model reads its values through them: a tail knot with fewer than
 `MIN_PATIENTS_BEYOND_A_KNOT` patients beyond it is never kept. The tokenizer's own uploads, `push_run`, the
@@ -23,6 +24,9 @@ COUNT_GRANULARITY = 10
 # rule of disclosure control, and the granularity counts are rounded to.
 MIN_PATIENTS_FLOOR = 10
 DEFAULT_MIN_PATIENTS = 20  # statistics of features seen in fewer patients never leave the hospital by default
+# Statistics more than this share of whose values one patient gave are withheld too, however many patients gave the
+# rest: their mean, quartiles and knots are that patient's (disclosure control's (1, 50 %) dominance rule).
+DOMINANT_SHARE = 0.5
 
 
 def publishable_vocabulary(
@@ -35,7 +39,8 @@ def publishable_vocabulary(
     if rare:
         raise ValueError(
             f"refusing to push {repo_id}: its tokenizer normalises {', '.join(rare)} with statistics (quartiles, "
-            f"outlier fences) of fewer than {min_patients} patients, close to those patients' own values. Retrain "
+            f"outlier fences) of fewer than {min_patients} patients, or more than half of whose values one patient "
+            "gave, close to those patients' own values. Retrain "
             "without these features, or share only the feature embeddings (push_feature_embeddings), which "
             "withhold them."
         )
@@ -46,22 +51,24 @@ def privacy_guarded(
     vocabulary: FeatureVocabulary, min_patients: int = DEFAULT_MIN_PATIENTS, drop_rare: bool = False
 ) -> tuple[FeatureVocabulary, list[str]]:
     """The vocabulary as it may leave the hospital, and its rare features (seen in fewer than `min_patients`
-    patients): only the vocabulary's own fields, rare features' statistics withheld (their quartiles and fences are
-    close to those patients' values) or, with `drop_rare`, the features left out, and counts rounded down to tens."""
+    patients, or more than half of whose values one patient gave): only the vocabulary's own fields, rare features'
+    statistics withheld (their quartiles and fences are close to those patients' values) or, with `drop_rare`, the
+    features left out, and counts rounded down to tens."""
     if min_patients < MIN_PATIENTS_FLOOR:
         raise ValueError(f"min_patients={min_patients}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are "
                          "never shared; use a threshold of at least that")
     guarded, rare = FeatureVocabulary(), []
     for spec in vocabulary:
         statistics = spec.statistics
-        if statistics is not None and statistics.num_patients < min_patients:
+        if statistics is not None and (statistics.num_patients < min_patients
+                                       or (statistics.largest_patient_share or 0.0) > DOMINANT_SHARE):
             rare.append(spec.name)
             if drop_rare:
                 continue
             statistics = None
         elif statistics is not None:
             statistics = replace(statistics, count=_coarsen(statistics.count),
-                                 num_patients=_coarsen(statistics.num_patients))
+                                 num_patients=_coarsen(statistics.num_patients), largest_patient_share=None)
         guarded.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
     return guarded, rare
 

@@ -212,6 +212,24 @@ def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort
     assert FeatureEmbeddingCheckpoint.from_pretrained(dropped).vocabulary.id_of("sodium") is not None
 
 
+def test_statistics_that_one_patient_makes_do_not_leave_the_hospital(tmp_path, cohort):
+    """One monitored stay's 3,000 values among 24 spot checks: 25 patients pass a threshold of 20, yet the mean,
+    quartiles and standard deviation are that patient's own."""
+    rng = np.random.default_rng(0)
+    patients = [dict(patient) for patient in cohort[:40]]
+    for index, patient in enumerate(patients[:25]):
+        values = rng.normal(31, 2, 3000) if index == 0 else [30.0]
+        patient.update(feature=patient["feature"] + ["monitored"] * len(values),
+                       value=patient["value"] + list(values), time=patient["time"] + [47.0] * len(values))
+    vocabulary = FeatureVocabulary.from_events(patients)
+    assert vocabulary.spec_of("monitored").statistics.largest_patient_share == pytest.approx(3000 / 3024, abs=1e-4)
+    report = export_feature_embeddings(target_model(vocabulary), MedFuseTokenizer(vocabulary), tmp_path,
+                                       source="small cohort", min_patients=20)
+    assert report == {"statistics_withheld": ["monitored"]}
+    published = json.loads((tmp_path / "feature_vocabulary.json").read_text())["features"]
+    assert all("largest_patient_share" not in entry.get("statistics", {}) for entry in published)
+
+
 def test_a_tampered_checkpoint_is_refused(source):
     _, vocabulary, path = source
     (path / "feature_vocabulary.json").write_text(

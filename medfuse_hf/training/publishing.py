@@ -83,7 +83,8 @@ def publish_run(
                                      min_patients=min_patients, drop_rare_features=drop_rare_features)
     guard = (f"features seen in fewer than {min_patients} patients are left out altogether "
              f"({len(rare['rare_features_dropped'])} here)" if drop_rare_features else
-             f"value statistics of features seen in fewer than {min_patients} patients are withheld "
+             f"value statistics of features seen in fewer than {min_patients} patients, or more than half of whose "
+             f"values one patient gave, are withheld "
              f"({', '.join(rare['statistics_withheld']) or 'none here'})")
     render_model_card(
         title=f"{title}: feature embeddings",
