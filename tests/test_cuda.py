@@ -182,3 +182,22 @@ def test_a_bf16_model_on_the_gpu_grows_to_a_hospitals_vocabulary(tiny_config, vo
                                                    return_tensors="pt")
     with torch.no_grad():
         assert torch.isfinite(model(**on(CUDA, batch)).logits.float()).all()
+
+
+def test_a_model_on_the_gpu_scores_and_explains_patients_as_on_the_cpu(tokenizer, cohort, tiny_config):
+    """`per_patient_outputs` and `explain_patient` are library API: a caller's model may sit on a GPU."""
+    pytest.importorskip("captum")
+    import datasets
+
+    from medfuse_hf.training.evaluation import per_patient_outputs
+    from medfuse_hf.training.explanations import explain_patient
+
+    model = MedFuseForSequenceClassification(tiny_config()).eval()
+    patients = datasets.Dataset.from_list(list(cohort[:8]))
+    cpu = per_patient_outputs(patients, tokenizer, lambda batch: model(**batch).logits)
+    cpu_events, _ = explain_patient(model, tokenizer, cohort[0], top_k=3)
+    model.to(CUDA)
+    gpu = per_patient_outputs(patients, tokenizer, lambda batch: model(**batch).logits, device=CUDA)
+    gpu_events, _ = explain_patient(model, tokenizer, cohort[0], top_k=3)
+    torch.testing.assert_close(torch.from_numpy(gpu), torch.from_numpy(cpu), atol=1e-4, rtol=1e-4)
+    assert [event.position for event in gpu_events] == [event.position for event in cpu_events]

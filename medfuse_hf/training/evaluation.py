@@ -64,15 +64,16 @@ def per_patient_outputs(
     tokenizer: MedFuseTokenizer,
     output: Callable[[dict], torch.Tensor],
     batch_size: int = 64,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """`output(batch)` of every patient, one row each in the dataset's order, in this process alone: scoring outside
     a training run (`recipes/predict.py`, benchmarks). Batches are formed by length (`evaluation_loader`); padding
-    does not change a patient's output."""
+    does not change a patient's output. Batches go to `device`, where the model `output` runs is."""
     collate = MedFuseDataCollator(tokenizer, extra_columns=(ROW_COLUMN,))
     rows, outputs = [], []
     for batch in evaluation_loader(dataset, collate, batch_size):
         rows.append(batch.pop(ROW_COLUMN))
-        outputs.append(output(batch).float())
+        outputs.append(output({name: tensor.to(device) for name, tensor in batch.items()}).float().cpu())
     by_length = torch.cat(outputs)
     in_order = torch.empty_like(by_length)
     in_order[torch.cat(rows)] = by_length

@@ -34,7 +34,7 @@ def explain_patient(
     events = tokenizer.encode_patient(patient)
     batch = tokenizer.pad(
         [{"feature_ids": events.feature_ids, "values": events.values, "times": events.times}], return_tensors="pt"
-    )
+    ).to(model.device)
     embeddings = model.base_model.embeddings
     with torch.no_grad():
         tokens = embeddings(batch["feature_ids"], batch["values"], batch["times"])
@@ -47,7 +47,7 @@ def explain_patient(
     attributions, error = IntegratedGradients(positive_logit).attribute(
         tokens, baselines=baseline, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
     )
-    per_event = attributions.sum(dim=-1)[0].detach().double().numpy()  # (num_events,)
+    per_event = attributions.sum(dim=-1)[0].detach().double().cpu().numpy()  # (num_events,)
     order = np.argsort(-np.abs(per_event), kind="stable")[:top_k]
     vocabulary = tokenizer.feature_vocabulary
     return [
