@@ -9,6 +9,7 @@ embeddings transferable. The JSON form is meant to be read and diffed by people.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +19,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 PAD_ID = 0
 UNK_ID = 1
@@ -312,6 +315,12 @@ class FeatureVocabulary:
                                                  outlier_fence, normalization, ranges,
                                                  max(len(numbers) for numbers in by_patient))
             fitted.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
+        median_only = [spec.name for spec in fitted if spec.statistics is not None and spec.statistics.quantiles
+                       and sum(knot is not None for knot in spec.statistics.quantiles) == 1]
+        if median_only:
+            logger.warning("quantile values: %s seen in too few patients for any knot but the median (each knot "
+                           "needs %d beyond it), so every value of theirs reads as the median; their presence still "
+                           "counts", median_only, MIN_PATIENTS_BEYOND_A_KNOT)
         return fitted
 
     # ----- lookup -------------------------------------------------------------------------------------

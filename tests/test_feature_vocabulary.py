@@ -211,6 +211,17 @@ def test_quantiles_survive_a_round_trip_and_a_unit_conversion(tmp_path):
     np.testing.assert_allclose(in_micromoles.normalize(creatinine * 88.42), loaded.normalize(creatinine))
 
 
+def test_a_feature_of_too_few_patients_for_a_tail_knot_is_named_in_a_warning(caplog):
+    """Five patients' values all read as their median under quantile normalisation: a transfer to a small target
+    should say so, not leave a lab silently flat."""
+    patients = [{"feature": ["lactate"] * 40 + ["sodium"], "value": [float(i)] * 40 + [140.0 + i]} for i in range(5)]
+    patients += [{"feature": ["sodium"], "value": [130.0 + i]} for i in range(30)]
+    with caplog.at_level("WARNING", logger="medfuse_hf.feature_vocabulary"):
+        vocabulary = FeatureVocabulary.from_events(patients, normalization="quantile")
+    assert "['lactate'] seen in too few patients for any knot but the median" in caplog.text
+    assert set(vocabulary.spec_of("lactate").statistics.normalize(np.array([0.0, 4.0]))) == {0.0}
+
+
 def test_no_quantile_knot_lies_among_the_sickest_few_patients_own_values():
     """With one troponin each from 25 patients, the 97.5th and 99th percentiles would give away the two highest (a
     published vocabulary holds its knots): a tail knot needs 10 patients at or beyond it, and values past the last
