@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from p12_table import PLATEAU, finetune_row, plateau_auprc, read_p12_test_predictions
-from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT
+from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT, refuse_rows_of_another_base
 
 from medfuse_hf.training.evaluation import PROBABILITY_COLUMN
 from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
@@ -240,6 +240,7 @@ def main() -> None:
     args = parser.parse_args()
 
     results = ResultRows(args.results, key=("configuration", "seed"))
+    refuse_rows_of_another_base(results.rows, lambda row: row["configuration"])
     def run(cell: dict) -> dict:
         name, seed = cell["configuration"], cell["seed"]
         flags = [*BUDGET, *REFERENCE, *configuration_flags(name), *shlex.split(args.extra_args)]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from protocol import BUDGET, MODELS, ROOT
+from protocol import BUDGET, MODELS, ROOT, refuse_rows_of_another_base
 
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.training import binary_metrics, load_cohort
@@ -250,6 +250,7 @@ def main() -> None:
     args = parser.parse_args()
 
     results = ResultRows(args.results, key=("model", "protocol", "seed"))
+    refuse_rows_of_another_base(results.rows, lambda row: row["model"])
     if not args.summary_only:
         cells = [{"model": model, "protocol": protocol, "seed": seed} for seed in args.seeds
                  for protocol in args.protocols for model in PROTOCOL_MODELS[protocol] if model in args.models]

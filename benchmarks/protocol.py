@@ -2,6 +2,7 @@
 budget of the P12 table, the small-cohort fine-tuning that the label-efficiency and transfer experiments add to it,
 and the pretraining budget. A benchmark imports these, never another benchmark's constants."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from medfuse_hf.integrity import sha256_of
@@ -54,3 +55,16 @@ def weights_digest(model_dir: str | Path) -> str:
     """A model folder's weights named by their hash: what a row or a cached representation was computed from, which a
     path cannot say (a base is released elsewhere, or pretrained again in place)."""
     return sha256_of(Path(model_dir) / "model.safetensors")[:12]
+
+
+def refuse_rows_of_another_base(rows: list[dict], name_of: Callable[[dict], str]) -> None:
+    """Rows that started from a base (`init_weights`) must have started from `RELEASED_BASE` as it is now, unless
+    their name says which weights they started from (`<name>@<digest>`, as the lost first pretraining's rows do):
+    were the base pretrained again in place, its finished cells would otherwise be skipped and read as the new
+    base's."""
+    current = weights_digest(RELEASED_BASE)
+    stale = sorted({f"{name_of(row)} (seed {row['seed']}, weights {row['init_weights']})" for row in rows
+                    if row.get("init_weights") not in (None, current) and "@" not in name_of(row)})
+    if stale:
+        raise SystemExit(f"rows started from other weights than the released base's ({current}): {stale[:5]}; "
+                         "rename them <name>@<their weights> to keep them, or remove them to run the cells again")

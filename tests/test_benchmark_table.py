@@ -432,3 +432,17 @@ def test_the_probe_reads_each_stay_once_in_the_cohorts_order_and_caches_by_weigh
               base / "model" / "model.safetensors", metadata={"format": "pt"})
     label_efficiency.base_representations(base, tmp_path, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # other weights, their own representations
+
+
+def test_rows_started_from_another_base_than_the_released_one_are_refused_unless_named_so():
+    """A base pretrained again in place would otherwise find its finished cells done, and the old base's rows would
+    be summarised as its own."""
+    protocol = load_script("benchmarks/protocol.py")
+    current = protocol.weights_digest(protocol.RELEASED_BASE)
+    rows = [{"configuration": "leader+in_domain_lpft", "seed": 0, "init_weights": current},
+            {"configuration": "leader+in_domain_lpft@be31f424fcbf", "seed": 0, "init_weights": "be31f424fcbf"},
+            {"configuration": "leader", "seed": 0}]
+    protocol.refuse_rows_of_another_base(rows, lambda row: row["configuration"])
+    stale = [*rows, {"configuration": "leader+in_domain_lpft", "seed": 1, "init_weights": "918841b9fea1"}]
+    with pytest.raises(SystemExit, match=r"leader\+in_domain_lpft \(seed 1, weights 918841b9fea1\)"):
+        protocol.refuse_rows_of_another_base(stale, lambda row: row["configuration"])
