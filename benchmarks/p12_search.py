@@ -92,14 +92,16 @@ def configuration(text: str) -> str:
     return text
 
 
-def judged(rows: list[dict], seeds: int = len(SEEDS)) -> list[tuple[str, float, float]]:
-    """Configurations run on at least `seeds` seeds, best first by mean validation AUPRC, then AUROC."""
+def judged(rows: list[dict]) -> list[tuple[str, float, float]]:
+    """Configurations run on every one of `SEEDS`, best first by mean validation AUPRC over them, then AUROC: each
+    judged on the same seeds, whatever others it was also run on."""
     cells: dict[str, list[dict]] = {}
     for row in rows:
-        cells.setdefault(row["configuration"], []).append(row)
+        if row["seed"] in SEEDS:
+            cells.setdefault(row["configuration"], []).append(row)
     means = [(name, *(mean_and_std([row[column] for row in cell])[0]
                       for column in ("validation_auprc", "validation_auroc")))
-             for name, cell in cells.items() if len(cell) >= seeds]
+             for name, cell in cells.items() if len(cell) == len(SEEDS)]
     return sorted(means, key=lambda item: (item[1], item[2]), reverse=True)
 
 

@@ -140,3 +140,18 @@ def test_cached_load_parses_once_and_rebuilds_when_the_release_changes(release, 
     (store / "set-a" / "132540.txt").write_text(RECORDS["132540"].replace("GCS,15", "GCS,14"))  # behind the link
     assert cached_load("physionet2012", linked, "set a", build_linked)[1]["value"][-1] == 14.0
     assert len(builds) == 5  # an edit behind a linked folder is never served from a stale cache either
+
+
+def test_a_clock_out_of_range_a_record_id_not_the_files_and_a_set_named_twice_are_caught(tmp_path):
+    """"-00:30" lost its sign and "00:75" read as 1.25 h; a file whose RecordID line names another record took that
+    record's label (and its id twice); `sets=["a", "set-a"]` read every stay twice."""
+    (tmp_path / "set-a").mkdir()
+    (tmp_path / "set-a" / "132539.txt").write_text(
+        HEADER + DESCRIPTORS.format(id=132539) + "-00:30,HR,73\n00:75,HR,74\n01:00,HR,75\n")
+    (tmp_path / "set-a" / "132540.txt").write_text(HEADER + DESCRIPTORS.format(id=132539) + "01:00,HR,90\n")
+    (tmp_path / "Outcomes-a.txt").write_text(OUTCOMES)
+    cohort, summary = load_physionet2012(tmp_path, sets=["a", "set-a"], return_summary=True)
+    assert cohort["record_id"] == [132539]
+    heart_rate = [time for name, time in zip(cohort[0]["feature"], cohort[0]["time"]) if name == "heart_rate"]
+    assert heart_rate == [1.0] and summary.skipped_events["unparseable time"] == 2
+    assert summary.skipped_patients["RecordID '132539' is not the file's"] == 1

@@ -125,3 +125,24 @@ def test_an_hourly_label_other_than_0_or_1_names_file_and_line(tmp_path, label):
     with pytest.raises(ValueError,
                        match=rf"p000001.psv:3: SepsisLabel {label.lower()}; the hourly label must be 0 or 1"):
         load_physionet2019(tmp_path)
+
+
+def test_a_row_without_its_hour_skips_its_patient_and_a_set_named_twice_is_read_once(tmp_path):
+    """A missing ICULOS would put events at no known hour, past any cut-off."""
+    (tmp_path / "training_setA").mkdir()
+    rows = [["80", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "1", "0"],
+            ["81", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "NaN", "0"]]
+    (tmp_path / "training_setA" / "p000001.psv").write_text(psv(rows))
+    (tmp_path / "training_setA" / "p000002.psv").write_text(psv(rows[:1]))
+    cohort, summary = load_physionet2019(tmp_path, sets=["A", "a"], observation_hours=1, return_summary=True)
+    assert cohort["patient_id"] == ["p000002"]
+    assert summary.skipped_patients["an hour without ICULOS"] == 1 and "p000001.psv:3" in str(summary.examples)
+
+
+def test_hospital_bs_top_coded_age_reads_as_the_others_do(tmp_path):
+    """Set B writes "90 or older" as 100, set A and P12 as 90: one group, one value of the shared `age`."""
+    (tmp_path / "training_setB").mkdir()
+    (tmp_path / "training_setB" / "p100001.psv").write_text(
+        psv([["80", "97", "NaN", "NaN", "100", "1", "1", "0", "-3.5", "1", "0"]]))
+    patient = load_physionet2019(tmp_path)[0]
+    assert patient["age"] == 90.0 and patient["value"][patient["feature"].index("age")] == 90.0

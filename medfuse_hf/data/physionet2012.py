@@ -17,6 +17,7 @@ Choices, documented once here:
   file and line of its first occurrences. Rows out of time order are kept and sorted, and counted too.
 """
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,12 +25,14 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from ..feature_vocabulary import parse_number
 from .clinical_features import PHYSIONET2012_NAMES
 from .patient_table import LoadSummary, PatientTableBuilder
 from .release_files import find_release, iter_release_files, utf8_errors_named
 
 SETS = ("a", "b", "c")
 OBSERVATION_MINUTES = 48 * 60
+CLOCK = re.compile(r"\d+:[0-5]\d")  # hours:minutes since ICU admission
 DESCRIPTORS = ("RecordID", "Age", "Gender", "Height", "ICUType", "Weight")
 STATIC_FIELDS = {"Age": "age", "Gender": "gender", "Height": "height", "ICUType": "icu_type", "Weight": "weight"}
 OUTCOME_FIELDS = {
@@ -56,7 +59,7 @@ def load_physionet2012(
     present = [name for name in SETS if _release_of(root, name) is not None]
     if sets is None:
         sets = present
-    sets = [name.removeprefix("set-") for name in ([sets] if isinstance(sets, str) else sets)]
+    sets = list(dict.fromkeys(name.removeprefix("set-") for name in ([sets] if isinstance(sets, str) else sets)))
     missing = [name for name in sets if name not in present]
     if not sets or missing:
         raise FileNotFoundError(
@@ -118,14 +121,17 @@ def _add_record(
             summary.skip_event("malformed line", place)
             continue
         time_text, parameter, value_text = parts
-        hours, _, mins = time_text.partition(":")
-        try:
-            minute = int(hours) * 60 + int(mins)
-        except ValueError:
+        if not CLOCK.fullmatch(time_text):  # "-00:30" or "00:75" is no time since admission
             summary.skip_event("unparseable time", place)
             continue
+        hours, _, mins = time_text.partition(":")
+        minute = int(hours) * 60 + int(mins)
         if parameter == "RecordID":
-            record_id = int(float(value_text))
+            written = parse_number(value_text)
+            if written is None or record_id not in (None, int(written)):  # the file's name and its line disagree
+                summary.skip_patient(f"RecordID {value_text!r} is not the file's", place)
+                return
+            record_id = int(written)
             summary.events_read -= 1  # an identifier, not an observation
             continue
         if not parameter:

@@ -33,6 +33,8 @@ SETS = {"A": "training_setA", "B": "training_setB"}
 ICU_TYPE_OF_UNIT = {"Unit1": 3.0, "Unit2": 4.0}  # medical, surgical ICU in PhysioNet 2012's icu_type codes
 BOOKKEEPING_COLUMNS = ("Unit1", "Unit2", "HospAdmTime", "ICULOS", "SepsisLabel")
 ONCE_PER_PATIENT = ("Age", "Gender")
+# The top code of age: "90 or older" is 90 in P12 and hospital A, 100 in hospital B; one code for one group.
+OLDEST_CODED_AGE, OLDEST_CODED_AGE_B = 90.0, 100.0
 CANONICAL_NAMES = [*dict.fromkeys(PHYSIONET2019_NAMES.values()), "icu_type"]
 ICU_TYPE_CODE = CANONICAL_NAMES.index("icu_type")
 CODE_OF_COLUMN = {name: CANONICAL_NAMES.index(canonical) for name, canonical in PHYSIONET2019_NAMES.items()}
@@ -50,8 +52,8 @@ def load_physionet2019(
     """
     root = Path(path)
     present = [name for name in SETS if _release_of(root, name) is not None]
-    sets = present if sets is None else [name.upper().removeprefix("TRAINING_SET")
-                                         for name in ([sets] if isinstance(sets, str) else sets)]
+    sets = present if sets is None else list(dict.fromkeys(name.upper().removeprefix("TRAINING_SET")
+                                                       for name in ([sets] if isinstance(sets, str) else sets)))
     missing = [name for name in sets if name not in present]
     if not sets or missing:
         raise FileNotFoundError(f"{root}: no PhysioNet 2019 training_set{'/'.join(missing or SETS)}.zip or folder")
@@ -115,6 +117,14 @@ def _add_patient(
         return
     column = {name: index for index, name in enumerate(columns)}
     hours = grid[:, column["ICULOS"]]
+    if not np.isfinite(hours).all():  # its events' times, and the cut-off, would be unknown
+        first = np.flatnonzero(~np.isfinite(hours))[0]
+        summary.skip_patient("an hour without ICULOS", f"{where}:{line_numbers[first]}")
+        return
+    ages = grid[:, column["Age"]] if "Age" in column else np.array([])
+    if (ages == OLDEST_CODED_AGE_B).any():  # hospital B codes "90 or older" as 100, P12 and hospital A as 90
+        grid[ages == OLDEST_CODED_AGE_B, column["Age"]] = OLDEST_CODED_AGE
+        summary.note("age 100 ('90 or older') read as 90", where)
     for row in np.flatnonzero(np.diff(hours) < 0) + 1:
         summary.note("hours out of order (kept, sorted)", f"{where}:{line_numbers[row]}")
     raw_label = grid[:, column["SepsisLabel"]]
