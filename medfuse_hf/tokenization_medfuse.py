@@ -71,8 +71,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
             descriptors recorded at admission (age, ICU type) that a model's `static_feature_ids` reads there, and
             that a long stay would otherwise lose first.
         event_window: the window of a long-format table the training events came from, `{"anchor_column":
-            "INTIME", "max_hours": 48}`, recorded by `recipes/finetune.py` so that `recipes/predict.py` reads new
-            patients the same way unless told otherwise.
+            "INTIME", "max_hours": 48, "end_column": "OUTTIME"}`, recorded by `recipes/finetune.py` so that
+            `recipes/predict.py` reads new patients the same way unless told otherwise.
     """
 
     model_input_names = ["feature_ids", "values", "times", "attention_mask"]

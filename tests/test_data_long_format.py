@@ -49,6 +49,25 @@ def test_events_are_mapped_converted_and_anchored(tmp_path):
     assert dataset[1]["time"] == [1.0]
 
 
+def test_events_after_a_patients_end_time_are_skipped_and_counted(tmp_path):
+    """A subject's export holds every stay's events: with the stay's discharge as `end_column`, those after it (a
+    later stay's) are left out and counted, a blank end keeps them all, and an end before the anchor is refused."""
+    ends = LABELS.assign(OUTTIME=["2130-01-01 10:00", None, "2130-04-02"])
+    path = tmp_path / "events.csv"
+    path.write_text(EVENTS)
+    options = dict(columns=COLUMNS, feature_map=FEATURE_MAP, anchor_column="INTIME", max_hours=48,
+                   return_summary=True)
+    unmapped = tmp_path / "unmapped.csv"  # a table whose every row is skipped before the end time is read
+    unmapped.write_text("SUBJECT_ID,CHARTTIME,ITEMID,VALUE\n1,2130-01-01 09:00:00,999999,1\n")
+    dataset, summary = load_long_format([path, unmapped], labels=ends, end_column="OUTTIME", **options)
+    assert dataset[0]["feature"] == ["heart_rate"] and dataset[0]["time"] == [1.0]  # 09:00 only, before 10:00
+    assert summary.skipped_events["time after the patient's end time"] == 3  # sodium twice, temperature
+    assert dataset[1]["time"] == [1.0]  # no end: as without one
+    with pytest.raises(ValueError, match="end_column 'OUTTIME': patient '1' ends before its anchor"):
+        load_long_format(path, labels=ends.assign(OUTTIME=["2130-01-01 07:00", None, None]), end_column="OUTTIME",
+                         **options)
+
+
 def test_every_skip_is_counted_with_its_line(tmp_path):
     _, summary = load(tmp_path)
     path = tmp_path / "events.csv"
@@ -318,3 +337,23 @@ def test_an_id_written_7_in_one_table_and_7_0_in_another_is_one_patient(tmp_path
     (tmp_path / "lab.csv").write_text("patient_id,time,feature,value\n7.0,2,sodium,140\n")
     dataset = load_long_format([str(tmp_path / "chart.csv"), str(tmp_path / "lab.csv")])
     assert dataset["patient_id"] == ["7", "007"] and dataset[0]["feature"] == ["hr", "sodium"]
+
+
+def test_a_mimic_subject_keeps_its_first_stays_events_alone(tmp_path):
+    """A subject's events.csv holds every stay and admission; the first stay's row gives the label, so a later
+    stay's events (here after the first discharge, within 48 h) would be read under it."""
+    from medfuse_hf.data import load_mimic3_benchmark_root
+
+    subject = tmp_path / "root" / "10088"
+    subject.mkdir(parents=True)
+    (subject / "stays.csv").write_text(
+        "SUBJECT_ID,HADM_ID,ICUSTAY_ID,INTIME,OUTTIME,MORTALITY_INHOSPITAL\n"
+        "10088,1,11,2130-01-01 08:00:00,2130-01-02 08:00:00,0\n"
+        "10088,2,12,2130-01-02 20:00:00,2130-01-05 08:00:00,1\n")
+    (subject / "events.csv").write_text(
+        "SUBJECT_ID,HADM_ID,ICUSTAY_ID,CHARTTIME,ITEMID,VALUE,VALUEUOM\n"
+        "10088,1,11,2130-01-01 09:00:00,220045,80,bpm\n"
+        "10088,2,12,2130-01-02 21:00:00,220045,120,bpm\n")
+    cohort, summary = load_mimic3_benchmark_root(tmp_path / "root", return_summary=True)
+    assert cohort[0]["value"] == [80.0] and cohort[0]["MORTALITY_INHOSPITAL"] == 0
+    assert summary.skipped_events["time after the patient's end time"] == 1

@@ -110,6 +110,7 @@ class BatchContext:
     max_hours: float | None
     value_transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]]
     anchors: pd.Series | None
+    end_hours: pd.Series | None  # each patient's end (`end_column`) as hours after its anchor; NaN: none
     spellings: FeatureSpellings
     time_kinds: TimeKinds
     offsets: StampOffsets
@@ -173,6 +174,9 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     table = drop(table["hours"] < 0, "time before the anchor")
     if context.max_hours is not None and context.anchors is not None:
         table = drop(table["hours"] > context.max_hours, max_hours_reason(context.max_hours))
+    if context.end_hours is not None:
+        ends = table["patient_id"].map(context.end_hours).astype("float64")  # typed even for an empty batch
+        table = drop(table["hours"] > ends, "time after the patient's end time")
     return table[["patient_id", "feature", "value", "hours", "stamp_ns", "unit", "line"]]
 
 

@@ -71,6 +71,8 @@ class LongFormatOptions:
             and counted; without a map, source names are used as they are.
         anchor_column: labels column holding each patient's time zero (timestamps).
         max_hours: events later than this after the anchor are skipped and counted.
+        end_column: labels column holding each patient's end time (an ICU discharge): later events, a later stay's,
+            are skipped and counted; with `anchor_column`. A blank end keeps every event.
         label_column: the labels column of a binary outcome: each value must be 0 or 1 (or a key of `label_map`),
             else an error names the patient and line; a missing label leaves the patient unlabeled (None, counted).
         label_map: text label -> 0/1, e.g. `{"yes": 1, "no": 0}`.
@@ -101,6 +103,9 @@ class LongFormatOptions:
         "help": "column of the patients/labels table holding each patient's time zero"})
     max_hours: float | None = field(default=None, metadata={
         "help": "events later than this after the anchor are skipped, counted"})
+    end_column: str | None = field(default=None, metadata={
+        "help": "column of the patients/labels table holding each patient's end time (e.g. ICU discharge): later "
+                "events are skipped, counted (with --anchor_column)"})
     label_column: str | None = field(default=None, metadata={
         "help": "label column of a Parquet or long-format cohort"})
     label_map: Mapping[str, int] | None = field(default=None, metadata={
@@ -175,6 +180,15 @@ def load_long_format(
     offsets = StampOffsets(time_zone=options.time_zone)
     anchors, unplaced_anchors = (_anchors(label_table, options, offsets, summary) if options.anchor_column
                                  else (None, set()))
+    end_hours = None
+    if options.end_column is not None:
+        if anchors is None:
+            raise ValueError(f"end_column {options.end_column!r} ends each patient's events after its anchor: give "
+                             "anchor_column too")
+        ends, unplaced_ends = _anchors(label_table, options, offsets, summary, role="end")
+        anchors = anchors.mask(anchors.index.isin(unplaced_ends))  # counted as skipped: their events go too
+        unplaced_anchors |= unplaced_ends
+        end_hours = _hours_between(anchors, ends, options.end_column)
     tables_by_time_kind: dict[str, str] = {}
     folder = Path(tempfile.mkdtemp(prefix="long-format-", dir=get_temporary_cache_files_directory()))
     store = EventStore(folder, patient_order=None if label_table is None else list(label_table.index))
@@ -186,7 +200,8 @@ def load_long_format(
                 context = BatchContext(
                     name=name, feature_map=options.feature_map, censored=options.censored, decimal=options.decimal,
                     time_format=options.time_format, time_zone=options.time_zone, max_hours=options.max_hours,
-                    value_transforms=value_transforms or {}, anchors=anchors, spellings=spellings,
+                    value_transforms=value_transforms or {}, anchors=anchors, end_hours=end_hours,
+                    spellings=spellings,
                     time_kinds=TimeKinds(), offsets=offsets, summary=summary, patients_read=read_patients)
                 store.begin_table(name)
                 for batch in event_batches(source, columns, summary, options.delimiter):
@@ -440,23 +455,24 @@ def _place(source: TableSource, position: int, rows: int) -> str:
 
 
 def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: StampOffsets,
-             summary: LoadSummary) -> tuple[pd.Series, set[str]]:
-    """Each patient's time zero: hours, or timestamps parsed as the events' are (whether they carry UTC offsets
-    recorded in `offsets`, which the events' must match; local clock times put on UTC); an unparseable one names its
-    patient. Also the patients skipped (counted) because their anchor names no single instant."""
-    anchor_column = options.anchor_column
+             summary: LoadSummary, role: str = "anchor") -> tuple[pd.Series, set[str]]:
+    """Each patient's time zero (`role` "anchor", from `anchor_column`) or end time ("end", from `end_column`):
+    hours, or timestamps parsed as the events' are (whether they carry UTC offsets recorded in `offsets`, which the
+    events' must match; local clock times put on UTC); an unparseable one names its patient. Also the patients
+    skipped (counted) because theirs names no single instant."""
+    column = getattr(options, f"{role}_column")
     if labels is None:
-        raise ValueError(f"anchor_column {anchor_column!r} is read from a table of one row per patient: give it (the "
+        raise ValueError(f"{role}_column {column!r} is read from a table of one row per patient: give it (the "
                          "labels, or predict.py's --patients)")
-    if anchor_column not in labels.columns:
-        raise ValueError(f"anchor_column {anchor_column!r} is not a column of the labels or patients table; it has "
+    if column not in labels.columns:
+        raise ValueError(f"{role}_column {column!r} is not a column of the labels or patients table; it has "
                          f"{list(labels.columns)}")
-    raw = labels[anchor_column]
-    places = "patient " + labels.index.to_series().map(repr) + f" (anchor column {anchor_column!r})"
+    raw = labels[column]
+    places = "patient " + labels.index.to_series().map(repr) + f" ({role} column {column!r})"
     if pd.api.types.is_datetime64_any_dtype(raw):  # a Parquet timestamp column: already times, UTC out as parsed
         offsets.check(pd.Series(raw.dt.tz is not None, index=raw.index), raw.astype(str), places)
         stamps = raw.dt.tz_convert("UTC").dt.tz_localize(None) if raw.dt.tz is not None else raw
-        return _on_utc(stamps, raw.astype(str), places, options.time_zone, summary)
+        return _on_utc(stamps, raw.astype(str), places, options.time_zone, summary, role)
     if pd.api.types.is_timedelta64_dtype(raw):  # durations are hours (pd.to_numeric would read their nanoseconds)
         raw = raw / pd.Timedelta(hours=1)
     numeric = pd.to_numeric(raw, errors="coerce")
@@ -464,31 +480,45 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
         raw.astype(str).str.strip(), format=options.time_format, errors="coerce").notna().any()
     if not in_time_format and numeric[~blank(raw)].notna().all():  # hours; a blank anchor: its events counted
         if numeric.notna().any():
-            refuse_zone_for_hours(options.time_zone, f"anchor column {anchor_column!r}")
+            refuse_zone_for_hours(options.time_zone, f"{role} column {column!r}")
         return numeric, set()
     text = raw.astype(str).str.strip()
-    stamps = parse_timestamps(text, options.time_format, f"anchor column {anchor_column!r}",
+    stamps = parse_timestamps(text, options.time_format, f"{role} column {column!r}",
                               "patient " + labels.index.to_series().map(repr))
     bad = stamps.isna() & raw.notna()
     if bad.any():
-        raise ValueError(f"anchor column {anchor_column!r}: patient {labels.index[bad.to_numpy()][0]!r} has anchor "
+        raise ValueError(f"{role} column {column!r}: patient {labels.index[bad.to_numpy()][0]!r} has {role} "
                          f"{text[bad].iloc[0]!r}, which is no time")
     present = stamps.notna()
     offsets.check(text[present].str.contains(ISO_OFFSET), text[present], places[present])
-    return _on_utc(stamps, text, places, options.time_zone, summary)
+    return _on_utc(stamps, text, places, options.time_zone, summary, role)
+
+
+def _hours_between(anchors: pd.Series, ends: pd.Series, end_column: str) -> pd.Series:
+    """Each patient's end as hours after its anchor, both hours or both times; an end before its anchor is refused
+    by patient (a mixed-up column), a blank one is NaN (no end)."""
+    anchor_is_time, end_is_time = (pd.api.types.is_datetime64_any_dtype(times) for times in (anchors, ends))
+    if anchor_is_time != end_is_time:
+        raise ValueError(f"end_column {end_column!r} holds {'times' if end_is_time else 'hours'} where the anchors "
+                         f"are {'times' if anchor_is_time else 'hours'}: give both alike")
+    hours = (ends - anchors) / pd.Timedelta(hours=1) if end_is_time else ends - anchors
+    if (before := hours < 0).any():
+        raise ValueError(f"end_column {end_column!r}: patient {hours.index[before.to_numpy()][0]!r} ends before its "
+                         "anchor")
+    return hours
 
 
 def _on_utc(stamps: pd.Series, text: pd.Series, places: pd.Series, time_zone: str | None,
-            summary: LoadSummary) -> tuple[pd.Series, set[str]]:
-    """Naive anchors as UTC: as they are, or read as `time_zone`'s clock times; one that names no single instant
-    skips its patient (counted, and returned), whose events are then counted as having no anchor."""
+            summary: LoadSummary, role: str = "anchor") -> tuple[pd.Series, set[str]]:
+    """Naive anchors (or end times) as UTC: as they are, or read as `time_zone`'s clock times; one that names no
+    single instant skips its patient (counted, and returned), whose events are then counted as having no anchor."""
     if time_zone is None:
         return stamps, set()
     stamps, unplaced = local_to_utc(stamps, time_zone)
     anchorless = pd.Series(False, index=stamps.index)
     for reason, mask in unplaced.items():
         for place, value in zip(places[mask], text[mask]):
-            summary.skip_patient(f"anchor is a {reason}", f"{place}: {value!r}")
+            summary.skip_patient(f"{role} is a {reason}", f"{place}: {value!r}")
         anchorless |= mask
     return stamps, set(stamps.index[anchorless])
 

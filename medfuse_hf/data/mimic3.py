@@ -24,7 +24,8 @@ COLUMNS = {"patient_id": "SUBJECT_ID", "time": "CHARTTIME", "feature": "ITEMID",
 def load_mimic3_benchmark_root(
     root: str | Path, max_hours: float | None = 48.0, return_summary: bool = False
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadSummary]:
-    """One row per ICU stay of the first stay per subject, events of its first `max_hours` hours.
+    """One row per ICU stay of the first stay per subject, events of its first `max_hours` hours, up to its
+    discharge from the ICU (`OUTTIME`).
 
     `root` is the extraction's `root/` folder or a `.tar.gz` of it.
     """
@@ -45,6 +46,7 @@ def load_mimic3_benchmark_root(
         value_transforms=to_celsius,
         anchor_column="INTIME",
         max_hours=max_hours,
+        end_column="OUTTIME",  # a subject's events.csv holds every stay's and admission's: this stay's alone
         return_summary=return_summary,
     )
 

@@ -384,12 +384,16 @@ def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) ->
     return splits
 
 
+# The flags of a long-format table's window, which a model's tokenizer records (`event_window`) for scoring.
+WINDOW_FLAGS = ("anchor_column", "max_hours", "end_column")
+
+
 def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> None:
     """A long-format table read for a saved model (to score or to evaluate it) through the window the model was
     trained on (`event_window`, recorded by finetune.py), where the flags leave it out; a window given that differs
     is kept, as asked, and said."""
     window = tokenizer.event_window or {}
-    for flag in ("max_hours", "anchor_column"):
+    for flag in WINDOW_FLAGS:
         trained, given = window.get(flag), getattr(args, flag)
         if trained is None or given == trained:
             continue
