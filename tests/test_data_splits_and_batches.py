@@ -1,6 +1,7 @@
 import random
 
 import datasets
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,9 @@ def test_stratified_split_is_seeded_disjoint_and_keeps_the_label_rate():
     assert [len(part) for part in split.values()] == [800, 100, 100]
     for part in split.values():
         assert sum(labels[i] for i in part) / len(part) == pytest.approx(143 / 1000, abs=0.011)
+    # a release read from its archive lists patients otherwise than from its folder: the same seed, the same split
+    shuffled = np.random.default_rng(0).permutation(1000).tolist()
+    assert stratified_split(shuffled, [labels[i] for i in shuffled], (0.8, 0.1, 0.1), seed=3) == split
 
 
 def test_a_cohort_too_small_to_stratify_says_what_it_holds_and_the_way_out():
@@ -71,6 +75,7 @@ def test_set_a_test_protocol_and_apply_split(tmp_path):
         {"record_id": list(range(40)), "set": ["a"] * 10 + ["b"] * 15 + ["c"] * 15, "in_hospital_death": [0, 1] * 20}
     )
     split = set_a_test_split(dataset, validation_fraction=0.2, seed=0)
+    assert set_a_test_split(dataset.select(range(39, -1, -1)), validation_fraction=0.2, seed=0) == split
     assert split["test"] == list(range(10))
     assert len(split["train"]) == 24 and len(split["validation"]) == 6
     save_split(split, tmp_path / "split.json")

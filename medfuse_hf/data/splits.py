@@ -35,13 +35,21 @@ def seft_split(folder: str | Path) -> Split:
     return split
 
 
+def in_id_order(ids: Sequence, labels: Sequence) -> tuple[list, list]:
+    """Ids and their labels sorted by id: what a seeded split draws from, whatever order the data came in."""
+    pairs = sorted(zip(ids, labels), key=lambda pair: pair[0])
+    return [patient_id for patient_id, _ in pairs], [label for _, label in pairs]
+
+
 def stratified_split(
     ids: Sequence, labels: Sequence, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> Split:
-    """Seeded train/validation/test split keeping the label rate in each part (scikit-learn's stratification)."""
+    """Seeded train/validation/test split keeping the label rate in each part (scikit-learn's stratification). The
+    patients are put in the order of their ids first: scikit-learn shuffles in the order given, and a release read
+    from its archive lists them otherwise than read from its folder, so the same seed drew another split."""
     if abs(sum(fractions) - 1.0) > 1e-9:
         raise ValueError(f"fractions must add up to 1, got {fractions}")
-    ids, labels = list(ids), list(labels)
+    ids, labels = in_id_order(ids, labels)
     try:
         train, rest, _, rest_labels = train_test_split(ids, labels, train_size=fractions[0], stratify=labels,
                                                        random_state=seed)
@@ -82,11 +90,11 @@ def validation_subset(labels: Sequence, fraction: float, seed: int = 0) -> list[
 
 
 def set_a_test_split(dataset: datasets.Dataset, validation_fraction: float = 0.2, seed: int = 0) -> Split:
-    """STraTS' P12 protocol: test = set-a; train/validation = sets b and c, stratified."""
+    """STraTS' P12 protocol: test = set-a; train/validation = sets b and c, stratified, in the order of their ids (as
+    `stratified_split` draws)."""
     rest = dataset.filter(lambda set_name: set_name != "a", input_columns="set")
-    train, validation = train_test_split(
-        rest["record_id"], test_size=validation_fraction, stratify=rest["in_hospital_death"], random_state=seed
-    )
+    ids, labels = in_id_order(rest["record_id"], rest["in_hospital_death"])
+    train, validation = train_test_split(ids, test_size=validation_fraction, stratify=labels, random_state=seed)
     test = [record_id for record_id, set_name in zip(dataset["record_id"], dataset["set"]) if set_name == "a"]
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
 
