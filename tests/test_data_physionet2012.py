@@ -155,3 +155,5 @@ def test_a_clock_out_of_range_a_record_id_not_the_files_and_a_set_named_twice_ar
     heart_rate = [time for name, time in zip(cohort[0]["feature"], cohort[0]["time"]) if name == "heart_rate"]
     assert heart_rate == [1.0] and summary.skipped_events["unparseable time"] == 2
     assert summary.skipped_patients["RecordID '132539' is not the file's"] == 1
+    (tmp_path / "Outcomes-a.txt").write_text(OUTCOMES.replace("132539,6,1,", "132539,6,,"))  # a blank SOFA
+    assert load_physionet2012(tmp_path, sets=["a"])[0]["sofa"] is None

@@ -146,3 +146,17 @@ def test_hospital_bs_top_coded_age_reads_as_the_others_do(tmp_path):
         psv([["80", "97", "NaN", "NaN", "100", "1", "1", "0", "-3.5", "1", "0"]]))
     patient = load_physionet2019(tmp_path)[0]
     assert patient["age"] == 90.0 and patient["value"][patient["feature"].index("age")] == 90.0
+
+
+def test_blank_lines_infinite_cells_and_a_repeated_column_are_numbered_and_counted(tmp_path):
+    (tmp_path / "training_setA").mkdir()
+    rows = [["80", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "1", "0"],
+            ["inf", "97", "NaN", "NaN", "65", "1", "1", "0", "-3.5", "2", "0"]]
+    text = psv(rows).replace("\n", "\n\n", 2)  # a blank line after the header and after the first row
+    (tmp_path / "training_setA" / "p000001.psv").write_text(text)
+    (tmp_path / "training_setA" / "p000002.psv").write_text(psv(rows[:1]).replace("|Temp|", "|HR|", 1))
+    cohort, summary = load_physionet2019(tmp_path, return_summary=True)
+    assert cohort["patient_id"] == ["p000001"]
+    assert summary.skipped_events["infinite value"] == 1 and "p000001.psv:5" in str(summary.examples)
+    assert "malformed line" not in summary.skipped_events  # a blank line is no row
+    assert summary.skipped_patients["header names 'HR' twice"] == 1

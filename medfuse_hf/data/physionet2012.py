@@ -175,8 +175,8 @@ def _add_record(
         summary.skip_patient("no outcome in Outcomes file", where)
         return
     outcome = outcomes.loc[record_id]
-    targets = {field: (None if outcome[column] == -1 else int(outcome[column]))
-               for column, field in OUTCOME_FIELDS.items()}
+    targets = {field: (None if pd.isna(outcome[column]) or outcome[column] == -1 else int(outcome[column]))
+               for column, field in OUTCOME_FIELDS.items()}  # -1 or a blank: unknown
     builder.add(
         np.asarray(codes),
         np.asarray(values),

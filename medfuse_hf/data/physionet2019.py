@@ -76,14 +76,19 @@ def _parse_grid(text: str, where: str, summary: LoadSummary) -> tuple[list[str],
         summary.skip_patient("empty file", where)
         return None
     columns = lines[0].split("|")
-    try:
-        grid = np.loadtxt(lines[1:], delimiter="|", dtype=np.float64, ndmin=2)
-        if grid.shape[1] == len(columns):
+    if twice := sorted({name for name in columns if columns.count(name) > 1}):
+        summary.skip_patient(f"header names {twice[0]!r} twice", f"{where}:1")
+        return None
+    try:  # one grid row per line (loadtxt would skip a blank line, and read "#" as a comment, unnumbered)
+        grid = np.loadtxt(lines[1:], delimiter="|", dtype=np.float64, ndmin=2, comments=None)
+        if grid.shape == (len(lines) - 1, len(columns)):
             return columns, grid, list(range(2, len(lines) + 1))
     except ValueError:
         pass
     rows, line_numbers = [], []  # slow path, line by line, only for files the fast path rejected
     for line_number, line in enumerate(lines[1:], start=2):
+        if not line.strip():  # no row, as in P12's files
+            continue
         cells = line.split("|")
         try:
             if len(cells) != len(columns):
@@ -135,6 +140,11 @@ def _add_patient(
     sepsis_label = raw_label.astype(int)
     # All measurement cells at once: (row, column) of every observed cell, Age/Gender only at their first row.
     measured = [index for name, index in column.items() if name not in BOOKKEEPING_COLUMNS]
+    infinite = np.isinf(grid[:, measured])
+    if infinite.any():  # read as a measurement, but no value: counted, not silently left out
+        summary.events_read += int(infinite.sum())
+        summary.skip_event("infinite value", f"{where}:{line_numbers[np.nonzero(infinite)[0][0]]}",
+                           int(infinite.sum()))
     observed = np.isfinite(grid[:, measured])
     for position, index in enumerate(measured):
         if columns[index] in ONCE_PER_PATIENT:
