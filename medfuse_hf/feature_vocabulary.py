@@ -47,8 +47,8 @@ class ValueStatistics:
     ``num_patients`` is kept so that a published vocabulary can withhold statistics of rare features.
     ``quantiles``, when fitted, are the values at `QUANTILE_LEVELS` and select quantile normalisation instead; a
     tail knot with fewer than `MIN_PATIENTS_BEYOND_A_KNOT` patients at or beyond it is not kept (`None`).
-    ``largest_patient_share``, the share of the values that the patient with most of them gave, lets the privacy
-    guard withhold statistics that one patient's values make (a monitored stay among spot checks).
+    ``largest_patient_count``, how many of the values the patient with most of them gave, lets the privacy guard
+    withhold statistics that one patient's values make (a monitored stay among spot checks).
     """
 
     count: int
@@ -61,7 +61,7 @@ class ValueStatistics:
     lower: float
     upper: float
     quantiles: list[float | None] | None = None
-    largest_patient_share: float | None = None
+    largest_patient_count: int | None = None
 
     @classmethod
     def fit(
@@ -85,8 +85,13 @@ class ValueStatistics:
             raise ValueError(f"normalization must be 'robust_zscore' or 'quantile', got {normalization!r}")
         q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
         # Half the values or more at one level (a 0/1 flag, a lab at its detection floor) leave no IQR, and fences
-        # at the quartiles would clip every value to that level: the values' standard deviation spaces them instead.
-        spread = q75 - q25 if q75 > q25 else values.std()
+        # at the quartiles would clip every value to that level: the standard deviation of the values between the
+        # 1st and 99th percentiles spaces them instead (of all of them, one entry error of 99999 would set it).
+        if q75 > q25:
+            spread = q75 - q25
+        else:
+            q01, q99 = np.quantile(values, [0.01, 0.99])
+            spread = values[(values >= q01) & (values <= q99)].std()
         lower, upper = q25 - outlier_fence * spread, q75 + outlier_fence * spread
         inliers = values[(values >= lower) & (values <= upper)]
         lowest, highest = patient_ranges or (values, values)
@@ -103,8 +108,7 @@ class ValueStatistics:
             lower=float(lower),
             upper=float(upper),
             quantiles=kept_knots(values, lowest, highest) if normalization == "quantile" else None,
-            largest_patient_share=(None if largest_patient_values is None
-                                   else round(largest_patient_values / values.size, 4)),
+            largest_patient_count=None if largest_patient_values is None else int(largest_patient_values),
         )
 
     def in_other_units(self, scale: float, offset: float = 0.0) -> ValueStatistics:
@@ -183,7 +187,7 @@ class FeatureSpec:
     def to_dict(self) -> dict:
         entry = {key: value for key, value in asdict(self).items() if value not in (None, [])}
         if "statistics" in entry:  # fields added since the first format, written only where set, as before them
-            for name in ("quantiles", "largest_patient_share"):
+            for name in ("quantiles", "largest_patient_count"):
                 if entry["statistics"][name] is None:
                     del entry["statistics"][name]
         return entry

@@ -10,6 +10,7 @@ feature-embedding export and `Trainer.push_to_hub` (through `TokenizerPrivacyCal
 """
 
 import copy
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .feature_vocabulary import FeatureVocabulary
+
+logger = logging.getLogger(__name__)
 
 COUNT_GRANULARITY = 10
 # Statistics of fewer patients than this are never shared, whatever threshold is asked for: the common small-cell
@@ -58,17 +61,23 @@ def privacy_guarded(
         raise ValueError(f"min_patients={min_patients}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are "
                          "never shared; use a threshold of at least that")
     guarded, rare = FeatureVocabulary(), []
+    unchecked = [spec.name for spec in vocabulary if spec.statistics is not None
+                 and spec.statistics.largest_patient_count is None]
+    if unchecked:  # fitted before the count was kept: the dominance rule cannot be applied to them
+        logger.warning("%d features' statistics (e.g. %s) were fitted before their largest patient's share was "
+                       "recorded: whether one patient dominates them is unchecked; fit them again to check",
+                       len(unchecked), unchecked[:5])
     for spec in vocabulary:
         statistics = spec.statistics
         if statistics is not None and (statistics.num_patients < min_patients
-                                       or (statistics.largest_patient_share or 0.0) > DOMINANT_SHARE):
+                                       or (statistics.largest_patient_count or 0) > DOMINANT_SHARE * statistics.count):
             rare.append(spec.name)
             if drop_rare:
                 continue
             statistics = None
         elif statistics is not None:
             statistics = replace(statistics, count=_coarsen(statistics.count),
-                                 num_patients=_coarsen(statistics.num_patients), largest_patient_share=None)
+                                 num_patients=_coarsen(statistics.num_patients), largest_patient_count=None)
         guarded.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
     return guarded, rare
 

@@ -314,6 +314,8 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         two-file layout of medfuse_hf 0.1 (settings beside `feature_vocabulary.json`). Settings given as keyword
         arguments (`max_events=512`) override the saved ones."""
         settings, unused = cls.get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
+        # transformers overrides only the settings a file holds: one saved before a setting was written takes it too
+        settings.update({key: unused.pop(key) for key in SAVED_SETTINGS if key in unused})
         if "feature_vocabulary" not in settings:
             hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
             vocabulary_file = cached_file(pretrained_model_name_or_path, LEGACY_VOCABULARY_FILE_NAME, **hub_kwargs)
@@ -334,5 +336,9 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         others = np.setdiff1d(np.arange(len(feature_ids)), pinned)
         return np.sort(np.concatenate([pinned, others[len(others) - (limit - len(pinned)):]]))
 
+
+# The settings `to_dict` writes beside the vocabulary, each of which `from_pretrained` may override.
+SAVED_SETTINGS = ("max_events", "unknown_features", "max_hours", "pinned_features", "event_window", "padding_side",
+                  "return_attention_mask")
 
 __all__ = ["MedFuseTokenizer", "EncodedPatient"]

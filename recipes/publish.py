@@ -91,9 +91,10 @@ def main() -> None:
                         help="a pretraining run only: Markdown of what fine-tuning from it measured (e.g. the "
                              f"label-efficiency table), kept in the run as {EVALUATION} and shown in its card")
     args = parser.parse_args()
-    if args.release_dir and args.run_dir.resolve().is_relative_to(args.release_dir.resolve()):
-        parser.error(f"--release_dir {args.release_dir} holds the run itself, which releasing would delete: give a "
-                     "folder outside it")
+    if args.release_dir and (args.run_dir.resolve().is_relative_to(args.release_dir.resolve())
+                             or args.release_dir.resolve().is_relative_to(args.run_dir.resolve())):
+        parser.error(f"--release_dir {args.release_dir} holds the run or lies in it, and releasing empties it first: "
+                     "give a folder outside the run")
     quiet_library_progress_bars()
 
     settings = read_run_settings(args.run_dir)
@@ -120,8 +121,8 @@ def main() -> None:
         release(args.run_dir, args.release_dir, model, tokenizer, settings, fine_tuned)
         print(f"released {args.release_dir}: model/ (privacy-guarded tokenizer), feature_embeddings/, cards")
     if args.push_to_hub:
-        print(push_run(args.run_dir, model, tokenizer, args.push_to_hub, train_patients_of(fine_tuned),
-                       min_patients=min_patients))
+        print(push_run(args.run_dir, model, tokenizer, args.push_to_hub, min_patients=min_patients,
+                       train_patients=train_patients_of(fine_tuned)))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ def test_events_after_a_patients_end_time_are_skipped_and_counted(tmp_path):
     assert dataset[0]["feature"] == ["heart_rate"] and dataset[0]["time"] == [1.0]  # 09:00 only, before 10:00
     assert summary.skipped_events["time after the patient's end time"] == 3  # sodium twice, temperature
     assert dataset[1]["time"] == [1.0]  # no end: as without one
+    still_in = load_long_format(path, labels=ends.assign(OUTTIME=None), end_column="OUTTIME", **options)[0]
+    assert still_in["time"] == load_long_format(path, labels=ends, **options)[0]["time"]  # all blank: no end
+    assert load_long_format(path, labels=LABELS, end_column="", **options)[0]["time"] == still_in["time"]
     with pytest.raises(ValueError, match="end_column 'OUTTIME': patient '1' ends before its anchor"):
         load_long_format(path, labels=ends.assign(OUTTIME=["2130-01-01 07:00", None, None]), end_column="OUTTIME",
                          **options)

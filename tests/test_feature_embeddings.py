@@ -222,12 +222,27 @@ def test_statistics_that_one_patient_makes_do_not_leave_the_hospital(tmp_path, c
         patient.update(feature=patient["feature"] + ["monitored"] * len(values),
                        value=patient["value"] + list(values), time=patient["time"] + [47.0] * len(values))
     vocabulary = FeatureVocabulary.from_events(patients)
-    assert vocabulary.spec_of("monitored").statistics.largest_patient_share == pytest.approx(3000 / 3024, abs=1e-4)
+    assert vocabulary.spec_of("monitored").statistics.largest_patient_count == 3000
     report = export_feature_embeddings(target_model(vocabulary), MedFuseTokenizer(vocabulary), tmp_path,
                                        source="small cohort", min_patients=20)
     assert report == {"statistics_withheld": ["monitored"]}
     published = json.loads((tmp_path / "feature_vocabulary.json").read_text())["features"]
-    assert all("largest_patient_share" not in entry.get("statistics", {}) for entry in published)
+    assert all("largest_patient_count" not in entry.get("statistics", {}) for entry in published)
+
+
+def test_the_dominance_rule_counts_exactly_and_says_where_it_cannot_be_applied(caplog):
+    from dataclasses import replace
+
+    from medfuse_hf.feature_vocabulary import FeatureSpec, ValueStatistics
+    from medfuse_hf.privacy import privacy_guarded
+
+    fitted = ValueStatistics.fit(np.arange(20000.0), num_patients=100, largest_patient_values=10001)
+    just_over = FeatureVocabulary([FeatureSpec(name="lab", statistics=fitted)])
+    assert privacy_guarded(just_over)[1] == ["lab"]  # 10,001 of 20,000: over half, though 0.5 to four places
+    old = FeatureVocabulary([FeatureSpec(name="lab", statistics=replace(fitted, largest_patient_count=None))])
+    with caplog.at_level("WARNING", logger="medfuse_hf.privacy"):
+        assert privacy_guarded(old)[1] == []
+    assert "whether one patient dominates them is unchecked" in caplog.text
 
 
 def test_a_tampered_checkpoint_is_refused(source):

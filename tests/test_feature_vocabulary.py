@@ -36,6 +36,8 @@ def test_a_feature_mostly_at_one_level_keeps_its_other_values_apart():
     assert flag.normalize(np.array([0.0, 1.0])) == pytest.approx([-0.5, 2.0])  # (x - 0.2) / 0.4
     floor = ValueStatistics.fit(np.r_[np.full(800, 0.01), np.random.default_rng(0).lognormal(0, 1, 200)], 100)
     assert np.all(np.diff(floor.normalize(np.array([0.01, 0.5, 5.0]))) > 0)
+    typo = ValueStatistics.fit(np.r_[np.full(800, 0.01), np.random.default_rng(0).lognormal(0, 1, 199), 99999.0], 100)
+    assert typo.upper < 100 and typo.normalize(np.array([99999.0]))[0] < 50  # one entry error sets no fence
 
 
 def test_from_events_orders_features_by_name_and_reserves_special_ids(cohort):

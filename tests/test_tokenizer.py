@@ -64,6 +64,11 @@ def test_from_pretrained_accepts_setting_overrides(tmp_path, tokenizer):
     window = {"anchor_column": "intime", "max_hours": 24}
     assert MedFuseTokenizer.from_pretrained(tmp_path, event_window=window).event_window == window
     assert not MedFuseTokenizer.from_pretrained(tmp_path, return_attention_mask=False).return_attention_mask
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    for newer in ("event_window", "return_attention_mask"):  # a file saved before these were written
+        del saved[newer]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(saved))
+    assert MedFuseTokenizer.from_pretrained(tmp_path, event_window=window).event_window == window
 
 
 def test_a_tokenizer_without_attention_masks_saves_and_loads_as_one(tmp_path, vocabulary):

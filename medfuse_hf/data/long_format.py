@@ -105,7 +105,7 @@ class LongFormatOptions:
         "help": "events later than this after the anchor are skipped, counted"})
     end_column: str | None = field(default=None, metadata={
         "help": "column of the patients/labels table holding each patient's end time (e.g. ICU discharge): later "
-                "events are skipped, counted (with --anchor_column)"})
+                "events are skipped, counted (with --anchor_column); '' for none, where a model was trained with one"})
     label_column: str | None = field(default=None, metadata={
         "help": "label column of a Parquet or long-format cohort"})
     label_map: Mapping[str, int] | None = field(default=None, metadata={
@@ -181,7 +181,7 @@ def load_long_format(
     anchors, unplaced_anchors = (_anchors(label_table, options, offsets, summary) if options.anchor_column
                                  else (None, set()))
     end_hours = None
-    if options.end_column is not None:
+    if options.end_column:  # "" (predict.py's --end_column ''): no end, whatever the model was trained with
         if anchors is None:
             raise ValueError(f"end_column {options.end_column!r} ends each patient's events after its anchor: give "
                              "anchor_column too")
@@ -497,6 +497,8 @@ def _anchors(labels: pd.DataFrame | None, options: LongFormatOptions, offsets: S
 def _hours_between(anchors: pd.Series, ends: pd.Series, end_column: str) -> pd.Series:
     """Each patient's end as hours after its anchor, both hours or both times; an end before its anchor is refused
     by patient (a mixed-up column), a blank one is NaN (no end)."""
+    if ends.isna().all():  # a column of blanks (patients still in the unit): no end to any
+        return pd.Series(np.nan, index=ends.index)
     anchor_is_time, end_is_time = (pd.api.types.is_datetime64_any_dtype(times) for times in (anchors, ends))
     if anchor_is_time != end_is_time:
         raise ValueError(f"end_column {end_column!r} holds {'times' if end_is_time else 'hours'} where the anchors "

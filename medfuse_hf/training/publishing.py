@@ -149,8 +149,8 @@ def rounded_prevalence_offsets(offsets: list[float], train_patients: int | None)
     return [math.log(2 * (1 - share)), math.log(2 * share)]
 
 
-def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, train_patients: int | None,
-             token: str | None = None, min_patients: int = 20) -> str:
+def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
+             min_patients: int = 20, *, train_patients: int | None) -> str:
     """Publish a finished run to private Hub repos: model and tokenizer through transformers' own `push_to_hub`, then
     the run's model card over the stub card transformers writes, then the feature embeddings to
     `<repo_id>-embeddings`. Returns the embeddings' commit URL.
