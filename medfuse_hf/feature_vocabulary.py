@@ -71,10 +71,10 @@ class ValueStatistics:
         outlier_fence: float = 3.0,
         normalization: ValueNormalization = "robust_zscore",
         patient_ranges: tuple[np.ndarray, np.ndarray] | None = None,
-        largest_patient_values: int | None = None,
+        largest_patient_count: int | None = None,
     ) -> ValueStatistics:
         """`patient_ranges`, each patient's lowest and highest value, say how many patients lie beyond a tail knot;
-        without them every value counts as a patient of its own. `largest_patient_values`: how many of the values
+        without them every value counts as a patient of its own. `largest_patient_count`: how many of the values
         the patient with most of them gave."""
         values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
@@ -108,7 +108,7 @@ class ValueStatistics:
             lower=float(lower),
             upper=float(upper),
             quantiles=kept_knots(values, lowest, highest) if normalization == "quantile" else None,
-            largest_patient_count=None if largest_patient_values is None else int(largest_patient_values),
+            largest_patient_count=largest_patient_count,
         )
 
     def in_other_units(self, scale: float, offset: float = 0.0) -> ValueStatistics:

@@ -2,8 +2,8 @@
 
 Nothing patient-level leaves: statistics of features seen in fewer than `min_patients` patients, or more than half
 of whose values one patient gave, are withheld (their quartiles and fences lie close to those patients' own
-values), counts are rounded to tens, and a tokenizer that needs
-such statistics to read a feature is refused before any upload. Quantile knots are guarded where they are fitted
+values), counts are rounded to tens, and a tokenizer that needs such statistics to read a feature is refused before
+any upload. Quantile knots are guarded where they are fitted
 (`feature_vocabulary.kept_knots`), since a model reads its values through them: a tail knot with fewer than
 `MIN_PATIENTS_BEYOND_A_KNOT` patients beyond it is never kept. The tokenizer's own uploads, `push_run`, the
 feature-embedding export and `Trainer.push_to_hub` (through `TokenizerPrivacyCallback`) all go through here.

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 # checkpoints saved by medfuse_hf 0.1 kept the vocabulary in a file of its own; `from_pretrained` still reads them
 LEGACY_VOCABULARY_FILE_NAME = "feature_vocabulary.json"
 HOURS_PER_YEAR = 24 * 365.25
+# The settings `to_dict` writes beside the vocabulary, each of which `from_pretrained` may override.
+SAVED_SETTINGS = ("max_events", "unknown_features", "max_hours", "pinned_features", "event_window", "padding_side",
+                  "return_attention_mask")
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
@@ -270,13 +273,7 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
     def to_dict(self) -> dict[str, Any]:
         return {
             "feature_extractor_type": type(self).__name__,
-            "max_events": self.max_events,
-            "unknown_features": self.unknown_features,
-            "max_hours": self.max_hours,
-            "pinned_features": self.pinned_features,
-            "event_window": self.event_window,
-            "padding_side": self.padding_side,
-            "return_attention_mask": self.return_attention_mask,
+            **{key: getattr(self, key) for key in SAVED_SETTINGS},
             "feature_vocabulary": self.feature_vocabulary.to_dict(),
             # where the code lies for `trust_remote_code` loading, set by `save_pretrained` (see `__init__.py`)
             **({"auto_map": self._feature_extractor_auto_map()} if getattr(self, "auto_map", None) else {}),
@@ -336,9 +333,5 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         others = np.setdiff1d(np.arange(len(feature_ids)), pinned)
         return np.sort(np.concatenate([pinned, others[len(others) - (limit - len(pinned)):]]))
 
-
-# The settings `to_dict` writes beside the vocabulary, each of which `from_pretrained` may override.
-SAVED_SETTINGS = ("max_events", "unknown_features", "max_hours", "pinned_features", "event_window", "padding_side",
-                  "return_attention_mask")
 
 __all__ = ["MedFuseTokenizer", "EncodedPatient"]

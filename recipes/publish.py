@@ -98,11 +98,11 @@ def main() -> None:
     quiet_library_progress_bars()
 
     settings = read_run_settings(args.run_dir)
+    pretrained = "objective" in settings  # only recipes/pretrain.py has an objective
     if args.evaluation:
-        if "objective" not in settings:
+        if not pretrained:
             parser.error(f"--evaluation: {args.run_dir} is a fine-tuning run; its card shows its own test metrics")
         shutil.copyfile(args.evaluation, args.run_dir / EVALUATION)
-    pretrained = "objective" in settings  # only recipes/pretrain.py has an objective
     fine_tuned = None if pretrained else fine_tuning_splits(settings)
     model_class = MedFuseForPreTraining if pretrained else MedFuseForSequenceClassification
     model = model_class.from_pretrained(args.run_dir / "model")

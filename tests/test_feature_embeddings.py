@@ -236,7 +236,7 @@ def test_the_dominance_rule_counts_exactly_and_says_where_it_cannot_be_applied(c
     from medfuse_hf.feature_vocabulary import FeatureSpec, ValueStatistics
     from medfuse_hf.privacy import privacy_guarded
 
-    fitted = ValueStatistics.fit(np.arange(20000.0), num_patients=100, largest_patient_values=10001)
+    fitted = ValueStatistics.fit(np.arange(20000.0), num_patients=100, largest_patient_count=10001)
     just_over = FeatureVocabulary([FeatureSpec(name="lab", statistics=fitted)])
     assert privacy_guarded(just_over)[1] == ["lab"]  # 10,001 of 20,000: over half, though 0.5 to four places
     old = FeatureVocabulary([FeatureSpec(name="lab", statistics=replace(fitted, largest_patient_count=None))])

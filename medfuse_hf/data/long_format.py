@@ -201,8 +201,8 @@ def load_long_format(
                     name=name, feature_map=options.feature_map, censored=options.censored, decimal=options.decimal,
                     time_format=options.time_format, time_zone=options.time_zone, max_hours=options.max_hours,
                     value_transforms=value_transforms or {}, anchors=anchors, end_hours=end_hours,
-                    spellings=spellings,
-                    time_kinds=TimeKinds(), offsets=offsets, summary=summary, patients_read=read_patients)
+                    spellings=spellings, time_kinds=TimeKinds(), offsets=offsets, summary=summary,
+                    patients_read=read_patients)
                 store.begin_table(name)
                 for batch in event_batches(source, columns, summary, options.delimiter):
                     store.add(clean_batch(batch, context))
