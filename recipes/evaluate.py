@@ -34,6 +34,7 @@ from medfuse_hf.training.recipe_config import (
     saved_model,
 )
 from medfuse_hf.training.run_info import write_run_info
+from medfuse_hf.training.run_split import refuse_seen_patients
 from medfuse_hf.units import check_units
 
 
@@ -48,6 +49,7 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
+    refuse_seen_patients(args.model_dir, args.split, split[cohort.id_column], vars(args))
     check_units(tokenizer.feature_vocabulary, cohort.units, cohort.description)
     left_out = []
     if args.unknown_features == "drop":

@@ -9,8 +9,8 @@ Runs unchanged on one CPU, several processes or many GPUs:
 `--batch_size` is the global batch: each of N processes takes 1/N of it, so results do not depend on N.
 Writes to `--output_dir`: `model/` (best validation checkpoint, loadable with `from_pretrained`), `checkpoints/`
 (full training state for `--resume_from_checkpoint`), `test_metrics.json` (with bootstrap 95% intervals),
-`test_predictions.csv`, `plots/`, `logs/`, `run_info.json`, a model card (`model/README.md`) and a
-privacy-guarded feature-embedding checkpoint (`feature_embeddings/`) for other hospitals.
+`test_predictions.csv`, `plots/`, `logs/`, `run_info.json`, `split.json` (each split's patient ids), a model card
+(`model/README.md`) and a privacy-guarded feature-embedding checkpoint (`feature_embeddings/`) for other hospitals.
 """
 
 import argparse
@@ -67,6 +67,7 @@ from medfuse_hf.training.recipe_config import (
     saved_model,
 )
 from medfuse_hf.training.run_info import read_run_settings, throughput
+from medfuse_hf.training.run_split import record_split
 from medfuse_hf.training.starting_point import MODEL_FIELDS, balancing_weights, build_tokenizer, model_for
 
 # Settings a fine-tuning run may resume under changed, besides checkpointing's own: `--max_steps` only stops it early
@@ -304,6 +305,8 @@ def training_function(args: argparse.Namespace, cohort: Cohort | None = None,
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     splits = training_splits(args, cohort, accelerator.print)
+    record_split(args.output_dir, cohort, resuming=bool(args.resume_from_checkpoint),
+                 writes=accelerator.is_main_process, say=accelerator.print)
     train, label = splits["train"], cohort.label_column
     tokenizer, matching = build_tokenizer(args, train, cohort.units)
     tokenizer = run_tokenizer(args, tokenizer, accelerator.is_main_process)

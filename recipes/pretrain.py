@@ -60,6 +60,7 @@ from medfuse_hf.training.recipe_config import (
     saved_tokenizer,
 )
 from medfuse_hf.training.run_info import throughput
+from medfuse_hf.training.run_split import record_split
 
 
 def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, row_key: str):
@@ -128,6 +129,8 @@ def training_function(args: argparse.Namespace) -> dict:
         train_loader = DataLoader(order, batch_size=args.batch_size, collate_fn=collate)
     else:
         row_key = ROW_COLUMN
+        record_split(output_dir, cohort, resuming=bool(args.resume_from_checkpoint),
+                     writes=accelerator.is_main_process, say=accelerator.print)
         train, validation = (with_row_numbers(cohort.splits[name]) for name in ("train", "validation"))
         tokenizer = run_tokenizer(args, fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units),
                                   accelerator.is_main_process)

@@ -189,6 +189,11 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
                                                                           .read_text())["test"].items()}
               for folder in (tmp_path / "eval", model_run)]
     assert scores[0] == scores[1]
+    # another seed draws another split of the same patients: its test split holds some the model trained on
+    with pytest.raises(SystemExit, match=r"of the 16 patients of the test split were in the model's training or "
+                                         r"validation split \(.*run/split.json; e\.g\. \['s"):
+        load_script("recipes/evaluate.py").main([*cohort_flags, "--seed", "1", "--model_dir", str(model_run / "model"),
+                                                 "--output_dir", str(tmp_path / "eval-1")])
 
 
 def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tokenizer, tiny_config):

@@ -305,6 +305,24 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tmp_path, cohort, cap
     assert "resumed with the tokenizer the run started with" in caplog.text and "sodium" in caplog.text
 
 
+def test_a_resumed_run_is_refused_a_split_other_than_the_one_it_started_on(tmp_path):
+    """A seeded split is redrawn each time the data is read: a resumed run finding another (a new split rule, another
+    seed's data) would train and choose epochs on other patients, silently. A run from before the record goes on,
+    said; the record is not written then, since it would name a split the run may not have started on."""
+    from medfuse_hf.training.cohorts import load_cohort
+    from medfuse_hf.training.run_split import SPLIT_RECORD, record_split
+
+    first, other = load_cohort("synthetic", num_patients=64, seed=0), load_cohort("synthetic", num_patients=64, seed=1)
+    record_split(tmp_path / "run", first, resuming=False)
+    record_split(tmp_path / "run", first, resuming=True)  # the same split: goes on
+    with pytest.raises(SystemExit, match=r"run/split.json: the run started on another split of synthetic .* "
+                                         r"\(patients in one and not the other: train: \d+"):
+        record_split(tmp_path / "run", other, resuming=True)
+    said = []
+    record_split(tmp_path / "older", other, resuming=True, say=said.append)
+    assert "predates split.json" in said[0] and not (tmp_path / "older" / SPLIT_RECORD).exists()
+
+
 def test_a_run_resumes_only_under_the_settings_its_checkpoint_was_saved_with(tmp_path):
     """Another start or learning rate would go on from weights trained under the first (a label-efficiency rerun with
     a new base, into the old folders): refused, naming what changed, a base pretrained again in place too. Where the

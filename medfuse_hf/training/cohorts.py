@@ -214,16 +214,20 @@ class CohortSource:
 
     build: Callable[[CohortRequest], Cohort]
     reads: tuple[str, ...] = ()
+    # The settings that name the patients themselves, whatever split or protocol is drawn over them: one patient id
+    # means one patient only where these agree (`run_split.refuse_seen_patients`).
+    identifies: tuple[str, ...] = ()
 
 
 COHORT_SOURCES = {  # --dataset name -> how its cohort is built: a new dataset is one entry
     "p12-sample": CohortSource(p12_sample_cohort),
-    "p12": CohortSource(p12_cohort, ("data_dir", "protocol")),
-    "p19": CohortSource(p19_cohort, ("data_dir", "protocol", "hospital")),
-    "synthetic": CohortSource(synthetic_cohort, ("num_patients",)),
-    "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column")),
+    "p12": CohortSource(p12_cohort, ("data_dir", "protocol"), ("data_dir",)),
+    "p19": CohortSource(p19_cohort, ("data_dir", "protocol", "hospital"), ("data_dir",)),
+    "synthetic": CohortSource(synthetic_cohort, ("num_patients",), ("num_patients", "seed")),
+    "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column"), ("data_dir",)),
     "long-format": CohortSource(long_format_cohort, ("events", "labels", "split_file",
-                                                     *(option.name for option in fields(LongFormatOptions)))),
+                                                     *(option.name for option in fields(LongFormatOptions))),
+                                ("events",)),
 }
 DATASETS = tuple(COHORT_SOURCES)
 
