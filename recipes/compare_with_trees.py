@@ -27,6 +27,7 @@ from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per
 from medfuse_hf.training.metrics import format_gap, paired_bootstrap_difference
 from medfuse_hf.training.recipe_config import positive_int, recipe_parser
 from medfuse_hf.training.run_info import read_run_settings
+from medfuse_hf.training.run_split import refuse_another_split
 from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm
 
 CARD_SECTION = "## Compared with trees on this cohort"
@@ -56,6 +57,7 @@ def comparison(run_dir: Path, num_resamples: int, representation_of: Path | None
     representation as extra columns), and MedFuse minus each on the run's test patients."""
     settings = read_run_settings(run_dir)
     cohort = load_cohort_from_settings(settings)
+    refuse_another_split(run_dir, cohort, "the trees would be fitted and scored on other patients than MedFuse was")
     splits = training_splits(argparse.Namespace(**settings), cohort)
     label, id_column = cohort.label_column, cohort.id_column
     summarise = SummaryTable(splits["train"], categorical=CATEGORICAL_FEATURES)

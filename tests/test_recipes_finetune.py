@@ -726,6 +726,12 @@ def test_a_run_is_compared_with_trees_on_its_own_test_patients(single_process_ru
     card = (run_dir / "model" / "README.md").read_text()
     assert card.count("## Compared with trees on this cohort") == 1
     assert "| MedFuse − GBM on summaries |" in card and "| MedFuse − GBM on summaries + representation |" in card
+    # the data now splits otherwise than when the run trained (one patient moved): the trees would see others
+    recorded = json.loads((run_dir / "split.json").read_text())
+    recorded["validation"].append(recorded["train"].pop())
+    (run_dir / "split.json").write_text(json.dumps(recorded))
+    with pytest.raises(SystemExit, match=r"another split of synthetic .* train: 1, validation: 1\); the trees would"):
+        load_script("recipes/compare_with_trees.py").comparison(run_dir, num_resamples=50)
 
 
 @pytest.mark.parametrize("recipe", ["recipes/compare_with_trees.py", "recipes/publish.py"])

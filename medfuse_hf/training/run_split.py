@@ -27,25 +27,30 @@ def record_split(output_dir: str | Path, cohort: Cohort, resuming: bool, writes:
     """Write the cohort's split into a new run's folder (`writes`: on the main process only); a resumed run must find
     the split it started on. A run from before the record resumes with a warning: its split cannot be checked."""
     output_dir = Path(output_dir)
-    path = output_dir / SPLIT_RECORD
-    split = cohort_split(cohort)
     if not resuming:
         if writes:
             output_dir.mkdir(parents=True, exist_ok=True)
-            save_split(split, path)
+            save_split(cohort_split(cohort), output_dir / SPLIT_RECORD)
         return
-    if not path.is_file():  # not written now either: it would name a split the run may not have started on
+    if not refuse_another_split(output_dir, cohort, "resuming would train or choose epochs on other patients"):
         say(f"{output_dir}: the run predates {SPLIT_RECORD}, so the split it resumes on cannot be checked against "
-            "the one it started on")
-        return
+            "the one it started on")  # nor is it written now: it would name a split the run may not have started on
+
+
+def refuse_another_split(run_dir: str | Path, cohort: Cohort, consequence: str) -> bool:
+    """Refuse, saying `consequence`, where the cohort's split is not the one the run recorded; False where the run
+    recorded none (it predates the record)."""
+    path = Path(run_dir) / SPLIT_RECORD
+    if not path.is_file():
+        return False
     recorded = load_split(path)
-    moved = {name: len(set(recorded.get(name, ())) ^ set(ids)) for name, ids in split.items()}
+    moved = {name: len(set(recorded.get(name, ())) ^ set(ids)) for name, ids in cohort_split(cohort).items()}
     if any(moved.values()):
         changes = ", ".join(f"{name}: {count}" for name, count in moved.items() if count)
         raise SystemExit(f"{path}: the run started on another split of {cohort.description} than the data gives "
-                         f"now (patients in one and not the other: {changes}); resuming would train or choose "
-                         "epochs on other patients. Start it afresh (--overwrite_output_dir), or give the "
-                         f"recorded split (long-format: --split_file {path})")
+                         f"now (patients in one and not the other: {changes}); {consequence}. Start it afresh, or "
+                         f"give the recorded split (long-format: --split_file {path})")
+    return True
 
 
 def patients_seen_in_training(model_dir: str | Path, scored_split: str) -> tuple[Path, set[str]] | None:
