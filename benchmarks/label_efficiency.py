@@ -58,6 +58,7 @@ from protocol import BUDGET, MODELS, ROOT, finetune_flags, weights_digest
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import nested_subset, validation_subset
+from medfuse_hf.integrity import sha256_of
 from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.evaluation import per_patient_outputs
@@ -106,8 +107,10 @@ def arm_flags(arm: str, base: Path) -> list[str]:
 
 def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
     """Each P12 stay's pooled representation from the frozen base, per split in the cohort's order (the order
-    `summary_tables` labels), computed once per base weights and cached beside the runs."""
-    cache = cache_dir / f"pretrained_probe-representations-{weights_digest(base / 'model')}.npz"
+    `summary_tables` labels), computed once per base weights and tokenizer (its statistics read the values) and
+    cached beside the runs."""
+    tokenizer_digest = sha256_of(base / "model" / "preprocessor_config.json")[:12]
+    cache = cache_dir / f"pretrained_probe-representations-{weights_digest(base / 'model')}-{tokenizer_digest}.npz"
     if cache.exists():
         return dict(np.load(cache))
     tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=MAX_EVENTS, unknown_features="drop")

@@ -407,7 +407,7 @@ def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_pat
     assert ResultRows(path, key=("arm", "seed")).done(arm="scratch", seed=0)
 
 
-def test_the_probe_reads_each_stay_once_in_the_cohorts_order_and_caches_by_weights(tmp_path, monkeypatch):
+def test_the_probe_reads_each_stay_once_in_the_cohorts_order_and_caches_by_weights_and_tokenizer(tmp_path, monkeypatch):
     """The probe's representations line up with the labels only if each row is its own stay's, whatever order the
     length-sorted batches ran in; and a cache kept from other weights would score a different base."""
     label_efficiency = load_script("benchmarks/label_efficiency.py")
@@ -433,6 +433,10 @@ def test_the_probe_reads_each_stay_once_in_the_cohorts_order_and_caches_by_weigh
               base / "model" / "model.safetensors", metadata={"format": "pt"})
     label_efficiency.base_representations(base, tmp_path, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # other weights, their own representations
+    tokenizer.feature_vocabulary.spec_of("sodium").statistics.median += 5.0  # the same weights read values otherwise
+    tokenizer.save_pretrained(base / "model")
+    label_efficiency.base_representations(base, tmp_path, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
 
 
 def test_rows_started_from_another_base_than_the_released_one_are_refused_unless_named_so():
