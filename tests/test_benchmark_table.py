@@ -107,7 +107,7 @@ def test_a_baseline_whose_predictions_are_gone_is_fitted_again_and_must_reproduc
 def test_summary_is_mean_and_sample_std_over_seeds(p12_table):
     rows = [row("medfuse", "seft-split", seed, auprc) for seed, auprc in enumerate((0.50, 0.52, 0.54))]
     table = p12_table.summarise(rows + [row("scane", "seft-split", 0, 0.3)])
-    assert "| seft-split | medfuse | 3 | 0.8000 ± 0.0000 | 0.5200 ± 0.0200 |" in table
+    assert "| seft-split | medfuse | 3 | 0.8000 (same on every seed) | 0.5200 ± 0.0200 |" in table  # as seeds agree
     assert "| seft-split | scane | 1 | 0.8000 | 0.3000 |" in table  # one seed: no spread claimed
 
 
@@ -158,17 +158,17 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert len(ran) == 7 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
     assert not any(cell[0] == "pretrained_lpft_new_features" for cell in ran)  # not by default: asked for below
     gains = (tmp_path / "gains.md").read_text()  # every arm started from the base, against scratch and the GBM
-    assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 ± 0.0000 |"
+    assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 (same on every seed) |"
             in gains)
-    assert "| cut | 0.01 | pretrained | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 ± 0.0000 |" in gains
-    assert ("| full | 0.1 | pretrained_probe | gbm | 2 | +0.0000, +0.0000 | -0.0700, -0.0700 | -0.0700 ± 0.0000 |"
+    assert "| cut | 0.01 | pretrained | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 (same on every seed) |" in gains
+    assert ("| full | 0.1 | pretrained_probe | gbm | 2 | +0.0000, +0.0000 | -0.0700, -0.0700 | -0.0700 (same on every seed) |"
             in gains)
-    assert ("| full | 0.1 | gbm_with_base | gbm | 2 | +0.0000, +0.0000 | +0.0200, +0.0200 | +0.0200 ± 0.0000 |"
+    assert ("| full | 0.1 | gbm_with_base | gbm | 2 | +0.0000, +0.0000 | +0.0200, +0.0200 | +0.0200 (same on every seed) |"
             in gains)
-    assert ("| full | 0.01 | pretrained_lpft | gbm | 2 | +0.0000, +0.0000 | -0.0300, -0.0300 | -0.0300 ± 0.0000 |"
+    assert ("| full | 0.01 | pretrained_lpft | gbm | 2 | +0.0000, +0.0000 | -0.0300, -0.0300 | -0.0300 (same on every seed) |"
             in gains)
     assert ("| full | 0.01 | pretrained_lpft | pretrained_probe | 2 | +0.0000, +0.0000 | +0.0400, +0.0400 | "
-            "+0.0400 ± 0.0000 |" in gains)
+            "+0.0400 (same on every seed) |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
     goal = (tmp_path / "goal.md").read_text()  # the GBM with the base leads by 0.02; the GBM's std is 0.0071
     assert "| full | 0.1 | gbm_with_base | 2 | 0.4750 ± 0.0071 | 0.4550 ± 0.0071 | +0.0200 | yes | 0.3050" in goal
@@ -179,7 +179,7 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     label_efficiency.main()
     assert ran[-1] == ("pretrained_lpft_new_features", 0.1, 1, "full")
     assert ("| full | 0.1 | pretrained_lpft_new_features | pretrained_lpft | 2 | +0.0000, +0.0000 | +0.0100, +0.0100 "
-            "| +0.0100 ± 0.0000 |" in (second.parent / "gains.md").read_text())
+            "| +0.0100 (same on every seed) |" in (second.parent / "gains.md").read_text())
 
 
 def test_label_efficiency_goal_reads_each_arm_on_the_subsets_it_shares_with_the_gbm_and_scratch():
@@ -189,7 +189,7 @@ def test_label_efficiency_goal_reads_each_arm_on_the_subsets_it_shares_with_the_
                                 ("pretrained_lpft", (0.40, 0.44)), ("pretrained_probe", (0.41, 0.42, 0.40)))
             for seed, auprc in enumerate(auprcs)]
     goal = label_efficiency.goal_check(rows)  # LP-FT's 0.42 is read against the GBM's 0.35 ± 0.0707 on seeds 0-1
-    assert ("| full | 0.01 | pretrained_lpft | 2 | 0.4200 ± 0.0283 | 0.3500 ± 0.0707 | +0.0700 | no | 0.2500 ± 0.0000 "
+    assert ("| full | 0.01 | pretrained_lpft | 2 | 0.4200 ± 0.0283 | 0.3500 ± 0.0707 | +0.0700 | no | 0.2500 (same on every seed) "
             "| yes |" in goal)
     # the probe, on all three subsets, is not outranked by LP-FT's higher mean over two: each arm has its line
     assert "| full | 0.01 | pretrained_probe | 3 | 0.4100 ± 0.0100 | 0.3000 ± 0.1000 | +0.1100 | yes | 0.4667" in goal

@@ -110,7 +110,10 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
 
 
 def format_mean_std(mean: float, std: float, sign: str = "") -> str:
-    """`0.8582 ± 0.0109` for a table; the mean alone when there is no spread to show (one seed)."""
+    """`0.8582 ± 0.0109` for a table; the mean alone when there is no spread to show (one seed), and said to be the
+    same on every seed where the seeds agree exactly (a deterministic arm: its seeds are not three measurements)."""
+    if std < 1e-12:  # zero but for the rounding of the mean
+        return f"{mean:{sign}.4f} (same on every seed)"
     return f"{mean:{sign}.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
 
 
