@@ -158,15 +158,16 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert len(ran) == 7 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
     assert not any(cell[0] == "pretrained_lpft_new_features" for cell in ran)  # not by default: asked for below
     gains = (tmp_path / "gains.md").read_text()  # every arm started from the base, against scratch and the GBM
-    assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 | +0.1000, +0.1000 | +0.1000 (same on every seed) |"
-            in gains)
-    assert "| cut | 0.01 | pretrained | gbm | 2 | +0.0000, +0.0000 | -0.0500, -0.0500 | -0.0500 (same on every seed) |" in gains
-    assert ("| full | 0.1 | pretrained_probe | gbm | 2 | +0.0000, +0.0000 | -0.0700, -0.0700 | -0.0700 (same on every seed) |"
-            in gains)
-    assert ("| full | 0.1 | gbm_with_base | gbm | 2 | +0.0000, +0.0000 | +0.0200, +0.0200 | +0.0200 (same on every seed) |"
-            in gains)
-    assert ("| full | 0.01 | pretrained_lpft | gbm | 2 | +0.0000, +0.0000 | -0.0300, -0.0300 | -0.0300 (same on every seed) |"
-            in gains)
+    assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 "
+            "| +0.1000, +0.1000 | +0.1000 (same on every seed) |" in gains)
+    assert ("| cut | 0.01 | pretrained | gbm | 2 | +0.0000, +0.0000 "
+            "| -0.0500, -0.0500 | -0.0500 (same on every seed) |" in gains)
+    assert ("| full | 0.1 | pretrained_probe | gbm | 2 | +0.0000, +0.0000 "
+            "| -0.0700, -0.0700 | -0.0700 (same on every seed) |" in gains)
+    assert ("| full | 0.1 | gbm_with_base | gbm | 2 | +0.0000, +0.0000 "
+            "| +0.0200, +0.0200 | +0.0200 (same on every seed) |" in gains)
+    assert ("| full | 0.01 | pretrained_lpft | gbm | 2 | +0.0000, +0.0000 "
+            "| -0.0300, -0.0300 | -0.0300 (same on every seed) |" in gains)
     assert ("| full | 0.01 | pretrained_lpft | pretrained_probe | 2 | +0.0000, +0.0000 | +0.0400, +0.0400 | "
             "+0.0400 (same on every seed) |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
@@ -189,7 +190,8 @@ def test_label_efficiency_goal_reads_each_arm_on_the_subsets_it_shares_with_the_
                                 ("pretrained_lpft", (0.40, 0.44)), ("pretrained_probe", (0.41, 0.42, 0.40)))
             for seed, auprc in enumerate(auprcs)]
     goal = label_efficiency.goal_check(rows)  # LP-FT's 0.42 is read against the GBM's 0.35 ± 0.0707 on seeds 0-1
-    assert ("| full | 0.01 | pretrained_lpft | 2 | 0.4200 ± 0.0283 | 0.3500 ± 0.0707 | +0.0700 | no | 0.2500 (same on every seed) "
+    assert ("| full | 0.01 | pretrained_lpft | 2 | 0.4200 ± 0.0283 | 0.3500 ± 0.0707 | +0.0700 "
+            "| no | 0.2500 (same on every seed) "
             "| yes |" in goal)
     # the probe, on all three subsets, is not outranked by LP-FT's higher mean over two: each arm has its line
     assert "| full | 0.01 | pretrained_probe | 3 | 0.4100 ± 0.0100 | 0.3000 ± 0.1000 | +0.1100 | yes | 0.4667" in goal
@@ -407,7 +409,8 @@ def test_result_rows_keep_what_another_writer_added_since_they_were_read(tmp_pat
     assert ResultRows(path, key=("arm", "seed")).done(arm="scratch", seed=0)
 
 
-def test_the_probe_reads_each_stay_once_in_the_cohorts_order_and_caches_by_weights_and_tokenizer(tmp_path, monkeypatch):
+def test_the_probe_reads_each_stay_once_in_the_cohorts_order_and_caches_by_weights_and_tokenizer(
+        tmp_path, monkeypatch):
     """The probe's representations line up with the labels only if each row is its own stay's, whatever order the
     length-sorted batches ran in; and a cache kept from other weights would score a different base."""
     label_efficiency = load_script("benchmarks/label_efficiency.py")

@@ -62,6 +62,16 @@ def test_a_value_with_the_other_decimal_mark_is_an_error_not_a_skip(tmp_path, de
         load_csv(tmp_path, f'p1,1.0,potassium,4\np1,2.0,potassium,"{text}"\np1,3.0,sodium,"{text}"\n', decimal=decimal)
 
 
+def test_a_value_with_one_thousands_point_under_a_decimal_comma_is_read_as_thousands_and_counted(tmp_path):
+    """'1.015' is 1015 where the export writes a decimal comma, but a specific gravity written with a point looks the
+    same: read by the load's convention, and counted with its line, never silently."""
+    dataset, summary = load_csv(tmp_path, 'p1,1,platelets,"1.015"\np1,2,sodium,"1.234,5"\np1,3,sodium,"3,9"\n',
+                                decimal=",")
+    assert dataset[0]["value"] == [1015.0, 1234.5, 3.9]
+    note = "value with one thousands point, read as thousands under --decimal , ('1.015' as 1015)"
+    assert summary.notes == {note: 1} and summary.examples[note][0].endswith("events.csv:2")
+
+
 def test_a_semicolon_export_with_decimal_commas_reads_with_its_delimiter(tmp_path):
     """The usual European export: fields separated by ';' so that a decimal comma (in values and hours alike) needs no
     quotes; its labels table too."""

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 CENSORED = re.compile(r"^\s*(<=|>=|<|>|less than|greater than)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$",
                       re.IGNORECASE)
 CENSORED_KEPT = "censored value, kept at the bound"
+# Under a decimal comma, "1.015" is a thousand and fifteen (a grouped thousands point), but a point-decimal value
+# (a specific gravity) looks the same: read as the load's convention says, and counted, so a reader can check.
+THOUSANDS_POINT = "value with one thousands point, read as thousands under --decimal , ('1.015' as 1015)"
 # Letters of other scripts drawn like Latin ones, as pasted names carry them: Cyrillic а, е, о, р, с, у, х, і, ј, ѕ.
 LOOKALIKES = str.maketrans("аеорсухіјѕАВЕКМНОРСТУХІЈЅ", "aeopcyxijsABEKMHOPCTYXIJS")
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -148,8 +151,11 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     else:
         text = raw.astype(str).str.strip()
         table = drop(raw.isna() | text.eq(""), "empty value")
-        numbers, bounds = _numbers(text[table.index], context.decimal)
-        _refuse_the_other_decimal_mark(text[table.index], numbers, table["line"], context)
+        text = text[table.index]
+        numbers, bounds = _numbers(text, context.decimal)
+        _refuse_the_other_decimal_mark(text, numbers, table["line"], context)
+        if context.decimal != "." and (one_group := text.str.fullmatch(ONE_THOUSANDS_GROUP)).any():
+            summary.note(THOUSANDS_POINT, f"{name}:{table.loc[one_group, 'line'].iloc[0]}", int(one_group.sum()))
         if len(bounds) and context.censored == "refuse":
             table = drop(table.index.to_series().isin(bounds.index), "censored value (refused)")
             numbers = numbers[table.index]
@@ -189,11 +195,15 @@ def max_hours_reason(max_hours: float) -> str:
     return f"time more than {max_hours:g} h after the anchor"
 
 
+THOUSANDS_GROUPED = r"\s*[+-]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?\s*"  # 1.234 and 1.234.567,8 under a decimal comma
+ONE_THOUSANDS_GROUP = r"\s*[+-]?[1-9]\d{0,2}\.\d{3}\s*"  # 1.015: a thousand and fifteen, or 1.015 with a point
+
+
 def _numbers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     """The text as numbers (NaN where none), and the bounds of censored results (`<0.01`, `GREATER THAN 500`) by
     row. Only rows that are no plain number meet the censored pattern, so a clean export is parsed at C speed."""
     if decimal != ".":  # 1.234,5 -> 1234.5; a dot that groups no thousands (7.4, 0.125) is no number here, never 74
-        grouped = text.str.fullmatch(r"\s*[+-]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?\s*", na=False)
+        grouped = text.str.fullmatch(THOUSANDS_GROUPED, na=False)
         stray = text.str.contains(".", regex=False, na=False) & ~grouped
         text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False).mask(stray)
     numbers = as_numbers(text)
