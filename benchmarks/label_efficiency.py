@@ -54,11 +54,10 @@ import numpy as np
 import pandas as pd
 from p12_search import LEADER
 from p12_table import probe_seconds, summary_tables
-from protocol import BUDGET, MODELS, ROOT, finetune_flags, weights_digest
+from protocol import BUDGET, MODELS, ROOT, file_digest, finetune_flags, weights_digest
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import nested_subset, validation_subset
-from medfuse_hf.integrity import sha256_of
 from medfuse_hf.training import binary_metrics
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.evaluation import per_patient_outputs
@@ -109,7 +108,7 @@ def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[st
     """Each P12 stay's pooled representation from the frozen base, per split in the cohort's order (the order
     `summary_tables` labels), computed once per base weights and tokenizer (its statistics read the values) and
     cached beside the runs."""
-    tokenizer_digest = sha256_of(base / "model" / "preprocessor_config.json")[:12]
+    tokenizer_digest = file_digest(base / "model" / "preprocessor_config.json")
     cache = cache_dir / f"pretrained_probe-representations-{weights_digest(base / 'model')}-{tokenizer_digest}.npz"
     if cache.exists():
         return dict(np.load(cache))

@@ -54,7 +54,12 @@ PRETRAIN = ["--time_embedding", "cve", "--batch_size", "64", "--learning_rate", 
 def weights_digest(model_dir: str | Path) -> str:
     """A model folder's weights named by their hash: what a row or a cached representation was computed from, which a
     path cannot say (a base is released elsewhere, or pretrained again in place)."""
-    return sha256_of(Path(model_dir) / "model.safetensors")[:12]
+    return file_digest(Path(model_dir) / "model.safetensors")
+
+
+def file_digest(path: str | Path) -> str:
+    """A file named by the start of its SHA-256, short enough for a file or row name."""
+    return sha256_of(path)[:12]
 
 
 def refuse_rows_of_another_base(rows: list[dict], name_of: Callable[[dict], str]) -> None:

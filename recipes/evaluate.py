@@ -44,12 +44,12 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
     if args.dataset == "long-format":
         follow_the_training_window(args, tokenizer)
-    write_run_info(output_dir, recorded_settings(args), accelerator)
     cohort = load_cohort_from_settings(vars(args))
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
-    refuse_seen_patients(args.model_dir, args.split, split[cohort.id_column], vars(args))
+    refuse_seen_patients(args.model_dir, args.split, split[cohort.id_column], vars(args), accelerator.print)
+    write_run_info(output_dir, recorded_settings(args), accelerator)
     check_units(tokenizer.feature_vocabulary, cohort.units, cohort.description)
     left_out = []
     if args.unknown_features == "drop":

@@ -32,7 +32,12 @@ from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
-from medfuse_hf.training.checkpointing import check_resumed_settings, refuse_other_settings, run_tokenizer
+from medfuse_hf.training.checkpointing import (
+    check_resumed_settings,
+    checkpoint_to_resume,
+    refuse_other_settings,
+    run_tokenizer,
+)
 from medfuse_hf.training.cohorts import Cohort, load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.evaluation import (
     ROW_COLUMN,
@@ -67,7 +72,7 @@ from medfuse_hf.training.recipe_config import (
     saved_model,
 )
 from medfuse_hf.training.run_info import read_run_settings, throughput
-from medfuse_hf.training.run_split import record_split
+from medfuse_hf.training.run_split import record_split, refuse_another_split
 from medfuse_hf.training.starting_point import MODEL_FIELDS, balancing_weights, build_tokenizer, model_for
 
 # Settings a fine-tuning run may resume under changed, besides checkpointing's own: `--max_steps` only stops it early
@@ -287,6 +292,8 @@ def lp_ft(args: argparse.Namespace) -> dict:
     cohort = load_cohort_from_settings(vars(args))
     if not probed:
         training_function(probe_args, cohort)
+    else:
+        refuse_another_split(probe_dir, cohort, "the full stage would start from a probe trained on other patients")
     probe = json.loads((probe_dir / "test_metrics.json").read_text())["best_validation"]
     metric = args.early_stopping_metric
     PartialState().print(f"LP-FT: the probe's validation {metric} is {probe[metric]:.4f}; now everything is "
@@ -305,7 +312,7 @@ def training_function(args: argparse.Namespace, cohort: Cohort | None = None,
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     splits = training_splits(args, cohort, accelerator.print)
-    record_split(args.output_dir, cohort, resuming=bool(args.resume_from_checkpoint),
+    record_split(args.output_dir, cohort, vars(args), resuming=checkpoint_to_resume(args) is not None,
                  writes=accelerator.is_main_process, say=accelerator.print)
     train, label = splits["train"], cohort.label_column
     tokenizer, matching = build_tokenizer(args, train, cohort.units)

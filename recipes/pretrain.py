@@ -28,7 +28,7 @@ from medfuse_hf import MedFuseConfig, MedFuseForPreTraining, MedFuseTokenizer
 from medfuse_hf.data import ForecastingCollator, LengthGroupedBatchSampler, LengthGroupedStream, MaskedValueCollator
 from medfuse_hf.data.long_format import matching_files
 from medfuse_hf.progress import quiet_library_progress_bars
-from medfuse_hf.training.checkpointing import run_tokenizer
+from medfuse_hf.training.checkpointing import checkpoint_to_resume, run_tokenizer
 from medfuse_hf.training.cohorts import (
     first_patients,
     fit_tokenizer,
@@ -124,20 +124,20 @@ def training_function(args: argparse.Namespace) -> dict:
                                    args.value_normalization)
         tokenizer = run_tokenizer(args, fitted, accelerator.is_main_process)
         row_key = cohort.id_column  # a shard's patient ids are unique
-        collate = objective_collator(args, tokenizer, row_key)
         order = LengthGroupedStream(train, args.batch_size, args.seed) if args.group_by_length else train
-        train_loader = DataLoader(order, batch_size=args.batch_size, collate_fn=collate)
+        batching = dict(dataset=order, batch_size=args.batch_size)  # the stream batches itself in order
     else:
         row_key = ROW_COLUMN
-        record_split(output_dir, cohort, resuming=bool(args.resume_from_checkpoint),
+        record_split(output_dir, cohort, vars(args), resuming=checkpoint_to_resume(args) is not None,
                      writes=accelerator.is_main_process, say=accelerator.print)
         train, validation = (with_row_numbers(cohort.splits[name]) for name in ("train", "validation"))
         tokenizer = run_tokenizer(args, fit_tokenizer(train, args.max_events, args.value_normalization, cohort.units),
                                   accelerator.is_main_process)
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
         order = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-        collate = objective_collator(args, tokenizer, row_key)
-        train_loader = DataLoader(train, batch_sampler=order, collate_fn=collate)
+        batching = dict(dataset=train, batch_sampler=order)
+    collate = objective_collator(args, tokenizer, row_key)
+    train_loader = DataLoader(**batching, collate_fn=collate)
 
     def reseed(epoch: int) -> None:
         order.set_epoch(epoch)

@@ -334,9 +334,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     run(args + ["--output_dir", str(uninterrupted)])
 
     interrupted = tmp_path / "interrupted"
-    kill_once_checkpointed([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted)],
+    kill_once_checkpointed([sys.executable, str(RECIPE), *args, "--output_dir", str(interrupted),
+                            "--resume_from_checkpoint", "latest"],  # as the benchmarks start every run
                            interrupted / "checkpoints" / "step_00000010")  # mid-epoch: 25 batches per epoch
     assert not (interrupted / "test_metrics.json").exists()
+    assert (interrupted / "split.json").exists()  # `latest` with nothing to resume is a start: its split recorded
 
     resumed = run(args + ["--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
     resumed_line = next(line for line in resumed.stdout.splitlines() if line.startswith("resumed from"))
@@ -442,8 +444,8 @@ def test_lp_ft_keeps_a_probe_that_left_new_features_out_as_its_own_run_tested_it
 
 
 def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tmp_path, tiny_base):
-    """LP-FT reuses a finished probe. Rerun from another checkpoint into the same folder, it would fine-tune from the
-    old start's probe and report it as the new one's."""
+    """LP-FT reuses a finished probe. Rerun from another checkpoint into the same folder, or on another split, it would
+    fine-tune from the old start's probe and report it as the new one's."""
     output = tmp_path / "lp-ft"
     flags = ["--strategy", "lp-ft", "--probe_epochs", "1", "--num_epochs", "1", "--output_dir", str(output)]
     run(TINY + ["--init_from", str(tiny_base / "model"), *flags])
@@ -460,6 +462,15 @@ def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tm
                              "--new_features", "learn"], capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env=recipe_env())
     assert result.returncode != 0 and "--new_features was 'leave_out', now 'learn'" in result.stderr
+    # nor is a probe trained on other patients than the data's split gives now
+    split = json.loads((output / "probe" / "split.json").read_text())
+    split["validation"].append(split["train"].pop())
+    (output / "probe" / "split.json").write_text(json.dumps(split))
+    result = subprocess.run([sys.executable, str(RECIPE), *TINY, "--init_from", str(tiny_base / "model"), *flags,
+                             "--resume_from_checkpoint", "latest"], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT, env=recipe_env())
+    assert result.returncode != 0
+    assert "the full stage would start from a probe trained on other patients" in result.stderr
 
 
 def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tiny_base):

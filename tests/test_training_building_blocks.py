@@ -1,5 +1,6 @@
 import argparse
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -312,15 +313,42 @@ def test_a_resumed_run_is_refused_a_split_other_than_the_one_it_started_on(tmp_p
     from medfuse_hf.training.cohorts import load_cohort
     from medfuse_hf.training.run_split import SPLIT_RECORD, record_split
 
-    first, other = load_cohort("synthetic", num_patients=64, seed=0), load_cohort("synthetic", num_patients=64, seed=1)
-    record_split(tmp_path / "run", first, resuming=False)
-    record_split(tmp_path / "run", first, resuming=True)  # the same split: goes on
+    settings = {"dataset": "synthetic", "num_patients": 64, "seed": 0}
+    first, other = load_cohort(**settings), load_cohort(**{**settings, "seed": 1})
+    record_split(tmp_path / "run", first, settings, resuming=False)
+    record_split(tmp_path / "run", first, settings, resuming=True)  # the same split: goes on
     with pytest.raises(SystemExit, match=r"run/split.json: the run started on another split of synthetic .* "
                                          r"\(patients in one and not the other: train: \d+"):
-        record_split(tmp_path / "run", other, resuming=True)
+        record_split(tmp_path / "run", other, settings, resuming=True)
     said = []
-    record_split(tmp_path / "older", other, resuming=True, say=said.append)
+    record_split(tmp_path / "older", other, settings, resuming=True, say=said.append)
     assert "predates split.json" in said[0] and not (tmp_path / "older" / SPLIT_RECORD).exists()
+
+
+def test_a_split_record_names_its_data_so_that_other_commands_compare_with_it(tmp_path, monkeypatch):
+    """A public release's ids are its patients' wherever it lies, and the bundled sample's are P12's; an export is
+    the files it names, however a command spelled them (relative, a quoted glob, the shell's list); and where the
+    data is another's, the check says it did not run rather than passing in silence."""
+    from medfuse_hf.training.run_split import SPLIT_RECORD, data_source, refuse_seen_patients
+
+    assert data_source({"dataset": "p12", "data_dir": "/a"}) == data_source({"dataset": "p12-sample"})
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("")
+    monkeypatch.chdir(tmp_path)
+    spellings = [{"dataset": "long-format", "events": events}
+                 for events in (["a.csv", "b.csv"], "*.csv", [str(tmp_path / "b.csv"), str(tmp_path / "a.csv")])]
+    assert all(data_source(spelling) == data_source(spellings[0]) for spelling in spellings)
+    assert data_source({"dataset": "long-format", "events": ["a.csv"]}) != data_source(spellings[0])
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / SPLIT_RECORD).write_text(json.dumps({"data_source": data_source(spellings[0]),
+                                                             "train": ["7"], "validation": ["8"], "test": ["9"]}))
+    with pytest.raises(SystemExit, match=r"1 of the 2 patients of the test split were in the model's training"):
+        refuse_seen_patients(tmp_path / "run" / "model", "test", [7, 9], spellings[1])
+    refuse_seen_patients(tmp_path / "run" / "model", "validation", [8, 9], spellings[1])  # its own validation: fine
+    said = []
+    refuse_seen_patients(tmp_path / "run" / "model", "test", [7, 9], {"dataset": "p19"}, say=said.append)
+    assert "whether it trained on any patient scored here is not checked" in said[0]
 
 
 def test_a_run_resumes_only_under_the_settings_its_checkpoint_was_saved_with(tmp_path):

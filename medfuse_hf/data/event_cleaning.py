@@ -24,6 +24,8 @@ CENSORED_KEPT = "censored value, kept at the bound"
 # Under a decimal comma, "1.015" is a thousand and fifteen (a grouped thousands point), but a point-decimal value
 # (a specific gravity) looks the same: read as the load's convention says, and counted, so a reader can check.
 THOUSANDS_POINT = "value with one thousands point, read as thousands under --decimal , ('1.015' as 1015)"
+THOUSANDS_GROUPED = r"\s*[+-]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?\s*"  # 1.234 and 1.234.567,8 under a decimal comma
+ONE_THOUSANDS_GROUP = r"\s*[+-]?[1-9]\d{0,2}\.\d{3}\s*"  # 1.015: a thousand and fifteen, or 1.015 with a point
 # Letters of other scripts drawn like Latin ones, as pasted names carry them: Cyrillic а, е, о, р, с, у, х, і, ј, ѕ.
 LOOKALIKES = str.maketrans("аеорсухіјѕАВЕКМНОРСТУХІЈЅ", "aeopcyxijsABEKMHOPCTYXIJS")
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -145,7 +147,7 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     if context.feature_map is not None:
         table = table.assign(feature=table["source_feature"].map(context.feature_map))
         table = drop(table["feature"].isna(), "feature not in feature_map")
-    raw = table["value"]
+    raw, one_group = table["value"], None
     if pd.api.types.is_numeric_dtype(raw):  # a DataFrame's or Parquet file's numbers
         table = drop(raw.isna(), "empty value")
     else:
@@ -154,8 +156,8 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
         text = text[table.index]
         numbers, bounds = _numbers(text, context.decimal)
         _refuse_the_other_decimal_mark(text, numbers, table["line"], context)
-        if context.decimal != "." and (one_group := text.str.fullmatch(ONE_THOUSANDS_GROUP)).any():
-            summary.note(THOUSANDS_POINT, f"{name}:{table.loc[one_group, 'line'].iloc[0]}", int(one_group.sum()))
+        if context.decimal != ".":
+            one_group = text.str.fullmatch(ONE_THOUSANDS_GROUP)
         if len(bounds) and context.censored == "refuse":
             table = drop(table.index.to_series().isin(bounds.index), "censored value (refused)")
             numbers = numbers[table.index]
@@ -183,6 +185,8 @@ def clean_batch(batch: pd.DataFrame, context: BatchContext) -> pd.DataFrame:
     if context.end_hours is not None:
         ends = table["patient_id"].map(context.end_hours).astype("float64")  # typed even for an empty batch
         table = drop(table["hours"] > ends, "time after the patient's end time")
+    if one_group is not None and (kept := one_group[table.index]).any():  # counted among the values kept
+        summary.note(THOUSANDS_POINT, f"{name}:{table.loc[kept, 'line'].iloc[0]}", int(kept.sum()))
     return table[["patient_id", "feature", "value", "hours", "stamp_ns", "unit", "line"]]
 
 
@@ -193,10 +197,6 @@ def blank(column: pd.Series) -> pd.Series:
 
 def max_hours_reason(max_hours: float) -> str:
     return f"time more than {max_hours:g} h after the anchor"
-
-
-THOUSANDS_GROUPED = r"\s*[+-]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?\s*"  # 1.234 and 1.234.567,8 under a decimal comma
-ONE_THOUSANDS_GROUP = r"\s*[+-]?[1-9]\d{0,2}\.\d{3}\s*"  # 1.015: a thousand and fifteen, or 1.015 with a point
 
 
 def _numbers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:

@@ -117,13 +117,19 @@ def apply_split(dataset: datasets.Dataset, split: Split, id_column: str = "recor
     return datasets.DatasetDict(parts)
 
 
-def save_split(split: Split, path: str | Path) -> None:
+# A split file may name the data its ids are of (a run's `split.json` does, see `training.run_split`): no part.
+DATA_SOURCE_KEY = "data_source"
+
+
+def save_split(split: Split, path: str | Path, data_source: list | None = None) -> None:
     check_disjoint(split, str(path))
-    Path(path).write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
+    record = split if data_source is None else {DATA_SOURCE_KEY: data_source, **split}
+    Path(path).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 def load_split(path: str | Path) -> Split:
     split = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))  # `~` as the flag check read it
+    split.pop(DATA_SOURCE_KEY, None)
     check_disjoint(split, str(path))
     return split
 

@@ -116,15 +116,21 @@ def recorded_settings(args) -> dict:
     return settings
 
 
+def checkpoint_to_resume(args) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest complete one), or None where the run
+    starts afresh (no flag, or `latest` with no checkpoint yet)."""
+    if not args.resume_from_checkpoint:
+        return None
+    return resolve_checkpoint(args.resume_from_checkpoint, Path(args.output_dir) / "checkpoints")
+
+
 def check_resumed_settings(args, may_change: frozenset[str] = frozenset()) -> None:
     """Refuse to resume a checkpoint under settings other than those it was saved with (its manifest's): its weights
     would go on under another start, learning rate or cohort, and the result would be neither run. An experiment
     rerun with a new base into the same folders would otherwise finish the old base's runs. `may_change`: the
     recipe's own settings that may differ besides `RESUMABLE_SETTINGS`. Checkpoints saved before settings were
     recorded are resumed unchecked."""
-    if not args.resume_from_checkpoint:
-        return
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, Path(args.output_dir) / "checkpoints")
+    checkpoint = checkpoint_to_resume(args)
     if checkpoint is None or not (checkpoint / MANIFEST_NAME).exists():  # none yet; an incomplete one fails to load
         return
     saved = json.loads((checkpoint / MANIFEST_NAME).read_text()).get("settings")
@@ -155,8 +161,7 @@ def run_tokenizer(args, fitted: MedFuseTokenizer, is_main_process: bool) -> MedF
     trained with, even where this code or data would fit others (a later release's quantile knots, a changed
     export). Where the two differ, a warning says how. Runs saved before this kept it in their `model` folder."""
     output_dir = Path(args.output_dir)
-    resuming = args.resume_from_checkpoint and resolve_checkpoint(args.resume_from_checkpoint,
-                                                                  output_dir / "checkpoints")
+    resuming = checkpoint_to_resume(args) is not None
     saved = next((folder for folder in (output_dir / "tokenizer", output_dir / "model")
                   if (folder / "preprocessor_config.json").exists()), None)
     if not (resuming and saved):

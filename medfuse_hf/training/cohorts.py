@@ -214,20 +214,21 @@ class CohortSource:
 
     build: Callable[[CohortRequest], Cohort]
     reads: tuple[str, ...] = ()
-    # The settings that name the patients themselves, whatever split or protocol is drawn over them: one patient id
-    # means one patient only where these agree (`run_split.refuse_seen_patients`).
+    # What names the patients, whatever split or protocol is drawn over them (`run_split.data_source`): a public
+    # release, whose ids are its patients' wherever it is stored, or else the settings that point at the data.
+    release: str | None = None
     identifies: tuple[str, ...] = ()
 
 
 COHORT_SOURCES = {  # --dataset name -> how its cohort is built: a new dataset is one entry
-    "p12-sample": CohortSource(p12_sample_cohort),
-    "p12": CohortSource(p12_cohort, ("data_dir", "protocol"), ("data_dir",)),
-    "p19": CohortSource(p19_cohort, ("data_dir", "protocol", "hospital"), ("data_dir",)),
-    "synthetic": CohortSource(synthetic_cohort, ("num_patients",), ("num_patients", "seed")),
-    "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column"), ("data_dir",)),
+    "p12-sample": CohortSource(p12_sample_cohort, release="PhysioNet 2012"),  # 600 of its stays
+    "p12": CohortSource(p12_cohort, ("data_dir", "protocol"), release="PhysioNet 2012"),
+    "p19": CohortSource(p19_cohort, ("data_dir", "protocol", "hospital"), release="PhysioNet 2019"),
+    "synthetic": CohortSource(synthetic_cohort, ("num_patients",), identifies=("num_patients", "seed")),
+    "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column"), identifies=("data_dir",)),
     "long-format": CohortSource(long_format_cohort, ("events", "labels", "split_file",
                                                      *(option.name for option in fields(LongFormatOptions))),
-                                ("events",)),
+                                identifies=("events",)),
 }
 DATASETS = tuple(COHORT_SOURCES)
 

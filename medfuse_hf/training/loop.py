@@ -22,10 +22,10 @@ from transformers import get_scheduler
 from ..progress import progress_bar
 from .checkpointing import (
     check_resumed_settings,
+    checkpoint_to_resume,
     complete_checkpoints,
     load_checkpoint,
     recorded_settings,
-    resolve_checkpoint,
     save_checkpoint,
 )
 from .evaluation import ROW_COLUMN
@@ -129,8 +129,7 @@ def optimizer_and_scheduler(model: torch.nn.Module, args: argparse.Namespace, to
 def resume(accelerator: Accelerator, args: argparse.Namespace) -> LoopState:
     """After `accelerator.prepare`: `--resume_from_checkpoint` (a folder, or "latest", which starts fresh when there
     is none yet) restores every prepared object and returns where the run stood."""
-    checkpoint = (resolve_checkpoint(args.resume_from_checkpoint, Path(args.output_dir) / "checkpoints")
-                  if args.resume_from_checkpoint else None)
+    checkpoint = checkpoint_to_resume(args)
     if checkpoint is None:
         return LoopState()
     state = LoopState(**load_checkpoint(accelerator, checkpoint))
