@@ -294,8 +294,8 @@ def test_transfer_table_reports_sample_std_and_the_gain_paired_by_seed():
             and abs(transferred["auprc_gain_std"] - 0.0152753) < 1e-6)
     assert transferred["paired_seeds"] == 3 and "auprc_gain_mean" not in scratch
     *rows_lines, _, per_seed = transfer.format_table([scratch, transferred]).splitlines()
-    assert rows_lines[-1] == ("| 0.1 | yes | 3 | 0.8000 ± 0.0000 | 0.3200 ± 0.0200 | 3 | +0.0000 ± 0.0000 | "
-                              "+0.0233 ± 0.0153 |")
+    assert rows_lines[-1] == ("| 0.1 | yes | 3 | 0.8000 (same on every seed) | 0.3200 ± 0.0200 | 3 | "
+                              "+0.0000 (same on every seed) | +0.0233 ± 0.0153 |")
     assert per_seed == "fraction 0.1, paired gain per seed: AUROC +0.000, +0.000, +0.000; AUPRC +0.020, +0.010, +0.040"
     (alone,) = transfer.summarise([{"fraction": 0.5, "transfer": True, "seed": 0, "auroc": 0.7, "auprc": 0.2}])
     # no ± nan
