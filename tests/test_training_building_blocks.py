@@ -310,7 +310,7 @@ def test_a_resumed_run_is_refused_a_split_other_than_the_one_it_started_on(tmp_p
     """A seeded split is redrawn each time the data is read: a resumed run finding another (a new split rule, another
     seed's data) would train and choose epochs on other patients, silently. A run from before the record goes on,
     said; the record is not written then, since it would name a split the run may not have started on."""
-    from medfuse_hf.training.cohorts import load_cohort
+    from medfuse_hf.training.cohorts import hospital_split, load_cohort
     from medfuse_hf.training.run_split import SPLIT_RECORD, record_split
 
     settings = {"dataset": "synthetic", "num_patients": 64, "seed": 0}
@@ -320,6 +320,8 @@ def test_a_resumed_run_is_refused_a_split_other_than_the_one_it_started_on(tmp_p
     with pytest.raises(SystemExit, match=r"run/split.json: the run started on another split of synthetic .* "
                                          r"\(patients in one and not the other: train: \d+"):
         record_split(tmp_path / "run", other, settings, resuming=True)
+    recorded = hospital_split(str(tmp_path / "run" / SPLIT_RECORD))  # the record is a split file too
+    assert sorted(recorded) == ["test", "train", "validation"] and len(sum(recorded.values(), [])) == 64
     said = []
     record_split(tmp_path / "older", other, settings, resuming=True, say=said.append)
     assert "predates split.json" in said[0] and not (tmp_path / "older" / SPLIT_RECORD).exists()
