@@ -20,10 +20,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from p12_table import PLATEAU, finetune_row, plateau_auprc, read_p12_test_predictions
+from p12_table import PLATEAU, finetune_row, paired_predictions, plateau_auprc
 from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT, refuse_rows_of_another_base
 
-from medfuse_hf.training.evaluation import PROBABILITY_COLUMN
 from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows
 
@@ -117,12 +116,8 @@ def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
         ]
         if not all((run / "test_predictions.csv").exists() for run in runs):
             continue
-        medfuse, gbm = (read_p12_test_predictions(run) for run in runs)
-        gbm = gbm.loc[medfuse.index]
-        figures = [
-            paired_bootstrap_difference(medfuse["label"], medfuse[PROBABILITY_COLUMN], gbm[PROBABILITY_COLUMN], metric)
-            for metric in ("auroc", "auprc")
-        ]
+        labels, medfuse, gbm = paired_predictions(*runs)
+        figures = [paired_bootstrap_difference(labels, medfuse, gbm, metric) for metric in ("auroc", "auprc")]
         lines.append(
             f"| {row['configuration']} | {row['seed']} | "
             + " | ".join(format_gap(gap) for gap in figures)

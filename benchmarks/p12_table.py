@@ -122,10 +122,11 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
 def summary_tables(data_dir: Path, protocol: str, seed: int) -> tuple[dict, dict, pd.Series]:
     """The split's per-stay summary tables and labels (the columns fixed by its training split), and test ids."""
     cohort = load_cohort("p12", data_dir, protocol, seed=seed)
-    table = SummaryTable(cohort.splits["train"], categorical=CATEGORICAL_FEATURES)
-    tables = {name: table(part) for name, part in cohort.splits.items()}
-    labels = {name: np.asarray(part[cohort.label_column]) for name, part in cohort.splits.items()}
-    return tables, labels, pd.Series(cohort.splits["test"][cohort.id_column])
+    parts = {name: cohort.labelled(name) for name in cohort.splits}  # as fine-tuning reads them (`training_splits`)
+    table = SummaryTable(parts["train"], categorical=CATEGORICAL_FEATURES)
+    tables = {name: table(part) for name, part in parts.items()}
+    labels = {name: np.asarray(part[cohort.label_column]) for name, part in parts.items()}
+    return tables, labels, pd.Series(parts["test"][cohort.id_column])
 
 
 def run_baseline(model: str, protocol: str, seed: int, args: argparse.Namespace) -> dict:
@@ -193,6 +194,20 @@ def read_p12_test_predictions(run_dir: Path) -> pd.DataFrame:
     return frame.set_axis(frame.index.str.removesuffix(".0"))
 
 
+def paired_predictions(first_run: Path, second_run: Path) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Two runs' test labels and risks, aligned by record id, for a paired comparison: refused where the runs scored
+    other patients or read other labels, which an alignment would silently drop or mix."""
+    first, second = (read_p12_test_predictions(run) for run in (first_run, second_run))
+    if set(first.index) != set(second.index):
+        only = sorted(set(first.index) ^ set(second.index))
+        raise SystemExit(f"{first_run} and {second_run} scored other test patients ({len(only)} in one only, e.g. "
+                         f"{only[:5]}): no paired gap between them")
+    second = second.loc[first.index]
+    if not np.array_equal(first["label"].to_numpy(dtype=float), second["label"].to_numpy(dtype=float)):
+        raise SystemExit(f"{first_run} and {second_run} read other labels for the same test patients")
+    return first["label"], first[PROBABILITY_COLUMN], second[PROBABILITY_COLUMN]
+
+
 def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
     """Each of COMPARISONS per protocol and seed where both runs are done: the first model minus the second on the
     same test patients, with a paired bootstrap 95% interval: whether a gap within one seed is larger than the test
@@ -206,9 +221,7 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
             runs = [run_folder(output_dir, protocol, name, seed) for name in (model, versus)]
             if not all((run / "test_predictions.csv").exists() for run in runs):  # rows older than saved predictions
                 continue
-            first, second = (read_p12_test_predictions(run) for run in runs)
-            second = second.loc[first.index]
-            labels, first, second = first["label"], first[PROBABILITY_COLUMN], second[PROBABILITY_COLUMN]
+            labels, first, second = paired_predictions(*runs)
             gaps.append({"protocol": protocol, "seed": seed, "model": model, "versus": versus,
                          **{metric: paired_bootstrap_difference(labels, first, second, metric)
                             for metric in ("auprc", "auroc")}})

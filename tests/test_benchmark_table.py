@@ -125,6 +125,10 @@ def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p1
     assert ((gap["model"], gap["versus"]) == ("medfuse", "additive")
             and gap["auroc"]["value"] == gap["auprc"]["value"] == 0.0)
     assert p12_table.paired_gaps(rows[:1], tmp_path) == []  # additive's predictions exist, its run has not finished
+    additive = tmp_path / "seft-split-additive-seed0" / "test_predictions.csv"
+    additive.write_text("\n".join(additive.read_text().splitlines()[:-1]) + "\n")  # one test patient fewer
+    with pytest.raises(SystemExit, match=r"scored other test patients \(1 in one only, e\.g\. \['100'\]\)"):
+        p12_table.paired_gaps(rows, tmp_path)
 
 
 def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):

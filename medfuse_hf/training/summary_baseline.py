@@ -26,7 +26,8 @@ from threadpoolctl import threadpool_limits
 from .metrics import RANKING_SCORES
 
 # What a data scientist computes per stay and feature: the trend's ends, its range and level, its variability,
-# how often it was measured and how long ago the last measurement was taken.
+# how often it was measured and when it was last measured (hours since the stay's start: in a fixed window such as
+# P12's 48 hours, how long before its end).
 SUMMARY_STATISTICS = ("first", "last", "min", "max", "mean", "std", "count", "last_time")
 # The statistics a GBM reads: all eight per feature, or a compact set (the trend's end, range and level) that a
 # small cohort has fewer ways to overfit. Columns that are no summary (one-hot levels, a representation) stay in both.
@@ -131,8 +132,8 @@ def statistic_columns(columns: Sequence[str], statistics: Sequence[str]) -> list
 
 def growing_gbm(setting: dict, leaf: int, seed: int) -> HistGradientBoostingClassifier:
     """An empty, warm-starting GBM of one `GBM_SETTINGS` setting, for `grown_until_validation_stalls` to grow. Half of
-    the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction`), so the seed changes the
-    model, as a seed does for the neural models."""
+    the features are drawn at each split (`max_features=0.5`, LightGBM's `feature_fraction_bynode`), so the seed
+    changes the model, as a seed does for the neural models."""
     trees = {name: value for name, value in setting.items() if name != "statistics"}
     return HistGradientBoostingClassifier(max_iter=0, warm_start=True, early_stopping=False, max_features=0.5,
                                           random_state=seed, min_samples_leaf=leaf, **trees)
