@@ -43,7 +43,7 @@ PROTOCOL_MODELS = {"seft-split": (*MODELS, *BASELINES),
 # strats_cve, the additive fusion with that same time embedding, so that only the fusion differs; and every MedFuse
 # model against the GBM, the model a clinical data scientist fits first.
 COMPARISONS = ([("medfuse", other) for other in MODELS if other != "medfuse"] + [("medfuse_cve_time", "strats_cve")]
-               + [(model, "gbm_summary") for model in MODELS])
+               + [(model, "gbm_summary") for model in (*MODELS, "gbm_summary_wide")])
 METRICS = ("auroc", "auprc", "accuracy")
 
 

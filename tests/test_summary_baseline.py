@@ -152,7 +152,6 @@ def test_a_small_cohorts_gbm_grows_on_one_thread_and_a_larger_ones_as_openmp_say
 
     monkeypatch.setattr(baseline, "grown_until_validation_stalls", growing_on_the_threads_it_has)
     monkeypatch.setattr(baseline, "GBM_MAX_ITERATIONS", 20)
-    monkeypatch.setattr(baseline, "GBM_SETTINGS", baseline.GBM_SETTINGS[:1])
     parts = {name: learnable_split(seed, 100) for seed, name in enumerate(("train", "validation", "test"))}
     table = SummaryTable(parts["train"][0])
     frames = {name: table(stays) for name, (stays, _) in parts.items()}
@@ -160,7 +159,7 @@ def test_a_small_cohorts_gbm_grows_on_one_thread_and_a_larger_ones_as_openmp_say
     for one_thread_below in (1000, 50):  # 100 training stays: small, then large
         monkeypatch.setattr(baseline, "ONE_THREAD_BELOW", one_thread_below)
         fits.append(fit_gbm((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]),
-                            frames["test"], seed=0))
+                            frames["test"], seed=0, settings=GBM_SETTINGS[:1]))
     assert seen == [{1}, openmp_threads()]
     assert np.array_equal(fits[0].test_scores, fits[1].test_scores)  # the same trees
 
@@ -198,9 +197,8 @@ def test_the_gbm_chooses_on_validation_which_statistics_it_reads(monkeypatch):
 
     def test_auroc(statistics: str) -> tuple[float, dict]:
         grid = [setting for setting in GBM_SETTINGS if setting["statistics"] == statistics]
-        monkeypatch.setattr(baseline, "GBM_SETTINGS", grid)
         fit = fit_gbm((frames["train"], labels["train"]), (frames["validation"], labels["validation"]),
-                      frames["test"], seed=0)
+                      frames["test"], seed=0, settings=grid)
         return roc_auc_score(labels["test"], fit.test_scores), fit.settings
 
     compact, compact_settings = test_auroc("compact")
@@ -232,3 +230,26 @@ def test_boosting_stops_growing_once_validation_stalls_and_keeps_the_same_trees(
     staged = [average_precision_score(validation[1], s[:, 1]) for s in whole.staged_predict_proba(validation[0])]
     assert iteration == int(np.argmax(staged)) + 1 and value == pytest.approx(max(staged))
     np.testing.assert_allclose(scores, list(whole.staged_predict_proba(validation[0]))[iteration - 1][:, 1])
+
+    # with a floor past that best, the best from the floor on, however much better an earlier iteration was
+    floor = iteration + 1
+    floored_model = HistGradientBoostingClassifier(max_iter=0, warm_start=True, **settings)
+    floored, floored_value, _ = baseline.grown_until_validation_stalls(floored_model, train, validation, "auprc",
+                                                                       min_iterations=floor)
+    longer = HistGradientBoostingClassifier(max_iter=floored_model.n_iter_, **settings).fit(*train)
+    staged = [average_precision_score(validation[1], s[:, 1]) for s in longer.staged_predict_proba(validation[0])]
+    assert floored == floor + int(np.argmax(staged[floor - 1:])) and floored_value == pytest.approx(
+        max(staged[floor - 1:]))
+
+
+def test_the_wide_grid_holds_the_default_one_and_reaches_past_each_of_its_edges():
+    """On all of P12 the GBM chose the default grid's corner; the wide grid must contain every default setting (so it
+    can only choose better on validation) and go beyond it on rate, leaves and L2."""
+    from medfuse_hf.training.summary_baseline import WIDE_GBM_SETTINGS
+
+    def key(setting: dict) -> tuple:
+        return tuple(sorted(setting.items()))
+
+    assert {key(setting) for setting in GBM_SETTINGS} < {key(setting) for setting in WIDE_GBM_SETTINGS}
+    for name, beyond in (("learning_rate", min), ("max_leaf_nodes", max), ("l2_regularization", max)):
+        assert beyond(s[name] for s in WIDE_GBM_SETTINGS) != beyond(s[name] for s in GBM_SETTINGS)

@@ -9,6 +9,7 @@ validation split only; the test split is scored once, by the settings validation
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 
 import datasets
@@ -32,13 +33,18 @@ SUMMARY_STATISTICS = ("first", "last", "min", "max", "mean", "std", "count", "la
 # The statistics a GBM reads: all eight per feature, or a compact set (the trend's end, range and level) that a
 # small cohort has fewer ways to overfit. Columns that are no summary (one-hot levels, a representation) stay in both.
 GBM_STATISTICS = {"all": SUMMARY_STATISTICS, "compact": ("last", "min", "max", "mean")}
-GBM_SETTINGS = tuple(  # a grid for 77 stays as for 7,671, chosen on validation only
-    {"statistics": statistics, "learning_rate": rate, "max_leaf_nodes": leaves, "l2_regularization": l2}
-    for statistics in GBM_STATISTICS
-    for rate in (0.03, 0.1)
-    for leaves in (15, 31)
-    for l2 in (1.0, 10.0)
-)
+
+
+def gbm_grid(rates: Sequence[float], leaves: Sequence[int], l2s: Sequence[float]) -> tuple[dict, ...]:
+    """Every combination of the statistics read, learning rate, leaves and L2, for validation to choose among."""
+    return tuple({"statistics": statistics, "learning_rate": rate, "max_leaf_nodes": leaf, "l2_regularization": l2}
+                 for statistics in GBM_STATISTICS for rate in rates for leaf in leaves for l2 in l2s)
+
+
+GBM_SETTINGS = gbm_grid((0.03, 0.1), (15, 31), (1.0, 10.0))  # a grid for 77 stays as for 7,671, chosen on validation
+# On all of P12, two seeds of three chose GBM_SETTINGS' corner (rate 0.03, 31 leaves, L2 10): this grid reaches past
+# it on every axis, to see whether the GBM's full-data figure is its ceiling (`gbm_summary_wide`).
+WIDE_GBM_SETTINGS = gbm_grid((0.01, 0.03, 0.1), (15, 31, 63), (1.0, 10.0, 100.0))
 GBM_MIN_SAMPLES_LEAF = 40  # on a full cohort; a small one gets a twentieth of its patients (see `min_samples_leaf`)
 GBM_MAX_ITERATIONS = 1500
 # Boosting grows this many iterations between validation checks, and a setting stops growing once its best validation
@@ -144,17 +150,19 @@ def grown_until_validation_stalls(
     train: tuple[pd.DataFrame, np.ndarray],
     validation: tuple[pd.DataFrame, np.ndarray],
     metric: str,
+    min_iterations: int = 1,
 ) -> tuple[int, float, np.ndarray]:
     """Grow a warm-starting GBM `GBM_ROUND` iterations at a time until its best validation iteration is
-    `GBM_PATIENCE` behind, or `GBM_MAX_ITERATIONS` are grown. Returns the best iteration (counted from 1), its
-    validation `metric` and its validation scores; the first of tied iterations, as an argmax would."""
+    `GBM_PATIENCE` behind, or `GBM_MAX_ITERATIONS` are grown. Returns the best iteration from `min_iterations` on
+    (counted from 1), its validation `metric` and its validation scores; the first of tied iterations, as an argmax
+    would."""
     best, grown = (0, -np.inf, None), 0
-    while grown < GBM_MAX_ITERATIONS and grown - best[0] < GBM_PATIENCE:
+    while grown < GBM_MAX_ITERATIONS and grown - max(best[0], min_iterations) < GBM_PATIENCE:
         model.set_params(max_iter=min(grown + GBM_ROUND, GBM_MAX_ITERATIONS)).fit(*train)
         staged = islice(model.staged_predict_proba(validation[0]), grown, None)
         for iteration, scores in enumerate(staged, start=grown + 1):
             value = RANKING_SCORES[metric](validation[1], scores[:, 1])
-            if value > best[1]:
+            if iteration >= min_iterations and value > best[1]:
                 best = (iteration, value, scores[:, 1])
         grown = model.n_iter_
     return best
@@ -166,21 +174,24 @@ def fit_gbm(
     test: pd.DataFrame,
     seed: int,
     metric: str = "auprc",
+    settings: Sequence[dict] = GBM_SETTINGS,
+    min_iterations: int = 1,
 ) -> BaselineFit:
-    """Gradient-boosted trees, each setting of `GBM_SETTINGS` (which statistics, learning rate, leaves, L2) grown on
-    train and early-stopped at the boosting iteration with the best validation `metric`; the best (setting,
-    iteration) scores the test split."""
+    """Gradient-boosted trees, each of `settings` (which statistics, learning rate, leaves, L2) grown on train and
+    early-stopped at the boosting iteration with the best validation `metric`, from `min_iterations` on; the best
+    (setting, iteration) scores the test split."""
     validation_labels, best = np.asarray(validation[1]), None  # an array: sklearn re-checks a list at every stage
     # A column no training stay has (a rare lab in a 77-stay subset) says nothing, and breaks sklearn's binning.
     observed = train[0].columns[train[0].notna().any()]
     leaf = min_samples_leaf(len(train[1]))
     threads = 1 if len(train[1]) < ONE_THREAD_BELOW else None  # None: as OpenMP (OMP_NUM_THREADS) says
     with threadpool_limits(limits=threads, user_api="openmp"):
-        for setting in GBM_SETTINGS:
+        for setting in settings:
             columns = statistic_columns(observed, GBM_STATISTICS[setting["statistics"]])
             model = growing_gbm(setting, leaf, seed)
             iteration, value, scores = grown_until_validation_stalls(
-                model, (train[0][columns], train[1]), (validation[0][columns], validation_labels), metric
+                model, (train[0][columns], train[1]), (validation[0][columns], validation_labels), metric,
+                min_iterations,
             )
             if best is None or value > best[0]:
                 chosen = {**setting, "min_samples_leaf": leaf, "iterations": iteration, "columns": len(columns)}
@@ -218,4 +229,12 @@ def fit_logistic_regression(
     return BaselineFit(settings, validation_scores, model.predict_proba(test)[:, 1], score)
 
 
-SUMMARY_BASELINES = {"gbm_summary": fit_gbm, "logreg_summary": fit_logistic_regression}
+SUMMARY_BASELINES = {
+    "gbm_summary": fit_gbm,
+    "gbm_summary_wide": partial(fit_gbm, settings=WIDE_GBM_SETTINGS),
+    "logreg_summary": fit_logistic_regression,
+}
+# A GBM of at least `GBM_ROUND` trees, as MedFuse's small cells train at least `--min_steps` before an epoch is
+# kept: the argmax over 1,500 iterations on 20 validation stays kept as few as 2 trees (label_efficiency's
+# `gbm_min_iterations` arm, against `gbm` on the same subsets).
+fit_gbm_with_a_floor = partial(fit_gbm, min_iterations=GBM_ROUND)
