@@ -10,9 +10,10 @@ was trained with. Events of features the model does not know are left out and re
 patient left with no event the model knows is not scored and is counted. `--output` gets one row per scored
 patient (`patient_id`, `probability`, `events_used`), and `<output>.summary.json` what was read, kept and skipped.
 With `--explain K`, `<output>.explanations.csv` lists each patient's K events that moved its risk most (feature,
-hours, value as given, signed attribution to the positive-class logit: Integrated Gradients over the fused tokens,
-`medfuse_hf.training.explanations`; needs `pip install "medfuse-hf[explain]"`). With `--representations`, any MedFuse
-checkpoint (the pretrained base too) writes each patient's pooled representation instead, for a model of your own.
+hours, value as read: cleaned and in the model's unit; signed attribution to the risk's log-odds: Integrated
+Gradients over the fused tokens, `medfuse_hf.training.explanations`; needs `pip install "medfuse-hf[explain]"`).
+With `--representations`, any MedFuse checkpoint (the pretrained base too) writes each patient's pooled
+representation instead, for a model of your own.
 """
 
 import argparse
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
+import pyarrow.compute as pc
+import torch
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
@@ -66,6 +69,14 @@ def explanation_rows(model, tokenizer: MedFuseTokenizer, patients: datasets.Data
     return rows, worst_error
 
 
+def units_assumed(tokenizer: MedFuseTokenizer, present: set[str], read_units: dict[str, str]) -> dict[str, str]:
+    """The model's unit of each feature the table has events of but gave no unit for: `check_units` can only refuse
+    a unit it reads, so a creatinine in µmol/L against a model's mg/dL passes unless someone looks."""
+    vocabulary = tokenizer.feature_vocabulary
+    return {name: vocabulary.spec_of(name).unit for name in sorted(present)
+            if name in vocabulary and vocabulary.spec_of(name).unit and not read_units.get(name)}
+
+
 def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
     """`PATIENTS_PER_CHUNK` patients at a time: a table larger than memory is scored and written a chunk at a time."""
     for start in range(0, len(patients), PATIENTS_PER_CHUNK):
@@ -74,35 +85,41 @@ def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
 
 def prediction_function(args: argparse.Namespace) -> dict:
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features="drop")
-    follow_the_training_window(args, tokenizer)
+    window = follow_the_training_window(args, tokenizer)
     options = LongFormatOptions.from_settings(vars(args)).as_kwargs()
     patients, load_summary = load_long_format(args.events, args.patients, return_summary=True, **options)
     where = ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else "")
     check_units(tokenizer.feature_vocabulary, load_summary.units, where)
+    # In float32 whatever the checkpoint was saved in: risks and attributions of a bf16 copy carry 8 bits of mantissa
     if args.representations:  # any MedFuse checkpoint, the pretrained base too: its encoder and pooling only
-        model = MedFuseModel.from_pretrained(args.model_dir).eval()
+        model = MedFuseModel.from_pretrained(args.model_dir, dtype=torch.float32).eval()
 
         def scores(kept: datasets.Dataset) -> dict:
             pooled = per_patient_outputs(kept, tokenizer, lambda batch: model(**batch).pooler_output, args.batch_size)
             return {f"representation_{dimension}": pooled[:, dimension] for dimension in range(pooled.shape[1])}
     else:
-        model = MedFuseForSequenceClassification.from_pretrained(args.model_dir).eval()
+        model = MedFuseForSequenceClassification.from_pretrained(args.model_dir, dtype=torch.float32).eval()
 
         def scores(kept: datasets.Dataset) -> dict:
             return {PROBABILITY_COLUMN: per_patient_outputs(
                 kept, tokenizer, lambda batch: model.risks(model(**batch).logits)[:, 1], args.batch_size)}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    explanations = output.with_name(output.name + ".explanations.csv")
+    explanations, summary_file = (output.with_name(output.name + suffix) for suffix in (".explanations.csv",
+                                                                                        ".summary.json"))
+    for earlier in (explanations, summary_file):  # a previous run's, which would sit beside this run's predictions
+        earlier.unlink(missing_ok=True)
     # Written under a partial name and renamed once every patient is scored: a run stopped half-way (a bad row in a
     # later chunk) leaves no file that looks complete.
     writing, explaining = (path.with_name(path.name + ".partial") for path in (output, explanations))
     unknown, scored, skipped, skipped_examples, worst_error = Counter(), 0, 0, [], 0.0
+    present = set()  # the features the table has events of
     cut = Counter()  # patients longer than the model reads, and their oldest events it left out
     with progress_bar(total=len(patients), desc="scoring", unit="patients") as bar:
         for part in chunks(patients):
             counts, part_unknown = known_events(part, tokenizer)
             unknown.update(part_unknown)
+            present.update(pc.unique(pc.list_flatten(part.data.column("feature"))).to_pylist())
             scorable = [row for row, count in enumerate(counts) if count > 0]
             over = [count - tokenizer.max_events for count in counts if count > tokenizer.max_events]
             cut.update(patients=len(over), events=sum(over))
@@ -131,10 +148,13 @@ def prediction_function(args: argparse.Namespace) -> dict:
         explaining.replace(explanations)
     summary = {
         "model_dir": str(args.model_dir),
+        "window": window,  # each flag as used here, and as the model was trained with
         "patients_scored": scored,
         "patients_not_scored": {NO_KNOWN_EVENT: skipped} if skipped else {},
         "patients_not_scored_examples": skipped_examples,
         "unknown_features": dict(unknown.most_common()),  # name -> events left out
+        # features whose values came with no unit, read as in the unit the model learnt them in
+        "units_assumed": units_assumed(tokenizer, present, load_summary.units),
         # the most recent max_events of a longer stay are read (and pinned features' earliest)
         "patients_cut_to_max_events": {"max_events": tokenizer.max_events, "patients": cut["patients"],
                                        "oldest_events_left_out": cut["events"]},
@@ -150,7 +170,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
         summary["explanations"] = {"file": str(explanations),
                                    "method": "Integrated Gradients over the fused tokens (Captum)",
                                    "largest_convergence_error_logits": worst_error}
-    output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     if unknown:
         print(
             f"left out {sum(unknown.values())} events of {len(unknown)} features the model does not know: "
@@ -158,6 +178,9 @@ def prediction_function(args: argparse.Namespace) -> dict:
         )
     if skipped:
         print(f"not scored: {skipped} patients with {NO_KNOWN_EVENT} (e.g. {skipped_examples[:5]})")
+    if summary["units_assumed"]:
+        print("read in the model's units, the table giving none (check them; a unit column, --columns unit=..., "
+              "is checked): " + ", ".join(f"{name} in {unit}" for name, unit in summary["units_assumed"].items()))
     written = "representations" if args.representations else "predictions"
     print(f"scored {scored} patients; {written} in {output}")
     return summary

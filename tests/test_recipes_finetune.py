@@ -473,6 +473,18 @@ def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tm
     assert "the full stage would start from a probe trained on other patients" in result.stderr
 
 
+def test_a_long_format_models_tokenizer_records_its_anchor_even_alone(tmp_path):
+    """Hours counted from another time zero shift every time embedding: predict.py must follow a model's anchor
+    though training set no --max_hours or --end_column."""
+    finetune = load_script("recipes/finetune.py")
+    (tmp_path / "events.csv").write_text("patient_id,time,feature,value\np1,1,sodium,140\n")
+    args = finetune.build_parser().parse_args(TINY[2:] + ["--dataset", "long-format", "--events",
+                                                          str(tmp_path / "events.csv"), "--anchor_column", "INTIME"])
+    train = load_cohort_from_settings({"dataset": "synthetic", "num_patients": 64}).splits["train"]
+    tokenizer, _ = starting_point.build_tokenizer(args, train, {})
+    assert tokenizer.event_window == {"anchor_column": "INTIME"}
+
+
 def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tiny_base):
     """Quantile values asked of a robust-z-score base: the base's features stay z-scored (its weights read them so),
     and the run counts them rather than appear to have done what it was asked."""

@@ -36,6 +36,9 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
     tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "events.csv").write_text(EVENTS)
     output = tmp_path / "out" / "predictions.csv"
+    stale = output.with_name("predictions.csv.explanations.csv")  # an earlier run's, with --explain
+    stale.parent.mkdir()
+    stale.write_text("patient_id,rank,feature,hours,value,attribution\np9,1,sodium,1.0,150.0,0.3\n")
     predict.main(
         [
             "--model_dir",
@@ -50,6 +53,7 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
     )
 
     predictions = pd.read_csv(output, dtype={"patient_id": str})
+    assert not stale.exists()  # it would sit beside these predictions as if it explained them
     assert predictions["patient_id"].tolist() == ["p1", "p3"]  # p2 has only a feature the model does not know
     assert predictions["events_used"].tolist() == [3, 2]  # troponin left out; "sodium " is sodium
     p1 = [("sodium", 140.0, 0.5), ("heart_rate", 88.0, 1.0), ("sodium", 150.0, 3.0)]  # "<150" kept at its bound
@@ -65,6 +69,11 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
     assert summary["loader_examples"]["censored value, kept at the bound"] == [f"{tmp_path / 'events.csv'}:5"]
     assert summary["patients_scored"] == 2 and summary["events_read"] == 7
     assert summary["patients_cut_to_max_events"] == {"max_events": 64, "patients": 0, "oldest_events_left_out": 0}
+    vocabulary = tokenizer.feature_vocabulary  # no unit column: each scored feature read in the model's own unit
+    assert summary["units_assumed"] == {name: vocabulary.spec_of(name).unit for name in ("creatinine", "heart_rate",
+                                                                                         "sodium")
+                                        if vocabulary.spec_of(name).unit}
+    assert "sodium" in summary["units_assumed"]
 
 
 def test_the_summary_counts_the_oldest_events_a_long_stay_had_left_out(predict, tmp_path, tokenizer, tiny_config):
@@ -181,6 +190,7 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     assert "--max_hours 24.0: the model's training window" in scored.stdout
     summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
     assert "time more than 24 h after the anchor" in json.dumps(summary)
+    assert summary["window"]["max_hours"] == {"used": 24.0, "trained": 24.0}
     # evaluated likewise: the test split scored as the fine-tuning run scored it
     evaluated = run([*cohort_flags, "--model_dir", str(model_run / "model"), "--output_dir", str(tmp_path / "eval")],
                     recipe=ROOT / "recipes" / "evaluate.py")
@@ -194,6 +204,42 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
                                          r"validation split \(.*run/split.json; e\.g\. \['s"):
         load_script("recipes/evaluate.py").main([*cohort_flags, "--seed", "1", "--model_dir", str(model_run / "model"),
                                                  "--output_dir", str(tmp_path / "eval-1")])
+
+
+def test_a_checkpoint_saved_in_bf16_is_scored_in_float32(predict, tmp_path, tokenizer, tiny_config):
+    """A bf16 copy loads as bf16 by default: its risks would carry 8 bits of mantissa, written as if float32."""
+    torch.manual_seed(0)
+    model = MedFuseForSequenceClassification(tiny_config()).eval()
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"), "--columns",
+                  "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(tmp_path / "p.csv")])
+    p1 = [("sodium", 140.0, 0.5), ("heart_rate", 88.0, 1.0), ("sodium", 150.0, 3.0)]
+    upcast = model.float()  # the bf16 weights, computed in float32
+    with torch.no_grad():
+        expected = upcast.risks(upcast(**tokenizer([p1], return_tensors="pt")).logits)[0, 1].item()
+    assert pd.read_csv(tmp_path / "p.csv")["probability"][0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_window_flag_the_model_was_trained_without_is_said_and_an_unrecorded_window_is_no_claim(capsys):
+    """Scoring through an end time (or an anchor) that training never used reads other events than the model learnt
+    from: kept, as asked, but said, and recorded in the summary beside what training used."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from medfuse_hf.training.cohorts import follow_the_training_window
+
+    args = Namespace(anchor_column=None, max_hours=None, end_column="OUTTIME")
+    window = follow_the_training_window(args, SimpleNamespace(event_window={"anchor_column": "INTIME",
+                                                                           "max_hours": 48.0}))
+    said = capsys.readouterr().out
+    assert "--end_column OUTTIME: the model was trained without --end_column; scoring as asked" in said
+    assert "--anchor_column INTIME: the model's training window" in said and args.max_hours == 48.0
+    assert window["end_column"] == {"used": "OUTTIME", "trained": None}
+    window = follow_the_training_window(Namespace(anchor_column=None, max_hours=24.0, end_column=None),
+                                        SimpleNamespace(event_window=None))  # a model of another dataset
+    assert capsys.readouterr().out == "" and window["max_hours"] == {"used": 24.0, "trained": "not recorded"}
 
 
 def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tokenizer, tiny_config):
@@ -226,8 +272,9 @@ def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tok
 
 @pytest.mark.parametrize("pooling", ["mean", "per_feature"])
 def test_attributions_add_up_to_the_risk_gap_to_padding_tokens_whatever_the_pooling(tokenizer, tiny_config, pooling):
-    """Per-feature pooling groups tokens by their feature and time, which the path over tokens holds fixed: the
-    attributions must still add up to the gap they explain, and not only for a pooling that ignores the ids."""
+    """The attributions add up to the gap in the risk's log-odds (not the positive logit's, which moves with events
+    that raise both logits alike). Per-feature pooling groups tokens by their feature and time, which the path over
+    tokens holds fixed: they must still add up, and not only for a pooling that ignores the ids."""
     from medfuse_hf.training.explanations import explain_patient
 
     torch.manual_seed(0)
@@ -240,13 +287,19 @@ def test_attributions_add_up_to_the_risk_gap_to_padding_tokens_whatever_the_pool
 
     batch = tokenizer([patient], return_tensors="pt")
     padding = {key: torch.zeros_like(value) for key, value in batch.items() if key != "attention_mask"}
+
+    def log_odds(logits: torch.Tensor) -> torch.Tensor:  # what the risk is the sigmoid of
+        return logits[0, 1] - logits[0, 0]
+
     with torch.no_grad():
         padding_tokens = model.base_model.embeddings(**padding)
-        gap = model(**batch).logits[0, 1] - model(**batch, inputs_embeds=padding_tokens).logits[0, 1]
+        gap = log_odds(model(**batch).logits) - log_odds(model(**batch, inputs_embeds=padding_tokens).logits)
         if pooling == "mean":  # which feature a token is matters only through its token: the baseline is padding
-            padded = model(**padding, attention_mask=batch["attention_mask"]).logits[0, 1]
-            assert gap == pytest.approx((model(**batch).logits[0, 1] - padded).item())
-    assert abs(gap.item()) > 0.05 and error < 1e-2
+            padded = log_odds(model(**padding, attention_mask=batch["attention_mask"]).logits)
+            assert gap == pytest.approx((log_odds(model(**batch).logits) - padded).item())
+        # the risk moves with the log-odds and not with the positive logit alone: attributions to that would differ
+        positive_gap = model(**batch).logits[0, 1] - model(**batch, inputs_embeds=padding_tokens).logits[0, 1]
+    assert abs(gap.item()) > 0.05 and error < 1e-2 and abs(positive_gap.item() - gap.item()) > 0.05
     assert sum(event.attribution for event in events) == pytest.approx(gap.item(), abs=max(2 * error, 1e-3))
     assert sorted(event.position for event in events) == [0, 1, 2]
 

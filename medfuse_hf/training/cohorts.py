@@ -393,17 +393,21 @@ def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) ->
 WINDOW_FLAGS = ("anchor_column", "max_hours", "end_column")
 
 
-def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> None:
+def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> dict[str, dict]:
     """A long-format table read for a saved model (to score or to evaluate it) through the window the model was
     trained on (`event_window`, recorded by finetune.py), where the flags leave it out; a window given that differs
-    is kept, as asked, and said."""
-    window = tokenizer.event_window or {}
+    (a flag training had otherwise or, where a window is recorded, not at all) is kept, as asked, and said. Returns
+    each flag's value used and trained with (None: not given; a model with no recorded window: trained unknown)."""
+    window = tokenizer.event_window
     for flag in WINDOW_FLAGS:
-        trained, given = window.get(flag), getattr(args, flag)
-        if trained is None or given == trained:
+        trained, given = (window or {}).get(flag), getattr(args, flag)
+        if given == trained or (window is None and given is not None):
             continue
         if given is None:
             setattr(args, flag, trained)
             print(f"--{flag} {trained}: the model's training window")
         else:
-            print(f"--{flag} {given}: the model was trained with --{flag} {trained}; scoring as asked")
+            print(f"--{flag} {given}: the model was trained "
+                  f"{f'with --{flag} {trained}' if trained is not None else f'without --{flag}'}; scoring as asked")
+    return {flag: {"used": getattr(args, flag), "trained": "not recorded" if window is None else window.get(flag)}
+            for flag in WINDOW_FLAGS}

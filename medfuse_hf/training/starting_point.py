@@ -31,14 +31,14 @@ def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
     which start fresh with statistics from this training split. Also returns, for `--init_from`, how the cohort's
     features matched the checkpoint's (features only in validation or test are dropped and logged, as
     `fit_tokenizer` does). `--static_features` are pinned: a long stay keeps the statics its model reads. A
-    long-format table's window (`--max_hours`, `--end_column`) is recorded in it."""
+    long-format table's window (`--anchor_column`, `--max_hours`, `--end_column`) is recorded in it."""
     fitted = fit_tokenizer(train, args.max_events, args.value_normalization, units)
     tokenizer, matching = (fitted, None) if not args.init_from else checkpoint_tokenizer(args, fitted, units)
     static_feature_ids(args.static_features or [], tokenizer)  # an unknown name: a clear error
     tokenizer.pinned_features = list(dict.fromkeys([*tokenizer.pinned_features, *(args.static_features or [])]))
     window = {flag: getattr(args, flag, None) for flag in WINDOW_FLAGS if getattr(args, flag, None) is not None}
-    if args.dataset == "long-format" and window.keys() - {"anchor_column"}:  # what predict.py reads new patients with
-        tokenizer.event_window = window
+    if args.dataset == "long-format" and window:  # what predict.py reads new patients with; an anchor alone too,
+        tokenizer.event_window = window  # since hours counted from another time zero shift every time embedding
     return tokenizer, matching
 
 
