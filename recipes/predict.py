@@ -169,7 +169,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
         print(f"the {args.explain} events that moved each patient's risk most: {explanations}")
         summary["explanations"] = {"file": str(explanations),
                                    "method": "Integrated Gradients over the fused tokens (Captum)",
-                                   "largest_convergence_error_logits": worst_error}
+                                   "attributed": "the risk's log-odds, logit(positive) - logit(negative)",
+                                   "largest_convergence_error_log_odds": worst_error}
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     if unknown:
         print(
