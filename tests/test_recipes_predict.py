@@ -269,7 +269,8 @@ def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tok
     assert set(zip(p1["feature"], p1["value"])) <= {("sodium", 140.0), ("heart_rate", 88.0), ("sodium", 150.0)}
     assert p1["attribution"].abs().is_monotonic_decreasing
     explained = json.loads(output.with_name("predictions.csv.summary.json").read_text())["explanations"]
-    assert explained["attributed"].startswith("the risk's log-odds") and explained["largest_convergence_error_log_odds"] < 1
+    assert explained["attributed"].startswith("the risk's log-odds")
+    assert explained["largest_convergence_error_log_odds"] < 1
 
 
 @pytest.mark.parametrize("pooling", ["mean", "per_feature"])
