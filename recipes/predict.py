@@ -24,7 +24,6 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
-import pyarrow.compute as pc
 import torch
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
@@ -70,11 +69,12 @@ def explanation_rows(model, tokenizer: MedFuseTokenizer, patients: datasets.Data
 
 
 def units_assumed(tokenizer: MedFuseTokenizer, present: set[str], read_units: dict[str, str]) -> dict[str, str]:
-    """The model's unit of each feature the table has events of but gave no unit for: `check_units` can only refuse
-    a unit it reads, so a creatinine in µmol/L against a model's mg/dL passes unless someone looks."""
+    """The model's unit of each of its features the table has events of (`present`) but gave no unit for:
+    `check_units` can only refuse a unit it reads, so a creatinine in µmol/L against a model's mg/dL passes unless
+    someone looks."""
     vocabulary = tokenizer.feature_vocabulary
     return {name: vocabulary.spec_of(name).unit for name in sorted(present)
-            if name in vocabulary and vocabulary.spec_of(name).unit and not read_units.get(name)}
+            if vocabulary.spec_of(name).unit and not read_units.get(name)}
 
 
 def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
@@ -113,13 +113,13 @@ def prediction_function(args: argparse.Namespace) -> dict:
     # later chunk) leaves no file that looks complete.
     writing, explaining = (path.with_name(path.name + ".partial") for path in (output, explanations))
     unknown, scored, skipped, skipped_examples, worst_error = Counter(), 0, 0, [], 0.0
-    present = set()  # the features the table has events of
+    present = set()  # the model's features the table has events of
     cut = Counter()  # patients longer than the model reads, and their oldest events it left out
     with progress_bar(total=len(patients), desc="scoring", unit="patients") as bar:
         for part in chunks(patients):
-            counts, part_unknown = known_events(part, tokenizer)
+            counts, part_unknown, part_present = known_events(part, tokenizer)
             unknown.update(part_unknown)
-            present.update(pc.unique(pc.list_flatten(part.data.column("feature"))).to_pylist())
+            present.update(part_present)
             scorable = [row for row, count in enumerate(counts) if count > 0]
             over = [count - tokenizer.max_events for count in counts if count > tokenizer.max_events]
             cut.update(patients=len(over), events=sum(over))
