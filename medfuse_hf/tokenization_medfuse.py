@@ -73,9 +73,10 @@ class MedFuseTokenizer(SequenceFeatureExtractor):
         pinned_features: features whose earliest event survives any cut to the most recent events: the static
             descriptors recorded at admission (age, ICU type) that a model's `static_feature_ids` reads there, and
             that a long stay would otherwise lose first.
-        event_window: the window of a long-format table the training events came from, `{"anchor_column":
-            "INTIME", "max_hours": 48, "end_column": "OUTTIME"}`, recorded by `recipes/finetune.py` so that
-            `recipes/predict.py` reads new patients the same way unless told otherwise.
+        event_window: the window the training events came from, recorded by `recipes/finetune.py` so that
+            `recipes/predict.py` reads new patients the same way unless told otherwise: a long-format table's
+            flags, `{"anchor_column": "INTIME", "max_hours": 48, "end_column": "OUTTIME"}`, or a public cohort's
+            `{"time_zero": "ICU admission", "max_hours": 48}`.
     """
 
     model_input_names = ["feature_ids", "values", "times", "attention_mask"]

@@ -473,16 +473,26 @@ def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tm
     assert "the full stage would start from a probe trained on other patients" in result.stderr
 
 
-def test_a_long_format_models_tokenizer_records_its_anchor_even_alone(tmp_path):
+def test_a_models_tokenizer_records_its_cohorts_window_a_long_format_anchor_alone_too(tmp_path):
     """Hours counted from another time zero shift every time embedding: predict.py must follow a model's anchor
-    though training set no --max_hours or --end_column."""
-    finetune = load_script("recipes/finetune.py")
-    (tmp_path / "events.csv").write_text("patient_id,time,feature,value\np1,1,sodium,140\n")
-    args = finetune.build_parser().parse_args(TINY[2:] + ["--dataset", "long-format", "--events",
-                                                          str(tmp_path / "events.csv"), "--anchor_column", "INTIME"])
-    train = load_cohort_from_settings({"dataset": "synthetic", "num_patients": 64}).splits["train"]
-    tokenizer, _ = starting_point.build_tokenizer(args, train, {})
-    assert tokenizer.event_window == {"anchor_column": "INTIME"}
+    though training set no --max_hours or --end_column, and a P12 model's 48 hours from ICU admission, which its
+    files hold no column of."""
+    patients = [f"p{number}" for number in range(40)]
+    pd.DataFrame({"patient_id": patients, "time": 1, "feature": "sodium", "value": 140}).to_csv(
+        tmp_path / "events.csv", index=False)
+    pd.DataFrame({"patient_id": patients, "INTIME": 0, "died": [number % 2 for number in range(40)]}).to_csv(
+        tmp_path / "labels.csv", index=False)
+    anchored = load_cohort_from_settings({"dataset": "long-format", "events": [str(tmp_path / "events.csv")],
+                                          "labels": str(tmp_path / "labels.csv"), "label_column": "died",
+                                          "anchor_column": "INTIME"})
+    p12 = load_cohort_from_settings({"dataset": "p12-sample"})
+    assert anchored.window == {"anchor_column": "INTIME"}
+    assert p12.window == {"time_zero": "ICU admission", "max_hours": 48.0}
+    args = load_script("recipes/finetune.py").build_parser().parse_args(TINY[2:])
+    for cohort in (anchored, p12):
+        tokenizer, _ = starting_point.build_tokenizer(args, cohort.splits["train"], {}, cohort.window)
+        tokenizer.save_pretrained(tmp_path / "tokenizer")
+        assert MedFuseTokenizer.from_pretrained(tmp_path / "tokenizer").event_window == cohort.window
 
 
 def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tiny_base):

@@ -238,8 +238,29 @@ def test_a_window_flag_the_model_was_trained_without_is_said_and_an_unrecorded_w
     assert "--anchor_column INTIME: the model's training window" in said and args.max_hours == 48.0
     assert window["end_column"] == {"used": "OUTTIME", "trained": None}
     window = follow_the_training_window(Namespace(anchor_column=None, max_hours=24.0, end_column=None),
-                                        SimpleNamespace(event_window=None))  # a model of another dataset
+                                        SimpleNamespace(event_window=None))  # a model from before windows were kept
     assert capsys.readouterr().out == "" and window["max_hours"] == {"used": 24.0, "trained": "not recorded"}
+
+
+def test_a_p12_models_table_is_read_through_its_48_hours_from_the_time_its_hours_counted_from(capsys):
+    """A P12 model learnt from the first 48 ICU hours, counted from admission: a whole stay scored with it would
+    feed events it never saw the like of, so its 48 hours are followed, and an anchor left out is said."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from medfuse_hf.training.cohorts import follow_the_training_window
+
+    p12_model = SimpleNamespace(event_window={"time_zero": "ICU admission", "max_hours": 48.0})
+    args = Namespace(anchor_column=None, max_hours=None, end_column=None)
+    window = follow_the_training_window(args, p12_model)
+    said = capsys.readouterr().out
+    assert args.max_hours == 48.0 and "--max_hours 48.0: the model's training window" in said
+    assert "hours count from each stay's ICU admission; without --anchor_column" in said
+    assert window["time_zero"] == {"used": "each patient's first event", "trained": "ICU admission"}
+    args = Namespace(anchor_column="INTIME", max_hours=None, end_column=None)
+    window = follow_the_training_window(args, p12_model)
+    assert "ICU admission" not in capsys.readouterr().out and window["time_zero"]["used"] == "INTIME"
+    assert window["anchor_column"] == {"used": "INTIME", "trained": None}
 
 
 def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tokenizer, tiny_config):

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -32,6 +33,7 @@ from ..data import (
 from ..data.cache import cached_load
 from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from ..data.event_cleaning import patient_ids_as_text
+from ..data.physionet2012 import OBSERVATION_MINUTES
 from ..data.shards import shard_patient_ids
 from ..data.splits import MIN_VALIDATION_PER_CLASS, check_disjoint, nested_subset, validation_subset
 from ..feature_vocabulary import FeatureVocabulary, ValueNormalization
@@ -39,6 +41,11 @@ from ..synthetic import make_sodium_cohort
 from ..tokenization_medfuse import MedFuseTokenizer
 
 P12_PROTOCOLS = ("seft-split", "set-a-test", "random")
+# The flags of a long-format table's window, which a model's tokenizer records (`event_window`) for scoring.
+WINDOW_FLAGS = ("anchor_column", "max_hours", "end_column")
+# P12's and P19's hours count from ICU admission (P19's `ICULOS`): a new table scored by a model of theirs should be
+# read from that time, and for P12 through its first 48 hours.
+ICU_ADMISSION = "ICU admission"
 # P19: `whole-stay` (every event; label: sepsis at any hour) or `first-<H>h` (early prediction, below).
 P19_EARLY_PROTOCOL = re.compile(r"first-(\d+)h")
 
@@ -54,6 +61,9 @@ class Cohort:
     hub_license: str = "other"  # the Hub's licence id for models trained on it
     citation: str | None = None
     units: Mapping[str, str] = field(default_factory=dict)  # feature -> the unit its values are in, where read
+    # The window its events were read through, as predict.py reads a new table: a long-format table's WINDOW_FLAGS
+    # as given; a public cohort's `max_hours` after its `time_zero`, a time its files hold no column of.
+    window: Mapping[str, Any] = field(default_factory=dict)
 
     def labelled(self, split: str) -> datasets.Dataset:
         """The split's patients that have a label (a missing outcome cannot be trained on or scored)."""
@@ -62,6 +72,7 @@ class Cohort:
 
 P12_TERMS = dict(
     task="in-hospital death, from the first 48 hours of the ICU stay",
+    window={"time_zero": ICU_ADMISSION, "max_hours": OBSERVATION_MINUTES / 60},
     license="Open Data Commons Attribution License v1.0 (PhysioNet/CinC Challenge 2012)", hub_license="odc-by",
     citation="Silva I, Moody G, Scott DJ, Celi LA, Mark RG. Predicting In-Hospital Mortality of ICU Patients: The "
              "PhysioNet/Computing in Cardiology Challenge 2012. Computing in Cardiology 2012;39:245-248.",
@@ -142,8 +153,10 @@ def p19_cohort(request: CohortRequest) -> Cohort:
     p19 = load_p19_task(_required(request.data_dir, request.dataset), protocol, request.hospital)
     split = stratified_split(p19["patient_id"], p19["sepsis"], seed=request.seed)
     where = f"hospital {request.hospital}" if request.hospital else "hospitals A and B"
+    early = P19_EARLY_PROTOCOL.fullmatch(protocol)
+    window = {"time_zero": ICU_ADMISSION, **({"max_hours": float(early.group(1))} if early else {})}
     return Cohort(apply_split(p19, split, "patient_id"), "sepsis", "patient_id",
-                  f"PhysioNet 2019, {where}, {protocol}", p19_task(protocol), **P19_TERMS)
+                  f"PhysioNet 2019, {where}, {protocol}", p19_task(protocol), window=window, **P19_TERMS)
 
 
 def synthetic_cohort(request: CohortRequest) -> Cohort:
@@ -193,7 +206,9 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
         if len(part) == 0:
             raise ValueError(f"{request.split_file or 'the split'}: none of its {name!r} ids ({split[name][:3]}...) "
                              f"is a patient of {where} (ids such as {patients['patient_id'][:3]})")
-    return Cohort(parts, request.label_column, "patient_id", f"long-format events from {where}", units=summary.units)
+    window = {flag: getattr(request, flag) for flag in WINDOW_FLAGS if getattr(request, flag) is not None}
+    return Cohort(parts, request.label_column, "patient_id", f"long-format events from {where}", units=summary.units,
+                  window=window)
 
 
 def hospital_split(path: str) -> dict[str, list[str]]:
@@ -389,15 +404,14 @@ def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) ->
     return splits
 
 
-# The flags of a long-format table's window, which a model's tokenizer records (`event_window`) for scoring.
-WINDOW_FLAGS = ("anchor_column", "max_hours", "end_column")
-
 
 def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> dict[str, dict]:
     """A long-format table read for a saved model (to score or to evaluate it) through the window the model was
     trained on (`event_window`, recorded by finetune.py), where the flags leave it out; a window given that differs
-    (a flag training had otherwise or, where a window is recorded, not at all) is kept, as asked, and said. Returns
-    each flag's value used and trained with (None: not given; a model with no recorded window: trained unknown)."""
+    (a flag training had otherwise or, where a window is recorded, not at all) is kept, as asked, and said. A model of
+    a public cohort counted hours from a time (`time_zero`, ICU admission) that only `--anchor_column` can name in
+    the table: without it, hours count from each patient's first event, which is said. Returns each flag's value used
+    and trained with (None: not given; a model with no recorded window: trained unknown), and the time zero's."""
     window = tokenizer.event_window
     for flag in WINDOW_FLAGS:
         trained, given = (window or {}).get(flag), getattr(args, flag)
@@ -409,5 +423,11 @@ def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> dict[str, d
         else:
             print(f"--{flag} {given}: the model was trained "
                   f"{f'with --{flag} {trained}' if trained is not None else f'without --{flag}'}; scoring as asked")
-    return {flag: {"used": getattr(args, flag), "trained": "not recorded" if window is None else window.get(flag)}
+    time_zero = (window or {}).get("time_zero")
+    if time_zero and args.anchor_column is None:
+        print(f"the model's hours count from each stay's {time_zero}; without --anchor_column naming that time in "
+              "--patients, they count from each patient's first event")
+    used = {flag: {"used": getattr(args, flag), "trained": "not recorded" if window is None else window.get(flag)}
             for flag in WINDOW_FLAGS}
+    return {**used, **({"time_zero": {"used": args.anchor_column or "each patient's first event",
+                                      "trained": time_zero}} if time_zero else {})}

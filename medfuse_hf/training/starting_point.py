@@ -5,6 +5,8 @@ report. `recipes/finetune.py`'s first step, kept apart so that the recipe reads 
 
 import math
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -19,26 +21,28 @@ from .. import (
 )
 from ..feature_tables import FrozenRows
 from ..units import check_units
-from .cohorts import WINDOW_FLAGS, fit_tokenizer
+from .cohorts import fit_tokenizer
 from .recipe_config import ENCODER_FIELDS, HEAD_FIELDS, model_overrides
 
 MODEL_FIELDS = (*ENCODER_FIELDS, *HEAD_FIELDS)  # the encoder's and the head's MedFuseConfig fields
 
 
-def build_tokenizer(args, train, units) -> tuple[MedFuseTokenizer, dict | None]:
+def build_tokenizer(
+    args, train, units, window: Mapping[str, Any] | None = None
+) -> tuple[MedFuseTokenizer, dict | None]:
     """The tokenizer fitted on the training split or, when starting from a checkpoint, the checkpoint's: its value
     statistics for the features it knows (what its weights learnt on), followed by the training features it lacks,
     which start fresh with statistics from this training split. Also returns, for `--init_from`, how the cohort's
     features matched the checkpoint's (features only in validation or test are dropped and logged, as
-    `fit_tokenizer` does). `--static_features` are pinned: a long stay keeps the statics its model reads. A
-    long-format table's window (`--anchor_column`, `--max_hours`, `--end_column`) is recorded in it."""
+    `fit_tokenizer` does). `--static_features` are pinned: a long stay keeps the statics its model reads. The
+    cohort's `window` is recorded in it (`Cohort.window`), an anchor alone too: predict.py reads new patients
+    through it, since hours counted from another time zero shift every time embedding."""
     fitted = fit_tokenizer(train, args.max_events, args.value_normalization, units)
     tokenizer, matching = (fitted, None) if not args.init_from else checkpoint_tokenizer(args, fitted, units)
     static_feature_ids(args.static_features or [], tokenizer)  # an unknown name: a clear error
     tokenizer.pinned_features = list(dict.fromkeys([*tokenizer.pinned_features, *(args.static_features or [])]))
-    window = {flag: getattr(args, flag, None) for flag in WINDOW_FLAGS if getattr(args, flag, None) is not None}
-    if args.dataset == "long-format" and window:  # what predict.py reads new patients with; an anchor alone too,
-        tokenizer.event_window = window  # since hours counted from another time zero shift every time embedding
+    if window:
+        tokenizer.event_window = dict(window)
     return tokenizer, matching
 
 
