@@ -57,7 +57,8 @@ def write_model(export: Path, model_dir: Path) -> None:
     from medfuse_hf.data import load_long_format
     from medfuse_hf.training.cohorts import fit_tokenizer
 
-    tokenizer = fit_tokenizer(load_long_format(export).select(range(1000)), max_events=256)
+    # units={}: the export gives none, so the model claims none, as a model trained on it by finetune.py would
+    tokenizer = fit_tokenizer(load_long_format(export).select(range(1000)), max_events=256, units={})
     config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), hidden_size=32, value_embedding_size=32,
                            intermediate_size=64, num_labels=2)
     MedFuseForSequenceClassification(config).save_pretrained(model_dir)

@@ -2,7 +2,7 @@
 transfer code all decide "same unit?" here, so that they never disagree."""
 
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .feature_vocabulary import FeatureVocabulary
 
@@ -25,12 +25,34 @@ def same_unit(here: str | None, there: str | None) -> bool:
     return shouting and unit_key(here).casefold() == unit_key(there).casefold()
 
 
-def check_units(vocabulary: FeatureVocabulary, units: Mapping[str, str], where: str) -> None:
+def check_units(
+    vocabulary: FeatureVocabulary, units: Mapping[str, str], where: str, present: Iterable[str] = (),
+    assume_model_units: bool = False,
+) -> dict[str, str]:
     """Refuse data whose features are in other units than a model vocabulary's statistics: normalised with the wrong
-    statistics, creatinine in µmol/L would read 88 times too high. Features of unknown unit, here or there, pass."""
+    statistics, creatinine in µmol/L would read 88 times too high. A unit read can be compared; a feature the data
+    holds (`present`) with no unit given, where the model knows its unit, cannot, and is refused too unless
+    `assume_model_units` (the data owner's word that its values are in the model's units). Returns those features,
+    each with the model's unit that its values are then read in."""
     for name, unit in units.items():
         if name in vocabulary and unit:
             known = vocabulary.spec_of(name).unit
             if known and not same_unit(known, unit):
                 raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
                                  f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
+    assumed = {name: vocabulary.spec_of(name).unit for name in sorted(present)
+               if name in vocabulary and vocabulary.spec_of(name).unit and not units.get(name)}
+    if assumed and not assume_model_units:
+        listed = ", ".join(f"{name} ({unit})" for name, unit in list(assumed.items())[:8])
+        raise ValueError(f"{where} gives no unit for {len(assumed)} of the model's features, which it reads in its "
+                         f"own units: {listed}{', ...' if len(assumed) > 8 else ''}. A value in another unit would "
+                         "be read wrongly without a word: map the table's unit column (--columns ...,unit=<column>) "
+                         "to have each checked, or, if every value is in the model's units, say so with "
+                         "--assume_model_units")
+    return assumed
+
+
+def units_assumed_note(assumed: Mapping[str, str]) -> str:
+    """What a run says of the features `check_units` let through on `--assume_model_units`."""
+    return ("read in the model's units, the table giving none (--assume_model_units): "
+            + ", ".join(f"{name} in {unit}" for name, unit in assumed.items()))

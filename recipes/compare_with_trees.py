@@ -42,7 +42,7 @@ def representation_columns(checkpoint: Path, splits: dict[str, datasets.Dataset]
     model = MedFuseModel.from_pretrained(checkpoint).eval()
     columns = {}
     for name, part in splits.items():
-        counts, _, _ = known_events(part, tokenizer)
+        counts, _ = known_events(part, tokenizer)
         pooled = np.full((len(part), model.config.hidden_size), np.nan, dtype=np.float32)
         known = np.flatnonzero(counts)
         if len(known):

@@ -18,7 +18,7 @@ from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import predict
 from medfuse_hf.training.checkpointing import recorded_settings
-from medfuse_hf.training.cohorts import follow_the_training_window, load_cohort_from_settings
+from medfuse_hf.training.cohorts import feature_names, follow_the_training_window, load_cohort_from_settings
 from medfuse_hf.training.evaluation import (
     ROW_COLUMN,
     evaluation_loader,
@@ -35,7 +35,7 @@ from medfuse_hf.training.recipe_config import (
 )
 from medfuse_hf.training.run_info import write_run_info
 from medfuse_hf.training.run_split import refuse_seen_patients
-from medfuse_hf.units import check_units
+from medfuse_hf.units import check_units, units_assumed_note
 
 
 def evaluation_function(args: argparse.Namespace) -> dict | None:
@@ -49,8 +49,12 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
     refuse_seen_patients(args.model_dir, args.split, split[cohort.id_column], vars(args), accelerator.print)
+    if cohort.units is not None:  # a table's, as read
+        assumed = check_units(tokenizer.feature_vocabulary, cohort.units, cohort.description, feature_names(split),
+                              args.assume_model_units)
+        if assumed:
+            accelerator.print(units_assumed_note(assumed))
     write_run_info(output_dir, recorded_settings(args), accelerator)
-    check_units(tokenizer.feature_vocabulary, cohort.units, cohort.description)
     left_out = []
     if args.unknown_features == "drop":
         split, left_out = patients_with_known_events(split, tokenizer, cohort.id_column)
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("--model_dir", required=True, type=saved_model,
                         help="a saved MedFuse model folder (with its tokenizer) or Hub repo id")
-    add_cohort_arguments(parser)
+    add_cohort_arguments(parser, for_a_model=True)
     parser.add_argument("--split", choices=("train", "validation", "test"), default="test")
     parser.add_argument("--unknown_features", choices=("error", "unk", "drop"), default="error",
                         help="features the model's vocabulary lacks (e.g. another hospital's)")

@@ -351,7 +351,7 @@ def training_function(args: argparse.Namespace, cohort: Cohort | None = None,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = recipe_parser(__doc__)
-    add_cohort_arguments(parser)
+    add_cohort_arguments(parser, for_a_model=True)
     model = add_model_arguments(parser, MODEL_FIELDS)
     model.add_argument("--init_from", type=saved_model,
                        help="a saved MedFuse model folder (e.g. a recipes/pretrain.py run's model/) or Hub repo id")
@@ -423,6 +423,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.freeze_transferred and not args.init_embeddings_from:
         parser.error("--freeze_transferred keeps what --init_embeddings_from loads as loaded; --init_from "
                      "fine-tunes the whole checkpoint (--strategy probe freezes its encoder)")
+    if args.assume_model_units and not args.init_from:
+        parser.error("--assume_model_units reads a table in the units of the checkpoint it starts from; a model "
+                     "trained afresh learns the table's values as they are: give --init_from, or leave it out")
     if args.new_features != "leave_out" and args.strategy == "full":
         parser.error("--new_features says what a probe (--strategy probe or lp-ft) does with the cohort's features "
                      "the checkpoint lacks; --strategy full learns them with everything else")

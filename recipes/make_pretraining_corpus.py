@@ -43,7 +43,14 @@ from medfuse_hf.data.shards import (
     write_patient_shards,
 )
 from medfuse_hf.progress import quiet_library_progress_bars
-from medfuse_hf.training.cohorts import P12_TERMS, P19_TERMS, hospital_split, load_cohort, load_p19_task
+from medfuse_hf.training.cohorts import (
+    P12_TERMS,
+    P19_TERMS,
+    feature_names,
+    hospital_split,
+    load_cohort,
+    load_p19_task,
+)
 from medfuse_hf.training.recipe_config import add_long_format_arguments, existing_table, recipe_parser
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
@@ -96,11 +103,6 @@ def event_count(events: datasets.Dataset) -> int:
     return int(pc.sum(pc.list_value_length(events.with_format("arrow")["feature"])).as_py())
 
 
-def feature_names(events: datasets.Dataset) -> list[str]:
-    """The features a source measures, for the base model card's coverage of each source."""
-    return sorted(pc.unique(pc.list_flatten(events.with_format("arrow")["feature"])).to_pylist())
-
-
 def manifest(
     sources: dict[str, datasets.Dataset], shards: list[Path], description: str, terms: dict[str, dict], **extra
 ) -> dict:
@@ -108,7 +110,7 @@ def manifest(
     return {
         "description": description,
         "sources": {
-            name: {"patients": len(events), "events": event_count(events), "features": feature_names(events),
+            name: {"patients": len(events), "events": event_count(events), "features": sorted(feature_names(events)),
                    "license": terms[name]["license"], "citation": terms[name]["citation"]}
             for name, events in sources.items()
         },

@@ -29,11 +29,12 @@ import torch
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
 from medfuse_hf.progress import progress_bar, quiet_library_progress_bars
-from medfuse_hf.training.cohorts import follow_the_training_window
+from medfuse_hf.training.cohorts import feature_names, follow_the_training_window
 from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per_patient_outputs
 from medfuse_hf.training.explanations import explain_patient
 from medfuse_hf.training.recipe_config import (
     add_long_format_arguments,
+    add_model_units_argument,
     existing_table,
     non_negative_int,
     parse_with_config,
@@ -41,7 +42,7 @@ from medfuse_hf.training.recipe_config import (
     recipe_parser,
     saved_model,
 )
-from medfuse_hf.units import check_units
+from medfuse_hf.units import check_units, units_assumed_note
 
 NO_KNOWN_EVENT = "no event of a feature the model knows"
 PATIENTS_PER_CHUNK = 8192  # scored, then written, at a time: memory stays flat however many patients there are
@@ -68,15 +69,6 @@ def explanation_rows(model, tokenizer: MedFuseTokenizer, patients: datasets.Data
     return rows, worst_error
 
 
-def units_assumed(tokenizer: MedFuseTokenizer, present: set[str], read_units: dict[str, str]) -> dict[str, str]:
-    """The model's unit of each of its features the table has events of (`present`) but gave no unit for:
-    `check_units` can only refuse a unit it reads, so a creatinine in µmol/L against a model's mg/dL passes unless
-    someone looks."""
-    vocabulary = tokenizer.feature_vocabulary
-    return {name: vocabulary.spec_of(name).unit for name in sorted(present)
-            if vocabulary.spec_of(name).unit and not read_units.get(name)}
-
-
 def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
     """`PATIENTS_PER_CHUNK` patients at a time: a table larger than memory is scored and written a chunk at a time."""
     for start in range(0, len(patients), PATIENTS_PER_CHUNK):
@@ -89,7 +81,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
     options = LongFormatOptions.from_settings(vars(args)).as_kwargs()
     patients, load_summary = load_long_format(args.events, args.patients, return_summary=True, **options)
     where = ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else "")
-    check_units(tokenizer.feature_vocabulary, load_summary.units, where)
+    assumed = check_units(tokenizer.feature_vocabulary, load_summary.units, where, feature_names(patients),
+                          args.assume_model_units)  # before any patient is scored
     # In float32 whatever the checkpoint was saved in: risks and attributions of a bf16 copy carry 8 bits of mantissa
     if args.representations:  # any MedFuse checkpoint, the pretrained base too: its encoder and pooling only
         model = MedFuseModel.from_pretrained(args.model_dir, dtype=torch.float32).eval()
@@ -113,13 +106,11 @@ def prediction_function(args: argparse.Namespace) -> dict:
     # later chunk) leaves no file that looks complete.
     writing, explaining = (path.with_name(path.name + ".partial") for path in (output, explanations))
     unknown, scored, skipped, skipped_examples, worst_error = Counter(), 0, 0, [], 0.0
-    present = set()  # the model's features the table has events of
     cut = Counter()  # patients longer than the model reads, and their oldest events it left out
     with progress_bar(total=len(patients), desc="scoring", unit="patients") as bar:
         for part in chunks(patients):
-            counts, part_unknown, part_present = known_events(part, tokenizer)
+            counts, part_unknown = known_events(part, tokenizer)
             unknown.update(part_unknown)
-            present.update(part_present)
             scorable = [row for row, count in enumerate(counts) if count > 0]
             over = [count - tokenizer.max_events for count in counts if count > tokenizer.max_events]
             cut.update(patients=len(over), events=sum(over))
@@ -154,7 +145,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
         "patients_not_scored_examples": skipped_examples,
         "unknown_features": dict(unknown.most_common()),  # name -> events left out
         # features whose values came with no unit, read as in the unit the model learnt them in
-        "units_assumed": units_assumed(tokenizer, present, load_summary.units),
+        "units_assumed": assumed,
         # the most recent max_events of a longer stay are read (and pinned features' earliest)
         "patients_cut_to_max_events": {"max_events": tokenizer.max_events, "patients": cut["patients"],
                                        "oldest_events_left_out": cut["events"]},
@@ -179,9 +170,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
         )
     if skipped:
         print(f"not scored: {skipped} patients with {NO_KNOWN_EVENT} (e.g. {skipped_examples[:5]})")
-    if summary["units_assumed"]:
-        print("read in the model's units, the table giving none (check them; a unit column, --columns unit=..., "
-              "is checked): " + ", ".join(f"{name} in {unit}" for name, unit in summary["units_assumed"].items()))
+    if assumed:
+        print(units_assumed_note(assumed))
     written = "representations" if args.representations else "predictions"
     print(f"scored {scored} patients; {written} in {output}")
     return summary
@@ -191,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("--model_dir", required=True, type=saved_model,
                         help="a saved MedFuse model folder (with its tokenizer) or Hub repo id")
-    add_long_format_arguments(parser, skip=("label_column", "label_map"))  # it scores: no labels
+    table = add_long_format_arguments(parser, skip=("label_column", "label_map"))  # it scores: no labels
+    add_model_units_argument(table)
     parser.add_argument("--patients", type=existing_table,
                         help="table with one row per patient (patient_id column), e.g. anchor times")
     parser.add_argument("--output", default="predictions.csv", help="the risks' CSV; its summary JSON beside it")

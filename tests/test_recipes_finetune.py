@@ -384,7 +384,7 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     finetune = load_script("recipes/finetune.py")  # the second stage starts from the probe's head
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(output / "probe" / "model")])
     train = load_cohort_from_settings(vars(args)).splits["train"]
-    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
     start = starting_point.build_model(args, tokenizer, 0.5, matching)[0].state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
 
@@ -502,12 +502,34 @@ def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tin
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"),
                                                       "--value_normalization", "quantile"])
     train = load_cohort_from_settings(vars(args)).splits["train"]
-    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
     numeric = [spec for spec in tokenizer.feature_vocabulary if spec.statistics is not None]
     assert numeric and {spec.statistics.normalization for spec in numeric} == {"robust_zscore"}
     assert matching["kept_checkpoint_normalization"] == {"robust_zscore": len(numeric)}
     args.value_normalization = "robust_zscore"
-    assert starting_point.build_tokenizer(args, train, {})[1]["kept_checkpoint_normalization"] == {}
+    assert starting_point.build_tokenizer(args, train, None)[1]["kept_checkpoint_normalization"] == {}
+
+
+def test_a_table_without_units_starts_from_a_checkpoint_only_when_its_owner_vouches_for_them(tiny_base, tmp_path,
+                                                                                               capsys):
+    """The checkpoint normalises sodium with statistics of mmol/L values: a hospital's table that gives no unit
+    cannot be checked against them, so starting from it needs the owner's word; a unit column is checked instead."""
+    finetune = load_script("recipes/finetune.py")
+    args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model")])
+    train = load_cohort_from_settings(vars(args)).splits["train"]
+    base_units = {spec.name: spec.unit for spec in MedFuseTokenizer.from_pretrained(tiny_base / "model")
+                  .feature_vocabulary if spec.unit}
+    assert "sodium" in base_units
+    with pytest.raises(ValueError, match=r"--init_from .* gives no unit for .*sodium \(mmol/L\)"):
+        starting_point.build_tokenizer(args, train, {})  # a table, read with no unit column
+    assert starting_point.build_tokenizer(args, train, base_units)[1]["units_assumed"] == {}
+    args.assume_model_units = True
+    assert starting_point.build_tokenizer(args, train, {})[1]["units_assumed"] == base_units
+    (tmp_path / "events.csv").write_text("patient_id,time,feature,value\np1,1,sodium,140\n")
+    with pytest.raises(SystemExit):  # a model trained afresh has no units to assume
+        finetune.main([flag for flag in TINY if flag not in ("--dataset", "synthetic", "--num_patients", "256")]
+                      + ["--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--assume_model_units"])
+    assert "--assume_model_units reads a table in the units of the checkpoint" in capsys.readouterr().err
 
 
 def test_a_checkpoint_saved_in_bf16_is_fine_tuned_with_fp32_weights(tiny_base, tmp_path):
@@ -522,7 +544,7 @@ def test_a_checkpoint_saved_in_bf16_is_fine_tuned_with_fp32_weights(tiny_base, t
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tmp_path / "bf16")])
     train = load_cohort_from_settings(vars(args)).splits["train"]
-    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
     model = starting_point.build_model(args, tokenizer, 0.5, matching)[0]
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
     loaded = model.state_dict()
@@ -534,11 +556,11 @@ def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_ful
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe"])
     train = with_a_feature_the_base_lacks(load_cohort_from_settings(vars(args)).splits["train"])
-    probed, matching = starting_point.build_tokenizer(args, train, {})
+    probed, matching = starting_point.build_tokenizer(args, train, None)
     assert matching["new_features"] == ["bedside_score"] and "bedside_score" not in probed.feature_vocabulary
     assert len(probed.feature_vocabulary) == matching["checkpoint_feature_ids"]
     args.strategy = "full"
-    assert "bedside_score" in starting_point.build_tokenizer(args, train, {})[0].feature_vocabulary
+    assert "bedside_score" in starting_point.build_tokenizer(args, train, None)[0].feature_vocabulary
 
 
 def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_encoder(tiny_base):
@@ -548,7 +570,7 @@ def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_en
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe",
                                                       "--new_features", "learn", "--weight_decay", "0.1"])
     train = with_a_feature_the_base_lacks(load_cohort_from_settings(vars(args)).splits["train"])
-    tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
     assert "bedside_score" in tokenizer.feature_vocabulary
     assert matching["new_features_are"] == "learning their own rows of the frozen encoder"
     model, _ = starting_point.model_for(args, tokenizer, 0.5, matching, None, Accelerator(cpu=True))
@@ -584,7 +606,7 @@ def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, t
         args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy",
                                                           strategy, "--pooling", "per_feature"])
         train = load_cohort_from_settings(vars(args)).splits["train"]
-        tokenizer, matching = starting_point.build_tokenizer(args, train, {})
+        tokenizer, matching = starting_point.build_tokenizer(args, train, None)
         if strategy == "full":
             assert starting_point.build_model(args, tokenizer, 0.5, matching)[0].config.pooling == "per_feature"
             continue

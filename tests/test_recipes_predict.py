@@ -12,6 +12,7 @@ from conftest import load_script
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE"  # EVENTS', which give no unit
 EVENTS = """SUBJECT_ID,HOURS,ITEM,VALUE
 p1,0.5,sodium,140
 p1,1.0,heart_rate,88
@@ -46,7 +47,8 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
             "--events",
             str(tmp_path / "events.csv"),
             "--columns",
-            "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE",
+            COLUMNS,
+            "--assume_model_units",
             "--output",
             str(output),
         ]
@@ -76,13 +78,36 @@ def test_unlabeled_patients_get_risk_scores_and_a_summary_of_what_was_left_out(
     assert "sodium" in summary["units_assumed"]
 
 
+def test_a_table_without_units_is_refused_before_scoring_unless_its_owner_vouches_for_them(
+    predict, tmp_path, tokenizer, tiny_config
+):
+    """A creatinine in µmol/L read as the model's mg/dL is 88 times too high, and nothing could tell: with no unit to
+    compare, the table's owner must say that its values are in the model's units; a unit column is checked."""
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    output = tmp_path / "predictions.csv"
+    arguments = ["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"), "--columns",
+                 COLUMNS, "--output", str(output)]
+    with pytest.raises(ValueError, match=r"gives no unit for 2 of the model's features.*heart_rate \(bpm\), "
+                                         r"sodium \(mmol/L\).*--assume_model_units"):
+        predict.main(arguments)
+    assert not list(tmp_path.glob("predictions.csv*"))  # refused before any file was written
+    units = {"sodium": "mmol/L", "heart_rate": "bpm", "troponin": "ng/mL", "lactate": "mmol/L", "creatinine": ""}
+    with_units = "".join(line + f",{units[line.split(',')[2].strip()]}\n" if index else line + ",UNIT\n"
+                         for index, line in enumerate(EVENTS.splitlines()))
+    (tmp_path / "events.csv").write_text(with_units)
+    predict.main([*arguments[:5], COLUMNS + ",unit=UNIT", *arguments[6:]])
+    assert json.loads(output.with_name("predictions.csv.summary.json").read_text())["units_assumed"] == {}
+
+
 def test_the_summary_counts_the_oldest_events_a_long_stay_had_left_out(predict, tmp_path, tokenizer, tiny_config):
     MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
     MedFuseTokenizer(tokenizer.feature_vocabulary, max_events=2).save_pretrained(tmp_path / "model")
     (tmp_path / "events.csv").write_text(EVENTS)
     output = tmp_path / "predictions.csv"
     predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
-                  "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(output)])
+                  "--columns", COLUMNS, "--assume_model_units", "--output", str(output)])
     summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
     assert summary["patients_cut_to_max_events"] == {"max_events": 2, "patients": 1, "oldest_events_left_out": 1}
 
@@ -100,7 +125,7 @@ def test_a_table_scored_a_few_patients_at_a_time_gives_the_same_files(
         monkeypatch.setattr(predict, "PATIENTS_PER_CHUNK", chunk)
         output = tmp_path / f"chunks-of-{chunk}" / "predictions.csv"
         predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
-                      "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--explain", "2",
+                      "--columns", COLUMNS, "--assume_model_units", "--explain", "2",
                       "--output", str(output)])
         files[chunk] = [output.read_text(), output.with_name("predictions.csv.explanations.csv").read_text(),
                         json.loads(output.with_name("predictions.csv.summary.json").read_text())]
@@ -127,7 +152,7 @@ def test_a_run_stopped_half_way_leaves_no_file_that_looks_complete(predict, tmp_
     output = tmp_path / "predictions.csv"
     with pytest.raises(ValueError, match="a bad row in a later chunk"):
         predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
-                      "--columns", "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE",
+                      "--columns", COLUMNS, "--assume_model_units",
                       "--output", str(output)])
     assert not output.exists() and (tmp_path / "predictions.csv.partial").read_text().count("\n") == 2
 
@@ -167,6 +192,8 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
                     columns, "--feature_map", str(tmp_path / "items.csv")]
     run([*tiny, *cohort_flags, "--max_hours", "24", "--num_epochs", "1", "--output_dir", str(model_run)])
     assert json.loads((model_run / "test_metrics.json").read_text())["test_patients"] == 16  # 10 % of 160
+    # the table gave no unit: the model claims none (not the catalogue's), and its own kind of table needs no word
+    assert {spec.unit for spec in MedFuseTokenizer.from_pretrained(model_run / "model").feature_vocabulary} == {None}
 
     output = tmp_path / "predictions.csv"
     scored = run(
@@ -214,7 +241,7 @@ def test_a_checkpoint_saved_in_bf16_is_scored_in_float32(predict, tmp_path, toke
     tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "events.csv").write_text(EVENTS)
     predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"), "--columns",
-                  "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--output", str(tmp_path / "p.csv")])
+                  COLUMNS, "--assume_model_units", "--output", str(tmp_path / "p.csv")])
     p1 = [("sodium", 140.0, 0.5), ("heart_rate", 88.0, 1.0), ("sodium", 150.0, 3.0)]
     upcast = model.float()  # the bf16 weights, computed in float32
     with torch.no_grad():
@@ -278,7 +305,7 @@ def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tok
             "--explain",
             "2",
             "--columns",
-            "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE",
+            COLUMNS, "--assume_model_units",
             "--output",
             str(output),
         ]
@@ -385,7 +412,7 @@ def test_the_pretrained_base_writes_each_patients_representation_for_a_model_of_
     (tmp_path / "events.csv").write_text(EVENTS)
     output = tmp_path / "representations.csv"
     predict.main(["--model_dir", str(tmp_path / "base"), "--events", str(tmp_path / "events.csv"), "--columns",
-                  "patient_id=SUBJECT_ID,time=HOURS,feature=ITEM,value=VALUE", "--representations",
+                  COLUMNS, "--assume_model_units", "--representations",
                   "--output", str(output)])
     written = pd.read_csv(output, dtype={"patient_id": str})
     hidden = tiny_config().hidden_size

@@ -405,7 +405,7 @@ def test_a_feature_matched_by_code_is_held_to_its_counterparts_unit(tmp_path):
     MedFuseTokenizer(checkpoint.fit_statistics(patients)).save_pretrained(tmp_path)
     cohort = MedFuseTokenizer(FeatureVocabulary([FeatureSpec(name="creatinine", code="2160-0", unit="umol/L")]))
     args = argparse.Namespace(init_from=str(tmp_path), max_events=64, strategy="full", new_features="leave_out",
-                              value_normalization="robust_zscore")
+                              value_normalization="robust_zscore", assume_model_units=False)
     with pytest.raises(ValueError, match="feature 'creatinine' is in 'umol/L', but the model's vocabulary has it in "
                                          "'mg/dL'"):
         checkpoint_tokenizer(args, cohort, {"creatinine": "umol/L"})

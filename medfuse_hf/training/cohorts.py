@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets.table import InMemoryTable
 
@@ -60,7 +61,9 @@ class Cohort:
     license: str = "as set by the data owner"
     hub_license: str = "other"  # the Hub's licence id for models trained on it
     citation: str | None = None
-    units: Mapping[str, str] = field(default_factory=dict)  # feature -> the unit its values are in, where read
+    # A table's units as read (feature -> unit; a feature it gave none for is absent), or None: the units are the
+    # clinical catalogue's, as a public release's and the synthetic cohort's are.
+    units: Mapping[str, str] | None = None
     # The window its events were read through, as predict.py reads a new table: a long-format table's WINDOW_FLAGS
     # as given; a public cohort's `max_hours` after its `time_zero`, a time its files hold no column of.
     window: Mapping[str, Any] = field(default_factory=dict)
@@ -99,6 +102,8 @@ class CohortRequest(LongFormatOptions):
     events: tuple[str, ...] | None = None  # long-format: the event tables
     labels: str | None = None  # long-format: one row per patient, with its label and anchor time
     split_file: str | None = None
+    # long-format, read for a saved model: a feature the table gives no unit for is read in the model's unit
+    assume_model_units: bool = False
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> "CohortRequest":
@@ -241,7 +246,7 @@ COHORT_SOURCES = {  # --dataset name -> how its cohort is built: a new dataset i
     "p19": CohortSource(p19_cohort, ("data_dir", "protocol", "hospital"), release="PhysioNet 2019"),
     "synthetic": CohortSource(synthetic_cohort, ("num_patients",), identifies=("num_patients", "seed")),
     "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column"), identifies=("data_dir",)),
-    "long-format": CohortSource(long_format_cohort, ("events", "labels", "split_file",
+    "long-format": CohortSource(long_format_cohort, ("events", "labels", "split_file", "assume_model_units",
                                                      *(option.name for option in fields(LongFormatOptions))),
                                 identifies=("events",)),
 }
@@ -297,9 +302,11 @@ def _required(data_dir: str | Path | None, dataset: str) -> Path:
     return Path(data_dir)
 
 
-def feature_names(patients) -> set[str]:
-    """Every feature name the patients' events use."""
-    return {str(name) for features in patients["feature"] for name in features}
+def feature_names(patients: datasets.Dataset) -> set[str]:
+    """Every feature name the patients' events use, read from the Arrow column (a table of 100 million events is
+    not listed as Python objects)."""
+    features = patients.with_format("arrow")["feature"]
+    return {str(name) for name in pc.unique(pc.list_flatten(features)).to_pylist()}
 
 
 def fit_tokenizer(
@@ -311,15 +318,17 @@ def fit_tokenizer(
 
     Its vocabulary is the features `train` has, so validation, test, a stream's later patients or another
     hospital may hold a feature it lacks (a rare lab missing from a 1% training subset): the model has learnt
-    nothing of it, so its events are dropped and each such feature is named once in the log, not an error."""
+    nothing of it, so its events are dropped and each such feature is named once in the log, not an error.
+    `units`: a table's units as read (`Cohort.units`); a catalogued feature it gave none for then claims no unit
+    rather than the catalogue's, which its statistics need not be in."""
     names = sorted(feature_names(train))
     if all(name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES for name in names):
         vocabulary = clinical_vocabulary(names)
     else:  # names read from the Arrow column, not from every patient as Python objects
         vocabulary = FeatureVocabulary.of_names(names)
     vocabulary = vocabulary.fit_statistics(train, normalization=normalization)
-    if units:  # the units the cohort's values are in, read from its unit column: they describe these statistics
-        vocabulary = FeatureVocabulary([replace(spec, unit=units.get(spec.name, spec.unit)) for spec in vocabulary])
+    if units is not None:  # a table's units as read describe these statistics; one it gave no unit for has none
+        vocabulary = FeatureVocabulary([replace(spec, unit=units.get(spec.name)) for spec in vocabulary])
     return MedFuseTokenizer(vocabulary, max_events=max_events, unknown_features="drop")
 
 

@@ -37,26 +37,23 @@ def evaluation_loader(dataset: datasets.Dataset, collate: Callable, batch_size: 
     return DataLoader(tagged.select(by_length), batch_size=batch_size, collate_fn=collate)
 
 
-def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tuple[list[int], Counter, set[str]]:
-    """Each patient's number of events of features in the model's vocabulary, the unknown features' counts, and the
-    known features the patients have events of."""
+def known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer) -> tuple[list[int], Counter]:
+    """Each patient's number of events of features in the model's vocabulary, and the unknown features' counts."""
     vocabulary = tokenizer.feature_vocabulary
     unknown: Counter = Counter()
-    present: set[str] = set()
     counts = []
     for features in patients["feature"]:
         known = [name in vocabulary for name in features]
         unknown.update(name for name, is_known in zip(features, known) if not is_known)
-        present.update(name for name, is_known in zip(features, known) if is_known)
         counts.append(int(sum(known)))
-    return counts, unknown, present
+    return counts, unknown
 
 
 def patients_with_known_events(patients: datasets.Dataset, tokenizer: MedFuseTokenizer, id_column: str
                                ) -> tuple[datasets.Dataset, list]:
     """The patients with an event of a feature the model knows, and the ids of the others: with unknown features
     dropped, they have nothing left to score."""
-    counts, _, _ = known_events(patients, tokenizer)
+    counts, _ = known_events(patients, tokenizer)
     left_out = [patient for patient, count in zip(patients[id_column], counts) if count == 0]
     return patients.select([row for row, count in enumerate(counts) if count > 0]), left_out
 

@@ -122,7 +122,9 @@ def privacy_threshold(text: str) -> int:
     return value
 
 
-def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def add_cohort_arguments(parser: argparse.ArgumentParser, for_a_model: bool = False) -> argparse._ArgumentGroup:
+    """The `--dataset` flags and a long-format table's; `for_a_model`: the recipe reads the data for a saved model (to
+    evaluate it or start from it), so a table may lean on the model's units (`--assume_model_units`)."""
     from .cohorts import DATASETS
 
     data = parser.add_argument_group("data")
@@ -138,7 +140,17 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
                        help="long-format: table with one row per patient (patient_id column) and its label")
     table.add_argument("--split_file", type=existing_table,
                        help="long-format: JSON of train/validation/test patient ids (else seeded, stratified)")
+    if for_a_model:
+        add_model_units_argument(table)
     return data
+
+
+def add_model_units_argument(table: argparse._ArgumentGroup) -> None:
+    """`--assume_model_units`: a table that gives no unit for a feature the model has a unit for is refused
+    (`units.check_units`) unless its owner says that every such value is in the model's unit."""
+    table.add_argument("--assume_model_units", action="store_true",
+                       help="long-format, read for a saved model: a feature the table gives no unit for is in the "
+                            "model's unit (else such a table is refused: a value in another unit would be misread)")
 
 
 def column_mapping(text: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ MODEL_FIELDS = (*ENCODER_FIELDS, *HEAD_FIELDS)  # the encoder's and the head's M
 
 
 def build_tokenizer(
-    args, train, units, window: Mapping[str, Any] | None = None
+    args, train, units: Mapping[str, str] | None, window: Mapping[str, Any] | None = None
 ) -> tuple[MedFuseTokenizer, dict | None]:
     """The tokenizer fitted on the training split or, when starting from a checkpoint, the checkpoint's: its value
     statistics for the features it knows (what its weights learnt on), followed by the training features it lacks,
@@ -46,15 +46,21 @@ def build_tokenizer(
     return tokenizer, matching
 
 
-def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuseTokenizer, dict]:
+def checkpoint_tokenizer(
+    args, fitted: MedFuseTokenizer, units: Mapping[str, str] | None
+) -> tuple[MedFuseTokenizer, dict]:
     """`--init_from`'s tokenizer with the cohort's new features added, and how the two matched. A probe leaves the
     new features out unless `--new_features learn`: its frozen encoder has learnt nothing of them, and their tokens
-    would only be noise (LP-FT's second stage, a full fine-tuning, adds them) unless their own rows learn."""
+    would only be noise (LP-FT's second stage, a full fine-tuning, adds them) unless their own rows learn. A table's
+    `units` (`Cohort.units`) are checked against the checkpoint's (`check_units`); public cohorts' (None) are the
+    catalogue's, as the released checkpoints' are."""
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     alignment = align(pretrained.feature_vocabulary, fitted.feature_vocabulary)
     vocabulary = merge(pretrained.feature_vocabulary, fitted.feature_vocabulary)  # the cohort's spellings joined
     # in the merged vocabulary, so that a feature matched by code or alias is checked against its counterpart's unit
-    check_units(vocabulary, units, f"--init_from {args.init_from}")
+    cohort_features = [spec.name for spec in fitted.feature_vocabulary]
+    assumed = {} if units is None else check_units(vocabulary, units, f"--init_from {args.init_from}",
+                                                   cohort_features, args.assume_model_units)
     leave_out = args.strategy == "probe" and args.new_features == "leave_out"
     if leave_out:
         vocabulary = FeatureVocabulary(spec for spec in vocabulary if spec.name not in alignment.only_there)
@@ -72,7 +78,8 @@ def checkpoint_tokenizer(args, fitted: MedFuseTokenizer, units) -> tuple[MedFuse
                 "new_features_are": ("left out, the frozen encoder having learnt nothing of them" if leave_out
                                      else "learning their own rows of the frozen encoder" if args.strategy == "probe"
                                      else "starting fresh"),
-                "kept_checkpoint_normalization": dict(other)}
+                "kept_checkpoint_normalization": dict(other),
+                "units_assumed": assumed}  # the checkpoint's, for features the table gave no unit for
     return tokenizer, matching
 
 
