@@ -27,28 +27,28 @@ def same_unit(here: str | None, there: str | None) -> bool:
 
 def check_units(
     vocabulary: FeatureVocabulary, units: Mapping[str, str], where: str, present: Iterable[str] = (),
-    assume_model_units: bool = False,
+    assume_model_units: bool = False, *, whose: str = "the model's", vouching_flag: str = "--assume_model_units",
 ) -> dict[str, str]:
     """Refuse data whose features are in other units than a model vocabulary's statistics: normalised with the wrong
     statistics, creatinine in µmol/L would read 88 times too high. A unit read can be compared; a feature the data
     holds (`present`) with no unit given, where the model knows its unit, cannot, and is refused too unless
     `assume_model_units` (the data owner's word that its values are in the model's units). Returns those features,
-    each with the model's unit that its values are then read in."""
+    each with the model's unit that its values are then read in. `whose` and `vouching_flag` name the vocabulary and
+    the flag in the refusal (a pretraining corpus checks an export against the clinical catalogue's units)."""
     for name, unit in units.items():
         if name in vocabulary and unit:
             known = vocabulary.spec_of(name).unit
             if known and not same_unit(known, unit):
-                raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but the model's vocabulary has it in "
-                                 f"{known!r}: convert it (unit_conversions / --unit_conversions) before scoring")
+                raise ValueError(f"{where}: feature {name!r} is in {unit!r}, but {whose} vocabulary has it "
+                                 f"in {known!r}: convert it (unit_conversions / --unit_conversions) first")
     assumed = {name: vocabulary.spec_of(name).unit for name in sorted(present)
                if name in vocabulary and vocabulary.spec_of(name).unit and not units.get(name)}
     if assumed and not assume_model_units:
         listed = ", ".join(f"{name} ({unit})" for name, unit in list(assumed.items())[:8])
-        raise ValueError(f"{where} gives no unit for {len(assumed)} of the model's features, which it reads in its "
-                         f"own units: {listed}{', ...' if len(assumed) > 8 else ''}. A value in another unit would "
+        raise ValueError(f"{where} gives no unit for {len(assumed)} of {whose} features, whose values are read in "
+                         f"these units: {listed}{', ...' if len(assumed) > 8 else ''}. A value in another unit would "
                          "be read wrongly without a word: map the table's unit column (--columns ...,unit=<column>) "
-                         "to have each checked, or, if every value is in the model's units, say so with "
-                         "--assume_model_units")
+                         f"to have each checked, or, if every value is in {whose} units, say so with {vouching_flag}")
     return assumed
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 
-from medfuse_hf.data import LongFormatOptions, load_long_format, seft_split
+from medfuse_hf.data import LongFormatOptions, clinical_vocabulary, load_long_format, seft_split
+from medfuse_hf.data.clinical_features import NUMERIC_FEATURES
 from medfuse_hf.data.shards import (
     VALIDATION_FOLDER,
     events_only,
@@ -52,27 +53,37 @@ from medfuse_hf.training.cohorts import (
     load_p19_task,
 )
 from medfuse_hf.training.recipe_config import add_long_format_arguments, existing_table, recipe_parser
+from medfuse_hf.units import check_units
 
 DESCRIPTION = "PhysioNet 2019 (all patients, hospital systems A and B)"
 WITH_P12 = " and the PhysioNet 2012 SeFT training split"
 PUBLIC_TERMS = {"p19": P19_TERMS, "p12": P12_TERMS}  # by source name, the prefix of the source's patient ids
 
 
-def export_sources(args: argparse.Namespace) -> tuple[dict[str, datasets.Dataset], set[str], int]:
+def export_sources(args: argparse.Namespace, joins_public: bool) -> tuple[dict[str, datasets.Dataset], set[str], int,
+                                                                        dict[str, str]]:
     """A hospital's long-format export as one source, its patients' events only (`--labels` may give anchors), the
-    ids (as the shards write them) of `--split_file`'s validation and test patients, and how many of the export's
-    patients those left out."""
+    ids (as the shards write them) of `--split_file`'s validation and test patients, how many of the export's
+    patients those left out, and its features' units as read. Joining the public corpus (`joins_public`), whose
+    values are in the clinical catalogue's units, it is refused in other units, or without units unless
+    `--assume_catalogue_units` vouches for them (those then count as read)."""
     options = LongFormatOptions.from_settings(vars(args))
-    patients = load_long_format(args.events, args.labels, **options.as_kwargs())  # its summary is logged
+    patients, summary = load_long_format(args.events, args.labels, return_summary=True, **options.as_kwargs())
+    units = dict(summary.units)
+    if joins_public:
+        catalogued = [name for name in feature_names(patients) if name in NUMERIC_FEATURES]
+        units |= check_units(clinical_vocabulary(catalogued), units, args.data_description, catalogued,
+                             args.assume_catalogue_units, whose="the public corpus's",
+                             vouching_flag="--assume_catalogue_units")
     events = events_only(patients, args.source_name, "patient_id")
     if not args.split_file:
-        return {args.source_name: events}, set(), 0
+        return {args.source_name: events}, set(), 0, units
     split = hospital_split(args.split_file)
     held_out = {f"{args.source_name}:{patient}" for name in ("validation", "test") for patient in split[name]}
     kept = events.filter(lambda patient: patient not in held_out, input_columns="patient_id")
     print(f"{args.split_file}: {len(events) - len(kept):,} of the export's patients are in its validation or test "
           "split, and left out")
-    return {args.source_name: kept}, held_out, len(events) - len(kept)
+    return {args.source_name: kept}, held_out, len(events) - len(kept), units
 
 
 def corpus_sources(p19_dir: str, p12_dir: str | None) -> tuple[dict[str, datasets.Dataset], set[str]]:
@@ -104,14 +115,17 @@ def event_count(events: datasets.Dataset) -> int:
 
 
 def manifest(
-    sources: dict[str, datasets.Dataset], shards: list[Path], description: str, terms: dict[str, dict], **extra
+    sources: dict[str, datasets.Dataset], shards: list[Path], description: str, terms: dict[str, dict],
+    read_units: dict[str, dict[str, str]], **extra
 ) -> dict:
-    """What `corpus.json` says: the corpus, each source's size, features, licence and citation, and the shards."""
+    """What `corpus.json` says: the corpus, each source's size, features, licence and citation, an export's units
+    as read (`read_units`, which the base's vocabulary records: `pretraining.corpus_units`), and the shards."""
     return {
         "description": description,
         "sources": {
             name: {"patients": len(events), "events": event_count(events), "features": sorted(feature_names(events)),
-                   "license": terms[name]["license"], "citation": terms[name]["citation"]}
+                   "license": terms[name]["license"], "citation": terms[name]["citation"],
+                   **({"units": read_units[name]} if name in read_units else {})}
             for name, events in sources.items()
         },
         **extra,
@@ -127,11 +141,14 @@ def refuse_export_flags(args: argparse.Namespace, parser: argparse.ArgumentParse
             parser.error("--events needs --data_description: what the export is, for corpus.json and the base's card")
         if args.source_name in PUBLIC_TERMS:
             parser.error(f"--source_name {args.source_name} is a public source's name: give the export another")
+        if args.assume_catalogue_units and args.dataset == "long-format":
+            parser.error("--assume_catalogue_units vouches for an export that joins the public corpus; alone, its "
+                         "values are kept in their own units (those it gives are recorded): leave it out")
         return
     if args.dataset == "long-format":
         parser.error("--dataset long-format needs --events and --data_description")
     read_an_export = LongFormatOptions.from_settings(vars(args)) != LongFormatOptions()
-    if read_an_export or args.labels or args.data_description or args.split_file:
+    if read_an_export or args.labels or args.data_description or args.split_file or args.assume_catalogue_units:
         parser.error("flags that read a hospital's export were given without --events: give --events too, or "
                      "leave them out")
 
@@ -164,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--data_license", default="private: not for redistribution",
                         help="the terms the export is under, for the card")
     export.add_argument("--data_citation", default="", help="how to cite the export, if at all")
+    export.add_argument("--assume_catalogue_units", action="store_true",
+                        help="with the public corpus: the export's values that come without a unit are in the "
+                             "clinical catalogue's units, as the public sources' are (else such an export is refused)")
     args = parser.parse_args(argv)
     quiet_library_progress_bars()
 
@@ -171,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     refuse_export_flags(args, parser)
     export_terms = {args.source_name: {"license": args.data_license, "citation": args.data_citation}}
     if args.dataset == "long-format":
-        sources, held_out, left_out = export_sources(args)
+        sources, held_out, left_out, units = export_sources(args, joins_public=False)
         terms, description, extra = export_terms, args.data_description, {}
     else:
         if not args.p19_dir:
@@ -181,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         description = DESCRIPTION + (WITH_P12 if args.p12_dir else "")
         extra = {"p12_validation_and_test_stays_excluded": len(held_out)} if args.p12_dir else {}
         if args.events:  # the public corpus with the hospital's own unlabelled stays: one corpus, shuffled together
-            export, export_held_out, left_out = export_sources(args)
+            export, export_held_out, left_out, units = export_sources(args, joins_public=True)
             sources, held_out = sources | export, held_out | export_held_out
             terms |= export_terms
             description += f"; with {args.data_description}"
@@ -198,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     if validation:
         extra["validation"] = {"patients": validation,
                                "shards": [str(path.relative_to(output_dir)) for path in validation_shards]}
-    record = manifest(sources, shards, description, terms, **extra)
+    read_units = {args.source_name: units} if args.events else {}  # public sources' are the catalogue's
+    record = manifest(sources, shards, description, terms, read_units, **extra)
     write_corpus_manifest(output_dir, record)
     counts = ", ".join(f"{name} {part['patients']:,} patients / {part['events']:,} events"
                        for name, part in record["sources"].items())

@@ -121,7 +121,7 @@ def training_function(args: argparse.Namespace) -> dict:
                                                       unknown_features="drop")
         else:  # statistics from the first patients of the stream, a bounded sample, not held while training
             fitted = fit_tokenizer(first_patients(train, args.statistics_patients), args.max_events,
-                                   args.value_normalization)
+                                   args.value_normalization, cohort.units)
         tokenizer = run_tokenizer(args, fitted, accelerator.is_main_process)
         row_key = cohort.id_column  # a shard's patient ids are unique
         order = LengthGroupedStream(train, args.batch_size, args.seed) if args.group_by_length else train

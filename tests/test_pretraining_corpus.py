@@ -140,7 +140,10 @@ def test_a_hospitals_export_becomes_shards_with_commands_only(tmp_path, monkeypa
     record = json.loads((corpus / "corpus.json").read_text())
     assert record["description"] == "St Elsewhere ICU, 2015-2024"
     assert record["sources"]["stelsewhere"]["patients"] == 7 and record["sources"]["stelsewhere"]["events"] == 60
-    assert streamed_cohort(Namespace(data_description=None), [str(s) for s in shards]).license.startswith("private")
+    described = streamed_cohort(Namespace(data_description=None), [str(s) for s in shards])
+    assert described.license.startswith("private")
+    # the units the values are in, as read and converted: what the base's vocabulary records
+    assert record["sources"]["stelsewhere"]["units"] == described.units == {"heart_rate": "bpm", "temperature": "°C"}
 
 
 def test_an_exports_validation_and_test_patients_stay_out_of_its_corpus_given_the_split_file(tmp_path, monkeypatch):
@@ -181,6 +184,8 @@ def test_the_public_corpus_takes_a_hospitals_export_beside_it_so_the_base_sees_i
     described = streamed_cohort(Namespace(data_description=None), [str(path) for path in corpus.glob("*.parquet")])
     assert "PhysioNet 2019" in described.description and "St Elsewhere ICU, 2015-2024" in described.description
     assert "Attribution 4.0" in described.license and "private: not for redistribution" in described.license
+    assert described.units["temperature"] == "°C" and described.units["heart_rate"] == "bpm"
+    assert described.units["sodium"] == "mmol/L"  # a public source's feature, in the catalogue's unit
 
     described = ["--data_description", "x"]
     for refused, message in (([*flags, "--source_name", "p12", *described], "is a public source's name"),
@@ -191,6 +196,35 @@ def test_the_public_corpus_takes_a_hospitals_export_beside_it_so_the_base_sees_i
             recipe.main(["--p19_dir", str(tmp_path / "absent"), *refused, "--output_dir", str(tmp_path / "refused")])
         assert message in capsys.readouterr().err  # refused before P19 is read: the folder is not even there
     assert not (tmp_path / "refused").exists()
+
+
+def test_an_export_without_units_joins_the_public_corpus_only_when_its_owner_vouches_for_them(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """The public sources' values are in the catalogue's units, and one base's statistics are fitted on all of them:
+    an export whose heart rate and temperature come without units (a temperature in °F would pass unseen) must say
+    that they are in the catalogue's units; alone, it keeps its own, and its base claims none it never read."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    (p12, p19), flags = write_public_releases(tmp_path), write_export(tmp_path)
+    flags[flags.index("--unit_conversions") + 1] = str(tmp_path / "no-conversions.json")
+    (tmp_path / "no-conversions.json").write_text("{}")
+    pd.read_csv(tmp_path / "export.csv").drop(columns="unit").assign(value=lambda rows: rows["value"].where(
+        rows["item"] != 223761, 37.0)).to_csv(tmp_path / "export.csv", index=False)
+    recipe = load_script("recipes/make_pretraining_corpus.py")
+    export = [*flags, "--source_name", "stelsewhere", "--data_description", "St Elsewhere ICU"]
+    with pytest.raises(ValueError, match=r"St Elsewhere ICU gives no unit for 2 of the public corpus's features.*"
+                                         r"heart_rate \(bpm\), temperature \(°C\).*--assume_catalogue_units"):
+        recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), *export, "--output_dir", str(tmp_path / "no")])
+    assert not (tmp_path / "no").exists()
+    recipe.main(["--p19_dir", str(p19), "--p12_dir", str(p12), *export, "--assume_catalogue_units",
+                 "--output_dir", str(tmp_path / "vouched")])
+    record = json.loads((tmp_path / "vouched" / "corpus.json").read_text())
+    assert record["sources"]["stelsewhere"]["units"] == {"heart_rate": "bpm", "temperature": "°C"}
+    recipe.main(["--dataset", "long-format", *export, "--output_dir", str(tmp_path / "alone")])
+    alone = streamed_cohort(Namespace(data_description=None), [str(p) for p in (tmp_path / "alone").glob("*.parquet")])
+    assert alone.units == {}  # read none: the base's vocabulary will claim none
+    with pytest.raises(SystemExit):
+        recipe.main(["--dataset", "long-format", *export, "--assume_catalogue_units", "--output_dir", str(tmp_path)])
+    assert "--assume_catalogue_units vouches for an export that joins the public corpus" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("patients", "fraction", "held_out"),

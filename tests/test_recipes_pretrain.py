@@ -88,11 +88,12 @@ def test_pretrained_model_is_a_starting_point_for_finetuning(tmp_path):
     result = run_finetune(["--dataset", "long-format", "--events", str(tmp_path / "events.csv"), "--labels",
                            str(tmp_path / "labels.csv"), "--label_column", "died", "--num_epochs", "1",
                            "--bootstrap_resamples", "20", "--init_from", str(pretrained / "model"),
-                           "--output_dir", str(other_site)])
+                           "--assume_model_units", "--output_dir", str(other_site)])  # the table gives no unit
     assert "2 of the cohort's features matched" in result.stdout and "['bedside_score']" in result.stdout
     metrics = json.loads((other_site / "test_metrics.json").read_text())
     assert metrics["transferred_features"] == {"matched": 2, "new_at_target": 1, "only_at_source": 1,  # creatinine
-                                               "kept_checkpoint_normalization": {}}
+                                               "kept_checkpoint_normalization": {},
+                                               "units_assumed": {"heart_rate": "bpm", "sodium": "mmol/L"}}
     saved = MedFuseTokenizer.from_pretrained(other_site / "model").feature_vocabulary
     assert [spec.name for spec in saved][-1] == "bedside_score"  # appended: the checkpoint's ids unchanged
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 
+from ..data.clinical_features import NUMERIC_FEATURES
 from ..data.shards import read_corpus_manifest
 from ..feature_vocabulary import FeatureVocabulary
 from ..tokenization_medfuse import MedFuseTokenizer
@@ -39,7 +40,23 @@ def streamed_cohort(args: argparse.Namespace, shards: list[str]) -> Cohort:
     else:
         raise SystemExit("a streamed cohort needs --data_description for its model cards, or a corpus.json beside "
                          "its shards (recipes/make_pretraining_corpus.py writes one)")
-    return Cohort(splits=datasets.DatasetDict(), label_column="", id_column="patient_id", **terms)
+    return Cohort(splits=datasets.DatasetDict(), label_column="", id_column="patient_id", units=corpus_units(manifest),
+                  **terms)
+
+
+def corpus_units(manifest: dict | None) -> dict[str, str] | None:
+    """The units a corpus' values are in, which its base's vocabulary records (`Cohort.units`): the clinical
+    catalogue's (None) unless an export is among its sources; then the export's as read (make_pretraining_corpus.py
+    checked them against the catalogue's where it joined the public sources) and the public sources' features'
+    catalogue units. A feature the export gave no unit for gets none, rather than a claim."""
+    sources = (manifest or {}).get("sources", {}).values()
+    if not any("units" in source for source in sources):
+        return None
+    units = {}
+    for source in sources:
+        catalogued = {name: NUMERIC_FEATURES[name][0] for name in source["features"] if name in NUMERIC_FEATURES}
+        units |= source["units"] if "units" in source else catalogued
+    return units
 
 
 def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: FeatureVocabulary) -> str:

@@ -20,7 +20,7 @@ from .. import (
     merge,
 )
 from ..feature_tables import FrozenRows
-from ..units import check_units
+from ..units import check_units, units_assumed_note
 from .cohorts import fit_tokenizer
 from .recipe_config import ENCODER_FIELDS, HEAD_FIELDS, model_overrides
 
@@ -179,7 +179,7 @@ def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accel
     transferred = None
     if matching is not None:
         transferred = {key: matching[key] for key in ("matched", "new_at_target", "only_at_source",
-                                                   "kept_checkpoint_normalization")}
+                                                   "kept_checkpoint_normalization", "units_assumed")}
         new = (f"{matching['new_at_target']} new here, {matching['new_features_are']}: "
                f"{matching['new_features'][:20]}" if matching["new_at_target"] else "none new here")
         accelerator.print(f"--init_from {args.init_from}: {matching['matched']} of the cohort's features matched the "
@@ -190,6 +190,8 @@ def model_for(args, tokenizer, rate: float, matching: dict | None, cohort, accel
                        if matching["new_at_target"] else "")
             accelerator.print(f"{count} matched features keep the checkpoint's {normalization} values, what its "
                               f"weights learnt on{applies}")
+        if matching["units_assumed"]:
+            accelerator.print(units_assumed_note(matching["units_assumed"]))
     if args.init_embeddings_from:  # another site's published feature embeddings
         report = load_feature_embeddings(model.medfuse, args.init_embeddings_from, tokenizer.feature_vocabulary,
                                          match_by=args.match_by, freeze=args.freeze_transferred)
