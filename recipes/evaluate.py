@@ -18,7 +18,12 @@ from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import predict
 from medfuse_hf.training.checkpointing import recorded_settings
-from medfuse_hf.training.cohorts import feature_names, follow_the_training_window, load_cohort_from_settings
+from medfuse_hf.training.cohorts import (
+    cohort_units,
+    feature_names,
+    follow_the_training_window,
+    load_cohort_from_settings,
+)
 from medfuse_hf.training.evaluation import (
     ROW_COLUMN,
     evaluation_loader,
@@ -49,11 +54,11 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
     refuse_seen_patients(args.model_dir, args.split, split[cohort.id_column], vars(args), accelerator.print)
-    if cohort.units is not None:  # a table's, as read
-        assumed = check_units(tokenizer.feature_vocabulary, cohort.units, cohort.description, feature_names(split),
-                              args.assume_model_units)
-        if assumed:
-            accelerator.print(units_assumed_note(assumed))
+    present = feature_names(split)
+    assumed = check_units(tokenizer.feature_vocabulary, cohort_units(cohort, present), cohort.description, present,
+                          args.assume_model_units)
+    if assumed:
+        accelerator.print(units_assumed_note(assumed))
     write_run_info(output_dir, recorded_settings(args), accelerator)
     left_out = []
     if args.unknown_features == "drop":

@@ -315,7 +315,7 @@ def training_function(args: argparse.Namespace, cohort: Cohort | None = None,
     record_split(args.output_dir, cohort, vars(args), resuming=checkpoint_to_resume(args) is not None,
                  writes=accelerator.is_main_process, say=accelerator.print)
     train, label = splits["train"], cohort.label_column
-    tokenizer, matching = build_tokenizer(args, train, cohort.units, cohort.window)
+    tokenizer, matching = build_tokenizer(args, splits, cohort)
     tokenizer = run_tokenizer(args, tokenizer, accelerator.is_main_process)
     rate = float(np.mean(train[label]))
     train_loader, reseed = training_loader(args, train, label, rate, tokenizer)

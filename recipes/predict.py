@@ -1,13 +1,16 @@
 """Score new, unlabeled patients with a saved MedFuse model: one risk per patient from a long-format event table.
 
-    python recipes/predict.py --model_dir outputs/p12-seft/model --events events.csv --output predictions.csv
+    python recipes/predict.py --model_dir outputs/p12-seft/model --events events.csv --assume_model_units \
+        --output predictions.csv
     python recipes/predict.py --model_dir DIR --events chartevents.csv labevents.csv \
-        --columns patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE --feature_map items.csv \
-        --patients stays.csv --anchor_column INTIME --max_hours 48 --output predictions.csv
+        --columns patient_id=SUBJECT_ID,time=CHARTTIME,feature=ITEMID,value=VALUE,unit=VALUEUOM \
+        --feature_map items.csv --patients stays.csv --anchor_column INTIME --max_hours 48 --output predictions.csv
 
 The model's own tokenizer (saved beside it) encodes the events, so the vocabulary and normalisation are the ones it
 was trained with. Events of features the model does not know are left out and reported by name and count; a
-patient left with no event the model knows is not scored and is counted. `--output` gets one row per scored
+patient left with no event the model knows is not scored and is counted. Units are checked against the model's
+(a table that gives none is refused unless `--assume_model_units` vouches for it), and a P12 model reads the
+first 48 hours from the time `--anchor_column` names, as it was trained. `--output` gets one row per scored
 patient (`patient_id`, `probability`, `events_used`), and `<output>.summary.json` what was read, kept and skipped.
 With `--explain K`, `<output>.explanations.csv` lists each patient's K events that moved its risk most (feature,
 hours, value as read: cleaned and in the model's unit; signed attribution to the risk's log-odds: Integrated

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 
@@ -24,10 +25,10 @@ from accelerate import Accelerator
 from conftest import load_script
 from safetensors.torch import load_file, save_file
 
-from medfuse_hf import MedFuseConfig, MedFuseTokenizer
+from medfuse_hf import FeatureVocabulary, MedFuseConfig, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.synthetic import make_sodium_cohort
-from medfuse_hf.training import read_metrics, starting_point
+from medfuse_hf.training import cohorts, read_metrics, starting_point
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, training_splits
 from medfuse_hf.training.recipe_config import parse_with_config
 
@@ -193,6 +194,18 @@ def test_evaluate_recipe_scores_the_saved_model_as_training_did(tmp_path, single
     training_result = json.loads((single_process_run / "test_metrics.json").read_text())
     assert result["test"]["auroc"] == pytest.approx(training_result["test"]["auroc"], abs=1e-6)
     assert result["model_dir"] == str(single_process_run / "model")
+    # a model whose creatinine was learnt in µmol/L, scored on a cohort in the catalogue's mg/dL: refused unwritten
+    other_units = tmp_path / "umol"
+    shutil.copytree(single_process_run / "model", other_units)
+    saved = MedFuseTokenizer.from_pretrained(other_units)
+    saved.feature_vocabulary = FeatureVocabulary([replace(spec, unit="umol/L") if spec.name == "creatinine" else spec
+                                                  for spec in saved.feature_vocabulary])
+    saved.save_pretrained(other_units)
+    refused = subprocess.run([sys.executable, str(EVALUATE), "--model_dir", str(other_units), "--dataset", "synthetic",
+                              "--num_patients", "256", "--output_dir", str(tmp_path / "refused")],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert refused.returncode != 0 and "'creatinine' is in 'mg/dL', but the model's vocabulary has it in 'umol/L'" \
+        in refused.stderr and not (tmp_path / "refused").exists()
 
 
 def test_publish_rewrites_both_cards_from_what_the_run_recorded(tmp_path, single_process_run):
@@ -383,8 +396,8 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     assert settings["learning_rate"] == pytest.approx(3e-4)  # a tenth of the probe's 3e-3
     finetune = load_script("recipes/finetune.py")  # the second stage starts from the probe's head
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(output / "probe" / "model")])
-    train = load_cohort_from_settings(vars(args)).splits["train"]
-    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
+    cohort = load_cohort_from_settings(vars(args))
+    tokenizer, matching = starting_point.build_tokenizer(args, cohort.splits, cohort)
     start = starting_point.build_model(args, tokenizer, 0.5, matching)[0].state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
 
@@ -432,7 +445,7 @@ def test_lp_ft_keeps_a_probe_that_left_new_features_out_as_its_own_run_tested_it
     output = tmp_path / "lp-ft"
     run(["--dataset", "parquet", "--data_dir", str(cohort), "--label_column", "label", *TINY[4:],
          "--init_from", str(tiny_base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "0",
-         "--output_dir", str(output)])
+         "--assume_model_units", "--output_dir", str(output)])  # Parquet keeps no units
     probe, kept = (json.loads((folder / "test_metrics.json").read_text()) for folder in (output / "probe", output))
     assert kept["best_validation"] == {"auprc": probe["best_validation"]["auprc"], "epoch": 0}
     assert kept["test"] == probe["test"] and kept["transferred_features"]["new_at_target"] == 1
@@ -473,7 +486,7 @@ def test_a_finished_probe_of_another_start_is_not_taken_as_lp_fts_first_stage(tm
     assert "the full stage would start from a probe trained on other patients" in result.stderr
 
 
-def test_a_models_tokenizer_records_its_cohorts_window_a_long_format_anchor_alone_too(tmp_path):
+def test_a_models_tokenizer_records_its_cohorts_window_a_long_format_anchor_alone_too(tmp_path, monkeypatch):
     """Hours counted from another time zero shift every time embedding: predict.py must follow a model's anchor
     though training set no --max_hours or --end_column, and a P12 model's 48 hours from ICU admission, which its
     files hold no column of."""
@@ -488,9 +501,14 @@ def test_a_models_tokenizer_records_its_cohorts_window_a_long_format_anchor_alon
     p12 = load_cohort_from_settings({"dataset": "p12-sample"})
     assert anchored.window == {"anchor_column": "INTIME"}
     assert p12.window == {"time_zero": "ICU admission", "max_hours": 48.0}
+    stays = datasets.Dataset.from_dict({"patient_id": patients, "sepsis": [number % 2 for number in range(40)]})
+    monkeypatch.setattr(cohorts, "load_p19_task", lambda root, protocol, hospital: stays)
+    for protocol, window in (("first-24h", {"time_zero": "ICU admission", "max_hours": 24.0}),
+                             ("whole-stay", {"time_zero": "ICU admission"})):  # P19's ICULOS, every hour of it
+        assert load_cohort_from_settings({"dataset": "p19", "data_dir": "p19", "protocol": protocol}).window == window
     args = load_script("recipes/finetune.py").build_parser().parse_args(TINY[2:])
     for cohort in (anchored, p12):
-        tokenizer, _ = starting_point.build_tokenizer(args, cohort.splits["train"], {}, cohort.window)
+        tokenizer, _ = starting_point.build_tokenizer(args, cohort.splits, cohort)
         tokenizer.save_pretrained(tmp_path / "tokenizer")
         assert MedFuseTokenizer.from_pretrained(tmp_path / "tokenizer").event_window == cohort.window
 
@@ -501,13 +519,13 @@ def test_a_checkpoints_features_keep_the_normalisation_its_weights_learnt_on(tin
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"),
                                                       "--value_normalization", "quantile"])
-    train = load_cohort_from_settings(vars(args)).splits["train"]
-    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
+    cohort = load_cohort_from_settings(vars(args))
+    tokenizer, matching = starting_point.build_tokenizer(args, cohort.splits, cohort)
     numeric = [spec for spec in tokenizer.feature_vocabulary if spec.statistics is not None]
     assert numeric and {spec.statistics.normalization for spec in numeric} == {"robust_zscore"}
     assert matching["kept_checkpoint_normalization"] == {"robust_zscore": len(numeric)}
     args.value_normalization = "robust_zscore"
-    assert starting_point.build_tokenizer(args, train, None)[1]["kept_checkpoint_normalization"] == {}
+    assert starting_point.build_tokenizer(args, cohort.splits, cohort)[1]["kept_checkpoint_normalization"] == {}
 
 
 def test_a_table_without_units_starts_from_a_checkpoint_only_when_its_owner_vouches_for_them(tiny_base, tmp_path,
@@ -516,15 +534,18 @@ def test_a_table_without_units_starts_from_a_checkpoint_only_when_its_owner_vouc
     cannot be checked against them, so starting from it needs the owner's word; a unit column is checked instead."""
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model")])
-    train = load_cohort_from_settings(vars(args)).splits["train"]
+    cohort = load_cohort_from_settings(vars(args))
     base_units = {spec.name: spec.unit for spec in MedFuseTokenizer.from_pretrained(tiny_base / "model")
                   .feature_vocabulary if spec.unit}
     assert "sodium" in base_units
     with pytest.raises(ValueError, match=r"--init_from .* gives no unit for .*sodium \(mmol/L\)"):
-        starting_point.build_tokenizer(args, train, {})  # a table, read with no unit column
-    assert starting_point.build_tokenizer(args, train, base_units)[1]["units_assumed"] == {}
+        starting_point.build_tokenizer(args, cohort.splits, replace(cohort, units={}))  # read with no unit column
+    assert starting_point.build_tokenizer(args, cohort.splits, replace(cohort, units=base_units))[1][
+        "units_assumed"] == {}
+    assert starting_point.build_tokenizer(args, cohort.splits, cohort)[1]["units_assumed"] == {}  # the catalogue's
     args.assume_model_units = True
-    assert starting_point.build_tokenizer(args, train, {})[1]["units_assumed"] == base_units
+    assert starting_point.build_tokenizer(args, cohort.splits, replace(cohort, units={}))[1][
+        "units_assumed"] == base_units
     (tmp_path / "events.csv").write_text("patient_id,time,feature,value\np1,1,sodium,140\n")
     with pytest.raises(SystemExit):  # a model trained afresh has no units to assume
         finetune.main([flag for flag in TINY if flag not in ("--dataset", "synthetic", "--num_patients", "256")]
@@ -543,8 +564,8 @@ def test_a_checkpoint_saved_in_bf16_is_fine_tuned_with_fp32_weights(tiny_base, t
     (tmp_path / "bf16" / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))  # as saved from bf16
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tmp_path / "bf16")])
-    train = load_cohort_from_settings(vars(args)).splits["train"]
-    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
+    cohort = load_cohort_from_settings(vars(args))
+    tokenizer, matching = starting_point.build_tokenizer(args, cohort.splits, cohort)
     model = starting_point.build_model(args, tokenizer, 0.5, matching)[0]
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
     loaded = model.state_dict()
@@ -555,12 +576,13 @@ def test_a_checkpoint_saved_in_bf16_is_fine_tuned_with_fp32_weights(tiny_base, t
 def test_a_probe_leaves_out_the_features_its_frozen_encoder_never_learnt_and_full_fine_tuning_adds_them(tiny_base):
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe"])
-    train = with_a_feature_the_base_lacks(load_cohort_from_settings(vars(args)).splits["train"])
-    probed, matching = starting_point.build_tokenizer(args, train, None)
+    cohort = load_cohort_from_settings(vars(args))
+    splits = {**cohort.splits, "train": with_a_feature_the_base_lacks(cohort.splits["train"])}
+    probed, matching = starting_point.build_tokenizer(args, splits, cohort)
     assert matching["new_features"] == ["bedside_score"] and "bedside_score" not in probed.feature_vocabulary
     assert len(probed.feature_vocabulary) == matching["checkpoint_feature_ids"]
     args.strategy = "full"
-    assert "bedside_score" in starting_point.build_tokenizer(args, train, None)[0].feature_vocabulary
+    assert "bedside_score" in starting_point.build_tokenizer(args, splits, cohort)[0].feature_vocabulary
 
 
 def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_encoder(tiny_base):
@@ -569,8 +591,9 @@ def test_a_probe_that_learns_new_features_moves_only_their_rows_of_the_frozen_en
     finetune = load_script("recipes/finetune.py")
     args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy", "probe",
                                                       "--new_features", "learn", "--weight_decay", "0.1"])
-    train = with_a_feature_the_base_lacks(load_cohort_from_settings(vars(args)).splits["train"])
-    tokenizer, matching = starting_point.build_tokenizer(args, train, None)
+    cohort = load_cohort_from_settings(vars(args))
+    train = with_a_feature_the_base_lacks(cohort.splits["train"])
+    tokenizer, matching = starting_point.build_tokenizer(args, {**cohort.splits, "train": train}, cohort)
     assert "bedside_score" in tokenizer.feature_vocabulary
     assert matching["new_features_are"] == "learning their own rows of the frozen encoder"
     model, _ = starting_point.model_for(args, tokenizer, 0.5, matching, None, Accelerator(cpu=True))
@@ -605,8 +628,8 @@ def test_a_probe_refuses_encoder_parts_its_checkpoint_never_trained(tiny_base, t
     for strategy in ("probe", "lp-ft", "full"):
         args = finetune.build_parser().parse_args(TINY + ["--init_from", str(tiny_base / "model"), "--strategy",
                                                           strategy, "--pooling", "per_feature"])
-        train = load_cohort_from_settings(vars(args)).splits["train"]
-        tokenizer, matching = starting_point.build_tokenizer(args, train, None)
+        cohort = load_cohort_from_settings(vars(args))
+        tokenizer, matching = starting_point.build_tokenizer(args, cohort.splits, cohort)
         if strategy == "full":
             assert starting_point.build_model(args, tokenizer, 0.5, matching)[0].config.pooling == "per_feature"
             continue

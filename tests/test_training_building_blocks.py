@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -396,21 +397,33 @@ def test_test_predictions_are_read_by_whatever_id_a_cohort_has_and_older_runs_sc
 
 def test_a_feature_matched_by_code_is_held_to_its_counterparts_unit(tmp_path):
     """`--init_from` at a hospital that names creatinine otherwise and writes it in µmol/L: the checkpoint's mg/dL
-    statistics would read it 88 times too high."""
+    statistics would read it 88 times too high. A public cohort's values are in the catalogue's units: a checkpoint
+    that has creatinine in µmol/L is refused on P12 too."""
+    import datasets
+
     from medfuse_hf import FeatureSpec, FeatureVocabulary, MedFuseTokenizer
+    from medfuse_hf.training.cohorts import Cohort
     from medfuse_hf.training.starting_point import checkpoint_tokenizer
 
     patients = [{"feature": ["creatinine_serum"] * 20, "value": [0.6 + 0.05 * i for i in range(20)]}]
     checkpoint = FeatureVocabulary([FeatureSpec(name="creatinine_serum", code="2160-0", unit="mg/dL")])
-    MedFuseTokenizer(checkpoint.fit_statistics(patients)).save_pretrained(tmp_path)
+    MedFuseTokenizer(checkpoint.fit_statistics(patients)).save_pretrained(tmp_path / "mg")
     cohort = MedFuseTokenizer(FeatureVocabulary([FeatureSpec(name="creatinine", code="2160-0", unit="umol/L")]))
-    args = argparse.Namespace(init_from=str(tmp_path), max_events=64, strategy="full", new_features="leave_out",
-                              value_normalization="robust_zscore", assume_model_units=False)
+    splits = {"train": datasets.Dataset.from_list([{"feature": ["creatinine"], "value": [60.0]}])}
+    hospital = Cohort(splits, "died", "patient_id", "a hospital's export", units={"creatinine": "umol/L"})
+    args = argparse.Namespace(init_from=str(tmp_path / "mg"), max_events=64, strategy="full",
+                              new_features="leave_out", value_normalization="robust_zscore", assume_model_units=False)
     with pytest.raises(ValueError, match="feature 'creatinine' is in 'umol/L', but the model's vocabulary has it in "
                                          "'mg/dL'"):
-        checkpoint_tokenizer(args, cohort, {"creatinine": "umol/L"})
-    tokenizer, matching = checkpoint_tokenizer(args, cohort, {"creatinine": "mg/dL"})
+        checkpoint_tokenizer(args, cohort, splits, hospital)
+    tokenizer, matching = checkpoint_tokenizer(args, cohort, splits, replace(hospital, units={"creatinine": "mg/dL"}))
     assert matching["matched_by"] == {"code": 1} and tokenizer.feature_vocabulary.id_of("creatinine") == 2
+    umol = FeatureVocabulary([FeatureSpec(name="creatinine", unit="umol/L")])
+    MedFuseTokenizer(umol.fit_statistics([{"feature": ["creatinine"] * 20, "value": [60.0 + i for i in range(20)]}])
+                     ).save_pretrained(tmp_path / "umol")
+    args.init_from = str(tmp_path / "umol")
+    with pytest.raises(ValueError, match="'creatinine' is in 'mg/dL', but the model's vocabulary has it in 'umol/L'"):
+        checkpoint_tokenizer(args, cohort, splits, replace(hospital, units=None, description="PhysioNet 2012"))
 
 
 def test_patients_without_a_known_event_are_set_aside_by_id(tokenizer):

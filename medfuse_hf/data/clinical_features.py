@@ -10,6 +10,8 @@ LOINC codes are given only where the code is unambiguous for the measurement; a 
 still check its own mapping.
 """
 
+from collections.abc import Iterable
+
 from ..feature_vocabulary import FeatureSpec, FeatureVocabulary
 
 # canonical name: (unit, LOINC code or None, description)
@@ -151,6 +153,11 @@ MIMIC3_ITEMS: dict[int, str] = {
     50907: "cholesterol",
 }
 MIMIC3_FAHRENHEIT_ITEMS = (678, 223761)
+
+
+def catalogue_units(features: Iterable[str]) -> dict[str, str]:
+    """The catalogue's unit of each of `features` it lists as numeric: what public releases' values are in."""
+    return {name: NUMERIC_FEATURES[name][0] for name in features if name in NUMERIC_FEATURES}
 
 
 def clinical_vocabulary(names: list[str] | None = None) -> FeatureVocabulary:

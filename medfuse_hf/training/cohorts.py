@@ -5,7 +5,7 @@ One place maps `--dataset` to a loader and a split protocol, so every recipe rea
 
 import copy
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from ..data import (
     stratified_split,
 )
 from ..data.cache import cached_load
-from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, catalogue_units
 from ..data.event_cleaning import patient_ids_as_text
 from ..data.physionet2012 import OBSERVATION_MINUTES
 from ..data.shards import shard_patient_ids
@@ -102,7 +102,8 @@ class CohortRequest(LongFormatOptions):
     events: tuple[str, ...] | None = None  # long-format: the event tables
     labels: str | None = None  # long-format: one row per patient, with its label and anchor time
     split_file: str | None = None
-    # long-format, read for a saved model: a feature the table gives no unit for is read in the model's unit
+    # A table read for a saved model (a long-format export, Parquet splits): a feature it gives no unit for is read
+    # in the model's unit. The builders need not read it; the recipes check with it (`check_units`).
     assume_model_units: bool = False
 
     @classmethod
@@ -181,7 +182,8 @@ def parquet_cohort(request: CohortRequest) -> Cohort:
         raise ValueError("--label_column is required for parquet cohorts")
     parts = {name: datasets.Dataset.from_parquet(str(root / f"{name}.parquet"))
              for name in ("train", "validation", "test")}
-    return Cohort(datasets.DatasetDict(parts), request.label_column, "patient_id", f"Parquet cohort in {root}")
+    return Cohort(datasets.DatasetDict(parts), request.label_column, "patient_id", f"Parquet cohort in {root}",
+                  units={})  # Parquet keeps no units: the model claims none, and a checkpoint's are not assumed
 
 
 def long_format_cohort(request: CohortRequest) -> Cohort:
@@ -245,7 +247,8 @@ COHORT_SOURCES = {  # --dataset name -> how its cohort is built: a new dataset i
     "p12": CohortSource(p12_cohort, ("data_dir", "protocol"), release="PhysioNet 2012"),
     "p19": CohortSource(p19_cohort, ("data_dir", "protocol", "hospital"), release="PhysioNet 2019"),
     "synthetic": CohortSource(synthetic_cohort, ("num_patients",), identifies=("num_patients", "seed")),
-    "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column"), identifies=("data_dir",)),
+    "parquet": CohortSource(parquet_cohort, ("data_dir", "label_column", "assume_model_units"),
+                            identifies=("data_dir",)),
     "long-format": CohortSource(long_format_cohort, ("events", "labels", "split_file", "assume_model_units",
                                                      *(option.name for option in fields(LongFormatOptions))),
                                 identifies=("events",)),
@@ -309,6 +312,14 @@ def feature_names(patients: datasets.Dataset) -> set[str]:
     return {str(name) for name in pc.unique(pc.list_flatten(features)).to_pylist()}
 
 
+def cohort_units(cohort: Cohort, features: Iterable[str]) -> dict[str, str]:
+    """The units of `features` of a cohort, for `check_units`: a table's as read (a feature it gave none for is
+    absent), else the clinical catalogue's, which a public release's and the synthetic cohort's values are in."""
+    if cohort.units is not None:
+        return dict(cohort.units)
+    return catalogue_units(features)
+
+
 def fit_tokenizer(
     train, max_events: int, normalization: ValueNormalization = "robust_zscore", units: Mapping[str, str] | None = None
 ) -> MedFuseTokenizer:
@@ -324,7 +335,7 @@ def fit_tokenizer(
     names = sorted(feature_names(train))
     if all(name in NUMERIC_FEATURES or name in CATEGORICAL_FEATURES for name in names):
         vocabulary = clinical_vocabulary(names)
-    else:  # names read from the Arrow column, not from every patient as Python objects
+    else:
         vocabulary = FeatureVocabulary.of_names(names)
     vocabulary = vocabulary.fit_statistics(train, normalization=normalization)
     if units is not None:  # a table's units as read describe these statistics; one it gave no unit for has none
@@ -413,18 +424,20 @@ def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) ->
     return splits
 
 
-
 def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> dict[str, dict]:
     """A long-format table read for a saved model (to score or to evaluate it) through the window the model was
     trained on (`event_window`, recorded by finetune.py), where the flags leave it out; a window given that differs
     (a flag training had otherwise or, where a window is recorded, not at all) is kept, as asked, and said. A model of
-    a public cohort counted hours from a time (`time_zero`, ICU admission) that only `--anchor_column` can name in
-    the table: without it, hours count from each patient's first event, which is said. Returns each flag's value used
-    and trained with (None: not given; a model with no recorded window: trained unknown), and the time zero's."""
-    window = tokenizer.event_window
+    a public cohort counted hours from a time (`time_zero`, ICU admission) that `--anchor_column` names in the table
+    (as the model wants, so not said); without it, hours given as numbers are read as they are and timestamps count
+    from each patient's first event, which is said. Returns each flag's value used and trained with (None: not
+    given; a model with no recorded window: trained unknown), and the time zero's."""
+    window = tokenizer.event_window or {}
+    time_zero = window.get("time_zero")
     for flag in WINDOW_FLAGS:
-        trained, given = (window or {}).get(flag), getattr(args, flag)
-        if given == trained or (window is None and given is not None):
+        trained, given = window.get(flag), getattr(args, flag)
+        if given == trained or (tokenizer.event_window is None and given is not None) or (
+                flag == "anchor_column" and time_zero):
             continue
         if given is None:
             setattr(args, flag, trained)
@@ -432,11 +445,12 @@ def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> dict[str, d
         else:
             print(f"--{flag} {given}: the model was trained "
                   f"{f'with --{flag} {trained}' if trained is not None else f'without --{flag}'}; scoring as asked")
-    time_zero = (window or {}).get("time_zero")
+    unanchored = "hours as the table gives them; timestamps from each patient's first event"
     if time_zero and args.anchor_column is None:
-        print(f"the model's hours count from each stay's {time_zero}; without --anchor_column naming that time in "
-              "--patients, they count from each patient's first event")
-    used = {flag: {"used": getattr(args, flag), "trained": "not recorded" if window is None else window.get(flag)}
+        print(f"the model's hours count from each stay's {time_zero}: without --anchor_column naming that time, the "
+              f"table's are read as {unanchored}")
+    used = {flag: {"used": getattr(args, flag),
+                   "trained": "not recorded" if tokenizer.event_window is None else window.get(flag)}
             for flag in WINDOW_FLAGS}
-    return {**used, **({"time_zero": {"used": args.anchor_column or "each patient's first event",
-                                      "trained": time_zero}} if time_zero else {})}
+    return {**used, **({"time_zero": {"used": args.anchor_column or unanchored, "trained": time_zero}}
+                       if time_zero else {})}

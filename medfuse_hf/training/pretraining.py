@@ -9,7 +9,7 @@ from pathlib import Path
 
 import datasets
 
-from ..data.clinical_features import NUMERIC_FEATURES
+from ..data.clinical_features import catalogue_units
 from ..data.shards import read_corpus_manifest
 from ..feature_vocabulary import FeatureVocabulary
 from ..tokenization_medfuse import MedFuseTokenizer
@@ -54,8 +54,7 @@ def corpus_units(manifest: dict | None) -> dict[str, str] | None:
         return None
     units = {}
     for source in sources:
-        catalogued = {name: NUMERIC_FEATURES[name][0] for name in source["features"] if name in NUMERIC_FEATURES}
-        units |= source["units"] if "units" in source else catalogued
+        units |= source["units"] if "units" in source else catalogue_units(source["features"])
     return units
 
 

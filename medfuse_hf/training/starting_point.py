@@ -6,8 +6,8 @@ report. `recipes/finetune.py`'s first step, kept apart so that the recipe reads 
 import math
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
 
+import datasets
 import torch
 
 from .. import (
@@ -21,14 +21,14 @@ from .. import (
 )
 from ..feature_tables import FrozenRows
 from ..units import check_units, units_assumed_note
-from .cohorts import fit_tokenizer
+from .cohorts import Cohort, cohort_units, feature_names, fit_tokenizer
 from .recipe_config import ENCODER_FIELDS, HEAD_FIELDS, model_overrides
 
 MODEL_FIELDS = (*ENCODER_FIELDS, *HEAD_FIELDS)  # the encoder's and the head's MedFuseConfig fields
 
 
 def build_tokenizer(
-    args, train, units: Mapping[str, str] | None, window: Mapping[str, Any] | None = None
+    args, splits: Mapping[str, datasets.Dataset], cohort: Cohort
 ) -> tuple[MedFuseTokenizer, dict | None]:
     """The tokenizer fitted on the training split or, when starting from a checkpoint, the checkpoint's: its value
     statistics for the features it knows (what its weights learnt on), followed by the training features it lacks,
@@ -37,30 +37,30 @@ def build_tokenizer(
     `fit_tokenizer` does). `--static_features` are pinned: a long stay keeps the statics its model reads. The
     cohort's `window` is recorded in it (`Cohort.window`), an anchor alone too: predict.py reads new patients
     through it, since hours counted from another time zero shift every time embedding."""
-    fitted = fit_tokenizer(train, args.max_events, args.value_normalization, units)
-    tokenizer, matching = (fitted, None) if not args.init_from else checkpoint_tokenizer(args, fitted, units)
+    fitted = fit_tokenizer(splits["train"], args.max_events, args.value_normalization, cohort.units)
+    tokenizer, matching = (fitted, None) if not args.init_from else checkpoint_tokenizer(args, fitted, splits, cohort)
     static_feature_ids(args.static_features or [], tokenizer)  # an unknown name: a clear error
     tokenizer.pinned_features = list(dict.fromkeys([*tokenizer.pinned_features, *(args.static_features or [])]))
-    if window:
-        tokenizer.event_window = dict(window)
+    if cohort.window:
+        tokenizer.event_window = dict(cohort.window)
     return tokenizer, matching
 
 
 def checkpoint_tokenizer(
-    args, fitted: MedFuseTokenizer, units: Mapping[str, str] | None
+    args, fitted: MedFuseTokenizer, splits: Mapping[str, datasets.Dataset], cohort: Cohort
 ) -> tuple[MedFuseTokenizer, dict]:
     """`--init_from`'s tokenizer with the cohort's new features added, and how the two matched. A probe leaves the
     new features out unless `--new_features learn`: its frozen encoder has learnt nothing of them, and their tokens
-    would only be noise (LP-FT's second stage, a full fine-tuning, adds them) unless their own rows learn. A table's
-    `units` (`Cohort.units`) are checked against the checkpoint's (`check_units`); public cohorts' (None) are the
-    catalogue's, as the released checkpoints' are."""
+    would only be noise (LP-FT's second stage, a full fine-tuning, adds them) unless their own rows learn. The units
+    of every feature the splits hold, validation's and test's too (the checkpoint encodes those it knows), are
+    checked against the checkpoint's (`check_units`, on `cohort_units`)."""
     pretrained = MedFuseTokenizer.from_pretrained(args.init_from, max_events=args.max_events, unknown_features="drop")
     alignment = align(pretrained.feature_vocabulary, fitted.feature_vocabulary)
     vocabulary = merge(pretrained.feature_vocabulary, fitted.feature_vocabulary)  # the cohort's spellings joined
     # in the merged vocabulary, so that a feature matched by code or alias is checked against its counterpart's unit
-    cohort_features = [spec.name for spec in fitted.feature_vocabulary]
-    assumed = {} if units is None else check_units(vocabulary, units, f"--init_from {args.init_from}",
-                                                   cohort_features, args.assume_model_units)
+    present = set().union(*map(feature_names, splits.values()))
+    assumed = check_units(vocabulary, cohort_units(cohort, present), f"{cohort.description} (--init_from "
+                          f"{args.init_from})", present, args.assume_model_units)
     leave_out = args.strategy == "probe" and args.new_features == "leave_out"
     if leave_out:
         vocabulary = FeatureVocabulary(spec for spec in vocabulary if spec.name not in alignment.only_there)
