@@ -282,9 +282,10 @@ def test_a_p12_models_table_is_read_through_its_48_hours_from_the_time_its_hours
     window = follow_the_training_window(args, p12_model)
     said = capsys.readouterr().out
     assert args.max_hours == 48.0 and "--max_hours 48.0: the model's training window" in said
-    assert ("hours count from each stay's ICU admission: without --anchor_column naming that time, the table's are "
-            "read as hours as the table gives them; timestamps from each patient's first event") in said
-    assert window["time_zero"]["trained"] == "ICU admission"
+    assert ("hours count from each stay's ICU admission: without --anchor_column naming that time, the table's "
+            "times are read as given where they are hours, and from each patient's first event where") in said
+    assert window["time_zero"] == {"used": "no anchor: hours as given, timestamps from each patient's first event",
+                                   "trained": "ICU admission"}
     args = Namespace(anchor_column="INTIME", max_hours=None, end_column=None)
     window = follow_the_training_window(args, p12_model)  # the anchor the model asks for: nothing to say of it
     assert capsys.readouterr().out == "--max_hours 48.0: the model's training window\n"

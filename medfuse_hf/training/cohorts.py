@@ -445,10 +445,11 @@ def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> dict[str, d
         else:
             print(f"--{flag} {given}: the model was trained "
                   f"{f'with --{flag} {trained}' if trained is not None else f'without --{flag}'}; scoring as asked")
-    unanchored = "hours as the table gives them; timestamps from each patient's first event"
+    unanchored = "no anchor: hours as given, timestamps from each patient's first event"
     if time_zero and args.anchor_column is None:
         print(f"the model's hours count from each stay's {time_zero}: without --anchor_column naming that time, the "
-              f"table's are read as {unanchored}")
+              "table's times are read as given where they are hours, and from each patient's first event where they "
+              "are timestamps")
     used = {flag: {"used": getattr(args, flag),
                    "trained": "not recorded" if tokenizer.event_window is None else window.get(flag)}
             for flag in WINDOW_FLAGS}
