@@ -22,13 +22,14 @@ from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics
-from medfuse_hf.training.cohorts import load_cohort_from_settings, training_splits
+from medfuse_hf.training.cohorts import cohort_units, feature_names, load_cohort_from_settings, training_splits
 from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per_patient_outputs, read_test_predictions
 from medfuse_hf.training.metrics import format_gap, paired_bootstrap_difference
-from medfuse_hf.training.recipe_config import positive_int, recipe_parser
+from medfuse_hf.training.recipe_config import add_model_units_argument, positive_int, recipe_parser
 from medfuse_hf.training.run_info import read_run_settings
 from medfuse_hf.training.run_split import refuse_another_split
 from medfuse_hf.training.summary_baseline import SummaryTable, fit_gbm
+from medfuse_hf.units import check_units
 
 CARD_SECTION = "## Compared with trees on this cohort"
 
@@ -52,13 +53,21 @@ def representation_columns(checkpoint: Path, splits: dict[str, datasets.Dataset]
     return columns
 
 
-def comparison(run_dir: Path, num_resamples: int, representation_of: Path | None = None) -> dict:
+def comparison(run_dir: Path, num_resamples: int, representation_of: Path | None = None,
+               assume_model_units: bool = False) -> dict:
     """The GBM on the run's own splits (and, given `representation_of`, a second GBM with that checkpoint's
-    representation as extra columns), and MedFuse minus each on the run's test patients."""
+    representation as extra columns, the cohort's units checked against the checkpoint's), and MedFuse minus each on
+    the run's test patients."""
     settings = read_run_settings(run_dir)
     cohort = load_cohort_from_settings(settings)
     refuse_another_split(run_dir, cohort, "the trees would be fitted and scored on other patients than MedFuse was")
     splits = training_splits(argparse.Namespace(**settings), cohort)
+    if representation_of is not None:  # the checkpoint normalises the values with its own units' statistics
+        present = set().union(*map(feature_names, splits.values()))
+        check_units(MedFuseTokenizer.from_pretrained(representation_of).feature_vocabulary,
+                    cohort_units(cohort, present), f"{cohort.description} (--with_representation_of "
+                    f"{representation_of})", present, assume_model_units,
+                    events_without_unit=cohort.events_without_unit)
     label, id_column = cohort.label_column, cohort.id_column
     summarise = SummaryTable(splits["train"], categorical=CATEGORICAL_FEATURES)
     tables = {"gbm": {name: summarise(part) for name, part in splits.items()}}
@@ -134,9 +143,10 @@ def main() -> None:
     parser.add_argument("--with_representation_of", type=Path, metavar="CHECKPOINT",
                         help="also fit the GBM with this frozen MedFuse checkpoint's pooled representation of each "
                              "stay as extra columns (e.g. the pretrained base's model folder)")
+    add_model_units_argument(parser)
     args = parser.parse_args()
     quiet_library_progress_bars()
-    result = comparison(args.run_dir, args.bootstrap_resamples, args.with_representation_of)
+    result = comparison(args.run_dir, args.bootstrap_resamples, args.with_representation_of, args.assume_model_units)
     section = as_markdown(result)
     (args.run_dir / "comparison_with_trees.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.run_dir / "comparison_with_trees.md").write_text(section)

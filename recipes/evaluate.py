@@ -20,6 +20,7 @@ from medfuse_hf.training import predict
 from medfuse_hf.training.checkpointing import recorded_settings
 from medfuse_hf.training.cohorts import (
     cohort_units,
+    compare_with_the_training_window,
     feature_names,
     follow_the_training_window,
     load_cohort_from_settings,
@@ -47,16 +48,19 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     output_dir = Path(args.output_dir)
     tokenizer = MedFuseTokenizer.from_pretrained(args.model_dir, unknown_features=args.unknown_features)
-    if args.dataset == "long-format":
-        follow_the_training_window(args, tokenizer)
-    cohort = load_cohort_from_settings(vars(args))
+    if args.dataset == "long-format":  # its flags set the window the table is read through
+        window = follow_the_training_window(args, tokenizer)
+        cohort = load_cohort_from_settings(vars(args))
+    else:  # a public cohort's window is its loader's
+        cohort = load_cohort_from_settings(vars(args))
+        window = compare_with_the_training_window(cohort, tokenizer)
     if cohort.label_column is None:
         raise SystemExit(f"{cohort.description}: no label to train or score on; give --labels and --label_column")
     split = cohort.labelled(args.split)
     refuse_seen_patients(args.model_dir, args.split, split[cohort.id_column], vars(args), accelerator.print)
     present = feature_names(split)
     assumed = check_units(tokenizer.feature_vocabulary, cohort_units(cohort, present), cohort.description, present,
-                          args.assume_model_units)
+                          args.assume_model_units, events_without_unit=cohort.events_without_unit)
     if assumed:
         accelerator.print(units_assumed_note(assumed))
     write_run_info(output_dir, recorded_settings(args), accelerator)
@@ -74,7 +78,8 @@ def evaluation_function(args: argparse.Namespace) -> dict | None:
         return None
     report = write_report(predictions, split, cohort.id_column, output_dir, f"{cohort.description}, {args.split}",
                           args.bootstrap_resamples, args.seed,
-                          extra={"model_dir": str(args.model_dir), "patients_without_known_events": len(left_out)})
+                          extra={"model_dir": str(args.model_dir), "patients_without_known_events": len(left_out),
+                                 "window": window, "units_assumed": assumed})
     accelerator.print(f"{summary_line(report)}; report in {output_dir}")
     return report
 

@@ -73,7 +73,8 @@ def export_sources(args: argparse.Namespace, joins_public: bool) -> tuple[dict[s
     if joins_public:
         catalogued = [name for name in feature_names(patients) if name in NUMERIC_FEATURES]
         units |= check_units(clinical_vocabulary(catalogued), units, args.data_description, catalogued,
-                             args.assume_catalogue_units, whose="the public corpus's",
+                             args.assume_catalogue_units, events_without_unit=summary.events_without_unit,
+                             whose="the public corpus's",
                              vouching_flag="--assume_catalogue_units")
     events = events_only(patients, args.source_name, "patient_id")
     if not args.split_file:

@@ -85,7 +85,8 @@ def prediction_function(args: argparse.Namespace) -> dict:
     patients, load_summary = load_long_format(args.events, args.patients, return_summary=True, **options)
     where = ", ".join(args.events[:2]) + (" ..." if len(args.events) > 2 else "")
     assumed = check_units(tokenizer.feature_vocabulary, load_summary.units, where, feature_names(patients),
-                          args.assume_model_units)  # before any patient is scored
+                          args.assume_model_units,  # before any patient is scored
+                          events_without_unit=load_summary.events_without_unit)
     # In float32 whatever the checkpoint was saved in: risks and attributions of a bf16 copy carry 8 bits of mantissa
     if args.representations:  # any MedFuse checkpoint, the pretrained base too: its encoder and pooling only
         model = MedFuseModel.from_pretrained(args.model_dir, dtype=torch.float32).eval()

@@ -30,6 +30,7 @@ from medfuse_hf.data.long_format import matching_files
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.checkpointing import checkpoint_to_resume, run_tokenizer
 from medfuse_hf.training.cohorts import (
+    cohort_units,
     first_patients,
     fit_tokenizer,
     held_out_patients,
@@ -61,6 +62,7 @@ from medfuse_hf.training.recipe_config import (
 )
 from medfuse_hf.training.run_info import throughput
 from medfuse_hf.training.run_split import record_split
+from medfuse_hf.units import check_units
 
 
 def objective_collator(args: argparse.Namespace, tokenizer: MedFuseTokenizer, row_key: str):
@@ -119,6 +121,10 @@ def training_function(args: argparse.Namespace) -> dict:
         if args.tokenizer_from:
             fitted = MedFuseTokenizer.from_pretrained(args.tokenizer_from, max_events=args.max_events,
                                                       unknown_features="drop")
+            # its statistics normalise the shards' values: they must be in its units (a corpus records an export's)
+            names = [spec.name for spec in fitted.feature_vocabulary]
+            check_units(fitted.feature_vocabulary, cohort_units(cohort, names),
+                        f"{cohort.description} (--tokenizer_from {args.tokenizer_from})", whose="the tokenizer's")
         else:  # statistics from the first patients of the stream, a bounded sample, not held while training
             fitted = fit_tokenizer(first_patients(train, args.statistics_patients), args.max_events,
                                    args.value_normalization, cohort.units)

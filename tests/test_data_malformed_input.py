@@ -465,6 +465,9 @@ def test_a_null_unit_in_parquet_is_no_unit_as_a_blank_one_in_a_csv(tmp_path):
     for table in ("events.parquet", "events.csv"):
         dataset, summary = load_long_format(str(tmp_path / table), return_summary=True)
         assert dataset["value"] == [[1.0, 2.0], [3.0]] and summary.units == {"creatinine": "mg/dL"}
+        # read in the unit the other row gives, and counted: a model's unit cannot be checked on them
+        assert summary.events_without_unit == {"creatinine": 2}
+        assert summary.notes["events without a unit, read in the unit their feature's other events give"] == 2
 
 
 def test_a_conversion_into_a_named_unit_needs_every_other_unit_declared(tmp_path):

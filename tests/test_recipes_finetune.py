@@ -181,6 +181,16 @@ def test_two_cpu_processes_train_like_one(tmp_path, single_process_run):
     assert abs(result["test"]["auroc"]["value"] - single_result["test"]["auroc"]["value"]) < 0.02
 
 
+def creatinine_in_umol(model_dir: Path, copy: Path) -> Path:
+    """A copy of a saved model whose tokenizer says its creatinine statistics are of values in µmol/L."""
+    shutil.copytree(model_dir, copy)
+    saved = MedFuseTokenizer.from_pretrained(copy)
+    saved.feature_vocabulary = FeatureVocabulary([replace(spec, unit="umol/L") if spec.name == "creatinine" else spec
+                                                  for spec in saved.feature_vocabulary])
+    saved.save_pretrained(copy)
+    return copy
+
+
 def test_evaluate_recipe_scores_the_saved_model_as_training_did(tmp_path, single_process_run):
     """`recipes/evaluate.py` reads only what the run saved (model and tokenizer): on the same test split it must give
     the same scores, so a published model can be re-checked anywhere."""
@@ -195,12 +205,7 @@ def test_evaluate_recipe_scores_the_saved_model_as_training_did(tmp_path, single
     assert result["test"]["auroc"] == pytest.approx(training_result["test"]["auroc"], abs=1e-6)
     assert result["model_dir"] == str(single_process_run / "model")
     # a model whose creatinine was learnt in µmol/L, scored on a cohort in the catalogue's mg/dL: refused unwritten
-    other_units = tmp_path / "umol"
-    shutil.copytree(single_process_run / "model", other_units)
-    saved = MedFuseTokenizer.from_pretrained(other_units)
-    saved.feature_vocabulary = FeatureVocabulary([replace(spec, unit="umol/L") if spec.name == "creatinine" else spec
-                                                  for spec in saved.feature_vocabulary])
-    saved.save_pretrained(other_units)
+    other_units = creatinine_in_umol(single_process_run / "model", tmp_path / "umol")
     refused = subprocess.run([sys.executable, str(EVALUATE), "--model_dir", str(other_units), "--dataset", "synthetic",
                               "--num_patients", "256", "--output_dir", str(tmp_path / "refused")],
                              capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -804,6 +809,11 @@ def test_a_run_is_compared_with_trees_on_its_own_test_patients(single_process_ru
     card = (run_dir / "model" / "README.md").read_text()
     assert card.count("## Compared with trees on this cohort") == 1
     assert "| MedFuse − GBM on summaries |" in card and "| MedFuse − GBM on summaries + representation |" in card
+    # a checkpoint whose creatinine statistics are of µmol/L values would read the cohort's mg/dL 88 times too low
+    in_umol = creatinine_in_umol(run_dir / "model", tmp_path / "umol")
+    with pytest.raises(ValueError, match=r"\(--with_representation_of .*umol\): feature 'creatinine' is in 'mg/dL', "
+                                         r"but the model's vocabulary has it in 'umol/L'"):
+        load_script("recipes/compare_with_trees.py").comparison(run_dir, num_resamples=50, representation_of=in_umol)
     # the data now splits otherwise than when the run trained (one patient moved): the trees would see others
     recorded = json.loads((run_dir / "split.json").read_text())
     recorded["validation"].append(recorded["train"].pop())

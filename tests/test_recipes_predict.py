@@ -99,6 +99,11 @@ def test_a_table_without_units_is_refused_before_scoring_unless_its_owner_vouche
     (tmp_path / "events.csv").write_text(with_units)
     predict.main([*arguments[:5], COLUMNS + ",unit=UNIT", *arguments[6:]])
     assert json.loads(output.with_name("predictions.csv.summary.json").read_text())["units_assumed"] == {}
+    # a second feed that leaves the unit blank: its sodium cannot be checked, though the other feed's can
+    (tmp_path / "events.csv").write_text(with_units.replace("p3,5.0,sodium ,133,mmol/L", "p3,5.0,sodium ,133,"))
+    with pytest.raises(ValueError, match=r"gives no unit for 1 of the model's features \(or for some of their "
+                                         r"events\).*sodium \(mmol/L; 1 of its events\)"):
+        predict.main([*arguments[:5], COLUMNS + ",unit=UNIT", *arguments[6:]])
 
 
 def test_the_summary_counts_the_oldest_events_a_long_stay_had_left_out(predict, tmp_path, tokenizer, tiny_config):
@@ -222,6 +227,8 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     evaluated = run([*cohort_flags, "--model_dir", str(model_run / "model"), "--output_dir", str(tmp_path / "eval")],
                     recipe=ROOT / "recipes" / "evaluate.py")
     assert "--max_hours 24.0: the model's training window" in evaluated.stdout
+    evaluated_report = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
+    assert evaluated_report["window"]["max_hours"] == {"used": 24.0, "trained": 24.0}
     scores = [{metric: interval["value"] for metric, interval in json.loads((folder / "test_metrics.json")
                                                                           .read_text())["test"].items()}
               for folder in (tmp_path / "eval", model_run)]
@@ -290,6 +297,25 @@ def test_a_p12_models_table_is_read_through_its_48_hours_from_the_time_its_hours
     window = follow_the_training_window(args, p12_model)  # the anchor the model asks for: nothing to say of it
     assert capsys.readouterr().out == "--max_hours 48.0: the model's training window\n"
     assert window["time_zero"] == {"used": "INTIME", "trained": "ICU admission"}
+
+
+def test_a_public_cohort_read_through_another_window_than_the_models_is_said(capsys):
+    """evaluate.py on P19: a model of the first 24 hours scored on whole stays (P19's default protocol) reads hours
+    and a task it never trained on. Kept, as asked, but said, and both windows go into the report."""
+    from types import SimpleNamespace
+
+    from medfuse_hf.training.cohorts import compare_with_the_training_window
+
+    early = SimpleNamespace(event_window={"time_zero": "ICU admission", "max_hours": 24.0})
+    whole_stays = SimpleNamespace(window={"time_zero": "ICU admission"}, description="PhysioNet 2019, whole-stay")
+    assert compare_with_the_training_window(whole_stays, early) == {"used": {"time_zero": "ICU admission"},
+                                                                   "trained": early.event_window}
+    assert ("PhysioNet 2019, whole-stay is read whole, with no window; the model was trained through the first 24 "
+            "hours from ICU admission: scoring as asked") in capsys.readouterr().out
+    first_day = SimpleNamespace(window=dict(early.event_window), description="PhysioNet 2019, first-24h")
+    compare_with_the_training_window(first_day, early)
+    compare_with_the_training_window(whole_stays, SimpleNamespace(event_window=None))  # from before windows were kept
+    assert capsys.readouterr().out == ""
 
 
 def test_explanations_name_the_events_that_moved_the_risk(predict, tmp_path, tokenizer, tiny_config):

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,12 @@ from test_recipes_finetune import ROOT, kill_once_checkpointed, weights
 from test_recipes_finetune import run as run_finetune
 from torch.utils.data import DataLoader
 
-from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
+from medfuse_hf import (
+    FeatureVocabulary,
+    MedFuseForPreTraining,
+    MedFuseForSequenceClassification,
+    MedFuseTokenizer,
+)
 from medfuse_hf.data import ForecastingCollator
 from medfuse_hf.data.shards import write_corpus_manifest
 from medfuse_hf.synthetic import make_sodium_cohort
@@ -374,6 +380,20 @@ def test_a_tokenizer_to_reuse_is_refused_where_it_would_be_ignored(tmp_path, cap
     with pytest.raises(SystemExit):
         load_script("recipes/pretrain.py").main(["--dataset", "synthetic", "--tokenizer_from", str(tmp_path)])
     assert "--tokenizer_from is for streamed shards" in capsys.readouterr().err
+
+
+def test_a_tokenizer_to_reuse_must_read_the_shards_in_its_units(tmp_path, tokenizer):
+    """Its statistics normalise the shards' values: a tokenizer fitted on sodium in mEq/L against shards in the
+    catalogue's mmol/L (as public shards are; a corpus.json records an export's units) is refused before training."""
+    write_shards(tmp_path, 1, patients=40, events=10)
+    in_meq = [replace(spec, unit="mEq/L") if spec.name == "sodium" else spec for spec in tokenizer.feature_vocabulary]
+    MedFuseTokenizer(FeatureVocabulary(in_meq), max_events=64).save_pretrained(tmp_path / "tokenizer")
+    with pytest.raises(ValueError, match=r"one synthetic shard \(--tokenizer_from .*\): feature 'sodium' is in "
+                                         r"'mmol/L', but the tokenizer's vocabulary has it in 'mEq/L'"):
+        load_script("recipes/pretrain.py").main(
+            ["--parquet_shards", str(tmp_path / "*.parquet"), "--data_description", "one synthetic shard",
+             "--tokenizer_from", str(tmp_path / "tokenizer"), "--output_dir", str(tmp_path / "out"), *TINY_MODEL])
+    assert not (tmp_path / "out" / "model").exists()
 
 
 def test_a_streamed_base_stops_on_its_held_out_patients_loss_and_cards_it(tmp_path):

@@ -215,8 +215,11 @@ def load_long_format(
             if options.max_hours is not None:
                 store.drop_later_than(options.max_hours, max_hours_reason(options.max_hours), summary)
         store.note_conflicting_values("values that differ at one patient, feature and time (all kept)", summary)
-        summary.units, conversions = _unit_plan(store.unit_counts(), options.unit_conversions or {},
-                                                unmapped=options.feature_map is None)
+        summary.units, conversions, summary.events_without_unit = _unit_plan(
+            store.unit_counts(), options.unit_conversions or {}, unmapped=options.feature_map is None)
+        for feature, count in summary.events_without_unit.items():
+            summary.note("events without a unit, read in the unit their feature's other events give",
+                         f"{feature}: {count:,} in {summary.units[feature]}", count)
         patients = _patients_by_rank(store.ranked_patients, store.patients_with_events(), label_table,
                                      options.label_column, summary, counted=unplaced_anchors, read=read_patients)
         dataset = write_patient_rows(store.sorted_events(conversions), patients, folder / "patients.arrow",
@@ -332,14 +335,15 @@ def _patients_by_rank(
 
 def _unit_plan(
     counts: pd.DataFrame, conversions: Mapping[str, Mapping[str, UnitConversion]], unmapped: bool = False
-) -> tuple[dict[str, str], dict[tuple[str, str], tuple[float, float]]]:
+) -> tuple[dict[str, str], dict[tuple[str, str], tuple[float, float]], dict[str, int]]:
     """Each feature's unit across every table (`counts`: rows by feature and unit key, as `EventStore.unit_counts`
     gives them; units compared up to spaces, Unicode look-alikes and the litre's case; a declared unit and `into`
     match as a checkpoint's units do, by `same_unit`), and the conversion of each declared unit into it. Returns
-    feature -> unit and (feature, unit key) -> (scale, offset). A row without a unit is in its feature's unit, where
-    the feature has one; where other rows are converted into it, such a row could be either, and is refused.
+    feature -> unit, (feature, unit key) -> (scale, offset), and feature -> its rows without a unit. Such a row is
+    taken to be in its feature's unit, where the feature has one (and counted: a model's units cannot be checked on
+    it); where other rows are converted into it, it could be either, and is refused.
     `unmapped` (no feature map): a conflict of a feature that is no catalogue name, a raw item, says to map first."""
-    units, converting = {}, {}
+    units, converting, unitless = {}, {}, {}
     for feature, found in counts.set_index(["feature", "key"]).groupby(level="feature", sort=True):
         found = found.droplevel("feature")
         without_unit = int(found.loc["", "rows"]) if "" in found.index else 0
@@ -375,10 +379,12 @@ def _unit_plan(
             raise ValueError(f"feature {feature!r}: {without_unit:,} rows have no unit, while rows in {converted} are "
                              f"converted into {units[feature]!r}; a row without one could be in either. Give every "
                              "row of it a unit")
+        if without_unit:
+            unitless[feature] = without_unit
         for key, conversion in declared.items():
             scale, offset = (conversion, 0.0) if isinstance(conversion, numbers.Real) else conversion
             converting[(feature, key)] = (float(scale), float(offset))
-    return units, converting
+    return units, converting, unitless
 
 
 def _declared_conversion(unit: str, by_unit: Mapping[str, UnitConversion]) -> UnitConversion | None:

@@ -37,6 +37,8 @@ class LoadSummary:
     notes: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)  # feature -> the unit its kept values are in, where read
+    # feature -> its events that gave no unit, read in the unit of the feature's other events (`units`)
+    events_without_unit: dict[str, int] = field(default_factory=dict)
 
     def skip_event(self, reason: str, where: str, count: int = 1) -> None:
         self.skipped_events[reason] += count

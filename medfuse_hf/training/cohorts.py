@@ -64,6 +64,8 @@ class Cohort:
     # A table's units as read (feature -> unit; a feature it gave none for is absent), or None: the units are the
     # clinical catalogue's, as a public release's and the synthetic cohort's are.
     units: Mapping[str, str] | None = None
+    # feature -> its events that gave no unit, read in `units`' unit for it (a model's unit cannot be checked there)
+    events_without_unit: Mapping[str, int] = field(default_factory=dict)
     # The window its events were read through, as predict.py reads a new table: a long-format table's WINDOW_FLAGS
     # as given; a public cohort's `max_hours` after its `time_zero`, a time its files hold no column of.
     window: Mapping[str, Any] = field(default_factory=dict)
@@ -215,7 +217,7 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
                              f"is a patient of {where} (ids such as {patients['patient_id'][:3]})")
     window = {flag: getattr(request, flag) for flag in WINDOW_FLAGS if getattr(request, flag) is not None}
     return Cohort(parts, request.label_column, "patient_id", f"long-format events from {where}", units=summary.units,
-                  window=window)
+                  events_without_unit=summary.events_without_unit, window=window)
 
 
 def hospital_split(path: str) -> dict[str, list[str]]:
@@ -422,6 +424,24 @@ def training_splits(args, cohort: Cohort, say: Callable[[str], None] = print) ->
             raise SystemExit(f"{cohort.description}: the {name} split's {len(splits[name])} labelled patients are "
                              f"{positives} positive: its AUROC and AUPRC need both classes (see the split file)")
     return splits
+
+
+def compare_with_the_training_window(cohort: Cohort, tokenizer: MedFuseTokenizer) -> dict[str, Any]:
+    """A public cohort's window (its loader's: P12's 48 hours, P19's `--protocol`) against the one the model was
+    trained on. A model of P19's first 24 hours scored on whole stays reads hours, and a task, it never trained on:
+    kept, as asked, but said, and both are returned for the report."""
+    used, trained = dict(cohort.window), tokenizer.event_window
+    if trained is not None and used != trained:
+        print(f"{cohort.description} is read {_window_text(used)}; the model was trained {_window_text(trained)}: "
+              "scoring as asked (a P19 cohort's window is its --protocol first-<H>h)")
+    return {"used": used, "trained": "not recorded" if trained is None else trained}
+
+
+def _window_text(window: Mapping[str, Any]) -> str:
+    if window.get("max_hours") is None:
+        return "whole, with no window"
+    return f"through the first {window['max_hours']:g} hours" + (
+        f" from {window['time_zero']}" if window.get("time_zero") else "")
 
 
 def follow_the_training_window(args, tokenizer: MedFuseTokenizer) -> dict[str, dict]:

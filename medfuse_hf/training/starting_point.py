@@ -60,7 +60,8 @@ def checkpoint_tokenizer(
     # in the merged vocabulary, so that a feature matched by code or alias is checked against its counterpart's unit
     present = set().union(*map(feature_names, splits.values()))
     assumed = check_units(vocabulary, cohort_units(cohort, present), f"{cohort.description} (--init_from "
-                          f"{args.init_from})", present, args.assume_model_units)
+                          f"{args.init_from})", present, args.assume_model_units,
+                          events_without_unit=cohort.events_without_unit)
     leave_out = args.strategy == "probe" and args.new_features == "leave_out"
     if leave_out:
         vocabulary = FeatureVocabulary(spec for spec in vocabulary if spec.name not in alignment.only_there)
