@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, WeightedRandomSampler
 
 from medfuse_hf import MedFuseConfig, MedFuseTokenizer
-from medfuse_hf.data import LengthGroupedBatchSampler, MedFuseDataCollator
+from medfuse_hf.data import CountedDraws, LengthGroupedBatchSampler, MedFuseDataCollator, RowsWithDraws
 from medfuse_hf.data.splits import MIN_VALIDATION_PER_CLASS
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training import binary_metrics, predict, read_metrics
@@ -89,20 +89,22 @@ def training_loader(args, train, label: str, rate: float, tokenizer) -> tuple[Da
     if args.sampling == "balanced":  # each batch drawn with replacement, deaths as likely as survivals
         weights = torch.tensor(balancing_weights(rate))[torch.tensor(train[label], dtype=torch.long)]
         sampler = WeightedRandomSampler(weights, len(train), generator=torch.Generator().manual_seed(args.seed))
-        batch_sampler = BatchSampler(sampler, args.batch_size, drop_last=True)
+        # a patient drawn twice loses other events each time (`CountedDraws`)
+        batch_sampler = CountedDraws(BatchSampler(sampler, args.batch_size, drop_last=True))
+        rows = RowsWithDraws(with_row_numbers(train))
 
         def set_order(epoch: int) -> None:
             sampler.generator.manual_seed(args.seed + epoch)
     else:
         lengths = [min(len(features), args.max_events) for features in train["feature"]]
         batch_sampler = LengthGroupedBatchSampler(lengths, args.batch_size, seed=args.seed, drop_last=True)
-        set_order = batch_sampler.set_epoch
+        set_order, rows = batch_sampler.set_epoch, with_row_numbers(train)
 
     def set_epoch(epoch: int) -> None:
         set_order(epoch)
         collate.set_epoch(epoch)
 
-    loader = DataLoader(with_row_numbers(train), batch_sampler=batch_sampler, collate_fn=collate)
+    loader = DataLoader(rows, batch_sampler=batch_sampler, collate_fn=collate)
     return loader, set_epoch
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from conftest import load_script
 from safetensors.torch import load_file, save_file
 
@@ -757,6 +758,36 @@ def test_balanced_sampling_draws_deaths_as_often_as_survivals():
         labels = torch.cat([batch["labels"] for batch in loader])
         share[sampling] = labels.float().mean().item()
     assert 0.4 < share["balanced"] < 0.6 and share["length_grouped"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_a_patient_drawn_twice_in_an_epoch_loses_other_events_each_time_and_a_rerun_the_same():
+    """Balanced sampling draws a death several times an epoch: with event dropout, each copy is another augmented
+    stay (one copy repeated would weigh the same events twice), and the epoch's batches are still a function of
+    (seed, epoch) alone, so a resumed run sees them again."""
+    finetune = load_script("recipes/finetune.py")
+    rows = make_sodium_cohort(200, seed=0)
+    for index, row in enumerate(rows):
+        row["label"] = int(index % 10 == 0)
+    train = datasets.Dataset.from_list(rows)
+    args = finetune.build_parser().parse_args(TINY + ["--sampling", "balanced", "--event_dropout", "0.5"])
+    loader, reseed = finetune.training_loader(args, train, "label", 0.1, fit_tokenizer(train, 64))
+
+    def copies() -> dict[int, list[tuple]]:
+        reseed(0)
+        drawn = {}
+        for batch in loader:
+            for row, features, mask in zip(batch["row"].tolist(), batch["feature_ids"], batch["attention_mask"]):
+                drawn.setdefault(row, []).append(tuple(features[mask.bool()].tolist()))
+        return drawn
+
+    drawn = copies()
+    repeated = [events for events in drawn.values() if len(events) > 1]
+    differing = [len(set(events)) > 1 for events in repeated]  # a stay of two events may lose the same one twice
+    assert len(repeated) > 10 and sum(differing) >= 0.9 * len(repeated)
+    assert copies() == drawn
+    # Accelerate splits each global batch across processes, as the recipe asks it to
+    halves = prepare_data_loader(loader, num_processes=2, process_index=0, split_batches=True, put_on_device=False)
+    assert {len(batch["row"]) for batch in halves} == {args.batch_size // 2}
 
 
 def test_probing_needs_a_checkpoint():

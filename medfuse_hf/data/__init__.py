@@ -3,11 +3,13 @@
 from .bundled_sample import load_physionet2012_sample
 from .clinical_features import clinical_vocabulary
 from .collator import (
+    CountedDraws,
     ForecastingCollator,
     LengthGroupedBatchSampler,
     LengthGroupedStream,
     MaskedValueCollator,
     MedFuseDataCollator,
+    RowsWithDraws,
     padding_fraction,
 )
 from .download import download_physionet2012, download_physionet2019
@@ -28,12 +30,14 @@ from .splits import (
 )
 
 __all__ = [
+    "CountedDraws",
     "ForecastingCollator",
     "LengthGroupedBatchSampler",
     "LengthGroupedStream",
     "LoadSummary",
     "MaskedValueCollator",
     "MedFuseDataCollator",
+    "RowsWithDraws",
     "apply_split",
     "clinical_vocabulary",
     "download_physionet2012",

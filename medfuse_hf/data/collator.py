@@ -9,14 +9,19 @@ leaves about a quarter of each batch as padding on the bundled sample. A stream 
 """
 
 import random
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import datasets
 import torch
-from torch.utils.data import IterableDataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, IterableDataset, Sampler
 
 from ..tokenization_medfuse import MedFuseTokenizer
 from .forecasting import forecasting_batch
+
+# How many times the epoch had drawn a row before (`CountedDraws`): a key of its random draws (`RowDraws`).
+DRAW_COLUMN = "draw"
 
 
 @dataclass(kw_only=True)
@@ -26,8 +31,8 @@ class RowDraws:
     With `row_key`, from (`seed`, the epoch `set_epoch` gave, the row's `row_key` value) alone: the same whichever
     batch or process the row lands in, and after a resumption, where the global `random` state would be off
     (Accelerate collates a batch ahead, so the state a checkpoint saves is a batch on, and a resumed stream collates
-    the batches it skips). A row drawn twice in an epoch (balanced sampling) gets the same draws twice. Else from
-    `rng`, or from Python's global `random`.
+    the batches it skips). A row drawn again in the same epoch (balanced sampling, through `CountedDraws`) gets
+    other draws each time. Else from `rng`, or from Python's global `random`.
     """
 
     rng: random.Random | None = None
@@ -44,7 +49,8 @@ class RowDraws:
         if self.row_key not in row:
             raise ValueError(f"a patient has no {self.row_key!r} column, which keys its random draws; "
                              f"it has {sorted(row)}")
-        return random.Random(f"{self.seed}:{self.epoch}:{row[self.row_key]}")
+        again = row.get(DRAW_COLUMN, 0)  # the first draw keeps the key a row drawn once has
+        return random.Random(f"{self.seed}:{self.epoch}:{row[self.row_key]}" + (f":{again}" if again else ""))
 
 
 @dataclass
@@ -148,6 +154,46 @@ class MaskedValueCollator(RowDraws):
         batch["values"] = batch["values"].masked_fill(hidden, 0.0)
         batch["value_mask"] = hidden
         return batch
+
+
+class CountedDraws(Sampler[list[tuple[int, int]]]):
+    """A batch sampler's batches, each row as (index, how many times the epoch drew it before): sampling with
+    replacement (balanced sampling) draws a patient several times an epoch, and each copy should lose other events
+    to event dropout, as a function of the epoch's order alone, so that a resumed run sees the same batches. Read
+    through `RowsWithDraws`."""
+
+    def __init__(self, batches: BatchSampler):
+        self.batches = batches
+        self.batch_size, self.drop_last = batches.batch_size, batches.drop_last  # what Accelerate shards by
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        drawn = Counter()
+        for batch in self.batches:
+            counted = []
+            for index in batch:
+                counted.append((index, drawn[index]))
+                drawn[index] += 1
+            yield counted
+
+
+class RowsWithDraws(Dataset):
+    """A dataset's rows fetched by `CountedDraws`' (index, draw) pairs, each with its draw in `DRAW_COLUMN`."""
+
+    def __init__(self, rows: datasets.Dataset):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict]:
+        rows = self.rows.__getitems__([index for index, _ in keys])  # one Arrow read a batch, as a DataLoader makes
+        return [{**row, DRAW_COLUMN: draw} for row, (_, draw) in zip(rows, keys)]
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
