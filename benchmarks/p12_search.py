@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from p12_table import PLATEAU, finetune_row, paired_predictions, plateau_auprc
-from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT, refuse_rows_of_another_base
+from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT, refuse_other_extra_args, refuse_rows_of_another_base
 
 from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
 from medfuse_hf.training.runs import ResultRows
@@ -238,11 +238,14 @@ def main() -> None:
 
     results = ResultRows(args.results, key=("configuration", "seed"))
     refuse_rows_of_another_base(results.rows, lambda row: row["configuration"])
+    if not args.summary_only:
+        refuse_other_extra_args(results.rows, args.extra_args, args.results)
     def run(cell: dict) -> dict:
         name, seed = cell["configuration"], cell["seed"]
         flags = [*BUDGET, *REFERENCE, *configuration_flags(name), *shlex.split(args.extra_args)]
         row = finetune_row(flags, "seft-split", seed, args.output_dir / f"{name}-seed{seed}", args)
-        return {"configuration": name, "flags": shlex.join(configuration_flags(name)), **row}
+        return {"configuration": name, "flags": shlex.join(configuration_flags(name)), **row,
+                **({"extra_args": args.extra_args} if args.extra_args else {})}
 
     if not args.summary_only:
         results.fill(({"configuration": name, "seed": seed} for name in args.configurations for seed in args.seeds),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from protocol import BUDGET, MODELS, ROOT, refuse_rows_of_another_base
+from protocol import BUDGET, MODELS, ROOT, refuse_other_extra_args, refuse_rows_of_another_base
 
 from medfuse_hf.data.clinical_features import CATEGORICAL_FEATURES
 from medfuse_hf.training import binary_metrics, load_cohort
@@ -57,7 +57,8 @@ def run_cell(model: str, protocol: str, seed: int, args: argparse.Namespace) -> 
         return run_baseline(model, protocol, seed, args)
     flags = [*BUDGET, *MODELS[model], *shlex.split(args.extra_args)]
     return {"model": model,
-            **finetune_row(flags, protocol, seed, run_folder(args.output_dir, protocol, model, seed), args)}
+            **finetune_row(flags, protocol, seed, run_folder(args.output_dir, protocol, model, seed), args),
+            **({"extra_args": args.extra_args} if args.extra_args else {})}
 
 
 PLATEAU = 5  # validations averaged up to the kept epoch, in `plateau_auprc`
@@ -228,10 +229,23 @@ def paired_gaps(rows: list[dict], output_dir: Path) -> list[dict]:
     return gaps
 
 
-def merged_gaps(recorded: list[dict], computed: list[dict]) -> list[dict]:
+def merged_gaps(recorded: list[dict], computed: list[dict], rows: list[dict]) -> list[dict]:
     """The recorded gaps with the ones computed now: a gap whose runs' predictions are not on this machine (a fresh
-    clone, another session's outputs) is kept as recorded, never dropped."""
-    return list({**{gap_key(gap): gap for gap in recorded}, **{gap_key(gap): gap for gap in computed}}.values())
+    clone, another session's outputs) is kept as recorded while its two rows still give its point value (their
+    difference); one whose rows were run again since is dropped, and said, rather than printed beside the new rows."""
+    figures = {(row["protocol"], row["model"], row["seed"]): row for row in rows}
+
+    def current(gap: dict) -> bool:
+        pair = [figures.get((gap["protocol"], name, gap["seed"])) for name in (gap["model"], gap["versus"])]
+        return None not in pair and all(
+            abs(pair[0][metric] - pair[1][metric] - gap[metric]["value"]) < 1e-9 for metric in ("auprc", "auroc"))
+
+    stale = [gap for gap in recorded if not current(gap)]
+    for gap in stale:
+        print(f"recorded gap {gap['model']} − {gap['versus']} ({gap['protocol']}, seed {gap['seed']}) dropped: its "
+              "rows were run again or removed since, and their predictions are not here to pair again")
+    kept = [gap for gap in recorded if gap not in stale]
+    return list({**{gap_key(gap): gap for gap in kept}, **{gap_key(gap): gap for gap in computed}}.values())
 
 
 def gap_key(gap: dict) -> tuple:
@@ -265,6 +279,7 @@ def main() -> None:
     results = ResultRows(args.results, key=("model", "protocol", "seed"))
     refuse_rows_of_another_base(results.rows, lambda row: row["model"])
     if not args.summary_only:
+        refuse_other_extra_args(results.rows, args.extra_args, args.results)
         cells = [{"model": model, "protocol": protocol, "seed": seed} for seed in args.seeds
                  for protocol in args.protocols for model in PROTOCOL_MODELS[protocol] if model in args.models]
         restore_baseline_predictions(results.rows, cells, args)
@@ -275,7 +290,7 @@ def main() -> None:
     print(summarise(results.rows))
     gaps_path = args.results.with_name("p12_paired_gaps.json")
     gaps = merged_gaps(json.loads(gaps_path.read_text()) if gaps_path.exists() else [],
-                       paired_gaps(results.rows, args.output_dir))
+                       paired_gaps(results.rows, args.output_dir), results.rows)
     gaps_path.write_text(json.dumps(gaps, indent=1) + "\n")
     print(format_gaps(gaps))
 

@@ -73,3 +73,13 @@ def refuse_rows_of_another_base(rows: list[dict], name_of: Callable[[dict], str]
     if stale:
         raise SystemExit(f"rows started from other weights than the released base's ({current}): {stale[:5]}; "
                          "rename them <name>@<their weights> to keep them, or remove them to run the cells again")
+
+
+def refuse_other_extra_args(rows: list[dict], extra_args: str, results: Path) -> None:
+    """One results file, one set of `--extra_args`: they change what every cell measures (`--mixed_precision bf16`,
+    another rate), and a cell finished under others would be skipped and averaged with these under the same name.
+    Rows record their `extra_args` where there were any."""
+    others = sorted({row.get("extra_args", "") for row in rows} - {extra_args})
+    if others:
+        raise SystemExit(f"{results} holds rows run with other --extra_args ({others}) than these ({extra_args!r}): "
+                         "their finished cells would be taken for these; write to another --results")

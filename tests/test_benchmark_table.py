@@ -131,11 +131,32 @@ def test_paired_gaps_match_patients_by_id_across_old_and_new_prediction_files(p1
         p12_table.paired_gaps(rows, tmp_path)
 
 
-def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded(p12_table):
-    recorded = [{"protocol": "seft-split", "seed": 0, "model": "medfuse", "versus": "additive", "auprc": 1},
-                {"protocol": "seft-split", "seed": 1, "model": "medfuse", "versus": "additive", "auprc": 2}]
-    computed = [{"protocol": "seft-split", "seed": 1, "model": "medfuse", "versus": "additive", "auprc": 3}]
-    assert [gap["auprc"] for gap in p12_table.merged_gaps(recorded, computed)] == [1, 3]
+def test_gaps_whose_predictions_are_not_here_are_kept_as_recorded_while_their_rows_stand(p12_table, capsys):
+    def row(model: str, seed: int, auprc: float) -> dict:
+        return {"protocol": "seft-split", "model": model, "seed": seed, "auprc": auprc, "auroc": 0.8}
+
+    def gap(seed: int, auprc: float) -> dict:
+        return {"protocol": "seft-split", "seed": seed, "model": "medfuse", "versus": "additive",
+                "auprc": {"value": auprc}, "auroc": {"value": 0.0}}
+
+    rows = [row("medfuse", 0, 0.5), row("additive", 0, 0.4), row("medfuse", 1, 0.6), row("additive", 1, 0.4),
+            row("medfuse", 2, 0.55), row("additive", 2, 0.5)]
+    recorded = [gap(0, 0.5 - 0.4), gap(1, 0.6 - 0.4), gap(2, 0.01)]  # seed 2's rows were run again since
+    computed = [gap(1, 0.6 - 0.4)]
+    merged = p12_table.merged_gaps(recorded, computed, rows)
+    assert [(gap["seed"], gap["auprc"]["value"]) for gap in merged] == [(0, 0.5 - 0.4), (1, 0.6 - 0.4)]
+    assert "medfuse − additive (seft-split, seed 2) dropped: its rows were run again" in capsys.readouterr().out
+
+
+def test_a_ledger_holds_one_set_of_extra_args(p12_table, tmp_path):
+    """A cell finished under --mixed_precision bf16 would be skipped by a run without it and averaged with its rows."""
+    refuse_other_extra_args = p12_table.refuse_other_extra_args
+    rows = [{"model": "medfuse", "seed": 0}, {"model": "medfuse", "seed": 1, "extra_args": "--mixed_precision bf16"}]
+    refuse_other_extra_args(rows[:1], "", tmp_path / "rows.json")
+    refuse_other_extra_args(rows[1:], "--mixed_precision bf16", tmp_path / "rows.json")
+    with pytest.raises(SystemExit, match=r"rows.json holds rows run with other --extra_args \(\['--mixed_precision "
+                                         r"bf16'\]\) than these \(''\)"):
+        refuse_other_extra_args(rows, "", tmp_path / "rows.json")
 
 
 def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_by_seed(tmp_path, monkeypatch):
