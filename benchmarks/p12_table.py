@@ -116,7 +116,10 @@ def finetune_row(flags: list[str], protocol: str, seed: int, output_dir: Path, a
                if "accuracy_at_validation_threshold" in report else {}),
             "epochs": report["epochs"], "best_epoch": report["best_validation"]["epoch"],  # 0: LP-FT's probe
             "train_seconds": report["train_seconds"] + probe_seconds(output_dir), "device": device,
-            "test_patients": report["test_patients"], "git": report["git"]["commit"]}
+            "test_patients": report["test_patients"], "git": report["git"]["commit"],
+            # the code its training began under, where the run recorded it (a finished run tested again, or one
+            # resumed after a change, holds weights of older code than `git`)
+            **({"git_at_start": report["git_at_start"]["commit"]} if "git_at_start" in report else {})}
 
 
 @cache

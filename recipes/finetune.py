@@ -224,7 +224,7 @@ def test_and_report(run: PreparedRun, state: LoopState, batches_this_process: in
               "weights_checksum_by_process": accelerator.gather(checksum).tolist(),
               "batches_by_process": accelerator.gather(batches_seen).tolist(),
               "best_validation": {args.early_stopping_metric: state.best, "epoch": state.best_epoch},
-              "git": run_info["git"], "transferred_features": transferred,
+              "git": run_info["git"], "git_at_start": run_info["git_at_start"], "transferred_features": transferred,
               "validation_threshold": threshold,
               "accuracy_at_validation_threshold": binary_metrics(predictions["labels"], predictions["scores"],
                                                                  threshold)["accuracy"],

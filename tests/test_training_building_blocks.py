@@ -439,3 +439,19 @@ def test_patients_without_a_known_event_are_set_aside_by_id(tokenizer):
     ])
     kept, left_out = patients_with_known_events(patients, tokenizer, "stay")
     assert kept["stay"] == ["a"] and left_out == ["b"]
+
+
+def test_a_resumed_run_keeps_the_commit_its_training_began_under(tmp_path):
+    """A finished run resumed to be tested again at today's code holds weights trained by older code: its record
+    keeps the first start's commit beside this start's, so a result row cannot pass the old weights off as new."""
+    from types import SimpleNamespace
+
+    from medfuse_hf.training.run_info import git_commit, write_run_info
+
+    accelerator = SimpleNamespace(num_processes=1, device=torch.device("cpu"), mixed_precision="no",
+                                  distributed_type="NO", is_main_process=True)
+    older = {"commit": "1ff5bdb5", "uncommitted_changes": False}
+    (tmp_path / "run_info.json").write_text(json.dumps({"git": older}))  # written before the first start was kept
+    assert write_run_info(tmp_path, {}, accelerator, resuming=True)["git_at_start"] == older
+    assert write_run_info(tmp_path, {}, accelerator, resuming=True)["git_at_start"] == older  # kept on every resume
+    assert write_run_info(tmp_path, {}, accelerator)["git_at_start"] == git_commit()  # a fresh start is its own

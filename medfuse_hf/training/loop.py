@@ -88,7 +88,8 @@ def start_run(args: argparse.Namespace, may_change: frozenset[str] = frozenset()
                          "(DDP: `accelerate launch --multi_gpu`). MedFuse fits on any device, and a sharded model "
                          "would need every process in forwards that only some make (validation, saving), and hang.")
     set_seed(args.seed)
-    run_info = write_run_info(output_dir, recorded_settings(args), accelerator)
+    run_info = write_run_info(output_dir, recorded_settings(args), accelerator,
+                              resuming=checkpoint_to_resume(args) is not None)
     accelerator.init_trackers("logs", config={key: str(value) for key, value in vars(args).items()})
     return accelerator, run_info
 

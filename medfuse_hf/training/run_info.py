@@ -58,10 +58,15 @@ def processor_name() -> str:
     return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
 
 
-def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> dict:
+def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator, resuming: bool = False) -> dict:
+    """The run's record, written again at each start: `git` is the code of this start, `git_at_start` that of the
+    run's first (kept from the earlier record when `resuming`), since a resumed run's weights are partly the earlier
+    code's, and a finished run resumed to be tested again would otherwise claim to have been trained by today's."""
+    git = git_commit()
     info = {
         "config": config,
-        "git": git_commit(),
+        "git": git,
+        "git_at_start": (_first_start(output_dir) or git) if resuming else git,
         "versions": library_versions(),
         "command": sys.argv,
         "distributed": {
@@ -78,6 +83,16 @@ def write_run_info(output_dir: Path, config: dict, accelerator: Accelerator) -> 
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "run_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+def _first_start(output_dir: Path) -> dict | None:
+    """The commit an earlier record says the run first started at (records written before it was kept name their
+    own start's), or None where there is no record."""
+    path = Path(output_dir) / "run_info.json"
+    if not path.is_file():
+        return None
+    earlier = json.loads(path.read_text())
+    return earlier.get("git_at_start", earlier.get("git"))
 
 
 def read_run_settings(run_dir: Path) -> dict:
