@@ -110,17 +110,19 @@ def arm_flags(arm: str, base: Path) -> list[str]:
 
 
 def base_representations(base: Path, data_dir: Path, cache_dir: Path) -> dict[str, np.ndarray]:
-    """Each P12 stay's pooled representation from the frozen base, per split in the cohort's order (the order
-    `summary_tables` labels), computed once per base weights and tokenizer (its statistics read the values) and
-    cached beside the runs."""
+    """Each labelled P12 stay's pooled representation from the frozen base, per split in the cohort's order (the
+    stays and order `summary_tables` reads), computed once per base weights and tokenizer (its statistics read the
+    values) and cached beside the runs."""
     tokenizer_digest = file_digest(base / "model" / "preprocessor_config.json")
     cache = cache_dir / f"pretrained_probe-representations-{weights_digest(base / 'model')}-{tokenizer_digest}.npz"
     if cache.exists():
         return dict(np.load(cache))
     tokenizer = MedFuseTokenizer.from_pretrained(base / "model", max_events=MAX_EVENTS, unknown_features="drop")
     model, started = MedFuseModel.from_pretrained(base / "model").eval(), time.perf_counter()
-    representations = {name: per_patient_outputs(part, tokenizer, lambda batch: model(**batch).pooler_output)
-                       for name, part in load_cohort("p12", data_dir, "seft-split").splits.items()}
+    cohort = load_cohort("p12", data_dir, "seft-split")
+    representations = {name: per_patient_outputs(cohort.labelled(name), tokenizer,
+                                                 lambda batch: model(**batch).pooler_output)
+                       for name in cohort.splits}
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **representations)
     print(f"the base's representations of {sum(map(len, representations.values())):,} stays in "
