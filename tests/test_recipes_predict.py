@@ -199,6 +199,10 @@ def test_a_long_format_table_reaches_a_model_and_risk_scores_with_commands_only(
     assert json.loads((model_run / "test_metrics.json").read_text())["test_patients"] == 16  # 10 % of 160
     # the table gave no unit: the model claims none (not the catalogue's), and its own kind of table needs no word
     assert {spec.unit for spec in MedFuseTokenizer.from_pretrained(model_run / "model").feature_vocabulary} == {None}
+    # the card and the embeddings' manifest, which a hospital publishes, never name where its export lies
+    published = [model_run / "model" / "README.md", model_run / "feature_embeddings" / "embedding_config.json"]
+    assert all(str(tmp_path / "events.csv") not in path.read_text() for path in published)
+    assert "trained on long-format events from 1 table(s)" in published[0].read_text()
 
     output = tmp_path / "predictions.csv"
     scored = run(

@@ -184,8 +184,9 @@ def parquet_cohort(request: CohortRequest) -> Cohort:
         raise ValueError("--label_column is required for parquet cohorts")
     parts = {name: datasets.Dataset.from_parquet(str(root / f"{name}.parquet"))
              for name in ("train", "validation", "test")}
-    return Cohort(datasets.DatasetDict(parts), request.label_column, "patient_id", f"Parquet cohort in {root}",
-                  units={})  # Parquet keeps no units: the model claims none, and a checkpoint's are not assumed
+    # No path in the description, which model cards publish; Parquet keeps no units: the model claims none, and a
+    # checkpoint's are not assumed.
+    return Cohort(datasets.DatasetDict(parts), request.label_column, "patient_id", "Parquet splits", units={})
 
 
 def long_format_cohort(request: CohortRequest) -> Cohort:
@@ -216,7 +217,9 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
             raise ValueError(f"{request.split_file or 'the split'}: none of its {name!r} ids ({split[name][:3]}...) "
                              f"is a patient of {where} (ids such as {patients['patient_id'][:3]})")
     window = {flag: getattr(request, flag) for flag in WINDOW_FLAGS if getattr(request, flag) is not None}
-    return Cohort(parts, request.label_column, "patient_id", f"long-format events from {where}", units=summary.units,
+    # the description goes into model cards and manifests, which leave the hospital: never the export's paths
+    description = f"long-format events from {len(request.events)} table(s)"  # as the load summary says
+    return Cohort(parts, request.label_column, "patient_id", description, units=summary.units,
                   events_without_unit=summary.events_without_unit, window=window)
 
 
