@@ -262,7 +262,8 @@ def report_kept_start(run: PreparedRun, state: LoopState, start_model: Path) -> 
                 shutil.copyfile(tested / name, output_dir / name)
         report = {**json.loads((tested / "test_metrics.json").read_text()), "steps": state.step, "epochs": state.epoch,
                   "best_validation": {args.early_stopping_metric: state.best, "epoch": 0},
-                  "kept_start": str(start_model), **counts}
+                  # relative to the run (the probe's `probe/model`): the report is released with it
+                  "kept_start": str(start_model.absolute().relative_to(output_dir.absolute())), **counts}
         (output_dir / "test_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         accelerator.print(f"no epoch beat the start on validation: {start_model} is kept, as its run tested it "
                           f"({summary_line(report)}); model in {output_dir / 'model'}")

@@ -455,6 +455,7 @@ def test_lp_ft_keeps_a_probe_that_left_new_features_out_as_its_own_run_tested_it
     probe, kept = (json.loads((folder / "test_metrics.json").read_text()) for folder in (output / "probe", output))
     assert kept["best_validation"] == {"auprc": probe["best_validation"]["auprc"], "epoch": 0}
     assert kept["test"] == probe["test"] and kept["transferred_features"]["new_at_target"] == 1
+    assert kept["kept_start"] == "probe/model"  # the report is released with the run: no site path in it
     assert (output / "test_predictions.csv").read_text() == (output / "probe" / "test_predictions.csv").read_text()
     probe_weights = load_file(output / "probe" / "model" / "model.safetensors")
     assert all(torch.equal(tensor, probe_weights[name]) for name, tensor in weights(output).items())

@@ -31,6 +31,7 @@ from medfuse_hf.data.shards import write_corpus_manifest
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training import read_metrics
 from medfuse_hf.training.cohorts import held_out_patients, streaming_patients
+from medfuse_hf.training.run_info import read_run_settings
 
 PRETRAIN = ROOT / "recipes" / "pretrain.py"
 TINY_MODEL = ["--hidden_size", "32", "--value_embedding_size", "8", "--intermediate_size", "32"]
@@ -175,6 +176,13 @@ def test_streamed_shards_pretrain(tmp_path):
                                  capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert refused.returncode != 0 and "holds the run or lies in it" in refused.stderr
     assert (tmp_path / "out" / "pretraining_metrics.json").exists() and (tmp_path / "out" / "model").exists()
+    # cards written to be pushed say to fine-tune from the repo, never from this machine's folder
+    base = MedFuseForPreTraining.from_pretrained(tmp_path / "out" / "model")
+    load_script("recipes/publish.py").write_cards(
+        tmp_path / "out", base, MedFuseTokenizer.from_pretrained(tmp_path / "out" / "model"),
+        read_run_settings(tmp_path / "out"), "hospital/medfuse-base", None)
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert "--init_from hospital/medfuse-base" in card and str(tmp_path) not in card
 
 
 @pytest.mark.parametrize("accumulation, steps", [(1, 8), (3, 4)])

@@ -58,10 +58,11 @@ def corpus_units(manifest: dict | None) -> dict[str, str] | None:
     return units
 
 
-def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: FeatureVocabulary) -> str:
+def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: FeatureVocabulary,
+                        hub_repo_id: str | None = None) -> str:
     """The base model card's pretraining section, from what the run recorded: objective, corpus by source and the
     vocabulary's coverage of each, budget and measured cost, the loss curve (also drawn beside the card), and the
-    command that fine-tunes it."""
+    command that fine-tunes it (from `hub_repo_id` when the card is pushed there, never this machine's folder)."""
     history = read_metrics(output_dir / "logs" / "metrics.jsonl")
     cost = json.loads((output_dir / "pretraining_metrics.json").read_text())
     save_training_curves(history, output_dir / "model" / "pretraining_curves.png")
@@ -96,7 +97,7 @@ def pretraining_details(output_dir: Path, args: argparse.Namespace, vocabulary: 
         part = losses[chunk * len(losses) // 10:(chunk + 1) * len(losses) // 10]
         if part:
             lines.append(f"| {part[0][0]}–{part[-1][0]} | {sum(loss for _, loss in part) / len(part):.4f} |")
-    where = readable(output_dir / "model")
+    where = hub_repo_id or readable(output_dir / "model")
     lines += ["", "![training loss](pretraining_curves.png)", "",
               "Fine-tune it on your cohort (features it lacks start "
               "fresh; the run reports which matched):", "", "```bash",
@@ -116,7 +117,7 @@ def publish_pretraining(output_dir: Path, model, tokenizer: MedFuseTokenizer, co
                 min_patients=args.min_patients_for_statistics, drop_rare_features=args.drop_rare_features,
                 hub_repo_id=hub_repo_id, summary=f"MedFuse pretrained without labels on {cohort.description}: "
                                                  + OBJECTIVES[args.objective].format(**vars(args)) + ".",
-                training_details=pretraining_details(output_dir, args, tokenizer.feature_vocabulary))
+                training_details=pretraining_details(output_dir, args, tokenizer.feature_vocabulary, hub_repo_id))
 
 
 def pretraining_cohort(args: argparse.Namespace) -> Cohort:
