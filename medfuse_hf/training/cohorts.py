@@ -217,9 +217,9 @@ def long_format_cohort(request: CohortRequest) -> Cohort:
             raise ValueError(f"{request.split_file or 'the split'}: none of its {name!r} ids ({split[name][:3]}...) "
                              f"is a patient of {where} (ids such as {patients['patient_id'][:3]})")
     window = {flag: getattr(request, flag) for flag in WINDOW_FLAGS if getattr(request, flag) is not None}
-    # the description goes into model cards and manifests, which leave the hospital: never the export's paths
-    description = f"long-format events from {len(request.events)} table(s)"  # as the load summary says
-    return Cohort(parts, request.label_column, "patient_id", description, units=summary.units,
+    # the load summary's name for it (a count of tables): the description goes into model cards and manifests, which
+    # leave the hospital, so never the export's paths
+    return Cohort(parts, request.label_column, "patient_id", summary.source, units=summary.units,
                   events_without_unit=summary.events_without_unit, window=window)
 
 
