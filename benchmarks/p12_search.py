@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from p12_table import PLATEAU, finetune_row, paired_predictions, plateau_auprc
+from p12_table import GBM, PLATEAU, finetune_row, paired_predictions, plateau_auprc
 from protocol import BUDGET, MODELS, RELEASED_BASE, ROOT, refuse_other_extra_args, refuse_rows_of_another_base
 
 from medfuse_hf.training.metrics import format_gap, mean_and_std, mean_std_of, paired_bootstrap_difference
@@ -112,7 +112,7 @@ def gaps_to_gbm(rows: list[dict], output_dir: Path, table_dir: Path) -> str:
     for row in rows:
         runs = [
             output_dir / f"{row['configuration']}-seed{row['seed']}",
-            table_dir / f"seft-split-gbm_summary-seed{row['seed']}",
+            table_dir / f"seft-split-{GBM}-seed{row['seed']}",
         ]
         if not all((run / "test_predictions.csv").exists() for run in runs):
             continue

@@ -77,10 +77,13 @@ def test_a_fine_tuning_row_names_the_weights_it_started_from_as_the_run_recorded
 def test_a_baseline_whose_predictions_are_gone_is_fitted_again_and_must_reproduce_its_row(p12_table, tmp_path,
                                                                                            monkeypatch):
     """A wiped machine keeps the rows but not the GBM's predictions, which the paired gaps need: the seeded fit is
-    run again and kept only if it gives the recorded figures, never paired as if it were the recorded run."""
+    run again at the setting its row chose and kept only if it gives the recorded figures, never paired as if it
+    were the recorded run."""
     refits = []
+    chosen = {"statistics": "all", "learning_rate": 0.1, "max_leaf_nodes": 15, "l2_regularization": 1.0}
 
-    def refit(model, protocol, seed, args):
+    def refit(model, protocol, seed, args, fit):
+        assert fit.keywords["settings"] == (chosen,)  # the row's choice alone, not the grid
         refits.append(seed)
         run_dir = args.output_dir / f"{protocol}-{model}-seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,8 @@ def test_a_baseline_whose_predictions_are_gone_is_fitted_again_and_must_reproduc
 
     monkeypatch.setattr(p12_table, "run_baseline", refit)
     args = argparse.Namespace(output_dir=tmp_path)
-    rows = [row("gbm_summary", "seft-split", seed, 0.5) for seed in range(3)] + [row("medfuse", "seft-split", 0, 0.5)]
+    rows = [{**row("gbm_summary", "seft-split", seed, 0.5), "settings": {**chosen, "iterations": 228}}
+            for seed in range(3)] + [row("medfuse", "seft-split", 0, 0.5)]
     (tmp_path / "seft-split-gbm_summary-seed1").mkdir()
     (tmp_path / "seft-split-gbm_summary-seed1" / "test_predictions.csv").write_text("kept")
     cells = [{"model": model, "protocol": "seft-split", "seed": seed} for model in ("gbm_summary", "medfuse")

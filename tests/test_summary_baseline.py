@@ -1,6 +1,8 @@
 """The summary-statistics baselines: the per-stay table a data scientist would build, and models tuned on
 validation only."""
 
+from functools import partial
+
 import datasets
 import numpy as np
 import pandas as pd
@@ -253,3 +255,23 @@ def test_the_wide_grid_holds_the_default_one_and_reaches_past_each_of_its_edges(
     assert {key(setting) for setting in GBM_SETTINGS} < {key(setting) for setting in WIDE_GBM_SETTINGS}
     for name, beyond in (("learning_rate", min), ("max_leaf_nodes", max), ("l2_regularization", max)):
         assert beyond(s[name] for s in WIDE_GBM_SETTINGS) != beyond(s[name] for s in GBM_SETTINGS)
+
+
+def test_a_gbm_fitted_again_at_its_recorded_choice_grows_the_same_trees(monkeypatch):
+    """A wiped machine restores a GBM's test predictions from its row's chosen setting rather than the whole grid (the
+    wide grid took an hour a seed): that is only sound if each setting grows independently of the others."""
+    import medfuse_hf.training.summary_baseline as baseline
+
+    monkeypatch.setattr(baseline, "GBM_MAX_ITERATIONS", 100)
+    parts = {name: learnable_split(seed, 200) for seed, name in enumerate(("train", "validation", "test"))}
+    table = SummaryTable(parts["train"][0])
+    frames = {name: table(stays) for name, (stays, _) in parts.items()}
+    splits = ((frames["train"], parts["train"][1]), (frames["validation"], parts["validation"][1]), frames["test"])
+    grid = baseline.gbm_grid((0.03, 0.3), (4, 15), (1.0,))
+    whole = fit_gbm(*splits, seed=3, settings=grid)
+    monkeypatch.setitem(baseline.SUMMARY_BASELINES, "gbm_test_grid", partial(fit_gbm, settings=grid))
+    again = baseline.fit_at_the_choice("gbm_test_grid", whole.settings)(*splits, seed=3)
+    assert {axis: whole.settings[axis] for axis in grid[0]} != grid[0]  # a later setting: narrowing is what is tested
+    assert again.settings == whole.settings
+    np.testing.assert_array_equal(again.test_scores, whole.test_scores)
+    assert baseline.fit_at_the_choice("logreg_summary", {"C": 0.1}) is fit_logistic_regression  # seconds: fit whole
