@@ -6,12 +6,15 @@ values), counts are rounded to tens, and a tokenizer that needs such statistics 
 any upload. Quantile knots are guarded where they are fitted
 (`feature_vocabulary.kept_knots`), since a model reads its values through them: a tail knot with fewer than
 `MIN_PATIENTS_BEYOND_A_KNOT` patients beyond it is never kept. The tokenizer's own uploads, `push_run`, the
-feature-embedding export and `Trainer.push_to_hub` (through `TokenizerPrivacyCallback`) all go through here.
+feature-embedding export and `Trainer.push_to_hub` (through `HubPrivacyCallback`) all go through here. So does the
+model's training prevalence: a config's class weights and logit offsets give the positive count exactly, and every
+upload path of a model refuses them unless `without_exact_prevalence` rounded them.
 """
 
 import copy
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,10 @@ DEFAULT_MIN_PATIENTS = 20  # statistics of features seen in fewer patients never
 # Statistics more than this share of whose values one patient gave are withheld too, however many patients gave the
 # rest: their mean, quartiles and knots are that patient's (disclosure control's (1, 50 %) dominance rule).
 DOMINANT_SHARE = 0.5
+# A fine-tuned config's fields that give its training cohort's positive count (`weigh_the_classes`), and the mark
+# `without_exact_prevalence` sets on a model while its config holds them rounded.
+PREVALENCE_FIELDS = ("class_weights", "logit_offsets")
+PREVALENCE_ROUNDED = "_medfuse_prevalence_rounded"
 
 
 def publishable_vocabulary(
@@ -100,26 +107,83 @@ def guarded_copy(tokenizer: Any, repo_id: str, min_patients: int = DEFAULT_MIN_P
     return public
 
 
-class TokenizerPrivacyCallback(TrainerCallback):
-    """`Trainer.push_to_hub` (and `push_to_hub=True` training) uploads the folders the tokenizer was saved to, exact
-    statistics included: transformers gives a processing class no say in it. Passed in `callbacks=`, this applies
-    the tokenizer's privacy guard before anything of it is saved for the Hub: at `on_train_begin` when training
-    pushes (on every process, before the first checkpoint, so a refusal stops every rank), else at
-    `on_push_begin`. The repo then gets counts rounded to tens, and a tokenizer that normalises a feature of fewer
-    than `min_patients` patients is refused before any file is sent. The guard changes the tokenizer in place (only
-    its counts; encoding is unchanged), so the Trainer's later local saves hold the rounded counts too."""
+@contextmanager
+def without_exact_prevalence(model, train_patients: int | None):
+    """The model as it may leave the hospital. Balanced class weights give the training cohort's exact positive count,
+    with its size on the card, and matter only to training's loss, so a published config goes without them. The
+    logit offsets that undo them in the risks, log(2(1 − r)) and log(2r) for a share r of positives
+    (`weigh_the_classes`), are the same count as a log: they go for the count rounded to tens, as the privacy guard
+    rounds every count (a shift of at most 5 / `train_patients` in the prevalence the risks are calibrated to)."""
+    config = model.config
+    kept = {name: getattr(config, name, None) for name in PREVALENCE_FIELDS}
+    config.class_weights = None
+    if kept["logit_offsets"] is not None:
+        config.logit_offsets = rounded_prevalence_offsets(kept["logit_offsets"], train_patients)
+    setattr(model, PREVALENCE_ROUNDED, True)
+    try:
+        yield model
+    finally:
+        for name, value in kept.items():
+            setattr(config, name, value)
+        delattr(model, PREVALENCE_ROUNDED)
+
+
+def refuse_exact_prevalence(model: Any, repo_id: str) -> None:
+    """Refuse an upload of a model whose config gives its training cohort's exact positive count (class weights, or
+    logit offsets not rounded by `without_exact_prevalence`): transformers' own `push_to_hub`, a
+    `save_pretrained(push_to_hub=True)` or a Trainer's push would send them as they are."""
+    exact = [name for name in PREVALENCE_FIELDS if getattr(model.config, name, None) is not None]
+    if exact and not getattr(model, PREVALENCE_ROUNDED, False):
+        raise ValueError(
+            f"refusing to push {repo_id}: its config's {' and '.join(exact)} give the training cohort's exact "
+            "positive count. Push it with push_run (recipes/publish.py --push_to_hub), or inside `with "
+            "medfuse_hf.privacy.without_exact_prevalence(model, train_patients):`, which drops the class weights "
+            "and rounds the offsets to a positive count in tens for the upload"
+        )
+
+
+def rounded_prevalence_offsets(offsets: list[float], train_patients: int | None) -> list[float]:
+    if train_patients is None:
+        raise ValueError("a model with logit offsets is published with its training patients' count, to round them")
+    if len(offsets) != 2:
+        raise ValueError(f"logit offsets of {len(offsets)} classes: only a binary model's are published")
+    if train_patients < 20:
+        raise ValueError(f"{train_patients} training patients: too few to publish a prevalence rounded to tens")
+    positives = round(math.exp(offsets[1]) / 2 * train_patients, -1)
+    share = min(max(positives, 10), train_patients - 10) / train_patients
+    return [math.log(2 * (1 - share)), math.log(2 * share)]
+
+
+class HubPrivacyCallback(TrainerCallback):
+    """`Trainer.push_to_hub` (and `push_to_hub=True` training) uploads the folders the model and tokenizer were saved
+    to as they are: transformers gives neither a say in it. Passed in `callbacks=`, this guards both before anything
+    of them is saved for the Hub: at `on_train_begin` when training pushes (on every process, before the first
+    checkpoint, so a refusal stops every rank), else at `on_push_begin`.
+
+    - The tokenizer gets counts rounded to tens, and one that normalises a feature of fewer than `min_patients`
+      patients is refused. The guard changes it in place (only its counts; encoding is unchanged), so the Trainer's
+      later local saves hold the rounded counts too.
+    - A model whose config gives the training cohort's exact positive count is refused (`refuse_exact_prevalence`):
+      push the trained model inside `with without_exact_prevalence(trainer.model, train_patients):`."""
 
     def __init__(self, min_patients: int = DEFAULT_MIN_PATIENTS):
         self.min_patients = min_patients
 
-    def on_train_begin(self, args, state, control, processing_class=None, **kwargs) -> None:
+    def on_train_begin(self, args, state, control, processing_class=None, model=None, **kwargs) -> None:
         if args.push_to_hub:
-            self._guard(args, processing_class)
+            try:
+                self._guard(args, processing_class, model)
+            except ValueError as refusal:
+                raise ValueError(f"{refusal}. Training with push_to_hub=True uploads every checkpoint with the "
+                                 "class weights its loss needs: train without it, then push the trained model "
+                                 "that way") from None
 
-    def on_push_begin(self, args, state, control, processing_class=None, **kwargs) -> None:
-        self._guard(args, processing_class)
+    def on_push_begin(self, args, state, control, processing_class=None, model=None, **kwargs) -> None:
+        self._guard(args, processing_class, model)
 
-    def _guard(self, args, processing_class) -> None:
+    def _guard(self, args, processing_class, model) -> None:
+        repo_id = args.hub_model_id or Path(args.output_dir).absolute().name  # as the Trainer names the repo
+        if model is not None:
+            refuse_exact_prevalence(model, repo_id)  # before the tokenizer is changed in place
         if hasattr(processing_class, "feature_vocabulary"):  # a MedFuseTokenizer
-            repo_id = args.hub_model_id or Path(args.output_dir).absolute().name  # as the Trainer names the repo
             apply_privacy_guard(processing_class, repo_id, self.min_patients)

@@ -18,11 +18,11 @@ import shutil
 from pathlib import Path
 
 from medfuse_hf import MedFuseForPreTraining, MedFuseForSequenceClassification, MedFuseTokenizer
-from medfuse_hf.privacy import guarded_copy, publishable_vocabulary
+from medfuse_hf.privacy import guarded_copy, publishable_vocabulary, without_exact_prevalence
 from medfuse_hf.progress import quiet_library_progress_bars
 from medfuse_hf.training.cohorts import Cohort, load_cohort_from_settings, save_strict_tokenizer, training_splits
 from medfuse_hf.training.pretraining import EVALUATION, pretraining_cohort, publish_pretraining
-from medfuse_hf.training.publishing import publish_run, push_run, without_exact_prevalence
+from medfuse_hf.training.publishing import publish_run, push_run
 from medfuse_hf.training.recipe_config import recipe_parser
 from medfuse_hf.training.run_info import read_run_settings
 

@@ -5,6 +5,7 @@ file, so contents travel base64-encoded inside the NDJSON commit and no LFS or X
 """
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -20,7 +21,7 @@ import transformers.utils.hub
 
 from medfuse_hf import FeatureVocabulary, MedFuseConfig, MedFuseForSequenceClassification, MedFuseTokenizer
 from medfuse_hf.feature_embeddings import push_feature_embeddings
-from medfuse_hf.privacy import TokenizerPrivacyCallback, privacy_guarded
+from medfuse_hf.privacy import HubPrivacyCallback, privacy_guarded, without_exact_prevalence
 from medfuse_hf.synthetic import make_sodium_cohort
 from medfuse_hf.training.publishing import push_run
 
@@ -201,28 +202,34 @@ def rare_feature_tokenizer() -> MedFuseTokenizer:
     return MedFuseTokenizer(FeatureVocabulary.from_events(patients))
 
 
-def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_training: bool) -> None:
-    """`Trainer.push_to_hub` with the tokenizer as processing class, under `TokenizerPrivacyCallback`; or, while
-    training, `push_to_hub=True` with every checkpoint uploaded (`hub_strategy="checkpoint"`), then the final push."""
+def small_model(tokenizer: MedFuseTokenizer, **config) -> MedFuseForSequenceClassification:
+    return MedFuseForSequenceClassification(MedFuseConfig(
+        **tokenizer.feature_vocabulary.config_kwargs(), hidden_size=8, value_embedding_size=4,
+        value_projector_hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8, **config))
+
+
+def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_training: bool, model=None,
+                 rounded_for: int | None = None) -> None:
+    """`Trainer.push_to_hub` with the tokenizer as processing class, under `HubPrivacyCallback`; or, while
+    training, `push_to_hub=True` with every checkpoint uploaded (`hub_strategy="checkpoint"`), then the final push;
+    the final push inside `without_exact_prevalence(model, rounded_for)` when that is given."""
     import datasets
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    config = MedFuseConfig(**tokenizer.feature_vocabulary.config_kwargs(), hidden_size=8, value_embedding_size=4,
-                           value_projector_hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
-                           intermediate_size=8)
     pushing = ({"push_to_hub": True, "hub_strategy": "checkpoint", "max_steps": 1, "save_steps": 1}
                if while_training else {})
     args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", hub_model_id=repo_id,
                              hub_token=TOKEN, per_device_train_batch_size=8, **pushing)
     raw = datasets.Dataset.from_list(make_sodium_cohort(16, seed=3))
     train = raw.map(lambda batch: tokenizer(batch, padding=False), batched=True, remove_columns=raw.column_names)
-    trainer = Trainer(MedFuseForSequenceClassification(config), args,
+    trainer = Trainer(model or small_model(tokenizer), args,
                       train_dataset=train.add_column("labels", raw["label"]),
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-                      callbacks=[TokenizerPrivacyCallback()])
+                      callbacks=[HubPrivacyCallback()])
     if while_training:
         trainer.train()
-    trainer.push_to_hub()
+    with without_exact_prevalence(trainer.model, rounded_for) if rounded_for else contextlib.nullcontext():
+        trainer.push_to_hub()
 
 
 UPLOADS = ["push_to_hub", "save_pretrained", "Trainer.push_to_hub", "Trainer(push_to_hub=True).train"]
@@ -268,7 +275,7 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
 def test_published_logit_offsets_give_the_positive_count_only_to_tens():
     """Offsets log(2(1 − r)) and log(2r) rounded to two decimals gave 10, 33 or 80 positives back exactly, with the
     training cohort's size on the card."""
-    from medfuse_hf.training.publishing import rounded_prevalence_offsets
+    from medfuse_hf.privacy import rounded_prevalence_offsets
 
     def offsets(positives: int, patients: int) -> list[float]:
         share = positives / patients
@@ -280,3 +287,38 @@ def test_published_logit_offsets_give_the_positive_count_only_to_tens():
     assert rounded_prevalence_offsets(offsets(3, 77), 77) == pytest.approx(offsets(10, 77))  # never below ten
     with pytest.raises(ValueError, match="12 training patients: too few"):
         rounded_prevalence_offsets(offsets(3, 12), 12)
+
+
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_every_model_upload_path_refuses_the_training_cohorts_exact_positive_count(hub, tmp_path, upload):
+    """A fine-tuned config's class weights and logit offsets give the positive count exactly: transformers' own
+    upload paths refuse them before any file is sent, and send them rounded inside `without_exact_prevalence`."""
+    tokenizer = MedFuseTokenizer(privacy_guarded(FeatureVocabulary.from_events(make_sodium_cohort(57, seed=2)))[0])
+    exact = {"class_weights": [0.6, 3.0], "logit_offsets": [0.510826, -1.098612]}  # 1 in 6 positive
+
+    def push(model, repo_id, rounded_for=None):
+        with (without_exact_prevalence(model, rounded_for) if rounded_for and not upload.startswith("Trainer")
+              else contextlib.nullcontext()):
+            if upload == "push_to_hub":
+                model.push_to_hub(repo_id, token=TOKEN)
+            elif upload == "save_pretrained":
+                model.save_pretrained(tmp_path / repo_id.split("/")[1], push_to_hub=True, repo_id=repo_id,
+                                      token=TOKEN)
+            else:
+                trainer_push(tokenizer, repo_id, tmp_path / repo_id.split("/")[1], upload.endswith("train"), model,
+                             rounded_for)
+
+    with pytest.raises(ValueError, match="refusing to push hospital-a/exact: its config's class_weights and "
+                                         "logit_offsets give the training cohort's exact positive count"):
+        push(small_model(tokenizer, **exact), "hospital-a/exact")
+    assert not hub.repos.get("hospital-a/exact", {}).get("files")  # the Trainer creates its repo when it is built
+    if upload.endswith("train"):  # checkpoints go up during training, with the weights its loss needs
+        return
+    model = small_model(tokenizer, **exact)
+    push(model, "hospital-a/rounded", rounded_for=250)
+    uploaded = json.loads(hub.repos["hospital-a/rounded"]["files"]["config.json"])
+    assert uploaded["class_weights"] is None
+    assert uploaded["logit_offsets"] == pytest.approx([math.log(2 * 0.84), math.log(2 * 0.16)])  # 40 of 250
+    assert {name: getattr(model.config, name) for name in exact} == exact  # kept here, for training
+    push(small_model(tokenizer), "hospital-a/unweighted")  # nothing to give away: pushed as it is
+    assert "config.json" in hub.repos["hospital-a/unweighted"]["files"]

@@ -1,6 +1,6 @@
 """Building blocks the recipes share: cohorts, metrics, checkpoints, tracking, run records and plots."""
 
-from ..privacy import TokenizerPrivacyCallback
+from ..privacy import HubPrivacyCallback
 from .checkpointing import CorruptCheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .cohorts import Cohort, load_cohort
 from .evaluation import predict
@@ -12,7 +12,7 @@ __all__ = [
     "Cohort",
     "CorruptCheckpointError",
     "JSONLinesTracker",
-    "TokenizerPrivacyCallback",
+    "HubPrivacyCallback",
     "binary_metrics",
     "bootstrap_intervals",
     "load_checkpoint",

@@ -1,9 +1,7 @@
 """What a finished run publishes beside its model: a model card, and a privacy-guarded feature-embedding
 checkpoint with its own card, ready for `push_to_hub` or for another hospital's `load_feature_embeddings`."""
 
-import math
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -13,7 +11,7 @@ from ..data.clinical_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from ..feature_embeddings import VOCABULARY_FILE, export_feature_embeddings, push_feature_embeddings
 from ..feature_vocabulary import FeatureVocabulary
 from ..model_card import architecture_of, render_model_card
-from ..privacy import publishable_vocabulary
+from ..privacy import publishable_vocabulary, without_exact_prevalence
 from ..tokenization_medfuse import MedFuseTokenizer
 from .cohorts import Cohort
 
@@ -116,37 +114,6 @@ def readable(path: Path) -> str:
     carry this machine's absolute paths."""
     path = Path(path).absolute()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
-
-
-@contextmanager
-def without_exact_prevalence(model, train_patients: int | None):
-    """The model as it may leave the hospital. Balanced class weights give the training cohort's exact positive count,
-    with its size on the card, and matter only to training's loss, so a published config goes without them. The
-    logit offsets that undo them in the risks, log(2(1 − r)) and log(2r) for a share r of positives
-    (`weigh_the_classes`), are the same count as a log: they go for the count rounded to tens, as the privacy guard
-    rounds every count (a shift of at most 5 / `train_patients` in the prevalence the risks are calibrated to)."""
-    config = model.config
-    kept = {name: getattr(config, name, None) for name in ("class_weights", "logit_offsets")}
-    config.class_weights = None
-    if kept["logit_offsets"] is not None:
-        config.logit_offsets = rounded_prevalence_offsets(kept["logit_offsets"], train_patients)
-    try:
-        yield model
-    finally:
-        for name, value in kept.items():
-            setattr(config, name, value)
-
-
-def rounded_prevalence_offsets(offsets: list[float], train_patients: int | None) -> list[float]:
-    if train_patients is None:
-        raise ValueError("a model with logit offsets is published with its training patients' count, to round them")
-    if len(offsets) != 2:
-        raise ValueError(f"logit offsets of {len(offsets)} classes: only a binary model's are published")
-    if train_patients < 20:
-        raise ValueError(f"{train_patients} training patients: too few to publish a prevalence rounded to tens")
-    positives = round(math.exp(offsets[1]) / 2 * train_patients, -1)
-    share = min(max(positives, 10), train_patients - 10) / train_patients
-    return [math.log(2 * (1 - share)), math.log(2 * share)]
 
 
 def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
