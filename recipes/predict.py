@@ -17,12 +17,17 @@ hours, value as read: cleaned and in the model's unit; signed attribution to the
 Gradients over the fused tokens, `medfuse_hf.training.explanations`; needs `pip install "medfuse-hf[explain]"`).
 With `--representations`, any MedFuse checkpoint (the pretrained base too) writes each patient's pooled
 representation instead, for a model of your own.
+
+A run stopped part-way (a killed job, a bad row in a later chunk) resumes when the same command is run again: the
+chunks already written are kept (`<output>.progress.json` says which), and only the rest are scored.
 """
 
 import argparse
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -31,6 +36,7 @@ import torch
 
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
+from medfuse_hf.data.long_format import matching_files
 from medfuse_hf.progress import progress_bar, quiet_library_progress_bars
 from medfuse_hf.training.cohorts import feature_names, follow_the_training_window
 from medfuse_hf.training.evaluation import PROBABILITY_COLUMN, known_events, per_patient_outputs
@@ -72,10 +78,63 @@ def explanation_rows(model, tokenizer: MedFuseTokenizer, patients: datasets.Data
     return rows, worst_error
 
 
-def chunks(patients: datasets.Dataset) -> Iterator[datasets.Dataset]:
-    """`PATIENTS_PER_CHUNK` patients at a time: a table larger than memory is scored and written a chunk at a time."""
-    for start in range(0, len(patients), PATIENTS_PER_CHUNK):
+def chunks(patients: datasets.Dataset, first: int = 0) -> Iterator[datasets.Dataset]:
+    """`PATIENTS_PER_CHUNK` patients at a time from chunk `first` on: a table larger than memory is scored and
+    written a chunk at a time."""
+    for start in range(first * PATIENTS_PER_CHUNK, len(patients), PATIENTS_PER_CHUNK):
         yield patients.select(range(start, min(start + PATIENTS_PER_CHUNK, len(patients))))
+
+
+@dataclass
+class Progress:
+    """What the chunks written so far add up to, saved after each one so that a stopped run resumes where it
+    stopped. `inputs` is what the rows depend on (flags, the tables' and the model's files, the chunk size): a run
+    of other inputs starts afresh. `written` is each partial file's size after the last chunk counted, so that rows a
+    run appended after it and then died are cut off rather than written twice."""
+
+    inputs: dict
+    chunks: int = 0
+    scored: int = 0
+    skipped: int = 0
+    skipped_examples: list = field(default_factory=list)
+    unknown: Counter = field(default_factory=Counter)
+    cut: Counter = field(default_factory=Counter)  # patients longer than the model reads, and the oldest events left
+    worst_error: float = 0.0
+    written: dict = field(default_factory=dict)
+
+    @classmethod
+    def resumed(cls, path: Path, inputs: dict) -> "Progress":
+        """The progress saved at `path` when it is of these inputs and its partial files hold at least what it
+        counted (cut back to that), else a fresh start."""
+        if path.exists():
+            saved = json.loads(path.read_text())
+            sizes = {Path(name): size for name, size in saved["written"].items()}
+            if saved["inputs"] == inputs and all(file.exists() and file.stat().st_size >= size
+                                                 for file, size in sizes.items()):
+                for file, size in sizes.items():
+                    os.truncate(file, size)
+                return cls(**{**saved, "unknown": Counter(saved["unknown"]), "cut": Counter(saved["cut"])})
+            print(f"{path}: another run's progress (other inputs, or its files are gone): scoring from the start")
+        return cls(inputs)
+
+    def save(self, path: Path, files: list[Path]) -> None:
+        self.chunks += 1
+        self.written = {str(file): file.stat().st_size for file in files if file.exists()}
+        saved = {**vars(self), "unknown": dict(self.unknown), "cut": dict(self.cut)}  # asdict would recount them
+        path.with_name(path.name + ".tmp").write_text(json.dumps(saved))
+        path.with_name(path.name + ".tmp").replace(path)  # never half a progress file
+
+
+def inputs_of(args: argparse.Namespace) -> dict:
+    """What a run's rows depend on: its flags but `--output`, and the size and time of every file it reads."""
+    files = [file for pattern in [*args.events, *([args.patients] if args.patients else [])]
+             for file in matching_files(pattern)]
+    model_dir = Path(args.model_dir)
+    if model_dir.is_dir():  # else a Hub repo id, named in the flags
+        files += sorted(str(file) for file in model_dir.iterdir() if file.is_file())
+    return {"flags": {name: repr(value) for name, value in vars(args).items() if name != "output"},
+            "files": {file: [os.stat(file).st_size, os.stat(file).st_mtime_ns] for file in files},
+            "patients_per_chunk": PATIENTS_PER_CHUNK}
 
 
 def prediction_function(args: argparse.Namespace) -> dict:
@@ -107,33 +166,38 @@ def prediction_function(args: argparse.Namespace) -> dict:
     for earlier in (explanations, summary_file):  # a previous run's, which would sit beside this run's predictions
         earlier.unlink(missing_ok=True)
     # Written under a partial name and renamed once every patient is scored: a run stopped half-way (a bad row in a
-    # later chunk) leaves no file that looks complete.
+    # later chunk) leaves no file that looks complete, and the same command resumes it.
     writing, explaining = (path.with_name(path.name + ".partial") for path in (output, explanations))
-    unknown, scored, skipped, skipped_examples, worst_error = Counter(), 0, 0, [], 0.0
-    cut = Counter()  # patients longer than the model reads, and their oldest events it left out
-    with progress_bar(total=len(patients), desc="scoring", unit="patients") as bar:
-        for part in chunks(patients):
+    progress_file = output.with_name(output.name + ".progress.json")
+    progress = Progress.resumed(progress_file, inputs_of(args))
+    done = min(progress.chunks * PATIENTS_PER_CHUNK, len(patients))
+    if done:
+        print(f"resuming: {done} patients already scored into {writing}")
+    with progress_bar(total=len(patients), initial=done, desc="scoring", unit="patients") as bar:
+        for part in chunks(patients, first=progress.chunks):
             counts, part_unknown = known_events(part, tokenizer)
-            unknown.update(part_unknown)
+            progress.unknown.update(part_unknown)
             scorable = [row for row, count in enumerate(counts) if count > 0]
             over = [count - tokenizer.max_events for count in counts if count > tokenizer.max_events]
-            cut.update(patients=len(over), events=sum(over))
+            progress.cut.update(patients=len(over), events=sum(over))
             not_scored = [patient for patient, count in zip(part["patient_id"], counts) if count == 0]
-            skipped, skipped_examples = skipped + len(not_scored), (skipped_examples + not_scored)[:10]
+            progress.skipped += len(not_scored)
+            progress.skipped_examples = (progress.skipped_examples + not_scored)[:10]
+            if scorable:
+                first = not progress.scored
+                kept = part.select(scorable)
+                rows = pd.DataFrame({"patient_id": kept["patient_id"], **scores(kept),
+                                     "events_used": [min(counts[row], tokenizer.max_events) for row in scorable]})
+                rows.to_csv(writing, index=False, mode="w" if first else "a", header=first)
+                if args.explain:
+                    explained, error = explanation_rows(model, tokenizer, kept, args.explain)
+                    progress.worst_error = max(progress.worst_error, error)
+                    pd.DataFrame(explained, columns=EXPLANATION_COLUMNS).to_csv(
+                        explaining, index=False, mode="w" if first else "a", header=first)
+                progress.scored += len(scorable)
+            progress.save(progress_file, [writing, explaining])
             bar.update(len(part))
-            if not scorable:
-                continue
-            kept = part.select(scorable)
-            rows = pd.DataFrame({"patient_id": kept["patient_id"], **scores(kept),
-                                 "events_used": [min(counts[row], tokenizer.max_events) for row in scorable]})
-            rows.to_csv(writing, index=False, mode="a" if scored else "w", header=not scored)
-            if args.explain:
-                explained, error = explanation_rows(model, tokenizer, kept, args.explain)
-                worst_error = max(worst_error, error)
-                pd.DataFrame(explained, columns=EXPLANATION_COLUMNS).to_csv(
-                    explaining, index=False, mode="a" if scored else "w", header=not scored)
-            scored += len(scorable)
-    if not scored:  # the files still say what they would hold
+    if not progress.scored:  # the files still say what they would hold
         pd.DataFrame(columns=["patient_id", *([] if args.representations else [PROBABILITY_COLUMN]), "events_used"]
                      ).to_csv(writing, index=False)
         if args.explain:
@@ -141,18 +205,19 @@ def prediction_function(args: argparse.Namespace) -> dict:
     writing.replace(output)
     if args.explain:
         explaining.replace(explanations)
+    progress_file.unlink()
     summary = {
         "model_dir": str(args.model_dir),
         "window": window,  # each flag as used here, and as the model was trained with
-        "patients_scored": scored,
-        "patients_not_scored": {NO_KNOWN_EVENT: skipped} if skipped else {},
-        "patients_not_scored_examples": skipped_examples,
-        "unknown_features": dict(unknown.most_common()),  # name -> events left out
+        "patients_scored": progress.scored,
+        "patients_not_scored": {NO_KNOWN_EVENT: progress.skipped} if progress.skipped else {},
+        "patients_not_scored_examples": progress.skipped_examples,
+        "unknown_features": dict(progress.unknown.most_common()),  # name -> events left out
         # features whose values came with no unit, read as in the unit the model learnt them in
         "units_assumed": assumed,
         # the most recent max_events of a longer stay are read (and pinned features' earliest)
-        "patients_cut_to_max_events": {"max_events": tokenizer.max_events, "patients": cut["patients"],
-                                       "oldest_events_left_out": cut["events"]},
+        "patients_cut_to_max_events": {"max_events": tokenizer.max_events, "patients": progress.cut["patients"],
+                                       "oldest_events_left_out": progress.cut["events"]},
         "events_read": load_summary.events_read,
         "events_kept_by_loader": load_summary.events_kept,
         "events_skipped_by_loader": dict(load_summary.skipped_events),
@@ -165,19 +230,18 @@ def prediction_function(args: argparse.Namespace) -> dict:
         summary["explanations"] = {"file": str(explanations),
                                    "method": "Integrated Gradients over the fused tokens (Captum)",
                                    "attributed": "the risk's log-odds, logit(positive) - logit(negative)",
-                                   "largest_convergence_error_log_odds": worst_error}
+                                   "largest_convergence_error_log_odds": progress.worst_error}
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")
-    if unknown:
-        print(
-            f"left out {sum(unknown.values())} events of {len(unknown)} features the model does not know: "
-            + ", ".join(f"{name} ({count})" for name, count in unknown.most_common(10))
-        )
-    if skipped:
-        print(f"not scored: {skipped} patients with {NO_KNOWN_EVENT} (e.g. {skipped_examples[:5]})")
+    if progress.unknown:
+        print(f"left out {sum(progress.unknown.values())} events of {len(progress.unknown)} features the model does "
+              "not know: " + ", ".join(f"{name} ({count})" for name, count in progress.unknown.most_common(10)))
+    if progress.skipped:
+        print(f"not scored: {progress.skipped} patients with {NO_KNOWN_EVENT} "
+              f"(e.g. {progress.skipped_examples[:5]})")
     if assumed:
         print(units_assumed_note(assumed))
     written = "representations" if args.representations else "predictions"
-    print(f"scored {scored} patients; {written} in {output}")
+    print(f"scored {progress.scored} patients; {written} in {output}")
     return summary
 
 

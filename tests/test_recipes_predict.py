@@ -162,6 +162,54 @@ def test_a_run_stopped_half_way_leaves_no_file_that_looks_complete(predict, tmp_
     assert not output.exists() and (tmp_path / "predictions.csv.partial").read_text().count("\n") == 2
 
 
+def test_a_stopped_run_resumes_where_it_stopped_and_writes_what_an_unbroken_one_does(
+    predict, tmp_path, tokenizer, tiny_config, monkeypatch, capsys
+):
+    """Scoring a hospital's table with explanations can take hours: the same command after a stop scores only the
+    chunks not yet written, cuts off rows a dying run appended after its last counted chunk, and gives the files an
+    unbroken run gives. A run of other inputs (here, a changed table) starts afresh."""
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text(EVENTS)
+    monkeypatch.setattr(predict, "PATIENTS_PER_CHUNK", 1)  # chunks p1, p2 (no event the model knows), p3
+
+    def run(output: Path) -> list:
+        predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
+                      "--columns", COLUMNS, "--assume_model_units", "--explain", "2", "--output", str(output)])
+        summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
+        summary["explanations"].pop("file")
+        return [output.read_text(), output.with_name("predictions.csv.explanations.csv").read_text(), summary]
+
+    unbroken = run(tmp_path / "unbroken" / "predictions.csv")
+    scored, calls = predict.per_patient_outputs, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if fail_at == len(calls):
+            raise ValueError("killed")
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "per_patient_outputs", counted)
+    output, fail_at = tmp_path / "predictions.csv", 2  # p3's chunk
+    with pytest.raises(ValueError, match="killed"):
+        run(output)
+    with (tmp_path / "predictions.csv.partial").open("a") as partial:
+        partial.write("p3,0.5,2\n")  # appended by a run that died before counting its chunk
+    calls.clear()
+    fail_at = None
+    assert run(output) == unbroken
+    assert len(calls) == 1 and "resuming: 2 patients already scored" in capsys.readouterr().out  # p3 alone
+    assert not (tmp_path / "predictions.csv.progress.json").exists()
+
+    fail_at, calls[:] = 2, []
+    with pytest.raises(ValueError, match="killed"):
+        run(output)
+    (tmp_path / "events.csv").write_text(EVENTS + "p4,1.0,sodium,137\n")
+    fail_at, calls[:] = None, []
+    assert run(output)[0].count("\n") == 4 and len(calls) == 3  # p1, p3 and p4: from the start
+    assert "another run's progress" in capsys.readouterr().out
+
+
 def test_events_are_required(predict, tmp_path, tokenizer, tiny_config, capsys):
     MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
