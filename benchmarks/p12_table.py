@@ -175,6 +175,7 @@ def restore_baseline_predictions(rows: list[dict], cells: list[dict], args: argp
         refitted = run_baseline(row["model"], row["protocol"], row["seed"], args,
                                 fit_at_the_choice(row["model"], row["settings"]))
         differ = [metric for metric in METRICS if not np.isclose(refitted[metric], row[metric], rtol=0, atol=1e-12)]
+        differ += ["settings"] * (refitted["settings"] != row["settings"])
         if differ:
             (run_dir / "test_predictions.csv").unlink()
             raise SystemExit(f"{run_dir.name}: fitted again, its test {differ} are "

@@ -5,9 +5,11 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .privacy import RefusesExactPrevalence
+
 
 @strict
-class MedFuseConfig(PreTrainedConfig):
+class MedFuseConfig(RefusesExactPrevalence, PreTrainedConfig):
     r"""Configuration of a MedFuse model ("MedFuse: Multiplicative Embedding Fusion for Irregular Clinical Time
     Series", arXiv 2511.09247; not the 2022 chest X-ray + EHR MedFuse).
 

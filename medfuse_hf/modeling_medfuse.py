@@ -4,7 +4,6 @@ Paper: "MedFuse: Multiplicative Embedding Fusion for Irregular Clinical Time Ser
 """
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_medfuse import MedFuseConfig
 from .feature_tables import grow_to_vocabulary, resize_feature_tables
 from .feature_vocabulary import FeatureVocabulary
-from .privacy import refuse_exact_prevalence
+from .privacy import RefusesExactPrevalence
 
 
 class ValueProjector(nn.Module):
@@ -474,7 +473,7 @@ class StaticsEmbedding(nn.Module):
         return self.projection(torch.cat([slots.flatten(1), present.to(tokens.dtype)], dim=-1))
 
 
-class MedFusePreTrainedModel(PreTrainedModel):
+class MedFusePreTrainedModel(RefusesExactPrevalence, PreTrainedModel):
     config: MedFuseConfig
     config_class = MedFuseConfig
     base_model_prefix = "medfuse"
@@ -483,18 +482,6 @@ class MedFusePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["MedFuseLayer"]
-
-    def push_to_hub(self, repo_id: str, *args, **kwargs) -> str:
-        """transformers' upload, refused while the config gives the training cohort's exact positive count
-        (`privacy.refuse_exact_prevalence`)."""
-        refuse_exact_prevalence(self, repo_id)
-        return super().push_to_hub(repo_id, *args, **kwargs)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """transformers' save; one that pushes (`push_to_hub=True`) is refused as `push_to_hub` is."""
-        if kwargs.get("push_to_hub"):
-            refuse_exact_prevalence(self, kwargs.get("repo_id", os.path.basename(os.path.normpath(save_directory))))
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module):
         """transformers 5 builds models on the meta device: every parameter *and non-persistent buffer* is set here."""

@@ -12,8 +12,11 @@ upload path of a model refuses them unless `without_exact_prevalence` rounded th
 """
 
 import copy
+import inspect
 import logging
 import math
+import os
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -33,10 +36,11 @@ DEFAULT_MIN_PATIENTS = 20  # statistics of features seen in fewer patients never
 # Statistics more than this share of whose values one patient gave are withheld too, however many patients gave the
 # rest: their mean, quartiles and knots are that patient's (disclosure control's (1, 50 %) dominance rule).
 DOMINANT_SHARE = 0.5
-# A fine-tuned config's fields that give its training cohort's positive count (`weigh_the_classes`), and the mark
-# `without_exact_prevalence` sets on a model while its config holds them rounded.
+# A fine-tuned config's fields that give its training cohort's positive count (`weigh_the_classes`), and the configs
+# (by id, with how many `without_exact_prevalence` blocks hold each) that hold them rounded for an upload: kept here,
+# not on the config, whose every attribute is saved.
 PREVALENCE_FIELDS = ("class_weights", "logit_offsets")
-PREVALENCE_ROUNDED = "_medfuse_prevalence_rounded"
+_ROUNDED_CONFIGS: Counter = Counter()
 
 
 def publishable_vocabulary(
@@ -113,33 +117,52 @@ def without_exact_prevalence(model, train_patients: int | None):
     with its size on the card, and matter only to training's loss, so a published config goes without them. The
     logit offsets that undo them in the risks, log(2(1 − r)) and log(2r) for a share r of positives
     (`weigh_the_classes`), are the same count as a log: they go for the count rounded to tens, as the privacy guard
-    rounds every count (a shift of at most 5 / `train_patients` in the prevalence the risks are calibrated to)."""
+    rounds every count (a shift of at most 5 / `train_patients` in the prevalence the risks are calibrated to).
+    The exact values are back once the block ends, however it ends; nested blocks keep the rounding to the outer."""
     config = model.config
     kept = {name: getattr(config, name, None) for name in PREVALENCE_FIELDS}
-    config.class_weights = None
-    if kept["logit_offsets"] is not None:
-        config.logit_offsets = rounded_prevalence_offsets(kept["logit_offsets"], train_patients)
-    setattr(model, PREVALENCE_ROUNDED, True)
+    rounded = (None if kept["logit_offsets"] is None  # refused here, before the config is touched
+               else rounded_prevalence_offsets(kept["logit_offsets"], train_patients))
     try:
+        config.class_weights, config.logit_offsets = None, rounded
+        _ROUNDED_CONFIGS[id(config)] += 1
         yield model
     finally:
         for name, value in kept.items():
             setattr(config, name, value)
-        delattr(model, PREVALENCE_ROUNDED)
+        _ROUNDED_CONFIGS[id(config)] -= 1
+        if not _ROUNDED_CONFIGS[id(config)]:
+            del _ROUNDED_CONFIGS[id(config)]
 
 
-def refuse_exact_prevalence(model: Any, repo_id: str) -> None:
-    """Refuse an upload of a model whose config gives its training cohort's exact positive count (class weights, or
-    logit offsets not rounded by `without_exact_prevalence`): transformers' own `push_to_hub`, a
+def refuse_exact_prevalence(config: Any, repo_id: str) -> None:
+    """Refuse an upload of a config (a model's, or alone) that gives its training cohort's exact positive count
+    (class weights, or logit offsets not rounded by `without_exact_prevalence`): transformers' own `push_to_hub`, a
     `save_pretrained(push_to_hub=True)` or a Trainer's push would send them as they are."""
-    exact = [name for name in PREVALENCE_FIELDS if getattr(model.config, name, None) is not None]
-    if exact and not getattr(model, PREVALENCE_ROUNDED, False):
+    exact = [name for name in PREVALENCE_FIELDS if getattr(config, name, None) is not None]
+    if exact and id(config) not in _ROUNDED_CONFIGS:
         raise ValueError(
             f"refusing to push {repo_id}: its config's {' and '.join(exact)} give the training cohort's exact "
             "positive count. Push it with push_run (recipes/publish.py --push_to_hub), or inside `with "
             "medfuse_hf.privacy.without_exact_prevalence(model, train_patients):`, which drops the class weights "
             "and rounds the offsets to a positive count in tens for the upload"
         )
+
+
+class RefusesExactPrevalence:
+    """For a MedFuse config and model: transformers' `push_to_hub` and `save_pretrained(push_to_hub=True)`, refused
+    while the config gives the training cohort's exact positive count (`refuse_exact_prevalence`)."""
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> Any:
+        refuse_exact_prevalence(getattr(self, "config", self), repo_id)
+        return super().push_to_hub(repo_id, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> Any:
+        given = inspect.signature(super().save_pretrained).bind(save_directory, *args, **kwargs).arguments
+        if given.get("push_to_hub"):  # as transformers names the repo
+            repo_id = given.get("kwargs", {}).get("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            refuse_exact_prevalence(getattr(self, "config", self), repo_id)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 def rounded_prevalence_offsets(offsets: list[float], train_patients: int | None) -> list[float]:
@@ -170,13 +193,13 @@ class HubPrivacyCallback(TrainerCallback):
         self.min_patients = min_patients
 
     def on_train_begin(self, args, state, control, processing_class=None, model=None, **kwargs) -> None:
-        if args.push_to_hub:
+        if args.push_to_hub and args.hub_strategy != "end":  # "end" pushes nothing until a save_model
             try:
                 self._guard(args, processing_class, model)
             except ValueError as refusal:
-                raise ValueError(f"{refusal}. Training with push_to_hub=True uploads every checkpoint with the "
-                                 "class weights its loss needs: train without it, then push the trained model "
-                                 "that way") from None
+                raise ValueError(f"{refusal}. Training with push_to_hub=True uploads its checkpoints with the "
+                                 "class weights its loss needs: train without it (or with hub_strategy='end'), "
+                                 "then push the trained model that way") from None
 
     def on_push_begin(self, args, state, control, processing_class=None, model=None, **kwargs) -> None:
         self._guard(args, processing_class, model)
@@ -184,6 +207,9 @@ class HubPrivacyCallback(TrainerCallback):
     def _guard(self, args, processing_class, model) -> None:
         repo_id = args.hub_model_id or Path(args.output_dir).absolute().name  # as the Trainer names the repo
         if model is not None:
-            refuse_exact_prevalence(model, repo_id)  # before the tokenizer is changed in place
+            refuse_exact_prevalence(model.config, repo_id)  # before the tokenizer is changed in place
         if hasattr(processing_class, "feature_vocabulary"):  # a MedFuseTokenizer
             apply_privacy_guard(processing_class, repo_id, self.min_patients)
+
+
+TokenizerPrivacyCallback = HubPrivacyCallback  # its name before it guarded the model too: code written for it runs

@@ -289,7 +289,7 @@ def test_published_logit_offsets_give_the_positive_count_only_to_tens():
         rounded_prevalence_offsets(offsets(3, 12), 12)
 
 
-@pytest.mark.parametrize("upload", UPLOADS)
+@pytest.mark.parametrize("upload", [*UPLOADS, "config.push_to_hub"])
 def test_every_model_upload_path_refuses_the_training_cohorts_exact_positive_count(hub, tmp_path, upload):
     """A fine-tuned config's class weights and logit offsets give the positive count exactly: transformers' own
     upload paths refuse them before any file is sent, and send them rounded inside `without_exact_prevalence`."""
@@ -301,6 +301,8 @@ def test_every_model_upload_path_refuses_the_training_cohorts_exact_positive_cou
               else contextlib.nullcontext()):
             if upload == "push_to_hub":
                 model.push_to_hub(repo_id, token=TOKEN)
+            elif upload == "config.push_to_hub":
+                model.config.push_to_hub(repo_id, token=TOKEN)
             elif upload == "save_pretrained":
                 model.save_pretrained(tmp_path / repo_id.split("/")[1], push_to_hub=True, repo_id=repo_id,
                                       token=TOKEN)
@@ -308,8 +310,10 @@ def test_every_model_upload_path_refuses_the_training_cohorts_exact_positive_cou
                 trainer_push(tokenizer, repo_id, tmp_path / repo_id.split("/")[1], upload.endswith("train"), model,
                              rounded_for)
 
-    with pytest.raises(ValueError, match="refusing to push hospital-a/exact: its config's class_weights and "
-                                         "logit_offsets give the training cohort's exact positive count"):
+    refusal = ("refusing to push hospital-a/exact: its config's class_weights and logit_offsets give the training "
+               "cohort's exact positive count")
+    refusal += ".*Training with push_to_hub=True" if upload.endswith("train") else ""
+    with pytest.raises(ValueError, match=refusal):
         push(small_model(tokenizer, **exact), "hospital-a/exact")
     assert not hub.repos.get("hospital-a/exact", {}).get("files")  # the Trainer creates its repo when it is built
     if upload.endswith("train"):  # checkpoints go up during training, with the weights its loss needs
@@ -320,5 +324,29 @@ def test_every_model_upload_path_refuses_the_training_cohorts_exact_positive_cou
     assert uploaded["class_weights"] is None
     assert uploaded["logit_offsets"] == pytest.approx([math.log(2 * 0.84), math.log(2 * 0.16)])  # 40 of 250
     assert {name: getattr(model.config, name) for name in exact} == exact  # kept here, for training
+    with pytest.raises(ValueError, match="refusing to push hospital-a/again"):  # rounded for that upload only
+        push(model, "hospital-a/again")
     push(small_model(tokenizer), "hospital-a/unweighted")  # nothing to give away: pushed as it is
     assert "config.json" in hub.repos["hospital-a/unweighted"]["files"]
+
+
+def test_rounding_the_prevalence_for_an_upload_never_leaves_the_model_changed():
+    """Nested blocks keep the rounding to the outer one's end; a block refused on entry (too few patients to round
+    a count to tens) leaves the class weights the loss reads at every step."""
+    from medfuse_hf.privacy import refuse_exact_prevalence
+
+    tokenizer = MedFuseTokenizer(FeatureVocabulary.from_events(make_sodium_cohort(30, seed=2)))
+    exact = {"class_weights": [0.6, 3.0], "logit_offsets": [0.510826, -1.098612]}
+    model = small_model(tokenizer, **exact)
+    with without_exact_prevalence(model, 250):
+        with without_exact_prevalence(model, 250):
+            refuse_exact_prevalence(model.config, "inner")
+        refuse_exact_prevalence(model.config, "outer, after the inner block")  # still rounded: no refusal
+        assert model.config.class_weights is None
+    assert {name: getattr(model.config, name) for name in exact} == exact
+    with pytest.raises(ValueError, match="12 training patients: too few"):
+        with without_exact_prevalence(model, 12):
+            pass
+    assert {name: getattr(model.config, name) for name in exact} == exact
+    with pytest.raises(ValueError, match="refusing to push after"):
+        refuse_exact_prevalence(model.config, "after")
