@@ -192,24 +192,46 @@ class HubPrivacyCallback(TrainerCallback):
     def __init__(self, min_patients: int = DEFAULT_MIN_PATIENTS):
         self.min_patients = min_patients
 
-    def on_train_begin(self, args, state, control, processing_class=None, model=None, **kwargs) -> None:
+    def on_train_begin(self, args, state, control, processing_class=None, model=None, train_dataloader=None,
+                       **kwargs) -> None:
         if args.push_to_hub and args.hub_strategy != "end":  # "end" pushes nothing until a save_model
             try:
-                self._guard(args, processing_class, model)
+                refuse_exact_prevalence(getattr(model, "config", None), repo_id_of(args))
             except ValueError as refusal:
                 raise ValueError(f"{refusal}. Training with push_to_hub=True uploads its checkpoints with the "
                                  "class weights its loss needs: train without it (or with hub_strategy='end'), "
                                  "then push the trained model that way") from None
+            self._guard(args, processing_class, model, train_dataloader)
 
-    def on_push_begin(self, args, state, control, processing_class=None, model=None, **kwargs) -> None:
-        self._guard(args, processing_class, model)
+    def on_push_begin(self, args, state, control, processing_class=None, model=None, train_dataloader=None,
+                      **kwargs) -> None:
+        self._guard(args, processing_class, model, train_dataloader)
 
-    def _guard(self, args, processing_class, model) -> None:
-        repo_id = args.hub_model_id or Path(args.output_dir).absolute().name  # as the Trainer names the repo
-        if model is not None:
-            refuse_exact_prevalence(model.config, repo_id)  # before the tokenizer is changed in place
-        if hasattr(processing_class, "feature_vocabulary"):  # a MedFuseTokenizer
-            apply_privacy_guard(processing_class, repo_id, self.min_patients)
+    def _guard(self, args, processing_class, model, train_dataloader) -> None:
+        repo_id = repo_id_of(args)
+        refuse_exact_prevalence(getattr(model, "config", None), repo_id)  # before the tokenizer is changed in place
+        tokenizer = processing_class if processing_class is not None else collators_tokenizer(train_dataloader,
+                                                                                                repo_id)
+        if hasattr(tokenizer, "feature_vocabulary"):  # a MedFuseTokenizer
+            apply_privacy_guard(tokenizer, repo_id, self.min_patients)
+
+
+def repo_id_of(args: Any) -> str:
+    """The repo a Trainer pushes to, as it names it."""
+    return args.hub_model_id or Path(args.output_dir).absolute().name
+
+
+def collators_tokenizer(train_dataloader: Any, repo_id: str) -> Any:
+    """The tokenizer a Trainer without a processing class saves for the Hub: its data collator's
+    (`Trainer._save`). Callbacks are not given the collator, so it is reached through the training loader's
+    collate function; a push before any training, where there is no loader, is refused rather than left unguarded."""
+    if train_dataloader is None:
+        raise ValueError(f"refusing to push {repo_id}: a Trainer without processing_class uploads its data "
+                         "collator's tokenizer, which HubPrivacyCallback cannot reach before training: pass "
+                         "processing_class=tokenizer")
+    collator = train_dataloader.collate_fn
+    collator = getattr(collator, "data_collator", collator)  # inside transformers' RemoveColumnsCollator
+    return getattr(collator, "tokenizer", None)
 
 
 TokenizerPrivacyCallback = HubPrivacyCallback  # its name before it guarded the model too: code written for it runs

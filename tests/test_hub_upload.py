@@ -209,10 +209,11 @@ def small_model(tokenizer: MedFuseTokenizer, **config) -> MedFuseForSequenceClas
 
 
 def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_training: bool, model=None,
-                 rounded_for: int | None = None) -> None:
-    """`Trainer.push_to_hub` with the tokenizer as processing class, under `HubPrivacyCallback`; or, while
-    training, `push_to_hub=True` with every checkpoint uploaded (`hub_strategy="checkpoint"`), then the final push;
-    the final push inside `without_exact_prevalence(model, rounded_for)` when that is given."""
+                 rounded_for: int | None = None, collator_only: bool = False) -> None:
+    """`Trainer.push_to_hub` with the tokenizer as processing class (or, `collator_only`, in the data collator
+    alone), under `HubPrivacyCallback`; or, while training, `push_to_hub=True` with every checkpoint uploaded
+    (`hub_strategy="checkpoint"`), then the final push; the final push inside `without_exact_prevalence(model,
+    rounded_for)` when that is given."""
     import datasets
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -224,7 +225,8 @@ def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_tr
     train = raw.map(lambda batch: tokenizer(batch, padding=False), batched=True, remove_columns=raw.column_names)
     trainer = Trainer(model or small_model(tokenizer), args,
                       train_dataset=train.add_column("labels", raw["label"]),
-                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer),
+                      processing_class=None if collator_only else tokenizer,
                       callbacks=[HubPrivacyCallback()])
     if while_training:
         trainer.train()
@@ -233,9 +235,10 @@ def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_tr
 
 
 UPLOADS = ["push_to_hub", "save_pretrained", "Trainer.push_to_hub", "Trainer(push_to_hub=True).train"]
+COLLATOR_ONLY = "Trainer(push_to_hub=True, tokenizer in the data collator only).train"
 
 
-@pytest.mark.parametrize("upload", UPLOADS)
+@pytest.mark.parametrize("upload", [*UPLOADS, COLLATOR_ONLY])
 def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
     """transformers' own upload paths of the tokenizer: counts rounded to tens, a rare feature refused."""
     def push(tokenizer, repo_id):
@@ -244,7 +247,8 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
         elif upload == "save_pretrained":
             tokenizer.save_pretrained(tmp_path / repo_id.split("/")[1], push_to_hub=True, repo_id=repo_id, token=TOKEN)
         else:
-            trainer_push(tokenizer, repo_id, tmp_path / repo_id.split("/")[1], while_training=upload.endswith("train"))
+            trainer_push(tokenizer, repo_id, tmp_path / repo_id.split("/")[1], while_training=upload.endswith("train"),
+                         collator_only=upload == COLLATOR_ONLY)
 
     cohort = make_sodium_cohort(57, seed=2)
     common, exact = (MedFuseTokenizer(FeatureVocabulary.from_events(cohort)) for _ in range(2))
@@ -270,6 +274,17 @@ def test_every_tokenizer_upload_path_is_guarded(hub, tmp_path, upload):
         assert hub.repos["hospital-a/rare"]["files"] == {}
     else:
         assert len(hub.requests) == requests and "hospital-a/rare" not in hub.repos  # refused before any request
+
+
+def test_a_trainer_that_keeps_its_tokenizer_in_the_collator_alone_is_refused_a_push_before_training(hub, tmp_path):
+    """Without a processing class the Trainer uploads its data collator's tokenizer, which a callback reaches only
+    through the training loader: before any training there is none, so the push is refused, not sent unguarded."""
+    tokenizer = MedFuseTokenizer(FeatureVocabulary.from_events(make_sodium_cohort(57, seed=2)))
+    with pytest.raises(ValueError, match="refusing to push hospital-a/untrained: a Trainer without processing_class"):
+        trainer_push(tokenizer, "hospital-a/untrained", tmp_path / "untrained", while_training=False,
+                     collator_only=True)
+    assert not hub.repos.get("hospital-a/untrained", {}).get("files")
+    assert tokenizer.feature_vocabulary.spec_of("sodium").statistics.num_patients == 57
 
 
 def test_published_logit_offsets_give_the_positive_count_only_to_tens():
