@@ -154,7 +154,7 @@ def test_a_privacy_threshold_below_the_floor_is_refused_before_any_training(caps
 def test_cards_name_run_folders_as_a_reader_would_type_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert readable(tmp_path / "outputs" / "run" / "model") == "outputs/run/model"  # no /home/... of this machine
-    assert readable(Path("/elsewhere/model")) == "/elsewhere/model"  # outside the working directory: as given
+    assert readable(Path("/home/someone/icu-project/runs/run-7/model")) == "run-7/model"  # outside it: no home folder
 
 
 def test_the_clinical_metrics_load_offline_through_evaluate_and_match_the_recipes(monkeypatch, tmp_path):

@@ -110,10 +110,11 @@ def embeddings_repo_id(model_repo_id: str) -> str:
 
 
 def readable(path: Path) -> str:
-    """A path as the card's reader can use it: relative to the working directory when inside it, so cards do not
-    carry this machine's absolute paths."""
+    """A path as the card's reader can use it, without this machine's folders: relative to the working directory
+    when inside it, else the run folder's own name and what is in it (`run/model`), as a reader who downloaded the
+    run would find it. A card is published; `/home/<user>/<project>/...` would go with it."""
     path = Path(path).absolute()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path.relative_to(path.parents[1]))
 
 
 def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
