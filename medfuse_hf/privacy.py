@@ -210,8 +210,9 @@ class HubPrivacyCallback(TrainerCallback):
     def _guard(self, args, processing_class, model, train_dataloader) -> None:
         repo_id = repo_id_of(args)
         refuse_exact_prevalence(getattr(model, "config", None), repo_id)  # before the tokenizer is changed in place
-        tokenizer = processing_class if processing_class is not None else collators_tokenizer(train_dataloader,
-                                                                                                repo_id)
+        tokenizer = processing_class
+        if tokenizer is None and getattr(getattr(model, "config", None), "model_type", None) == "medfuse":
+            tokenizer = collators_tokenizer(train_dataloader, repo_id)
         if hasattr(tokenizer, "feature_vocabulary"):  # a MedFuseTokenizer
             apply_privacy_guard(tokenizer, repo_id, self.min_patients)
 

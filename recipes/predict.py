@@ -34,6 +34,7 @@ import datasets
 import pandas as pd
 import torch
 
+import medfuse_hf
 from medfuse_hf import MedFuseForSequenceClassification, MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import LongFormatOptions, load_long_format
 from medfuse_hf.data.long_format import matching_files
@@ -103,18 +104,21 @@ class Progress:
     written: dict = field(default_factory=dict)
 
     @classmethod
-    def resumed(cls, path: Path, inputs: dict) -> "Progress":
+    def resumed(cls, path: Path, inputs: dict, partial_files: list[Path]) -> "Progress":
         """The progress saved at `path` when it is of these inputs and its partial files hold at least what it
-        counted (cut back to that), else a fresh start."""
-        if path.exists():
-            saved = json.loads(path.read_text())
+        counted (cut back to that), else a fresh start, with any other run's progress and partial files removed
+        first: a later resumption must never find them."""
+        saved = json.loads(path.read_text()) if path.exists() else None
+        if saved is not None and saved.get("inputs") == inputs:
             sizes = {Path(name): size for name, size in saved["written"].items()}
-            if saved["inputs"] == inputs and all(file.exists() and file.stat().st_size >= size
-                                                 for file, size in sizes.items()):
+            if all(file.exists() and file.stat().st_size >= size for file, size in sizes.items()):
                 for file, size in sizes.items():
                     os.truncate(file, size)
                 return cls(**{**saved, "unknown": Counter(saved["unknown"]), "cut": Counter(saved["cut"])})
+        if saved is not None:
             print(f"{path}: another run's progress (other inputs, or its files are gone): scoring from the start")
+        for file in (path, *partial_files):
+            file.unlink(missing_ok=True)
         return cls(inputs)
 
     def save(self, path: Path, files: list[Path]) -> None:
@@ -125,8 +129,9 @@ class Progress:
         path.with_name(path.name + ".tmp").replace(path)  # never half a progress file
 
 
-def inputs_of(args: argparse.Namespace) -> dict:
-    """What a run's rows depend on: its flags but `--output`, and the size and time of every file it reads."""
+def inputs_of(args: argparse.Namespace, model) -> dict:
+    """What a run's rows depend on: its flags but `--output`, the size and time of every file it reads, the Hub
+    commit of a model given by repo id, and this library's version."""
     files = [file for pattern in [*args.events, *([args.patients] if args.patients else [])]
              for file in matching_files(pattern)]
     model_dir = Path(args.model_dir)
@@ -134,6 +139,7 @@ def inputs_of(args: argparse.Namespace) -> dict:
         files += sorted(str(file) for file in model_dir.iterdir() if file.is_file())
     return {"flags": {name: repr(value) for name, value in vars(args).items() if name != "output"},
             "files": {file: [os.stat(file).st_size, os.stat(file).st_mtime_ns] for file in files},
+            "model_commit": getattr(model.config, "_commit_hash", None), "medfuse_hf": medfuse_hf.__version__,
             "patients_per_chunk": PATIENTS_PER_CHUNK}
 
 
@@ -169,7 +175,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
     # later chunk) leaves no file that looks complete, and the same command resumes it.
     writing, explaining = (path.with_name(path.name + ".partial") for path in (output, explanations))
     progress_file = output.with_name(output.name + ".progress.json")
-    progress = Progress.resumed(progress_file, inputs_of(args))
+    progress = Progress.resumed(progress_file, inputs_of(args, model), [writing, explaining])
     done = min(progress.chunks * PATIENTS_PER_CHUNK, len(patients))
     if done:
         print(f"resuming: {done} patients already scored into {writing}")
@@ -205,7 +211,7 @@ def prediction_function(args: argparse.Namespace) -> dict:
     writing.replace(output)
     if args.explain:
         explaining.replace(explanations)
-    progress_file.unlink()
+    progress_file.unlink(missing_ok=True)  # none where the loader kept no patient
     summary = {
         "model_dir": str(args.model_dir),
         "window": window,  # each flag as used here, and as the model was trained with

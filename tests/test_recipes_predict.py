@@ -173,9 +173,10 @@ def test_a_stopped_run_resumes_where_it_stopped_and_writes_what_an_unbroken_one_
     (tmp_path / "events.csv").write_text(EVENTS)
     monkeypatch.setattr(predict, "PATIENTS_PER_CHUNK", 1)  # chunks p1, p2 (no event the model knows), p3
 
-    def run(output: Path) -> list:
+    def run(output: Path, *flags: str) -> list:
         predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
-                      "--columns", COLUMNS, "--assume_model_units", "--explain", "2", "--output", str(output)])
+                      "--columns", COLUMNS, "--assume_model_units", "--explain", "2", "--output", str(output),
+                      *flags])
         summary = json.loads(output.with_name("predictions.csv.summary.json").read_text())
         summary["explanations"].pop("file")
         return [output.read_text(), output.with_name("predictions.csv.explanations.csv").read_text(), summary]
@@ -202,12 +203,33 @@ def test_a_stopped_run_resumes_where_it_stopped_and_writes_what_an_unbroken_one_
     assert not (tmp_path / "predictions.csv.progress.json").exists()
 
     fail_at, calls[:] = 2, []
-    with pytest.raises(ValueError, match="killed"):
+    with pytest.raises(ValueError, match="killed"):  # stopped at p3 again
         run(output)
-    (tmp_path / "events.csv").write_text(EVENTS + "p4,1.0,sodium,137\n")
-    fail_at, calls[:] = None, []
-    assert run(output)[0].count("\n") == 4 and len(calls) == 3  # p1, p3 and p4: from the start
+    explained = predict.explanation_rows
+
+    def dies_after_writing_its_rows(*args, **kwargs):
+        raise ValueError("killed before counting its chunk")
+
+    monkeypatch.setattr(predict, "explanation_rows", dies_after_writing_its_rows)
+    fail_at = None
+    with pytest.raises(ValueError, match="killed before counting"):  # another run's inputs: it starts afresh
+        run(output, "--batch_size", "2")
     assert "another run's progress" in capsys.readouterr().out
+    monkeypatch.setattr(predict, "explanation_rows", explained)
+    calls[:] = []
+    assert run(output) == unbroken and len(calls) == 2  # from the start: the other run's p1 row is not resumed into
+
+
+def test_a_table_whose_every_patient_the_loader_skips_gives_empty_files_and_a_summary(predict, tmp_path, tokenizer,
+                                                                                       tiny_config):
+    MedFuseForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "events.csv").write_text("SUBJECT_ID,HOURS,ITEM,VALUE\np1,0.5,sodium,high\n")  # no number to read
+    output = tmp_path / "predictions.csv"
+    predict.main(["--model_dir", str(tmp_path / "model"), "--events", str(tmp_path / "events.csv"),
+                  "--columns", COLUMNS, "--assume_model_units", "--output", str(output)])
+    assert output.read_text().strip() == "patient_id,probability,events_used"
+    assert json.loads(output.with_name("predictions.csv.summary.json").read_text())["patients_scored"] == 0
 
 
 def test_events_are_required(predict, tmp_path, tokenizer, tiny_config, capsys):

@@ -114,7 +114,7 @@ def readable(path: Path) -> str:
     when inside it, else the run folder's own name and what is in it (`run/model`), as a reader who downloaded the
     run would find it. A card is published; `/home/<user>/<project>/...` would go with it."""
     path = Path(path).absolute()
-    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path.relative_to(path.parents[1]))
+    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else Path(*path.parts[-2:]))
 
 
 def push_run(output_dir: Path, model, tokenizer: MedFuseTokenizer, repo_id: str, token: str | None = None,
