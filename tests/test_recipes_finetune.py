@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from medfuse_hf import FeatureVocabulary, MedFuseConfig, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
 from medfuse_hf.synthetic import make_sodium_cohort
-from medfuse_hf.training import cohorts, read_metrics, starting_point
+from medfuse_hf.training import cohorts, read_metrics, starting_point, summary_baseline
 from medfuse_hf.training.cohorts import fit_tokenizer, load_cohort_from_settings, training_splits
 from medfuse_hf.training.recipe_config import parse_with_config
 
@@ -823,7 +823,7 @@ def test_a_run_stopped_mid_epoch_resumes_its_weight_average_too(tmp_path):
         torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
 
 
-def test_a_run_is_compared_with_trees_on_its_own_test_patients(single_process_run, tmp_path):
+def test_a_run_is_compared_with_trees_on_its_own_test_patients(single_process_run, tmp_path, monkeypatch):
     run_dir = Path(shutil.copytree(single_process_run, tmp_path / "run"))  # its folder and card gain a comparison
     compare = ROOT / "recipes" / "compare_with_trees.py"
     run(["--run_dir", str(run_dir), "--bootstrap_resamples", "50"], recipe=compare)
@@ -841,6 +841,13 @@ def test_a_run_is_compared_with_trees_on_its_own_test_patients(single_process_ru
     card = (run_dir / "model" / "README.md").read_text()
     assert card.count("## Compared with trees on this cohort") == 1
     assert "| MedFuse − GBM on summaries |" in card and "| MedFuse − GBM on summaries + representation |" in card
+    assert result["gbm_grid"] == {"name": "standard", "settings": 16} and "chosen among 16 settings" in card
+    monkeypatch.setattr(summary_baseline, "GBM_MAX_ITERATIONS", 100)  # 54 settings: short, for the suite's time
+    standard, wide = (load_script("recipes/compare_with_trees.py").comparison(run_dir, num_resamples=50, gbm_grid=grid)
+                      for grid in ("standard", "wide"))
+    assert wide["gbm_grid"] == {"name": "wide", "settings": 54}
+    # the wide grid holds the standard one, so its choice is never worse on validation
+    assert wide["trees"]["gbm"]["validation_auprc"] >= standard["trees"]["gbm"]["validation_auprc"]
     # a checkpoint whose creatinine statistics are of µmol/L values would read the cohort's mg/dL 88 times too low
     in_umol = creatinine_in_umol(run_dir / "model", tmp_path / "umol")
     with pytest.raises(ValueError, match=r"\(--with_representation_of .*umol\): feature 'creatinine' is in 'mg/dL', "
