@@ -45,7 +45,7 @@ GBM_SETTINGS = gbm_grid((0.03, 0.1), (15, 31), (1.0, 10.0))  # a grid for 77 sta
 # On all of P12, two seeds of three chose GBM_SETTINGS' corner (rate 0.03, 31 leaves, L2 10): this grid reaches past
 # it on every axis, to see whether the GBM's full-data figure is its ceiling (`gbm_summary_wide`).
 WIDE_GBM_SETTINGS = gbm_grid((0.01, 0.03, 0.1), (15, 31, 63), (1.0, 10.0, 100.0))
-# The grids a recipe offers by name (`compare_with_trees.py --gbm_grid`): the wide one costs 3.4 times the fitting.
+# The grids a recipe offers by name (`compare_with_trees.py --gbm_grid`): the wide one grows 3.4 times the settings.
 GBM_GRIDS = {"standard": GBM_SETTINGS, "wide": WIDE_GBM_SETTINGS}
 GBM_MIN_SAMPLES_LEAF = 40  # on a full cohort; a small one gets a twentieth of its patients (see `min_samples_leaf`)
 GBM_MAX_ITERATIONS = 1500
