@@ -185,7 +185,8 @@ class HubPrivacyCallback(TrainerCallback):
 
     - The tokenizer gets counts rounded to tens, and one that normalises a feature of fewer than `min_patients`
       patients is refused. The guard changes it in place (only its counts; encoding is unchanged), so the Trainer's
-      later local saves hold the rounded counts too.
+      later local saves hold the rounded counts too. A MedFuse model's Trainer without a processing class saves its
+      data collator's tokenizer: that one is guarded (`collators_tokenizer`).
     - A model whose config gives the training cohort's exact positive count is refused (`refuse_exact_prevalence`):
       push the trained model inside `with without_exact_prevalence(trainer.model, train_patients):`."""
 
