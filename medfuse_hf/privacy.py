@@ -202,15 +202,16 @@ class HubPrivacyCallback(TrainerCallback):
                 raise ValueError(f"{refusal}. Training with push_to_hub=True uploads its checkpoints with the "
                                  "class weights its loss needs: train without it (or with hub_strategy='end'), "
                                  "then push the trained model that way") from None
-            self._guard(args, processing_class, model, train_dataloader)
+            self._guard_tokenizer(args, processing_class, model, train_dataloader)
 
     def on_push_begin(self, args, state, control, processing_class=None, model=None, train_dataloader=None,
                       **kwargs) -> None:
-        self._guard(args, processing_class, model, train_dataloader)
+        refuse_exact_prevalence(getattr(model, "config", None), repo_id_of(args))  # before the tokenizer changes
+        self._guard_tokenizer(args, processing_class, model, train_dataloader)
 
-    def _guard(self, args, processing_class, model, train_dataloader) -> None:
+    def _guard_tokenizer(self, args, processing_class, model, train_dataloader) -> None:
+        """The tokenizer the Trainer saves for the Hub, guarded in place (`apply_privacy_guard`)."""
         repo_id = repo_id_of(args)
-        refuse_exact_prevalence(getattr(model, "config", None), repo_id)  # before the tokenizer is changed in place
         tokenizer = processing_class
         if tokenizer is None and getattr(getattr(model, "config", None), "model_type", None) == "medfuse":
             tokenizer = collators_tokenizer(train_dataloader, repo_id)

@@ -125,8 +125,9 @@ class Progress:
         self.chunks += 1
         self.written = {str(file): file.stat().st_size for file in files if file.exists()}
         saved = {**vars(self), "unknown": dict(self.unknown), "cut": dict(self.cut)}  # asdict would recount them
-        path.with_name(path.name + ".tmp").write_text(json.dumps(saved))
-        path.with_name(path.name + ".tmp").replace(path)  # never half a progress file
+        staging = path.with_name(path.name + ".tmp")
+        staging.write_text(json.dumps(saved))
+        staging.replace(path)  # never half a progress file
 
 
 def inputs_of(args: argparse.Namespace, model) -> dict:
