@@ -3,6 +3,7 @@
     nohup python benchmarks/p12_search.py > outputs/p12-search.log 2>&1 &      # the queue, seeds 0, 1, 2
     python benchmarks/p12_search.py --configurations per_feature+quantile_values --seeds 0 1 2
     python benchmarks/p12_search.py --summary_only       # the ledger from the JSON so far, each lever paired by seed
+    python benchmarks/p12_search.py --summary_only --paired_with quantile_values    # and each row minus that one
 
 A configuration is levers joined by "+" (`per_feature+quantile_values`): the reference, the P12 table's best row
 (MuFuse with the CVE of time) at the table's budget, plus each lever's flags in order (a later flag wins). Each
@@ -172,14 +173,37 @@ def lever_effects(rows: list[dict]) -> str:
         parent = next(("+".join(levers[:cut]) for cut in range(len(levers) - 1, 0, -1)
                        if "+".join(levers[:cut]) in configurations), "reference")
         lever = name.removeprefix(parent + "+") if parent != "reference" else name
-        seeds = sorted(seed for configuration, seed in figures if configuration == name and (parent, seed) in figures)
-        if not seeds:
-            continue
-        cells = []
-        for column in COLUMNS:
-            gains = [figures[name, seed][column] - figures[parent, seed][column] for seed in seeds]
-            cells.append(f"{mean_std_of(gains, sign='+')} ({sum(gain > 0 for gain in gains)} of {len(seeds)})")
-        lines.append(f"| {lever} | {parent} | {len(seeds)} | {' | '.join(cells)} |")
+        if cells := paired_cells(figures, name, parent):
+            lines.append(f"| {lever} | {parent} | {cells} |")
+    return "\n".join(lines)
+
+
+def paired_cells(figures: dict[tuple[str, int], dict], name: str, other: str) -> str:
+    """`name` minus `other` on the seeds both ran, per column of `COLUMNS`, with how many seeds it came out ahead
+    on, as Markdown cells after the seed count; empty if they share no seed."""
+    seeds = sorted(seed for configuration, seed in figures if configuration == name and (other, seed) in figures)
+    if not seeds:
+        return ""
+    cells = [str(len(seeds))]
+    for column in COLUMNS:
+        gains = [figures[name, seed][column] - figures[other, seed][column] for seed in seeds]
+        cells.append(f"{mean_std_of(gains, sign='+')} ({sum(gain > 0 for gain in gains)} of {len(seeds)})")
+    return " | ".join(cells)
+
+
+def paired_with(rows: list[dict], reference: str) -> str:
+    """Every configuration judged on three seeds minus `reference`, paired by seed: a steady yardstick for rows
+    whose own parent is noisy (the leader at 1e-3 fell apart on one seed at today's code). A pair that differs in
+    more than one lever measures the difference between the two rows, not a lever."""
+    names = [name for name, *_ in judged(rows)]
+    if reference not in names:
+        return f"{reference} is not yet on every seed: nothing to pair with"
+    figures = {(row["configuration"], row["seed"]): row for row in rows}
+    lines = [f"| configuration | minus | seeds | {' | '.join(column.replace('_', ' ') for column in COLUMNS)} |",
+             "|---|---|---:|" + "---|" * len(COLUMNS)]
+    for name in names:
+        if name != reference and (cells := paired_cells(figures, name, reference)):
+            lines.append(f"| {name} | {reference} | {cells} |")
     return "\n".join(lines)
 
 
@@ -234,6 +258,8 @@ def main() -> None:
     parser.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
     parser.add_argument("--extra_args", default="", help="flags added to every run")
     parser.add_argument("--summary_only", action="store_true")
+    parser.add_argument("--paired_with", type=configuration,
+                        help="also print every three-seed configuration minus this one, paired by seed")
     args = parser.parse_args()
 
     results = ResultRows(args.results, key=("configuration", "seed"))
@@ -256,6 +282,8 @@ def main() -> None:
     print(summarise(results.rows))
     print(lever_effects(results.rows))
     print(fusions_at_their_better_rate(results.rows))
+    if args.paired_with:
+        print(paired_with(results.rows, args.paired_with))
     print(gaps_to_gbm(results.rows, args.output_dir, args.table_dir))
 
 

@@ -359,6 +359,25 @@ def test_a_lever_is_paired_by_seed_with_the_longest_configuration_it_adds_to():
     assert "+0.0133 ± 0.0208 (2 of 3)" in lines[0] and "+0.0500 (1 of 1)" in lines[1]
 
 
+def test_every_three_seed_configuration_is_paired_with_a_chosen_yardstick():
+    search = load_script("benchmarks/p12_search.py")
+
+    def run(name, seed, auprc):
+        return {"configuration": name, "seed": seed, "validation_auroc": 0.85, "validation_auprc": auprc,
+                "auroc": 0.86, "auprc": auprc}
+
+    rows = [run("quantile_values", seed, auprc) for seed, auprc in enumerate([0.50, 0.56, 0.53])]
+    rows += [run("per_feature", seed, auprc) for seed, auprc in enumerate([0.52, 0.55, 0.56])]
+    rows += [run("reference", seed, auprc) for seed, auprc in enumerate([0.40, 0.45, 0.50])]
+    rows += [run("focal_loss", 0, 0.60)]  # one seed is no row to pair
+    lines = search.paired_with(rows, "quantile_values").split("\n")[2:]
+    assert [line.split(" | ")[:3] for line in lines] == [["| per_feature", "quantile_values", "3"],
+                                                         ["| reference", "quantile_values", "3"]]  # best first
+    assert "+0.0133 ± 0.0208 (2 of 3)" in lines[0] and "-0.0800 ± 0.0436 (0 of 3)" in lines[1]
+    assert search.paired_with(rows, "focal_loss") == "focal_loss is not yet on every seed: nothing to pair with"
+
+
+
 def test_each_fusion_is_judged_at_the_rate_its_own_validation_prefers():
     search = load_script("benchmarks/p12_search.py")
 
