@@ -208,23 +208,28 @@ def small_model(tokenizer: MedFuseTokenizer, **config) -> MedFuseForSequenceClas
         value_projector_hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8, **config))
 
 
+def labelled_stays(tokenizer: MedFuseTokenizer):
+    """Sixteen tokenized stays with their labels: a Trainer's training set."""
+    import datasets
+
+    raw = datasets.Dataset.from_list(make_sodium_cohort(16, seed=3))
+    tokenized = raw.map(lambda batch: tokenizer(batch, padding=False), batched=True, remove_columns=raw.column_names)
+    return tokenized.add_column("labels", raw["label"])
+
+
 def trainer_push(tokenizer: MedFuseTokenizer, repo_id: str, output_dir, while_training: bool, model=None,
                  rounded_for: int | None = None, collator_only: bool = False) -> None:
     """`Trainer.push_to_hub` with the tokenizer as processing class (or, `collator_only`, in the data collator
     alone), under `HubPrivacyCallback`; or, while training, `push_to_hub=True` with every checkpoint uploaded
     (`hub_strategy="checkpoint"`), then the final push; the final push inside `without_exact_prevalence(model,
     rounded_for)` when that is given."""
-    import datasets
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     pushing = ({"push_to_hub": True, "hub_strategy": "checkpoint", "max_steps": 1, "save_steps": 1}
                if while_training else {})
     args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", hub_model_id=repo_id,
                              hub_token=TOKEN, per_device_train_batch_size=8, **pushing)
-    raw = datasets.Dataset.from_list(make_sodium_cohort(16, seed=3))
-    train = raw.map(lambda batch: tokenizer(batch, padding=False), batched=True, remove_columns=raw.column_names)
-    trainer = Trainer(model or small_model(tokenizer), args,
-                      train_dataset=train.add_column("labels", raw["label"]),
+    trainer = Trainer(model or small_model(tokenizer), args, train_dataset=labelled_stays(tokenizer),
                       data_collator=DataCollatorWithPadding(tokenizer),
                       processing_class=None if collator_only else tokenizer,
                       callbacks=[HubPrivacyCallback()])
@@ -365,3 +370,24 @@ def test_rounding_the_prevalence_for_an_upload_never_leaves_the_model_changed():
     assert {name: getattr(model.config, name) for name in exact} == exact
     with pytest.raises(ValueError, match="refusing to push after"):
         refuse_exact_prevalence(model.config, "after")
+
+
+def test_under_model_init_the_guard_reads_the_model_train_built(hub, tmp_path):
+    """With `model_init`, `train` builds the model again: the callbacks are given that one (transformers updates
+    their reference as training starts), so the block's rounding reaches the guard and the exact twin never does."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    tokenizer = MedFuseTokenizer(privacy_guarded(FeatureVocabulary.from_events(make_sodium_cohort(57, seed=2)))[0])
+    args = TrainingArguments(output_dir=str(tmp_path / "init"), use_cpu=True, report_to="none", max_steps=1,
+                             hub_model_id="hospital-a/init", hub_token=TOKEN, per_device_train_batch_size=8)
+    trainer = Trainer(args=args, model_init=lambda: small_model(tokenizer, class_weights=[0.6, 3.0]),
+                      train_dataset=labelled_stays(tokenizer), data_collator=DataCollatorWithPadding(tokenizer),
+                      processing_class=tokenizer, callbacks=[HubPrivacyCallback()])
+    built_first = trainer.model
+    trainer.train()
+    assert trainer.model is not built_first
+    with pytest.raises(ValueError, match="refusing to push hospital-a/init"):
+        trainer.push_to_hub()
+    with without_exact_prevalence(trainer.model, 250):
+        trainer.push_to_hub()
+    assert json.loads(hub.repos["hospital-a/init"]["files"]["config.json"])["class_weights"] is None
