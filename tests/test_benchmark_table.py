@@ -342,16 +342,18 @@ def test_the_search_composes_levers_and_judges_only_configurations_run_on_three_
     assert [name for name, *_ in search.judged(rows)] == ["per_feature", "tied", "reference"]  # AUROC breaks the tie
 
 
+def searched(name: str, seed: int, auprc: float) -> dict:
+    """A search row whose validation and test AUPRC are both `auprc`."""
+    return {"configuration": name, "seed": seed, "validation_auroc": 0.85, "validation_auprc": auprc,
+            "auroc": 0.86, "auprc": auprc}
+
+
 def test_a_lever_is_paired_by_seed_with_the_longest_configuration_it_adds_to():
     search = load_script("benchmarks/p12_search.py")
 
-    def run(name, seed, auprc):
-        return {"configuration": name, "seed": seed, "validation_auroc": 0.85, "validation_auprc": auprc,
-                "auroc": 0.86, "auprc": auprc}
-
-    rows = [run("reference", seed, auprc) for seed, auprc in enumerate([0.50, 0.56, 0.53])]
-    rows += [run("per_feature", seed, auprc) for seed, auprc in enumerate([0.52, 0.55, 0.56])]
-    rows += [run("per_feature+head_dropout+event_dropout", 1, 0.60)]  # its middle lever was never run alone
+    rows = [searched("reference", seed, auprc) for seed, auprc in enumerate([0.50, 0.56, 0.53])]
+    rows += [searched("per_feature", seed, auprc) for seed, auprc in enumerate([0.52, 0.55, 0.56])]
+    rows += [searched("per_feature+head_dropout+event_dropout", 1, 0.60)]  # its middle lever was never run alone
     lines = search.lever_effects(rows).split("\n")[2:]
     assert [line.split(" | ")[:3] for line in lines] == [["| per_feature", "reference", "3"],
                                                          ["| head_dropout+event_dropout", "per_feature", "1"]]
@@ -362,14 +364,10 @@ def test_a_lever_is_paired_by_seed_with_the_longest_configuration_it_adds_to():
 def test_every_three_seed_configuration_is_paired_with_a_chosen_yardstick():
     search = load_script("benchmarks/p12_search.py")
 
-    def run(name, seed, auprc):
-        return {"configuration": name, "seed": seed, "validation_auroc": 0.85, "validation_auprc": auprc,
-                "auroc": 0.86, "auprc": auprc}
-
-    rows = [run("quantile_values", seed, auprc) for seed, auprc in enumerate([0.50, 0.56, 0.53])]
-    rows += [run("per_feature", seed, auprc) for seed, auprc in enumerate([0.52, 0.55, 0.56])]
-    rows += [run("reference", seed, auprc) for seed, auprc in enumerate([0.40, 0.45, 0.50])]
-    rows += [run("focal_loss", 0, 0.60)]  # one seed is no row to pair
+    rows = [searched("quantile_values", seed, auprc) for seed, auprc in enumerate([0.50, 0.56, 0.53])]
+    rows += [searched("per_feature", seed, auprc) for seed, auprc in enumerate([0.52, 0.55, 0.56])]
+    rows += [searched("reference", seed, auprc) for seed, auprc in enumerate([0.40, 0.45, 0.50])]
+    rows += [searched("focal_loss", 0, 0.60)]  # one seed is no row to pair
     lines = search.paired_with(rows, "quantile_values").split("\n")[2:]
     assert [line.split(" | ")[:3] for line in lines] == [["| per_feature", "quantile_values", "3"],
                                                          ["| reference", "quantile_values", "3"]]  # best first
