@@ -77,11 +77,12 @@ ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_lpft_new_feature
 DEFAULT_ARMS = tuple(arm for arm in ARMS if arm not in ("pretrained_lpft_new_features", "gbm_min_iterations"))
 FROM_THE_BASE = tuple(arm for arm in ARMS if arm.startswith("pretrained")) + ("gbm_with_base",)  # paired gains
 BASE_FREE = tuple(arm for arm in ARMS if arm not in FROM_THE_BASE)  # scratch and the GBM: the same with any base
-# Each arm from the base against scratch and the GBM; LP-FT also against the frozen base's probe, since what
-# fine-tuning after probing adds is LP-FT's question, and its probe that learns new features against its own; the
-# GBM with a floor of iterations against the GBM.
-COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm")), ("pretrained_lpft", "pretrained_probe"),
-               ("pretrained_lpft_new_features", "pretrained_lpft"), ("gbm_min_iterations", "gbm"))
+# Each arm from the base against scratch, the GBM and the GBM with a floor of iterations; LP-FT also against the
+# frozen base's probe, since what fine-tuning after probing adds is LP-FT's question, and its probe that learns new
+# features against its own; the GBM with the floor against the GBM.
+COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm", "gbm_min_iterations")),
+               ("pretrained_lpft", "pretrained_probe"), ("pretrained_lpft_new_features", "pretrained_lpft"),
+               ("gbm_min_iterations", "gbm"))
 SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 for any other
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
 FIRST_BASE_MODEL = "medfuse_cve_time"  # the fine-tuned arms of the first base's experiment
@@ -273,24 +274,32 @@ def summarise(rows: list[dict]) -> tuple[str, str]:
     return "\n".join(table), "\n".join(gains)
 
 
+def baseline_gbm(cell: dict[str, dict[int, dict]]) -> str:
+    """The GBM a cell's arms from the base are measured against: the one with the 50-iteration floor where it was run
+    (1 % and 5 %, where it scored at least as high as the plain GBM in every cell; RESULTS, "The 50-iteration
+    floor"), else the plain one."""
+    return "gbm_min_iterations" if cell["gbm_min_iterations"] else "gbm"
+
+
 def goal_check(rows: list[dict]) -> str:
     """The pretraining issue's goal, cell by cell, as Markdown: does an arm from the base beat the GBM's mean test
     AUPRC by more than the GBM's seed std, and scratch's mean? A line per arm, each read on the subsets it shares
-    with the GBM and scratch (arms with different subsets are not ranked against each other); the goal is met in a
-    cell where any arm's line says yes."""
-    lines = ["| validation | fraction | arm from the base | seeds | its AUPRC | GBM AUPRC | margin over the GBM "
+    with the GBM (`baseline_gbm`) and scratch (arms with different subsets are not ranked against each other); the
+    goal is met in a cell where any arm's line says yes."""
+    lines = ["| validation | fraction | arm from the base | seeds | its AUPRC | GBM | GBM AUPRC | margin over the GBM "
              "| beats the GBM by more than its std | scratch AUPRC | beats scratch |",
-             "|---|---:|---|---:|---|---|---:|---|---|---|"]
+             "|---|---:|---|---:|---|---|---|---:|---|---|---|"]
     for validation, fraction, cell in cells_of(rows):
+        gbm_arm = baseline_gbm(cell)
         for arm in FROM_THE_BASE:
-            seeds = sorted(cell[arm].keys() & cell["gbm"].keys() & cell["scratch"].keys())
+            seeds = sorted(cell[arm].keys() & cell[gbm_arm].keys() & cell["scratch"].keys())
             if not seeds:
                 continue
             (mean, std), (gbm, gbm_std), (scratch, scratch_std) = (
-                mean_and_std([cell[name][seed]["auprc"] for seed in seeds]) for name in (arm, "gbm", "scratch"))
+                mean_and_std([cell[name][seed]["auprc"] for seed in seeds]) for name in (arm, gbm_arm, "scratch"))
             beats_gbm = "one subset: no std" if np.isnan(gbm_std) else "yes" if mean - gbm > gbm_std else "no"
             lines.append(f"| {validation} | {fraction:g} | {arm} | {len(seeds)} | {format_mean_std(mean, std)} | "
-                         f"{format_mean_std(gbm, gbm_std)} | {mean - gbm:+.4f} | {beats_gbm} | "
+                         f"{gbm_arm} | {format_mean_std(gbm, gbm_std)} | {mean - gbm:+.4f} | {beats_gbm} | "
                          f"{format_mean_std(scratch, scratch_std)} | {'yes' if mean > scratch else 'no'} |")
     return "\n".join(lines)
 

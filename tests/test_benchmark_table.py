@@ -202,8 +202,8 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
             "+0.0400 (same on every seed) |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
     goal = (tmp_path / "goal.md").read_text()  # the GBM with the base leads by 0.02; the GBM's std is 0.0071
-    assert "| full | 0.1 | gbm_with_base | 2 | 0.4750 ± 0.0071 | 0.4550 ± 0.0071 | +0.0200 | yes | 0.3050" in goal
-    assert "| full | 0.1 | pretrained_lpft | 2 | 0.4250 ± 0.0071 | 0.4550 ± 0.0071 | -0.0300 | no | 0.3050" in goal
+    assert "| full | 0.1 | gbm_with_base | 2 | 0.4750 ± 0.0071 | gbm | 0.4550 ± 0.0071 | +0.0200 | yes |" in goal
+    assert "| full | 0.1 | pretrained_lpft | 2 | 0.4250 ± 0.0071 | gbm | 0.4550 ± 0.0071 | -0.0300 | no |" in goal
     second = tmp_path / "second" / "rows.json"  # another experiment: a base that lacks some of P12's features
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--results", str(second), "--fractions", "0.1",
                                       "--arms", "pretrained_lpft", "pretrained_lpft_new_features"])
@@ -220,14 +220,20 @@ def test_label_efficiency_goal_reads_each_arm_on_the_subsets_it_shares_with_the_
                                 ("pretrained_lpft", (0.40, 0.44)), ("pretrained_probe", (0.41, 0.42, 0.40)))
             for seed, auprc in enumerate(auprcs)]
     goal = label_efficiency.goal_check(rows)  # LP-FT's 0.42 is read against the GBM's 0.35 ± 0.0707 on seeds 0-1
-    assert ("| full | 0.01 | pretrained_lpft | 2 | 0.4200 ± 0.0283 | 0.3500 ± 0.0707 | +0.0700 "
+    assert ("| full | 0.01 | pretrained_lpft | 2 | 0.4200 ± 0.0283 | gbm | 0.3500 ± 0.0707 | +0.0700 "
             "| no | 0.2500 (same on every seed) "
             "| yes |" in goal)
     # the probe, on all three subsets, is not outranked by LP-FT's higher mean over two: each arm has its line
-    assert "| full | 0.01 | pretrained_probe | 3 | 0.4100 ± 0.0100 | 0.3000 ± 0.1000 | +0.1100 | yes | 0.4667" in goal
+    assert ("| full | 0.01 | pretrained_probe | 3 | 0.4100 ± 0.0100 | gbm | 0.3000 ± 0.1000 | +0.1100 | yes | 0.4667"
+            in goal)
     one_subset = label_efficiency.goal_check([{**row, "validation": "cut"} for row in rows if row["seed"] == 2])
-    assert ("| cut | 0.01 | pretrained_probe | 1 | 0.4000 | 0.2000 | +0.2000 | one subset: no std | 0.9000 | no |"
-            in one_subset)
+    assert ("| cut | 0.01 | pretrained_probe | 1 | 0.4000 | gbm | 0.2000 | +0.2000 | one subset: no std | 0.9000 "
+            "| no |" in one_subset)
+    # where the GBM with a floor of iterations was run, the arms are measured against it
+    floored = rows + [{"arm": "gbm_min_iterations", "fraction": 0.01, "seed": seed, "validation": "full",
+                       "auprc": auprc} for seed, auprc in enumerate((0.38, 0.40, 0.36))]
+    assert ("| full | 0.01 | pretrained_probe | 3 | 0.4100 ± 0.0100 | gbm_min_iterations | 0.3800 ± 0.0200 | +0.0300 "
+            "| yes |" in label_efficiency.goal_check(floored))
 
 
 def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path):
