@@ -42,7 +42,8 @@ BLOCKED_IMPORT = textwrap.dedent("""
 
 
 def load_without_medfuse_hf(folder: Path, auto_class: str, patient: list, tmp_path: Path) -> dict:
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", PYTHONPATH="")
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", PYTHONPATH="",
+               OMP_NUM_THREADS=str(torch.get_num_threads()))  # bitwise equality needs the same split of the sums
     result = subprocess.run(
         [sys.executable, "-c", BLOCKED_IMPORT, str(folder), auto_class, json.dumps(patient)],
         env=env,
