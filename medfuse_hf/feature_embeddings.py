@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from .feature_tables import FrozenRows
 from .feature_vocabulary import UNK_ID, FeatureVocabulary, ValueStatistics
 from .integrity import sha256_of
-from .privacy import COUNT_GRANULARITY, DEFAULT_MIN_PATIENTS, privacy_guarded
+from .privacy import COUNT_GRANULARITY, DEFAULT_MIN_PATIENTS, dominance_unchecked, privacy_guarded
 from .units import UnitConversion, same_unit
 from .vocabulary_alignment import align
 
@@ -133,9 +133,10 @@ def export_feature_embeddings(
     drop_rare_features: bool = False
 ) -> dict[str, list[str]]:
     """Write the feature-embedding checkpoint of a trained MedFuse model. Features seen in fewer than `min_patients`
-    patients have their statistics withheld, or with `drop_rare_features` are left out altogether (name, rows and
-    all), for a site where even that a rare test was done is sensitive. Returns those features' names, for the
-    caller: the checkpoint names them only when withheld, and counts them when dropped."""
+    patients, or more than half of whose values one patient gave, have their statistics withheld, or with
+    `drop_rare_features` are left out altogether (name, rows and all), for a site where even that a rare test was
+    done is sensitive. Returns those features' names, for the caller (the checkpoint names them only when withheld,
+    and counts them when dropped), and those the second rule could not be applied to (`dominance_unchecked`)."""
     base = model.base_model  # the encoder, from a head or itself
     embeddings = base.embeddings
     config = base.config
@@ -143,6 +144,8 @@ def export_feature_embeddings(
     if len(vocabulary) != config.vocab_size:
         raise ValueError(f"tokenizer vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
     guarded, rare = privacy_guarded(vocabulary, min_patients, drop_rare_features)
+    report = {"rare_features_dropped" if drop_rare_features else "statistics_withheld": rare,
+              "dominance_unchecked": dominance_unchecked(vocabulary)}
     tensors: dict[str, torch.Tensor] = {}
     fusion = embeddings.value_fusion
     offsets = vocabulary.category_offsets()
@@ -175,11 +178,12 @@ def export_feature_embeddings(
         "value_projector": config.value_projector,
         "fusion": config.fusion,
         "privacy": {"min_patients_for_statistics": min_patients, "counts_rounded_to": COUNT_GRANULARITY,
-                    **({"rare_features_dropped": len(rare)} if drop_rare_features else {"statistics_withheld": rare})},
+                    **({"rare_features_dropped": len(rare)} if drop_rare_features else {"statistics_withheld": rare}),
+                    "dominance_unchecked": len(report["dominance_unchecked"])},
         "sha256": {name: sha256_of(path / name) for name in (TENSORS_FILE, VOCABULARY_FILE)},
     }
     (path / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    return {"rare_features_dropped" if drop_rare_features else "statistics_withheld": rare}
+    return report
 
 
 def load_feature_embeddings(

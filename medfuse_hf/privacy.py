@@ -72,9 +72,8 @@ def privacy_guarded(
         raise ValueError(f"min_patients={min_patients}: statistics of fewer than {MIN_PATIENTS_FLOOR} patients are "
                          "never shared; use a threshold of at least that")
     guarded, rare = FeatureVocabulary(), []
-    unchecked = [spec.name for spec in vocabulary if spec.statistics is not None
-                 and spec.statistics.largest_patient_count is None]
-    if unchecked:  # fitted before the count was kept: the dominance rule cannot be applied to them
+    unchecked = dominance_unchecked(vocabulary)
+    if unchecked:
         logger.warning("%d features' statistics (e.g. %s) were fitted before their largest patient's share was "
                        "recorded: whether one patient dominates them is unchecked; fit them again to check",
                        len(unchecked), unchecked[:5])
@@ -91,6 +90,13 @@ def privacy_guarded(
                                  num_patients=_coarsen(statistics.num_patients), largest_patient_count=None)
         guarded.add(replace(spec, aliases=list(spec.aliases), statistics=statistics))
     return guarded, rare
+
+
+def dominance_unchecked(vocabulary: FeatureVocabulary) -> list[str]:
+    """Features whose statistics were fitted before their largest patient's share was kept (or read from a guarded
+    copy, which drops it): the dominance rule cannot be applied to them, only the patient count."""
+    return [spec.name for spec in vocabulary
+            if spec.statistics is not None and spec.statistics.largest_patient_count is None]
 
 
 def _coarsen(count: int) -> int:

@@ -194,7 +194,7 @@ def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort
     model = target_model(vocabulary)
     report = export_feature_embeddings(model, MedFuseTokenizer(vocabulary), tmp_path, source="small cohort",
                                        min_patients=20)
-    assert report == {"statistics_withheld": ["rare_lab"]}
+    assert report == {"statistics_withheld": ["rare_lab"], "dominance_unchecked": []}
     published = json.loads((tmp_path / "feature_vocabulary.json").read_text())
     rare = next(entry for entry in published["features"] if entry["name"] == "rare_lab")
     assert "statistics" not in rare
@@ -207,7 +207,7 @@ def test_a_rare_features_exact_values_do_not_leave_the_hospital(tmp_path, cohort
         export_feature_embeddings(model, MedFuseTokenizer(vocabulary), tmp_path / "lax", min_patients=5)
     dropped = tmp_path / "dropped"  # for a site where even that the rare test was done is sensitive
     assert export_feature_embeddings(model, MedFuseTokenizer(vocabulary), dropped, drop_rare_features=True) == {
-        "rare_features_dropped": ["rare_lab"]}
+        "rare_features_dropped": ["rare_lab"], "dominance_unchecked": []}
     assert all(b"rare_lab" not in path.read_bytes() for path in dropped.iterdir())
     assert FeatureEmbeddingCheckpoint.from_pretrained(dropped).vocabulary.id_of("sodium") is not None
 
@@ -225,16 +225,17 @@ def test_statistics_that_one_patient_makes_do_not_leave_the_hospital(tmp_path, c
     assert vocabulary.spec_of("monitored").statistics.largest_patient_count == 3000
     report = export_feature_embeddings(target_model(vocabulary), MedFuseTokenizer(vocabulary), tmp_path,
                                        source="small cohort", min_patients=20)
-    assert report == {"statistics_withheld": ["monitored"]}
+    assert report == {"statistics_withheld": ["monitored"], "dominance_unchecked": []}
     published = json.loads((tmp_path / "feature_vocabulary.json").read_text())["features"]
     assert all("largest_patient_count" not in entry.get("statistics", {}) for entry in published)
 
 
-def test_the_dominance_rule_counts_exactly_and_says_where_it_cannot_be_applied(caplog):
+def test_the_dominance_rule_counts_exactly_and_says_where_it_cannot_be_applied(caplog, tmp_path):
     from dataclasses import replace
 
     from medfuse_hf.feature_vocabulary import FeatureSpec, ValueStatistics
     from medfuse_hf.privacy import privacy_guarded
+    from medfuse_hf.training.publishing import privacy_statement
 
     fitted = ValueStatistics.fit(np.arange(20000.0), num_patients=100, largest_patient_count=10001)
     just_over = FeatureVocabulary([FeatureSpec(name="lab", statistics=fitted)])
@@ -243,6 +244,16 @@ def test_the_dominance_rule_counts_exactly_and_says_where_it_cannot_be_applied(c
     with caplog.at_level("WARNING", logger="medfuse_hf.privacy"):
         assert privacy_guarded(old)[1] == []
     assert "whether one patient dominates them is unchecked" in caplog.text
+    # the export counts them, and the card claims the rule only where it could be applied
+    report = export_feature_embeddings(target_model(old), MedFuseTokenizer(old), tmp_path, min_patients=20)
+    assert report == {"statistics_withheld": [], "dominance_unchecked": ["lab"]}
+    assert json.loads((tmp_path / "embedding_config.json").read_text())["privacy"]["dominance_unchecked"] == 1
+    assert privacy_statement(report, 20).endswith("are withheld (none here); the second rule could not be applied "
+                                                   "to 1 feature, whose statistics were fitted before the largest "
+                                                   "patient's share was recorded")
+    assert privacy_statement({"rare_features_dropped": ["a"], "dominance_unchecked": []}, 30) == (
+        "features seen in fewer than 30 patients, or more than half of whose values one patient gave, are left out "
+        "altogether (1 here)")
 
 
 def test_a_tampered_checkpoint_is_refused(source):

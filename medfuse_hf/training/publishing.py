@@ -37,6 +37,22 @@ print(report)  # matched features, features new at your hospital, features only 
 """
 
 
+def privacy_statement(guarded: dict[str, list[str]], min_patients: int) -> str:
+    """What the feature-embedding export (`guarded`: its report) withheld or left out, for the card: the dominance
+    rule is claimed only for the features it could be applied to."""
+    rules = f"features seen in fewer than {min_patients} patients, or more than half of whose values one patient gave,"
+    if "rare_features_dropped" in guarded:
+        statement = f"{rules} are left out altogether ({len(guarded['rare_features_dropped'])} here)"
+    else:
+        withheld = ", ".join(guarded["statistics_withheld"]) or "none here"
+        statement = f"value statistics of {rules} are withheld ({withheld})"
+    if unchecked := guarded["dominance_unchecked"]:
+        features = f"{len(unchecked)} feature{'s' if len(unchecked) > 1 else ''}"
+        statement += (f"; the second rule could not be applied to {features}, whose statistics were fitted before "
+                      "the largest patient's share was recorded")
+    return statement
+
+
 def publish_run(
     output_dir: Path,
     model,
@@ -77,18 +93,13 @@ def publish_run(
     ).save(output_dir / "model" / "README.md")
 
     embeddings_dir = output_dir / "feature_embeddings"
-    rare = export_feature_embeddings(model, tokenizer, embeddings_dir, source=cohort.description,
-                                     min_patients=min_patients, drop_rare_features=drop_rare_features)
-    guard = (f"features seen in fewer than {min_patients} patients are left out altogether "
-             f"({len(rare['rare_features_dropped'])} here)" if drop_rare_features else
-             f"value statistics of features seen in fewer than {min_patients} patients, or more than half of whose "
-             f"values one patient gave, are withheld "
-             f"({', '.join(rare['statistics_withheld']) or 'none here'})")
+    guarded = export_feature_embeddings(model, tokenizer, embeddings_dir, source=cohort.description,
+                                        min_patients=min_patients, drop_rare_features=drop_rare_features)
     render_model_card(
         title=f"{title}: feature embeddings",
         summary=(f"Feature-identity embeddings and MuFuse value parameters (γ_f, β_f, φ) learned on "
                  f"{cohort.description}, keyed by canonical feature name, for reuse at another hospital. No "
-                 f"patient-level data: {guard}, and counts are rounded to tens."),
+                 f"patient-level data: {privacy_statement(guarded, min_patients)}, and counts are rounded to tens."),
         how_to_load=EMBEDDING_USAGE.format(
             where=embeddings_repo_id(hub_repo_id) if hub_repo_id else readable(embeddings_dir),
             hidden_size=config.hidden_size,
