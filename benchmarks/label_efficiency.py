@@ -4,7 +4,7 @@ summary-statistics GBM a hospital would otherwise use?
 
     nohup python benchmarks/label_efficiency.py --base outputs/pretraining/forecasting \
         > outputs/label-efficiency.log 2>&1 &
-    python benchmarks/label_efficiency.py --summary_only     # table, paired gains, goal and plot of the cells so far
+    python benchmarks/label_efficiency.py --summary_only     # table, gains, goal, labels and plot of the cells so far
     python benchmarks/label_efficiency.py --base model_cards/medfuse-base --model medfuse_round_two
 
 The last line is the second (released) base's experiment, fine-tuned as the accuracy search's leader is
@@ -35,13 +35,15 @@ differ, and 3 elsewhere (`--seeds` sets one list for every fraction). Validation
 (`validation: full`), for comparability; for the smallest fractions every arm is also run with validation cut to the
 same fraction, at least 10 stays of each class (`validation: cut`), which is what a small hospital has. Rows go to
 `benchmarks/results/pretraining/p12_label_efficiency.json` as cells finish (finished cells are skipped, a killed
-fine-tuning resumes); `table.md`, `gains.md`, `goal.md` and `label_efficiency.png` beside. Scratch on every stay
+fine-tuning resumes); `table.md`, `gains.md`, `goal.md`, `labels.md` (how many labelled stays the GBM needs to
+reach each arm from the base) and `label_efficiency.png` beside. Scratch on every stay
 with full validation is the P12 table's own run of the same model: its figures are taken from `p12_table.json`,
 with a `source` saying so, rather than trained again (`table_run`).
 """
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -304,6 +306,46 @@ def goal_check(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def labels_the_gbm_needs(rows: list[dict]) -> str:
+    """How many labelled stays the GBM needs to reach each arm from the base, as a multiple of the arm's own, read off
+    the two curves' means (`baseline_gbm`, same validation): bracketed by the most stays at which the GBM's mean
+    test AUPRC is still no higher than the arm's and the fewest at which it is higher, and estimated between them
+    on a line in log stays. A reading of the curves at the measured fractions, not a paired test: "fewer labelled
+    patients" in a hospital's terms."""
+    lines = ["| validation | arm from the base | train stays | seeds | its AUPRC "
+             "| the GBM just below and just above it | labels the GBM needs, as a multiple |",
+             "|---|---|---:|---:|---|---|---|"]
+    for validation in ("full", "cut"):
+        cells = [cell for kind, _, cell in cells_of(rows) if kind == validation]
+        gbm_curve = [(next(iter(by_seed.values()))["train_patients"],
+                      mean_and_std([row["auprc"] for row in by_seed.values()])[0])
+                     for by_seed in (cell[baseline_gbm(cell)] for cell in cells) if by_seed]
+        for arm in FROM_THE_BASE if gbm_curve else ():
+            for by_seed in (cell[arm] for cell in cells if cell[arm]):
+                stays = next(iter(by_seed.values()))["train_patients"]
+                auprc = mean_and_std([row["auprc"] for row in by_seed.values()])[0]
+                below = max(((n, gbm) for n, gbm in gbm_curve if gbm <= auprc), default=None)
+                above = min(((n, gbm) for n, gbm in gbm_curve if gbm > auprc), default=None)
+                bracket = " – ".join("none measured" if point is None else f"{point[0]:,} ({point[1]:.4f})"
+                                     for point in (below, above))
+                lines.append(f"| {validation} | {arm} | {stays:,} | {len(by_seed)} | {auprc:.4f} | {bracket} | "
+                             f"{label_multiple(auprc, stays, below, above)} |")
+    return "\n".join(lines)
+
+
+def label_multiple(auprc: float, stays: int, below: tuple[int, float] | None, above: tuple[int, float] | None) -> str:
+    """The GBM's stays to reach `auprc`, over the arm's `stays`: between the bracketing points' multiples, and where
+    both exist, about the log-linear point between them."""
+    if below is None:
+        return f"fewer than {above[0] / stays:.1f}×"
+    if above is None:
+        return f"more than {below[0] / stays:.1f}×"
+    (low, low_auprc), (high, high_auprc) = below, above
+    share = (auprc - low_auprc) / (high_auprc - low_auprc)
+    estimate = math.exp(math.log(low) + share * (math.log(high) - math.log(low)))
+    return f"{low / stays:.1f}× to {high / stays:.1f}×, about {estimate / stays:.1f}×"
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """AUROC and AUPRC against the number of labelled training stays (log scale), one line per arm, mean ± std over
     seeds; full validation solid, cut validation dashed."""
@@ -386,11 +428,11 @@ def main() -> None:
     if not results.rows:
         raise SystemExit(f"{results.path} holds no finished cell yet")
     table, gains = summarise(results.rows)
-    goal = goal_check(results.rows)
-    for name, text in (("table", table), ("gains", gains), ("goal", goal)):
+    goal, labels = goal_check(results.rows), labels_the_gbm_needs(results.rows)
+    for name, text in (("table", table), ("gains", gains), ("goal", goal), ("labels", labels)):
         (args.results.parent / f"{name}.md").write_text(text + "\n")
     plot(results.rows, args.results.parent / "label_efficiency.png")
-    print(table, gains, goal, sep="\n\n")
+    print(table, gains, goal, labels, sep="\n\n")
 
 
 if __name__ == "__main__":

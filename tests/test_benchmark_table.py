@@ -201,6 +201,8 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     assert ("| full | 0.01 | pretrained_lpft | pretrained_probe | 2 | +0.0000, +0.0000 | +0.0400, +0.0400 | "
             "+0.0400 (same on every seed) |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
+    assert ("| cut | gbm_with_base | 77 | 2 | 0.4750 | 77 (0.4550) – none measured | more than 1.0× |"
+            in (tmp_path / "labels.md").read_text())
     goal = (tmp_path / "goal.md").read_text()  # the GBM with the base leads by 0.02; the GBM's std is 0.0071
     assert "| full | 0.1 | gbm_with_base | 2 | 0.4750 ± 0.0071 | gbm | 0.4550 ± 0.0071 | +0.0200 | yes |" in goal
     assert "| full | 0.1 | pretrained_lpft | 2 | 0.4250 ± 0.0071 | gbm | 0.4550 ± 0.0071 | -0.0300 | no |" in goal
@@ -234,6 +236,27 @@ def test_label_efficiency_goal_reads_each_arm_on_the_subsets_it_shares_with_the_
                        "auprc": auprc} for seed, auprc in enumerate((0.38, 0.40, 0.36))]
     assert ("| full | 0.01 | pretrained_probe | 3 | 0.4100 ± 0.0100 | gbm_min_iterations | 0.3800 ± 0.0200 | +0.0300 "
             "| yes |" in label_efficiency.goal_check(floored))
+
+
+def test_label_efficiency_says_how_many_labels_the_gbm_needs_to_reach_each_arm():
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    stays = {0.01: 77, 0.05: 384, 0.1: 767}
+    rows = [{"arm": arm, "fraction": fraction, "seed": seed, "validation": "full", "auprc": auprc,
+             "train_patients": stays[fraction]}
+            for arm, fraction, auprcs in (("gbm", 0.01, (0.30, 0.32)), ("gbm_min_iterations", 0.01, (0.33, 0.35)),
+                                          ("gbm", 0.05, (0.40, 0.40)), ("gbm", 0.1, (0.50, 0.50)),
+                                          ("pretrained_lpft", 0.01, (0.42, 0.38)), ("pretrained_lpft", 0.1, (0.6,)),
+                                          ("pretrained", 0.01, (0.30, 0.30)))
+            for seed, auprc in enumerate(auprcs)]
+    labels = label_efficiency.labels_the_gbm_needs(rows)
+    # 0.40 is the GBM's at 384 stays: the log-linear estimate lands on it, and the GBM with the floor (0.34) is the
+    # one at 77 stays; above the GBM's last point only a lower bound; below its first only an upper one
+    assert "| full | pretrained_lpft | 77 | 2 | 0.4000 | 384 (0.4000) – 767 (0.5000) | 5.0× to 10.0×, about 5.0× |" \
+        in labels
+    assert "| full | pretrained_lpft | 767 | 1 | 0.6000 | 767 (0.5000) – none measured | more than 1.0× |" in labels
+    assert "| full | pretrained | 77 | 2 | 0.3000 | none measured – 77 (0.3400) | fewer than 1.0× |" in labels
+    halfway = label_efficiency.label_multiple(0.45, 77, (384, 0.40), (767, 0.50))
+    assert halfway == f"5.0× to 10.0×, about {(384 * 767) ** 0.5 / 77:.1f}×"  # halfway in AUPRC: the geometric mean
 
 
 def test_label_efficiency_keeps_one_model_and_one_base_per_results_file(tmp_path):
