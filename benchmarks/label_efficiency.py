@@ -308,24 +308,27 @@ def goal_check(rows: list[dict]) -> str:
 
 def labels_the_gbm_needs(rows: list[dict]) -> str:
     """How many labelled stays the GBM needs to reach each arm from the base, as a multiple of the arm's own, read off
-    the two curves' means (`baseline_gbm`, same validation): bracketed by the most stays at which the GBM's mean
-    test AUPRC is still no higher than the arm's and the fewest at which it is higher, and estimated between them
-    on a line in log stays. A reading of the curves at the measured fractions, not a paired test: "fewer labelled
-    patients" in a hospital's terms."""
+    the two curves' means (`baseline_gbm`, same validation; the GBM's on the arm's subsets where it has them, as
+    `goal_check` pairs them): bracketed by the fewest stays at which the GBM's mean test AUPRC is higher than the
+    arm's and the most stays below those at which it is not, and estimated between them on a line in log stays. A
+    reading of the curves at the measured fractions, not a paired test: "fewer labelled patients" in a hospital's
+    terms."""
     lines = ["| validation | arm from the base | train stays | seeds | its AUPRC "
              "| the GBM just below and just above it | labels the GBM needs, as a multiple |",
              "|---|---|---:|---:|---|---|---|"]
     for validation in ("full", "cut"):
-        cells = [cell for kind, _, cell in cells_of(rows) if kind == validation]
-        gbm_curve = [(next(iter(by_seed.values()))["train_patients"],
-                      mean_and_std([row["auprc"] for row in by_seed.values()])[0])
-                     for by_seed in (cell[baseline_gbm(cell)] for cell in cells) if by_seed]
-        for arm in FROM_THE_BASE if gbm_curve else ():
-            for by_seed in (cell[arm] for cell in cells if cell[arm]):
+        same_validation = [cell for kind, _, cell in cells_of(rows) if kind == validation]
+        gbm_cells = [by_seed for by_seed in (cell[baseline_gbm(cell)] for cell in same_validation) if by_seed]
+        for arm in FROM_THE_BASE if gbm_cells else ():
+            for by_seed in (cell[arm] for cell in same_validation if cell[arm]):
                 stays = next(iter(by_seed.values()))["train_patients"]
                 auprc = mean_and_std([row["auprc"] for row in by_seed.values()])[0]
-                below = max(((n, gbm) for n, gbm in gbm_curve if gbm <= auprc), default=None)
-                above = min(((n, gbm) for n, gbm in gbm_curve if gbm > auprc), default=None)
+                curve = [(next(iter(gbm.values()))["train_patients"],
+                          mean_and_std([gbm[seed]["auprc"] for seed in (gbm.keys() & by_seed.keys() or gbm)])[0])
+                         for gbm in gbm_cells]
+                above = min(((n, gbm) for n, gbm in curve if gbm > auprc), default=None)
+                below = max(((n, gbm) for n, gbm in curve if gbm <= auprc and (above is None or n < above[0])),
+                            default=None)
                 bracket = " – ".join("none measured" if point is None else f"{point[0]:,} ({point[1]:.4f})"
                                      for point in (below, above))
                 lines.append(f"| {validation} | {arm} | {stays:,} | {len(by_seed)} | {auprc:.4f} | {bracket} | "
@@ -337,13 +340,13 @@ def label_multiple(auprc: float, stays: int, below: tuple[int, float] | None, ab
     """The GBM's stays to reach `auprc`, over the arm's `stays`: between the bracketing points' multiples, and where
     both exist, about the log-linear point between them."""
     if below is None:
-        return f"fewer than {above[0] / stays:.1f}×"
+        return f"fewer than {above[0] / stays:.2g}×"
     if above is None:
-        return f"more than {below[0] / stays:.1f}×"
+        return f"more than {below[0] / stays:.2g}×"
     (low, low_auprc), (high, high_auprc) = below, above
-    share = (auprc - low_auprc) / (high_auprc - low_auprc)
+    share = (auprc - low_auprc) / (high_auprc - low_auprc)  # the bracket's AUPRCs differ: one is above `auprc`
     estimate = math.exp(math.log(low) + share * (math.log(high) - math.log(low)))
-    return f"{low / stays:.1f}× to {high / stays:.1f}×, about {estimate / stays:.1f}×"
+    return f"{low / stays:.2g}× to {high / stays:.2g}×, about {estimate / stays:.2g}×"
 
 
 def plot(rows: list[dict], path: Path) -> None:
