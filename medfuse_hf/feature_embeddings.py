@@ -145,7 +145,7 @@ def export_feature_embeddings(
         raise ValueError(f"tokenizer vocabulary has {len(vocabulary)} ids, the model {config.vocab_size}")
     guarded, rare = privacy_guarded(vocabulary, min_patients, drop_rare_features)
     report = {"rare_features_dropped" if drop_rare_features else "statistics_withheld": rare,
-              "dominance_unchecked": dominance_unchecked(vocabulary)}
+              "dominance_unchecked": [name for name in dominance_unchecked(vocabulary) if name not in rare]}
     tensors: dict[str, torch.Tensor] = {}
     fusion = embeddings.value_fusion
     offsets = vocabulary.category_offsets()

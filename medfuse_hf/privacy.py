@@ -93,8 +93,8 @@ def privacy_guarded(
 
 
 def dominance_unchecked(vocabulary: FeatureVocabulary) -> list[str]:
-    """Features whose statistics were fitted before their largest patient's share was kept (or read from a guarded
-    copy, which drops it): the dominance rule cannot be applied to them, only the patient count."""
+    """Features whose statistics do not record their largest patient's share (fitted before it was kept, or read
+    from a guarded copy, which drops it): the dominance rule cannot be applied to them, only the patient count."""
     return [spec.name for spec in vocabulary
             if spec.statistics is not None and spec.statistics.largest_patient_count is None]
 

@@ -49,6 +49,7 @@ def pytest_xdist_auto_num_workers(config) -> int | None:
 
 
 def usable_cores() -> int:
+    """The cores this process may run on (a CPU quota or `taskset` may leave fewer than the machine has)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

@@ -249,8 +249,13 @@ def test_the_dominance_rule_counts_exactly_and_says_where_it_cannot_be_applied(c
     assert report == {"statistics_withheld": [], "dominance_unchecked": ["lab"]}
     assert json.loads((tmp_path / "embedding_config.json").read_text())["privacy"]["dominance_unchecked"] == 1
     assert privacy_statement(report, 20).endswith("are withheld (none here); the second rule could not be applied "
-                                                   "to 1 feature, whose statistics were fitted before the largest "
-                                                   "patient's share was recorded")
+                                                   "to 1 feature, whose statistics do not record the largest "
+                                                   "patient's share")
+    # a feature withheld for too few patients is not counted as unchecked: nothing of it is shared
+    rare = FeatureVocabulary([FeatureSpec(name="lab", statistics=replace(fitted, num_patients=12,
+                                                                         largest_patient_count=None))])
+    assert export_feature_embeddings(target_model(rare), MedFuseTokenizer(rare), tmp_path / "rare",
+                                     min_patients=20) == {"statistics_withheld": ["lab"], "dominance_unchecked": []}
     assert privacy_statement({"rare_features_dropped": ["a"], "dominance_unchecked": []}, 30) == (
         "features seen in fewer than 30 patients, or more than half of whose values one patient gave, are left out "
         "altogether (1 here)")

@@ -48,8 +48,8 @@ def privacy_statement(guarded: dict[str, list[str]], min_patients: int) -> str:
         statement = f"value statistics of {rules} are withheld ({withheld})"
     if unchecked := guarded["dominance_unchecked"]:
         features = f"{len(unchecked)} feature{'s' if len(unchecked) > 1 else ''}"
-        statement += (f"; the second rule could not be applied to {features}, whose statistics were fitted before "
-                      "the largest patient's share was recorded")
+        statement += (f"; the second rule could not be applied to {features}, whose statistics do not record the "
+                      "largest patient's share")
     return statement
 
 
