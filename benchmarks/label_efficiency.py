@@ -57,6 +57,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 from p12_search import LEADER
 from p12_table import probe_seconds, summary_tables
 from protocol import BUDGET, MODELS, ROOT, file_digest, finetune_flags, weights_digest
@@ -351,25 +352,38 @@ def label_multiple(auprc: float, stays: int, below: tuple[int, float] | None, ab
 
 def plot(rows: list[dict], path: Path) -> None:
     """AUROC and AUPRC against the number of labelled training stays (log scale), one line per arm, mean ± std over
-    seeds; full validation solid, cut validation dashed."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    seeds; full validation solid, cut validation dashed. The arms stand side by side around each fraction, so that
+    one's bars do not hide another's, and the legend (arms by colour, validations by line) sits below the panels."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.4))
+    plotted = [arm for arm in ARMS if any(row["arm"] == arm for row in rows)]
+    styles = {"full": "-", "cut": "--"}
     for axis, metric in zip(axes, ("auroc", "auprc")):
-        for index, arm in enumerate(ARMS):  # an arm keeps its colour ("C<n>", the default cycle) in every plot
-            for validation, style in (("full", "-"), ("cut", "--")):
+        for place, arm in enumerate(plotted):
+            shift = 1.035 ** (place - (len(plotted) - 1) / 2)  # a few percent along the log axis
+            for validation, style in styles.items():
                 cell = [row for row in rows if row["arm"] == arm and row["validation"] == validation]
                 if not cell:
                     continue
                 patients = sorted({row["train_patients"] for row in cell})
                 stats = [mean_and_std([row[metric] for row in cell if row["train_patients"] == n]) for n in patients]
-                axis.errorbar(patients, [mean for mean, _ in stats],
-                              yerr=[0.0 if np.isnan(std) else std for _, std in stats], color=f"C{index}",
-                              linestyle=style, marker="o", capsize=3, label=f"{arm} ({validation} validation)")
+                axis.errorbar([n * shift for n in patients], [mean for mean, _ in stats],
+                              yerr=[0.0 if np.isnan(std) else std for _, std in stats], color=arm_colour(arm),
+                              linestyle=style, marker="o", markersize=4, capsize=2, linewidth=1.2)
         axis.set(xscale="log", xlabel="labelled training stays (P12, SeFT split)", ylabel=f"test {metric.upper()}")
-        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    handles = ([Line2D([], [], color=arm_colour(arm), marker="o", label=arm) for arm in plotted]
+               + [Line2D([], [], color="black", linestyle=style, label=f"{validation} validation")
+                  for validation, style in styles.items()])
+    figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
     figure.suptitle("Label efficiency: pretrained MedFuse against scratch and the summary-statistics GBM")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def arm_colour(arm: str) -> str:
+    """An arm's colour, the same in every plot: its place in `ARMS` in matplotlib's default cycle."""
+    return f"C{ARMS.index(arm)}"
 
 
 def refuse_other_experiments(rows: list[dict], args: argparse.Namespace) -> None:
