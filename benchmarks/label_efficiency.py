@@ -319,7 +319,7 @@ def labels_the_gbm_needs(rows: list[dict]) -> str:
              "|---|---|---:|---:|---|---|---|"]
     for validation in ("full", "cut"):
         same_validation = [cell for kind, _, cell in cells_of(rows) if kind == validation]
-        gbm_cells = [by_seed for by_seed in (cell[baseline_gbm(cell)] for cell in same_validation) if by_seed]
+        gbm_cells = [gbm for gbm in (cell[baseline_gbm(cell)] for cell in same_validation) if gbm]
         for arm in FROM_THE_BASE if gbm_cells else ():
             for by_seed in (cell[arm] for cell in same_validation if cell[arm]):
                 stays = next(iter(by_seed.values()))["train_patients"]
@@ -327,9 +327,9 @@ def labels_the_gbm_needs(rows: list[dict]) -> str:
                 curve = [(next(iter(gbm.values()))["train_patients"],
                           mean_and_std([gbm[seed]["auprc"] for seed in (gbm.keys() & by_seed.keys() or gbm)])[0])
                          for gbm in gbm_cells]
-                above = min(((n, gbm) for n, gbm in curve if gbm > auprc), default=None)
-                below = max(((n, gbm) for n, gbm in curve if gbm <= auprc and (above is None or n < above[0])),
-                            default=None)
+                above = min(((n, gbm_auprc) for n, gbm_auprc in curve if gbm_auprc > auprc), default=None)
+                below = max(((n, gbm_auprc) for n, gbm_auprc in curve
+                             if gbm_auprc <= auprc and (above is None or n < above[0])), default=None)
                 bracket = " – ".join("none measured" if point is None else f"{point[0]:,} ({point[1]:.4f})"
                                      for point in (below, above))
                 lines.append(f"| {validation} | {arm} | {stays:,} | {len(by_seed)} | {auprc:.4f} | {bracket} | "

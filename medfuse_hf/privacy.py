@@ -74,8 +74,9 @@ def privacy_guarded(
     guarded, rare = FeatureVocabulary(), []
     unchecked = dominance_unchecked(vocabulary)
     if unchecked:
-        logger.warning("%d features' statistics (e.g. %s) were fitted before their largest patient's share was "
-                       "recorded: whether one patient dominates them is unchecked; fit them again to check",
+        logger.warning("%d features' statistics (e.g. %s) do not record their largest patient's share (fitted before "
+                       "it was kept, or read back from a release): whether one patient dominates them is unchecked; "
+                       "fit them again to check",
                        len(unchecked), unchecked[:5])
     for spec in vocabulary:
         statistics = spec.statistics
