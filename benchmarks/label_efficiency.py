@@ -16,6 +16,9 @@ Arms, each on the same nested, stratified, seeded training subset (`nested_subse
 - `pretrained`: the same, started from the base model (`--init_from <base>/model`);
 - `pretrained_lpft`: the same start, fine-tuned by LP-FT (`--strategy lp-ft`): the head first on the frozen base,
   then everything from there at a tenth of the learning rate, so that few labels cannot distort the base at once;
+- `pretrained_head`: the base frozen, a linear head trained through the model (`--strategy probe`): the probe a
+  hospital gets as a MedFuse checkpoint that `predict.py` scores. It is LP-FT's first stage run alone, so where this
+  experiment's LP-FT cell has run, that stage's figures are taken rather than trained again (`lpft_first_stage`);
 - `pretrained_lpft_new_features`: LP-FT whose probe also learns the rows of P12's features that the base lacks, the
   rest of the base frozen (`--new_features learn`), where `pretrained_lpft`'s probe leaves them out. It differs only
   for a base that lacks some of P12's features (one pretrained elsewhere), so it is not run by default;
@@ -59,7 +62,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 from p12_search import LEADER
-from p12_table import probe_seconds, summary_tables
+from p12_table import probe_seconds, started_from, summary_tables
 from protocol import BUDGET, MODELS, ROOT, file_digest, finetune_flags, weights_digest
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
@@ -75,16 +78,18 @@ from medfuse_hf.training.summary_baseline import fit_gbm, fit_gbm_with_a_floor, 
 RESULTS = ROOT / "benchmarks" / "results" / "pretraining"
 P12_TABLE = ROOT / "benchmarks" / "results" / "p12_table.json"
 P12_SEARCH = ROOT / "benchmarks" / "results" / "p12_search.json"
-ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_lpft_new_features", "pretrained_embeddings",
-        "pretrained_probe", "gbm", "gbm_with_base", "gbm_min_iterations")
+ARMS = ("scratch", "pretrained", "pretrained_lpft", "pretrained_head", "pretrained_lpft_new_features",
+        "pretrained_embeddings", "pretrained_probe", "gbm", "gbm_with_base", "gbm_min_iterations")  # cells' order
 DEFAULT_ARMS = tuple(arm for arm in ARMS if arm not in ("pretrained_lpft_new_features", "gbm_min_iterations"))
 FROM_THE_BASE = tuple(arm for arm in ARMS if arm.startswith("pretrained")) + ("gbm_with_base",)  # paired gains
 BASE_FREE = tuple(arm for arm in ARMS if arm not in FROM_THE_BASE)  # scratch and the GBM: the same with any base
 # Each arm from the base against scratch, the GBM and the GBM with a floor of iterations; LP-FT also against the
-# frozen base's probe, since what fine-tuning after probing adds is LP-FT's question, and its probe that learns new
-# features against its own; the GBM with the floor against the GBM.
+# frozen base's probes (scikit-learn's, and its own first stage), since what fine-tuning after probing adds is LP-FT's
+# question, and its probe that learns new features against its own; the recipe's probe against scikit-learn's; the
+# GBM with the floor against the GBM.
 COMPARISONS = (*product(FROM_THE_BASE, ("scratch", "gbm", "gbm_min_iterations")),
-               ("pretrained_lpft", "pretrained_probe"), ("pretrained_lpft_new_features", "pretrained_lpft"),
+               ("pretrained_lpft", "pretrained_probe"), ("pretrained_lpft", "pretrained_head"),
+               ("pretrained_head", "pretrained_probe"), ("pretrained_lpft_new_features", "pretrained_lpft"),
                ("gbm_min_iterations", "gbm"))
 SEEDS_BY_FRACTION = {0.01: 10, 0.05: 5}  # how many subsets a fraction gets; 3 for any other
 MAX_EVENTS = int(BUDGET[BUDGET.index("--max_events") + 1])  # the probe reads each stay as the fine-tunings do
@@ -109,6 +114,7 @@ TABLE_ARMS = {
 def arm_flags(arm: str, base: Path) -> list[str]:
     lp_ft = ["--init_from", str(base / "model"), "--strategy", "lp-ft"]
     return {"scratch": [], "pretrained": ["--init_from", str(base / "model")], "pretrained_lpft": lp_ft,
+            "pretrained_head": ["--init_from", str(base / "model"), "--strategy", "probe"],
             "pretrained_lpft_new_features": [*lp_ft, "--new_features", "learn"],
             "pretrained_embeddings": ["--init_embeddings_from", str(base / "feature_embeddings")]}[arm]
 
@@ -203,10 +209,31 @@ def shared_run(arm: str, fraction: float, seed: int, validation: str, model: str
     return {}
 
 
+def lpft_first_stage(arm: str, fraction: float, seed: int, validation: str, base: Path, output_dir: Path) -> dict:
+    """`pretrained_head`'s cell from this experiment's LP-FT run of the same cell, if its first stage has finished
+    from this base: LP-FT's probe is `--strategy probe` with LP-FT's flags (the model's `--probe_epochs` is unset,
+    so it trains `--num_epochs`, as the probe alone does), so its figures are taken rather than trained again.
+    Empty if there is no such stage."""
+    lpft_dir = output_dir / run_name("pretrained_lpft", fraction, seed, validation)
+    report = lpft_dir / "probe" / "test_metrics.json"
+    if arm != "pretrained_head" or not report.exists() or (
+            started_from(lpft_dir) != {"init_weights": weights_digest(base / "model")}):
+        return {}
+    report = json.loads(report.read_text())
+    return {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
+            "train_seconds": report["train_seconds"], "git": report["git"]["commit"],
+            "source": f"LP-FT's first stage, {lpft_dir.name}/probe: the same recipes/finetune.py command"}
+
+
+def run_name(arm: str, fraction: float, seed: int, validation: str) -> str:
+    return f"{arm}-f{fraction}-s{seed}-{validation}-validation"
+
+
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
     if adopted := (shared_run(arm, fraction, seed, validation, args.model, args.base_free_rows_from)
                    or table_run(arm, fraction, seed, validation, args.model)
-                   or search_run(arm, fraction, seed, validation, args.model, args.base)):
+                   or search_run(arm, fraction, seed, validation, args.model, args.base)
+                   or lpft_first_stage(arm, fraction, seed, validation, args.base, args.output_dir)):
         figures = adopted
     elif arm in TABLE_ARMS:
         figures = run_table_arm(arm, fraction, seed, validation, args)
@@ -216,24 +243,25 @@ def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argpar
                  "--train_fraction", str(fraction), "--seed", str(seed), *arm_flags(arm, args.base)]
         if validation == "cut":
             flags += ["--validation_fraction", str(fraction)]
-        run_dir = args.output_dir / f"{arm}-f{fraction}-s{seed}-{validation}-validation"
+        run_dir = args.output_dir / run_name(arm, fraction, seed, validation)
         report = run_finetune(flags, run_dir, args.launcher)
         figures = {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
                    "train_seconds": report["train_seconds"] + probe_seconds(run_dir)}
     _, labels, _ = summary_tables(args.data_dir, "seft-split", 0)
-    started_from = {"base": weights_digest(args.base / "model")} if arm in FROM_THE_BASE else {}
-    return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "model": args.model,
-            **started_from, "train_patients": len(nested_subset(labels["train"], fraction, seed)),
-            "git": git_commit()["commit"], **figures}
+    base = {"base": weights_digest(args.base / "model")} if arm in FROM_THE_BASE else {}
+    return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation, "model": args.model, **base,
+            "train_patients": len(nested_subset(labels["train"], fraction, seed)), "git": git_commit()["commit"],
+            **figures}
 
 
 def cells(args: argparse.Namespace) -> list[tuple[str, float, int, str]]:
     """Every (arm, fraction, seed, validation) of the experiment, smallest fractions first: a partial run already
-    answers the question that matters most to a small hospital."""
+    answers the question that matters most to a small hospital. A subset's arms run in `ARMS`'s order, LP-FT before
+    `pretrained_head`, which takes LP-FT's first stage."""
     return [(arm, fraction, seed, validation)
             for fraction in sorted(args.fractions)
             for validation in (("full", "cut") if fraction in args.cut_validation_fractions else ("full",))
-            for seed in seeds_for(fraction, args) for arm in args.arms]
+            for seed in seeds_for(fraction, args) for arm in sorted(args.arms, key=ARMS.index)]
 
 
 def seeds_for(fraction: float, args: argparse.Namespace) -> list[int]:

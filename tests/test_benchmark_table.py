@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
+from medfuse_hf.integrity import sha256_of
 from medfuse_hf.training.checkpointing import recorded_settings
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.runs import ResultRows
@@ -168,7 +169,8 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     results = tmp_path / "rows.json"
     auprc = {"scratch": 0.30, "pretrained": 0.40, "pretrained_lpft": 0.42, "pretrained_lpft_new_features": 0.43,
-             "pretrained_embeddings": 0.35, "pretrained_probe": 0.38, "gbm": 0.45, "gbm_with_base": 0.47}
+             "pretrained_embeddings": 0.35, "pretrained_probe": 0.38, "gbm": 0.45, "gbm_with_base": 0.47,
+             "pretrained_head": 0.39}
 
     def cell_row(arm, fraction, seed, validation):
         return {"arm": arm, "fraction": fraction, "seed": seed, "validation": validation,
@@ -185,7 +187,9 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
                                       "--seeds", "0", "1", "--results", str(results)])
     label_efficiency.main()
     assert ran[0] == ("scratch", 0.01, 0, "full") and ("gbm", 0.01, 0, "full") not in ran  # already there
-    assert len(ran) == 7 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
+    assert len(ran) == 8 * 2 * 3 - 1 and ran[-1] == ("gbm_with_base", 0.1, 1, "full")  # 0.01 twice, 0.1 once
+    lpft = ran.index(("pretrained_lpft", 0.01, 1, "cut"))
+    assert ran[lpft + 1] == ("pretrained_head", 0.01, 1, "cut")  # its first stage is there to be taken
     assert not any(cell[0] == "pretrained_lpft_new_features" for cell in ran)  # not by default: asked for below
     gains = (tmp_path / "gains.md").read_text()  # every arm started from the base, against scratch and the GBM
     assert ("| full | 0.01 | pretrained | scratch | 2 | +0.0000, +0.0000 "
@@ -200,6 +204,8 @@ def test_label_efficiency_runs_the_missing_cells_smallest_first_and_pairs_gains_
             "| -0.0300, -0.0300 | -0.0300 (same on every seed) |" in gains)
     assert ("| full | 0.01 | pretrained_lpft | pretrained_probe | 2 | +0.0000, +0.0000 | +0.0400, +0.0400 | "
             "+0.0400 (same on every seed) |" in gains)
+    assert ("| full | 0.01 | pretrained_lpft | pretrained_head | 2 | +0.0000, +0.0000 | +0.0300, +0.0300 | "
+            "+0.0300 (same on every seed) |" in gains)
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
     assert ("| cut | gbm_with_base | 77 | 2 | 0.4750 | 77 (0.4550) – none measured | more than 1× |"
             in (tmp_path / "labels.md").read_text())
@@ -319,6 +325,28 @@ def test_label_efficiency_takes_the_bases_fine_tunings_on_every_stay_from_the_se
                   "medfuse_round_two"), ("pretrained_lpft", 1.0, 2, "full", "medfuse_round_two"),
                   ("pretrained_lpft", 1.0, 1, "full", "medfuse_cve_time")):
         assert label_efficiency.search_run(*other, tmp_path / "released", ledger) == {}  # trained as usual
+
+
+def test_label_efficiency_takes_the_recipes_probe_from_lp_fts_first_stage_of_the_same_cell_and_base(tmp_path):
+    label_efficiency = load_script("benchmarks/label_efficiency.py")
+    base = tmp_path / "base"
+    (base / "model").mkdir(parents=True)
+    (base / "model" / "model.safetensors").write_bytes(b"the base")
+    stage = tmp_path / "runs" / "pretrained_lpft-f0.01-s3-cut-validation" / "probe"
+    stage.mkdir(parents=True)
+    (stage / "test_metrics.json").write_text(json.dumps(
+        {"test": {"auroc": {"value": 0.81}, "auprc": {"value": 0.44}}, "train_seconds": 48.1,
+         "git": {"commit": "abc"}}))
+    weights = {"model.safetensors": sha256_of(base / "model" / "model.safetensors")}  # as the stage recorded them
+    (stage / "run_info.json").write_text(json.dumps({"config": {"init_from_weights": weights}}))
+    taken = label_efficiency.lpft_first_stage("pretrained_head", 0.01, 3, "cut", base, tmp_path / "runs")
+    assert (taken["auroc"], taken["auprc"], taken["train_seconds"], taken["git"]) == (0.81, 0.44, 48.1, "abc")
+    assert "pretrained_lpft-f0.01-s3-cut-validation/probe" in taken["source"]
+    for other in (("pretrained_lpft", 0.01, 3, "cut"), ("pretrained_head", 0.01, 3, "full"),
+                  ("pretrained_head", 0.01, 4, "cut")):
+        assert label_efficiency.lpft_first_stage(*other, base, tmp_path / "runs") == {}  # trained as usual
+    (base / "model" / "model.safetensors").write_bytes(b"another base, pretrained again in place")
+    assert label_efficiency.lpft_first_stage("pretrained_head", 0.01, 3, "cut", base, tmp_path / "runs") == {}
 
 
 def test_label_efficiency_pairs_a_second_base_with_the_scratch_and_gbm_cells_another_base_already_has(tmp_path):

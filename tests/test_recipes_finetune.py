@@ -406,6 +406,11 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     tokenizer, matching = starting_point.build_tokenizer(args, cohort.splits, cohort)
     start = starting_point.build_model(args, tokenizer, 0.5, matching)[0].state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
+    alone = tmp_path / "probe"  # LP-FT's first stage is the probe alone: label_efficiency.py takes one for the other
+    run(TINY + ["--init_from", str(base / "model"), "--strategy", "probe", "--num_epochs", "2", "--output_dir",
+                str(alone)])
+    alone_weights = load_file(alone / "model" / "model.safetensors")
+    assert all(torch.equal(alone_weights[name], tensor) for name, tensor in probe.items())
 
 
 def test_lp_ft_reads_the_cohort_once_for_both_stages(tmp_path, tiny_base, monkeypatch, capsys):
