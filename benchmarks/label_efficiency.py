@@ -45,6 +45,7 @@ with a `source` saying so, rather than trained again (`table_run`).
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import shlex
@@ -53,6 +54,7 @@ import time
 from collections.abc import Iterator
 from itertools import product
 from pathlib import Path
+from types import ModuleType
 
 import matplotlib
 
@@ -62,16 +64,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 from p12_search import LEADER
-from p12_table import probe_seconds, started_from, summary_tables
+from p12_table import probe_seconds, summary_tables
 from protocol import BUDGET, MODELS, ROOT, file_digest, finetune_flags, weights_digest
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import nested_subset, validation_subset
 from medfuse_hf.training import binary_metrics
+from medfuse_hf.training.checkpointing import changed_settings
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.evaluation import per_patient_outputs
 from medfuse_hf.training.metrics import format_mean_std, mean_and_std, mean_std_of
-from medfuse_hf.training.run_info import git_commit
+from medfuse_hf.training.run_info import git_commit, read_run_settings
 from medfuse_hf.training.runs import ResultRows, run_finetune
 from medfuse_hf.training.summary_baseline import fit_gbm, fit_gbm_with_a_floor, fit_logistic_regression
 
@@ -209,40 +212,55 @@ def shared_run(arm: str, fraction: float, seed: int, validation: str, model: str
     return {}
 
 
-def lpft_first_stage(arm: str, fraction: float, seed: int, validation: str, base: Path, output_dir: Path) -> dict:
-    """`pretrained_head`'s cell from this experiment's LP-FT run of the same cell, if its first stage has finished
-    from this base: LP-FT's probe is `--strategy probe` with LP-FT's flags (the model's `--probe_epochs` is unset,
-    so it trains `--num_epochs`, as the probe alone does), so its figures are taken rather than trained again.
-    Empty if there is no such stage."""
-    lpft_dir = output_dir / run_name("pretrained_lpft", fraction, seed, validation)
-    report = lpft_dir / "probe" / "test_metrics.json"
-    if arm != "pretrained_head" or not report.exists() or (
-            started_from(lpft_dir) != {"init_weights": weights_digest(base / "model")}):
+def lpft_first_stage(arm: str, fraction: float, seed: int, validation: str, flags: list[str],
+                     output_dir: Path) -> dict:
+    """`pretrained_head`'s cell from this experiment's LP-FT run of the same cell, if its first stage has finished:
+    LP-FT's probe is `--strategy probe` with LP-FT's flags, so where the stage recorded every setting the head's
+    `flags` give (`finetune.py`'s own parse; the base judged by its weights' hash), its figures are taken rather
+    than trained again. Empty if there is no such stage."""
+    stage = output_dir / run_name("pretrained_lpft", fraction, seed, validation) / "probe"
+    report = stage / "test_metrics.json"
+    if arm != "pretrained_head" or not report.exists():
+        return {}
+    head = load_recipe("finetune").build_parser().parse_args([*flags, "--output_dir", str(stage)])
+    if changed_settings(read_run_settings(stage), head):
         return {}
     report = json.loads(report.read_text())
     return {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],
             "train_seconds": report["train_seconds"], "git": report["git"]["commit"],
-            "source": f"LP-FT's first stage, {lpft_dir.name}/probe: the same recipes/finetune.py command"}
+            "source": f"LP-FT's first stage, {stage.parent.name}/probe: the same recipes/finetune.py command"}
+
+
+def load_recipe(name: str) -> ModuleType:
+    """A recipe (`recipes/<name>.py`) as a module, for its parser: what a run of it records."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_name(arm: str, fraction: float, seed: int, validation: str) -> str:
     return f"{arm}-f{fraction}-s{seed}-{validation}-validation"
 
 
+def cell_flags(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> list[str]:
+    """A fine-tuned arm's `recipes/finetune.py` flags for one cell."""
+    cut = ["--validation_fraction", str(fraction)] if validation == "cut" else []
+    return ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split",
+            *finetune_flags(args.model), "--train_fraction", str(fraction), "--seed", str(seed),
+            *arm_flags(arm, args.base), *cut]
+
+
 def run_cell(arm: str, fraction: float, seed: int, validation: str, args: argparse.Namespace) -> dict:
+    flags = [] if arm in TABLE_ARMS else cell_flags(arm, fraction, seed, validation, args)
     if adopted := (shared_run(arm, fraction, seed, validation, args.model, args.base_free_rows_from)
                    or table_run(arm, fraction, seed, validation, args.model)
                    or search_run(arm, fraction, seed, validation, args.model, args.base)
-                   or lpft_first_stage(arm, fraction, seed, validation, args.base, args.output_dir)):
+                   or lpft_first_stage(arm, fraction, seed, validation, flags, args.output_dir)):
         figures = adopted
     elif arm in TABLE_ARMS:
         figures = run_table_arm(arm, fraction, seed, validation, args)
     else:
-        flags = ["--dataset", "p12", "--data_dir", str(args.data_dir), "--protocol", "seft-split",
-                 *finetune_flags(args.model),
-                 "--train_fraction", str(fraction), "--seed", str(seed), *arm_flags(arm, args.base)]
-        if validation == "cut":
-            flags += ["--validation_fraction", str(fraction)]
         run_dir = args.output_dir / run_name(arm, fraction, seed, validation)
         report = run_finetune(flags, run_dir, args.launcher)
         figures = {"auroc": report["test"]["auroc"]["value"], "auprc": report["test"]["auprc"]["value"],

@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 
 from medfuse_hf import MedFuseModel, MedFuseTokenizer
 from medfuse_hf.data import MedFuseDataCollator
-from medfuse_hf.integrity import sha256_of
 from medfuse_hf.training.checkpointing import recorded_settings
 from medfuse_hf.training.cohorts import load_cohort
 from medfuse_hf.training.runs import ResultRows
@@ -327,26 +326,34 @@ def test_label_efficiency_takes_the_bases_fine_tunings_on_every_stay_from_the_se
         assert label_efficiency.search_run(*other, tmp_path / "released", ledger) == {}  # trained as usual
 
 
-def test_label_efficiency_takes_the_recipes_probe_from_lp_fts_first_stage_of_the_same_cell_and_base(tmp_path):
+def test_label_efficiency_takes_the_recipes_probe_from_lp_fts_first_stage_run_under_the_same_settings(tmp_path):
     label_efficiency = load_script("benchmarks/label_efficiency.py")
     base = tmp_path / "base"
     (base / "model").mkdir(parents=True)
-    (base / "model" / "model.safetensors").write_bytes(b"the base")
+    for name, text in (("model.safetensors", "the base"), ("config.json", "{}"), ("preprocessor_config.json", "{}")):
+        (base / "model" / name).write_text(text)
+    args = argparse.Namespace(data_dir=tmp_path / "p12", model="medfuse_round_two", base=base)
+    flags = label_efficiency.cell_flags("pretrained_head", 0.01, 3, "cut", args)
     stage = tmp_path / "runs" / "pretrained_lpft-f0.01-s3-cut-validation" / "probe"
     stage.mkdir(parents=True)
     (stage / "test_metrics.json").write_text(json.dumps(
         {"test": {"auroc": {"value": 0.81}, "auprc": {"value": 0.44}}, "train_seconds": 48.1,
          "git": {"commit": "abc"}}))
-    weights = {"model.safetensors": sha256_of(base / "model" / "model.safetensors")}  # as the stage recorded them
-    (stage / "run_info.json").write_text(json.dumps({"config": {"init_from_weights": weights}}))
-    taken = label_efficiency.lpft_first_stage("pretrained_head", 0.01, 3, "cut", base, tmp_path / "runs")
-    assert (taken["auroc"], taken["auprc"], taken["train_seconds"], taken["git"]) == (0.81, 0.44, 48.1, "abc")
-    assert "pretrained_lpft-f0.01-s3-cut-validation/probe" in taken["source"]
-    for other in (("pretrained_lpft", 0.01, 3, "cut"), ("pretrained_head", 0.01, 3, "full"),
-                  ("pretrained_head", 0.01, 4, "cut")):
-        assert label_efficiency.lpft_first_stage(*other, base, tmp_path / "runs") == {}  # trained as usual
+    probe_args = load_script("recipes/finetune.py").build_parser().parse_args([*flags, "--output_dir", str(stage)])
+    recorded = recorded_settings(probe_args)  # as LP-FT records its first stage: the head's flags, its own folder
+
+    def taken(*cell, settings=recorded):
+        (stage / "run_info.json").write_text(json.dumps({"config": settings}))
+        return label_efficiency.lpft_first_stage(*cell, flags, tmp_path / "runs")
+
+    adopted = taken("pretrained_head", 0.01, 3, "cut")
+    assert (adopted["auroc"], adopted["auprc"], adopted["train_seconds"], adopted["git"]) == (0.81, 0.44, 48.1, "abc")
+    assert "pretrained_lpft-f0.01-s3-cut-validation/probe" in adopted["source"]
+    for other in (("pretrained_lpft", 0.01, 3, "cut"), ("pretrained_head", 0.01, 4, "cut")):
+        assert taken(*other) == {}  # trained as usual
+    assert taken("pretrained_head", 0.01, 3, "cut", settings={**recorded, "pooling": "mean"}) == {}  # another model
     (base / "model" / "model.safetensors").write_bytes(b"another base, pretrained again in place")
-    assert label_efficiency.lpft_first_stage("pretrained_head", 0.01, 3, "cut", base, tmp_path / "runs") == {}
+    assert taken("pretrained_head", 0.01, 3, "cut") == {}
 
 
 def test_label_efficiency_pairs_a_second_base_with_the_scratch_and_gbm_cells_another_base_already_has(tmp_path):
@@ -382,6 +389,8 @@ def test_label_efficiency_draws_more_subsets_where_one_subset_moves_the_result_m
                      (0.1, "full"): [0, 1, 2], (1.0, "full"): [0, 1, 2]}
     args.seeds = [7]  # one list for every fraction
     assert {seed for _, _, seed, _ in label_efficiency.cells(args)} == {7}
+    args.arms = ["pretrained_head", "gbm", "pretrained_lpft"]  # LP-FT first: the head takes its first stage
+    assert [arm for arm, *_ in label_efficiency.cells(args)][:3] == ["pretrained_lpft", "pretrained_head", "gbm"]
 
 
 def test_the_search_composes_levers_and_judges_only_configurations_run_on_three_seeds():

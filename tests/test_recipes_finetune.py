@@ -386,8 +386,9 @@ def tiny_base(tmp_path_factory) -> Path:
 def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_probes_head(tmp_path, tiny_base):
     base = tiny_base
     output = tmp_path / "lp-ft"
-    run(TINY + ["--init_from", str(base / "model"), "--strategy", "lp-ft", "--probe_epochs", "2", "--num_epochs", "2",
-                "--checkpoint_every_epoch", "--output_dir", str(output)])
+    with_dropout = ["--classifier_dropout", "0.3", "--event_dropout", "0.2", "--checkpoint_every_epoch"]
+    run(TINY + ["--init_from", str(base / "model"), "--strategy", "lp-ft", "--num_epochs", "2", *with_dropout,
+                "--output_dir", str(output)])
     pretrained = load_file(base / "model" / "model.safetensors")
     probe = load_file(output / "probe" / "model" / "model.safetensors")
     tuned = load_file(sorted((output / "checkpoints").glob("step_*"))[-1] / "model.safetensors")  # the last epoch
@@ -406,9 +407,10 @@ def test_a_probe_changes_only_the_head_and_lp_ft_fine_tunes_everything_from_the_
     tokenizer, matching = starting_point.build_tokenizer(args, cohort.splits, cohort)
     start = starting_point.build_model(args, tokenizer, 0.5, matching)[0].state_dict()
     assert all(torch.equal(start[name], probe[name]) for name in head)
-    alone = tmp_path / "probe"  # LP-FT's first stage is the probe alone: label_efficiency.py takes one for the other
-    run(TINY + ["--init_from", str(base / "model"), "--strategy", "probe", "--num_epochs", "2", "--output_dir",
-                str(alone)])
+    alone = tmp_path / "probe"  # LP-FT's first stage is the probe alone, dropout draws included: label_efficiency.py
+    # takes one for the other
+    run(TINY + ["--init_from", str(base / "model"), "--strategy", "probe", "--num_epochs", "2", *with_dropout,
+                "--output_dir", str(alone)])
     alone_weights = load_file(alone / "model" / "model.safetensors")
     assert all(torch.equal(alone_weights[name], tensor) for name, tensor in probe.items())
 

@@ -138,18 +138,23 @@ def check_resumed_settings(args, may_change: frozenset[str] = frozenset()) -> No
         refuse_other_settings(saved, args, checkpoint, may_change)
 
 
-def refuse_other_settings(started: dict, args, where: Path, may_change: frozenset[str] = frozenset()) -> None:
-    """Refuse to go on from `where` (a checkpoint, a finished run) under `args` where they differ from the settings
-    `started` it was made with, beyond `RESUMABLE_SETTINGS` and `may_change`. Weights a run starts from are judged
-    by their hashes where both record them: a base or a run folder moved elsewhere is the same start."""
+def changed_settings(started: dict, args, may_change: frozenset[str] = frozenset()) -> list[str]:
+    """How `args` differ from the settings `started` a run was made with, beyond `RESUMABLE_SETTINGS` and
+    `may_change`, a phrase each. Weights a run starts from are judged by their hashes where both record them: a base
+    or a run folder moved elsewhere is the same start."""
     now = recorded_settings(args)
     moved = {key for key in STARTING_WEIGHTS
              if started.get(f"{key}_weights") and started.get(f"{key}_weights") == now.get(f"{key}_weights")}
     changed = sorted(key for key in (started.keys() & now.keys()) - RESUMABLE_SETTINGS - may_change - moved
                      if started[key] != now[key])
-    if changed:
-        said = [f"the weights in --{key.removesuffix('_weights')} changed" if key.endswith("_weights")
-                else f"--{key} was {started[key]!r}, now {now[key]!r}" for key in changed]
+    return [f"the weights in --{key.removesuffix('_weights')} changed" if key.endswith("_weights")
+            else f"--{key} was {started[key]!r}, now {now[key]!r}" for key in changed]
+
+
+def refuse_other_settings(started: dict, args, where: Path, may_change: frozenset[str] = frozenset()) -> None:
+    """Refuse to go on from `where` (a checkpoint, a finished run) under `args` where they differ from the settings
+    `started` it was made with (`changed_settings`)."""
+    if said := changed_settings(started, args, may_change):
         raise SystemExit(f"{where} was made under other settings, and the run cannot go on from it under these: "
                          + "; ".join(said[:8]) + ". Go on with its own settings (the run's run_info.json) or start "
                          "a new --output_dir")
